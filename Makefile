@@ -1,0 +1,47 @@
+# BarberPro Gateway. `make run` and `make test` work on a fresh Debian 12 machine: each installs
+# the apt/pip packages it needs first.
+SWIFT ?= swift
+PYTHON ?= python3
+UPSTREAM_PORT ?= 3001
+
+.PHONY: all build release deps test-deps certs run test unit-test integration-test clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+test-deps:
+	@scripts/install-deps.sh test
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+certs:
+	@scripts/dev-cert.sh certs
+
+# The gateway with gateway.yaml, a generated development certificate and the demo booking
+# upstream on 127.0.0.1:$(UPSTREAM_PORT). Ctrl-C stops both.
+run: release certs
+	@bin=$$($(SWIFT) build -c release --show-bin-path); \
+	$$bin/demo-upstream --port $(UPSTREAM_PORT) & up=$$!; \
+	trap 'kill $$up 2>/dev/null' EXIT INT TERM; \
+	$$bin/gateway run --config gateway.yaml
+
+test: test-deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+	$(PYTHON) -m pytest -q Tests/Integration
+
+unit-test: test-deps
+	$(SWIFT) test
+
+integration-test: test-deps
+	$(SWIFT) build
+	$(PYTHON) -m pytest -q Tests/Integration
+
+clean:
+	rm -rf .build certs

@@ -1,0 +1,263 @@
+// A fake booking API standing in for the Node.js/Fastify services behind the gateway. Used by
+// `make run`, the integration tests and the benchmarks. Besides the booking endpoints it has
+// test hooks: echoing headers, streaming large bodies, misbehaving on purpose, and counters.
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Synchronization
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+let bookingsBody = #"{"bookings":[{"id":"bk_1","barber":"Martin","service":"corte","starts_at":"2026-11-27T10:00-03:00","status":"confirmed"},{"id":"bk_2","barber":"Luca","service":"barba","starts_at":"2026-11-27T11:30-03:00","status":"pending"}]}"#
+let barbersBody = #"{"barbers":[{"id":"b_1","name":"Martin","shop":"Palermo"},{"id":"b_2","name":"Luca","shop":"Belgrano"}]}"#
+
+/// Counters exposed on `/__stats` so tests can see what reached the upstream.
+final class Stats: Sendable {
+    let connections = Atomic<Int>(0)
+    let requests = Atomic<Int>(0)
+    let openConnections = Atomic<Int>(0)
+}
+
+final class DemoHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private enum Mode {
+        case idle
+        case collecting(HTTPRequestHead, ByteBuffer)
+        case counting(HTTPRequestHead, Int, UInt64)
+        case echoStream(HTTPRequestHead)
+    }
+
+    private let stats: Stats
+    private var mode = Mode.idle
+    private var download: (remaining: Int, chunk: ByteBuffer)?
+    private var keepAlive = true
+
+    /// Ends the response, closing when the client asked for `Connection: close`.
+    private func writeEnd(_ context: ChannelHandlerContext) {
+        if self.keepAlive {
+            context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+        } else {
+            context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    init(stats: Stats) { self.stats = stats }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.stats.connections.add(1, ordering: .relaxed)
+        self.stats.openConnections.add(1, ordering: .relaxed)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.stats.openConnections.subtract(1, ordering: .relaxed)
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch (Self.unwrapInboundIn(data), self.mode) {
+        case (.head(let head), _):
+            // The stats probe itself is not counted, so tests can compare counts exactly.
+            if !head.uri.hasPrefix("/__stats") { self.stats.requests.add(1, ordering: .relaxed) }
+            self.keepAlive = head.isKeepAlive
+            let path = String(head.uri.split(separator: "?", maxSplits: 1).first ?? "")
+            if head.method == .POST && path == "/api/upload" {
+                self.mode = .counting(head, 0, 14_695_981_039_346_656_037)
+            } else if head.method == .POST && path == "/api/echo-stream" {
+                self.mode = .echoStream(head)
+                var headers = HTTPHeaders([("content-type", "application/octet-stream"), ("transfer-encoding", "chunked")])
+                if let length = head.headers.first(name: "content-length") {
+                    headers = HTTPHeaders([("content-type", "application/octet-stream"), ("content-length", length)])
+                }
+                context.writeAndFlush(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+            } else {
+                self.mode = .collecting(head, context.channel.allocator.buffer(capacity: 0))
+            }
+        case (.body(var body), .collecting(let head, var collected)):
+            collected.writeBuffer(&body)
+            self.mode = .collecting(head, collected)
+        case (.body(let body), .counting(let head, let count, var hash)):
+            body.withUnsafeReadableBytes { bytes in
+                for byte in bytes { hash = (hash ^ UInt64(byte)) &* 1_099_511_628_211 }
+            }
+            self.mode = .counting(head, count + body.readableBytes, hash)
+        case (.body(let body), .echoStream):
+            context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        case (.end, .collecting(let head, let body)):
+            self.mode = .idle
+            self.respond(context: context, head: head, body: body)
+        case (.end, .counting(_, let count, let hash)):
+            self.mode = .idle
+            self.send(context: context, status: .ok, json: #"{"bytes":\#(count),"fnv1a":"\#(String(hash, radix: 16))"}"#)
+        case (.end, .echoStream):
+            self.mode = .idle
+            self.writeEnd(context)
+        default:
+            break
+        }
+    }
+
+    private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, body: ByteBuffer) {
+        let parts = head.uri.split(separator: "?", maxSplits: 1)
+        let path = String(parts.first ?? "")
+        let query = parts.count > 1 ? String(parts[1]) : ""
+        let params = Dictionary(
+            query.split(separator: "&").map { pair -> (String, String) in
+                let kv = pair.split(separator: "=", maxSplits: 1)
+                return (String(kv[0]), kv.count > 1 ? String(kv[1]) : "")
+            }, uniquingKeysWith: { a, _ in a }
+        )
+        let delay = Int(params["delay_ms"] ?? "") ?? 0
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let work = {
+            let (handler, context) = loopBound.value
+            handler.route(context: context, head: head, path: path, params: params, body: body)
+        }
+        if delay > 0 {
+            context.eventLoop.scheduleTask(in: .milliseconds(Int64(delay))) { work() }
+        } else {
+            work()
+        }
+    }
+
+    private func route(
+        context: ChannelHandlerContext, head: HTTPRequestHead, path: String, params: [String: String], body: ByteBuffer
+    ) {
+        switch (head.method, path) {
+        case (_, "/health"):
+            self.send(context: context, status: .ok, json: #"{"status":"ok"}"#)
+        case (.GET, "/api/bookings"), (.HEAD, "/api/bookings"):
+            self.send(context: context, status: .ok, json: bookingsBody, head: head.method == .HEAD)
+        case (.GET, "/api/barbers"):
+            self.send(context: context, status: .ok, json: barbersBody)
+        case (.POST, "/api/bookings"):
+            let contentType = head.headers.first(name: "content-type") ?? "application/octet-stream"
+            var headers = HTTPHeaders([("content-type", contentType), ("content-length", String(body.readableBytes))])
+            headers.add(name: "x-demo-upstream", value: "booking")
+            context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .created, headers: headers))), promise: nil)
+            context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            self.writeEnd(context)
+        case (_, "/api/echo-headers"):
+            var json = #"{"method":"\#(head.method.rawValue)","uri":"\#(escape(head.uri))","body_bytes":\#(body.readableBytes),"headers":["#
+            json += head.headers.map { #"["\#(escape($0.name))","\#(escape($0.value))"]"# }.joined(separator: ",")
+            json += "]}"
+            self.send(context: context, status: .ok, json: json)
+        case (.GET, "/api/download"):
+            let total = Int(params["bytes"] ?? "") ?? 1_048_576
+            var chunk = context.channel.allocator.buffer(capacity: 65536)
+            chunk.writeRepeatingByte(UInt8(ascii: "x"), count: 65536)
+            let chunked = params["chunked"] == "1"
+            let headers = chunked
+                ? HTTPHeaders([("content-type", "application/octet-stream"), ("transfer-encoding", "chunked")])
+                : HTTPHeaders([("content-type", "application/octet-stream"), ("content-length", String(total))])
+            context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+            self.download = (total, chunk)
+            self.pumpDownload(context: context)
+        case (_, "/api/status"):
+            let code = Int(params["code"] ?? "") ?? 200
+            self.send(context: context, status: HTTPResponseStatus(statusCode: code), json: #"{"status":\#(code)}"#)
+        case (_, "/api/bad-framing"):
+            self.writeRaw(context: context, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello")
+        case (_, "/api/bad-chunk"):
+            self.writeRaw(context: context, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
+        case (_, "/api/close-early"):
+            context.close(promise: nil)
+        case (_, "/__stats"):
+            self.send(
+                context: context, status: .ok,
+                json: #"{"connections":\#(self.stats.connections.load(ordering: .relaxed)),"open_connections":\#(self.stats.openConnections.load(ordering: .relaxed)),"requests":\#(self.stats.requests.load(ordering: .relaxed))}"#
+            )
+        default:
+            self.send(context: context, status: .notFound, json: #"{"error":"not found in demo upstream"}"#)
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { self.pumpDownload(context: context) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Streams the download while the socket takes it, so the demo itself respects backpressure.
+    private func pumpDownload(context: ChannelHandlerContext) {
+        guard var download = self.download else { return }
+        while download.remaining > 0 && context.channel.isWritable {
+            let size = min(download.remaining, download.chunk.readableBytes)
+            context.write(Self.wrapOutboundOut(.body(.byteBuffer(download.chunk.getSlice(at: 0, length: size)!))), promise: nil)
+            download.remaining -= size
+        }
+        if download.remaining == 0 {
+            self.download = nil
+            self.writeEnd(context)
+        } else {
+            self.download = download
+            context.flush()
+        }
+    }
+
+    private func writeRaw(context: ChannelHandlerContext, _ text: String) {
+        guard let encoderContext = try? context.pipeline.syncOperations.context(handlerType: HTTPResponseEncoder.self) else { return }
+        var buffer = context.channel.allocator.buffer(capacity: text.utf8.count)
+        buffer.writeString(text)
+        encoderContext.writeAndFlush(NIOAny(IOData.byteBuffer(buffer)), promise: nil)
+    }
+
+    private func send(context: ChannelHandlerContext, status: HTTPResponseStatus, json: String, head: Bool = false) {
+        var buffer = context.channel.allocator.buffer(capacity: json.utf8.count)
+        buffer.writeString(json)
+        let headers = HTTPHeaders([("content-type", "application/json"), ("content-length", String(buffer.readableBytes))])
+        context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        if !head { context.write(Self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil) }
+        self.writeEnd(context)
+    }
+}
+
+func escape(_ s: String) -> String {
+    var out = ""
+    for scalar in s.unicodeScalars {
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
+        default: out.unicodeScalars.append(scalar)
+        }
+    }
+    return out
+}
+
+// Arguments: --host H (default 127.0.0.1) --port P (default 3001; 0 = ephemeral) --threads N
+var host = "127.0.0.1"
+var port = 3001
+var threads = 1
+var arguments = CommandLine.arguments.dropFirst().makeIterator()
+while let argument = arguments.next() {
+    switch argument {
+    case "--host": host = arguments.next() ?? host
+    case "--port": port = Int(arguments.next() ?? "") ?? port
+    case "--threads": threads = Int(arguments.next() ?? "") ?? threads
+    default:
+        FileHandle.standardError.write(Data("usage: demo-upstream [--host H] [--port P] [--threads N]\n".utf8))
+        exit(2)
+    }
+}
+
+let stats = Stats()
+let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+let channel = try ServerBootstrap(group: group)
+    .serverChannelOption(.backlog, value: 1024)
+    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+    .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+    .childChannelInitializer { channel in
+        channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+            try channel.pipeline.syncOperations.addHandler(DemoHandler(stats: stats))
+        }
+    }
+    .bind(host: host, port: port).wait()
+FileHandle.standardOutput.write(Data("demo-upstream listening on \(host):\(channel.localAddress?.port ?? port)\n".utf8))
+try channel.closeFuture.wait()

@@ -1,0 +1,60 @@
+import NIOCore
+import NIOHTTP1
+
+/// `/health`, `/health/live`, `/health/ready` on every listener; `/health/detailed` on the admin
+/// listener only (SPEC "Admin listener").
+enum Health {
+    static let version = "0.1.0"
+
+    static func response(
+        path: Substring,
+        method: HTTPMethod,
+        listener: ListenerInfo,
+        runtime: GatewayRuntime,
+        allocator: ByteBufferAllocator
+    ) -> LocalResponse? {
+        guard method == .GET || method == .HEAD else { return nil }
+        switch path {
+        case "/health":
+            return .json(.ok, #"{"status":"ok"}"#, allocator: allocator)
+        case "/health/live":
+            return .json(.ok, #"{"status":"live"}"#, allocator: allocator)
+        case "/health/ready":
+            let reasons = notReadyReasons(runtime)
+            if reasons.isEmpty { return .json(.ok, #"{"status":"ready"}"#, allocator: allocator) }
+            let list = reasons.map { "\"\(JSON.escaped($0))\"" }.joined(separator: ",")
+            return .json(.serviceUnavailable, #"{"status":"not_ready","reasons":["# + list + "]}", allocator: allocator)
+        case "/health/detailed" where listener.role == .admin:
+            return .json(.ok, detailed(runtime), allocator: allocator)
+        default:
+            return nil
+        }
+    }
+
+    static func notReadyReasons(_ runtime: GatewayRuntime) -> [String] {
+        var reasons: [String] = []
+        if !runtime.listenersBound.load(ordering: .relaxed) { reasons.append("listeners not bound") }
+        for (name, cluster) in runtime.clusters.sorted(by: { $0.key < $1.key }) where !cluster.hasHealthyEndpoint {
+            reasons.append("upstream \(name) has no healthy endpoint")
+        }
+        return reasons
+    }
+
+    static func detailed(_ runtime: GatewayRuntime) -> String {
+        let uptime = ContinuousClock.now - runtime.startedAt
+        let now = NIODeadline.now()
+        var upstreams: [String] = []
+        for (name, cluster) in runtime.clusters.sorted(by: { $0.key < $1.key }) {
+            let endpoints = cluster.endpoints.map { endpoint in
+                "{\"endpoint\":\"\(JSON.escaped(endpoint.key))\",\"state\":\"\(endpoint.isUp(now: now) ? "up" : "down")\","
+                    + "\"open_connections\":\(endpoint.openConnections.load(ordering: .relaxed))}"
+            }
+            upstreams.append("\"\(JSON.escaped(name))\":[\(endpoints.joined(separator: ","))]")
+        }
+        let ready = notReadyReasons(runtime).isEmpty
+        return "{\"status\":\"\(ready ? "ready" : "not_ready")\",\"version\":\"\(version)\","
+            + "\"uptime_seconds\":\(uptime.components.seconds),\"config_hash\":\"\(runtime.configHash)\","
+            + "\"upstreams\":{\(upstreams.joined(separator: ","))},"
+            + "\"redis\":{\"state\":\"not_configured\"}}"
+    }
+}

@@ -1,0 +1,420 @@
+import NIOCore
+import NIOHTTP1
+
+/// Everything a client connection needs from the running gateway.
+struct ConnectionServices {
+    var runtime: GatewayRuntime
+    var listener: ListenerInfo
+    var loop: LoopResources
+}
+
+/// Serves HTTP/1.x on one client connection: one request at a time (pipelined requests wait in
+/// order), each through `RequestPipeline` and, when proxied, a `ProxyExchange`. Owns the read side:
+/// socket reads stop while a request waits for its upstream, while the upstream cannot take more
+/// body, and while a response is in progress (so pipelined requests stay in the kernel, not here).
+final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private struct InFlight {
+        var method: HTTPMethod
+        var version: HTTPVersion
+        var requestID: String
+        var exchange: ProxyExchange?
+        var bodyBytes = 0
+        var requestEnded = false
+        var responseStarted = false
+        var responseEnded = false
+        var keepAlive: Bool
+        /// A body follows the head: until its end arrives, the connection cannot carry another request.
+        var hasBody = false
+        var closeDelimited = false
+
+        /// Whether an unread request body would be left on the connection by answering now.
+        var bodyOutstanding: Bool { self.hasBody && !self.requestEnded }
+    }
+
+    private let services: ConnectionServices
+    private let activity: ReadActivityHandler
+    private var context: ChannelHandlerContext!
+    private var current: InFlight?
+    private var queued = CircularBuffer<HTTPServerRequestPart>()
+    private var readPending = false
+    private var bodyPaused = false
+    private var quiescing = false
+    private var closed = false
+    private var timer: Scheduled<Void>?
+    private var clientIP = "unknown"
+    /// An exchange whose upstream side starts when the current read burst has been decoded: a
+    /// malformed body in the same packet as its head is then refused before anything is sent.
+    private var pendingStart: ProxyExchange?
+
+    init(services: ConnectionServices, activity: ReadActivityHandler) {
+        self.services = services
+        self.activity = activity
+    }
+
+    // MARK: - Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.clientIP = RequestIdentity.clientIP(context.channel.remoteAddress)
+        if context.channel.isActive { self.becameIdle() }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.clientIP = RequestIdentity.clientIP(context.channel.remoteAddress)
+        self.becameIdle()
+        context.fireChannelActive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.teardown()
+        self.context = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.teardown()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = Self.unwrapInboundIn(data)
+        if !self.queued.isEmpty || (self.current?.requestEnded ?? false) {
+            // A pipelined request: it waits until the current response is done.
+            self.queued.append(part)
+            return
+        }
+        self.handle(part)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        switch event {
+        case is ReadActivityHandler.RequestBytesArrived:
+            if self.current == nil {
+                self.arm(self.services.runtime.traffic.clientHeaderTimeout) { handler in
+                    handler.headerTimedOut()
+                }
+            }
+        case is ChannelShouldQuiesceEvent:
+            self.quiescing = true
+            if self.current == nil { self.close() }
+        default:
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let parserError = error as? HTTPParserError {
+            let gatewayError: GatewayError =
+                parserError == .headerOverflow ? .headersTooLarge : .badRequest("malformed HTTP request")
+            if let current = self.current, current.responseStarted {
+                current.exchange?.cancel()
+                self.close()
+            } else if let current = self.current, let exchange = current.exchange {
+                // A broken body after a good head: the upstream connection is dropped (the
+                // upstream sees an aborted request, never a complete one) and the client gets 400.
+                exchange.cancel()
+                self.pendingStart = nil
+                self.current!.exchange = nil
+                self.writeLocal(gatewayError.response(requestID: current.requestID, allocator: context.channel.allocator), forceClose: true)
+            } else {
+                self.current = self.current ?? InFlight(
+                    method: .GET, version: .http1_1, requestID: RequestIdentity.requestID(clientSupplied: nil),
+                    keepAlive: false
+                )
+                self.writeLocal(gatewayError.response(requestID: self.current!.requestID, allocator: context.channel.allocator), forceClose: true)
+            }
+            return
+        }
+        // I/O errors: the connection is gone either way.
+        self.close()
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        self.startPendingExchange()
+        context.fireChannelReadComplete()
+    }
+
+    private func startPendingExchange() {
+        guard let exchange = self.pendingStart else { return }
+        self.pendingStart = nil
+        exchange.start()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        self.current?.exchange?.downstreamWritabilityChanged(isWritable: context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        let waitingForResponse = self.current?.requestEnded ?? false
+        if self.bodyPaused || waitingForResponse || self.closed {
+            self.readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    private func readIfPending() {
+        guard self.readPending, let context else { return }
+        if self.bodyPaused || (self.current?.requestEnded ?? false) || self.closed { return }
+        self.readPending = false
+        context.read()
+    }
+
+    // MARK: - Requests
+
+    private func handle(_ part: HTTPServerRequestPart) {
+        switch part {
+        case .head(let head):
+            self.startRequest(head)
+        case .body(let body):
+            self.bodyReceived(body)
+        case .end:
+            self.endReceived()
+        }
+    }
+
+    private func startRequest(_ head: HTTPRequestHead) {
+        self.cancelTimer()
+        let requestID = RequestIdentity.requestID(clientSupplied: head.headers.first(name: "x-request-id"))
+        self.current = InFlight(
+            method: head.method, version: head.version, requestID: requestID,
+            keepAlive: head.isKeepAlive && head.version == .http1_1 && !self.quiescing
+        )
+        let allocator = self.context.channel.allocator
+
+        let framing: BodyFraming
+        switch RequestValidator.validate(head) {
+        case .failure(let error):
+            self.writeLocal(error.response(requestID: requestID, allocator: allocator), forceClose: true)
+            return
+        case .success(let validated):
+            framing = validated
+        }
+        self.current!.hasBody = framing.hasBody
+        let host = head.headers.first(name: "host")
+
+        let decision = RequestPipeline.decide(
+            method: head.method, target: head.uri, host: host,
+            listener: self.services.listener, runtime: self.services.runtime, allocator: allocator
+        )
+        switch decision {
+        case .respond(let response):
+            self.writeLocal(response, forceClose: false)
+        case .error(let error):
+            self.writeLocal(error.response(requestID: requestID, allocator: allocator), forceClose: false)
+        case .proxy(_, let cluster):
+            if case .contentLength(let length) = framing, length > self.services.runtime.traffic.maxBodyBytes {
+                self.writeLocal(GatewayError.payloadTooLarge.response(requestID: requestID, allocator: allocator), forceClose: true)
+                return
+            }
+            let info = ForwardingInfo(
+                clientIP: self.clientIP, requestID: requestID, scheme: self.services.listener.scheme,
+                host: host, fallbackHost: cluster.endpoints.first?.key ?? "localhost"
+            )
+            let upstreamHead = HeaderRewriter.upstreamRequest(head, framing: framing, info: info)
+            let expectsContinue = head.version == .http1_1
+                && head.headers[canonicalForm: "expect"].contains { $0.lowercased() == "100-continue" }
+            let exchange = ProxyExchange(
+                upstreamHead: upstreamHead, requestMethod: head.method, clientVersion: head.version,
+                requestID: requestID, addHSTS: self.services.listener.isTLS, expectsContinue: expectsContinue,
+                requestHasBody: framing.hasBody, cluster: cluster, pool: self.services.loop.pool, downstream: self
+            )
+            self.current!.exchange = exchange
+            self.pendingStart = exchange
+        }
+    }
+
+    private func bodyReceived(_ body: ByteBuffer) {
+        guard var current = self.current else { return }
+        current.bodyBytes += body.readableBytes
+        self.current = current
+        guard let exchange = current.exchange else {
+            // Answered locally; the rest of the body is dropped and the connection closes after.
+            return
+        }
+        if current.bodyBytes > self.services.runtime.traffic.maxBodyBytes {
+            exchange.cancel()
+            self.current!.exchange = nil
+            if current.responseStarted {
+                self.close()
+            } else {
+                self.writeLocal(
+                    GatewayError.payloadTooLarge.response(requestID: current.requestID, allocator: self.context.channel.allocator),
+                    forceClose: true
+                )
+            }
+            return
+        }
+        exchange.requestBodyReceived(body)
+    }
+
+    private func endReceived() {
+        guard self.current != nil else { return }
+        self.current!.requestEnded = true
+        if let exchange = self.current!.exchange {
+            exchange.requestEndReceived()
+        }
+        if self.current!.responseEnded { self.requestFinished() }
+    }
+
+    /// Both the request and its response are complete.
+    private func requestFinished() {
+        guard let current = self.current else { return }
+        self.current = nil
+        self.bodyPaused = false
+        if !current.keepAlive || current.closeDelimited || self.quiescing {
+            self.close()
+            return
+        }
+        // Serve pipelined requests in order.
+        while self.current == nil || !(self.current!.requestEnded), let part = self.queued.popFirst() {
+            self.handle(part)
+            if self.closed { return }
+        }
+        self.startPendingExchange()
+        if self.current == nil { self.becameIdle() }
+        self.readIfPending()
+    }
+
+    // MARK: - DownstreamResponder
+
+    var isWritable: Bool { self.context?.channel.isWritable ?? false }
+
+    func sendContinue() {
+        guard let context else { return }
+        context.writeAndFlush(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .continue))), promise: nil)
+    }
+
+    func sendResponseHead(_ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
+        guard let context, self.current != nil else { return }
+        var head = head
+        self.current!.responseStarted = true
+        if framing == .closeDelimited { self.current!.closeDelimited = true }
+        if !self.current!.keepAlive || self.quiescing || self.current!.bodyOutstanding {
+            head.headers.replaceOrAdd(name: "connection", value: "close")
+            self.current!.keepAlive = false
+        }
+        context.write(Self.wrapOutboundOut(.head(head)), promise: nil)
+    }
+
+    func sendResponseBody(_ body: ByteBuffer) {
+        self.context?.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+    }
+
+    func flush() { self.context?.flush() }
+
+    func sendResponseEnd() {
+        guard let context, self.current != nil else { return }
+        self.current!.responseEnded = true
+        context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    func sendErrorResponse(_ error: GatewayError) {
+        guard let current = self.current, !current.responseStarted, let context else {
+            self.close()
+            return
+        }
+        self.current!.exchange = nil
+        let response = error.response(requestID: current.requestID, allocator: context.channel.allocator)
+        self.writeLocal(response, forceClose: false)
+    }
+
+    func pauseRequestBody() { self.bodyPaused = true }
+
+    func resumeRequestBody() {
+        self.bodyPaused = false
+        self.readIfPending()
+    }
+
+    func abortResponse() { self.close() }
+
+    func exchangeFinished() {
+        guard let current = self.current else { return }
+        if current.requestEnded {
+            self.requestFinished()
+        } else if current.responseEnded {
+            // The upstream answered before the client finished sending: the rest of the body would
+            // be read as the next request, so the connection ends here.
+            self.close()
+        }
+    }
+
+    // MARK: - Writing local responses
+
+    private func writeLocal(_ response: LocalResponse, forceClose: Bool) {
+        guard let context, let current = self.current else { return }
+        // An unread request body would be parsed as the next request: close instead of draining it.
+        let closing = forceClose || response.closeConnection || !current.keepAlive || self.quiescing
+            || current.bodyOutstanding
+        var headers = response.headers
+        headers.replaceOrAdd(name: "x-request-id", value: current.requestID)
+        if self.services.listener.isTLS {
+            headers.replaceOrAdd(name: "strict-transport-security", value: "max-age=31536000; includeSubDomains")
+        }
+        if closing { headers.replaceOrAdd(name: "connection", value: "close") }
+        self.current!.responseStarted = true
+        self.current!.responseEnded = true
+        if closing { self.current!.keepAlive = false }
+        context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: current.version.major == 1 && current.version.minor == 0 ? .http1_0 : .http1_1, status: response.status, headers: headers))), promise: nil)
+        if current.method != .HEAD && response.body.readableBytes > 0 {
+            context.write(Self.wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
+        }
+        if closing {
+            self.closed = true
+            let loopBound = context.loopBound
+            context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+                loopBound.value.close(promise: nil)
+            }
+            return
+        }
+        context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+        // A bodiless request's `.end` may still be in flight; `endReceived` finishes it then.
+        if current.requestEnded { self.requestFinished() }
+    }
+
+    // MARK: - Timers and closing
+
+    private func becameIdle() {
+        self.activity.arm()
+        self.arm(self.services.runtime.traffic.idleTimeout) { handler in handler.close() }
+    }
+
+    private func headerTimedOut() {
+        guard self.current == nil, let context else { return }
+        self.current = InFlight(
+            method: .GET, version: .http1_1, requestID: RequestIdentity.requestID(clientSupplied: nil), keepAlive: false
+        )
+        self.writeLocal(GatewayError.requestTimeout.response(requestID: self.current!.requestID, allocator: context.channel.allocator), forceClose: true)
+    }
+
+    private func arm(_ delay: TimeAmount, _ action: @escaping (HTTP1ServerHandler) -> Void) {
+        self.timer?.cancel()
+        guard let context else { return }
+        self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: delay) { [weak self] in
+            if let self { action(self) }
+        }
+    }
+
+    private func cancelTimer() {
+        self.timer?.cancel()
+        self.timer = nil
+    }
+
+    private func close() {
+        guard !self.closed, let context else { return }
+        self.closed = true
+        context.close(promise: nil)
+    }
+
+    private func teardown() {
+        self.cancelTimer()
+        self.pendingStart = nil
+        self.current?.exchange?.cancel()
+        self.current?.exchange = nil
+        self.queued.removeAll()
+    }
+}

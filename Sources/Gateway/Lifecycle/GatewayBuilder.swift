@@ -1,0 +1,114 @@
+import Foundation
+import NIOCore
+import NIOPosix
+
+/// Turns a validated `GatewayConfig` into what runs: the runtime snapshot and the listeners to bind.
+/// Everything that can fail at start-up (certificates, features this build does not have) fails
+/// here, before any socket is bound.
+public enum GatewayBuilder {
+    /// Checks that need more than the config text: features not built yet, certificate files.
+    static func unsupportedFeatures(_ config: GatewayConfig) -> [ConfigError] {
+        var errors: [ConfigError] = []
+        for (index, route) in config.routes.enumerated() where route.auth != .none {
+            // Refusing beats silently serving a protected route without authentication.
+            errors.append(ConfigError(
+                path: "routes[\(index)].auth",
+                reason: "'\(route.auth.rawValue)' needs JWT verification, which this build does not have yet; use 'none'"
+            ))
+        }
+        return errors
+    }
+
+    static func runtime(_ config: GatewayConfig, configHash: String) -> GatewayRuntime {
+        var clusters: [String: UpstreamCluster] = [:]
+        for upstream in config.upstreams {
+            let settings = UpstreamSettings(
+                connectTimeout: .init(upstream.connectTimeout),
+                responseTimeout: .init(upstream.responseTimeout),
+                maxConnections: upstream.maxConnections,
+                idleTimeout: .seconds(4)
+            )
+            clusters[upstream.name] = UpstreamCluster(
+                name: upstream.name,
+                endpoints: upstream.endpoints.map { UpstreamEndpoint(host: $0.host, port: $0.port) },
+                settings: settings
+            )
+        }
+        let routes = config.routes.enumerated().map { index, route in
+            Route(
+                name: route.name, host: route.match.host.map { "\($0)" }, pathPrefix: route.match.pathPrefix,
+                methods: route.match.methods, upstreamName: route.upstream, order: index
+            )
+        }
+        let traffic = TrafficSettings(
+            maxHeaderBytes: config.limits.maxHeaderBytes,
+            maxBodyBytes: config.limits.maxBodyBytes,
+            clientHeaderTimeout: .init(config.timeouts.clientHeader),
+            idleTimeout: .init(config.timeouts.idle),
+            drainTimeout: .init(config.timeouts.drain)
+        )
+        return GatewayRuntime(routes: RouteTable(routes), clusters: clusters, traffic: traffic, configHash: configHash)
+    }
+
+    static func listenerPlans(_ config: GatewayConfig) throws -> [ListenerPlan] {
+        var plans: [ListenerPlan] = []
+        for listener in config.listeners {
+            var tls: TLSServerContext? = nil
+            if let tlsConfig = listener.tls {
+                let settings = TLSServerSettings(
+                    minimumVersion: tlsConfig.minVersion == .v1_3 ? .v1_3 : .v1_2,
+                    certificates: tlsConfig.certificates.map {
+                        TLSCertificatePair(certificatePath: $0.cert, keyPath: $0.key)
+                    },
+                    // h2 is offered once the HTTP/2 codec lands; clients fall back to http/1.1.
+                    alpnProtocols: ["http/1.1"]
+                )
+                do {
+                    tls = try TLSServerContext(settings: settings)
+                } catch {
+                    throw GatewayStartupError("listeners.\(listener.name).tls: \(error)")
+                }
+            }
+            let role: ListenerRole = listener.redirectToHTTPS ? .redirect : .proxy
+            plans.append(ListenerPlan(
+                info: ListenerInfo(name: listener.name, role: role, isTLS: tls != nil),
+                host: listener.address.host, port: listener.address.port, tls: tls,
+                handshakeTimeout: .init(listener.tls?.handshakeTimeout ?? .seconds(10))
+            ))
+        }
+        plans.append(ListenerPlan(
+            info: ListenerInfo(name: "admin", role: .admin, isTLS: false),
+            host: config.admin.address.host, port: config.admin.address.port, tls: nil, handshakeTimeout: .seconds(10)
+        ))
+        return plans
+    }
+
+    /// Refuses configs this build cannot serve safely (thrown as `ConfigErrors`).
+    public static func validateForStartup(_ config: GatewayConfig) throws {
+        let unsupported = unsupportedFeatures(config)
+        if !unsupported.isEmpty { throw ConfigErrors(errors: unsupported) }
+    }
+
+    /// Validates what start-up needs beyond the config text and builds the server (not yet bound).
+    public static func makeServer(config: GatewayConfig, configText: String) throws -> GatewayServer {
+        try validateForStartup(config)
+        let plans = try listenerPlans(config)
+        let runtime = runtime(config, configHash: stableHash(configText))
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, config.workers))
+        return GatewayServer(runtime: runtime, plans: plans, group: group)
+    }
+
+    /// FNV-1a of the config text, hex: identifies a config in `/health/detailed` without exposing it.
+    static func stableHash(_ text: String) -> String {
+        var hash: UInt64 = 14_695_981_039_346_656_037
+        for byte in text.utf8 { hash = (hash ^ UInt64(byte)) &* 1_099_511_628_211 }
+        return String(hash, radix: 16).leftPadded(to: 16)
+    }
+}
+
+extension TimeAmount {
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}

@@ -1,0 +1,129 @@
+import NIOCore
+import NIOHTTP1
+
+/// A response the gateway makes itself (errors, health, redirects), fully buffered.
+struct LocalResponse {
+    var status: HTTPResponseStatus
+    var headers: HTTPHeaders
+    var body: ByteBuffer
+    /// Close the client connection after this response (e.g. the request body was not read).
+    var closeConnection: Bool = false
+}
+
+/// An error the gateway answers itself. Knows its HTTP status and its stable JSON `code` (SPEC
+/// "What a client gets"); the message is for humans and never echoes request data such as tokens.
+struct GatewayError: Error, Equatable, CustomStringConvertible {
+    var status: HTTPResponseStatus
+    var code: String
+    var message: String
+    /// Extra response headers (`Allow` for 405, `Retry-After` for 429/503 …).
+    var headers: [(String, String)] = []
+    /// Whether the client connection must be closed after the response (framing is no longer trusted).
+    var closesConnection = false
+
+    var description: String { "\(self.status.code) \(self.code): \(self.message)" }
+
+    static func == (lhs: GatewayError, rhs: GatewayError) -> Bool {
+        lhs.status == rhs.status && lhs.code == rhs.code && lhs.message == rhs.message
+            && lhs.closesConnection == rhs.closesConnection
+            && lhs.headers.elementsEqual(rhs.headers, by: { $0 == $1 })
+    }
+
+    static func badRequest(_ message: String) -> GatewayError {
+        GatewayError(status: .badRequest, code: "bad_request", message: message, closesConnection: true)
+    }
+    static let notFound = GatewayError(status: .notFound, code: "not_found", message: "no route matches this request")
+    static func methodNotAllowed(allow: [String]) -> GatewayError {
+        GatewayError(
+            status: .methodNotAllowed, code: "method_not_allowed",
+            message: "method not allowed on this path", headers: [("allow", allow.joined(separator: ", "))]
+        )
+    }
+    static let requestTimeout = GatewayError(
+        status: .requestTimeout, code: "request_timeout", message: "timed out waiting for the request headers",
+        closesConnection: true
+    )
+    static let payloadTooLarge = GatewayError(
+        status: .payloadTooLarge, code: "payload_too_large", message: "request body exceeds the size limit",
+        closesConnection: true
+    )
+    static let headersTooLarge = GatewayError(
+        status: .init(statusCode: 431), code: "headers_too_large", message: "request headers exceed the size limit",
+        closesConnection: true
+    )
+    static let upstreamUnavailable = GatewayError(
+        status: .badGateway, code: "upstream_unavailable", message: "the upstream service could not be reached"
+    )
+    static let badUpstreamResponse = GatewayError(
+        status: .badGateway, code: "upstream_unavailable", message: "the upstream service sent an invalid response"
+    )
+    static let noHealthyUpstream = GatewayError(
+        status: .serviceUnavailable, code: "no_healthy_upstream", message: "no healthy upstream endpoint"
+    )
+    static let upstreamBusy = GatewayError(
+        status: .serviceUnavailable, code: "upstream_busy",
+        message: "all upstream connections are in use", headers: [("retry-after", "1")]
+    )
+    static let upstreamTimeout = GatewayError(
+        status: .gatewayTimeout, code: "upstream_timeout", message: "the upstream service did not answer in time"
+    )
+    static let shuttingDown = GatewayError(
+        status: .serviceUnavailable, code: "shutting_down", message: "the gateway is shutting down",
+        headers: [("retry-after", "1")], closesConnection: true
+    )
+
+    /// The SPEC's JSON error body: `{"error":{"code":"...","message":"...","request_id":"..."}}`.
+    func response(requestID: String, allocator: ByteBufferAllocator) -> LocalResponse {
+        var body = allocator.buffer(capacity: 96 + self.message.utf8.count + requestID.utf8.count)
+        body.writeStaticString("{\"error\":{\"code\":\"")
+        body.writeString(self.code)
+        body.writeStaticString("\",\"message\":\"")
+        JSON.writeEscaped(self.message, into: &body)
+        body.writeStaticString("\",\"request_id\":\"")
+        JSON.writeEscaped(requestID, into: &body)
+        body.writeStaticString("\"}}")
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "application/json")
+        headers.add(name: "content-length", value: String(body.readableBytes))
+        for (name, value) in self.headers { headers.add(name: name, value: value) }
+        return LocalResponse(status: self.status, headers: headers, body: body, closeConnection: self.closesConnection)
+    }
+}
+
+/// Minimal JSON string escaping for the few strings the gateway writes itself.
+enum JSON {
+    static func writeEscaped(_ string: String, into buffer: inout ByteBuffer) {
+        for byte in string.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): buffer.writeStaticString("\\\"")
+            case UInt8(ascii: "\\"): buffer.writeStaticString("\\\\")
+            case 0x0A: buffer.writeStaticString("\\n")
+            case 0x0D: buffer.writeStaticString("\\r")
+            case 0x09: buffer.writeStaticString("\\t")
+            case 0..<0x20:
+                buffer.writeStaticString("\\u00")
+                let hex: [UInt8] = Array("0123456789abcdef".utf8)
+                buffer.writeInteger(hex[Int(byte >> 4)])
+                buffer.writeInteger(hex[Int(byte & 0xF)])
+            default: buffer.writeInteger(byte)
+            }
+        }
+    }
+
+    static func escaped(_ string: String) -> String {
+        var buffer = ByteBuffer()
+        writeEscaped(string, into: &buffer)
+        return String(buffer: buffer)
+    }
+}
+
+extension LocalResponse {
+    static func json(_ status: HTTPResponseStatus, _ json: String, allocator: ByteBufferAllocator) -> LocalResponse {
+        var body = allocator.buffer(capacity: json.utf8.count)
+        body.writeString(json)
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "application/json")
+        headers.add(name: "content-length", value: String(body.readableBytes))
+        return LocalResponse(status: status, headers: headers, body: body)
+    }
+}

@@ -1,0 +1,125 @@
+import NIOHTTP1
+
+/// What the gateway knows about a request that upstream headers must carry.
+struct ForwardingInfo {
+    var clientIP: String
+    var requestID: String
+    /// `https` on TLS listeners, `http` otherwise.
+    var scheme: String
+    /// The host the client asked for (`Host` / `:authority`), if any.
+    var host: String?
+    /// Used as `Host` when an HTTP/1.0 client sent none.
+    var fallbackHost: String
+}
+
+/// Header rewriting at the proxy boundary, as pure functions (STYLE habit 1) so each rule has a
+/// unit test: hop-by-hop fields go (RFC 9110 §7.6.1), spoofable forwarding fields from an untrusted
+/// peer go, and the gateway's own `X-Forwarded-*` / `X-Request-Id` are added.
+enum HeaderRewriter {
+    /// Hop-by-hop fields, plus `expect` (the gateway answers `100-continue` itself).
+    static let hopByHop: Set<String> = [
+        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+        "proxy-authenticate", "proxy-authorization", "expect",
+    ]
+
+    /// Fields a client could use to impersonate another client or a trusted proxy, and the
+    /// gateway's own fields; from an untrusted peer they are dropped before proxying.
+    static let spoofable: Set<String> = [
+        "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "forwarded", "x-real-ip",
+        "cf-connecting-ip", "x-request-id",
+    ]
+
+    /// Tokens listed in `Connection` name more hop-by-hop fields (RFC 9110 §7.6.1).
+    static func connectionTokens(_ headers: HTTPHeaders) -> Set<String>? {
+        var tokens: Set<String>? = nil
+        for value in headers[canonicalForm: "connection"] {
+            if tokens == nil { tokens = [] }
+            tokens!.insert(value.lowercased())
+        }
+        return tokens
+    }
+
+    /// The request head sent upstream. Always HTTP/1.1; the body framing is the validated one.
+    static func upstreamRequest(
+        _ head: HTTPRequestHead,
+        framing: BodyFraming,
+        info: ForwardingInfo,
+        removing extraRemoved: Set<String> = []
+    ) -> HTTPRequestHead {
+        let named = connectionTokens(head.headers)
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(head.headers.count + 5)
+        var sawHost = false
+        for (name, value) in head.headers {
+            let lower = name.lowercased()
+            if hopByHop.contains(lower) || spoofable.contains(lower) || extraRemoved.contains(lower) { continue }
+            if let named, named.contains(lower) { continue }
+            if lower == "content-length" {
+                // Re-emitted once below from the validated framing.
+                continue
+            }
+            if lower == "host" { sawHost = true }
+            headers.add(name: name, value: value)
+        }
+        if !sawHost { headers.add(name: "host", value: info.fallbackHost) }
+        switch framing {
+        case .none: break
+        case .contentLength(let length): headers.add(name: "content-length", value: String(length))
+        case .chunked: headers.add(name: "transfer-encoding", value: "chunked")
+        }
+        headers.add(name: "x-forwarded-for", value: info.clientIP)
+        headers.add(name: "x-forwarded-proto", value: info.scheme)
+        if let host = info.host { headers.add(name: "x-forwarded-host", value: host) }
+        headers.add(name: "x-request-id", value: info.requestID)
+        return HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: headers)
+    }
+
+    /// How the response body travels to the client.
+    enum ResponseFraming: Equatable {
+        /// No body (HEAD, 1xx, 204, 304) or a `Content-Length` passed through.
+        case asIs
+        /// Re-chunked for an HTTP/1.1 client.
+        case chunked
+        /// An HTTP/1.0 client without length: the body ends when the connection closes.
+        case closeDelimited
+    }
+
+    /// The response head sent to the client, and how its body is framed.
+    static func clientResponse(
+        _ head: HTTPResponseHead,
+        requestMethod: HTTPMethod,
+        clientVersion: HTTPVersion,
+        requestID: String,
+        addHSTS: Bool
+    ) -> (HTTPResponseHead, ResponseFraming) {
+        let named = connectionTokens(head.headers)
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(head.headers.count + 3)
+        var hasLength = false
+        var hasHSTS = false
+        for (name, value) in head.headers {
+            let lower = name.lowercased()
+            if hopByHop.contains(lower) || lower == "x-request-id" { continue }
+            if let named, named.contains(lower) { continue }
+            if lower == "content-length" { hasLength = true }
+            if lower == "strict-transport-security" { hasHSTS = true }
+            headers.add(name: name, value: value)
+        }
+        headers.add(name: "x-request-id", value: requestID)
+        if addHSTS && !hasHSTS {
+            headers.add(name: "strict-transport-security", value: "max-age=31536000; includeSubDomains")
+        }
+        let code = head.status.code
+        let bodiless = requestMethod == .HEAD || (100..<200).contains(code) || code == 204 || code == 304
+        var framing = ResponseFraming.asIs
+        if !bodiless && !hasLength {
+            if clientVersion.major == 1 && clientVersion.minor >= 1 {
+                headers.add(name: "transfer-encoding", value: "chunked")
+                framing = .chunked
+            } else {
+                framing = .closeDelimited
+            }
+        }
+        return (HTTPResponseHead(version: clientVersion, status: head.status, headers: headers), framing)
+    }
+}

@@ -1,0 +1,303 @@
+import NIOCore
+import NIOHTTP1
+
+/// The client side of a proxied request, whatever its protocol (HTTP/1.1 now, an HTTP/2 stream
+/// later). The exchange drives it; all calls happen on the client connection's event loop.
+protocol DownstreamResponder: AnyObject {
+    var isWritable: Bool { get }
+    /// `100 Continue` for a client that asked for it, once the request is known to be forwarded.
+    func sendContinue()
+    func sendResponseHead(_ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming)
+    func sendResponseBody(_ body: ByteBuffer)
+    /// Response parts are written unflushed; one flush per upstream read coalesces head and body
+    /// into one TLS record and one syscall.
+    func flush()
+    func sendResponseEnd()
+    /// A gateway-made response (502/503/504) in place of the upstream's.
+    func sendErrorResponse(_ error: GatewayError)
+    /// Stop and restart reading the request body (upstream backpressure).
+    func pauseRequestBody()
+    func resumeRequestBody()
+    /// The response started but cannot be completed: the client connection must be torn down.
+    func abortResponse()
+    /// The exchange is over; the responder may serve its next request.
+    func exchangeFinished()
+}
+
+/// One request proxied to an upstream, from picking an endpoint to the last response byte.
+/// Streams both ways under backpressure: request body reads pause while the upstream socket is
+/// full, upstream reads pause while the client socket is full.
+final class ProxyExchange: UpstreamConnectionOwner {
+    private enum State {
+        /// Waiting for a pooled or new upstream connection.
+        case connecting
+        /// Request head written; waiting for the response head.
+        case awaitingResponse(UpstreamConnection)
+        case streamingResponse(UpstreamConnection)
+        case finished
+    }
+
+    private let upstreamHead: HTTPRequestHead
+    private let requestMethod: HTTPMethod
+    private let clientVersion: HTTPVersion
+    private let requestID: String
+    private let addHSTS: Bool
+    private let expectsContinue: Bool
+    private let cluster: UpstreamCluster
+    private let pool: UpstreamConnectionPool
+    private weak var downstream: DownstreamResponder?
+    private let eventLoop: EventLoop
+
+    private var state: State = .connecting
+    private var candidates: [UpstreamEndpoint] = []
+    private var nextCandidate = 0
+    /// Body parts received before the upstream connection was ready (bounded: reads pause).
+    private var pendingBody: [ByteBuffer] = []
+    private var requestComplete = false
+    private var requestBodyStarted = false
+    private var responseKeepAlive = true
+    private var responseTimer: Scheduled<Void>?
+    private var retriedStaleConnection = false
+    /// Set when the upstream request could not be fully sent, so the connection is not reused.
+    private var upstreamUsable = true
+
+    init(
+        upstreamHead: HTTPRequestHead,
+        requestMethod: HTTPMethod,
+        clientVersion: HTTPVersion,
+        requestID: String,
+        addHSTS: Bool,
+        expectsContinue: Bool,
+        requestHasBody: Bool,
+        cluster: UpstreamCluster,
+        pool: UpstreamConnectionPool,
+        downstream: DownstreamResponder
+    ) {
+        self.upstreamHead = upstreamHead
+        self.requestMethod = requestMethod
+        self.clientVersion = clientVersion
+        self.requestID = requestID
+        self.addHSTS = addHSTS
+        self.expectsContinue = expectsContinue
+        self.requestComplete = !requestHasBody
+        self.cluster = cluster
+        self.pool = pool
+        self.downstream = downstream
+        self.eventLoop = pool.eventLoop
+    }
+
+    // MARK: - Driven by the downstream
+
+    func start() {
+        self.candidates = self.cluster.candidates(now: .now())
+        guard !self.candidates.isEmpty else {
+            self.fail(.noHealthyUpstream)
+            return
+        }
+        if !self.requestComplete {
+            // Nothing to forward until a connection exists: hold the body back at the socket.
+            self.downstream?.pauseRequestBody()
+        }
+        self.connectNext()
+    }
+
+    func requestBodyReceived(_ body: ByteBuffer) {
+        self.requestBodyStarted = true
+        switch self.state {
+        case .connecting:
+            self.pendingBody.append(body)
+        case .awaitingResponse(let connection), .streamingResponse(let connection):
+            connection.write(.body(.byteBuffer(body)), flush: true)
+            if !connection.channel.isWritable { self.downstream?.pauseRequestBody() }
+        case .finished:
+            break
+        }
+    }
+
+    func requestEndReceived() {
+        self.requestComplete = true
+        switch self.state {
+        case .awaitingResponse(let connection):
+            connection.write(.end(nil), flush: true)
+            self.armResponseTimer()
+        case .streamingResponse(let connection):
+            connection.write(.end(nil), flush: true)
+        case .connecting, .finished:
+            break
+        }
+    }
+
+    /// The client went away or broke the request (body over the limit): drop the upstream side.
+    func cancel() {
+        switch self.state {
+        case .connecting:
+            self.state = .finished
+        case .awaitingResponse(let connection), .streamingResponse(let connection):
+            self.state = .finished
+            self.responseTimer?.cancel()
+            connection.close()
+            self.pool.release(connection, reusable: false, settings: self.cluster.settings)
+        case .finished:
+            break
+        }
+    }
+
+    /// The client socket drained: upstream reads may resume.
+    func downstreamWritabilityChanged(isWritable: Bool) {
+        guard case .streamingResponse(let connection) = self.state else { return }
+        if isWritable { connection.handler.resumeReads() } else { connection.handler.pauseReads() }
+    }
+
+    // MARK: - Connecting
+
+    private func connectNext() {
+        guard case .connecting = self.state else { return }
+        guard self.nextCandidate < self.candidates.count else {
+            self.fail(.upstreamUnavailable)
+            return
+        }
+        let endpoint = self.candidates[self.nextCandidate]
+        self.nextCandidate += 1
+        self.pool.acquire(endpoint, settings: self.cluster.settings).assumeIsolated().whenComplete { result in
+            if case .failure = result, case .finished = self.state { return }
+            switch result {
+            case .success(let connection):
+                endpoint.recordSuccess()
+                self.attach(connection)
+            case .failure(UpstreamAcquireError.poolExhausted):
+                self.fail(.upstreamBusy)
+            case .failure:
+                endpoint.recordFailure(now: .now())
+                self.connectNext()
+            }
+        }
+    }
+
+    private func attach(_ connection: UpstreamConnection) {
+        guard case .connecting = self.state else {
+            // The client left while we were connecting.
+            self.pool.release(connection, reusable: true, settings: self.cluster.settings)
+            return
+        }
+        self.state = .awaitingResponse(connection)
+        connection.handler.owner = self
+        connection.write(.head(self.upstreamHead), flush: false)
+        for body in self.pendingBody { connection.write(.body(.byteBuffer(body)), flush: false) }
+        self.pendingBody.removeAll()
+        if self.requestComplete { connection.write(.end(nil), flush: false) }
+        connection.channel.flush()
+        if self.requestComplete { self.armResponseTimer() }
+        if !self.requestComplete {
+            if self.expectsContinue && !self.requestBodyStarted { self.downstream?.sendContinue() }
+            if connection.channel.isWritable { self.downstream?.resumeRequestBody() }
+        }
+    }
+
+    // MARK: - UpstreamConnectionOwner
+
+    func upstreamReceived(_ part: HTTPClientResponsePart) {
+        switch (self.state, part) {
+        case (.awaitingResponse(let connection), .head(let head)):
+            self.responseTimer?.cancel()
+            self.responseTimer = nil
+            self.state = .streamingResponse(connection)
+            self.responseKeepAlive = head.isKeepAlive
+            let (clientHead, framing) = HeaderRewriter.clientResponse(
+                head,
+                requestMethod: self.requestMethod,
+                clientVersion: self.clientVersion,
+                requestID: self.requestID,
+                addHSTS: self.addHSTS
+            )
+            self.downstream?.sendResponseHead(clientHead, framing: framing)
+        case (.streamingResponse(let connection), .body(let body)):
+            guard let downstream = self.downstream else { return }
+            downstream.sendResponseBody(body)
+            if !downstream.isWritable { connection.handler.pauseReads() }
+        case (.streamingResponse(let connection), .end):
+            self.state = .finished
+            connection.handler.resumeReads()
+            let reusable = self.responseKeepAlive && self.requestComplete && self.upstreamUsable
+            self.pool.release(connection, reusable: reusable, settings: self.cluster.settings)
+            self.downstream?.sendResponseEnd()
+            self.downstream?.exchangeFinished()
+        default:
+            // A response part out of order: the upstream broke HTTP framing.
+            self.upstreamFailed(UpstreamProtocolError())
+        }
+    }
+
+    func upstreamFailed(_ error: Error) {
+        self.upstreamLost(error is HTTPParserError || error is UpstreamProtocolError ? .badUpstreamResponse : .upstreamUnavailable)
+    }
+
+    func upstreamClosed() {
+        self.upstreamLost(.upstreamUnavailable)
+    }
+
+    func upstreamReadComplete() {
+        if case .streamingResponse = self.state { self.downstream?.flush() }
+    }
+
+    func upstreamWritabilityChanged(isWritable: Bool) {
+        guard !self.requestComplete else { return }
+        if isWritable { self.downstream?.resumeRequestBody() } else { self.downstream?.pauseRequestBody() }
+    }
+
+    // MARK: - Failures
+
+    private func upstreamLost(_ error: GatewayError) {
+        switch self.state {
+        case .awaitingResponse(let connection):
+            self.responseTimer?.cancel()
+            connection.close()
+            // A reused keep-alive connection that dies before any response byte was most likely
+            // closed by the upstream while idle; a bodiless request was not processed and is safe
+            // to send again on a fresh connection.
+            if connection.hasServedRequests, !self.retriedStaleConnection, !self.requestBodyStarted,
+                self.requestComplete, error == .upstreamUnavailable
+            {
+                self.retriedStaleConnection = true
+                self.state = .connecting
+                self.nextCandidate = max(0, self.nextCandidate - 1)
+                self.connectNext()
+                return
+            }
+            self.fail(error)
+        case .streamingResponse(let connection):
+            self.state = .finished
+            connection.close()
+            self.downstream?.abortResponse()
+        case .connecting, .finished:
+            break
+        }
+    }
+
+    /// `response_timeout` counts from the moment the whole request is upstream (as Envoy's route
+    /// timeout does), so a long upload is not cut off by it.
+    private func armResponseTimer() {
+        self.responseTimer?.cancel()
+        self.responseTimer = self.eventLoop.assumeIsolated().scheduleTask(
+            in: self.cluster.settings.responseTimeout
+        ) { [weak self] in
+            self?.responseTimedOut()
+        }
+    }
+
+    private func responseTimedOut() {
+        guard case .awaitingResponse(let connection) = self.state else { return }
+        connection.close()
+        self.fail(.upstreamTimeout)
+    }
+
+    private func fail(_ error: GatewayError) {
+        self.state = .finished
+        self.responseTimer?.cancel()
+        self.pendingBody.removeAll()
+        self.downstream?.sendErrorResponse(error)
+        self.downstream?.exchangeFinished()
+    }
+}
+
+/// The upstream sent response parts in an order HTTP/1.1 does not allow.
+struct UpstreamProtocolError: Error {}

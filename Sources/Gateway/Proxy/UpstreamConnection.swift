@@ -1,0 +1,120 @@
+import NIOCore
+import NIOHTTP1
+
+/// What an upstream connection reports to the exchange currently using it. All calls happen on the
+/// connection's event loop, which is also the client connection's loop.
+protocol UpstreamConnectionOwner: AnyObject {
+    func upstreamReceived(_ part: HTTPClientResponsePart)
+    func upstreamFailed(_ error: Error)
+    func upstreamClosed()
+    func upstreamReadComplete()
+    func upstreamWritabilityChanged(isWritable: Bool)
+}
+
+/// The last handler of a pooled upstream channel (after the NIO HTTP/1 client codec). It forwards
+/// response parts to its owner and holds back socket reads while the client is slow to read
+/// (backpressure: a slow downloader must not make the gateway buffer the whole response).
+final class UpstreamConnectionHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    weak var owner: UpstreamConnectionOwner?
+    /// Called once when the channel goes inactive, so the pool forgets the connection.
+    var onClose: (() -> Void)?
+    private var readsPaused = false
+    private var readPending = false
+    private var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = Self.unwrapInboundIn(data)
+        if let owner = self.owner {
+            owner.upstreamReceived(part)
+        } else {
+            // Bytes on an idle pooled connection: the upstream is out of sync. Never reuse it.
+            context.close(promise: nil)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        self.owner?.upstreamReadComplete()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        let owner = self.owner
+        self.owner = nil
+        owner?.upstreamFailed(error)
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let owner = self.owner
+        self.owner = nil
+        owner?.upstreamClosed()
+        self.onClose?()
+        self.onClose = nil
+        context.fireChannelInactive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        self.owner?.upstreamWritabilityChanged(isWritable: context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if self.readsPaused {
+            self.readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    /// Writes from the tail of the pipeline without a trip through `Channel.write`.
+    func send(_ part: HTTPClientRequestPart, flush: Bool) {
+        guard let context else { return }
+        context.write(Self.wrapOutboundOut(part), promise: nil)
+        if flush { context.flush() }
+    }
+
+    func pauseReads() { self.readsPaused = true }
+
+    func resumeReads() {
+        guard self.readsPaused else { return }
+        self.readsPaused = false
+        if self.readPending, let context {
+            self.readPending = false
+            context.read()
+        }
+    }
+}
+
+/// A keep-alive connection to one upstream endpoint, owned by the pool of one event loop.
+/// `@unchecked Sendable` only so futures can carry it: it is created, used and released on its
+/// channel's event loop and never touched elsewhere.
+final class UpstreamConnection: @unchecked Sendable {
+    let channel: Channel
+    let handler: UpstreamConnectionHandler
+    let endpoint: UpstreamEndpoint
+    /// True once the connection served a request: a failure before any response byte on a reused
+    /// connection may just be the upstream closing an idle connection, which is safe to retry.
+    var hasServedRequests = false
+    var idleTimer: Scheduled<Void>?
+
+    init(channel: Channel, handler: UpstreamConnectionHandler, endpoint: UpstreamEndpoint) {
+        self.channel = channel
+        self.handler = handler
+        self.endpoint = endpoint
+    }
+
+    func write(_ part: HTTPClientRequestPart, flush: Bool) {
+        self.handler.send(part, flush: flush)
+    }
+
+    func close() {
+        self.handler.owner = nil
+        self.channel.close(promise: nil)
+    }
+}

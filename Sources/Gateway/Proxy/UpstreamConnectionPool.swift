@@ -1,0 +1,168 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// Why no upstream connection could be had.
+enum UpstreamAcquireError: Error {
+    case connectFailed(Error)
+    /// `max_connections` reached and none freed up within `connect_timeout`.
+    case poolExhausted
+}
+
+/// Keep-alive connections of one event loop to every upstream endpoint. Connections are created on
+/// the client's own loop, so a proxied request never hops threads; `max_connections` is shared
+/// across loops through the endpoint's atomic counter.
+final class UpstreamConnectionPool {
+    private struct Waiter {
+        var id: UInt64
+        var promise: EventLoopPromise<UpstreamConnection>
+        var timeout: Scheduled<Void>?
+    }
+
+    let eventLoop: EventLoop
+    private var idle: [ObjectIdentifier: [UpstreamConnection]] = [:]
+    private var waiters: [ObjectIdentifier: [Waiter]] = [:]
+    private var nextWaiterID: UInt64 = 0
+    private var isClosed = false
+
+    init(eventLoop: EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    /// An idle connection (most recently used first, its TLS/TCP state warm) or a new one.
+    func acquire(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) -> EventLoopFuture<UpstreamConnection> {
+        self.eventLoop.preconditionInEventLoop()
+        let key = ObjectIdentifier(endpoint)
+        while var stack = self.idle[key], let connection = stack.popLast() {
+            self.idle[key] = stack
+            connection.idleTimer?.cancel()
+            connection.idleTimer = nil
+            if connection.channel.isActive { return self.eventLoop.makeSucceededFuture(connection) }
+        }
+        if self.reserveSlot(endpoint, max: settings.maxConnections) {
+            return self.connect(endpoint, settings: settings)
+        }
+        return self.wait(for: endpoint, timeout: settings.connectTimeout)
+    }
+
+    /// Gives a connection back. Non-reusable ones (framing broken, `Connection: close`, request
+    /// not fully sent) are closed.
+    func release(_ connection: UpstreamConnection, reusable: Bool, settings: UpstreamSettings) {
+        connection.handler.owner = nil
+        guard reusable, !self.isClosed, connection.channel.isActive else {
+            connection.close()
+            return
+        }
+        connection.hasServedRequests = true
+        let key = ObjectIdentifier(connection.endpoint)
+        if var queue = self.waiters[key], !queue.isEmpty {
+            let waiter = queue.removeFirst()
+            self.waiters[key] = queue
+            waiter.timeout?.cancel()
+            waiter.promise.succeed(connection)
+            return
+        }
+        connection.idleTimer = self.eventLoop.assumeIsolated().scheduleTask(in: settings.idleTimeout) { [weak self, weak connection] in
+            guard let self, let connection else { return }
+            self.removeIdle(connection)
+            connection.close()
+        }
+        self.idle[key, default: []].append(connection)
+    }
+
+    /// Closes every idle connection (shutdown).
+    func closeAll() {
+        self.isClosed = true
+        for (_, stack) in self.idle {
+            for connection in stack {
+                connection.idleTimer?.cancel()
+                connection.close()
+            }
+        }
+        self.idle.removeAll()
+    }
+
+    private func removeIdle(_ connection: UpstreamConnection) {
+        let key = ObjectIdentifier(connection.endpoint)
+        self.idle[key]?.removeAll { $0 === connection }
+    }
+
+    private func reserveSlot(_ endpoint: UpstreamEndpoint, max: Int) -> Bool {
+        while true {
+            let current = endpoint.openConnections.load(ordering: .relaxed)
+            if current >= max { return false }
+            if endpoint.openConnections.compareExchange(
+                expected: current, desired: current + 1, ordering: .relaxed
+            ).exchanged { return true }
+        }
+    }
+
+    private func slotFreed(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) {
+        endpoint.openConnections.subtract(1, ordering: .relaxed)
+        // A waiter on this loop may now open a connection of its own.
+        let key = ObjectIdentifier(endpoint)
+        guard var queue = self.waiters[key], !queue.isEmpty else { return }
+        guard self.reserveSlot(endpoint, max: settings.maxConnections) else { return }
+        let waiter = queue.removeFirst()
+        self.waiters[key] = queue
+        waiter.timeout?.cancel()
+        self.connect(endpoint, settings: settings, slotReserved: true).cascade(to: waiter.promise)
+    }
+
+    private func wait(for endpoint: UpstreamEndpoint, timeout: TimeAmount) -> EventLoopFuture<UpstreamConnection> {
+        let promise = self.eventLoop.makePromise(of: UpstreamConnection.self)
+        let key = ObjectIdentifier(endpoint)
+        self.nextWaiterID &+= 1
+        let id = self.nextWaiterID
+        let scheduled = self.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [weak self] in
+            guard let self else { return }
+            if let index = self.waiters[key]?.firstIndex(where: { $0.id == id }) {
+                let waiter = self.waiters[key]!.remove(at: index)
+                waiter.promise.fail(UpstreamAcquireError.poolExhausted)
+            }
+        }
+        self.waiters[key, default: []].append(Waiter(id: id, promise: promise, timeout: scheduled))
+        return promise.futureResult
+    }
+
+    private func connect(
+        _ endpoint: UpstreamEndpoint,
+        settings: UpstreamSettings,
+        slotReserved: Bool = true
+    ) -> EventLoopFuture<UpstreamConnection> {
+        let handler = UpstreamConnectionHandler()
+        let boundHandler = NIOLoopBound(handler, eventLoop: self.eventLoop)
+        let bootstrap = ClientBootstrap(group: self.eventLoop)
+            .connectTimeout(settings.connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    var encoderConfiguration = HTTPRequestEncoder.Configuration()
+                    encoderConfiguration.automaticallySetFramingHeaders = false
+                    try channel.pipeline.syncOperations.addHandlers([
+                        HTTPRequestEncoder(configuration: encoderConfiguration),
+                        ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)),
+                    ])
+                    try channel.pipeline.syncOperations.addHandler(boundHandler.value)
+                }
+            }
+        let future: EventLoopFuture<Channel>
+        if let address = endpoint.address {
+            future = bootstrap.connect(to: address)
+        } else {
+            future = bootstrap.connect(host: endpoint.host, port: endpoint.port)
+        }
+        return future.assumeIsolated().flatMapErrorThrowing { error in
+            self.slotFreed(endpoint, settings: settings)
+            throw UpstreamAcquireError.connectFailed(error)
+        }.map { channel in
+            let connection = UpstreamConnection(channel: channel, handler: handler, endpoint: endpoint)
+            handler.onClose = { [weak self, weak connection] in
+                guard let self else { return }
+                if let connection { self.removeIdle(connection) }
+                self.slotFreed(endpoint, settings: settings)
+            }
+            return connection
+        }.nonisolated()
+    }
+}

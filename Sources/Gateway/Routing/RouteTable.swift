@@ -1,0 +1,131 @@
+/// Which hosts a route answers for. Ordered by specificity: exact > wildcard > any (SPEC "routes").
+enum HostPattern: Sendable, Equatable {
+    case any
+    /// `*.barberpro.com.ar` stored as the suffix `.barberpro.com.ar`: matches one or more labels in
+    /// front of it, never the bare domain.
+    case wildcard(suffix: String)
+    case exact(String)
+
+    init(_ pattern: String?) {
+        guard let pattern, !pattern.isEmpty else {
+            self = .any
+            return
+        }
+        let lowered = pattern.lowercased()
+        if lowered.hasPrefix("*.") {
+            self = .wildcard(suffix: String(lowered.dropFirst()))
+        } else {
+            self = .exact(lowered)
+        }
+    }
+
+    var specificity: Int {
+        switch self {
+        case .any: 0
+        case .wildcard: 1
+        case .exact: 2
+        }
+    }
+
+    /// `host` must already be normalised (lowercase, no port, no trailing dot).
+    func matches(_ host: Substring) -> Bool {
+        switch self {
+        case .any: true
+        case .exact(let name): host == name
+        case .wildcard(let suffix): host.count > suffix.count && host.hasSuffix(suffix)
+        }
+    }
+}
+
+/// A route resolved at config load: everything the hot path needs, nothing to recompute per request.
+final class Route: Sendable {
+    let name: String
+    let host: HostPattern
+    let pathPrefix: String
+    /// nil = every method.
+    let methods: Set<String>?
+    let upstreamName: String
+    let order: Int
+
+    init(name: String, host: String?, pathPrefix: String, methods: [String]?, upstreamName: String, order: Int) {
+        self.name = name
+        self.host = HostPattern(host)
+        self.pathPrefix = pathPrefix
+        self.methods = methods.map { Set($0.map { $0.uppercased() }) }
+        self.upstreamName = upstreamName
+        self.order = order
+    }
+
+    /// Segment-aware prefix: `/api/auth/login` matches `/api/auth/login` and `/api/auth/login/x`
+    /// but not `/api/auth/login2` (a prefix ending in `/` is a plain prefix). Safer than Envoy's raw
+    /// `prefix`, which would let `/api/auth/loginx` ride the login route's policies.
+    func matchesPath(_ path: Substring) -> Bool {
+        guard path.hasPrefix(self.pathPrefix) else { return false }
+        if self.pathPrefix.hasSuffix("/") || path.utf8.count == self.pathPrefix.utf8.count { return true }
+        let next = path.utf8[path.utf8.index(path.utf8.startIndex, offsetBy: self.pathPrefix.utf8.count)]
+        return next == UInt8(ascii: "/")
+    }
+
+    func matchesMethod(_ method: String) -> Bool {
+        guard let methods = self.methods else { return true }
+        return methods.contains(method)
+    }
+}
+
+/// Outcome of matching one request against the route table.
+enum RouteLookup {
+    case matched(Route)
+    /// Some route matches host and path but none the method: answer 405 with `Allow`.
+    case methodNotAllowed(allow: [String])
+    case notFound
+}
+
+/// Routes sorted once by precedence (exact host > `*.domain` > any host, then longest
+/// `path_prefix`, then file order), so matching is a linear scan that stops at the first hit.
+final class RouteTable: Sendable {
+    let routes: [Route]
+
+    init(_ routes: [Route]) {
+        self.routes = routes.sorted { a, b in
+            if a.host.specificity != b.host.specificity { return a.host.specificity > b.host.specificity }
+            if a.pathPrefix.utf8.count != b.pathPrefix.utf8.count {
+                return a.pathPrefix.utf8.count > b.pathPrefix.utf8.count
+            }
+            return a.order < b.order
+        }
+    }
+
+    /// - Parameters:
+    ///   - host: the request's host (`Host` or `:authority`), any case, with or without port.
+    ///   - path: the path without query string.
+    func match(host rawHost: String?, path: Substring, method: String) -> RouteLookup {
+        let host = Self.normalizeHost(rawHost)
+        var allowed: [String]? = nil
+        for route in self.routes where route.host.matches(host) && route.matchesPath(path) {
+            if route.matchesMethod(method) { return .matched(route) }
+            if allowed == nil { allowed = [] }
+            allowed!.append(contentsOf: route.methods ?? [])
+        }
+        if var allowed {
+            allowed = Array(Set(allowed)).sorted()
+            return .methodNotAllowed(allow: allowed)
+        }
+        return .notFound
+    }
+
+    /// Lowercase, without port and trailing dot; IPv6 literals keep their brackets.
+    static func normalizeHost(_ raw: String?) -> Substring {
+        guard let raw, !raw.isEmpty else { return "" }
+        var host = Substring(raw)
+        if host.first == "[" {
+            if let close = host.firstIndex(of: "]") { host = host[...close] }
+        } else if let colon = host.lastIndex(of: ":") {
+            host = host[..<colon]
+        }
+        if host.last == "." { host = host.dropLast() }
+        if host.utf8.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) {
+            return Substring(host.lowercased())
+        }
+        return host
+    }
+}

@@ -1,0 +1,314 @@
+import NIOCore
+
+/// Server-side TLS over system OpenSSL: ciphertext `ByteBuffer`s on the socket side, plaintext
+/// `ByteBuffer`s on the application side.
+///
+/// A thin I/O shell: decisions are made by ``TLSConnectionStateMachine``; OpenSSL calls go through
+/// ``TLSConnection``. The handler feeds bytes, runs the calls the machine asks for, and after every
+/// OpenSSL call writes whatever ciphertext it produced (handshake flights, tickets, alerts).
+///
+/// Ordering guarantee: ``TLSHandshakeCompleted`` is fired before any decrypted byte, in the same call
+/// stack, because with TLS 1.3 the client's Finished and its first request often arrive in one read
+/// and the next handler switches the pipeline (HTTP/1 or h2) inside `userInboundEventTriggered`.
+final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    /// How long to wait for the peer's close_notify after sending ours (a peer need not answer).
+    static let closeNotifyTimeout = TimeAmount.seconds(1)
+
+    private let tlsContext: TLSServerContext
+    private let handshakeTimeout: TimeAmount
+    private var stateMachine = TLSConnectionStateMachine()
+    /// Created in `handlerAdded`, freed (with its `SSL*`) in `handlerRemoved`.
+    private var connection: TLSConnection?
+    private var handshakeTimer: Scheduled<Void>?
+    private var closeTimer: Scheduled<Void>?
+    /// True while the read loop runs, so a re-entrant channelRead only feeds the BIO.
+    private var isDecrypting = false
+    /// Set once this handler has closed the channel itself, so it closes only once.
+    private var closeIssued = false
+
+    init(context: TLSServerContext, handshakeTimeout: TimeAmount) {
+        self.tlsContext = context
+        self.handshakeTimeout = handshakeTimeout
+    }
+
+    // MARK: Lifecycle
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        do {
+            self.connection = try TLSConnection(context: self.tlsContext)
+        } catch {
+            context.fireErrorCaught(error)
+            context.close(promise: nil)
+            return
+        }
+        if context.channel.isActive {
+            self.start(context: context)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.cancelTimers()
+        let promises = self.stateMachine.handlerRemoved()
+        promises.forEach { $0.fail(ChannelError.ioOnClosedChannel) }
+        self.connection = nil  // SSL_free
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.start(context: context)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.cancelTimers()
+        switch self.stateMachine.channelInactive() {
+        case .cleanUp(let error, let failedWrites, let closePromises):
+            failedWrites.forEach { $0.fail(ChannelError.ioOnClosedChannel) }
+            closePromises.forEach { $0.succeed() }
+            if let error { context.fireErrorCaught(error) }
+        }
+        context.fireChannelInactive()
+    }
+
+    private func start(context: ChannelHandlerContext) {
+        guard case .startHandshake = self.stateMachine.channelActive() else { return }
+        self.handshakeTimer = context.eventLoop.assumeIsolated().scheduleTask(in: self.handshakeTimeout) {
+            self.handshakeTimer = nil
+            self.runTerminate(self.stateMachine.handshakeTimedOut(), context: context)
+        }
+        // A server speaks second, but stepping once puts OpenSSL in the accept state consistently.
+        self.stepHandshake(context: context)
+    }
+
+    // MARK: Inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let ciphertext = self.unwrapInboundIn(data)
+        guard let connection = self.connection else { return }
+        switch self.stateMachine.ciphertextReceived() {
+        case .discard:
+            return
+        case .continueHandshake:
+            connection.feed(ciphertext)
+            self.stepHandshake(context: context)
+        case .decrypt:
+            connection.feed(ciphertext)
+            self.decrypt(context: context)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.fireChannelReadComplete()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, case .inputClosed = event {
+            // EOF on a half-closable channel: without close_notify this is an unclean shutdown.
+            self.runTerminate(self.stateMachine.inputClosed(), context: context)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    private func stepHandshake(context: ChannelHandlerContext) {
+        guard let connection = self.connection else { return }
+        let result = connection.doHandshake()
+        self.writeOutput(context: context)
+        switch self.stateMachine.handshakeStepped(result) {
+        case .wait:
+            break
+        case .completed(let buffered):
+            self.handshakeTimer?.cancel()
+            self.handshakeTimer = nil
+            if let buffered { self.encrypt(buffered, context: context) }
+            context.fireUserInboundEventTriggered(connection.handshakeSummary)
+            // Application data that arrived with the client's Finished.
+            self.decrypt(context: context)
+        case .fail(let error, let promises):
+            self.failAndClose(error: error, promises: promises, context: context)
+        }
+    }
+
+    /// Runs SSL_read until the read BIO is empty, passing each decrypted chunk on.
+    private func decrypt(context: ChannelHandlerContext) {
+        guard !self.isDecrypting else { return }  // the running loop will pick up the new bytes
+        self.isDecrypting = true
+        defer { self.isDecrypting = false }
+        let allocator = context.channel.allocator
+        while let connection = self.connection {
+            let result = connection.read(allocator: allocator)
+            self.writeOutput(context: context)
+            switch self.stateMachine.readStepped(result) {
+            case .deliver(let plaintext):
+                context.fireChannelRead(self.wrapInboundOut(plaintext))
+            case .discardAndContinue:
+                continue
+            case .stop:
+                return
+            case .answerCloseNotifyAndClose(let promises):
+                promises.forEach { $0.fail(ChannelError.ioOnClosedChannel) }
+                _ = connection.shutdown()
+                self.writeOutput(context: context)
+                self.closeAfterPendingWrites(context: context)
+                return
+            case .closeChannel(let promises):
+                self.cancelTimers()
+                self.closeChannel(promises: promises, context: context)
+                return
+            case .fail(let error, let promises):
+                self.failAndClose(error: error, promises: promises, context: context)
+                return
+            }
+        }
+    }
+
+    // MARK: Outbound
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch self.stateMachine.write(self.unwrapOutboundIn(data), promise: promise) {
+        case .buffered:
+            break
+        case .failWrite(let promise, let error):
+            promise?.fail(error)
+        }
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        switch self.stateMachine.flush() {
+        case .none:
+            break
+        case .encrypt(let batch):
+            self.encrypt(batch, context: context)
+        }
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        switch self.stateMachine.close(mode: mode, promise: promise) {
+        case .forward(let promise):
+            context.close(mode: mode, promise: promise)
+        case .chain:
+            break
+        case .closeChannel(let promise, let failedWrites):
+            self.cancelTimers()
+            failedWrites.forEach { $0.fail(ChannelError.ioOnClosedChannel) }
+            context.close(promise: promise)
+        case .sendCloseNotify(let failedWrites):
+            failedWrites.forEach { $0.fail(ChannelError.ioOnClosedChannel) }
+            self.sendCloseNotify(context: context)
+        }
+    }
+
+    /// RFC 8446 §6.1: send close_notify, then wait at most ``closeNotifyTimeout`` for the peer's.
+    private func sendCloseNotify(context: ChannelHandlerContext) {
+        guard let connection = self.connection else {
+            self.runTerminate(self.stateMachine.closeNotifyCannotBeAwaited(), context: context)
+            return
+        }
+        let result = connection.shutdown()
+        self.writeOutput(context: context)
+        switch result {
+        case .sent:
+            self.closeTimer = context.eventLoop.assumeIsolated().scheduleTask(in: Self.closeNotifyTimeout) {
+                self.closeTimer = nil
+                self.runTerminate(self.stateMachine.closeTimedOut(), context: context)
+            }
+        case .complete, .failed:
+            self.runTerminate(self.stateMachine.closeNotifyCannotBeAwaited(), context: context)
+        }
+    }
+
+    /// One SSL_write for the whole batch, then one socket write whose completion completes every
+    /// application promise in the batch.
+    private func encrypt(_ batch: TLSConnectionStateMachine.EncryptBatch, context: ChannelHandlerContext) {
+        guard let connection = self.connection else {
+            batch.promises.forEach { $0.fail(ChannelError.ioOnClosedChannel) }
+            return
+        }
+        if batch.plaintext.readableBytes > 0, case .failed(let error) = connection.write(batch.plaintext) {
+            self.writeOutput(context: context)
+            self.runTerminate(self.stateMachine.encryptionFailed(error, promises: batch.promises), context: context)
+            return
+        }
+        let output = connection.drainOutput(allocator: context.channel.allocator) ?? context.channel.allocator.buffer(capacity: 0)
+        context.writeAndFlush(self.wrapOutboundOut(output), promise: Self.combine(batch.promises, eventLoop: context.eventLoop))
+    }
+
+    private static func combine(_ promises: [EventLoopPromise<Void>], eventLoop: any EventLoop) -> EventLoopPromise<Void>? {
+        switch promises.count {
+        case 0: return nil
+        case 1: return promises[0]
+        default:
+            let combined = eventLoop.makePromise(of: Void.self)
+            for promise in promises { combined.futureResult.cascade(to: promise) }
+            return combined
+        }
+    }
+
+    // MARK: Helpers
+
+    /// Sends whatever the last OpenSSL call produced.
+    private func writeOutput(context: ChannelHandlerContext) {
+        guard let output = self.connection?.drainOutput(allocator: context.channel.allocator) else { return }
+        context.writeAndFlush(self.wrapOutboundOut(output), promise: nil)
+    }
+
+    private func runTerminate(_ action: TLSConnectionStateMachine.TerminateAction, context: ChannelHandlerContext) {
+        switch action {
+        case .none:
+            break
+        case .fail(let error, let promises):
+            if let error {
+                self.failAndClose(error: error, promises: promises, context: context)
+            } else {
+                promises.forEach { $0.fail(ChannelError.ioOnClosedChannel) }
+            }
+        case .closeChannel(let promises):
+            self.cancelTimers()
+            self.closeChannel(promises: promises, context: context)
+        }
+    }
+
+    /// Alert bytes were already written by `writeOutput`; report the error, then close once they are out.
+    private func failAndClose(error: TLSError, promises: [EventLoopPromise<Void>], context: ChannelHandlerContext) {
+        self.cancelTimers()
+        promises.forEach { $0.fail(error) }
+        context.fireErrorCaught(error)
+        self.closeAfterPendingWrites(context: context)
+    }
+
+    /// Closes once everything written so far (an alert, our close_notify, the response before it) has
+    /// reached the socket, because closing a NIO channel drops writes still pending. An empty write is
+    /// the barrier: NIO completes write promises in order. Bounded by ``closeNotifyTimeout`` so a
+    /// peer that stops reading cannot hold the connection open.
+    private func closeAfterPendingWrites(context: ChannelHandlerContext) {
+        guard !self.closeIssued else { return }
+        self.closeIssued = true
+        let loop = context.eventLoop.assumeIsolated()
+        let barrier = context.eventLoop.makePromise(of: Void.self)
+        let deadline = loop.scheduleTask(in: Self.closeNotifyTimeout) {
+            context.close(promise: nil)
+        }
+        barrier.futureResult.assumeIsolated().whenComplete { _ in
+            deadline.cancel()
+            context.close(promise: nil)
+        }
+        context.writeAndFlush(self.wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: barrier)
+    }
+
+    private func closeChannel(promises: [EventLoopPromise<Void>], context: ChannelHandlerContext) {
+        context.close(promise: Self.combine(promises, eventLoop: context.eventLoop))
+    }
+
+    private func cancelTimers() {
+        self.handshakeTimer?.cancel()
+        self.handshakeTimer = nil
+        self.closeTimer?.cancel()
+        self.closeTimer = nil
+    }
+}
+
+@available(*, unavailable)
+extension TLSServerHandler: Sendable {}

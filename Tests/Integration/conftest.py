@@ -1,0 +1,213 @@
+"""Integration fixtures: the real gateway binary, the real demo upstream, real TLS certificates.
+
+Everything listens on 127.0.0.1 ephemeral ports and is stopped by PID at the end of each test.
+"""
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bin_path() -> Path:
+    out = subprocess.run(["swift", "build", "--show-bin-path"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
+
+
+BIN = bin_path()
+GATEWAY = BIN / "gateway"
+DEMO = BIN / "demo-upstream"
+
+
+def make_cert(directory: Path, name: str, sans: str, cn: str) -> tuple[Path, Path]:
+    crt, key = directory / f"{name}.crt", directory / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+         "-subj", f"/CN={cn}", "-addext", f"subjectAltName={sans}", "-keyout", str(key), "-out", str(crt)],
+        check=True, capture_output=True)
+    return crt, key
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("certs")
+    default = make_cert(d, "default", "DNS:localhost,IP:127.0.0.1", "gateway-default")
+    other = make_cert(d, "other", "DNS:api.barberpro.test,DNS:*.shops.barberpro.test", "gateway-other")
+    return {"default": default, "other": other, "dir": d}
+
+
+class Upstream:
+    def __init__(self):
+        self.proc = subprocess.Popen([str(DEMO), "--port", "0"], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        m = re.search(r":(\d+)$", line.strip())
+        assert m, f"demo upstream did not start: {line!r}"
+        self.port = int(m.group(1))
+
+    def stats(self):
+        with socket.create_connection(("127.0.0.1", self.port)) as s:
+            s.sendall(b"GET /__stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        return json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def upstream():
+    u = Upstream()
+    yield u
+    u.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gateway:
+    """A running `gateway run` with a generated config. Listener ports are read from its output."""
+
+    def __init__(self, config_text: str, directory: Path, env=None):
+        self.config_path = directory / "gateway.yaml"
+        self.config_path.write_text(config_text)
+        self.proc = subprocess.Popen(
+            [str(GATEWAY), "run", "--config", str(self.config_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+        self.ports = {}
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("gateway exited: " + self.proc.stderr.read())
+            m = re.match(r"gateway: listener (\S+) on .*:(\d+)$", line.strip())
+            if m:
+                self.ports[m.group(1)] = int(m.group(2))
+            if "admin" in self.ports and len(self.ports) >= 2:
+                break
+
+    def url(self, path="/", listener="public"):
+        scheme = "https" if listener == "public" else "http"
+        return f"{scheme}://127.0.0.1:{self.ports[listener]}{path}"
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def config_text(certs, upstream_port, extra_routes="", upstream_extra="", listeners_extra="", top_extra="",
+                endpoints=None, min_version="1.2", max_body="2MiB"):
+    crt, key = certs["default"]
+    crt2, key2 = certs["other"]
+    endpoints = endpoints or [f"127.0.0.1:{upstream_port}"]
+    text = textwrap.dedent(f"""\
+        workers: 2
+        listeners:
+          - name: public
+            address: 127.0.0.1:0
+            tls:
+              min_version: "{min_version}"
+              certificates:
+                - {{ cert: {crt}, key: {key} }}
+                - {{ cert: {crt2}, key: {key2} }}
+          - name: plain
+            address: 127.0.0.1:0
+          - name: http
+            address: 127.0.0.1:0
+            redirect_to_https: true
+        @LISTENERS_EXTRA@admin:
+          address: 127.0.0.1:0
+        limits: {{ max_header_bytes: 8KiB, max_body_bytes: {max_body} }}
+        timeouts: {{ client_header: 1s, idle: 5s, drain: 5s }}
+        @TOP_EXTRA@upstreams:
+          booking:
+            endpoints: [{", ".join(endpoints)}]
+            connect_timeout: 500ms
+            response_timeout: 2s
+            max_connections: 64
+        @UPSTREAM_EXTRA@routes:
+          - name: login
+            match: {{ path_prefix: /api/auth/login, methods: [POST] }}
+            upstream: booking
+          - name: api
+            match: {{ path_prefix: /api/ }}
+            upstream: booking
+        @EXTRA_ROUTES@""")
+    # Extras are inserted after dedent so their own indentation stays as written.
+    for token, value in (("@LISTENERS_EXTRA@", listeners_extra), ("@TOP_EXTRA@", top_extra),
+                         ("@UPSTREAM_EXTRA@", upstream_extra), ("@EXTRA_ROUTES@", extra_routes)):
+        text = text.replace(token, value)
+    return text
+
+
+@pytest.fixture
+def gateway_factory(certs, tmp_path):
+    started = []
+
+    def start(upstream_port, **kwargs):
+        d = tmp_path / f"gw{len(started)}"
+        d.mkdir()
+        gw = Gateway(config_text(certs, upstream_port, **kwargs), d)
+        # Wait for all listeners (public, plain, http, admin).
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+@pytest.fixture
+def gateway(gateway_factory, upstream):
+    return gateway_factory(upstream.port)
+
+
+def raw_request(port: int, data: bytes, tls=False, timeout=5.0, server_name=None) -> bytes:
+    """Sends raw bytes and returns everything the server answers until it closes or goes quiet."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        sock = ctx.wrap_socket(sock, server_hostname=server_name or "localhost")
+    sock.sendall(data)
+    out = b""
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except (socket.timeout, ConnectionResetError, ssl.SSLError):
+        pass
+    sock.close()
+    return out
+
+
+def status_of(response: bytes) -> int:
+    m = re.match(rb"HTTP/1\.[01] (\d{3})", response)
+    assert m, f"no HTTP status in {response[:200]!r}"
+    return int(m.group(1))
