@@ -33,7 +33,7 @@ run: release certs
 
 test: test-deps
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+	scripts/with-redis.sh $(SWIFT) test --skip-build
 	$(PYTHON) -m pytest -q Tests/Integration
 
 unit-test: test-deps

@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "demo-upstream", targets: ["DemoUpstream"]),
         .library(name: "Gateway", targets: ["Gateway"]),
         .library(name: "JWTVerifier", targets: ["JWTVerifier"]),
+        .library(name: "RateLimiter", targets: ["RateLimiter"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -34,6 +35,8 @@ let package = Package(
         ),
         // JWS/JWT verification through OpenSSL EVP; independent of the gateway (no import of Gateway).
         .target(name: "JWTVerifier", dependencies: ["COpenSSL"]),
+        // Sliding-window / sliding-log maths, the in-process store and the Redis script; no I/O here.
+        .target(name: "RateLimiter"),
         .executableTarget(
             name: "GatewayCLI",
             dependencies: [
@@ -60,6 +63,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "JWTVerifierTests", dependencies: ["JWTVerifier"]),
+        .testTarget(name: "RateLimiterTests", dependencies: ["RateLimiter"]),
     ],
     swiftLanguageModes: [.v6]
 )

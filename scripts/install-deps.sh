@@ -7,7 +7,7 @@ SUDO=""
 
 packages=(libssl-dev pkg-config openssl curl)
 if [ "${1:-}" = "test" ]; then
-  packages+=(nghttp2-client)
+  packages+=(nghttp2-client redis-server)
 fi
 missing=()
 for p in "${packages[@]}"; do

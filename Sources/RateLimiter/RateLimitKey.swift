@@ -1,0 +1,173 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// What a policy's key is built from (config `key: client_ip | jwt_subject | header:NAME | route`).
+public enum KeyPartKind: Sendable, Hashable {
+    case clientIP
+    case jwtSubject
+    /// Header name, lower-cased.
+    case header(String)
+    case route
+
+    /// Parses a config value such as `client_ip` or `header:X-Api-Key`.
+    public init?(configValue: String) {
+        switch configValue {
+        case "client_ip": self = .clientIP
+        case "jwt_subject": self = .jwtSubject
+        case "route": self = .route
+        default:
+            guard configValue.hasPrefix("header:") else { return nil }
+            let name = configValue.dropFirst("header:".count)
+            guard !name.isEmpty else { return nil }
+            self = .header(name.lowercased())
+        }
+    }
+
+    /// Parts that name a client go inside the Redis Cluster hash tag.
+    var isClientIdentity: Bool {
+        if case .route = self { return false }
+        return true
+    }
+}
+
+/// One resolved part of a key: its kind plus the request's value for it.
+public struct KeyPart: Sendable, Hashable {
+    public var kind: KeyPartKind
+    public var value: String
+
+    public init(kind: KeyPartKind, value: String) {
+        self.kind = kind
+        self.value = value
+    }
+
+    public static func clientIP(_ ip: String) -> KeyPart { KeyPart(kind: .clientIP, value: ip) }
+    public static func jwtSubject(_ sub: String) -> KeyPart { KeyPart(kind: .jwtSubject, value: sub) }
+    public static func header(_ name: String, _ value: String) -> KeyPart { KeyPart(kind: .header(name.lowercased()), value: value) }
+    public static func route(_ name: String) -> KeyPart { KeyPart(kind: .route, value: name) }
+}
+
+/// Storage keys: `gw:rl:{<client-part>}:<policy>[:<other parts>...]`.
+///
+/// The `{...}` is a Redis Cluster hash tag (only the text between the first `{` and the next `}`
+/// is hashed), and it holds the client identity, so all policies keyed by the same client land in
+/// one slot and one EVALSHA may touch them all (multi-key scripts must stay within one slot).
+/// The in-process store shards by the same tag. Client parts:
+/// `ip:203.0.113.7`, `ip:2001:db8:1:2::/64` (IPv6 truncated to the policy's prefix; IPv4-mapped
+/// IPv6 becomes IPv4), `sub:<subject>`, `h:<name>:<value>`; other parts: `route:<name>`.
+/// Free text is percent-encoded outside `[A-Za-z0-9._~-]`, so no value can contain `{`, `}` or
+/// `:` and two different part lists never produce the same key.
+public enum RateLimitKey {
+    public static let prefix = "gw:rl:"
+
+    /// Builds the key, or nil when a client IP part does not parse as an IP address.
+    /// The first client-identity part (client IP, JWT subject or header) goes in the hash tag;
+    /// the remaining parts follow the policy name in order. With no identity part the first part
+    /// is the tag; with no parts at all the tag is `global`.
+    public static func make(policy: PolicySpec, parts: [KeyPart]) -> String? {
+        var encoded: [(String, Bool)] = []
+        for part in parts {
+            guard let e = encode(part, ipv6Prefix: policy.ipv6Prefix) else { return nil }
+            encoded.append((e, part.kind.isClientIdentity))
+        }
+        let tagIndex = encoded.firstIndex { $0.1 } ?? (encoded.isEmpty ? nil : 0)
+        var key = prefix + "{" + (tagIndex.map { encoded[$0].0 } ?? "global") + "}:" + escape(policy.name)
+        for (i, e) in encoded.enumerated() where i != tagIndex {
+            key += ":" + e.0
+        }
+        return key
+    }
+
+    /// The hash-tag text of a key (what Redis Cluster hashes), or the whole key when it has none.
+    public static func hashTag(of key: String) -> Substring {
+        guard let open = key.firstIndex(of: "{") else { return key[...] }
+        let rest = key[key.index(after: open)...]
+        guard let close = rest.firstIndex(of: "}"), close > rest.startIndex else { return key[...] }
+        return rest[rest.startIndex..<close]
+    }
+
+    static func encode(_ part: KeyPart, ipv6Prefix: Int) -> String? {
+        switch part.kind {
+        case .clientIP:
+            guard let ip = IPAddress(parsing: part.value) else { return nil }
+            return "ip:" + ip.clientIdentity(ipv6Prefix: ipv6Prefix)
+        case .jwtSubject: return "sub:" + escape(part.value)
+        case .header(let name): return "h:" + escape(name.lowercased()) + ":" + escape(part.value)
+        case .route: return "route:" + escape(part.value)
+        }
+    }
+
+    static func escape(_ s: String) -> String {
+        var out = ""
+        out.reserveCapacity(s.utf8.count)
+        for b in s.utf8 {
+            switch b {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "."), UInt8(ascii: "_"),
+                 UInt8(ascii: "~"), UInt8(ascii: "-"):
+                out.unicodeScalars.append(Unicode.Scalar(b))
+            default:
+                let hex = Array("0123456789ABCDEF".utf8)
+                out += "%" + String(decoding: [hex[Int(b >> 4)], hex[Int(b & 0xF)]], as: UTF8.self)
+            }
+        }
+        return out
+    }
+}
+
+/// A parsed client IP address (parsed with `inet_pton`).
+public enum IPAddress: Sendable, Hashable {
+    case v4(UInt8, UInt8, UInt8, UInt8)
+    case v6([UInt8])  // 16 bytes
+
+    /// Accepts `203.0.113.7`, `2001:db8::1`, `[2001:db8::1]` and `fe80::1%eth0` (zone dropped).
+    /// IPv4-mapped IPv6 (`::ffff:203.0.113.7`) becomes the IPv4 address it carries.
+    public init?(parsing text: String) {
+        var s = Substring(text)
+        if s.hasPrefix("["), s.hasSuffix("]") { s = s.dropFirst().dropLast() }
+        if let pct = s.firstIndex(of: "%") { s = s[..<pct] }
+        guard !s.isEmpty, s.utf8.count <= 45 else { return nil }
+        let str = String(s)
+        var a4 = in_addr()
+        if inet_pton(AF_INET, str, &a4) == 1 {
+            let b = withUnsafeBytes(of: &a4) { Array($0) }
+            self = .v4(b[0], b[1], b[2], b[3])
+            return
+        }
+        var a6 = in6_addr()
+        guard inet_pton(AF_INET6, str, &a6) == 1 else { return nil }
+        let b = withUnsafeBytes(of: &a6) { Array($0.prefix(16)) }
+        if b[0..<10].allSatisfy({ $0 == 0 }) && b[10] == 0xFF && b[11] == 0xFF {
+            self = .v4(b[12], b[13], b[14], b[15])
+        } else {
+            self = .v6(b)
+        }
+    }
+
+    /// The text that identifies the client: IPv4 as-is; IPv6 with the bits past `ipv6Prefix`
+    /// cleared, in RFC 5952 form (via `inet_ntop`), plus `/prefix`.
+    public func clientIdentity(ipv6Prefix: Int) -> String {
+        switch self {
+        case let .v4(a, b, c, d):
+            return "\(a).\(b).\(c).\(d)"
+        case .v6(var bytes):
+            let prefix = max(0, min(128, ipv6Prefix))
+            for i in 0..<16 {
+                let keep = max(0, min(8, prefix - i * 8))
+                bytes[i] &= keep == 8 ? 0xFF : ~(0xFF >> UInt8(keep))
+            }
+            var a6 = in6_addr()
+            withUnsafeMutableBytes(of: &a6) { raw in
+                for i in 0..<16 { raw[i] = bytes[i] }
+            }
+            var buf = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+            let text = buf.withUnsafeMutableBufferPointer { p -> String in
+                guard inet_ntop(AF_INET6, &a6, p.baseAddress, socklen_t(p.count)) != nil else { return "" }
+                return String(cString: p.baseAddress!)
+            }
+            return text + "/\(prefix)"
+        }
+    }
+}

@@ -1,0 +1,181 @@
+/// The Redis side of the rate limiter: one Lua script, run with one EVALSHA per request
+/// (STYLE habit 12), implementing exactly the maths of `SlidingWindowLimiter`,
+/// `SlidingLogLimiter` and `MultiPolicy` — decide every policy, then count all or none.
+///
+/// Call: `EVALSHA <sha> <n> key1..keyN  now_ms cost  (algo limit window_ms shadow) × N`
+/// - `now_ms`: empty string in production: the script reads `TIME`, so every gateway instance
+///   shares Redis's clock. A number overrides it (tests only: a deterministic clock).
+/// - `cost`: units this request consumes (normally 1).
+/// - per policy: `algo` `w` (sliding_window) or `l` (sliding_log), `limit`, `window_ms`,
+///   `shadow` `1`/`0`, in the order of the keys.
+///
+/// Storage: a sliding window key is a hash `{w = window start ms, c = current count,
+/// p = previous count}`, PEXPIRE 2 × window on every write (after that both counts are irrelevant).
+/// A sliding log key is a sorted set of admitted request times (score = ms; member made unique
+/// with a suffix), pruned and PEXPIRE'd to one window on every write. A denied request writes
+/// nothing. Keys always carry a TTL.
+///
+/// Reply: one array per policy, `{allowed 1/0, remaining, reset_ms, retry_ms}` (retry 0 when it
+/// allows) — the fields of `Decision`; `decision(reply:requests:)` rebuilds the `MultiDecision`.
+///
+/// Notes for the session wiring this to hiredis:
+/// - Load it with `SCRIPT LOAD` (the reply is the SHA1; there is no SHA1 in this module) and
+///   fall back to EVAL / reload on `NOSCRIPT`.
+/// - Redis Cluster: every key of one call must hash to the same slot. Keys built by
+///   `RateLimitKey` share the client's hash tag, so policies keyed by the same client identity
+///   can go in one call; policies keyed by different identities (client_ip vs jwt_subject) land
+///   in different slots and would get CROSSSLOT — group them per tag or use a non-cluster Redis.
+/// - Arithmetic is in Lua doubles: exact because every product stays below 2^53 for limits up
+///   to 10^6 and windows up to ~100 days (limit × window_ms < 2^53).
+/// - `TIME` in a script that writes needs effects replication: the default since Redis 5 and the
+///   only mode since 7; `redis.replicate_commands()` is called when present for older servers.
+public enum RedisRateLimitScript {
+    public static let source: String = #"""
+    -- BarberPro Gateway rate limiter (RateLimiter/RedisRateLimitScript.swift documents the contract).
+    local now
+    if ARGV[1] ~= nil and ARGV[1] ~= '' then
+      now = tonumber(ARGV[1])
+    else
+      if redis.replicate_commands then redis.replicate_commands() end
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
+    local cost = tonumber(ARGV[2])
+    local n = #KEYS
+
+    -- sliding_window: usage = p * (W - e) / W + c, compared multiplied through by W.
+    local function sw_view(key, W)
+      local v = redis.call('HMGET', key, 'w', 'c', 'p')
+      local ws = tonumber(v[1])
+      local t = now
+      if ws ~= nil and t < ws then t = ws end
+      local start = t - (t % W)
+      local c, p = 0, 0
+      if ws == start then
+        c = tonumber(v[2]) or 0
+        p = tonumber(v[3]) or 0
+      elseif ws == start - W then
+        p = tonumber(v[2]) or 0
+      end
+      return { start = start, e = t - start, c = c, p = p }
+    end
+    local function sw_fits(s, limit, W, k)
+      return s.p * (W - s.e) + (s.c + k) * W <= limit * W
+    end
+    local function sw_remaining(s, limit, W)
+      local free = limit * W - s.p * (W - s.e) - s.c * W
+      if free <= 0 then return 0 end
+      return math.floor(free / W)
+    end
+    local function sw_wait(s, limit, W, k)
+      if k > limit then return W end
+      if sw_fits(s, limit, W, k) then return 0 end
+      if s.c + k <= limit and s.p > 0 then
+        return W - math.floor((limit - s.c - k) * W / s.p) - s.e
+      end
+      return (W - s.e) + W - math.floor((limit - k) * W / s.c)
+    end
+
+    -- sliding_log: live entries are those with score > now - W.
+    local function sl_count(key, W)
+      return redis.call('ZCOUNT', key, string.format('(%d', now - W), '+inf')
+    end
+    local function sl_wait(key, count, limit, W, k)
+      if k > limit then return W end
+      local excess = count + k - limit
+      if excess <= 0 then return 0 end
+      local r = redis.call('ZRANGEBYSCORE', key, string.format('(%d', now - W), '+inf',
+                           'WITHSCORES', 'LIMIT', excess - 1, 1)
+      return tonumber(r[2]) + W - now
+    end
+
+    -- Phase 1: decide every policy without writing.
+    local pol = {}
+    local all_ok = true
+    for i = 1, n do
+      local b = 2 + (i - 1) * 4
+      local p = { key = KEYS[i], algo = ARGV[b + 1], limit = tonumber(ARGV[b + 2]),
+                  W = tonumber(ARGV[b + 3]), shadow = ARGV[b + 4] == '1' }
+      if p.algo == 'w' then
+        p.s = sw_view(p.key, p.W)
+        p.ok = sw_fits(p.s, p.limit, p.W, cost)
+      else
+        p.count = sl_count(p.key, p.W)
+        p.ok = p.count + cost <= p.limit
+      end
+      if not p.ok and not p.shadow then all_ok = false end
+      pol[i] = p
+    end
+
+    -- Phase 2: count every policy that allows, only if no enforced policy denies.
+    if all_ok then
+      for i = 1, n do
+        local p = pol[i]
+        if p.ok then
+          if p.algo == 'w' then
+            p.s.c = p.s.c + cost
+            redis.call('HSET', p.key, 'w', p.s.start, 'c', p.s.c, 'p', p.s.p)
+            redis.call('PEXPIRE', p.key, 2 * p.W)
+          else
+            redis.call('ZREMRANGEBYSCORE', p.key, '-inf', string.format('%d', now - p.W))
+            for j = 1, cost do
+              local seq = 0
+              while redis.call('ZADD', p.key, 'NX', now, string.format('%d-%d-%d', now, j, seq)) == 0 do
+                seq = seq + 1
+              end
+            end
+            p.count = p.count + cost
+            redis.call('PEXPIRE', p.key, p.W)
+          end
+        end
+      end
+    end
+
+    -- Phase 3: report {allowed, remaining, reset_ms, retry_ms} per policy.
+    local out = {}
+    for i = 1, n do
+      local p = pol[i]
+      local rem, reset, retry
+      if p.algo == 'w' then
+        rem = sw_remaining(p.s, p.limit, p.W)
+        if rem >= p.limit then reset = 0 else reset = sw_wait(p.s, p.limit, p.W, rem + 1) end
+        if p.ok then retry = 0 else retry = sw_wait(p.s, p.limit, p.W, cost) end
+      else
+        rem = p.limit - p.count
+        if rem < 0 then rem = 0 end
+        if rem >= p.limit then reset = 0 else reset = sl_wait(p.key, p.count, p.limit, p.W, rem + 1) end
+        if p.ok then retry = 0 else retry = sl_wait(p.key, p.count, p.limit, p.W, cost) end
+      end
+      local allowed = 0
+      if p.ok then allowed = 1 end
+      out[i] = { allowed, rem, reset, retry }
+    end
+    return out
+    """#
+
+    /// KEYS and ARGV for one call. `nowOverrideMs` is for tests only; production passes nil so
+    /// the script uses Redis's `TIME`.
+    public static func keysAndArguments(
+        _ requests: [(PolicySpec, String)], cost: Int = 1, nowOverrideMs: Int64? = nil
+    ) -> (keys: [String], arguments: [String]) {
+        var args = [nowOverrideMs.map { String($0) } ?? "", String(cost)]
+        for (spec, _) in requests {
+            args += [spec.algorithm == .slidingWindow ? "w" : "l", String(spec.limit),
+                     String(spec.windowMs), spec.shadow ? "1" : "0"]
+        }
+        return (requests.map { $0.1 }, args)
+    }
+
+    /// Rebuilds the `MultiDecision` from the script's reply; nil if the reply is malformed.
+    public static func decision(reply: [[Int64]], requests: [(PolicySpec, String)]) -> MultiDecision? {
+        guard reply.count == requests.count, reply.allSatisfy({ $0.count == 4 }) else { return nil }
+        let perPolicy = zip(reply, requests).map { r, req in
+            (req, Decision(allowed: r[0] == 1, limit: req.0.limit, remaining: Int(r[1]),
+                           resetAfterMs: r[2], retryAfterMs: r[0] == 1 ? nil : r[3]))
+        }
+        let allowed = perPolicy.allSatisfy { $0.0.0.shadow || $0.1.allowed }
+        return MultiDecision(allowed: allowed, decisions: perPolicy.map { req, d in
+            PolicyDecision(policy: req.0, key: req.1, decision: d, counted: allowed && d.allowed)
+        })
+    }
+}

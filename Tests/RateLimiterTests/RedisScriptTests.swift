@@ -1,0 +1,65 @@
+import Foundation
+import Testing
+@testable import RateLimiter
+
+/// Runs the Lua script in a real redis-server through `redis-cli` and compares it with the Swift
+/// maths. Enabled when `RATELIMIT_REDIS_SOCKET` names a redis-server unix socket (disposable:
+/// the test flushes it).
+@Suite(.enabled(if: ProcessInfo.processInfo.environment["RATELIMIT_REDIS_SOCKET"] != nil))
+struct RedisScriptTests {
+    let socket = ProcessInfo.processInfo.environment["RATELIMIT_REDIS_SOCKET"] ?? ""
+
+    func redis(_ args: [String]) throws -> [String] {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/redis-cli")
+        p.arguments = ["-s", socket] + args
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return String(decoding: data, as: UTF8.self).split(separator: "\n").map(String.init)
+    }
+
+    func eval(_ reqs: [(PolicySpec, String)], now: Int64?, cost: Int = 1) throws -> MultiDecision {
+        let (keys, argv) = RedisRateLimitScript.keysAndArguments(reqs, cost: cost, nowOverrideMs: now)
+        let lines = try redis(["EVAL", RedisRateLimitScript.source, String(keys.count)] + keys + argv)
+        let ints = lines.compactMap { Int64($0) }
+        #expect(ints.count == 4 * reqs.count, "reply: \(lines)")
+        let reply = stride(from: 0, to: ints.count, by: 4).map { Array(ints[$0..<$0 + 4]) }
+        return try #require(RedisRateLimitScript.decision(reply: reply, requests: reqs))
+    }
+
+    @Test func luaMatchesSwiftMaths() throws {
+        _ = try redis(["FLUSHALL"])
+        var table = RateLimitTable()
+        let policies = [spec("per_ip", 6, 2), spec("login", 3, 1, .slidingLog),
+                        spec("shadow", 2, 1, .slidingLog, shadow: true)]
+        var rng = SplitMix64(seed: 11)
+        var now: Int64 = 1_700_000_000_000
+        for i in 0..<300 {
+            now += Int64.random(in: 0...400, using: &rng)
+            let client = Int.random(in: 0..<2, using: &rng)
+            let chosen = policies.filter { _ in Bool.random(using: &rng) }
+            if chosen.isEmpty { continue }
+            let reqs = chosen.map { ($0, "gw:rl:{c\(client)}:\($0.name)") }
+            let cost = i % 17 == 0 ? 2 : 1
+            let lua = try eval(reqs, now: now, cost: cost)
+            let swift = table.check(policies: reqs.map { ($0.0, key: $0.1) }, now: now, cost: cost)
+            #expect(lua == swift, "step \(i) at \(now)")
+        }
+        // Every key carries a TTL.
+        for key in try redis(["KEYS", "gw:rl:*"]) {
+            let ttl = try redis(["PTTL", key]).first.flatMap { Int($0) } ?? -99
+            #expect(ttl > 0, "\(key) has no expiry")
+        }
+    }
+
+    @Test func luaUsesServerTime() throws {
+        let p = spec("time", 2, 60, .slidingLog)
+        let key = "gw:rl:{time-\(UUID().uuidString)}:time"
+        let a = try eval([(p, key)], now: nil), b = try eval([(p, key)], now: nil), c = try eval([(p, key)], now: nil)
+        #expect(a.allowed && b.allowed && !c.allowed)
+        #expect(c.retryAfter.map { (59...60).contains($0) } == true)
+    }
+}

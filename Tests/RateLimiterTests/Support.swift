@@ -1,0 +1,72 @@
+@testable import RateLimiter
+
+/// Deterministic generator so failures reproduce.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Brute-force reference models: keep every admitted request time, count by scanning, and find
+/// waits by stepping the clock one millisecond at a time. Slow, obviously right.
+struct ReferenceModel {
+    enum Kind { case weighted, log }
+    let kind: Kind
+    let limit: Int
+    let windowMs: Int64
+    var admitted: [Int64] = []
+
+    /// Usage × W at `t` (weighted) or live entry count × W (log).
+    func usageTimesW(at t: Int64) -> Int64 {
+        switch kind {
+        case .weighted:
+            let start = t - t % windowMs, e = t - start
+            let c = Int64(admitted.filter { $0 >= start && $0 <= t }.count)
+            let p = Int64(admitted.filter { $0 >= start - windowMs && $0 < start }.count)
+            return p * (windowMs - e) + c * windowMs
+        case .log:
+            return Int64(admitted.filter { $0 > t - windowMs && $0 <= t }.count) * windowMs
+        }
+    }
+
+    func fits(_ k: Int, at t: Int64) -> Bool {
+        usageTimesW(at: t) + Int64(k) * windowMs <= Int64(limit) * windowMs
+    }
+
+    func remaining(at t: Int64) -> Int {
+        var k = 0
+        while k < limit && fits(k + 1, at: t) { k += 1 }
+        return k
+    }
+
+    /// First millisecond ≥ t at which `condition` holds, as an offset from t.
+    func firstOffset(from t: Int64, _ condition: (Int64) -> Bool) -> Int64 {
+        var dt: Int64 = 0
+        while !condition(t + dt) {
+            dt += 1
+            precondition(dt <= 3 * windowMs, "reference scan ran away")
+        }
+        return dt
+    }
+
+    mutating func decide(now: Int64, cost: Int) -> Decision {
+        let ok = cost <= limit && fits(cost, at: now)
+        if ok { admitted += Array(repeating: now, count: cost) }
+        admitted.removeAll { $0 < now - 2 * windowMs }
+        let rem = remaining(at: now)
+        let reset = rem >= limit ? 0 : firstOffset(from: now) { remaining(at: $0) >= rem + 1 }
+        let retry: Int64? = ok ? nil : (cost > limit ? windowMs : firstOffset(from: now) { fits(cost, at: $0) })
+        return Decision(allowed: ok, limit: limit, remaining: rem, resetAfterMs: reset, retryAfterMs: retry)
+    }
+}
+
+func spec(_ name: String, _ limit: Int, _ window: Int, _ algo: RateLimitAlgorithm = .slidingWindow,
+          shadow: Bool = false) -> PolicySpec {
+    PolicySpec(name: name, limit: limit, windowSeconds: window, algorithm: algo, shadow: shadow)
+}
