@@ -114,15 +114,14 @@ final class DemoHandler: ChannelInboundHandler {
             }, uniquingKeysWith: { a, _ in a }
         )
         let delay = Int(params["delay_ms"] ?? "") ?? 0
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        let work = {
-            let (handler, context) = loopBound.value
-            handler.route(context: context, head: head, path: path, params: params, body: body)
-        }
         if delay > 0 {
-            context.eventLoop.scheduleTask(in: .milliseconds(Int64(delay))) { work() }
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: .milliseconds(Int64(delay))) {
+                let (handler, context) = loopBound.value
+                handler.route(context: context, head: head, path: path, params: params, body: body)
+            }
         } else {
-            work()
+            self.route(context: context, head: head, path: path, params: params, body: body)
         }
     }
 
