@@ -247,3 +247,21 @@ def test_sigterm_lets_in_flight_request_finish(gateway_factory, upstream):
 def test_http10_client(gateway):
     out = raw_request(gateway.ports["plain"], b"GET /api/bookings HTTP/1.0\r\n\r\n")
     assert out.startswith(b"HTTP/1.0 200") and out.endswith(b"}]}")
+
+
+def test_stalled_request_body_is_cut_off(gateway, upstream):
+    # 10 of 100 announced bytes, then silence: after `timeouts.idle` (5s here) the gateway answers 408
+    # and drops the upstream request instead of holding both connections forever.
+    import socket
+    start = time.time()
+    s = socket.create_connection(("127.0.0.1", gateway.ports["plain"]), timeout=10)
+    s.sendall(b"POST /api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+    data = b""
+    try:
+        while chunk := s.recv(4096):
+            data += chunk
+    except socket.timeout:
+        pass
+    s.close()
+    assert data.startswith(b"HTTP/1.1 408"), data[:200]
+    assert 4.5 < time.time() - start < 8

@@ -195,6 +195,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
             framing = validated
         }
         self.current!.hasBody = framing.hasBody
+        if framing.hasBody { self.armBodyStallCheck(after: self.services.runtime.traffic.idleTimeout) }
         let host = head.headers.first(name: "host")
 
         let decision = RequestPipeline.decide(
@@ -381,6 +382,33 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     private func becameIdle() {
         self.activity.arm()
         self.arm(self.services.runtime.traffic.idleTimeout) { handler in handler.close() }
+    }
+
+    /// A client that stops sending a request body it announced (slowloris on the body) would hold
+    /// an upstream connection forever; after `timeouts.idle` without a byte it is cut off. Time the
+    /// gateway itself paused reading (upstream backpressure) does not count.
+    private func armBodyStallCheck(after delay: TimeAmount) {
+        self.arm(delay) { handler in
+            guard let current = handler.current, current.bodyOutstanding else { return }
+            let idle = handler.services.runtime.traffic.idleTimeout
+            let silent = NIODeadline.now() - handler.activity.lastRead
+            if handler.bodyPaused || silent < idle {
+                handler.armBodyStallCheck(after: handler.bodyPaused ? idle : idle - silent)
+                return
+            }
+            current.exchange?.cancel()
+            handler.current!.exchange = nil
+            handler.pendingStart = nil
+            if current.responseStarted {
+                handler.close()
+            } else {
+                let error = GatewayError(
+                    status: .requestTimeout, code: "request_timeout", message: "timed out waiting for the request body",
+                    closesConnection: true
+                )
+                handler.writeLocal(error.response(requestID: current.requestID, allocator: handler.context.channel.allocator), forceClose: true)
+            }
+        }
     }
 
     private func headerTimedOut() {

@@ -12,10 +12,13 @@ final class ReadActivityHandler: ChannelInboundHandler, RemovableChannelHandler 
     struct RequestBytesArrived {}
 
     private var armed = true
+    /// When bytes last arrived: a request body that stops arriving for `timeouts.idle` is cut off.
+    private(set) var lastRead = NIODeadline.now()
 
     func arm() { self.armed = true }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.lastRead = .now()
         if self.armed {
             self.armed = false
             context.fireUserInboundEventTriggered(RequestBytesArrived())
