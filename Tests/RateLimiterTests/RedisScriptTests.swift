@@ -35,18 +35,11 @@ struct RedisScriptTests {
         var table = RateLimitTable()
         let policies = [spec("per_ip", 6, 2), spec("login", 3, 1, .slidingLog),
                         spec("shadow", 2, 1, .slidingLog, shadow: true)]
-        var rng = SplitMix64(seed: 11)
-        var now: Int64 = 1_700_000_000_000
-        for i in 0..<300 {
-            now += Int64.random(in: 0...400, using: &rng)
-            let client = Int.random(in: 0..<2, using: &rng)
-            let chosen = policies.filter { _ in Bool.random(using: &rng) }
-            if chosen.isEmpty { continue }
-            let reqs = chosen.map { ($0, "gw:rl:{c\(client)}:\($0.name)") }
-            let cost = i % 17 == 0 ? 2 : 1
-            let lua = try eval(reqs, now: now, cost: cost)
-            let swift = table.check(policies: reqs.map { ($0.0, key: $0.1) }, now: now, cost: cost)
-            #expect(lua == swift, "step \(i) at \(now)")
+        for step in randomTraffic(policies: policies, clients: 2, steps: 300, maxStepMs: 400, start: 1_700_000_000_000, seed: 11) {
+            let cost = step.index % 17 == 0 ? 2 : 1
+            let lua = try eval(step.requests, now: step.now, cost: cost)
+            let swift = table.check(policies: step.requests.map { ($0.0, key: $0.1) }, now: step.now, cost: cost)
+            #expect(lua == swift, "step \(step.index) at \(step.now)")
         }
         // Every key carries a TTL.
         for key in try redis(["KEYS", "gw:rl:*"]) {

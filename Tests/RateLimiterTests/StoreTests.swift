@@ -10,17 +10,12 @@ import Testing
         var table = RateLimitTable()
         let policies = [spec("per_ip", 20, 10), spec("login", 3, 5, .slidingLog),
                         spec("shadow", 2, 3, .slidingLog, shadow: true)]
-        var rng = SplitMix64(seed: 7)
-        var now: Int64 = 1_000_000
-        for _ in 0..<3000 {
-            now += Int64.random(in: 0...700, using: &rng)
-            let client = Int.random(in: 0..<5, using: &rng)
-            let chosen = policies.filter { _ in Bool.random(using: &rng) }
-            let reqs = chosen.map { ($0, "gw:rl:{c\(client)}:\($0.name)") }
+        var rng = SplitMix64(seed: 8)
+        for step in randomTraffic(policies: policies, clients: 5, steps: 3000, maxStepMs: 700, start: 1_000_000, seed: 7) {
             // Some requests mix clients, so their keys span shards (multi-lock path).
-            let extra = Bool.random(using: &rng) ? [(policies[0], "gw:rl:{c\(client + 10)}:per_ip")] : []
-            let all = reqs + extra
-            #expect(store.check(all, now: now) == table.check(policies: all.map { ($0.0, key: $0.1) }, now: now))
+            let extra = Bool.random(using: &rng) ? [(policies[0], "gw:rl:{c\(step.client + 10)}:per_ip")] : []
+            let all = step.requests + extra
+            #expect(store.check(all, now: step.now) == table.check(policies: all.map { ($0.0, key: $0.1) }, now: step.now))
         }
     }
 

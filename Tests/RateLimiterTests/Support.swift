@@ -13,6 +13,35 @@ struct SplitMix64: RandomNumberGenerator {
     }
 }
 
+/// One step of a reproducible random walk of traffic.
+struct TrafficStep {
+    var index: Int
+    var now: Int64
+    var client: Int
+    /// A non-empty random subset of the policies, keyed by `client`.
+    var requests: [(PolicySpec, String)]
+}
+
+/// Time advances by 0...`maxStepMs` per step; each step picks a random client and a random
+/// non-empty subset of `policies`. Used to compare two implementations on the same input.
+func randomTraffic(
+    policies: [PolicySpec], clients: Int, steps: Int, maxStepMs: Int64, start: Int64, seed: UInt64
+) -> [TrafficStep] {
+    var rng = SplitMix64(seed: seed)
+    var now = start
+    var result: [TrafficStep] = []
+    for index in 0..<steps {
+        now += Int64.random(in: 0...maxStepMs, using: &rng)
+        let client = Int.random(in: 0..<clients, using: &rng)
+        let chosen = policies.filter { _ in Bool.random(using: &rng) }
+        if chosen.isEmpty { continue }
+        result.append(TrafficStep(
+            index: index, now: now, client: client, requests: chosen.map { ($0, "gw:rl:{c\(client)}:\($0.name)") }
+        ))
+    }
+    return result
+}
+
 /// Brute-force reference models: keep every admitted request time, count by scanning, and find
 /// waits by stepping the clock one millisecond at a time. Slow, obviously right.
 struct ReferenceModel {
