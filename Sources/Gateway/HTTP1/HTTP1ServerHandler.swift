@@ -64,8 +64,11 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        self.clientIP = RequestIdentity.clientIP(context.channel.remoteAddress)
-        self.becameIdle()
+        // Added after activation (behind TLS), `handlerAdded` already did this.
+        if self.timer == nil {
+            self.clientIP = RequestIdentity.clientIP(context.channel.remoteAddress)
+            self.becameIdle()
+        }
         context.fireChannelActive()
     }
 

@@ -67,11 +67,6 @@ struct GatewayError: Error, Equatable, CustomStringConvertible {
     static let upstreamTimeout = GatewayError(
         status: .gatewayTimeout, code: "upstream_timeout", message: "the upstream service did not answer in time"
     )
-    static let shuttingDown = GatewayError(
-        status: .serviceUnavailable, code: "shutting_down", message: "the gateway is shutting down",
-        headers: [("retry-after", "1")], closesConnection: true
-    )
-
     /// The SPEC's JSON error body: `{"error":{"code":"...","message":"...","request_id":"..."}}`.
     func response(requestID: String, allocator: ByteBufferAllocator) -> LocalResponse {
         var body = allocator.buffer(capacity: 96 + self.message.utf8.count + requestID.utf8.count)

@@ -106,7 +106,7 @@ final class UpstreamConnectionPool {
         let waiter = queue.removeFirst()
         self.waiters[key] = queue
         waiter.timeout?.cancel()
-        self.connect(endpoint, settings: settings, slotReserved: true).cascade(to: waiter.promise)
+        self.connect(endpoint, settings: settings).cascade(to: waiter.promise)
     }
 
     private func wait(for endpoint: UpstreamEndpoint, timeout: TimeAmount) -> EventLoopFuture<UpstreamConnection> {
@@ -125,11 +125,8 @@ final class UpstreamConnectionPool {
         return promise.futureResult
     }
 
-    private func connect(
-        _ endpoint: UpstreamEndpoint,
-        settings: UpstreamSettings,
-        slotReserved: Bool = true
-    ) -> EventLoopFuture<UpstreamConnection> {
+    /// Opens a connection for a slot already reserved with `reserveSlot`.
+    private func connect(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) -> EventLoopFuture<UpstreamConnection> {
         let handler = UpstreamConnectionHandler()
         let boundHandler = NIOLoopBound(handler, eventLoop: self.eventLoop)
         let bootstrap = ClientBootstrap(group: self.eventLoop)
