@@ -52,6 +52,8 @@ public enum GatewayBuilder {
 
     static func listenerPlans(_ config: GatewayConfig) throws -> [ListenerPlan] {
         var plans: [ListenerPlan] = []
+        var http2 = HTTP2Settings()
+        http2.maxHeaderListSize = config.limits.maxHeaderBytes
         for listener in config.listeners {
             var tls: TLSServerContext? = nil
             if let tlsConfig = listener.tls {
@@ -60,8 +62,7 @@ public enum GatewayBuilder {
                     certificates: tlsConfig.certificates.map {
                         TLSCertificatePair(certificatePath: $0.cert, keyPath: $0.key)
                     },
-                    // h2 is offered once the HTTP/2 codec lands; clients fall back to http/1.1.
-                    alpnProtocols: ["http/1.1"]
+                    alpnProtocols: listener.protocols.filter { $0 != .h2c }.map(\.rawValue)
                 )
                 do {
                     tls = try TLSServerContext(settings: settings)
@@ -73,7 +74,9 @@ public enum GatewayBuilder {
             plans.append(ListenerPlan(
                 info: ListenerInfo(name: listener.name, role: role, isTLS: tls != nil),
                 host: listener.address.host, port: listener.address.port, tls: tls,
-                handshakeTimeout: .init(listener.tls?.handshakeTimeout ?? .seconds(10))
+                handshakeTimeout: .init(listener.tls?.handshakeTimeout ?? .seconds(10)),
+                acceptsH2C: tls == nil && listener.protocols.contains(.h2c),
+                http2: http2
             ))
         }
         plans.append(ListenerPlan(

@@ -10,6 +10,9 @@ struct ListenerPlan: Sendable {
     var port: Int
     var tls: TLSServerContext?
     var handshakeTimeout: TimeAmount
+    /// Plaintext listener that also accepts HTTP/2 with prior knowledge (`protocols: [h2c, ...]`).
+    var acceptsH2C = false
+    var http2 = HTTP2Settings()
 }
 
 /// Open client connections, so a drain can ask each to finish and then wait for them.
@@ -90,7 +93,13 @@ public final class GatewayServer: Sendable {
                         try channel.pipeline.syncOperations.addHandler(
                             TLSServerHandler(context: tls, handshakeTimeout: plan.handshakeTimeout)
                         )
-                        try channel.pipeline.syncOperations.addHandler(ProtocolSwitchHandler(services: services))
+                        try channel.pipeline.syncOperations.addHandler(
+                            ProtocolSwitchHandler(services: services, http2: plan.http2)
+                        )
+                    } else if plan.acceptsH2C {
+                        try channel.pipeline.syncOperations.addHandler(
+                            PriorKnowledgeSniffer(services: services, http2: plan.http2)
+                        )
                     } else {
                         try HTTP1Pipeline.configure(channel.pipeline.syncOperations, services: services)
                     }
@@ -153,20 +162,72 @@ enum HTTP1Pipeline {
 final class ProtocolSwitchHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     private let services: ConnectionServices
+    private let http2: HTTP2Settings
 
-    init(services: ConnectionServices) { self.services = services }
+    init(services: ConnectionServices, http2: HTTP2Settings) {
+        self.services = services
+        self.http2 = http2
+    }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        guard event is TLSHandshakeCompleted else {
+        guard let handshake = event as? TLSHandshakeCompleted else {
             context.fireUserInboundEventTriggered(event)
             return
         }
         do {
-            // Only http/1.1 is offered for now; h2 plugs in here.
-            try HTTP1Pipeline.configure(context.pipeline.syncOperations, services: self.services)
+            if handshake.negotiatedProtocol == "h2" {
+                try context.pipeline.syncOperations.addHandler(HTTP2ServerHandler(services: self.services, settings: self.http2))
+            } else {
+                try HTTP1Pipeline.configure(context.pipeline.syncOperations, services: self.services)
+            }
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         } catch {
             context.close(promise: nil)
         }
+    }
+}
+
+/// On a plaintext listener with `h2c`: the HTTP/2 connection preface (RFC 9113 §3.4) selects
+/// HTTP/2 with prior knowledge, anything else HTTP/1.1. Waits for enough bytes to tell.
+final class PriorKnowledgeSniffer: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    private static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+    private let services: ConnectionServices
+    private let http2: HTTP2Settings
+    private var buffered: ByteBuffer?
+
+    init(services: ConnectionServices, http2: HTTP2Settings) {
+        self.services = services
+        self.http2 = http2
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = Self.unwrapInboundIn(data)
+        if var buffered = self.buffered {
+            buffered.writeBuffer(&incoming)
+            self.buffered = buffered
+        } else {
+            self.buffered = incoming
+        }
+        let bytes = self.buffered!.readableBytesView
+        let prefixLength = min(bytes.count, Self.preface.count)
+        let matches = bytes.prefix(prefixLength).elementsEqual(Self.preface.prefix(prefixLength))
+        if matches && bytes.count < Self.preface.count { return }
+        do {
+            if matches {
+                try context.pipeline.syncOperations.addHandler(HTTP2ServerHandler(services: self.services, settings: self.http2))
+            } else {
+                try HTTP1Pipeline.configure(context.pipeline.syncOperations, services: self.services)
+            }
+        } catch {
+            context.close(promise: nil)
+            return
+        }
+        let pending = self.buffered!
+        self.buffered = nil
+        context.fireChannelRead(Self.wrapInboundOut(pending))
+        context.fireChannelReadComplete()
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 }

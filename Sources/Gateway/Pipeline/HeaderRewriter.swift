@@ -112,8 +112,9 @@ enum HeaderRewriter {
         let code = head.status.code
         let bodiless = requestMethod == .HEAD || (100..<200).contains(code) || code == 204 || code == 304
         var framing = ResponseFraming.asIs
-        if !bodiless && !hasLength {
-            if clientVersion.major == 1 && clientVersion.minor >= 1 {
+        if !bodiless && !hasLength && clientVersion.major == 1 {
+            // HTTP/2 frames the body itself (DATA + END_STREAM).
+            if clientVersion.minor >= 1 {
                 headers.add(name: "transfer-encoding", value: "chunked")
                 framing = .chunked
             } else {

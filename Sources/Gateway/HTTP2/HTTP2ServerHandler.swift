@@ -1,0 +1,475 @@
+import NIOCore
+import NIOHTTP1
+private import CNGHTTP2
+
+/// Serves HTTP/2 on one client connection with one nghttp2 server session: plaintext bytes in via
+/// `nghttp2_session_mem_recv`, frames out via `nghttp2_session_mem_send`. Each stream becomes a
+/// request in the same pipeline as HTTP/1.1 (`HTTP2Stream`). nghttp2 does the RFC 9113 message
+/// checks (pseudo-headers, connection-specific fields, `content-length` vs DATA, field bytes);
+/// this handler adds the gateway's limits and ties flow control to upstream backpressure.
+final class HTTP2ServerHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let services: ConnectionServices
+    let settings: HTTP2Settings
+    private(set) var context: ChannelHandlerContext?
+    private var session: OpaquePointer?
+    private var streams: [Int32: HTTP2Stream] = [:]
+    private(set) var clientIP = "unknown"
+    /// Streams whose upstream side starts after the current read is decoded (see HTTP/1's
+    /// `pendingStart`: a malformed frame in the same read is refused before anything goes upstream).
+    private var pendingStarts: [HTTP2Stream] = []
+    /// Request body bytes to acknowledge with WINDOW_UPDATE after `mem_recv` returns.
+    private var pendingConsume: [(Int32, Int)] = []
+    private var emptyFrames = 0
+    private var goingAway = false
+    private var closed = false
+    private var idleTimer: Scheduled<Void>?
+    private var insideSession = false
+    /// Streams whose response buffer fell below the low watermark during `mem_send`.
+    private var drainedStreams: [HTTP2Stream] = []
+
+    func noteDrained(_ stream: HTTP2Stream) { self.drainedStreams.append(stream) }
+
+    init(services: ConnectionServices, settings: HTTP2Settings) {
+        self.services = services
+        self.settings = settings
+    }
+
+    // MARK: - Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.clientIP = RequestIdentity.clientIP(context.channel.remoteAddress)
+        guard self.createSession() else {
+            context.close(promise: nil)
+            return
+        }
+        self.sendPending()
+        self.armIdleTimer()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.teardown()
+        self.context = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.teardown()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let session = self.session else { return }
+        let buffer = Self.unwrapInboundIn(data)
+        self.insideSession = true
+        let result = buffer.withUnsafeReadableBytes { bytes -> Int in
+            guard let base = bytes.baseAddress else { return 0 }
+            return nghttp2_session_mem_recv(session, base.assumingMemoryBound(to: UInt8.self), bytes.count)
+        }
+        self.insideSession = false
+        if result < 0 {
+            // Bad preface, flood, or a connection error nghttp2 could not express as GOAWAY itself.
+            nghttp2_session_terminate_session(session, NGHTTP2_PROTOCOL_ERROR.rawValue)
+            self.sendPending()
+            self.close()
+            return
+        }
+        self.applyPendingConsume()
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        self.startPendingStreams()
+        self.sendPending()
+        context.fireChannelReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            self.sendPending()
+            for stream in self.streams.values { stream.connectionWritabilityChanged() }
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            self.goAway()
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        self.close()
+    }
+
+    // MARK: - Session
+
+    private func createSession() -> Bool {
+        var callbacks: OpaquePointer?
+        guard nghttp2_session_callbacks_new(&callbacks) == 0, let callbacks else { return false }
+        defer { nghttp2_session_callbacks_del(callbacks) }
+        nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, onBeginHeaders)
+        nghttp2_session_callbacks_set_on_header_callback(callbacks, onHeader)
+        nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, onFrameRecv)
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, onDataChunk)
+        nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, onStreamClose)
+        nghttp2_session_callbacks_set_on_begin_frame_callback(callbacks, onBeginFrame)
+
+        var option: OpaquePointer?
+        guard nghttp2_option_new(&option) == 0, let option else { return false }
+        defer { nghttp2_option_del(option) }
+        // Window updates are sent when the upstream has taken the bytes, not when they arrive.
+        nghttp2_option_set_no_auto_window_update(option, 1)
+        nghttp2_option_set_stream_reset_rate_limit(option, self.settings.resetBurst, self.settings.resetRatePerSecond)
+        nghttp2_option_set_max_continuations(option, self.settings.maxContinuations)
+        nghttp2_option_set_max_outbound_ack(option, self.settings.maxOutboundAck)
+        nghttp2_option_set_max_settings(option, self.settings.maxSettingsEntries)
+
+        var session: OpaquePointer?
+        let userData = Unmanaged.passUnretained(self).toOpaque()
+        guard nghttp2_session_server_new2(&session, callbacks, userData, option) == 0, let session else { return false }
+        self.session = session
+
+        var entries = [
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue),
+                                   value: UInt32(self.settings.maxConcurrentStreams)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue),
+                                   value: UInt32(self.settings.initialWindowSize)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue),
+                                   value: UInt32(self.settings.maxHeaderListSize)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0),
+        ]
+        guard nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &entries, entries.count) == 0 else {
+            return false
+        }
+        // A connection-level window as large as the streams' together, so one slow stream's
+        // unconsumed bytes do not stall the others.
+        let connectionWindow = Int32(clamping: self.settings.initialWindowSize * 4)
+        nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, connectionWindow)
+        return true
+    }
+
+    /// Drains nghttp2's output into the socket while the socket takes it (the rest stays queued
+    /// in nghttp2 until the channel is writable again), then closes when the session is done.
+    func sendPending() {
+        guard let session = self.session, let context = self.context, !self.insideSession else { return }
+        self.applyPendingConsume()
+        var wrote = false
+        while context.channel.isWritable {
+            var pointer: UnsafePointer<UInt8>?
+            // Data callbacks run inside mem_send: anything they trigger waits until it returns.
+            self.insideSession = true
+            let count = nghttp2_session_mem_send(session, &pointer)
+            self.insideSession = false
+            if count < 0 {
+                self.close()
+                return
+            }
+            guard count > 0, let pointer else { break }
+            // nghttp2 reuses that memory on its next call: copy it out now.
+            var buffer = context.channel.allocator.buffer(capacity: count)
+            buffer.writeBytes(UnsafeRawBufferPointer(start: pointer, count: count))
+            context.write(Self.wrapOutboundOut(buffer), promise: nil)
+            wrote = true
+        }
+        if wrote { context.flush() }
+        if !self.drainedStreams.isEmpty {
+            let drained = self.drainedStreams
+            self.drainedStreams.removeAll()
+            for stream in drained { stream.responseBufferDrained() }
+        }
+        if nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0 {
+            self.close()
+        }
+    }
+
+    private func applyPendingConsume() {
+        guard let session = self.session, !self.pendingConsume.isEmpty else { return }
+        for (streamID, count) in self.pendingConsume {
+            nghttp2_session_consume(session, streamID, count)
+        }
+        self.pendingConsume.removeAll(keepingCapacity: true)
+    }
+
+    /// Request body bytes the upstream has taken: open the client's window by that much.
+    func consume(streamID: Int32, count: Int) {
+        guard count > 0, let session = self.session else { return }
+        if self.insideSession {
+            self.pendingConsume.append((streamID, count))
+        } else {
+            nghttp2_session_consume(session, streamID, count)
+            self.sendPending()
+        }
+    }
+
+    private func startPendingStreams() {
+        guard !self.pendingStarts.isEmpty else { return }
+        let starts = self.pendingStarts
+        self.pendingStarts.removeAll()
+        for stream in starts { stream.startProxy() }
+    }
+
+    func deferStart(_ stream: HTTP2Stream) {
+        self.pendingStarts.append(stream)
+    }
+
+    // MARK: - Responses (called by streams)
+
+    /// Submits a response head; `hasBody` false ends the stream with the HEADERS frame.
+    func submitResponse(streamID: Int32, status: Int, headers: HTTPHeaders, hasBody: Bool) {
+        guard let session = self.session else { return }
+        var strings: [(ContiguousArray<UInt8>, ContiguousArray<UInt8>)] = []
+        strings.reserveCapacity(headers.count + 1)
+        strings.append((ContiguousArray(":status".utf8), ContiguousArray(String(status).utf8)))
+        for (name, value) in headers {
+            let lower = name.lowercased()
+            // Connection-specific fields must not appear in HTTP/2 (RFC 9113 §8.2.2).
+            if HeaderRewriter.hopByHop.contains(lower) { continue }
+            strings.append((ContiguousArray(lower.utf8), ContiguousArray(value.utf8)))
+        }
+        withNameValuePairs(strings) { nva in
+            if hasBody {
+                var provider = nghttp2_data_provider()
+                provider.read_callback = readResponseData
+                _ = nghttp2_submit_response(session, streamID, nva.baseAddress, nva.count, &provider)
+            } else {
+                _ = nghttp2_submit_response(session, streamID, nva.baseAddress, nva.count, nil)
+            }
+        }
+    }
+
+    func resumeData(streamID: Int32) {
+        guard let session = self.session else { return }
+        nghttp2_session_resume_data(session, streamID)
+    }
+
+    func resetStream(_ streamID: Int32, internalError: Bool) {
+        guard let session = self.session else { return }
+        let code = internalError ? NGHTTP2_INTERNAL_ERROR.rawValue : NGHTTP2_CANCEL.rawValue
+        nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, code)
+        self.sendPending()
+    }
+
+    var channelIsWritable: Bool { self.context?.channel.isWritable ?? false }
+
+    // MARK: - Callbacks from nghttp2 (via the C thunks below)
+
+    fileprivate func beginStream(_ id: Int32) {
+        self.idleTimer?.cancel()
+        self.idleTimer = nil
+        self.streams[id] = HTTP2Stream(id: id, connection: self)
+    }
+
+    fileprivate func header(_ id: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
+        self.streams[id]?.addHeader(name: name, value: value)
+    }
+
+    fileprivate func headersComplete(_ id: Int32, endStream: Bool) {
+        guard let stream = self.streams[id] else { return }
+        if stream.headComplete {
+            // Trailers: dropped (upstream requests are re-framed), but they end the request.
+            if endStream { stream.requestEnded() }
+            return
+        }
+        stream.headersComplete(endStream: endStream)
+    }
+
+    fileprivate func data(_ id: Int32, _ bytes: UnsafeBufferPointer<UInt8>) {
+        guard let stream = self.streams[id], let context else { return }
+        var buffer = context.channel.allocator.buffer(capacity: bytes.count)
+        buffer.writeBytes(UnsafeRawBufferPointer(bytes))
+        stream.bodyReceived(buffer)
+    }
+
+    fileprivate func dataEnded(_ id: Int32) {
+        self.streams[id]?.requestEnded()
+    }
+
+    fileprivate func streamClosed(_ id: Int32) {
+        guard let stream = self.streams.removeValue(forKey: id) else { return }
+        stream.closed()
+        if self.streams.isEmpty {
+            if self.goingAway {
+                // Usually inside mem_send, whose output (this stream's last DATA) is not written
+                // yet: close on the next loop tick, after it.
+                self.context?.eventLoop.assumeIsolated().execute { [weak self] in self?.finalGoAwayAndClose() }
+            } else {
+                self.armIdleTimer()
+            }
+        }
+    }
+
+    /// Counts frames that carry nothing (empty DATA without END_STREAM): a flood of them is
+    /// cheap for the client and costly for us. Returns false to tear the session down.
+    fileprivate func frameBegins(type: UInt8, length: Int, flags: UInt8) -> Bool {
+        if type == UInt8(NGHTTP2_DATA.rawValue) && length == 0 && flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) == 0 {
+            self.emptyFrames += 1
+            return self.emptyFrames <= self.settings.maxEmptyFrames
+        }
+        return true
+    }
+
+    fileprivate func readResponse(
+        _ id: Int32, into buffer: UnsafeMutablePointer<UInt8>, length: Int, flags: UnsafeMutablePointer<UInt32>
+    ) -> Int {
+        guard let stream = self.streams[id] else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
+        switch stream.readResponse(into: UnsafeMutableRawBufferPointer(start: buffer, count: length)) {
+        case .bytes(let count, let end):
+            if end { flags.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue) }
+            return count
+        case .deferred:
+            return Int(NGHTTP2_ERR_DEFERRED.rawValue)
+        }
+    }
+
+    // MARK: - Lifecycle
+
+    /// Graceful shutdown (RFC 9113 §6.8): a GOAWAY with the maximum stream id first, so requests
+    /// already in flight on the wire are still accepted; once the streams are done, the final
+    /// GOAWAY names the last stream processed and the connection closes.
+    func goAway() {
+        guard let session = self.session, !self.goingAway else { return }
+        self.goingAway = true
+        nghttp2_submit_shutdown_notice(session)
+        self.sendPending()
+        if self.streams.isEmpty { self.finalGoAwayAndClose() }
+    }
+
+    private func finalGoAwayAndClose() {
+        if let session = self.session {
+            nghttp2_submit_goaway(
+                session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nghttp2_session_get_last_proc_stream_id(session),
+                NGHTTP2_NO_ERROR.rawValue, nil, 0
+            )
+            self.sendPending()
+        }
+        self.close()
+    }
+
+    private func armIdleTimer() {
+        self.idleTimer?.cancel()
+        guard let context else { return }
+        self.idleTimer = context.eventLoop.assumeIsolated().scheduleTask(in: self.services.runtime.traffic.idleTimeout) {
+            [weak self] in
+            self?.goAway()
+        }
+    }
+
+    func close() {
+        guard !self.closed, let context else { return }
+        self.closed = true
+        let loopBound = context.loopBound
+        // Let queued frames (GOAWAY, last DATA) reach the socket first.
+        context.writeAndFlush(Self.wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).assumeIsolated()
+            .whenComplete { _ in loopBound.value.close(promise: nil) }
+    }
+
+    private func teardown() {
+        self.idleTimer?.cancel()
+        self.idleTimer = nil
+        self.pendingStarts.removeAll()
+        let streams = self.streams
+        self.streams.removeAll()
+        for stream in streams.values { stream.closed() }
+        if let session = self.session {
+            self.session = nil
+            nghttp2_session_del(session)
+        }
+    }
+}
+
+/// nghttp2 wants mutable pointers to names and values and copies them on submit: lay them all
+/// out in one scratch allocation for the duration of the call.
+private func withNameValuePairs<R>(
+    _ pairs: [(ContiguousArray<UInt8>, ContiguousArray<UInt8>)], _ body: (UnsafeBufferPointer<nghttp2_nv>) -> R
+) -> R {
+    let total = pairs.reduce(1) { $0 + $1.0.count + $1.1.count }
+    let bytes = UnsafeMutablePointer<UInt8>.allocate(capacity: total)
+    defer { bytes.deallocate() }
+    var nva: [nghttp2_nv] = []
+    nva.reserveCapacity(pairs.count)
+    var offset = 0
+    func place(_ part: ContiguousArray<UInt8>) -> UnsafeMutablePointer<UInt8> {
+        let start = bytes + offset
+        part.withUnsafeBufferPointer { source in
+            if let base = source.baseAddress { start.update(from: base, count: source.count) }
+        }
+        offset += part.count
+        return start
+    }
+    for (name, value) in pairs {
+        let namePointer = place(name)
+        let valuePointer = place(value)
+        nva.append(nghttp2_nv(
+            name: namePointer, value: valuePointer, namelen: name.count, valuelen: value.count,
+            flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)
+        ))
+    }
+    return nva.withUnsafeBufferPointer(body)
+}
+
+// MARK: - C thunks: unwrap the handler and forward, nothing else.
+
+private func handler(_ userData: UnsafeMutableRawPointer?) -> HTTP2ServerHandler {
+    Unmanaged<HTTP2ServerHandler>.fromOpaque(userData!).takeUnretainedValue()
+}
+
+private let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, userData in
+    guard let frame else { return 0 }
+    if frame.pointee.hd.type == UInt8(NGHTTP2_HEADERS.rawValue)
+        && frame.pointee.headers.cat == NGHTTP2_HCAT_REQUEST
+    {
+        handler(userData).beginStream(frame.pointee.hd.stream_id)
+    }
+    return 0
+}
+
+private let onHeader: nghttp2_on_header_callback = { _, frame, name, nameLength, value, valueLength, _, userData in
+    guard let frame, let name, let value else { return 0 }
+    handler(userData).header(
+        frame.pointee.hd.stream_id,
+        name: UnsafeBufferPointer(start: name, count: nameLength),
+        value: UnsafeBufferPointer(start: value, count: valueLength)
+    )
+    return 0
+}
+
+private let onFrameRecv: nghttp2_on_frame_recv_callback = { _, frame, userData in
+    guard let frame else { return 0 }
+    let endStream = frame.pointee.hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
+    switch UInt32(frame.pointee.hd.type) {
+    case NGHTTP2_HEADERS.rawValue:
+        handler(userData).headersComplete(frame.pointee.hd.stream_id, endStream: endStream)
+    case NGHTTP2_DATA.rawValue where endStream:
+        handler(userData).dataEnded(frame.pointee.hd.stream_id)
+    default:
+        break
+    }
+    return 0
+}
+
+private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, streamID, data, length, userData in
+    guard let data else { return 0 }
+    handler(userData).data(streamID, UnsafeBufferPointer(start: data, count: length))
+    return 0
+}
+
+private let onStreamClose: nghttp2_on_stream_close_callback = { _, streamID, _, userData in
+    handler(userData).streamClosed(streamID)
+    return 0
+}
+
+private let onBeginFrame: nghttp2_on_begin_frame_callback = { _, header, userData in
+    guard let header else { return 0 }
+    let ok = handler(userData).frameBegins(type: header.pointee.type, length: header.pointee.length, flags: header.pointee.flags)
+    return ok ? 0 : Int32(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue)
+}
+
+private let readResponseData: nghttp2_data_source_read_callback = { _, streamID, buffer, length, flags, _, userData in
+    guard let buffer, let flags else { return Int(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
+    return handler(userData).readResponse(streamID, into: buffer, length: length, flags: flags)
+}

@@ -1,0 +1,329 @@
+import NIOCore
+import NIOHTTP1
+
+/// One HTTP/2 stream: collects the request head, runs it through the same `RequestPipeline` as
+/// HTTP/1.1, and is the `DownstreamResponder` of its `ProxyExchange`. Response bytes wait in a
+/// small per-stream buffer that nghttp2's data provider drains as flow control allows; above the
+/// high watermark the exchange pauses upstream reads, so a slow reader costs bounded memory.
+final class HTTP2Stream: DownstreamResponder {
+    enum ReadResult {
+        case bytes(Int, end: Bool)
+        case deferred
+    }
+
+    let id: Int32
+    private unowned let connection: HTTP2ServerHandler
+
+    // Request side
+    private var method: String?
+    private var path: String?
+    private var authority: String?
+    private var headers = HTTPHeaders()
+    private var cookies: [String] = []
+    private var headerBytes = 0
+    private var headersTooLarge = false
+    private var invalidHeader = false
+    private(set) var headComplete = false
+    private var requestID = ""
+    private var hasBody = false
+    private var requestEndReceived = false
+    private var bodyBytes = 0
+    private var exchange: ProxyExchange?
+    private var bodyPaused = false
+    private var unconsumed = 0
+    private var isHEAD = false
+
+    // Response side
+    private var responseSubmitted = false
+    private var responseQueue = CircularBuffer<ByteBuffer>()
+    private var queuedBytes = 0
+    private var responseComplete = false
+    private var dataDeferred = false
+    private var wasOverHighWater = false
+    private var isClosed = false
+
+    init(id: Int32, connection: HTTP2ServerHandler) {
+        self.id = id
+        self.connection = connection
+    }
+
+    // MARK: - Request
+
+    func addHeader(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
+        // RFC 7541 §4.1 accounting (name + value + 32), checked while decoding so a block of many
+        // tiny headers is refused instead of buffered.
+        self.headerBytes += name.count + value.count + 32
+        if self.headerBytes > self.connection.settings.maxHeaderListSize {
+            self.headersTooLarge = true
+            self.headers = HTTPHeaders()
+            return
+        }
+        if self.headersTooLarge { return }
+        let nameString = String(decoding: name, as: UTF8.self)
+        let valueString = String(decoding: value, as: UTF8.self)
+        if name.first == UInt8(ascii: ":") {
+            switch nameString {
+            case ":method": self.method = valueString
+            case ":path": self.path = valueString
+            case ":authority": self.authority = valueString
+            case ":scheme", ":protocol": break
+            default: self.invalidHeader = true
+            }
+            return
+        }
+        if nameString == "cookie" {
+            self.cookies.append(valueString)  // crumbs are joined (RFC 9113 §8.2.3)
+            return
+        }
+        if nameString == "host" {
+            if self.authority == nil { self.authority = valueString }
+            return
+        }
+        self.headers.add(name: nameString, value: valueString)
+    }
+
+    func headersComplete(endStream: Bool) {
+        self.headComplete = true
+        self.requestEndReceived = endStream
+        self.requestID = RequestIdentity.requestID(clientSupplied: self.headers.first(name: "x-request-id"))
+        let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
+        if self.headersTooLarge {
+            self.respondLocally(GatewayError.headersTooLarge.response(requestID: self.requestID, allocator: allocator))
+            return
+        }
+        guard !self.invalidHeader, let method = self.method, let path = self.path else {
+            self.respondLocally(GatewayError.badRequest("malformed HTTP/2 request").response(requestID: self.requestID, allocator: allocator))
+            return
+        }
+        var headers = self.headers
+        if let authority = self.authority { headers.replaceOrAdd(name: "host", value: authority) }
+        if !self.cookies.isEmpty { headers.add(name: "cookie", value: self.cookies.joined(separator: "; ")) }
+        let httpMethod = HTTPMethod(rawValue: method)
+        self.isHEAD = httpMethod == .HEAD
+        let head = HTTPRequestHead(version: .http2, method: httpMethod, uri: path, headers: headers)
+
+        var framing: BodyFraming
+        switch RequestValidator.validate(head) {
+        case .failure(let error):
+            self.respondLocally(error.response(requestID: self.requestID, allocator: allocator))
+            return
+        case .success(let validated):
+            framing = validated
+        }
+        // No Content-Length: the body's end is END_STREAM; upstream it travels chunked.
+        if framing == .none && !endStream { framing = .chunked }
+        if endStream { framing = framing == .chunked ? .none : framing }
+        self.hasBody = framing.hasBody
+
+        let decision = RequestPipeline.decide(
+            method: httpMethod, target: path, host: self.authority,
+            listener: self.connection.services.listener, runtime: self.connection.services.runtime, allocator: allocator
+        )
+        switch decision {
+        case .respond(let response):
+            self.respondLocally(response)
+        case .error(let error):
+            self.respondLocally(error.response(requestID: self.requestID, allocator: allocator))
+        case .proxy(_, let cluster):
+            if case .contentLength(let length) = framing, length > self.connection.services.runtime.traffic.maxBodyBytes {
+                self.respondLocally(GatewayError.payloadTooLarge.response(requestID: self.requestID, allocator: allocator))
+                return
+            }
+            let info = ForwardingInfo(
+                clientIP: self.connection.clientIP, requestID: self.requestID,
+                scheme: self.connection.services.listener.scheme, host: self.authority,
+                fallbackHost: cluster.endpoints.first?.key ?? "localhost"
+            )
+            let upstreamHead = HeaderRewriter.upstreamRequest(head, framing: framing, info: info)
+            self.exchange = ProxyExchange(
+                upstreamHead: upstreamHead, requestMethod: httpMethod, clientVersion: .http2,
+                requestID: self.requestID, addHSTS: self.connection.services.listener.isTLS, expectsContinue: false,
+                requestHasBody: framing.hasBody, cluster: cluster, pool: self.connection.services.loop.pool,
+                downstream: self
+            )
+            self.connection.deferStart(self)
+        }
+    }
+
+    func startProxy() {
+        guard !self.isClosed else { return }
+        self.exchange?.start()
+    }
+
+    func bodyReceived(_ body: ByteBuffer) {
+        let count = body.readableBytes
+        self.bodyBytes += count
+        guard let exchange = self.exchange else {
+            // Answered locally: the body is dropped, but its window is given back.
+            self.connection.consume(streamID: self.id, count: count)
+            return
+        }
+        if self.bodyBytes > self.connection.services.runtime.traffic.maxBodyBytes {
+            exchange.cancel()
+            self.exchange = nil
+            if self.responseSubmitted {
+                self.connection.resetStream(self.id, internalError: false)
+            } else {
+                let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
+                self.respondLocally(GatewayError.payloadTooLarge.response(requestID: self.requestID, allocator: allocator))
+            }
+            return
+        }
+        exchange.requestBodyReceived(body)
+        if self.bodyPaused {
+            self.unconsumed += count
+        } else {
+            self.connection.consume(streamID: self.id, count: count)
+        }
+    }
+
+    func requestEnded() {
+        guard !self.requestEndReceived else { return }
+        self.requestEndReceived = true
+        self.exchange?.requestEndReceived()
+    }
+
+    /// The stream is gone (completed, reset by the client, or the connection closed).
+    func closed() {
+        self.isClosed = true
+        if let exchange = self.exchange {
+            self.exchange = nil
+            exchange.cancel()
+        }
+        self.responseQueue.removeAll()
+    }
+
+    // MARK: - Local responses
+
+    private func respondLocally(_ response: LocalResponse) {
+        var headers = response.headers
+        headers.replaceOrAdd(name: "x-request-id", value: self.requestID)
+        if self.connection.services.listener.isTLS {
+            headers.replaceOrAdd(name: "strict-transport-security", value: "max-age=31536000; includeSubDomains")
+        }
+        let hasBody = !self.isHEAD && response.body.readableBytes > 0
+        if hasBody {
+            self.responseQueue.append(response.body)
+            self.queuedBytes += response.body.readableBytes
+        }
+        self.responseComplete = true
+        self.responseSubmitted = true
+        self.connection.submitResponse(streamID: self.id, status: Int(response.status.code), headers: headers, hasBody: hasBody)
+        self.connection.sendPending()
+    }
+
+    // MARK: - Data provider
+
+    func readResponse(into buffer: UnsafeMutableRawBufferPointer) -> ReadResult {
+        var written = 0
+        while written < buffer.count, var chunk = self.responseQueue.first {
+            let count = min(chunk.readableBytes, buffer.count - written)
+            chunk.withUnsafeReadableBytes { bytes in
+                UnsafeMutableRawBufferPointer(rebasing: buffer[written..<written + count])
+                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[0..<count]))
+            }
+            chunk.moveReaderIndex(forwardBy: count)
+            written += count
+            if chunk.readableBytes == 0 {
+                self.responseQueue.removeFirst()
+            } else {
+                self.responseQueue[self.responseQueue.startIndex] = chunk
+            }
+        }
+        self.queuedBytes -= written
+        if self.wasOverHighWater && self.queuedBytes <= self.connection.settings.streamBufferLowWater {
+            self.connection.noteDrained(self)
+        }
+        if self.responseQueue.isEmpty && self.responseComplete { return .bytes(written, end: true) }
+        if written == 0 {
+            self.dataDeferred = true
+            return .deferred
+        }
+        return .bytes(written, end: false)
+    }
+
+    func responseBufferDrained() {
+        guard self.wasOverHighWater else { return }
+        self.wasOverHighWater = false
+        self.exchange?.downstreamWritabilityChanged(isWritable: true)
+    }
+
+    func connectionWritabilityChanged() {
+        if self.isWritable { self.exchange?.downstreamWritabilityChanged(isWritable: true) }
+    }
+
+    private func dataAvailable() {
+        if self.dataDeferred {
+            self.dataDeferred = false
+            self.connection.resumeData(streamID: self.id)
+        }
+    }
+
+    // MARK: - DownstreamResponder
+
+    var isWritable: Bool {
+        let writable = self.queuedBytes < self.connection.settings.streamBufferHighWater && self.connection.channelIsWritable
+        if !writable { self.wasOverHighWater = true }
+        return writable
+    }
+
+    func sendContinue() {}
+
+    func sendResponseHead(_ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
+        guard !self.isClosed else { return }
+        self.responseSubmitted = true
+        let code = Int(head.status.code)
+        let bodiless = self.isHEAD || code == 204 || code == 304
+        if bodiless { self.responseComplete = true }
+        self.connection.submitResponse(streamID: self.id, status: code, headers: head.headers, hasBody: !bodiless)
+    }
+
+    func sendResponseBody(_ body: ByteBuffer) {
+        guard !self.isClosed, !self.isHEAD else { return }
+        self.responseQueue.append(body)
+        self.queuedBytes += body.readableBytes
+        self.dataAvailable()
+    }
+
+    func flush() { self.connection.sendPending() }
+
+    func sendResponseEnd() {
+        guard !self.isClosed else { return }
+        self.responseComplete = true
+        self.dataAvailable()
+        self.connection.sendPending()
+    }
+
+    func sendErrorResponse(_ error: GatewayError) {
+        guard !self.isClosed else { return }
+        self.exchange = nil
+        if self.responseSubmitted {
+            self.connection.resetStream(self.id, internalError: true)
+            return
+        }
+        let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
+        self.respondLocally(error.response(requestID: self.requestID, allocator: allocator))
+    }
+
+    func pauseRequestBody() { self.bodyPaused = true }
+
+    func resumeRequestBody() {
+        self.bodyPaused = false
+        let count = self.unconsumed
+        self.unconsumed = 0
+        self.connection.consume(streamID: self.id, count: count)
+    }
+
+    func abortResponse() {
+        self.exchange = nil
+        self.connection.resetStream(self.id, internalError: true)
+    }
+
+    func exchangeFinished() {
+        self.exchange = nil
+    }
+}
+
+extension HTTPVersion {
+    static let http2 = HTTPVersion(major: 2, minor: 0)
+}
