@@ -448,3 +448,43 @@ struct ConfigValidationTests {
         #expect(levenshtein("kitten", "sitting") == 3)
     }
 }
+
+@Suite("Config: listener http2 limits")
+struct HTTP2ConfigTests {
+    let fixture: ConfigFixture
+    init() throws { fixture = try ConfigFixture() }
+
+    @Test func defaultsAndOverrides() throws {
+        let yaml = """
+        listeners:
+          - name: a
+            address: 127.0.0.1:0
+            protocols: [h2c, http/1.1]
+            http2: { max_concurrent_streams: 64, initial_window_size: 1MiB, reset_burst: 10 }
+          - name: b
+            address: 127.0.0.1:0
+        upstreams:
+          u: { endpoints: [127.0.0.1:1] }
+        routes:
+          - { name: r, match: { path_prefix: / }, upstream: u }
+        """
+        let config = try ConfigLoader.parse(yaml: yaml, environment: [:], baseDirectory: fixture.directory)
+        #expect(config.listeners[0].http2.maxConcurrentStreams == 64)
+        #expect(config.listeners[0].http2.initialWindowSize == 1_048_576)
+        #expect(config.listeners[0].http2.resetBurst == 10)
+        #expect(config.listeners[0].http2.resetRate == HTTP2Config.defaults.resetRate)
+        #expect(config.listeners[1].http2 == .defaults)
+    }
+
+    @Test func badValuesAreReported() {
+        let errors = fixture.errors("""
+        listeners:
+          - name: a
+            address: 127.0.0.1:0
+            http2: { max_concurrent_streams: 0, initial_window_size: 4GiB, max_streams: 3 }
+        """)
+        #expect(errors.contains { $0.hasPrefix("listeners[0].http2.max_concurrent_streams:") })
+        #expect(errors.contains("listeners[0].http2.initial_window_size: must be at most 2147483647 bytes (RFC 9113 §6.5.2)"))
+        #expect(errors.contains { $0.hasPrefix("listeners[0].http2.max_streams: unknown key") })
+    }
+}

@@ -56,7 +56,7 @@ extension GatewayConfig {
         var firstRedirect: Int?
         for (index, item) in items.enumerated() {
             let path = "listeners[\(index)]"
-            guard let m = r.mapping(item, at: path, keys: ["name", "address", "protocols", "tls", "redirect_to_https"])
+            guard let m = r.mapping(item, at: path, keys: ["name", "address", "protocols", "tls", "redirect_to_https", "http2"])
             else { continue }
             let name = r.required(m, "name").flatMap { r.name($0, at: m.path("name")) }
             if let name { names.append((name, m.path("name"))) }
@@ -88,9 +88,10 @@ extension GatewayConfig {
             if redirect, hasTLS {
                 r.fail(m.path("redirect_to_https"), "only allowed on a listener without tls")
             }
+            let http2 = m["http2"].flatMap { decodeHTTP2($0, at: m.path("http2"), reader: r) } ?? .defaults
             if let name, let address {
                 listeners.append(ListenerConfig(name: name, address: address, protocols: protocols,
-                                                tls: tls, redirectToHTTPS: redirect))
+                                                tls: tls, redirectToHTTPS: redirect, http2: http2))
             }
         }
         r.reportDuplicates(names) { "listener name '\($0)'" }
@@ -98,6 +99,32 @@ extension GatewayConfig {
             r.fail("listeners[\(index)].redirect_to_https", "no listener has tls to redirect to")
         }
         return listeners
+    }
+
+    /// `listeners[].http2`: every key optional, defaults from `HTTP2Config.defaults`.
+    private static func decodeHTTP2(_ node: Node, at path: String, reader r: ConfigReader) -> HTTP2Config? {
+        guard let m = r.mapping(node, at: path, keys: [
+            "max_concurrent_streams", "initial_window_size", "max_header_list_size", "reset_burst", "reset_rate",
+        ]) else { return nil }
+        let d = HTTP2Config.defaults
+        return HTTP2Config(
+            maxConcurrentStreams: m["max_concurrent_streams"].flatMap {
+                r.int($0, at: m.path("max_concurrent_streams"), range: 1...10_000)
+            } ?? d.maxConcurrentStreams,
+            initialWindowSize: m["initial_window_size"].flatMap {
+                r.size($0, at: m.path("initial_window_size"), minimum: 1)
+            }.flatMap { size in
+                // RFC 9113 §6.5.2: at most 2^31-1.
+                if size > Int(Int32.max) {
+                    r.fail(m.path("initial_window_size"), "must be at most 2147483647 bytes (RFC 9113 §6.5.2)")
+                    return nil
+                }
+                return size
+            } ?? d.initialWindowSize,
+            maxHeaderListSize: m["max_header_list_size"].flatMap { r.size($0, at: m.path("max_header_list_size"), minimum: 1) },
+            resetBurst: m["reset_burst"].flatMap { r.int($0, at: m.path("reset_burst"), range: 1...100_000) } ?? d.resetBurst,
+            resetRate: m["reset_rate"].flatMap { r.int($0, at: m.path("reset_rate"), range: 1...100_000) } ?? d.resetRate
+        )
     }
 
     private static func decodeTLS(_ node: Node, at path: String, reader r: ConfigReader) -> TLSConfig? {

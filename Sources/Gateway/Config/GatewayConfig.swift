@@ -44,6 +44,23 @@ public struct ListenerConfig: Sendable, Equatable {
     public let tls: TLSConfig?
     /// Answer every request (except `/health*`) with a 308 to `https://`. Only without `tls`.
     public let redirectToHTTPS: Bool
+    /// HTTP/2 limits for this listener (used when it speaks `h2` or `h2c`).
+    public let http2: HTTP2Config
+}
+
+/// Per-listener HTTP/2 limits; defaults are the safe ones (see docs/configuration.md).
+public struct HTTP2Config: Sendable, Equatable {
+    public let maxConcurrentStreams: Int
+    public let initialWindowSize: Int
+    /// Defaults to `limits.max_header_bytes`.
+    public let maxHeaderListSize: Int?
+    /// RST_STREAM frames a client may send in a burst, and per second after it (rapid reset).
+    public let resetBurst: Int
+    public let resetRate: Int
+
+    public static let defaults = HTTP2Config(
+        maxConcurrentStreams: 128, initialWindowSize: 256 * 1024, maxHeaderListSize: nil, resetBurst: 200, resetRate: 50
+    )
 }
 
 /// Application protocols a listener speaks; the raw value is the ALPN identifier (RFC 7301 §6).

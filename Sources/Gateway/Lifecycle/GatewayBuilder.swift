@@ -52,9 +52,13 @@ public enum GatewayBuilder {
 
     static func listenerPlans(_ config: GatewayConfig) throws -> [ListenerPlan] {
         var plans: [ListenerPlan] = []
-        var http2 = HTTP2Settings()
-        http2.maxHeaderListSize = config.limits.maxHeaderBytes
         for listener in config.listeners {
+            var http2 = HTTP2Settings()
+            http2.maxConcurrentStreams = listener.http2.maxConcurrentStreams
+            http2.initialWindowSize = listener.http2.initialWindowSize
+            http2.maxHeaderListSize = listener.http2.maxHeaderListSize ?? config.limits.maxHeaderBytes
+            http2.resetBurst = UInt64(listener.http2.resetBurst)
+            http2.resetRatePerSecond = UInt64(listener.http2.resetRate)
             var tls: TLSServerContext? = nil
             if let tlsConfig = listener.tls {
                 let settings = TLSServerSettings(
