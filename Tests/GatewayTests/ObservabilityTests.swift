@@ -1,0 +1,86 @@
+import Foundation
+import Testing
+
+@testable import Gateway
+
+@Suite("Metrics and access log")
+struct ObservabilityTests {
+    @Test func prometheusTextHasEverySpecSeriesAndMovingValues() {
+        let metrics = GatewayMetrics()
+        metrics.recordRequest(route: "api", method: "GET", status: 200, protocolName: "HTTP/2", seconds: 0.0003, upstreamSeconds: 0.0002)
+        metrics.recordRequest(route: "api", method: "BREW", status: 405, protocolName: "HTTP/1.1", seconds: 0.02, upstreamSeconds: nil)
+        metrics.rateLimitDecisions.increment(["per_ip", "allowed"])
+        metrics.connections.set(["public", "h2"], 3)
+        let text = metrics.render()
+        for series in [
+            "gateway_requests_total", "gateway_request_duration_seconds", "gateway_upstream_duration_seconds",
+            "gateway_ratelimit_decisions_total", "gateway_jwt_rejections_total", "gateway_redis_errors_total",
+            "gateway_connections", "gateway_upstream_endpoint_up", "gateway_config_reloads_total",
+        ] {
+            #expect(text.contains("# TYPE \(series) "), "\(series)")
+        }
+        #expect(text.contains(#"gateway_requests_total{route="api",method="GET",status="200",protocol="HTTP/2"} 1"#))
+        // Unknown methods do not become label values.
+        #expect(text.contains(#"method="OTHER",status="405""#) && !text.contains("BREW"))
+        #expect(text.contains(#"gateway_request_duration_seconds_bucket{route="api",le="0.0005"} 1"#))
+        #expect(text.contains(#"gateway_request_duration_seconds_bucket{route="api",le="+Inf"} 2"#))
+        #expect(text.contains(#"gateway_request_duration_seconds_count{route="api"} 2"#))
+        #expect(text.contains(#"gateway_connections{listener="public",protocol="h2"} 3"#))
+        #expect(text.contains("gateway_redis_errors_total 0"))
+    }
+
+    @Test func histogramBucketsAreCumulative() {
+        let histogram = LatencyHistogram(buckets: [0.001, 0.01, 0.1])
+        for value in [0.0005, 0.005, 0.005, 0.05, 5] { histogram.observe(seconds: value) }
+        let (cumulative, sum, count) = histogram.snapshot()
+        #expect(cumulative == [1, 3, 4])
+        #expect(count == 5)
+        #expect(abs(sum - 5.0605) < 1e-9)
+    }
+
+    @Test func accessLogLineHasFieldsAndNoQueryString() throws {
+        let record = AccessLogRecord(
+            time: Date(timeIntervalSince1970: 1_790_000_000.25), requestID: "r1", clientIP: "203.0.113.7", method: "GET",
+            route: "api", path: "/api/bookings", status: 200, bytesIn: 0, bytesOut: 226, durationSeconds: 0.00042,
+            upstreamSeconds: 0.0003, protocolName: "HTTP/2", tlsVersion: "TLSv1.3", rateLimit: "allowed",
+            subjectHash: "abcd", upstreamEndpoint: "127.0.0.1:3001"
+        )
+        let line = record.json()
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        #expect(object["time"] as? String == "2026-09-21T14:13:20.250Z")
+        #expect(object["path"] as? String == "/api/bookings")
+        #expect(object["status"] as? Int == 200)
+        #expect(object["protocol"] as? String == "HTTP/2")
+        #expect(Set(object.keys).isSuperset(of: [
+            "request_id", "client_ip", "method", "route", "bytes_in", "bytes_out", "duration_s", "upstream_s",
+            "tls_version", "rate_limit", "subject_hash", "upstream",
+        ]))
+    }
+
+    @Test func writerDropsInsteadOfBlockingWhenFull() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        let dropped = DroppedCounter()
+        let writer = AccessLogWriter(fileDescriptor: fds[1], capacity: 2, onDrop: { dropped.add($0) })
+        let record = AccessLogRecord(
+            time: Date(), requestID: "x", clientIP: "1.2.3.4", method: "GET", route: "r", path: "/", status: 200,
+            bytesIn: 0, bytesOut: 0, durationSeconds: 0, upstreamSeconds: nil, protocolName: "HTTP/1.1",
+            tlsVersion: nil, rateLimit: nil, subjectHash: nil, upstreamEndpoint: nil
+        )
+        writer.stop()  // no background flushes from here on: the test drives them
+        for _ in 0..<5 { writer.log(record) }
+        writer.flush()
+        #expect(dropped.value == 3)
+        var bytes = [UInt8](repeating: 0, count: 4096)
+        let count = read(fds[0], &bytes, bytes.count)
+        #expect(String(decoding: bytes[0..<max(0, count)], as: UTF8.self).split(separator: "\n").count == 2)
+    }
+}
+
+final class DroppedCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var total = 0
+    func add(_ n: Int) { lock.lock(); total += n; lock.unlock() }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return total }
+}
