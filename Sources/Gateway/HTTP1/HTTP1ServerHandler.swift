@@ -30,6 +30,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         /// A body follows the head: until its end arrives, the connection cannot carry another request.
         var hasBody = false
         var closeDelimited = false
+        /// CORS fields and `Vary: Origin` for whatever response this request gets.
+        var responseAdditions = ResponseAdditions.none
 
         /// Whether an unread request body would be left on the connection by answering now.
         var bodyOutstanding: Bool { self.hasBody && !self.requestEnded }
@@ -45,7 +47,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     private var quiescing = false
     private var closed = false
     private var timer: Scheduled<Void>?
-    private var clientIP = "unknown"
+    private var peer = PeerAddress(nil)
     /// An exchange whose upstream side starts when the current read burst has been decoded: a
     /// malformed body in the same packet as its head is then refused before anything is sent.
     private var pendingStart: ProxyExchange?
@@ -59,14 +61,14 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        self.clientIP = RequestIdentity.clientIP(context.channel.remoteAddress)
+        self.peer = PeerAddress(context.channel.remoteAddress)
         if context.channel.isActive { self.becameIdle() }
     }
 
     func channelActive(context: ChannelHandlerContext) {
         // Added after activation (behind TLS), `handlerAdded` already did this.
         if self.timer == nil {
-            self.clientIP = RequestIdentity.clientIP(context.channel.remoteAddress)
+            self.peer = PeerAddress(context.channel.remoteAddress)
             self.becameIdle()
         }
         context.fireChannelActive()
@@ -202,29 +204,33 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         let host = head.headers.first(name: "host")
 
         let decision = RequestPipeline.decide(
-            method: head.method, target: head.uri, host: host,
+            method: head.method, target: head.uri, host: host, headers: head.headers, peer: self.peer,
             listener: self.services.listener, runtime: self.services.runtime, allocator: allocator
         )
-        switch decision {
+        self.current!.responseAdditions = decision.responseAdditions
+        switch decision.action {
         case .respond(let response):
             self.writeLocal(response, forceClose: false)
         case .error(let error):
             self.writeLocal(error.response(requestID: requestID, allocator: allocator), forceClose: false)
-        case .proxy(_, let cluster):
+        case .proxy(let plan):
             if case .contentLength(let length) = framing, length > self.services.runtime.traffic.maxBodyBytes {
                 self.writeLocal(GatewayError.payloadTooLarge.response(requestID: requestID, allocator: allocator), forceClose: true)
                 return
             }
+            let cluster = plan.cluster
             let info = ForwardingInfo(
-                clientIP: self.clientIP, requestID: requestID, scheme: self.services.listener.scheme,
-                host: host, fallbackHost: cluster.endpoints.first?.key ?? "localhost"
+                peer: decision.client.peer, peerTrusted: decision.client.peerTrusted, requestID: requestID,
+                scheme: self.services.listener.scheme, host: host,
+                fallbackHost: cluster.endpoints.first?.key ?? "localhost", addedHeaders: plan.claimHeaders
             )
-            let upstreamHead = HeaderRewriter.upstreamRequest(head, framing: framing, info: info)
+            let upstreamHead = HeaderRewriter.upstreamRequest(head, framing: framing, info: info, removing: plan.removedHeaders)
             let expectsContinue = head.version == .http1_1
                 && head.headers[canonicalForm: "expect"].contains { $0.lowercased() == "100-continue" }
             let exchange = ProxyExchange(
                 upstreamHead: upstreamHead, requestMethod: head.method, clientVersion: head.version,
-                requestID: requestID, addHSTS: self.services.listener.isTLS, expectsContinue: expectsContinue,
+                requestID: requestID, addHSTS: self.services.listener.isTLS,
+                responseAdditions: decision.responseAdditions, expectsContinue: expectsContinue,
                 requestHasBody: framing.hasBody, cluster: cluster, pool: self.services.loop.pool, downstream: self
             )
             self.current!.exchange = exchange
@@ -355,6 +361,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         let closing = forceClose || response.closeConnection || !current.keepAlive || self.quiescing
             || current.bodyOutstanding
         var headers = response.headers
+        current.responseAdditions.apply(to: &headers)
         headers.replaceOrAdd(name: "x-request-id", value: current.requestID)
         if self.services.listener.isTLS {
             headers.replaceOrAdd(name: "strict-transport-security", value: "max-age=31536000; includeSubDomains")
