@@ -61,7 +61,15 @@ struct ResponseAdditions: Sendable {
 /// `Access-Control-Request-Method`; the gateway answers it itself, before authentication (a
 /// browser never sends credentials on a preflight) and without proxying.
 final class CORSPolicy: Sendable {
-    let origins: [CORSOrigin]
+    /// `allowed_origins`, compiled so a match allocates nothing for a lowercase `Origin`.
+    private enum Pattern: Sendable {
+        case any
+        case exact(String)
+        /// `https://*.barberpro.com.ar[:port]` as prefix `https://` and suffix `.barberpro.com.ar[:port]`.
+        case wildcard(prefix: String, suffix: String)
+    }
+
+    private let patterns: [Pattern]
     let allowedMethods: Set<String>
     /// Lowercased.
     let allowedHeaders: Set<String>
@@ -72,7 +80,14 @@ final class CORSPolicy: Sendable {
     let actualFields: [(String, String)]
 
     init(_ config: CORSConfig) {
-        self.origins = config.allowedOrigins
+        self.patterns = config.allowedOrigins.map { origin in
+            switch origin {
+            case .any: .any
+            case .exact(let value): .exact(value)
+            case .wildcard(let scheme, let domain, let port):
+                .wildcard(prefix: scheme + "://", suffix: "." + domain + (port.map { ":\($0)" } ?? ""))
+            }
+        }
         self.allowedMethods = Set(config.allowedMethods)
         self.allowedHeaders = Set(config.allowedHeaders.map { $0.lowercased() })
         self.allowCredentials = config.allowCredentials
@@ -103,11 +118,29 @@ final class CORSPolicy: Sendable {
         guard values.count == 1 else { return nil }
         let origin = values[0]
         guard !origin.isEmpty, origin.utf8.count <= 1024 else { return nil }
-        for pattern in self.origins {
-            if case .any = pattern, origin == "null" { continue }
-            if pattern.matches(origin) { return origin }
-        }
+        // Scheme and host compare case-insensitively (they are serialised lowercase by browsers).
+        let lower = origin.utf8.contains { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") } ? origin.lowercased() : origin
+        for pattern in self.patterns where Self.matches(pattern, lower) { return origin }
         return nil
+    }
+
+    private static func matches(_ pattern: Pattern, _ origin: String) -> Bool {
+        switch pattern {
+        case .any:
+            return origin != "null"
+        case .exact(let allowed):
+            return origin == allowed
+        case .wildcard(let prefix, let suffix):
+            // A label boundary: `.barberpro.com.ar` must be preceded by at least one whole label,
+            // so `evilbarberpro.com.ar` and `barberpro.com.ar.evil.com` fail, and the port (or its
+            // absence) must be the pattern's.
+            let utf8 = origin.utf8
+            guard utf8.count > prefix.utf8.count + suffix.utf8.count, origin.hasPrefix(prefix), origin.hasSuffix(suffix)
+            else { return false }
+            let start = utf8.index(utf8.startIndex, offsetBy: prefix.utf8.count)
+            let end = utf8.index(utf8.endIndex, offsetBy: -suffix.utf8.count)
+            return isValidHostname(origin[start..<end])
+        }
     }
 
     enum Preflight {
