@@ -271,6 +271,10 @@ def test_gateway_errors_carry_cors_fields(gw):
     assert missing.status_code == 404
     assert missing.headers["access-control-allow-origin"] == ORIGIN
     assert missing.headers["vary"] == "Origin"
+    broken = get(gw, "/api/close-early", "localhost", {"Origin": ORIGIN})  # upstream hangs up: 502
+    assert broken.status_code == 502
+    assert broken.headers["access-control-allow-origin"] == ORIGIN
+    assert broken.headers["vary"] == "Origin"
 
 
 def test_vary_is_merged_and_upstream_cors_replaced(gw):
