@@ -158,6 +158,12 @@ final class DemoHandler: ChannelInboundHandler {
             context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
             self.download = (total, chunk)
             self.pumpDownload(context: context)
+        case (_, "/api/vary"):
+            // Its own Vary and CORS field: the gateway must merge the first and own the second.
+            self.send(
+                context: context, status: .ok, json: #"{"vary":true}"#,
+                extraHeaders: [("vary", "Accept-Encoding"), ("access-control-allow-origin", "*")]
+            )
         case (_, "/api/status"):
             let code = Int(params["code"] ?? "") ?? 200
             self.send(context: context, status: HTTPResponseStatus(statusCode: code), json: #"{"status":\#(code)}"#)
@@ -206,10 +212,14 @@ final class DemoHandler: ChannelInboundHandler {
         encoderContext.writeAndFlush(NIOAny(IOData.byteBuffer(buffer)), promise: nil)
     }
 
-    private func send(context: ChannelHandlerContext, status: HTTPResponseStatus, json: String, head: Bool = false) {
+    private func send(
+        context: ChannelHandlerContext, status: HTTPResponseStatus, json: String, head: Bool = false,
+        extraHeaders: [(String, String)] = []
+    ) {
         var buffer = context.channel.allocator.buffer(capacity: json.utf8.count)
         buffer.writeString(json)
-        let headers = HTTPHeaders([("content-type", "application/json"), ("content-length", String(buffer.readableBytes))])
+        var headers = HTTPHeaders([("content-type", "application/json"), ("content-length", String(buffer.readableBytes))])
+        for (name, value) in extraHeaders { headers.add(name: name, value: value) }
         context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         if !head { context.write(Self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil) }
         self.writeEnd(context)

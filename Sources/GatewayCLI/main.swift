@@ -8,7 +8,7 @@ struct GatewayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gateway",
         abstract: "BarberPro edge gateway: TLS, HTTP/1.1, routing and proxying to the booking services.",
-        subcommands: [Run.self, Validate.self],
+        subcommands: [Run.self, Validate.self, Token.self],
         defaultSubcommand: Run.self
     )
 }
@@ -41,6 +41,47 @@ struct Validate: ParsableCommand {
     func run() throws {
         guard loadValidated(self.options.config) != nil else { throw ExitCode(1) }
         print("\(self.options.config): valid")
+    }
+}
+
+struct Token: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Mint an HS256 test token (for testers) and print it.",
+        discussion: """
+            iss/aud default to barberpro-auth/barberpro-api, or to the jwt section of --config FILE. \
+            With --config and no --secret, the first HS256 key of that section signs the token (its kid is used). \
+            The secret must be at least 32 bytes (RFC 7518 §3.2).
+            """
+    )
+    @Option(name: .long, help: "HMAC secret (at least 32 bytes).") var secret: String?
+    @Option(name: .long, help: "Subject (sub), forwarded as X-User-Id.") var sub: String
+    @Option(name: .long, help: "Role claim, forwarded as X-User-Role.") var role: String?
+    @Option(name: .long, help: "Lifetime, e.g. 15m, 1h, 7d (at most jwt.max_lifetime to be accepted).") var ttl: String = "1h"
+    @Option(name: .long, help: "Key id (kid header).") var kid: String?
+    @Option(name: .long, help: "Issuer (iss).") var iss: String?
+    @Option(name: .long, help: "Audience (aud).") var aud: String?
+    @Option(name: .long, help: "Take iss/aud (and the key when --secret is absent) from this gateway.yaml.") var config: String?
+
+    func run() throws {
+        var jwt: JWTConfig? = nil
+        if let path = self.config {
+            guard let (loaded, _) = loadValidated(path) else { throw ExitCode(1) }
+            guard let section = loaded.jwt else {
+                FileHandle.standardError.write(Data("gateway token: \(path) has no jwt section\n".utf8))
+                throw ExitCode(1)
+            }
+            jwt = section
+        }
+        let request = TestTokenRequest(
+            secret: self.secret, subject: self.sub, role: self.role, ttl: self.ttl, kid: self.kid,
+            issuer: self.iss, audience: self.aud
+        )
+        do {
+            print(try TestTokens.mint(request, config: jwt))
+        } catch {
+            FileHandle.standardError.write(Data("gateway token: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
     }
 }
 

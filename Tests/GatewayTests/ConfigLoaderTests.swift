@@ -46,7 +46,7 @@ struct ConfigLoaderTests {
         #expect(jwt.leeway == .seconds(30))
         #expect(jwt.maxLifetime == .seconds(7 * 86_400))
         #expect(jwt.keys == [JWTKeyConfig(kid: "hs-1", algorithm: .hs256,
-                                          material: .secret(ConfigSecret("dev-only-secret-change-me")))])
+                                          material: .secret(ConfigSecret("dev-only-secret-change-me-0123456789")))])
         #expect(jwt.jwksURL == nil)
         #expect(jwt.forwardClaims == [ForwardedClaim(claim: "sub", header: "x-user-id"),
                                       ForwardedClaim(claim: "role", header: "x-user-role")])
@@ -65,8 +65,7 @@ struct ConfigLoaderTests {
             responseTimeout: .seconds(15), maxConnections: 256,
             healthCheck: HealthCheckConfig(path: "/health", interval: .seconds(5)))])
 
-        // The admin route ships commented out until JWT verification lands.
-        #expect(config.routes.map(\.name) == ["login", "api"])
+        #expect(config.routes.map(\.name) == ["login", "admin", "api"])
         let login = config.routes[0]
         #expect(login.match == RouteMatch(host: nil, pathPrefix: "/api/auth/login", methods: ["POST"]))
         #expect(login.auth == .none)
@@ -74,10 +73,18 @@ struct ConfigLoaderTests {
         #expect(login.rateLimitPolicyIndices == [1, 0])
         #expect(login.upstreamIndex == 0)
         #expect(login.cors)
-        let api = config.routes[1]
+        let admin = config.routes[1]
+        #expect(admin.match == RouteMatch(host: .exact("admin.barberpro.com.ar"), pathPrefix: "/api/", methods: nil))
+        #expect(admin.auth == .required)
+        #expect(admin.requireClaims == [RequiredClaim(claim: "role", values: ["admin"])])
+        #expect(admin.rateLimits == ["per_ip"])
+        let api = config.routes[2]
         #expect(api.match == RouteMatch(host: nil, pathPrefix: "/api/", methods: nil))
-        #expect(api.auth == .none)
+        #expect(api.auth == .required)
+        #expect(api.requireClaims.isEmpty)
         #expect(api.rateLimits == ["per_ip"])
+        // The shipped file passes the start-up checks too (key lengths, supported features).
+        #expect(GatewayBuilder.unsupportedFeatures(config).isEmpty)
     }
 
     @Test func shippedFileLoadsFromDiskWithEnvironmentOverrides() throws {

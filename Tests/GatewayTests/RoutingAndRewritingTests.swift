@@ -95,7 +95,7 @@ struct RequestValidationTests {
 
 @Suite("Header rewriting")
 struct HeaderRewritingTests {
-    let info = ForwardingInfo(clientIP: "203.0.113.7", requestID: "rid-1", scheme: "https", host: "api.barberpro.com.ar", fallbackHost: "10.0.0.1:3001")
+    let info = ForwardingInfo(peer: "203.0.113.7", requestID: "rid-1", scheme: "https", host: "api.barberpro.com.ar", fallbackHost: "10.0.0.1:3001")
 
     @Test func upstreamRequestDropsHopByHopAndSpoofedFields() {
         let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/api/x?y=1", headers: HTTPHeaders([
@@ -117,6 +117,72 @@ struct HeaderRewritingTests {
         #expect(out.headers["transfer-encoding"] == ["chunked"])
         #expect(out.headers["content-type"] == ["application/json"])
         #expect(out.uri == "/api/x?y=1" && out.version == .http1_1)
+    }
+
+    @Test func trustedPeerKeepsTheChainAndAppendsItself() {
+        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/api/x", headers: HTTPHeaders([
+            ("Host", "api.barberpro.com.ar"), ("X-Forwarded-For", "198.51.100.9"), ("X-Forwarded-For", " 10.0.0.2 "),
+            ("CF-Connecting-IP", "198.51.100.9"), ("X-Real-IP", "198.51.100.9"), ("X-Forwarded-Proto", "http"),
+            ("X-Forwarded-Host", "evil"), ("X-User-Id", "spoofed"),
+        ]))
+        var trusted = info
+        trusted.peer = "173.245.48.1"
+        trusted.peerTrusted = true
+        trusted.addedHeaders = [("x-user-id", "u-1")]
+        let out = HeaderRewriter.upstreamRequest(head, framing: .none, info: trusted, removing: ["x-user-id"])
+        #expect(out.headers["x-forwarded-for"] == ["198.51.100.9, 10.0.0.2, 173.245.48.1"])
+        #expect(out.headers["cf-connecting-ip"] == ["198.51.100.9"])
+        #expect(out.headers["x-real-ip"] == ["198.51.100.9"])
+        // The gateway's own fields are replaced whoever the peer is.
+        #expect(out.headers["x-forwarded-proto"] == ["https"])
+        #expect(out.headers["x-forwarded-host"] == ["api.barberpro.com.ar"])
+        #expect(out.headers["x-user-id"] == ["u-1"])
+
+        let untrusted = HeaderRewriter.upstreamRequest(head, framing: .none, info: info, removing: ["x-user-id"])
+        #expect(untrusted.headers["x-forwarded-for"] == ["203.0.113.7"])
+        #expect(untrusted.headers["cf-connecting-ip"].isEmpty && untrusted.headers["x-real-ip"].isEmpty)
+        #expect(untrusted.headers["x-user-id"].isEmpty)
+    }
+
+    @Test func corsAdditionsMergeVaryAndReplaceUpstreamCORSFields() {
+        let upstream = HTTPResponseHead(version: .http1_1, status: .ok, headers: HTTPHeaders([
+            ("Content-Length", "2"), ("Vary", "Accept-Encoding"), ("vary", "Accept-Language"),
+            ("Access-Control-Allow-Origin", "*"),
+        ]))
+        let additions = ResponseAdditions(headers: [("access-control-allow-origin", "https://barberpro.com.ar")], corsEnabled: true)
+        let (head, _) = HeaderRewriter.clientResponse(
+            upstream, requestMethod: .GET, clientVersion: .http1_1, requestID: "rid", addHSTS: false, additions: additions)
+        #expect(head.headers["vary"] == ["Accept-Encoding, Accept-Language, Origin"])
+        #expect(head.headers["access-control-allow-origin"] == ["https://barberpro.com.ar"])
+
+        let star = HTTPResponseHead(version: .http1_1, status: .ok, headers: HTTPHeaders([("Content-Length", "0"), ("Vary", "*")]))
+        let (starHead, _) = HeaderRewriter.clientResponse(
+            star, requestMethod: .GET, clientVersion: .http1_1, requestID: "rid", addHSTS: false, additions: additions)
+        #expect(starHead.headers["vary"] == ["*"])
+
+        let none = HTTPResponseHead(version: .http1_1, status: .ok, headers: HTTPHeaders([("Content-Length", "0")]))
+        let (plainHead, _) = HeaderRewriter.clientResponse(
+            none, requestMethod: .GET, clientVersion: .http1_1, requestID: "rid", addHSTS: false,
+            additions: ResponseAdditions(headers: [], corsEnabled: true))
+        #expect(plainHead.headers["vary"] == ["Origin"])
+        #expect(plainHead.headers["access-control-allow-origin"].isEmpty)
+
+        // A route without CORS passes the upstream's fields through untouched.
+        let (untouched, _) = HeaderRewriter.clientResponse(
+            upstream, requestMethod: .GET, clientVersion: .http1_1, requestID: "rid", addHSTS: false)
+        #expect(untouched.headers["vary"] == ["Accept-Encoding", "Accept-Language"])
+        #expect(untouched.headers["access-control-allow-origin"] == ["*"])
+    }
+
+    @Test func localResponsesGetTheSameAdditions() {
+        var headers = HTTPHeaders([("content-type", "application/json")])
+        ResponseAdditions(headers: [("access-control-allow-origin", "http://localhost:5173")], corsEnabled: true)
+            .apply(to: &headers)
+        #expect(headers["vary"] == ["Origin"])
+        #expect(headers["access-control-allow-origin"] == ["http://localhost:5173"])
+        var untouched = HTTPHeaders([("content-type", "application/json")])
+        ResponseAdditions.none.apply(to: &untouched)
+        #expect(untouched.count == 1)
     }
 
     @Test func contentLengthReemittedOnceAndHostFilledForHTTP10() {

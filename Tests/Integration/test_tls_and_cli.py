@@ -103,10 +103,43 @@ def test_mismatched_key_exits_nonzero(certs, tmp_path, upstream):
     assert r.returncode != 0 and "other.key" in r.stderr and "does not match" in r.stderr
 
 
-def test_auth_required_refused_until_jwt_lands(certs, tmp_path):
+def jwt_config(certs, secret):
     text = config_text(certs, 3001).replace("    upstream: booking\n", "    upstream: booking\n    auth: required\n", 1)
-    text += "jwt:\n  issuer: a\n  audiences: [b]\n  keys:\n    - { kid: k, algorithm: HS256, secret: 0123456789abcdef0123456789abcdef }\n"
+    return text + f"jwt:\n  issuer: a\n  audiences: [b]\n  keys:\n    - {{ kid: k, algorithm: HS256, secret: {secret} }}\n"
+
+
+def test_auth_required_validates_with_a_jwt_section(certs, tmp_path):
     cfg = tmp_path / "gw.yaml"
-    cfg.write_text(text)
+    cfg.write_text(jwt_config(certs, "0123456789abcdef0123456789abcdef"))
     r = subprocess.run([str(GATEWAY), "validate", "--config", str(cfg)], capture_output=True, text=True)
-    assert r.returncode == 1 and "routes[0].auth:" in r.stderr
+    assert r.returncode == 0, r.stderr
+
+
+def test_short_hmac_secret_refused_without_echoing_it(certs, tmp_path):
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(jwt_config(certs, "dev-only-secret-change-me"))
+    for command in (["validate"], ["run"]):
+        r = subprocess.run([str(GATEWAY), *command, "--config", str(cfg)], capture_output=True, text=True, timeout=20)
+        assert r.returncode == 1
+        assert "jwt.keys[0].secret: an HS256 secret must be at least 32 bytes" in r.stderr, r.stderr
+        assert "dev-only-secret-change-me" not in r.stderr + r.stdout
+
+
+def test_token_command(certs, tmp_path):
+    import jwt
+    r = subprocess.run([str(GATEWAY), "token", "--secret", "short", "--sub", "u"], capture_output=True, text=True)
+    assert r.returncode == 1 and "at least 32 bytes" in r.stderr and "short" not in r.stderr.replace("shorter", "")
+    secret = "0123456789abcdef0123456789abcdef"
+    r = subprocess.run([str(GATEWAY), "token", "--secret", secret, "--sub", "u-1", "--role", "admin", "--ttl", "15m",
+                        "--kid", "k9", "--iss", "me", "--aud", "you"], capture_output=True, text=True, check=True)
+    t = r.stdout.strip()
+    assert jwt.get_unverified_header(t)["kid"] == "k9"
+    claims = jwt.decode(t, secret, algorithms=["HS256"], audience="you", issuer="me")
+    assert claims["sub"] == "u-1" and claims["role"] == "admin" and claims["exp"] - claims["iat"] == 900
+    # --config: iss/aud from its jwt section, and its HS256 key when --secret is absent.
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(jwt_config(certs, secret))
+    r = subprocess.run([str(GATEWAY), "token", "--config", str(cfg), "--sub", "u-2"], capture_output=True, text=True, check=True)
+    t = r.stdout.strip()
+    assert jwt.get_unverified_header(t)["kid"] == "k"
+    assert jwt.decode(t, secret, algorithms=["HS256"], audience="b", issuer="a")["sub"] == "u-2"

@@ -232,6 +232,8 @@ public enum CORSOrigin: Sendable, Equatable, CustomStringConvertible {
 
     static func parse(_ text: String) -> Result<CORSOrigin, InvalidValue> {
         if text == "*" { return .success(.any) }
+        // The opaque origin of sandboxed frames and `file:` pages; allowed only when listed.
+        if text == "null" { return .success(.exact("null")) }
         let usage = "expected an origin like https://example.com[:port], https://*.example.com or *"
         guard let schemeEnd = text.range(of: "://") else { return .failure(InvalidValue("\(usage), got '\(text)'")) }
         let scheme = text[..<schemeEnd.lowerBound].lowercased()

@@ -30,6 +30,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         /// A body follows the head: until its end arrives, the connection cannot carry another request.
         var hasBody = false
         var closeDelimited = false
+        /// CORS fields and `Vary: Origin` for whatever response this request gets.
+        var responseAdditions = ResponseAdditions.none
 
         /// Whether an unread request body would be left on the connection by answering now.
         var bodyOutstanding: Bool { self.hasBody && !self.requestEnded }
@@ -45,7 +47,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     private var quiescing = false
     private var closed = false
     private var timer: Scheduled<Void>?
-    private var clientIP = "unknown"
+    private var peer = PeerAddress(nil)
     /// An exchange whose upstream side starts when the current read burst has been decoded: a
     /// malformed body in the same packet as its head is then refused before anything is sent.
     private var pendingStart: ProxyExchange?
@@ -59,14 +61,14 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        self.clientIP = RequestIdentity.clientIP(context.channel.remoteAddress)
+        self.peer = PeerAddress(context.channel.remoteAddress)
         if context.channel.isActive { self.becameIdle() }
     }
 
     func channelActive(context: ChannelHandlerContext) {
         // Added after activation (behind TLS), `handlerAdded` already did this.
         if self.timer == nil {
-            self.clientIP = RequestIdentity.clientIP(context.channel.remoteAddress)
+            self.peer = PeerAddress(context.channel.remoteAddress)
             self.becameIdle()
         }
         context.fireChannelActive()
@@ -182,51 +184,21 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
 
     private func startRequest(_ head: HTTPRequestHead) {
         self.cancelTimer()
-        let requestID = RequestIdentity.requestID(clientSupplied: head.headers.first(name: "x-request-id"))
+        let dispatch = RequestDispatch.start(
+            head, streamEnded: nil, peer: self.peer, services: self.services, downstream: self,
+            allocator: self.context.channel.allocator
+        )
         self.current = InFlight(
-            method: head.method, version: head.version, requestID: requestID,
+            method: head.method, version: head.version, requestID: dispatch.requestID,
             keepAlive: head.isKeepAlive && head.version == .http1_1 && !self.quiescing
         )
-        let allocator = self.context.channel.allocator
-
-        let framing: BodyFraming
-        switch RequestValidator.validate(head) {
-        case .failure(let error):
-            self.writeLocal(error.response(requestID: requestID, allocator: allocator), forceClose: true)
-            return
-        case .success(let validated):
-            framing = validated
-        }
-        self.current!.hasBody = framing.hasBody
-        if framing.hasBody { self.armBodyStallCheck(after: self.services.runtime.traffic.idleTimeout) }
-        let host = head.headers.first(name: "host")
-
-        let decision = RequestPipeline.decide(
-            method: head.method, target: head.uri, host: host,
-            listener: self.services.listener, runtime: self.services.runtime, allocator: allocator
-        )
-        switch decision {
+        self.current!.hasBody = dispatch.hasBody
+        self.current!.responseAdditions = dispatch.responseAdditions
+        switch dispatch.outcome {
         case .respond(let response):
             self.writeLocal(response, forceClose: false)
-        case .error(let error):
-            self.writeLocal(error.response(requestID: requestID, allocator: allocator), forceClose: false)
-        case .proxy(_, let cluster):
-            if case .contentLength(let length) = framing, length > self.services.runtime.traffic.maxBodyBytes {
-                self.writeLocal(GatewayError.payloadTooLarge.response(requestID: requestID, allocator: allocator), forceClose: true)
-                return
-            }
-            let info = ForwardingInfo(
-                clientIP: self.clientIP, requestID: requestID, scheme: self.services.listener.scheme,
-                host: host, fallbackHost: cluster.endpoints.first?.key ?? "localhost"
-            )
-            let upstreamHead = HeaderRewriter.upstreamRequest(head, framing: framing, info: info)
-            let expectsContinue = head.version == .http1_1
-                && head.headers[canonicalForm: "expect"].contains { $0.lowercased() == "100-continue" }
-            let exchange = ProxyExchange(
-                upstreamHead: upstreamHead, requestMethod: head.method, clientVersion: head.version,
-                requestID: requestID, addHSTS: self.services.listener.isTLS, expectsContinue: expectsContinue,
-                requestHasBody: framing.hasBody, cluster: cluster, pool: self.services.loop.pool, downstream: self
-            )
+        case .proxy(let exchange):
+            if dispatch.hasBody { self.armBodyStallCheck(after: self.services.runtime.traffic.idleTimeout) }
             self.current!.exchange = exchange
             self.pendingStart = exchange
         }
@@ -355,6 +327,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         let closing = forceClose || response.closeConnection || !current.keepAlive || self.quiescing
             || current.bodyOutstanding
         var headers = response.headers
+        current.responseAdditions.apply(to: &headers)
         headers.replaceOrAdd(name: "x-request-id", value: current.requestID)
         if self.services.listener.isTLS {
             headers.replaceOrAdd(name: "strict-transport-security", value: "max-age=31536000; includeSubDomains")

@@ -17,7 +17,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     private(set) var context: ChannelHandlerContext?
     private var session: OpaquePointer?
     private var streams: [Int32: HTTP2Stream] = [:]
-    private(set) var clientIP = "unknown"
+    private(set) var peer = PeerAddress(nil)
     /// Streams whose upstream side starts after the current read is decoded (see HTTP/1's
     /// `pendingStart`: a malformed frame in the same read is refused before anything goes upstream).
     private var pendingStarts: [HTTP2Stream] = []
@@ -42,7 +42,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        self.clientIP = RequestIdentity.clientIP(context.channel.remoteAddress)
+        self.peer = PeerAddress(context.channel.remoteAddress)
         guard self.createSession() else {
             context.close(promise: nil)
             return

@@ -32,6 +32,7 @@ final class HTTP2Stream: DownstreamResponder {
     private var bodyPaused = false
     private var unconsumed = 0
     private var isHEAD = false
+    private var responseAdditions = ResponseAdditions.none
 
     // Response side
     private var responseSubmitted = false
@@ -85,8 +86,10 @@ final class HTTP2Stream: DownstreamResponder {
     func headersComplete(endStream: Bool) {
         self.headComplete = true
         self.requestEndReceived = endStream
-        self.requestID = RequestIdentity.requestID(clientSupplied: self.headers.first(name: "x-request-id"))
         let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
+        if self.headersTooLarge || self.invalidHeader || self.method == nil || self.path == nil {
+            self.requestID = RequestIdentity.requestID(clientSupplied: self.headers.first(name: "x-request-id"))
+        }
         if self.headersTooLarge {
             self.respondLocally(GatewayError.headersTooLarge.response(requestID: self.requestID, allocator: allocator))
             return
@@ -101,46 +104,18 @@ final class HTTP2Stream: DownstreamResponder {
         let httpMethod = HTTPMethod(rawValue: method)
         self.isHEAD = httpMethod == .HEAD
         let head = HTTPRequestHead(version: .http2, method: httpMethod, uri: path, headers: headers)
-
-        var framing: BodyFraming
-        switch RequestValidator.validate(head) {
-        case .failure(let error):
-            self.respondLocally(error.response(requestID: self.requestID, allocator: allocator))
-            return
-        case .success(let validated):
-            framing = validated
-        }
-        // No Content-Length: the body's end is END_STREAM; upstream it travels chunked.
-        if framing == .none && !endStream { framing = .chunked }
-        if endStream { framing = framing == .chunked ? .none : framing }
-        self.hasBody = framing.hasBody
-
-        let decision = RequestPipeline.decide(
-            method: httpMethod, target: path, host: self.authority,
-            listener: self.connection.services.listener, runtime: self.connection.services.runtime, allocator: allocator
+        let dispatch = RequestDispatch.start(
+            head, streamEnded: endStream, peer: self.connection.peer, services: self.connection.services,
+            downstream: self, allocator: allocator
         )
-        switch decision {
+        self.requestID = dispatch.requestID
+        self.responseAdditions = dispatch.responseAdditions
+        self.hasBody = dispatch.hasBody
+        switch dispatch.outcome {
         case .respond(let response):
             self.respondLocally(response)
-        case .error(let error):
-            self.respondLocally(error.response(requestID: self.requestID, allocator: allocator))
-        case .proxy(_, let cluster):
-            if case .contentLength(let length) = framing, length > self.connection.services.runtime.traffic.maxBodyBytes {
-                self.respondLocally(GatewayError.payloadTooLarge.response(requestID: self.requestID, allocator: allocator))
-                return
-            }
-            let info = ForwardingInfo(
-                clientIP: self.connection.clientIP, requestID: self.requestID,
-                scheme: self.connection.services.listener.scheme, host: self.authority,
-                fallbackHost: cluster.endpoints.first?.key ?? "localhost"
-            )
-            let upstreamHead = HeaderRewriter.upstreamRequest(head, framing: framing, info: info)
-            self.exchange = ProxyExchange(
-                upstreamHead: upstreamHead, requestMethod: httpMethod, clientVersion: .http2,
-                requestID: self.requestID, addHSTS: self.connection.services.listener.isTLS, expectsContinue: false,
-                requestHasBody: framing.hasBody, cluster: cluster, pool: self.connection.services.loop.pool,
-                downstream: self
-            )
+        case .proxy(let exchange):
+            self.exchange = exchange
             self.connection.deferStart(self)
         }
     }
@@ -197,6 +172,7 @@ final class HTTP2Stream: DownstreamResponder {
 
     private func respondLocally(_ response: LocalResponse) {
         var headers = response.headers
+        self.responseAdditions.apply(to: &headers)
         headers.replaceOrAdd(name: "x-request-id", value: self.requestID)
         if self.connection.services.listener.isTLS {
             headers.replaceOrAdd(name: "strict-transport-security", value: "max-age=31536000; includeSubDomains")

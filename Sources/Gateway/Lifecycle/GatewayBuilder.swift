@@ -6,20 +6,23 @@ import NIOPosix
 /// Everything that can fail at start-up (certificates, features this build does not have) fails
 /// here, before any socket is bound.
 public enum GatewayBuilder {
-    /// Checks that need more than the config text: features not built yet, certificate files.
+    /// Checks that need more than the config text: features not built yet, key material.
     static func unsupportedFeatures(_ config: GatewayConfig) -> [ConfigError] {
         var errors: [ConfigError] = []
-        for (index, route) in config.routes.enumerated() where route.auth != .none {
-            // Refusing beats silently serving a protected route without authentication.
-            errors.append(ConfigError(
-                path: "routes[\(index)].auth",
-                reason: "'\(route.auth.rawValue)' needs JWT verification, which this build does not have yet; use 'none'"
-            ))
+        if let jwt = config.jwt {
+            if jwt.jwksURL != nil {
+                // Refusing beats starting with no keys and answering 401 to every valid token.
+                errors.append(ConfigError(
+                    path: "jwt.jwks_url",
+                    reason: "fetching keys from a JWKS URL is not in this build yet; list the keys under jwt.keys"
+                ))
+            }
+            if case .failure(let keyErrors) = Authenticator.make(jwt) { errors.append(contentsOf: keyErrors.errors) }
         }
         return errors
     }
 
-    static func runtime(_ config: GatewayConfig, configHash: String) -> GatewayRuntime {
+    static func runtime(_ config: GatewayConfig, configHash: String) throws(ConfigErrors) -> GatewayRuntime {
         var clusters: [String: UpstreamCluster] = [:]
         for upstream in config.upstreams {
             let settings = UpstreamSettings(
@@ -34,10 +37,16 @@ public enum GatewayBuilder {
                 settings: settings
             )
         }
+        var authenticator: Authenticator? = nil
+        if let jwt = config.jwt { authenticator = try Authenticator.make(jwt).get() }
+        let cors = config.cors.map(CORSPolicy.init)
         let routes = config.routes.enumerated().map { index, route in
-            Route(
+            var claims: [String: [String]] = [:]
+            for required in route.requireClaims { claims[required.claim] = required.values }
+            return Route(
                 name: route.name, host: route.match.host.map { "\($0)" }, pathPrefix: route.match.pathPrefix,
-                methods: route.match.methods, upstreamName: route.upstream, order: index
+                methods: route.match.methods, upstreamName: route.upstream, order: index,
+                auth: route.auth, requiredClaims: claims, cors: route.cors ? cors : nil
             )
         }
         let traffic = TrafficSettings(
@@ -47,7 +56,10 @@ public enum GatewayBuilder {
             idleTimeout: .init(config.timeouts.idle),
             drainTimeout: .init(config.timeouts.drain)
         )
-        return GatewayRuntime(routes: RouteTable(routes), clusters: clusters, traffic: traffic, configHash: configHash)
+        return GatewayRuntime(
+            routes: RouteTable(routes), clusters: clusters, traffic: traffic, configHash: configHash,
+            clientIP: ClientIPResolver(config.clientIP), cors: cors, authenticator: authenticator
+        )
     }
 
     static func listenerPlans(_ config: GatewayConfig) throws -> [ListenerPlan] {
@@ -100,7 +112,7 @@ public enum GatewayBuilder {
     public static func makeServer(config: GatewayConfig, configText: String) throws -> GatewayServer {
         try validateForStartup(config)
         let plans = try listenerPlans(config)
-        let runtime = runtime(config, configHash: stableHash(configText))
+        let runtime = try runtime(config, configHash: stableHash(configText))
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, config.workers))
         return GatewayServer(runtime: runtime, plans: plans, group: group)
     }

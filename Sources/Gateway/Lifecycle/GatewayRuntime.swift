@@ -36,6 +36,17 @@ final class GatewayRuntime: Sendable {
     let clusters: [String: UpstreamCluster]
     let traffic: TrafficSettings
     let configHash: String
+    /// Client-IP resolution (`client_ip`), with the `cloudflare` preset expanded.
+    let clientIP: ClientIPResolver
+    /// The `cors` section, for requests that match no route (a 404 a browser can read).
+    let cors: CORSPolicy?
+    /// Bearer-token verification; `nil` without a `jwt` section (then every route is `auth: none`).
+    let authenticator: Authenticator?
+    /// Request fields never forwarded from an untrusted peer beyond `HeaderRewriter`'s fixed
+    /// list: the claim headers the gateway itself sets, and `client_ip.header`.
+    let removedFromUntrustedPeer: Set<String>
+    /// From a trusted proxy, only the claim headers go (its forwarding headers are kept).
+    let removedFromTrustedPeer: Set<String>
     let startedAt: ContinuousClock.Instant
     /// True once every listener is bound (for `/health/ready`).
     let listenersBound = Atomic<Bool>(false)
@@ -43,11 +54,24 @@ final class GatewayRuntime: Sendable {
     /// when the config asks for port 0). 0 = no TLS listener.
     let httpsPort = Atomic<Int>(0)
 
-    init(routes: RouteTable, clusters: [String: UpstreamCluster], traffic: TrafficSettings, configHash: String) {
+    init(
+        routes: RouteTable, clusters: [String: UpstreamCluster], traffic: TrafficSettings, configHash: String,
+        clientIP: ClientIPResolver = ClientIPResolver(trustedNetworks: [], header: "cf-connecting-ip"),
+        cors: CORSPolicy? = nil, authenticator: Authenticator? = nil
+    ) {
         self.routes = routes
         self.clusters = clusters
         self.traffic = traffic
         self.configHash = configHash
+        self.clientIP = clientIP
+        self.cors = cors
+        self.authenticator = authenticator
+        // Client-sent copies of claim headers are removed on every route, whatever its auth mode
+        // (SPEC): an upstream must be able to trust X-User-Id. The two defaults are always in the
+        // set, so a config that renames them cannot reopen the old names.
+        let claimHeaders = Set((authenticator?.forwardClaims.map(\.header) ?? []) + ["x-user-id", "x-user-role"])
+        self.removedFromTrustedPeer = claimHeaders
+        self.removedFromUntrustedPeer = claimHeaders.union([clientIP.header])
         self.startedAt = .now
     }
 }

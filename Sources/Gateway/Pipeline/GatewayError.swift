@@ -67,6 +67,31 @@ struct GatewayError: Error, Equatable, CustomStringConvertible {
     static let upstreamTimeout = GatewayError(
         status: .gatewayTimeout, code: "upstream_timeout", message: "the upstream service did not answer in time"
     )
+    /// 401 without a token: RFC 6750 §3.1 says a request with no authentication information gets
+    /// a challenge without an error code.
+    static let missingToken = GatewayError(
+        status: .unauthorized, code: "invalid_token", message: "a bearer token is required",
+        headers: [("www-authenticate", "Bearer realm=\"api\"")]
+    )
+    /// 401 for a token that failed verification; `category` is `JWTError.category` (a fixed
+    /// `[a-z_]` word such as `expired`), never any part of the token.
+    static func invalidToken(category: String) -> GatewayError {
+        GatewayError(
+            status: .unauthorized, code: "invalid_token", message: "the bearer token is not valid (\(category))",
+            headers: [("www-authenticate", "Bearer realm=\"api\", error=\"invalid_token\", error_description=\"\(category)\"")]
+        )
+    }
+    /// 403 for a valid token without the route's `require_claims` (`claim` is the configured name).
+    static func forbidden(claim: String) -> GatewayError {
+        GatewayError(
+            status: .forbidden, code: "forbidden", message: "the token's \(claim) claim does not allow this route",
+            headers: [("www-authenticate", "Bearer realm=\"api\", error=\"insufficient_scope\"")]
+        )
+    }
+    /// 403 for a CORS preflight the `cors` section does not allow (origin, method or headers).
+    static let corsRejected = GatewayError(
+        status: .forbidden, code: "cors_rejected", message: "this cross-origin request is not allowed"
+    )
     /// The SPEC's JSON error body: `{"error":{"code":"...","message":"...","request_id":"..."}}`.
     func response(requestID: String, allocator: ByteBufferAllocator) -> LocalResponse {
         var body = allocator.buffer(capacity: 96 + self.message.utf8.count + requestID.utf8.count)

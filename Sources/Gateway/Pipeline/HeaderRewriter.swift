@@ -2,7 +2,11 @@ import NIOHTTP1
 
 /// What the gateway knows about a request that upstream headers must carry.
 struct ForwardingInfo {
-    var clientIP: String
+    /// The TCP peer, appended to `X-Forwarded-For`.
+    var peer: String
+    /// The peer is a trusted proxy: its `X-Forwarded-For` chain, `Forwarded`, `X-Real-IP` and
+    /// `CF-Connecting-IP` are kept (the chain with the peer appended).
+    var peerTrusted: Bool = false
     var requestID: String
     /// `https` on TLS listeners, `http` otherwise.
     var scheme: String
@@ -10,11 +14,14 @@ struct ForwardingInfo {
     var host: String?
     /// Used as `Host` when an HTTP/1.0 client sent none.
     var fallbackHost: String
+    /// Added after the rewrite: forwarded claims (`X-User-Id` …).
+    var addedHeaders: [(String, String)] = []
 }
 
 /// Header rewriting at the proxy boundary, as pure functions (STYLE habit 1) so each rule has a
 /// unit test: hop-by-hop fields go (RFC 9110 §7.6.1), spoofable forwarding fields from an untrusted
-/// peer go, and the gateway's own `X-Forwarded-*` / `X-Request-Id` are added.
+/// peer go, and the gateway's own `X-Forwarded-*` / `X-Request-Id` are added. On the way back the
+/// pipeline's `ResponseAdditions` (CORS fields, `Vary: Origin`) are merged in.
 enum HeaderRewriter {
     /// Hop-by-hop fields, plus `expect` (the gateway answers `100-continue` itself).
     static let hopByHop: Set<String> = [
@@ -22,12 +29,12 @@ enum HeaderRewriter {
         "proxy-authenticate", "proxy-authorization", "expect",
     ]
 
-    /// Fields a client could use to impersonate another client or a trusted proxy, and the
-    /// gateway's own fields; from an untrusted peer they are dropped before proxying.
-    static let spoofable: Set<String> = [
-        "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "forwarded", "x-real-ip",
-        "cf-connecting-ip", "x-request-id",
-    ]
+    /// Fields a client could use to impersonate another client or a trusted proxy; dropped
+    /// unless the peer is a trusted proxy.
+    static let spoofable: Set<String> = ["x-forwarded-for", "forwarded", "x-real-ip", "cf-connecting-ip"]
+
+    /// The gateway's own fields, always replaced by its values whoever the peer is.
+    static let gatewayOwned: Set<String> = ["x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-request-id"]
 
     /// Tokens listed in `Connection` name more hop-by-hop fields (RFC 9110 §7.6.1).
     static func connectionTokens(_ headers: HTTPHeaders) -> Set<String>? {
@@ -50,9 +57,22 @@ enum HeaderRewriter {
         var headers = HTTPHeaders()
         headers.reserveCapacity(head.headers.count + 5)
         var sawHost = false
+        var forwardedFor = ""
         for (name, value) in head.headers {
             let lower = name.lowercased()
-            if hopByHop.contains(lower) || spoofable.contains(lower) || extraRemoved.contains(lower) { continue }
+            if hopByHop.contains(lower) || gatewayOwned.contains(lower) || extraRemoved.contains(lower) { continue }
+            if spoofable.contains(lower) {
+                guard info.peerTrusted else { continue }
+                if lower == "x-forwarded-for" {
+                    // Several fields are one comma-separated list (RFC 9110 §5.3); re-emitted once below.
+                    let trimmed = Substring(value).trimmingSpaces
+                    if !trimmed.isEmpty {
+                        if !forwardedFor.isEmpty { forwardedFor += ", " }
+                        forwardedFor += trimmed
+                    }
+                    continue
+                }
+            }
             if let named, named.contains(lower) { continue }
             if lower == "content-length" {
                 // Re-emitted once below from the validated framing.
@@ -67,10 +87,11 @@ enum HeaderRewriter {
         case .contentLength(let length): headers.add(name: "content-length", value: String(length))
         case .chunked: headers.add(name: "transfer-encoding", value: "chunked")
         }
-        headers.add(name: "x-forwarded-for", value: info.clientIP)
+        headers.add(name: "x-forwarded-for", value: forwardedFor.isEmpty ? info.peer : forwardedFor + ", " + info.peer)
         headers.add(name: "x-forwarded-proto", value: info.scheme)
         if let host = info.host { headers.add(name: "x-forwarded-host", value: host) }
         headers.add(name: "x-request-id", value: info.requestID)
+        for (name, value) in info.addedHeaders { headers.add(name: name, value: value) }
         return HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: headers)
     }
 
@@ -90,22 +111,41 @@ enum HeaderRewriter {
         requestMethod: HTTPMethod,
         clientVersion: HTTPVersion,
         requestID: String,
-        addHSTS: Bool
+        addHSTS: Bool,
+        additions: ResponseAdditions = .none
     ) -> (HTTPResponseHead, ResponseFraming) {
         let named = connectionTokens(head.headers)
         var headers = HTTPHeaders()
-        headers.reserveCapacity(head.headers.count + 3)
+        headers.reserveCapacity(head.headers.count + 4 + additions.headers.count)
         var hasLength = false
         var hasHSTS = false
+        var vary: [String] = []
         for (name, value) in head.headers {
             let lower = name.lowercased()
             if hopByHop.contains(lower) || lower == "x-request-id" { continue }
             if let named, named.contains(lower) { continue }
+            if additions.corsEnabled {
+                // The gateway answers CORS for this route: the upstream's fields would duplicate
+                // or contradict it, and `Vary` is re-emitted once with `Origin` merged in.
+                if ResponseAdditions.corsFields.contains(lower) { continue }
+                if lower == "vary" {
+                    vary.append(value)
+                    continue
+                }
+            }
             if lower == "content-length" { hasLength = true }
             if lower == "strict-transport-security" { hasHSTS = true }
             headers.add(name: name, value: value)
         }
         headers.add(name: "x-request-id", value: requestID)
+        if additions.corsEnabled {
+            for (name, value) in additions.headers { headers.add(name: name, value: value) }
+            if let merged = ResponseAdditions.mergedVary(vary) {
+                headers.add(name: "vary", value: merged)
+            } else {
+                for value in vary { headers.add(name: "vary", value: value) }
+            }
+        }
         if addHSTS && !hasHSTS {
             headers.add(name: "strict-transport-security", value: "max-age=31536000; includeSubDomains")
         }

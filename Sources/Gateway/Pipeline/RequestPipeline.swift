@@ -2,53 +2,133 @@ import NIOCore
 import NIOHTTP1
 
 /// What the pipeline decided for one request.
-enum PipelineDecision {
-    /// Answer locally (health, redirect, errors).
-    case respond(LocalResponse)
-    case error(GatewayError)
-    /// Proxy to this route's upstream.
-    case proxy(Route, UpstreamCluster)
+struct PipelineDecision {
+    enum Action {
+        /// Answer locally (health, redirect, CORS preflight).
+        case respond(LocalResponse)
+        case error(GatewayError)
+        /// Proxy to this route's upstream.
+        case proxy(ProxyPlan)
+    }
+
+    var action: Action
+    /// Headers for whatever response goes back — local, error or proxied (CORS fields and
+    /// `Vary: Origin` on a CORS-enabled route). Apply with `ResponseAdditions.apply(to:)` to a
+    /// local response; `HeaderRewriter.clientResponse(additions:)` merges them into an upstream's.
+    var responseAdditions: ResponseAdditions
+    /// Who the client is (TCP peer, or what a trusted proxy says).
+    var client: ClientIdentity
+
+    init(_ action: Action, _ responseAdditions: ResponseAdditions = .none, client: ClientIdentity) {
+        self.action = action
+        self.responseAdditions = responseAdditions
+        self.client = client
+    }
 }
 
-/// The protocol-independent request phases after decoding: identify → route → (CORS, JWT and rate
-/// limit filters plug in here) → proxy. HTTP/1.1 requests and HTTP/2 streams both come through
-/// `decide`, so a policy is enforced once whatever the protocol.
+/// What a proxied request needs beyond its head.
+struct ProxyPlan {
+    var route: Route
+    var cluster: UpstreamCluster
+    /// Forwarded claims (`forward_claims`) to add to the upstream request.
+    var claimHeaders: [(String, String)]
+    /// Client-sent fields to drop on top of `HeaderRewriter`'s fixed lists (claim headers, and
+    /// `client_ip.header` from an untrusted peer). Pass as `upstreamRequest(removing:)`.
+    var removedHeaders: Set<String>
+}
+
+/// The protocol-independent request phases after decoding (STYLE "the shape of a request"):
+/// identify (client IP) → route → CORS (preflights answered here, before authentication) →
+/// authenticate (JWT) → proxy. HTTP/1.1 requests and HTTP/2 streams both come through `decide`, so
+/// a policy is enforced once whatever the protocol. Rate limiting plugs in after authentication.
 enum RequestPipeline {
     static func decide(
         method: HTTPMethod,
         target: String,
         host: String?,
+        headers: HTTPHeaders,
+        peer: PeerAddress,
         listener: ListenerInfo,
         runtime: GatewayRuntime,
         allocator: ByteBufferAllocator
     ) -> PipelineDecision {
+        let client = runtime.clientIP.resolve(peer: peer, headers: headers)
         let path = target.utf8.firstIndex(of: UInt8(ascii: "?")).map { target[..<$0] } ?? Substring(target)
 
         if path.hasPrefix("/health"), let response = Health.response(
             path: path, method: method, listener: listener, runtime: runtime, allocator: allocator
         ) {
-            return .respond(response)
+            return PipelineDecision(.respond(response), client: client)
         }
 
         switch listener.role {
         case .admin:
-            return .error(.notFound)
+            return PipelineDecision(.error(.notFound), client: client)
         case .redirect:
             let port = runtime.httpsPort.load(ordering: .relaxed)
-            return .respond(redirect(target: target, host: host, httpsPort: port == 0 ? nil : port, allocator: allocator))
+            let response = redirect(target: target, host: host, httpsPort: port == 0 ? nil : port, allocator: allocator)
+            return PipelineDecision(.respond(response), client: client)
         case .proxy:
             break
         }
 
-        switch runtime.routes.match(host: host, path: path, method: method.rawValue) {
-        case .notFound:
-            return .error(.notFound)
-        case .methodNotAllowed(let allow):
-            return .error(.methodNotAllowed(allow: allow))
-        case .matched(let route):
-            guard let cluster = runtime.clusters[route.upstreamName] else { return .error(.noHealthyUpstream) }
-            return .proxy(route, cluster)
+        // A preflight is routed by the method it asks about: `OPTIONS` itself is rarely routed,
+        // and the answer must follow the policy of the route the real request will take.
+        let preflightMethod = CORSPolicy.preflightMethod(method: method, headers: headers)
+        var lookup = runtime.routes.match(
+            host: host, path: path,
+            method: preflightMethod.flatMap { isHTTPToken($0) ? $0 : nil } ?? method.rawValue
+        )
+        if preflightMethod != nil, case .matched(let route) = lookup, route.cors == nil {
+            // No CORS on that route: the OPTIONS is an ordinary request.
+            lookup = runtime.routes.match(host: host, path: path, method: method.rawValue)
         }
+
+        let route: Route
+        switch lookup {
+        case .notFound:
+            return PipelineDecision(.error(.notFound), runtime.cors?.actual(headers) ?? .none, client: client)
+        case .methodNotAllowed(let allow):
+            return PipelineDecision(.error(.methodNotAllowed(allow: allow)), runtime.cors?.actual(headers) ?? .none, client: client)
+        case .matched(let matched):
+            route = matched
+        }
+
+        var additions = ResponseAdditions.none
+        if let cors = route.cors {
+            if let preflightMethod {
+                switch cors.preflight(requestedMethod: preflightMethod, headers: headers) {
+                case .allowed(let fields):
+                    var response = LocalResponse(status: .noContent, headers: HTTPHeaders(fields), body: allocator.buffer(capacity: 0))
+                    response.headers.add(name: "vary", value: CORSPolicy.preflightVary)
+                    return PipelineDecision(.respond(response), client: client)
+                case .rejected:
+                    let rejected = ResponseAdditions(headers: [], corsEnabled: true)
+                    return PipelineDecision(.error(.corsRejected), rejected, client: client)
+                }
+            }
+            additions = cors.actual(headers)
+        }
+
+        var claimHeaders: [(String, String)] = []
+        if route.auth != .none {
+            guard let authenticator = runtime.authenticator else {
+                // Config validation makes this unreachable; fail closed if it ever is not.
+                return PipelineDecision(.error(.missingToken), additions, client: client)
+            }
+            switch authenticator.authenticate(headers, mode: route.auth, requiredClaims: route.requiredClaims) {
+            case .anonymous: break
+            case .authenticated(let headers): claimHeaders = headers
+            case .rejected(let error): return PipelineDecision(.error(error), additions, client: client)
+            }
+        }
+
+        guard let cluster = runtime.clusters[route.upstreamName] else {
+            return PipelineDecision(.error(.noHealthyUpstream), additions, client: client)
+        }
+        let removed = client.peerTrusted ? runtime.removedFromTrustedPeer : runtime.removedFromUntrustedPeer
+        let plan = ProxyPlan(route: route, cluster: cluster, claimHeaders: claimHeaders, removedHeaders: removed)
+        return PipelineDecision(.proxy(plan), additions, client: client)
     }
 
     /// 308 keeps the method and body (unlike 301), so a POST sent to http:// is not turned into a GET.

@@ -42,6 +42,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private let clientVersion: HTTPVersion
     private let requestID: String
     private let addHSTS: Bool
+    private let responseAdditions: ResponseAdditions
     private let expectsContinue: Bool
     private let cluster: UpstreamCluster
     private let pool: UpstreamConnectionPool
@@ -67,6 +68,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         clientVersion: HTTPVersion,
         requestID: String,
         addHSTS: Bool,
+        responseAdditions: ResponseAdditions = .none,
         expectsContinue: Bool,
         requestHasBody: Bool,
         cluster: UpstreamCluster,
@@ -78,6 +80,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         self.clientVersion = clientVersion
         self.requestID = requestID
         self.addHSTS = addHSTS
+        self.responseAdditions = responseAdditions
         self.expectsContinue = expectsContinue
         self.requestComplete = !requestHasBody
         self.cluster = cluster
@@ -207,7 +210,8 @@ final class ProxyExchange: UpstreamConnectionOwner {
                 requestMethod: self.requestMethod,
                 clientVersion: self.clientVersion,
                 requestID: self.requestID,
-                addHSTS: self.addHSTS
+                addHSTS: self.addHSTS,
+                additions: self.responseAdditions
             )
             self.downstream?.sendResponseHead(clientHead, framing: framing)
         case (.streamingResponse(let connection), .body(let body)):

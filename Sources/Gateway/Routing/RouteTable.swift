@@ -46,14 +46,25 @@ final class Route: Sendable {
     let methods: Set<String>?
     let upstreamName: String
     let order: Int
+    let auth: AuthMode
+    /// Claim → accepted values (`require_claims`); empty = any valid token.
+    let requiredClaims: [String: [String]]
+    /// The `cors` section when it applies to this route (`nil`: no section, or `cors: false`).
+    let cors: CORSPolicy?
 
-    init(name: String, host: String?, pathPrefix: String, methods: [String]?, upstreamName: String, order: Int) {
+    init(
+        name: String, host: String?, pathPrefix: String, methods: [String]?, upstreamName: String, order: Int,
+        auth: AuthMode = .none, requiredClaims: [String: [String]] = [:], cors: CORSPolicy? = nil
+    ) {
         self.name = name
         self.host = HostPattern(host)
         self.pathPrefix = pathPrefix
         self.methods = methods.map { Set($0.map { $0.uppercased() }) }
         self.upstreamName = upstreamName
         self.order = order
+        self.auth = auth
+        self.requiredClaims = requiredClaims
+        self.cors = cors
     }
 
     /// Segment-aware prefix: `/api/auth/login` matches `/api/auth/login` and `/api/auth/login/x`

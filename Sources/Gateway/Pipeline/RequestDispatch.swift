@@ -1,0 +1,88 @@
+import NIOCore
+import NIOHTTP1
+
+/// The protocol-independent start of every request, HTTP/1.1 or HTTP/2: validate framing, run the
+/// pipeline phases (identify → route → CORS → authenticate), and either produce the local response
+/// or the `ProxyExchange` that will forward it. The codecs only translate wire events into calls
+/// here and responses back into their framing, so a policy is enforced in exactly one place.
+struct RequestDispatch {
+    enum Outcome {
+        /// Answer with this; `closeConnection` is set when the framing can no longer be trusted.
+        case respond(LocalResponse)
+        /// Start the exchange once the current read has been decoded.
+        case proxy(ProxyExchange)
+    }
+
+    var outcome: Outcome
+    var requestID: String
+    /// CORS fields etc. for every response to this request (including later 413/502/504); the
+    /// codec applies them to local responses, `ProxyExchange` to proxied ones.
+    var responseAdditions: ResponseAdditions
+    var hasBody: Bool
+
+    /// - Parameters:
+    ///   - streamEnded: HTTP/2 only: whether END_STREAM came with the headers (no body follows).
+    ///     HTTP/1.1 passes nil: its framing comes from the head.
+    static func start(
+        _ head: HTTPRequestHead,
+        streamEnded: Bool?,
+        peer: PeerAddress,
+        services: ConnectionServices,
+        downstream: DownstreamResponder,
+        allocator: ByteBufferAllocator
+    ) -> RequestDispatch {
+        let requestID = RequestIdentity.requestID(clientSupplied: head.headers.first(name: "x-request-id"))
+        func local(_ error: GatewayError, _ additions: ResponseAdditions = .none, hasBody: Bool = false) -> RequestDispatch {
+            let response = error.response(requestID: requestID, allocator: allocator)
+            return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: additions, hasBody: hasBody)
+        }
+
+        var framing: BodyFraming
+        switch RequestValidator.validate(head) {
+        case .failure(let error):
+            return local(error)
+        case .success(let validated):
+            framing = validated
+        }
+        if let streamEnded {
+            // HTTP/2: the body ends with END_STREAM; without Content-Length it travels chunked upstream.
+            if streamEnded {
+                framing = .none
+            } else if framing == .none {
+                framing = .chunked
+            }
+        }
+        let host = head.headers.first(name: "host")
+        let decision = RequestPipeline.decide(
+            method: head.method, target: head.uri, host: host, headers: head.headers, peer: peer,
+            listener: services.listener, runtime: services.runtime, allocator: allocator
+        )
+        let additions = decision.responseAdditions
+        switch decision.action {
+        case .respond(let response):
+            return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: additions, hasBody: framing.hasBody)
+        case .error(let error):
+            return local(error, additions, hasBody: framing.hasBody)
+        case .proxy(let plan):
+            if case .contentLength(let length) = framing, length > services.runtime.traffic.maxBodyBytes {
+                return local(.payloadTooLarge, additions, hasBody: true)
+            }
+            let cluster = plan.cluster
+            let info = ForwardingInfo(
+                peer: decision.client.peer, peerTrusted: decision.client.peerTrusted, requestID: requestID,
+                scheme: services.listener.scheme, host: host,
+                fallbackHost: cluster.endpoints.first?.key ?? "localhost", addedHeaders: plan.claimHeaders
+            )
+            let upstreamHead = HeaderRewriter.upstreamRequest(head, framing: framing, info: info, removing: plan.removedHeaders)
+            let expectsContinue = head.version == .http1_1
+                && head.headers[canonicalForm: "expect"].contains { $0.lowercased() == "100-continue" }
+            let exchange = ProxyExchange(
+                upstreamHead: upstreamHead, requestMethod: head.method, clientVersion: head.version,
+                requestID: requestID, addHSTS: services.listener.isTLS, responseAdditions: additions,
+                expectsContinue: expectsContinue, requestHasBody: framing.hasBody, cluster: cluster,
+                pool: services.loop.pool, downstream: downstream
+            )
+            return RequestDispatch(outcome: .proxy(exchange), requestID: requestID, responseAdditions: additions, hasBody: framing.hasBody)
+        }
+    }
+}
