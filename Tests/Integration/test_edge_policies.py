@@ -86,9 +86,23 @@ def token(secret=SECRET, kid="hs-1", algorithm="HS256", **overrides):
     return jwt.encode(claims, secret, algorithm=algorithm, headers={"kid": kid} if kid else None)
 
 
+# Every test here runs over HTTP/1.1 and over HTTP/2: the policies live in one pipeline.
+HTTP2 = False
+
+
+@pytest.fixture(autouse=True, params=["h1", "h2"])
+def protocol(request):
+    global HTTP2
+    HTTP2 = request.param == "h2"
+    yield request.param
+    HTTP2 = False
+
+
 def get(gw, path, host, headers=None, method="GET"):
-    with httpx.Client(verify=False, timeout=10) as c:
-        return c.request(method, gw.url(path), headers={"Host": host, **(headers or {})})
+    with httpx.Client(verify=False, timeout=10, http2=HTTP2) as c:
+        r = c.request(method, gw.url(path), headers={"Host": host, **(headers or {})})
+        assert r.http_version == ("HTTP/2" if HTTP2 else "HTTP/1.1")
+        return r
 
 
 def echoed(response):
