@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -100,6 +101,24 @@ class Gateway:
                 self.ports[m.group(1)] = int(m.group(2))
             if "admin" in self.ports and len(self.ports) >= 2:
                 break
+        # Keep draining stdout (the access log) so the gateway never blocks on a full pipe.
+        self.lines = []
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def access_log(self, wait=1.0):
+        """Parsed access-log lines so far (waits a little: the writer flushes every 20 ms)."""
+        time.sleep(wait)
+        out = []
+        for line in list(self.lines):
+            line = line.strip()
+            if line.startswith("{"):
+                out.append(json.loads(line))
+        return out
 
     def url(self, path="/", listener="public"):
         scheme = "https" if listener == "public" else "http"

@@ -9,7 +9,7 @@ internal import Yams
 /// so one typo does not cascade into a dozen "unknown upstream" lines.
 extension GatewayConfig {
     static let keys = ["workers", "listeners", "admin", "client_ip", "limits", "timeouts", "redis",
-                       "cors", "jwt", "rate_limits", "upstreams", "routes"]
+                       "cors", "jwt", "rate_limits", "upstreams", "routes", "log"]
 
     static func decode(_ root: Node, reader r: ConfigReader) -> GatewayConfig? {
         guard case .mapping = root else {
@@ -38,10 +38,15 @@ extension GatewayConfig {
                          hasJWT: m["jwt"] != nil, reader: r)
         } ?? []
 
+        var log = LogConfig.defaults
+        if let node = m["log"], let lm = r.mapping(node, at: "log", keys: ["access"]) {
+            log = LogConfig(access: lm["access"].flatMap { r.bool($0, at: lm.path("access")) } ?? true)
+        }
+
         guard r.errors.isEmpty else { return nil }
         return GatewayConfig(workers: workers, listeners: listeners, admin: admin, clientIP: clientIP,
                              limits: limits, timeouts: timeouts, redis: redis, cors: cors, jwt: jwt,
-                             rateLimits: rateLimits, upstreams: upstreams, routes: routes)
+                             rateLimits: rateLimits, upstreams: upstreams, routes: routes, log: log)
     }
 
     // MARK: listeners, admin

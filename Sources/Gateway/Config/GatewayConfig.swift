@@ -24,6 +24,7 @@ public struct GatewayConfig: Sendable, Equatable {
     public let upstreams: [UpstreamConfig]
     /// Routes in file order (file order breaks ties between equally specific routes).
     public let routes: [RouteConfig]
+    public let log: LogConfig
 
     public func upstream(named name: String) -> UpstreamConfig? {
         upstreams.first { $0.name == name }
@@ -32,6 +33,12 @@ public struct GatewayConfig: Sendable, Equatable {
     public func policy(named name: String) -> RateLimitPolicy? {
         rateLimits.policies.first { $0.name == name }
     }
+}
+
+/// `log`: the access log (one JSON line per request on stdout).
+public struct LogConfig: Sendable, Equatable {
+    public let access: Bool
+    public static let defaults = LogConfig(access: true)
 }
 
 // MARK: - Listeners

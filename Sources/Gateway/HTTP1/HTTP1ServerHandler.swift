@@ -6,6 +6,9 @@ struct ConnectionServices {
     var runtime: GatewayRuntime
     var listener: ListenerInfo
     var loop: LoopResources
+    var observability: Observability
+    /// Set by the protocol switch once the TLS handshake is done (for the access log).
+    var tlsVersion: String? = nil
 }
 
 /// Serves HTTP/1.x on one client connection: one request at a time (pipelined requests wait in
@@ -32,6 +35,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         var closeDelimited = false
         /// CORS fields and `Vary: Origin` for whatever response this request gets.
         var responseAdditions = ResponseAdditions.none
+
+        var record = RequestRecord(method: "-", target: "-", protocolName: "HTTP/1.1")
 
         /// Whether an unread request body would be left on the connection by answering now.
         var bodyOutstanding: Bool { self.hasBody && !self.requestEnded }
@@ -61,6 +66,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.services.observability.metrics.connections.increment([self.services.listener.name, "http/1.1"])
         self.peer = PeerAddress(context.channel.remoteAddress)
         if context.channel.isActive { self.becameIdle() }
     }
@@ -75,6 +81,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        self.services.observability.metrics.connections.increment([self.services.listener.name, "http/1.1"], by: -1)
         self.teardown()
         self.context = nil
     }
@@ -184,6 +191,9 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
 
     private func startRequest(_ head: HTTPRequestHead) {
         self.cancelTimer()
+        var record = RequestRecord(
+            method: head.method.rawValue, target: head.uri, protocolName: head.version.minor == 0 ? "HTTP/1.0" : "HTTP/1.1"
+        )
         let dispatch = RequestDispatch.start(
             head, streamEnded: nil, peer: self.peer, services: self.services, downstream: self,
             allocator: self.context.channel.allocator
@@ -192,6 +202,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
             method: head.method, version: head.version, requestID: dispatch.requestID,
             keepAlive: head.isKeepAlive && head.version == .http1_1 && !self.quiescing
         )
+        record.note(dispatch)
+        self.current!.record = record
         self.current!.hasBody = dispatch.hasBody
         self.current!.responseAdditions = dispatch.responseAdditions
         switch dispatch.outcome {
@@ -207,6 +219,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     private func bodyReceived(_ body: ByteBuffer) {
         guard var current = self.current else { return }
         current.bodyBytes += body.readableBytes
+        current.record.bytesIn += body.readableBytes
         self.current = current
         guard let exchange = current.exchange else {
             // Answered locally; the rest of the body is dropped and the connection closes after.
@@ -240,6 +253,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     /// Both the request and its response are complete.
     private func requestFinished() {
         guard let current = self.current else { return }
+        self.log(current)
         self.current = nil
         self.bodyPaused = false
         if !current.keepAlive || current.closeDelimited || self.quiescing {
@@ -269,6 +283,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         guard let context, self.current != nil else { return }
         var head = head
         self.current!.responseStarted = true
+        self.current!.record.status = Int(head.status.code)
         if framing == .closeDelimited { self.current!.closeDelimited = true }
         if !self.current!.keepAlive || self.quiescing || self.current!.bodyOutstanding {
             head.headers.replaceOrAdd(name: "connection", value: "close")
@@ -278,6 +293,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     }
 
     func sendResponseBody(_ body: ByteBuffer) {
+        self.current?.record.bytesOut += body.readableBytes
         self.context?.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
     }
 
@@ -294,6 +310,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
             self.close()
             return
         }
+        if let exchange = current.exchange { self.current!.record.note(exchange) }
         self.current!.exchange = nil
         let response = error.response(requestID: current.requestID, allocator: context.channel.allocator)
         self.writeLocal(response, forceClose: false)
@@ -310,6 +327,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
 
     func exchangeFinished() {
         guard let current = self.current else { return }
+        if let exchange = current.exchange { self.current!.record.note(exchange) }
         if current.requestEnded {
             self.requestFinished()
         } else if current.responseEnded {
@@ -335,6 +353,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         if closing { headers.replaceOrAdd(name: "connection", value: "close") }
         self.current!.responseStarted = true
         self.current!.responseEnded = true
+        self.current!.record.status = Int(response.status.code)
+        self.current!.record.bytesOut += current.method == .HEAD ? 0 : response.body.readableBytes
         if closing { self.current!.keepAlive = false }
         context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: current.version.major == 1 && current.version.minor == 0 ? .http1_0 : .http1_1, status: response.status, headers: headers))), promise: nil)
         if current.method != .HEAD && response.body.readableBytes > 0 {
@@ -414,7 +434,21 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         context.close(promise: nil)
     }
 
+    /// The log + metrics phase; a request cut off before its response counts as 499 (client
+    /// closed), as nginx logs it.
+    private func log(_ current: InFlight) {
+        guard !current.record.logged else { return }
+        var record = current.record
+        if record.requestID.isEmpty { record.requestID = current.requestID }
+        if !current.responseEnded && record.status == 0 { record.status = 499 }
+        self.services.observability.finished(record, tlsVersion: self.services.tlsVersion)
+    }
+
     private func teardown() {
+        if let current = self.current {
+            self.log(current)
+            self.current!.record.logged = true
+        }
         self.cancelTimer()
         self.pendingStart = nil
         self.current?.exchange?.cancel()

@@ -42,6 +42,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.services.observability.metrics.connections.increment([self.services.listener.name, "h2"])
         self.peer = PeerAddress(context.channel.remoteAddress)
         guard self.createSession() else {
             context.close(promise: nil)
@@ -52,6 +53,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        self.services.observability.metrics.connections.increment([self.services.listener.name, "h2"], by: -1)
         self.teardown()
         self.context = nil
     }

@@ -33,6 +33,7 @@ final class HTTP2Stream: DownstreamResponder {
     private var unconsumed = 0
     private var isHEAD = false
     private var responseAdditions = ResponseAdditions.none
+    private var record = RequestRecord(method: "-", target: "-", protocolName: "HTTP/2")
 
     // Response side
     private var responseSubmitted = false
@@ -85,6 +86,7 @@ final class HTTP2Stream: DownstreamResponder {
 
     func headersComplete(endStream: Bool) {
         self.headComplete = true
+        self.record = RequestRecord(method: self.method ?? "-", target: self.path ?? "-", protocolName: "HTTP/2")
         self.requestEndReceived = endStream
         let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
         if self.headersTooLarge || self.invalidHeader || self.method == nil || self.path == nil {
@@ -109,6 +111,7 @@ final class HTTP2Stream: DownstreamResponder {
             downstream: self, allocator: allocator
         )
         self.requestID = dispatch.requestID
+        self.record.note(dispatch)
         self.responseAdditions = dispatch.responseAdditions
         self.hasBody = dispatch.hasBody
         switch dispatch.outcome {
@@ -128,6 +131,7 @@ final class HTTP2Stream: DownstreamResponder {
     func bodyReceived(_ body: ByteBuffer) {
         let count = body.readableBytes
         self.bodyBytes += count
+        self.record.bytesIn += count
         guard let exchange = self.exchange else {
             // Answered locally: the body is dropped, but its window is given back.
             self.connection.consume(streamID: self.id, count: count)
@@ -162,8 +166,16 @@ final class HTTP2Stream: DownstreamResponder {
     func closed() {
         self.isClosed = true
         if let exchange = self.exchange {
+            self.record.note(exchange)
             self.exchange = nil
             exchange.cancel()
+        }
+        if self.headComplete && !self.record.logged {
+            self.record.logged = true
+            if self.record.requestID.isEmpty { self.record.requestID = self.requestID }
+            // Reset before any response: logged as 499 (client closed), as nginx does.
+            if self.record.status == 0 { self.record.status = 499 }
+            self.connection.services.observability.finished(self.record, tlsVersion: self.connection.services.tlsVersion)
         }
         self.responseQueue.removeAll()
     }
@@ -184,6 +196,8 @@ final class HTTP2Stream: DownstreamResponder {
         }
         self.responseComplete = true
         self.responseSubmitted = true
+        self.record.status = Int(response.status.code)
+        if hasBody { self.record.bytesOut += response.body.readableBytes }
         self.connection.submitResponse(streamID: self.id, status: Int(response.status.code), headers: headers, hasBody: hasBody)
         self.connection.sendPending()
     }
@@ -249,6 +263,7 @@ final class HTTP2Stream: DownstreamResponder {
         guard !self.isClosed else { return }
         self.responseSubmitted = true
         let code = Int(head.status.code)
+        self.record.status = code
         let bodiless = self.isHEAD || code == 204 || code == 304
         if bodiless { self.responseComplete = true }
         self.connection.submitResponse(streamID: self.id, status: code, headers: head.headers, hasBody: !bodiless)
@@ -258,6 +273,7 @@ final class HTTP2Stream: DownstreamResponder {
         guard !self.isClosed, !self.isHEAD else { return }
         self.responseQueue.append(body)
         self.queuedBytes += body.readableBytes
+        self.record.bytesOut += body.readableBytes
         self.dataAvailable()
     }
 
@@ -272,6 +288,7 @@ final class HTTP2Stream: DownstreamResponder {
 
     func sendErrorResponse(_ error: GatewayError) {
         guard !self.isClosed else { return }
+        if let exchange = self.exchange { self.record.note(exchange) }
         self.exchange = nil
         if self.responseSubmitted {
             self.connection.resetStream(self.id, internalError: true)
@@ -296,6 +313,7 @@ final class HTTP2Stream: DownstreamResponder {
     }
 
     func exchangeFinished() {
+        if let exchange = self.exchange { self.record.note(exchange) }
         self.exchange = nil
     }
 }

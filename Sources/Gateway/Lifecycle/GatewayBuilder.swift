@@ -114,7 +114,7 @@ public enum GatewayBuilder {
         let plans = try listenerPlans(config)
         let runtime = try runtime(config, configHash: stableHash(configText))
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, config.workers))
-        return GatewayServer(runtime: runtime, plans: plans, group: group)
+        return GatewayServer(runtime: runtime, plans: plans, group: group, observability: Observability(accessLog: config.log.access))
     }
 
     /// FNV-1a of the config text, hex: identifies a config in `/health/detailed` without exposing it.

@@ -40,10 +40,12 @@ public final class GatewayServer: Sendable {
     let group: MultiThreadedEventLoopGroup
     let loops: LoopResourceRegistry
     let connections = ConnectionRegistry()
+    let observability: Observability
     private let serverChannels = Mutex<[(String, Channel)]>([])
 
-    init(runtime: GatewayRuntime, plans: [ListenerPlan], group: MultiThreadedEventLoopGroup) {
+    init(runtime: GatewayRuntime, plans: [ListenerPlan], group: MultiThreadedEventLoopGroup, observability: Observability) {
         self.runtime = runtime
+        self.observability = observability
         self.plans = plans
         self.group = group
         var loops: [EventLoop] = []
@@ -78,6 +80,7 @@ public final class GatewayServer: Sendable {
         let runtime = self.runtime
         let loops = self.loops
         let connections = self.connections
+        let observability = self.observability
         let bootstrap = ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -87,7 +90,8 @@ public final class GatewayServer: Sendable {
                 connections.add(channel)
                 return channel.eventLoop.makeCompletedFuture {
                     let services = ConnectionServices(
-                        runtime: runtime, listener: plan.info, loop: loops.resources(for: channel.eventLoop)
+                        runtime: runtime, listener: plan.info, loop: loops.resources(for: channel.eventLoop),
+                        observability: observability
                     )
                     if let tls = plan.tls {
                         try channel.pipeline.syncOperations.addHandler(
@@ -129,6 +133,7 @@ public final class GatewayServer: Sendable {
         for resources in self.loops.all {
             try? await resources.eventLoop.submit { resources.pool.closeAll() }.get()
         }
+        self.observability.accessLog?.stop()
     }
 }
 
@@ -174,11 +179,13 @@ final class ProtocolSwitchHandler: ChannelInboundHandler, RemovableChannelHandle
             context.fireUserInboundEventTriggered(event)
             return
         }
+        var services = self.services
+        services.tlsVersion = handshake.version
         do {
             if handshake.negotiatedProtocol == "h2" {
-                try context.pipeline.syncOperations.addHandler(HTTP2ServerHandler(services: self.services, settings: self.http2))
+                try context.pipeline.syncOperations.addHandler(HTTP2ServerHandler(services: services, settings: self.http2))
             } else {
-                try HTTP1Pipeline.configure(context.pipeline.syncOperations, services: self.services)
+                try HTTP1Pipeline.configure(context.pipeline.syncOperations, services: services)
             }
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         } catch {

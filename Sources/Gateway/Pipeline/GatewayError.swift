@@ -20,6 +20,8 @@ struct GatewayError: Error, Equatable, CustomStringConvertible {
     var headers: [(String, String)] = []
     /// Whether the client connection must be closed after the response (framing is no longer trusted).
     var closesConnection = false
+    /// For `gateway_jwt_rejections_total{reason}`: why a bearer token was refused.
+    var rejectionReason: String? = nil
 
     var description: String { "\(self.status.code) \(self.code): \(self.message)" }
 
@@ -71,21 +73,23 @@ struct GatewayError: Error, Equatable, CustomStringConvertible {
     /// a challenge without an error code.
     static let missingToken = GatewayError(
         status: .unauthorized, code: "invalid_token", message: "a bearer token is required",
-        headers: [("www-authenticate", "Bearer realm=\"api\"")]
+        headers: [("www-authenticate", "Bearer realm=\"api\"")], rejectionReason: "missing"
     )
     /// 401 for a token that failed verification; `category` is `JWTError.category` (a fixed
     /// `[a-z_]` word such as `expired`), never any part of the token.
     static func invalidToken(category: String) -> GatewayError {
         GatewayError(
             status: .unauthorized, code: "invalid_token", message: "the bearer token is not valid (\(category))",
-            headers: [("www-authenticate", "Bearer realm=\"api\", error=\"invalid_token\", error_description=\"\(category)\"")]
+            headers: [("www-authenticate", "Bearer realm=\"api\", error=\"invalid_token\", error_description=\"\(category)\"")],
+            rejectionReason: category
         )
     }
     /// 403 for a valid token without the route's `require_claims` (`claim` is the configured name).
     static func forbidden(claim: String) -> GatewayError {
         GatewayError(
             status: .forbidden, code: "forbidden", message: "the token's \(claim) claim does not allow this route",
-            headers: [("www-authenticate", "Bearer realm=\"api\", error=\"insufficient_scope\"")]
+            headers: [("www-authenticate", "Bearer realm=\"api\", error=\"insufficient_scope\"")],
+            rejectionReason: "missing_claim"
         )
     }
     /// 403 for a CORS preflight the `cors` section does not allow (origin, method or headers).

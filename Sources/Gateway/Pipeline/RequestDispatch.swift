@@ -19,6 +19,10 @@ struct RequestDispatch {
     /// codec applies them to local responses, `ProxyExchange` to proxied ones.
     var responseAdditions: ResponseAdditions
     var hasBody: Bool
+    var routeName: String? = nil
+    var clientIP = "unknown"
+    /// Why a bearer token was refused, for `gateway_jwt_rejections_total`.
+    var jwtRejection: String? = nil
 
     /// - Parameters:
     ///   - streamEnded: HTTP/2 only: whether END_STREAM came with the headers (no body follows).
@@ -53,11 +57,40 @@ struct RequestDispatch {
             }
         }
         let host = head.headers.first(name: "host")
+        if services.listener.role == .admin, head.uri == "/metrics", head.method == .GET || head.method == .HEAD {
+            let metrics = services.observability.metrics
+            let now = NIODeadline.now()
+            for cluster in services.runtime.clusters.values {
+                for endpoint in cluster.endpoints {
+                    metrics.upstreamEndpointUp.set([cluster.name, endpoint.key], endpoint.isUp(now: now) ? 1 : 0)
+                }
+            }
+            var response = LocalResponse.json(.ok, metrics.render(), allocator: allocator)
+            response.headers.replaceOrAdd(name: "content-type", value: "text/plain; version=0.0.4")
+            return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: .none, hasBody: false)
+        }
         let decision = RequestPipeline.decide(
             method: head.method, target: head.uri, host: host, headers: head.headers, peer: peer,
             listener: services.listener, runtime: services.runtime, allocator: allocator
         )
         let additions = decision.responseAdditions
+        var dispatch = Self.route(decision, head: head, framing: framing, host: host, requestID: requestID,
+                                  services: services, downstream: downstream, allocator: allocator)
+        dispatch.routeName = decision.routeName
+        dispatch.clientIP = decision.client.ip
+        if case .error(let error) = decision.action { dispatch.jwtRejection = error.rejectionReason }
+        return dispatch
+    }
+
+    private static func route(
+        _ decision: PipelineDecision, head: HTTPRequestHead, framing: BodyFraming, host: String?, requestID: String,
+        services: ConnectionServices, downstream: DownstreamResponder, allocator: ByteBufferAllocator
+    ) -> RequestDispatch {
+        let additions = decision.responseAdditions
+        func local(_ error: GatewayError, _ additions: ResponseAdditions = .none, hasBody: Bool = false) -> RequestDispatch {
+            let response = error.response(requestID: requestID, allocator: allocator)
+            return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: additions, hasBody: hasBody)
+        }
         switch decision.action {
         case .respond(let response):
             return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: additions, hasBody: framing.hasBody)

@@ -18,6 +18,8 @@ struct PipelineDecision {
     var responseAdditions: ResponseAdditions
     /// Who the client is (TCP peer, or what a trusted proxy says).
     var client: ClientIdentity
+    /// The matched route's name, for metrics and logs (nil: no route).
+    var routeName: String? = nil
 
     init(_ action: Action, _ responseAdditions: ResponseAdditions = .none, client: ClientIdentity) {
         self.action = action
@@ -101,10 +103,10 @@ enum RequestPipeline {
                 case .allowed(let fields):
                     var response = LocalResponse(status: .noContent, headers: HTTPHeaders(fields), body: allocator.buffer(capacity: 0))
                     response.headers.add(name: "vary", value: CORSPolicy.preflightVary)
-                    return PipelineDecision(.respond(response), client: client)
+                    return named(PipelineDecision(.respond(response), client: client), route)
                 case .rejected:
                     let rejected = ResponseAdditions(headers: [], corsEnabled: true)
-                    return PipelineDecision(.error(.corsRejected), rejected, client: client)
+                    return named(PipelineDecision(.error(.corsRejected), rejected, client: client), route)
                 }
             }
             additions = cors.actual(headers)
@@ -114,21 +116,21 @@ enum RequestPipeline {
         if route.auth != .none {
             guard let authenticator = runtime.authenticator else {
                 // Config validation makes this unreachable; fail closed if it ever is not.
-                return PipelineDecision(.error(.missingToken), additions, client: client)
+                return named(PipelineDecision(.error(.missingToken), additions, client: client), route)
             }
             switch authenticator.authenticate(headers, mode: route.auth, requiredClaims: route.requiredClaims) {
             case .anonymous: break
             case .authenticated(let headers): claimHeaders = headers
-            case .rejected(let error): return PipelineDecision(.error(error), additions, client: client)
+            case .rejected(let error): return named(PipelineDecision(.error(error), additions, client: client), route)
             }
         }
 
         guard let cluster = runtime.clusters[route.upstreamName] else {
-            return PipelineDecision(.error(.noHealthyUpstream), additions, client: client)
+            return named(PipelineDecision(.error(.noHealthyUpstream), additions, client: client), route)
         }
         let removed = client.peerTrusted ? runtime.removedFromTrustedPeer : runtime.removedFromUntrustedPeer
         let plan = ProxyPlan(route: route, cluster: cluster, claimHeaders: claimHeaders, removedHeaders: removed)
-        return PipelineDecision(.proxy(plan), additions, client: client)
+        return named(PipelineDecision(.proxy(plan), additions, client: client), route)
     }
 
     /// 308 keeps the method and body (unlike 301), so a POST sent to http:// is not turned into a GET.
@@ -158,4 +160,11 @@ extension RequestValidator {
             }
         }
     }
+}
+
+/// Tags a decision with the route that made it.
+private func named(_ decision: PipelineDecision, _ route: Route) -> PipelineDecision {
+    var decision = decision
+    decision.routeName = route.name
+    return decision
 }

@@ -59,6 +59,11 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private var responseKeepAlive = true
     private var responseTimer: Scheduled<Void>?
     private var retriedStaleConnection = false
+    private var upstreamStart: NIODeadline?
+    /// From writing the request head upstream to its response head (nil until then).
+    private(set) var upstreamSeconds: Double?
+    /// The endpoint that served (or was last tried for) this request.
+    private(set) var endpointKey: String?
     /// Set when the upstream request could not be fully sent, so the connection is not reused.
     private var upstreamUsable = true
 
@@ -184,6 +189,8 @@ final class ProxyExchange: UpstreamConnectionOwner {
         }
         self.state = .awaitingResponse(connection)
         connection.handler.owner = self
+        self.upstreamStart = .now()
+        self.endpointKey = connection.endpoint.key
         connection.write(.head(self.upstreamHead), flush: false)
         for body in self.pendingBody { connection.write(.body(.byteBuffer(body)), flush: false) }
         self.pendingBody.removeAll()
@@ -205,6 +212,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             self.responseTimer = nil
             self.state = .streamingResponse(connection)
             self.responseKeepAlive = head.isKeepAlive
+            if let start = self.upstreamStart { self.upstreamSeconds = Double((NIODeadline.now() - start).nanoseconds) / 1e9 }
             let (clientHead, framing) = HeaderRewriter.clientResponse(
                 head,
                 requestMethod: self.requestMethod,

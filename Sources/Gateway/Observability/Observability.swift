@@ -1,0 +1,94 @@
+import Foundation
+import NIOCore
+private import COpenSSL
+
+/// What one request leaves behind for the log + metrics phase, filled in as it goes.
+struct RequestRecord {
+    var start: NIODeadline
+    var requestID: String = ""
+    var method: String
+    var target: String
+    var route: String = "-"
+    var protocolName: String
+    var clientIP: String = "unknown"
+    var status = 0
+    var bytesIn = 0
+    var bytesOut = 0
+    var jwtRejection: String?
+    var subject: String?
+    var upstreamSeconds: Double?
+    var upstreamEndpoint: String?
+    /// Set once the record has been handed to `Observability.finished`.
+    var logged = false
+
+    init(start: NIODeadline = .now(), method: String, target: String, protocolName: String) {
+        self.start = start
+        self.method = method
+        self.target = target
+        self.protocolName = protocolName
+    }
+
+    /// Copies what the pipeline decided.
+    mutating func note(_ dispatch: RequestDispatch) {
+        self.requestID = dispatch.requestID
+        self.route = dispatch.routeName ?? "-"
+        self.clientIP = dispatch.clientIP
+        self.jwtRejection = dispatch.jwtRejection
+    }
+
+    mutating func note(_ exchange: ProxyExchange) {
+        self.upstreamSeconds = exchange.upstreamSeconds
+        self.upstreamEndpoint = exchange.endpointKey
+    }
+
+    /// The path without its query string: query strings may carry personal data.
+    var path: Substring {
+        self.target.utf8.firstIndex(of: UInt8(ascii: "?")).map { self.target[..<$0] } ?? Substring(self.target)
+    }
+}
+
+/// The last phase of every request, HTTP/1.1 or HTTP/2, proxied or answered locally: metrics
+/// and one access-log line. Outlives config reloads.
+final class Observability: Sendable {
+    let metrics: GatewayMetrics
+    let accessLog: AccessLogWriter?
+    /// Key for subject hashes: logs can correlate one user's requests without naming the user.
+    private let subjectKey: [UInt8]
+
+    init(accessLog: Bool) {
+        let metrics = GatewayMetrics()
+        self.metrics = metrics
+        self.accessLog = accessLog ? AccessLogWriter(onDrop: { metrics.accessLogDropped.increment([], by: Double($0)) }) : nil
+        var generator = SystemRandomNumberGenerator()
+        self.subjectKey = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    }
+
+    func finished(_ record: RequestRecord, tlsVersion: String?) {
+        let upstreamSeconds = record.upstreamSeconds, upstreamEndpoint = record.upstreamEndpoint
+        let seconds = Double((NIODeadline.now() - record.start).nanoseconds) / 1e9
+        self.metrics.recordRequest(
+            route: record.route, method: record.method, status: record.status, protocolName: record.protocolName,
+            seconds: seconds, upstreamSeconds: upstreamSeconds
+        )
+        if let reason = record.jwtRejection { self.metrics.jwtRejections.increment([reason]) }
+        guard let accessLog = self.accessLog else { return }
+        accessLog.log(AccessLogRecord(
+            time: Date(), requestID: record.requestID, clientIP: record.clientIP, method: record.method,
+            route: record.route, path: record.path, status: record.status, bytesIn: record.bytesIn,
+            bytesOut: record.bytesOut, durationSeconds: seconds, upstreamSeconds: upstreamSeconds,
+            protocolName: record.protocolName, tlsVersion: tlsVersion, rateLimit: nil,
+            subjectHash: record.subject.map(self.hashSubject), upstreamEndpoint: upstreamEndpoint
+        ))
+    }
+
+    /// HMAC-SHA256 under a per-process key, first 16 hex digits.
+    func hashSubject(_ subject: String) -> String {
+        var digest = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 0
+        let bytes = Array(subject.utf8)
+        _ = self.subjectKey.withUnsafeBufferPointer { key in
+            HMAC(EVP_sha256(), key.baseAddress, Int32(key.count), bytes, bytes.count, &digest, &length)
+        }
+        return digest.prefix(8).map { String($0, radix: 16).leftPadded(to: 2) }.joined()
+    }
+}
