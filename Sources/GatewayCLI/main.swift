@@ -93,7 +93,7 @@ struct Run: AsyncParsableCommand {
         guard let (config, text) = loadValidated(self.options.config) else { throw ExitCode(1) }
         let server: GatewayServer
         do {
-            server = try GatewayBuilder.makeServer(config: config, configText: text)
+            server = try GatewayBuilder.makeServer(config: config, configText: text, configPath: self.options.config)
             try await server.start()
         } catch {
             FileHandle.standardError.write(Data("gateway: \(error)\n".utf8))
@@ -102,7 +102,10 @@ struct Run: AsyncParsableCommand {
         for (name, address) in server.boundAddresses {
             say("gateway: listener \(name) on \(address)")
         }
+        let reloads = ReloadTriggers(server: server, path: self.options.config)
+        reloads.start()
         let signal = await waitForTerminationSignal()
+        reloads.stop()
         say("gateway: \(signal) received, draining")
         await server.drain()
         say("gateway: stopped")
@@ -145,4 +148,71 @@ final class SignalLatch: @unchecked Sendable {
     }
 
     static func keepAlive(_ sources: [DispatchSourceSignal]) { retained = sources }
+}
+
+/// SIGHUP and changes of the config file both reload it (validated whole; refused configs leave
+/// the running one in place). The file is polled once a second: simple, and it also catches a
+/// Kubernetes ConfigMap symlink swap that inotify on the old inode would miss.
+final class ReloadTriggers: @unchecked Sendable {
+    // Only touched on `queue`.
+    private let server: GatewayServer
+    private let path: String
+    private let queue = DispatchQueue(label: "gateway.reload")
+    private var signalSource: DispatchSourceSignal?
+    private var timer: DispatchSourceTimer?
+    private var lastStamp: String?
+    private var reloading = false
+
+    init(server: GatewayServer, path: String) {
+        self.server = server
+        self.path = path
+    }
+
+    func start() {
+        self.queue.sync {
+            self.lastStamp = self.stamp()
+            signal(SIGHUP, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: self.queue)
+            source.setEventHandler { [weak self] in self?.trigger("SIGHUP") }
+            source.resume()
+            self.signalSource = source
+            let timer = DispatchSource.makeTimerSource(queue: self.queue)
+            timer.schedule(deadline: .now() + 1, repeating: 1)
+            timer.setEventHandler { [weak self] in
+                guard let self else { return }
+                let stamp = self.stamp()
+                if stamp != self.lastStamp {
+                    self.lastStamp = stamp
+                    self.trigger("config file changed")
+                }
+            }
+            timer.resume()
+            self.timer = timer
+        }
+    }
+
+    func stop() {
+        self.queue.sync {
+            self.signalSource?.cancel()
+            self.timer?.cancel()
+        }
+    }
+
+    private func stamp() -> String? {
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: self.path) else { return nil }
+        let date = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
+        let size = (attributes[.size] as? Int) ?? 0
+        return "\(date)-\(size)"
+    }
+
+    private func trigger(_ why: String) {
+        guard !self.reloading else { return }
+        self.reloading = true
+        FileHandle.standardError.write(Data("gateway: \(why): reloading \(self.path)\n".utf8))
+        let server = self.server
+        Task {
+            _ = await server.reloadConfigFile()
+            self.queue.async { self.reloading = false }
+        }
+    }
 }

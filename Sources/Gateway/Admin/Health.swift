@@ -33,7 +33,7 @@ enum Health {
 
     static func notReadyReasons(_ runtime: GatewayRuntime) -> [String] {
         var reasons: [String] = []
-        if !runtime.listenersBound.load(ordering: .relaxed) { reasons.append("listeners not bound") }
+        if !runtime.status.listenersBound.load(ordering: .relaxed) { reasons.append("listeners not bound") }
         for (name, cluster) in runtime.clusters.sorted(by: { $0.key < $1.key }) where !cluster.hasHealthyEndpoint {
             reasons.append("upstream \(name) has no healthy endpoint")
         }

@@ -3,12 +3,16 @@ import NIOHTTP1
 
 /// Everything a client connection needs from the running gateway.
 struct ConnectionServices {
-    var runtime: GatewayRuntime
+    var holder: RuntimeHolder
+    /// The config snapshot for a request starting now.
+    var runtime: GatewayRuntime { self.holder.current }
     var listener: ListenerInfo
     var loop: LoopResources
     var observability: Observability
     /// Set by the protocol switch once the TLS handshake is done (for the access log).
     var tlsVersion: String? = nil
+    /// Reload and config dump, on the admin listener only.
+    var admin: AdminControl? = nil
 }
 
 /// Serves HTTP/1.x on one client connection: one request at a time (pipelined requests wait in

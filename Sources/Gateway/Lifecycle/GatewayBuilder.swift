@@ -22,7 +22,9 @@ public enum GatewayBuilder {
         return errors
     }
 
-    static func runtime(_ config: GatewayConfig, configHash: String) throws(ConfigErrors) -> GatewayRuntime {
+    static func runtime(
+        _ config: GatewayConfig, configHash: String, status: ServerStatus = ServerStatus()
+    ) throws(ConfigErrors) -> GatewayRuntime {
         var clusters: [String: UpstreamCluster] = [:]
         for upstream in config.upstreams {
             let settings = UpstreamSettings(
@@ -58,7 +60,7 @@ public enum GatewayBuilder {
         )
         return GatewayRuntime(
             routes: RouteTable(routes), clusters: clusters, traffic: traffic, configHash: configHash,
-            clientIP: ClientIPResolver(config.clientIP), cors: cors, authenticator: authenticator
+            clientIP: ClientIPResolver(config.clientIP), cors: cors, authenticator: authenticator, status: status
         )
     }
 
@@ -109,12 +111,15 @@ public enum GatewayBuilder {
     }
 
     /// Validates what start-up needs beyond the config text and builds the server (not yet bound).
-    public static func makeServer(config: GatewayConfig, configText: String) throws -> GatewayServer {
+    public static func makeServer(config: GatewayConfig, configText: String, configPath: String? = nil) throws -> GatewayServer {
         try validateForStartup(config)
         let plans = try listenerPlans(config)
         let runtime = try runtime(config, configHash: stableHash(configText))
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, config.workers))
-        return GatewayServer(runtime: runtime, plans: plans, group: group, observability: Observability(accessLog: config.log.access))
+        return GatewayServer(
+            config: config, runtime: runtime, plans: plans, group: group,
+            observability: Observability(accessLog: config.log.access), configPath: configPath
+        )
     }
 
     /// FNV-1a of the config text, hex: identifies a config in `/health/detailed` without exposing it.

@@ -48,17 +48,15 @@ final class GatewayRuntime: Sendable {
     /// From a trusted proxy, only the claim headers go (its forwarding headers are kept).
     let removedFromTrustedPeer: Set<String>
     let startedAt: ContinuousClock.Instant
-    /// True once every listener is bound (for `/health/ready`).
-    let listenersBound = Atomic<Bool>(false)
-    /// The first TLS listener's bound port, for `redirect_to_https` (known only after binding
-    /// when the config asks for port 0). 0 = no TLS listener.
-    let httpsPort = Atomic<Int>(0)
+    /// Server state that outlives this snapshot (carried over on reload).
+    let status: ServerStatus
 
     init(
         routes: RouteTable, clusters: [String: UpstreamCluster], traffic: TrafficSettings, configHash: String,
         clientIP: ClientIPResolver = ClientIPResolver(trustedNetworks: [], header: "cf-connecting-ip"),
-        cors: CORSPolicy? = nil, authenticator: Authenticator? = nil
+        cors: CORSPolicy? = nil, authenticator: Authenticator? = nil, status: ServerStatus = ServerStatus()
     ) {
+        self.status = status
         self.routes = routes
         self.clusters = clusters
         self.traffic = traffic
@@ -72,8 +70,30 @@ final class GatewayRuntime: Sendable {
         let claimHeaders = Set((authenticator?.forwardClaims.map(\.header) ?? []) + ["x-user-id", "x-user-role"])
         self.removedFromTrustedPeer = claimHeaders
         self.removedFromUntrustedPeer = claimHeaders.union([clientIP.header])
-        self.startedAt = .now
+        self.startedAt = status.startedAt
     }
+}
+
+/// What the running server knows beyond its config; shared by every runtime snapshot.
+final class ServerStatus: Sendable {
+    /// True once every listener is bound (for `/health/ready`).
+    let listenersBound = Atomic<Bool>(false)
+    /// The first TLS listener's bound port, for `redirect_to_https` (known only after binding
+    /// when the config asks for port 0). 0 = no TLS listener.
+    let httpsPort = Atomic<Int>(0)
+    let startedAt = ContinuousClock.now
+}
+
+/// The current runtime snapshot. Each request reads it once when it starts, so a reload swaps
+/// what new requests see while in-flight ones finish on the snapshot they started with.
+final class RuntimeHolder: Sendable {
+    private let runtime: Mutex<GatewayRuntime>
+
+    init(_ runtime: GatewayRuntime) { self.runtime = Mutex(runtime) }
+
+    var current: GatewayRuntime { self.runtime.withLock { $0 } }
+
+    func replace(with runtime: GatewayRuntime) { self.runtime.withLock { $0 = runtime } }
 }
 
 /// Per-event-loop resources (the upstream connection pool). Looked up once per connection.

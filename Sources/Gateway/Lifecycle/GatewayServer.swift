@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -31,23 +32,64 @@ final class ConnectionRegistry: Sendable {
     var all: [Channel] { self.channels.withLock { Array($0.values) } }
 }
 
+/// A bound listener. New connections read its current plan, so a reload can change the TLS
+/// certificates or the role of a listener without rebinding it.
+final class ListenerSlot: Sendable {
+    let channel: Channel
+    let plan: Mutex<ListenerPlan>
+
+    init(channel: Channel, plan: ListenerPlan) {
+        self.channel = channel
+        self.plan = Mutex(plan)
+    }
+
+    var address: String { self.channel.localAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?" }
+}
+
+/// A validated config ready to be swapped in (`GatewayServer.prepareReload`).
+struct PreparedReload: Sendable {
+    var config: GatewayConfig
+    var runtime: GatewayRuntime
+    var plans: [ListenerPlan]
+}
+
+/// Reload and config inspection, for the admin listener.
+protocol AdminControl: Sendable {
+    /// Reads and validates the config file; when valid, swaps it in. Returns the errors otherwise.
+    func reloadFromFile() -> Result<String, ConfigErrors>
+    /// The running config as JSON, secrets redacted, with its hash.
+    func runningConfigJSON() -> String
+}
+
 /// Binds the listeners and runs connections until drained. Lifecycle: `start` binds every listener
-/// (any failure stops them all and throws), `drain` stops accepting, lets in-flight requests finish
-/// for up to `timeouts.drain`, then closes what is left.
-public final class GatewayServer: Sendable {
-    let runtime: GatewayRuntime
-    let plans: [ListenerPlan]
+/// (any failure stops them all and throws), `reload` swaps a new validated config in (new
+/// requests and connections use it, in-flight ones finish on theirs), `drain` stops accepting,
+/// lets in-flight requests finish for up to `timeouts.drain`, then closes what is left.
+public final class GatewayServer: Sendable, AdminControl {
+    let holder: RuntimeHolder
+    let status: ServerStatus
     let group: MultiThreadedEventLoopGroup
     let loops: LoopResourceRegistry
     let connections = ConnectionRegistry()
     let observability: Observability
-    private let serverChannels = Mutex<[(String, Channel)]>([])
+    let configPath: String?
+    private let initialPlans: [ListenerPlan]
+    private let slots = Mutex<[(String, ListenerSlot)]>([])
+    private let runningConfig: Mutex<GatewayConfig>
 
-    init(runtime: GatewayRuntime, plans: [ListenerPlan], group: MultiThreadedEventLoopGroup, observability: Observability) {
-        self.runtime = runtime
+    var runtime: GatewayRuntime { self.holder.current }
+
+    init(
+        config: GatewayConfig, runtime: GatewayRuntime, plans: [ListenerPlan], group: MultiThreadedEventLoopGroup,
+        observability: Observability, configPath: String? = nil
+    ) {
+        self.holder = RuntimeHolder(runtime)
+        self.status = runtime.status
         self.observability = observability
-        self.plans = plans
+        self.initialPlans = plans
         self.group = group
+        self.configPath = configPath
+        self.runningConfig = Mutex(config)
         var loops: [EventLoop] = []
         for loop in group.makeIterator() { loops.append(loop) }
         self.loops = LoopResourceRegistry(loops: loops)
@@ -55,32 +97,37 @@ public final class GatewayServer: Sendable {
 
     /// Listener name → bound address (ports resolved when the config asked for port 0).
     public var boundAddresses: [(name: String, address: String)] {
-        self.serverChannels.withLock { list in
-            list.map { (name: $0.0, address: $0.1.localAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?") }
-        }
+        self.slots.withLock { list in list.map { (name: $0.0, address: $0.1.address) } }
     }
 
     public func start() async throws {
         do {
-            for plan in self.plans {
-                let channel = try await self.bind(plan)
-                if plan.tls != nil, self.runtime.httpsPort.load(ordering: .relaxed) == 0 {
-                    self.runtime.httpsPort.store(channel.localAddress?.port ?? plan.port, ordering: .relaxed)
-                }
-                self.serverChannels.withLock { $0.append((plan.info.name, channel)) }
+            for plan in self.initialPlans {
+                let slot = try await self.bind(plan)
+                self.slots.withLock { $0.append((plan.info.name, slot)) }
             }
         } catch {
-            for (_, channel) in self.serverChannels.withLock({ $0 }) { try? await channel.close() }
+            for (_, slot) in self.slots.withLock({ $0 }) { try? await slot.channel.close() }
             throw error
         }
-        self.runtime.listenersBound.store(true, ordering: .relaxed)
+        self.noteHTTPSPort()
+        self.status.listenersBound.store(true, ordering: .relaxed)
     }
 
-    private func bind(_ plan: ListenerPlan) async throws -> Channel {
-        let runtime = self.runtime
+    private func noteHTTPSPort() {
+        let port = self.slots.withLock { slots in
+            slots.first { $0.1.plan.withLock { $0.tls != nil } }?.1.channel.localAddress?.port
+        }
+        self.status.httpsPort.store(port ?? 0, ordering: .relaxed)
+    }
+
+    private func bind(_ plan: ListenerPlan) async throws -> ListenerSlot {
+        let holder = self.holder
         let loops = self.loops
         let connections = self.connections
         let observability = self.observability
+        let admin: AdminControl? = plan.info.role == .admin ? self : nil
+        let slotBox = Mutex<ListenerSlot?>(nil)
         let bootstrap = ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -88,11 +135,13 @@ public final class GatewayServer: Sendable {
             .childChannelOption(.maxMessagesPerRead, value: 4)
             .childChannelInitializer { channel in
                 connections.add(channel)
+                let plan = slotBox.withLock { $0?.plan.withLock { $0 } } ?? plan
                 return channel.eventLoop.makeCompletedFuture {
-                    let services = ConnectionServices(
-                        runtime: runtime, listener: plan.info, loop: loops.resources(for: channel.eventLoop),
+                    var services = ConnectionServices(
+                        holder: holder, listener: plan.info, loop: loops.resources(for: channel.eventLoop),
                         observability: observability
                     )
+                    services.admin = admin
                     if let tls = plan.tls {
                         try channel.pipeline.syncOperations.addHandler(
                             TLSServerHandler(context: tls, handshakeTimeout: plan.handshakeTimeout)
@@ -109,19 +158,157 @@ public final class GatewayServer: Sendable {
                     }
                 }
             }
+        let channel: Channel
         do {
-            return try await bootstrap.bind(host: plan.host, port: plan.port).get()
+            channel = try await bootstrap.bind(host: plan.host, port: plan.port).get()
         } catch {
             throw GatewayStartupError("listeners.\(plan.info.name): cannot bind \(plan.host):\(plan.port): \(error)")
         }
+        let slot = ListenerSlot(channel: channel, plan: plan)
+        slotBox.withLock { $0 = slot }
+        return slot
     }
+
+    // MARK: - Reload
+
+    /// Validates a config whole and builds everything it needs (TLS contexts included) without
+    /// touching the running one.
+    func prepareReload(text: String, baseDirectory: String) -> Result<PreparedReload, ConfigErrors> {
+        do {
+            let config = try ConfigLoader.parse(
+                yaml: text, environment: ProcessInfo.processInfo.environment, baseDirectory: baseDirectory
+            )
+            try GatewayBuilder.validateForStartup(config)
+            let plans: [ListenerPlan]
+            do {
+                plans = try GatewayBuilder.listenerPlans(config)
+            } catch {
+                throw ConfigErrors(errors: [ConfigError(path: "listeners", reason: "\(error)")])
+            }
+            let runtime = try GatewayBuilder.runtime(config, configHash: GatewayBuilder.stableHash(text), status: self.status)
+            return .success(PreparedReload(config: config, runtime: runtime, plans: plans))
+        } catch let errors as ConfigErrors {
+            return .failure(errors)
+        } catch {
+            return .failure(ConfigErrors(errors: [ConfigError(path: "config", reason: "\(error)")]))
+        }
+    }
+
+    /// Swaps a prepared config in: listeners whose address is unchanged keep their socket and
+    /// take the new plan (certificates, role); new addresses are bound first (a bind failure
+    /// leaves the running config untouched); listeners no longer configured stop accepting.
+    func applyReload(_ prepared: PreparedReload) async -> Result<Void, ConfigErrors> {
+        let current = self.slots.withLock { $0 }
+        var kept: [(String, ListenerSlot, ListenerPlan)] = []
+        var added: [(String, ListenerSlot)] = []
+        for plan in prepared.plans {
+            if let (_, slot) = current.first(where: { $0.0 == plan.info.name && self.sameAddress($0.1, plan) }) {
+                kept.append((plan.info.name, slot, plan))
+                continue
+            }
+            do {
+                added.append((plan.info.name, try await self.bind(plan)))
+            } catch {
+                for (_, slot) in added { try? await slot.channel.close() }
+                return .failure(ConfigErrors(errors: [ConfigError(path: "listeners.\(plan.info.name)", reason: "\(error)")]))
+            }
+        }
+        self.holder.replace(with: prepared.runtime)
+        self.runningConfig.withLock { $0 = prepared.config }
+        for (_, slot, plan) in kept { slot.plan.withLock { $0 = plan } }
+        let keptSlots = Set(kept.map { ObjectIdentifier($0.1) })
+        let removed = current.filter { !keptSlots.contains(ObjectIdentifier($0.1)) }
+        self.slots.withLock { $0 = kept.map { ($0.0, $0.1) } + added }
+        for (_, slot) in removed { try? await slot.channel.close() }
+        self.noteHTTPSPort()
+        return .success(())
+    }
+
+    private func sameAddress(_ slot: ListenerSlot, _ plan: ListenerPlan) -> Bool {
+        let old = slot.plan.withLock { $0 }
+        return old.host == plan.host && old.port == plan.port
+    }
+
+    /// SIGHUP, a change of the file, or `POST /config/reload`: all end here. Every error is
+    /// logged; the running config stays when anything is wrong.
+    func reload(text: String, baseDirectory: String) async -> Result<String, ConfigErrors> {
+        switch self.prepareReload(text: text, baseDirectory: baseDirectory) {
+        case .failure(let errors):
+            self.reloadFailed(errors)
+            return .failure(errors)
+        case .success(let prepared):
+            switch await self.applyReload(prepared) {
+            case .failure(let errors):
+                self.reloadFailed(errors)
+                return .failure(errors)
+            case .success:
+                self.observability.metrics.configReloads.increment(["success"])
+                GatewayLog.info("config reloaded (hash \(prepared.runtime.configHash))")
+                return .success(prepared.runtime.configHash)
+            }
+        }
+    }
+
+    private func reloadFailed(_ errors: ConfigErrors) {
+        self.observability.metrics.configReloads.increment(["invalid"])
+        GatewayLog.error("config reload refused, running config kept:")
+        for error in errors.errors { GatewayLog.error("  \(error)") }
+    }
+
+    /// Reads the config file again and reloads it (SIGHUP, file watcher).
+    public func reloadConfigFile() async -> Bool {
+        guard let path = self.configPath else { return false }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            self.reloadFailed(ConfigErrors(errors: [ConfigError(path: "config", reason: "cannot read file: \(path)")]))
+            return false
+        }
+        let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        if case .success = await self.reload(text: text, baseDirectory: directory) { return true }
+        return false
+    }
+
+    // MARK: - AdminControl
+
+    func reloadFromFile() -> Result<String, ConfigErrors> {
+        guard let path = self.configPath, let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            let errors = ConfigErrors(errors: [ConfigError(path: "config", reason: "cannot read the config file")])
+            self.reloadFailed(errors)
+            return .failure(errors)
+        }
+        let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        switch self.prepareReload(text: text, baseDirectory: directory) {
+        case .failure(let errors):
+            self.reloadFailed(errors)
+            return .failure(errors)
+        case .success(let prepared):
+            // Validation answered the request; binding new listeners finishes in the background.
+            let server = self
+            Task {
+                switch await server.applyReload(prepared) {
+                case .success:
+                    server.observability.metrics.configReloads.increment(["success"])
+                    GatewayLog.info("config reloaded (hash \(prepared.runtime.configHash))")
+                case .failure(let errors):
+                    server.reloadFailed(errors)
+                }
+            }
+            return .success(prepared.runtime.configHash)
+        }
+    }
+
+    func runningConfigJSON() -> String {
+        let config = self.runningConfig.withLock { $0 }
+        return "{\"hash\":\"\(self.runtime.configHash)\",\"config\":" + ConfigDump.json(config) + "}"
+    }
+
+    // MARK: - Drain
 
     /// SIGTERM: stop accepting, let in-flight requests finish (HTTP/1 connections close after their
     /// current response), and close what is still open after `timeout`.
     public func drain(timeout: TimeAmount? = nil) async {
         let timeout = timeout ?? self.runtime.traffic.drainTimeout
-        self.runtime.listenersBound.store(false, ordering: .relaxed)
-        for (_, channel) in self.serverChannels.withLock({ $0 }) { try? await channel.close() }
+        self.status.listenersBound.store(false, ordering: .relaxed)
+        for (_, slot) in self.slots.withLock({ $0 }) { try? await slot.channel.close() }
         for channel in self.connections.all {
             channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
         }
@@ -135,6 +322,12 @@ public final class GatewayServer: Sendable {
         }
         self.observability.accessLog?.stop()
     }
+}
+
+/// Operator messages on stderr (the access log owns stdout).
+enum GatewayLog {
+    static func info(_ message: String) { FileHandle.standardError.write(Data("gateway: \(message)\n".utf8)) }
+    static func error(_ message: String) { FileHandle.standardError.write(Data("gateway: \(message)\n".utf8)) }
 }
 
 /// A start-up failure with a message meant for the operator.

@@ -57,6 +57,9 @@ struct RequestDispatch {
             }
         }
         let host = head.headers.first(name: "host")
+        if let admin = services.admin, let response = Self.adminEndpoint(head, admin: admin, allocator: allocator) {
+            return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: .none, hasBody: false)
+        }
         if services.listener.role == .admin, head.uri == "/metrics", head.method == .GET || head.method == .HEAD {
             let metrics = services.observability.metrics
             let now = NIODeadline.now()
@@ -80,6 +83,24 @@ struct RequestDispatch {
         dispatch.clientIP = decision.client.ip
         if case .error(let error) = decision.action { dispatch.jwtRejection = error.rejectionReason }
         return dispatch
+    }
+
+    /// `GET /config` and `POST /config/reload` (admin listener only).
+    private static func adminEndpoint(_ head: HTTPRequestHead, admin: AdminControl, allocator: ByteBufferAllocator) -> LocalResponse? {
+        switch (head.method, head.uri) {
+        case (.GET, "/config"):
+            return .json(.ok, admin.runningConfigJSON(), allocator: allocator)
+        case (.POST, "/config/reload"):
+            switch admin.reloadFromFile() {
+            case .success(let hash):
+                return .json(.ok, "{\"result\":\"success\",\"hash\":\"\(hash)\"}", allocator: allocator)
+            case .failure(let errors):
+                let list = errors.errors.map { "\"" + JSON.escaped($0.description) + "\"" }.joined(separator: ",")
+                return .json(.badRequest, "{\"result\":\"invalid\",\"errors\":[\(list)]}", allocator: allocator)
+            }
+        default:
+            return nil
+        }
     }
 
     private static func route(

@@ -67,7 +67,7 @@ enum RequestPipeline {
         case .admin:
             return PipelineDecision(.error(.notFound), client: client)
         case .redirect:
-            let port = runtime.httpsPort.load(ordering: .relaxed)
+            let port = runtime.status.httpsPort.load(ordering: .relaxed)
             let response = redirect(target: target, host: host, httpsPort: port == 0 ? nil : port, allocator: allocator)
             return PipelineDecision(.respond(response), client: client)
         case .proxy:
