@@ -48,8 +48,8 @@ def certs(tmp_path_factory):
 
 
 class Upstream:
-    def __init__(self):
-        self.proc = subprocess.Popen([str(DEMO), "--port", "0"], stdout=subprocess.PIPE, text=True)
+    def __init__(self, port=0):
+        self.proc = subprocess.Popen([str(DEMO), "--port", str(port)], stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         m = re.search(r":(\d+)$", line.strip())
         assert m, f"demo upstream did not start: {line!r}"
@@ -141,7 +141,7 @@ class Gateway:
 
 
 def config_text(certs, upstream_port, extra_routes="", upstream_extra="", listeners_extra="", top_extra="",
-                endpoints=None, min_version="1.2", max_body="2MiB"):
+                endpoints=None, min_version="1.2", max_body="2MiB", booking_extra=""):
     crt, key = certs["default"]
     crt2, key2 = certs["other"]
     endpoints = endpoints or [f"127.0.0.1:{upstream_port}"]
@@ -170,7 +170,7 @@ def config_text(certs, upstream_port, extra_routes="", upstream_extra="", listen
             connect_timeout: 500ms
             response_timeout: 2s
             max_connections: 64
-        @UPSTREAM_EXTRA@routes:
+        @BOOKING_EXTRA@@UPSTREAM_EXTRA@routes:
           - name: login
             match: {{ path_prefix: /api/auth/login, methods: [POST] }}
             upstream: booking
@@ -180,6 +180,7 @@ def config_text(certs, upstream_port, extra_routes="", upstream_extra="", listen
         @EXTRA_ROUTES@""")
     # Extras are inserted after dedent so their own indentation stays as written.
     for token, value in (("@LISTENERS_EXTRA@", listeners_extra), ("@TOP_EXTRA@", top_extra),
+                         ("@BOOKING_EXTRA@", booking_extra),
                          ("@UPSTREAM_EXTRA@", upstream_extra), ("@EXTRA_ROUTES@", extra_routes)):
         text = text.replace(token, value)
     return text

@@ -545,7 +545,8 @@ extension GatewayConfig {
                 r.fail(path, "upstream names may only use letters, digits, '_', '-' and '.'")
             }
             guard let m = r.mapping(value, at: path, keys: ["endpoints", "connect_timeout", "response_timeout",
-                                                            "max_connections", "health_check"])
+                                                            "max_connections", "health_check", "load_balancing",
+                                                            "idle_timeout", "outlier_detection", "retries"])
             else { continue }
             let endpoints: [HostPort]? = r.required(m, "endpoints").flatMap {
                 r.list($0, at: m.path("endpoints"), nonEmpty: true) { r.address($0, at: $1, allowedPorts: 1...65535) }
@@ -559,7 +560,8 @@ extension GatewayConfig {
                 r.int($0, at: m.path("max_connections"), range: 1...65536)
             } ?? 256
             var health: HealthCheckConfig?
-            if let node = m["health_check"], let hc = r.mapping(node, at: m.path("health_check"), keys: ["path", "interval"]) {
+            if let node = m["health_check"], let hc = r.mapping(node, at: m.path("health_check"),
+                                                                keys: ["path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold"]) {
                 var checkPath = "/health"
                 if let node = hc["path"], let value = r.nonEmptyString(node, at: hc.path("path")) {
                     if value.hasPrefix("/") { checkPath = value } else {
@@ -568,12 +570,38 @@ extension GatewayConfig {
                 }
                 let interval = hc["interval"].flatMap { r.duration($0, at: hc.path("interval"), minimum: .milliseconds(100)) }
                     ?? .seconds(5)
-                health = HealthCheckConfig(path: checkPath, interval: interval)
+                let timeout = hc["timeout"].flatMap { r.duration($0, at: hc.path("timeout")) } ?? .seconds(2)
+                let healthy = hc["healthy_threshold"].flatMap { r.int($0, at: hc.path("healthy_threshold"), range: 1...100) } ?? 2
+                let unhealthy = hc["unhealthy_threshold"].flatMap { r.int($0, at: hc.path("unhealthy_threshold"), range: 1...100) } ?? 2
+                health = HealthCheckConfig(path: checkPath, interval: interval, timeout: timeout,
+                                           healthyThreshold: healthy, unhealthyThreshold: unhealthy)
+            }
+            let balancing: LoadBalancing = m["load_balancing"].flatMap { r.choice($0, at: m.path("load_balancing")) } ?? .roundRobin
+            let idle = m["idle_timeout"].flatMap { r.duration($0, at: m.path("idle_timeout")) } ?? .seconds(4)
+            var outlier = OutlierDetectionConfig.defaults
+            if let node = m["outlier_detection"], let od = r.mapping(node, at: m.path("outlier_detection"),
+                                                                      keys: ["consecutive_5xx", "base_ejection_time"]) {
+                outlier = OutlierDetectionConfig(
+                    consecutive5xx: od["consecutive_5xx"].flatMap { r.int($0, at: od.path("consecutive_5xx"), range: 1...1000) }
+                        ?? outlier.consecutive5xx,
+                    baseEjectionTime: od["base_ejection_time"].flatMap { r.duration($0, at: od.path("base_ejection_time")) }
+                        ?? outlier.baseEjectionTime)
+            }
+            var retries = RetryConfig.defaults
+            if let node = m["retries"], let rm = r.mapping(node, at: m.path("retries"), keys: ["attempts", "methods", "budget_percent"]) {
+                retries = RetryConfig(
+                    attempts: rm["attempts"].flatMap { r.int($0, at: rm.path("attempts"), range: 0...3) } ?? retries.attempts,
+                    methods: rm["methods"].flatMap { node in
+                        r.list(node, at: rm.path("methods"), nonEmpty: false) { r.nonEmptyString($0, at: $1).map { $0.uppercased() } }
+                    } ?? retries.methods,
+                    budgetPercent: rm["budget_percent"].flatMap { r.int($0, at: rm.path("budget_percent"), range: 0...100) }
+                        ?? retries.budgetPercent)
             }
             if let endpoints {
                 upstreams.append(UpstreamConfig(name: name, endpoints: endpoints, connectTimeout: connect,
                                                 responseTimeout: response, maxConnections: maxConnections,
-                                                healthCheck: health))
+                                                healthCheck: health, loadBalancing: balancing, idleTimeout: idle,
+                                                outlierDetection: outlier, retries: retries))
             }
         }
         return (upstreams, map.entries.map(\.key))

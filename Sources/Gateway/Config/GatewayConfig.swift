@@ -311,11 +311,43 @@ public struct UpstreamConfig: Sendable, Equatable {
     public let responseTimeout: Duration
     public let maxConnections: Int
     public let healthCheck: HealthCheckConfig?
+    public var loadBalancing: LoadBalancing = .roundRobin
+    /// Pooled connections idle this long are closed (below Node.js' 5 s keep-alive timeout).
+    public var idleTimeout: Duration = .seconds(4)
+    public var outlierDetection: OutlierDetectionConfig = .defaults
+    public var retries: RetryConfig = .defaults
 }
 
 public struct HealthCheckConfig: Sendable, Equatable {
     public let path: String
     public let interval: Duration
+    public var timeout: Duration = .seconds(2)
+    /// Consecutive passes that bring an endpoint back, and failures that take it out.
+    public var healthyThreshold = 2
+    public var unhealthyThreshold = 2
+}
+
+public enum LoadBalancing: String, Sendable, Equatable, CaseIterable {
+    case roundRobin = "round_robin"
+    case leastOutstanding = "least_outstanding"
+}
+
+/// Passive health: consecutive 5xx (or connect failures) eject an endpoint for a back-off.
+public struct OutlierDetectionConfig: Sendable, Equatable {
+    public let consecutive5xx: Int
+    public let baseEjectionTime: Duration
+    public static let defaults = OutlierDetectionConfig(consecutive5xx: 5, baseEjectionTime: .seconds(10))
+}
+
+/// Retries of requests that failed before any response byte, on another endpoint.
+public struct RetryConfig: Sendable, Equatable {
+    public let attempts: Int
+    public let methods: [String]
+    /// Retries allowed as a percentage of requests (a token bucket), so retries never multiply an outage.
+    public let budgetPercent: Int
+    public static let defaults = RetryConfig(
+        attempts: 1, methods: ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"], budgetPercent: 20
+    )
 }
 
 public struct RouteConfig: Sendable, Equatable {

@@ -27,12 +27,19 @@ public enum GatewayBuilder {
     ) throws(ConfigErrors) -> GatewayRuntime {
         var clusters: [String: UpstreamCluster] = [:]
         for upstream in config.upstreams {
-            let settings = UpstreamSettings(
+            var settings = UpstreamSettings(
                 connectTimeout: .init(upstream.connectTimeout),
                 responseTimeout: .init(upstream.responseTimeout),
                 maxConnections: upstream.maxConnections,
-                idleTimeout: .seconds(4)
+                idleTimeout: .init(upstream.idleTimeout)
             )
+            settings.loadBalancing = upstream.loadBalancing
+            settings.consecutive5xxToEject = upstream.outlierDetection.consecutive5xx
+            settings.baseEjectionTime = .init(upstream.outlierDetection.baseEjectionTime)
+            settings.retryAttempts = upstream.retries.attempts
+            settings.retryMethods = Set(upstream.retries.methods)
+            settings.retryBudgetPercent = upstream.retries.budgetPercent
+            settings.healthCheck = upstream.healthCheck
             clusters[upstream.name] = UpstreamCluster(
                 name: upstream.name,
                 endpoints: upstream.endpoints.map { UpstreamEndpoint(host: $0.host, port: $0.port) },

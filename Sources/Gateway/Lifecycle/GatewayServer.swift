@@ -76,6 +76,7 @@ public final class GatewayServer: Sendable, AdminControl {
     private let initialPlans: [ListenerPlan]
     private let slots = Mutex<[(String, ListenerSlot)]>([])
     private let runningConfig: Mutex<GatewayConfig>
+    private let healthChecker = Mutex<HealthChecker?>(nil)
 
     var runtime: GatewayRuntime { self.holder.current }
 
@@ -112,6 +113,17 @@ public final class GatewayServer: Sendable, AdminControl {
         }
         self.noteHTTPSPort()
         self.status.listenersBound.store(true, ordering: .relaxed)
+        self.startHealthChecks(for: self.runtime)
+    }
+
+    private func startHealthChecks(for runtime: GatewayRuntime) {
+        let checker = HealthChecker(clusters: Array(runtime.clusters.values), eventLoop: self.group.next())
+        let previous = self.healthChecker.withLock { current -> HealthChecker? in
+            defer { current = checker }
+            return current
+        }
+        previous?.stop()
+        checker.start()
     }
 
     private func noteHTTPSPort() {
@@ -214,6 +226,7 @@ public final class GatewayServer: Sendable, AdminControl {
             }
         }
         self.holder.replace(with: prepared.runtime)
+        self.startHealthChecks(for: prepared.runtime)
         self.runningConfig.withLock { $0 = prepared.config }
         for (_, slot, plan) in kept { slot.plan.withLock { $0 = plan } }
         let keptSlots = Set(kept.map { ObjectIdentifier($0.1) })
@@ -308,6 +321,7 @@ public final class GatewayServer: Sendable, AdminControl {
     public func drain(timeout: TimeAmount? = nil) async {
         let timeout = timeout ?? self.runtime.traffic.drainTimeout
         self.status.listenersBound.store(false, ordering: .relaxed)
+        self.healthChecker.withLock { $0 }?.stop()
         for (_, slot) in self.slots.withLock({ $0 }) { try? await slot.channel.close() }
         for channel in self.connections.all {
             channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())

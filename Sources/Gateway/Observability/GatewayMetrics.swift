@@ -94,6 +94,7 @@ final class GatewayMetrics: Sendable {
     let upstreamEndpointUp = LabeledCounter(labelNames: ["upstream", "endpoint"])
     let configReloads = LabeledCounter(labelNames: ["result"])
     let accessLogDropped = LabeledCounter(labelNames: [])
+    let upstreamRetries = LabeledCounter(labelNames: ["upstream"])
 
     /// Methods outside this set are reported as `OTHER`, so a client cannot mint label values.
     static let knownMethods: Set<String> = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -142,6 +143,7 @@ final class GatewayMetrics: Sendable {
         counter("gateway_connections", "Open client connections.", self.connections, type: "gauge")
         counter("gateway_upstream_endpoint_up", "1 when the endpoint is in rotation.", self.upstreamEndpointUp, type: "gauge")
         counter("gateway_config_reloads_total", "Config reloads by result.", self.configReloads)
+        counter("gateway_upstream_retries_total", "Requests retried on another endpoint (within the retry budget).", self.upstreamRetries)
         counter("gateway_access_log_dropped_total", "Access log lines dropped because the writer fell behind.", self.accessLogDropped)
         return out
     }

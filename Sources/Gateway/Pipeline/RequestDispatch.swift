@@ -64,6 +64,7 @@ struct RequestDispatch {
             let metrics = services.observability.metrics
             let now = NIODeadline.now()
             for cluster in services.runtime.clusters.values {
+                metrics.upstreamRetries.set([cluster.name], Double(cluster.retries.load(ordering: .relaxed)))
                 for endpoint in cluster.endpoints {
                     metrics.upstreamEndpointUp.set([cluster.name, endpoint.key], endpoint.isUp(now: now) ? 1 : 0)
                 }

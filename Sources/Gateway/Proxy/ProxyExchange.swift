@@ -59,6 +59,8 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private var responseKeepAlive = true
     private var responseTimer: Scheduled<Void>?
     private var retriedStaleConnection = false
+    private var retriesLeft: Int
+    private var outstandingEndpoint: UpstreamEndpoint?
     private var upstreamStart: NIODeadline?
     /// From writing the request head upstream to its response head (nil until then).
     private(set) var upstreamSeconds: Double?
@@ -92,11 +94,13 @@ final class ProxyExchange: UpstreamConnectionOwner {
         self.pool = pool
         self.downstream = downstream
         self.eventLoop = pool.eventLoop
+        self.retriesLeft = cluster.settings.retryMethods.contains(requestMethod.rawValue) ? cluster.settings.retryAttempts : 0
     }
 
     // MARK: - Driven by the downstream
 
     func start() {
+        self.cluster.requestStarted()
         self.candidates = self.cluster.candidates(now: .now())
         guard !self.candidates.isEmpty else {
             self.fail(.noHealthyUpstream)
@@ -142,6 +146,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             self.state = .finished
         case .awaitingResponse(let connection), .streamingResponse(let connection):
             self.state = .finished
+            self.releaseOutstanding()
             self.responseTimer?.cancel()
             connection.close()
             self.pool.release(connection, reusable: false, settings: self.cluster.settings)
@@ -189,6 +194,9 @@ final class ProxyExchange: UpstreamConnectionOwner {
         }
         self.state = .awaitingResponse(connection)
         connection.handler.owner = self
+        self.releaseOutstanding()
+        self.outstandingEndpoint = connection.endpoint
+        connection.endpoint.outstanding.add(1, ordering: .relaxed)
         self.upstreamStart = .now()
         self.endpointKey = connection.endpoint.key
         connection.write(.head(self.upstreamHead), flush: false)
@@ -212,6 +220,14 @@ final class ProxyExchange: UpstreamConnectionOwner {
             self.responseTimer = nil
             self.state = .streamingResponse(connection)
             self.responseKeepAlive = head.isKeepAlive
+            if head.status.code >= 500 {
+                connection.endpoint.record5xx(
+                    threshold: self.cluster.settings.consecutive5xxToEject, base: self.cluster.settings.baseEjectionTime,
+                    now: .now()
+                )
+            } else {
+                connection.endpoint.recordResponseOK()
+            }
             if let start = self.upstreamStart { self.upstreamSeconds = Double((NIODeadline.now() - start).nanoseconds) / 1e9 }
             let (clientHead, framing) = HeaderRewriter.clientResponse(
                 head,
@@ -228,6 +244,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             if !downstream.isWritable { connection.handler.pauseReads() }
         case (.streamingResponse(let connection), .end):
             self.state = .finished
+            self.releaseOutstanding()
             connection.handler.resumeReads()
             let reusable = self.responseKeepAlive && self.requestComplete && self.upstreamUsable
             self.pool.release(connection, reusable: reusable, settings: self.cluster.settings)
@@ -275,9 +292,25 @@ final class ProxyExchange: UpstreamConnectionOwner {
                 self.connectNext()
                 return
             }
+            connection.endpoint.record5xx(
+                threshold: self.cluster.settings.consecutive5xxToEject, base: self.cluster.settings.baseEjectionTime, now: .now()
+            )
+            // An idempotent request that got no response byte may go to another endpoint, once,
+            // within the cluster's retry budget. A request whose body was streamed cannot be
+            // replayed (it was not kept), so only bodiless ones qualify.
+            if self.retriesLeft > 0, !self.requestBodyStarted, self.requestComplete,
+                self.nextCandidate < self.candidates.count, self.cluster.takeRetry()
+            {
+                self.retriesLeft -= 1
+                self.responseTimer?.cancel()
+                self.state = .connecting
+                self.connectNext()
+                return
+            }
             self.fail(error)
         case .streamingResponse(let connection):
             self.state = .finished
+            self.releaseOutstanding()
             connection.close()
             self.downstream?.abortResponse()
         case .connecting, .finished:
@@ -302,8 +335,14 @@ final class ProxyExchange: UpstreamConnectionOwner {
         self.fail(.upstreamTimeout)
     }
 
+    private func releaseOutstanding() {
+        self.outstandingEndpoint?.outstanding.subtract(1, ordering: .relaxed)
+        self.outstandingEndpoint = nil
+    }
+
     private func fail(_ error: GatewayError) {
         self.state = .finished
+        self.releaseOutstanding()
         self.responseTimer?.cancel()
         self.pendingBody.removeAll()
         self.downstream?.sendErrorResponse(error)

@@ -10,6 +10,13 @@ struct UpstreamSettings: Sendable {
     /// `keepAliveTimeout` (5 s) so the gateway, not the upstream, closes first and a request
     /// never lands on a connection the upstream is closing.
     var idleTimeout: TimeAmount
+    var loadBalancing: LoadBalancing = .roundRobin
+    var consecutive5xxToEject = 5
+    var baseEjectionTime: TimeAmount = .seconds(10)
+    var retryAttempts = 1
+    var retryMethods: Set<String> = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]
+    var retryBudgetPercent = 20
+    var healthCheck: HealthCheckConfig?
 }
 
 /// One `host:port` of an upstream. Shared by all event loops; its counters are atomics.
@@ -23,6 +30,12 @@ final class UpstreamEndpoint: Sendable {
     let openConnections = Atomic<Int>(0)
     private let downUntil = Atomic<Int64>(0)
     private let consecutiveFailures = Atomic<Int>(0)
+    private let consecutive5xx = Atomic<Int>(0)
+    private let ejections = Atomic<Int>(0)
+    /// Requests in flight on this endpoint (for `least_outstanding`).
+    let outstanding = Atomic<Int>(0)
+    /// The active health check's verdict (true until a check says otherwise).
+    let activeHealthy = Atomic<Bool>(true)
 
     init(host: String, port: Int) {
         self.host = host
@@ -32,7 +45,23 @@ final class UpstreamEndpoint: Sendable {
     }
 
     func isUp(now: NIODeadline) -> Bool {
-        self.downUntil.load(ordering: .relaxed) <= Int64(now.uptimeNanoseconds)
+        self.activeHealthy.load(ordering: .relaxed) && self.downUntil.load(ordering: .relaxed) <= Int64(now.uptimeNanoseconds)
+    }
+
+    /// Passive outlier detection: `threshold` consecutive 5xx (or resets before a response) eject
+    /// the endpoint for `base` × the number of ejections so far (capped at 8×), as Envoy does.
+    func record5xx(threshold: Int, base: TimeAmount, now: NIODeadline) {
+        let count = self.consecutive5xx.add(1, ordering: .relaxed).newValue
+        guard count >= threshold else { return }
+        self.consecutive5xx.store(0, ordering: .relaxed)
+        let ejections = self.ejections.add(1, ordering: .relaxed).newValue
+        let until = now + base * Int64(min(ejections, 8))
+        self.downUntil.store(Int64(until.uptimeNanoseconds), ordering: .relaxed)
+    }
+
+    func recordResponseOK() {
+        if self.consecutive5xx.load(ordering: .relaxed) != 0 { self.consecutive5xx.store(0, ordering: .relaxed) }
+        if self.ejections.load(ordering: .relaxed) != 0 { self.ejections.store(0, ordering: .relaxed) }
     }
 
     /// A connect failure takes the endpoint out of rotation for a back-off that doubles with each
@@ -58,6 +87,11 @@ final class UpstreamCluster: Sendable {
     let endpoints: [UpstreamEndpoint]
     let settings: UpstreamSettings
     private let cursor = Atomic<Int>(0)
+    /// Retry budget in hundredths of a retry: each request adds `retryBudgetPercent`, a retry
+    /// costs 100. Capped so a quiet period cannot bank a retry storm.
+    private let retryTokens = Atomic<Int>(1000)
+    /// Retries made (for `gateway_upstream_retries_total`).
+    let retries = Atomic<Int>(0)
 
     init(name: String, endpoints: [UpstreamEndpoint], settings: UpstreamSettings) {
         self.name = name
@@ -65,11 +99,51 @@ final class UpstreamCluster: Sendable {
         self.settings = settings
     }
 
-    /// Endpoints to try for one request, in order: the round-robin pick first, then the others that
+    /// Counts a request toward the retry budget.
+    func requestStarted() {
+        let budget = self.settings.retryBudgetPercent
+        guard budget > 0 else { return }
+        while true {
+            let current = self.retryTokens.load(ordering: .relaxed)
+            if current >= 1000 { return }
+            if self.retryTokens.compareExchange(
+                expected: current, desired: min(1000, current + budget), ordering: .relaxed
+            ).exchanged { return }
+        }
+    }
+
+    /// Takes one retry from the budget, if there is one.
+    func takeRetry() -> Bool {
+        while true {
+            let current = self.retryTokens.load(ordering: .relaxed)
+            if current < 100 { return false }
+            if self.retryTokens.compareExchange(expected: current, desired: current - 100, ordering: .relaxed).exchanged {
+                self.retries.add(1, ordering: .relaxed)
+                return true
+            }
+        }
+    }
+
+    /// Endpoints to try for one request, in order: the round-robin pick (or, with
+    /// `least_outstanding`, the one with fewest requests in flight) first, then the others that
     /// are up. Empty when every endpoint is down (→ 503 `no_healthy_upstream`).
     func candidates(now: NIODeadline) -> [UpstreamEndpoint] {
         let count = self.endpoints.count
         if count == 1 { return self.endpoints[0].isUp(now: now) ? self.endpoints : [] }
+        if self.settings.loadBalancing == .leastOutstanding {
+            let start = self.cursor.add(1, ordering: .relaxed).oldValue
+            var up: [UpstreamEndpoint] = []
+            up.reserveCapacity(count)
+            for offset in 0..<count {
+                let endpoint = self.endpoints[Int(UInt(bitPattern: start &+ offset) % UInt(count))]
+                if endpoint.isUp(now: now) { up.append(endpoint) }
+            }
+            // Stable sort keeps the rotation among equals, so ties still spread.
+            return up.enumerated().sorted {
+                let (a, b) = ($0.element.outstanding.load(ordering: .relaxed), $1.element.outstanding.load(ordering: .relaxed))
+                return a != b ? a < b : $0.offset < $1.offset
+            }.map(\.element)
+        }
         let start = self.cursor.add(1, ordering: .relaxed).oldValue
         var result: [UpstreamEndpoint] = []
         result.reserveCapacity(count)
