@@ -8,7 +8,7 @@ struct GatewayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gateway",
         abstract: "BarberPro edge gateway: TLS, HTTP/1.1, routing and proxying to the booking services.",
-        subcommands: [Run.self, Validate.self],
+        subcommands: [Run.self, Validate.self, Bench.self],
         defaultSubcommand: Run.self
     )
 }
