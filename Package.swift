@@ -15,6 +15,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         // System OpenSSL 3 (libssl-dev) plus static-inline shims for the macros Swift cannot call.
@@ -45,12 +46,30 @@ let package = Package(
         .target(name: "JWTVerifier", dependencies: ["COpenSSL"]),
         // Sliding-window / sliding-log maths, the in-process store and the Redis script; no I/O here.
         .target(name: "RateLimiter"),
+        // `gateway bench`: the load generator (client-side OpenSSL and nghttp2, NIOHTTP1 codecs) and
+        // its report; independent of the gateway itself, like JWTVerifier.
+        .target(
+            name: "GatewayBench",
+            dependencies: [
+                "COpenSSL",
+                "CNGHTTP2",
+                "JWTVerifier",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
         .executableTarget(
             name: "GatewayCLI",
             dependencies: [
                 "Gateway",
+                "GatewayBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]
+            ],
+            // main.swift holds the `@main` command and other files hold subcommands: a module with
+            // more than one file treats main.swift as top-level code unless told otherwise.
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]
         ),
         .executableTarget(
             name: "DemoUpstream",
@@ -73,6 +92,14 @@ let package = Package(
         ),
         .testTarget(name: "JWTVerifierTests", dependencies: ["JWTVerifier"]),
         .testTarget(name: "RateLimiterTests", dependencies: ["RateLimiter"]),
+        .testTarget(
+            name: "GatewayBenchTests",
+            dependencies: [
+                "GatewayBench",
+                "JWTVerifier",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

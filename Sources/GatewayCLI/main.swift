@@ -7,8 +7,8 @@ import Gateway
 struct GatewayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gateway",
-        abstract: "BarberPro edge gateway: TLS, HTTP/1.1, routing and proxying to the booking services.",
-        subcommands: [Run.self, Validate.self, Token.self],
+        abstract: "BarberPro edge gateway: TLS, HTTP/2 and HTTP/1.1, routing, edge policies and proxying to the booking services.",
+        subcommands: [Run.self, Validate.self, Token.self, Bench.self],
         defaultSubcommand: Run.self
     )
 }

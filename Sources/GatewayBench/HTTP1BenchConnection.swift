@@ -1,0 +1,117 @@
+import NIOCore
+import NIOHTTP1
+
+/// One HTTP/1.1 keep-alive connection of the load generator: at most one request in flight
+/// (no pipelining, as wrk and browsers), NIOHTTP1's encoder and decoder below it.
+final class HTTP1BenchConnection: ChannelInboundHandler, BenchConnection {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    private let worker: LoopWorker
+    private let index: Int
+    private let head: HTTPRequestHead
+    private let tls: Bool
+    private var context: ChannelHandlerContext?
+    private var ready = false
+    private var closing = false
+    private var current: (scheduled: UInt64, sent: UInt64)?
+    private var status: Int?
+    private var error: (any Error)?
+
+    init(worker: LoopWorker, index: Int, template: RequestTemplate, tls: Bool) {
+        self.worker = worker
+        self.index = index
+        self.tls = tls
+        var headers = HTTPHeaders([("host", template.target.authority), ("user-agent", "gateway-bench")])
+        for (name, value) in template.headers { headers.add(name: name, value: value) }
+        self.head = HTTPRequestHead(version: .http1_1, method: .GET, uri: template.target.path, headers: headers)
+    }
+
+    var freeSlots: Int { self.ready && !self.closing && self.current == nil ? 1 : 0 }
+    var inFlight: Int { self.current == nil ? 0 : 1 }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if !self.tls { self.becomeReady() }
+        context.fireChannelActive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? TLSClientHandshakeCompleted {
+            if let selected = event.negotiatedProtocol, selected != "http/1.1" {
+                self.error = TLSClientError.alpn("server selected \(selected), not http/1.1")
+                context.close(promise: nil)
+                return
+            }
+            self.becomeReady()
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    private func becomeReady() {
+        guard !self.ready else { return }
+        self.ready = true
+        self.worker.connectionReady(self.index, self)
+    }
+
+    func send(scheduledNanos: UInt64, nowNanos: UInt64) {
+        guard let context, self.current == nil else { return }
+        self.current = (scheduledNanos, nowNanos)
+        self.status = nil
+        context.write(Self.wrapOutboundOut(.head(self.head)), promise: nil)
+        context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch Self.unwrapInboundIn(data) {
+        case .head(let response):
+            self.status = Int(response.status.code)
+            if !response.isKeepAlive { self.closing = true }
+        case .body:
+            break
+        case .end:
+            guard let current = self.current, let status = self.status else { return }
+            self.current = nil
+            self.worker.completed(scheduledNanos: current.scheduled, status: status)
+            if self.closing { context.close(promise: nil) }
+        }
+    }
+
+    func expire(sentBefore cutoffNanos: UInt64) {
+        guard let current = self.current, current.sent < cutoffNanos else { return }
+        // The response may still come: the connection cannot be reused, so close it.
+        self.current = nil
+        self.closing = true
+        self.worker.failed(.timeout)
+        self.context?.close(promise: nil)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if self.error == nil { self.error = error }
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let wasReady = self.ready
+        self.ready = false
+        self.closing = true
+        if self.current != nil {
+            self.current = nil
+            self.worker.failed(.reset)
+        }
+        self.worker.connectionClosed(self.index, wasReady: wasReady, error: self.error)
+        context.fireChannelInactive()
+    }
+
+    func close() {
+        self.closing = true
+        self.context?.close(promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension HTTP1BenchConnection: Sendable {}
