@@ -10,6 +10,8 @@ let package = Package(
         .library(name: "Gateway", targets: ["Gateway"]),
         .library(name: "JWTVerifier", targets: ["JWTVerifier"]),
         .library(name: "RateLimiter", targets: ["RateLimiter"]),
+        .library(name: "RedisClient", targets: ["RedisClient"]),
+        .library(name: "RateLimiterRedis", targets: ["RateLimiterRedis"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -37,6 +39,31 @@ let package = Package(
         .target(name: "JWTVerifier", dependencies: ["COpenSSL"]),
         // Sliding-window / sliding-log maths, the in-process store and the Redis script; no I/O here.
         .target(name: "RateLimiter"),
+        // hiredis 0.14 (libhiredis-dev): its RESP reader only. No `pkgConfig:` — hiredis.pc
+        // carries -D_FILE_OFFSET_BITS=64, which SwiftPM warns about; the modulemap links it.
+        .systemLibrary(
+            name: "CHiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
+        // Pipelined Redis client over SwiftNIO with a small reconnecting pool; no gateway imports.
+        .target(
+            name: "RedisClient",
+            dependencies: [
+                "CHiredis",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        // The Redis-backed rate-limit store: RateLimiter's script over RedisClient (keeps
+        // RateLimiter itself free of NIO).
+        .target(
+            name: "RateLimiterRedis",
+            dependencies: [
+                "RateLimiter",
+                "RedisClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         .executableTarget(
             name: "GatewayCLI",
             dependencies: [
@@ -64,6 +91,17 @@ let package = Package(
         ),
         .testTarget(name: "JWTVerifierTests", dependencies: ["JWTVerifier"]),
         .testTarget(name: "RateLimiterTests", dependencies: ["RateLimiter"]),
+        .testTarget(
+            name: "RedisClientTests",
+            dependencies: [
+                "RedisClient",
+                "RateLimiter",
+                "RateLimiterRedis",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -5,7 +5,7 @@ set -euo pipefail
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
-packages=(libssl-dev pkg-config openssl curl)
+packages=(libssl-dev libhiredis-dev pkg-config openssl curl)
 if [ "${1:-}" = "test" ]; then
   packages+=(nghttp2-client redis-server)
 fi
