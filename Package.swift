@@ -71,6 +71,16 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // EVALSHA throughput through RedisClient (scripts/bench-redis.sh compares with redis-benchmark).
+        .executableTarget(
+            name: "RedisBench",
+            dependencies: [
+                "RedisClient",
+                "RateLimiter",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .executableTarget(
             name: "DemoUpstream",
             dependencies: [
