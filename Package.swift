@@ -10,6 +10,8 @@ let package = Package(
         .library(name: "Gateway", targets: ["Gateway"]),
         .library(name: "JWTVerifier", targets: ["JWTVerifier"]),
         .library(name: "RateLimiter", targets: ["RateLimiter"]),
+        .library(name: "RedisClient", targets: ["RedisClient"]),
+        .library(name: "RateLimiterRedis", targets: ["RateLimiterRedis"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -60,16 +62,48 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
+        // hiredis 0.14 (libhiredis-dev): its RESP reader only. No `pkgConfig:` — hiredis.pc
+        // carries -D_FILE_OFFSET_BITS=64, which SwiftPM warns about; the modulemap links it.
+        .systemLibrary(
+            name: "CHiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
+        // Pipelined Redis client over SwiftNIO with a small reconnecting pool; no gateway imports.
+        .target(
+            name: "RedisClient",
+            dependencies: [
+                "CHiredis",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        // The Redis-backed rate-limit store: RateLimiter's script over RedisClient (keeps
+        // RateLimiter itself free of NIO).
+        .target(
+            name: "RateLimiterRedis",
+            dependencies: [
+                "RateLimiter",
+                "RedisClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         .executableTarget(
             name: "GatewayCLI",
             dependencies: [
                 "Gateway",
                 "GatewayBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
-            // main.swift holds the `@main` command and other files hold subcommands: a module with
-            // more than one file treats main.swift as top-level code unless told otherwise.
-            swiftSettings: [.unsafeFlags(["-parse-as-library"])]
+            ]
+        ),
+        // EVALSHA throughput through RedisClient (scripts/bench-redis.sh compares with redis-benchmark).
+        .executableTarget(
+            name: "RedisBench",
+            dependencies: [
+                "RedisClient",
+                "RateLimiter",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
         .executableTarget(
             name: "DemoUpstream",
@@ -98,6 +132,17 @@ let package = Package(
                 "GatewayBench",
                 "JWTVerifier",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
+        .testTarget(
+            name: "RedisClientTests",
+            dependencies: [
+                "RedisClient",
+                "RateLimiter",
+                "RateLimiterRedis",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
     ],

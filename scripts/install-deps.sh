@@ -5,7 +5,7 @@ set -euo pipefail
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
-packages=(libssl-dev libnghttp2-dev pkg-config openssl curl)
+packages=(libssl-dev libnghttp2-dev libhiredis-dev pkg-config openssl curl)
 if [ "${1:-}" = "test" ]; then
   packages+=(nghttp2-client redis-server)
 fi

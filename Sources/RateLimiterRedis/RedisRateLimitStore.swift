@@ -1,0 +1,158 @@
+import NIOCore
+import RateLimiter
+import RedisClient
+import Synchronization
+
+/// Why a rate-limit decision could not be made. The gateway maps any of these to
+/// `rate_limits.on_store_error` (allow, or 503 `rate_limiter_unavailable`); `detail` is for logs.
+public struct RateLimitStoreError: Error, Sendable, Hashable, CustomStringConvertible {
+    private enum Base: String, Sendable, Hashable {
+        case storeUnavailable = "rate-limit store unavailable"
+    }
+
+    private let base: Base
+    public let detail: String
+
+    private init(_ base: Base, _ detail: String) {
+        self.base = base
+        self.detail = detail
+    }
+
+    /// Redis did not answer within the store's timeout, no connection is up, the connection
+    /// broke, or Redis answered with an error or an unexpected reply.
+    public static let storeUnavailable = RateLimitStoreError(.storeUnavailable, "")
+
+    func with(_ detail: String) -> RateLimitStoreError { RateLimitStoreError(base, detail) }
+
+    public static func == (a: RateLimitStoreError, b: RateLimitStoreError) -> Bool { a.base == b.base }
+    public func hash(into h: inout Hasher) { h.combine(base) }
+    public var description: String { detail.isEmpty ? base.rawValue : "\(base.rawValue): \(detail)" }
+}
+
+/// Rate-limit decisions in Redis: one EVALSHA of `RedisRateLimitScript` per request (all of the
+/// request's policies, all-or-nothing, Redis `TIME` as the clock), under a strict deadline.
+///
+/// - The script is loaded with `SCRIPT LOAD` on first use (and by `prepare()`); on `NOSCRIPT`
+///   (after `SCRIPT FLUSH`, a restart or a failover) it is loaded again and the call retried once.
+/// - `check` never takes longer than `timeout` (default 20 ms, Envoy's default): after that it
+///   fails with `RateLimitStoreError.storeUnavailable`, whatever Redis does. With Redis down the
+///   pool fails commands at once, so the failure is immediate; the pool reconnects in the
+///   background, so the first request after Redis is back is served at normal speed.
+/// - A late reply is dropped; the connection's own command timeout (`RedisConfiguration`) decides
+///   when a silent connection is replaced, so one slow moment does not tear down a pipeline
+///   carrying many other requests.
+/// - With a `DeniedCache`, a key known to be over its limit is answered locally until its reset.
+public final class RedisRateLimitStore: Sendable {
+    public let pool: RedisConnectionPool
+    public let timeout: TimeAmount
+    private let deniedCache: DeniedCache?
+    private let clockMs: @Sendable () -> Int64
+    private let sha = Mutex<String?>(nil)
+
+    /// `clockMs` (any monotonic milliseconds) is read only for the denied cache, which stores
+    /// local instants; decisions use Redis `TIME`.
+    public init(
+        pool: RedisConnectionPool,
+        timeout: TimeAmount = .milliseconds(20),
+        deniedCache: DeniedCache? = nil,
+        clockMs: @escaping @Sendable () -> Int64 = { Int64((NIODeadline.now().uptimeNanoseconds / 1_000_000)) }
+    ) {
+        self.pool = pool
+        self.timeout = timeout
+        self.deniedCache = deniedCache
+        self.clockMs = clockMs
+    }
+
+    /// Loads the script now. Call it at startup: otherwise the first `check` pays for the load
+    /// (an extra round trip and the Lua compile) inside its strict timeout.
+    public func prepare() -> EventLoopFuture<Void> {
+        loadScript().map { _ in }
+    }
+
+    /// Decides and counts one request against `requests` (policy, key) — see `MultiPolicy` for the
+    /// all-or-nothing rule. `nowOverrideMs` is for tests only: production leaves it nil so every
+    /// gateway instance uses Redis's clock.
+    public func check(
+        _ requests: [(PolicySpec, String)], cost: Int = 1, nowOverrideMs: Int64? = nil
+    ) -> EventLoopFuture<MultiDecision> {
+        let cacheNow = nowOverrideMs ?? (deniedCache == nil ? 0 : clockMs())
+        if let cache = deniedCache, let cached = cache.check(requests, now: cacheNow) {
+            return pool.nextEventLoop().makeSucceededFuture(cached)
+        }
+        let (keys, arguments) = RedisRateLimitScript.keysAndArguments(requests, cost: cost, nowOverrideMs: nowOverrideMs)
+        let knownSHA = sha.withLock { $0 }
+        let first: EventLoopFuture<RESPValue>
+        if let knownSHA {
+            first = evalsha(knownSHA, keys, arguments)
+        } else {
+            first = loadScript().flatMap { sha in self.evalsha(sha, keys, arguments) }
+        }
+        let loop = first.eventLoop
+        let promise = loop.makePromise(of: MultiDecision.self)
+        let deadline = loop.now + timeout
+        let timer = loop.scheduleTask(deadline: deadline) {
+            promise.fail(RateLimitStoreError.storeUnavailable.with("no decision within \(self.timeout)"))
+        }
+        first.flatMap { reply -> EventLoopFuture<RESPValue> in
+            guard let message = reply.errorMessage, message.hasPrefix("NOSCRIPT") else {
+                return loop.makeSucceededFuture(reply)
+            }
+            guard loop.now < deadline else { return loop.makeSucceededFuture(reply) }
+            // Load and retry pipelined on one connection: one more round trip, not two. The SHA
+            // is that of our own source, so it is the one SCRIPT LOAD will answer.
+            let sha = self.sha.withLock { $0 } ?? ""
+            return self.pool.send(commands: [["SCRIPT", "LOAD", RedisRateLimitScript.source],
+                                             Self.evalshaCommand(sha, keys, arguments)]).map { $0[1] }
+        }
+        .flatMapThrowing { reply in try Self.decode(reply, requests) }
+        .whenComplete { result in
+            timer.cancel()
+            switch result {
+            case .success(let decision):
+                self.deniedCache?.record(decision, now: cacheNow)
+                promise.succeed(decision)
+            case .failure(let error):
+                promise.fail(error as? RateLimitStoreError ?? RateLimitStoreError.storeUnavailable.with("\(error)"))
+            }
+        }
+        return promise.futureResult
+    }
+
+    public func check(_ requests: [(PolicySpec, String)], cost: Int = 1, nowOverrideMs: Int64? = nil) async throws -> MultiDecision {
+        try await check(requests, cost: cost, nowOverrideMs: nowOverrideMs).get()
+    }
+
+    private func evalsha(_ sha: String, _ keys: [String], _ arguments: [String]) -> EventLoopFuture<RESPValue> {
+        pool.send(Self.evalshaCommand(sha, keys, arguments))
+    }
+
+    private static func evalshaCommand(_ sha: String, _ keys: [String], _ arguments: [String]) -> [String] {
+        ["EVALSHA", sha, String(keys.count)] + keys + arguments
+    }
+
+    private func loadScript() -> EventLoopFuture<String> {
+        pool.send(["SCRIPT", "LOAD", RedisRateLimitScript.source]).flatMapThrowing { reply in
+            guard let s = reply.string, reply.errorMessage == nil, s.count == 40 else {
+                throw RateLimitStoreError.storeUnavailable.with("SCRIPT LOAD answered \(reply)")
+            }
+            self.sha.withLock { $0 = s }
+            return s
+        }
+    }
+
+    /// The script's reply, `[[allowed, remaining, reset_ms, retry_ms], …]`, as a `MultiDecision`.
+    static func decode(_ reply: RESPValue, _ requests: [(PolicySpec, String)]) throws -> MultiDecision {
+        if let message = reply.errorMessage {
+            throw RateLimitStoreError.storeUnavailable.with("redis: \(message)")
+        }
+        var rows: [[Int64]] = []
+        for row in reply.array ?? [] {
+            guard let fields = row.array else { break }
+            rows.append(fields.compactMap(\.integer))
+        }
+        guard let decision = RedisRateLimitScript.decision(reply: rows, requests: requests) else {
+            throw RateLimitStoreError.storeUnavailable.with("unexpected script reply \(reply)")
+        }
+        return decision
+    }
+}

@@ -1,0 +1,278 @@
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// A small fixed set of pipelined Redis connections, each on one event loop of a group.
+///
+/// - Commands go round-robin to connections that are up; any number may be in flight on each.
+/// - A command never waits for a connection: while none is up (connecting, or backing off after
+///   a failure) it fails at once with `RedisError.notConnected`. Callers that must not stall
+///   (the rate limiter) get a fast, distinguishable failure instead of a queue.
+/// - Reconnects happen in the background on the connection's event loop (scheduled tasks, never
+///   a sleep), so once Redis is back the next command finds a connection already up.
+/// - Every new connection sends AUTH and SELECT (from the URL) before any command; until both are
+///   answered the connection does not take commands.
+///
+/// State changes under a lock, I/O after it (STYLE habit 2).
+public final class RedisConnectionPool: Sendable {
+    public let configuration: RedisConfiguration
+    private let connections: [RedisConnection]
+    private let nextIndex = Atomic<Int>(0)
+
+    /// Creates `configuration.poolSize` connections on `eventLoopGroup` and starts connecting.
+    public init(configuration: RedisConfiguration, eventLoopGroup: any EventLoopGroup) {
+        precondition(configuration.poolSize >= 1, "pool needs at least one connection")
+        self.configuration = configuration
+        connections = (0..<configuration.poolSize).map { _ in
+            RedisConnection(configuration: configuration, eventLoop: eventLoopGroup.next())
+        }
+        for c in connections { c.start() }
+    }
+
+    /// Sends one command (`["SET", "k", "v"]`). The future fails with a `RedisError` for
+    /// connection problems; a Redis error reply succeeds as `RESPValue.error`.
+    /// `timeout` overrides `configuration.commandTimeout` for this command.
+    public func send(_ arguments: [String], timeout: TimeAmount? = nil) -> EventLoopFuture<RESPValue> {
+        send(commands: [arguments], timeout: timeout).map { $0[0] }
+    }
+
+    /// Sends `commands` back to back on one connection, so Redis runs them in this order with
+    /// nothing in between from this pool (e.g. `SCRIPT LOAD` then the `EVALSHA` that needs it,
+    /// in one round trip). Fails as a whole if any of them fails; error replies are values.
+    public func send(commands: [[String]], timeout: TimeAmount? = nil) -> EventLoopFuture<[RESPValue]> {
+        precondition(!commands.isEmpty)
+        let n = connections.count
+        let start = nextIndex.wrappingAdd(1, ordering: .relaxed).oldValue
+        let t = timeout ?? configuration.commandTimeout
+        for k in 0..<n {
+            let c = connections[(start &+ k) % n]
+            if let futures = c.send(commands, timeout: t) {
+                if futures.count == 1 { return futures[0].map { [$0] } }
+                return EventLoopFuture.whenAllSucceed(futures, on: c.eventLoop)
+            }
+        }
+        let loop = connections[start % n].eventLoop
+        return loop.makeFailedFuture(isShutDown ? RedisError.poolClosed : RedisError.notConnected)
+    }
+
+    public func send(_ arguments: [String], timeout: TimeAmount? = nil) async throws -> RESPValue {
+        try await send(arguments, timeout: timeout).get()
+    }
+
+    /// The event loop of the next connection in round-robin order (for futures made without I/O).
+    public func nextEventLoop() -> any EventLoop {
+        connections[nextIndex.load(ordering: .relaxed) % connections.count].eventLoop
+    }
+
+    /// Connections up and accepting commands right now.
+    public var connectedCount: Int { connections.filter(\.isReady).count }
+
+    private var isShutDown: Bool { connections.allSatisfy(\.isShutDown) }
+
+    /// Closes every connection and stops reconnecting; commands in flight fail.
+    public func shutdown() -> EventLoopFuture<Void> {
+        let futures = connections.map { $0.shutdown() }
+        return EventLoopFuture.andAllComplete(futures, on: connections[0].eventLoop)
+    }
+
+    public func shutdown() async {
+        try? await shutdown().get()
+    }
+}
+
+/// One connection slot of the pool: connects, reconnects with backoff, batches commands.
+final class RedisConnection: Sendable {
+    let eventLoop: any EventLoop
+    private let configuration: RedisConfiguration
+    private let state = Mutex(State())
+
+    private enum Phase {
+        case idle
+        case connecting
+        case ready(any Channel)
+        case waiting(Scheduled<Void>)
+        case shutDown
+    }
+
+    private struct State {
+        var phase: Phase = .idle
+        /// Consecutive failed connection attempts (0 after a connection worked).
+        var failures = 0
+        /// Commands accepted for the ready channel, written at the next drain.
+        var outbox: [RedisRequest] = []
+        var drainScheduled = false
+    }
+
+    init(configuration: RedisConfiguration, eventLoop: any EventLoop) {
+        self.configuration = configuration
+        self.eventLoop = eventLoop
+    }
+
+    var isReady: Bool {
+        state.withLock { if case .ready = $0.phase { true } else { false } }
+    }
+
+    var isShutDown: Bool {
+        state.withLock { if case .shutDown = $0.phase { true } else { false } }
+    }
+
+    func start() {
+        eventLoop.execute { self.connect() }
+    }
+
+    /// Queues commands when this connection is up; nil when it is not (the pool tries another).
+    func send(_ commands: [[String]], timeout: TimeAmount) -> [EventLoopFuture<RESPValue>]? {
+        enum Action { case notReady, queued([EventLoopFuture<RESPValue>]), scheduleDrain(any Channel, [EventLoopFuture<RESPValue>]) }
+        let action: Action = state.withLock { s in
+            guard case .ready(let channel) = s.phase else { return .notReady }
+            var futures: [EventLoopFuture<RESPValue>] = []
+            futures.reserveCapacity(commands.count)
+            for arguments in commands {
+                let promise = eventLoop.makePromise(of: RESPValue.self)
+                s.outbox.append(RedisRequest(arguments: arguments, promise: promise, timeout: timeout))
+                futures.append(promise.futureResult)
+            }
+            if s.drainScheduled { return .queued(futures) }
+            s.drainScheduled = true
+            return .scheduleDrain(channel, futures)
+        }
+        switch action {
+        case .notReady:
+            return nil
+        case .queued(let future):
+            return future
+        case .scheduleDrain(let channel, let future):
+            // Runs after everything else queued in this tick: one batch, one flush.
+            eventLoop.execute { self.drain(channel) }
+            return future
+        }
+    }
+
+    /// Writes everything queued since the last drain as one batch with one flush.
+    private func drain(_ channel: any Channel) {
+        let batch: [RedisRequest] = state.withLock { s in
+            s.drainScheduled = false
+            let b = s.outbox
+            s.outbox.removeAll(keepingCapacity: true)
+            return b
+        }
+        guard !batch.isEmpty else { return }
+        channel.writeAndFlush(RedisRequestBatch(requests: batch)).whenFailure { error in
+            // Normally the handler has failed them already (failing twice is a no-op).
+            let e = error as? RedisError ?? RedisError.connectionClosed.with("\(error)")
+            for r in batch { r.promise.fail(e) }
+        }
+    }
+
+    private func connect() {
+        let go: Bool = state.withLock { s in
+            if case .shutDown = s.phase { return false }
+            s.phase = .connecting
+            return true
+        }
+        guard go else { return }
+        let config = configuration
+        ClientBootstrap(group: eventLoop)
+            .connectTimeout(config.connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(RedisChannelHandler())
+                }
+            }
+            .connect(host: config.host, port: config.port)
+            .flatMap { channel in
+                Self.handshake(channel, config).map { channel }.flatMapError { error in
+                    channel.close(promise: nil)
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+            }
+            .whenComplete { result in self.connected(result) }
+    }
+
+    /// AUTH and SELECT, pipelined, before the connection is offered to callers.
+    private static func handshake(_ channel: any Channel, _ config: RedisConfiguration) -> EventLoopFuture<Void> {
+        let commands = config.handshake
+        guard !commands.isEmpty else { return channel.eventLoop.makeSucceededVoidFuture() }
+        let requests = commands.map {
+            RedisRequest(arguments: $0, promise: channel.eventLoop.makePromise(), timeout: config.connectTimeout)
+        }
+        channel.writeAndFlush(RedisRequestBatch(requests: requests), promise: nil)
+        let replies = requests.map(\.promise.futureResult)
+        return EventLoopFuture.whenAllSucceed(replies, on: channel.eventLoop).flatMapThrowing { values in
+            for (cmd, value) in zip(commands, values) {
+                if case .error(let message) = value {
+                    // The server's message, never the command (it holds the password).
+                    throw RedisError.handshakeFailed.with("\(cmd[0]): \(message)")
+                }
+            }
+        }
+    }
+
+    private func connected(_ result: Result<any Channel, any Error>) {
+        enum Action { case close(any Channel), watch(any Channel), retry(TimeAmount), nothing }
+        let action: Action = state.withLock { s in
+            if case .shutDown = s.phase {
+                if case .success(let ch) = result { return .close(ch) }
+                return .nothing
+            }
+            switch result {
+            case .success(let ch):
+                s.phase = .ready(ch)
+                s.failures = 0
+                return .watch(ch)
+            case .failure:
+                s.failures += 1
+                return .retry(backoff(failures: s.failures))
+            }
+        }
+        switch action {
+        case .close(let ch): ch.close(promise: nil)
+        case .watch(let ch): ch.closeFuture.whenComplete { _ in self.closed(ch) }
+        case .retry(let delay): scheduleReconnect(after: delay)
+        case .nothing: break
+        }
+    }
+
+    private func closed(_ channel: any Channel) {
+        let reconnect: Bool = state.withLock { s in
+            guard case .ready(let current) = s.phase, current === channel else { return false }
+            s.phase = .idle
+            return true
+        }
+        // A connection that worked is replaced at once; backoff starts if that fails.
+        if reconnect { scheduleReconnect(after: .zero) }
+    }
+
+    /// Called on `eventLoop` only, where `scheduleTask` just files the task: keeping it under the
+    /// lock lets `shutdown()` always find and cancel it.
+    private func scheduleReconnect(after delay: TimeAmount) {
+        state.withLock { s in
+            if case .shutDown = s.phase { return }
+            let task = eventLoop.scheduleTask(in: delay) { self.connect() }
+            s.phase = .waiting(task)
+        }
+    }
+
+    /// initial × 2^(failures-1), capped.
+    private func backoff(failures: Int) -> TimeAmount {
+        let initial = configuration.reconnectBackoffInitial.nanoseconds
+        let cap = configuration.reconnectBackoffMax.nanoseconds
+        let shift = min(failures - 1, 30)
+        return .nanoseconds(min(cap, initial << Int64(shift)))
+    }
+
+    func shutdown() -> EventLoopFuture<Void> {
+        let old: Phase = state.withLock { s in
+            let p = s.phase
+            s.phase = .shutDown
+            return p
+        }
+        switch old {
+        case .ready(let ch): return ch.close().recover { _ in }
+        case .waiting(let task): task.cancel()
+        default: break
+        }
+        return eventLoop.makeSucceededVoidFuture()
+    }
+}

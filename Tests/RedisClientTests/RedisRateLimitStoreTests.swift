@@ -1,0 +1,203 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import RateLimiter
+import RateLimiterRedis
+import RedisClient
+import Testing
+
+/// The Redis rate-limit store end to end: real redis-servers, two pools standing in for two
+/// gateway instances, failures injected by killing, blocking, black-holing and flushing.
+@Suite(.enabled(if: haveRedis))
+struct RedisRateLimitStoreTests {
+    let id = UUID().uuidString
+
+    func key(_ client: String, _ policy: PolicySpec) -> String { "gw:rl:{\(id)-\(client)}:\(policy.name)" }
+
+    func store(
+        _ url: String, timeout: TimeAmount = .milliseconds(20), poolSize: Int = 2,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws -> RedisRateLimitStore {
+        let s = RedisRateLimitStore(pool: try await connectedPool(configuration(url, poolSize: poolSize), group: group), timeout: timeout)
+        try await s.prepare().get()
+        return s
+    }
+
+    /// A second store on the same pool with a loose deadline, for warm-ups and checks whose point
+    /// is not the strict timeout (a loaded 2-core test machine can exceed 20 ms by itself).
+    func loose(_ s: RedisRateLimitStore) async throws -> RedisRateLimitStore {
+        let l = RedisRateLimitStore(pool: s.pool, timeout: .seconds(2))
+        try await l.prepare().get()
+        return l
+    }
+
+    @Test func exactlyLimitAcrossTwoGatewayInstances() async throws {
+        // Generous timeout: a request that timed out might still have been counted, which would
+        // make "exactly" unobservable; the strict timeout has its own tests below.
+        let a = try await store(sharedRedisURL!, timeout: .seconds(5))
+        let b = try await store(sharedRedisURL!, timeout: .seconds(5))
+        let perIP = PolicySpec(name: "per_ip", limit: 50, windowSeconds: 60)
+        let login = PolicySpec(name: "login", limit: 30, windowSeconds: 60, algorithm: .slidingLog)
+        for policy in [perIP, login] {
+            let reqs = [(policy, key("c", policy))]
+            let futures = (0..<400).map { i in (i % 2 == 0 ? a : b).check(reqs) }
+            var allowed = 0
+            for f in futures where try await f.get().allowed { allowed += 1 }
+            #expect(allowed == policy.limit, "\(policy.name)")
+            let after = try await a.check(reqs)
+            #expect(!after.allowed && after.retryAfter.map { $0 >= 1 } == true)
+        }
+        for k in [key("c", perIP), key("c", login)] {
+            let ttl = try await a.pool.send(["PTTL", k]).integer ?? -99
+            #expect(ttl > 0, "\(k)")
+        }
+        await a.pool.shutdown()
+        await b.pool.shutdown()
+    }
+
+    @Test func allOrNothingAcrossPoliciesInOneRoundTrip() async throws {
+        let s = try await store(sharedRedisURL!, timeout: .seconds(5))
+        let wide = PolicySpec(name: "wide", limit: 10, windowSeconds: 60)
+        let narrow = PolicySpec(name: "narrow", limit: 2, windowSeconds: 60, algorithm: .slidingLog)
+        let reqs = [(wide, key("x", wide)), (narrow, key("x", narrow))]
+        var results: [Bool] = []
+        for _ in 0..<4 { results.append(try await s.check(reqs).allowed) }
+        #expect(results == [true, true, false, false])
+        // Denied requests consumed nothing of the wide policy: 2 used, 8 left.
+        let d = try await s.check([(wide, key("x", wide))])
+        #expect(d.allowed && d.decisions[0].decision.remaining == 7)
+        await s.pool.shutdown()
+    }
+
+    @Test func everyKeyHasATTLAlsoAfterConnectionsWereCutMidScript() async throws {
+        let server = try await RedisServer()
+        defer { server.stop() }
+        let a = try await store(server.url, timeout: .seconds(1))
+        let b = try await store(server.url, timeout: .seconds(1))
+        let admin = try await connectedPool(configuration(server.url))
+        let policies = [PolicySpec(name: "w", limit: 1000, windowSeconds: 5),
+                        PolicySpec(name: "l", limit: 1000, windowSeconds: 5, algorithm: .slidingLog)]
+        var futures: [EventLoopFuture<MultiDecision>] = []
+        for round in 0..<10 {
+            for i in 0..<100 {
+                let client = "k\(i % 25)"
+                futures.append((i % 2 == 0 ? a : b).check(policies.map { ($0, key(client, $0)) }))
+            }
+            if round % 3 == 1 {
+                // Cut every client connection but the admin's own, with scripts in flight.
+                _ = try await admin.send(["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+            }
+        }
+        var failed = 0
+        for f in futures { if (try? await f.get()) == nil { failed += 1 } }
+        #expect(failed > 0, "connections were never cut while busy")
+        let keys = try await admin.send(["KEYS", "gw:rl:*"]).array ?? []
+        #expect(keys.count == 50)
+        for k in keys {
+            let ttl = try await admin.send(["PTTL", k.string ?? ""]).integer ?? -99
+            #expect(ttl > 0, "\(k) has no expiry")
+        }
+        await a.pool.shutdown()
+        await b.pool.shutdown()
+        await admin.shutdown()
+    }
+
+    @Test func scriptFlushIsRecoveredThroughNoscript() async throws {
+        let server = try await RedisServer()
+        defer { server.stop() }
+        let s = try await store(server.url, timeout: .milliseconds(200))
+        let p = PolicySpec(name: "p", limit: 5, windowSeconds: 60)
+        try await s.prepare().get()
+        #expect(try await s.check([(p, key("f", p))]).allowed)
+        _ = try await s.pool.send(["SCRIPT", "FLUSH"])
+        let monitor = try await connectedPool(configuration(server.url))
+        let loadsBefore = try await scriptLoads(monitor)
+        let d = try await s.check([(p, key("f", p))])
+        #expect(d.allowed && d.decisions[0].decision.remaining == 3)
+        #expect(try await scriptLoads(monitor) == loadsBefore + 1, "reloaded once after NOSCRIPT")
+        #expect(try await s.check([(p, key("f", p))]).decisions[0].decision.remaining == 2)
+        await s.pool.shutdown()
+        await monitor.shutdown()
+    }
+
+    func scriptLoads(_ pool: RedisConnectionPool) async throws -> Int {
+        let info = try await pool.send(["INFO", "commandstats"]).string ?? ""
+        guard let line = info.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("cmdstat_script|load:") }),
+              let calls = line.split(separator: ",").first?.split(separator: "=").last else { return 0 }
+        return Int(calls) ?? 0
+    }
+
+    @Test func deadRedisFailsFastAndRecoveryIsFast() async throws {
+        try await withOwnEventLoop { group in
+            let server = try await RedisServer()
+            defer { server.stop() }
+            let s = try await store(server.url, group: group)
+            let p = PolicySpec(name: "p", limit: 1000, windowSeconds: 60)
+            let reqs = [(p, key("d", p))]
+            let warm = try await loose(s)
+            #expect(try await warm.check(reqs).allowed)
+            server.kill()
+            var worst: Duration = .zero
+            for _ in 0..<100 {
+                let (r, t) = await timedFuture { s.check(reqs) }
+                #expect(r.error as? RateLimitStoreError == .storeUnavailable)
+                worst = max(worst, t)
+            }
+            #expect(worst <= .milliseconds(25), "slowest failure \(worst)")
+            try await server.start() // an empty Redis: the script must be loaded again (NOSCRIPT)
+            try await waitUntil(timeout: .seconds(2)) { s.pool.connectedCount == 2 }
+            // The first decision after recovery needs no reconnect (done in the background) and
+            // reloads the script pipelined with the retry (NOSCRIPT: the restarted Redis is empty).
+            // Measured through the loose store so that a busy 2-core test machine shows up as a
+            // number rather than as a miss of the 20 ms deadline; unloaded it takes ~1–3 ms.
+            let (r, t) = await timedFuture { warm.check(reqs) }
+            #expect(try r.get().allowed)
+            #expect(t < .milliseconds(50), "first decision after recovery took \(t)")
+            await s.pool.shutdown()
+        }
+    }
+
+    @Test func slowRedisHitsTheTimeout() async throws {
+        try await withOwnEventLoop { group in
+            let server = try await RedisServer()
+            defer { server.stop() }
+            let s = try await store(server.url, group: group)
+            let admin = try await connectedPool(configuration(server.url), group: group)
+            let p = PolicySpec(name: "p", limit: 1000, windowSeconds: 60)
+            let reqs = [(p, key("s", p))]
+            #expect(try await loose(s).check(reqs).allowed)
+            // Long enough that the checks below surely run inside it, even on a loaded machine.
+            let sleeping: EventLoopFuture<RESPValue> = admin.send(["DEBUG", "SLEEP", "1"])
+            try await Task.sleep(for: .milliseconds(30)) // let the sleep start
+            for _ in 0..<5 {
+                let (r, t) = await timedFuture { s.check(reqs) }
+                #expect(r.error as? RateLimitStoreError == .storeUnavailable)
+                #expect(t >= .milliseconds(19) && t < .milliseconds(40), "took \(t)")
+            }
+            _ = try await sleeping.get()
+            try await waitUntil(timeout: .seconds(2)) { (try? await s.check(reqs).allowed) == true }
+            await s.pool.shutdown()
+            await admin.shutdown()
+        }
+    }
+
+    @Test func blackHoledRedisHitsTheTimeout() async throws {
+        try await withOwnEventLoop { group in
+            // Accepts connections, never answers: like a Redis behind a dropped route.
+            let hole = try await ServerBootstrap(group: group)
+                .childChannelInitializer { $0.eventLoop.makeSucceededVoidFuture() }
+                .bind(host: "127.0.0.1", port: 0).get()
+            let port = hole.localAddress!.port!
+            // (No prepare(): SCRIPT LOAD would never be answered either.)
+            let s = RedisRateLimitStore(pool: try await connectedPool(configuration("redis://127.0.0.1:\(port)", poolSize: 2), group: group))
+            for _ in 0..<5 {
+                let p = PolicySpec(name: "p", limit: 10, windowSeconds: 60)
+                let (r, t) = await timedFuture { s.check([(p, key("h", p))]) }
+                #expect(r.error as? RateLimitStoreError == .storeUnavailable)
+                #expect(t < .milliseconds(40), "took \(t)")
+            }
+            await s.pool.shutdown()
+            try await hole.close()
+        }
+    }
+}
