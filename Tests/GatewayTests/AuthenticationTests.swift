@@ -53,7 +53,7 @@ struct AuthenticationTests {
     }
 
     @Test func validTokenForwardsClaims() {
-        guard case .authenticated(let headers) = outcome("Bearer " + Self.token()) else {
+        guard case .authenticated(let headers, _) = outcome("Bearer " + Self.token()) else {
             Issue.record("expected success")
             return
         }
@@ -149,7 +149,7 @@ struct AuthenticationTests {
             ("iss", .string("barberpro-auth")), ("aud", .string("barberpro-api")), ("sub", .string("evil\r\nx-admin: 1")),
             ("role", .strings(["a", "b"])), ("exp", .integer(iat + 60)),
         ])
-        guard case .authenticated(let headers) = outcome("Bearer " + token) else {
+        guard case .authenticated(let headers, _) = outcome("Bearer " + token) else {
             Issue.record("expected success")
             return
         }
@@ -194,7 +194,7 @@ struct AuthenticationTests {
         let config = try ConfigFixture().parse(minimalYAML + Self.section)
         let jwt = try #require(config.jwt)
         let minted = try TestTokens.mint(TestTokenRequest(secret: nil, subject: "u-7", role: "admin", ttl: "15m"), config: jwt, now: Self.now)
-        guard case .authenticated(let headers) = outcome("Bearer " + minted, claims: ["role": ["admin"]]) else {
+        guard case .authenticated(let headers, _) = outcome("Bearer " + minted, claims: ["role": ["admin"]]) else {
             Issue.record("minted token refused")
             return
         }

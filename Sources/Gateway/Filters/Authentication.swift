@@ -30,7 +30,7 @@ final class Authenticator: Sendable {
         /// Proxy without claims (no token on an `optional` route, or `auth: none`).
         case anonymous
         /// Proxy with these claim headers added (`forward_claims`).
-        case authenticated(claimHeaders: [(String, String)])
+        case authenticated(claimHeaders: [(String, String)], subject: String?)
         case rejected(GatewayError)
     }
 
@@ -56,7 +56,7 @@ final class Authenticator: Sendable {
                     return .rejected(.forbidden(claim: error.claim ?? ""))
                 }
             }
-            return .authenticated(claimHeaders: self.claimHeaders(claims))
+            return .authenticated(claimHeaders: self.claimHeaders(claims), subject: claims.subject)
         }
     }
 

@@ -10,6 +10,8 @@ struct ResponseAdditions: Sendable {
     /// depends on `Origin`, so a shared cache must not serve one origin's answer to another), and
     /// the upstream's own `Access-Control-*` fields are dropped in favour of the gateway's.
     var corsEnabled = false
+    /// Fields for every response whatever the route's CORS (rate-limit fields).
+    var extraHeaders: [(String, String)] = []
 
     static let none = ResponseAdditions()
 
@@ -21,6 +23,7 @@ struct ResponseAdditions: Sendable {
 
     /// Applies the additions to a response's headers (gateway-made or upstream).
     func apply(to headers: inout HTTPHeaders) {
+        for (name, value) in self.extraHeaders { headers.replaceOrAdd(name: name, value: value) }
         guard self.corsEnabled else { return }
         var vary: [String] = []
         var hasCORSFields = false

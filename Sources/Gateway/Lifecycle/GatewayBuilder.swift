@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOPosix
+import RateLimiter
 
 /// Turns a validated `GatewayConfig` into what runs: the runtime snapshot and the listeners to bind.
 /// Everything that can fail at start-up (certificates, features this build does not have) fails
@@ -23,7 +24,8 @@ public enum GatewayBuilder {
     }
 
     static func runtime(
-        _ config: GatewayConfig, configHash: String, status: ServerStatus = ServerStatus()
+        _ config: GatewayConfig, configHash: String, status: ServerStatus = ServerStatus(),
+        group: EventLoopGroup? = nil, metrics: GatewayMetrics? = nil
     ) throws(ConfigErrors) -> GatewayRuntime {
         var clusters: [String: UpstreamCluster] = [:]
         for upstream in config.upstreams {
@@ -49,13 +51,24 @@ public enum GatewayBuilder {
         var authenticator: Authenticator? = nil
         if let jwt = config.jwt { authenticator = try Authenticator.make(jwt).get() }
         let cors = config.cors.map(CORSPolicy.init)
+        let policies = config.rateLimits.policies.map { policy in
+            RateLimitRule(
+                spec: PolicySpec(
+                    name: policy.name, limit: policy.limit, windowSeconds: Int(policy.window.components.seconds),
+                    algorithm: policy.algorithm == .slidingLog ? .slidingLog : .slidingWindow,
+                    shadow: policy.shadow, ipv6Prefix: policy.ipv6Prefix
+                ),
+                key: policy.key
+            )
+        }
         let routes = config.routes.enumerated().map { index, route in
             var claims: [String: [String]] = [:]
             for required in route.requireClaims { claims[required.claim] = required.values }
             return Route(
                 name: route.name, host: route.match.host.map { "\($0)" }, pathPrefix: route.match.pathPrefix,
                 methods: route.match.methods, upstreamName: route.upstream, order: index,
-                auth: route.auth, requiredClaims: claims, cors: route.cors ? cors : nil
+                auth: route.auth, requiredClaims: claims, cors: route.cors ? cors : nil,
+                rateLimits: route.rateLimitPolicyIndices.map { policies[$0] }
             )
         }
         let traffic = TrafficSettings(
@@ -65,9 +78,26 @@ public enum GatewayBuilder {
             idleTimeout: .init(config.timeouts.idle),
             drainTimeout: .init(config.timeouts.drain)
         )
+        var rateLimiter: RateLimitService? = nil
+        if routes.contains(where: { !$0.rateLimits.isEmpty }) {
+            let backend: RateLimitService.Backend
+            if let endpoint = config.redis.endpoint, let group {
+                backend = .redis(status.rateLimitStores.redisStore(
+                    endpoint: endpoint, timeout: .init(config.redis.timeout), group: group
+                ))
+            } else {
+                backend = .inProcess(status.rateLimitStores.inProcess)
+            }
+            rateLimiter = RateLimitService(
+                backend: backend, failOpen: config.rateLimits.onStoreError == .allow,
+                headerStyle: config.rateLimits.headers == .ietfDraft10 ? .ietfDraft10 : .draft6,
+                exempt: config.rateLimits.exemptCIDRs, metrics: metrics
+            )
+        }
         return GatewayRuntime(
             routes: RouteTable(routes), clusters: clusters, traffic: traffic, configHash: configHash,
-            clientIP: ClientIPResolver(config.clientIP), cors: cors, authenticator: authenticator, status: status
+            clientIP: ClientIPResolver(config.clientIP), cors: cors, authenticator: authenticator, status: status,
+            rateLimiter: rateLimiter
         )
     }
 
@@ -121,11 +151,14 @@ public enum GatewayBuilder {
     public static func makeServer(config: GatewayConfig, configText: String, configPath: String? = nil) throws -> GatewayServer {
         try validateForStartup(config)
         let plans = try listenerPlans(config)
-        let runtime = try runtime(config, configHash: stableHash(configText))
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, config.workers))
+        let observability = Observability(accessLog: config.log.access)
+        let runtime = try runtime(
+            config, configHash: stableHash(configText), group: group, metrics: observability.metrics
+        )
         return GatewayServer(
             config: config, runtime: runtime, plans: plans, group: group,
-            observability: Observability(accessLog: config.log.access), configPath: configPath
+            observability: observability, configPath: configPath
         )
     }
 

@@ -47,6 +47,8 @@ final class GatewayRuntime: Sendable {
     let removedFromUntrustedPeer: Set<String>
     /// From a trusted proxy, only the claim headers go (its forwarding headers are kept).
     let removedFromTrustedPeer: Set<String>
+    /// `rate_limits`; nil when no route lists a policy.
+    let rateLimiter: RateLimitService?
     let startedAt: ContinuousClock.Instant
     /// Server state that outlives this snapshot (carried over on reload).
     let status: ServerStatus
@@ -54,9 +56,11 @@ final class GatewayRuntime: Sendable {
     init(
         routes: RouteTable, clusters: [String: UpstreamCluster], traffic: TrafficSettings, configHash: String,
         clientIP: ClientIPResolver = ClientIPResolver(trustedNetworks: [], header: "cf-connecting-ip"),
-        cors: CORSPolicy? = nil, authenticator: Authenticator? = nil, status: ServerStatus = ServerStatus()
+        cors: CORSPolicy? = nil, authenticator: Authenticator? = nil, status: ServerStatus = ServerStatus(),
+        rateLimiter: RateLimitService? = nil
     ) {
         self.status = status
+        self.rateLimiter = rateLimiter
         self.routes = routes
         self.clusters = clusters
         self.traffic = traffic
@@ -82,6 +86,8 @@ final class ServerStatus: Sendable {
     /// when the config asks for port 0). 0 = no TLS listener.
     let httpsPort = Atomic<Int>(0)
     let startedAt = ContinuousClock.now
+    /// Rate-limit counts and Redis connections survive reloads.
+    let rateLimitStores = RateLimitStores()
 }
 
 /// The current runtime snapshot. Each request reads it once when it starts, so a reload swaps

@@ -197,7 +197,10 @@ public final class GatewayServer: Sendable, AdminControl {
             } catch {
                 throw ConfigErrors(errors: [ConfigError(path: "listeners", reason: "\(error)")])
             }
-            let runtime = try GatewayBuilder.runtime(config, configHash: GatewayBuilder.stableHash(text), status: self.status)
+            let runtime = try GatewayBuilder.runtime(
+                config, configHash: GatewayBuilder.stableHash(text), status: self.status, group: self.group,
+                metrics: self.observability.metrics
+            )
             return .success(PreparedReload(config: config, runtime: runtime, plans: plans))
         } catch let errors as ConfigErrors {
             return .failure(errors)

@@ -18,6 +18,7 @@ struct RequestRecord {
     var subject: String?
     var upstreamSeconds: Double?
     var upstreamEndpoint: String?
+    var rateLimit: String?
     /// Set once the record has been handed to `Observability.finished`.
     var logged = false
 
@@ -34,11 +35,13 @@ struct RequestRecord {
         self.route = dispatch.routeName ?? "-"
         self.clientIP = dispatch.clientIP
         self.jwtRejection = dispatch.jwtRejection
+        self.subject = dispatch.subject
     }
 
     mutating func note(_ exchange: ProxyExchange) {
         self.upstreamSeconds = exchange.upstreamSeconds
         self.upstreamEndpoint = exchange.endpointKey
+        self.rateLimit = exchange.rateLimitDecision
     }
 
     /// The path without its query string: query strings may carry personal data.
@@ -76,7 +79,7 @@ final class Observability: Sendable {
             time: Date(), requestID: record.requestID, clientIP: record.clientIP, method: record.method,
             route: record.route, path: record.path, status: record.status, bytesIn: record.bytesIn,
             bytesOut: record.bytesOut, durationSeconds: seconds, upstreamSeconds: upstreamSeconds,
-            protocolName: record.protocolName, tlsVersion: tlsVersion, rateLimit: nil,
+            protocolName: record.protocolName, tlsVersion: tlsVersion, rateLimit: record.rateLimit,
             subjectHash: record.subject.map(self.hashSubject), upstreamEndpoint: upstreamEndpoint
         ))
     }

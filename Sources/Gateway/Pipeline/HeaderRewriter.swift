@@ -138,6 +138,7 @@ enum HeaderRewriter {
             headers.add(name: name, value: value)
         }
         headers.add(name: "x-request-id", value: requestID)
+        for (name, value) in additions.extraHeaders { headers.replaceOrAdd(name: name, value: value) }
         if additions.corsEnabled {
             for (name, value) in additions.headers { headers.add(name: name, value: value) }
             if let merged = ResponseAdditions.mergedVary(vary) {

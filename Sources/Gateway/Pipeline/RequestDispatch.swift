@@ -23,6 +23,7 @@ struct RequestDispatch {
     var clientIP = "unknown"
     /// Why a bearer token was refused, for `gateway_jwt_rejections_total`.
     var jwtRejection: String? = nil
+    var subject: String? = nil
 
     /// - Parameters:
     ///   - streamEnded: HTTP/2 only: whether END_STREAM came with the headers (no body follows).
@@ -134,10 +135,13 @@ struct RequestDispatch {
             let exchange = ProxyExchange(
                 upstreamHead: upstreamHead, requestMethod: head.method, clientVersion: head.version,
                 requestID: requestID, addHSTS: services.listener.isTLS, responseAdditions: additions,
+                rateLimit: plan.rateLimit,
                 expectsContinue: expectsContinue, requestHasBody: framing.hasBody, cluster: cluster,
                 pool: services.loop.pool, downstream: downstream
             )
-            return RequestDispatch(outcome: .proxy(exchange), requestID: requestID, responseAdditions: additions, hasBody: framing.hasBody)
+            var dispatch = RequestDispatch(outcome: .proxy(exchange), requestID: requestID, responseAdditions: additions, hasBody: framing.hasBody)
+            dispatch.subject = plan.subject
+            return dispatch
         }
     }
 }

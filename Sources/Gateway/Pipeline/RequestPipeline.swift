@@ -37,6 +37,10 @@ struct ProxyPlan {
     /// Client-sent fields to drop on top of `HeaderRewriter`'s fixed lists (claim headers, and
     /// `client_ip.header` from an untrusted peer). Pass as `upstreamRequest(removing:)`.
     var removedHeaders: Set<String>
+    /// The verified token's `sub`, if any (rate-limit keys, the access log's subject hash).
+    var subject: String? = nil
+    /// What to count before proxying (nil: nothing).
+    var rateLimit: RateLimitRequest? = nil
 }
 
 /// The protocol-independent request phases after decoding (STYLE "the shape of a request"):
@@ -113,6 +117,7 @@ enum RequestPipeline {
         }
 
         var claimHeaders: [(String, String)] = []
+        var subject: String? = nil
         if route.auth != .none {
             guard let authenticator = runtime.authenticator else {
                 // Config validation makes this unreachable; fail closed if it ever is not.
@@ -120,7 +125,9 @@ enum RequestPipeline {
             }
             switch authenticator.authenticate(headers, mode: route.auth, requiredClaims: route.requiredClaims) {
             case .anonymous: break
-            case .authenticated(let headers): claimHeaders = headers
+            case .authenticated(let headers, let sub):
+                claimHeaders = headers
+                subject = sub
             case .rejected(let error): return named(PipelineDecision(.error(error), additions, client: client), route)
             }
         }
@@ -129,7 +136,15 @@ enum RequestPipeline {
             return named(PipelineDecision(.error(.noHealthyUpstream), additions, client: client), route)
         }
         let removed = client.peerTrusted ? runtime.removedFromTrustedPeer : runtime.removedFromUntrustedPeer
-        let plan = ProxyPlan(route: route, cluster: cluster, claimHeaders: claimHeaders, removedHeaders: removed)
+        var plan = ProxyPlan(route: route, cluster: cluster, claimHeaders: claimHeaders, removedHeaders: removed)
+        plan.subject = subject
+        // Counted last, after everything that could refuse the request: a request refused by
+        // CORS or authentication consumes no quota (and preflights and /health* never get here).
+        if let limiter = runtime.rateLimiter {
+            plan.rateLimit = limiter.request(
+                rules: route.rateLimits, clientIP: client.ip, subject: subject, headers: headers, route: route.name
+            )
+        }
         return named(PipelineDecision(.proxy(plan), additions, client: client), route)
     }
 

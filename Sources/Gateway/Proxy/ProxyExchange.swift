@@ -42,7 +42,10 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private let clientVersion: HTTPVersion
     private let requestID: String
     private let addHSTS: Bool
-    private let responseAdditions: ResponseAdditions
+    private var responseAdditions: ResponseAdditions
+    private let rateLimit: RateLimitRequest?
+    /// `allowed`, `denied` or `store_unavailable` once the rate limiter answered (access log).
+    private(set) var rateLimitDecision: String?
     private let expectsContinue: Bool
     private let cluster: UpstreamCluster
     private let pool: UpstreamConnectionPool
@@ -76,6 +79,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         requestID: String,
         addHSTS: Bool,
         responseAdditions: ResponseAdditions = .none,
+        rateLimit: RateLimitRequest? = nil,
         expectsContinue: Bool,
         requestHasBody: Bool,
         cluster: UpstreamCluster,
@@ -88,6 +92,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         self.requestID = requestID
         self.addHSTS = addHSTS
         self.responseAdditions = responseAdditions
+        self.rateLimit = rateLimit
         self.expectsContinue = expectsContinue
         self.requestComplete = !requestHasBody
         self.cluster = cluster
@@ -100,6 +105,31 @@ final class ProxyExchange: UpstreamConnectionOwner {
     // MARK: - Driven by the downstream
 
     func start() {
+        guard let request = self.rateLimit else {
+            self.startUpstream()
+            return
+        }
+        // Body reads wait while the limiter decides (it may be a Redis round trip).
+        if !self.requestComplete { self.downstream?.pauseRequestBody() }
+        let service = request.service
+        service.check(request, on: self.eventLoop).assumeIsolated().whenSuccess { outcome in
+            guard case .connecting = self.state else { return }
+            switch outcome {
+            case .allowed(let fields):
+                self.rateLimitDecision = "allowed"
+                self.responseAdditions.extraHeaders.append(contentsOf: fields)
+                self.startUpstream()
+            case .denied(let fields):
+                self.rateLimitDecision = "denied"
+                self.fail(.rateLimited(fields))
+            case .storeUnavailable:
+                self.rateLimitDecision = "store_unavailable"
+                if service.failOpen { self.startUpstream() } else { self.fail(.rateLimiterUnavailable) }
+            }
+        }
+    }
+
+    private func startUpstream() {
         self.cluster.requestStarted()
         self.candidates = self.cluster.candidates(now: .now())
         guard !self.candidates.isEmpty else {

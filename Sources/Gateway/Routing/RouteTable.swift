@@ -45,6 +45,8 @@ final class Route: Sendable {
     /// nil = every method.
     let methods: Set<String>?
     let upstreamName: String
+    /// The route's `rate_limits`, in the order listed.
+    let rateLimits: [RateLimitRule]
     let order: Int
     let auth: AuthMode
     /// Claim → accepted values (`require_claims`); empty = any valid token.
@@ -54,8 +56,10 @@ final class Route: Sendable {
 
     init(
         name: String, host: String?, pathPrefix: String, methods: [String]?, upstreamName: String, order: Int,
-        auth: AuthMode = .none, requiredClaims: [String: [String]] = [:], cors: CORSPolicy? = nil
+        auth: AuthMode = .none, requiredClaims: [String: [String]] = [:], cors: CORSPolicy? = nil,
+        rateLimits: [RateLimitRule] = []
     ) {
+        self.rateLimits = rateLimits
         self.name = name
         self.host = HostPattern(host)
         self.pathPrefix = pathPrefix

@@ -1,0 +1,151 @@
+import NIOCore
+import NIOHTTP1
+import RateLimiter
+import RateLimiterRedis
+import RedisClient
+import Synchronization
+
+/// One of a route's `rate_limits`, resolved at config load.
+struct RateLimitRule: Sendable {
+    var spec: PolicySpec
+    var key: [RateLimitKeyPart]
+}
+
+/// What a request needs to be counted: the (policy, key) pairs, built before anything is sent.
+struct RateLimitRequest: Sendable {
+    var service: RateLimitService
+    var checks: [(PolicySpec, String)]
+}
+
+/// The outcome the proxy acts on.
+enum RateLimitOutcome {
+    /// Proceed; add these fields to the response (the tightest policy's numbers).
+    case allowed([(String, String)])
+    /// 429 with these fields (`Retry-After` included).
+    case denied([(String, String)])
+    /// The store did not answer in time: `on_store_error` decides.
+    case storeUnavailable
+}
+
+/// The rate-limit stores, kept for the life of the server so a reload keeps the counts (and the
+/// Redis connections when `redis.url` does not change).
+final class RateLimitStores: Sendable {
+    let inProcess = InProcessRateLimitStore(maxKeys: 100_000)
+    private let redis = Mutex<(url: String, store: RedisRateLimitStore)?>(nil)
+
+    /// The Redis store for `endpoint`, created (and its script loaded) on first use.
+    func redisStore(endpoint: RedisEndpoint, timeout: TimeAmount, group: EventLoopGroup) -> RedisRateLimitStore {
+        // In memory only: identifies the server and credentials, never printed.
+        let url = [endpoint.host, String(endpoint.port), String(endpoint.database), endpoint.username ?? "",
+                   endpoint.password?.value ?? ""].joined(separator: "\u{0}")
+        return self.redis.withLock { current in
+            if let current, current.url == url { return current.store }
+            let configuration = RedisConfiguration(
+                host: endpoint.host, port: endpoint.port, username: endpoint.username,
+                password: endpoint.password?.value, database: endpoint.database
+            )
+            let pool = RedisConnectionPool(configuration: configuration, eventLoopGroup: group)
+            let store = RedisRateLimitStore(pool: pool, timeout: timeout, deniedCache: DeniedCache(capacity: 10_000))
+            _ = store.prepare()
+            if let old = current { _ = old.store.pool.shutdown() }
+            current = (url, store)
+            return store
+        }
+    }
+}
+
+/// `rate_limits` as the hot path uses it: which store, how to answer, who is exempt.
+final class RateLimitService: Sendable {
+    enum Backend: Sendable {
+        case inProcess(InProcessRateLimitStore)
+        case redis(RedisRateLimitStore)
+    }
+
+    let backend: Backend
+    let failOpen: Bool
+    let headerStyle: RateLimiter.RateLimitHeaderStyle
+    let exempt: [IPNetwork]
+    let metrics: GatewayMetrics?
+
+    init(backend: Backend, failOpen: Bool, headerStyle: RateLimiter.RateLimitHeaderStyle, exempt: [IPNetwork], metrics: GatewayMetrics?) {
+        self.backend = backend
+        self.failOpen = failOpen
+        self.headerStyle = headerStyle
+        self.exempt = exempt
+        self.metrics = metrics
+    }
+
+    /// The checks for one request, or nil when nothing is to be counted (no policies, an exempt
+    /// client, or a key part the request does not have — a missing `jwt_subject` or header
+    /// falls back to the client IP, so anonymous clients still share one bucket per address).
+    func request(
+        rules: [RateLimitRule], clientIP: String, subject: String?, headers: HTTPHeaders, route: String
+    ) -> RateLimitRequest? {
+        guard !rules.isEmpty else { return nil }
+        if !self.exempt.isEmpty, let bytes = IPAddressText.parse(Substring(clientIP)),
+            self.exempt.contains(where: { $0.contains(bytes) })
+        {
+            return nil
+        }
+        var checks: [(PolicySpec, String)] = []
+        checks.reserveCapacity(rules.count)
+        for rule in rules {
+            var parts: [KeyPart] = []
+            for part in rule.key {
+                switch part {
+                case .clientIP: parts.append(.clientIP(clientIP))
+                case .route: parts.append(.route(route))
+                case .jwtSubject: parts.append(subject.map(KeyPart.jwtSubject) ?? .clientIP(clientIP))
+                case .header(let name):
+                    if let value = headers.first(name: name) {
+                        parts.append(.header(name, value))
+                    } else {
+                        parts.append(.clientIP(clientIP))
+                    }
+                }
+            }
+            guard let key = RateLimitKey.make(policy: rule.spec, parts: parts) else { continue }
+            checks.append((rule.spec, key))
+        }
+        return checks.isEmpty ? nil : RateLimitRequest(service: self, checks: checks)
+    }
+
+    /// Decides and counts, completing on `eventLoop`.
+    func check(_ request: RateLimitRequest, on eventLoop: EventLoop) -> EventLoopFuture<RateLimitOutcome> {
+        switch self.backend {
+        case .inProcess(let store):
+            let now = Int64(NIODeadline.now().uptimeNanoseconds / 1_000_000)
+            return eventLoop.makeSucceededFuture(self.outcome(store.check(request.checks, now: now)))
+        case .redis(let store):
+            return store.check(request.checks).hop(to: eventLoop).map { self.outcome($0) }.flatMapErrorThrowing { _ in
+                self.metrics?.redisErrors.increment([])
+                return .storeUnavailable
+            }
+        }
+    }
+
+    private func outcome(_ decision: MultiDecision) -> RateLimitOutcome {
+        if let metrics = self.metrics {
+            for entry in decision.decisions {
+                // A policy that would allow a request another policy denied was not counted.
+                let verdict = !entry.decision.allowed ? (entry.policy.shadow ? "shadow_denied" : "denied")
+                    : decision.allowed ? "allowed" : "not_counted"
+                metrics.rateLimitDecisions.increment([entry.policy.name, verdict])
+            }
+        }
+        let fields = RateLimitHeaders.fields(for: decision, style: self.headerStyle).map { ($0.name.lowercased(), $0.value) }
+        return decision.allowed ? .allowed(fields) : .denied(fields)
+    }
+}
+
+extension GatewayError {
+    /// 429 with the policy's fields and `Retry-After` (whole seconds, ≥ 1, never before the reset).
+    static func rateLimited(_ fields: [(String, String)]) -> GatewayError {
+        GatewayError(status: .tooManyRequests, code: "rate_limited", message: "too many requests", headers: fields)
+    }
+
+    static let rateLimiterUnavailable = GatewayError(
+        status: .serviceUnavailable, code: "rate_limiter_unavailable", message: "the rate limiter cannot answer",
+        headers: [("retry-after", "1")]
+    )
+}

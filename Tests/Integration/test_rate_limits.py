@@ -1,0 +1,177 @@
+"""Rate limits through the real gateway: in-process store and a real redis-server shared by two
+gateway instances; store failures follow on_store_error."""
+import concurrent.futures
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from conftest import free_port
+
+POLICIES = """rate_limits:
+  on_store_error: {mode}
+  headers: {style}
+  exempt_cidrs: [{exempt}]
+  policies:
+    tight: {{ limit: 5, window: 60s, key: client_ip, algorithm: sliding_window }}
+    login: {{ limit: 3, window: 60s, key: [client_ip, route], algorithm: sliding_log }}
+"""
+ROUTES = """  - name: limited
+    match: { path_prefix: /limited/ }
+    upstream: booking
+    rate_limits: [tight]
+  - name: login2
+    match: { path_prefix: /login/ }
+    upstream: booking
+    rate_limits: [login, tight]
+"""
+
+
+class Redis:
+    def __init__(self):
+        self.port = free_port()
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--enable-debug-command", "local"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def cli(self, *args):
+        return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True).stdout
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def redis():
+    r = Redis()
+    yield r
+    r.stop()
+
+
+def start(gateway_factory, upstream, redis=None, mode="allow", style="draft-6", exempt=""):
+    top = POLICIES.format(mode=mode, style=style, exempt=exempt)
+    if redis:
+        top += f"redis: {{ url: 'redis://127.0.0.1:{redis.port}', timeout: 20ms }}\n"
+    return gateway_factory(upstream.port, top_extra=top, extra_routes=ROUTES)
+
+
+def test_in_process_limit_headers_and_denials_not_forwarded(gateway_factory, upstream):
+    gw = start(gateway_factory, upstream)
+    with httpx.Client(verify=False, timeout=5) as c:
+        remaining = []
+        for _ in range(5):
+            r = c.get(gw.url("/limited/x"))
+            assert r.headers["ratelimit-limit"] == "5" and r.headers["ratelimit-policy"] == "5;w=60"
+            remaining.append(int(r.headers["ratelimit-remaining"]))
+        assert remaining == [4, 3, 2, 1, 0]
+        before = upstream.stats()["requests"]
+        r = c.get(gw.url("/limited/x"))
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(r.headers["retry-after"]) <= 60
+        assert upstream.stats()["requests"] == before  # never forwarded
+        # Health and other routes are not counted.
+        for _ in range(10):
+            assert c.get(gw.url("/health")).status_code == 200
+
+
+def test_all_or_nothing_and_tightest_policy(gateway_factory, upstream):
+    gw = start(gateway_factory, upstream)
+    with httpx.Client(verify=False, timeout=5) as c:
+        codes = [c.get(gw.url("/login/x")).status_code for _ in range(4)]
+        assert codes[:3] != [429] * 3 and codes[3] == 429
+        # login denied the 4th: `tight` (shared with /limited/) was charged only 3 times.
+        r = c.get(gw.url("/limited/x"))
+        assert r.status_code != 429 and r.headers["ratelimit-remaining"] == "1"
+
+
+def test_ietf_draft10_headers(gateway_factory, upstream):
+    gw = start(gateway_factory, upstream, style="ietf-draft-10")
+    with httpx.Client(verify=False, timeout=5) as c:
+        r = c.get(gw.url("/limited/x"))
+        assert r.headers["ratelimit"].startswith('"tight";r=4;t=')
+        assert r.headers["ratelimit-policy"] == '"tight";q=5;w=60'
+
+
+def test_exempt_cidrs(gateway_factory, upstream):
+    gw = start(gateway_factory, upstream, exempt="127.0.0.1/32")
+    with httpx.Client(verify=False, timeout=5) as c:
+        for _ in range(8):
+            r = c.get(gw.url("/limited/x"))
+            assert r.status_code != 429 and "ratelimit-limit" not in r.headers
+
+
+def test_exactly_limit_allowed_across_two_gateways_sharing_redis(gateway_factory, upstream, redis):
+    a = start(gateway_factory, upstream, redis)
+    b = start(gateway_factory, upstream, redis)
+    urls = [a.url("/limited/x"), b.url("/limited/x")] * 20
+
+    def hit(url):
+        with httpx.Client(verify=False, timeout=5) as c:
+            return c.get(url).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        codes = list(pool.map(hit, urls))
+    assert sum(1 for c in codes if c != 429) == 5, codes
+    assert codes.count(429) == 35
+    keys = redis.cli("--scan", "--pattern", "gw:rl:*").split()
+    assert keys
+    for key in keys:
+        assert int(redis.cli("PTTL", key)) > 0, key
+
+
+def test_redis_down_fail_open_then_recovers(gateway_factory, upstream, redis):
+    gw = start(gateway_factory, upstream, redis, mode="allow")
+    with httpx.Client(verify=False, timeout=5) as c:
+        assert c.get(gw.url("/limited/x")).headers["ratelimit-remaining"] == "4"
+        port = redis.port
+        redis.stop()
+        for _ in range(3):
+            start_t = time.time()
+            r = c.get(gw.url("/limited/x"))
+            assert r.status_code == 404 and "ratelimit-limit" not in r.headers  # demo upstream's own 404
+            assert time.time() - start_t < 1.0
+        metrics = httpx.get(gw.url("/metrics", listener="admin")).text
+        assert "gateway_redis_errors_total 0" not in metrics
+        # Back on the same port: limiting resumes.
+        redis.proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            r = c.get(gw.url("/limited/x"))
+            if "ratelimit-limit" in r.headers:
+                break
+            time.sleep(0.1)
+        assert "ratelimit-limit" in r.headers
+
+
+def test_redis_down_fail_closed(gateway_factory, upstream, redis):
+    gw = start(gateway_factory, upstream, redis, mode="deny")
+    redis.stop()
+    with httpx.Client(verify=False, timeout=5) as c:
+        r = c.get(gw.url("/limited/x"))
+        assert r.status_code == 503 and r.json()["error"]["code"] == "rate_limiter_unavailable"
+        assert r.headers["retry-after"] == "1"
+
+
+def test_slow_redis_takes_the_timeout_path(gateway_factory, upstream, redis):
+    gw = start(gateway_factory, upstream, redis, mode="deny")
+    with httpx.Client(verify=False, timeout=5) as c:
+        assert c.get(gw.url("/limited/x")).status_code != 429
+        subprocess.Popen(["redis-cli", "-p", str(redis.port), "DEBUG", "SLEEP", "1"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+        time.sleep(0.1)
+        start_t = time.time()
+        r = c.get(gw.url("/limited/x"))
+        assert r.status_code == 503 and time.time() - start_t < 0.5
