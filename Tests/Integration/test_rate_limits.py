@@ -187,3 +187,13 @@ def test_slow_redis_takes_the_timeout_path(gateway_factory, upstream, redis):
         r = c.get(gw.url("/limited/x"))
         assert r.status_code == 503 and time.time() - start_t < 0.5
         blocker.close()
+
+
+def test_health_detailed_reports_the_store(gateway_factory, upstream, redis):
+    gw = start(gateway_factory, upstream, redis, timeout="2s")
+    with httpx.Client(verify=False, timeout=5) as c:
+        c.get(gw.url("/limited/x"))
+    detail = httpx.get(gw.url("/health/detailed", listener="admin")).json()["redis"]
+    assert detail["state"] == "up" and detail["connections"] >= 1 and detail["last_decision_us"] >= 0
+    local = start(gateway_factory, upstream)
+    assert httpx.get(local.url("/health/detailed", listener="admin")).json()["redis"] == {"state": "in_process"}

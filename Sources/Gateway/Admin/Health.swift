@@ -55,6 +55,6 @@ enum Health {
         return "{\"status\":\"\(ready ? "ready" : "not_ready")\",\"version\":\"\(version)\","
             + "\"uptime_seconds\":\(uptime.components.seconds),\"config_hash\":\"\(runtime.configHash)\","
             + "\"upstreams\":{\(upstreams.joined(separator: ","))},"
-            + "\"redis\":{\"state\":\"not_configured\"}}"
+            + "\"redis\":" + (runtime.rateLimiter?.healthJSON ?? #"{"state":"not_used"}"#) + "}"
     }
 }

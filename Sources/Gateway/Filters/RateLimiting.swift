@@ -66,6 +66,8 @@ final class RateLimitService: Sendable {
     let headerStyle: RateLimiter.RateLimitHeaderStyle
     let exempt: [IPNetwork]
     let metrics: GatewayMetrics?
+    /// Latency of the last Redis decision, in microseconds (`/health/detailed`).
+    let lastRedisMicros = Atomic<Int>(-1)
 
     init(backend: Backend, failOpen: Bool, headerStyle: RateLimiter.RateLimitHeaderStyle, exempt: [IPNetwork], metrics: GatewayMetrics?) {
         self.backend = backend
@@ -117,10 +119,26 @@ final class RateLimitService: Sendable {
             let now = Int64(NIODeadline.now().uptimeNanoseconds / 1_000_000)
             return eventLoop.makeSucceededFuture(self.outcome(store.check(request.checks, now: now)))
         case .redis(let store):
-            return store.check(request.checks).hop(to: eventLoop).map { self.outcome($0) }.flatMapErrorThrowing { _ in
+            let started = NIODeadline.now()
+            return store.check(request.checks).hop(to: eventLoop).map { decision in
+                self.lastRedisMicros.store(Int((NIODeadline.now() - started).nanoseconds / 1000), ordering: .relaxed)
+                return self.outcome(decision)
+            }.flatMapErrorThrowing { _ in
                 self.metrics?.redisErrors.increment([])
                 return .storeUnavailable
             }
+        }
+    }
+
+    /// `{"state":...}` for `/health/detailed`.
+    var healthJSON: String {
+        switch self.backend {
+        case .inProcess: return #"{"state":"in_process"}"#
+        case .redis(let store):
+            let connected = store.pool.connectedCount
+            let latency = self.lastRedisMicros.load(ordering: .relaxed)
+            return "{\"state\":\"\(connected > 0 ? "up" : "down")\",\"connections\":\(connected)"
+                + (latency >= 0 ? ",\"last_decision_us\":\(latency)" : "") + "}"
         }
     }
 

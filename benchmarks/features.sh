@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# What each edge feature adds, at a fixed rate, one run on one machine (`gateway bench`, open loop):
+#   plain     TLS h1 proxy, access log off
+#   +log      access log on (metrics are always on)
+#   +jwt      HS256 bearer token verified on the route
+#   +rl       + per-IP rate limit in the in-process store
+#   +redis    + the same limit in Redis (one EVALSHA per request)
+#   +cors     + CORS on the route (an Origin on every request)
+# Pinning: gateway (workers: 1) on CPU 0; load generator, demo upstream and redis-server on CPU 1.
+#   RATE=2000 DUR=10 benchmarks/features.sh
+set -eu
+cd "$(dirname "$0")/.."
+RATE=${RATE:-2000}
+DUR=${DUR:-10}
+swift build -c release >/dev/null
+BIN=$(swift build -c release --show-bin-path)
+d=$(mktemp -d)
+scripts/dev-cert.sh "$d" >/dev/null
+SECRET=bench-secret-0123456789abcdef0123456789
+RPORT=26379
+taskset -c 1 redis-server --port $RPORT --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 & rd=$!
+taskset -c 1 "$BIN/demo-upstream" --port 23101 >/dev/null & up=$!
+gw=""
+trap 'kill $gw $up $rd 2>/dev/null; rm -rf "$d"' EXIT
+
+config() {  # access(true|false) auth(none|required) limits(yes|no) redis(yes|no) cors(true|false)
+  cat > "$d/gw.yaml" <<YAML
+workers: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:28543
+    tls: { certificates: [{ cert: $d/dev.crt, key: $d/dev.key }] }
+admin: { address: 127.0.0.1:29951 }
+log: { access: $1 }
+jwt:
+  issuer: barberpro-auth
+  audiences: [barberpro-api]
+  keys: [{ kid: hs-1, algorithm: HS256, secret: "$SECRET" }]
+cors:
+  allowed_origins: [https://app.barberpro.com.ar]
+$( [ "$4" = yes ] && echo "redis: { url: 'redis://127.0.0.1:$RPORT', timeout: 20ms }" )
+rate_limits:
+  policies:
+    per_ip: { limit: 100000000, window: 15m, key: client_ip }
+upstreams:
+  booking: { endpoints: [127.0.0.1:23101], max_connections: 256 }
+routes:
+  - name: api
+    match: { path_prefix: /api/ }
+    upstream: booking
+    auth: $2
+    cors: $5
+$( [ "$3" = yes ] && echo "    rate_limits: [per_ip]" )
+YAML
+}
+
+run() {  # name, then bench args
+  local name=$1; shift
+  [ -n "$gw" ] && { kill $gw; wait $gw 2>/dev/null || true; }
+  taskset -c 0 "$BIN/gateway" run --config "$d/gw.yaml" >/dev/null & gw=$!
+  sleep 1
+  local url=https://127.0.0.1:28543/api/bookings
+  taskset -c 1 "$BIN/gateway" bench --url $url --rate "$RATE" --duration 2s --threads 1 --quiet --insecure "$@" >/dev/null
+  taskset -c 1 "$BIN/gateway" bench --url $url --rate "$RATE" --duration "${DUR}s" --threads 1 --quiet --insecure \
+    --connections 16 --json "$d/$name.json" "$@" >/dev/null
+}
+config false none no no false;   run plain
+config true none no no false;    run log
+config true required no no false; run jwt --jwt-secret $SECRET
+config true required yes no false; run rl --jwt-secret $SECRET
+config true required yes yes false; run redis --jwt-secret $SECRET
+config true required yes yes true; run cors --jwt-secret $SECRET --header "origin: https://app.barberpro.com.ar"
+
+python3 - "$d" "$RATE" <<'PY'
+import json, sys
+d, rate = sys.argv[1], sys.argv[2]
+names = [("plain", "TLS h1 proxy, access log off"), ("log", "+ access log"), ("jwt", "+ HS256 JWT"),
+         ("rl", "+ per-IP limit (in-process)"), ("redis", "+ per-IP limit (Redis)"), ("cors", "+ CORS")]
+rows = {n: json.load(open(f"{d}/{n}.json")) for n, _ in names}
+base = rows["plain"]["latency_ms"]
+print(f"fixed rate {rate}/s, 16 connections, latencies in microseconds (one run)")
+print("| configuration | p50 | p99 | p50 vs plain | p99 vs plain | errors |")
+print("|---|---|---|---|---|---|")
+for n, label in names:
+    l = rows[n]["latency_ms"]
+    errors = rows[n]["errors"]["total"]
+    print(f"| {label} | {l['p50']*1000:.0f} | {l['p99']*1000:.0f} | {(l['p50']-base['p50'])*1000:+.0f} | {(l['p99']-base['p99'])*1000:+.0f} | {errors} |")
+PY
