@@ -6,6 +6,7 @@
 #   +rl       + per-IP rate limit in the in-process store
 #   +redis    + the same limit in Redis (one EVALSHA per request)
 #   +cors     + CORS on the route (an Origin on every request)
+# Each configuration over TLS HTTP/1.1 and HTTP/2.
 # Pinning: gateway (workers: 1) on CPU 0; load generator, demo upstream and redis-server on CPU 1.
 #   RATE=2000 DUR=10 benchmarks/features.sh
 set -eu
@@ -54,15 +55,19 @@ $( [ "$3" = yes ] && echo "    rate_limits: [per_ip]" )
 YAML
 }
 
-run() {  # name, then bench args
+run() {  # name, then bench args; each configuration runs over h1 and h2 against one gateway start
   local name=$1; shift
   [ -n "$gw" ] && { kill $gw; wait $gw 2>/dev/null || true; }
   taskset -c 0 "$BIN/gateway" run --config "$d/gw.yaml" >/dev/null & gw=$!
   sleep 1
   local url=https://127.0.0.1:28543/api/bookings
-  taskset -c 1 "$BIN/gateway" bench --url $url --rate "$RATE" --duration 2s --threads 1 --quiet --insecure "$@" >/dev/null
-  taskset -c 1 "$BIN/gateway" bench --url $url --rate "$RATE" --duration "${DUR}s" --threads 1 --quiet --insecure \
-    --connections 16 --json "$d/$name.json" "$@" >/dev/null
+  for proto in h1 h2; do
+    local p=(--connections 16)
+    [ $proto = h2 ] && p=(--http2 --connections 4 --streams 16)
+    taskset -c 1 "$BIN/gateway" bench --url $url --rate "$RATE" --duration 2s --threads 1 --quiet --insecure "${p[@]}" "$@" >/dev/null
+    taskset -c 1 "$BIN/gateway" bench --url $url --rate "$RATE" --duration "${DUR}s" --threads 1 --quiet --insecure \
+      "${p[@]}" --json "$d/$name-$proto.json" "$@" >/dev/null
+  done
 }
 config false none no no false;   run plain
 config true none no no false;    run log
@@ -74,15 +79,16 @@ config true required yes yes true; run cors --jwt-secret $SECRET --header "origi
 python3 - "$d" "$RATE" <<'PY'
 import json, sys
 d, rate = sys.argv[1], sys.argv[2]
-names = [("plain", "TLS h1 proxy, access log off"), ("log", "+ access log"), ("jwt", "+ HS256 JWT"),
+names = [("plain", "TLS proxy, access log off"), ("log", "+ access log"), ("jwt", "+ HS256 JWT"),
          ("rl", "+ per-IP limit (in-process)"), ("redis", "+ per-IP limit (Redis)"), ("cors", "+ CORS")]
-rows = {n: json.load(open(f"{d}/{n}.json")) for n, _ in names}
-base = rows["plain"]["latency_ms"]
-print(f"fixed rate {rate}/s, 16 connections, latencies in microseconds (one run)")
-print("| configuration | p50 | p99 | p50 vs plain | p99 vs plain | errors |")
+print(f"fixed rate {rate}/s (h1: 16 connections; h2: 4 connections x 16 streams), latencies in microseconds, one run")
+print("| configuration | h1 p50 | h1 p99 | h2 p50 | h2 p99 | errors |")
 print("|---|---|---|---|---|---|")
 for n, label in names:
-    l = rows[n]["latency_ms"]
-    errors = rows[n]["errors"]["total"]
-    print(f"| {label} | {l['p50']*1000:.0f} | {l['p99']*1000:.0f} | {(l['p50']-base['p50'])*1000:+.0f} | {(l['p99']-base['p99'])*1000:+.0f} | {errors} |")
+    cells, errors = [], 0
+    for proto in ("h1", "h2"):
+        r = json.load(open(f"{d}/{n}-{proto}.json"))
+        cells += [f"{r['latency_ms']['p50']*1000:.0f}", f"{r['latency_ms']['p99']*1000:.0f}"]
+        errors += r["errors"]["total"]
+    print(f"| {label} | " + " | ".join(cells) + f" | {errors} |")
 PY

@@ -457,7 +457,9 @@ extension GatewayConfig {
         var exempt: [IPNetwork] = []
         var policies: [RateLimitPolicy] = []
         var names: [String] = []
-        if let node, let m = r.mapping(node, at: "rate_limits", keys: ["on_store_error", "headers", "exempt_cidrs", "policies"]) {
+        var maxKeys = 100_000
+        if let node, let m = r.mapping(node, at: "rate_limits", keys: ["on_store_error", "headers", "exempt_cidrs", "policies", "max_keys"]) {
+            maxKeys = m["max_keys"].flatMap { r.int($0, at: m.path("max_keys"), range: 100...100_000_000) } ?? maxKeys
             onStoreError = m["on_store_error"].flatMap { r.choice($0, at: m.path("on_store_error")) } ?? onStoreError
             headers = m["headers"].flatMap { r.choice($0, at: m.path("headers")) } ?? headers
             if let node = m["exempt_cidrs"] {
@@ -479,7 +481,7 @@ extension GatewayConfig {
             }
         }
         return (RateLimitsConfig(onStoreError: onStoreError, headers: headers, exemptCIDRs: exempt,
-                                 policies: policies), names)
+                                 policies: policies, maxKeys: maxKeys), names)
     }
 
     private static func decodePolicy(name: String, _ node: Node, at path: String, reader r: ConfigReader) -> RateLimitPolicy? {

@@ -249,6 +249,8 @@ public struct RateLimitsConfig: Sendable, Equatable {
     public let exemptCIDRs: [IPNetwork]
     /// Policies in file order.
     public let policies: [RateLimitPolicy]
+    /// Keys the in-process store keeps at most (expired ones are swept first).
+    public var maxKeys: Int = 100_000
 }
 
 public enum StoreErrorMode: String, Sendable, Equatable, CaseIterable {

@@ -30,7 +30,18 @@ enum RateLimitOutcome {
 /// The rate-limit stores, kept for the life of the server so a reload keeps the counts (and the
 /// Redis connections when `redis.url` does not change).
 final class RateLimitStores: Sendable {
-    let inProcess = InProcessRateLimitStore(maxKeys: 100_000)
+    private let inProcessStore = Mutex<InProcessRateLimitStore?>(nil)
+
+    /// The in-process store, sized by the first config that needs it (a reload keeps it, and
+    /// its counts).
+    func inProcess(maxKeys: Int) -> InProcessRateLimitStore {
+        self.inProcessStore.withLock { store in
+            if let store { return store }
+            let created = InProcessRateLimitStore(maxKeys: maxKeys)
+            store = created
+            return created
+        }
+    }
     private let redis = Mutex<(url: String, store: RedisRateLimitStore)?>(nil)
 
     /// The Redis store for `endpoint`, created (and its script loaded) on first use.

@@ -86,7 +86,7 @@ public enum GatewayBuilder {
                     endpoint: endpoint, timeout: .init(config.redis.timeout), group: group
                 ))
             } else {
-                backend = .inProcess(status.rateLimitStores.inProcess)
+                backend = .inProcess(status.rateLimitStores.inProcess(maxKeys: config.rateLimits.maxKeys))
             }
             rateLimiter = RateLimitService(
                 backend: backend, failOpen: config.rateLimits.onStoreError == .allow,
