@@ -281,3 +281,19 @@ jwt:
     path.write_text(config_text(certs, 1, top_extra=top.replace("https://", "http://"), extra_routes=ROUTES))
     out = subprocess.run([str(GATEWAY), "validate", "--config", str(path)], capture_output=True, text=True)
     assert out.returncode == 1 and "jwt.jwks_url: must be an https:// URL" in out.stdout + out.stderr
+
+
+def test_reload_keeps_jwks_keys_and_stops_the_old_refresher(gateway_factory, upstream, jwks_server, jwks_ca, keys):
+    server = jwks_server()
+    server.keys = [keys["rs-a"]]
+    gw = start_gateway(gateway_factory, upstream, server, jwks_ca)
+    assert wait_for(lambda: status(gw, keys["rs-a"].token())[0] == 200)
+    # The JWKS server goes away, then the config is reloaded (same jwks_url): the new snapshot
+    # starts from the last good key set instead of an empty one.
+    server.stop()
+    gw.config_path.write_text(gw.config_path.read_text().replace("max_body_bytes: 2MiB", "max_body_bytes: 1MiB"))
+    r = httpx.post(gw.url("/config/reload", listener="admin"), timeout=10)
+    assert r.status_code == 200 and r.json()["result"] == "success", r.text
+    time.sleep(0.5)
+    assert status(gw, keys["rs-a"].token())[0] == 200
+    assert status(gw, hs_token())[0] == 200
