@@ -176,7 +176,10 @@ def test_jwks_keys_verify_and_unknown_kids_fetch_once(gateway_factory, upstream,
     server = jwks_server()
     server.keys = [keys["rs-a"]]
     gw = start_gateway(gateway_factory, upstream, server, jwks_ca)
-    assert wait_for(lambda: status(gw, keys["rs-a"].token())[0] == 200)
+    # No token before the start-up fetch has landed: an early unknown kid would spend the refetch.
+    assert wait_for(lambda: server.hit_count() == 1)
+    time.sleep(0.5)
+    assert status(gw, keys["rs-a"].token())[0] == 200, gateway_log(gw)
     assert status(gw, hs_token())[0] == 200  # static keys stay
     assert server.hit_count() == 1
 
@@ -192,17 +195,28 @@ def test_jwks_keys_verify_and_unknown_kids_fetch_once(gateway_factory, upstream,
     assert status(gw, keys["rs-a"].token())[0] == 200
 
 
+def gateway_log(gw):
+    """The gateway's stderr (its JWKS fetch log), for assertion messages: stops the gateway."""
+    gw.stop()
+    return gw.proc.stderr.read()
+
+
 def test_rotated_key_is_accepted_once_published(gateway_factory, upstream, jwks_server, jwks_ca, keys):
     server = jwks_server()
     server.keys = [keys["rs-a"]]
-    gw = start_gateway(gateway_factory, upstream, server, jwks_ca)
+    # A 1 s unknown-kid interval, so that a refetch spent while the start-up fetch was still
+    # landing (a slow machine) cannot hold back the one this test is about.
+    gw = start_gateway(gateway_factory, upstream, server, jwks_ca,
+                       refresh="  jwks_refresh: { unknown_kid_interval: 1s }\n")
     assert wait_for(lambda: status(gw, keys["rs-a"].token())[0] == 200)
+    time.sleep(1.1)
+    before = server.hit_count()
 
     server.keys = [keys["rs-a"], keys["rs-b"]]
     first = status(gw, keys["rs-b"].token())[0]
     assert first in (200, 401)  # 200 only if the triggered refetch won the race
-    assert wait_for(lambda: server.hit_count() == 2)
-    assert wait_for(lambda: status(gw, keys["rs-b"].token())[0] == 200, timeout=5)
+    assert wait_for(lambda: server.hit_count() == before + 1), gateway_log(gw)
+    assert wait_for(lambda: status(gw, keys["rs-b"].token())[0] == 200, timeout=5), gateway_log(gw)
     assert status(gw, keys["rs-a"].token())[0] == 200
 
 
