@@ -38,6 +38,7 @@ let package = Package(
                 "COpenSSL",
                 "CNGHTTP2",
                 "JWTVerifier",
+                "TLSClient",
                 "RateLimiter",
                 "RateLimiterRedis",
                 "RedisClient",
@@ -45,6 +46,15 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        // Client-side TLS over memory BIOs (system OpenSSL) as a NIO handler: used by the load
+        // generator and by the gateway's JWKS fetcher; no gateway imports.
+        .target(
+            name: "TLSClient",
+            dependencies: [
+                "COpenSSL",
+                .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
         // JWS/JWT verification through OpenSSL EVP; independent of the gateway (no import of Gateway).
@@ -56,9 +66,9 @@ let package = Package(
         .target(
             name: "GatewayBench",
             dependencies: [
-                "COpenSSL",
                 "CNGHTTP2",
                 "JWTVerifier",
+                "TLSClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

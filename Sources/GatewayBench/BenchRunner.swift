@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOPosix
+import TLSClient
 
 func benchWallClockSeconds() -> Double { Date().timeIntervalSince1970 }
 

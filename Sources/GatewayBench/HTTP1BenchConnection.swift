@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import TLSClient
 
 /// One HTTP/1.1 keep-alive connection of the load generator: at most one request in flight
 /// (no pipelining, as wrk and browsers), NIOHTTP1's encoder and decoder below it.

@@ -1,4 +1,5 @@
 import NIOCore
+import TLSClient
 private import CNGHTTP2
 
 /// One HTTP/2 connection of the load generator with one nghttp2 client session: up to `streams`

@@ -2,6 +2,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import TLSClient
 
 /// What the worker needs from a connection, whatever the protocol. All calls on the worker's loop.
 protocol BenchConnection: AnyObject {

@@ -373,7 +373,7 @@ extension GatewayConfig {
 
     private static func decodeJWT(_ node: Node, reader r: ConfigReader) -> JWTConfig? {
         guard let m = r.mapping(node, at: "jwt", keys: ["issuer", "audiences", "leeway", "max_lifetime", "keys",
-                                                        "jwks_url", "forward_claims"])
+                                                        "jwks_url", "jwks_ca", "jwks_refresh", "forward_claims"])
         else { return nil }
         let issuer = r.required(m, "issuer").flatMap { r.nonEmptyString($0, at: m.path("issuer")) }
         let audiences = r.required(m, "audiences").flatMap {
@@ -395,6 +395,17 @@ extension GatewayConfig {
             } else {
                 r.fail(m.path("jwks_url"), "must be an https:// URL, got '\(url)'")
             }
+        }
+
+        var jwksCA: String?
+        if let node = m["jwks_ca"] {
+            jwksCA = r.file(node, at: m.path("jwks_ca"))
+            if m["jwks_url"] == nil { r.fail(m.path("jwks_ca"), "only applies with jwks_url") }
+        }
+        var refresh = JWKSRefreshConfig()
+        if let node = m["jwks_refresh"] {
+            if m["jwks_url"] == nil { r.fail(m.path("jwks_refresh"), "only applies with jwks_url") }
+            refresh = decodeJWKSRefresh(node, at: m.path("jwks_refresh"), reader: r)
         }
 
         var keys: [JWTKeyConfig] = []
@@ -421,7 +432,35 @@ extension GatewayConfig {
 
         guard let issuer, let audiences else { return nil }
         return JWTConfig(issuer: issuer, audiences: audiences, leeway: leeway, maxLifetime: maxLifetime,
-                         keys: keys, jwksURL: jwksURL, forwardClaims: claims)
+                         keys: keys, jwksURL: jwksURL, jwksCA: jwksCA, jwksRefresh: refresh, forwardClaims: claims)
+    }
+
+    private static func decodeJWKSRefresh(_ node: Node, at path: String, reader r: ConfigReader) -> JWKSRefreshConfig {
+        var refresh = JWKSRefreshConfig()
+        guard let m = r.mapping(node, at: path, keys: ["min", "max", "default", "unknown_kid_interval", "timeout"])
+        else { return refresh }
+        let day = Duration.seconds(86_400)
+        if let node = m["min"], let value = r.duration(node, at: m.path("min"), minimum: .seconds(1), maximum: day) {
+            refresh.min = value
+        }
+        if let node = m["max"], let value = r.duration(node, at: m.path("max"), minimum: .seconds(1), maximum: day) {
+            refresh.max = value
+        }
+        if let node = m["default"], let value = r.duration(node, at: m.path("default"), minimum: .seconds(1), maximum: day) {
+            refresh.defaultInterval = value
+        }
+        if let node = m["unknown_kid_interval"],
+           let value = r.duration(node, at: m.path("unknown_kid_interval"), minimum: .seconds(1), maximum: day) {
+            refresh.unknownKidInterval = value
+        }
+        if let node = m["timeout"],
+           let value = r.duration(node, at: m.path("timeout"), minimum: .milliseconds(100), maximum: .seconds(60)) {
+            refresh.timeout = value
+        }
+        if refresh.max < refresh.min {
+            r.fail(m.path("max"), "must be at least min (\(ConfigSyntax.format(refresh.min)))")
+        }
+        return refresh
     }
 
     private static func jwtKey(_ node: Node, at path: String, reader r: ConfigReader) -> JWTKeyConfig? {

@@ -206,8 +206,43 @@ public struct JWTConfig: Sendable, Equatable {
     public let keys: [JWTKeyConfig]
     /// HTTPS only; keys fetched from it are added to `keys` in the background.
     public let jwksURL: String?
+    /// Absolute path of a PEM CA bundle that verifies the JWKS server instead of the system store.
+    public let jwksCA: String?
+    /// How often `jwksURL` is fetched again (`jwt.jwks_refresh`).
+    public let jwksRefresh: JWKSRefreshConfig
     /// Claims copied into upstream request headers, in file order.
     public let forwardClaims: [ForwardedClaim]
+
+    public init(
+        issuer: String, audiences: [String], leeway: Duration, maxLifetime: Duration, keys: [JWTKeyConfig],
+        jwksURL: String?, jwksCA: String? = nil, jwksRefresh: JWKSRefreshConfig = JWKSRefreshConfig(),
+        forwardClaims: [ForwardedClaim]
+    ) {
+        self.issuer = issuer
+        self.audiences = audiences
+        self.leeway = leeway
+        self.maxLifetime = maxLifetime
+        self.keys = keys
+        self.jwksURL = jwksURL
+        self.jwksCA = jwksCA
+        self.jwksRefresh = jwksRefresh
+        self.forwardClaims = forwardClaims
+    }
+}
+
+/// `jwt.jwks_refresh`: the JWKS document's `Cache-Control: max-age` sets the next fetch, clamped
+/// to `[min, max]`; `default` applies when the server sends none. Failed fetches are retried from
+/// 1 s, doubling up to `min`. A token with an unknown `kid` triggers a fetch at most once per
+/// `unknown_kid_interval`.
+public struct JWKSRefreshConfig: Sendable, Equatable {
+    public var min: Duration = .seconds(30)
+    public var max: Duration = .seconds(3600)
+    public var defaultInterval: Duration = .seconds(300)
+    public var unknownKidInterval: Duration = .seconds(30)
+    /// Connect + TLS + response, for one fetch.
+    public var timeout: Duration = .seconds(10)
+
+    public init() {}
 }
 
 public struct JWTKeyConfig: Sendable, Equatable {

@@ -1,6 +1,7 @@
 import Foundation
 import JWTVerifier
 import NIOHTTP1
+import TLSClient
 
 /// Bearer-token authentication for routes (`auth: none | optional | required`), built once at
 /// config load from the `jwt` section. Pure apart from the verifier's token cache, so the HTTP/1.1
@@ -18,11 +19,17 @@ import NIOHTTP1
 final class Authenticator: Sendable {
     let verifier: JWTVerifier
     let forwardClaims: [ForwardedClaim]
+    /// Keeps `jwt.jwks_url`'s keys in `verifier` (nil without a JWKS URL); started by the server.
+    let jwks: JWKSRefresher?
     private let now: @Sendable () -> Date
 
-    init(verifier: JWTVerifier, forwardClaims: [ForwardedClaim], now: @escaping @Sendable () -> Date = { Date() }) {
+    init(
+        verifier: JWTVerifier, forwardClaims: [ForwardedClaim], jwks: JWKSRefresher? = nil,
+        now: @escaping @Sendable () -> Date = { Date() }
+    ) {
         self.verifier = verifier
         self.forwardClaims = forwardClaims
+        self.jwks = jwks
         self.now = now
     }
 
@@ -47,6 +54,9 @@ final class Authenticator: Sendable {
             do {
                 claims = try self.verifier.verify(token, now: self.now())
             } catch {
+                // Perhaps a key published since the last JWKS fetch: this request is refused
+                // now (never blocked on a fetch); a rate-limited refetch lets the next one pass.
+                if error == .unknownKey { self.jwks?.keyNotFound() }
                 return .rejected(.invalidToken(category: error.category))
             }
             if !requiredClaims.isEmpty {
@@ -128,7 +138,8 @@ final class Authenticator: Sendable {
 
 extension Authenticator {
     /// Loads every key of the `jwt` section into a `JWTVerifier`. Errors name the key's path and
-    /// never quote a secret. `jwks_url` is refused by `GatewayBuilder.unsupportedFeatures`.
+    /// never quote a secret. With `jwks_url`, also prepares (but does not start: nothing is
+    /// fetched here, so `gateway validate` stays offline) the refresher that adds its keys.
     static func make(_ config: JWTConfig, now: @escaping @Sendable () -> Date = { Date() }) -> Result<Authenticator, ConfigErrors> {
         var keys: [VerificationKey] = []
         var errors: [ConfigError] = []
@@ -165,13 +176,31 @@ extension Authenticator {
                 }
             }
         }
+        var jwksSource: (url: String, endpoint: JWKSEndpoint, tls: TLSClientContext)?
+        if let url = config.jwksURL {
+            if let endpoint = JWKSEndpoint(url: url) {
+                do {
+                    let tls = try TLSClientContext(alpn: ["http/1.1"], insecure: false, caFile: config.jwksCA)
+                    jwksSource = (url, endpoint, tls)
+                } catch {
+                    errors.append(ConfigError(path: config.jwksCA == nil ? "jwt.jwks_url" : "jwt.jwks_ca", reason: "\(error)"))
+                }
+            } else {
+                errors.append(ConfigError(path: "jwt.jwks_url", reason: "must be an https:// URL with a host"))
+            }
+        }
         guard errors.isEmpty else { return .failure(ConfigErrors(errors: errors)) }
         let configuration = JWTVerifierConfiguration(
             issuer: config.issuer, audiences: config.audiences, leeway: config.leeway,
             maxLifetime: config.maxLifetime
         )
         let verifier = JWTVerifier(configuration: configuration, keys: KeySet(keys: keys), clock: now)
-        return .success(Authenticator(verifier: verifier, forwardClaims: config.forwardClaims, now: now))
+        let jwks = jwksSource.map { source in
+            JWKSRefresher(
+                url: source.url, endpoint: source.endpoint, tls: source.tls, config: config.jwksRefresh,
+                staticKeys: keys, verifier: verifier)
+        }
+        return .success(Authenticator(verifier: verifier, forwardClaims: config.forwardClaims, jwks: jwks, now: now))
     }
 
     /// RFC 7518 §3.2: an HMAC key at least as long as the hash output.

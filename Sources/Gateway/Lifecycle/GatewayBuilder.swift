@@ -7,17 +7,11 @@ import RateLimiter
 /// Everything that can fail at start-up (certificates, features this build does not have) fails
 /// here, before any socket is bound.
 public enum GatewayBuilder {
-    /// Checks that need more than the config text: features not built yet, key material.
+    /// Checks that need more than the config text: key material, the JWKS CA bundle. Nothing is
+    /// fetched (a JWKS URL is only checked to be https).
     static func unsupportedFeatures(_ config: GatewayConfig) -> [ConfigError] {
         var errors: [ConfigError] = []
         if let jwt = config.jwt {
-            if jwt.jwksURL != nil {
-                // Refusing beats starting with no keys and answering 401 to every valid token.
-                errors.append(ConfigError(
-                    path: "jwt.jwks_url",
-                    reason: "fetching keys from a JWKS URL is not in this build yet; list the keys under jwt.keys"
-                ))
-            }
             if case .failure(let keyErrors) = Authenticator.make(jwt) { errors.append(contentsOf: keyErrors.errors) }
         }
         return errors

@@ -77,6 +77,8 @@ public final class GatewayServer: Sendable, AdminControl {
     private let slots = Mutex<[(String, ListenerSlot)]>([])
     private let runningConfig: Mutex<GatewayConfig>
     private let healthChecker = Mutex<HealthChecker?>(nil)
+    /// The running snapshot's JWKS refresher (`jwt.jwks_url`), if any.
+    private let jwksRefresher = Mutex<JWKSRefresher?>(nil)
 
     var runtime: GatewayRuntime { self.holder.current }
 
@@ -114,6 +116,20 @@ public final class GatewayServer: Sendable, AdminControl {
         self.noteHTTPSPort()
         self.status.listenersBound.store(true, ordering: .relaxed)
         self.startHealthChecks(for: self.runtime)
+        self.startJWKSRefresher(for: self.runtime)
+    }
+
+    /// Starts `runtime`'s JWKS refresher and stops the previous snapshot's. Call before the
+    /// snapshot is swapped in: with the same URL, the new one starts from the old one's keys.
+    private func startJWKSRefresher(for runtime: GatewayRuntime) {
+        let refresher = runtime.authenticator?.jwks
+        let previous = self.jwksRefresher.withLock { current -> JWKSRefresher? in
+            defer { current = refresher }
+            return current
+        }
+        if let refresher, let previous { refresher.adoptKeys(from: previous) }
+        if previous !== refresher { previous?.stop() }
+        refresher?.start(on: self.group.next())
     }
 
     private func startHealthChecks(for runtime: GatewayRuntime) {
@@ -228,6 +244,7 @@ public final class GatewayServer: Sendable, AdminControl {
                 return .failure(ConfigErrors(errors: [ConfigError(path: "listeners.\(plan.info.name)", reason: "\(error)")]))
             }
         }
+        self.startJWKSRefresher(for: prepared.runtime)
         self.holder.replace(with: prepared.runtime)
         self.startHealthChecks(for: prepared.runtime)
         self.runningConfig.withLock { $0 = prepared.config }
@@ -325,6 +342,7 @@ public final class GatewayServer: Sendable, AdminControl {
         let timeout = timeout ?? self.runtime.traffic.drainTimeout
         self.status.listenersBound.store(false, ordering: .relaxed)
         self.healthChecker.withLock { $0 }?.stop()
+        self.jwksRefresher.withLock { $0 }?.stop()
         for (_, slot) in self.slots.withLock({ $0 }) { try? await slot.channel.close() }
         for channel in self.connections.all {
             channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())

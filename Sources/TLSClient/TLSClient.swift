@@ -1,19 +1,23 @@
 import NIOCore
 private import COpenSSL
 
+/// Client-side TLS over memory BIOs for SwiftNIO channels, on the system OpenSSL: shared by the
+/// load generator (`gateway bench`) and the gateway's own outbound HTTPS (the JWKS fetcher).
+/// `SSL*` and `SSL_CTX*` never appear in a public signature (STYLE habit 3).
+
 /// A TLS failure on one client connection (setup, handshake, verification, read or write), with
 /// OpenSSL's error queue at the time, oldest first.
-struct TLSClientError: Error, CustomStringConvertible, Sendable {
+public struct TLSClientError: Error, CustomStringConvertible, Sendable {
     private enum Base: Sendable { case setup, handshake, io, alpn }
     private let base: Base
-    let detail: String
+    public let detail: String
 
-    static func setup(_ detail: String) -> TLSClientError { TLSClientError(base: .setup, detail: detail) }
-    static func handshake(_ detail: String) -> TLSClientError { TLSClientError(base: .handshake, detail: detail) }
-    static func io(_ detail: String) -> TLSClientError { TLSClientError(base: .io, detail: detail) }
-    static func alpn(_ detail: String) -> TLSClientError { TLSClientError(base: .alpn, detail: detail) }
+    public static func setup(_ detail: String) -> TLSClientError { TLSClientError(base: .setup, detail: detail) }
+    public static func handshake(_ detail: String) -> TLSClientError { TLSClientError(base: .handshake, detail: detail) }
+    public static func io(_ detail: String) -> TLSClientError { TLSClientError(base: .io, detail: detail) }
+    public static func alpn(_ detail: String) -> TLSClientError { TLSClientError(base: .alpn, detail: detail) }
 
-    var description: String { "TLS \(self.base): \(self.detail)" }
+    public var description: String { "TLS \(self.base): \(self.detail)" }
 }
 
 /// Drains the thread's OpenSSL error queue into strings (it is shared by every channel on a loop).
@@ -29,14 +33,18 @@ private func openSSLErrors() -> String {
     return messages.isEmpty ? "unknown error" : messages.joined(separator: "; ")
 }
 
-/// One client `SSL_CTX` for a whole run: ALPN offer, verification against the system CA store
-/// unless `insecure`. Immutable after init, so it is shared by every connection on every loop.
-final class TLSClientContext: @unchecked Sendable {
+/// One client `SSL_CTX` for a whole run: ALPN offer, verification against the system CA store (or
+/// only the CAs of `caFile`) unless `insecure`. Immutable after init, so it is shared by every
+/// connection on every loop.
+public final class TLSClientContext: @unchecked Sendable {
     fileprivate let ctx: OpaquePointer
-    let insecure: Bool
+    public let insecure: Bool
 
-    /// `alpn`: protocols to offer, in preference order (e.g. `["h2"]` or `["http/1.1"]`).
-    init(alpn: [String], insecure: Bool) throws(TLSClientError) {
+    /// - Parameters:
+    ///   - alpn: protocols to offer, in preference order (e.g. `["h2"]` or `["http/1.1"]`).
+    ///   - insecure: skip certificate verification (test certificates with `gateway bench`).
+    ///   - caFile: a PEM bundle trusted *instead of* the system store (a private CA), when given.
+    public init(alpn: [String], insecure: Bool, caFile: String? = nil) throws(TLSClientError) {
         ERR_clear_error()
         guard let ctx = SSL_CTX_new(TLS_client_method()) else { throw .setup(openSSLErrors()) }
         self.ctx = ctx
@@ -46,7 +54,14 @@ final class TLSClientContext: @unchecked Sendable {
             SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nil)
         } else {
             SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
-            guard SSL_CTX_set_default_verify_paths(ctx) == 1 else { throw .setup("system CA store: \(openSSLErrors())") }
+            if let caFile {
+                // Thrown after every stored property is set, so deinit frees `ctx`.
+                guard SSL_CTX_load_verify_locations(ctx, caFile, nil) == 1 else {
+                    throw .setup("CA bundle \(caFile): \(openSSLErrors())")
+                }
+            } else {
+                guard SSL_CTX_set_default_verify_paths(ctx) == 1 else { throw .setup("system CA store: \(openSSLErrors())") }
+            }
         }
         // ALPN wire format (RFC 7301 §3.1): each name prefixed by its length. OpenSSL copies it.
         var wire: [UInt8] = []
@@ -201,22 +216,22 @@ final class TLSClientConnection {
 }
 
 /// Fired inbound once the handshake is complete, before any decrypted byte.
-struct TLSClientHandshakeCompleted {
-    var negotiatedProtocol: String?
+public struct TLSClientHandshakeCompleted: Sendable {
+    public var negotiatedProtocol: String?
 }
 
-/// Client-side TLS for the load generator: ciphertext on the socket side, plaintext above.
+/// Client-side TLS: ciphertext on the socket side, plaintext above.
 ///
-/// Smaller than the gateway's server handler on purpose: a load generator closes connections
-/// itself at the end of a run and treats any failure as "this connection is gone", so there is no
+/// Smaller than the gateway's server handler on purpose: its users (the load generator, the JWKS
+/// fetcher) close connections themselves and treat any failure as "this connection is gone", so there is no
 /// half-closure, no bounded close_notify wait and no separate state machine type; the three states
 /// fit in this class. Writes made during the handshake are held (in order) and sent after it;
 /// each flush becomes one `SSL_write`, as on the server.
-final class TLSClientHandler: ChannelDuplexHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
-    typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
+public final class TLSClientHandler: ChannelDuplexHandler {
+    public typealias InboundIn = ByteBuffer
+    public typealias InboundOut = ByteBuffer
+    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
 
     private enum State { case handshaking, active, closed }
 
@@ -231,13 +246,14 @@ final class TLSClientHandler: ChannelDuplexHandler {
     private var held: ByteBuffer?
     private var heldPromises: [EventLoopPromise<Void>] = []
 
-    init(context: TLSClientContext, host: String, hostIsIPAddress: Bool) {
+    /// `hostIsIPAddress`: `host` is an address literal (no SNI; verified against IP SANs).
+    public init(context: TLSClientContext, host: String, hostIsIPAddress: Bool) {
         self.context = context
         self.host = host
         self.hostIsIPAddress = hostIsIPAddress
     }
 
-    func handlerAdded(context: ChannelHandlerContext) {
+    public func handlerAdded(context: ChannelHandlerContext) {
         do {
             self.connection = try TLSClientConnection(context: self.context, host: self.host, hostIsIPAddress: self.hostIsIPAddress)
         } catch {
@@ -247,23 +263,23 @@ final class TLSClientHandler: ChannelDuplexHandler {
         if context.channel.isActive { self.step(context: context) }
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) {
+    public func handlerRemoved(context: ChannelHandlerContext) {
         self.failPending(ChannelError.ioOnClosedChannel)
         self.connection = nil
     }
 
-    func channelActive(context: ChannelHandlerContext) {
+    public func channelActive(context: ChannelHandlerContext) {
         self.step(context: context)
         context.fireChannelActive()
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
+    public func channelInactive(context: ChannelHandlerContext) {
         self.state = .closed
         self.failPending(ChannelError.ioOnClosedChannel)
         context.fireChannelInactive()
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let connection = self.connection else { return }
         connection.feed(Self.unwrapInboundIn(data))
         switch self.state {
@@ -315,11 +331,11 @@ final class TLSClientHandler: ChannelDuplexHandler {
         }
     }
 
-    func channelReadComplete(context: ChannelHandlerContext) {
+    public func channelReadComplete(context: ChannelHandlerContext) {
         context.fireChannelReadComplete()
     }
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         guard self.state != .closed else {
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
@@ -335,7 +351,7 @@ final class TLSClientHandler: ChannelDuplexHandler {
         if let promise { self.unflushedPromises.append(promise) }
     }
 
-    func flush(context: ChannelHandlerContext) {
+    public func flush(context: ChannelHandlerContext) {
         guard let data = self.unflushed else { return }
         let promises = self.unflushedPromises
         self.unflushed = nil
@@ -356,7 +372,7 @@ final class TLSClientHandler: ChannelDuplexHandler {
         }
     }
 
-    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+    public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
         if mode == .all, self.state == .active, let connection = self.connection {
             self.state = .closed
             connection.shutdown()  // best effort close_notify; we do not wait for the peer's
