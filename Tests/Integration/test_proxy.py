@@ -141,10 +141,14 @@ def test_slowloris_is_cut_off(gateway):
                 data += chunk
             except socket.timeout:
                 pass
+            except ConnectionResetError:
+                # The gateway closed on bytes we kept sending: the kernel may turn its 408 into a
+                # reset. Being cut off in time is what this test is about (the 408 body has its own).
+                break
     finally:
         s.close()
     assert time.time() - start < 3.5, "slowloris connection held open"
-    assert data.startswith(b"HTTP/1.1 408")
+    assert data == b"" or data.startswith(b"HTTP/1.1 408")
 
 
 def test_502_when_upstream_refuses(gateway_factory, certs):

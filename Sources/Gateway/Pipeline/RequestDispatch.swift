@@ -37,15 +37,11 @@ struct RequestDispatch {
         allocator: ByteBufferAllocator
     ) -> RequestDispatch {
         let requestID = RequestIdentity.requestID(clientSupplied: head.headers.first(name: "x-request-id"))
-        func local(_ error: GatewayError, _ additions: ResponseAdditions = .none, hasBody: Bool = false) -> RequestDispatch {
-            let response = error.response(requestID: requestID, allocator: allocator)
-            return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: additions, hasBody: hasBody)
-        }
-
         var framing: BodyFraming
         switch RequestValidator.validate(head) {
         case .failure(let error):
-            return local(error)
+            let response = error.response(requestID: requestID, allocator: allocator)
+            return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: .none, hasBody: false)
         case .success(let validated):
             framing = validated
         }
@@ -58,27 +54,13 @@ struct RequestDispatch {
             }
         }
         let host = head.headers.first(name: "host")
-        if let admin = services.admin, let response = Self.adminEndpoint(head, admin: admin, allocator: allocator) {
-            return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: .none, hasBody: false)
-        }
-        if services.listener.role == .admin, head.uri == "/metrics", head.method == .GET || head.method == .HEAD {
-            let metrics = services.observability.metrics
-            let now = NIODeadline.now()
-            for cluster in services.runtime.clusters.values {
-                metrics.upstreamRetries.set([cluster.name], Double(cluster.retries.load(ordering: .relaxed)))
-                for endpoint in cluster.endpoints {
-                    metrics.upstreamEndpointUp.set([cluster.name, endpoint.key], endpoint.isUp(now: now) ? 1 : 0)
-                }
-            }
-            var response = LocalResponse.json(.ok, metrics.render(), allocator: allocator)
-            response.headers.replaceOrAdd(name: "content-type", value: "text/plain; version=0.0.4")
+        if let admin = services.admin, let response = Self.adminEndpoint(head, admin: admin, services: services, allocator: allocator) {
             return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: .none, hasBody: false)
         }
         let decision = RequestPipeline.decide(
             method: head.method, target: head.uri, host: host, headers: head.headers, peer: peer,
             listener: services.listener, runtime: services.runtime, allocator: allocator
         )
-        let additions = decision.responseAdditions
         var dispatch = Self.route(decision, head: head, framing: framing, host: host, requestID: requestID,
                                   services: services, downstream: downstream, allocator: allocator)
         dispatch.routeName = decision.routeName
@@ -87,9 +69,24 @@ struct RequestDispatch {
         return dispatch
     }
 
-    /// `GET /config` and `POST /config/reload` (admin listener only).
-    private static func adminEndpoint(_ head: HTTPRequestHead, admin: AdminControl, allocator: ByteBufferAllocator) -> LocalResponse? {
+    /// `/metrics`, `GET /config` and `POST /config/reload` (admin listener only).
+    private static func adminEndpoint(
+        _ head: HTTPRequestHead, admin: AdminControl, services: ConnectionServices, allocator: ByteBufferAllocator
+    ) -> LocalResponse? {
         switch (head.method, head.uri) {
+        case (.GET, "/metrics"), (.HEAD, "/metrics"):
+            let metrics = services.observability.metrics
+            let now = NIODeadline.now()
+            // Gauges read from the running config's upstreams at scrape time.
+            for cluster in services.runtime.clusters.values {
+                metrics.upstreamRetries.set([cluster.name], Double(cluster.retries.load(ordering: .relaxed)))
+                for endpoint in cluster.endpoints {
+                    metrics.upstreamEndpointUp.set([cluster.name, endpoint.key], endpoint.isUp(now: now) ? 1 : 0)
+                }
+            }
+            var response = LocalResponse.json(.ok, metrics.render(), allocator: allocator)
+            response.headers.replaceOrAdd(name: "content-type", value: "text/plain; version=0.0.4")
+            return response
         case (.GET, "/config"):
             return .json(.ok, admin.runningConfigJSON(), allocator: allocator)
         case (.POST, "/config/reload"):
