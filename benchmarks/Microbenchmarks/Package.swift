@@ -6,7 +6,7 @@ import PackageDescription
 
 // SwiftPM names a path dependency after its directory (the checkout may be `wt-micro`, `main`, …),
 // not after its manifest's `name:`, so the product references use that directory name.
-let gatewayPackage = Context.packageDirectory.split(separator: "/").dropLast(2).last.map(String.init) ?? "barberpro-gateway"
+let gatewayPackage = Context.packageDirectory.split(separator: "/").dropLast(2).last.map { $0.lowercased() } ?? "barberpro-gateway"
 
 let package = Package(
     name: "GatewayMicrobenchmarks",
