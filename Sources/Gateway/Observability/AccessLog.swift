@@ -24,16 +24,31 @@ struct AccessLogRecord {
     var subjectHash: String?
     var upstreamEndpoint: String?
 
-    /// One JSON object, no trailing newline.
+    /// One JSON object, no trailing newline. Written by the log thread, not the event loops.
     func json() -> String {
-        var out = "{\"time\":\"" + AccessLogRecord.timestamp(self.time) + "\""
-        func field(_ name: String, _ value: String?) {
+        var out = "{\"time\":\""
+        out.reserveCapacity(384)
+        AccessLogRecord.appendTimestamp(self.time, to: &out)
+        out += "\""
+        func field(_ name: StaticString, _ value: String?) {
             guard let value else { return }
-            out += ",\"\(name)\":\"" + JSON.escaped(value) + "\""
+            out += ",\""
+            out += name.description
+            out += "\":\""
+            AccessLogRecord.appendEscaped(value, to: &out)
+            out += "\""
         }
-        func number(_ name: String, _ value: Double?) {
+        func number(_ name: StaticString, _ value: Double?) {
             guard let value else { return }
-            out += ",\"\(name)\":" + String(format: "%.6f", value)
+            out += ",\""
+            out += name.description
+            out += "\":"
+            // Seconds with microsecond resolution, without Foundation's formatter.
+            let micros = Int((value * 1_000_000).rounded())
+            out += String(micros / 1_000_000)
+            out += "."
+            let fraction = String(micros % 1_000_000)
+            out += String(repeating: "0", count: 6 - fraction.utf8.count) + fraction
         }
         field("request_id", self.requestID)
         field("client_ip", self.clientIP)
@@ -52,15 +67,38 @@ struct AccessLogRecord {
     }
 
     static func timestamp(_ date: Date) -> String {
+        var out = ""
+        appendTimestamp(date, to: &out)
+        return out
+    }
+
+    /// RFC 3339 UTC with milliseconds, e.g. `2026-11-26T02:45:32.135Z`.
+    static func appendTimestamp(_ date: Date, to out: inout String) {
         let seconds = date.timeIntervalSince1970
         var t = time_t(seconds)
         var parts = tm()
         gmtime_r(&t, &parts)
-        let millis = Int((seconds - Double(t)) * 1000)
-        return String(
-            format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1,
-            Int(parts.tm_mday), Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec), millis
-        )
+        func digits(_ value: Int, _ width: Int) {
+            let text = String(value)
+            if text.utf8.count < width { out += String(repeating: "0", count: width - text.utf8.count) }
+            out += text
+        }
+        digits(Int(parts.tm_year) + 1900, 4); out += "-"
+        digits(Int(parts.tm_mon) + 1, 2); out += "-"
+        digits(Int(parts.tm_mday), 2); out += "T"
+        digits(Int(parts.tm_hour), 2); out += ":"
+        digits(Int(parts.tm_min), 2); out += ":"
+        digits(Int(parts.tm_sec), 2); out += "."
+        digits(min(999, Int((seconds - Double(t)) * 1000)), 3); out += "Z"
+    }
+
+    /// JSON string escaping; values that need none (the usual case) are appended as they are.
+    static func appendEscaped(_ value: String, to out: inout String) {
+        if value.utf8.allSatisfy({ $0 >= 0x20 && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }) {
+            out += value
+        } else {
+            out += JSON.escaped(value)
+        }
     }
 }
 
@@ -69,7 +107,7 @@ struct AccessLogRecord {
 /// lines are dropped and counted instead of blocking traffic.
 final class AccessLogWriter: Sendable {
     private struct Buffer {
-        var lines: [String] = []
+        var lines: [AccessLogRecord] = []
         var dropped = 0
         var running = true
     }
@@ -87,20 +125,20 @@ final class AccessLogWriter: Sendable {
         thread.start()
     }
 
+    /// Queues a record; formatting happens on the log thread, so an event loop only appends.
     func log(_ record: AccessLogRecord) {
-        let line = record.json()
         self.buffer.withLock { buffer in
             if buffer.lines.count >= self.capacity {
                 buffer.dropped += 1
             } else {
-                buffer.lines.append(line)
+                buffer.lines.append(record)
             }
         }
     }
 
     /// Writes what is buffered now (tests, shutdown).
     func flush() {
-        let (lines, dropped) = self.buffer.withLock { buffer -> ([String], Int) in
+        let (records, dropped) = self.buffer.withLock { buffer -> ([AccessLogRecord], Int) in
             defer {
                 buffer.lines.removeAll(keepingCapacity: true)
                 buffer.dropped = 0
@@ -108,9 +146,13 @@ final class AccessLogWriter: Sendable {
             return (buffer.lines, buffer.dropped)
         }
         if dropped > 0 { self.onDrop(dropped) }
-        guard !lines.isEmpty else { return }
-        var text = lines.joined(separator: "\n")
-        text += "\n"
+        guard !records.isEmpty else { return }
+        var text = ""
+        text.reserveCapacity(records.count * 320)
+        for record in records {
+            text += record.json()
+            text += "\n"
+        }
         text.withUTF8 { bytes in
             var offset = 0
             while offset < bytes.count {

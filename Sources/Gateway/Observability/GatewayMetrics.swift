@@ -84,7 +84,15 @@ final class HistogramFamily: Sendable {
 /// Every series of SPEC "Admin listener" `/metrics`. Labels are bounded: route names (not raw
 /// paths), a fixed method set, status codes, policy names, reasons — never user ids or IPs.
 final class GatewayMetrics: Sendable {
-    let requests = LabeledCounter(labelNames: ["route", "method", "status", "protocol"])
+    /// `gateway_requests_total`, keyed by a struct so counting a request allocates nothing.
+    private let requestCounts = Mutex<[RequestKey: Int]>([:])
+
+    struct RequestKey: Hashable {
+        var route: String
+        var method: String
+        var status: Int
+        var protocolName: String
+    }
     let requestDurations = HistogramFamily()
     let upstreamDurations = HistogramFamily()
     let rateLimitDecisions = LabeledCounter(labelNames: ["policy", "decision"])
@@ -105,7 +113,7 @@ final class GatewayMetrics: Sendable {
         route: String, method: String, status: Int, protocolName: String, seconds: Double, upstreamSeconds: Double?
     ) {
         let methodLabel = Self.knownMethods.contains(method) ? method : "OTHER"
-        self.requests.increment([route, methodLabel, String(status), protocolName])
+        self.requestCounts.withLock { $0[RequestKey(route: route, method: methodLabel, status: status, protocolName: protocolName), default: 0] += 1 }
         self.requestDurations.histogram(route).observe(seconds: seconds)
         if let upstreamSeconds { self.upstreamDurations.histogram(route).observe(seconds: upstreamSeconds) }
     }
@@ -134,7 +142,16 @@ final class GatewayMetrics: Sendable {
                 out += "\(name)_count" + Self.labelText(["route"], [route]) + " \(count)\n"
             }
         }
-        counter("gateway_requests_total", "Requests answered, by route, method, status and protocol.", self.requests)
+        out += "# HELP gateway_requests_total Requests answered, by route, method, status and protocol.\n"
+        out += "# TYPE gateway_requests_total counter\n"
+        let requestRows = self.requestCounts.withLock { Array($0) }.sorted {
+            ($0.key.route, $0.key.method, $0.key.status, $0.key.protocolName) < ($1.key.route, $1.key.method, $1.key.status, $1.key.protocolName)
+        }
+        for (key, count) in requestRows {
+            out += "gateway_requests_total" + Self.labelText(
+                ["route", "method", "status", "protocol"], [key.route, key.method, String(key.status), key.protocolName]
+            ) + " \(count)\n"
+        }
         histograms("gateway_request_duration_seconds", "Time from request head to last response byte.", self.requestDurations)
         histograms("gateway_upstream_duration_seconds", "Time from upstream request start to response head.", self.upstreamDurations)
         counter("gateway_ratelimit_decisions_total", "Rate-limit decisions by policy.", self.rateLimitDecisions)
