@@ -164,9 +164,19 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         context.fireChannelWritabilityChanged()
     }
 
+    /// Reads continue while a response is pending (a keep-alive client's next request is usually
+    /// not there yet, and holding reads would cost two epoll_ctl calls per request); they stop
+    /// once a few pipelined parts are queued, which bounds what a pipelining client can make us
+    /// hold.
+    private static let maxQueuedParts = 4
+
+    private var readsHeld: Bool {
+        if self.bodyPaused || self.closed { return true }
+        return (self.current?.requestEnded ?? false) && self.queued.count >= Self.maxQueuedParts
+    }
+
     func read(context: ChannelHandlerContext) {
-        let waitingForResponse = self.current?.requestEnded ?? false
-        if self.bodyPaused || waitingForResponse || self.closed {
+        if self.readsHeld {
             self.readPending = true
         } else {
             context.read()
@@ -174,8 +184,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     }
 
     private func readIfPending() {
-        guard self.readPending, let context else { return }
-        if self.bodyPaused || (self.current?.requestEnded ?? false) || self.closed { return }
+        guard self.readPending, let context, !self.readsHeld else { return }
         self.readPending = false
         context.read()
     }
