@@ -40,8 +40,8 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     /// request costs no timer of its own: streams only store their deadline.
     private var checkTask: Scheduled<Void>?
     private var checkAt: NIODeadline?
-    /// Streams answered in full before their request ended, to reset with NO_ERROR once the end of
-    /// the response is out (RFC 9113 §8.1), so a client cannot keep them half-open for free.
+    /// Streams whose stalled body was answered with 408: reset with NO_ERROR once that response is
+    /// out (RFC 9113 §8.1), as the rest of the body is no longer wanted.
     private var pendingResets: [Int32] = []
     /// Streams whose response buffer fell below the low watermark during `mem_send`.
     private var drainedStreams: [HTTP2Stream] = []
@@ -268,9 +268,16 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
                 _ = nghttp2_submit_response(session, streamID, nva.baseAddress, nva.count, nil)
             }
         }
-        if !hasBody, let stream = self.streams[streamID], !stream.requestEndReceived {
+        if !hasBody, let stream = self.streams[streamID], stream.resetsWhenAnswered {
             self.pendingResets.append(streamID)
         }
+    }
+
+    /// Ends a stream whose response is complete while its request is not (RFC 9113 §8.1).
+    func resetWithoutError(_ streamID: Int32) {
+        guard let session = self.session else { return }
+        nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, NGHTTP2_NO_ERROR.rawValue)
+        self.sendPending()
     }
 
     func resumeData(streamID: Int32) {
@@ -428,7 +435,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
         case .bytes(let count, let end):
             if end {
                 flags.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue)
-                if !stream.requestEndReceived { self.pendingResets.append(id) }
+                if stream.resetsWhenAnswered { self.pendingResets.append(id) }
             }
             return count
         case .deferred:

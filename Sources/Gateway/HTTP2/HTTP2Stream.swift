@@ -29,6 +29,8 @@ final class HTTP2Stream: DownstreamResponder {
     private(set) var requestEndReceived = false
     /// When more request body must have arrived; nil once the request is complete.
     private var bodyDueBy: NIODeadline?
+    /// The body stalled and was answered 408: the stream is reset once that response is out.
+    private(set) var resetsWhenAnswered = false
     /// `timeouts.idle` of the snapshot the stream started with (read once, not per DATA frame).
     private let idleTimeout: TimeAmount
     private var bodyBytes = 0
@@ -197,7 +199,8 @@ final class HTTP2Stream: DownstreamResponder {
 
     /// The client sent no request body for `timeouts.idle` while it could have (slowloris on the
     /// body): the upstream connection goes back, and the client gets a 408, or a reset once a
-    /// response has started.
+    /// response has started. A stream answered in full before its body ended (a 404, a 413, an
+    /// upstream that answered early) is kept only while that body keeps arriving.
     func bodyStalled() {
         self.bodyDueBy = nil
         guard !self.isClosed, !self.requestEndReceived else { return }
@@ -206,9 +209,12 @@ final class HTTP2Stream: DownstreamResponder {
             self.exchange = nil
             exchange.cancel()
         }
-        if self.responseSubmitted {
+        if self.responseComplete && self.responseQueue.isEmpty {
+            self.connection.resetWithoutError(self.id)
+        } else if self.responseSubmitted {
             self.connection.resetStream(self.id, internalError: false)
         } else {
+            self.resetsWhenAnswered = true
             let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
             self.respondLocally(Self.bodyTimeout.response(requestID: self.requestID, allocator: allocator))
         }
