@@ -180,37 +180,38 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
         guard let session = self.session, let context = self.context, !self.insideSession else { return }
         self.applyPendingConsume()
         var wrote = false
-        repeat {
-            // A response's last DATA frame was serialized before these are submitted, so each
-            // reset follows its response on the wire.
-            let resets = self.pendingResets
-            self.pendingResets.removeAll()
-            for id in resets where self.streams[id] != nil {
-                nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, NGHTTP2_NO_ERROR.rawValue)
+        while context.channel.isWritable {
+            var pointer: UnsafePointer<UInt8>?
+            // Data callbacks run inside mem_send: anything they trigger waits until it returns.
+            self.insideSession = true
+            let count = nghttp2_session_mem_send(session, &pointer)
+            self.insideSession = false
+            if count < 0 {
+                self.close()
+                return
             }
-            while context.channel.isWritable {
-                var pointer: UnsafePointer<UInt8>?
-                // Data callbacks run inside mem_send: anything they trigger waits until it returns.
-                self.insideSession = true
-                let count = nghttp2_session_mem_send(session, &pointer)
-                self.insideSession = false
-                if count < 0 {
-                    self.close()
-                    return
-                }
-                guard count > 0, let pointer else { break }
-                // nghttp2 reuses that memory on its next call: copy it out now.
-                var buffer = context.channel.allocator.buffer(capacity: count)
-                buffer.writeBytes(UnsafeRawBufferPointer(start: pointer, count: count))
-                context.write(Self.wrapOutboundOut(buffer), promise: nil)
-                wrote = true
-            }
-        } while !self.pendingResets.isEmpty && context.channel.isWritable
+            guard count > 0, let pointer else { break }
+            // nghttp2 reuses that memory on its next call: copy it out now.
+            var buffer = context.channel.allocator.buffer(capacity: count)
+            buffer.writeBytes(UnsafeRawBufferPointer(start: pointer, count: count))
+            context.write(Self.wrapOutboundOut(buffer), promise: nil)
+            wrote = true
+        }
         if wrote { context.flush() }
         if !self.drainedStreams.isEmpty {
             let drained = self.drainedStreams
             self.drainedStreams.removeAll()
             for stream in drained { stream.responseBufferDrained() }
+        }
+        if !self.pendingResets.isEmpty {
+            // Each response's last DATA frame is serialized already: its reset follows it.
+            let resets = self.pendingResets
+            self.pendingResets.removeAll()
+            for id in resets where self.streams[id] != nil {
+                nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, NGHTTP2_NO_ERROR.rawValue)
+            }
+            self.sendPending()
+            return
         }
         if nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0 {
             self.close()
