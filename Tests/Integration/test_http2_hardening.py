@@ -153,6 +153,7 @@ def test_stalled_upload_gets_408_and_releases_its_upstream_connection(stall_gate
 
     assert client.pump(lambda: client.outcome(sid) is not None, timeout=IDLE + MARGIN), "stalled stream never ended"
     elapsed = time.time() - started
+    print(f"stalled upload answered after {elapsed:.2f}s (timeouts.idle {IDLE}s)")
     assert client.outcome(sid) == 408
     assert elapsed >= IDLE * 0.9, f"answered after {elapsed:.2f}s, before timeouts.idle"
     assert client.pump(lambda: client.ended(sid), timeout=3)
@@ -227,6 +228,7 @@ def test_a_dozen_stalled_uploads_do_not_starve_other_clients(certs, tmp_path, up
         waited = time.time() - started
         # Without the stall timeout the four connections stay held and the request waits for
         # `connect_timeout` (10 s), then gets 503 upstream_busy.
+        print(f"other client served after {waited:.2f}s behind 12 stalled uploads")
         assert status == 200
         assert waited < IDLE + MARGIN, f"waited {waited:.2f}s behind stalled uploads"
         for c, sid in stalled:
