@@ -23,19 +23,36 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     private var pendingStarts: [HTTP2Stream] = []
     /// Request body bytes to acknowledge with WINDOW_UPDATE after `mem_recv` returns.
     private var pendingConsume: [(Int32, Int)] = []
-    private var emptyFrames = 0
+    private var emptyData: EmptyDataFrameGuard
+    /// The client broke a flood limit: the GOAWAY says ENHANCE_YOUR_CALM.
+    private var flooded = false
     private var goingAway = false
     private var closed = false
-    private var idleTimer: Scheduled<Void>?
     private var insideSession = false
+    /// Reads the time for the idle and stall deadlines (a test clock in tests).
+    let clock: () -> NIODeadline
+    /// With no stream open, the connection goes away at this deadline.
+    private var idleDeadline: NIODeadline?
+    /// Set when every stream stalled: the connection is closed by then even if its last
+    /// responses could not be delivered.
+    private var closeDeadline: NIODeadline?
+    /// One timer per connection checks every deadline (idle, each stream's body stall), so a
+    /// request costs no timer of its own: streams only store their deadline.
+    private var checkTask: Scheduled<Void>?
+    private var checkAt: NIODeadline?
+    /// Streams whose stalled body was answered with 408: reset with NO_ERROR once that response is
+    /// out (RFC 9113 §8.1), as the rest of the body is no longer wanted.
+    private var pendingResets: [Int32] = []
     /// Streams whose response buffer fell below the low watermark during `mem_send`.
     private var drainedStreams: [HTTP2Stream] = []
 
     func noteDrained(_ stream: HTTP2Stream) { self.drainedStreams.append(stream) }
 
-    init(services: ConnectionServices, settings: HTTP2Settings) {
+    init(services: ConnectionServices, settings: HTTP2Settings, clock: @escaping () -> NIODeadline = { .now() }) {
         self.services = services
         self.settings = settings
+        self.clock = clock
+        self.emptyData = EmptyDataFrameGuard(limit: settings.maxEmptyFrames)
     }
 
     // MARK: - Channel events
@@ -49,7 +66,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
             return
         }
         self.sendPending()
-        self.armIdleTimer()
+        self.becameIdle()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -74,7 +91,9 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
         self.insideSession = false
         if result < 0 {
             // Bad preface, flood, or a connection error nghttp2 could not express as GOAWAY itself.
-            nghttp2_session_terminate_session(session, NGHTTP2_PROTOCOL_ERROR.rawValue)
+            let flood = self.flooded || result == Int(NGHTTP2_ERR_FLOODED.rawValue)
+            let code = flood ? NGHTTP2_ENHANCE_YOUR_CALM.rawValue : NGHTTP2_PROTOCOL_ERROR.rawValue
+            nghttp2_session_terminate_session(session, code)
             self.sendPending()
             self.close()
             return
@@ -184,6 +203,16 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
             self.drainedStreams.removeAll()
             for stream in drained { stream.responseBufferDrained() }
         }
+        if !self.pendingResets.isEmpty {
+            // Each response's last DATA frame is serialized already: its reset follows it.
+            let resets = self.pendingResets
+            self.pendingResets.removeAll()
+            for id in resets where self.streams[id] != nil {
+                nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, NGHTTP2_NO_ERROR.rawValue)
+            }
+            self.sendPending()
+            return
+        }
         if nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0 {
             self.close()
         }
@@ -228,10 +257,8 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
         strings.reserveCapacity(headers.count + 1)
         strings.append((ContiguousArray(":status".utf8), ContiguousArray(String(status).utf8)))
         for (name, value) in headers {
-            let lower = name.lowercased()
-            // Connection-specific fields must not appear in HTTP/2 (RFC 9113 §8.2.2).
-            if HeaderRewriter.hopByHop.contains(lower) { continue }
-            strings.append((ContiguousArray(lower.utf8), ContiguousArray(value.utf8)))
+            guard let field = HeaderRewriter.http2ResponseField(name: name, value: value) else { continue }
+            strings.append((ContiguousArray(field.name.utf8), ContiguousArray(field.value.utf8)))
         }
         withNameValuePairs(strings) { nva in
             if hasBody {
@@ -242,6 +269,16 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
                 _ = nghttp2_submit_response(session, streamID, nva.baseAddress, nva.count, nil)
             }
         }
+        if !hasBody, let stream = self.streams[streamID], stream.resetsWhenAnswered {
+            self.pendingResets.append(streamID)
+        }
+    }
+
+    /// Ends a stream whose response is complete while its request is not (RFC 9113 §8.1).
+    func resetWithoutError(_ streamID: Int32) {
+        guard let session = self.session else { return }
+        nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, NGHTTP2_NO_ERROR.rawValue)
+        self.sendPending()
     }
 
     func resumeData(streamID: Int32) {
@@ -258,11 +295,81 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
 
     var channelIsWritable: Bool { self.context?.channel.isWritable ?? false }
 
+    /// Whether the client may send more of this stream's body without a WINDOW_UPDATE from us.
+    func clientMaySend(streamID: Int32) -> Bool {
+        guard let session = self.session else { return false }
+        return nghttp2_session_get_stream_local_window_size(session, streamID) > 0
+            && nghttp2_session_get_local_window_size(session) > 0
+    }
+
+    // MARK: - Deadlines
+
+    /// A stream expects more request body by `deadline`.
+    func bodyDeadlineSet(_ deadline: NIODeadline) {
+        self.scheduleCheck(by: deadline)
+    }
+
+    private func becameIdle() {
+        let deadline = self.clock() + self.services.runtime.traffic.idleTimeout
+        self.idleDeadline = deadline
+        self.scheduleCheck(by: deadline)
+    }
+
+    /// Makes sure the check runs no later than `deadline`. Deadlines only move later while a
+    /// check is pending, so this rarely reschedules: the check itself re-arms for the next one.
+    private func scheduleCheck(by deadline: NIODeadline) {
+        if let at = self.checkAt, at <= deadline { return }
+        guard let context, !self.closed else { return }
+        self.checkTask?.cancel()
+        self.checkAt = deadline
+        self.checkTask = context.eventLoop.assumeIsolated().scheduleTask(in: deadline - self.clock()) { [weak self] in
+            self?.runChecks()
+        }
+    }
+
+    /// Goes away when idle, answers streams whose body stalled, and, when every open stream
+    /// stalled, sends the client away too: such a connection is being held, not used.
+    private func runChecks() {
+        self.checkAt = nil
+        self.checkTask = nil
+        guard !self.closed, self.session != nil else { return }
+        let now = self.clock()
+        if let closeBy = self.closeDeadline, closeBy <= now {
+            self.close()
+            return
+        }
+        var next = self.closeDeadline
+        if self.streams.isEmpty, let idle = self.idleDeadline {
+            if idle <= now {
+                self.goAway()
+                return
+            }
+            next = min(next ?? idle, idle)
+        }
+        var stalled: [HTTP2Stream] = []
+        let open = self.streams.count
+        for stream in self.streams.values {
+            guard let deadline = stream.bodyDeadline(now: now) else { continue }
+            if deadline <= now {
+                stalled.append(stream)
+            } else {
+                next = min(next ?? deadline, deadline)
+            }
+        }
+        for stream in stalled { stream.bodyStalled() }
+        if !stalled.isEmpty && stalled.count == open && !self.goingAway {
+            let closeBy = now + self.services.runtime.traffic.idleTimeout
+            self.closeDeadline = closeBy
+            next = min(next ?? closeBy, closeBy)
+            self.goAway()
+        }
+        if let next, !self.closed { self.scheduleCheck(by: next) }
+    }
+
     // MARK: - Callbacks from nghttp2 (via the C thunks below)
 
     fileprivate func beginStream(_ id: Int32) {
-        self.idleTimer?.cancel()
-        self.idleTimer = nil
+        self.idleDeadline = nil
         self.streams[id] = HTTP2Stream(id: id, connection: self)
     }
 
@@ -300,19 +407,25 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
                 // yet: close on the next loop tick, after it.
                 self.context?.eventLoop.assumeIsolated().execute { [weak self] in self?.finalGoAwayAndClose() }
             } else {
-                self.armIdleTimer()
+                self.becameIdle()
             }
         }
     }
 
-    /// Counts frames that carry nothing (empty DATA without END_STREAM): a flood of them is
-    /// cheap for the client and costly for us. Returns false to tear the session down.
+    /// Returns false to tear the session down with ENHANCE_YOUR_CALM (empty DATA flood).
     fileprivate func frameBegins(type: UInt8, length: Int, flags: UInt8) -> Bool {
-        if type == UInt8(NGHTTP2_DATA.rawValue) && length == 0 && flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) == 0 {
-            self.emptyFrames += 1
-            return self.emptyFrames <= self.settings.maxEmptyFrames
+        let kind: EmptyDataFrameGuard.FrameKind
+        switch UInt32(type) {
+        case NGHTTP2_DATA.rawValue:
+            kind = .data(length: length, endStream: flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0)
+        case NGHTTP2_HEADERS.rawValue:
+            kind = .headers
+        default:
+            kind = .other
         }
-        return true
+        if self.emptyData.record(kind) { return true }
+        self.flooded = true
+        return false
     }
 
     fileprivate func readResponse(
@@ -321,7 +434,10 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
         guard let stream = self.streams[id] else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
         switch stream.readResponse(into: UnsafeMutableRawBufferPointer(start: buffer, count: length)) {
         case .bytes(let count, let end):
-            if end { flags.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue) }
+            if end {
+                flags.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue)
+                if stream.resetsWhenAnswered { self.pendingResets.append(id) }
+            }
             return count
         case .deferred:
             return Int(NGHTTP2_ERR_DEFERRED.rawValue)
@@ -352,15 +468,6 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
         self.close()
     }
 
-    private func armIdleTimer() {
-        self.idleTimer?.cancel()
-        guard let context else { return }
-        self.idleTimer = context.eventLoop.assumeIsolated().scheduleTask(in: self.services.runtime.traffic.idleTimeout) {
-            [weak self] in
-            self?.goAway()
-        }
-    }
-
     func close() {
         guard !self.closed, let context else { return }
         self.closed = true
@@ -371,8 +478,9 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     }
 
     private func teardown() {
-        self.idleTimer?.cancel()
-        self.idleTimer = nil
+        self.checkTask?.cancel()
+        self.checkTask = nil
+        self.checkAt = nil
         self.pendingStarts.removeAll()
         let streams = self.streams
         self.streams.removeAll()

@@ -19,8 +19,8 @@ struct HTTP2Settings: Sendable {
     var maxOutboundAck = 1000
     /// SETTINGS entries accepted in one frame.
     var maxSettingsEntries = 32
-    /// Zero-length DATA frames without END_STREAM tolerated per connection (they cost work, carry
-    /// nothing).
+    /// Zero-length DATA frames without END_STREAM tolerated in a row (they cost work, carry
+    /// nothing); see `EmptyDataFrameGuard`.
     var maxEmptyFrames = 100
     /// Response bytes buffered per stream before upstream reads pause (slow reader backpressure).
     var streamBufferHighWater = 256 * 1024

@@ -26,7 +26,13 @@ final class HTTP2Stream: DownstreamResponder {
     private(set) var headComplete = false
     private var requestID = ""
     private var hasBody = false
-    private var requestEndReceived = false
+    private(set) var requestEndReceived = false
+    /// When more request body must have arrived; nil once the request is complete.
+    private var bodyDueBy: NIODeadline?
+    /// The body stalled and was answered 408: the stream is reset once that response is out.
+    private(set) var resetsWhenAnswered = false
+    /// `timeouts.idle` of the snapshot the stream started with (read once, not per DATA frame).
+    private let idleTimeout: TimeAmount
     private var bodyBytes = 0
     private var exchange: ProxyExchange?
     private var bodyPaused = false
@@ -47,6 +53,7 @@ final class HTTP2Stream: DownstreamResponder {
     init(id: Int32, connection: HTTP2ServerHandler) {
         self.id = id
         self.connection = connection
+        self.idleTimeout = connection.services.runtime.traffic.idleTimeout
     }
 
     // MARK: - Request
@@ -88,6 +95,7 @@ final class HTTP2Stream: DownstreamResponder {
         self.headComplete = true
         self.record = RequestRecord(method: self.method ?? "-", target: self.path ?? "-", protocolName: "HTTP/2")
         self.requestEndReceived = endStream
+        if !endStream { self.expectBody() }
         let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
         if self.headersTooLarge || self.invalidHeader || self.method == nil || self.path == nil {
             self.requestID = RequestIdentity.requestID(clientSupplied: self.headers.first(name: "x-request-id"))
@@ -130,6 +138,7 @@ final class HTTP2Stream: DownstreamResponder {
 
     func bodyReceived(_ body: ByteBuffer) {
         let count = body.readableBytes
+        if !self.requestEndReceived { self.expectBody() }
         self.bodyBytes += count
         self.record.bytesIn += count
         guard let exchange = self.exchange else {
@@ -159,12 +168,62 @@ final class HTTP2Stream: DownstreamResponder {
     func requestEnded() {
         guard !self.requestEndReceived else { return }
         self.requestEndReceived = true
+        self.bodyDueBy = nil
         self.exchange?.requestEndReceived()
+    }
+
+    // MARK: - Body stall
+
+    private static let bodyTimeout = GatewayError(
+        status: .requestTimeout, code: "request_timeout", message: "timed out waiting for the request body",
+        closesConnection: true
+    )
+
+    private func expectBody() {
+        let deadline = self.connection.clock() + self.idleTimeout
+        self.bodyDueBy = deadline
+        self.connection.bodyDeadlineSet(deadline)
+    }
+
+    /// When the body is next due, as the connection's check sees it at `now`. A client whose
+    /// flow-control window the gateway keeps closed (the upstream is not taking the body) is
+    /// waiting on us, not stalling: its clock starts over.
+    func bodyDeadline(now: NIODeadline) -> NIODeadline? {
+        guard let due = self.bodyDueBy, !self.isClosed else { return nil }
+        if due <= now && !self.connection.clientMaySend(streamID: self.id) {
+            self.expectBody()
+            return self.bodyDueBy
+        }
+        return due
+    }
+
+    /// The client sent no request body for `timeouts.idle` while it could have (slowloris on the
+    /// body): the upstream connection goes back, and the client gets a 408, or a reset once a
+    /// response has started. A stream answered in full before its body ended (a 404, a 413, an
+    /// upstream that answered early) is kept only while that body keeps arriving.
+    func bodyStalled() {
+        self.bodyDueBy = nil
+        guard !self.isClosed, !self.requestEndReceived else { return }
+        if let exchange = self.exchange {
+            self.record.note(exchange)
+            self.exchange = nil
+            exchange.cancel()
+        }
+        if self.responseComplete && self.responseQueue.isEmpty {
+            self.connection.resetWithoutError(self.id)
+        } else if self.responseSubmitted {
+            self.connection.resetStream(self.id, internalError: false)
+        } else {
+            self.resetsWhenAnswered = true
+            let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
+            self.respondLocally(Self.bodyTimeout.response(requestID: self.requestID, allocator: allocator))
+        }
     }
 
     /// The stream is gone (completed, reset by the client, or the connection closed).
     func closed() {
         self.isClosed = true
+        self.bodyDueBy = nil
         if let exchange = self.exchange {
             self.record.note(exchange)
             self.exchange = nil
@@ -302,6 +361,7 @@ final class HTTP2Stream: DownstreamResponder {
 
     func resumeRequestBody() {
         self.bodyPaused = false
+        if !self.requestEndReceived && !self.isClosed { self.expectBody() }
         let count = self.unconsumed
         self.unconsumed = 0
         self.connection.consume(streamID: self.id, count: count)

@@ -95,6 +95,51 @@ enum HeaderRewriter {
         return HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: headers)
     }
 
+    /// A field value without its leading and trailing SP/HTAB, which are not part of it (RFC 9110
+    /// §5.5) and which HTTP/2 clients refuse (RFC 9113 §8.2.1). Allocates only when there is any.
+    static func trimmedFieldValue(_ value: String) -> String {
+        let bytes = value.utf8
+        guard let first = bytes.first, let last = bytes.last,
+            first == UInt8(ascii: " ") || first == UInt8(ascii: "\t") || last == UInt8(ascii: " ") || last == UInt8(ascii: "\t")
+        else { return value }
+        return String(Substring(value).trimmingSpaces)
+    }
+
+    /// Fields that mean something only to an HTTP/1.1 connection (RFC 9113 §8.2.2); an HTTP/2
+    /// client treats a response carrying one as malformed.
+    static let connectionSpecific: Set<String> = hopByHop.union(["proxy-connection"])
+
+    /// One response field as it may go out in an HTTP/2 HEADERS frame, or nil if it must be dropped:
+    /// names are lowercased and must be tokens (so no pseudo-header can be smuggled in); values are
+    /// trimmed and must not contain control bytes other than HTAB, nor DEL (RFC 9113 §8.2.1). An
+    /// upstream that breaks these rules would otherwise turn every response into a stream error
+    /// in nghttp2-based clients.
+    static func http2ResponseField(name: String, value: String) -> (name: String, value: String)? {
+        guard !name.isEmpty, name.utf8.allSatisfy(isTokenByte) else { return nil }
+        let lower = name.lowercased()
+        if connectionSpecific.contains(lower) { return nil }
+        let trimmed = trimmedFieldValue(value)
+        guard trimmed.utf8.allSatisfy(isFieldValueByte) else { return nil }
+        return (lower, trimmed)
+    }
+
+    /// RFC 9110 §5.6.2 `tchar`.
+    private static func isTokenByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            true
+        default:
+            Self.tokenSymbols.contains(byte)
+        }
+    }
+
+    private static let tokenSymbols: Set<UInt8> = Set("!#$%&'*+-.^_`|~".utf8)
+
+    /// `field-vchar`, SP and HTAB (obs-text included, as nghttp2 accepts it).
+    private static func isFieldValueByte(_ byte: UInt8) -> Bool {
+        byte == UInt8(ascii: "\t") || (byte >= 0x20 && byte != 0x7F)
+    }
+
     /// How the response body travels to the client.
     enum ResponseFraming: Equatable {
         /// No body (HEAD, 1xx, 204, 304) or a `Content-Length` passed through.
@@ -120,9 +165,10 @@ enum HeaderRewriter {
         var hasLength = false
         var hasHSTS = false
         var vary: [String] = []
-        for (name, value) in head.headers {
+        for (name, rawValue) in head.headers {
             let lower = name.lowercased()
             if hopByHop.contains(lower) || lower == "x-request-id" { continue }
+            let value = trimmedFieldValue(rawValue)
             if let named, named.contains(lower) { continue }
             if additions.corsEnabled {
                 // The gateway answers CORS for this route: the upstream's fields would duplicate

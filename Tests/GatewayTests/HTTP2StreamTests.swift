@@ -1,0 +1,322 @@
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import Testing
+
+@testable import Gateway
+
+/// `HTTP2ServerHandler` and its `HTTP2Stream`s on an `EmbeddedChannel`: raw frames in, raw frames
+/// out, the event loop's clock driven by hand. A proxied stream gets a pooled upstream connection
+/// that is itself an `EmbeddedChannel`, so what the exchange does upstream can be read back.
+@Suite("HTTP/2 stream stalls and floods")
+struct HTTP2StreamTests {
+    static let idle = TimeAmount.seconds(10)
+
+    /// One client connection and, optionally, one idle upstream connection in the pool.
+    final class Harness {
+        let loop = EmbeddedEventLoop()
+        let channel: EmbeddedChannel
+        let services: ConnectionServices
+        let runtime: GatewayRuntime
+        private var received = ByteBuffer()
+        var upstream: EmbeddedChannel?
+
+        init(settings: HTTP2Settings = HTTP2Settings()) throws {
+            let config = try ConfigFixture().parse(minimalYAML + """
+                timeouts: { idle: 10s }
+                upstreams:
+                  booking: { endpoints: [127.0.0.1:3001], connect_timeout: 1h }
+                routes:
+                  - { name: api, match: { path_prefix: /api/ }, upstream: booking }
+                """)
+            self.runtime = try GatewayBuilder.runtime(config, configHash: "test")
+            self.services = ConnectionServices(
+                holder: RuntimeHolder(self.runtime), listener: ListenerInfo(name: "public", role: .proxy, isTLS: false),
+                loop: LoopResources(eventLoop: self.loop), observability: Observability(accessLog: false)
+            )
+            self.channel = EmbeddedChannel(loop: self.loop)
+            let loop = self.loop
+            let handler = HTTP2ServerHandler(services: self.services, settings: settings, clock: { loop.now })
+            try self.channel.pipeline.syncOperations.addHandler(handler)
+            try self.channel.connect(to: SocketAddress(ipAddress: "203.0.113.7", port: 40000)).wait()
+            // Preface, empty SETTINGS, and the ACK of the gateway's SETTINGS (its 256 KiB stream
+            // window applies from then on).
+            self.send(
+                Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + Self.frame(type: 4, flags: 0, stream: 0)
+                    + Self.frame(type: 4, flags: 1, stream: 0)
+            )
+        }
+
+        /// Puts an idle keep-alive connection to `booking` in this loop's pool.
+        func poolUpstream() throws {
+            let cluster = self.runtime.clusters["booking"]!
+            let upstream = EmbeddedChannel(loop: self.loop)
+            let handler = UpstreamConnectionHandler()
+            try upstream.pipeline.syncOperations.addHandler(handler)
+            try upstream.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 3001)).wait()
+            let connection = UpstreamConnection(channel: upstream, handler: handler, endpoint: cluster.endpoints[0])
+            self.services.loop.pool.release(connection, reusable: true, settings: cluster.settings)
+            self.upstream = upstream
+        }
+
+        static func frame(type: UInt8, flags: UInt8, stream: UInt32, _ payload: [UInt8] = []) -> [UInt8] {
+            var bytes: [UInt8] = []
+            for shift in [16, 8, 0] { bytes.append(UInt8(truncatingIfNeeded: payload.count >> shift)) }
+            bytes.append(type)
+            bytes.append(flags)
+            for shift in [24, 16, 8, 0] { bytes.append(UInt8(truncatingIfNeeded: stream >> UInt32(shift))) }
+            bytes[5] &= 0x7F
+            return bytes + payload
+        }
+
+        /// A header block of literal fields without indexing (RFC 7541 §6.2.2), no Huffman.
+        static func block(_ fields: [(String, String)]) -> [UInt8] {
+            var bytes: [UInt8] = []
+            for (name, value) in fields {
+                bytes.append(0x00)
+                bytes.append(UInt8(name.utf8.count))
+                bytes.append(contentsOf: name.utf8)
+                bytes.append(UInt8(value.utf8.count))
+                bytes.append(contentsOf: value.utf8)
+            }
+            return bytes
+        }
+
+        func send(_ bytes: [UInt8]) {
+            try? self.channel.writeInbound(ByteBuffer(bytes: bytes))
+        }
+
+        func headers(stream: UInt32, method: String = "POST", path: String, endStream: Bool, extra: [(String, String)] = []) {
+            let fields = [(":method", method), (":scheme", "http"), (":authority", "localhost"), (":path", path)] + extra
+            self.send(Self.frame(type: 1, flags: endStream ? 0x05 : 0x04, stream: stream, Self.block(fields)))
+        }
+
+        func data(stream: UInt32, count: Int, endStream: Bool = false) {
+            self.send(Self.frame(type: 0, flags: endStream ? 0x01 : 0, stream: stream, Array(repeating: 0x75, count: count)))
+        }
+
+        struct Frame {
+            var type: UInt8
+            var flags: UInt8
+            var stream: UInt32
+            var payload: [UInt8]
+            /// RST_STREAM and GOAWAY error code.
+            var errorCode: UInt32? {
+                switch self.type {
+                case 3 where self.payload.count == 4: UInt32(self.payload[0]) << 24 | UInt32(self.payload[1]) << 16 | UInt32(self.payload[2]) << 8 | UInt32(self.payload[3])
+                case 7 where self.payload.count >= 8: UInt32(self.payload[4]) << 24 | UInt32(self.payload[5]) << 16 | UInt32(self.payload[6]) << 8 | UInt32(self.payload[7])
+                default: nil
+                }
+            }
+        }
+
+        /// Frames written since the last call.
+        func output() -> [Frame] {
+            while let buffer = try? self.channel.readOutbound(as: ByteBuffer.self) {
+                var buffer = buffer
+                self.received.writeBuffer(&buffer)
+            }
+            var frames: [Frame] = []
+            while self.received.readableBytes >= 9 {
+                let bytes = self.received.getBytes(at: self.received.readerIndex, length: 9)!
+                let length = Int(bytes[0]) << 16 | Int(bytes[1]) << 8 | Int(bytes[2])
+                guard self.received.readableBytes >= 9 + length else { break }
+                self.received.moveReaderIndex(forwardBy: 9)
+                let stream = UInt32(bytes[5] & 0x7F) << 24 | UInt32(bytes[6]) << 16 | UInt32(bytes[7]) << 8 | UInt32(bytes[8])
+                frames.append(Frame(type: bytes[3], flags: bytes[4], stream: stream, payload: self.received.readBytes(length: length)!))
+            }
+            return frames
+        }
+
+        func advance(_ amount: TimeAmount) {
+            self.loop.advanceTime(by: amount)
+        }
+
+        /// Request parts the exchange wrote upstream since the last call.
+        func upstreamParts() -> [HTTPClientRequestPart] {
+            var parts: [HTTPClientRequestPart] = []
+            while let part = try? self.upstream?.readOutbound(as: HTTPClientRequestPart.self) { parts.append(part) }
+            return parts
+        }
+    }
+
+    static func body(_ frames: [Harness.Frame], stream: UInt32) -> String {
+        String(decoding: frames.filter { $0.type == 0 && $0.stream == stream }.flatMap(\.payload), as: UTF8.self)
+    }
+
+    @Test func stalledUploadIsAnswered408AndItsUpstreamConnectionClosed() throws {
+        let h = try Harness()
+        try h.poolUpstream()
+        h.headers(stream: 1, path: "/api/upload", endStream: false, extra: [("content-length", "100000")])
+        h.data(stream: 1, count: 1000)
+        let parts = h.upstreamParts()
+        guard case .head(let head) = parts.first else {
+            Issue.record("nothing went upstream: \(parts)")
+            return
+        }
+        #expect(head.uri == "/api/upload")
+        _ = h.output()
+
+        h.advance(.seconds(6))
+        h.data(stream: 1, count: 1000)  // progress: the stall clock starts over
+        h.advance(.seconds(9))
+        #expect(h.output().filter { $0.stream == 1 && ($0.type == 1 || $0.type == 3) }.isEmpty, "answered before timeouts.idle")
+        #expect(h.upstream?.isActive == true)
+
+        h.advance(.seconds(2))
+        let frames = h.output()
+        #expect(frames.contains { $0.type == 1 && $0.stream == 1 }, "no response HEADERS: \(frames.map(\.type))")
+        #expect(Self.body(frames, stream: 1).contains(#""code":"request_timeout""#))
+        // The body the client never finished is refused without error once the 408 is out.
+        #expect(frames.contains { $0.type == 3 && $0.stream == 1 && $0.errorCode == 0 })
+        // The exchange was cancelled: its upstream connection, holding half a request, is closed.
+        #expect(h.upstream?.isActive == false)
+        // Its only stream stalled: the connection is sent away.
+        #expect(frames.contains { $0.type == 7 })
+    }
+
+    @Test func timeTheGatewayHoldsTheBodyBackDoesNotCount() throws {
+        let h = try Harness()
+        try h.poolUpstream()
+        let upstream = try #require(h.upstream)
+        h.headers(stream: 1, path: "/api/upload", endStream: false, extra: [("content-length", "1000000")])
+        // The upstream stops taking the body: the client's window is not given back, and once the
+        // client used it up it is waiting on the gateway.
+        upstream.isWritable = false
+        upstream.pipeline.fireChannelWritabilityChanged()
+        for _ in 0..<16 { h.data(stream: 1, count: 16384) }
+        _ = h.output()
+        h.advance(.seconds(35))
+        #expect(h.output().filter { $0.stream == 1 && ($0.type == 1 || $0.type == 3) }.isEmpty, "stalled while held back")
+        #expect(upstream.isActive)
+
+        // The upstream takes the body again: the client has timeouts.idle from then on.
+        upstream.isWritable = true
+        upstream.pipeline.fireChannelWritabilityChanged()
+        let update = h.output()
+        #expect(update.contains { $0.type == 8 }, "no WINDOW_UPDATE after resuming")
+        h.advance(.seconds(9))
+        #expect(h.output().filter { $0.stream == 1 && ($0.type == 1 || $0.type == 3) }.isEmpty)
+        h.advance(.seconds(2))
+        #expect(Self.body(h.output(), stream: 1).contains("request_timeout"))
+        #expect(!upstream.isActive)
+    }
+
+    @Test func aBodyThatStopsWhileTheWindowIsOpenStalls() throws {
+        // Paused (the upstream is slow) but the client still has window: its silence is its own.
+        let h = try Harness()
+        try h.poolUpstream()
+        let upstream = try #require(h.upstream)
+        h.headers(stream: 1, path: "/api/upload", endStream: false, extra: [("content-length", "1000000")])
+        upstream.isWritable = false
+        upstream.pipeline.fireChannelWritabilityChanged()
+        h.data(stream: 1, count: 100)
+        h.advance(.seconds(11))
+        #expect(Self.body(h.output(), stream: 1).contains("request_timeout"))
+        #expect(!upstream.isActive)
+    }
+
+    @Test func responseStartedThenBodyStallsResetsTheStream() throws {
+        let h = try Harness()
+        try h.poolUpstream()
+        let upstream = try #require(h.upstream)
+        h.headers(stream: 1, path: "/api/upload", endStream: false, extra: [("content-length", "1000")])
+        h.data(stream: 1, count: 10)
+        // The upstream answers early (before the whole body), then the client goes quiet.
+        let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: ["content-length": "100"])
+        try upstream.writeInbound(HTTPClientResponsePart.head(head))
+        try upstream.writeInbound(HTTPClientResponsePart.body(ByteBuffer(string: "partial")))
+        _ = h.output()
+        h.advance(.seconds(11))
+        let frames = h.output()
+        #expect(frames.contains { $0.type == 3 && $0.stream == 1 && $0.errorCode == 8 }, "no RST_STREAM CANCEL: \(frames.map(\.type))")
+        #expect(!upstream.isActive)
+    }
+
+    @Test func locallyAnsweredStreamWithAnUnfinishedBodyIsResetWithoutErrorOnceTheBodyStops() throws {
+        let h = try Harness()
+        h.headers(stream: 1, path: "/nowhere", endStream: false, extra: [("content-length", "100000")])
+        // The 404 goes out at once; the client may go on sending the body it announced …
+        #expect(h.output().filter { $0.stream == 1 }.map(\.type) == [1, 0])
+        h.advance(.seconds(6))
+        h.data(stream: 1, count: 1000)
+        h.advance(.seconds(9))
+        #expect(!h.output().contains { $0.type == 3 || $0.type == 7 })
+        // … but not hold the stream open without sending it.
+        h.advance(.seconds(2))
+        let frames = h.output()
+        #expect(frames.contains { $0.type == 3 && $0.stream == 1 && $0.errorCode == 0 }, "\(frames.map(\.type))")
+        #expect(frames.contains { $0.type == 7 && $0.errorCode == 0 })
+    }
+
+    @Test func idleConnectionGoesAwayAndCloses() throws {
+        let h = try Harness()
+        h.advance(.seconds(9))
+        #expect(!h.output().contains { $0.type == 7 })
+        h.advance(.seconds(2))
+        #expect(h.output().contains { $0.type == 7 && $0.errorCode == 0 })
+        h.loop.run()
+        #expect(!h.channel.isActive)
+    }
+
+    // Empty DATA frames on a stream nghttp2 already closed are dropped before any callback, so
+    // these streams stay open (proxied, the upstream waiting for the body).
+    @Test func emptyDataFloodGetsEnhanceYourCalm() throws {
+        let h = try Harness()
+        try h.poolUpstream()
+        h.headers(stream: 1, path: "/api/upload", endStream: false)
+        h.send((0...100).flatMap { _ in Harness.frame(type: 0, flags: 0, stream: 1) })
+        let goAway = h.output().first { $0.type == 7 }
+        #expect(goAway?.errorCode == 11, "GOAWAY code \(String(describing: goAway?.errorCode))")
+    }
+
+    @Test func emptyDataFramesBetweenRequestsAreForgiven() throws {
+        let h = try Harness()
+        try h.poolUpstream()
+        let upstream = try #require(h.upstream)
+        var answered: [UInt32] = []
+        for stream in stride(from: UInt32(1), through: 9, by: 2) {
+            h.headers(stream: stream, path: "/api/upload", endStream: false)
+            h.send((0..<60).flatMap { _ in Harness.frame(type: 0, flags: 0, stream: stream) })
+            h.data(stream: stream, count: 0, endStream: true)
+            // The pooled connection serves each request in turn.
+            let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: ["content-length": "0"])
+            try upstream.writeInbound(HTTPClientResponsePart.head(head))
+            try upstream.writeInbound(HTTPClientResponsePart.end(nil))
+            let frames = h.output()
+            #expect(!frames.contains { $0.type == 7 }, "GOAWAY after \(answered.count) requests")
+            answered += frames.filter { $0.type == 1 }.map(\.stream)
+        }
+        #expect(answered == [1, 3, 5, 7, 9])
+    }
+}
+
+@Suite("Empty DATA frame guard")
+struct EmptyDataFrameGuardTests {
+    @Test func countsOnlyEmptyFramesInARow() {
+        var guardian = EmptyDataFrameGuard(limit: 3)
+        var accepted: [Bool] = []
+        for _ in 0..<3 { accepted.append(guardian.record(.data(length: 0, endStream: false))) }
+        // Non-empty DATA is not "work done" in DOSHeuristics' sense: the count stays.
+        accepted.append(guardian.record(.data(length: 10, endStream: false)))
+        #expect(accepted == [true, true, true, true])
+        #expect(guardian.inARow == 3)
+        let fourth = guardian.record(.data(length: 0, endStream: false))
+        #expect(!fourth)
+    }
+
+    @Test func headersAndEndStreamStartTheCountOver() {
+        var guardian = EmptyDataFrameGuard(limit: 3)
+        for _ in 0..<3 { _ = guardian.record(.data(length: 0, endStream: false)) }
+        let afterHeaders = guardian.record(.headers)
+        #expect(afterHeaders && guardian.inARow == 0)
+        for _ in 0..<3 { _ = guardian.record(.data(length: 0, endStream: false)) }
+        // An empty DATA frame that ends its stream did work.
+        let afterEnd = guardian.record(.data(length: 0, endStream: true))
+        #expect(afterEnd && guardian.inARow == 0)
+        for _ in 0..<3 { _ = guardian.record(.data(length: 0, endStream: false)) }
+        // Other frames (WINDOW_UPDATE, PING …) neither add nor forgive.
+        let afterOther = guardian.record(.other)
+        #expect(afterOther && guardian.inARow == 3)
+    }
+}
