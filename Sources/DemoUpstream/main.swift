@@ -304,6 +304,7 @@ while let argument = arguments.next() {
 }
 
 let stats = Stats()
+let idleTimeout = keepaliveTimeout
 let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
 let channel = try ServerBootstrap(group: group)
     .serverChannelOption(.backlog, value: 1024)
@@ -312,7 +313,7 @@ let channel = try ServerBootstrap(group: group)
     .childChannelInitializer { channel in
         channel.eventLoop.makeCompletedFuture {
             try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-            try channel.pipeline.syncOperations.addHandler(DemoHandler(stats: stats, keepaliveTimeout: keepaliveTimeout))
+            try channel.pipeline.syncOperations.addHandler(DemoHandler(stats: stats, keepaliveTimeout: idleTimeout))
         }
     }
     .bind(host: host, port: port).wait()
