@@ -1,6 +1,9 @@
+import Foundation
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
+import NIOPosix
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -98,7 +101,7 @@ private final class RecordingDownstream: DownstreamResponder {
     func exchangeFinished() { self.finished += 1 }
 }
 
-@Suite("Upstream connection pool and retries (EmbeddedChannel)")
+@Suite("Upstream connection pool and retries")
 struct UpstreamConnectionPoolTests {
     @Test func idleConnectionClosedByPeerIsEvictedAndNotHandedOut() throws {
         let upstream = FakeUpstream()
@@ -156,6 +159,46 @@ struct UpstreamConnectionPoolTests {
         #expect(try upstream.acquire(fresh: true) !== idle)
         #expect(try upstream.acquire() === idle)
     }
+
+    #if os(Linux)
+    /// The upstream's FIN is in the kernel but the event loop has not read it: the same loop
+    /// iteration that would read it picks the connection for a request. Real sockets, because
+    /// the check reads the TCP state.
+    @Test func idleConnectionWhoseCloseIsNotYetReadIsNotHandedOut() throws {
+        final class Accepted: Sendable { let channels = Mutex<[Channel]>([]) }
+        let accepted = Accepted()
+        let upstreamGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let gatewayGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer {
+            try? gatewayGroup.syncShutdownGracefully()
+            try? upstreamGroup.syncShutdownGracefully()
+        }
+        let server = try ServerBootstrap(group: upstreamGroup)
+            .childChannelInitializer { channel in
+                accepted.channels.withLock { $0.append(channel) }
+                return channel.eventLoop.makeSucceededVoidFuture()
+            }
+            .bind(host: "127.0.0.1", port: 0).wait()
+        let endpoint = UpstreamEndpoint(host: "127.0.0.1", port: server.localAddress!.port!)
+        let settings = UpstreamSettings(connectTimeout: .seconds(5), responseTimeout: .seconds(5), maxConnections: 4, idleTimeout: .seconds(30))
+        let loop = gatewayGroup.next()
+        let handedOutAgain = try loop.flatSubmit {
+            let pool = UpstreamConnectionPool(eventLoop: loop)
+            return pool.acquire(endpoint, settings: settings).assumeIsolated().flatMap { first in
+                pool.release(first, reusable: true, settings: settings)
+                // Everything below runs in one task, so this loop cannot read the FIN meanwhile.
+                let deadline = Date() + 5
+                while accepted.channels.withLock({ $0.isEmpty }) && Date() < deadline { usleep(1000) }
+                accepted.channels.withLock { $0.first }?.close(promise: nil)
+                while first.isOpenBothWays && Date() < deadline { usleep(1000) }
+                #expect(first.channel.isActive, "the loop read the FIN: the test did not set up the race")
+                return pool.acquire(endpoint, settings: settings).map { $0 === first }
+            }.nonisolated()
+        }.wait()
+        #expect(!handedOutAgain)
+        try server.close().wait()
+    }
+    #endif
 
     // MARK: - Retries of a request whose connection died before any response byte
 
