@@ -272,7 +272,7 @@ func escape(_ s: String) -> String {
 
 /// `250ms`, `5s` or `5` (seconds).
 func parseDuration(_ text: String) -> TimeAmount? {
-    if text.hasSuffix("ms") { return Int64(text.dropLast(2)).map { .milliseconds($0) } }
+    if text.hasSuffix("ms") { return Int64(text.dropLast(2)).flatMap { $0 >= 0 ? .milliseconds($0) : nil } }
     let seconds = text.hasSuffix("s") ? text.dropLast() : Substring(text)
     guard let value = Double(seconds), value >= 0 else { return nil }
     return .nanoseconds(Int64(value * 1e9))
