@@ -18,6 +18,16 @@ final class Stats: Sendable {
     let connections = Atomic<Int>(0)
     let requests = Atomic<Int>(0)
     let openConnections = Atomic<Int>(0)
+    /// Idle keep-alive connections closed by `--keepalive-timeout`.
+    let keepaliveCloses = Atomic<Int>(0)
+    /// POSTs received per request target, so a test can tell a booking that arrived twice.
+    let posts = Mutex<[String: Int]>([:])
+
+    func json() -> String {
+        let posts = self.posts.withLock { $0 }.sorted { $0.key < $1.key }
+            .map { #""\#(escape($0.key))":\#($0.value)"# }.joined(separator: ",")
+        return #"{"connections":\#(self.connections.load(ordering: .relaxed)),"open_connections":\#(self.openConnections.load(ordering: .relaxed)),"requests":\#(self.requests.load(ordering: .relaxed)),"keepalive_closes":\#(self.keepaliveCloses.load(ordering: .relaxed)),"posts":{\#(posts)}}"#
+    }
 }
 
 final class DemoHandler: ChannelInboundHandler {
@@ -32,6 +42,8 @@ final class DemoHandler: ChannelInboundHandler {
     }
 
     private let stats: Stats
+    private let keepaliveTimeout: TimeAmount?
+    private var idleTimer: Scheduled<Void>?
     private var mode = Mode.idle
     private var download: (remaining: Int, chunk: ByteBuffer)?
     private var keepAlive = true
@@ -39,6 +51,8 @@ final class DemoHandler: ChannelInboundHandler {
     /// Ends the response, closing when the client asked for `Connection: close`.
     private func writeEnd(_ context: ChannelHandlerContext) {
         if self.keepAlive {
+            // Armed first: writing the end may hand a pipelined request in, which disarms it.
+            self.armIdleTimer(context)
             context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
         } else {
             context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
@@ -47,15 +61,32 @@ final class DemoHandler: ChannelInboundHandler {
         }
     }
 
-    init(stats: Stats) { self.stats = stats }
+    init(stats: Stats, keepaliveTimeout: TimeAmount?) {
+        self.stats = stats
+        self.keepaliveTimeout = keepaliveTimeout
+    }
+
+    /// Closes the connection if no request starts within `--keepalive-timeout`, as Node.js does
+    /// with its `keepAliveTimeout` (whatever a client may be sending at that instant).
+    private func armIdleTimer(_ context: ChannelHandlerContext) {
+        guard let timeout = self.keepaliveTimeout else { return }
+        self.idleTimer?.cancel()
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        self.idleTimer = context.eventLoop.scheduleTask(in: timeout) { [stats] in
+            stats.keepaliveCloses.add(1, ordering: .relaxed)
+            loopBound.value.close(promise: nil)
+        }
+    }
 
     func channelActive(context: ChannelHandlerContext) {
         self.stats.connections.add(1, ordering: .relaxed)
         self.stats.openConnections.add(1, ordering: .relaxed)
+        self.armIdleTimer(context)
         context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        self.idleTimer?.cancel()
         self.stats.openConnections.subtract(1, ordering: .relaxed)
         context.fireChannelInactive()
     }
@@ -63,8 +94,11 @@ final class DemoHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch (Self.unwrapInboundIn(data), self.mode) {
         case (.head(let head), _):
+            self.idleTimer?.cancel()
+            self.idleTimer = nil
             // The stats probe itself is not counted, so tests can compare counts exactly.
             if !head.uri.hasPrefix("/__stats") { self.stats.requests.add(1, ordering: .relaxed) }
+            if head.method == .POST { self.stats.posts.withLock { $0[head.uri, default: 0] += 1 } }
             self.keepAlive = head.isKeepAlive
             let path = String(head.uri.split(separator: "?", maxSplits: 1).first ?? "")
             if head.method == .POST && path == "/api/upload" {
@@ -174,10 +208,7 @@ final class DemoHandler: ChannelInboundHandler {
         case (_, "/api/close-early"):
             context.close(promise: nil)
         case (_, "/__stats"):
-            self.send(
-                context: context, status: .ok,
-                json: #"{"connections":\#(self.stats.connections.load(ordering: .relaxed)),"open_connections":\#(self.stats.openConnections.load(ordering: .relaxed)),"requests":\#(self.stats.requests.load(ordering: .relaxed))}"#
-            )
+            self.send(context: context, status: .ok, json: self.stats.json())
         default:
             self.send(context: context, status: .notFound, json: #"{"error":"not found in demo upstream"}"#)
         }
@@ -239,23 +270,41 @@ func escape(_ s: String) -> String {
     return out
 }
 
+/// `250ms`, `5s` or `5` (seconds).
+func parseDuration(_ text: String) -> TimeAmount? {
+    if text.hasSuffix("ms") { return Int64(text.dropLast(2)).flatMap { $0 >= 0 ? .milliseconds($0) : nil } }
+    let seconds = text.hasSuffix("s") ? text.dropLast() : Substring(text)
+    guard let value = Double(seconds), value >= 0 else { return nil }
+    return .nanoseconds(Int64(value * 1e9))
+}
+
 // Arguments: --host H (default 127.0.0.1) --port P (default 3001; 0 = ephemeral) --threads N
+// --keepalive-timeout DURATION (idle keep-alive connections are closed after it; default: never)
+let usage = "usage: demo-upstream [--host H] [--port P] [--threads N] [--keepalive-timeout DURATION]\n"
 var host = "127.0.0.1"
 var port = 3001
 var threads = 1
+var keepaliveTimeout: TimeAmount?
 var arguments = CommandLine.arguments.dropFirst().makeIterator()
 while let argument = arguments.next() {
     switch argument {
     case "--host": host = arguments.next() ?? host
     case "--port": port = Int(arguments.next() ?? "") ?? port
     case "--threads": threads = Int(arguments.next() ?? "") ?? threads
+    case "--keepalive-timeout":
+        guard let value = arguments.next().flatMap(parseDuration) else {
+            FileHandle.standardError.write(Data(usage.utf8))
+            exit(2)
+        }
+        keepaliveTimeout = value
     default:
-        FileHandle.standardError.write(Data("usage: demo-upstream [--host H] [--port P] [--threads N]\n".utf8))
+        FileHandle.standardError.write(Data(usage.utf8))
         exit(2)
     }
 }
 
 let stats = Stats()
+let idleTimeout = keepaliveTimeout
 let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
 let channel = try ServerBootstrap(group: group)
     .serverChannelOption(.backlog, value: 1024)
@@ -264,7 +313,7 @@ let channel = try ServerBootstrap(group: group)
     .childChannelInitializer { channel in
         channel.eventLoop.makeCompletedFuture {
             try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-            try channel.pipeline.syncOperations.addHandler(DemoHandler(stats: stats))
+            try channel.pipeline.syncOperations.addHandler(DemoHandler(stats: stats, keepaliveTimeout: idleTimeout))
         }
     }
     .bind(host: host, port: port).wait()

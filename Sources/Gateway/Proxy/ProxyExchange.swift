@@ -62,6 +62,9 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private var responseKeepAlive = true
     private var responseTimer: Scheduled<Void>?
     private var retriedStaleConnection = false
+    /// Set once the head's write was not refused whole: from then on the upstream may act on the
+    /// request, so a non-idempotent one is never sent again.
+    private var requestSent = false
     private var retriesLeft: Int
     private var outstandingEndpoint: UpstreamEndpoint?
     private var upstreamStart: NIODeadline?
@@ -193,7 +196,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
 
     // MARK: - Connecting
 
-    private func connectNext() {
+    private func connectNext(fresh: Bool = false) {
         guard case .connecting = self.state else { return }
         guard self.nextCandidate < self.candidates.count else {
             self.fail(.upstreamUnavailable)
@@ -201,7 +204,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         }
         let endpoint = self.candidates[self.nextCandidate]
         self.nextCandidate += 1
-        self.pool.acquire(endpoint, settings: self.cluster.settings).assumeIsolated().whenComplete { result in
+        self.pool.acquire(endpoint, settings: self.cluster.settings, fresh: fresh).assumeIsolated().whenComplete { result in
             if case .failure = result, case .finished = self.state { return }
             switch result {
             case .success(let connection):
@@ -229,11 +232,22 @@ final class ProxyExchange: UpstreamConnectionOwner {
         connection.endpoint.outstanding.add(1, ordering: .relaxed)
         self.upstreamStart = .now()
         self.endpointKey = connection.endpoint.key
-        connection.write(.head(self.upstreamHead), flush: false)
+        self.requestSent = false
+        let headWritten = self.eventLoop.makePromise(of: Void.self)
+        connection.write(.head(self.upstreamHead), flush: false, promise: headWritten)
         for body in self.pendingBody { connection.write(.body(.byteBuffer(body)), flush: false) }
-        self.pendingBody.removeAll()
         if self.requestComplete { connection.write(.end(nil), flush: false) }
         connection.channel.flush()
+        headWritten.futureResult.assumeIsolated().whenFailure { _ in
+            guard case .awaitingResponse(let current) = self.state, current === connection else { return }
+            self.upstreamLost(.upstreamUnavailable)
+        }
+        // A flush on the channel's loop writes at once, so a head the kernel refused whole (the
+        // upstream was gone) has failed by here and `upstreamLost` took over; `pendingBody` was
+        // kept for that case. A head still pending may be partly sent: it counts as sent.
+        guard case .awaitingResponse(let current) = self.state, current === connection else { return }
+        self.requestSent = true
+        self.pendingBody.removeAll()
         if self.requestComplete { self.armResponseTimer() }
         if !self.requestComplete {
             if self.expectsContinue && !self.requestBodyStarted { self.downstream?.sendContinue() }
@@ -310,25 +324,28 @@ final class ProxyExchange: UpstreamConnectionOwner {
         case .awaitingResponse(let connection):
             self.responseTimer?.cancel()
             connection.close()
+            // Sending a request again is safe when none of it was written (its body parts are
+            // still in `pendingBody`), or when it is idempotent (RFC 9110 §9.2.2) and bodiless
+            // (a streamed body was not kept). A non-idempotent request the upstream may have
+            // received is never sent twice: it could book twice.
+            let resendable = !self.requestSent
+                || (UpstreamSettings.idempotentMethods.contains(self.requestMethod.rawValue)
+                    && self.requestComplete && !self.requestBodyStarted)
             // A reused keep-alive connection that dies before any response byte was most likely
-            // closed by the upstream while idle; a bodiless request was not processed and is safe
-            // to send again on a fresh connection.
-            if connection.hasServedRequests, !self.retriedStaleConnection, !self.requestBodyStarted,
-                self.requestComplete, error == .upstreamUnavailable
-            {
+            // closed by the upstream while idle: one free retry on a fresh connection.
+            if resendable, connection.hasServedRequests, !self.retriedStaleConnection, error == .upstreamUnavailable {
                 self.retriedStaleConnection = true
                 self.state = .connecting
                 self.nextCandidate = max(0, self.nextCandidate - 1)
-                self.connectNext()
+                self.connectNext(fresh: true)
                 return
             }
             connection.endpoint.record5xx(
                 threshold: self.cluster.settings.consecutive5xxToEject, base: self.cluster.settings.baseEjectionTime, now: .now()
             )
-            // An idempotent request that got no response byte may go to another endpoint, once,
-            // within the cluster's retry budget. A request whose body was streamed cannot be
-            // replayed (it was not kept), so only bodiless ones qualify.
-            if self.retriesLeft > 0, !self.requestBodyStarted, self.requestComplete,
+            // A request of `retries.methods` that got no response byte may go to another endpoint,
+            // within the cluster's retry budget.
+            if resendable, self.retriesLeft > 0,
                 self.nextCandidate < self.candidates.count, self.cluster.takeRetry()
             {
                 self.retriesLeft -= 1

@@ -1,5 +1,8 @@
 import NIOCore
 import NIOHTTP1
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What an upstream connection reports to the exchange currently using it. All calls happen on the
 /// connection's event loop, which is also the client connection's loop.
@@ -73,9 +76,12 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     }
 
     /// Writes from the tail of the pipeline without a trip through `Channel.write`.
-    func send(_ part: HTTPClientRequestPart, flush: Bool) {
-        guard let context else { return }
-        context.write(Self.wrapOutboundOut(part), promise: nil)
+    func send(_ part: HTTPClientRequestPart, flush: Bool, promise: EventLoopPromise<Void>?) {
+        guard let context else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        context.write(Self.wrapOutboundOut(part), promise: promise)
         if flush { context.flush() }
     }
 
@@ -99,7 +105,8 @@ final class UpstreamConnection: @unchecked Sendable {
     let handler: UpstreamConnectionHandler
     let endpoint: UpstreamEndpoint
     /// True once the connection served a request: a failure before any response byte on a reused
-    /// connection may just be the upstream closing an idle connection, which is safe to retry.
+    /// connection may just be the upstream closing an idle connection, so the request may be sent
+    /// again if none of it was written or it is idempotent.
     var hasServedRequests = false
     var idleTimer: Scheduled<Void>?
 
@@ -109,8 +116,26 @@ final class UpstreamConnection: @unchecked Sendable {
         self.endpoint = endpoint
     }
 
-    func write(_ part: HTTPClientRequestPart, flush: Bool) {
-        self.handler.send(part, flush: flush)
+    func write(_ part: HTTPClientRequestPart, flush: Bool, promise: EventLoopPromise<Void>? = nil) {
+        self.handler.send(part, flush: flush, promise: promise)
+    }
+
+    /// False once the channel closed, and also (on Linux) once the upstream's FIN has arrived but
+    /// the event loop has not read it yet: when the upstream closes an idle connection in the same
+    /// loop iteration that a request picks it, the request must not be written to it.
+    var isOpenBothWays: Bool {
+        guard self.channel.isActive else { return false }
+        #if os(Linux)
+        guard let provider = self.channel as? SocketOptionProvider else { return true }
+        // On the channel's own loop the option is read synchronously.
+        var established = true
+        provider.getTCPInfo().assumeIsolated().whenSuccess { info in
+            established = info.tcpi_state == UInt8(TCP_ESTABLISHED)
+        }
+        return established
+        #else
+        return true
+        #endif
     }
 
     func close() {

@@ -19,25 +19,35 @@ final class UpstreamConnectionPool {
         var timeout: Scheduled<Void>?
     }
 
+    /// Opens a channel to an endpoint, its pipeline set up by `addHandlers(to:ending:)` so that it
+    /// ends in the given handler. Tests substitute in-memory channels.
+    typealias Connector = (UpstreamEndpoint, UpstreamSettings, UpstreamConnectionHandler) -> EventLoopFuture<Channel>
+
     let eventLoop: EventLoop
+    private let connector: Connector
     private var idle: [ObjectIdentifier: [UpstreamConnection]] = [:]
     private var waiters: [ObjectIdentifier: [Waiter]] = [:]
     private var nextWaiterID: UInt64 = 0
     private var isClosed = false
 
-    init(eventLoop: EventLoop) {
+    init(eventLoop: EventLoop, connector: Connector? = nil) {
         self.eventLoop = eventLoop
+        self.connector = connector ?? { endpoint, settings, handler in
+            Self.connectSocket(endpoint, settings: settings, handler: handler, on: eventLoop)
+        }
     }
 
     /// An idle connection (most recently used first, its TLS/TCP state warm) or a new one.
-    func acquire(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) -> EventLoopFuture<UpstreamConnection> {
+    /// `fresh` skips the idle ones: for the one retry of a request whose reused connection failed.
+    func acquire(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings, fresh: Bool = false) -> EventLoopFuture<UpstreamConnection> {
         self.eventLoop.preconditionInEventLoop()
         let key = ObjectIdentifier(endpoint)
-        while var stack = self.idle[key], let connection = stack.popLast() {
+        while !fresh, var stack = self.idle[key], let connection = stack.popLast() {
             self.idle[key] = stack
             connection.idleTimer?.cancel()
             connection.idleTimer = nil
-            if connection.channel.isActive { return self.eventLoop.makeSucceededFuture(connection) }
+            if connection.isOpenBothWays { return self.eventLoop.makeSucceededFuture(connection) }
+            connection.close()
         }
         if self.reserveSlot(endpoint, max: settings.maxConnections) {
             return self.connect(endpoint, settings: settings)
@@ -125,31 +135,39 @@ final class UpstreamConnectionPool {
         return promise.futureResult
     }
 
-    /// Opens a connection for a slot already reserved with `reserveSlot`.
-    private func connect(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) -> EventLoopFuture<UpstreamConnection> {
-        let handler = UpstreamConnectionHandler()
-        let boundHandler = NIOLoopBound(handler, eventLoop: self.eventLoop)
-        let bootstrap = ClientBootstrap(group: self.eventLoop)
+    /// The HTTP/1.1 client codec, then `handler`, which must be the last handler.
+    static func addHandlers(to channel: Channel, ending handler: UpstreamConnectionHandler) throws {
+        var encoderConfiguration = HTTPRequestEncoder.Configuration()
+        encoderConfiguration.automaticallySetFramingHeaders = false
+        try channel.pipeline.syncOperations.addHandlers([
+            HTTPRequestEncoder(configuration: encoderConfiguration),
+            ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)),
+        ])
+        try channel.pipeline.syncOperations.addHandler(handler)
+    }
+
+    private static func connectSocket(
+        _ endpoint: UpstreamEndpoint, settings: UpstreamSettings, handler: UpstreamConnectionHandler, on eventLoop: EventLoop
+    ) -> EventLoopFuture<Channel> {
+        let boundHandler = NIOLoopBound(handler, eventLoop: eventLoop)
+        let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(settings.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    var encoderConfiguration = HTTPRequestEncoder.Configuration()
-                    encoderConfiguration.automaticallySetFramingHeaders = false
-                    try channel.pipeline.syncOperations.addHandlers([
-                        HTTPRequestEncoder(configuration: encoderConfiguration),
-                        ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)),
-                    ])
-                    try channel.pipeline.syncOperations.addHandler(boundHandler.value)
+                    try Self.addHandlers(to: channel, ending: boundHandler.value)
                 }
             }
-        let future: EventLoopFuture<Channel>
         if let address = endpoint.address {
-            future = bootstrap.connect(to: address)
-        } else {
-            future = bootstrap.connect(host: endpoint.host, port: endpoint.port)
+            return bootstrap.connect(to: address)
         }
-        return future.assumeIsolated().flatMapErrorThrowing { error in
+        return bootstrap.connect(host: endpoint.host, port: endpoint.port)
+    }
+
+    /// Opens a connection for a slot already reserved with `reserveSlot`.
+    private func connect(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) -> EventLoopFuture<UpstreamConnection> {
+        let handler = UpstreamConnectionHandler()
+        return self.connector(endpoint, settings, handler).assumeIsolated().flatMapErrorThrowing { error in
             self.slotFreed(endpoint, settings: settings)
             throw UpstreamAcquireError.connectFailed(error)
         }.map { channel in

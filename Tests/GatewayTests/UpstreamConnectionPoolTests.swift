@@ -1,0 +1,290 @@
+import Foundation
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import NIOPosix
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@testable import Gateway
+
+/// A pool whose connections are in-memory channels with the production pipeline, so a test can
+/// play the upstream: answer, refuse writes, or close.
+private final class FakeUpstream {
+    let loop = EmbeddedEventLoop()
+    let endpoint = UpstreamEndpoint(host: "127.0.0.1", port: 3001)
+    let settings = UpstreamSettings(connectTimeout: .seconds(1), responseTimeout: .seconds(5), maxConnections: 4, idleTimeout: .seconds(4))
+    /// Every channel the pool opened, oldest first.
+    private(set) var channels: [EmbeddedChannel] = []
+    private(set) var pool: UpstreamConnectionPool!
+
+    init() {
+        self.pool = UpstreamConnectionPool(eventLoop: self.loop) { [unowned self] _, _, handler in
+            let channel = EmbeddedChannel(loop: self.loop)
+            do {
+                try UpstreamConnectionPool.addHandlers(to: channel, ending: handler)
+                try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 3001)).wait()
+            } catch {
+                return self.loop.makeFailedFuture(error)
+            }
+            self.channels.append(channel)
+            return self.loop.makeSucceededFuture(channel)
+        }
+    }
+
+    var cluster: UpstreamCluster {
+        UpstreamCluster(name: "booking", endpoints: [self.endpoint], settings: self.settings)
+    }
+
+    func acquire(fresh: Bool = false) throws -> UpstreamConnection {
+        var result: Result<UpstreamConnection, Error>?
+        self.pool.acquire(self.endpoint, settings: self.settings, fresh: fresh).assumeIsolated().whenComplete { result = $0 }
+        return try #require(result).get()
+    }
+
+    /// A connection that already served a request and sits idle in the pool.
+    func reusedConnection() throws -> UpstreamConnection {
+        let connection = try self.acquire()
+        self.pool.release(connection, reusable: true, settings: self.settings)
+        return connection
+    }
+
+    /// Everything the gateway wrote to `channel`, as text.
+    func written(_ channel: EmbeddedChannel) throws -> String {
+        var text = ""
+        while let data = try channel.readOutbound(as: IOData.self) {
+            guard case .byteBuffer(let buffer) = data else { continue }
+            text += String(buffer: buffer)
+        }
+        return text
+    }
+
+    func answer(_ channel: EmbeddedChannel, _ response: String) throws {
+        try channel.writeInbound(ByteBuffer(string: response))
+    }
+}
+
+/// Fails every write the way a socket that the peer reset does (EPIPE), then closes on flush.
+private final class RefuseWrites: ChannelOutboundHandler {
+    typealias OutboundIn = Any
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        promise?.fail(IOError(errnoCode: EPIPE, reason: "writev"))
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        context.close(promise: nil)
+    }
+}
+
+/// Records what an exchange tells its client side.
+private final class RecordingDownstream: DownstreamResponder {
+    var heads: [HTTPResponseHead] = []
+    var errors: [GatewayError] = []
+    var ended = 0
+    var finished = 0
+
+    var isWritable: Bool { true }
+    func sendContinue() {}
+    func sendResponseHead(_ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) { self.heads.append(head) }
+    func sendResponseBody(_ body: ByteBuffer) {}
+    func flush() {}
+    func sendResponseEnd() { self.ended += 1 }
+    func sendErrorResponse(_ error: GatewayError) { self.errors.append(error) }
+    func pauseRequestBody() {}
+    func resumeRequestBody() {}
+    func abortResponse() {}
+    func exchangeFinished() { self.finished += 1 }
+}
+
+@Suite("Upstream connection pool and retries")
+struct UpstreamConnectionPoolTests {
+    @Test func idleConnectionClosedByPeerIsEvictedAndNotHandedOut() throws {
+        let upstream = FakeUpstream()
+        let kept = try upstream.acquire()
+        let closed = try upstream.acquire()
+        // Released last, so it is the one `acquire` would pick first.
+        upstream.pool.release(kept, reusable: true, settings: upstream.settings)
+        upstream.pool.release(closed, reusable: true, settings: upstream.settings)
+        #expect(upstream.endpoint.openConnections.load(ordering: .relaxed) == 2)
+
+        // The upstream's keep-alive timeout closes the idle connection (EOF closes the channel).
+        upstream.channels[1].close(promise: nil)
+        #expect(upstream.endpoint.openConnections.load(ordering: .relaxed) == 1)
+
+        let handedOut = try upstream.acquire()
+        #expect(handedOut === kept)
+        #expect(upstream.channels.count == 2)
+    }
+
+    @Test func idleConnectionThatTurnsReadableIsClosed() throws {
+        let upstream = FakeUpstream()
+        let connection = try upstream.reusedConnection()
+        // Bytes nobody asked for: the connection is out of sync and must not carry a request.
+        try? upstream.answer(upstream.channels[0], "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        #expect(!upstream.channels[0].isActive)
+        #expect(upstream.endpoint.openConnections.load(ordering: .relaxed) == 0)
+        let next = try upstream.acquire()
+        #expect(next !== connection)
+        #expect(upstream.channels.count == 2)
+    }
+
+    @Test func releaseNotReusableClosesAndFreesTheSlot() throws {
+        let upstream = FakeUpstream()
+        let connection = try upstream.acquire()
+        upstream.pool.release(connection, reusable: false, settings: upstream.settings)
+        #expect(!upstream.channels[0].isActive)
+        #expect(upstream.endpoint.openConnections.load(ordering: .relaxed) == 0)
+        #expect(try upstream.acquire() !== connection)
+        #expect(upstream.channels.count == 2)
+    }
+
+    @Test func idleTimeoutClosesTheConnection() throws {
+        let upstream = FakeUpstream()
+        _ = try upstream.reusedConnection()
+        upstream.loop.advanceTime(by: .milliseconds(3999))
+        #expect(upstream.channels[0].isActive)
+        upstream.loop.advanceTime(by: .milliseconds(1))
+        #expect(!upstream.channels[0].isActive)
+        #expect(upstream.endpoint.openConnections.load(ordering: .relaxed) == 0)
+    }
+
+    @Test func freshAcquireSkipsIdleConnections() throws {
+        let upstream = FakeUpstream()
+        let idle = try upstream.reusedConnection()
+        #expect(try upstream.acquire(fresh: true) !== idle)
+        #expect(try upstream.acquire() === idle)
+    }
+
+    #if os(Linux)
+    /// The upstream's FIN is in the kernel but the event loop has not read it: the same loop
+    /// iteration that would read it picks the connection for a request. Real sockets, because
+    /// the check reads the TCP state.
+    @Test func idleConnectionWhoseCloseIsNotYetReadIsNotHandedOut() throws {
+        final class Accepted: Sendable { let channels = Mutex<[Channel]>([]) }
+        let accepted = Accepted()
+        let upstreamGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let gatewayGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer {
+            try? gatewayGroup.syncShutdownGracefully()
+            try? upstreamGroup.syncShutdownGracefully()
+        }
+        let server = try ServerBootstrap(group: upstreamGroup)
+            .childChannelInitializer { channel in
+                accepted.channels.withLock { $0.append(channel) }
+                return channel.eventLoop.makeSucceededVoidFuture()
+            }
+            .bind(host: "127.0.0.1", port: 0).wait()
+        let endpoint = UpstreamEndpoint(host: "127.0.0.1", port: server.localAddress!.port!)
+        let settings = UpstreamSettings(connectTimeout: .seconds(5), responseTimeout: .seconds(5), maxConnections: 4, idleTimeout: .seconds(30))
+        let loop = gatewayGroup.next()
+        let handedOutAgain = try loop.flatSubmit {
+            let pool = UpstreamConnectionPool(eventLoop: loop)
+            return pool.acquire(endpoint, settings: settings).assumeIsolated().flatMap { first in
+                pool.release(first, reusable: true, settings: settings)
+                // Everything below runs in one task, so this loop cannot read the FIN meanwhile.
+                let deadline = Date() + 5
+                while accepted.channels.withLock({ $0.isEmpty }) && Date() < deadline { usleep(1000) }
+                accepted.channels.withLock { $0.first }?.close(promise: nil)
+                while first.isOpenBothWays && Date() < deadline { usleep(1000) }
+                #expect(first.channel.isActive, "the loop read the FIN: the test did not set up the race")
+                return pool.acquire(endpoint, settings: settings).map { $0 === first }
+            }.nonisolated()
+        }.wait()
+        #expect(!handedOutAgain)
+        try server.close().wait()
+    }
+    #endif
+
+    // MARK: - Retries of a request whose connection died before any response byte
+
+    private func exchange(
+        _ method: HTTPMethod, body: String? = nil, upstream: FakeUpstream, downstream: RecordingDownstream
+    ) -> ProxyExchange {
+        var headers = HTTPHeaders([("host", "api.barberpro.test")])
+        if let body { headers.add(name: "content-length", value: String(body.utf8.count)) }
+        let exchange = ProxyExchange(
+            upstreamHead: HTTPRequestHead(version: .http1_1, method: method, uri: "/api/bookings", headers: headers),
+            requestMethod: method, clientVersion: .http1_1, requestID: "req-1", addHSTS: false,
+            expectsContinue: false, requestHasBody: body != nil, cluster: upstream.cluster, pool: upstream.pool,
+            downstream: downstream
+        )
+        if let body {
+            // The body came in the same packet as the head, before any connection was ready.
+            exchange.requestBodyReceived(ByteBuffer(string: body))
+            exchange.requestEndReceived()
+        }
+        return exchange
+    }
+
+    @Test func postWrittenOnAReusedConnectionIsNotSentAgain() throws {
+        let upstream = FakeUpstream()
+        _ = try upstream.reusedConnection()
+        let downstream = RecordingDownstream()
+        let exchange = self.exchange(.POST, upstream: upstream, downstream: downstream)
+        exchange.start()
+        #expect(try upstream.written(upstream.channels[0]).hasPrefix("POST /api/bookings HTTP/1.1\r\n"))
+
+        // The upstream may have booked it before the connection died.
+        upstream.channels[0].close(promise: nil)
+        #expect(downstream.errors == [.upstreamUnavailable])
+        #expect(downstream.finished == 1)
+        #expect(upstream.channels.count == 1)
+    }
+
+    @Test func getWrittenOnAReusedConnectionIsSentOnceMoreOnAFreshConnection() throws {
+        let upstream = FakeUpstream()
+        let first = try upstream.acquire()
+        let other = try upstream.acquire()
+        upstream.pool.release(other, reusable: true, settings: upstream.settings)
+        upstream.pool.release(first, reusable: true, settings: upstream.settings)
+        let downstream = RecordingDownstream()
+        let exchange = self.exchange(.GET, upstream: upstream, downstream: downstream)
+        exchange.start()
+        #expect(try upstream.written(upstream.channels[0]).hasPrefix("GET /api/bookings HTTP/1.1\r\n"))
+
+        upstream.channels[0].close(promise: nil)
+        // Not the other idle connection: a new one.
+        #expect(upstream.channels.count == 3)
+        #expect(try upstream.written(upstream.channels[2]).hasPrefix("GET /api/bookings HTTP/1.1\r\n"))
+        try upstream.answer(upstream.channels[2], "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        #expect(downstream.heads.map(\.status) == [.ok])
+        #expect(downstream.errors.isEmpty)
+        #expect(downstream.ended == 1)
+    }
+
+    @Test func getIsSentAgainOnlyOnce() throws {
+        let upstream = FakeUpstream()
+        _ = try upstream.reusedConnection()
+        let downstream = RecordingDownstream()
+        let exchange = self.exchange(.GET, upstream: upstream, downstream: downstream)
+        exchange.start()
+        upstream.channels[0].close(promise: nil)
+        #expect(upstream.channels.count == 2)
+        upstream.channels[1].close(promise: nil)
+        #expect(upstream.channels.count == 2)
+        #expect(downstream.errors == [.upstreamUnavailable])
+    }
+
+    @Test func postRefusedBeforeAnyByteWasSentGoesOnceToAFreshConnection() throws {
+        let upstream = FakeUpstream()
+        _ = try upstream.reusedConnection()
+        try upstream.channels[0].pipeline.syncOperations.addHandler(RefuseWrites(), position: .first)
+        let downstream = RecordingDownstream()
+        let exchange = self.exchange(.POST, body: #"{"barber":"b_1"}"#, upstream: upstream, downstream: downstream)
+        exchange.start()
+
+        #expect(try upstream.written(upstream.channels[0]).isEmpty)
+        #expect(upstream.channels.count == 2)
+        let resent = try upstream.written(upstream.channels[1])
+        #expect(resent.hasPrefix("POST /api/bookings HTTP/1.1\r\n"))
+        #expect(resent.hasSuffix("\r\n\r\n{\"barber\":\"b_1\"}"))
+        try upstream.answer(upstream.channels[1], "HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n")
+        #expect(downstream.heads.map(\.status) == [.created])
+        #expect(downstream.errors.isEmpty)
+    }
+}
