@@ -161,7 +161,6 @@ final class ReloadTriggers: @unchecked Sendable {
     private var signalSource: DispatchSourceSignal?
     private var timer: DispatchSourceTimer?
     private var lastStamp: String?
-    private var reloading = false
 
     init(server: GatewayServer, path: String) {
         self.server = server
@@ -205,14 +204,10 @@ final class ReloadTriggers: @unchecked Sendable {
         return "\(date)-\(size)"
     }
 
+    /// Validates on this queue; the server applies reloads one at a time, in order, so a SIGHUP
+    /// during a reload is queued behind it rather than lost.
     private func trigger(_ why: String) {
-        guard !self.reloading else { return }
-        self.reloading = true
         FileHandle.standardError.write(Data("gateway: \(why): reloading \(self.path)\n".utf8))
-        let server = self.server
-        Task {
-            _ = await server.reloadConfigFile()
-            self.queue.async { self.reloading = false }
-        }
+        self.server.reloadConfigFile()
     }
 }
