@@ -106,9 +106,10 @@ struct Run: AsyncParsableCommand {
         reloads.start()
         let signal = await waitForTerminationSignal()
         reloads.stop()
-        say("gateway: \(signal) received, draining")
+        // On stderr: stdout may be a pipe its reader stopped reading, and a shutdown must not wait on it.
+        FileHandle.standardError.write(Data("gateway: \(signal) received, draining\n".utf8))
         await server.drain()
-        say("gateway: stopped")
+        FileHandle.standardError.write(Data("gateway: stopped\n".utf8))
     }
 }
 

@@ -229,20 +229,20 @@ def test_stalled_stdout_reader_costs_bounded_memory(certs, upstream, tmp_path):
         total, _, done, succeeded, failed, errored = h2load_h1(url, 60000)
         assert (total, done, succeeded, failed, errored) == (60000, 60000, 60000, 0, 0)
         growth_mib = (rss_kib(proc.pid) - baseline) / 1024
+        print(f"RSS growth {growth_mib:.1f} MiB")
         assert growth_mib < 96, f"RSS grew {growth_mib:.1f} MiB"
         dropped = metric(ports["admin"], "gateway_access_log_dropped_total")
+        print(f"access log lines dropped: {dropped}")
         assert dropped is not None and dropped > 0
         # Still serving after the flood.
         assert httpx.get(url, timeout=5).status_code == 200
         assert proc.poll() is None
-    finally:
-        # Read again so the drain's own output and the last lines can go out, then stop.
-        reader = threading.Thread(target=lambda: proc.stdout.read(), daemon=True)
-        reader.start()
+        # SIGTERM with the reader still stalled: the drain does not wait on stdout (the log
+        # writer gives up on its last batch after 2 s).
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
             proc.kill()
             proc.wait()
 
