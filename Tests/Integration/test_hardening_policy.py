@@ -159,6 +159,8 @@ def test_refused_tokens_spend_the_per_ip_budget(gateway_factory, upstream, store
     secure = [line for line in log if line.get("route") == "secure"]
     assert [line["status"] for line in secure] == [401] * 5 + [429] * 3
     assert [line.get("rate_limit") for line in secure] == ["allowed"] * 5 + ["denied"] * 3
+    # HTTP/2 goes through the same dispatch and the same budget.
+    assert h2_status(gw.ports["public"], "/secure/x") == 429
 
 
 def test_refused_token_with_store_down_follows_on_store_error(gateway_factory, upstream):
