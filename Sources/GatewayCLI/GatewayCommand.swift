@@ -106,9 +106,10 @@ struct Run: AsyncParsableCommand {
         reloads.start()
         let signal = await waitForTerminationSignal()
         reloads.stop()
-        say("gateway: \(signal) received, draining")
+        // On stderr: stdout may be a pipe its reader stopped reading, and a shutdown must not wait on it.
+        FileHandle.standardError.write(Data("gateway: \(signal) received, draining\n".utf8))
         await server.drain()
-        say("gateway: stopped")
+        FileHandle.standardError.write(Data("gateway: stopped\n".utf8))
     }
 }
 
@@ -161,7 +162,6 @@ final class ReloadTriggers: @unchecked Sendable {
     private var signalSource: DispatchSourceSignal?
     private var timer: DispatchSourceTimer?
     private var lastStamp: String?
-    private var reloading = false
 
     init(server: GatewayServer, path: String) {
         self.server = server
@@ -205,14 +205,10 @@ final class ReloadTriggers: @unchecked Sendable {
         return "\(date)-\(size)"
     }
 
+    /// Validates on this queue; the server applies reloads one at a time, in order, so a SIGHUP
+    /// during a reload is queued behind it rather than lost.
     private func trigger(_ why: String) {
-        guard !self.reloading else { return }
-        self.reloading = true
         FileHandle.standardError.write(Data("gateway: \(why): reloading \(self.path)\n".utf8))
-        let server = self.server
-        Task {
-            _ = await server.reloadConfigFile()
-            self.queue.async { self.reloading = false }
-        }
+        self.server.reloadConfigFile()
     }
 }

@@ -62,12 +62,12 @@ struct ObservabilityTests {
         #expect(pipe(&fds) == 0)
         defer { close(fds[0]); close(fds[1]) }
         let dropped = DroppedCounter()
-        let writer = AccessLogWriter(fileDescriptor: fds[1], capacity: 2, onDrop: { dropped.add($0) })
         let record = AccessLogRecord(
             time: Date(), requestID: "x", clientIP: "1.2.3.4", method: "GET", route: "r", path: "/", status: 200,
             bytesIn: 0, bytesOut: 0, durationSeconds: 0, upstreamSeconds: nil, protocolName: "HTTP/1.1",
             tlsVersion: nil, rateLimit: nil, subjectHash: nil, upstreamEndpoint: nil
         )
+        let writer = AccessLogWriter(fileDescriptor: fds[1], capacityBytes: 2 * record.estimatedBytes, onDrop: { dropped.add($0) })
         writer.stop()  // no background flushes from here on: the test drives them
         for _ in 0..<5 { writer.log(record) }
         writer.flush()

@@ -9,6 +9,10 @@ import Synchronization
 struct RateLimitRule: Sendable {
     var spec: PolicySpec
     var key: [RateLimitKeyPart]
+
+    /// Keyed by the client address and not by a token claim: counted before authentication
+    /// decides, so requests it refuses spend the address's budget too.
+    var countsRefusedRequests: Bool { self.key.contains(.clientIP) && !self.key.contains(.jwtSubject) }
 }
 
 /// What a request needs to be counted: the (policy, key) pairs, built before anything is sent.

@@ -79,6 +79,7 @@ public final class GatewayServer: Sendable, AdminControl {
     private let healthChecker = Mutex<HealthChecker?>(nil)
     /// The running snapshot's JWKS refresher (`jwt.jwks_url`), if any.
     private let jwksRefresher = Mutex<JWKSRefresher?>(nil)
+    private let reloads = ReloadSequencer()
 
     var runtime: GatewayRuntime { self.holder.current }
 
@@ -262,23 +263,35 @@ public final class GatewayServer: Sendable, AdminControl {
         return old.host == plan.host && old.port == plan.port
     }
 
-    /// SIGHUP, a change of the file, or `POST /config/reload`: all end here. Every error is
+    /// SIGHUP, a change of the file, or `POST /config/reload`: all end here, one at a time
+    /// (`ReloadSequencer`). Reads and validates the file now, under the sequencer's lock (so the
+    /// reload validated last read the file last), and returns its hash or its errors; the swap
+    /// follows on the reload worker, after every reload validated before it. Every error is
     /// logged; the running config stays when anything is wrong.
-    func reload(text: String, baseDirectory: String) async -> Result<String, ConfigErrors> {
-        switch self.prepareReload(text: text, baseDirectory: baseDirectory) {
+    func reloadFromFile() -> Result<String, ConfigErrors> {
+        let result = self.reloads.submit(
+            prepare: { () -> Result<PreparedReload, ConfigErrors> in
+                guard let path = self.configPath, let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                    return .failure(ConfigErrors(errors: [ConfigError(path: "config", reason: "cannot read the config file")]))
+                }
+                let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+                return self.prepareReload(text: text, baseDirectory: directory)
+            },
+            apply: { [self] prepared in
+                switch await self.applyReload(prepared) {
+                case .success:
+                    self.observability.metrics.configReloads.increment(["success"])
+                    GatewayLog.info("config reloaded (hash \(prepared.runtime.configHash))")
+                case .failure(let errors):
+                    self.reloadFailed(errors)
+                }
+            }
+        )
+        switch result {
+        case .success(let prepared): return .success(prepared.runtime.configHash)
         case .failure(let errors):
             self.reloadFailed(errors)
             return .failure(errors)
-        case .success(let prepared):
-            switch await self.applyReload(prepared) {
-            case .failure(let errors):
-                self.reloadFailed(errors)
-                return .failure(errors)
-            case .success:
-                self.observability.metrics.configReloads.increment(["success"])
-                GatewayLog.info("config reloaded (hash \(prepared.runtime.configHash))")
-                return .success(prepared.runtime.configHash)
-            }
         }
     }
 
@@ -288,46 +301,14 @@ public final class GatewayServer: Sendable, AdminControl {
         for error in errors.errors { GatewayLog.error("  \(error)") }
     }
 
-    /// Reads the config file again and reloads it (SIGHUP, file watcher).
-    public func reloadConfigFile() async -> Bool {
-        guard let path = self.configPath else { return false }
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            self.reloadFailed(ConfigErrors(errors: [ConfigError(path: "config", reason: "cannot read file: \(path)")]))
-            return false
-        }
-        let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
-        if case .success = await self.reload(text: text, baseDirectory: directory) { return true }
+    /// Reads the config file again and reloads it (SIGHUP, file watcher); false when refused.
+    @discardableResult
+    public func reloadConfigFile() -> Bool {
+        if case .success = self.reloadFromFile() { return true }
         return false
     }
 
     // MARK: - AdminControl
-
-    func reloadFromFile() -> Result<String, ConfigErrors> {
-        guard let path = self.configPath, let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            let errors = ConfigErrors(errors: [ConfigError(path: "config", reason: "cannot read the config file")])
-            self.reloadFailed(errors)
-            return .failure(errors)
-        }
-        let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
-        switch self.prepareReload(text: text, baseDirectory: directory) {
-        case .failure(let errors):
-            self.reloadFailed(errors)
-            return .failure(errors)
-        case .success(let prepared):
-            // Validation answered the request; binding new listeners finishes in the background.
-            let server = self
-            Task {
-                switch await server.applyReload(prepared) {
-                case .success:
-                    server.observability.metrics.configReloads.increment(["success"])
-                    GatewayLog.info("config reloaded (hash \(prepared.runtime.configHash))")
-                case .failure(let errors):
-                    server.reloadFailed(errors)
-                }
-            }
-            return .success(prepared.runtime.configHash)
-        }
-    }
 
     func runningConfigJSON() -> String {
         let config = self.runningConfig.withLock { $0 }
@@ -341,6 +322,9 @@ public final class GatewayServer: Sendable, AdminControl {
     public func drain(timeout: TimeAmount? = nil) async {
         let timeout = timeout ?? self.runtime.traffic.drainTimeout
         self.status.listenersBound.store(false, ordering: .relaxed)
+        // A reload still being applied would bind listeners behind the drain's back.
+        await self.reloads.settled()
+        self.reloads.finish()
         self.healthChecker.withLock { $0 }?.stop()
         self.jwksRefresher.withLock { $0 }?.stop()
         for (_, slot) in self.slots.withLock({ $0 }) { try? await slot.channel.close() }

@@ -102,23 +102,31 @@ struct AccessLogRecord {
     }
 }
 
-/// Buffered access-log writer: event loops only append a line under a mutex (never a syscall);
-/// a background thread writes batches. When the writer falls behind by `capacity` lines, new
-/// lines are dropped and counted instead of blocking traffic.
+/// Buffered access-log writer: event loops only append a record under a mutex (never a syscall);
+/// a background thread formats and writes batches, and may block in `write` as long as the reader
+/// of stdout wants. Queued and in-flight records are bounded in bytes (`capacityBytes`): when the
+/// writer falls that far behind (a slow or stalled reader), new lines are dropped and counted
+/// instead of growing memory or making traffic wait.
 final class AccessLogWriter: Sendable {
     private struct Buffer {
         var lines: [AccessLogRecord] = []
-        var dropped = 0
+        /// Estimated bytes held: queued records plus the batch being written.
+        var bytes = 0
         var running = true
     }
     private let buffer = Mutex(Buffer())
-    private let capacity: Int
+    private let capacityBytes: Int
     private let fileDescriptor: Int32
     private let onDrop: @Sendable (Int) -> Void
+    /// Signalled by the writer thread once its last batch is out (`stop`).
+    private let stopped = DispatchSemaphore(value: 0)
 
-    init(fileDescriptor: Int32 = STDOUT_FILENO, capacity: Int = 65_536, onDrop: @escaping @Sendable (Int) -> Void = { _ in }) {
+    init(
+        fileDescriptor: Int32 = STDOUT_FILENO, capacityBytes: Int = 4 << 20,
+        onDrop: @escaping @Sendable (Int) -> Void = { _ in }
+    ) {
         self.fileDescriptor = fileDescriptor
-        self.capacity = capacity
+        self.capacityBytes = capacityBytes
         self.onDrop = onDrop
         let thread = Thread { [self] in self.run() }
         thread.name = "gateway-access-log"
@@ -127,29 +135,29 @@ final class AccessLogWriter: Sendable {
 
     /// Queues a record; formatting happens on the log thread, so an event loop only appends.
     func log(_ record: AccessLogRecord) {
-        self.buffer.withLock { buffer in
-            if buffer.lines.count >= self.capacity {
-                buffer.dropped += 1
-            } else {
-                buffer.lines.append(record)
-            }
+        let size = record.estimatedBytes
+        let queued = self.buffer.withLock { buffer in
+            guard buffer.bytes + size <= self.capacityBytes else { return false }
+            buffer.bytes += size
+            buffer.lines.append(record)
+            return true
         }
+        // Counted here, not by the writer: a writer stuck on a stalled reader reports nothing.
+        if !queued { self.onDrop(1) }
     }
 
-    /// Writes what is buffered now (tests, shutdown).
+    /// Writes what is queued (the writer thread; tests that own the writer's descriptor).
     func flush() {
-        let (records, dropped) = self.buffer.withLock { buffer -> ([AccessLogRecord], Int) in
-            defer {
-                buffer.lines.removeAll(keepingCapacity: true)
-                buffer.dropped = 0
-            }
-            return (buffer.lines, buffer.dropped)
+        let records = self.buffer.withLock { buffer in
+            defer { buffer.lines = [] }
+            return buffer.lines
         }
-        if dropped > 0 { self.onDrop(dropped) }
         guard !records.isEmpty else { return }
+        var held = 0
         var text = ""
         text.reserveCapacity(records.count * 320)
         for record in records {
+            held += record.estimatedBytes
             text += record.json()
             text += "\n"
         }
@@ -157,15 +165,20 @@ final class AccessLogWriter: Sendable {
             var offset = 0
             while offset < bytes.count {
                 let written = write(self.fileDescriptor, bytes.baseAddress! + offset, bytes.count - offset)
+                if written < 0 && errno == EINTR { continue }
                 if written <= 0 { break }
                 offset += written
             }
         }
+        // Only once written: a batch blocked on a stalled reader still counts against the bound.
+        self.buffer.withLock { $0.bytes -= held }
     }
 
-    func stop() {
+    /// Writes what is left and stops the thread. Waits at most `timeout` for a stalled reader:
+    /// shutdown must not hang on a pipe nobody reads.
+    func stop(timeout: Double = 2) {
         self.buffer.withLock { $0.running = false }
-        self.flush()
+        _ = self.stopped.wait(timeout: .now() + timeout)
     }
 
     private func run() {
@@ -173,5 +186,16 @@ final class AccessLogWriter: Sendable {
             usleep(20_000)
             self.flush()
         }
+        self.flush()
+        self.stopped.signal()
+    }
+}
+
+extension AccessLogRecord {
+    /// Memory a queued record holds, and about the size of its line: the fixed fields plus the
+    /// strings that are not stored inline (the path's whole target string is kept alive).
+    var estimatedBytes: Int {
+        MemoryLayout<AccessLogRecord>.stride + 256 + self.path.base.utf8.count + self.requestID.utf8.count
+            + self.route.utf8.count + self.method.utf8.count + self.clientIP.utf8.count
     }
 }

@@ -65,7 +65,11 @@ struct RequestDispatch {
                                   services: services, downstream: downstream, allocator: allocator)
         dispatch.routeName = decision.routeName
         dispatch.clientIP = decision.client.ip
-        if case .error(let error) = decision.action { dispatch.jwtRejection = error.rejectionReason }
+        switch decision.action {
+        case .error(let error): dispatch.jwtRejection = error.rejectionReason
+        case .proxy(let plan): dispatch.jwtRejection = plan.deferredError?.rejectionReason
+        case .respond: break
+        }
         return dispatch
     }
 
@@ -132,7 +136,7 @@ struct RequestDispatch {
             let exchange = ProxyExchange(
                 upstreamHead: upstreamHead, requestMethod: head.method, clientVersion: head.version,
                 requestID: requestID, addHSTS: services.listener.isTLS, responseAdditions: additions,
-                rateLimit: plan.rateLimit,
+                rateLimit: plan.rateLimit, deferredError: plan.deferredError,
                 expectsContinue: expectsContinue, requestHasBody: framing.hasBody, cluster: cluster,
                 pool: services.loop.pool, downstream: downstream
             )

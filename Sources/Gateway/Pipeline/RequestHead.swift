@@ -82,51 +82,76 @@ enum RequestValidator {
         return .success(.none)
     }
 
-    /// Dot segments (also percent-encoded) would let `/api/../admin` match one route and reach
-    /// another path upstream; NUL and backslash are refused for the same reason.
+    /// Dot segments would let `/api/../admin` match one route and reach another path upstream, so
+    /// every spelling an upstream may read as one is refused: `.` and `%2e` for the dots (also
+    /// double-encoded, `%252e`), and as the segment's end `/`, `%2F`, `%5C` (servers that treat a
+    /// backslash as a slash), `;` or `%3B` (path parameters, `..;/` in Tomcat-style servers) and
+    /// the end of the path. A raw backslash or `#`, NUL, overlong UTF-8 (`%C0`, `%C1`) and malformed
+    /// percent-encoding are refused outright. `%2F` and `%5C` inside a segment are forwarded
+    /// unchanged (docs/configuration.md, "Request paths").
     static func pathProblem(_ target: String) -> String? {
-        let path = target.utf8.firstIndex(of: UInt8(ascii: "?")).map { target[..<$0] } ?? Substring(target)
-        var segmentStart = true
+        var target = target
+        return target.withUTF8 { pathProblem(bytes: $0) }
+    }
+
+    private static func pathProblem(bytes: UnsafeBufferPointer<UInt8>) -> String? {
         var dots = 0
-        var index = path.utf8.startIndex
-        let end = path.utf8.endIndex
+        var other = false
+        var index = 0
+        let end = bytes.count
+        /// The byte `%XY` at `at` stands for, if `XY` is hex.
+        func decoded(at: Int) -> UInt8? {
+            guard at + 2 < end, isHex(bytes[at + 1]), isHex(bytes[at + 2]) else { return nil }
+            return hexValue(bytes[at + 1]) << 4 | hexValue(bytes[at + 2])
+        }
         while index < end {
-            let byte = path.utf8[index]
+            var byte = bytes[index]
+            if byte == UInt8(ascii: "?") { break }
             switch byte {
-            case UInt8(ascii: "/"):
-                if segmentStart && (dots == 1 || dots == 2) { return "dot segments are not allowed in the path" }
-                segmentStart = true
-                dots = 0
-            case UInt8(ascii: "."):
-                if segmentStart { dots += 1 }
             case UInt8(ascii: "%"):
-                let next1 = path.utf8.index(after: index)
-                guard next1 < end, path.utf8.index(after: next1) < end else {
+                guard let value = decoded(at: index) else {
                     return "invalid percent-encoding in the path"
                 }
-                let next2 = path.utf8.index(after: next1)
-                let hi = path.utf8[next1] | 0x20
-                let lo = path.utf8[next2] | 0x20
-                guard isHex(path.utf8[next1]), isHex(path.utf8[next2]) else {
-                    return "invalid percent-encoding in the path"
+                index += 3
+                byte = value
+                if value == UInt8(ascii: "%"), index + 1 < end, isHex(bytes[index]), isHex(bytes[index + 1]) {
+                    // `%25` + hex: an upstream that decodes twice sees this byte.
+                    let twice = hexValue(bytes[index]) << 4 | hexValue(bytes[index + 1])
+                    if Self.isPathDelimiter(twice) || twice == UInt8(ascii: ".") {
+                        byte = twice
+                        index += 2
+                    }
                 }
-                if hi == UInt8(ascii: "2") && lo == UInt8(ascii: "e") {
-                    if segmentStart { dots += 1 }
-                } else if hi == UInt8(ascii: "0") && lo == UInt8(ascii: "0") {
-                    return "NUL in the path"
-                } else {
-                    if dots > 0 { segmentStart = false }
-                }
-                index = next2
-            case UInt8(ascii: "\\"), 0..<0x21, 0x7F:
+                if byte == 0 { return "NUL in the path" }
+                if byte == 0xC0 || byte == 0xC1 { return "invalid percent-encoding in the path" }
+            case UInt8(ascii: "\\"), UInt8(ascii: "#"), 0..<0x21, 0x7F:
+                // A fragment is never sent; an upstream would cut the path there, after routing.
                 return "invalid character in the path"
             default:
-                segmentStart = false
+                index += 1
             }
-            index = path.utf8.index(after: index)
+            if byte == UInt8(ascii: ".") {
+                if !other { dots += 1 }
+            } else if Self.isPathDelimiter(byte) {
+                if !other && (dots == 1 || dots == 2) { return "dot segments are not allowed in the path" }
+                // After `;` come parameters up to the next slash: they are not a segment of their own.
+                other = byte == UInt8(ascii: ";")
+                dots = 0
+            } else {
+                other = true
+            }
         }
-        if segmentStart && (dots == 1 || dots == 2) { return "dot segments are not allowed in the path" }
+        if !other && (dots == 1 || dots == 2) { return "dot segments are not allowed in the path" }
         return nil
+    }
+
+    /// What ends a path segment for some upstream: `/`, `\` and `;`.
+    private static func isPathDelimiter(_ byte: UInt8) -> Bool {
+        byte == UInt8(ascii: "/") || byte == UInt8(ascii: "\\") || byte == UInt8(ascii: ";")
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8 {
+        byte <= UInt8(ascii: "9") ? byte - UInt8(ascii: "0") : (byte | 0x20) - UInt8(ascii: "a") + 10
     }
 
     private static func isHex(_ byte: UInt8) -> Bool {

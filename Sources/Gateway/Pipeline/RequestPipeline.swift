@@ -41,12 +41,15 @@ struct ProxyPlan {
     var subject: String? = nil
     /// What to count before proxying (nil: nothing).
     var rateLimit: RateLimitRequest? = nil
+    /// The refusal to answer with once `rateLimit` allowed the request: nothing is proxied.
+    var deferredError: GatewayError? = nil
 }
 
 /// The protocol-independent request phases after decoding (STYLE "the shape of a request"):
 /// identify (client IP) → route → CORS (preflights answered here, before authentication) →
 /// authenticate (JWT) → proxy. HTTP/1.1 requests and HTTP/2 streams both come through `decide`, so
-/// a policy is enforced once whatever the protocol. Rate limiting plugs in after authentication.
+/// a policy is enforced once whatever the protocol. Rate limiting plugs in after authentication
+/// (`client_ip` policies also count requests authentication refused).
 enum RequestPipeline {
     static func decide(
         method: HTTPMethod,
@@ -128,7 +131,11 @@ enum RequestPipeline {
             case .authenticated(let headers, let sub):
                 claimHeaders = headers
                 subject = sub
-            case .rejected(let error): return named(PipelineDecision(.error(error), additions, client: client), route)
+            case .rejected(let error):
+                if let plan = countedRefusal(error, route: route, client: client, headers: headers, runtime: runtime) {
+                    return named(PipelineDecision(.proxy(plan), additions, client: client), route)
+                }
+                return named(PipelineDecision(.error(error), additions, client: client), route)
             }
         }
 
@@ -138,14 +145,34 @@ enum RequestPipeline {
         let removed = client.peerTrusted ? runtime.removedFromTrustedPeer : runtime.removedFromUntrustedPeer
         var plan = ProxyPlan(route: route, cluster: cluster, claimHeaders: claimHeaders, removedHeaders: removed)
         plan.subject = subject
-        // Counted last, after everything that could refuse the request: a request refused by
-        // CORS or authentication consumes no quota (and preflights and /health* never get here).
+        // Counted after authentication, so policies keyed by a token claim see the verified
+        // subject. Preflights and /health* never get here; refused tokens were counted above.
         if let limiter = runtime.rateLimiter {
             plan.rateLimit = limiter.request(
                 rules: route.rateLimits, clientIP: client.ip, subject: subject, headers: headers, route: route.name
             )
         }
         return named(PipelineDecision(.proxy(plan), additions, client: client), route)
+    }
+
+    /// A request authentication refused still spends its address's budget: the route's policies
+    /// keyed by `client_ip` (and not by a token claim) count it, and the refusal is sent once the
+    /// count is done, so a flood of missing or bad tokens gets 429 like any other flood. Nil when
+    /// no such policy applies (the refusal goes out at once).
+    static func countedRefusal(
+        _ error: GatewayError, route: Route, client: ClientIdentity, headers: HTTPHeaders, runtime: GatewayRuntime
+    ) -> ProxyPlan? {
+        guard let limiter = runtime.rateLimiter, route.rateLimits.contains(where: \.countsRefusedRequests),
+            let cluster = runtime.clusters[route.upstreamName],
+            let request = limiter.request(
+                rules: route.rateLimits.filter(\.countsRefusedRequests), clientIP: client.ip, subject: nil,
+                headers: headers, route: route.name
+            )
+        else { return nil }
+        var plan = ProxyPlan(route: route, cluster: cluster, claimHeaders: [], removedHeaders: [])
+        plan.rateLimit = request
+        plan.deferredError = error
+        return plan
     }
 
     /// 308 keeps the method and body (unlike 301), so a POST sent to http:// is not turned into a GET.

@@ -44,6 +44,8 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private let addHSTS: Bool
     private var responseAdditions: ResponseAdditions
     private let rateLimit: RateLimitRequest?
+    /// A refusal (401/403) held back until `rateLimit` has counted the request; never proxied.
+    private let deferredError: GatewayError?
     /// `allowed`, `denied` or `store_unavailable` once the rate limiter answered (access log).
     private(set) var rateLimitDecision: String?
     private let expectsContinue: Bool
@@ -83,6 +85,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         addHSTS: Bool,
         responseAdditions: ResponseAdditions = .none,
         rateLimit: RateLimitRequest? = nil,
+        deferredError: GatewayError? = nil,
         expectsContinue: Bool,
         requestHasBody: Bool,
         cluster: UpstreamCluster,
@@ -96,6 +99,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         self.addHSTS = addHSTS
         self.responseAdditions = responseAdditions
         self.rateLimit = rateLimit
+        self.deferredError = deferredError
         self.expectsContinue = expectsContinue
         self.requestComplete = !requestHasBody
         self.cluster = cluster
@@ -109,7 +113,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
 
     func start() {
         guard let request = self.rateLimit else {
-            self.startUpstream()
+            self.proceed(rateLimitFields: [])
             return
         }
         // Body reads wait while the limiter decides (it may be a Redis round trip).
@@ -120,15 +124,25 @@ final class ProxyExchange: UpstreamConnectionOwner {
             switch outcome {
             case .allowed(let fields):
                 self.rateLimitDecision = "allowed"
-                self.responseAdditions.extraHeaders.append(contentsOf: fields)
-                self.startUpstream()
+                self.proceed(rateLimitFields: fields)
             case .denied(let fields):
                 self.rateLimitDecision = "denied"
                 self.fail(.rateLimited(fields))
             case .storeUnavailable:
                 self.rateLimitDecision = "store_unavailable"
-                if service.failOpen { self.startUpstream() } else { self.fail(.rateLimiterUnavailable) }
+                if service.failOpen { self.proceed(rateLimitFields: []) } else { self.fail(.rateLimiterUnavailable) }
             }
+        }
+    }
+
+    /// Past the rate limiter: the refusal held back for counting, else the upstream.
+    private func proceed(rateLimitFields: [(String, String)]) {
+        if var error = self.deferredError {
+            error.headers.append(contentsOf: rateLimitFields)
+            self.fail(error)
+        } else {
+            self.responseAdditions.extraHeaders.append(contentsOf: rateLimitFields)
+            self.startUpstream()
         }
     }
 
