@@ -227,6 +227,32 @@ def raw_request(port: int, data: bytes, tls=False, timeout=5.0, server_name=None
     return out
 
 
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape_metrics(gw) -> dict:
+    """The admin listener's /metrics samples as {(name, frozenset of (label, value)): value}."""
+    import httpx
+    text = httpx.get(gw.url("/metrics", listener="admin"), timeout=5).text
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE.match(line)
+        assert m, f"not a Prometheus sample line: {line!r}"
+        labels = frozenset(LABEL.findall(m.group(2) or ""))
+        samples[(m.group(1), labels)] = float(m.group(3))
+    return samples
+
+
+def metric(samples: dict, name: str, **labels) -> float:
+    """The value of the series `name{labels}`; fails naming the series that do exist when it is absent."""
+    key = (name, frozenset(labels.items()))
+    assert key in samples, f"no {name}{labels} in /metrics; {name} has {[dict(k[1]) for k in samples if k[0] == name]}"
+    return samples[key]
+
+
 def status_of(response: bytes) -> int:
     m = re.match(rb"HTTP/1\.[01] (\d{3})", response)
     assert m, f"no HTTP status in {response[:200]!r}"
