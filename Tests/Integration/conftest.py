@@ -81,6 +81,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listener_names(config: str) -> set:
+    """Every listener a generated config declares, the admin listener included."""
+    section = re.search(r"^listeners:\n((?:[ -].*\n)*)", config, re.M)
+    return set(re.findall(r"^  - name: (\S+)", section.group(1) if section else "", re.M)) | {"admin"}
+
+
 class Gateway:
     """A running `gateway run` with a generated config. Listener ports are read from its output."""
 
@@ -91,6 +97,7 @@ class Gateway:
             [str(GATEWAY), "run", "--config", str(self.config_path)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
         self.ports = {}
+        expected = listener_names(config_text)
         deadline = time.time() + 30
         while time.time() < deadline:
             line = self.proc.stdout.readline()
@@ -99,8 +106,9 @@ class Gateway:
             m = re.match(r"gateway: listener (\S+) on .*:(\d+)$", line.strip())
             if m:
                 self.ports[m.group(1)] = int(m.group(2))
-            if "admin" in self.ports and len(self.ports) >= 2:
+            if expected <= self.ports.keys():
                 break
+        assert expected <= self.ports.keys(), f"listeners {expected - self.ports.keys()} never reported a port"
         # Keep draining stdout (the access log) so the gateway never blocks on a full pipe.
         self.lines = []
         self._reader = threading.Thread(target=self._drain, daemon=True)
@@ -194,7 +202,6 @@ def gateway_factory(certs, tmp_path):
         d = tmp_path / f"gw{len(started)}"
         d.mkdir()
         gw = Gateway(config_text(certs, upstream_port, **kwargs), d)
-        # Wait for all listeners (public, plain, http, admin).
         started.append(gw)
         return gw
 

@@ -5,7 +5,7 @@ import Testing
 /// Runs the Lua script in a real redis-server through `redis-cli` and compares it with the Swift
 /// maths. Enabled when `RATELIMIT_REDIS_SOCKET` names a redis-server unix socket (disposable:
 /// the test deletes and writes `gw:rl:{c0}:*`, `gw:rl:{c1}:*` and `gw:rl:{time-<uuid>}:*`).
-@Suite(.enabled(if: ProcessInfo.processInfo.environment["RATELIMIT_REDIS_SOCKET"] != nil))
+@Suite(.needsRedisSocket)
 struct RedisScriptTests {
     let socket = ProcessInfo.processInfo.environment["RATELIMIT_REDIS_SOCKET"] ?? ""
 
