@@ -36,8 +36,10 @@ test: test-deps
 	scripts/with-redis.sh $(SWIFT) test --skip-build
 	$(PYTHON) -m pytest -q Tests/Integration
 
+# The Swift tests alone, with their own throwaway redis-server like `make test`.
 unit-test: test-deps
-	$(SWIFT) test
+	$(SWIFT) build --build-tests
+	scripts/with-redis.sh $(SWIFT) test --skip-build
 
 integration-test: test-deps
 	$(SWIFT) build

@@ -122,7 +122,7 @@ import Testing
 
     @Test func eofWithoutCloseNotifyIsUnclean() {
         var active = self.activeMachine()
-        guard case .cleanUp(let error, _, _) = active.channelInactive() else { return }
+        guard case .cleanUp(let error, _, _) = active.channelInactive() else { Issue.record("expected cleanUp"); return }
         #expect(error == .uncleanShutdown)
 
         var halfClosed = self.activeMachine()
@@ -131,7 +131,7 @@ import Testing
 
         var closing = self.activeMachine()
         _ = closing.close(mode: .all, promise: nil)
-        guard case .cleanUp(let closingError, _, _) = closing.channelInactive() else { return }
+        guard case .cleanUp(let closingError, _, _) = closing.channelInactive() else { Issue.record("expected cleanUp"); return }
         #expect(closingError == nil)
     }
 

@@ -81,6 +81,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listener_names(config: str) -> set:
+    """Every listener a generated config declares, the admin listener included."""
+    section = re.search(r"^listeners:\n((?:[ -].*\n)*)", config, re.M)
+    return set(re.findall(r"^  - name: (\S+)", section.group(1) if section else "", re.M)) | {"admin"}
+
+
 class Gateway:
     """A running `gateway run` with a generated config. Listener ports are read from its output."""
 
@@ -91,6 +97,7 @@ class Gateway:
             [str(GATEWAY), "run", "--config", str(self.config_path)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
         self.ports = {}
+        expected = listener_names(config_text)
         deadline = time.time() + 30
         while time.time() < deadline:
             line = self.proc.stdout.readline()
@@ -99,8 +106,9 @@ class Gateway:
             m = re.match(r"gateway: listener (\S+) on .*:(\d+)$", line.strip())
             if m:
                 self.ports[m.group(1)] = int(m.group(2))
-            if "admin" in self.ports and len(self.ports) >= 2:
+            if expected <= self.ports.keys():
                 break
+        assert expected <= self.ports.keys(), f"listeners {expected - self.ports.keys()} never reported a port"
         # Keep draining stdout (the access log) so the gateway never blocks on a full pipe.
         self.lines = []
         self._reader = threading.Thread(target=self._drain, daemon=True)
@@ -194,7 +202,6 @@ def gateway_factory(certs, tmp_path):
         d = tmp_path / f"gw{len(started)}"
         d.mkdir()
         gw = Gateway(config_text(certs, upstream_port, **kwargs), d)
-        # Wait for all listeners (public, plain, http, admin).
         started.append(gw)
         return gw
 
@@ -225,6 +232,32 @@ def raw_request(port: int, data: bytes, tls=False, timeout=5.0, server_name=None
         pass
     sock.close()
     return out
+
+
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape_metrics(gw) -> dict:
+    """The admin listener's /metrics samples as {(name, frozenset of (label, value)): value}."""
+    import httpx
+    text = httpx.get(gw.url("/metrics", listener="admin"), timeout=5).text
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE.match(line)
+        assert m, f"not a Prometheus sample line: {line!r}"
+        labels = frozenset(LABEL.findall(m.group(2) or ""))
+        samples[(m.group(1), labels)] = float(m.group(3))
+    return samples
+
+
+def metric(samples: dict, name: str, **labels) -> float:
+    """The value of the series `name{labels}`; fails naming the series that do exist when it is absent."""
+    key = (name, frozenset(labels.items()))
+    assert key in samples, f"no {name}{labels} in /metrics; {name} has {[dict(k[1]) for k in samples if k[0] == name]}"
+    return samples[key]
 
 
 def status_of(response: bytes) -> int:

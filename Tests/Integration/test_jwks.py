@@ -274,6 +274,9 @@ jwt:
     assert status(gw, keys["rs-a"].token())[0] == 401
     assert status(gw, hs_token())[0] == 200
     assert server.hit_count() == 0  # the handshake failed before any request
+    # ... and it was tried: a gateway that never fetched would pass the checks above.
+    log = gateway_log(gw)
+    assert "jwt.jwks_url: fetch failed" in log and "certificate" in log, log
 
 
 def test_validate_does_not_fetch(jwks_server, jwks_ca, tmp_path, certs):

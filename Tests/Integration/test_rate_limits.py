@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from conftest import free_port
+from conftest import free_port, metric, scrape_metrics
 
 POLICIES = """rate_limits:
   on_store_error: {mode}
@@ -86,16 +86,24 @@ def test_in_process_limit_headers_and_denials_not_forwarded(gateway_factory, ups
         # Health and other routes are not counted.
         for _ in range(10):
             assert c.get(gw.url("/health")).status_code == 200
+    samples = scrape_metrics(gw)
+    assert metric(samples, "gateway_ratelimit_decisions_total", policy="tight", decision="allowed") == 5
+    assert metric(samples, "gateway_ratelimit_decisions_total", policy="tight", decision="denied") == 1
 
 
 def test_all_or_nothing_and_tightest_policy(gateway_factory, upstream):
     gw = start(gateway_factory, upstream)
     with httpx.Client(verify=False, timeout=5) as c:
         codes = [c.get(gw.url("/login/x")).status_code for _ in range(4)]
-        assert codes[:3] != [429] * 3 and codes[3] == 429
+        assert codes == [404, 404, 404, 429], codes  # the demo upstream's 404 for the first three
         # login denied the 4th: `tight` (shared with /limited/) was charged only 3 times.
         r = c.get(gw.url("/limited/x"))
         assert r.status_code != 429 and r.headers["ratelimit-remaining"] == "1"
+    samples = scrape_metrics(gw)
+    decisions = lambda policy, decision: metric(samples, "gateway_ratelimit_decisions_total", policy=policy, decision=decision)
+    assert (decisions("login", "allowed"), decisions("login", "denied")) == (3, 1)
+    # The 4th would have fitted `tight`, but was not counted against it.
+    assert (decisions("tight", "allowed"), decisions("tight", "not_counted")) == (4, 1)
 
 
 def test_ietf_draft10_headers(gateway_factory, upstream):
@@ -129,6 +137,14 @@ def test_exactly_limit_allowed_across_two_gateways_sharing_redis(gateway_factory
         codes = list(pool.map(hit, urls))
     assert sum(1 for c in codes if c != 429) == 5, codes
     assert codes.count(429) == 35
+    totals = {}
+    for gw in (a, b):
+        samples = scrape_metrics(gw)
+        for decision in ("allowed", "denied"):
+            value = samples.get(("gateway_ratelimit_decisions_total", frozenset({("policy", "tight"), ("decision", decision)})), 0)
+            totals[decision] = totals.get(decision, 0) + value
+        assert metric(samples, "gateway_redis_errors_total") == 0
+    assert totals == {"allowed": 5, "denied": 35}, totals
     keys = redis.cli("--scan", "--pattern", "gw:rl:*").split()
     assert keys
     for key in keys:
@@ -144,14 +160,16 @@ def test_redis_down_fail_open_then_recovers(gateway_factory, upstream, redis):
             time.sleep(0.05)
         assert "ratelimit-remaining" in c.get(gw.url("/limited/x")).headers
         port = redis.port
+        errors_before = metric(scrape_metrics(gw), "gateway_redis_errors_total")
         redis.stop()
         for _ in range(3):
             start_t = time.time()
             r = c.get(gw.url("/limited/x"))
             assert r.status_code == 404 and "ratelimit-limit" not in r.headers  # demo upstream's own 404
+            assert r.json() == {"error": "not found in demo upstream"}
             assert time.time() - start_t < 1.0
-        metrics = httpx.get(gw.url("/metrics", listener="admin")).text
-        assert "gateway_redis_errors_total 0" not in metrics
+        # One store error per request that failed open.
+        assert metric(scrape_metrics(gw), "gateway_redis_errors_total") == errors_before + 3
         # Back on the same port: limiting resumes.
         redis.proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -171,6 +189,7 @@ def test_redis_down_fail_closed(gateway_factory, upstream, redis):
         r = c.get(gw.url("/limited/x"))
         assert r.status_code == 503 and r.json()["error"]["code"] == "rate_limiter_unavailable"
         assert r.headers["retry-after"] == "1"
+    assert metric(scrape_metrics(gw), "gateway_redis_errors_total") == 1
 
 
 def test_slow_redis_takes_the_timeout_path(gateway_factory, upstream, redis):
@@ -180,13 +199,16 @@ def test_slow_redis_takes_the_timeout_path(gateway_factory, upstream, redis):
         while time.time() < deadline and c.get(gw.url("/limited/x")).status_code == 503:
             time.sleep(0.05)  # until the script is loaded and Redis answers in time
         # Sent on a raw socket so Redis is busy before the request below (no client start-up race).
+        errors_before = metric(scrape_metrics(gw), "gateway_redis_errors_total")
         blocker = socket.create_connection(("127.0.0.1", redis.port))
         blocker.sendall(b"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$1\r\n1\r\n")
         time.sleep(0.1)
         start_t = time.time()
         r = c.get(gw.url("/limited/x"))
         assert r.status_code == 503 and time.time() - start_t < 0.5
+        assert r.json()["error"]["code"] == "rate_limiter_unavailable"
         blocker.close()
+    assert metric(scrape_metrics(gw), "gateway_redis_errors_total") == errors_before + 1
 
 
 def test_health_detailed_reports_the_store(gateway_factory, upstream, redis):

@@ -1,4 +1,5 @@
 """Hot reload: POST /config/reload, SIGHUP and file changes; invalid configs are refused whole."""
+import os
 import signal
 import socket
 import ssl
@@ -67,10 +68,18 @@ def test_sighup_and_file_change_reload(gateway):
         while time.time() < deadline and c.post(gateway.url("/api/bookings"), content=b"x" * 2048).status_code != 413:
             time.sleep(0.2)
         assert c.post(gateway.url("/api/bookings"), content=b"x" * 2048).status_code == 413
-        # SIGHUP after changing it back without waiting for the watcher.
+        # Changed back with the same size and modification time, so the watcher (which compares
+        # both) sees nothing: only the SIGHUP can reload it.
+        seen = gateway.config_path.stat()
         gateway.config_path.write_text(gateway.config_path.read_text().replace("max_body_bytes: 1KiB", "max_body_bytes: 2MiB"))
+        os.utime(gateway.config_path, ns=(seen.st_atime_ns, seen.st_mtime_ns))
+        assert gateway.config_path.stat().st_size == seen.st_size
+        time.sleep(1.5)  # a watcher poll or more: it must not have reloaded
+        assert c.post(gateway.url("/api/bookings"), content=b"x" * 2048).status_code == 413
         gateway.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        deadline = time.time() + 5
+        while time.time() < deadline and c.post(gateway.url("/api/bookings"), content=b"x" * 2048).status_code != 201:
+            time.sleep(0.2)
         assert c.post(gateway.url("/api/bookings"), content=b"x" * 2048).status_code == 201
     assert gateway.proc.poll() is None
 

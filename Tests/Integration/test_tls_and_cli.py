@@ -33,9 +33,35 @@ def test_sni_picks_certificate(gateway):
     assert cn(peer_cert(port, "unknown.example")[0]) == "gateway-default"
 
 
+def alpn_of(port, offer):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(offer)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            return s.selected_alpn_protocol()
+
+
 def test_alpn_offers_http11(gateway):
-    cert, version, alpn = peer_cert(gateway.ports["public"], "localhost")
-    assert version == "TLSv1.3"
+    port = gateway.ports["public"]
+    assert alpn_of(port, ["http/1.1"]) == "http/1.1"
+    # The listener's order ([h2, http/1.1]) wins over the client's.
+    assert alpn_of(port, ["http/1.1", "h2"]) == "h2"
+    assert alpn_of(port, ["h2"]) == "h2"
+    # No ALPN offered: none selected (the connection speaks HTTP/1.1).
+    assert peer_cert(port, "localhost")[2] is None
+    # Nothing in common: a fatal no_application_protocol alert (RFC 7301 §3.2).
+    with pytest.raises(ssl.SSLError, match="no application protocol"):
+        alpn_of(port, ["spdy/3"])
+
+
+def test_alpn_follows_listener_protocols(gateway_factory, upstream, certs):
+    cert, key = certs["default"]
+    gw = gateway_factory(upstream.port, listeners_extra=(
+        "  - name: h1only\n    address: 127.0.0.1:0\n    protocols: [http/1.1]\n"
+        f"    tls:\n      certificates:\n        - {{ cert: {cert}, key: {key} }}\n"))
+    assert alpn_of(gw.ports["h1only"], ["h2", "http/1.1"]) == "http/1.1"
 
 
 def test_tls12_accepted_when_min_is_12(gateway):
@@ -45,12 +71,13 @@ def test_tls12_accepted_when_min_is_12(gateway):
 
 def test_tls11_refused_by_server(gateway):
     # OpenSSL's client refuses TLS 1.1 at its default security level; level 0 lets it offer it, so
-    # the refusal we see is the gateway's protocol_version alert.
+    # the refusal we see is the gateway's protocol_version alert (alert 70), not the client's own
+    # "no protocols available" or "unsupported protocol".
     out = subprocess.run(
         ["openssl", "s_client", "-connect", f"127.0.0.1:{gateway.ports['public']}", "-tls1_1",
          "-cipher", "DEFAULT@SECLEVEL=0"], input="", capture_output=True, text=True, timeout=10)
     assert out.returncode != 0
-    assert "alert protocol version" in out.stderr or "unsupported protocol" in out.stderr or "no protocols available" in out.stderr
+    assert "tlsv1 alert protocol version" in out.stderr, out.stderr
 
 
 def test_tls12_refused_when_min_is_13(gateway_factory, upstream):

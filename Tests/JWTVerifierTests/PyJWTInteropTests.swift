@@ -3,7 +3,7 @@ import Testing
 @testable import JWTVerifier
 
 /// Tokens minted at test time by an independent implementation (PyJWT + cryptography).
-@Suite(.enabled(if: pyAvailable, pySkipMessage))
+@Suite(.needsPyJWT)
 struct PyJWTInteropTests {
     static let algorithms = JWTAlgorithm.allCases.map(\.rawValue)
 

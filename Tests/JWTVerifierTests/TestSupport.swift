@@ -197,6 +197,22 @@ print(json.dumps(out))
 let pyAvailable = PyFixtures.shared != nil
 let pySkipMessage: Comment = "python3 with PyJWT + cryptography not importable (pip install pyjwt cryptography)"
 
+struct MissingPyJWT: Error, CustomStringConvertible {
+    var description: String { "CI=true but python3 with PyJWT + cryptography is not importable (scripts/install-deps.sh test)" }
+}
+
+extension Trait where Self == ConditionTrait {
+    /// Runs the suite when PyJWT can mint its fixtures; skips it otherwise, except under `CI=true`
+    /// (`.ci/run`), where skipped tests would let a broken CI image pass while testing less.
+    static var needsPyJWT: Self {
+        .enabled(pySkipMessage) {
+            if pyAvailable { return true }
+            if ["true", "1"].contains(ProcessInfo.processInfo.environment["CI"]?.lowercased() ?? "") { throw MissingPyJWT() }
+            return false
+        }
+    }
+}
+
 /// Configuration matching the PyJWT claims.
 func pyConfiguration(cacheSize: Int = 0) -> JWTVerifierConfiguration {
     JWTVerifierConfiguration(issuer: "https://issuer.example", audiences: ["gateway"], cacheSize: cacheSize)

@@ -1,4 +1,23 @@
+import Foundation
+import Testing
 @testable import RateLimiter
+
+struct MissingRedisSocket: Error, CustomStringConvertible {
+    var description: String { "CI=true but RATELIMIT_REDIS_SOCKET is not set: run through scripts/with-redis.sh" }
+}
+
+extension Trait where Self == ConditionTrait {
+    /// Runs the suite when `RATELIMIT_REDIS_SOCKET` names a redis-server; skips it otherwise, except
+    /// under `CI=true` (`.ci/run`), where skipped tests would let a broken CI image pass while
+    /// testing less.
+    static var needsRedisSocket: Self {
+        .enabled("needs RATELIMIT_REDIS_SOCKET: run through scripts/with-redis.sh") {
+            if ProcessInfo.processInfo.environment["RATELIMIT_REDIS_SOCKET"] != nil { return true }
+            if ["true", "1"].contains(ProcessInfo.processInfo.environment["CI"]?.lowercased() ?? "") { throw MissingRedisSocket() }
+            return false
+        }
+    }
+}
 
 /// Deterministic generator so failures reproduce.
 struct SplitMix64: RandomNumberGenerator {

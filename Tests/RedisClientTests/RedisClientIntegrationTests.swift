@@ -7,7 +7,7 @@ import RedisClient
 /// Tier 4 (STYLE habit 13): the client against a real redis-server. The shared server
 /// (`REDIS_TEST_URL`, from scripts/with-redis.sh) serves the read/write tests under unique keys;
 /// tests that kill, block or reconfigure a server start their own on a free port.
-@Suite(.enabled(if: haveRedis))
+@Suite(.needsRedis)
 struct RedisClientIntegrationTests {
     let prefix = "test:\(UUID().uuidString):"
 

@@ -8,7 +8,7 @@ import Testing
 
 /// The Redis rate-limit store end to end: real redis-servers, two pools standing in for two
 /// gateway instances, failures injected by killing, blocking, black-holing and flushing.
-@Suite(.enabled(if: haveRedis))
+@Suite(.needsRedis)
 struct RedisRateLimitStoreTests {
     let id = UUID().uuidString
 

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import RedisClient
+import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -10,6 +11,22 @@ import Glibc
 /// block or reconfigure a server start their own `RedisServer` instead.
 let sharedRedisURL: String? = ProcessInfo.processInfo.environment["REDIS_TEST_URL"]
 let haveRedis = sharedRedisURL != nil
+
+struct MissingRedis: Error, CustomStringConvertible {
+    var description: String { "CI=true but REDIS_TEST_URL is not set: run through scripts/with-redis.sh" }
+}
+
+extension Trait where Self == ConditionTrait {
+    /// Runs the suite when the shared redis-server is there; skips it otherwise, except under
+    /// `CI=true` (`.ci/run`), where skipped tests would let a broken CI image pass while testing less.
+    static var needsRedis: Self {
+        .enabled("needs REDIS_TEST_URL: run through scripts/with-redis.sh") {
+            if haveRedis { return true }
+            if ["true", "1"].contains(ProcessInfo.processInfo.environment["CI"]?.lowercased() ?? "") { throw MissingRedis() }
+            return false
+        }
+    }
+}
 
 /// A loopback TCP port nobody listens on right now.
 func freePort() -> Int {
