@@ -205,7 +205,7 @@ def test_slow_redis_takes_the_timeout_path(gateway_factory, upstream, redis):
         time.sleep(0.1)
         start_t = time.time()
         r = c.get(gw.url("/limited/x"))
-        assert r.status_code == 503 and time.time() - start_t < 0.5
+        assert r.status_code == 503 and time.time() - start_t < 0.9  # the store timeout, not Redis's 1 s sleep
         assert r.json()["error"]["code"] == "rate_limiter_unavailable"
         blocker.close()
     assert metric(scrape_metrics(gw), "gateway_redis_errors_total") == errors_before + 1

@@ -180,3 +180,10 @@ func withOwnEventLoop<T>(_ body: (any EventLoopGroup) async throws -> T) async t
         throw error
     }
 }
+
+/// Redis's `total_connections_received`: how many connections the server has accepted so far.
+func connectionsReceived(_ pool: RedisConnectionPool) async throws -> Int {
+    let info = try await pool.send(["INFO", "stats"]).string ?? ""
+    let line = info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("total_connections_received:") }
+    return Int(line?.split(separator: ":").last ?? "") ?? -1
+}
