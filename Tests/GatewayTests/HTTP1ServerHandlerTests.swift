@@ -156,12 +156,13 @@ struct HTTP1ServerHandlerTests {
     @Test("After an Upgrade request the connection keeps parsing HTTP/1.1")
     func upgradeKeepsParsing() throws {
         let (channel, _) = try Self.makeChannel()
-        try channel.writeInbound(ByteBuffer(string:
-            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
-            + "GET /after HTTP/1.1\r\nHost: x\r\n\r\n"))
+        let upgrade = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        // Two in a row: the second is decoded by the first replacement while the first stopped
+        // decoder is still handing its leftovers over.
+        try channel.writeInbound(ByteBuffer(string: upgrade + upgrade + "GET /after HTTP/1.1\r\nHost: x\r\n\r\n"))
         channel.embeddedEventLoop.run()
         var statuses = Self.statuses(try Self.output(channel))
-        #expect(statuses == ["404", "404"])
+        #expect(statuses == ["404", "404", "404"])
         // The replacement decoder also serves what arrives later.
         try channel.writeInbound(ByteBuffer(string: "GET /later HTTP/1.1\r\nHost: x\r\n\r\n"))
         statuses = Self.statuses(try Self.output(channel))

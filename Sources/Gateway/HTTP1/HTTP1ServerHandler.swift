@@ -69,6 +69,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     private var draining = false
     /// The request being decoded asks to switch protocols, so the decoder stops after its end.
     private var decoderStopsAfterRequest = false
+    /// The decoder installed by the last `replaceDecoder` (nil: the pipeline's first one).
+    private var decoder: ByteToMessageHandler<HTTPRequestDecoder>?
     private var readPending = false
     private var bodyPaused = false
     private var quiescing = false
@@ -586,11 +588,13 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     private func replaceDecoder(context: ChannelHandlerContext) {
         do {
             let pipeline = context.pipeline.syncOperations
-            let stopped = try pipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
-            try pipeline.addHandler(
-                HTTP1Pipeline.requestDecoder(maxHeaderBytes: self.services.runtime.traffic.maxHeaderBytes),
-                position: .before(self)
-            )
+            // The decoder that stopped is the one feeding this handler: a replaced one may still
+            // be in the pipeline, handing its leftovers over.
+            let stopped = try self.decoder.map { try pipeline.context(handler: $0) }
+                ?? pipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
+            let fresh = HTTP1Pipeline.requestDecoder(maxHeaderBytes: self.services.runtime.traffic.maxHeaderBytes)
+            try pipeline.addHandler(fresh, position: .before(self))
+            self.decoder = fresh
             // Removal runs on the next loop tick; the stopped decoder then forwards what it holds
             // (`leftOverBytesStrategy: .forwardBytes`) to the fresh one.
             pipeline.removeHandler(context: stopped, promise: nil)
