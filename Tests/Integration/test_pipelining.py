@@ -226,6 +226,33 @@ def test_request_behind_a_429_gets_its_own_response(gateway_factory, upstream):
     assert [r[1]["x-request-id"] for r in responses] == ["limited-0000001", "limited-0000002", "after-000000003"]
 
 
+def test_request_behind_a_401_gets_its_own_response(gateway_factory, upstream):
+    top = """jwt:
+  issuer: barberpro-auth
+  audiences: [barberpro-api]
+  keys:
+    - { kid: hs-1, algorithm: HS256, secret: "pipelining-test-secret-0123456789abcdef" }
+"""
+    routes = """  - name: secure
+    match: { path_prefix: /secure/ }
+    upstream: booking
+    auth: required
+"""
+    gw = gateway_factory(upstream.port, top_extra=top, extra_routes=routes)
+    sock = connect(gw.ports["public"], tls=True)
+    sock.sendall(
+        b"GET /secure/a HTTP/1.1\r\nHost: x\r\nX-Request-Id: noauth-00000001\r\n\r\n"
+        b"GET /secure/b HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer not.a.jwt\r\nX-Request-Id: badauth-0000002\r\n\r\n"
+        b"GET /api/bookings HTTP/1.1\r\nHost: x\r\nX-Request-Id: after-000000003\r\nConnection: close\r\n\r\n")
+    reader = Reader(sock)
+    responses = [reader.response() for _ in range(3)]
+    assert reader.closed()
+    sock.close()
+    assert [r[0] for r in responses] == [401, 401, 200]
+    assert [r[1]["x-request-id"] for r in responses] == ["noauth-00000001", "badauth-0000002", "after-000000003"]
+    assert all("www-authenticate" in r[1] for r in responses[:2])
+
+
 UPGRADE = (b"GET /api/echo-headers HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
