@@ -89,7 +89,8 @@ struct HTTP1ServerHandlerTests {
         let lastHead = try #require(text.components(separatedBy: "HTTP/1.1 ").last)
         #expect(lastHead.lowercased().contains("connection: close"))
         #expect(text.lowercased().components(separatedBy: "connection: close").count == 2)
-        channel.embeddedEventLoop.run()
+        // Plaintext: the output side closes first, the socket after `resetAvoidanceDelay`.
+        channel.embeddedEventLoop.advanceTime(by: HTTP1ServerHandler.resetAvoidanceDelay)
         #expect(!channel.isActive)
         _ = try channel.finish(acceptAlreadyClosed: true)
     }

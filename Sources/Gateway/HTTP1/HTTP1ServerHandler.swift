@@ -319,7 +319,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         self.current = nil
         self.bodyPaused = false
         if !current.keepAlive || current.closeDelimited || self.quiescing {
-            self.close()
+            self.closeAfterResponse()
             return
         }
         self.serveQueued()
@@ -435,7 +435,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         } else if current.responseEnded {
             // The upstream answered before the client finished sending: the rest of the body would
             // be read as the next request, so the connection ends here.
-            self.close()
+            self.closeAfterResponse()
         }
     }
 
@@ -463,10 +463,18 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
             context.write(Self.wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
         }
         if closing {
-            self.closed = true
-            let loopBound = context.loopBound
-            context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
-                loopBound.value.close(promise: nil)
+            // Logged now: the connection may take a while to close (close_notify, half-close).
+            self.log(self.current!)
+            self.current!.record.logged = true
+            if self.services.listener.isTLS {
+                self.closed = true
+                let loopBound = context.loopBound
+                context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+                    loopBound.value.close(promise: nil)
+                }
+            } else {
+                context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+                self.closeAfterResponse()
             }
             return
         }
@@ -534,6 +542,27 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         guard !self.closed, let context else { return }
         self.closed = true
         context.close(promise: nil)
+    }
+
+    /// How long a plaintext connection stays half-closed after its last response.
+    static let resetAvoidanceDelay: TimeAmount = .milliseconds(500)
+
+    /// Ends the connection after a complete response. A plain close drops response bytes not yet
+    /// written, and with unread input (pipelined requests past the cap, an unread body, junk) the
+    /// kernel answers it with RST, which can destroy the response still in flight to the client.
+    /// So a plaintext socket closes its output first (FIN once the response is written) and fully
+    /// a moment later, as Go's net/http does; TLS ends with close_notify in `TLSServerHandler`.
+    private func closeAfterResponse() {
+        guard !self.services.listener.isTLS else {
+            self.close()
+            return
+        }
+        guard !self.closed, let context else { return }
+        self.closed = true
+        self.cancelTimer()
+        context.close(mode: .output, promise: nil)
+        let channel = context.channel
+        context.eventLoop.scheduleTask(in: Self.resetAvoidanceDelay) { channel.close(promise: nil) }
     }
 
     /// The log + metrics phase; a request cut off before its response counts as 499 (client
