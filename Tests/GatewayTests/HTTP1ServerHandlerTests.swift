@@ -95,6 +95,39 @@ struct HTTP1ServerHandlerTests {
         _ = try channel.finish(acceptAlreadyClosed: true)
     }
 
+    @Test("Bytes that do not parse after complete requests are answered 400 after them, then the connection closes")
+    func brokenInputAfterQueuedRequests() throws {
+        let (channel, handler) = try Self.makeChannel()
+        Self.deliver("GET /api/slow HTTP/1.1\r\nHost: x\r\n\r\n" + Self.tiny(2) + "\u{0}\u{1}junk", to: channel)
+        let exchange = try #require(handler.currentExchange)
+        handler.sendErrorResponse(for: exchange, .upstreamTimeout)
+        let text = try Self.output(channel)
+        #expect(Self.statuses(text) == ["504", "404", "404", "400"])
+        #expect(text.lowercased().components(separatedBy: "connection: close").count == 2)
+        channel.embeddedEventLoop.advanceTime(by: HTTP1ServerHandler.resetAvoidanceDelay)
+        #expect(!channel.isActive)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    @Test("The pipelined queue counts requests, not parts, and marks the last one before the cut")
+    func queueBookkeeping() {
+        var queue = PipelinedRequests(maxRequests: 2)
+        let head = HTTPServerRequestPart.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/"))
+        for part in [head, .body(ByteBuffer(string: "a")), .body(ByteBuffer(string: "b")), .end(nil), head, .end(nil)] {
+            queue.append(part)
+        }
+        #expect(queue.count == 6 && !queue.discarding)
+        queue.append(head)
+        queue.append(.end(nil))
+        #expect(queue.discarding && queue.count == 6)
+        _ = queue.popFirst()
+        #expect(!queue.cutHere)
+        while let part = queue.popFirst() {
+            if case .head = part { #expect(queue.cutHere) }
+        }
+        #expect(queue.takeBrokenInput() == nil)
+    }
+
     @Test("Reads stop while a response is pending and pipelined parts are queued")
     func readsHeld() throws {
         let (channel, _) = try Self.makeChannel()

@@ -52,18 +52,9 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
 
     private let services: ConnectionServices
     private let activity: ReadActivityHandler
-    private let maxQueuedRequests: Int
     private var context: ChannelHandlerContext!
     private var current: InFlight?
-    private var queued = CircularBuffer<HTTPServerRequestPart>()
-    /// Request heads in `queued`.
-    private var queuedRequests = 0
-    /// More than `maxQueuedRequests` were pipelined, or bytes after a complete request did not
-    /// parse: further input is discarded and the connection closes once what came before is answered.
-    private var inputDiscarded = false
-    /// The answer (400/431) to bytes that did not parse after a complete request, sent after the
-    /// responses of the requests before them.
-    private var brokenInput: GatewayError?
+    private var queued: PipelinedRequests
     /// Set while `serveQueued` runs: a request finishing inside it leaves the next one to that loop
     /// (one stack frame per request would overflow the stack on a long pipeline).
     private var draining = false
@@ -84,7 +75,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     init(services: ConnectionServices, activity: ReadActivityHandler, maxQueuedRequests: Int = HTTP1ServerHandler.defaultMaxQueuedRequests) {
         self.services = services
         self.activity = activity
-        self.maxQueuedRequests = maxQueuedRequests
+        self.queued = PipelinedRequests(maxRequests: maxQueuedRequests)
     }
 
     // MARK: - Channel events
@@ -119,16 +110,9 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = Self.unwrapInboundIn(data)
         self.trackDecoder(part, context: context)
-        if self.inputDiscarded { return }
+        if self.queued.discarding { return }
         if !self.queued.isEmpty || (self.current?.requestEnded ?? false) {
             // A pipelined request: it waits until the current response is done.
-            if case .head = part {
-                guard self.queuedRequests < self.maxQueuedRequests else {
-                    self.inputDiscarded = true
-                    return
-                }
-                self.queuedRequests += 1
-            }
             self.queued.append(part)
             return
         }
@@ -162,8 +146,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
                 parserError == .headerOverflow ? .headersTooLarge : .badRequest("malformed HTTP request")
             if self.current?.requestEnded ?? false {
                 // The bytes after a complete request are broken: that request is answered first.
-                if !self.inputDiscarded { self.brokenInput = gatewayError }
-                self.inputDiscarded = true
+                self.queued.discard(answering: gatewayError)
                 return
             }
             if let current = self.current, current.responseStarted {
@@ -186,7 +169,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
             return
         }
         // A decoder in its error state refuses later reads; they are discarded anyway.
-        if self.inputDiscarded, error is ByteToMessageDecoderError { return }
+        if self.queued.discarding, error is ByteToMessageDecoderError { return }
         // I/O errors: the connection is gone either way.
         self.close()
     }
@@ -215,7 +198,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     private static let maxQueuedParts = 4
 
     private var readsHeld: Bool {
-        if self.bodyPaused || self.closed || self.inputDiscarded { return true }
+        if self.bodyPaused || self.closed || self.queued.discarding { return true }
         // A client that pipelines without reading its responses: the next requests wait in the
         // kernel until the responses written so far drain.
         if let context, !context.channel.isWritable, self.current?.requestEnded ?? true { return true }
@@ -263,7 +246,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
             keepAlive: head.isKeepAlive && head.version == .http1_1 && !self.quiescing
         )
         // The last request before an overflow closes the connection: what followed it is gone.
-        if self.inputDiscarded && self.queuedRequests == 0 && self.brokenInput == nil { self.current!.keepAlive = false }
+        if self.queued.cutHere { self.current!.keepAlive = false }
         record.note(dispatch)
         self.current!.record = record
         self.current!.hasBody = dispatch.hasBody
@@ -333,7 +316,6 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         defer { self.draining = false }
         while !self.closed {
             while !self.closed, !(self.current?.requestEnded ?? false), let part = self.queued.popFirst() {
-                if case .head = part { self.queuedRequests -= 1 }
                 self.handle(part)
             }
             // An exchange can end as soon as it starts (no healthy upstream, rate limited): the
@@ -342,8 +324,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
             self.startPendingExchange()
         }
         if self.closed { return }
-        if self.current == nil, let error = self.brokenInput, let context {
-            self.brokenInput = nil
+        if self.current == nil, let error = self.queued.takeBrokenInput(), let context {
             self.current = InFlight(
                 method: .GET, version: .http1_1, requestID: RequestIdentity.requestID(clientSupplied: nil), keepAlive: false
             )
@@ -585,7 +566,6 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         self.current?.exchange?.cancel()
         self.current?.exchange = nil
         self.queued.removeAll()
-        self.queuedRequests = 0
     }
 
     // MARK: - Upgrade
@@ -643,5 +623,63 @@ extension HTTP1Pipeline {
         return ByteToMessageHandler(
             HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop, limitConfiguration: limits)
         )
+    }
+}
+
+/// Pipelined request parts waiting for the current response, bounded by request count: what one
+/// socket read decodes to arrives at once, whatever the read-side backpressure.
+struct PipelinedRequests {
+    private var parts = CircularBuffer<HTTPServerRequestPart>()
+    /// Request heads in `parts`.
+    private var requests = 0
+    private let maxRequests: Int
+    /// More than `maxRequests` were pipelined, or bytes after a complete request did not parse:
+    /// further input is dropped and the connection closes once what came before is answered.
+    private(set) var discarding = false
+    /// The answer (400/431) to bytes that did not parse, due after the requests before them.
+    private var brokenInput: GatewayError?
+
+    init(maxRequests: Int) { self.maxRequests = maxRequests }
+
+    var isEmpty: Bool { self.parts.isEmpty }
+    var count: Int { self.parts.count }
+
+    /// Queues `part`, or starts discarding when it is the head of one request too many.
+    mutating func append(_ part: HTTPServerRequestPart) {
+        guard !self.discarding else { return }
+        if case .head = part {
+            guard self.requests < self.maxRequests else {
+                self.discarding = true
+                return
+            }
+            self.requests += 1
+        }
+        self.parts.append(part)
+    }
+
+    mutating func popFirst() -> HTTPServerRequestPart? {
+        let part = self.parts.popFirst()
+        if case .head = part { self.requests -= 1 }
+        return part
+    }
+
+    /// Input after the queued requests is broken: they are answered, then `error`.
+    mutating func discard(answering error: GatewayError) {
+        if !self.discarding { self.brokenInput = error }
+        self.discarding = true
+    }
+
+    /// Whether the request just taken is the last one answered before the input was cut (its
+    /// response closes the connection).
+    var cutHere: Bool { self.discarding && self.requests == 0 && self.brokenInput == nil }
+
+    mutating func takeBrokenInput() -> GatewayError? {
+        defer { self.brokenInput = nil }
+        return self.brokenInput
+    }
+
+    mutating func removeAll() {
+        self.parts.removeAll()
+        self.requests = 0
     }
 }
