@@ -21,7 +21,7 @@ struct ConnectionServices {
 /// pipelined parts are queued (so further pipelined requests stay in the kernel, not here).
 ///
 /// What one socket read decodes to is queued whatever its size, so the queue is also bounded by
-/// count: past `maxQueuedRequests` pipelined requests, the rest of the input is discarded and the
+/// count: past `defaultMaxQueuedRequests` pipelined requests, the rest of the input is discarded and the
 /// connection closes after answering the queued ones (the client retries the rest, RFC 9112 §9.3.2).
 final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     typealias InboundIn = HTTPServerRequestPart
@@ -120,8 +120,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     }
 
     /// The most pipelined requests one connection may have waiting. A read of 64 KiB holds about
-    /// 2,500 minimal requests; 256 keeps a connection's queue small while leaving room for
-    /// clients that pipeline in earnest (browsers and most libraries send a handful at a time).
+    /// 2,500 minimal requests; 256 keeps a connection's queue small, and clients that pipeline at
+    /// all keep far fewer in flight.
     static let defaultMaxQueuedRequests = 256
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
