@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
@@ -54,7 +55,8 @@ struct HTTP1ServerHandlerTests {
 
     /// Status codes in order (a body does not end with CRLF, so a status line may follow it directly).
     static func statuses(_ text: String) -> [String] {
-        text.components(separatedBy: "HTTP/1.1 ").dropFirst().map { String($0.prefix(3)) }
+        text.replacingOccurrences(of: "HTTP/1.0 ", with: "HTTP/1.1 ")
+            .components(separatedBy: "HTTP/1.1 ").dropFirst().map { String($0.prefix(3)) }
     }
 
     static func tiny(_ count: Int) -> String {
@@ -202,6 +204,40 @@ struct HTTP1ServerHandlerTests {
         statuses = Self.statuses(try Self.output(channel))
         #expect(statuses == ["404"])
         #expect(channel.isActive)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    /// Our reading of "asks to switch protocols" must match llhttp's exactly: a decoder replaced
+    /// while it still parses would hand parsed parts to a byte decoder (a crash), and a decoder
+    /// that stopped unnoticed would buffer the connection's input forever.
+    @Test("Every spelling of an upgrade request is followed by a parsed next request", .serialized, arguments: [
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: upgraded\r\nUpgrade: websocket\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade   \r\nUpgrade: h2c\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection:upgrade,foo\r\nUpgrade: x\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: UPGRADE\r\nUpgrade:\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade:   \r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: \r\nUpgrade: websocket\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: , upgrade\r\nUpgrade: websocket\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: \"upgrade\"\r\nUpgrade: websocket\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade, close\r\nUpgrade: websocket\r\n\r\n",
+        "GET /a HTTP/1.0\r\nHost: x\r\nConnection: upgrade, keep-alive\r\nUpgrade: websocket\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: foo\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: foo upgrade\r\nUpgrade: x\r\n\r\n",
+        "POST /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\r\nabc",
+        "POST /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
+    ])
+    func upgradeSpellings(request: String) throws {
+        let (channel, _) = try Self.makeChannel()
+        try channel.writeInbound(ByteBuffer(string: request + "GET /after HTTP/1.1\r\nHost: x\r\n\r\n"))
+        channel.embeddedEventLoop.run()
+        let statuses = Self.statuses(try Self.output(channel))
+        channel.embeddedEventLoop.advanceTime(by: HTTP1ServerHandler.resetAvoidanceDelay)
+        // Either both are answered, or the first closes the connection; never a silent stall.
+        #expect(statuses.count == 2 || (statuses.count == 1 && !channel.isActive), "\(statuses)")
         _ = try channel.finish(acceptAlreadyClosed: true)
     }
 }

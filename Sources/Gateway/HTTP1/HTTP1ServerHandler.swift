@@ -588,9 +588,13 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         }
     }
 
+    /// llhttp's rule, which this must match: replacing a decoder that did not stop would hand
+    /// parsed parts to a byte decoder. llhttp flags a request whose `Connection` lists the token
+    /// `upgrade` and that has a non-empty `Upgrade` value, or CONNECT. A miss the other way (the
+    /// decoder stopped unnoticed) is bounded by the decoder's `maximumBufferSize`.
     static func asksToSwitchProtocols(_ head: HTTPRequestHead) -> Bool {
         if head.method == .CONNECT { return true }
-        return head.headers.contains(name: "upgrade")
+        return head.headers["upgrade"].contains { value in value.contains { $0 != " " && $0 != "\t" } }
             && head.headers[canonicalForm: "connection"].contains { $0.lowercased() == "upgrade" }
     }
 
@@ -615,13 +619,16 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
 
 extension HTTP1Pipeline {
     /// The request decoder of a client connection. Leftover bytes are forwarded so a decoder that
-    /// stopped after an upgrade request hands them to its replacement.
+    /// stopped after an upgrade request hands them to its replacement. A parsing decoder holds at
+    /// most an unfinished head; past `maximumBufferSize` it has stopped without a replacement and
+    /// the connection is closed rather than buffered without bound.
     static func requestDecoder(maxHeaderBytes: Int) -> ByteToMessageHandler<HTTPRequestDecoder> {
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderListSize = maxHeaderBytes
         limits.maxHeaderFieldSize = maxHeaderBytes
         return ByteToMessageHandler(
-            HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop, limitConfiguration: limits)
+            HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop, limitConfiguration: limits),
+            maximumBufferSize: 2 * maxHeaderBytes + (1 << 20)
         )
     }
 }
