@@ -207,6 +207,17 @@ struct HTTP1ServerHandlerTests {
         _ = try channel.finish(acceptAlreadyClosed: true)
     }
 
+    @Test("Requests after a closing response in the same read are not answered")
+    func nothingAfterClose() throws {
+        let (channel, _) = try Self.makeChannel()
+        try channel.writeInbound(ByteBuffer(string:
+            "GET /one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n"))
+        #expect(Self.statuses(try Self.output(channel)) == ["404"])
+        channel.embeddedEventLoop.advanceTime(by: HTTP1ServerHandler.resetAvoidanceDelay)
+        #expect(!channel.isActive)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
     /// Our reading of "asks to switch protocols" must match llhttp's exactly: a decoder replaced
     /// while it still parses would hand parsed parts to a byte decoder (a crash), and a decoder
     /// that stopped unnoticed would buffer the connection's input forever.

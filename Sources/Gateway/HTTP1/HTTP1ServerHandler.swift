@@ -108,6 +108,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // Requests decoded from the same read as a closing response are never answered.
+        guard !self.closed else { return }
         let part = Self.unwrapInboundIn(data)
         self.trackDecoder(part, context: context)
         if self.queued.discarding { return }
