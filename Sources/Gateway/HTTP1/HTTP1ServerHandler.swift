@@ -446,7 +446,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
             context.write(Self.wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
         }
         if closing {
-            // Logged now: the connection may take a while to close (close_notify, half-close).
+            // Logged when written: the connection may take a while to close (close_notify, half-close).
             self.log(self.current!)
             self.current!.record.logged = true
             if self.services.listener.isTLS {
@@ -573,7 +573,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     // MARK: - Upgrade
 
     /// NIO's request decoder stops parsing after a request that asks to switch protocols
-    /// (`Connection: upgrade` with `Upgrade`, or CONNECT: llhttp's rule), holding every later byte
+    /// (`Connection: upgrade` with `Upgrade`, or CONNECT: llhttp's rule), holding every following byte
     /// for an upgrade handler to take over. The gateway serves such a request as a plain one
     /// (`Upgrade` is hop-by-hop and never forwarded), so once its end is decoded a fresh decoder
     /// takes the decoder's place and parses the bytes it held back.

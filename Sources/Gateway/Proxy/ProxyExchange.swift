@@ -1,8 +1,8 @@
 import NIOCore
 import NIOHTTP1
 
-/// The client side of a proxied request, whatever its protocol (HTTP/1.1 now, an HTTP/2 stream
-/// later). The exchange drives it; all calls happen on the client connection's event loop. Every
+/// The client side of a proxied request, whatever its protocol (an HTTP/1.1 connection or an HTTP/2 stream).
+/// The exchange drives it; all calls happen on the client connection's event loop. Every
 /// call names its exchange: a responder that serves requests one after another (HTTP/1.1
 /// pipelining) ignores calls from an exchange that is no longer its current one.
 protocol DownstreamResponder: AnyObject {
