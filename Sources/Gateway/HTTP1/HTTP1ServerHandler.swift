@@ -17,8 +17,12 @@ struct ConnectionServices {
 
 /// Serves HTTP/1.x on one client connection: one request at a time (pipelined requests wait in
 /// order), each through `RequestPipeline` and, when proxied, a `ProxyExchange`. Owns the read side:
-/// socket reads stop while a request waits for its upstream, while the upstream cannot take more
-/// body, and while a response is in progress (so pipelined requests stay in the kernel, not here).
+/// socket reads stop while the upstream cannot take more body, and while a response is pending and
+/// pipelined parts are queued (so further pipelined requests stay in the kernel, not here).
+///
+/// What one socket read decodes to is queued whatever its size, so the queue is also bounded by
+/// count: past `defaultMaxQueuedRequests` pipelined requests, the rest of the input is discarded and the
+/// connection closes after answering the queued ones (the client retries the rest, RFC 9112 §9.3.2).
 final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
@@ -50,7 +54,14 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     private let activity: ReadActivityHandler
     private var context: ChannelHandlerContext!
     private var current: InFlight?
-    private var queued = CircularBuffer<HTTPServerRequestPart>()
+    private var queued: PipelinedRequests
+    /// Set while `serveQueued` runs: a request finishing inside it leaves the next one to that loop
+    /// (one stack frame per request would overflow the stack on a long pipeline).
+    private var draining = false
+    /// The request being decoded asks to switch protocols, so the decoder stops after its end.
+    private var decoderStopsAfterRequest = false
+    /// The decoder installed by the last `replaceDecoder` (nil: the pipeline's first one).
+    private var decoder: ByteToMessageHandler<HTTPRequestDecoder>?
     private var readPending = false
     private var bodyPaused = false
     private var quiescing = false
@@ -61,9 +72,10 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     /// malformed body in the same packet as its head is then refused before anything is sent.
     private var pendingStart: ProxyExchange?
 
-    init(services: ConnectionServices, activity: ReadActivityHandler) {
+    init(services: ConnectionServices, activity: ReadActivityHandler, maxQueuedRequests: Int = HTTP1ServerHandler.defaultMaxQueuedRequests) {
         self.services = services
         self.activity = activity
+        self.queued = PipelinedRequests(maxRequests: maxQueuedRequests)
     }
 
     // MARK: - Channel events
@@ -96,7 +108,11 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // Requests decoded from the same read as a closing response are never answered.
+        guard !self.closed else { return }
         let part = Self.unwrapInboundIn(data)
+        self.trackDecoder(part, context: context)
+        if self.queued.discarding { return }
         if !self.queued.isEmpty || (self.current?.requestEnded ?? false) {
             // A pipelined request: it waits until the current response is done.
             self.queued.append(part)
@@ -104,6 +120,11 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         }
         self.handle(part)
     }
+
+    /// The most pipelined requests one connection may have waiting. A read of 64 KiB holds about
+    /// 2,500 minimal requests; 256 keeps a connection's queue small, and clients that pipeline at
+    /// all keep far fewer in flight.
+    static let defaultMaxQueuedRequests = 256
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
@@ -125,6 +146,11 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         if let parserError = error as? HTTPParserError {
             let gatewayError: GatewayError =
                 parserError == .headerOverflow ? .headersTooLarge : .badRequest("malformed HTTP request")
+            if self.current?.requestEnded ?? false {
+                // The bytes after a complete request are broken: that request is answered first.
+                self.queued.discard(answering: gatewayError)
+                return
+            }
             if let current = self.current, current.responseStarted {
                 current.exchange?.cancel()
                 self.close()
@@ -144,6 +170,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
             }
             return
         }
+        // A decoder in its error state refuses later reads; they are discarded anyway.
+        if self.queued.discarding, error is ByteToMessageDecoderError { return }
         // I/O errors: the connection is gone either way.
         self.close()
     }
@@ -161,6 +189,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         self.current?.exchange?.downstreamWritabilityChanged(isWritable: context.channel.isWritable)
+        if context.channel.isWritable { self.readIfPending() }
         context.fireChannelWritabilityChanged()
     }
 
@@ -171,7 +200,10 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     private static let maxQueuedParts = 4
 
     private var readsHeld: Bool {
-        if self.bodyPaused || self.closed { return true }
+        if self.bodyPaused || self.closed || self.queued.discarding { return true }
+        // A client that pipelines without reading its responses: the next requests wait in the
+        // kernel until the responses written so far drain.
+        if let context, !context.channel.isWritable, self.current?.requestEnded ?? true { return true }
         return (self.current?.requestEnded ?? false) && self.queued.count >= Self.maxQueuedParts
     }
 
@@ -215,6 +247,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
             method: head.method, version: head.version, requestID: dispatch.requestID,
             keepAlive: head.isKeepAlive && head.version == .http1_1 && !self.quiescing
         )
+        // The last request before an overflow closes the connection: what followed it is gone.
+        if self.queued.cutHere { self.current!.keepAlive = false }
         record.note(dispatch)
         self.current!.record = record
         self.current!.hasBody = dispatch.hasBody
@@ -270,15 +304,35 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         self.current = nil
         self.bodyPaused = false
         if !current.keepAlive || current.closeDelimited || self.quiescing {
-            self.close()
+            self.closeAfterResponse()
             return
         }
-        // Serve pipelined requests in order.
-        while self.current == nil || !(self.current!.requestEnded), let part = self.queued.popFirst() {
-            self.handle(part)
-            if self.closed { return }
+        self.serveQueued()
+    }
+
+    /// Serves pipelined requests in order, iteratively: a request answered locally finishes inside
+    /// `handle`, and its `requestFinished` returns to this loop instead of recursing into the next.
+    private func serveQueued() {
+        guard !self.draining else { return }
+        self.draining = true
+        defer { self.draining = false }
+        while !self.closed {
+            while !self.closed, !(self.current?.requestEnded ?? false), let part = self.queued.popFirst() {
+                self.handle(part)
+            }
+            // An exchange can end as soon as it starts (no healthy upstream, rate limited): the
+            // next queued request is then served by this same loop.
+            guard !self.closed, self.pendingStart != nil else { break }
+            self.startPendingExchange()
         }
-        self.startPendingExchange()
+        if self.closed { return }
+        if self.current == nil, let error = self.queued.takeBrokenInput(), let context {
+            self.current = InFlight(
+                method: .GET, version: .http1_1, requestID: RequestIdentity.requestID(clientSupplied: nil), keepAlive: false
+            )
+            self.writeLocal(error.response(requestID: self.current!.requestID, allocator: context.channel.allocator), forceClose: true)
+            return
+        }
         if self.current == nil { self.becameIdle() }
         self.readIfPending()
     }
@@ -287,13 +341,21 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
 
     var isWritable: Bool { self.context?.channel.isWritable ?? false }
 
-    func sendContinue() {
-        guard let context else { return }
+    /// The exchange serving the current request, if it is proxied.
+    var currentExchange: ProxyExchange? { self.current?.exchange }
+
+    /// Whether `exchange` serves the current request; a finished exchange's late calls are ignored.
+    private func isCurrent(_ exchange: ProxyExchange) -> Bool {
+        self.current?.exchange === exchange
+    }
+
+    func sendContinue(for exchange: ProxyExchange) {
+        guard let context, self.isCurrent(exchange) else { return }
         context.writeAndFlush(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .continue))), promise: nil)
     }
 
-    func sendResponseHead(_ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
-        guard let context, self.current != nil else { return }
+    func sendResponseHead(for exchange: ProxyExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
+        guard let context, self.isCurrent(exchange) else { return }
         var head = head
         self.current!.responseStarted = true
         self.current!.record.status = Int(head.status.code)
@@ -305,48 +367,58 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         context.write(Self.wrapOutboundOut(.head(head)), promise: nil)
     }
 
-    func sendResponseBody(_ body: ByteBuffer) {
+    func sendResponseBody(for exchange: ProxyExchange, _ body: ByteBuffer) {
+        guard self.isCurrent(exchange) else { return }
         self.current?.record.bytesOut += body.readableBytes
         self.context?.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
     }
 
-    func flush() { self.context?.flush() }
+    func flush(for exchange: ProxyExchange) {
+        if self.isCurrent(exchange) { self.context?.flush() }
+    }
 
-    func sendResponseEnd() {
-        guard let context, self.current != nil else { return }
+    func sendResponseEnd(for exchange: ProxyExchange) {
+        guard let context, self.isCurrent(exchange) else { return }
         self.current!.responseEnded = true
         context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
     }
 
-    func sendErrorResponse(_ error: GatewayError) {
-        guard let current = self.current, !current.responseStarted, let context else {
+    func sendErrorResponse(for exchange: ProxyExchange, _ error: GatewayError) {
+        guard self.isCurrent(exchange), let current = self.current else { return }
+        guard !current.responseStarted, let context else {
             self.close()
             return
         }
-        if let exchange = current.exchange { self.current!.record.note(exchange) }
+        self.current!.record.note(exchange)
         self.current!.exchange = nil
+        if self.pendingStart === exchange { self.pendingStart = nil }
         let response = error.response(requestID: current.requestID, allocator: context.channel.allocator)
         self.writeLocal(response, forceClose: false)
     }
 
-    func pauseRequestBody() { self.bodyPaused = true }
+    func pauseRequestBody(for exchange: ProxyExchange) {
+        if self.isCurrent(exchange) { self.bodyPaused = true }
+    }
 
-    func resumeRequestBody() {
+    func resumeRequestBody(for exchange: ProxyExchange) {
+        guard self.isCurrent(exchange) else { return }
         self.bodyPaused = false
         self.readIfPending()
     }
 
-    func abortResponse() { self.close() }
+    func abortResponse(for exchange: ProxyExchange) {
+        if self.isCurrent(exchange) { self.close() }
+    }
 
-    func exchangeFinished() {
-        guard let current = self.current else { return }
-        if let exchange = current.exchange { self.current!.record.note(exchange) }
+    func exchangeFinished(for exchange: ProxyExchange) {
+        guard self.isCurrent(exchange), let current = self.current else { return }
+        self.current!.record.note(exchange)
         if current.requestEnded {
             self.requestFinished()
         } else if current.responseEnded {
             // The upstream answered before the client finished sending: the rest of the body would
             // be read as the next request, so the connection ends here.
-            self.close()
+            self.closeAfterResponse()
         }
     }
 
@@ -374,10 +446,18 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
             context.write(Self.wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
         }
         if closing {
-            self.closed = true
-            let loopBound = context.loopBound
-            context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
-                loopBound.value.close(promise: nil)
+            // Logged when written: the connection may take a while to close (close_notify, half-close).
+            self.log(self.current!)
+            self.current!.record.logged = true
+            if self.services.listener.isTLS {
+                self.closed = true
+                let loopBound = context.loopBound
+                context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+                    loopBound.value.close(promise: nil)
+                }
+            } else {
+                context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+                self.closeAfterResponse()
             }
             return
         }
@@ -447,6 +527,27 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         context.close(promise: nil)
     }
 
+    /// How long a plaintext connection stays half-closed after its last response.
+    static let resetAvoidanceDelay: TimeAmount = .milliseconds(500)
+
+    /// Ends the connection after a complete response. A plain close drops response bytes not yet
+    /// written, and with unread input (pipelined requests past the cap, an unread body, junk) the
+    /// kernel answers it with RST, which can destroy the response still in flight to the client.
+    /// So a plaintext socket closes its output first (FIN once the response is written) and fully
+    /// a moment later, as Go's net/http does; TLS ends with close_notify in `TLSServerHandler`.
+    private func closeAfterResponse() {
+        guard !self.services.listener.isTLS else {
+            self.close()
+            return
+        }
+        guard !self.closed, let context else { return }
+        self.closed = true
+        self.cancelTimer()
+        context.close(mode: .output, promise: nil)
+        let channel = context.channel
+        context.eventLoop.scheduleTask(in: Self.resetAvoidanceDelay) { channel.close(promise: nil) }
+    }
+
     /// The log + metrics phase; a request cut off before its response counts as 499 (client
     /// closed), as nginx logs it.
     private func log(_ current: InFlight) {
@@ -467,5 +568,127 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         self.current?.exchange?.cancel()
         self.current?.exchange = nil
         self.queued.removeAll()
+    }
+
+    // MARK: - Upgrade
+
+    /// NIO's request decoder stops parsing after a request that asks to switch protocols
+    /// (`Connection: upgrade` with `Upgrade`, or CONNECT: llhttp's rule), holding every following byte
+    /// for an upgrade handler to take over. The gateway serves such a request as a plain one
+    /// (`Upgrade` is hop-by-hop and never forwarded), so once its end is decoded a fresh decoder
+    /// takes the decoder's place and parses the bytes it held back.
+    private func trackDecoder(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        switch part {
+        case .head(let head):
+            self.decoderStopsAfterRequest = Self.asksToSwitchProtocols(head)
+        case .body:
+            break
+        case .end:
+            guard self.decoderStopsAfterRequest else { return }
+            self.decoderStopsAfterRequest = false
+            self.replaceDecoder(context: context)
+        }
+    }
+
+    /// llhttp's rule, which this must match: replacing a decoder that did not stop would hand
+    /// parsed parts to a byte decoder. llhttp flags a request whose `Connection` lists the token
+    /// `upgrade` and that has a non-empty `Upgrade` value, or CONNECT. A miss the other way (the
+    /// decoder stopped unnoticed) is bounded by the decoder's `maximumBufferSize`.
+    static func asksToSwitchProtocols(_ head: HTTPRequestHead) -> Bool {
+        if head.method == .CONNECT { return true }
+        return head.headers["upgrade"].contains { value in value.contains { $0 != " " && $0 != "\t" } }
+            && head.headers[canonicalForm: "connection"].contains { $0.lowercased() == "upgrade" }
+    }
+
+    private func replaceDecoder(context: ChannelHandlerContext) {
+        do {
+            let pipeline = context.pipeline.syncOperations
+            // The decoder that stopped is the one feeding this handler: a replaced one may still
+            // be in the pipeline, handing its leftovers over.
+            let stopped = try self.decoder.map { try pipeline.context(handler: $0) }
+                ?? pipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
+            let fresh = HTTP1Pipeline.requestDecoder(maxHeaderBytes: self.services.runtime.traffic.maxHeaderBytes)
+            try pipeline.addHandler(fresh, position: .before(self))
+            self.decoder = fresh
+            // Removal runs on the next loop tick; the stopped decoder then forwards what it holds
+            // (`leftOverBytesStrategy: .forwardBytes`) to the fresh one.
+            pipeline.removeHandler(context: stopped, promise: nil)
+        } catch {
+            self.close()
+        }
+    }
+}
+
+extension HTTP1Pipeline {
+    /// The request decoder of a client connection. Leftover bytes are forwarded so a decoder that
+    /// stopped after an upgrade request hands them to its replacement. A parsing decoder holds at
+    /// most an unfinished head; past `maximumBufferSize` it has stopped without a replacement and
+    /// the connection is closed rather than buffered without bound.
+    static func requestDecoder(maxHeaderBytes: Int) -> ByteToMessageHandler<HTTPRequestDecoder> {
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderListSize = maxHeaderBytes
+        limits.maxHeaderFieldSize = maxHeaderBytes
+        return ByteToMessageHandler(
+            HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop, limitConfiguration: limits),
+            maximumBufferSize: 2 * maxHeaderBytes + (1 << 20)
+        )
+    }
+}
+
+/// Pipelined request parts waiting for the current response, bounded by request count: what one
+/// socket read decodes to arrives at once, whatever the read-side backpressure.
+struct PipelinedRequests {
+    private var parts = CircularBuffer<HTTPServerRequestPart>()
+    /// Request heads in `parts`.
+    private var requests = 0
+    private let maxRequests: Int
+    /// More than `maxRequests` were pipelined, or bytes after a complete request did not parse:
+    /// further input is dropped and the connection closes once what came before is answered.
+    private(set) var discarding = false
+    /// The answer (400/431) to bytes that did not parse, due after the requests before them.
+    private var brokenInput: GatewayError?
+
+    init(maxRequests: Int) { self.maxRequests = maxRequests }
+
+    var isEmpty: Bool { self.parts.isEmpty }
+    var count: Int { self.parts.count }
+
+    /// Queues `part`, or starts discarding when it is the head of one request too many.
+    mutating func append(_ part: HTTPServerRequestPart) {
+        guard !self.discarding else { return }
+        if case .head = part {
+            guard self.requests < self.maxRequests else {
+                self.discarding = true
+                return
+            }
+            self.requests += 1
+        }
+        self.parts.append(part)
+    }
+
+    mutating func popFirst() -> HTTPServerRequestPart? {
+        let part = self.parts.popFirst()
+        if case .head = part { self.requests -= 1 }
+        return part
+    }
+
+    /// Input after the queued requests is broken: they are answered, then `error`.
+    mutating func discard(answering error: GatewayError) {
+        if !self.discarding { self.brokenInput = error }
+        self.discarding = true
+    }
+
+    /// Whether the request just taken is the last one answered before the input was cut (its
+    /// response closes the connection).
+    var cutHere: Bool { self.discarding && self.requests == 0 && self.brokenInput == nil }
+
+    mutating func takeBrokenInput() -> GatewayError? {
+        defer { self.brokenInput = nil }
+        return self.brokenInput
+    }
+
+    mutating func removeAll() {
+        self.parts.removeAll()
+        self.requests = 0
     }
 }

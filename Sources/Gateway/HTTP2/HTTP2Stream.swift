@@ -316,9 +316,9 @@ final class HTTP2Stream: DownstreamResponder {
         return writable
     }
 
-    func sendContinue() {}
+    func sendContinue(for exchange: ProxyExchange) {}
 
-    func sendResponseHead(_ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
+    func sendResponseHead(for exchange: ProxyExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
         guard !self.isClosed else { return }
         self.responseSubmitted = true
         let code = Int(head.status.code)
@@ -328,7 +328,7 @@ final class HTTP2Stream: DownstreamResponder {
         self.connection.submitResponse(streamID: self.id, status: code, headers: head.headers, hasBody: !bodiless)
     }
 
-    func sendResponseBody(_ body: ByteBuffer) {
+    func sendResponseBody(for exchange: ProxyExchange, _ body: ByteBuffer) {
         guard !self.isClosed, !self.isHEAD else { return }
         self.responseQueue.append(body)
         self.queuedBytes += body.readableBytes
@@ -336,16 +336,16 @@ final class HTTP2Stream: DownstreamResponder {
         self.dataAvailable()
     }
 
-    func flush() { self.connection.sendPending() }
+    func flush(for exchange: ProxyExchange) { self.connection.sendPending() }
 
-    func sendResponseEnd() {
+    func sendResponseEnd(for exchange: ProxyExchange) {
         guard !self.isClosed else { return }
         self.responseComplete = true
         self.dataAvailable()
         self.connection.sendPending()
     }
 
-    func sendErrorResponse(_ error: GatewayError) {
+    func sendErrorResponse(for exchange: ProxyExchange, _ error: GatewayError) {
         guard !self.isClosed else { return }
         if let exchange = self.exchange { self.record.note(exchange) }
         self.exchange = nil
@@ -357,9 +357,9 @@ final class HTTP2Stream: DownstreamResponder {
         self.respondLocally(error.response(requestID: self.requestID, allocator: allocator))
     }
 
-    func pauseRequestBody() { self.bodyPaused = true }
+    func pauseRequestBody(for exchange: ProxyExchange) { self.bodyPaused = true }
 
-    func resumeRequestBody() {
+    func resumeRequestBody(for exchange: ProxyExchange) {
         self.bodyPaused = false
         if !self.requestEndReceived && !self.isClosed { self.expectBody() }
         let count = self.unconsumed
@@ -367,12 +367,12 @@ final class HTTP2Stream: DownstreamResponder {
         self.connection.consume(streamID: self.id, count: count)
     }
 
-    func abortResponse() {
+    func abortResponse(for exchange: ProxyExchange) {
         self.exchange = nil
         self.connection.resetStream(self.id, internalError: true)
     }
 
-    func exchangeFinished() {
+    func exchangeFinished(for exchange: ProxyExchange) {
         if let exchange = self.exchange { self.record.note(exchange) }
         self.exchange = nil
     }

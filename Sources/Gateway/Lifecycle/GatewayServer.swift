@@ -360,15 +360,10 @@ enum HTTP1Pipeline {
     static func configure(_ pipeline: ChannelPipeline.SynchronousOperations, services: ConnectionServices) throws {
         var encoderConfiguration = HTTPResponseEncoder.Configuration()
         encoderConfiguration.automaticallySetFramingHeaders = false
-        var limits = NIOHTTPDecoderLimitConfiguration()
-        limits.maxHeaderListSize = services.runtime.traffic.maxHeaderBytes
-        limits.maxHeaderFieldSize = services.runtime.traffic.maxHeaderBytes
         let activity = ReadActivityHandler()
         try pipeline.addHandler(activity)
         try pipeline.addHandler(HTTPResponseEncoder(configuration: encoderConfiguration))
-        try pipeline.addHandler(
-            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop, limitConfiguration: limits))
-        )
+        try pipeline.addHandler(requestDecoder(maxHeaderBytes: services.runtime.traffic.maxHeaderBytes))
         try pipeline.addHandler(HTTP1ServerHandler(services: services, activity: activity))
     }
 }

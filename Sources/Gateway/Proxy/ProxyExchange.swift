@@ -1,27 +1,30 @@
 import NIOCore
 import NIOHTTP1
 
-/// The client side of a proxied request, whatever its protocol (HTTP/1.1 now, an HTTP/2 stream
-/// later). The exchange drives it; all calls happen on the client connection's event loop.
+/// The client side of a proxied request, whatever its protocol (an HTTP/1.1 connection or an HTTP/2 stream).
+/// The exchange drives it; all calls happen on the client connection's event loop. Every
+/// call names its exchange: a responder that serves requests one after another (HTTP/1.1
+/// pipelining) ignores calls from an exchange that is no longer its current one.
 protocol DownstreamResponder: AnyObject {
     var isWritable: Bool { get }
     /// `100 Continue` for a client that asked for it, once the request is known to be forwarded.
-    func sendContinue()
-    func sendResponseHead(_ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming)
-    func sendResponseBody(_ body: ByteBuffer)
+    func sendContinue(for exchange: ProxyExchange)
+    func sendResponseHead(for exchange: ProxyExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming)
+    func sendResponseBody(for exchange: ProxyExchange, _ body: ByteBuffer)
     /// Response parts are written unflushed; one flush per upstream read coalesces head and body
     /// into one TLS record and one syscall.
-    func flush()
-    func sendResponseEnd()
-    /// A gateway-made response (502/503/504) in place of the upstream's.
-    func sendErrorResponse(_ error: GatewayError)
+    func flush(for exchange: ProxyExchange)
+    func sendResponseEnd(for exchange: ProxyExchange)
+    /// A gateway-made response (502/503/504) in place of the upstream's. It ends the exchange: no
+    /// `exchangeFinished` follows.
+    func sendErrorResponse(for exchange: ProxyExchange, _ error: GatewayError)
     /// Stop and restart reading the request body (upstream backpressure).
-    func pauseRequestBody()
-    func resumeRequestBody()
+    func pauseRequestBody(for exchange: ProxyExchange)
+    func resumeRequestBody(for exchange: ProxyExchange)
     /// The response started but cannot be completed: the client connection must be torn down.
-    func abortResponse()
+    func abortResponse(for exchange: ProxyExchange)
     /// The exchange is over; the responder may serve its next request.
-    func exchangeFinished()
+    func exchangeFinished(for exchange: ProxyExchange)
 }
 
 /// One request proxied to an upstream, from picking an endpoint to the last response byte.
@@ -117,7 +120,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             return
         }
         // Body reads wait while the limiter decides (it may be a Redis round trip).
-        if !self.requestComplete { self.downstream?.pauseRequestBody() }
+        if !self.requestComplete { self.downstream?.pauseRequestBody(for: self) }
         let service = request.service
         service.check(request, on: self.eventLoop).assumeIsolated().whenSuccess { outcome in
             guard case .connecting = self.state else { return }
@@ -155,7 +158,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         }
         if !self.requestComplete {
             // Nothing to forward until a connection exists: hold the body back at the socket.
-            self.downstream?.pauseRequestBody()
+            self.downstream?.pauseRequestBody(for: self)
         }
         self.connectNext()
     }
@@ -167,7 +170,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             self.pendingBody.append(body)
         case .awaitingResponse(let connection), .streamingResponse(let connection):
             connection.write(.body(.byteBuffer(body)), flush: true)
-            if !connection.channel.isWritable { self.downstream?.pauseRequestBody() }
+            if !connection.channel.isWritable { self.downstream?.pauseRequestBody(for: self) }
         case .finished:
             break
         }
@@ -264,8 +267,8 @@ final class ProxyExchange: UpstreamConnectionOwner {
         self.pendingBody.removeAll()
         if self.requestComplete { self.armResponseTimer() }
         if !self.requestComplete {
-            if self.expectsContinue && !self.requestBodyStarted { self.downstream?.sendContinue() }
-            if connection.channel.isWritable { self.downstream?.resumeRequestBody() }
+            if self.expectsContinue && !self.requestBodyStarted { self.downstream?.sendContinue(for: self) }
+            if connection.channel.isWritable { self.downstream?.resumeRequestBody(for: self) }
         }
     }
 
@@ -273,6 +276,10 @@ final class ProxyExchange: UpstreamConnectionOwner {
 
     func upstreamReceived(_ part: HTTPClientResponsePart) {
         switch (self.state, part) {
+        case (.awaitingResponse, .head(let head)) where head.status == .switchingProtocols:
+            // Upgrade is hop-by-hop and never forwarded, so the upstream was not asked to switch:
+            // relaying the 101 would leave the client on a protocol nobody speaks at this hop.
+            self.upstreamFailed(UpstreamProtocolError())
         case (.awaitingResponse(let connection), .head(let head)):
             self.responseTimer?.cancel()
             self.responseTimer = nil
@@ -295,10 +302,10 @@ final class ProxyExchange: UpstreamConnectionOwner {
                 addHSTS: self.addHSTS,
                 additions: self.responseAdditions
             )
-            self.downstream?.sendResponseHead(clientHead, framing: framing)
+            self.downstream?.sendResponseHead(for: self, clientHead, framing: framing)
         case (.streamingResponse(let connection), .body(let body)):
             guard let downstream = self.downstream else { return }
-            downstream.sendResponseBody(body)
+            downstream.sendResponseBody(for: self, body)
             if !downstream.isWritable { connection.handler.pauseReads() }
         case (.streamingResponse(let connection), .end):
             self.state = .finished
@@ -306,8 +313,8 @@ final class ProxyExchange: UpstreamConnectionOwner {
             connection.handler.resumeReads()
             let reusable = self.responseKeepAlive && self.requestComplete && self.upstreamUsable
             self.pool.release(connection, reusable: reusable, settings: self.cluster.settings)
-            self.downstream?.sendResponseEnd()
-            self.downstream?.exchangeFinished()
+            self.downstream?.sendResponseEnd(for: self)
+            self.downstream?.exchangeFinished(for: self)
         default:
             // A response part out of order: the upstream broke HTTP framing.
             self.upstreamFailed(UpstreamProtocolError())
@@ -323,12 +330,12 @@ final class ProxyExchange: UpstreamConnectionOwner {
     }
 
     func upstreamReadComplete() {
-        if case .streamingResponse = self.state { self.downstream?.flush() }
+        if case .streamingResponse = self.state { self.downstream?.flush(for: self) }
     }
 
     func upstreamWritabilityChanged(isWritable: Bool) {
         guard !self.requestComplete else { return }
-        if isWritable { self.downstream?.resumeRequestBody() } else { self.downstream?.pauseRequestBody() }
+        if isWritable { self.downstream?.resumeRequestBody(for: self) } else { self.downstream?.pauseRequestBody(for: self) }
     }
 
     // MARK: - Failures
@@ -373,7 +380,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             self.state = .finished
             self.releaseOutstanding()
             connection.close()
-            self.downstream?.abortResponse()
+            self.downstream?.abortResponse(for: self)
         case .connecting, .finished:
             break
         }
@@ -406,8 +413,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         self.releaseOutstanding()
         self.responseTimer?.cancel()
         self.pendingBody.removeAll()
-        self.downstream?.sendErrorResponse(error)
-        self.downstream?.exchangeFinished()
+        self.downstream?.sendErrorResponse(for: self, error)
     }
 }
 

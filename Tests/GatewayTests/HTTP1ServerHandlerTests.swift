@@ -1,0 +1,265 @@
+import Foundation
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import Testing
+
+@testable import Gateway
+
+/// `HTTP1ServerHandler` on an `EmbeddedChannel` with the real codec: bytes in, bytes out.
+@Suite("HTTP/1.1 server handler")
+struct HTTP1ServerHandlerTests {
+    /// `/api/` is proxied to `booking`, whose only endpoint is ejected (so an exchange fails with
+    /// 503 as soon as it starts, without a socket); everything else is 404.
+    static func makeChannel(maxQueuedRequests: Int = HTTP1ServerHandler.defaultMaxQueuedRequests) throws -> (EmbeddedChannel, HTTP1ServerHandler) {
+        let config = try ConfigFixture().parse(minimalYAML + """
+            upstreams:
+              booking: { endpoints: [127.0.0.1:9] }
+            routes:
+              - { name: api, match: { path_prefix: /api/ }, upstream: booking }
+            """)
+        let runtime = try GatewayBuilder.runtime(config, configHash: "test")
+        for endpoint in runtime.clusters["booking"]!.endpoints {
+            endpoint.record5xx(threshold: 1, base: .seconds(600), now: .now())
+        }
+        let channel = EmbeddedChannel()
+        let services = ConnectionServices(
+            holder: RuntimeHolder(runtime), listener: ListenerInfo(name: "main", role: .proxy, isTLS: false),
+            loop: LoopResources(eventLoop: channel.embeddedEventLoop), observability: Observability(accessLog: false)
+        )
+        let activity = ReadActivityHandler()
+        let handler = HTTP1ServerHandler(services: services, activity: activity, maxQueuedRequests: maxQueuedRequests)
+        var encoderConfiguration = HTTPResponseEncoder.Configuration()
+        encoderConfiguration.automaticallySetFramingHeaders = false
+        let pipeline = channel.pipeline.syncOperations
+        try pipeline.addHandler(activity)
+        try pipeline.addHandler(HTTPResponseEncoder(configuration: encoderConfiguration))
+        try pipeline.addHandler(HTTP1Pipeline.requestDecoder(maxHeaderBytes: 8192))
+        try pipeline.addHandler(handler)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        return (channel, handler)
+    }
+
+    /// Bytes into the channel as one read, without the read-complete that starts a pending exchange.
+    static func deliver(_ text: String, to channel: EmbeddedChannel) {
+        channel.pipeline.fireChannelRead(ByteBuffer(string: text))
+    }
+
+    static func output(_ channel: EmbeddedChannel) throws -> String {
+        var text = ""
+        while let buffer = try channel.readOutbound(as: ByteBuffer.self) {
+            text += String(buffer: buffer)
+        }
+        return text
+    }
+
+    /// Status codes in order (a body does not end with CRLF, so a status line may follow it directly).
+    static func statuses(_ text: String) -> [String] {
+        text.replacingOccurrences(of: "HTTP/1.0 ", with: "HTTP/1.1 ")
+            .components(separatedBy: "HTTP/1.1 ").dropFirst().map { String($0.prefix(3)) }
+    }
+
+    static func tiny(_ count: Int) -> String {
+        String(repeating: "GET / HTTP/1.1\r\nHost: x\r\n\r\n", count: count)
+    }
+
+    @Test("20,000 pipelined requests behind a pending one drain without recursion")
+    func iterativeDrain() throws {
+        // A cap above the flood: the whole queue is answered in one drain, which used to take
+        // three stack frames per request and overflowed the event loop's stack.
+        let (channel, handler) = try Self.makeChannel(maxQueuedRequests: 50_000)
+        Self.deliver("GET /api/slow HTTP/1.1\r\nHost: x\r\n\r\n" + Self.tiny(20_000), to: channel)
+        #expect(try Self.output(channel).isEmpty)
+        let exchange = try #require(handler.currentExchange)
+        handler.sendErrorResponse(for: exchange, .upstreamTimeout)
+        let statuses = Self.statuses(try Self.output(channel))
+        #expect(statuses.count == 20_001)
+        #expect(statuses.first == "504")
+        #expect(statuses.dropFirst().allSatisfy { $0 == "404" })
+        #expect(channel.isActive)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    @Test("Past the queue cap, the queued requests are answered and the last one closes")
+    func queueBound() throws {
+        let (channel, handler) = try Self.makeChannel(maxQueuedRequests: 8)
+        Self.deliver("GET /api/slow HTTP/1.1\r\nHost: x\r\n\r\n" + Self.tiny(100), to: channel)
+        let exchange = try #require(handler.currentExchange)
+        handler.sendErrorResponse(for: exchange, .upstreamTimeout)
+        let text = try Self.output(channel)
+        #expect(Self.statuses(text) == ["504"] + Array(repeating: "404", count: 8))
+        let lastHead = try #require(text.components(separatedBy: "HTTP/1.1 ").last)
+        #expect(lastHead.lowercased().contains("connection: close"))
+        #expect(text.lowercased().components(separatedBy: "connection: close").count == 2)
+        // Plaintext: the output side closes first, the socket after `resetAvoidanceDelay`.
+        channel.embeddedEventLoop.advanceTime(by: HTTP1ServerHandler.resetAvoidanceDelay)
+        #expect(!channel.isActive)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    @Test("Bytes that do not parse after complete requests are answered 400 after them, then the connection closes")
+    func brokenInputAfterQueuedRequests() throws {
+        let (channel, handler) = try Self.makeChannel()
+        Self.deliver("GET /api/slow HTTP/1.1\r\nHost: x\r\n\r\n" + Self.tiny(2) + "\u{0}\u{1}junk", to: channel)
+        let exchange = try #require(handler.currentExchange)
+        handler.sendErrorResponse(for: exchange, .upstreamTimeout)
+        let text = try Self.output(channel)
+        #expect(Self.statuses(text) == ["504", "404", "404", "400"])
+        #expect(text.lowercased().components(separatedBy: "connection: close").count == 2)
+        channel.embeddedEventLoop.advanceTime(by: HTTP1ServerHandler.resetAvoidanceDelay)
+        #expect(!channel.isActive)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    @Test("The pipelined queue counts requests, not parts, and marks the last one before the cut")
+    func queueBookkeeping() {
+        var queue = PipelinedRequests(maxRequests: 2)
+        let head = HTTPServerRequestPart.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/"))
+        for part in [head, .body(ByteBuffer(string: "a")), .body(ByteBuffer(string: "b")), .end(nil), head, .end(nil)] {
+            queue.append(part)
+        }
+        #expect(queue.count == 6 && !queue.discarding)
+        queue.append(head)
+        queue.append(.end(nil))
+        #expect(queue.discarding && queue.count == 6)
+        _ = queue.popFirst()
+        #expect(!queue.cutHere)
+        while let part = queue.popFirst() {
+            if case .head = part { #expect(queue.cutHere) }
+        }
+        #expect(queue.takeBrokenInput() == nil)
+    }
+
+    @Test("Reads stop while a response is pending and pipelined parts are queued")
+    func readsHeld() throws {
+        let (channel, _) = try Self.makeChannel()
+        Self.deliver("GET /api/slow HTTP/1.1\r\nHost: x\r\n\r\n" + Self.tiny(4), to: channel)
+        let reads = ReadCounter()
+        try channel.pipeline.syncOperations.addHandler(reads, position: .first)
+        channel.read()
+        #expect(reads.count == 0)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    @Test("A finished exchange's late calls never touch the next request")
+    func staleExchangeIgnored() throws {
+        let (channel, handler) = try Self.makeChannel()
+        Self.deliver("GET /api/first HTTP/1.1\r\nHost: x\r\nX-Request-Id: first-0001\r\n\r\n", to: channel)
+        let first = try #require(handler.currentExchange)
+        handler.sendErrorResponse(for: first, .upstreamUnavailable)
+        Self.deliver("GET /api/second HTTP/1.1\r\nHost: x\r\nX-Request-Id: second-0002\r\n\r\n", to: channel)
+        let firstResponse = try Self.output(channel)
+        #expect(Self.statuses(firstResponse) == ["502"])
+        #expect(firstResponse.contains("first-0001"))
+        let second = try #require(handler.currentExchange)
+        #expect(second !== first)
+
+        // Everything the first exchange might still say (what `fail` used to follow its error
+        // response with) is ignored: the second request stays in flight, unanswered.
+        handler.exchangeFinished(for: first)
+        handler.sendResponseHead(for: first, HTTPResponseHead(version: .http1_1, status: .ok), framing: .asIs)
+        handler.sendResponseBody(for: first, ByteBuffer(string: "stale"))
+        handler.sendResponseEnd(for: first)
+        handler.abortResponse(for: first)
+        #expect(try Self.output(channel).isEmpty)
+        #expect(channel.isActive)
+        #expect(handler.currentExchange === second)
+
+        handler.sendErrorResponse(for: second, .upstreamTimeout)
+        let secondResponse = try Self.output(channel)
+        #expect(Self.statuses(secondResponse) == ["504"])
+        #expect(secondResponse.contains("second-0002"))
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    @Test("A request pipelined behind a gateway-made error gets its own response")
+    func errorThenNext() throws {
+        let (channel, _) = try Self.makeChannel()
+        // The first exchange fails as it starts (no healthy upstream: 503).
+        try channel.writeInbound(ByteBuffer(string:
+            "GET /api/x HTTP/1.1\r\nHost: x\r\nX-Request-Id: one-00000001\r\n\r\n"
+            + "GET /other HTTP/1.1\r\nHost: x\r\nX-Request-Id: two-00000002\r\n\r\n"))
+        let text = try Self.output(channel)
+        #expect(Self.statuses(text) == ["503", "404"])
+        let parts = text.components(separatedBy: "HTTP/1.1 ").filter { !$0.isEmpty }
+        #expect(parts.count == 2)
+        #expect(parts.first?.contains("one-00000001") == true)
+        #expect(parts.last?.contains("two-00000002") == true)
+        #expect(channel.isActive)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    @Test("After an Upgrade request the connection keeps parsing HTTP/1.1")
+    func upgradeKeepsParsing() throws {
+        let (channel, _) = try Self.makeChannel()
+        let upgrade = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        // Two in a row: the second is decoded by the first replacement while the first stopped
+        // decoder is still handing its leftovers over.
+        try channel.writeInbound(ByteBuffer(string: upgrade + upgrade + "GET /after HTTP/1.1\r\nHost: x\r\n\r\n"))
+        channel.embeddedEventLoop.run()
+        var statuses = Self.statuses(try Self.output(channel))
+        #expect(statuses == ["404", "404", "404"])
+        // The replacement decoder also serves what arrives later.
+        try channel.writeInbound(ByteBuffer(string: "GET /later HTTP/1.1\r\nHost: x\r\n\r\n"))
+        statuses = Self.statuses(try Self.output(channel))
+        #expect(statuses == ["404"])
+        #expect(channel.isActive)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    @Test("Requests after a closing response in the same read are not answered")
+    func nothingAfterClose() throws {
+        let (channel, _) = try Self.makeChannel()
+        try channel.writeInbound(ByteBuffer(string:
+            "GET /one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n"))
+        #expect(Self.statuses(try Self.output(channel)) == ["404"])
+        channel.embeddedEventLoop.advanceTime(by: HTTP1ServerHandler.resetAvoidanceDelay)
+        #expect(!channel.isActive)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    /// Our reading of "asks to switch protocols" must match llhttp's exactly: a decoder replaced
+    /// while it still parses would hand parsed parts to a byte decoder (a crash), and a decoder
+    /// that stopped unnoticed would buffer the connection's input forever.
+    @Test("Every spelling of an upgrade request is followed by a parsed next request", .serialized, arguments: [
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: upgraded\r\nUpgrade: websocket\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade   \r\nUpgrade: h2c\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection:upgrade,foo\r\nUpgrade: x\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: UPGRADE\r\nUpgrade:\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade:   \r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: \r\nUpgrade: websocket\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: , upgrade\r\nUpgrade: websocket\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: \"upgrade\"\r\nUpgrade: websocket\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade, close\r\nUpgrade: websocket\r\n\r\n",
+        "GET /a HTTP/1.0\r\nHost: x\r\nConnection: upgrade, keep-alive\r\nUpgrade: websocket\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: foo\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: x\r\nConnection: foo upgrade\r\nUpgrade: x\r\n\r\n",
+        "POST /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\r\nabc",
+        "POST /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
+    ])
+    func upgradeSpellings(request: String) throws {
+        let (channel, _) = try Self.makeChannel()
+        try channel.writeInbound(ByteBuffer(string: request + "GET /after HTTP/1.1\r\nHost: x\r\n\r\n"))
+        channel.embeddedEventLoop.run()
+        let statuses = Self.statuses(try Self.output(channel))
+        channel.embeddedEventLoop.advanceTime(by: HTTP1ServerHandler.resetAvoidanceDelay)
+        // Either both are answered, or the first closes the connection; never a silent stall.
+        #expect(statuses.count == 2 || (statuses.count == 1 && !channel.isActive), "\(statuses)")
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+}
+
+/// Counts `read()` calls that reach the front of the pipeline.
+private final class ReadCounter: ChannelOutboundHandler {
+    typealias OutboundIn = NIOAny
+    var count = 0
+
+    func read(context: ChannelHandlerContext) {
+        self.count += 1
+        context.read()
+    }
+}
