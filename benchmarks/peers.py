@@ -285,11 +285,13 @@ class Run:
     def __init__(self, d):
         self.d = d
         self.procs = []
+        # Extra environment for the servers under test (the budget's allocation counter).
+        self.server_env = {}
         self.token = subprocess.run([str(BIN / "gateway"), "token", "--secret", SECRET, "--sub", "bench-user",
                                      "--ttl", "2h"], capture_output=True, text=True, check=True).stdout.strip()
 
-    def spawn(self, cpu, cmd, port):
-        proc = subprocess.Popen(["taskset", "-c", str(cpu), *cmd], stdout=subprocess.DEVNULL,
+    def spawn(self, cpu, cmd, port, env=None):
+        proc = subprocess.Popen(["taskset", "-c", str(cpu), *cmd], stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})},
                                 stderr=open(f"{self.d}/{Path(cmd[0]).name}.{port}.log", "ab"))
         self.procs.append(proc)
         wait_port(port, proc)
@@ -312,13 +314,15 @@ class Run:
         d = self.d
         if server == "gateway":
             Path(f"{d}/gw-{setup}.yaml").write_text(gateway_yaml(d, setup))
-            return self.spawn(0, [str(BIN / "gateway"), "run", "--config", f"{d}/gw-{setup}.yaml"], GW_PORT), GW_PORT
+            return self.spawn(0, [str(BIN / "gateway"), "run", "--config", f"{d}/gw-{setup}.yaml"], GW_PORT,
+                              self.server_env), GW_PORT
         if server == "haproxy":
             Path(f"{d}/haproxy-{setup}.cfg").write_text(haproxy_cfg(d, setup))
-            return self.spawn(0, [HAPROXY, "-db", "-f", f"{d}/haproxy-{setup}.cfg"], HAPROXY_PORT), HAPROXY_PORT
+            return self.spawn(0, [HAPROXY, "-db", "-f", f"{d}/haproxy-{setup}.cfg"], HAPROXY_PORT,
+                              self.server_env), HAPROXY_PORT
         Path(f"{d}/nginx-proxy.conf").write_text(nginx_proxy_conf(d))
         return self.spawn(0, [NGINX, "-p", d, "-c", f"{d}/nginx-proxy.conf", "-e", f"{d}/nginx-proxy-error.log"],
-                          NGINX_PORT), NGINX_PORT
+                          NGINX_PORT, self.server_env), NGINX_PORT
 
     def headers(self, scenario):
         h = []

@@ -2,7 +2,7 @@
 
 The real (debug) gateway runs under an LD_PRELOAD allocation counter (benchmarks/budget/malloc-count.c)
 and proxies steady keep-alive requests over TLS, HTTP/1.1 and HTTP/2, to the demo upstream; the counter
-is read before and after a fixed number of requests (SIGUSR2), so start-up and warm-up allocations do
+is read before and after a fixed number of requests (a real-time signal), so start-up and warm-up allocations do
 not count. Allocation counts are stable where times are not, so a regression fails here while speed
 stays a benchmark's business (benchmarks/budget.sh reports the release build's figures, syscalls and
 CPU per request).
@@ -39,14 +39,14 @@ def counter_library(tmp_path_factory):
 def read_counts(gw, path):
     """Asks the counter in the gateway for its totals and waits for the line it appends."""
     lines_before = path.read_text().count("\n") if path.exists() else 0
-    gw.proc.send_signal(signal.SIGUSR2)
+    gw.proc.send_signal(signal.SIGRTMIN + 3)
     deadline = time.time() + 5
     while time.time() < deadline:
         if path.exists() and path.read_text().count("\n") > lines_before:
             m = re.match(r"mallocs=(\d+) large=(\d+) frees=(\d+)", path.read_text().splitlines()[-1])
             return int(m.group(1)), int(m.group(2))
         time.sleep(0.02)
-    raise AssertionError("the allocation counter did not answer SIGUSR2")
+    raise AssertionError("the allocation counter did not answer SIGRTMIN+3")
 
 
 def h2load(url, protocol, n):

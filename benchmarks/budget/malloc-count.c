@@ -1,8 +1,9 @@
 // An LD_PRELOAD allocation counter for the per-request budget (benchmarks/budget.sh and the
 // allocation guard in make test). Counts calls, not bytes' lifetimes: malloc, calloc, realloc,
-// the aligned allocators, and how many of those asked for 1 KiB or more. SIGUSR2 appends one line
-// "mallocs=N large=N frees=N" to $MALLOC_COUNT_FILE, so a running server can be read before and
-// after a load without stopping it. Forwards to glibc's own entry points (no dlsym: it allocates).
+// the aligned allocators, and how many of those asked for 1 KiB or more. Real-time signal
+// SIGRTMIN+3 (HAProxy owns SIGUSR1/2) appends one line "mallocs=N large=N frees=N" to
+// $MALLOC_COUNT_FILE, so a running server can be read before and after a load without stopping it.
+// Forwards to glibc's own entry points (no dlsym: it allocates).
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
@@ -70,5 +71,5 @@ __attribute__((constructor)) static void install(void) {
     memset(&action, 0, sizeof action);
     action.sa_handler = dump;
     action.sa_flags = SA_RESTART;
-    sigaction(SIGUSR2, &action, NULL);
+    sigaction(SIGRTMIN + 3, &action, NULL);
 }
