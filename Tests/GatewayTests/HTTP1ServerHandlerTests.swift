@@ -207,6 +207,34 @@ struct HTTP1ServerHandlerTests {
         _ = try channel.finish(acceptAlreadyClosed: true)
     }
 
+    @Test("Keep-alive requests leave the idle timeout in force: the connection closes once idle that long")
+    func idleTimeoutAfterRequests() throws {
+        let (channel, _) = try Self.makeChannel()
+        for _ in 0..<3 {
+            try channel.writeInbound(ByteBuffer(string: "GET /none HTTP/1.1\r\nHost: x\r\n\r\n"))
+            #expect(Self.statuses(try Self.output(channel)) == ["404"])
+        }
+        // Deadlines are read off the real clock and checks run on the embedded one: a second of slack.
+        channel.embeddedEventLoop.advanceTime(by: .seconds(59))
+        #expect(channel.isActive)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        #expect(!channel.isActive)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    @Test("The first bytes of a request start the client header clock: 408 after it")
+    func headerTimeoutAfterRequest() throws {
+        let (channel, _) = try Self.makeChannel()
+        try channel.writeInbound(ByteBuffer(string: "GET /none HTTP/1.1\r\nHost: x\r\n\r\n"))
+        #expect(Self.statuses(try Self.output(channel)) == ["404"])
+        try channel.writeInbound(ByteBuffer(string: "GET /slow HTTP/1.1\r\nHo"))
+        channel.embeddedEventLoop.advanceTime(by: .seconds(9))
+        #expect(try Self.output(channel).isEmpty)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        #expect(Self.statuses(try Self.output(channel)) == ["408"])
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
     @Test("Requests after a closing response in the same read are not answered")
     func nothingAfterClose() throws {
         let (channel, _) = try Self.makeChannel()

@@ -65,7 +65,6 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private var requestComplete = false
     private var requestBodyStarted = false
     private var responseKeepAlive = true
-    private var responseTimer: Scheduled<Void>?
     private var retriedStaleConnection = false
     /// Set once the head's write was not refused whole: from then on the upstream may act on the
     /// request, so a non-idempotent one is never sent again.
@@ -181,7 +180,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         switch self.state {
         case .awaitingResponse(let connection):
             connection.write(.end(nil), flush: true)
-            self.armResponseTimer()
+            self.armResponseTimer(connection)
         case .streamingResponse(let connection):
             connection.write(.end(nil), flush: true)
         case .connecting, .finished:
@@ -197,7 +196,6 @@ final class ProxyExchange: UpstreamConnectionOwner {
         case .awaitingResponse(let connection), .streamingResponse(let connection):
             self.state = .finished
             self.releaseOutstanding()
-            self.responseTimer?.cancel()
             connection.close()
             self.pool.release(connection, reusable: false, settings: self.cluster.settings)
         case .finished:
@@ -221,7 +219,12 @@ final class ProxyExchange: UpstreamConnectionOwner {
         }
         let endpoint = self.candidates[self.nextCandidate]
         self.nextCandidate += 1
-        self.pool.acquire(endpoint, settings: self.cluster.settings, fresh: fresh).assumeIsolated().whenComplete { result in
+        if !fresh, let connection = self.pool.takeIdle(endpoint) {
+            endpoint.recordSuccess()
+            self.attach(connection)
+            return
+        }
+        self.pool.open(endpoint, settings: self.cluster.settings).assumeIsolated().whenComplete { result in
             if case .failure = result, case .finished = self.state { return }
             switch result {
             case .success(let connection):
@@ -265,7 +268,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         guard case .awaitingResponse(let current) = self.state, current === connection else { return }
         self.requestSent = true
         self.pendingBody.removeAll()
-        if self.requestComplete { self.armResponseTimer() }
+        if self.requestComplete { self.armResponseTimer(connection) }
         if !self.requestComplete {
             if self.expectsContinue && !self.requestBodyStarted { self.downstream?.sendContinue(for: self) }
             if connection.channel.isWritable { self.downstream?.resumeRequestBody(for: self) }
@@ -281,8 +284,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             // relaying the 101 would leave the client on a protocol nobody speaks at this hop.
             self.upstreamFailed(UpstreamProtocolError())
         case (.awaitingResponse(let connection), .head(let head)):
-            self.responseTimer?.cancel()
-            self.responseTimer = nil
+            connection.clearDeadline()
             self.state = .streamingResponse(connection)
             self.responseKeepAlive = head.isKeepAlive
             if head.status.code >= 500 {
@@ -343,7 +345,6 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private func upstreamLost(_ error: GatewayError) {
         switch self.state {
         case .awaitingResponse(let connection):
-            self.responseTimer?.cancel()
             connection.close()
             // Sending a request again is safe when none of it was written (its body parts are
             // still in `pendingBody`), or when it is idempotent (RFC 9110 §9.2.2) and bodiless
@@ -370,7 +371,6 @@ final class ProxyExchange: UpstreamConnectionOwner {
                 self.nextCandidate < self.candidates.count, self.cluster.takeRetry()
             {
                 self.retriesLeft -= 1
-                self.responseTimer?.cancel()
                 self.state = .connecting
                 self.connectNext()
                 return
@@ -388,16 +388,11 @@ final class ProxyExchange: UpstreamConnectionOwner {
 
     /// `response_timeout` counts from the moment the whole request is upstream (as Envoy's route
     /// timeout does), so a long upload is not cut off by it.
-    private func armResponseTimer() {
-        self.responseTimer?.cancel()
-        self.responseTimer = self.eventLoop.assumeIsolated().scheduleTask(
-            in: self.cluster.settings.responseTimeout
-        ) { [weak self] in
-            self?.responseTimedOut()
-        }
+    private func armResponseTimer(_ connection: UpstreamConnection) {
+        connection.expectResponse(self.cluster.settings)
     }
 
-    private func responseTimedOut() {
+    func upstreamResponseTimedOut() {
         guard case .awaitingResponse(let connection) = self.state else { return }
         connection.close()
         self.fail(.upstreamTimeout)
@@ -411,7 +406,6 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private func fail(_ error: GatewayError) {
         self.state = .finished
         self.releaseOutstanding()
-        self.responseTimer?.cancel()
         self.pendingBody.removeAll()
         self.downstream?.sendErrorResponse(for: self, error)
     }

@@ -12,6 +12,8 @@ protocol UpstreamConnectionOwner: AnyObject {
     func upstreamClosed()
     func upstreamReadComplete()
     func upstreamWritabilityChanged(isWritable: Bool)
+    /// `response_timeout` passed without a response head.
+    func upstreamResponseTimedOut()
 }
 
 /// The last handler of a pooled upstream channel (after the NIO HTTP/1 client codec). It forwards
@@ -100,7 +102,7 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
 /// A keep-alive connection to one upstream endpoint, owned by the pool of one event loop.
 /// `@unchecked Sendable` only so futures can carry it: it is created, used and released on its
 /// channel's event loop and never touched elsewhere.
-final class UpstreamConnection: @unchecked Sendable {
+final class UpstreamConnection: DeadlineTimerOwner, @unchecked Sendable {
     let channel: Channel
     let handler: UpstreamConnectionHandler
     let endpoint: UpstreamEndpoint
@@ -108,7 +110,11 @@ final class UpstreamConnection: @unchecked Sendable {
     /// connection may just be the upstream closing an idle connection, so the request may be sent
     /// again if none of it was written or it is idempotent.
     var hasServedRequests = false
-    var idleTimer: Scheduled<Void>?
+    /// Idle in the pool (`idle_timeout`) or awaiting a response head (`response_timeout`): the
+    /// connection outlives its requests, so one armed check serves all of them.
+    private var timer = DeadlineTimer()
+    private var timerKind = TimerKind.idleInPool
+    private enum TimerKind { case idleInPool, awaitingResponse }
 
     init(channel: Channel, handler: UpstreamConnectionHandler, endpoint: UpstreamEndpoint) {
         self.channel = channel
@@ -140,6 +146,40 @@ final class UpstreamConnection: @unchecked Sendable {
 
     func close() {
         self.handler.owner = nil
+        self.timer.cancel()
         self.channel.close(promise: nil)
+    }
+
+    /// Closed after `settings.idleTimeout` unless taken out of the pool first.
+    func expireWhenIdle(_ settings: UpstreamSettings) {
+        self.arm(.idleInPool, after: settings.idleTimeout, settings: settings)
+    }
+
+    /// The owner hears `upstreamResponseTimedOut` after `settings.responseTimeout` unless
+    /// `clearDeadline` comes first.
+    func expectResponse(_ settings: UpstreamSettings) {
+        self.arm(.awaitingResponse, after: settings.responseTimeout, settings: settings)
+    }
+
+    func clearDeadline() { self.timer.clear() }
+
+    private func arm(_ kind: TimerKind, after delay: TimeAmount, settings: UpstreamSettings) {
+        let now = NIODeadline.now()
+        self.timerKind = kind
+        self.horizon = min(settings.idleTimeout, settings.responseTimeout)
+        self.timer.set(now + delay, now: now, horizon: self.horizon, loop: self.channel.eventLoop, owner: self)
+    }
+
+    /// The shortest delay `arm` is given, from the settings last used.
+    private var horizon = TimeAmount.seconds(1)
+
+    func deadlineCheck(scheduledFor target: NIODeadline) {
+        guard self.timer.isDue(checkScheduledFor: target, horizon: self.horizon, loop: self.channel.eventLoop, owner: self) else {
+            return
+        }
+        switch self.timerKind {
+        case .idleInPool: self.close()
+        case .awaitingResponse: self.handler.owner?.upstreamResponseTimedOut()
+        }
     }
 }

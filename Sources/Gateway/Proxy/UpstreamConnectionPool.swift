@@ -40,15 +40,27 @@ final class UpstreamConnectionPool {
     /// An idle connection (most recently used first, its TLS/TCP state warm) or a new one.
     /// `fresh` skips the idle ones: for the one retry of a request whose reused connection failed.
     func acquire(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings, fresh: Bool = false) -> EventLoopFuture<UpstreamConnection> {
+        if !fresh, let connection = self.takeIdle(endpoint) { return self.eventLoop.makeSucceededFuture(connection) }
+        return self.open(endpoint, settings: settings)
+    }
+
+    /// The most recently used idle connection to `endpoint`, if one is still open both ways:
+    /// the steady keep-alive case, answered without a future.
+    func takeIdle(_ endpoint: UpstreamEndpoint) -> UpstreamConnection? {
         self.eventLoop.preconditionInEventLoop()
         let key = ObjectIdentifier(endpoint)
-        while !fresh, var stack = self.idle[key], let connection = stack.popLast() {
-            self.idle[key] = stack
-            connection.idleTimer?.cancel()
-            connection.idleTimer = nil
-            if connection.isOpenBothWays { return self.eventLoop.makeSucceededFuture(connection) }
+        while let connection = self.idle[key]?.popLast() {
+            connection.clearDeadline()
+            if connection.isOpenBothWays { return connection }
             connection.close()
         }
+        return nil
+    }
+
+    /// A new connection, or one released by another request within `connect_timeout` once
+    /// `max_connections` is reached.
+    func open(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) -> EventLoopFuture<UpstreamConnection> {
+        self.eventLoop.preconditionInEventLoop()
         if self.reserveSlot(endpoint, max: settings.maxConnections) {
             return self.connect(endpoint, settings: settings)
         }
@@ -72,11 +84,8 @@ final class UpstreamConnectionPool {
             waiter.promise.succeed(connection)
             return
         }
-        connection.idleTimer = self.eventLoop.assumeIsolated().scheduleTask(in: settings.idleTimeout) { [weak self, weak connection] in
-            guard let self, let connection else { return }
-            self.removeIdle(connection)
-            connection.close()
-        }
+        // Closing it runs `onClose`, which takes it out of `idle`.
+        connection.expireWhenIdle(settings)
         self.idle[key, default: []].append(connection)
     }
 
@@ -85,7 +94,6 @@ final class UpstreamConnectionPool {
         self.isClosed = true
         for (_, stack) in self.idle {
             for connection in stack {
-                connection.idleTimer?.cancel()
                 connection.close()
             }
         }
