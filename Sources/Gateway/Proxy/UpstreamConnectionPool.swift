@@ -25,7 +25,12 @@ final class UpstreamConnectionPool {
 
     let eventLoop: EventLoop
     private let connector: Connector
-    private var idle: [ObjectIdentifier: [UpstreamConnection]] = [:]
+    /// Per endpoint, most recently used last. A class, so taking and giving back a connection
+    /// reads the dictionary instead of modifying it in place.
+    private final class IdleStack {
+        var connections: [UpstreamConnection] = []
+    }
+    private var idle: [ObjectIdentifier: IdleStack] = [:]
     private var waiters: [ObjectIdentifier: [Waiter]] = [:]
     private var nextWaiterID: UInt64 = 0
     private var isClosed = false
@@ -48,8 +53,8 @@ final class UpstreamConnectionPool {
     /// the steady keep-alive case, answered without a future.
     func takeIdle(_ endpoint: UpstreamEndpoint) -> UpstreamConnection? {
         self.eventLoop.preconditionInEventLoop()
-        let key = ObjectIdentifier(endpoint)
-        while let connection = self.idle[key]?.popLast() {
+        guard let stack = self.idle[ObjectIdentifier(endpoint)] else { return nil }
+        while let connection = stack.connections.popLast() {
             connection.clearDeadline()
             if connection.isOpenBothWays { return connection }
             connection.close()
@@ -86,14 +91,20 @@ final class UpstreamConnectionPool {
         }
         // Closing it runs `onClose`, which takes it out of `idle`.
         connection.expireWhenIdle(settings)
-        self.idle[key, default: []].append(connection)
+        if let stack = self.idle[key] {
+            stack.connections.append(connection)
+        } else {
+            let stack = IdleStack()
+            stack.connections.append(connection)
+            self.idle[key] = stack
+        }
     }
 
     /// Closes every idle connection (shutdown).
     func closeAll() {
         self.isClosed = true
         for (_, stack) in self.idle {
-            for connection in stack {
+            for connection in stack.connections {
                 connection.close()
             }
         }
@@ -102,7 +113,7 @@ final class UpstreamConnectionPool {
 
     private func removeIdle(_ connection: UpstreamConnection) {
         let key = ObjectIdentifier(connection.endpoint)
-        self.idle[key]?.removeAll { $0 === connection }
+        self.idle[key]?.connections.removeAll { $0 === connection }
     }
 
     private func reserveSlot(_ endpoint: UpstreamEndpoint, max: Int) -> Bool {
