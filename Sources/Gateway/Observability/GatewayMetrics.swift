@@ -23,9 +23,11 @@ final class LatencyHistogram: Sendable {
     }
 
     func observe(seconds: Double) {
-        let index = self.buckets.firstIndex { seconds <= $0 }
+        // A plain loop: `firstIndex(where:)` costs a closure and, unspecialized, allocations.
+        var index = 0
+        while index < self.buckets.count, seconds > self.buckets[index] { index += 1 }
         self.state.withLock { state in
-            if let index { state.counts[index] += 1 }
+            if index < state.counts.count { state.counts[index] += 1 }
             state.sum += seconds
             state.count += 1
         }
@@ -85,7 +87,13 @@ final class HistogramFamily: Sendable {
 /// paths), a fixed method set, status codes, policy names, reasons — never user ids or IPs.
 final class GatewayMetrics: Sendable {
     /// `gateway_requests_total`, keyed by a struct so counting a request allocates nothing.
-    private let requestCounts = Mutex<[RequestKey: Int]>([:])
+    private let requestCounts = Mutex<[RequestKey: Count]>([:])
+
+    /// A series' count, boxed so that counting a known series is a dictionary read, not an
+    /// in-place modification of the dictionary.
+    private final class Count: @unchecked Sendable {
+        var value = 0
+    }
 
     struct RequestKey: Hashable {
         var route: String
@@ -113,7 +121,16 @@ final class GatewayMetrics: Sendable {
         route: String, method: String, status: Int, protocolName: String, seconds: Double, upstreamSeconds: Double?
     ) {
         let methodLabel = Self.knownMethods.contains(method) ? method : "OTHER"
-        self.requestCounts.withLock { $0[RequestKey(route: route, method: methodLabel, status: status, protocolName: protocolName), default: 0] += 1 }
+        let key = RequestKey(route: route, method: methodLabel, status: status, protocolName: protocolName)
+        self.requestCounts.withLock { counts in
+            if let count = counts[key] {
+                count.value += 1
+            } else {
+                let count = Count()
+                count.value = 1
+                counts[key] = count
+            }
+        }
         self.requestDurations.histogram(route).observe(seconds: seconds)
         if let upstreamSeconds { self.upstreamDurations.histogram(route).observe(seconds: upstreamSeconds) }
     }
@@ -144,7 +161,7 @@ final class GatewayMetrics: Sendable {
         }
         out += "# HELP gateway_requests_total Requests answered, by route, method, status and protocol.\n"
         out += "# TYPE gateway_requests_total counter\n"
-        let requestRows = self.requestCounts.withLock { Array($0) }.sorted {
+        let requestRows = self.requestCounts.withLock { $0.map { (key: $0.key, count: $0.value.value) } }.sorted {
             ($0.key.route, $0.key.method, $0.key.status, $0.key.protocolName) < ($1.key.route, $1.key.method, $1.key.status, $1.key.protocolName)
         }
         for (key, count) in requestRows {
