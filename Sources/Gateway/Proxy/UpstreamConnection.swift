@@ -24,7 +24,9 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = HTTPClientRequestPart
 
-    weak var owner: UpstreamConnectionOwner?
+    /// Strong, not weak: a weak reference gives every exchange a side table and slows each of its
+    /// retains. Released explicitly: the pool clears it on release, and closing or an error clears it.
+    var owner: UpstreamConnectionOwner?
     /// Called once when the channel goes inactive, so the pool forgets the connection.
     var onClose: (() -> Void)?
     private var readsPaused = false
