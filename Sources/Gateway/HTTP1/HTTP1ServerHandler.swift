@@ -615,8 +615,22 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     /// decoder stopped unnoticed) is bounded by the decoder's `maximumBufferSize`.
     static func asksToSwitchProtocols(_ head: HTTPRequestHead) -> Bool {
         if head.method == .CONNECT { return true }
-        return head.headers["upgrade"].contains { value in value.contains { $0 != " " && $0 != "\t" } }
-            && head.headers[canonicalForm: "connection"].contains { $0.lowercased() == "upgrade" }
+        var upgradeNamed = false
+        var connectionUpgrade = false
+        for (name, value) in head.headers {
+            switch name.utf8.count {
+            case 7 where name.equalsIgnoringASCIICase("upgrade"):
+                for byte in value.utf8 where byte != UInt8(ascii: " ") && byte != UInt8(ascii: "\t") {
+                    upgradeNamed = true
+                    break
+                }
+            case 10 where name.equalsIgnoringASCIICase("connection"):
+                if value.containsListElement("upgrade") { connectionUpgrade = true }
+            default:
+                break
+            }
+        }
+        return upgradeNamed && connectionUpgrade
     }
 
     private func replaceDecoder(context: ChannelHandlerContext) {

@@ -131,8 +131,12 @@ struct RequestDispatch {
                 fallbackHost: cluster.endpoints.first?.key ?? "localhost", addedHeaders: plan.claimHeaders
             )
             let upstreamHead = HeaderRewriter.upstreamRequest(head, framing: framing, info: info, removing: plan.removedHeaders)
-            let expectsContinue = head.version == .http1_1
-                && head.headers[canonicalForm: "expect"].contains { $0.lowercased() == "100-continue" }
+            var expectsContinue = false
+            if head.version == .http1_1 {
+                for (name, value) in head.headers where name.equalsIgnoringASCIICase("expect") {
+                    if value.containsListElement("100-continue") { expectsContinue = true }
+                }
+            }
             let exchange = ProxyExchange(
                 upstreamHead: upstreamHead, requestMethod: head.method, clientVersion: head.version,
                 requestID: requestID, addHSTS: services.listener.isTLS, responseAdditions: additions,

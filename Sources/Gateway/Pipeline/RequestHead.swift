@@ -41,9 +41,9 @@ enum RequestValidator {
             guard isToken(name) else { return .failure(.badRequest("invalid header name")) }
             guard isFieldValue(value) else { return .failure(.badRequest("invalid header value")) }
             switch name.utf8.count {
-            case 4 where name.lowercased() == "host":
+            case 4 where name.equalsIgnoringASCIICase("host"):
                 hostCount += 1
-            case 14 where name.lowercased() == "content-length":
+            case 14 where name.equalsIgnoringASCIICase("content-length"):
                 for item in value.split(separator: ",", omittingEmptySubsequences: false) {
                     let trimmed = item.trimmingSpaces
                     guard !trimmed.isEmpty, trimmed.utf8.count <= 18,
@@ -55,7 +55,7 @@ enum RequestValidator {
                     }
                     contentLength = length
                 }
-            case 17 where name.lowercased() == "transfer-encoding":
+            case 17 where name.equalsIgnoringASCIICase("transfer-encoding"):
                 for item in value.split(separator: ",", omittingEmptySubsequences: false) {
                     transferEncodings += 1
                     if item.trimmingSpaces.lowercased() == "chunked" { sawChunked = true }
