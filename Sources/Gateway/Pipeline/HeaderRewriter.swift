@@ -38,13 +38,6 @@ enum HeaderRewriter {
 
     /// Tokens listed in `Connection` name more hop-by-hop fields (RFC 9110 §7.6.1).
     static func connectionTokens(_ headers: HTTPHeaders) -> Set<String>? {
-        // Most messages have no `Connection` field: found without building its token list.
-        var present = false
-        for (name, _) in headers where name.equalsIgnoringASCIICase("connection") {
-            present = true
-            break
-        }
-        guard present else { return nil }
         var tokens: Set<String>? = nil
         for value in headers[canonicalForm: "connection"] {
             if tokens == nil { tokens = [] }
@@ -60,14 +53,31 @@ enum HeaderRewriter {
         info: ForwardingInfo,
         removing extraRemoved: Set<String> = []
     ) -> HTTPRequestHead {
-        let named = connectionTokens(head.headers)
+        if let rewritten = rewrittenRequest(head, framing: framing, info: info, removing: extraRemoved, named: nil) {
+            return rewritten
+        }
+        // A `Connection` field names more fields to drop: rewritten again knowing them.
+        let named = connectionTokens(head.headers) ?? []
+        return rewrittenRequest(head, framing: framing, info: info, removing: extraRemoved, named: named)!
+    }
+
+    /// `upstreamRequest` for the `Connection` tokens `named`; nil when `named` is nil and the
+    /// request has a `Connection` field (most have none: one pass over the fields, no token set).
+    private static func rewrittenRequest(
+        _ head: HTTPRequestHead, framing: BodyFraming, info: ForwardingInfo, removing extraRemoved: Set<String>,
+        named: Set<String>?
+    ) -> HTTPRequestHead? {
         var headers = HTTPHeaders()
         headers.reserveCapacity(head.headers.count + 5)
         var sawHost = false
         var forwardedFor = ""
         for (name, value) in head.headers {
             let kind = RequestFieldKind(name)
-            if kind == .dropped || Self.isListed(name, in: extraRemoved) { continue }
+            if kind == .dropped {
+                if named == nil, name.equalsIgnoringASCIICase("connection") { return nil }
+                continue
+            }
+            if Self.isListed(name, in: extraRemoved) { continue }
             if kind == .spoofable || kind == .forwardedFor {
                 guard info.peerTrusted else { continue }
                 if kind == .forwardedFor {
@@ -219,14 +229,32 @@ enum HeaderRewriter {
         addHSTS: Bool,
         additions: ResponseAdditions = .none
     ) -> (HTTPResponseHead, ResponseFraming) {
-        let named = connectionTokens(head.headers)
+        if let rewritten = rewrittenResponse(
+            head, requestMethod: requestMethod, clientVersion: clientVersion, requestID: requestID, addHSTS: addHSTS,
+            additions: additions, named: nil
+        ) { return rewritten }
+        // A `Connection` field names more fields to drop: rewritten again knowing them.
+        return rewrittenResponse(
+            head, requestMethod: requestMethod, clientVersion: clientVersion, requestID: requestID, addHSTS: addHSTS,
+            additions: additions, named: connectionTokens(head.headers) ?? []
+        )!
+    }
+
+    private static func rewrittenResponse(
+        _ head: HTTPResponseHead, requestMethod: HTTPMethod, clientVersion: HTTPVersion, requestID: String, addHSTS: Bool,
+        additions: ResponseAdditions, named: Set<String>?
+    ) -> (HTTPResponseHead, ResponseFraming)? {
         var headers = HTTPHeaders()
         headers.reserveCapacity(head.headers.count + 4 + additions.headers.count)
         var hasLength = false
         var hasHSTS = false
         var vary: [String] = []
         for (name, rawValue) in head.headers {
-            if Self.isHopByHop(name) || name.equalsIgnoringASCIICase("x-request-id") { continue }
+            if Self.isHopByHop(name) {
+                if named == nil, name.equalsIgnoringASCIICase("connection") { return nil }
+                continue
+            }
+            if name.equalsIgnoringASCIICase("x-request-id") { continue }
             let value = trimmedFieldValue(rawValue)
             if let named, named.contains(name.lowercased()) { continue }
             if additions.corsEnabled {
