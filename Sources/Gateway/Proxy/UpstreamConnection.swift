@@ -118,8 +118,12 @@ final class UpstreamConnection: DeadlineTimerOwner, @unchecked Sendable {
     private var timerKind = TimerKind.idleInPool
     private enum TimerKind { case idleInPool, awaitingResponse }
 
+    /// A socket has a TCP state to read (in-memory test channels do not); cast once, not per request.
+    private let isSocket: Bool
+
     init(channel: Channel, handler: UpstreamConnectionHandler, endpoint: UpstreamEndpoint) {
         self.channel = channel
+        self.isSocket = channel is SocketOptionProvider
         self.handler = handler
         self.endpoint = endpoint
     }
@@ -134,13 +138,14 @@ final class UpstreamConnection: DeadlineTimerOwner, @unchecked Sendable {
     var isOpenBothWays: Bool {
         guard self.channel.isActive else { return false }
         #if os(Linux)
-        guard let provider = self.channel as? SocketOptionProvider else { return true }
-        // On the channel's own loop the option is read synchronously.
-        var established = true
-        provider.getTCPInfo().assumeIsolated().whenSuccess { info in
-            established = info.tcpi_state == UInt8(TCP_ESTABLISHED)
-        }
-        return established
+        // Read synchronously on the channel's loop (`getTCPInfo` would cost a future and a
+        // callback per request). Only `tcpi_state`, the first byte of `struct tcp_info`, is
+        // needed, and Linux fills a shorter buffer than the struct with its prefix.
+        guard self.isSocket, let options = self.channel.syncOptions,
+            let prefix = try? options.getOption(ChannelOptions.Types.SocketOption(level: .tcp, name: .tcp_info))
+        else { return true }
+        let state = withUnsafeBytes(of: prefix) { $0[0] }
+        return state == UInt8(TCP_ESTABLISHED)
         #else
         return true
         #endif
