@@ -36,15 +36,17 @@ struct RequestDispatch {
         downstream: DownstreamResponder,
         allocator: ByteBufferAllocator
     ) -> RequestDispatch {
-        let requestID = RequestIdentity.requestID(clientSupplied: head.headers.first(name: "x-request-id"))
-        var framing: BodyFraming
-        switch RequestValidator.validate(head) {
+        let validated: RequestValidator.ValidatedHead
+        switch RequestValidator.inspect(head) {
         case .failure(let error):
+            let requestID = RequestIdentity.requestID(clientSupplied: head.headers.first(name: "x-request-id"))
             let response = error.response(requestID: requestID, allocator: allocator)
             return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: .none, hasBody: false)
-        case .success(let validated):
-            framing = validated
+        case .success(let inspected):
+            validated = inspected
         }
+        let requestID = RequestIdentity.requestID(clientSupplied: validated.requestID)
+        var framing = validated.framing
         if let streamEnded {
             // HTTP/2: the body ends with END_STREAM; without Content-Length it travels chunked upstream.
             if streamEnded {
@@ -53,7 +55,7 @@ struct RequestDispatch {
                 framing = .chunked
             }
         }
-        let host = head.headers.first(name: "host")
+        let host = validated.host
         if let admin = services.admin, let response = Self.adminEndpoint(head, admin: admin, services: services, allocator: allocator) {
             return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: .none, hasBody: false)
         }
@@ -62,6 +64,7 @@ struct RequestDispatch {
             listener: services.listener, runtime: services.runtime, allocator: allocator
         )
         var dispatch = Self.route(decision, head: head, framing: framing, host: host, requestID: requestID,
+                                  expectsContinue: head.version == .http1_1 && validated.expectsContinue,
                                   services: services, downstream: downstream, allocator: allocator)
         dispatch.routeName = decision.routeName
         dispatch.clientIP = decision.client.ip
@@ -108,7 +111,7 @@ struct RequestDispatch {
 
     private static func route(
         _ decision: PipelineDecision, head: HTTPRequestHead, framing: BodyFraming, host: String?, requestID: String,
-        services: ConnectionServices, downstream: DownstreamResponder, allocator: ByteBufferAllocator
+        expectsContinue: Bool, services: ConnectionServices, downstream: DownstreamResponder, allocator: ByteBufferAllocator
     ) -> RequestDispatch {
         let additions = decision.responseAdditions
         func local(_ error: GatewayError, _ additions: ResponseAdditions = .none, hasBody: Bool = false) -> RequestDispatch {
@@ -131,12 +134,6 @@ struct RequestDispatch {
                 fallbackHost: cluster.endpoints.first?.key ?? "localhost", addedHeaders: plan.claimHeaders
             )
             let upstreamHead = HeaderRewriter.upstreamRequest(head, framing: framing, info: info, removing: plan.removedHeaders)
-            var expectsContinue = false
-            if head.version == .http1_1 {
-                for (name, value) in head.headers where name.equalsIgnoringASCIICase("expect") {
-                    if value.containsListElement("100-continue") { expectsContinue = true }
-                }
-            }
             let exchange = ProxyExchange(
                 upstreamHead: upstreamHead, requestMethod: head.method, clientVersion: head.version,
                 requestID: requestID, addHSTS: services.listener.isTLS, responseAdditions: additions,
