@@ -71,6 +71,9 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     private var timerKind = TimerKind.idle
     private enum TimerKind { case idle, header, bodyStall }
     private var peer = PeerAddress(nil)
+    /// The runtime as of `snapshotGeneration`: a request reads it without the holder's lock.
+    private var snapshot: GatewayRuntime?
+    private var snapshotGeneration: UInt64 = 0
     /// An exchange whose upstream side starts when the current read burst has been decoded: a
     /// malformed body in the same packet as its head is then refused before anything is sent.
     private var pendingStart: ProxyExchange?
@@ -79,6 +82,16 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.services = services
         self.activity = activity
         self.queued = PipelinedRequests(maxRequests: maxQueuedRequests)
+    }
+
+    /// The config snapshot for a request starting now.
+    private func runtime() -> GatewayRuntime {
+        let generation = self.services.holder.generation
+        if let snapshot = self.snapshot, generation == self.snapshotGeneration { return snapshot }
+        let current = self.services.holder.current
+        self.snapshot = current
+        self.snapshotGeneration = generation
+        return current
     }
 
     // MARK: - Channel events
@@ -133,7 +146,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         switch event {
         case is ReadActivityHandler.RequestBytesArrived:
             if self.current == nil {
-                let traffic = self.services.runtime.traffic
+                let traffic = self.runtime().traffic
                 self.arm(.header, after: traffic.clientHeaderTimeout, traffic: traffic)
             }
         case is ChannelShouldQuiesceEvent:
@@ -242,7 +255,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             method: head.method.rawValue, target: head.uri, protocolName: head.version.minor == 0 ? "HTTP/1.0" : "HTTP/1.1"
         )
         let dispatch = RequestDispatch.start(
-            head, streamEnded: nil, peer: self.peer, services: self.services, downstream: self,
+            head, streamEnded: nil, peer: self.peer, services: self.services, runtime: self.runtime(), downstream: self,
             allocator: self.context.channel.allocator
         )
         self.current = InFlight(
@@ -260,7 +273,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             self.writeLocal(response, forceClose: false)
         case .proxy(let exchange):
             if dispatch.hasBody {
-                let traffic = self.services.runtime.traffic
+                let traffic = self.runtime().traffic
                 self.arm(.bodyStall, after: traffic.idleTimeout, traffic: traffic)
             }
             self.current!.exchange = exchange
@@ -277,7 +290,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             // Answered locally; the rest of the body is dropped and the connection closes after.
             return
         }
-        if current.bodyBytes > self.services.runtime.traffic.maxBodyBytes {
+        if current.bodyBytes > self.runtime().traffic.maxBodyBytes {
             exchange.cancel()
             self.current!.exchange = nil
             if current.responseStarted {
@@ -475,7 +488,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     private func becameIdle() {
         self.activity.arm()
-        let traffic = self.services.runtime.traffic
+        let traffic = self.runtime().traffic
         self.arm(.idle, after: traffic.idleTimeout, traffic: traffic)
     }
 
@@ -493,7 +506,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     func deadlineCheck(scheduledFor target: NIODeadline) {
         guard let context else { return }
-        let traffic = self.services.runtime.traffic
+        let traffic = self.runtime().traffic
         guard self.timer.isDue(checkScheduledFor: target, horizon: Self.timerHorizon(traffic), loop: context.eventLoop, owner: self)
         else { return }
         switch self.timerKind {
@@ -640,7 +653,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             // be in the pipeline, handing its leftovers over.
             let stopped = try self.decoder.map { try pipeline.context(handler: $0) }
                 ?? pipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
-            let fresh = HTTP1Pipeline.requestDecoder(maxHeaderBytes: self.services.runtime.traffic.maxHeaderBytes)
+            let fresh = HTTP1Pipeline.requestDecoder(maxHeaderBytes: self.runtime().traffic.maxHeaderBytes)
             try pipeline.addHandler(fresh, position: .before(self))
             self.decoder = fresh
             // Removal runs on the next loop tick; the stopped decoder then forwards what it holds

@@ -28,14 +28,17 @@ struct RequestDispatch {
     /// - Parameters:
     ///   - streamEnded: HTTP/2 only: whether END_STREAM came with the headers (no body follows).
     ///     HTTP/1.1 passes nil: its framing comes from the head.
+    ///   - runtime: the config snapshot the whole request runs under (nil: `services.runtime`).
     static func start(
         _ head: HTTPRequestHead,
         streamEnded: Bool?,
         peer: PeerAddress,
         services: ConnectionServices,
+        runtime: GatewayRuntime? = nil,
         downstream: DownstreamResponder,
         allocator: ByteBufferAllocator
     ) -> RequestDispatch {
+        let runtime = runtime ?? services.runtime
         let validated: RequestValidator.ValidatedHead
         switch RequestValidator.inspect(head) {
         case .failure(let error):
@@ -61,11 +64,11 @@ struct RequestDispatch {
         }
         let decision = RequestPipeline.decide(
             method: head.method, target: head.uri, host: host, headers: head.headers, peer: peer,
-            listener: services.listener, runtime: services.runtime, allocator: allocator
+            listener: services.listener, runtime: runtime, allocator: allocator
         )
         var dispatch = Self.route(decision, head: head, framing: framing, host: host, requestID: requestID,
                                   expectsContinue: head.version == .http1_1 && validated.expectsContinue,
-                                  services: services, downstream: downstream, allocator: allocator)
+                                  runtime: runtime, services: services, downstream: downstream, allocator: allocator)
         dispatch.routeName = decision.routeName
         dispatch.clientIP = decision.client.ip
         switch decision.action {
@@ -111,7 +114,7 @@ struct RequestDispatch {
 
     private static func route(
         _ decision: PipelineDecision, head: HTTPRequestHead, framing: BodyFraming, host: String?, requestID: String,
-        expectsContinue: Bool, services: ConnectionServices, downstream: DownstreamResponder, allocator: ByteBufferAllocator
+        expectsContinue: Bool, runtime: GatewayRuntime, services: ConnectionServices, downstream: DownstreamResponder, allocator: ByteBufferAllocator
     ) -> RequestDispatch {
         let additions = decision.responseAdditions
         func local(_ error: GatewayError, _ additions: ResponseAdditions = .none, hasBody: Bool = false) -> RequestDispatch {
@@ -124,7 +127,7 @@ struct RequestDispatch {
         case .error(let error):
             return local(error, additions, hasBody: framing.hasBody)
         case .proxy(let plan):
-            if case .contentLength(let length) = framing, length > services.runtime.traffic.maxBodyBytes {
+            if case .contentLength(let length) = framing, length > runtime.traffic.maxBodyBytes {
                 return local(.payloadTooLarge, additions, hasBody: true)
             }
             let cluster = plan.cluster
