@@ -207,6 +207,75 @@ struct HTTP1ServerHandlerTests {
         _ = try channel.finish(acceptAlreadyClosed: true)
     }
 
+    @Test("Keep-alive requests leave the idle timeout in force: the connection closes once idle that long")
+    func idleTimeoutAfterRequests() throws {
+        let (channel, _) = try Self.makeChannel()
+        for _ in 0..<3 {
+            try channel.writeInbound(ByteBuffer(string: "GET /none HTTP/1.1\r\nHost: x\r\n\r\n"))
+            #expect(Self.statuses(try Self.output(channel)) == ["404"])
+        }
+        // Deadlines are read off the real clock and checks run on the embedded one: a second of slack.
+        channel.embeddedEventLoop.advanceTime(by: .seconds(59))
+        #expect(channel.isActive)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        #expect(!channel.isActive)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    @Test("The first bytes of a request start the client header clock: 408 after it")
+    func headerTimeoutAfterRequest() throws {
+        let (channel, _) = try Self.makeChannel()
+        try channel.writeInbound(ByteBuffer(string: "GET /none HTTP/1.1\r\nHost: x\r\n\r\n"))
+        #expect(Self.statuses(try Self.output(channel)) == ["404"])
+        try channel.writeInbound(ByteBuffer(string: "GET /slow HTTP/1.1\r\nHo"))
+        channel.embeddedEventLoop.advanceTime(by: .seconds(9))
+        #expect(try Self.output(channel).isEmpty)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        #expect(Self.statuses(try Self.output(channel)) == ["408"])
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    @Test("A reload reaches the next request on a kept-alive connection (the snapshot follows the generation)")
+    func reloadReachesNextRequest() throws {
+        let proxied = try GatewayBuilder.runtime(ConfigFixture().parse(minimalYAML + """
+            upstreams:
+              booking: { endpoints: [127.0.0.1:9] }
+            routes:
+              - { name: api, match: { path_prefix: /api/ }, upstream: booking }
+            """), configHash: "a")
+        for endpoint in proxied.clusters["booking"]!.endpoints {
+            endpoint.record5xx(threshold: 1, base: .seconds(600), now: .now())
+        }
+        let unrouted = try GatewayBuilder.runtime(ConfigFixture().parse(minimalYAML + """
+            upstreams:
+              booking: { endpoints: [127.0.0.1:9] }
+            routes:
+              - { name: other, match: { path_prefix: /other/ }, upstream: booking }
+            """), configHash: "b")
+        let channel = EmbeddedChannel()
+        let holder = RuntimeHolder(proxied)
+        let services = ConnectionServices(
+            holder: holder, listener: ListenerInfo(name: "main", role: .proxy, isTLS: false),
+            loop: LoopResources(eventLoop: channel.embeddedEventLoop), observability: Observability(accessLog: false)
+        )
+        let activity = ReadActivityHandler()
+        var encoderConfiguration = HTTPResponseEncoder.Configuration()
+        encoderConfiguration.automaticallySetFramingHeaders = false
+        let pipeline = channel.pipeline.syncOperations
+        try pipeline.addHandler(activity)
+        try pipeline.addHandler(HTTPResponseEncoder(configuration: encoderConfiguration))
+        try pipeline.addHandler(HTTP1Pipeline.requestDecoder(maxHeaderBytes: 8192))
+        try pipeline.addHandler(HTTP1ServerHandler(services: services, activity: activity))
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+
+        try channel.writeInbound(ByteBuffer(string: "GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n"))
+        #expect(Self.statuses(try Self.output(channel)) == ["503"])
+        holder.replace(with: unrouted)
+        try channel.writeInbound(ByteBuffer(string: "GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n"))
+        #expect(Self.statuses(try Self.output(channel)) == ["404"])
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
     @Test("Requests after a closing response in the same read are not answered")
     func nothingAfterClose() throws {
         let (channel, _) = try Self.makeChannel()

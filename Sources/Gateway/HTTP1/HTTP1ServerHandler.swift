@@ -23,7 +23,7 @@ struct ConnectionServices {
 /// What one socket read decodes to is queued whatever its size, so the queue is also bounded by
 /// count: past `defaultMaxQueuedRequests` pipelined requests, the rest of the input is discarded and the
 /// connection closes after answering the queued ones (the client retries the rest, RFC 9112 §9.3.2).
-final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
+final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, DeadlineTimerOwner {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
@@ -66,8 +66,14 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     private var bodyPaused = false
     private var quiescing = false
     private var closed = false
-    private var timer: Scheduled<Void>?
+    /// The connection's one deadline: idle between requests, the client header, or a stalled body.
+    private var timer = DeadlineTimer()
+    private var timerKind = TimerKind.idle
+    private enum TimerKind { case idle, header, bodyStall }
     private var peer = PeerAddress(nil)
+    /// The runtime as of `snapshotGeneration`: a request reads it without the holder's lock.
+    private var snapshot: GatewayRuntime?
+    private var snapshotGeneration: UInt64 = 0
     /// An exchange whose upstream side starts when the current read burst has been decoded: a
     /// malformed body in the same packet as its head is then refused before anything is sent.
     private var pendingStart: ProxyExchange?
@@ -76,6 +82,16 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         self.services = services
         self.activity = activity
         self.queued = PipelinedRequests(maxRequests: maxQueuedRequests)
+    }
+
+    /// The config snapshot for a request starting now.
+    private func runtime() -> GatewayRuntime {
+        let generation = self.services.holder.generation
+        if let snapshot = self.snapshot, generation == self.snapshotGeneration { return snapshot }
+        let current = self.services.holder.current
+        self.snapshot = current
+        self.snapshotGeneration = generation
+        return current
     }
 
     // MARK: - Channel events
@@ -89,7 +105,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
 
     func channelActive(context: ChannelHandlerContext) {
         // Added after activation (behind TLS), `handlerAdded` already did this.
-        if self.timer == nil {
+        if self.timer.deadline == nil {
             self.peer = PeerAddress(context.channel.remoteAddress)
             self.becameIdle()
         }
@@ -130,9 +146,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         switch event {
         case is ReadActivityHandler.RequestBytesArrived:
             if self.current == nil {
-                self.arm(self.services.runtime.traffic.clientHeaderTimeout) { handler in
-                    handler.headerTimedOut()
-                }
+                let traffic = self.runtime().traffic
+                self.arm(.header, after: traffic.clientHeaderTimeout, traffic: traffic)
             }
         case is ChannelShouldQuiesceEvent:
             self.quiescing = true
@@ -235,12 +250,12 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     }
 
     private func startRequest(_ head: HTTPRequestHead) {
-        self.cancelTimer()
+        self.timer.clear()
         var record = RequestRecord(
             method: head.method.rawValue, target: head.uri, protocolName: head.version.minor == 0 ? "HTTP/1.0" : "HTTP/1.1"
         )
         let dispatch = RequestDispatch.start(
-            head, streamEnded: nil, peer: self.peer, services: self.services, downstream: self,
+            head, streamEnded: nil, peer: self.peer, services: self.services, runtime: self.runtime(), downstream: self,
             allocator: self.context.channel.allocator
         )
         self.current = InFlight(
@@ -257,7 +272,10 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         case .respond(let response):
             self.writeLocal(response, forceClose: false)
         case .proxy(let exchange):
-            if dispatch.hasBody { self.armBodyStallCheck(after: self.services.runtime.traffic.idleTimeout) }
+            if dispatch.hasBody {
+                let traffic = self.runtime().traffic
+                self.arm(.bodyStall, after: traffic.idleTimeout, traffic: traffic)
+            }
             self.current!.exchange = exchange
             self.pendingStart = exchange
         }
@@ -272,7 +290,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
             // Answered locally; the rest of the body is dropped and the connection closes after.
             return
         }
-        if current.bodyBytes > self.services.runtime.traffic.maxBodyBytes {
+        if current.bodyBytes > self.runtime().traffic.maxBodyBytes {
             exchange.cancel()
             self.current!.exchange = nil
             if current.responseStarted {
@@ -470,33 +488,56 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
 
     private func becameIdle() {
         self.activity.arm()
-        self.arm(self.services.runtime.traffic.idleTimeout) { handler in handler.close() }
+        let traffic = self.runtime().traffic
+        self.arm(.idle, after: traffic.idleTimeout, traffic: traffic)
+    }
+
+    private func arm(_ kind: TimerKind, after delay: TimeAmount, traffic: TrafficSettings) {
+        guard let context else { return }
+        let now = NIODeadline.now()
+        self.timerKind = kind
+        self.timer.set(now + delay, now: now, horizon: Self.timerHorizon(traffic), loop: context.eventLoop, owner: self)
+    }
+
+    /// The shortest delay `arm` is given (a body stall re-check may be shorter, and then schedules).
+    private static func timerHorizon(_ traffic: TrafficSettings) -> TimeAmount {
+        min(traffic.clientHeaderTimeout, traffic.idleTimeout)
+    }
+
+    func deadlineCheck(scheduledFor target: NIODeadline) {
+        guard let context else { return }
+        let traffic = self.runtime().traffic
+        guard self.timer.isDue(checkScheduledFor: target, horizon: Self.timerHorizon(traffic), loop: context.eventLoop, owner: self)
+        else { return }
+        switch self.timerKind {
+        case .idle: self.close()
+        case .header: self.headerTimedOut()
+        case .bodyStall: self.bodyStallCheck(traffic: traffic)
+        }
     }
 
     /// A client that stops sending a request body it announced (slowloris on the body) would hold
     /// an upstream connection forever; after `timeouts.idle` without a byte it is cut off. Time the
     /// gateway itself paused reading (upstream backpressure) does not count.
-    private func armBodyStallCheck(after delay: TimeAmount) {
-        self.arm(delay) { handler in
-            guard let current = handler.current, current.bodyOutstanding else { return }
-            let idle = handler.services.runtime.traffic.idleTimeout
-            let silent = NIODeadline.now() - handler.activity.lastRead
-            if handler.bodyPaused || silent < idle {
-                handler.armBodyStallCheck(after: handler.bodyPaused ? idle : idle - silent)
-                return
-            }
-            current.exchange?.cancel()
-            handler.current!.exchange = nil
-            handler.pendingStart = nil
-            if current.responseStarted {
-                handler.close()
-            } else {
-                let error = GatewayError(
-                    status: .requestTimeout, code: "request_timeout", message: "timed out waiting for the request body",
-                    closesConnection: true
-                )
-                handler.writeLocal(error.response(requestID: current.requestID, allocator: handler.context.channel.allocator), forceClose: true)
-            }
+    private func bodyStallCheck(traffic: TrafficSettings) {
+        guard let current = self.current, current.bodyOutstanding else { return }
+        let idle = traffic.idleTimeout
+        let silent = NIODeadline.now() - self.activity.lastRead
+        if self.bodyPaused || silent < idle {
+            self.arm(.bodyStall, after: self.bodyPaused ? idle : idle - silent, traffic: traffic)
+            return
+        }
+        current.exchange?.cancel()
+        self.current!.exchange = nil
+        self.pendingStart = nil
+        if current.responseStarted {
+            self.close()
+        } else {
+            let error = GatewayError(
+                status: .requestTimeout, code: "request_timeout", message: "timed out waiting for the request body",
+                closesConnection: true
+            )
+            self.writeLocal(error.response(requestID: current.requestID, allocator: self.context.channel.allocator), forceClose: true)
         }
     }
 
@@ -508,17 +549,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
         self.writeLocal(GatewayError.requestTimeout.response(requestID: self.current!.requestID, allocator: context.channel.allocator), forceClose: true)
     }
 
-    private func arm(_ delay: TimeAmount, _ action: @escaping (HTTP1ServerHandler) -> Void) {
-        self.timer?.cancel()
-        guard let context else { return }
-        self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: delay) { [weak self] in
-            if let self { action(self) }
-        }
-    }
-
     private func cancelTimer() {
-        self.timer?.cancel()
-        self.timer = nil
+        self.timer.cancel()
     }
 
     private func close() {
@@ -596,8 +628,22 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
     /// decoder stopped unnoticed) is bounded by the decoder's `maximumBufferSize`.
     static func asksToSwitchProtocols(_ head: HTTPRequestHead) -> Bool {
         if head.method == .CONNECT { return true }
-        return head.headers["upgrade"].contains { value in value.contains { $0 != " " && $0 != "\t" } }
-            && head.headers[canonicalForm: "connection"].contains { $0.lowercased() == "upgrade" }
+        var upgradeNamed = false
+        var connectionUpgrade = false
+        for (name, value) in head.headers {
+            switch name.utf8.count {
+            case 7 where name.equalsIgnoringASCIICase("upgrade"):
+                for byte in value.utf8 where byte != UInt8(ascii: " ") && byte != UInt8(ascii: "\t") {
+                    upgradeNamed = true
+                    break
+                }
+            case 10 where name.equalsIgnoringASCIICase("connection"):
+                if value.containsListElement("upgrade") { connectionUpgrade = true }
+            default:
+                break
+            }
+        }
+        return upgradeNamed && connectionUpgrade
     }
 
     private func replaceDecoder(context: ChannelHandlerContext) {
@@ -607,7 +653,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder {
             // be in the pipeline, handing its leftovers over.
             let stopped = try self.decoder.map { try pipeline.context(handler: $0) }
                 ?? pipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
-            let fresh = HTTP1Pipeline.requestDecoder(maxHeaderBytes: self.services.runtime.traffic.maxHeaderBytes)
+            let fresh = HTTP1Pipeline.requestDecoder(maxHeaderBytes: self.runtime().traffic.maxHeaderBytes)
             try pipeline.addHandler(fresh, position: .before(self))
             self.decoder = fresh
             // Removal runs on the next loop tick; the stopped decoder then forwards what it holds

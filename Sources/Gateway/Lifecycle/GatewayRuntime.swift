@@ -94,12 +94,20 @@ final class ServerStatus: Sendable {
 /// what new requests see while in-flight ones finish on the snapshot they started with.
 final class RuntimeHolder: Sendable {
     private let runtime: Mutex<GatewayRuntime>
+    private let replacements = Atomic<UInt64>(0)
 
     init(_ runtime: GatewayRuntime) { self.runtime = Mutex(runtime) }
 
     var current: GatewayRuntime { self.runtime.withLock { $0 } }
 
-    func replace(with runtime: GatewayRuntime) { self.runtime.withLock { $0 = runtime } }
+    /// Moves on every `replace`, after the new runtime is in place: a connection that kept a
+    /// snapshot checks this (no lock) and takes `current` only when it moved.
+    var generation: UInt64 { self.replacements.load(ordering: .acquiring) }
+
+    func replace(with runtime: GatewayRuntime) {
+        self.runtime.withLock { $0 = runtime }
+        self.replacements.add(1, ordering: .releasing)
+    }
 }
 
 /// Per-event-loop resources (the upstream connection pool). Looked up once per connection.

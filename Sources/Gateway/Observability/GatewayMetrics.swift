@@ -6,38 +6,49 @@ let latencyBuckets: [Double] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15,
 ]
 
-/// A Prometheus histogram with fixed buckets; one mutex-protected array, cheap enough for two
-/// event loops (a few tens of nanoseconds per observation, no allocation).
-final class LatencyHistogram: Sendable {
-    private struct State {
-        var counts: [UInt64]
-        var sum: Double = 0
-        var count: UInt64 = 0
-    }
+/// The counts of a Prometheus histogram with fixed buckets, guarded by whoever holds it.
+struct HistogramCounts {
     let buckets: [Double]
-    private let state: Mutex<State>
+    private var counts: [UInt64]
+    private var sum: Double = 0
+    private var count: UInt64 = 0
 
     init(buckets: [Double] = latencyBuckets) {
         self.buckets = buckets
-        self.state = Mutex(State(counts: [UInt64](repeating: 0, count: buckets.count)))
+        self.counts = [UInt64](repeating: 0, count: buckets.count)
     }
 
-    func observe(seconds: Double) {
-        let index = self.buckets.firstIndex { seconds <= $0 }
-        self.state.withLock { state in
-            if let index { state.counts[index] += 1 }
-            state.sum += seconds
-            state.count += 1
-        }
+    mutating func observe(seconds: Double) {
+        // A plain loop: `firstIndex(where:)` costs a closure and, unspecialized, allocations.
+        var index = 0
+        while index < self.buckets.count, seconds > self.buckets[index] { index += 1 }
+        if index < self.counts.count { self.counts[index] += 1 }
+        self.sum += seconds
+        self.count += 1
     }
 
     /// Cumulative bucket counts (`le`), sum and count, as Prometheus wants them.
     func snapshot() -> (cumulative: [UInt64], sum: Double, count: UInt64) {
-        self.state.withLock { state in
-            var running: UInt64 = 0
-            let cumulative = state.counts.map { running += $0; return running }
-            return (cumulative, state.sum, state.count)
-        }
+        var running: UInt64 = 0
+        let cumulative = self.counts.map { running += $0; return running }
+        return (cumulative, self.sum, self.count)
+    }
+}
+
+/// A histogram of its own lock.
+final class LatencyHistogram: Sendable {
+    private let state: Mutex<HistogramCounts>
+
+    init(buckets: [Double] = latencyBuckets) {
+        self.state = Mutex(HistogramCounts(buckets: buckets))
+    }
+
+    func observe(seconds: Double) {
+        self.state.withLock { $0.observe(seconds: seconds) }
+    }
+
+    func snapshot() -> (cumulative: [UInt64], sum: Double, count: UInt64) {
+        self.state.withLock { $0.snapshot() }
     }
 }
 
@@ -63,38 +74,37 @@ final class LabeledCounter: Sendable {
     }
 }
 
-/// Histograms keyed by route, created on first use.
-final class HistogramFamily: Sendable {
-    private let histograms = Mutex<[String: LatencyHistogram]>([:])
-
-    func histogram(_ key: String) -> LatencyHistogram {
-        self.histograms.withLock { map in
-            if let existing = map[key] { return existing }
-            let created = LatencyHistogram()
-            map[key] = created
-            return created
-        }
+/// Everything one answered request moves for its route, under one lock per request (instead of
+/// one for the count and one per histogram lookup and observation).
+private final class RouteSeries {
+    struct CountKey: Hashable {
+        var method: String
+        var status: Int
+        var protocolName: String
     }
 
-    func snapshot() -> [(String, LatencyHistogram)] {
-        self.histograms.withLock { Array($0) }.sorted { $0.0 < $1.0 }.map { ($0.0, $0.1) }
+    /// Boxed so that counting a known series reads the dictionary instead of modifying it.
+    final class Count {
+        var value = 0
     }
+
+    var counts: [CountKey: Count] = [:]
+    var durations = HistogramCounts()
+    /// Created on the first proxied request, so a route that never reached an upstream has no series.
+    var upstreamDurations: HistogramCounts?
 }
 
 /// Every series of SPEC "Admin listener" `/metrics`. Labels are bounded: route names (not raw
 /// paths), a fixed method set, status codes, policy names, reasons — never user ids or IPs.
 final class GatewayMetrics: Sendable {
-    /// `gateway_requests_total`, keyed by a struct so counting a request allocates nothing.
-    private let requestCounts = Mutex<[RequestKey: Int]>([:])
+    /// `gateway_requests_total`, `gateway_request_duration_seconds` and
+    /// `gateway_upstream_duration_seconds`, by route. The series are only touched under the lock.
+    private let routes = Mutex<[String: RouteSeriesBox]>([:])
 
-    struct RequestKey: Hashable {
-        var route: String
-        var method: String
-        var status: Int
-        var protocolName: String
+    /// `RouteSeries` is mutable state reached only under `routes`' lock.
+    private struct RouteSeriesBox: @unchecked Sendable {
+        let series: RouteSeries
     }
-    let requestDurations = HistogramFamily()
-    let upstreamDurations = HistogramFamily()
     let rateLimitDecisions = LabeledCounter(labelNames: ["policy", "decision"])
     let jwtRejections = LabeledCounter(labelNames: ["reason"])
     let redisErrors = LabeledCounter(labelNames: [])
@@ -113,9 +123,28 @@ final class GatewayMetrics: Sendable {
         route: String, method: String, status: Int, protocolName: String, seconds: Double, upstreamSeconds: Double?
     ) {
         let methodLabel = Self.knownMethods.contains(method) ? method : "OTHER"
-        self.requestCounts.withLock { $0[RequestKey(route: route, method: methodLabel, status: status, protocolName: protocolName), default: 0] += 1 }
-        self.requestDurations.histogram(route).observe(seconds: seconds)
-        if let upstreamSeconds { self.upstreamDurations.histogram(route).observe(seconds: upstreamSeconds) }
+        let key = RouteSeries.CountKey(method: methodLabel, status: status, protocolName: protocolName)
+        self.routes.withLock { routes in
+            let series: RouteSeries
+            if let known = routes[route] {
+                series = known.series
+            } else {
+                series = RouteSeries()
+                routes[route] = RouteSeriesBox(series: series)
+            }
+            if let count = series.counts[key] {
+                count.value += 1
+            } else {
+                let count = RouteSeries.Count()
+                count.value = 1
+                series.counts[key] = count
+            }
+            series.durations.observe(seconds: seconds)
+            if let upstreamSeconds {
+                if series.upstreamDurations == nil { series.upstreamDurations = HistogramCounts() }
+                series.upstreamDurations!.observe(seconds: upstreamSeconds)
+            }
+        }
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -130,9 +159,16 @@ final class GatewayMetrics: Sendable {
                 out += name + Self.labelText(family.labelNames, labels) + " " + Self.number(value) + "\n"
             }
         }
-        func histograms(_ name: String, _ help: String, _ family: HistogramFamily) {
+        // Copied under the lock, rendered outside it.
+        typealias Row = (route: String, counts: [(RouteSeries.CountKey, Int)], durations: HistogramCounts, upstream: HistogramCounts?)
+        let rows: [Row] = self.routes.withLock { routes in
+            routes.map { route, box in
+                (route, box.series.counts.map { ($0.key, $0.value.value) }, box.series.durations, box.series.upstreamDurations)
+            }
+        }.sorted { $0.route < $1.route }
+        func histograms(_ name: String, _ help: String, _ family: [(String, HistogramCounts)]) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) histogram\n"
-            for (route, histogram) in family.snapshot() {
+            for (route, histogram) in family {
                 let (cumulative, sum, count) = histogram.snapshot()
                 for (bound, value) in zip(histogram.buckets, cumulative) {
                     out += "\(name)_bucket" + Self.labelText(["route", "le"], [route, Self.number(bound)]) + " \(value)\n"
@@ -144,16 +180,18 @@ final class GatewayMetrics: Sendable {
         }
         out += "# HELP gateway_requests_total Requests answered, by route, method, status and protocol.\n"
         out += "# TYPE gateway_requests_total counter\n"
-        let requestRows = self.requestCounts.withLock { Array($0) }.sorted {
-            ($0.key.route, $0.key.method, $0.key.status, $0.key.protocolName) < ($1.key.route, $1.key.method, $1.key.status, $1.key.protocolName)
+        for row in rows {
+            let counts = row.counts.sorted { ($0.0.method, $0.0.status, $0.0.protocolName) < ($1.0.method, $1.0.status, $1.0.protocolName) }
+            for (key, count) in counts {
+                out += "gateway_requests_total" + Self.labelText(
+                    ["route", "method", "status", "protocol"], [row.route, key.method, String(key.status), key.protocolName]
+                ) + " \(count)\n"
+            }
         }
-        for (key, count) in requestRows {
-            out += "gateway_requests_total" + Self.labelText(
-                ["route", "method", "status", "protocol"], [key.route, key.method, String(key.status), key.protocolName]
-            ) + " \(count)\n"
-        }
-        histograms("gateway_request_duration_seconds", "Time from request head to last response byte.", self.requestDurations)
-        histograms("gateway_upstream_duration_seconds", "Time from upstream request start to response head.", self.upstreamDurations)
+        histograms("gateway_request_duration_seconds", "Time from request head to last response byte.",
+                   rows.map { ($0.route, $0.durations) })
+        histograms("gateway_upstream_duration_seconds", "Time from upstream request start to response head.",
+                   rows.compactMap { row in row.upstream.map { (row.route, $0) } })
         counter("gateway_ratelimit_decisions_total", "Rate-limit decisions by policy.", self.rateLimitDecisions)
         counter("gateway_jwt_rejections_total", "Rejected bearer tokens by reason.", self.jwtRejections)
         counter("gateway_redis_errors_total", "Rate-limit store errors.", self.redisErrors)

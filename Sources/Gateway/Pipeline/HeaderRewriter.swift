@@ -53,17 +53,34 @@ enum HeaderRewriter {
         info: ForwardingInfo,
         removing extraRemoved: Set<String> = []
     ) -> HTTPRequestHead {
-        let named = connectionTokens(head.headers)
+        if let rewritten = rewrittenRequest(head, framing: framing, info: info, removing: extraRemoved, named: nil) {
+            return rewritten
+        }
+        // A `Connection` field names more fields to drop: rewritten again knowing them.
+        let named = connectionTokens(head.headers) ?? []
+        return rewrittenRequest(head, framing: framing, info: info, removing: extraRemoved, named: named)!
+    }
+
+    /// `upstreamRequest` for the `Connection` tokens `named`; nil when `named` is nil and the
+    /// request has a `Connection` field (most have none: one pass over the fields, no token set).
+    private static func rewrittenRequest(
+        _ head: HTTPRequestHead, framing: BodyFraming, info: ForwardingInfo, removing extraRemoved: Set<String>,
+        named: Set<String>?
+    ) -> HTTPRequestHead? {
         var headers = HTTPHeaders()
         headers.reserveCapacity(head.headers.count + 5)
         var sawHost = false
         var forwardedFor = ""
         for (name, value) in head.headers {
-            let lower = name.lowercased()
-            if hopByHop.contains(lower) || gatewayOwned.contains(lower) || extraRemoved.contains(lower) { continue }
-            if spoofable.contains(lower) {
+            let kind = RequestFieldKind(name)
+            if kind == .dropped {
+                if named == nil, name.equalsIgnoringASCIICase("connection") { return nil }
+                continue
+            }
+            if Self.isListed(name, in: extraRemoved) { continue }
+            if kind == .spoofable || kind == .forwardedFor {
                 guard info.peerTrusted else { continue }
-                if lower == "x-forwarded-for" {
+                if kind == .forwardedFor {
                     // Several fields are one comma-separated list (RFC 9110 §5.3); re-emitted once below.
                     let trimmed = Substring(value).trimmingSpaces
                     if !trimmed.isEmpty {
@@ -73,12 +90,12 @@ enum HeaderRewriter {
                     continue
                 }
             }
-            if let named, named.contains(lower) { continue }
-            if lower == "content-length" {
+            if let named, named.contains(name.lowercased()) { continue }
+            if kind == .contentLength {
                 // Re-emitted once below from the validated framing.
                 continue
             }
-            if lower == "host" { sawHost = true }
+            if kind == .host { sawHost = true }
             headers.add(name: name, value: value)
         }
         if !sawHost { headers.add(name: "host", value: info.fallbackHost) }
@@ -93,6 +110,59 @@ enum HeaderRewriter {
         headers.add(name: "x-request-id", value: info.requestID)
         for (name, value) in info.addedHeaders { headers.add(name: name, value: value) }
         return HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: headers)
+    }
+
+    /// `removing` holds a few lowercase names from the config: compared in place, not hashed.
+    private static func isListed(_ name: String, in names: Set<String>) -> Bool {
+        for listed in names where name.equalsIgnoringASCIICase(listed) { return true }
+        return false
+    }
+
+    /// What `upstreamRequest` does with a client field, told by its name's bytes.
+    private enum RequestFieldKind {
+        /// Hop-by-hop, or one of the gateway's own (`gatewayOwned`).
+        case dropped
+        /// `spoofable`, kept from a trusted peer only.
+        case spoofable
+        case forwardedFor
+        case contentLength
+        case host
+        case other
+
+        init(_ name: String) {
+            if HeaderRewriter.isHopByHop(name) {
+                self = .dropped
+                return
+            }
+            switch name.utf8.count {
+            case 4 where name.equalsIgnoringASCIICase("host"): self = .host
+            case 9 where name.equalsIgnoringASCIICase("forwarded") || name.equalsIgnoringASCIICase("x-real-ip"):
+                self = .spoofable
+            case 12 where name.equalsIgnoringASCIICase("x-request-id"): self = .dropped
+            case 14 where name.equalsIgnoringASCIICase("content-length"): self = .contentLength
+            case 15 where name.equalsIgnoringASCIICase("x-forwarded-for"): self = .forwardedFor
+            case 16 where name.equalsIgnoringASCIICase("cf-connecting-ip"): self = .spoofable
+            case 16 where name.equalsIgnoringASCIICase("x-forwarded-host") || name.equalsIgnoringASCIICase("x-forwarded-port"):
+                self = .dropped
+            case 17 where name.equalsIgnoringASCIICase("x-forwarded-proto"): self = .dropped
+            default: self = .other
+            }
+        }
+    }
+
+    /// Membership in `hopByHop`, told by the name's bytes.
+    static func isHopByHop(_ name: String) -> Bool {
+        switch name.utf8.count {
+        case 2: name.equalsIgnoringASCIICase("te")
+        case 6: name.equalsIgnoringASCIICase("expect")
+        case 7: name.equalsIgnoringASCIICase("upgrade") || name.equalsIgnoringASCIICase("trailer")
+        case 10: name.equalsIgnoringASCIICase("connection") || name.equalsIgnoringASCIICase("keep-alive")
+        case 16: name.equalsIgnoringASCIICase("proxy-connection")
+        case 17: name.equalsIgnoringASCIICase("transfer-encoding")
+        case 18: name.equalsIgnoringASCIICase("proxy-authenticate")
+        case 19: name.equalsIgnoringASCIICase("proxy-authorization")
+        default: false
+        }
     }
 
     /// A field value without its leading and trailing SP/HTAB, which are not part of it (RFC 9110
@@ -159,28 +229,46 @@ enum HeaderRewriter {
         addHSTS: Bool,
         additions: ResponseAdditions = .none
     ) -> (HTTPResponseHead, ResponseFraming) {
-        let named = connectionTokens(head.headers)
+        if let rewritten = rewrittenResponse(
+            head, requestMethod: requestMethod, clientVersion: clientVersion, requestID: requestID, addHSTS: addHSTS,
+            additions: additions, named: nil
+        ) { return rewritten }
+        // A `Connection` field names more fields to drop: rewritten again knowing them.
+        return rewrittenResponse(
+            head, requestMethod: requestMethod, clientVersion: clientVersion, requestID: requestID, addHSTS: addHSTS,
+            additions: additions, named: connectionTokens(head.headers) ?? []
+        )!
+    }
+
+    private static func rewrittenResponse(
+        _ head: HTTPResponseHead, requestMethod: HTTPMethod, clientVersion: HTTPVersion, requestID: String, addHSTS: Bool,
+        additions: ResponseAdditions, named: Set<String>?
+    ) -> (HTTPResponseHead, ResponseFraming)? {
         var headers = HTTPHeaders()
         headers.reserveCapacity(head.headers.count + 4 + additions.headers.count)
         var hasLength = false
         var hasHSTS = false
         var vary: [String] = []
         for (name, rawValue) in head.headers {
-            let lower = name.lowercased()
-            if hopByHop.contains(lower) || lower == "x-request-id" { continue }
+            if Self.isHopByHop(name) {
+                if named == nil, name.equalsIgnoringASCIICase("connection") { return nil }
+                continue
+            }
+            if name.equalsIgnoringASCIICase("x-request-id") { continue }
             let value = trimmedFieldValue(rawValue)
-            if let named, named.contains(lower) { continue }
+            if let named, named.contains(name.lowercased()) { continue }
             if additions.corsEnabled {
                 // The gateway answers CORS for this route: the upstream's fields would duplicate
                 // or contradict it, and `Vary` is re-emitted once with `Origin` merged in.
+                let lower = name.lowercased()
                 if ResponseAdditions.corsFields.contains(lower) { continue }
                 if lower == "vary" {
                     vary.append(value)
                     continue
                 }
             }
-            if lower == "content-length" { hasLength = true }
-            if lower == "strict-transport-security" { hasHSTS = true }
+            if name.equalsIgnoringASCIICase("content-length") { hasLength = true }
+            if name.equalsIgnoringASCIICase("strict-transport-security") { hasHSTS = true }
             headers.add(name: name, value: value)
         }
         headers.add(name: "x-request-id", value: requestID)

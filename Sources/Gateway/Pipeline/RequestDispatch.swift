@@ -28,23 +28,28 @@ struct RequestDispatch {
     /// - Parameters:
     ///   - streamEnded: HTTP/2 only: whether END_STREAM came with the headers (no body follows).
     ///     HTTP/1.1 passes nil: its framing comes from the head.
+    ///   - runtime: the config snapshot the whole request runs under (nil: `services.runtime`).
     static func start(
         _ head: HTTPRequestHead,
         streamEnded: Bool?,
         peer: PeerAddress,
         services: ConnectionServices,
+        runtime: GatewayRuntime? = nil,
         downstream: DownstreamResponder,
         allocator: ByteBufferAllocator
     ) -> RequestDispatch {
-        let requestID = RequestIdentity.requestID(clientSupplied: head.headers.first(name: "x-request-id"))
-        var framing: BodyFraming
-        switch RequestValidator.validate(head) {
+        let runtime = runtime ?? services.runtime
+        let validated: RequestValidator.ValidatedHead
+        switch RequestValidator.inspect(head) {
         case .failure(let error):
+            let requestID = RequestIdentity.requestID(clientSupplied: head.headers.first(name: "x-request-id"))
             let response = error.response(requestID: requestID, allocator: allocator)
             return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: .none, hasBody: false)
-        case .success(let validated):
-            framing = validated
+        case .success(let inspected):
+            validated = inspected
         }
+        let requestID = RequestIdentity.requestID(clientSupplied: validated.requestID)
+        var framing = validated.framing
         if let streamEnded {
             // HTTP/2: the body ends with END_STREAM; without Content-Length it travels chunked upstream.
             if streamEnded {
@@ -53,16 +58,17 @@ struct RequestDispatch {
                 framing = .chunked
             }
         }
-        let host = head.headers.first(name: "host")
+        let host = validated.host
         if let admin = services.admin, let response = Self.adminEndpoint(head, admin: admin, services: services, allocator: allocator) {
             return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: .none, hasBody: false)
         }
         let decision = RequestPipeline.decide(
             method: head.method, target: head.uri, host: host, headers: head.headers, peer: peer,
-            listener: services.listener, runtime: services.runtime, allocator: allocator
+            listener: services.listener, runtime: runtime, allocator: allocator
         )
         var dispatch = Self.route(decision, head: head, framing: framing, host: host, requestID: requestID,
-                                  services: services, downstream: downstream, allocator: allocator)
+                                  expectsContinue: head.version == .http1_1 && validated.expectsContinue,
+                                  runtime: runtime, services: services, downstream: downstream, allocator: allocator)
         dispatch.routeName = decision.routeName
         dispatch.clientIP = decision.client.ip
         switch decision.action {
@@ -108,7 +114,7 @@ struct RequestDispatch {
 
     private static func route(
         _ decision: PipelineDecision, head: HTTPRequestHead, framing: BodyFraming, host: String?, requestID: String,
-        services: ConnectionServices, downstream: DownstreamResponder, allocator: ByteBufferAllocator
+        expectsContinue: Bool, runtime: GatewayRuntime, services: ConnectionServices, downstream: DownstreamResponder, allocator: ByteBufferAllocator
     ) -> RequestDispatch {
         let additions = decision.responseAdditions
         func local(_ error: GatewayError, _ additions: ResponseAdditions = .none, hasBody: Bool = false) -> RequestDispatch {
@@ -121,7 +127,7 @@ struct RequestDispatch {
         case .error(let error):
             return local(error, additions, hasBody: framing.hasBody)
         case .proxy(let plan):
-            if case .contentLength(let length) = framing, length > services.runtime.traffic.maxBodyBytes {
+            if case .contentLength(let length) = framing, length > runtime.traffic.maxBodyBytes {
                 return local(.payloadTooLarge, additions, hasBody: true)
             }
             let cluster = plan.cluster
@@ -131,8 +137,6 @@ struct RequestDispatch {
                 fallbackHost: cluster.endpoints.first?.key ?? "localhost", addedHeaders: plan.claimHeaders
             )
             let upstreamHead = HeaderRewriter.upstreamRequest(head, framing: framing, info: info, removing: plan.removedHeaders)
-            let expectsContinue = head.version == .http1_1
-                && head.headers[canonicalForm: "expect"].contains { $0.lowercased() == "100-continue" }
             let exchange = ProxyExchange(
                 upstreamHead: upstreamHead, requestMethod: head.method, clientVersion: head.version,
                 requestID: requestID, addHSTS: services.listener.isTLS, responseAdditions: additions,

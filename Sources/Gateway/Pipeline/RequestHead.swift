@@ -25,8 +25,25 @@ enum ClientProtocol: String, Sendable {
 /// ambiguous framing an upstream could read differently from us (request smuggling, RFC 9112 §6.3,
 /// §11.2): the gateway re-frames bodies itself, so anything we cannot frame exactly is a 400.
 enum RequestValidator {
+    /// What the validating pass over a head's fields found besides the framing, so the request
+    /// path looks no field up again.
+    struct ValidatedHead {
+        var framing: BodyFraming
+        /// The `Host` field (a valid head has at most one).
+        var host: String?
+        /// The first `X-Request-Id` field, as the client sent it.
+        var requestID: String?
+        /// An `Expect` field lists `100-continue`.
+        var expectsContinue = false
+    }
+
     /// Returns the body framing, or the 400 to send.
     static func validate(_ head: HTTPRequestHead) -> Result<BodyFraming, GatewayError> {
+        self.inspect(head).map(\.framing)
+    }
+
+    /// `validate`, with the fields the request path needs.
+    static func inspect(_ head: HTTPRequestHead) -> Result<ValidatedHead, GatewayError> {
         let target = head.uri
         guard target.utf8.first == UInt8(ascii: "/") else {
             return .failure(.badRequest("request target must be an absolute path"))
@@ -37,13 +54,21 @@ enum RequestValidator {
         var contentLength: Int? = nil
         var transferEncodings = 0
         var sawChunked = false
+        var host: String? = nil
+        var requestID: String? = nil
+        var expectsContinue = false
         for (name, value) in head.headers {
             guard isToken(name) else { return .failure(.badRequest("invalid header name")) }
             guard isFieldValue(value) else { return .failure(.badRequest("invalid header value")) }
             switch name.utf8.count {
-            case 4 where name.lowercased() == "host":
+            case 4 where name.equalsIgnoringASCIICase("host"):
                 hostCount += 1
-            case 14 where name.lowercased() == "content-length":
+                if host == nil { host = value }
+            case 6 where name.equalsIgnoringASCIICase("expect"):
+                if value.containsListElement("100-continue") { expectsContinue = true }
+            case 12 where name.equalsIgnoringASCIICase("x-request-id"):
+                if requestID == nil { requestID = value }
+            case 14 where name.equalsIgnoringASCIICase("content-length"):
                 for item in value.split(separator: ",", omittingEmptySubsequences: false) {
                     let trimmed = item.trimmingSpaces
                     guard !trimmed.isEmpty, trimmed.utf8.count <= 18,
@@ -55,7 +80,7 @@ enum RequestValidator {
                     }
                     contentLength = length
                 }
-            case 17 where name.lowercased() == "transfer-encoding":
+            case 17 where name.equalsIgnoringASCIICase("transfer-encoding"):
                 for item in value.split(separator: ",", omittingEmptySubsequences: false) {
                     transferEncodings += 1
                     if item.trimmingSpaces.lowercased() == "chunked" { sawChunked = true }
@@ -68,6 +93,7 @@ enum RequestValidator {
             return .failure(.badRequest(hostCount == 0 ? "missing Host header" : "more than one Host header"))
         }
         if hostCount > 1 { return .failure(.badRequest("more than one Host header")) }
+        var framing = BodyFraming.none
         if transferEncodings > 0 {
             // Only a lone `chunked` can be framed unambiguously; other codings are not supported.
             guard transferEncodings == 1, sawChunked, head.version.minor >= 1 else {
@@ -76,10 +102,11 @@ enum RequestValidator {
             guard contentLength == nil else {
                 return .failure(.badRequest("both Content-Length and Transfer-Encoding"))
             }
-            return .success(.chunked)
+            framing = .chunked
+        } else if let contentLength {
+            framing = .contentLength(contentLength)
         }
-        if let contentLength { return .success(.contentLength(contentLength)) }
-        return .success(.none)
+        return .success(ValidatedHead(framing: framing, host: host, requestID: requestID, expectsContinue: expectsContinue))
     }
 
     /// Dot segments would let `/api/../admin` match one route and reach another path upstream, so

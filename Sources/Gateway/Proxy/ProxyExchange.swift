@@ -54,7 +54,9 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private let expectsContinue: Bool
     private let cluster: UpstreamCluster
     private let pool: UpstreamConnectionPool
-    private weak var downstream: DownstreamResponder?
+    /// Strong, not weak (a weak reference costs the responder a side table and slow retains):
+    /// `detach()` drops it whenever the exchange ends, and the responder drops the exchange.
+    private var downstream: DownstreamResponder?
     private let eventLoop: EventLoop
 
     private var state: State = .connecting
@@ -65,7 +67,6 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private var requestComplete = false
     private var requestBodyStarted = false
     private var responseKeepAlive = true
-    private var responseTimer: Scheduled<Void>?
     private var retriedStaleConnection = false
     /// Set once the head's write was not refused whole: from then on the upstream may act on the
     /// request, so a non-idempotent one is never sent again.
@@ -181,7 +182,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         switch self.state {
         case .awaitingResponse(let connection):
             connection.write(.end(nil), flush: true)
-            self.armResponseTimer()
+            self.armResponseTimer(connection)
         case .streamingResponse(let connection):
             connection.write(.end(nil), flush: true)
         case .connecting, .finished:
@@ -197,12 +198,12 @@ final class ProxyExchange: UpstreamConnectionOwner {
         case .awaitingResponse(let connection), .streamingResponse(let connection):
             self.state = .finished
             self.releaseOutstanding()
-            self.responseTimer?.cancel()
             connection.close()
             self.pool.release(connection, reusable: false, settings: self.cluster.settings)
         case .finished:
             break
         }
+        self.downstream = nil
     }
 
     /// The client socket drained: upstream reads may resume.
@@ -221,7 +222,12 @@ final class ProxyExchange: UpstreamConnectionOwner {
         }
         let endpoint = self.candidates[self.nextCandidate]
         self.nextCandidate += 1
-        self.pool.acquire(endpoint, settings: self.cluster.settings, fresh: fresh).assumeIsolated().whenComplete { result in
+        if !fresh, let connection = self.pool.takeIdle(endpoint) {
+            endpoint.recordSuccess()
+            self.attach(connection)
+            return
+        }
+        self.pool.open(endpoint, settings: self.cluster.settings).assumeIsolated().whenComplete { result in
             if case .failure = result, case .finished = self.state { return }
             switch result {
             case .success(let connection):
@@ -265,7 +271,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         guard case .awaitingResponse(let current) = self.state, current === connection else { return }
         self.requestSent = true
         self.pendingBody.removeAll()
-        if self.requestComplete { self.armResponseTimer() }
+        if self.requestComplete { self.armResponseTimer(connection) }
         if !self.requestComplete {
             if self.expectsContinue && !self.requestBodyStarted { self.downstream?.sendContinue(for: self) }
             if connection.channel.isWritable { self.downstream?.resumeRequestBody(for: self) }
@@ -281,8 +287,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             // relaying the 101 would leave the client on a protocol nobody speaks at this hop.
             self.upstreamFailed(UpstreamProtocolError())
         case (.awaitingResponse(let connection), .head(let head)):
-            self.responseTimer?.cancel()
-            self.responseTimer = nil
+            connection.clearDeadline()
             self.state = .streamingResponse(connection)
             self.responseKeepAlive = head.isKeepAlive
             if head.status.code >= 500 {
@@ -315,6 +320,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             self.pool.release(connection, reusable: reusable, settings: self.cluster.settings)
             self.downstream?.sendResponseEnd(for: self)
             self.downstream?.exchangeFinished(for: self)
+            self.downstream = nil
         default:
             // A response part out of order: the upstream broke HTTP framing.
             self.upstreamFailed(UpstreamProtocolError())
@@ -343,7 +349,6 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private func upstreamLost(_ error: GatewayError) {
         switch self.state {
         case .awaitingResponse(let connection):
-            self.responseTimer?.cancel()
             connection.close()
             // Sending a request again is safe when none of it was written (its body parts are
             // still in `pendingBody`), or when it is idempotent (RFC 9110 §9.2.2) and bodiless
@@ -370,7 +375,6 @@ final class ProxyExchange: UpstreamConnectionOwner {
                 self.nextCandidate < self.candidates.count, self.cluster.takeRetry()
             {
                 self.retriesLeft -= 1
-                self.responseTimer?.cancel()
                 self.state = .connecting
                 self.connectNext()
                 return
@@ -381,6 +385,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             self.releaseOutstanding()
             connection.close()
             self.downstream?.abortResponse(for: self)
+            self.downstream = nil
         case .connecting, .finished:
             break
         }
@@ -388,16 +393,11 @@ final class ProxyExchange: UpstreamConnectionOwner {
 
     /// `response_timeout` counts from the moment the whole request is upstream (as Envoy's route
     /// timeout does), so a long upload is not cut off by it.
-    private func armResponseTimer() {
-        self.responseTimer?.cancel()
-        self.responseTimer = self.eventLoop.assumeIsolated().scheduleTask(
-            in: self.cluster.settings.responseTimeout
-        ) { [weak self] in
-            self?.responseTimedOut()
-        }
+    private func armResponseTimer(_ connection: UpstreamConnection) {
+        connection.expectResponse(self.cluster.settings)
     }
 
-    private func responseTimedOut() {
+    func upstreamResponseTimedOut() {
         guard case .awaitingResponse(let connection) = self.state else { return }
         connection.close()
         self.fail(.upstreamTimeout)
@@ -411,9 +411,9 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private func fail(_ error: GatewayError) {
         self.state = .finished
         self.releaseOutstanding()
-        self.responseTimer?.cancel()
         self.pendingBody.removeAll()
         self.downstream?.sendErrorResponse(for: self, error)
+        self.downstream = nil
     }
 }
 

@@ -12,6 +12,8 @@ protocol UpstreamConnectionOwner: AnyObject {
     func upstreamClosed()
     func upstreamReadComplete()
     func upstreamWritabilityChanged(isWritable: Bool)
+    /// `response_timeout` passed without a response head.
+    func upstreamResponseTimedOut()
 }
 
 /// The last handler of a pooled upstream channel (after the NIO HTTP/1 client codec). It forwards
@@ -22,7 +24,9 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = HTTPClientRequestPart
 
-    weak var owner: UpstreamConnectionOwner?
+    /// Strong, not weak: a weak reference gives every exchange a side table and slows each of its
+    /// retains. Released explicitly: the pool clears it on release, and closing or an error clears it.
+    var owner: UpstreamConnectionOwner?
     /// Called once when the channel goes inactive, so the pool forgets the connection.
     var onClose: (() -> Void)?
     private var readsPaused = false
@@ -100,7 +104,7 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
 /// A keep-alive connection to one upstream endpoint, owned by the pool of one event loop.
 /// `@unchecked Sendable` only so futures can carry it: it is created, used and released on its
 /// channel's event loop and never touched elsewhere.
-final class UpstreamConnection: @unchecked Sendable {
+final class UpstreamConnection: DeadlineTimerOwner, @unchecked Sendable {
     let channel: Channel
     let handler: UpstreamConnectionHandler
     let endpoint: UpstreamEndpoint
@@ -108,10 +112,18 @@ final class UpstreamConnection: @unchecked Sendable {
     /// connection may just be the upstream closing an idle connection, so the request may be sent
     /// again if none of it was written or it is idempotent.
     var hasServedRequests = false
-    var idleTimer: Scheduled<Void>?
+    /// Idle in the pool (`idle_timeout`) or awaiting a response head (`response_timeout`): the
+    /// connection outlives its requests, so one armed check serves all of them.
+    private var timer = DeadlineTimer()
+    private var timerKind = TimerKind.idleInPool
+    private enum TimerKind { case idleInPool, awaitingResponse }
+
+    /// A socket has a TCP state to read (in-memory test channels do not); cast once, not per request.
+    private let isSocket: Bool
 
     init(channel: Channel, handler: UpstreamConnectionHandler, endpoint: UpstreamEndpoint) {
         self.channel = channel
+        self.isSocket = channel is SocketOptionProvider
         self.handler = handler
         self.endpoint = endpoint
     }
@@ -126,13 +138,14 @@ final class UpstreamConnection: @unchecked Sendable {
     var isOpenBothWays: Bool {
         guard self.channel.isActive else { return false }
         #if os(Linux)
-        guard let provider = self.channel as? SocketOptionProvider else { return true }
-        // On the channel's own loop the option is read synchronously.
-        var established = true
-        provider.getTCPInfo().assumeIsolated().whenSuccess { info in
-            established = info.tcpi_state == UInt8(TCP_ESTABLISHED)
-        }
-        return established
+        // Read synchronously on the channel's loop (`getTCPInfo` would cost a future and a
+        // callback per request). Only `tcpi_state`, the first byte of `struct tcp_info`, is
+        // needed, and Linux fills a shorter buffer than the struct with its prefix.
+        guard self.isSocket, let options = self.channel.syncOptions,
+            let prefix = try? options.getOption(ChannelOptions.Types.SocketOption(level: .tcp, name: .tcp_info))
+        else { return true }
+        let state = withUnsafeBytes(of: prefix) { $0[0] }
+        return state == UInt8(TCP_ESTABLISHED)
         #else
         return true
         #endif
@@ -140,6 +153,40 @@ final class UpstreamConnection: @unchecked Sendable {
 
     func close() {
         self.handler.owner = nil
+        self.timer.cancel()
         self.channel.close(promise: nil)
+    }
+
+    /// Closed after `settings.idleTimeout` unless taken out of the pool first.
+    func expireWhenIdle(_ settings: UpstreamSettings) {
+        self.arm(.idleInPool, after: settings.idleTimeout, settings: settings)
+    }
+
+    /// The owner hears `upstreamResponseTimedOut` after `settings.responseTimeout` unless
+    /// `clearDeadline` comes first.
+    func expectResponse(_ settings: UpstreamSettings) {
+        self.arm(.awaitingResponse, after: settings.responseTimeout, settings: settings)
+    }
+
+    func clearDeadline() { self.timer.clear() }
+
+    private func arm(_ kind: TimerKind, after delay: TimeAmount, settings: UpstreamSettings) {
+        let now = NIODeadline.now()
+        self.timerKind = kind
+        self.horizon = min(settings.idleTimeout, settings.responseTimeout)
+        self.timer.set(now + delay, now: now, horizon: self.horizon, loop: self.channel.eventLoop, owner: self)
+    }
+
+    /// The shortest delay `arm` is given, from the settings last used.
+    private var horizon = TimeAmount.seconds(1)
+
+    func deadlineCheck(scheduledFor target: NIODeadline) {
+        guard self.timer.isDue(checkScheduledFor: target, horizon: self.horizon, loop: self.channel.eventLoop, owner: self) else {
+            return
+        }
+        switch self.timerKind {
+        case .idleInPool: self.close()
+        case .awaitingResponse: self.handler.owner?.upstreamResponseTimedOut()
+        }
     }
 }

@@ -25,7 +25,12 @@ final class UpstreamConnectionPool {
 
     let eventLoop: EventLoop
     private let connector: Connector
-    private var idle: [ObjectIdentifier: [UpstreamConnection]] = [:]
+    /// Per endpoint, most recently used last. A class, so taking and giving back a connection
+    /// reads the dictionary instead of modifying it in place.
+    private final class IdleStack {
+        var connections: [UpstreamConnection] = []
+    }
+    private var idle: [ObjectIdentifier: IdleStack] = [:]
     private var waiters: [ObjectIdentifier: [Waiter]] = [:]
     private var nextWaiterID: UInt64 = 0
     private var isClosed = false
@@ -40,15 +45,27 @@ final class UpstreamConnectionPool {
     /// An idle connection (most recently used first, its TLS/TCP state warm) or a new one.
     /// `fresh` skips the idle ones: for the one retry of a request whose reused connection failed.
     func acquire(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings, fresh: Bool = false) -> EventLoopFuture<UpstreamConnection> {
+        if !fresh, let connection = self.takeIdle(endpoint) { return self.eventLoop.makeSucceededFuture(connection) }
+        return self.open(endpoint, settings: settings)
+    }
+
+    /// The most recently used idle connection to `endpoint`, if one is still open both ways:
+    /// the steady keep-alive case, answered without a future.
+    func takeIdle(_ endpoint: UpstreamEndpoint) -> UpstreamConnection? {
         self.eventLoop.preconditionInEventLoop()
-        let key = ObjectIdentifier(endpoint)
-        while !fresh, var stack = self.idle[key], let connection = stack.popLast() {
-            self.idle[key] = stack
-            connection.idleTimer?.cancel()
-            connection.idleTimer = nil
-            if connection.isOpenBothWays { return self.eventLoop.makeSucceededFuture(connection) }
+        guard let stack = self.idle[ObjectIdentifier(endpoint)] else { return nil }
+        while let connection = stack.connections.popLast() {
+            connection.clearDeadline()
+            if connection.isOpenBothWays { return connection }
             connection.close()
         }
+        return nil
+    }
+
+    /// A new connection, or one released by another request within `connect_timeout` once
+    /// `max_connections` is reached.
+    func open(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) -> EventLoopFuture<UpstreamConnection> {
+        self.eventLoop.preconditionInEventLoop()
         if self.reserveSlot(endpoint, max: settings.maxConnections) {
             return self.connect(endpoint, settings: settings)
         }
@@ -72,20 +89,22 @@ final class UpstreamConnectionPool {
             waiter.promise.succeed(connection)
             return
         }
-        connection.idleTimer = self.eventLoop.assumeIsolated().scheduleTask(in: settings.idleTimeout) { [weak self, weak connection] in
-            guard let self, let connection else { return }
-            self.removeIdle(connection)
-            connection.close()
+        // Closing it runs `onClose`, which takes it out of `idle`.
+        connection.expireWhenIdle(settings)
+        if let stack = self.idle[key] {
+            stack.connections.append(connection)
+        } else {
+            let stack = IdleStack()
+            stack.connections.append(connection)
+            self.idle[key] = stack
         }
-        self.idle[key, default: []].append(connection)
     }
 
     /// Closes every idle connection (shutdown).
     func closeAll() {
         self.isClosed = true
         for (_, stack) in self.idle {
-            for connection in stack {
-                connection.idleTimer?.cancel()
+            for connection in stack.connections {
                 connection.close()
             }
         }
@@ -94,7 +113,7 @@ final class UpstreamConnectionPool {
 
     private func removeIdle(_ connection: UpstreamConnection) {
         let key = ObjectIdentifier(connection.endpoint)
-        self.idle[key]?.removeAll { $0 === connection }
+        self.idle[key]?.connections.removeAll { $0 === connection }
     }
 
     private func reserveSlot(_ endpoint: UpstreamEndpoint, max: Int) -> Bool {

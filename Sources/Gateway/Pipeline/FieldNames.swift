@@ -1,0 +1,60 @@
+/// Byte comparisons of field names and list tokens that ignore ASCII case, so the request path
+/// never builds a lowercased `String` to look a header up.
+extension String {
+    /// Whether this equals `lowercase` (a lowercase ASCII name or token), ASCII case ignored.
+    func equalsIgnoringASCIICase(_ lowercase: StaticString) -> Bool {
+        guard self.utf8.count == lowercase.utf8CodeUnitCount else { return false }
+        let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
+        var index = 0
+        for byte in self.utf8 {
+            if asciiLowercased(byte) != expected[index] { return false }
+            index += 1
+        }
+        return true
+    }
+
+    /// `equalsIgnoringASCIICase` against a lowercase name known only at run time (config).
+    func equalsIgnoringASCIICase(_ lowercase: String) -> Bool {
+        guard self.utf8.count == lowercase.utf8.count else { return false }
+        var expected = lowercase.utf8.makeIterator()
+        for byte in self.utf8 where asciiLowercased(byte) != expected.next() {
+            return false
+        }
+        return true
+    }
+
+    /// Whether this comma-separated list (a field value such as `Connection` or `Expect`) has an
+    /// element equal to `lowercase`, elements trimmed of SP/HTAB and compared ignoring ASCII case.
+    func containsListElement(_ lowercase: StaticString) -> Bool {
+        var value = self
+        return value.withUTF8 { bytes in
+            let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
+            var start = 0
+            while start <= bytes.count {
+                var end = start
+                while end < bytes.count, bytes[end] != UInt8(ascii: ",") { end += 1 }
+                var low = start
+                var high = end
+                while low < high, isSpaceOrTab(bytes[low]) { low += 1 }
+                while high > low, isSpaceOrTab(bytes[high - 1]) { high -= 1 }
+                if high - low == expected.count {
+                    var index = 0
+                    while index < expected.count, asciiLowercased(bytes[low + index]) == expected[index] { index += 1 }
+                    if index == expected.count { return true }
+                }
+                start = end + 1
+            }
+            return false
+        }
+    }
+}
+
+@inline(__always)
+private func asciiLowercased(_ byte: UInt8) -> UInt8 {
+    byte &- UInt8(ascii: "A") < 26 ? byte | 0x20 : byte
+}
+
+@inline(__always)
+private func isSpaceOrTab(_ byte: UInt8) -> Bool {
+    byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t")
+}
