@@ -8,7 +8,9 @@ loads it from CPU 1 with `wrk -t1 -c64` (h1) then `h2load -c16 -m10` (h2). The f
 shared machine is the gateway's CPU per request (utime+stime over the run / requests): req/s moves
 with whatever else the machine runs. RSS: right after start (idle), its peak over the loads
 (VmHWM) and after the loads (idle again). With --mallocs, each variant is also run once under
-benchmarks/budget/malloc-count.c for mallocs per request over a fixed count (h1 and h2).
+benchmarks/budget/malloc-count.c for mallocs per request over a fixed count (h1 and h2). With
+--profile, every load runs under `perf record` and the table gives the share of the gateway's
+samples spent in the allocator and in dynamic exclusivity checks: the most either lever can win.
 
   benchmarks/ab.py --rounds 4 --dur 10 \\
       --variant glibc .build/release \\
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -48,6 +51,7 @@ def proc_status(pid, key):
 
 class Bench:
     def __init__(self, d, dur):
+        # peers.Run for its process bookkeeping only: its constructor mints a JWT, which A/B has no use for.
         self.d, self.dur, self.run = d, dur, peers.Run.__new__(peers.Run)
         self.run.d, self.run.procs = d, []
         subprocess.run([str(HERE.parent / "scripts/dev-cert.sh"), d], check=True, stdout=subprocess.DEVNULL)
@@ -113,13 +117,13 @@ class Bench:
                 subprocess.run(["taskset", "-c", "1", "h2load", *extra, "-n", "2000", "-c", "2", url],
                                check=True, capture_output=True)
                 Path(counts).unlink(missing_ok=True)
-                proc.send_signal(10 + 2)  # SIGUSR2
+                proc.send_signal(signal.SIGUSR2)
                 time.sleep(0.2)
                 out = subprocess.run(["taskset", "-c", "1", "h2load", *extra, "-n", str(n), "-c", "2", url],
                                      check=True, capture_output=True, text=True).stdout
                 if f"{n} succeeded" not in out:
                     raise RuntimeError(f"malloc run incomplete: {out[-400:]}")
-                proc.send_signal(12)
+                proc.send_signal(signal.SIGUSR2)
                 time.sleep(0.2)
                 a, b = [dict(kv.split("=") for kv in line.split()) for line in Path(counts).read_text().splitlines()]
                 result[proto] = (int(b["mallocs"]) - int(a["mallocs"])) / n
@@ -138,7 +142,7 @@ class Bench:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)  # perf attaches to every thread first
         result = load()
-        perf.send_signal(2)  # SIGINT: perf writes its file and exits
+        perf.send_signal(signal.SIGINT)  # perf writes its file and exits
         perf.wait()
         report = subprocess.run(["perf", "report", "-i", out, "--stdio", "--sort", "dso,sym"],
                                 capture_output=True, text=True)
