@@ -66,6 +66,9 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     /// The `nghttp2_nv` array and field bytes of the response being submitted (nghttp2 copies
     /// them on submit, so the next response reuses the memory).
     private var headerScratch = HeaderScratch()
+    /// nghttp2's allocator for this session (it outlives the session: `nghttp2_session_del` frees
+    /// into it).
+    private let blockPool = HTTP2BlockPool()
 
     func noteDrained(_ stream: HTTP2Stream) { self.drainedStreams.append(stream) }
 
@@ -77,6 +80,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     }
 
     deinit {
+        if let session = self.session { nghttp2_session_del(session) }
         self.headerScratch.deallocate()
     }
 
@@ -184,7 +188,13 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
 
         var session: OpaquePointer?
         let userData = Unmanaged.passUnretained(self).toOpaque()
-        guard nghttp2_session_server_new2(&session, callbacks, userData, option) == 0, let session else { return false }
+        var allocator = nghttp2_mem(
+            mem_user_data: Unmanaged.passUnretained(self.blockPool).toOpaque(),
+            malloc: poolMalloc, free: poolFree, calloc: poolCalloc, realloc: poolRealloc
+        )
+        guard nghttp2_session_server_new3(&session, callbacks, userData, option, &allocator) == 0, let session else {
+            return false
+        }
         self.session = session
 
         var entries = [
@@ -636,6 +646,31 @@ private struct HeaderScratch {
 }
 
 // MARK: - C thunks: unwrap the handler and forward, nothing else.
+
+private func blockPool(_ userData: UnsafeMutableRawPointer?) -> HTTP2BlockPool {
+    Unmanaged<HTTP2BlockPool>.fromOpaque(userData!).takeUnretainedValue()
+}
+
+private let poolMalloc: nghttp2_malloc = { size, userData in
+    blockPool(userData).allocate(size)
+}
+
+private let poolFree: nghttp2_free = { pointer, userData in
+    guard let pointer else { return }
+    blockPool(userData).deallocate(pointer)
+}
+
+private let poolCalloc: nghttp2_calloc = { count, size, userData in
+    let (bytes, overflow) = count.multipliedReportingOverflow(by: size)
+    guard !overflow else { return nil }
+    let pointer = blockPool(userData).allocate(bytes)
+    pointer.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+    return pointer
+}
+
+private let poolRealloc: nghttp2_realloc = { pointer, size, userData in
+    blockPool(userData).reallocate(pointer, size)
+}
 
 private func handler(_ userData: UnsafeMutableRawPointer?) -> HTTP2ServerHandler {
     Unmanaged<HTTP2ServerHandler>.fromOpaque(userData!).takeUnretainedValue()
