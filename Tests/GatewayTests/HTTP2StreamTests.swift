@@ -49,6 +49,11 @@ struct HTTP2StreamTests {
 
         /// Puts an idle keep-alive connection to `booking` in this loop's pool.
         func poolUpstream() throws {
+            self.upstream = try self.pooledUpstream()
+        }
+
+        /// Another idle keep-alive connection to `booking` in the pool, returned for the test to drive.
+        func pooledUpstream() throws -> EmbeddedChannel {
             let cluster = self.runtime.clusters["booking"]!
             let upstream = EmbeddedChannel(loop: self.loop)
             let handler = UpstreamConnectionHandler()
@@ -56,7 +61,7 @@ struct HTTP2StreamTests {
             try upstream.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 3001)).wait()
             let connection = UpstreamConnection(channel: upstream, handler: handler, endpoint: cluster.endpoints[0])
             self.services.loop.pool.release(connection, reusable: true, settings: cluster.settings)
-            self.upstream = upstream
+            return upstream
         }
 
         static func frame(type: UInt8, flags: UInt8, stream: UInt32, _ payload: [UInt8] = []) -> [UInt8] {
@@ -83,7 +88,7 @@ struct HTTP2StreamTests {
         }
 
         func send(_ bytes: [UInt8]) {
-            try? self.channel.writeInbound(ByteBuffer(bytes: bytes))
+            _ = try? self.channel.writeInbound(ByteBuffer(bytes: bytes))
         }
 
         func headers(stream: UInt32, method: String = "POST", path: String, endStream: Bool, extra: [(String, String)] = []) {
@@ -110,12 +115,28 @@ struct HTTP2StreamTests {
             }
         }
 
-        /// Frames written since the last call.
+        /// Frames written since the last call, once the tick's queued work (the coalesced drain)
+        /// has run.
         func output() -> [Frame] {
+            self.loop.run()
+            self.collectWrites()
+            return self.frames()
+        }
+
+        /// Moves what the handler wrote into `received`, and says in how many writes it came.
+        @discardableResult
+        func collectWrites() -> Int {
+            var writes = 0
             while let buffer = try? self.channel.readOutbound(as: ByteBuffer.self) {
                 var buffer = buffer
+                if buffer.readableBytes > 0 { writes += 1 }
                 self.received.writeBuffer(&buffer)
             }
+            return writes
+        }
+
+        /// Complete frames in `received`.
+        func frames() -> [Frame] {
             var frames: [Frame] = []
             while self.received.readableBytes >= 9 {
                 let bytes = self.received.getBytes(at: self.received.readerIndex, length: 9)!
@@ -268,6 +289,60 @@ struct HTTP2StreamTests {
         h.send((0...100).flatMap { _ in Harness.frame(type: 0, flags: 0, stream: 1) })
         let goAway = h.output().first { $0.type == 7 }
         #expect(goAway?.errorCode == 11, "GOAWAY code \(String(describing: goAway?.errorCode))")
+    }
+
+    @Test func responsesFinishedInOneTickLeaveInOneWrite() throws {
+        let h = try Harness()
+        let upstreams = try (0..<10).map { _ in try h.pooledUpstream() }
+        let streams = Array(stride(from: UInt32(1), through: 19, by: 2))
+        // Ten requests in one read, each proxied on its own upstream connection.
+        h.send(streams.flatMap { stream in
+            Harness.frame(type: 1, flags: 0x05, stream: stream, Harness.block([
+                (":method", "GET"), (":scheme", "http"), (":authority", "localhost"), (":path", "/api/item/\(stream)"),
+            ]))
+        })
+        _ = h.output()
+        var paths: [String] = []
+        for upstream in upstreams {
+            guard case .head(let head) = try upstream.readOutbound(as: HTTPClientRequestPart.self) else {
+                Issue.record("a request did not go upstream")
+                return
+            }
+            paths.append(head.uri)
+        }
+        // Each upstream answers in its own read, all within one tick of the loop.
+        for (upstream, path) in zip(upstreams, paths) {
+            let body = "answer to \(path)"
+            let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: ["content-length": "\(body.utf8.count)"])
+            try upstream.writeInbound(HTTPClientResponsePart.head(head))
+            try upstream.writeInbound(HTTPClientResponsePart.body(ByteBuffer(string: body)))
+            try upstream.writeInbound(HTTPClientResponsePart.end(nil))
+        }
+        #expect(h.collectWrites() == 0, "written before the end of the tick")
+        h.loop.run()
+        #expect(h.collectWrites() == 1)
+        let frames = h.frames()
+        #expect(Set(frames.filter { $0.type == 1 }.map(\.stream)) == Set(streams))
+        for stream in streams {
+            #expect(Self.body(frames, stream: stream) == "answer to /api/item/\(stream)")
+            #expect(frames.contains { $0.type == 0 && $0.stream == stream && $0.flags & 0x01 != 0 })
+        }
+    }
+
+    @Test func aDrainTheClientCannotTakeWaitsForWritability() throws {
+        let h = try Harness()
+        let upstream = try h.pooledUpstream()
+        h.headers(stream: 1, method: "GET", path: "/api/big", endStream: true)
+        _ = h.output()
+        h.channel.isWritable = false
+        let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: ["content-length": "5"])
+        try upstream.writeInbound(HTTPClientResponsePart.head(head))
+        try upstream.writeInbound(HTTPClientResponsePart.body(ByteBuffer(string: "hello")))
+        try upstream.writeInbound(HTTPClientResponsePart.end(nil))
+        #expect(h.output().isEmpty, "written to a socket that is not writable")
+        h.channel.isWritable = true
+        h.channel.pipeline.fireChannelWritabilityChanged()
+        #expect(Self.body(h.output(), stream: 1) == "hello")
     }
 
     @Test func emptyDataFramesBetweenRequestsAreForgiven() throws {

@@ -21,6 +21,8 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     /// Streams whose upstream side starts after the current read is decoded (see HTTP/1's
     /// `pendingStart`: a malformed frame in the same read is refused before anything goes upstream).
     private var pendingStarts: [HTTP2Stream] = []
+    /// `pendingStarts` being started: the two arrays swap so that neither is reallocated per read.
+    private var startsInProgress: [HTTP2Stream] = []
     /// Request body bytes to acknowledge with WINDOW_UPDATE after `mem_recv` returns.
     private var pendingConsume: [(Int32, Int)] = []
     private var emptyData: EmptyDataFrameGuard
@@ -45,6 +47,28 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     private var pendingResets: [Int32] = []
     /// Streams whose response buffer fell below the low watermark during `mem_send`.
     private var drainedStreams: [HTTP2Stream] = []
+    private var drainedInProgress: [HTTP2Stream] = []
+    /// Between a read from the client and its `channelReadComplete`, which drains the session
+    /// once for everything that read caused.
+    private var reading = false
+    /// A drain is queued for the end of this event-loop tick: the responses that upstream reads
+    /// finish in one tick (each stream has its own upstream connection) leave in one write, as
+    /// HAProxy's `h2_send` does, instead of one TLS record and one `write` per stream.
+    private var flushQueued = false
+    /// The queued drain, made once per connection so that queuing it allocates nothing. It holds
+    /// the handler strongly (a task may still be queued when the channel goes), until
+    /// `handlerRemoved` drops it.
+    private var queuedFlush: (() -> Void)?
+    /// nghttp2's output of one drain, copied out of its memory (valid only until its next call)
+    /// and written as one buffer. Kept while small: once the TLS layer has encrypted it, the
+    /// storage is unique again and the next drain reuses it.
+    private var outbound = ByteBuffer()
+    /// The `nghttp2_nv` array and field bytes of the response being submitted (nghttp2 copies
+    /// them on submit, so the next response reuses the memory).
+    private var headerScratch = HeaderScratch()
+    /// nghttp2's allocator for this session (it outlives the session: `nghttp2_session_del` frees
+    /// into it).
+    private let blockPool = HTTP2BlockPool()
 
     func noteDrained(_ stream: HTTP2Stream) { self.drainedStreams.append(stream) }
 
@@ -55,12 +79,21 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
         self.emptyData = EmptyDataFrameGuard(limit: settings.maxEmptyFrames)
     }
 
+    deinit {
+        if let session = self.session { nghttp2_session_del(session) }
+        self.headerScratch.deallocate()
+    }
+
     // MARK: - Channel events
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.services.observability.metrics.connections.increment([self.services.listener.name, "h2"])
         self.peer = PeerAddress(context.channel.remoteAddress)
+        self.queuedFlush = {
+            self.flushQueued = false
+            self.sendPending()
+        }
         guard self.createSession() else {
             context.close(promise: nil)
             return
@@ -72,6 +105,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         self.services.observability.metrics.connections.increment([self.services.listener.name, "h2"], by: -1)
         self.teardown()
+        self.queuedFlush = nil
         self.context = nil
     }
 
@@ -83,6 +117,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let session = self.session else { return }
         let buffer = Self.unwrapInboundIn(data)
+        self.reading = true
         self.insideSession = true
         let result = buffer.withUnsafeReadableBytes { bytes -> Int in
             guard let base = bytes.baseAddress else { return 0 }
@@ -104,6 +139,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     func channelReadComplete(context: ChannelHandlerContext) {
         self.startPendingStreams()
         self.sendPending()
+        self.reading = false
         context.fireChannelReadComplete()
     }
 
@@ -152,7 +188,13 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
 
         var session: OpaquePointer?
         let userData = Unmanaged.passUnretained(self).toOpaque()
-        guard nghttp2_session_server_new2(&session, callbacks, userData, option) == 0, let session else { return false }
+        var allocator = nghttp2_mem(
+            mem_user_data: Unmanaged.passUnretained(self.blockPool).toOpaque(),
+            malloc: poolMalloc, free: poolFree, calloc: poolCalloc, realloc: poolRealloc
+        )
+        guard nghttp2_session_server_new3(&session, callbacks, userData, option, &allocator) == 0, let session else {
+            return false
+        }
         self.session = session
 
         var entries = [
@@ -179,7 +221,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     func sendPending() {
         guard let session = self.session, let context = self.context, !self.insideSession else { return }
         self.applyPendingConsume()
-        var wrote = false
+        var gathering = false
         while context.channel.isWritable {
             var pointer: UnsafePointer<UInt8>?
             // Data callbacks run inside mem_send: anything they trigger waits until it returns.
@@ -191,17 +233,25 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
                 return
             }
             guard count > 0, let pointer else { break }
-            // nghttp2 reuses that memory on its next call: copy it out now.
-            var buffer = context.channel.allocator.buffer(capacity: count)
-            buffer.writeBytes(UnsafeRawBufferPointer(start: pointer, count: count))
-            context.write(Self.wrapOutboundOut(buffer), promise: nil)
-            wrote = true
+            if !gathering {
+                // Reuses the storage unless the last write still holds it.
+                self.outbound.clear(minimumCapacity: count)
+                gathering = true
+            }
+            // One frame per call: gathered, so a tick's responses leave in one write.
+            self.outbound.writeBytes(UnsafeRawBufferPointer(start: pointer, count: count))
+            if self.outbound.readableBytes >= Self.outboundChunk {
+                // A large response goes out in chunks, so writability is checked between them.
+                context.writeAndFlush(Self.wrapOutboundOut(self.outbound), promise: nil)
+                gathering = false
+            }
         }
-        if wrote { context.flush() }
+        if gathering { context.writeAndFlush(Self.wrapOutboundOut(self.outbound), promise: nil) }
+        if self.outbound.capacity > Self.outboundChunk * 2 { self.outbound = ByteBuffer() }
         if !self.drainedStreams.isEmpty {
-            let drained = self.drainedStreams
-            self.drainedStreams.removeAll()
-            for stream in drained { stream.responseBufferDrained() }
+            swap(&self.drainedStreams, &self.drainedInProgress)
+            for stream in self.drainedInProgress { stream.responseBufferDrained() }
+            self.drainedInProgress.removeAll(keepingCapacity: true)
         }
         if !self.pendingResets.isEmpty {
             // Each response's last DATA frame is serialized already: its reset follows it.
@@ -216,6 +266,17 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
         if nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0 {
             self.close()
         }
+    }
+
+    /// Bytes gathered before they are written out within one drain: a TLS record's worth.
+    private static let outboundChunk = 16 * 1024
+
+    /// Drains the session at the end of this event-loop tick, once however many streams ask. A
+    /// read from the client is drained by its `channelReadComplete` already.
+    func flushSoon() {
+        guard !self.reading, !self.flushQueued, let context, let task = self.queuedFlush else { return }
+        self.flushQueued = true
+        context.eventLoop.assumeIsolated().execute(task)
     }
 
     private func applyPendingConsume() {
@@ -233,15 +294,15 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
             self.pendingConsume.append((streamID, count))
         } else {
             nghttp2_session_consume(session, streamID, count)
-            self.sendPending()
+            self.flushSoon()
         }
     }
 
     private func startPendingStreams() {
         guard !self.pendingStarts.isEmpty else { return }
-        let starts = self.pendingStarts
-        self.pendingStarts.removeAll()
-        for stream in starts { stream.startProxy() }
+        swap(&self.pendingStarts, &self.startsInProgress)
+        for stream in self.startsInProgress { stream.startProxy() }
+        self.startsInProgress.removeAll(keepingCapacity: true)
     }
 
     func deferStart(_ stream: HTTP2Stream) {
@@ -250,23 +311,17 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
 
     // MARK: - Responses (called by streams)
 
-    /// Submits a response head; `hasBody` false ends the stream with the HEADERS frame.
+    /// Submits a response head; `hasBody` false ends the stream with the HEADERS frame. Fields go
+    /// through `HTTP2ResponseField` while they are copied into the connection's scratch memory.
     func submitResponse(streamID: Int32, status: Int, headers: HTTPHeaders, hasBody: Bool) {
         guard let session = self.session else { return }
-        var strings: [(ContiguousArray<UInt8>, ContiguousArray<UInt8>)] = []
-        strings.reserveCapacity(headers.count + 1)
-        strings.append((ContiguousArray(":status".utf8), ContiguousArray(String(status).utf8)))
-        for (name, value) in headers {
-            guard let field = HeaderRewriter.http2ResponseField(name: name, value: value) else { continue }
-            strings.append((ContiguousArray(field.name.utf8), ContiguousArray(field.value.utf8)))
-        }
-        withNameValuePairs(strings) { nva in
+        self.headerScratch.fill(status: status, headers: headers) { nva, count in
             if hasBody {
                 var provider = nghttp2_data_provider()
                 provider.read_callback = readResponseData
-                _ = nghttp2_submit_response(session, streamID, nva.baseAddress, nva.count, &provider)
+                _ = nghttp2_submit_response(session, streamID, nva, count, &provider)
             } else {
-                _ = nghttp2_submit_response(session, streamID, nva.baseAddress, nva.count, nil)
+                _ = nghttp2_submit_response(session, streamID, nva, count, nil)
             }
         }
         if !hasBody, let stream = self.streams[streamID], stream.resetsWhenAnswered {
@@ -278,7 +333,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     func resetWithoutError(_ streamID: Int32) {
         guard let session = self.session else { return }
         nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, NGHTTP2_NO_ERROR.rawValue)
-        self.sendPending()
+        self.flushSoon()
     }
 
     func resumeData(streamID: Int32) {
@@ -290,7 +345,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
         guard let session = self.session else { return }
         let code = internalError ? NGHTTP2_INTERNAL_ERROR.rawValue : NGHTTP2_CANCEL.rawValue
         nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, code)
-        self.sendPending()
+        self.flushSoon()
     }
 
     var channelIsWritable: Bool { self.context?.channel.isWritable ?? false }
@@ -319,11 +374,13 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     /// check is pending, so this rarely reschedules: the check itself re-arms for the next one.
     private func scheduleCheck(by deadline: NIODeadline) {
         if let at = self.checkAt, at <= deadline { return }
-        guard let context, !self.closed else { return }
+        guard let context, !self.closed, self.session != nil else { return }
         self.checkTask?.cancel()
         self.checkAt = deadline
-        self.checkTask = context.eventLoop.assumeIsolated().scheduleTask(in: deadline - self.clock()) { [weak self] in
-            self?.runChecks()
+        // Held strongly (a weak reference would give the handler a side table and slow every
+        // retain and release of it); `teardown` cancels the task.
+        self.checkTask = context.eventLoop.assumeIsolated().scheduleTask(in: deadline - self.clock()) {
+            self.runChecks()
         }
     }
 
@@ -405,7 +462,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
             if self.goingAway {
                 // Usually inside mem_send, whose output (this stream's last DATA) is not written
                 // yet: close on the next loop tick, after it.
-                self.context?.eventLoop.assumeIsolated().execute { [weak self] in self?.finalGoAwayAndClose() }
+                self.context?.eventLoop.assumeIsolated().execute { self.finalGoAwayAndClose() }
             } else {
                 self.becameIdle()
             }
@@ -451,6 +508,9 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     /// GOAWAY names the last stream processed and the connection closes.
     func goAway() {
         guard let session = self.session, !self.goingAway else { return }
+        // Responses already submitted (a 408 from the same check) go out before the GOAWAY, which
+        // some clients take as the end of the connection.
+        self.sendPending()
         self.goingAway = true
         nghttp2_submit_shutdown_notice(session)
         self.sendPending()
@@ -492,37 +552,125 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     }
 }
 
-/// nghttp2 wants mutable pointers to names and values and copies them on submit: lay them all
-/// out in one scratch allocation for the duration of the call.
-private func withNameValuePairs<R>(
-    _ pairs: [(ContiguousArray<UInt8>, ContiguousArray<UInt8>)], _ body: (UnsafeBufferPointer<nghttp2_nv>) -> R
-) -> R {
-    let total = pairs.reduce(1) { $0 + $1.0.count + $1.1.count }
-    let bytes = UnsafeMutablePointer<UInt8>.allocate(capacity: total)
-    defer { bytes.deallocate() }
-    var nva: [nghttp2_nv] = []
-    nva.reserveCapacity(pairs.count)
-    var offset = 0
-    func place(_ part: ContiguousArray<UInt8>) -> UnsafeMutablePointer<UInt8> {
-        let start = bytes + offset
-        part.withUnsafeBufferPointer { source in
-            if let base = source.baseAddress { start.update(from: base, count: source.count) }
+/// Memory for one response's `nghttp2_nv` array and the bytes it points at, grown to the largest
+/// response head seen and reused: nghttp2 copies names and values on submit.
+private struct HeaderScratch {
+    private var fields: UnsafeMutablePointer<nghttp2_nv>?
+    private var fieldCapacity = 0
+    private var bytes: UnsafeMutablePointer<UInt8>?
+    private var byteCapacity = 0
+
+    private static let statusName: [UInt8] = Array(":status".utf8)
+
+    /// Lays out `:status` and the fields that may go out over HTTP/2, then calls `submit` with them.
+    mutating func fill(
+        status: Int, headers: HTTPHeaders, _ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void
+    ) {
+        self.reserveFields(headers.count + 1)
+        // `:status` and its digits.
+        var used = Self.statusName.count + 20
+        self.reserveBytes(used, keeping: 0)
+        Self.statusName.withUnsafeBufferPointer { name in
+            self.bytes!.update(from: name.baseAddress!, count: name.count)
         }
-        offset += part.count
-        return start
+        let digits = Self.writeDecimal(status, to: self.bytes! + Self.statusName.count)
+        self.fields![0].namelen = Self.statusName.count
+        self.fields![0].valuelen = digits
+        used = Self.statusName.count + digits
+        var count = 1
+        for (name, value) in headers {
+            // A field is copied at most as long as it came; its value right after its name.
+            self.reserveBytes(used + name.utf8.count + value.utf8.count, keeping: used)
+            let start = self.bytes! + used
+            guard let nameLength = HTTP2ResponseField.copyName(name, to: start),
+                let valueLength = HTTP2ResponseField.copyValue(value, to: start + nameLength)
+            else { continue }
+            self.fields![count].namelen = nameLength
+            self.fields![count].valuelen = valueLength
+            used += nameLength + valueLength
+            count += 1
+        }
+        // Pointers are set once the bytes no longer move.
+        var offset = 0
+        for index in 0..<count {
+            let field = self.fields! + index
+            field.pointee.name = self.bytes! + offset
+            field.pointee.value = self.bytes! + offset + field.pointee.namelen
+            field.pointee.flags = UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)
+            offset += field.pointee.namelen + field.pointee.valuelen
+        }
+        submit(self.fields!, count)
     }
-    for (name, value) in pairs {
-        let namePointer = place(name)
-        let valuePointer = place(value)
-        nva.append(nghttp2_nv(
-            name: namePointer, value: valuePointer, namelen: name.count, valuelen: value.count,
-            flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)
-        ))
+
+    private static func writeDecimal(_ value: Int, to destination: UnsafeMutablePointer<UInt8>) -> Int {
+        var digits = 1
+        var scale = 1
+        while value / scale >= 10 {
+            scale *= 10
+            digits += 1
+        }
+        var rest = max(value, 0)
+        for index in 0..<digits {
+            destination[index] = UInt8(ascii: "0") + UInt8(rest / scale)
+            rest %= scale
+            scale /= 10
+        }
+        return digits
     }
-    return nva.withUnsafeBufferPointer(body)
+
+    private mutating func reserveFields(_ count: Int) {
+        guard count > self.fieldCapacity else { return }
+        self.fields?.deallocate()
+        self.fieldCapacity = max(count, 16)
+        self.fields = .allocate(capacity: self.fieldCapacity)
+        self.fields!.initialize(repeating: nghttp2_nv(), count: self.fieldCapacity)
+    }
+
+    /// Room for `count` bytes; the first `kept` are carried over when the memory grows.
+    private mutating func reserveBytes(_ count: Int, keeping kept: Int) {
+        guard count > self.byteCapacity else { return }
+        let capacity = max(count, self.byteCapacity * 2, 512)
+        let grown = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity)
+        if let old = self.bytes {
+            grown.update(from: old, count: kept)
+            old.deallocate()
+        }
+        self.bytes = grown
+        self.byteCapacity = capacity
+    }
+
+    func deallocate() {
+        self.fields?.deallocate()
+        self.bytes?.deallocate()
+    }
 }
 
 // MARK: - C thunks: unwrap the handler and forward, nothing else.
+
+private func blockPool(_ userData: UnsafeMutableRawPointer?) -> HTTP2BlockPool {
+    Unmanaged<HTTP2BlockPool>.fromOpaque(userData!).takeUnretainedValue()
+}
+
+private let poolMalloc: nghttp2_malloc = { size, userData in
+    blockPool(userData).allocate(size)
+}
+
+private let poolFree: nghttp2_free = { pointer, userData in
+    guard let pointer else { return }
+    blockPool(userData).deallocate(pointer)
+}
+
+private let poolCalloc: nghttp2_calloc = { count, size, userData in
+    let (bytes, overflow) = count.multipliedReportingOverflow(by: size)
+    guard !overflow else { return nil }
+    let pointer = blockPool(userData).allocate(bytes)
+    pointer.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+    return pointer
+}
+
+private let poolRealloc: nghttp2_realloc = { pointer, size, userData in
+    blockPool(userData).reallocate(pointer, size)
+}
 
 private func handler(_ userData: UnsafeMutableRawPointer?) -> HTTP2ServerHandler {
     Unmanaged<HTTP2ServerHandler>.fromOpaque(userData!).takeUnretainedValue()

@@ -43,8 +43,7 @@ final class HTTP2Stream: DownstreamResponder {
 
     // Response side
     private var responseSubmitted = false
-    private var responseQueue = CircularBuffer<ByteBuffer>()
-    private var queuedBytes = 0
+    private var responseQueue = ResponseBytes()
     private var responseComplete = false
     private var dataDeferred = false
     private var wasOverHighWater = false
@@ -70,7 +69,7 @@ final class HTTP2Stream: DownstreamResponder {
         if self.headersTooLarge { return }
         let nameString = String(decoding: name, as: UTF8.self)
         let valueString = String(decoding: value, as: UTF8.self)
-        if name.first == UInt8(ascii: ":") {
+        if name.count > 0 && name[0] == UInt8(ascii: ":") {
             switch nameString {
             case ":method": self.method = valueString
             case ":path": self.path = valueString
@@ -88,6 +87,9 @@ final class HTTP2Stream: DownstreamResponder {
             if self.authority == nil { self.authority = valueString }
             return
         }
+        // Room for a typical request's fields and the `host` and `cookie` added at the end,
+        // reserved once instead of grown field by field.
+        if self.headers.isEmpty { self.headers.reserveCapacity(12) }
         self.headers.add(name: nameString, value: valueString)
     }
 
@@ -109,7 +111,9 @@ final class HTTP2Stream: DownstreamResponder {
             return
         }
         var headers = self.headers
-        if let authority = self.authority { headers.replaceOrAdd(name: "host", value: authority) }
+        // Moved out, so adding `host` does not copy the fields; `addHeader` kept any `host` out.
+        self.headers = HTTPHeaders()
+        if let authority = self.authority { headers.add(name: "host", value: authority) }
         if !self.cookies.isEmpty { headers.add(name: "cookie", value: self.cookies.joined(separator: "; ")) }
         let httpMethod = HTTPMethod(rawValue: method)
         self.isHEAD = httpMethod == .HEAD
@@ -249,38 +253,20 @@ final class HTTP2Stream: DownstreamResponder {
             headers.replaceOrAdd(name: "strict-transport-security", value: "max-age=31536000; includeSubDomains")
         }
         let hasBody = !self.isHEAD && response.body.readableBytes > 0
-        if hasBody {
-            self.responseQueue.append(response.body)
-            self.queuedBytes += response.body.readableBytes
-        }
+        if hasBody { self.responseQueue.append(response.body) }
         self.responseComplete = true
         self.responseSubmitted = true
         self.record.status = Int(response.status.code)
         if hasBody { self.record.bytesOut += response.body.readableBytes }
         self.connection.submitResponse(streamID: self.id, status: Int(response.status.code), headers: headers, hasBody: hasBody)
-        self.connection.sendPending()
+        self.connection.flushSoon()
     }
 
     // MARK: - Data provider
 
     func readResponse(into buffer: UnsafeMutableRawBufferPointer) -> ReadResult {
-        var written = 0
-        while written < buffer.count, var chunk = self.responseQueue.first {
-            let count = min(chunk.readableBytes, buffer.count - written)
-            chunk.withUnsafeReadableBytes { bytes in
-                UnsafeMutableRawBufferPointer(rebasing: buffer[written..<written + count])
-                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[0..<count]))
-            }
-            chunk.moveReaderIndex(forwardBy: count)
-            written += count
-            if chunk.readableBytes == 0 {
-                self.responseQueue.removeFirst()
-            } else {
-                self.responseQueue[self.responseQueue.startIndex] = chunk
-            }
-        }
-        self.queuedBytes -= written
-        if self.wasOverHighWater && self.queuedBytes <= self.connection.settings.streamBufferLowWater {
+        let written = self.responseQueue.read(into: buffer)
+        if self.wasOverHighWater && self.responseQueue.byteCount <= self.connection.settings.streamBufferLowWater {
             self.connection.noteDrained(self)
         }
         if self.responseQueue.isEmpty && self.responseComplete { return .bytes(written, end: true) }
@@ -311,7 +297,7 @@ final class HTTP2Stream: DownstreamResponder {
     // MARK: - DownstreamResponder
 
     var isWritable: Bool {
-        let writable = self.queuedBytes < self.connection.settings.streamBufferHighWater && self.connection.channelIsWritable
+        let writable = self.responseQueue.byteCount < self.connection.settings.streamBufferHighWater && self.connection.channelIsWritable
         if !writable { self.wasOverHighWater = true }
         return writable
     }
@@ -331,18 +317,17 @@ final class HTTP2Stream: DownstreamResponder {
     func sendResponseBody(for exchange: ProxyExchange, _ body: ByteBuffer) {
         guard !self.isClosed, !self.isHEAD else { return }
         self.responseQueue.append(body)
-        self.queuedBytes += body.readableBytes
         self.record.bytesOut += body.readableBytes
         self.dataAvailable()
     }
 
-    func flush(for exchange: ProxyExchange) { self.connection.sendPending() }
+    func flush(for exchange: ProxyExchange) { self.connection.flushSoon() }
 
     func sendResponseEnd(for exchange: ProxyExchange) {
         guard !self.isClosed else { return }
         self.responseComplete = true
         self.dataAvailable()
-        self.connection.sendPending()
+        self.connection.flushSoon()
     }
 
     func sendErrorResponse(for exchange: ProxyExchange, _ error: GatewayError) {
@@ -375,6 +360,56 @@ final class HTTP2Stream: DownstreamResponder {
     func exchangeFinished(for exchange: ProxyExchange) {
         if let exchange = self.exchange { self.record.note(exchange) }
         self.exchange = nil
+    }
+}
+
+/// Response bytes waiting for nghttp2's data provider. A response is usually one buffer, held
+/// inline; a queue is made only for a stream whose upstream sends faster than its client reads.
+private struct ResponseBytes {
+    private var first: ByteBuffer?
+    private var more: CircularBuffer<ByteBuffer>?
+    /// Bytes waiting, for the stream's watermarks.
+    private(set) var byteCount = 0
+
+    var isEmpty: Bool { self.first == nil }
+
+    mutating func append(_ buffer: ByteBuffer) {
+        guard buffer.readableBytes > 0 else { return }
+        self.byteCount += buffer.readableBytes
+        if self.first == nil {
+            self.first = buffer
+        } else {
+            if self.more == nil { self.more = CircularBuffer(initialCapacity: 4) }
+            self.more!.append(buffer)
+        }
+    }
+
+    /// Copies as many bytes as fit into `destination` and returns how many.
+    mutating func read(into destination: UnsafeMutableRawBufferPointer) -> Int {
+        var written = 0
+        while written < destination.count, var chunk = self.first {
+            self.first = nil  // put back below while bytes remain
+            let count = min(chunk.readableBytes, destination.count - written)
+            chunk.withUnsafeReadableBytes { bytes in
+                UnsafeMutableRawBufferPointer(rebasing: destination[written..<written + count])
+                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[0..<count]))
+            }
+            chunk.moveReaderIndex(forwardBy: count)
+            written += count
+            if chunk.readableBytes > 0 {
+                self.first = chunk
+            } else if let next = self.more?.popFirst() {
+                self.first = next
+            }
+        }
+        self.byteCount -= written
+        return written
+    }
+
+    mutating func removeAll() {
+        self.first = nil
+        self.more = nil
+        self.byteCount = 0
     }
 }
 

@@ -179,35 +179,15 @@ enum HeaderRewriter {
     /// client treats a response carrying one as malformed.
     static let connectionSpecific: Set<String> = hopByHop.union(["proxy-connection"])
 
-    /// One response field as it may go out in an HTTP/2 HEADERS frame, or nil if it must be dropped:
-    /// names are lowercased and must be tokens (so no pseudo-header can be smuggled in); values are
-    /// trimmed and must not contain control bytes other than HTAB, nor DEL (RFC 9113 §8.2.1). An
-    /// upstream that breaks these rules would otherwise turn every response into a stream error
-    /// in nghttp2-based clients.
+    /// One response field as it may go out in an HTTP/2 HEADERS frame, or nil if it must be dropped
+    /// (the rule is `HTTP2ResponseField`'s, which the HTTP/2 codec applies while copying fields).
     static func http2ResponseField(name: String, value: String) -> (name: String, value: String)? {
-        guard !name.isEmpty, name.utf8.allSatisfy(isTokenByte) else { return nil }
-        let lower = name.lowercased()
-        if connectionSpecific.contains(lower) { return nil }
-        let trimmed = trimmedFieldValue(value)
-        guard trimmed.utf8.allSatisfy(isFieldValueByte) else { return nil }
-        return (lower, trimmed)
-    }
-
-    /// RFC 9110 §5.6.2 `tchar`.
-    private static func isTokenByte(_ byte: UInt8) -> Bool {
-        switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-            true
-        default:
-            Self.tokenSymbols.contains(byte)
-        }
-    }
-
-    private static let tokenSymbols: Set<UInt8> = Set("!#$%&'*+-.^_`|~".utf8)
-
-    /// `field-vchar`, SP and HTAB (obs-text included, as nghttp2 accepts it).
-    private static func isFieldValueByte(_ byte: UInt8) -> Bool {
-        byte == UInt8(ascii: "\t") || (byte >= 0x20 && byte != 0x7F)
+        let scratch = UnsafeMutablePointer<UInt8>.allocate(capacity: max(name.utf8.count, value.utf8.count, 1))
+        defer { scratch.deallocate() }
+        guard let nameCount = HTTP2ResponseField.copyName(name, to: scratch) else { return nil }
+        let lower = String(decoding: UnsafeBufferPointer(start: scratch, count: nameCount), as: UTF8.self)
+        guard let valueCount = HTTP2ResponseField.copyValue(value, to: scratch) else { return nil }
+        return (lower, String(decoding: UnsafeBufferPointer(start: scratch, count: valueCount), as: UTF8.self))
     }
 
     /// How the response body travels to the client.

@@ -1,0 +1,63 @@
+/// The rule for a response field going out in an HTTP/2 HEADERS frame, applied byte by byte while
+/// the field is copied into the connection's header scratch (no `String` is built per field):
+/// names are lowercased and must be tokens (so no pseudo-header can be smuggled in) and not
+/// connection-specific (RFC 9113 §8.2.2); values lose their leading and trailing SP/HTAB and must
+/// not contain control bytes other than HTAB, nor DEL (RFC 9113 §8.2.1). An upstream that breaks
+/// these rules would otherwise turn every response into a stream error in nghttp2-based clients.
+enum HTTP2ResponseField {
+    /// Copies `name` lowercased to `destination` (room for `name.utf8.count` bytes) and returns its
+    /// length, or nil when the field must be dropped.
+    static func copyName(_ name: String, to destination: UnsafeMutablePointer<UInt8>) -> Int? {
+        var count = 0
+        for byte in name.utf8 {
+            guard isTokenByte(byte) else { return nil }
+            destination[count] = byte &+ (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? 0x20 : 0)
+            count += 1
+        }
+        guard count > 0 else { return nil }
+        // Most names are ruled out by their length alone, without building a `String`.
+        if count < 64 && refusedLengths & (1 << count) != 0 {
+            let lower = String(decoding: UnsafeBufferPointer(start: destination, count: count), as: UTF8.self)
+            if HeaderRewriter.connectionSpecific.contains(lower) { return nil }
+        }
+        return count
+    }
+
+    /// Copies `value` without its surrounding SP/HTAB to `destination` (room for
+    /// `value.utf8.count` bytes) and returns its length, or nil when the field must be dropped.
+    static func copyValue(_ value: String, to destination: UnsafeMutablePointer<UInt8>) -> Int? {
+        var count = 0
+        // Bytes up to the last one that is not SP/HTAB: trailing whitespace is never kept.
+        var kept = 0
+        for byte in value.utf8 {
+            let isSpace = byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t")
+            if isSpace && count == 0 { continue }
+            guard isSpace || isFieldValueByte(byte) else { return nil }
+            destination[count] = byte
+            count += 1
+            if !isSpace { kept = count }
+        }
+        return kept
+    }
+
+    /// RFC 9110 §5.6.2 `tchar`.
+    private static func isTokenByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+            UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
+            UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
+            UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+            true
+        default:
+            false
+        }
+    }
+
+    /// `field-vchar` (obs-text included, as nghttp2 accepts it); SP and HTAB are handled apart.
+    private static func isFieldValueByte(_ byte: UInt8) -> Bool {
+        byte > 0x20 && byte != 0x7F
+    }
+
+    /// Bit n is set when some connection-specific name is n bytes long.
+    private static let refusedLengths: UInt64 = HeaderRewriter.connectionSpecific.reduce(0) { $0 | 1 << $1.utf8.count }
+}

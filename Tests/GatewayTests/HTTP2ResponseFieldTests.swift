@@ -1,0 +1,132 @@
+import CNGHTTP2
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import Testing
+
+@testable import Gateway
+
+/// The HTTP/2 response field rule as the codec applies it, byte by byte into its scratch memory,
+/// and the header blocks that come out of that memory, decoded with nghttp2's own HPACK inflater.
+@Suite("HTTP/2 response fields")
+struct HTTP2ResponseFieldTests {
+    static func copied(_ name: String, _ value: String) -> (String, String)? {
+        let scratch = UnsafeMutablePointer<UInt8>.allocate(capacity: name.utf8.count + value.utf8.count + 1)
+        defer { scratch.deallocate() }
+        guard let nameCount = HTTP2ResponseField.copyName(name, to: scratch),
+            let valueCount = HTTP2ResponseField.copyValue(value, to: scratch + nameCount)
+        else { return nil }
+        return (
+            String(decoding: UnsafeBufferPointer(start: scratch, count: nameCount), as: UTF8.self),
+            String(decoding: UnsafeBufferPointer(start: scratch + nameCount, count: valueCount), as: UTF8.self)
+        )
+    }
+
+    @Test(arguments: [
+        ("Content-Type", "text/plain", "content-type", "text/plain"),
+        ("X-A", " \t padded both ends \t ", "x-a", "padded both ends"),
+        ("x-a", "inner  spaces\tkept", "x-a", "inner  spaces\tkept"),
+        ("x-empty", " \t ", "x-empty", ""),
+        ("x-a", "caf\u{E9}", "x-a", "caf\u{E9}"),
+        ("Tee", "v", "tee", "v"),
+    ])
+    func keptFieldsAreLoweredAndTrimmed(name: String, value: String, expectedName: String, expectedValue: String) {
+        let field = Self.copied(name, value)
+        #expect(field?.0 == expectedName)
+        #expect(field?.1 == expectedValue)
+    }
+
+    @Test(arguments: [
+        ("TE", "trailers"), ("Connection", "close"), ("Transfer-Encoding", "chunked"), ("KEEP-ALIVE", "5"),
+        ("Proxy-Connection", "x"), ("Upgrade", "h2c"), (":status", "200"), ("x a", "v"), ("", "v"),
+        ("x-a", "a\u{1}b"), ("x-a", "a\rb"), ("x-a", "v\r\n"), ("x-a", "a\u{7F}"), ("x-a", " \u{0} "),
+    ])
+    func refusedFieldsAreDropped(name: String, value: String) {
+        #expect(Self.copied(name, value) == nil)
+    }
+
+    /// Decodes HEADERS payloads as a client does, with one dynamic table for the connection.
+    final class HeaderDecoder {
+        private var inflater: OpaquePointer?
+
+        init() {
+            _ = nghttp2_hd_inflate_new(&self.inflater)
+        }
+
+        deinit {
+            nghttp2_hd_inflate_del(self.inflater)
+        }
+
+        func decode(_ block: [UInt8]) -> [(String, String)]? {
+            var fields: [(String, String)] = []
+            let ok = block.withUnsafeBufferPointer { buffer -> Bool in
+                var input = buffer.baseAddress!
+                var remaining = buffer.count
+                while true {
+                    var field = nghttp2_nv()
+                    var flags: Int32 = 0
+                    let used = nghttp2_hd_inflate_hd2(self.inflater, &field, &flags, input, remaining, 1)
+                    if used < 0 { return false }
+                    input += used
+                    remaining -= used
+                    if flags & Int32(NGHTTP2_HD_INFLATE_EMIT.rawValue) != 0 {
+                        fields.append((
+                            String(decoding: UnsafeBufferPointer(start: field.name, count: field.namelen), as: UTF8.self),
+                            String(decoding: UnsafeBufferPointer(start: field.value, count: field.valuelen), as: UTF8.self)
+                        ))
+                    }
+                    if flags & Int32(NGHTTP2_HD_INFLATE_FINAL.rawValue) != 0 {
+                        nghttp2_hd_inflate_end_headers(self.inflater)
+                        return true
+                    }
+                    if flags & Int32(NGHTTP2_HD_INFLATE_EMIT.rawValue) == 0 && remaining == 0 { return false }
+                }
+            }
+            return ok ? fields : nil
+        }
+    }
+
+    /// Responses of growing and shrinking heads on one connection: each HEADERS frame carries its
+    /// own fields and nothing left in the scratch memory by a previous one.
+    @Test func scratchMemoryServesHeadsOfAnySize() throws {
+        let h = try HTTP2StreamTests.Harness()
+        let decoder = HeaderDecoder()
+        let long = String(repeating: "v", count: 3000)
+        let heads: [[(String, String)]] = [
+            [("content-length", "2"), ("X-Short", "a")],
+            [("content-length", "2"), ("X-Long", long), ("Server", "sloppy "), ("X-Bad", "a\u{1}b"), ("X-Ok", "\tok")],
+            [("content-length", "2")],
+        ]
+        for (index, fields) in heads.enumerated() {
+            let stream = UInt32(2 * index + 1)
+            let upstream = try h.pooledUpstream()
+            h.headers(stream: stream, method: "GET", path: "/api/r\(index)", endStream: true)
+            _ = h.output()
+            let head = HTTPResponseHead(version: .http1_1, status: .created, headers: HTTPHeaders(fields))
+            try upstream.writeInbound(HTTPClientResponsePart.head(head))
+            try upstream.writeInbound(HTTPClientResponsePart.body(ByteBuffer(string: "ok")))
+            try upstream.writeInbound(HTTPClientResponsePart.end(nil))
+            let frames = h.output()
+            let block = try #require(frames.first { $0.type == 1 && $0.stream == stream })
+            let decoded = try #require(decoder.decode(block.payload), "HEADERS of stream \(stream) do not decode")
+            let names = decoded.map(\.0)
+            #expect(decoded.first.map { $0 == (":status", "201") } == true)
+            #expect(names.allSatisfy { $0 == $0.lowercased() })
+            #expect(names.contains("x-request-id"))
+            switch index {
+            case 0:
+                #expect(decoded.contains { $0 == ("x-short", "a") })
+                #expect(!names.contains("x-long"))
+            case 1:
+                #expect(decoded.contains { $0 == ("x-long", long) })
+                #expect(decoded.contains { $0 == ("server", "sloppy") })
+                #expect(decoded.contains { $0 == ("x-ok", "ok") })
+                #expect(!names.contains("x-bad"))
+                #expect(!names.contains("x-short"))
+            default:
+                #expect(!names.contains("x-long") && !names.contains("server") && !names.contains("x-short"))
+            }
+            #expect(HTTP2StreamTests.body(frames, stream: stream) == "ok")
+        }
+    }
+}
