@@ -14,6 +14,22 @@ final class RetainingHandler: ChannelInboundHandler {
     }
 }
 
+/// On its first read, passes more ciphertext in from the pipeline's head, as a re-entrant read would.
+final class ReentrantFeeder: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    var ciphertext: ByteBuffer?
+    var received: [String] = []
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.received.append(String(buffer: self.unwrapInboundIn(data)))
+        if let ciphertext = self.ciphertext {
+            self.ciphertext = nil
+            context.pipeline.fireChannelRead(ciphertext)
+        }
+    }
+}
+
 /// The TLS handler reuses one plaintext buffer, one ciphertext buffer and one coalescing buffer per
 /// connection. These tests hold on to what it hands out and check that reuse never changes it.
 @Suite struct TLSBufferReuseTests {
@@ -52,6 +68,20 @@ final class RetainingHandler: ChannelInboundHandler {
         b2b.client.write("three")
         try b2b.channel.writeInbound(try #require(b2b.client.takeOutput()))
         #expect(retainer.buffers.map { String(buffer: $0) } == ["one two three"])
+    }
+
+    @Test func ciphertextFedDuringDeliveryIsDecryptedInTheSameLoop() throws {
+        let b2b = try BackToBack(context: try makeContext(), client: TLSTestClient(alpn: ["http/1.1"]))
+        let feeder = ReentrantFeeder()
+        try b2b.channel.pipeline.syncOperations.addHandler(feeder, position: .before(b2b.recorder))
+        try b2b.handshake()
+        b2b.client.write("first ")
+        let first = try #require(b2b.client.takeOutput())
+        b2b.client.write("second")
+        feeder.ciphertext = try #require(b2b.client.takeOutput())
+        // Only the first record arrives from the socket; the second is fed while the first is handled.
+        try b2b.channel.writeInbound(first)
+        #expect(feeder.received == ["first ", "second"])
     }
 
     @Test func recordsLargerThanTheBufferArriveWholeAndInOrder() throws {

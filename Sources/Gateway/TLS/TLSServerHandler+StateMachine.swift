@@ -85,7 +85,7 @@ struct TLSConnectionStateMachine {
         }
 
         /// Keeps an encrypted batch's coalescing buffer for the next one, unless it grew past
-        /// ``TLSConnectionStateMachine/keptCapacityLimit`` (one large response must not pin its size).
+        /// ``TLSConnectionStateMachine/keptCapacityLimit``.
         mutating func recycle(_ batch: EncryptBatch) {
             guard batch.plaintextIsOwned, batch.plaintext.capacity <= TLSConnectionStateMachine.keptCapacityLimit else { return }
             self.spare = batch.plaintext
@@ -106,8 +106,10 @@ struct TLSConnectionStateMachine {
         var plaintextIsOwned = false
     }
 
-    /// Largest buffer kept per connection for reuse (a power of two, as ByteBuffer capacities are).
-    static let keptCapacityLimit = 64 * 1024
+    /// Largest buffer kept per connection for reuse (a power of two, as ByteBuffer capacities are): a
+    /// full record's ciphertext fits, while one large response does not pin its size on an idle
+    /// connection.
+    static let keptCapacityLimit = 32 * 1024
 
     // MARK: Actions
 

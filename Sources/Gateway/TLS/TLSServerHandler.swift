@@ -148,6 +148,8 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var plaintext = self.plaintextBuffer ?? context.channel.allocator.buffer(capacity: TLSConnection.readChunkSize)
         self.plaintextBuffer = nil  // the local copy must be the only reference, or writing copies
         defer {
+            // Whatever was not passed on by now belongs to a connection that stopped reading.
+            plaintext.moveReaderIndex(to: plaintext.writerIndex)
             self.plaintextBuffer = plaintext
             self.isDecrypting = false
         }
@@ -167,10 +169,10 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             switch self.stateMachine.readStepped(result) {
             case .deliver:
                 // Without buffered input a second SSL_read would only report "want read".
-                if !connection.hasBufferedInput {
-                    self.deliver(&plaintext, context: context)
-                    return
-                }
+                guard !connection.hasBufferedInput else { continue }
+                self.deliver(&plaintext, context: context)
+                // Checked again: a re-entrant channelRead during delivery only fed the BIO.
+                if !connection.hasBufferedInput { return }
             case .discardAndContinue:
                 plaintext.moveReaderIndex(to: plaintext.writerIndex)
                 if !connection.hasBufferedInput { return }
