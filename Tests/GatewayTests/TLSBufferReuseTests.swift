@@ -1,3 +1,4 @@
+import COpenSSL
 import NIOCore
 import NIOEmbedded
 import Testing
@@ -82,6 +83,19 @@ final class ReentrantFeeder: ChannelInboundHandler {
         // Only the first record arrives from the socket; the second is fed while the first is handled.
         try b2b.channel.writeInbound(first)
         #expect(feeder.received == ["first ", "second"])
+    }
+
+    @Test func anErrorLeftOnTheThreadByOtherOpenSSLUseDoesNotFailTheConnection() throws {
+        let b2b = try BackToBack(context: try makeContext(), client: TLSTestClient(alpn: ["http/1.1"]), echo: true)
+        try b2b.handshake()
+        // Another OpenSSL user on this event loop (a JWT check, a config load) fails and leaves its error queued.
+        #expect(BIO_new_file("/nonexistent/gateway-test", "r") == nil)
+        #expect(ERR_peek_error() != 0)
+        b2b.client.write("still fine")
+        try b2b.shuttle()
+        #expect(b2b.recorder.errors.isEmpty)
+        #expect(b2b.recorder.receivedText == "still fine")
+        #expect(b2b.client.takeReceivedText() == "still fine")
     }
 
     @Test func recordsLargerThanTheBufferArriveWholeAndInOrder() throws {

@@ -89,7 +89,7 @@ final class TLSConnection {
     }
 
     func doHandshake() -> HandshakeResult {
-        ERR_clear_error()
+        clearErrorQueue()
         let rc = SSL_do_handshake(self.ssl)
         if rc == 1 { return .complete }
         switch SSL_get_error(self.ssl, rc) {
@@ -103,7 +103,7 @@ final class TLSConnection {
     /// One `SSL_read` appending to `buffer`'s writable bytes (no intermediate copy). The caller keeps
     /// at least one writable byte, so this never grows the buffer.
     func read(into buffer: inout ByteBuffer) -> ReadResult {
-        ERR_clear_error()
+        clearErrorQueue()
         var rc: Int32 = 0
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 1) { bytes in
             rc = SSL_read(self.ssl, bytes.baseAddress, Int32(clamping: bytes.count))
@@ -134,7 +134,7 @@ final class TLSConnection {
             guard let base = bytes.baseAddress else { return }
             var offset = 0
             while offset < bytes.count {
-                ERR_clear_error()
+                clearErrorQueue()
                 let rc = SSL_write(self.ssl, base + offset, Int32(clamping: bytes.count - offset))
                 guard rc > 0 else {
                     _ = SSL_get_error(self.ssl, rc)
@@ -150,7 +150,7 @@ final class TLSConnection {
 
     /// Queues our close_notify (RFC 8446 §6.1).
     func shutdown() -> ShutdownResult {
-        ERR_clear_error()
+        clearErrorQueue()
         let rc = SSL_shutdown(self.ssl)
         switch rc {
         case 1: return .complete
@@ -211,6 +211,13 @@ final class TLSConnection {
             resumed: SSL_session_reused(self.ssl) == 1
         )
     }
+}
+
+/// Empties the thread's OpenSSL error queue before a call whose failure is read from it. Peeking
+/// first skips clearing every slot of the queue, which is empty on the happy path.
+@inline(__always)
+private func clearErrorQueue() {
+    if ERR_peek_error() != 0 { ERR_clear_error() }
 }
 
 /// SNI callback, installed on every SSL_CTX of a context. Unwraps the connection from the SSL's app
