@@ -5,7 +5,7 @@ private import COpenSSL
 ///
 /// Every method clears the thread's error queue first (it is shared by all channels on an event
 /// loop) and maps OpenSSL's `int` + `SSL_get_error` into a Swift enum, so the handler and the state
-/// machine never see a C return code. After each call the caller must drain ``drainOutput(allocator:)``:
+/// machine never see a C return code. After each call the caller must drain ``drainOutput(into:)``:
 /// handshakes, session tickets, alerts and close_notify all produce ciphertext, not only writes.
 final class TLSConnection {
     enum HandshakeResult: Equatable {
@@ -14,8 +14,9 @@ final class TLSConnection {
         case failed(TLSError)
     }
 
-    enum ReadResult {
-        case data(ByteBuffer)
+    enum ReadResult: Equatable {
+        /// Plaintext was appended to the caller's buffer.
+        case data
         case wantRead
         /// The peer sent close_notify (SSL_ERROR_ZERO_RETURN).
         case closeNotify
@@ -35,7 +36,8 @@ final class TLSConnection {
         case failed(TLSError)
     }
 
-    /// Size of each plaintext read buffer: one maximum TLS record (RFC 8446 §5.1).
+    /// Capacity of the handler's plaintext read buffer: one maximum TLS record (RFC 8446 §5.1), so one
+    /// `SSL_read` can take a whole record.
     static let readChunkSize = 16 * 1024
 
     /// Kept strongly: the SSL_CTXs (and the ALPN list the callbacks point into) must outlive `ssl`.
@@ -87,7 +89,7 @@ final class TLSConnection {
     }
 
     func doHandshake() -> HandshakeResult {
-        ERR_clear_error()
+        clearErrorQueue()
         let rc = SSL_do_handshake(self.ssl)
         if rc == 1 { return .complete }
         switch SSL_get_error(self.ssl, rc) {
@@ -98,16 +100,16 @@ final class TLSConnection {
         }
     }
 
-    /// One `SSL_read` straight into a fresh buffer's writable bytes (no intermediate copy).
-    func read(allocator: ByteBufferAllocator) -> ReadResult {
-        var buffer = allocator.buffer(capacity: Self.readChunkSize)
-        ERR_clear_error()
+    /// One `SSL_read` appending to `buffer`'s writable bytes (no intermediate copy). The caller keeps
+    /// at least one writable byte, so this never grows the buffer.
+    func read(into buffer: inout ByteBuffer) -> ReadResult {
+        clearErrorQueue()
         var rc: Int32 = 0
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Self.readChunkSize) { bytes in
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 1) { bytes in
             rc = SSL_read(self.ssl, bytes.baseAddress, Int32(clamping: bytes.count))
             return rc > 0 ? Int(rc) : 0
         }
-        if rc > 0 { return .data(buffer) }
+        if rc > 0 { return .data }
         switch SSL_get_error(self.ssl, rc) {
         case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
             return .wantRead
@@ -118,6 +120,12 @@ final class TLSConnection {
         }
     }
 
+    /// Whether another `SSL_read` could make progress: decrypted bytes or a record OpenSSL holds, or
+    /// ciphertext still in the read BIO. False means the next `SSL_read` would only say "want read".
+    var hasBufferedInput: Bool {
+        SSL_has_pending(self.ssl) == 1 || gw_BIO_pending(self.readBIO) > 0
+    }
+
     /// Encrypts the whole buffer. Memory BIOs never block and partial writes are off, so success
     /// means every byte became records in the write BIO.
     func write(_ buffer: ByteBuffer) -> WriteResult {
@@ -126,7 +134,7 @@ final class TLSConnection {
             guard let base = bytes.baseAddress else { return }
             var offset = 0
             while offset < bytes.count {
-                ERR_clear_error()
+                clearErrorQueue()
                 let rc = SSL_write(self.ssl, base + offset, Int32(clamping: bytes.count - offset))
                 guard rc > 0 else {
                     _ = SSL_get_error(self.ssl, rc)
@@ -142,7 +150,7 @@ final class TLSConnection {
 
     /// Queues our close_notify (RFC 8446 §6.1).
     func shutdown() -> ShutdownResult {
-        ERR_clear_error()
+        clearErrorQueue()
         let rc = SSL_shutdown(self.ssl)
         switch rc {
         case 1: return .complete
@@ -153,19 +161,19 @@ final class TLSConnection {
         }
     }
 
-    /// Moves everything OpenSSL produced into one ByteBuffer read directly from the write BIO.
-    func drainOutput(allocator: ByteBufferAllocator) -> ByteBuffer? {
-        let pending = gw_BIO_pending(self.writeBIO)
-        guard pending > 0 else { return nil }
-        var buffer = allocator.buffer(capacity: pending)
-        while gw_BIO_pending(self.writeBIO) > 0 {
+    /// Whether OpenSSL produced ciphertext that ``drainOutput(into:)`` would move.
+    var hasOutput: Bool { gw_BIO_pending(self.writeBIO) > 0 }
+
+    /// Appends everything OpenSSL produced to `buffer`, read directly from the write BIO.
+    func drainOutput(into buffer: inout ByteBuffer) {
+        while true {
             let wanted = gw_BIO_pending(self.writeBIO)
+            guard wanted > 0 else { return }
             let read = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: wanted) { bytes in
                 Int(max(0, BIO_read(self.writeBIO, bytes.baseAddress, Int32(clamping: bytes.count))))
             }
-            if read == 0 { break }
+            if read == 0 { return }
         }
-        return buffer
     }
 
     /// Which certificate the handshake uses (index into `context.settings.certificates`).
@@ -203,6 +211,13 @@ final class TLSConnection {
             resumed: SSL_session_reused(self.ssl) == 1
         )
     }
+}
+
+/// Empties the thread's OpenSSL error queue before a call whose failure is read from it. Peeking
+/// first skips clearing every slot of the queue, which is empty on the happy path.
+@inline(__always)
+private func clearErrorQueue() {
+    if ERR_peek_error() != 0 { ERR_clear_error() }
 }
 
 /// SNI callback, installed on every SSL_CTX of a context. Unwraps the connection from the SSL's app

@@ -22,15 +22,29 @@ struct TLSConnectionStateMachine {
         /// Written and flushed, waiting only for the handshake.
         var flushed: ByteBuffer? = nil
         var flushedPromises: [EventLoopPromise<Void>] = []
+        /// Whether `flushed` is a coalescing buffer of ours rather than one the application wrote.
+        var flushedIsOwned = false
         /// Written but not yet flushed by the application.
         var unflushed: ByteBuffer? = nil
         var unflushedPromises: [EventLoopPromise<Void>] = []
+        var unflushedIsOwned = false
+        /// A coalescing buffer from an earlier batch, reused so that joining a response head and its
+        /// body copies into kept memory instead of reallocating the application's buffer per flush.
+        var spare: ByteBuffer? = nil
 
         var isEmpty: Bool { self.flushed == nil && self.unflushed == nil }
 
         mutating func append(_ data: ByteBuffer, promise: EventLoopPromise<Void>?) {
             if var existing = self.unflushed {
                 self.unflushed = nil  // keep the storage uniquely referenced while appending
+                if !self.unflushedIsOwned {
+                    var owned = self.spare ?? ByteBufferAllocator().buffer(capacity: existing.readableBytes + data.readableBytes)
+                    self.spare = nil
+                    owned.clear()
+                    owned.writeImmutableBuffer(existing)
+                    existing = owned
+                    self.unflushedIsOwned = true
+                }
                 existing.writeImmutableBuffer(data)
                 self.unflushed = existing
             } else {
@@ -42,16 +56,22 @@ struct TLSConnectionStateMachine {
         /// Moves unflushed writes behind the already flushed ones.
         mutating func markFlushed() {
             guard let unflushed = self.unflushed else { return }
+            self.unflushed = nil
             if var flushed = self.flushed {
                 self.flushed = nil
                 flushed.writeImmutableBuffer(unflushed)
                 self.flushed = flushed
             } else {
                 self.flushed = unflushed
+                self.flushedIsOwned = self.unflushedIsOwned
             }
-            self.flushedPromises += self.unflushedPromises
-            self.unflushed = nil
-            self.unflushedPromises = []
+            self.unflushedIsOwned = false
+            if self.flushedPromises.isEmpty {
+                swap(&self.flushedPromises, &self.unflushedPromises)
+            } else {
+                self.flushedPromises += self.unflushedPromises
+                self.unflushedPromises = []
+            }
         }
 
         mutating func takeFlushed() -> EncryptBatch? {
@@ -59,8 +79,16 @@ struct TLSConnectionStateMachine {
             defer {
                 self.flushed = nil
                 self.flushedPromises = []
+                self.flushedIsOwned = false
             }
-            return EncryptBatch(plaintext: data, promises: self.flushedPromises)
+            return EncryptBatch(plaintext: data, promises: self.flushedPromises, plaintextIsOwned: self.flushedIsOwned)
+        }
+
+        /// Keeps an encrypted batch's coalescing buffer for the next one, unless it grew past
+        /// ``TLSConnectionStateMachine/keptCapacityLimit``.
+        mutating func recycle(_ batch: EncryptBatch) {
+            guard batch.plaintextIsOwned, batch.plaintext.capacity <= TLSConnectionStateMachine.keptCapacityLimit else { return }
+            self.spare = batch.plaintext
         }
 
         mutating func takeAllPromises() -> [EventLoopPromise<Void>] {
@@ -74,7 +102,14 @@ struct TLSConnectionStateMachine {
     struct EncryptBatch {
         var plaintext: ByteBuffer
         var promises: [EventLoopPromise<Void>]
+        /// The plaintext is a coalescing buffer of ours, to hand back with ``recycle(_:)``.
+        var plaintextIsOwned = false
     }
+
+    /// Largest buffer kept per connection for reuse (a power of two, as ByteBuffer capacities are): a
+    /// full record's ciphertext fits, while one large response does not pin its size on an idle
+    /// connection.
+    static let keptCapacityLimit = 32 * 1024
 
     // MARK: Actions
 
@@ -102,7 +137,8 @@ struct TLSConnectionStateMachine {
     }
 
     enum ReadAction {
-        case deliver(ByteBuffer)
+        /// Pass the decrypted bytes on.
+        case deliver
         /// Decrypted after the application asked to close: drop it and keep looking for close_notify.
         case discardAndContinue
         /// The read BIO is empty; wait for more ciphertext.
@@ -197,8 +233,8 @@ struct TLSConnectionStateMachine {
         switch (self.state, result) {
         case (.closed, _), (.idle, _), (.handshaking, _):
             return .stop
-        case (.active, .data(let buffer)):
-            return .deliver(buffer)
+        case (.active, .data):
+            return .deliver
         case (.closing, .data):
             return .discardAndContinue
         case (_, .wantRead):
@@ -223,6 +259,14 @@ struct TLSConnectionStateMachine {
         case .closing, .closed:
             return .failWrite(promise: promise, error: ChannelError.ioOnClosedChannel)
         }
+    }
+
+    /// Capacity of the coalescing buffer kept for the next batch, if any.
+    var keptCoalescingCapacity: Int? { self.pending.spare?.capacity }
+
+    /// The batch is encrypted; its coalescing buffer may serve the next one.
+    mutating func encrypted(_ batch: EncryptBatch) {
+        self.pending.recycle(batch)
     }
 
     mutating func flush() -> FlushAction {

@@ -26,6 +26,12 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var connection: TLSConnection?
     private var handshakeTimer: Scheduled<Void>?
     private var closeTimer: Scheduled<Void>?
+    /// Where `SSL_read` decrypts to, kept for the connection's life: a buffer passed on and released
+    /// by the next handler is cleared in place; one the next handler still holds is left to it (the
+    /// next `clear()` gets fresh storage), so reuse never overwrites bytes someone else can see.
+    private var plaintextBuffer: ByteBuffer?
+    /// Where ciphertext is drained to, kept the same way once the socket write has released it.
+    private var ciphertextBuffer: ByteBuffer?
     /// True while the read loop runs, so a re-entrant channelRead only feeds the BIO.
     private var isDecrypting = false
     /// Set once this handler has closed the channel itself, so it closes only once.
@@ -56,6 +62,8 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let promises = self.stateMachine.handlerRemoved()
         promises.forEach { $0.fail(ChannelError.ioOnClosedChannel) }
         self.connection = nil  // SSL_free
+        self.plaintextBuffer = nil
+        self.ciphertextBuffer = nil
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -132,20 +140,42 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// Runs SSL_read until the read BIO is empty, passing each decrypted chunk on.
+    /// Runs SSL_read while OpenSSL has input, passing the decrypted bytes on: records decrypted in
+    /// one go are gathered into one buffer (up to a record's size) and passed on together.
     private func decrypt(context: ChannelHandlerContext) {
         guard !self.isDecrypting else { return }  // the running loop will pick up the new bytes
         self.isDecrypting = true
-        defer { self.isDecrypting = false }
-        let allocator = context.channel.allocator
+        var plaintext = self.plaintextBuffer ?? context.channel.allocator.buffer(capacity: TLSConnection.readChunkSize)
+        self.plaintextBuffer = nil  // the local copy must be the only reference, or writing copies
+        defer {
+            // Whatever was not passed on by now belongs to a connection that stopped reading.
+            plaintext.moveReaderIndex(to: plaintext.writerIndex)
+            self.plaintextBuffer = plaintext
+            self.isDecrypting = false
+        }
         while let connection = self.connection {
-            let result = connection.read(allocator: allocator)
-            self.writeOutput(context: context)
-            switch self.stateMachine.readStepped(result) {
-            case .deliver(let plaintext):
-                context.fireChannelRead(self.wrapInboundOut(plaintext))
-            case .discardAndContinue:
+            if plaintext.readableBytes == 0 {
+                plaintext.clear()
+            } else if plaintext.writableBytes == 0 {
+                self.deliver(&plaintext, context: context)
                 continue
+            }
+            let result = connection.read(into: &plaintext)
+            self.writeOutput(context: context)
+            if result != .data, plaintext.readableBytes > 0 {
+                // Bytes decrypted before this result go first (data before close_notify or an error).
+                self.deliver(&plaintext, context: context)
+            }
+            switch self.stateMachine.readStepped(result) {
+            case .deliver:
+                // Without buffered input a second SSL_read would only report "want read".
+                guard !connection.hasBufferedInput else { continue }
+                self.deliver(&plaintext, context: context)
+                // Checked again: a re-entrant channelRead during delivery only fed the BIO.
+                if !connection.hasBufferedInput { return }
+            case .discardAndContinue:
+                plaintext.moveReaderIndex(to: plaintext.writerIndex)
+                if !connection.hasBufferedInput { return }
             case .stop:
                 return
             case .answerCloseNotifyAndClose(let promises):
@@ -163,6 +193,12 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 return
             }
         }
+    }
+
+    /// Passes the readable bytes on and marks them consumed in the kept copy.
+    private func deliver(_ plaintext: inout ByteBuffer, context: ChannelHandlerContext) {
+        context.fireChannelRead(self.wrapInboundOut(plaintext))
+        plaintext.moveReaderIndex(to: plaintext.writerIndex)
     }
 
     // MARK: Outbound
@@ -232,8 +268,9 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             self.runTerminate(self.stateMachine.encryptionFailed(error, promises: batch.promises), context: context)
             return
         }
-        let output = connection.drainOutput(allocator: context.channel.allocator) ?? context.channel.allocator.buffer(capacity: 0)
-        context.writeAndFlush(self.wrapOutboundOut(output), promise: Self.combine(batch.promises, eventLoop: context.eventLoop))
+        self.stateMachine.encrypted(batch)
+        // Even with no ciphertext the write goes out, so its promise completes in order.
+        self.writeOutput(context: context, promise: Self.combine(batch.promises, eventLoop: context.eventLoop), always: true)
     }
 
     private static func combine(_ promises: [EventLoopPromise<Void>], eventLoop: any EventLoop) -> EventLoopPromise<Void>? {
@@ -249,11 +286,25 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Helpers
 
-    /// Sends whatever the last OpenSSL call produced.
-    private func writeOutput(context: ChannelHandlerContext) {
-        guard let output = self.connection?.drainOutput(allocator: context.channel.allocator) else { return }
-        context.writeAndFlush(self.wrapOutboundOut(output), promise: nil)
+    /// Sends whatever the last OpenSSL call produced (if nothing, writes only when `always`).
+    private func writeOutput(context: ChannelHandlerContext, promise: EventLoopPromise<Void>? = nil, always: Bool = false) {
+        guard let connection = self.connection else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        guard always || connection.hasOutput else { return }
+        var output = self.ciphertextBuffer ?? context.channel.allocator.buffer(capacity: Self.initialCiphertextCapacity)
+        self.ciphertextBuffer = nil  // the local copy must be the only reference, or clearing reallocates
+        output.clear()  // in place unless the socket still holds it
+        connection.drainOutput(into: &output)
+        context.writeAndFlush(self.wrapOutboundOut(output), promise: promise)
+        if output.capacity <= TLSConnectionStateMachine.keptCapacityLimit, self.ciphertextBuffer == nil {
+            self.ciphertextBuffer = output
+        }
     }
+
+    /// Enough for a handshake flight with one certificate chain or a typical response's records.
+    private static let initialCiphertextCapacity = 4096
 
     private func runTerminate(_ action: TLSConnectionStateMachine.TerminateAction, context: ChannelHandlerContext) {
         switch action {
