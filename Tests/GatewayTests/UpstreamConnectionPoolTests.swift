@@ -105,6 +105,76 @@ private final class RecordingDownstream: DownstreamResponder {
 
 @Suite("Upstream connection pool and retries")
 struct UpstreamConnectionPoolTests {
+    /// Two loops' pools of one endpoint whose `max_connections` is 1, each opening in-memory channels.
+    private struct TwoLoops {
+        let endpoint = UpstreamEndpoint(host: "127.0.0.1", port: 3001)
+        let settings = UpstreamSettings(connectTimeout: .seconds(1), responseTimeout: .seconds(5), maxConnections: 1, idleTimeout: .seconds(60))
+        let loopA = EmbeddedEventLoop()
+        let loopB = EmbeddedEventLoop()
+        let a: UpstreamConnectionPool
+        let b: UpstreamConnectionPool
+
+        init() {
+            func pool(on loop: EmbeddedEventLoop) -> UpstreamConnectionPool {
+                UpstreamConnectionPool(eventLoop: loop) { _, _, handler in
+                    let channel = EmbeddedChannel(loop: loop)
+                    do {
+                        try UpstreamConnectionPool.addHandlers(to: channel, ending: handler)
+                        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 3001)).wait()
+                    } catch {
+                        return loop.makeFailedFuture(error)
+                    }
+                    return loop.makeSucceededFuture(channel)
+                }
+            }
+            self.a = pool(on: self.loopA)
+            self.b = pool(on: self.loopB)
+        }
+
+        func acquire(_ pool: UpstreamConnectionPool, into result: Box<Result<UpstreamConnection, any Error>>) {
+            pool.acquire(self.endpoint, settings: self.settings).assumeIsolated().whenComplete { result.value = $0 }
+        }
+    }
+
+    final class Box<Value> { var value: Value?; init() {} }
+
+    @Test func anIdleConnectionOnAnotherLoopGivesUpItsSlotToAWaitingRequest() throws {
+        let loops = TwoLoops()
+        let first = Box<Result<UpstreamConnection, any Error>>()
+        loops.acquire(loops.a, into: first)
+        loops.a.release(try #require(first.value).get(), reusable: true, settings: loops.settings)
+        // Loop A keeps the only slot in an idle connection; a request on loop B waits ...
+        let second = Box<Result<UpstreamConnection, any Error>>()
+        loops.acquire(loops.b, into: second)
+        #expect(second.value == nil)
+        // ... until loop A closes its idle connection and loop B opens its own, long before
+        // `connect_timeout`.
+        loops.loopA.run()
+        loops.loopB.run()
+        let connection = try #require(second.value).get()
+        #expect(connection.channel.eventLoop === loops.loopB)
+        #expect(loops.endpoint.openConnections.load(ordering: .relaxed) == 1)
+    }
+
+    @Test func aConnectionReleasedWhileAnotherLoopWaitsFreesItsSlotForIt() throws {
+        let loops = TwoLoops()
+        let first = Box<Result<UpstreamConnection, any Error>>()
+        loops.acquire(loops.a, into: first)
+        let busy = try #require(first.value).get()
+        let second = Box<Result<UpstreamConnection, any Error>>()
+        loops.acquire(loops.b, into: second)
+        loops.loopA.run()  // nothing idle to shed: the request on loop B keeps waiting
+        loops.loopB.run()
+        #expect(second.value == nil)
+        // Released reusable, but not kept idle on loop A: loop B's request takes the slot.
+        loops.a.release(busy, reusable: true, settings: loops.settings)
+        loops.loopA.run()
+        loops.loopB.run()
+        #expect(!busy.channel.isActive)
+        #expect(try #require(second.value).get().channel.eventLoop === loops.loopB)
+        #expect(loops.endpoint.openConnections.load(ordering: .relaxed) == 1)
+    }
+
     @Test func idleConnectionClosedByPeerIsEvictedAndNotHandedOut() throws {
         let upstream = FakeUpstream()
         let kept = try upstream.acquire()

@@ -367,8 +367,7 @@ class SloppyUpstream:
 def sloppy_gateway(certs, tmp_path):
     up = SloppyUpstream()
     # More upstream connections than h2load keeps streams in flight (2 × 10): this test is about
-    # fields, and with fewer, requests would wait on the pool, whose waiters are per event loop
-    # (a slot freed on the other loop does not wake them: a known gap, see issue 11's note).
+    # fields, not about requests waiting for a pool slot (UpstreamConnectionPoolTests covers those).
     gw = start_gateway(certs, tmp_path, up.port, max_connections=32, connect_timeout="2s", name="sloppy")
     yield gw
     gw.stop()

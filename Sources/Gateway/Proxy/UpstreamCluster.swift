@@ -40,6 +40,9 @@ final class UpstreamEndpoint: Sendable {
     let outstanding = Atomic<Int>(0)
     /// The active health check's verdict (true until a check says otherwise).
     let activeHealthy = Atomic<Bool>(true)
+    /// The event loops' pools that connect here, so that one loop's freed slot or idle
+    /// connection can serve a request waiting on another.
+    let pools = EndpointPools()
 
     init(host: String, port: Int) {
         self.host = host
@@ -161,5 +164,56 @@ final class UpstreamCluster: Sendable {
     var hasHealthyEndpoint: Bool {
         let now = NIODeadline.now()
         return self.endpoints.contains { $0.isUp(now: now) }
+    }
+}
+
+/// The per-loop pools of one endpoint, seen from the endpoint. `max_connections` is shared across
+/// event loops while connections and waiting requests belong to one loop each: without this, a
+/// slot freed (or an idle connection kept) on one loop never reaches a request waiting on another,
+/// which then sits out `connect_timeout` and gets 503. Off the steady path: a pool touches it only
+/// when a request has to wait, and the release path reads one atomic.
+final class EndpointPools: Sendable {
+    /// What another loop can ask of a pool; each runs the work on the pool's own loop.
+    struct Member: Sendable {
+        /// Serve a waiting request if a slot is free.
+        var wake: @Sendable () -> Void
+        /// Close one idle connection, freeing its slot.
+        var shed: @Sendable () -> Void
+        var waiting = false
+    }
+
+    private let members = Mutex<[ObjectIdentifier: Member]>([:])
+    private let waitingPools = Atomic<Int>(0)
+
+    /// Whether some pool has requests waiting for a slot.
+    var someoneWaits: Bool { self.waitingPools.load(ordering: .relaxed) > 0 }
+
+    func join(_ pool: ObjectIdentifier, wake: @escaping @Sendable () -> Void, shed: @escaping @Sendable () -> Void) {
+        self.members.withLock { members in
+            if members[pool] == nil { members[pool] = Member(wake: wake, shed: shed) }
+        }
+    }
+
+    func setWaiting(_ pool: ObjectIdentifier, _ waiting: Bool) {
+        self.members.withLock { members in
+            guard var member = members[pool], member.waiting != waiting else { return }
+            member.waiting = waiting
+            members[pool] = member
+            self.waitingPools.add(waiting ? 1 : -1, ordering: .relaxed)
+        }
+    }
+
+    /// Lets one other pool with waiting requests try for the slot just freed.
+    func wakeOneWaiting(besides pool: ObjectIdentifier) {
+        let wake = self.members.withLock { members in
+            members.first { $0.key != pool && $0.value.waiting }?.value.wake
+        }
+        wake?()
+    }
+
+    /// Asks every other pool to close one idle connection, so a waiting request gets its slot.
+    func askOthersToShed(besides pool: ObjectIdentifier) {
+        let sheds = self.members.withLock { members in members.filter { $0.key != pool }.map(\.value.shed) }
+        for shed in sheds { shed() }
     }
 }

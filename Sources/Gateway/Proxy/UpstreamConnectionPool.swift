@@ -34,6 +34,9 @@ final class UpstreamConnectionPool {
     private var waiters: [ObjectIdentifier: [Waiter]] = [:]
     private var nextWaiterID: UInt64 = 0
     private var isClosed = false
+    /// Endpoints whose `EndpointPools` know this pool.
+    private var joined: Set<ObjectIdentifier> = []
+    private var id: ObjectIdentifier { ObjectIdentifier(self) }
 
     init(eventLoop: EventLoop, connector: Connector? = nil) {
         self.eventLoop = eventLoop
@@ -69,7 +72,7 @@ final class UpstreamConnectionPool {
         if self.reserveSlot(endpoint, max: settings.maxConnections) {
             return self.connect(endpoint, settings: settings)
         }
-        return self.wait(for: endpoint, timeout: settings.connectTimeout)
+        return self.wait(for: endpoint, settings: settings)
     }
 
     /// Gives a connection back. Non-reusable ones (framing broken, `Connection: close`, request
@@ -82,11 +85,14 @@ final class UpstreamConnectionPool {
         }
         connection.hasServedRequests = true
         let key = ObjectIdentifier(connection.endpoint)
-        if var queue = self.waiters[key], !queue.isEmpty {
-            let waiter = queue.removeFirst()
-            self.waiters[key] = queue
+        if let waiter = self.popWaiter(connection.endpoint) {
             waiter.timeout?.cancel()
             waiter.promise.succeed(connection)
+            return
+        }
+        if connection.endpoint.pools.someoneWaits {
+            // A request on another loop waits for a slot: this connection's is worth more there.
+            connection.close()
             return
         }
         // Closing it runs `onClose`, which takes it out of `idle`.
@@ -128,17 +134,58 @@ final class UpstreamConnectionPool {
 
     private func slotFreed(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) {
         endpoint.openConnections.subtract(1, ordering: .relaxed)
-        // A waiter on this loop may now open a connection of its own.
-        let key = ObjectIdentifier(endpoint)
-        guard var queue = self.waiters[key], !queue.isEmpty else { return }
-        guard self.reserveSlot(endpoint, max: settings.maxConnections) else { return }
-        let waiter = queue.removeFirst()
-        self.waiters[key] = queue
+        if self.waiters[ObjectIdentifier(endpoint)]?.isEmpty == false {
+            self.serveWaiter(endpoint, settings: settings)
+        } else if endpoint.pools.someoneWaits {
+            endpoint.pools.wakeOneWaiting(besides: self.id)
+        }
+    }
+
+    /// A waiter on this loop opens a connection of its own if a slot is free.
+    private func serveWaiter(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) {
+        guard self.waiters[ObjectIdentifier(endpoint)]?.isEmpty == false,
+            self.reserveSlot(endpoint, max: settings.maxConnections), let waiter = self.popWaiter(endpoint)
+        else { return }
         waiter.timeout?.cancel()
         self.connect(endpoint, settings: settings).cascade(to: waiter.promise)
     }
 
-    private func wait(for endpoint: UpstreamEndpoint, timeout: TimeAmount) -> EventLoopFuture<UpstreamConnection> {
+    /// Closes the least recently used idle connection to `endpoint`, freeing its slot for a
+    /// request waiting on another loop.
+    private func shedIdle(_ endpoint: UpstreamEndpoint) {
+        guard let stack = self.idle[ObjectIdentifier(endpoint)], !stack.connections.isEmpty else { return }
+        let oldest = stack.connections.removeFirst()
+        oldest.close()
+    }
+
+    private func popWaiter(_ endpoint: UpstreamEndpoint) -> Waiter? {
+        let key = ObjectIdentifier(endpoint)
+        guard var queue = self.waiters[key], !queue.isEmpty else { return nil }
+        let waiter = queue.removeFirst()
+        self.waiters[key] = queue
+        if queue.isEmpty { endpoint.pools.setWaiting(self.id, false) }
+        return waiter
+    }
+
+    /// Makes this pool known to the endpoint's other pools (once per endpoint).
+    private func join(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) {
+        guard self.joined.insert(ObjectIdentifier(endpoint)).inserted else { return }
+        let reference = PoolReference(self)
+        endpoint.pools.join(
+            self.id,
+            wake: { [weak endpoint] in
+                guard let endpoint else { return }
+                reference.onLoop { pool in pool.serveWaiter(endpoint, settings: settings) }
+            },
+            shed: { [weak endpoint] in
+                guard let endpoint else { return }
+                reference.onLoop { pool in pool.shedIdle(endpoint) }
+            }
+        )
+    }
+
+    private func wait(for endpoint: UpstreamEndpoint, settings: UpstreamSettings) -> EventLoopFuture<UpstreamConnection> {
+        let timeout = settings.connectTimeout
         let promise = self.eventLoop.makePromise(of: UpstreamConnection.self)
         let key = ObjectIdentifier(endpoint)
         self.nextWaiterID &+= 1
@@ -147,10 +194,15 @@ final class UpstreamConnectionPool {
             guard let self else { return }
             if let index = self.waiters[key]?.firstIndex(where: { $0.id == id }) {
                 let waiter = self.waiters[key]!.remove(at: index)
+                if self.waiters[key]!.isEmpty { endpoint.pools.setWaiting(self.id, false) }
                 waiter.promise.fail(UpstreamAcquireError.poolExhausted)
             }
         }
         self.waiters[key, default: []].append(Waiter(id: id, promise: promise, timeout: scheduled))
+        self.join(endpoint, settings: settings)
+        endpoint.pools.setWaiting(self.id, true)
+        // Slots held by idle connections on other loops are freed for this request.
+        endpoint.pools.askOthersToShed(besides: self.id)
         return promise.futureResult
     }
 
@@ -185,6 +237,8 @@ final class UpstreamConnectionPool {
 
     /// Opens a connection for a slot already reserved with `reserveSlot`.
     private func connect(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) -> EventLoopFuture<UpstreamConnection> {
+        // Known to the other loops' pools from the first connection, so they can ask for its slot.
+        self.join(endpoint, settings: settings)
         let handler = UpstreamConnectionHandler()
         return self.connector(endpoint, settings, handler).assumeIsolated().flatMapErrorThrowing { error in
             self.slotFreed(endpoint, settings: settings)
@@ -198,5 +252,24 @@ final class UpstreamConnectionPool {
             }
             return connection
         }.nonisolated()
+    }
+}
+
+/// A pool as other event loops hold it: work is run on the pool's own loop, and a pool that is gone
+/// (its config replaced) is skipped. Weak, so an endpoint's `EndpointPools` keeps no pool alive.
+private final class PoolReference: @unchecked Sendable {
+    // Read only on `loop`.
+    private weak var pool: UpstreamConnectionPool?
+    private let loop: EventLoop
+
+    init(_ pool: UpstreamConnectionPool) {
+        self.pool = pool
+        self.loop = pool.eventLoop
+    }
+
+    func onLoop(_ work: @escaping @Sendable (UpstreamConnectionPool) -> Void) {
+        self.loop.execute {
+            if let pool = self.pool { work(pool) }
+        }
     }
 }
