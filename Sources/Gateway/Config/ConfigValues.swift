@@ -295,8 +295,19 @@ func isValidHostname(_ text: Substring) -> Bool {
 
 /// RFC 9110 §5.6.2 `token` (header names, methods).
 func isHTTPToken(_ text: String) -> Bool {
-    !text.isEmpty && text.unicodeScalars.allSatisfy { scalar in
-        scalar.isASCIILetterOrDigit || "!#$%&'*+-.^_`|~".unicodeScalars.contains(scalar)
+    !text.isEmpty && text.utf8.allSatisfy(isHTTPTokenByte)
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+func isHTTPTokenByte(_ byte: UInt8) -> Bool {
+    switch byte {
+    case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+        UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
+        UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
+        UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+        true
+    default:
+        false
     }
 }
 

@@ -533,11 +533,10 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         if current.responseStarted {
             self.close()
         } else {
-            let error = GatewayError(
-                status: .requestTimeout, code: "request_timeout", message: "timed out waiting for the request body",
-                closesConnection: true
+            self.writeLocal(
+                GatewayError.bodyTimeout.response(requestID: current.requestID, allocator: self.context.channel.allocator),
+                forceClose: true
             )
-            self.writeLocal(error.response(requestID: current.requestID, allocator: self.context.channel.allocator), forceClose: true)
         }
     }
 

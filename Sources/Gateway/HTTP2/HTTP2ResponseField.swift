@@ -10,7 +10,7 @@ enum HTTP2ResponseField {
     static func copyName(_ name: String, to destination: UnsafeMutablePointer<UInt8>) -> Int? {
         var count = 0
         for byte in name.utf8 {
-            guard isTokenByte(byte) else { return nil }
+            guard isHTTPTokenByte(byte) else { return nil }
             destination[count] = byte &+ (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? 0x20 : 0)
             count += 1
         }
@@ -38,19 +38,6 @@ enum HTTP2ResponseField {
             if !isSpace { kept = count }
         }
         return kept
-    }
-
-    /// RFC 9110 §5.6.2 `tchar`.
-    private static func isTokenByte(_ byte: UInt8) -> Bool {
-        switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-            UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
-            UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
-            UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
-            true
-        default:
-            false
-        }
     }
 
     /// `field-vchar` (obs-text included, as nghttp2 accepts it); SP and HTAB are handled apart.

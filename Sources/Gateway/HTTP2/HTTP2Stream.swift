@@ -178,11 +178,6 @@ final class HTTP2Stream: DownstreamResponder {
 
     // MARK: - Body stall
 
-    private static let bodyTimeout = GatewayError(
-        status: .requestTimeout, code: "request_timeout", message: "timed out waiting for the request body",
-        closesConnection: true
-    )
-
     private func expectBody() {
         let deadline = self.connection.clock() + self.idleTimeout
         self.bodyDueBy = deadline
@@ -220,7 +215,7 @@ final class HTTP2Stream: DownstreamResponder {
         } else {
             self.resetsWhenAnswered = true
             let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
-            self.respondLocally(Self.bodyTimeout.response(requestID: self.requestID, allocator: allocator))
+            self.respondLocally(GatewayError.bodyTimeout.response(requestID: self.requestID, allocator: allocator))
         }
     }
 

@@ -45,6 +45,11 @@ struct GatewayError: Error, Equatable, CustomStringConvertible {
         status: .requestTimeout, code: "request_timeout", message: "timed out waiting for the request headers",
         closesConnection: true
     )
+    /// A request body that stopped arriving for `timeouts.idle` (HTTP/1.1 and HTTP/2 alike).
+    static let bodyTimeout = GatewayError(
+        status: .requestTimeout, code: "request_timeout", message: "timed out waiting for the request body",
+        closesConnection: true
+    )
     static let payloadTooLarge = GatewayError(
         status: .payloadTooLarge, code: "payload_too_large", message: "request body exceeds the size limit",
         closesConnection: true

@@ -78,8 +78,6 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private(set) var upstreamSeconds: Double?
     /// The endpoint that served (or was last tried for) this request.
     private(set) var endpointKey: String?
-    /// Set when the upstream request could not be fully sent, so the connection is not reused.
-    private var upstreamUsable = true
 
     init(
         upstreamHead: HTTPRequestHead,
@@ -316,7 +314,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             self.state = .finished
             self.releaseOutstanding()
             connection.handler.resumeReads()
-            let reusable = self.responseKeepAlive && self.requestComplete && self.upstreamUsable
+            let reusable = self.responseKeepAlive && self.requestComplete
             self.pool.release(connection, reusable: reusable, settings: self.cluster.settings)
             self.downstream?.sendResponseEnd(for: self)
             self.downstream?.exchangeFinished(for: self)
