@@ -14,6 +14,8 @@ public enum BenchRunner {
             do { _ = try BenchToken.mint(secret: secret, connection: nil, now: 0) } catch {
                 throw BenchError.usage("--jwt-secret: \(error)")
             }
+        } else if settings.requests.contains(where: { if case .minted = $0.token { true } else { false } }) {
+            throw BenchError.usage("a target mints tokens: give --jwt-secret (or jwt_secret_env in the scenario)")
         }
         let tls: TLSClientContext?
         if settings.target.tls {
@@ -72,10 +74,12 @@ public enum BenchRunner {
         }
 
         let start = NIODeadline.now().uptimeNanoseconds + 50_000_000
-        let end = start + settings.durationNanos
-        let schedules: [RequestSchedule]?
-        if case .fixedRate(let rate) = settings.mode {
-            schedules = RequestSchedule.perLoop(startNanos: start, totalRate: rate, connectionsPerLoop: perLoop.map(\.count))
+        // The recorded run begins after the warm-up; seconds in the timeline count from there.
+        let recordedStart = start + settings.warmupNanos
+        let end = recordedStart + settings.durationNanos
+        let schedules: [StagedSchedule]?
+        if case .fixedRate = settings.mode {
+            schedules = StagedSchedule.perLoop(startNanos: start, stages: settings.scheduledStages, connectionsPerLoop: perLoop.map(\.count))
         } else {
             schedules = nil
         }
@@ -89,7 +93,8 @@ public enum BenchRunner {
         // and the timeline.
         var timeline: [BenchReport.Interval] = []
         var second = 1
-        var completedSoFar = 0
+        let warmupSeconds = Int((settings.warmupNanos + 999_999_999) / 1_000_000_000)
+        let stageEnds = settings.stages.reduce(into: [UInt64]()) { $0.append(($0.last ?? recordedStart) + $1.durationNanos) }
         while true {
             let tick = start + UInt64(second) * 1_000_000_000
             let now = NIODeadline.now().uptimeNanoseconds
@@ -100,16 +105,26 @@ public enum BenchRunner {
             }
             let merged = BenchStats.merged(snapshots.map(\.interval))
             let allDone = snapshots.allSatisfy(\.finished)
-            if merged.responses > 0 || merged.errors > 0 || tick <= end {
-                timeline.append(BenchReport.interval(second: second, merged))
+            let recordedSecond = second - warmupSeconds
+            if recordedSecond >= 1 && (merged.responses > 0 || merged.errors > 0 || tick <= end) {
+                timeline.append(BenchReport.interval(second: recordedSecond, merged))
             }
-            completedSoFar += merged.responses
             if settings.progress {
                 let inFlight = snapshots.reduce(0) { $0 + $1.inFlight }
                 let waiting = snapshots.reduce(0) { $0 + $1.waiting }
-                var line = "\(String(format: "%3d", second))s  \(merged.responses) req/s  p50 \(fmtMs(merged.latency.valueAtPercentile(50)))"
-                line += "  p99 \(fmtMs(merged.latency.valueAtPercentile(99)))  errors \(merged.errors)  in flight \(inFlight)"
+                var line: String
+                if recordedSecond < 1 {
+                    let warm = snapshots.reduce(0) { $0 + $1.warmupResponses }
+                    line = "warm-up \(second)s  \(warm) req/s (not recorded)"
+                } else {
+                    line = "\(String(format: "%3d", recordedSecond))s  \(merged.responses) req/s  p99 \(fmtMs(merged.latency.valueAtPercentile(99)))"
+                    line += "  p50 \(fmtMs(merged.latency.valueAtPercentile(50)))  errors \(merged.errors)"
+                }
+                line += "  in flight \(inFlight)"
                 if schedules != nil { line += "  queued \(waiting)" }
+                if stageEnds.count > 1, let stage = stageEnds.firstIndex(where: { tick <= $0 }), recordedSecond >= 1 {
+                    line += "  stage \(stage + 1)/\(stageEnds.count) at \(Int(settings.stages[stage].rate))/s"
+                }
                 progress(line)
             }
             if allDone || tick > end + 10_000_000_000 { break }
@@ -125,8 +140,23 @@ public enum BenchRunner {
             completed: stats.responses, unsent: results.reduce(0) { $0 + $1.unsent }
         )
         // Throughput over the run proper: responses that came in during the drain are few.
-        let elapsed = max(lastFinish, end) - start
-        return BenchReport(settings: settings, url: url, stats: stats, requests: requests, elapsedNanos: elapsed, timeline: timeline)
+        let elapsed = max(lastFinish, end) - recordedStart
+        var report = BenchReport(settings: settings, url: url, stats: stats, requests: requests, elapsedNanos: elapsed, timeline: timeline)
+        func merged(_ parts: (WorkerResult) -> [BenchStats]) -> [BenchStats] {
+            results.map(parts).reduce(into: [BenchStats]()) { total, part in
+                if total.isEmpty { total = part } else { for index in part.indices { total[index].merge(part[index]) } }
+            }
+        }
+        func summed(_ parts: (WorkerResult) -> [Int]) -> [Int] {
+            results.map(parts).reduce(into: [Int]()) { total, part in
+                if total.isEmpty { total = part } else { for index in part.indices { total[index] += part[index] } }
+            }
+        }
+        report.addSections(
+            settings: settings, targetStats: merged(\.targetStats), targetSent: summed(\.targetSent),
+            stageStats: merged(\.stageStats), stageScheduled: summed(\.stageScheduled)
+        )
+        return report
     }
 
     private static func fmtMs(_ micros: UInt64) -> String { String(format: "%.2fms", Double(micros) / 1000) }

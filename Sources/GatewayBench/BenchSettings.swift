@@ -16,8 +16,16 @@ public struct BenchSettings: Sendable {
         case jwtSecret(String, perConnectionSubject: Bool)
     }
 
+    /// Scheme, host and port of every request; its path is the default request's.
     public var target: BenchTarget
+    /// What to send, picked by weight for each request; at least one.
+    public var requests: [BenchRequest]
     public var mode: Mode
+    /// Fixed rate: the stages in order (one when there is no ramp). Max: empty.
+    public var stages: [BenchStage]
+    /// Sent before the recorded run, at the first stage's rate (or closed loop), and not recorded.
+    public var warmupNanos: UInt64
+    /// The recorded part: the stages' durations added up at a fixed rate.
     public var durationNanos: UInt64
     public var connections: Int
     /// Concurrent requests per connection: HTTP/2 streams; always 1 for HTTP/1.1.
@@ -26,28 +34,44 @@ public struct BenchSettings: Sendable {
     public var threads: Int
     public var insecure: Bool
     public var authorization: Authorization
-    public var headers: [(String, String)]
     /// A request without a response after this long counts as a `timeout` error.
     public var timeoutNanos: UInt64
     public var progress: Bool
 
+    /// `requests` nil: one GET of `target.path` with `headers`. `stages` nil: the whole duration
+    /// at the fixed rate.
     public init(
         target: BenchTarget, mode: Mode, durationNanos: UInt64, connections: Int, streams: Int, http2: Bool,
-        threads: Int, insecure: Bool, authorization: Authorization, headers: [(String, String)],
-        timeoutNanos: UInt64, progress: Bool = true
+        threads: Int, insecure: Bool, authorization: Authorization, headers: [BenchHeader] = [],
+        timeoutNanos: UInt64, progress: Bool = true, requests: [BenchRequest]? = nil, stages: [BenchStage]? = nil,
+        warmupNanos: UInt64 = 0
     ) {
         self.target = target
+        self.requests = requests ?? [BenchRequest(name: "default", path: target.path, headers: headers)]
         self.mode = mode
-        self.durationNanos = durationNanos
+        switch mode {
+        case .fixedRate(let rate):
+            self.stages = stages ?? [BenchStage(rate: rate, durationNanos: durationNanos)]
+            self.durationNanos = self.stages.reduce(0) { $0 + $1.durationNanos }
+        case .maxThroughput:
+            self.stages = []
+            self.durationNanos = durationNanos
+        }
+        self.warmupNanos = warmupNanos
         self.connections = connections
         self.streams = http2 ? streams : 1
         self.http2 = http2
         self.threads = threads
         self.insecure = insecure
         self.authorization = authorization
-        self.headers = headers
         self.timeoutNanos = timeoutNanos
         self.progress = progress
+    }
+
+    /// The stages with the warm-up in front (as stage 0) when there is one.
+    var scheduledStages: [BenchStage] {
+        guard self.warmupNanos > 0, let first = self.stages.first else { return self.stages }
+        return [BenchStage(rate: first.rate, durationNanos: self.warmupNanos)] + self.stages
     }
 
     /// Event loops actually used: never more than there are connections to drive.
@@ -152,18 +176,34 @@ public func parseBenchRate(_ text: String) -> Double? {
     return rate
 }
 
-/// HS256 test tokens for `--jwt-secret`, shaped like the ones `barberpro-auth` issues.
+/// HS256 test tokens for `--jwt-secret` and scenario token shapes, shaped like the ones
+/// `barberpro-auth` issues (the claims `gateway token` mints).
 enum BenchToken {
     /// `connection` gives each connection its own `sub` (`bench-user-N`), so per-user rate limits
     /// see N users; nil gives every connection the same `bench-user`.
     static func mint(secret: String, connection: Int?, now: Int) throws -> String {
-        let signer = try JWTSigner(algorithm: .hs256, secret: Array(secret.utf8))
-        return signer.sign([
-            ("sub", .string(connection.map { "bench-user-\($0)" } ?? "bench-user")),
+        try self.mint(secret: secret, claims: BenchTokenClaims(subject: connection == nil ? .shared : .perConnection), connection: connection ?? 0, now: now)
+    }
+
+    static func mint(secret: String, claims: BenchTokenClaims, connection: Int, now: Int) throws -> String {
+        let signer = try JWTSigner(algorithm: .hs256, secret: Array(secret.utf8), kid: claims.kid)
+        let subject: String
+        switch claims.subject {
+        case .shared: subject = "bench-user"
+        case .perConnection: subject = "bench-user-\(connection)"
+        case .fixed(let fixed): subject = fixed
+        }
+        // An expired token was issued two lifetimes ago, so it is past `exp` by a whole lifetime
+        // (beyond any clock-skew leeway the gateway allows).
+        let issued = claims.expired ? now - 2 * claims.lifetimeSeconds : now
+        var fields: [(String, JWTSigner.ClaimValue)] = [
+            ("sub", .string(subject)),
             ("iss", .string("barberpro-auth")),
             ("aud", .string("barberpro-api")),
-            ("iat", .integer(now)),
-            ("exp", .integer(now + 3600)),
-        ])
+        ]
+        if let role = claims.role { fields.append(("role", .string(role))) }
+        fields.append(("iat", .integer(issued)))
+        fields.append(("exp", .integer(issued + claims.lifetimeSeconds)))
+        return signer.sign(fields)
     }
 }

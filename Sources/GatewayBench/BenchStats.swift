@@ -19,6 +19,8 @@ struct BenchStats: Sendable {
     var latency: Histogram<UInt64>
     /// Responses by status code (every status, 2xx included).
     var statusCounts: [Int: Int] = [:]
+    /// Responses whose status the target did not expect, by status code.
+    var unexpectedCounts: [Int: Int] = [:]
     var errorKinds: [BenchErrorKind: Int] = [:]
 
     init() {
@@ -31,13 +33,14 @@ struct BenchStats: Sendable {
 
     var responses: Int { self.statusCounts.values.reduce(0, +) }
     var errors: Int { self.statusErrors + self.errorKinds.values.reduce(0, +) }
-    /// Responses outside 2xx.
-    var statusErrors: Int { self.statusCounts.filter { !(200..<300).contains($0.key) }.values.reduce(0, +) }
+    /// Responses with a status the target did not expect (by default: outside 2xx).
+    var statusErrors: Int { self.unexpectedCounts.values.reduce(0, +) }
 
     /// A response: its latency is recorded whatever the status (a fast 503 is still a sample).
-    mutating func recordResponse(status: Int, latencyMicros: UInt64) {
+    mutating func recordResponse(status: Int, latencyMicros: UInt64, expected: Bool? = nil) {
         self.latency.record(min(max(latencyMicros, 1), Self.highestTrackableMicros))
         self.statusCounts[status, default: 0] += 1
+        if !(expected ?? (200..<300).contains(status)) { self.unexpectedCounts[status, default: 0] += 1 }
     }
 
     mutating func recordError(_ kind: BenchErrorKind) {
@@ -47,6 +50,7 @@ struct BenchStats: Sendable {
     mutating func merge(_ other: BenchStats) {
         self.latency.add(other.latency)
         for (status, count) in other.statusCounts { self.statusCounts[status, default: 0] += count }
+        for (status, count) in other.unexpectedCounts { self.unexpectedCounts[status, default: 0] += count }
         for (kind, count) in other.errorKinds { self.errorKinds[kind, default: 0] += count }
     }
 
@@ -59,6 +63,7 @@ struct BenchStats: Sendable {
     mutating func reset() {
         self.latency.reset()
         self.statusCounts.removeAll(keepingCapacity: true)
+        self.unexpectedCounts.removeAll(keepingCapacity: true)
         self.errorKinds.removeAll(keepingCapacity: true)
     }
 }

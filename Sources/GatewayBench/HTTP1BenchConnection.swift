@@ -10,12 +10,13 @@ final class HTTP1BenchConnection: ChannelInboundHandler, BenchConnection {
 
     private let worker: LoopWorker
     private let index: Int
-    private let head: HTTPRequestHead
+    /// Head and body of each request, by target index.
+    private let requests: [(head: HTTPRequestHead, body: ByteBuffer?)]
     private let tls: Bool
     private var context: ChannelHandlerContext?
     private var ready = false
     private var closing = false
-    private var current: (scheduled: UInt64, sent: UInt64)?
+    private var current: (tag: RequestTag, sent: UInt64)?
     private var status: Int?
     private var error: (any Error)?
 
@@ -23,9 +24,17 @@ final class HTTP1BenchConnection: ChannelInboundHandler, BenchConnection {
         self.worker = worker
         self.index = index
         self.tls = tls
-        var headers = HTTPHeaders([("host", template.target.authority), ("user-agent", "gateway-bench")])
-        for (name, value) in template.headers { headers.add(name: name, value: value) }
-        self.head = HTTPRequestHead(version: .http1_1, method: .GET, uri: template.target.path, headers: headers)
+        self.requests = template.requests.map { request in
+            var headers = HTTPHeaders([("host", template.target.authority), ("user-agent", "gateway-bench")])
+            for header in request.headers where header.name.lowercased() != "host" || headers.first(name: "host") == nil {
+                headers.add(name: header.name, value: header.value)
+            }
+            if request.sendsContentLength && !headers.contains(name: "content-length") {
+                headers.add(name: "content-length", value: String(request.body.count))
+            }
+            let head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: request.method), uri: request.path, headers: headers)
+            return (head, request.body.isEmpty ? nil : ByteBuffer(bytes: request.body))
+        }
     }
 
     var freeSlots: Int { self.ready && !self.closing && self.current == nil ? 1 : 0 }
@@ -59,11 +68,13 @@ final class HTTP1BenchConnection: ChannelInboundHandler, BenchConnection {
         self.worker.connectionReady(self.index, self)
     }
 
-    func send(scheduledNanos: UInt64, nowNanos: UInt64) {
+    func send(_ request: RequestTag, nowNanos: UInt64) {
         guard let context, self.current == nil else { return }
-        self.current = (scheduledNanos, nowNanos)
+        self.current = (request, nowNanos)
         self.status = nil
-        context.write(Self.wrapOutboundOut(.head(self.head)), promise: nil)
+        let prepared = self.requests[request.target]
+        context.write(Self.wrapOutboundOut(.head(prepared.head)), promise: nil)
+        if let body = prepared.body { context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
         context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
     }
 
@@ -77,7 +88,7 @@ final class HTTP1BenchConnection: ChannelInboundHandler, BenchConnection {
         case .end:
             guard let current = self.current, let status = self.status else { return }
             self.current = nil
-            self.worker.completed(scheduledNanos: current.scheduled, status: status)
+            self.worker.completed(current.tag, status: status)
             if self.closing { context.close(promise: nil) }
         }
     }
@@ -87,7 +98,7 @@ final class HTTP1BenchConnection: ChannelInboundHandler, BenchConnection {
         // The response may still come: the connection cannot be reused, so close it.
         self.current = nil
         self.closing = true
-        self.worker.failed(.timeout)
+        self.worker.failed(.timeout, current.tag)
         self.context?.close(promise: nil)
     }
 
@@ -100,9 +111,9 @@ final class HTTP1BenchConnection: ChannelInboundHandler, BenchConnection {
         let wasReady = self.ready
         self.ready = false
         self.closing = true
-        if self.current != nil {
+        if let current = self.current {
             self.current = nil
-            self.worker.failed(.reset)
+            self.worker.failed(.reset, current.tag)
         }
         self.worker.connectionClosed(self.index, wasReady: wasReady, error: self.error)
         context.fireChannelInactive()

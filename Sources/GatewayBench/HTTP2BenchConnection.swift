@@ -13,8 +13,10 @@ final class HTTP2BenchConnection: ChannelDuplexHandler, BenchConnection {
     typealias OutboundOut = ByteBuffer
 
     private struct Stream {
-        var scheduled: UInt64
+        var tag: RequestTag
         var sent: UInt64
+        /// Request body bytes already handed to nghttp2.
+        var bodyOffset = 0
         var status: Int?
         /// Timed out and reset by us: its close is not a second error.
         var abandoned = false
@@ -24,8 +26,9 @@ final class HTTP2BenchConnection: ChannelDuplexHandler, BenchConnection {
     private let index: Int
     private let maxStreams: Int
     private let tls: Bool
-    /// Request header block, laid out once: nghttp2 copies names and values on submit.
-    private let headerBlock: HeaderBlock
+    /// Request header blocks by target, laid out once: nghttp2 copies names and values on submit.
+    private let headerBlocks: [HeaderBlock]
+    private let bodies: [[UInt8]]
     private var context: ChannelHandlerContext?
     private var session: OpaquePointer?
     private var streams: [Int32: Stream] = [:]
@@ -40,17 +43,25 @@ final class HTTP2BenchConnection: ChannelDuplexHandler, BenchConnection {
         self.index = index
         self.maxStreams = max(1, streams)
         self.tls = tls
-        var pairs: [(String, String)] = [
-            (":method", "GET"), (":scheme", tls ? "https" : "http"),
-            (":authority", template.target.authority), (":path", template.target.path),
-            ("user-agent", "gateway-bench"),
-        ]
-        for (name, value) in template.headers {
-            let lower = name.lowercased()
-            if lower == "host" { continue }  // :authority carries it (RFC 9113 §8.3.1)
-            pairs.append((lower, value))
+        self.headerBlocks = template.requests.map { request in
+            var pairs: [(String, String)] = [
+                (":method", request.method), (":scheme", tls ? "https" : "http"),
+                (":authority", template.target.authority), (":path", request.path),
+                ("user-agent", "gateway-bench"),
+            ]
+            for header in request.headers {
+                let lower = header.name.lowercased()
+                // :authority carries the host (RFC 9113 §8.3.1); connection-specific fields are
+                // malformed in HTTP/2 (§8.2.2).
+                if ["host", "connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection"].contains(lower) { continue }
+                pairs.append((lower, header.value))
+            }
+            if request.sendsContentLength && !pairs.contains(where: { $0.0 == "content-length" }) {
+                pairs.append(("content-length", String(request.body.count)))
+            }
+            return HeaderBlock(pairs)
         }
-        self.headerBlock = HeaderBlock(pairs)
+        self.bodies = template.requests.map(\.body)
     }
 
     var freeSlots: Int {
@@ -124,9 +135,9 @@ final class HTTP2BenchConnection: ChannelDuplexHandler, BenchConnection {
         let wasReady = self.ready
         self.ready = false
         self.closed = true
-        let lost = self.inFlight
+        let lost = self.streams.values.filter { !$0.abandoned }.map(\.tag)
         self.streams.removeAll()
-        for _ in 0..<lost { self.worker.failed(.reset) }
+        for tag in lost { self.worker.failed(.reset, tag) }
         self.worker.connectionClosed(self.index, wasReady: wasReady, error: self.error)
         context.fireChannelInactive()
     }
@@ -141,33 +152,51 @@ final class HTTP2BenchConnection: ChannelDuplexHandler, BenchConnection {
 
     // MARK: Requests
 
-    func send(scheduledNanos: UInt64, nowNanos: UInt64) {
+    func send(_ request: RequestTag, nowNanos: UInt64) {
         guard let session else { return }
-        let id = self.headerBlock.withNameValues { nva in
-            nghttp2_submit_request(session, nil, nva.baseAddress, nva.count, nil, nil)
+        let id = self.headerBlocks[request.target].withNameValues { nva in
+            if self.bodies[request.target].isEmpty {
+                return nghttp2_submit_request(session, nil, nva.baseAddress, nva.count, nil, nil)
+            }
+            var provider = nghttp2_data_provider()
+            provider.read_callback = readRequestBody
+            return nghttp2_submit_request(session, nil, nva.baseAddress, nva.count, &provider, nil)
         }
         guard id > 0 else {
             // Stream ids exhausted or the session is going away: take no more here.
             self.goingAway = true
-            self.worker.failed(.reset)
+            self.worker.failed(.reset, request)
             self.closeWhenIdle()
             return
         }
-        self.streams[id] = Stream(scheduled: scheduledNanos, sent: nowNanos)
+        self.streams[id] = Stream(tag: request, sent: nowNanos)
         self.sendPending()
+    }
+
+    /// Copies the next piece of a stream's request body into nghttp2's DATA frame buffer.
+    fileprivate func readBody(_ id: Int32, into buffer: UnsafeMutablePointer<UInt8>, length: Int, flags: UnsafeMutablePointer<UInt32>) -> Int {
+        guard let stream = self.streams[id] else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
+        let body = self.bodies[stream.tag.target]
+        let count = min(length, body.count - stream.bodyOffset)
+        body.withUnsafeBufferPointer { bytes in
+            buffer.initialize(from: bytes.baseAddress! + stream.bodyOffset, count: count)
+        }
+        self.streams[id]?.bodyOffset += count
+        if stream.bodyOffset + count >= body.count { flags.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue) }
+        return count
     }
 
     func expire(sentBefore cutoffNanos: UInt64) {
         guard let session else { return }
-        var expired = 0
+        var expired: [RequestTag] = []
         for (id, stream) in self.streams where !stream.abandoned && stream.sent < cutoffNanos {
             self.streams[id]?.abandoned = true
             nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, NGHTTP2_CANCEL.rawValue)
-            expired += 1
+            expired.append(stream.tag)
         }
-        guard expired > 0 else { return }
+        guard !expired.isEmpty else { return }
         self.sendPending()
-        for _ in 0..<expired { self.worker.failed(.timeout) }
+        for tag in expired { self.worker.failed(.timeout, tag) }
     }
 
     func close() {
@@ -244,9 +273,9 @@ final class HTTP2BenchConnection: ChannelDuplexHandler, BenchConnection {
         guard let stream = self.streams.removeValue(forKey: id) else { return }
         if !stream.abandoned {
             if errorCode == NGHTTP2_NO_ERROR.rawValue, let status = stream.status {
-                self.worker.completed(scheduledNanos: stream.scheduled, status: status)
+                self.worker.completed(stream.tag, status: status)
             } else {
-                self.worker.failed(.reset)
+                self.worker.failed(.reset, stream.tag)
             }
         }
         if self.goingAway && self.streams.isEmpty {
@@ -314,4 +343,9 @@ private let onFrameRecv: nghttp2_on_frame_recv_callback = { _, frame, userData i
 private let onStreamClose: nghttp2_on_stream_close_callback = { _, streamID, errorCode, userData in
     connection(userData).streamClosed(streamID, errorCode: errorCode)
     return 0
+}
+
+private let readRequestBody: nghttp2_data_source_read_callback = { _, streamID, buffer, length, flags, _, userData in
+    guard let buffer, let flags else { return Int(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
+    return connection(userData).readBody(streamID, into: buffer, length: length, flags: flags)
 }

@@ -14,15 +14,24 @@ enum LatencyPlot {
         return log10(1 / remaining)
     }
 
+    static let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+
     static func svg(_ report: BenchReport) -> String {
-        let points = report.distribution
+        let title = "\(report.url) — \(report.mode == "rate" ? "fixed \(Int(report.target_rate ?? 0)) req/s" : "max throughput"), "
+            + "\(report.protocol_), \(report.connections)×\(report.streams), \(String(format: "%.0f", report.duration_s))s"
+        let l = report.latency_ms
+        let summary = String(format: "p50 %.3f ms · p99 %.3f ms · p99.9 %.3f ms · max %.3f ms · %.0f req/s", l.p50, l.p99, l.p99_9, l.max, report.throughput_rps)
+        return self.svg(series: [(nil, report)], title: title, subtitle: summary)
+    }
+
+    /// Several runs' curves on one chart, each in its own colour with a legend entry (`label`).
+    static func svg(series: [(label: String?, report: BenchReport)], title: String, subtitle: String) -> String {
         let plotWidth = width - margin.left - margin.right
         let plotHeight = height - margin.top - margin.bottom
-        // The curve ends at the last sample: with n samples, 100% sits at about 1 - 1/n.
-        let count = Double(max(report.requests.completed, 1))
-        let lastNines = max(1, log10(count))
-        let xDecades = max(2, min(6, Int(lastNines.rounded(.up))))
-        let maxLatency = max(points.map(\.latency_ms).max() ?? 0, 0.001)
+        // A curve ends at its last sample: with n samples, 100% sits at about 1 - 1/n.
+        let lastNines = series.map { max(1, log10(Double(max($0.report.requests.completed, 1)))) }
+        let xDecades = max(2, min(6, Int((lastNines.max() ?? 1).rounded(.up))))
+        let maxLatency = max(series.flatMap { $0.report.distribution.map(\.latency_ms) }.max() ?? 0, 0.001)
         let yMax = niceCeiling(maxLatency)
 
         func x(_ decades: Double) -> Double { margin.left + min(decades, Double(xDecades)) / Double(xDecades) * plotWidth }
@@ -33,12 +42,8 @@ enum LatencyPlot {
         <rect width="100%" height="100%" fill="white"/>
 
         """
-        let title = "\(report.url) — \(report.mode == "rate" ? "fixed \(Int(report.target_rate ?? 0)) req/s" : "max throughput"), "
-            + "\(report.protocol_), \(report.connections)×\(report.streams), \(String(format: "%.0f", report.duration_s))s"
         svg += "<text x=\"\(fmt(width / 2))\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">\(escape(title))</text>\n"
-        let l = report.latency_ms
-        let summary = String(format: "p50 %.3f ms · p99 %.3f ms · p99.9 %.3f ms · max %.3f ms · %.0f req/s", l.p50, l.p99, l.p99_9, l.max, report.throughput_rps)
-        svg += "<text x=\"\(fmt(width / 2))\" y=\"40\" text-anchor=\"middle\" fill=\"#555\">\(escape(summary))</text>\n"
+        svg += "<text x=\"\(fmt(width / 2))\" y=\"40\" text-anchor=\"middle\" fill=\"#555\">\(escape(subtitle))</text>\n"
 
         // Grid and axes.
         let labels = ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%", "99.9999%"]
@@ -57,15 +62,24 @@ enum LatencyPlot {
         svg += "<text x=\"\(fmt(margin.left + plotWidth / 2))\" y=\"\(fmt(height - 14))\" text-anchor=\"middle\">percentile</text>\n"
         svg += "<text transform=\"translate(18 \(fmt(margin.top + plotHeight / 2))) rotate(-90)\" text-anchor=\"middle\">latency (ms)</text>\n"
 
-        // The curve: a step up at each recorded percentile.
-        if !points.isEmpty {
-            var path = ""
-            for (index, point) in points.enumerated() {
-                let decades = point.percentile >= 100 ? lastNines : nines(point.percentile)
-                path += index == 0 ? "M" : " L"
-                path += "\(fmt(x(decades))) \(fmt(y(point.latency_ms)))"
+        // Each curve: a step up at each recorded percentile.
+        for (index, entry) in series.enumerated() {
+            let color = colors[index % colors.count]
+            let points = entry.report.distribution
+            if !points.isEmpty {
+                var path = ""
+                for (step, point) in points.enumerated() {
+                    let decades = point.percentile >= 100 ? lastNines[index] : nines(point.percentile)
+                    path += step == 0 ? "M" : " L"
+                    path += "\(fmt(x(decades))) \(fmt(y(point.latency_ms)))"
+                }
+                svg += "<path d=\"\(path)\" fill=\"none\" stroke=\"\(color)\" stroke-width=\"2\"/>\n"
             }
-            svg += "<path d=\"\(path)\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\"/>\n"
+            if let label = entry.label {
+                let ly = margin.top + 18 + Double(index) * 18
+                svg += "<line x1=\"\(fmt(margin.left + 12))\" y1=\"\(fmt(ly - 4))\" x2=\"\(fmt(margin.left + 36))\" y2=\"\(fmt(ly - 4))\" stroke=\"\(color)\" stroke-width=\"3\"/>\n"
+                svg += "<text x=\"\(fmt(margin.left + 42))\" y=\"\(fmt(ly))\">\(escape(label))</text>\n"
+            }
         }
         svg += "</svg>\n"
         return svg
@@ -84,7 +98,7 @@ enum LatencyPlot {
         value == value.rounded() ? String(Int(value)) : String(format: "%g", value)
     }
 
-    private static func escape(_ text: String) -> String {
+    static func escape(_ text: String) -> String {
         text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
     }
 }

@@ -9,21 +9,34 @@ protocol BenchConnection: AnyObject {
     /// Requests this connection can take now (0 while connecting, draining or closed).
     var freeSlots: Int { get }
     var inFlight: Int { get }
-    func send(scheduledNanos: UInt64, nowNanos: UInt64)
+    func send(_ request: RequestTag, nowNanos: UInt64)
     /// Requests sent before `cutoffNanos` and still unanswered become `timeout` errors.
     func expire(sentBefore cutoffNanos: UInt64)
     func close()
 }
 
-/// The request every connection sends, built once per connection (the token may differ).
+/// The requests a connection sends, built once per connection: the settings' requests with the
+/// `Authorization` this connection uses for each (tokens may differ per connection).
 struct RequestTemplate: Sendable {
     var target: BenchTarget
-    var headers: [(String, String)]
+    var requests: [BenchRequest]
+}
+
+/// What a connection carries with an in-flight request and hands back with its outcome.
+struct RequestTag: Sendable {
+    /// When it was due: its latency runs from here (open loop), or from the send (closed loop).
+    var scheduled: UInt64
+    /// Index into the settings' requests.
+    var target: Int
+    /// Index into the scheduled stages; the warm-up when the run has one and this is 0.
+    var stage: Int
 }
 
 /// What the main task reads from a worker once per second and at the end.
 struct WorkerSnapshot: Sendable {
     var interval: BenchStats
+    /// Warm-up responses since the last snapshot (only counted, never recorded).
+    var warmupResponses: Int
     var sent: Int
     var inFlight: Int
     var waiting: Int
@@ -32,6 +45,12 @@ struct WorkerSnapshot: Sendable {
 
 struct WorkerResult: Sendable {
     var stats: BenchStats
+    var targetStats: [BenchStats]
+    var stageStats: [BenchStats]
+    /// Recorded requests sent, by target.
+    var targetSent: [Int]
+    /// Recorded requests scheduled, by stage (the warm-up left out).
+    var stageScheduled: [Int]
     var scheduled: Int
     var sent: Int
     var unsent: Int
@@ -59,6 +78,15 @@ final class LoopWorker {
 
     private var stats = BenchStats()
     private var interval = BenchStats()
+    private var targetStats: [BenchStats]
+    private var stageStats: [BenchStats]
+    private var targetSent: [Int]
+    private var picker: WeightedPicker
+    /// Stage 0 is the warm-up: sent, not recorded.
+    private let hasWarmup: Bool
+    private var warmupResponses = 0
+    /// Closed loop: requests sent before this go to the warm-up.
+    private var recordFrom: UInt64 = 0
     private var queue: OpenLoopQueue?
     private var sent = 0
     private var cursor = 0
@@ -76,6 +104,11 @@ final class LoopWorker {
         self.pendingInitial = connectionIndices.count
         self.readyPromise = loop.makePromise()
         self.finishedPromise = loop.makePromise()
+        self.hasWarmup = settings.warmupNanos > 0
+        self.targetStats = settings.requests.map { _ in BenchStats() }
+        self.stageStats = (0..<max(1, settings.stages.count)).map { _ in BenchStats() }
+        self.targetSent = Array(repeating: 0, count: settings.requests.count)
+        self.picker = WeightedPicker(weights: settings.requests.map(\.weight))
     }
 
     var now: UInt64 { NIODeadline.now().uptimeNanoseconds }
@@ -117,19 +150,31 @@ final class LoopWorker {
     }
 
     private func template(forConnection index: Int) -> RequestTemplate {
-        var headers = self.settings.headers
+        let now = Int(benchWallClockSeconds())
+        var secret: String? = nil
+        var runToken: String? = nil
         switch self.settings.authorization {
         case .none:
             break
         case .token(let token):
-            headers.append(("authorization", "Bearer \(token)"))
-        case .jwtSecret(let secret, let perConnection):
+            runToken = token
+        case .jwtSecret(let value, let perConnection):
+            secret = value
             // The secret was checked by the runner before any loop started.
-            if let token = try? BenchToken.mint(secret: secret, connection: perConnection ? index : nil, now: Int(benchWallClockSeconds())) {
-                headers.append(("authorization", "Bearer \(token)"))
-            }
+            runToken = try? BenchToken.mint(secret: value, connection: perConnection ? index : nil, now: now)
         }
-        return RequestTemplate(target: self.settings.target, headers: headers)
+        let requests = self.settings.requests.map { request in
+            var request = request
+            let token: String?
+            switch request.token {
+            case .runDefault: token = runToken
+            case .none: token = nil
+            case .minted(let claims): token = secret.flatMap { try? BenchToken.mint(secret: $0, claims: claims, connection: index, now: now) }
+            }
+            if let token { request.headers.append(BenchHeader("authorization", "Bearer \(token)")) }
+            return request
+        }
+        return RequestTemplate(target: self.settings.target, requests: requests)
     }
 
     /// The connection finished its handshake (TLS, ALPN) and can take requests.
@@ -163,7 +208,7 @@ final class LoopWorker {
         case .connecting:
             self.initialAttemptDone()
         case .ready, .running:
-            if self.phase == .running { self.record(error: .connect) }
+            if self.phase == .running && self.now >= self.recordFrom { self.record(error: .connect, nil) }
             self.loop.assumeIsolated().scheduleTask(in: .milliseconds(100)) {
                 if self.phase == .running || self.phase == .ready { self.connect(index) }
             }
@@ -183,8 +228,9 @@ final class LoopWorker {
     // MARK: Running
 
     /// Starts sending at `startNanos` (open loop: on `schedule`; closed loop: when `schedule` is nil).
-    func start(startNanos: UInt64, endNanos: UInt64, schedule: RequestSchedule?) -> EventLoopFuture<WorkerResult> {
-        if let schedule { self.queue = OpenLoopQueue(schedule: schedule, endNanos: endNanos) }
+    func start(startNanos: UInt64, endNanos: UInt64, schedule: StagedSchedule?) -> EventLoopFuture<WorkerResult> {
+        if let schedule { self.queue = OpenLoopQueue(schedule: schedule) }
+        self.recordFrom = startNanos + self.settings.warmupNanos
         let loop = self.loop.assumeIsolated()
         loop.scheduleTask(deadline: .uptimeNanoseconds(startNanos)) {
             self.phase = .running
@@ -204,19 +250,32 @@ final class LoopWorker {
         if var queue = self.queue {
             queue.advance(to: now)
             while queue.waiting > 0, let connection = self.nextFree() {
-                guard let scheduled = queue.takeNext() else { break }
-                connection.send(scheduledNanos: scheduled, nowNanos: now)
-                self.sent += 1
+                guard let (scheduled, stage) = queue.takeNextWithStage() else { break }
+                self.send(on: connection, scheduled: scheduled, stage: stage, now: now)
             }
             self.queue = queue
             if let next = queue.nextWakeup { self.arm(at: next) }
         } else {
+            let stage = self.hasWarmup && now >= self.recordFrom ? 1 : 0
             while let connection = self.nextFree() {
-                connection.send(scheduledNanos: now, nowNanos: now)
-                self.sent += 1
+                self.send(on: connection, scheduled: now, stage: stage, now: now)
             }
         }
     }
+
+    private func send(on connection: any BenchConnection, scheduled: UInt64, stage: Int, now: UInt64) {
+        let target = self.picker.next()
+        connection.send(RequestTag(scheduled: scheduled, target: target, stage: stage), nowNanos: now)
+        if self.isRecorded(stage) {
+            self.sent += 1
+            self.targetSent[target] += 1
+        }
+    }
+
+    private func isRecorded(_ stage: Int) -> Bool { !(self.hasWarmup && stage == 0) }
+
+    /// Index into the recorded stages (the warm-up is not one of them).
+    private func recordedStage(_ stage: Int) -> Int { self.hasWarmup ? stage - 1 : stage }
 
     /// The next connection with a free slot, round robin so load spreads over all of them.
     private func nextFree() -> (any BenchConnection)? {
@@ -282,8 +341,13 @@ final class LoopWorker {
         let finished = self.now
         for connection in Array(self.connections.values) { connection.close() }
         self.connections.removeAll()
+        var stageScheduled = self.queue?.schedule.segments.map(\.count) ?? [self.sent]
+        if self.hasWarmup && self.queue != nil { stageScheduled.removeFirst() }
+        let warmupScheduled = self.hasWarmup ? (self.queue?.schedule.segments.first?.count ?? 0) : 0
         self.finishedPromise.succeed(WorkerResult(
-            stats: self.stats, scheduled: self.queue?.total ?? self.sent, sent: self.sent,
+            stats: self.stats, targetStats: self.targetStats, stageStats: self.stageStats, targetSent: self.targetSent,
+            stageScheduled: stageScheduled,
+            scheduled: self.queue.map { $0.total - warmupScheduled } ?? self.sent, sent: self.sent,
             unsent: self.queue?.waiting ?? 0, finishedNanos: finished, readyConnections: self.everReady,
             firstConnectError: self.firstConnectError
         ))
@@ -291,30 +355,46 @@ final class LoopWorker {
 
     // MARK: Results (from connections)
 
-    func completed(scheduledNanos: UInt64, status: Int) {
-        let latency = openLoopLatencyMicros(scheduledNanos: scheduledNanos, completedNanos: self.now)
-        self.stats.recordResponse(status: status, latencyMicros: latency)
-        self.interval.recordResponse(status: status, latencyMicros: latency)
+    func completed(_ request: RequestTag, status: Int) {
+        if self.isRecorded(request.stage) {
+            let latency = openLoopLatencyMicros(scheduledNanos: request.scheduled, completedNanos: self.now)
+            let expected = self.settings.requests[request.target].expect.contains(status)
+            self.stats.recordResponse(status: status, latencyMicros: latency, expected: expected)
+            self.interval.recordResponse(status: status, latencyMicros: latency, expected: expected)
+            self.targetStats[request.target].recordResponse(status: status, latencyMicros: latency, expected: expected)
+            self.stageStats[self.recordedStage(request.stage)].recordResponse(status: status, latencyMicros: latency, expected: expected)
+        } else {
+            self.warmupResponses += 1
+        }
         self.pump()
         self.checkDrained()
     }
 
-    func failed(_ kind: BenchErrorKind) {
-        self.record(error: kind)
+    /// A request without a response; `request` nil for a failed connect, which belongs to none.
+    func failed(_ kind: BenchErrorKind, _ request: RequestTag?) {
+        self.record(error: kind, request)
         self.pump()
         self.checkDrained()
     }
 
-    private func record(error kind: BenchErrorKind) {
+    private func record(error kind: BenchErrorKind, _ request: RequestTag?) {
+        if let request, !self.isRecorded(request.stage) { return }
         self.stats.recordError(kind)
         self.interval.recordError(kind)
+        if let request {
+            self.targetStats[request.target].recordError(kind)
+            self.stageStats[self.recordedStage(request.stage)].recordError(kind)
+        }
     }
 
     /// The interval since the last snapshot (then reset) and the running totals.
     func snapshot() -> WorkerSnapshot {
-        defer { self.interval.reset() }
+        defer {
+            self.interval.reset()
+            self.warmupResponses = 0
+        }
         return WorkerSnapshot(
-            interval: self.interval, sent: self.sent,
+            interval: self.interval, warmupResponses: self.warmupResponses, sent: self.sent,
             inFlight: self.connections.values.reduce(0) { $0 + $1.inFlight }, waiting: self.queue?.waiting ?? 0,
             finished: self.phase == .finished
         )

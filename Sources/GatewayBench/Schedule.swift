@@ -44,12 +44,73 @@ struct RequestSchedule: Equatable {
     }
 }
 
+/// One stage of a run: a fixed rate held for a while (`ramp: [{rate: 1000, for: 30s}, ...]`).
+public struct BenchStage: Sendable, Equatable {
+    public var rate: Double
+    public var durationNanos: UInt64
+
+    public init(rate: Double, durationNanos: UInt64) {
+        self.rate = rate
+        self.durationNanos = durationNanos
+    }
+}
+
+/// A schedule made of consecutive stages, each a `RequestSchedule` of its own rate that ends where
+/// the next begins. Request indices run on across stages; `stage(of:)` says which stage a request
+/// belongs to (the first may be the unrecorded warm-up).
+struct StagedSchedule: Equatable {
+    struct Segment: Equatable {
+        let schedule: RequestSchedule
+        /// Index of this segment's first request in the whole schedule.
+        let first: Int
+        let count: Int
+    }
+
+    let segments: [Segment]
+    var total: Int { self.segments.last.map { $0.first + $0.count } ?? 0 }
+
+    init(_ parts: [(schedule: RequestSchedule, endNanos: UInt64)]) {
+        var first = 0
+        var segments: [Segment] = []
+        for part in parts {
+            let count = part.schedule.count(before: part.endNanos)
+            segments.append(Segment(schedule: part.schedule, first: first, count: count))
+            first += count
+        }
+        self.segments = segments
+    }
+
+    /// Index of the segment holding request `index` (the last one past the end).
+    func stage(of index: Int) -> Int {
+        for (position, segment) in self.segments.enumerated() where index < segment.first + segment.count { return position }
+        return max(0, self.segments.count - 1)
+    }
+
+    func sendTime(_ index: Int) -> UInt64 {
+        let segment = self.segments[self.stage(of: index)]
+        return segment.schedule.sendTime(index - segment.first)
+    }
+
+    /// Each loop's staged schedule: every stage's rate split by connections as `RequestSchedule.perLoop`.
+    static func perLoop(startNanos: UInt64, stages: [BenchStage], connectionsPerLoop: [Int]) -> [StagedSchedule] {
+        var perLoop: [[(schedule: RequestSchedule, endNanos: UInt64)]] = Array(repeating: [], count: connectionsPerLoop.count)
+        var stageStart = startNanos
+        for stage in stages {
+            let stageEnd = stageStart + stage.durationNanos
+            let parts = RequestSchedule.perLoop(startNanos: stageStart, totalRate: stage.rate, connectionsPerLoop: connectionsPerLoop)
+            for (loop, part) in parts.enumerated() { perLoop[loop].append((part, stageEnd)) }
+            stageStart = stageEnd
+        }
+        return perLoop.map(StagedSchedule.init)
+    }
+}
+
 /// Open-loop bookkeeping for one event loop: which scheduled requests are due, which of those are
 /// still waiting for a free connection slot, and when to wake up next. Requests that wait keep
 /// their scheduled time, so the wait counts in their latency (the coordinated-omission correction
 /// wrk2 made known: a stalled server shows as queueing latency, not as fewer samples).
 struct OpenLoopQueue {
-    let schedule: RequestSchedule
+    let schedule: StagedSchedule
     /// Index of the first request not scheduled any more (due at or after the end of the run).
     let total: Int
     /// First index not yet due.
@@ -57,9 +118,14 @@ struct OpenLoopQueue {
     /// First index not yet sent: `nextSend..<nextDue` are due and waiting for a slot.
     private(set) var nextSend = 0
 
-    init(schedule: RequestSchedule, endNanos: UInt64) {
+    init(schedule: StagedSchedule) {
         self.schedule = schedule
-        self.total = schedule.count(before: endNanos)
+        self.total = schedule.total
+    }
+
+    /// A single-rate schedule ending at `endNanos`.
+    init(schedule: RequestSchedule, endNanos: UInt64) {
+        self.init(schedule: StagedSchedule([(schedule, endNanos)]))
     }
 
     var waiting: Int { self.nextDue - self.nextSend }
@@ -76,9 +142,14 @@ struct OpenLoopQueue {
 
     /// The scheduled time of the oldest waiting request, now taken for sending.
     mutating func takeNext() -> UInt64? {
+        self.takeNextWithStage()?.scheduled
+    }
+
+    /// As `takeNext`, with the stage the request belongs to.
+    mutating func takeNextWithStage() -> (scheduled: UInt64, stage: Int)? {
         guard self.nextSend < self.nextDue else { return nil }
         defer { self.nextSend += 1 }
-        return self.schedule.sendTime(self.nextSend)
+        return (self.schedule.sendTime(self.nextSend), self.schedule.stage(of: self.nextSend))
     }
 
     /// When the next not-yet-due request becomes due; nil once all are due.

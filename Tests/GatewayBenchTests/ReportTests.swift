@@ -66,13 +66,14 @@ import Testing
         #expect(Set(json.keys) == [
             "url", "mode", "target_rate", "protocol", "tls", "connections", "streams", "threads", "duration_s", "elapsed_s",
             "throughput_rps", "requests", "latency_ms", "status_counts", "errors", "distribution", "timeline",
+            "warmup_s", "targets", "stages", "checks", "passed",
         ])
         #expect(json["mode"] as? String == "rate")
         #expect(json["target_rate"] as? Double == 500)
         #expect(json["protocol"] as? String == "h2")
         #expect(json["throughput_rps"] as? Double == 500.5)
         let latency = try #require(json["latency_ms"] as? [String: Double])
-        #expect(Set(latency.keys) == ["min", "mean", "stdev", "p50", "p90", "p99", "p99_9", "p99_99", "max"])
+        #expect(Set(latency.keys) == ["min", "mean", "stdev", "p50", "p75", "p90", "p95", "p99", "p99_9", "p99_99", "max"])
         #expect(abs(latency["p50"]! - 5.0) < 0.01)
         #expect(abs(latency["max"]! - 10.0) < 0.01)
         let requests = try #require(json["requests"] as? [String: Int])

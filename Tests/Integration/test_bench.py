@@ -19,7 +19,7 @@ def test_known_server_delay_reads_as_that_delay(tmp_path, upstream):
     base = f"http://127.0.0.1:{upstream.port}/api/bookings"
     common = ["--rate", "100", "--duration", "3s", "--connections", "4"]
     zero, _ = bench(tmp_path, base, *common, name="zero")
-    five, proc = bench(tmp_path, base + "?delay_ms=5", *common, name="five")
+    five, proc = bench(tmp_path, base + "?delay_ms=5", *common, "--progress", name="five")
     for report in (zero, five):
         assert report["mode"] == "rate" and report["protocol"] == "http/1.1"
         assert report["errors"]["total"] == 0
@@ -36,9 +36,13 @@ def test_known_server_delay_reads_as_that_delay(tmp_path, upstream):
     # moves a median by milliseconds.)
     added = p50 - zero["latency_ms"]["p50"]
     assert 4.0 <= added <= 25.0, (p50, zero["latency_ms"]["p50"])
-    # The text summary and a progress line per second.
+    # The text summary, the verdict last, and a progress line per second when asked for.
     assert "p50" in proc.stdout and "throughput" in proc.stdout
+    assert proc.stdout.splitlines()[-1].startswith("verdict: PASS (no thresholds)")
     assert sum(1 for line in proc.stderr.splitlines() if "req/s" in line) >= 3
+    # Without --progress and with stderr not a terminal (a CI log): no progress lines at all.
+    _, quiet = bench(tmp_path, base, "--rate", "50", "--duration", "1s", "--connections", "1", name="quiet")
+    assert "req/s" not in quiet.stderr, quiet.stderr
 
 
 def test_rate_above_capacity_shows_growing_latency(tmp_path, upstream):
@@ -98,9 +102,16 @@ def test_certificate_is_verified_unless_insecure(tmp_path, gateway):
     assert "certificate verification failed" in proc.stderr
 
 
-def test_usage_errors_exit_2():
-    for args in ([], ["--rate", "10", "--max"], ["--rate", "fast"], ["--token", "a", "--jwt-secret", "b", "--max"]):
+def test_usage_errors_exit_64():
+    # 64 (EX_USAGE) for every usage error, ours and swift-argument-parser's alike, so a CI job can
+    # tell a broken command line from a failed threshold (1).
+    for args in ([], ["--rate", "10", "--max"], ["--rate", "fast"], ["--token", "a", "--jwt-secret", "b", "--max"],
+                 ["--rate", "10", "--threshold", "p99<5"], ["--rate", "10", "--threshold", "latency<5ms"],
+                 ["--rate", "10", "--expect-status", "200,abc"], ["--rate", "10", "--body", "x", "--body-file", "y"]):
         proc = subprocess.run([str(GATEWAY), "bench", "--url", "http://127.0.0.1:9/", *args],
                               capture_output=True, text=True, timeout=30)
-        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.returncode == 64, (args, proc.stderr)
         assert "gateway bench:" in proc.stderr
+    proc = subprocess.run([str(GATEWAY), "bench", "--url", "http://127.0.0.1:9/", "--rate", "10", "--no-such-option"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 64, proc.stderr
