@@ -360,7 +360,7 @@ extension BenchReport {
         let statuses = self.status_counts.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", ")
         lines.append("  statuses     \(statuses.isEmpty ? "none" : statuses)")
         let kinds = self.errors.by_kind.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
-        lines.append("  errors       \(self.errors.total) (non-2xx \(self.errors.by_status.values.reduce(0, +)); \(kinds))")
+        lines.append("  errors       \(self.errors.total) (unexpected status \(self.errors.by_status.values.reduce(0, +)); \(kinds))")
         if self.warmup_s > 0 { lines.append(String(format: "  warm-up      %.1fs before the run, not recorded", self.warmup_s)) }
         func sectionLine(_ label: String, _ section: Section) -> String {
             let statuses = section.status_counts.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", ")

@@ -3,8 +3,22 @@ import Foundation
 import GatewayBench
 
 /// `gateway bench`: the built-in load generator (SPEC "Benchmarks"); the work is in GatewayBench.
+/// A run is the default subcommand, so `gateway bench --url …` runs one; `gateway bench compare`
+/// compares two reports (its own `--plot` does not collide with a run's).
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        abstract: "Load-test a URL or a scenario, judge it by thresholds, and compare runs.",
+        subcommands: [BenchRun.self, BenchCompareCommand.self],
+        defaultSubcommand: BenchRun.self
+    )
+
+    /// EX_USAGE, what swift-argument-parser itself exits with on a bad command line.
+    static let usageExitCode: Int32 = 64
+}
+
+struct BenchRun: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
         abstract: "Load-test a URL at a fixed rate (open loop) or at max throughput and report latency percentiles.",
         discussion: """
         Fixed rate (--rate R): request i is due at start + i/R and its latency is measured from that \
@@ -13,12 +27,8 @@ struct Bench: AsyncParsableCommand {
         A scenario file (--scenario) gives weighted targets, a ramp of stages and thresholds. \
         Exit status: 0 when every threshold holds, 1 when one fails or the run cannot be done, \
         64 on a usage error (a bad option, threshold or scenario file).
-        """,
-        subcommands: [BenchCompareCommand.self]
+        """
     )
-
-    /// EX_USAGE, what swift-argument-parser itself exits with on a bad command line.
-    static let usageExitCode: Int32 = 64
 
     @Option(help: "http:// or https:// URL to request (with --scenario: its scheme, host and port).") var url: String?
     @Option(help: "Scenario YAML: weighted targets, ramp stages, thresholds (see benchmarks/README.md).") var scenario: String?
@@ -57,7 +67,7 @@ struct Bench: AsyncParsableCommand {
             plan = try self.makePlan()
         } catch {
             FileHandle.standardError.write(Data("gateway bench: \(error)\n".utf8))
-            throw ExitCode(Self.usageExitCode)
+            throw ExitCode(Bench.usageExitCode)
         }
         let live = !self.quiet && !self.progress && isatty(STDERR_FILENO) == 1
         var report: BenchReport
@@ -136,7 +146,10 @@ struct Bench: AsyncParsableCommand {
         }
         var warmup = scenario?.warmupNanos ?? 0
         if let text = self.warmup {
-            guard let value = parseBenchDuration(text) else { throw BenchError.usage("--warmup: expected e.g. 5s") }
+            // 0 switches off a scenario's warm-up.
+            guard let value = ["0", "0s"].contains(text) ? 0 : parseBenchDuration(text) else {
+                throw BenchError.usage("--warmup: expected e.g. 5s (or 0 for none)")
+            }
             warmup = value
         }
         var timeout = scenario?.timeoutNanos ?? 10_000_000_000
