@@ -9,7 +9,9 @@ func benchWallClockSeconds() -> Double { Date().timeIntervalSince1970 }
 /// each), connects them all, starts every loop at the same scheduled instant, prints a progress
 /// line each second, then merges the loops' histograms into one report.
 public enum BenchRunner {
-    public static func run(_ settings: BenchSettings, url: String, progress: @escaping @Sendable (String) -> Void) async throws -> BenchReport {
+    /// What can be refused before any socket opens: a secret too short to sign with, a target that
+    /// mints tokens in a run without a secret.
+    public static func check(_ settings: BenchSettings) throws(BenchError) {
         if case .jwtSecret(let secret, _) = settings.authorization {
             do { _ = try BenchToken.mint(secret: secret, connection: nil, now: 0) } catch {
                 throw BenchError.usage("--jwt-secret: \(error)")
@@ -17,6 +19,10 @@ public enum BenchRunner {
         } else if settings.requests.contains(where: { if case .minted = $0.token { true } else { false } }) {
             throw BenchError.usage("a target mints tokens: give --jwt-secret (or jwt_secret_env in the scenario)")
         }
+    }
+
+    public static func run(_ settings: BenchSettings, url: String, progress: @escaping @Sendable (String) -> Void) async throws -> BenchReport {
+        try self.check(settings)
         let tls: TLSClientContext?
         if settings.target.tls {
             do { tls = try TLSClientContext(alpn: settings.http2 ? ["h2"] : ["http/1.1"], insecure: settings.insecure) } catch {

@@ -232,6 +232,7 @@ struct BenchRun: AsyncParsableCommand {
             progress: !self.quiet && (self.progress || isatty(STDERR_FILENO) == 1),
             requests: requests, stages: stages, warmupNanos: warmup
         )
+        try BenchRunner.check(settings)
         return Plan(settings: settings, url: url, thresholds: thresholds, targetThresholds: targetThresholds)
     }
 }

@@ -107,7 +107,8 @@ def test_usage_errors_exit_64():
     # tell a broken command line from a failed threshold (1).
     for args in ([], ["--rate", "10", "--max"], ["--rate", "fast"], ["--token", "a", "--jwt-secret", "b", "--max"],
                  ["--rate", "10", "--threshold", "p99<5"], ["--rate", "10", "--threshold", "latency<5ms"],
-                 ["--rate", "10", "--expect-status", "200,abc"], ["--rate", "10", "--body", "x", "--body-file", "y"]):
+                 ["--rate", "10", "--expect-status", "200,abc"], ["--rate", "10", "--body", "x", "--body-file", "y"],
+                 ["--rate", "10", "--jwt-secret", "too-short"], ["--rate", "10", "--warmup", "soon"]):
         proc = subprocess.run([str(GATEWAY), "bench", "--url", "http://127.0.0.1:9/", *args],
                               capture_output=True, text=True, timeout=30)
         assert proc.returncode == 64, (args, proc.stderr)

@@ -246,6 +246,15 @@ def test_bad_scenario_files_are_usage_errors_with_paths(tmp_path):
     assert proc.returncode == 64
     assert f"gateway bench: {bad}: targets[0].wieght: unknown key (did you mean 'weight'?)" in proc.stderr
     assert f"gateway bench: {bad}: targets[1].path: expected an origin-form path" in proc.stderr
+    # A target that mints tokens needs a secret; the example names its variable, which is unset here.
+    minted = tmp_path / "minted.yaml"
+    minted.write_text("url: http://127.0.0.1:9\nrate: 10\ntargets: [{ path: /a, token: per_connection }]\n")
+    proc = run_bench("--scenario", str(minted))
+    assert proc.returncode == 64 and "a target mints tokens: give --jwt-secret" in proc.stderr
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_JWT_SECRET"}
+    proc = subprocess.run([str(GATEWAY), "bench", "--scenario", str(ROOT / "benchmarks/scenarios/booking-api.yaml")],
+                          capture_output=True, text=True, timeout=30, env=env)
+    assert proc.returncode == 64 and "BENCH_JWT_SECRET is not set" in proc.stderr
 
 
 def test_the_example_scenario_through_a_rate_limited_gateway(tmp_path, limited_gateway):
