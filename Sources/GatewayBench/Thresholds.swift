@@ -101,6 +101,8 @@ public struct BenchThreshold: Sendable, Equatable, CustomStringConvertible {
     func observed(in section: BenchReport.Section) -> Double {
         switch self.metric {
         case .latency(let name):
+            // No response, no latency: a bound on it cannot hold (a 0 would pass any `<`).
+            guard section.completed > 0 else { return .nan }
             return section.latency_ms.value(named: name) ?? .nan
         case .errors(let share):
             guard share else { return Double(section.errors.total) }

@@ -59,6 +59,14 @@ import Testing
         #expect(try holds("status:200>=100%") && holds("status:429<1"))
     }
 
+    @Test func latencyBoundsFailWithoutResponses() throws {
+        let report = self.report(latencies: [], timeouts: 3)
+        let check = try BenchThreshold(parsing: "p99<5ms").evaluate(report.total)
+        #expect(!check.holds && check.observed_text == "n/a")
+        #expect(try !BenchThreshold(parsing: "max>=0ms").evaluate(report.total).holds)
+        #expect(try BenchThreshold(parsing: "errors>=100%").evaluate(report.total).holds)
+    }
+
     @Test func errorSharesAndRateCountEveryOutcome() throws {
         // 995 answered (990 OK, 5 × 503) and 5 timeouts; 1100 were scheduled.
         let report = self.report(latencies: Array(repeating: 1000, count: 990), statuses: [503: 5], timeouts: 5, scheduled: 1100)

@@ -179,6 +179,9 @@ def parse_hgrm(text):
             points.append(tuple(float(f) for f in fields))
         else:
             last = (float(fields[0]), float(fields[1]), int(fields[2]))
+    # hdr-plot (the wrk2/HdrHistogram plotting script) takes every line its regex matches at the start.
+    hdr_plot = re.compile(r"\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)")
+    assert [tuple(float(f) for f in m.groups()) for m in map(hdr_plot.match, lines) if m] == points
     footer = {}
     for line in lines:
         for m in re.finditer(r"(\w[\w ]*?)\s*=\s*([\d.]+)", line[2:-1] if line.startswith("#[") else ""):
