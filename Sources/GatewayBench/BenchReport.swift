@@ -349,8 +349,12 @@ extension BenchReport {
             ms >= 1000 ? String(format: "%.2fs", ms / 1000) : ms >= 1 ? String(format: "%.2fms", ms) : String(format: "%.0fus", ms * 1000)
         }
         var lines: [String] = []
-        let what = self.mode == "rate" ? String(format: "fixed rate %.0f req/s (open loop, latency from scheduled send time)", self.target_rate ?? 0)
+        var what = self.mode == "rate" ? String(format: "fixed rate %.0f req/s (open loop, latency from scheduled send time)", self.target_rate ?? 0)
             : "max throughput (closed loop)"
+        if self.stages.count > 1 {
+            let ramp = self.stages.map { String(format: "%.0f/s for %.0fs", $0.target_rate ?? 0, $0.duration_s ?? 0) }.joined(separator: ", ")
+            what = "ramp \(ramp) (open loop, latency from scheduled send time)"
+        }
         lines.append("\(self.url): \(what)")
         lines.append("  \(self.tls ? "TLS " : "")\(self.protocol_), \(self.connections) connections x \(self.streams) streams, "
             + "\(self.threads) threads, " + String(format: "%.1fs", self.duration_s))

@@ -102,7 +102,10 @@ public enum BenchRunner {
         let warmupSeconds = Int((settings.warmupNanos + 999_999_999) / 1_000_000_000)
         let stageEnds = settings.stages.reduce(into: [UInt64]()) { $0.append(($0.last ?? recordedStart) + $1.durationNanos) }
         while true {
-            let tick = start + UInt64(second) * 1_000_000_000
+            // Warm-up ticks end at the recorded start, so recorded seconds line up with it.
+            let tick = second <= warmupSeconds
+                ? min(start + UInt64(second) * 1_000_000_000, recordedStart)
+                : recordedStart + UInt64(second - warmupSeconds) * 1_000_000_000
             let now = NIODeadline.now().uptimeNanoseconds
             if tick > now { try? await Task.sleep(nanoseconds: tick - now) }
             var snapshots: [WorkerSnapshot] = []

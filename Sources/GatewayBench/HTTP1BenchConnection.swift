@@ -26,7 +26,9 @@ final class HTTP1BenchConnection: ChannelInboundHandler, BenchConnection {
         self.tls = tls
         self.requests = template.requests.map { request in
             var headers = HTTPHeaders([("host", template.target.authority), ("user-agent", "gateway-bench")])
-            for header in request.headers where header.name.lowercased() != "host" || headers.first(name: "host") == nil {
+            for header in request.headers {
+                // A Host of the request's own replaces the URL's (virtual hosts behind one address).
+                if header.name.lowercased() == "host" { headers.remove(name: "host") }
                 headers.add(name: header.name, value: header.value)
             }
             if request.sendsContentLength && !headers.contains(name: "content-length") {

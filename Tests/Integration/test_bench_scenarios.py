@@ -289,3 +289,32 @@ def test_the_example_scenario_through_a_rate_limited_gateway(tmp_path, limited_g
     assert targets["login-burst"]["status_counts"] == {"404": 5, "429": logins - 5}
     assert checks[("target login-burst", "status:429>=80%")]["holds"] is (logins - 5 >= 0.8 * logins)
     parse_hgrm(hgrm.read_text())
+
+
+def test_ramp_stages_and_warmup(tmp_path, upstream):
+    scenario = tmp_path / "ramp.yaml"
+    scenario.write_text(textwrap.dedent(f"""\
+        url: http://127.0.0.1:{upstream.port}/api/bookings
+        connections: 4
+        warmup: 500ms
+        ramp: [{{rate: 50, for: 1s}}, {{rate: 150, for: 1s}}]
+        """))
+    before = upstream.stats()["requests"]
+    out = tmp_path / "ramp.json"
+    proc = run_bench("--scenario", str(scenario), "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "ramp 50/s for 1s, 150/s for 1s" in proc.stdout
+    report = json.loads(out.read_text())
+    stages = report["stages"]
+    assert [(s["name"], s["target_rate"], s["duration_s"], s["scheduled"]) for s in stages] == [
+        ("stage 1", 50, 1, 50), ("stage 2", 150, 1, 150)]
+    assert report["requests"]["scheduled"] == 200 and report["warmup_s"] == 0.5
+    assert report["target_rate"] == 100  # the mean over the stages
+    for stage in stages:
+        assert stage["completed"] >= 0.9 * stage["scheduled"] and stage["errors"]["total"] == 0
+    # The warm-up's 25 requests reached the server but no figure: the totals are the stages'.
+    sent = report["requests"]["sent"]
+    assert report["requests"]["completed"] == sent == sum(s["completed"] for s in stages)
+    assert upstream.stats()["requests"] - before == 25 + sent
+    # The timeline counts seconds from the end of the warm-up.
+    assert [t["second"] for t in report["timeline"]][:2] == [1, 2]
