@@ -76,7 +76,7 @@ struct BenchRun: AsyncParsableCommand {
                 // On a terminal the line is rewritten in place; elsewhere (CI logs) one line a second.
                 FileHandle.standardError.write(Data((live ? "\r\u{1B}[K" + line : line + "\n").utf8))
             }
-        } catch let error as BenchError {
+        } catch {
             if live { FileHandle.standardError.write(Data("\n".utf8)) }
             FileHandle.standardError.write(Data("gateway bench: \(error)\n".utf8))
             throw ExitCode(1)
