@@ -128,4 +128,48 @@ struct TraceContextTests {
         ]))
         #expect(TraceContext(traceparent: try RequestValidator.inspect(single).get().traceparent).continued)
     }
+
+    @Test func sampledRequestsReachAPluggedInExporterAndOthersCostNothing() throws {
+        let exporter = RecordingExporter(samplesNew: true)
+        let observability = Observability(accessLog: false, spanExporter: exporter)
+        #expect(observability.samplesNewTraces)
+        var record = RequestRecord(method: "GET", target: "/api/x?q=1", protocolName: "HTTP/2")
+        record.route = "api"
+        record.status = 200
+        record.source = .upstream
+        record.trace = TraceContext(traceparent: Self.valid)
+        observability.finished(record, tlsVersion: nil)
+        record.trace = TraceContext(traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+        observability.finished(record, tlsVersion: nil)
+        let spans = exporter.spans
+        #expect(spans.count == 1)
+        let span = try #require(spans.first)
+        #expect(span.trace.traceIDString == "4bf92f3577b34da6a3ce929d0e0e4736" && span.trace.parentSpanIDString == "00f067aa0ba902b7")
+        #expect(span.name == "api" && span.status == 200 && span.source == .upstream && span.method == "GET")
+        #expect(span.startNanoseconds <= span.endNanoseconds && span.endNanoseconds > 1_700_000_000 * 1_000_000_000)
+        // Without an exporter nothing asks for a sample.
+        #expect(!Observability(accessLog: false).samplesNewTraces)
+    }
+}
+
+final class RecordingExporter: SpanExporter, @unchecked Sendable {
+    private let lock = NSLock()
+    private var recorded: [FinishedSpan] = []
+    let samplesNew: Bool
+
+    init(samplesNew: Bool) { self.samplesNew = samplesNew }
+
+    func samplesNewTrace() -> Bool { self.samplesNew }
+
+    func export(_ span: FinishedSpan) {
+        self.lock.lock()
+        self.recorded.append(span)
+        self.lock.unlock()
+    }
+
+    var spans: [FinishedSpan] {
+        self.lock.lock()
+        defer { self.lock.unlock() }
+        return self.recorded
+    }
 }

@@ -294,6 +294,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             exchange.cancel()
             self.current!.exchange = nil
             if current.responseStarted {
+                self.current!.record.source = .payloadTooLarge
                 self.close()
             } else {
                 self.writeLocal(
@@ -534,6 +535,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.current!.exchange = nil
         self.pendingStart = nil
         if current.responseStarted {
+            self.current!.record.source = .requestTimeout
             self.close()
         } else {
             self.writeLocal(

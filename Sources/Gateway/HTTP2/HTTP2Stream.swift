@@ -154,6 +154,7 @@ final class HTTP2Stream: DownstreamResponder {
             exchange.cancel()
             self.exchange = nil
             if self.responseSubmitted {
+                self.record.source = .payloadTooLarge
                 self.connection.resetStream(self.id, internalError: false)
             } else {
                 let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
@@ -211,6 +212,7 @@ final class HTTP2Stream: DownstreamResponder {
         if self.responseComplete && self.responseQueue.isEmpty {
             self.connection.resetWithoutError(self.id)
         } else if self.responseSubmitted {
+            self.record.source = .requestTimeout
             self.connection.resetStream(self.id, internalError: false)
         } else {
             self.resetsWhenAnswered = true
