@@ -156,6 +156,18 @@ def test_every_gateway_made_response_names_its_source(gw):
         get("src-timeout", "/api/bookings?delay_ms=2600", 504, "gateway:upstream_timeout")
         get("src-health", "/health/live", 200, "gateway:health")
 
+    # HTTP/2 streams get the same verdicts.
+    with httpx.Client(verify=False, http2=True, timeout=10) as c:
+        for rid, path, status, source in (("h2-noroute", "/nowhere", 404, "gateway:no_route"),
+                                          ("h2-auth", "/secure/x", 401, "gateway:auth"),
+                                          ("h2-limited", "/limited/x", 429, "gateway:rate_limited"),
+                                          ("h2-connect", "/dead/x", 502, "gateway:upstream_connect"),
+                                          ("h2-reset", "/fake/reset", 502, "gateway:upstream_reset"),
+                                          ("h2-upstream", "/api/bookings", 200, "upstream")):
+            r = c.get(gw.url(path), headers={"X-Request-Id": rid})
+            assert r.http_version == "HTTP/2" and r.status_code == status, (rid, r.status_code)
+            cases.append((rid, status, source))
+
     for rid, status, source in cases:
         line = by_id(gw, rid)
         assert (line["status"], line["source"]) == (status, source), line
@@ -185,6 +197,8 @@ def test_every_gateway_made_response_names_its_source(gw):
     assert metric(samples, "gateway_requests_total", route="dead", method="GET", status="502", protocol="HTTP/1.1",
                   source="gateway:upstream_connect") == 1
     assert metric(samples, "gateway_requests_total", route="fake", method="GET", status="502", protocol="HTTP/1.1",
+                  source="gateway:upstream_reset") == 1
+    assert metric(samples, "gateway_requests_total", route="fake", method="GET", status="502", protocol="HTTP/2",
                   source="gateway:upstream_reset") == 1
     assert metric(samples, "gateway_requests_total", route="limited", method="GET", status="429", protocol="HTTP/1.1",
                   source="gateway:rate_limited") == 1
