@@ -105,9 +105,8 @@ final class Observability: Sendable {
             source: source, seconds: seconds, upstreamSeconds: upstreamSeconds
         )
         if let reason = record.jwtRejection { self.metrics.jwtRejections.increment([reason]) }
-        let now = Date()
         if let exporter = self.spanExporter, let trace = record.trace, trace.sampled {
-            let end = UInt64(max(0, now.timeIntervalSince1970 * 1e9))
+            let end = UInt64(max(0, Date().timeIntervalSince1970 * 1e9))
             exporter.export(FinishedSpan(
                 trace: trace, name: record.route, startNanoseconds: end - min(end, UInt64(max(0, elapsed))),
                 endNanoseconds: end, method: record.method, status: record.status, source: source,
@@ -116,7 +115,7 @@ final class Observability: Sendable {
         }
         guard let accessLog = self.accessLog else { return }
         var line = AccessLogRecord(
-            time: now, requestID: record.requestID, clientIP: record.clientIP, method: record.method,
+            time: Date(), requestID: record.requestID, clientIP: record.clientIP, method: record.method,
             route: record.route, path: record.path, status: record.status, bytesIn: record.bytesIn,
             bytesOut: record.bytesOut, durationSeconds: seconds, upstreamSeconds: upstreamSeconds,
             protocolName: record.protocolName, tlsVersion: tlsVersion, rateLimit: record.rateLimit,
