@@ -263,6 +263,9 @@ def test_per_endpoint_series_and_pool_gauges(gw, upstream):
     # Keep-alive: the connection that served the requests stays open, and none is busy.
     assert metric(samples, "gateway_upstream_connections", **booking, state="open") >= 1
     assert metric(samples, "gateway_upstream_connections", **booking, state="in_use") == 0
+    r = httpx.get(gw.url("/metrics", listener="admin"), headers={"X-Request-Id": "admin-1"}, timeout=5)
+    assert r.status_code == 200
+    assert by_id(gw, "admin-1")["source"] == "gateway:admin"
 
 
 def echoed_headers(response):
