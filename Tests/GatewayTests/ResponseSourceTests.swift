@@ -118,6 +118,40 @@ struct ResponseSourceTests {
         #expect(text.contains("gateway_upstream_connections{\(labels),state=\"in_use\"} 1\n"))
     }
 
+    @Test func pendingRequestsGaugeFollowsThePoolsWaiters() throws {
+        let loop = EmbeddedEventLoop()
+        let endpoint = UpstreamEndpoint(host: "127.0.0.1", port: 3001)
+        let settings = UpstreamSettings(connectTimeout: .seconds(1), responseTimeout: .seconds(5), maxConnections: 1, idleTimeout: .seconds(4))
+        let pool = UpstreamConnectionPool(eventLoop: loop) { _, _, handler in
+            let channel = EmbeddedChannel(loop: loop)
+            do {
+                try UpstreamConnectionPool.addHandlers(to: channel, ending: handler)
+                try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 3001)).wait()
+            } catch {
+                return loop.makeFailedFuture(error)
+            }
+            return loop.makeSucceededFuture(channel)
+        }
+        var results: [Result<UpstreamConnection, any Error>?] = [nil, nil, nil]
+        for index in 0..<3 {
+            pool.acquire(endpoint, settings: settings).assumeIsolated().whenComplete { results[index] = $0 }
+        }
+        let first = try #require(results[0]).get()
+        #expect(results[1] == nil && results[2] == nil)
+        #expect(endpoint.stats.waiting.load(ordering: .relaxed) == 2)
+        pool.release(first, reusable: true, settings: settings)
+        #expect(try #require(results[1]).get() === first)
+        #expect(endpoint.stats.waiting.load(ordering: .relaxed) == 1)
+        // The last one gives up after `connect_timeout` (503 upstream_busy).
+        loop.advanceTime(by: .seconds(1))
+        #expect(throws: UpstreamAcquireError.self) { try #require(results[2]).get() }
+        #expect(endpoint.stats.waiting.load(ordering: .relaxed) == 0)
+        let cluster = UpstreamCluster(name: "booking", endpoints: [endpoint], settings: settings)
+        #expect(GatewayMetrics.renderEndpoints([cluster]).contains(
+            #"gateway_upstream_pending_requests{upstream="booking",endpoint="127.0.0.1:3001"} 0"# + "\n"
+        ))
+    }
+
     // MARK: - Through the HTTP/1.1 handler
 
     /// `/api/` goes to `booking`, whose only endpoint is ejected: an exchange fails 503 as it starts.

@@ -268,6 +268,8 @@ final class EndpointStats: Sendable {
     }
 
     private let counts = Mutex(Counts())
+    /// Requests waiting on any event loop for a connection slot (`max_connections` reached).
+    let waiting = Atomic<Int>(0)
 
     init() {}
 
@@ -332,6 +334,12 @@ extension GatewayMetrics {
             let inUse = endpoint.outstanding.load(ordering: .relaxed)
             out += "gateway_upstream_connections" + labelText(["upstream", "endpoint", "state"], [upstream, endpoint.key, "open"]) + " \(open)\n"
             out += "gateway_upstream_connections" + labelText(["upstream", "endpoint", "state"], [upstream, endpoint.key, "in_use"]) + " \(inUse)\n"
+        }
+        out += "# HELP gateway_upstream_pending_requests Requests waiting for a connection slot (max_connections reached).\n"
+        out += "# TYPE gateway_upstream_pending_requests gauge\n"
+        for (upstream, endpoint, _) in endpoints {
+            out += "gateway_upstream_pending_requests" + labelText(["upstream", "endpoint"], [upstream, endpoint.key])
+                + " \(endpoint.stats.waiting.load(ordering: .relaxed))\n"
         }
         return out
     }
