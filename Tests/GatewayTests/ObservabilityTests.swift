@@ -19,7 +19,7 @@ struct ObservabilityTests {
         ] {
             #expect(text.contains("# TYPE \(series) "), "\(series)")
         }
-        #expect(text.contains(#"gateway_requests_total{route="api",method="GET",status="200",protocol="HTTP/2"} 1"#))
+        #expect(text.contains(#"gateway_requests_total{route="api",method="GET",status="200",protocol="HTTP/2",source="upstream"} 1"#))
         // Unknown methods do not become label values.
         #expect(text.contains(#"method="OTHER",status="405""#) && !text.contains("BREW"))
         #expect(text.contains(#"gateway_request_duration_seconds_bucket{route="api",le="0.0005"} 1"#))

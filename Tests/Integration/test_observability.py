@@ -17,8 +17,8 @@ def scrape(gw):
 
 def test_metrics_move_as_requests_pass(gateway):
     _, before = scrape(gateway)
-    key = 'gateway_requests_total{route="api",method="GET",status="200",protocol="HTTP/1.1"}'
-    key2 = 'gateway_requests_total{route="api",method="GET",status="200",protocol="HTTP/2"}'
+    key = 'gateway_requests_total{route="api",method="GET",status="200",protocol="HTTP/1.1",source="upstream"}'
+    key2 = 'gateway_requests_total{route="api",method="GET",status="200",protocol="HTTP/2",source="upstream"}'
     with httpx.Client(verify=False) as c:
         for _ in range(3):
             assert c.get(gateway.url("/api/bookings")).status_code == 200
@@ -29,7 +29,7 @@ def test_metrics_move_as_requests_pass(gateway):
     text, after = scrape(gateway)
     assert after[key] - before.get(key, 0) == 3
     assert after[key2] - before.get(key2, 0) == 2
-    assert after['gateway_requests_total{route="-",method="GET",status="404",protocol="HTTP/2"}'] >= 1
+    assert after['gateway_requests_total{route="-",method="GET",status="404",protocol="HTTP/2",source="gateway:no_route"}'] >= 1
     assert after['gateway_request_duration_seconds_count{route="api"}'] >= 5
     assert after['gateway_upstream_duration_seconds_count{route="api"}'] >= 5
     assert 'gateway_request_duration_seconds_bucket{route="api",le="0.0005"}' in text

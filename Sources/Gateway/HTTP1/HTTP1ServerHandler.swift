@@ -294,10 +294,13 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             exchange.cancel()
             self.current!.exchange = nil
             if current.responseStarted {
+                self.current!.record.source = .payloadTooLarge
                 self.close()
             } else {
                 self.writeLocal(
-                    GatewayError.payloadTooLarge.response(requestID: current.requestID, allocator: self.context.channel.allocator),
+                    GatewayError.payloadTooLarge.response(
+                        requestID: current.requestID, trace: current.record.trace, allocator: self.context.channel.allocator
+                    ),
                     forceClose: true
                 )
             }
@@ -457,6 +460,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.current!.responseStarted = true
         self.current!.responseEnded = true
         self.current!.record.status = Int(response.status.code)
+        self.current!.record.source = response.source
         self.current!.record.bytesOut += current.method == .HEAD ? 0 : response.body.readableBytes
         if closing { self.current!.keepAlive = false }
         context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: current.version.major == 1 && current.version.minor == 0 ? .http1_0 : .http1_1, status: response.status, headers: headers))), promise: nil)
@@ -531,10 +535,13 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.current!.exchange = nil
         self.pendingStart = nil
         if current.responseStarted {
+            self.current!.record.source = .requestTimeout
             self.close()
         } else {
             self.writeLocal(
-                GatewayError.bodyTimeout.response(requestID: current.requestID, allocator: self.context.channel.allocator),
+                GatewayError.bodyTimeout.response(
+                    requestID: current.requestID, trace: current.record.trace, allocator: self.context.channel.allocator
+                ),
                 forceClose: true
             )
         }
@@ -585,7 +592,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         guard !current.record.logged else { return }
         var record = current.record
         if record.requestID.isEmpty { record.requestID = current.requestID }
-        if !current.responseEnded && record.status == 0 { record.status = 499 }
+        record.settle(responseComplete: current.responseEnded, exchange: current.exchange)
         self.services.observability.finished(record, tlsVersion: self.services.tlsVersion)
     }
 

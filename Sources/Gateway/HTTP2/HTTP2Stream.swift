@@ -154,10 +154,11 @@ final class HTTP2Stream: DownstreamResponder {
             exchange.cancel()
             self.exchange = nil
             if self.responseSubmitted {
+                self.record.source = .payloadTooLarge
                 self.connection.resetStream(self.id, internalError: false)
             } else {
                 let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
-                self.respondLocally(GatewayError.payloadTooLarge.response(requestID: self.requestID, allocator: allocator))
+                self.respondLocally(GatewayError.payloadTooLarge.response(requestID: self.requestID, trace: self.record.trace, allocator: allocator))
             }
             return
         }
@@ -211,11 +212,12 @@ final class HTTP2Stream: DownstreamResponder {
         if self.responseComplete && self.responseQueue.isEmpty {
             self.connection.resetWithoutError(self.id)
         } else if self.responseSubmitted {
+            self.record.source = .requestTimeout
             self.connection.resetStream(self.id, internalError: false)
         } else {
             self.resetsWhenAnswered = true
             let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
-            self.respondLocally(GatewayError.bodyTimeout.response(requestID: self.requestID, allocator: allocator))
+            self.respondLocally(GatewayError.bodyTimeout.response(requestID: self.requestID, trace: self.record.trace, allocator: allocator))
         }
     }
 
@@ -231,8 +233,7 @@ final class HTTP2Stream: DownstreamResponder {
         if self.headComplete && !self.record.logged {
             self.record.logged = true
             if self.record.requestID.isEmpty { self.record.requestID = self.requestID }
-            // Reset before any response: logged as 499 (client closed), as nginx does.
-            if self.record.status == 0 { self.record.status = 499 }
+            self.record.settle(responseComplete: self.responseComplete && self.responseQueue.isEmpty, exchange: nil)
             self.connection.services.observability.finished(self.record, tlsVersion: self.connection.services.tlsVersion)
         }
         self.responseQueue.removeAll()
@@ -252,6 +253,7 @@ final class HTTP2Stream: DownstreamResponder {
         self.responseComplete = true
         self.responseSubmitted = true
         self.record.status = Int(response.status.code)
+        self.record.source = response.source
         if hasBody { self.record.bytesOut += response.body.readableBytes }
         self.connection.submitResponse(streamID: self.id, status: Int(response.status.code), headers: headers, hasBody: hasBody)
         self.connection.flushSoon()
@@ -348,6 +350,7 @@ final class HTTP2Stream: DownstreamResponder {
     }
 
     func abortResponse(for exchange: ProxyExchange) {
+        if let exchange = self.exchange { self.record.note(exchange) }
         self.exchange = nil
         self.connection.resetStream(self.id, internalError: true)
     }

@@ -23,6 +23,15 @@ struct AccessLogRecord {
     var rateLimit: String?
     var subjectHash: String?
     var upstreamEndpoint: String?
+    /// Why the response happened (`ResponseSource.name`).
+    var source: ResponseSource = .local
+    var host: String? = nil
+    /// Logged truncated to `userAgentLimit` bytes: the header is client-controlled and unbounded.
+    var userAgent: String? = nil
+    var upstreamStatus: Int? = nil
+    var trace: TraceContext? = nil
+
+    static let userAgentLimit = 256
 
     /// One JSON object, no trailing newline. Written by the log thread, not the event loops.
     func json() -> String {
@@ -63,7 +72,31 @@ struct AccessLogRecord {
         field("rate_limit", self.rateLimit)
         field("subject_hash", self.subjectHash)
         field("upstream", self.upstreamEndpoint)
+        if let upstreamStatus { out += ",\"upstream_status\":\(upstreamStatus)" }
+        field("source", self.source.name)
+        field("host", self.host)
+        field("user_agent", self.userAgent.map(Self.truncatedUserAgent))
+        if let trace {
+            field("trace_id", trace.traceIDString)
+            field("span_id", trace.spanIDString)
+            if trace.continued { field("parent_span_id", trace.parentSpanIDString) }
+            out += trace.sampled ? ",\"sampled\":true" : ",\"sampled\":false"
+        }
         return out + "}"
+    }
+
+    /// At most `userAgentLimit` bytes, cut at a character boundary.
+    static func truncatedUserAgent(_ value: String) -> String {
+        guard value.utf8.count > userAgentLimit else { return value }
+        var kept = 0
+        var end = value.unicodeScalars.startIndex
+        for index in value.unicodeScalars.indices {
+            let size = UTF8.width(value.unicodeScalars[index])
+            if kept + size > userAgentLimit { break }
+            kept += size
+            end = value.unicodeScalars.index(after: index)
+        }
+        return String(value.unicodeScalars[..<end])
     }
 
     static func timestamp(_ date: Date) -> String {
@@ -197,5 +230,6 @@ extension AccessLogRecord {
     var estimatedBytes: Int {
         MemoryLayout<AccessLogRecord>.stride + 256 + self.path.base.utf8.count + self.requestID.utf8.count
             + self.route.utf8.count + self.method.utf8.count + self.clientIP.utf8.count
+            + (self.host?.utf8.count ?? 0) + (self.userAgent?.utf8.count ?? 0)
     }
 }

@@ -81,6 +81,7 @@ private final class RouteSeries {
         var method: String
         var status: Int
         var protocolName: String
+        var source: ResponseSource
     }
 
     /// Boxed so that counting a known series reads the dictionary instead of modifying it.
@@ -120,10 +121,11 @@ final class GatewayMetrics: Sendable {
     init() {}
 
     func recordRequest(
-        route: String, method: String, status: Int, protocolName: String, seconds: Double, upstreamSeconds: Double?
+        route: String, method: String, status: Int, protocolName: String, source: ResponseSource = .upstream,
+        seconds: Double, upstreamSeconds: Double?
     ) {
         let methodLabel = Self.knownMethods.contains(method) ? method : "OTHER"
-        let key = RouteSeries.CountKey(method: methodLabel, status: status, protocolName: protocolName)
+        let key = RouteSeries.CountKey(method: methodLabel, status: status, protocolName: protocolName, source: source)
         self.routes.withLock { routes in
             let series: RouteSeries
             if let known = routes[route] {
@@ -178,13 +180,17 @@ final class GatewayMetrics: Sendable {
                 out += "\(name)_count" + Self.labelText(["route"], [route]) + " \(count)\n"
             }
         }
-        out += "# HELP gateway_requests_total Requests answered, by route, method, status and protocol.\n"
+        out += "# HELP gateway_requests_total Requests answered, by route, method, status, protocol and source (why).\n"
         out += "# TYPE gateway_requests_total counter\n"
         for row in rows {
-            let counts = row.counts.sorted { ($0.0.method, $0.0.status, $0.0.protocolName) < ($1.0.method, $1.0.status, $1.0.protocolName) }
+            let counts = row.counts.sorted {
+                ($0.0.method, $0.0.status, $0.0.protocolName, $0.0.source.rawValue)
+                    < ($1.0.method, $1.0.status, $1.0.protocolName, $1.0.source.rawValue)
+            }
             for (key, count) in counts {
                 out += "gateway_requests_total" + Self.labelText(
-                    ["route", "method", "status", "protocol"], [row.route, key.method, String(key.status), key.protocolName]
+                    ["route", "method", "status", "protocol", "source"],
+                    [row.route, key.method, String(key.status), key.protocolName, key.source.name]
                 ) + " \(count)\n"
             }
         }
@@ -223,5 +229,118 @@ final class GatewayMetrics: Sendable {
     static func number(_ value: Double) -> String {
         if value == value.rounded() && abs(value) < 1e15 { return String(Int64(value)) }
         return String(value)
+    }
+}
+
+/// The series of one upstream endpoint, held by the endpoint itself: a request records through
+/// the endpoint it was sent to, with no lookup by label. One lock per observation.
+final class EndpointStats: Sendable {
+    /// What went wrong with an upstream request, for `gateway_upstream_endpoint_errors_total{kind}`.
+    enum ErrorKind: Int, CaseIterable {
+        /// The TCP connect failed or timed out.
+        case connect
+        /// `max_connections` reached and none freed within `connect_timeout`.
+        case poolExhausted
+        /// No response head within `response_timeout`.
+        case timeout
+        /// The connection closed or reset after the request went out.
+        case reset
+        /// The response was not HTTP/1.1 the gateway could relay.
+        case `protocol`
+
+        var name: String {
+            switch self {
+            case .connect: "connect"
+            case .poolExhausted: "pool_exhausted"
+            case .timeout: "timeout"
+            case .reset: "reset"
+            case .protocol: "protocol"
+            }
+        }
+    }
+
+    struct Counts {
+        /// Responses by status class, index 0 for 1xx … 4 for 5xx.
+        var responses = [UInt64](repeating: 0, count: 5)
+        var errors = [UInt64](repeating: 0, count: ErrorKind.allCases.count)
+        /// Request start to response head.
+        var durations = HistogramCounts()
+    }
+
+    private let counts = Mutex(Counts())
+    /// Requests waiting on any event loop for a connection slot (`max_connections` reached).
+    let waiting = Atomic<Int>(0)
+
+    init() {}
+
+    func response(status: Int, seconds: Double?) {
+        let index = min(max(status / 100 - 1, 0), 4)
+        self.counts.withLock { counts in
+            counts.responses[index] += 1
+            if let seconds { counts.durations.observe(seconds: seconds) }
+        }
+    }
+
+    func error(_ kind: ErrorKind) {
+        self.counts.withLock { $0.errors[kind.rawValue] += 1 }
+    }
+
+    func snapshot() -> Counts { self.counts.withLock { $0 } }
+}
+
+extension GatewayMetrics {
+    /// Per-endpoint requests, latency and errors, and the connection pool gauges, read from the
+    /// running config's upstreams at scrape time. An endpoint's counters start at zero when a
+    /// reload creates it anew (Prometheus reads that as a counter reset).
+    static func renderEndpoints(_ clusters: [UpstreamCluster]) -> String {
+        var out = ""
+        let endpoints = clusters.sorted { $0.name < $1.name }.flatMap { cluster in
+            cluster.endpoints.map { (cluster.name, $0, $0.stats.snapshot()) }
+        }
+        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+        out += "# HELP gateway_upstream_endpoint_requests_total Upstream responses by endpoint and status class.\n"
+        out += "# TYPE gateway_upstream_endpoint_requests_total counter\n"
+        for (upstream, endpoint, counts) in endpoints {
+            for (index, count) in counts.responses.enumerated() where count > 0 {
+                out += "gateway_upstream_endpoint_requests_total"
+                    + labelText(["upstream", "endpoint", "class"], [upstream, endpoint.key, classes[index]]) + " \(count)\n"
+            }
+        }
+        out += "# HELP gateway_upstream_endpoint_errors_total Upstream requests that got no usable response, by kind.\n"
+        out += "# TYPE gateway_upstream_endpoint_errors_total counter\n"
+        for (upstream, endpoint, counts) in endpoints {
+            for kind in EndpointStats.ErrorKind.allCases {
+                out += "gateway_upstream_endpoint_errors_total"
+                    + labelText(["upstream", "endpoint", "kind"], [upstream, endpoint.key, kind.name])
+                    + " \(counts.errors[kind.rawValue])\n"
+            }
+        }
+        let name = "gateway_upstream_endpoint_duration_seconds"
+        out += "# HELP \(name) Time from upstream request start to response head, by endpoint.\n# TYPE \(name) histogram\n"
+        for (upstream, endpoint, counts) in endpoints {
+            let (cumulative, sum, count) = counts.durations.snapshot()
+            let labels = ["upstream", "endpoint"], values = [upstream, endpoint.key]
+            for (bound, value) in zip(counts.durations.buckets, cumulative) {
+                out += "\(name)_bucket" + labelText(labels + ["le"], values + [number(bound)]) + " \(value)\n"
+            }
+            out += "\(name)_bucket" + labelText(labels + ["le"], values + ["+Inf"]) + " \(count)\n"
+            out += "\(name)_sum" + labelText(labels, values) + " " + number(sum) + "\n"
+            out += "\(name)_count" + labelText(labels, values) + " \(count)\n"
+        }
+        out += "# HELP gateway_upstream_connections Upstream connections by endpoint: open (all event loops) and in_use.\n"
+        out += "# TYPE gateway_upstream_connections gauge\n"
+        for (upstream, endpoint, _) in endpoints {
+            let open = endpoint.openConnections.load(ordering: .relaxed)
+            let inUse = endpoint.outstanding.load(ordering: .relaxed)
+            out += "gateway_upstream_connections" + labelText(["upstream", "endpoint", "state"], [upstream, endpoint.key, "open"]) + " \(open)\n"
+            out += "gateway_upstream_connections" + labelText(["upstream", "endpoint", "state"], [upstream, endpoint.key, "in_use"]) + " \(inUse)\n"
+        }
+        out += "# HELP gateway_upstream_pending_requests Requests waiting for a connection slot (max_connections reached).\n"
+        out += "# TYPE gateway_upstream_pending_requests gauge\n"
+        for (upstream, endpoint, _) in endpoints {
+            out += "gateway_upstream_pending_requests" + labelText(["upstream", "endpoint"], [upstream, endpoint.key])
+                + " \(endpoint.stats.waiting.load(ordering: .relaxed))\n"
+        }
+        return out
     }
 }

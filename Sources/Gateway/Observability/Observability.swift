@@ -19,6 +19,14 @@ struct RequestRecord {
     var upstreamSeconds: Double?
     var upstreamEndpoint: String?
     var rateLimit: String?
+    /// Why the response happened; nil until a response or an exchange's outcome is known.
+    var source: ResponseSource?
+    /// The `Host` / `:authority` the client sent.
+    var host: String?
+    var userAgent: String?
+    /// The upstream's response status, when one came (it can differ from `status`: a 101 becomes 502).
+    var upstreamStatus: Int?
+    var trace: TraceContext?
     /// Set once the record has been handed to `Observability.finished`.
     var logged = false
 
@@ -36,12 +44,26 @@ struct RequestRecord {
         self.clientIP = dispatch.clientIP
         self.jwtRejection = dispatch.jwtRejection
         self.subject = dispatch.subject
+        self.host = dispatch.host
+        self.userAgent = dispatch.userAgent
+        self.trace = dispatch.trace
     }
 
     mutating func note(_ exchange: ProxyExchange) {
         self.upstreamSeconds = exchange.upstreamSeconds
         self.upstreamEndpoint = exchange.endpointKey
         self.rateLimit = exchange.rateLimitDecision
+        self.upstreamStatus = exchange.upstreamStatus
+        if let source = exchange.source { self.source = source }
+    }
+
+    /// Before logging, once the codec knows whether the response reached the client whole: a
+    /// request cut off before any response counts as 499 (client closed), as nginx logs it, and a
+    /// response cut short is `gateway:client_abort` unless the upstream broke it off.
+    mutating func settle(responseComplete: Bool, exchange: ProxyExchange?) {
+        if let exchange { self.note(exchange) }
+        if !responseComplete && self.status == 0 { self.status = 499 }
+        self.source = ResponseSource.settled(self.source, responseComplete: responseComplete)
     }
 
     /// The path without its query string: query strings may carry personal data.
@@ -58,30 +80,53 @@ final class Observability: Sendable {
     /// Key for subject hashes: logs can correlate one user's requests without naming the user.
     private let subjectKey: [UInt8]
 
-    init(accessLog: Bool) {
+    /// Receives a span per sampled request; nil (the default): no span is built.
+    let spanExporter: SpanExporter?
+
+    init(accessLog: Bool, spanExporter: SpanExporter? = nil) {
         let metrics = GatewayMetrics()
         self.metrics = metrics
+        self.spanExporter = spanExporter
         self.accessLog = accessLog ? AccessLogWriter(onDrop: { metrics.accessLogDropped.increment([], by: Double($0)) }) : nil
         var generator = SystemRandomNumberGenerator()
         self.subjectKey = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
     }
 
+    /// Whether a trace the gateway starts is sampled: only when an exporter wants it.
+    var samplesNewTraces: Bool { self.spanExporter?.samplesNewTrace() ?? false }
+
     func finished(_ record: RequestRecord, tlsVersion: String?) {
         let upstreamSeconds = record.upstreamSeconds, upstreamEndpoint = record.upstreamEndpoint
-        let seconds = Double((NIODeadline.now() - record.start).nanoseconds) / 1e9
+        let elapsed = (NIODeadline.now() - record.start).nanoseconds
+        let seconds = Double(elapsed) / 1e9
+        let source = record.source ?? .clientAbort
         self.metrics.recordRequest(
             route: record.route, method: record.method, status: record.status, protocolName: record.protocolName,
-            seconds: seconds, upstreamSeconds: upstreamSeconds
+            source: source, seconds: seconds, upstreamSeconds: upstreamSeconds
         )
         if let reason = record.jwtRejection { self.metrics.jwtRejections.increment([reason]) }
+        if let exporter = self.spanExporter, let trace = record.trace, trace.sampled {
+            let end = UInt64(max(0, Date().timeIntervalSince1970 * 1e9))
+            exporter.export(FinishedSpan(
+                trace: trace, name: record.route, startNanoseconds: end - min(end, UInt64(max(0, elapsed))),
+                endNanoseconds: end, method: record.method, status: record.status, source: source,
+                upstreamEndpoint: upstreamEndpoint
+            ))
+        }
         guard let accessLog = self.accessLog else { return }
-        accessLog.log(AccessLogRecord(
+        var line = AccessLogRecord(
             time: Date(), requestID: record.requestID, clientIP: record.clientIP, method: record.method,
             route: record.route, path: record.path, status: record.status, bytesIn: record.bytesIn,
             bytesOut: record.bytesOut, durationSeconds: seconds, upstreamSeconds: upstreamSeconds,
             protocolName: record.protocolName, tlsVersion: tlsVersion, rateLimit: record.rateLimit,
             subjectHash: record.subject.map(self.hashSubject), upstreamEndpoint: upstreamEndpoint
-        ))
+        )
+        line.source = source
+        line.host = record.host
+        line.userAgent = record.userAgent
+        line.upstreamStatus = record.upstreamStatus
+        line.trace = record.trace
+        accessLog.log(line)
     }
 
     /// HMAC-SHA256 under a per-process key, first 16 hex digits.

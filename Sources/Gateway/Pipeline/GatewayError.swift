@@ -8,6 +8,8 @@ struct LocalResponse {
     var body: ByteBuffer
     /// Close the client connection after this response (e.g. the request body was not read).
     var closeConnection: Bool = false
+    /// Why it was made, for the access log and `gateway_requests_total{source}`.
+    var source: ResponseSource = .local
 }
 
 /// An error the gateway answers itself. Knows its HTTP status and its stable JSON `code` (SPEC
@@ -22,6 +24,16 @@ struct GatewayError: Error, Equatable, CustomStringConvertible {
     var closesConnection = false
     /// For `gateway_jwt_rejections_total{reason}`: why a bearer token was refused.
     var rejectionReason: String? = nil
+    /// Set where the error's `code` alone does not tell why (an upstream reset is
+    /// `upstream_unavailable` like a refused connect); nil: `ResponseSource(errorCode:)`.
+    var sourceOverride: ResponseSource? = nil
+    /// The request's trace, for the body's `trace_id`, when whoever answers does not pass one
+    /// (`ProxyExchange` sets it on the errors it hands its responder).
+    var trace: TraceContext? = nil
+
+    var source: ResponseSource {
+        self.sourceOverride ?? ResponseSource(errorCode: self.code, status: Int(self.status.code))
+    }
 
     var description: String { "\(self.status.code) \(self.code): \(self.message)" }
 
@@ -62,7 +74,8 @@ struct GatewayError: Error, Equatable, CustomStringConvertible {
         status: .badGateway, code: "upstream_unavailable", message: "the upstream service could not be reached"
     )
     static let badUpstreamResponse = GatewayError(
-        status: .badGateway, code: "upstream_unavailable", message: "the upstream service sent an invalid response"
+        status: .badGateway, code: "upstream_unavailable", message: "the upstream service sent an invalid response",
+        sourceOverride: .upstreamProtocol
     )
     static let noHealthyUpstream = GatewayError(
         status: .serviceUnavailable, code: "no_healthy_upstream", message: "no healthy upstream endpoint"
@@ -101,21 +114,28 @@ struct GatewayError: Error, Equatable, CustomStringConvertible {
     static let corsRejected = GatewayError(
         status: .forbidden, code: "cors_rejected", message: "this cross-origin request is not allowed"
     )
-    /// The SPEC's JSON error body: `{"error":{"code":"...","message":"...","request_id":"..."}}`.
-    func response(requestID: String, allocator: ByteBufferAllocator) -> LocalResponse {
-        var body = allocator.buffer(capacity: 96 + self.message.utf8.count + requestID.utf8.count)
+    /// The SPEC's JSON error body: `{"error":{"code":"...","message":"...","request_id":"..."}}`,
+    /// plus `"trace_id"` when the request's trace is known (so a client's report finds the trace).
+    func response(requestID: String, trace: TraceContext? = nil, allocator: ByteBufferAllocator) -> LocalResponse {
+        var body = allocator.buffer(capacity: 136 + self.message.utf8.count + requestID.utf8.count)
         body.writeStaticString("{\"error\":{\"code\":\"")
         body.writeString(self.code)
         body.writeStaticString("\",\"message\":\"")
         JSON.writeEscaped(self.message, into: &body)
         body.writeStaticString("\",\"request_id\":\"")
         JSON.writeEscaped(requestID, into: &body)
+        if let trace = trace ?? self.trace {
+            body.writeStaticString("\",\"trace_id\":\"")
+            trace.writeTraceID(into: &body)
+        }
         body.writeStaticString("\"}}")
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: "application/json")
         headers.add(name: "content-length", value: String(body.readableBytes))
         for (name, value) in self.headers { headers.add(name: name, value: value) }
-        return LocalResponse(status: self.status, headers: headers, body: body, closeConnection: self.closesConnection)
+        return LocalResponse(
+            status: self.status, headers: headers, body: body, closeConnection: self.closesConnection, source: self.source
+        )
     }
 }
 

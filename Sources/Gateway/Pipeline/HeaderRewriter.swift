@@ -16,6 +16,9 @@ struct ForwardingInfo {
     var fallbackHost: String
     /// Added after the rewrite: forwarded claims (`X-User-Id` …).
     var addedHeaders: [(String, String)] = []
+    /// The request's trace: its `traceparent` replaces the client's (the gateway's span is the
+    /// parent), and the client's `tracestate` goes along only when its trace is continued.
+    var trace: TraceContext? = nil
 }
 
 /// Header rewriting at the proxy boundary, as pure functions (STYLE habit 1) so each rule has a
@@ -68,7 +71,7 @@ enum HeaderRewriter {
         named: Set<String>?
     ) -> HTTPRequestHead? {
         var headers = HTTPHeaders()
-        headers.reserveCapacity(head.headers.count + 5)
+        headers.reserveCapacity(head.headers.count + 6)
         var sawHost = false
         var forwardedFor = ""
         for (name, value) in head.headers {
@@ -96,6 +99,9 @@ enum HeaderRewriter {
                 continue
             }
             if kind == .host { sawHost = true }
+            if let trace = info.trace {
+                if kind == .traceparent || (kind == .tracestate && !trace.continued) { continue }
+            }
             headers.add(name: name, value: value)
         }
         if !sawHost { headers.add(name: "host", value: info.fallbackHost) }
@@ -108,6 +114,7 @@ enum HeaderRewriter {
         headers.add(name: "x-forwarded-proto", value: info.scheme)
         if let host = info.host { headers.add(name: "x-forwarded-host", value: host) }
         headers.add(name: "x-request-id", value: info.requestID)
+        if let trace = info.trace { headers.add(name: "traceparent", value: trace.headerValue) }
         for (name, value) in info.addedHeaders { headers.add(name: name, value: value) }
         return HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: headers)
     }
@@ -127,6 +134,8 @@ enum HeaderRewriter {
         case forwardedFor
         case contentLength
         case host
+        case traceparent
+        case tracestate
         case other
 
         init(_ name: String) {
@@ -138,6 +147,8 @@ enum HeaderRewriter {
             case 4 where name.equalsIgnoringASCIICase("host"): self = .host
             case 9 where name.equalsIgnoringASCIICase("forwarded") || name.equalsIgnoringASCIICase("x-real-ip"):
                 self = .spoofable
+            case 10 where name.equalsIgnoringASCIICase("tracestate"): self = .tracestate
+            case 11 where name.equalsIgnoringASCIICase("traceparent"): self = .traceparent
             case 12 where name.equalsIgnoringASCIICase("x-request-id"): self = .dropped
             case 14 where name.equalsIgnoringASCIICase("content-length"): self = .contentLength
             case 15 where name.equalsIgnoringASCIICase("x-forwarded-for"): self = .forwardedFor

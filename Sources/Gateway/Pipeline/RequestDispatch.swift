@@ -24,6 +24,9 @@ struct RequestDispatch {
     /// Why a bearer token was refused, for `gateway_jwt_rejections_total`.
     var jwtRejection: String? = nil
     var subject: String? = nil
+    var host: String? = nil
+    var userAgent: String? = nil
+    var trace: TraceContext? = nil
 
     /// - Parameters:
     ///   - streamEnded: HTTP/2 only: whether END_STREAM came with the headers (no body follows).
@@ -43,12 +46,16 @@ struct RequestDispatch {
         switch RequestValidator.inspect(head) {
         case .failure(let error):
             let requestID = RequestIdentity.requestID(clientSupplied: head.headers.first(name: "x-request-id"))
-            let response = error.response(requestID: requestID, allocator: allocator)
-            return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: .none, hasBody: false)
+            let trace = TraceContext(traceparent: head.headers.first(name: "traceparent"))
+            let response = error.response(requestID: requestID, trace: trace, allocator: allocator)
+            var dispatch = RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: .none, hasBody: false)
+            dispatch.trace = trace
+            return dispatch
         case .success(let inspected):
             validated = inspected
         }
         let requestID = RequestIdentity.requestID(clientSupplied: validated.requestID)
+        let trace = TraceContext(traceparent: validated.traceparent, sampleNew: services.observability.samplesNewTraces)
         var framing = validated.framing
         if let streamEnded {
             // HTTP/2: the body ends with END_STREAM; without Content-Length it travels chunked upstream.
@@ -59,18 +66,24 @@ struct RequestDispatch {
             }
         }
         let host = validated.host
-        if let admin = services.admin, let response = Self.adminEndpoint(head, admin: admin, services: services, allocator: allocator) {
-            return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: .none, hasBody: false)
+        if let admin = services.admin, var response = Self.adminEndpoint(head, admin: admin, services: services, allocator: allocator) {
+            response.source = .admin
+            var dispatch = RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: .none, hasBody: false)
+            dispatch.trace = trace
+            return dispatch
         }
         let decision = RequestPipeline.decide(
             method: head.method, target: head.uri, host: host, headers: head.headers, peer: peer,
             listener: services.listener, runtime: runtime, allocator: allocator
         )
-        var dispatch = Self.route(decision, head: head, framing: framing, host: host, requestID: requestID,
+        var dispatch = Self.route(decision, head: head, framing: framing, host: host, requestID: requestID, trace: trace,
                                   expectsContinue: head.version == .http1_1 && validated.expectsContinue,
                                   runtime: runtime, services: services, downstream: downstream, allocator: allocator)
         dispatch.routeName = decision.routeName
         dispatch.clientIP = decision.client.ip
+        dispatch.host = host
+        dispatch.userAgent = validated.userAgent
+        dispatch.trace = trace
         switch decision.action {
         case .error(let error): dispatch.jwtRejection = error.rejectionReason
         case .proxy(let plan): dispatch.jwtRejection = plan.deferredError?.rejectionReason
@@ -94,7 +107,8 @@ struct RequestDispatch {
                     metrics.upstreamEndpointUp.set([cluster.name, endpoint.key], endpoint.isUp(now: now) ? 1 : 0)
                 }
             }
-            var response = LocalResponse.json(.ok, metrics.render(), allocator: allocator)
+            let clusters = Array(services.runtime.clusters.values)
+            var response = LocalResponse.json(.ok, metrics.render() + GatewayMetrics.renderEndpoints(clusters), allocator: allocator)
             response.headers.replaceOrAdd(name: "content-type", value: "text/plain; version=0.0.4")
             return response
         case (.GET, "/config"):
@@ -114,11 +128,11 @@ struct RequestDispatch {
 
     private static func route(
         _ decision: PipelineDecision, head: HTTPRequestHead, framing: BodyFraming, host: String?, requestID: String,
-        expectsContinue: Bool, runtime: GatewayRuntime, services: ConnectionServices, downstream: DownstreamResponder, allocator: ByteBufferAllocator
+        trace: TraceContext, expectsContinue: Bool, runtime: GatewayRuntime, services: ConnectionServices, downstream: DownstreamResponder, allocator: ByteBufferAllocator
     ) -> RequestDispatch {
         let additions = decision.responseAdditions
         func local(_ error: GatewayError, _ additions: ResponseAdditions = .none, hasBody: Bool = false) -> RequestDispatch {
-            let response = error.response(requestID: requestID, allocator: allocator)
+            let response = error.response(requestID: requestID, trace: trace, allocator: allocator)
             return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: additions, hasBody: hasBody)
         }
         switch decision.action {
@@ -134,7 +148,7 @@ struct RequestDispatch {
             let info = ForwardingInfo(
                 peer: decision.client.peer, peerTrusted: decision.client.peerTrusted, requestID: requestID,
                 scheme: services.listener.scheme, host: host,
-                fallbackHost: cluster.endpoints.first?.key ?? "localhost", addedHeaders: plan.claimHeaders
+                fallbackHost: cluster.endpoints.isEmpty ? "localhost" : cluster.endpoints[0].key, addedHeaders: plan.claimHeaders, trace: trace
             )
             let upstreamHead = HeaderRewriter.upstreamRequest(head, framing: framing, info: info, removing: plan.removedHeaders)
             let exchange = ProxyExchange(
@@ -142,7 +156,7 @@ struct RequestDispatch {
                 requestID: requestID, addHSTS: services.listener.isTLS, responseAdditions: additions,
                 rateLimit: plan.rateLimit, deferredError: plan.deferredError,
                 expectsContinue: expectsContinue, requestHasBody: framing.hasBody, cluster: cluster,
-                pool: services.loop.pool, downstream: downstream
+                pool: services.loop.pool, downstream: downstream, trace: trace
             )
             var dispatch = RequestDispatch(outcome: .proxy(exchange), requestID: requestID, responseAdditions: additions, hasBody: framing.hasBody)
             dispatch.subject = plan.subject

@@ -35,6 +35,9 @@ enum RequestValidator {
         var requestID: String?
         /// An `Expect` field lists `100-continue`.
         var expectsContinue = false
+        var userAgent: String? = nil
+        /// The `traceparent` field; empty (invalid) when the client sent more than one.
+        var traceparent: String? = nil
     }
 
     /// Returns the body framing, or the 400 to send.
@@ -57,6 +60,8 @@ enum RequestValidator {
         var host: String? = nil
         var requestID: String? = nil
         var expectsContinue = false
+        var userAgent: String? = nil
+        var traceparent: String? = nil
         for (name, value) in head.headers {
             guard isToken(name) else { return .failure(.badRequest("invalid header name")) }
             guard isFieldValue(value) else { return .failure(.badRequest("invalid header value")) }
@@ -66,6 +71,10 @@ enum RequestValidator {
                 if host == nil { host = value }
             case 6 where name.equalsIgnoringASCIICase("expect"):
                 if value.containsListElement("100-continue") { expectsContinue = true }
+            case 10 where name.equalsIgnoringASCIICase("user-agent"):
+                if userAgent == nil { userAgent = value }
+            case 11 where name.equalsIgnoringASCIICase("traceparent"):
+                traceparent = traceparent == nil ? value : ""
             case 12 where name.equalsIgnoringASCIICase("x-request-id"):
                 if requestID == nil { requestID = value }
             case 14 where name.equalsIgnoringASCIICase("content-length"):
@@ -106,7 +115,10 @@ enum RequestValidator {
         } else if let contentLength {
             framing = .contentLength(contentLength)
         }
-        return .success(ValidatedHead(framing: framing, host: host, requestID: requestID, expectsContinue: expectsContinue))
+        return .success(ValidatedHead(
+            framing: framing, host: host, requestID: requestID, expectsContinue: expectsContinue, userAgent: userAgent,
+            traceparent: traceparent
+        ))
     }
 
     /// Dot segments would let `/api/../admin` match one route and reach another path upstream, so

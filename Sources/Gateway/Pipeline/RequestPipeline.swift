@@ -64,9 +64,10 @@ enum RequestPipeline {
         let client = runtime.clientIP.resolve(peer: peer, headers: headers)
         let path = target.utf8.firstIndex(of: UInt8(ascii: "?")).map { target[..<$0] } ?? Substring(target)
 
-        if path.hasPrefix("/health"), let response = Health.response(
+        if path.hasPrefix("/health"), var response = Health.response(
             path: path, method: method, listener: listener, runtime: runtime, allocator: allocator
         ) {
+            response.source = .health
             return PipelineDecision(.respond(response), client: client)
         }
 
@@ -75,7 +76,8 @@ enum RequestPipeline {
             return PipelineDecision(.error(.notFound), client: client)
         case .redirect:
             let port = runtime.status.httpsPort.load(ordering: .relaxed)
-            let response = redirect(target: target, host: host, httpsPort: port == 0 ? nil : port, allocator: allocator)
+            var response = redirect(target: target, host: host, httpsPort: port == 0 ? nil : port, allocator: allocator)
+            if response.source == .local { response.source = .redirect }
             return PipelineDecision(.respond(response), client: client)
         case .proxy:
             break
@@ -110,6 +112,7 @@ enum RequestPipeline {
                 case .allowed(let fields):
                     var response = LocalResponse(status: .noContent, headers: HTTPHeaders(fields), body: allocator.buffer(capacity: 0))
                     response.headers.add(name: "vary", value: CORSPolicy.preflightVary)
+                    response.source = .corsPreflight
                     return named(PipelineDecision(.respond(response), client: client), route)
                 case .rejected:
                     let rejected = ResponseAdditions(headers: [], corsEnabled: true)

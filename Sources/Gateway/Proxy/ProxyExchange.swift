@@ -78,6 +78,12 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private(set) var upstreamSeconds: Double?
     /// The endpoint that served (or was last tried for) this request.
     private(set) var endpointKey: String?
+    /// Why the response happened, once known (the access log's `source`).
+    private(set) var source: ResponseSource?
+    /// The upstream's response status, once its head arrived.
+    private(set) var upstreamStatus: Int?
+    /// The request's trace, for the `trace_id` of the errors this exchange answers with.
+    private let trace: TraceContext?
 
     init(
         upstreamHead: HTTPRequestHead,
@@ -92,8 +98,10 @@ final class ProxyExchange: UpstreamConnectionOwner {
         requestHasBody: Bool,
         cluster: UpstreamCluster,
         pool: UpstreamConnectionPool,
-        downstream: DownstreamResponder
+        downstream: DownstreamResponder,
+        trace: TraceContext? = nil
     ) {
+        self.trace = trace
         self.upstreamHead = upstreamHead
         self.requestMethod = requestMethod
         self.clientVersion = clientVersion
@@ -232,8 +240,10 @@ final class ProxyExchange: UpstreamConnectionOwner {
                 endpoint.recordSuccess()
                 self.attach(connection)
             case .failure(UpstreamAcquireError.poolExhausted):
+                endpoint.stats.error(.poolExhausted)
                 self.fail(.upstreamBusy)
             case .failure:
+                endpoint.stats.error(.connect)
                 endpoint.recordFailure(now: .now())
                 self.connectNext()
             }
@@ -283,6 +293,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         case (.awaitingResponse, .head(let head)) where head.status == .switchingProtocols:
             // Upgrade is hop-by-hop and never forwarded, so the upstream was not asked to switch:
             // relaying the 101 would leave the client on a protocol nobody speaks at this hop.
+            self.upstreamStatus = Int(head.status.code)
             self.upstreamFailed(UpstreamProtocolError())
         case (.awaitingResponse(let connection), .head(let head)):
             connection.clearDeadline()
@@ -297,6 +308,9 @@ final class ProxyExchange: UpstreamConnectionOwner {
                 connection.endpoint.recordResponseOK()
             }
             if let start = self.upstreamStart { self.upstreamSeconds = Double((NIODeadline.now() - start).nanoseconds) / 1e9 }
+            self.source = .upstream
+            self.upstreamStatus = Int(head.status.code)
+            connection.endpoint.stats.response(status: Int(head.status.code), seconds: self.upstreamSeconds)
             let (clientHead, framing) = HeaderRewriter.clientResponse(
                 head,
                 requestMethod: self.requestMethod,
@@ -367,6 +381,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             connection.endpoint.record5xx(
                 threshold: self.cluster.settings.consecutive5xxToEject, base: self.cluster.settings.baseEjectionTime, now: .now()
             )
+            connection.endpoint.stats.error(error == .upstreamUnavailable ? (self.requestSent ? .reset : .connect) : .protocol)
             // A request of `retries.methods` that got no response byte may go to another endpoint,
             // within the cluster's retry budget.
             if resendable, self.retriesLeft > 0,
@@ -377,9 +392,14 @@ final class ProxyExchange: UpstreamConnectionOwner {
                 self.connectNext()
                 return
             }
+            var error = error
+            // Sent and then lost: the upstream reset it, which `upstream_unavailable` alone does not tell.
+            if error == .upstreamUnavailable && self.requestSent { error.sourceOverride = .upstreamReset }
             self.fail(error)
         case .streamingResponse(let connection):
             self.state = .finished
+            self.source = .upstreamReset
+            connection.endpoint.stats.error(.reset)
             self.releaseOutstanding()
             connection.close()
             self.downstream?.abortResponse(for: self)
@@ -397,6 +417,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
 
     func upstreamResponseTimedOut() {
         guard case .awaitingResponse(let connection) = self.state else { return }
+        connection.endpoint.stats.error(.timeout)
         connection.close()
         self.fail(.upstreamTimeout)
     }
@@ -410,6 +431,9 @@ final class ProxyExchange: UpstreamConnectionOwner {
         self.state = .finished
         self.releaseOutstanding()
         self.pendingBody.removeAll()
+        var error = error
+        error.trace = self.trace
+        self.source = error.source
         self.downstream?.sendErrorResponse(for: self, error)
         self.downstream = nil
     }

@@ -43,6 +43,8 @@ final class UpstreamEndpoint: Sendable {
     /// The event loops' pools that connect here, so that one loop's freed slot or idle
     /// connection can serve a request waiting on another.
     let pools = EndpointPools()
+    /// Per-endpoint requests, latency and errors (`/metrics`), recorded without a label lookup.
+    let stats = EndpointStats()
 
     init(host: String, port: Int) {
         self.host = host

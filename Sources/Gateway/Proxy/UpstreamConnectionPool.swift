@@ -162,6 +162,7 @@ final class UpstreamConnectionPool {
         let key = ObjectIdentifier(endpoint)
         guard var queue = self.waiters[key], !queue.isEmpty else { return nil }
         let waiter = queue.removeFirst()
+        endpoint.stats.waiting.subtract(1, ordering: .relaxed)
         self.waiters[key] = queue
         if queue.isEmpty { endpoint.pools.setWaiting(self.id, false) }
         return waiter
@@ -194,11 +195,13 @@ final class UpstreamConnectionPool {
             guard let self else { return }
             if let index = self.waiters[key]?.firstIndex(where: { $0.id == id }) {
                 let waiter = self.waiters[key]!.remove(at: index)
+                endpoint.stats.waiting.subtract(1, ordering: .relaxed)
                 if self.waiters[key]!.isEmpty { endpoint.pools.setWaiting(self.id, false) }
                 waiter.promise.fail(UpstreamAcquireError.poolExhausted)
             }
         }
         self.waiters[key, default: []].append(Waiter(id: id, promise: promise, timeout: scheduled))
+        endpoint.stats.waiting.add(1, ordering: .relaxed)
         self.join(endpoint, settings: settings)
         endpoint.pools.setWaiting(self.id, true)
         // Slots held by idle connections on other loops are freed for this request.
