@@ -238,8 +238,8 @@ struct JWKSTests {
         #expect(jwt.jwksRefresh.timeout == .seconds(3))
         #expect(GatewayBuilder.unsupportedFeatures(config).isEmpty)
         let authenticator = try Authenticator.make(jwt).get()
-        #expect(authenticator.jwks?.url == "https://127.0.0.1:8443/jwks.json")
-        #expect(authenticator.jwks?.fetchedKeys == nil)  // building fetches nothing
+        #expect(authenticator.providers[0].jwks?.url == "https://127.0.0.1:8443/jwks.json")
+        #expect(authenticator.providers[0].jwks?.fetchedKeys == nil)  // building fetches nothing
 
         let endpoint = try #require(JWKSEndpoint(url: "https://auth.test:8443/a/jwks.json?v=1"))
         #expect(endpoint.host == "auth.test" && endpoint.port == 8443 && endpoint.target == "/a/jwks.json?v=1")
