@@ -104,15 +104,17 @@ public struct VerifiedClaims: Sendable {
     func value(at path: String) -> JSONValue? {
         if let direct = claims[path] { return direct }
         guard path.utf8.contains(UInt8(ascii: ".")) else { return nil }
-        var current: [String: JSONValue] = claims
-        var segments = path.split(separator: ".", omittingEmptySubsequences: false)[...]
-        while let segment = segments.popFirst() {
-            guard let next = current[String(segment)] else { return nil }
-            if segments.isEmpty { return next }
-            guard case .object(let members) = next else { return nil }
-            current = members
+        // Walked in place (no list of segments): a tier or key claim is read on every request.
+        var members = claims
+        var rest = Substring(path)
+        while true {
+            let dot = rest.firstIndex(of: ".")
+            guard let next = members[String(rest[..<(dot ?? rest.endIndex)])] else { return nil }
+            guard let dot else { return next }
+            guard case .object(let inner) = next else { return nil }
+            members = inner
+            rest = rest[rest.index(after: dot)...]
         }
-        return nil
     }
 
     private static func scalarText(_ value: JSONValue) -> String? {

@@ -89,9 +89,20 @@ public enum RateLimitKey {
             encoded.append((e, part.kind.isClientIdentity))
         }
         let tagIndex = encoded.firstIndex { $0.1 } ?? (encoded.isEmpty ? nil : 0)
-        var key = prefix + "{" + (tagIndex.map { encoded[$0].0 } ?? "global") + "}:" + escape(policy.name)
+        let tag = tagIndex.map { encoded[$0].0 } ?? "global"
+        let name = escape(policy.name)
+        // Sized once: built piecewise, a key of a few parts reallocated at every append.
+        var key = ""
+        key.reserveCapacity(prefix.utf8.count + tag.utf8.count + name.utf8.count + 3
+            + encoded.reduce(0) { $0 + $1.0.utf8.count + 1 })
+        key += prefix
+        key += "{"
+        key += tag
+        key += "}:"
+        key += name
         for (i, e) in encoded.enumerated() where i != tagIndex {
-            key += ":" + e.0
+            key += ":"
+            key += e.0
         }
         return key
     }
@@ -118,20 +129,29 @@ public enum RateLimitKey {
     }
 
     static func escape(_ s: String) -> String {
+        // Most values (addresses aside, which are not escaped) need no escaping: no copy then.
+        if s.utf8.allSatisfy(isUnreserved) { return s }
         var out = ""
         out.reserveCapacity(s.utf8.count)
+        let hex = Array("0123456789ABCDEF".utf8)
         for b in s.utf8 {
-            switch b {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
-                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "."), UInt8(ascii: "_"),
-                 UInt8(ascii: "~"), UInt8(ascii: "-"):
+            if isUnreserved(b) {
                 out.unicodeScalars.append(Unicode.Scalar(b))
-            default:
-                let hex = Array("0123456789ABCDEF".utf8)
+            } else {
                 out += "%" + String(decoding: [hex[Int(b >> 4)], hex[Int(b & 0xF)]], as: UTF8.self)
             }
         }
         return out
+    }
+
+    private static func isUnreserved(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+             UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "."), UInt8(ascii: "_"),
+             UInt8(ascii: "~"), UInt8(ascii: "-"):
+            true
+        default: false
+        }
     }
 }
 
