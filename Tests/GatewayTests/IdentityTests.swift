@@ -106,7 +106,9 @@ struct IdentityTests {
         var upgrade = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/ws/chat")
         upgrade.headers.add(name: "sec-websocket-protocol", value: "bearer, \(token), chat")
         #expect(TokenLocation.websocketProtocol.removed(from: upgrade).headers["sec-websocket-protocol"] == ["bearer, chat"])
-        // `bearer` with nothing after it is a malformed token.
+        // A bare parameter, or `bearer` with nothing after it, is a malformed token.
+        #expect(refusal(runtime, "/ws/chat?access_token", [])?.rejectionReason == "malformed")
+        #expect(refusal(runtime, "/ws/chat?access_token=", [])?.rejectionReason == "malformed")
         #expect(refusal(runtime, "/ws/chat", [("Sec-WebSocket-Protocol", "bearer")])?.rejectionReason == "malformed")
 
         // /api/ does not opt in: the query token is not read, the request is anonymous.

@@ -293,9 +293,9 @@ extension GatewayConfig {
         }
     }
 
-    /// `tier_claim`, `tiers`, `default_tier` of one policy; nil when the policy has no tiers.
+    /// `tier_claim`, `tiers`, `default_tier` of one policy that has at least one of them; nil after
+    /// an error.
     static func decodeTiers(_ m: ConfigMapping, reader r: ConfigReader) -> RateLimitTiersConfig? {
-        guard m["tiers"] != nil || m["tier_claim"] != nil || m["default_tier"] != nil else { return nil }
         for key in ["limit", "window"] where m[key] != nil {
             r.fail(m.path(key), "a tiered policy sets limit and window per tier (tiers: {NAME: LIMIT/WINDOW})")
         }

@@ -533,8 +533,8 @@ extension GatewayConfig {
     private static func decodePolicy(name: String, _ node: Node, at path: String, reader r: ConfigReader) -> RateLimitPolicy? {
         guard let m = r.mapping(node, at: path, keys: ["limit", "window", "key", "algorithm", "shadow", "ipv6_prefix"] + tierPolicyKeys)
         else { return nil }
-        let tiers = decodeTiers(m, reader: r)
-        if tiers != nil || m["tiers"] != nil {
+        if tierPolicyKeys.contains(where: { m[$0] != nil }) {
+            let tiers = decodeTiers(m, reader: r)
             let key = m["key"].flatMap { policyKey($0, at: m.path("key"), reader: r) } ?? [.clientIP]
             guard let tiers else { return nil }
             var policy = RateLimitPolicy(

@@ -1,9 +1,9 @@
+import JWTVerifier
 import NIOCore
 import NIOHTTP1
 import RateLimiter
 import RateLimiterRedis
 import RedisClient
-import JWTVerifier
 import Synchronization
 
 /// One of a route's `rate_limits`, resolved at config load.
@@ -51,7 +51,7 @@ struct RateLimitTierRule: Sendable {
     /// The tier named by the claim; the default one for anonymous requests, tokens without the
     /// claim, and values that name no tier.
     func tier(_ claims: VerifiedClaims?) -> (name: String, spec: PolicySpec) {
-        if let name = claims?.string(self.claim), let spec = self.specs[name] { return (name, spec) }
+        if let name = claims?.text(self.claim), let spec = self.specs[name] { return (name, spec) }
         return (self.defaultTier, self.specs[self.defaultTier]!)
     }
 }

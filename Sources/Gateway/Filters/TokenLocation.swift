@@ -61,7 +61,8 @@ enum TokenLocation: Sendable, Equatable {
     static func queryParameter(named name: String, in target: String) -> Substring? {
         guard let mark = target.firstIndex(of: "?") else { return nil }
         for parameter in target[target.index(after: mark)...].split(separator: "&") where Self.parameterName(parameter) == Substring(name) {
-            return parameter[parameter.index(after: parameter.firstIndex(of: "=")!)...]
+            // A bare `?access_token` is an empty (malformed) token.
+            return parameter.firstIndex(of: "=").map { parameter[parameter.index(after: $0)...] } ?? ""
         }
         return nil
     }
