@@ -189,6 +189,19 @@ struct IdentityTests {
         #expect(proxyPlan(runtime, "/staff/x", [("Authorization", "Bearer \(staff)")])?.subject == "u-1")
     }
 
+    @Test func discoveryDocumentMustNameTheIssuerAndAnHTTPSJWKS() throws {
+        func endpoint(_ json: String) -> JWKSEndpoint? {
+            try? OIDCDiscovery.jwksEndpoint(Array(json.utf8), issuer: "https://idp.test/realms/a")
+        }
+        let good = endpoint(#"{"issuer":"https://idp.test/realms/a","jwks_uri":"https://keys.test:8443/certs?v=2"}"#)
+        #expect(good == JWKSEndpoint(url: "https://keys.test:8443/certs?v=2"))
+        #expect(good?.target == "/certs?v=2")
+        #expect(endpoint(#"{"issuer":"https://idp.test/realms/b","jwks_uri":"https://keys.test/certs"}"#) == nil)
+        #expect(endpoint(#"{"issuer":"https://idp.test/realms/a","jwks_uri":"http://keys.test/certs"}"#) == nil)
+        #expect(endpoint(#"{"issuer":"https://idp.test/realms/a"}"#) == nil)
+        #expect(endpoint("[]") == nil)
+    }
+
     @Test func testTokensMintEveryShape() throws {
         var request = TestTokenRequest(secret: Self.secretA, subject: "u-7")
         request.claims = [#"realm_access.roles=["admin"]"#, "billing.plan=pro", "billing.seats=2", "exp=1"]

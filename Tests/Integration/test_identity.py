@@ -141,6 +141,11 @@ def test_query_and_websocket_protocol_tokens_only_where_the_route_allows(single,
     assert seen["sec-websocket-protocol"] == ["bearer, chat.v1"]
     assert seen["x-user-id"] == ["u-ws"]
 
+    # A bare parameter is an empty, malformed token (and the gateway keeps serving).
+    r = get(single, "/api/echo-headers?access_token", http2, host="ws.test")
+    assert r.status_code == 401 and 'error_description="malformed"' in r.headers["www-authenticate"]
+    assert get(single, f"/api/echo-headers?access_token={tok}", http2, host="ws.test").status_code == 200
+
     # The /api/ route does not opt in: the query token is not looked at, so there is no token.
     r = get(single, f"/api/echo-headers?access_token={tok}", http2)
     assert r.status_code == 401 and r.headers["www-authenticate"] == 'Bearer realm="api"'
