@@ -220,6 +220,28 @@ struct JWKSTests {
         try? loop.syncShutdownGracefully()
     }
 
+    @Test func reloadAdoptsEachProvidersSetByURL() {
+        let loop = EmbeddedEventLoop()
+        func refresher(_ url: String, _ source: FakeSource) -> (JWKSRefresher, Authenticator) {
+            let verifier = JWTVerifier(keys: KeySet(keys: []))
+            let refresher = JWKSRefresher(
+                url: url, settings: Self.settings, staticKeys: [], verifier: verifier,
+                now: { loop.now }, fetch: { source.fetch($0) })
+            return (refresher, Authenticator(verifier: verifier, forwardClaims: [], jwks: refresher))
+        }
+        let (oldA, _) = refresher("https://a.test/jwks", FakeSource(.document(Self.jwks([("a1", 2)]), cacheControl: [])))
+        let (oldB, _) = refresher("https://b.test/openid", FakeSource(.document(Self.jwks([("b1", 3)]), cacheControl: [])))
+        let old = JWKSRefreshers([oldA, oldB])
+        old.start(on: loop)
+        let (newB, authB) = refresher("https://b.test/openid", FakeSource(.failure))
+        let (newA, authA) = refresher("https://a.test/jwks", FakeSource(.failure))
+        JWKSRefreshers([newB, newA]).adoptKeys(from: old)
+        old.stop()
+        #expect(passes(authA, kid: "a1", byte: 2) && !passes(authA, kid: "b1", byte: 3))
+        #expect(passes(authB, kid: "b1", byte: 3) && !passes(authB, kid: "a1", byte: 2))
+        try? loop.syncShutdownGracefully()
+    }
+
     // MARK: Config
 
     @Test func jwksConfigKeys() throws {
