@@ -61,6 +61,8 @@ struct Token: ParsableCommand {
     @Option(name: .long, help: "Issuer (iss).") var iss: String?
     @Option(name: .long, help: "Audience (aud).") var aud: String?
     @Option(name: .long, help: "Take iss/aud (and the key when --secret is absent) from this gateway.yaml.") var config: String?
+    @Option(name: .long, help: "Extra claim PATH=VALUE (repeatable; dotted paths nest; VALUE is JSON if it parses, else a string).") var claim: [String] = []
+    @Option(name: .long, help: "OAuth scope (repeatable; joined with spaces into the scope claim).") var scope: [String] = []
 
     func run() throws {
         var jwt: JWTConfig? = nil
@@ -72,10 +74,12 @@ struct Token: ParsableCommand {
             }
             jwt = section
         }
-        let request = TestTokenRequest(
+        var request = TestTokenRequest(
             secret: self.secret, subject: self.sub, role: self.role, ttl: self.ttl, kid: self.kid,
             issuer: self.iss, audience: self.aud
         )
+        request.claims = self.claim
+        request.scopes = self.scope
         do {
             print(try TestTokens.mint(request, config: jwt))
         } catch {

@@ -54,3 +54,21 @@ public struct VerifiedJWS: Sendable {
     public let keyID: String?
     public let payload: [UInt8]
 }
+
+/// Reading a claim before verification, only to choose *which* verifier (issuer, keys) the token
+/// goes to: nothing read here is trusted, the chosen verifier checks `iss` again after the signature.
+public enum UnverifiedClaims {
+    /// The payload's `iss`, or nil when the token is not three segments, the payload is not a JSON
+    /// object, or `iss` is not a string.
+    public static func issuer(of token: Substring) -> String? {
+        var token = token
+        return token.withUTF8 { bytes -> String? in
+            guard let first = bytes.firstIndex(of: UInt8(ascii: ".")),
+                  let second = bytes[(first + 1)...].firstIndex(of: UInt8(ascii: ".")),
+                  let payload = Base64URL.decode(UnsafeBufferPointer(rebasing: bytes[(first + 1)..<second])),
+                  let object = JSONValue.parse(payload)?.objectValue
+            else { return nil }
+            return object["iss"]?.stringValue
+        }
+    }
+}

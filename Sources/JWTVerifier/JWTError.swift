@@ -18,6 +18,7 @@ public struct JWTError: Error, Sendable, Hashable, CustomStringConvertible {
         case wrongAudience = "wrong_audience"
         case lifetimeTooLong = "lifetime_too_long"
         case missingClaim = "missing_claim"
+        case insufficientScope = "insufficient_scope"
         case invalidKey = "invalid_key"
     }
 
@@ -53,6 +54,8 @@ public struct JWTError: Error, Sendable, Hashable, CustomStringConvertible {
     public static let lifetimeTooLong = JWTError(.lifetimeTooLong)
     /// A key could not be loaded (bad PEM/JWK, wrong type for its algorithm, too small).
     public static let invalidKey = JWTError(.invalidKey)
+    /// The token's `scope` (or `scp`) lacks the scopes a route requires.
+    public static let insufficientScope = JWTError(.insufficientScope)
     /// A required claim is absent, or has none of the allowed values.
     public static func missingClaim(_ name: String) -> JWTError { JWTError(.missingClaim, claim: name) }
 

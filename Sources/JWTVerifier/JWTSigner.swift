@@ -8,6 +8,11 @@ public struct JWTSigner: Sendable {
         case number(Double)
         case bool(Bool)
         case strings([String])
+        /// One JSON value (object, array, anything), written verbatim: check it with `isJSON` first.
+        case json(String)
+
+        /// Whether `text` is exactly one JSON value (RFC 8259), as the verifier would parse it.
+        public static func isJSON(_ text: String) -> Bool { JSONValue.parse(Array(text.utf8)) != nil }
     }
 
     public let algorithm: JWTAlgorithm
@@ -47,6 +52,7 @@ public struct JWTSigner: Sendable {
                     JSONWriter.quote(s, into: &payload)
                 }
                 payload += "]"
+            case .json(let text): payload += text
             }
         }
         payload += "}"

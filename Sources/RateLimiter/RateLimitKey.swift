@@ -4,13 +4,18 @@ import Glibc
 import Darwin
 #endif
 
-/// What a policy's key is built from (config `key: client_ip | jwt_subject | header:NAME | route`).
+/// What a policy's key is built from (config `key: client_ip | jwt_subject | claim:PATH | header:NAME
+/// | route`, and a tiered policy's tier).
 public enum KeyPartKind: Sendable, Hashable {
     case clientIP
     case jwtSubject
+    /// A verified token's claim, by dotted path (`claim:sub` keys exactly like `jwt_subject`).
+    case claim(String)
     /// Header name, lower-cased.
     case header(String)
     case route
+    /// The tier a tiered policy picked: tiers count apart, so a window never mixes two limits.
+    case tier
 
     /// Parses a config value such as `client_ip` or `header:X-Api-Key`.
     public init?(configValue: String) {
@@ -19,6 +24,12 @@ public enum KeyPartKind: Sendable, Hashable {
         case "jwt_subject": self = .jwtSubject
         case "route": self = .route
         default:
+            if configValue.hasPrefix("claim:") {
+                let path = configValue.dropFirst("claim:".count)
+                guard !path.isEmpty else { return nil }
+                self = .claim(String(path))
+                return
+            }
             guard configValue.hasPrefix("header:") else { return nil }
             let name = configValue.dropFirst("header:".count)
             guard !name.isEmpty else { return nil }
@@ -28,8 +39,10 @@ public enum KeyPartKind: Sendable, Hashable {
 
     /// Parts that name a client go inside the Redis Cluster hash tag.
     var isClientIdentity: Bool {
-        if case .route = self { return false }
-        return true
+        switch self {
+        case .route, .tier: false
+        default: true
+        }
     }
 }
 
@@ -45,6 +58,8 @@ public struct KeyPart: Sendable, Hashable {
 
     public static func clientIP(_ ip: String) -> KeyPart { KeyPart(kind: .clientIP, value: ip) }
     public static func jwtSubject(_ sub: String) -> KeyPart { KeyPart(kind: .jwtSubject, value: sub) }
+    public static func claim(_ path: String, _ value: String) -> KeyPart { KeyPart(kind: .claim(path), value: value) }
+    public static func tier(_ name: String) -> KeyPart { KeyPart(kind: .tier, value: name) }
     public static func header(_ name: String, _ value: String) -> KeyPart { KeyPart(kind: .header(name.lowercased()), value: value) }
     public static func route(_ name: String) -> KeyPart { KeyPart(kind: .route, value: name) }
 }
@@ -56,7 +71,8 @@ public struct KeyPart: Sendable, Hashable {
 /// one slot and one EVALSHA may touch them all (multi-key scripts must stay within one slot).
 /// The in-process store shards by the same tag. Client parts:
 /// `ip:203.0.113.7`, `ip:2001:db8:1:2::/64` (IPv6 truncated to the policy's prefix; IPv4-mapped
-/// IPv6 becomes IPv4), `sub:<subject>`, `h:<name>:<value>`; other parts: `route:<name>`.
+/// IPv6 becomes IPv4), `sub:<subject>` (`jwt_subject` and `claim:sub`), `c:<path>:<value>` (other
+/// claims), `h:<name>:<value>`; other parts: `route:<name>`, `tier:<name>`.
 /// Free text is percent-encoded outside `[A-Za-z0-9._~-]`, so no value can contain `{`, `}` or
 /// `:` and two different part lists never produce the same key.
 public enum RateLimitKey {
@@ -73,9 +89,20 @@ public enum RateLimitKey {
             encoded.append((e, part.kind.isClientIdentity))
         }
         let tagIndex = encoded.firstIndex { $0.1 } ?? (encoded.isEmpty ? nil : 0)
-        var key = prefix + "{" + (tagIndex.map { encoded[$0].0 } ?? "global") + "}:" + escape(policy.name)
+        let tag = tagIndex.map { encoded[$0].0 } ?? "global"
+        let name = escape(policy.name)
+        // Sized once: built piecewise, a key of a few parts reallocated at every append.
+        var key = ""
+        key.reserveCapacity(prefix.utf8.count + tag.utf8.count + name.utf8.count + 3
+            + encoded.reduce(0) { $0 + $1.0.utf8.count + 1 })
+        key += prefix
+        key += "{"
+        key += tag
+        key += "}:"
+        key += name
         for (i, e) in encoded.enumerated() where i != tagIndex {
-            key += ":" + e.0
+            key += ":"
+            key += e.0
         }
         return key
     }
@@ -93,27 +120,38 @@ public enum RateLimitKey {
         case .clientIP:
             guard let ip = IPAddress(parsing: part.value) else { return nil }
             return "ip:" + ip.clientIdentity(ipv6Prefix: ipv6Prefix)
-        case .jwtSubject: return "sub:" + escape(part.value)
+        case .jwtSubject, .claim("sub"): return "sub:" + escape(part.value)
+        case .claim(let path): return "c:" + escape(path) + ":" + escape(part.value)
+        case .tier: return "tier:" + escape(part.value)
         case .header(let name): return "h:" + escape(name.lowercased()) + ":" + escape(part.value)
         case .route: return "route:" + escape(part.value)
         }
     }
 
     static func escape(_ s: String) -> String {
+        // Most values (addresses aside, which are not escaped) need no escaping: no copy then.
+        if s.utf8.allSatisfy(isUnreserved) { return s }
         var out = ""
         out.reserveCapacity(s.utf8.count)
+        let hex = Array("0123456789ABCDEF".utf8)
         for b in s.utf8 {
-            switch b {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
-                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "."), UInt8(ascii: "_"),
-                 UInt8(ascii: "~"), UInt8(ascii: "-"):
+            if isUnreserved(b) {
                 out.unicodeScalars.append(Unicode.Scalar(b))
-            default:
-                let hex = Array("0123456789ABCDEF".utf8)
+            } else {
                 out += "%" + String(decoding: [hex[Int(b >> 4)], hex[Int(b & 0xF)]], as: UTF8.self)
             }
         }
         return out
+    }
+
+    private static func isUnreserved(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+             UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "."), UInt8(ascii: "_"),
+             UInt8(ascii: "~"), UInt8(ascii: "-"):
+            true
+        default: false
+        }
     }
 }
 

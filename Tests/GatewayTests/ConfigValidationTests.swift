@@ -284,7 +284,7 @@ struct ConfigValidationTests {
         #expect(errors.contains("rate_limits.on_store_error: expected one of allow, deny, got 'alow' (did you mean 'allow'?)"))
         #expect(errors.contains("rate_limits.headers: expected one of draft-6, ietf-draft-10, got 'draft-7' (did you mean 'draft-6'?)"))
         #expect(errors.contains("rate_limits.policies.p.algorithm: expected one of sliding_window, sliding_log, got 'fixed_window'"))
-        #expect(errors.contains("rate_limits.policies.p.key: expected client_ip, jwt_subject, route or header:NAME, got 'clientip' (did you mean 'client_ip'?)"))
+        #expect(errors.contains("rate_limits.policies.p.key: expected client_ip, jwt_subject, claim:PATH, route or header:NAME, got 'clientip' (did you mean 'client_ip'?)"))
         #expect(errors.contains("routes[0].auth: expected one of none, optional, required, got 'requried' (did you mean 'required'?)"))
     }
 

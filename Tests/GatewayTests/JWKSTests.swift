@@ -220,6 +220,28 @@ struct JWKSTests {
         try? loop.syncShutdownGracefully()
     }
 
+    @Test func reloadAdoptsEachProvidersSetByURL() {
+        let loop = EmbeddedEventLoop()
+        func refresher(_ url: String, _ source: FakeSource) -> (JWKSRefresher, Authenticator) {
+            let verifier = JWTVerifier(keys: KeySet(keys: []))
+            let refresher = JWKSRefresher(
+                url: url, settings: Self.settings, staticKeys: [], verifier: verifier,
+                now: { loop.now }, fetch: { source.fetch($0) })
+            return (refresher, Authenticator(verifier: verifier, forwardClaims: [], jwks: refresher))
+        }
+        let (oldA, _) = refresher("https://a.test/jwks", FakeSource(.document(Self.jwks([("a1", 2)]), cacheControl: [])))
+        let (oldB, _) = refresher("https://b.test/openid", FakeSource(.document(Self.jwks([("b1", 3)]), cacheControl: [])))
+        let old = JWKSRefreshers([oldA, oldB])
+        old.start(on: loop)
+        let (newB, authB) = refresher("https://b.test/openid", FakeSource(.failure))
+        let (newA, authA) = refresher("https://a.test/jwks", FakeSource(.failure))
+        JWKSRefreshers([newB, newA]).adoptKeys(from: old)
+        old.stop()
+        #expect(passes(authA, kid: "a1", byte: 2) && !passes(authA, kid: "b1", byte: 3))
+        #expect(passes(authB, kid: "b1", byte: 3) && !passes(authB, kid: "a1", byte: 2))
+        try? loop.syncShutdownGracefully()
+    }
+
     // MARK: Config
 
     @Test func jwksConfigKeys() throws {
@@ -238,8 +260,8 @@ struct JWKSTests {
         #expect(jwt.jwksRefresh.timeout == .seconds(3))
         #expect(GatewayBuilder.unsupportedFeatures(config).isEmpty)
         let authenticator = try Authenticator.make(jwt).get()
-        #expect(authenticator.jwks?.url == "https://127.0.0.1:8443/jwks.json")
-        #expect(authenticator.jwks?.fetchedKeys == nil)  // building fetches nothing
+        #expect(authenticator.providers[0].jwks?.url == "https://127.0.0.1:8443/jwks.json")
+        #expect(authenticator.providers[0].jwks?.fetchedKeys == nil)  // building fetches nothing
 
         let endpoint = try #require(JWKSEndpoint(url: "https://auth.test:8443/a/jwks.json?v=1"))
         #expect(endpoint.host == "auth.test" && endpoint.port == 8443 && endpoint.target == "/a/jwks.json?v=1")

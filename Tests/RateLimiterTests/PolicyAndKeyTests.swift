@@ -94,6 +94,15 @@ import Testing
         #expect(KeyPartKind(configValue: "header:X-Api-Key") == .header("x-api-key"))
         #expect(KeyPartKind(configValue: "client_ip") == .clientIP)
         #expect(KeyPartKind(configValue: "header:") == nil)
+        #expect(KeyPartKind(configValue: "claim:realm_access.plan") == .claim("realm_access.plan"))
+        #expect(KeyPartKind(configValue: "claim:") == nil)
+        // claim:sub keys exactly like jwt_subject, so switching between them keeps the counts.
+        #expect(RateLimitKey.make(policy: p, parts: [.claim("sub", "u-1")]) == RateLimitKey.make(policy: p, parts: [.jwtSubject("u-1")]))
+        #expect(RateLimitKey.make(policy: p, parts: [.claim("org.id", "a:b")]) == "gw:rl:{c:org.id:a%3Ab}:per_ip")
+        // The tier follows the policy name and never becomes the hash tag.
+        #expect(RateLimitKey.make(policy: p, parts: [.tier("pro"), .claim("sub", "u-1")]) == "gw:rl:{sub:u-1}:per_ip:tier:pro")
+        #expect(RateLimitKey.make(policy: p, parts: [.clientIP("203.0.113.7"), .header("x-shop-id", "s1")])
+            == "gw:rl:{ip:203.0.113.7}:per_ip:h:x-shop-id:s1")
         // Same client, different policies → same hash tag (same Redis Cluster slot, same shard).
         let login = RateLimitKey.make(policy: spec("login", 5, 60), parts: [.clientIP("203.0.113.7")])!
         let perIP = RateLimitKey.make(policy: p, parts: [.clientIP("203.0.113.7")])!

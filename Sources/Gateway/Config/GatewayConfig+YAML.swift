@@ -35,7 +35,7 @@ extension GatewayConfig {
         let (upstreams, upstreamNames) = decodeUpstreams(m["upstreams"], reader: r)
         let routes = m["routes"].flatMap {
             decodeRoutes($0, upstreamNames: upstreamNames, policyNames: policyNames,
-                         hasJWT: m["jwt"] != nil, reader: r)
+                         hasJWT: m["jwt"] != nil, jwtNode: m["jwt"], reader: r)
         } ?? []
 
         var log = LogConfig.defaults
@@ -373,8 +373,9 @@ extension GatewayConfig {
 
     private static func decodeJWT(_ node: Node, reader r: ConfigReader) -> JWTConfig? {
         guard let m = r.mapping(node, at: "jwt", keys: ["issuer", "audiences", "leeway", "max_lifetime", "keys",
-                                                        "jwks_url", "jwks_ca", "jwks_refresh", "forward_claims"])
+                                                        "jwks_url", "jwks_ca", "jwks_refresh", "forward_claims"] + identityJWTKeys)
         else { return nil }
+        if m["providers"] != nil { return decodeJWTProviders(m, forwardClaims: forwardClaims(m, reader: r), reader: r) }
         let issuer = r.required(m, "issuer").flatMap { r.nonEmptyString($0, at: m.path("issuer")) }
         let audiences = r.required(m, "audiences").flatMap {
             r.list($0, at: m.path("audiences"), nonEmpty: true) { r.nonEmptyString($0, at: $1) }
@@ -421,6 +422,15 @@ extension GatewayConfig {
             r.fail(m.path("keys"), "missing required key (or set jwks_url)")
         }
 
+        let claims = forwardClaims(m, reader: r)
+        guard let issuer, let audiences else { return nil }
+        var config = JWTConfig(issuer: issuer, audiences: audiences, leeway: leeway, maxLifetime: maxLifetime,
+                               keys: keys, jwksURL: jwksURL, jwksCA: jwksCA, jwksRefresh: refresh, forwardClaims: claims)
+        config.identity = decodeJWTIdentity(m, reader: r)
+        return config
+    }
+
+    private static func forwardClaims(_ m: ConfigMapping, reader r: ConfigReader) -> [ForwardedClaim] {
         var claims: [ForwardedClaim] = []
         if let node = m["forward_claims"], let map = r.mapping(node, at: m.path("forward_claims"), keys: nil) {
             for (claim, value) in map.entries {
@@ -429,13 +439,10 @@ extension GatewayConfig {
             }
             r.reportDuplicates(claims.map { ($0.header, map.path($0.claim)) }) { "header '\($0)'" }
         }
-
-        guard let issuer, let audiences else { return nil }
-        return JWTConfig(issuer: issuer, audiences: audiences, leeway: leeway, maxLifetime: maxLifetime,
-                         keys: keys, jwksURL: jwksURL, jwksCA: jwksCA, jwksRefresh: refresh, forwardClaims: claims)
+        return claims
     }
 
-    private static func decodeJWKSRefresh(_ node: Node, at path: String, reader r: ConfigReader) -> JWKSRefreshConfig {
+    static func decodeJWKSRefresh(_ node: Node, at path: String, reader r: ConfigReader) -> JWKSRefreshConfig {
         var refresh = JWKSRefreshConfig()
         guard let m = r.mapping(node, at: path, keys: ["min", "max", "default", "unknown_kid_interval", "timeout"])
         else { return refresh }
@@ -463,7 +470,7 @@ extension GatewayConfig {
         return refresh
     }
 
-    private static func jwtKey(_ node: Node, at path: String, reader r: ConfigReader) -> JWTKeyConfig? {
+    static func jwtKey(_ node: Node, at path: String, reader r: ConfigReader) -> JWTKeyConfig? {
         guard let m = r.mapping(node, at: path, keys: ["kid", "algorithm", "secret", "public_key"]) else { return nil }
         let kid = r.required(m, "kid").flatMap { r.nonEmptyString($0, at: m.path("kid")) }
         let algorithm: JWTAlgorithm? = r.required(m, "algorithm").flatMap { r.choice($0, at: m.path("algorithm")) }
@@ -524,31 +531,42 @@ extension GatewayConfig {
     }
 
     private static func decodePolicy(name: String, _ node: Node, at path: String, reader r: ConfigReader) -> RateLimitPolicy? {
-        guard let m = r.mapping(node, at: path, keys: ["limit", "window", "key", "algorithm", "shadow", "ipv6_prefix"])
+        guard let m = r.mapping(node, at: path, keys: ["limit", "window", "key", "algorithm", "shadow", "ipv6_prefix"] + tierPolicyKeys)
         else { return nil }
+        if tierPolicyKeys.contains(where: { m[$0] != nil }) {
+            let tiers = decodeTiers(m, reader: r)
+            let key = m["key"].flatMap { policyKey($0, at: m.path("key"), reader: r) } ?? [.clientIP]
+            guard let tiers else { return nil }
+            var policy = RateLimitPolicy(
+                name: name, limit: tiers.defaultLimit.limit, window: tiers.defaultLimit.window, key: key,
+                algorithm: m["algorithm"].flatMap { r.choice($0, at: m.path("algorithm")) } ?? .slidingWindow,
+                shadow: m["shadow"].flatMap { r.bool($0, at: m.path("shadow")) } ?? false,
+                ipv6Prefix: m["ipv6_prefix"].flatMap { r.int($0, at: m.path("ipv6_prefix"), range: 1...128) } ?? 64)
+            policy.tiers = tiers
+            return policy
+        }
         let limit = r.required(m, "limit").flatMap { r.int($0, at: m.path("limit"), range: 1...1_000_000_000) }
         // Whole seconds: RateLimit-Policy reports the window as `w=<seconds>`.
         let window = r.required(m, "window").flatMap {
             r.duration($0, at: m.path("window"), minimum: .seconds(1), wholeSeconds: true)
         }
         var key: [RateLimitKeyPart]? = [.clientIP]
-        if let node = m["key"] {
-            let keyPath = m.path("key")
-            if case .scalar = node {
-                key = keyPart(node, at: keyPath, reader: r).map { [$0] }
-            } else {
-                key = r.list(node, at: keyPath, nonEmpty: true) { keyPart($0, at: $1, reader: r) }
-                if let key {
-                    r.reportDuplicates(key.enumerated().map { ($1.description, "\(keyPath)[\($0)]") }) { "key part '\($0)'" }
-                }
-            }
-        }
+        if let node = m["key"] { key = policyKey(node, at: m.path("key"), reader: r) }
         let algorithm: RateLimitAlgorithm = m["algorithm"].flatMap { r.choice($0, at: m.path("algorithm")) } ?? .slidingWindow
         let shadow = m["shadow"].flatMap { r.bool($0, at: m.path("shadow")) } ?? false
         let prefix = m["ipv6_prefix"].flatMap { r.int($0, at: m.path("ipv6_prefix"), range: 1...128) } ?? 64
         guard let limit, let window, let key else { return nil }
         return RateLimitPolicy(name: name, limit: limit, window: window, key: key, algorithm: algorithm,
                                shadow: shadow, ipv6Prefix: prefix)
+    }
+
+    private static func policyKey(_ node: Node, at keyPath: String, reader r: ConfigReader) -> [RateLimitKeyPart]? {
+        if case .scalar = node { return keyPart(node, at: keyPath, reader: r).map { [$0] } }
+        let key = r.list(node, at: keyPath, nonEmpty: true) { keyPart($0, at: $1, reader: r) }
+        if let key {
+            r.reportDuplicates(key.enumerated().map { ($1.description, "\(keyPath)[\($0)]") }) { "key part '\($0)'" }
+        }
+        return key
     }
 
     private static func keyPart(_ node: Node, at path: String, reader r: ConfigReader) -> RateLimitKeyPart? {
@@ -559,6 +577,14 @@ extension GatewayConfig {
         case "route": return .route
         default: break
         }
+        if value.hasPrefix("claim:") {
+            let claim = String(value.dropFirst("claim:".count))
+            guard !claim.isEmpty, !claim.hasPrefix("."), !claim.hasSuffix("."), !claim.contains("..") else {
+                r.fail(path, "expected claim:PATH with a dotted claim path such as claim:sub, got '\(value)'")
+                return nil
+            }
+            return claim == "sub" ? .jwtSubject : .claim(claim)
+        }
         if value.hasPrefix("header:") {
             let header = String(value.dropFirst("header:".count))
             guard isHTTPToken(header) else {
@@ -567,7 +593,7 @@ extension GatewayConfig {
             }
             return .header(header.lowercased())
         }
-        var reason = "expected client_ip, jwt_subject, route or header:NAME, got '\(value)'"
+        var reason = "expected client_ip, jwt_subject, claim:PATH, route or header:NAME, got '\(value)'"
         if let suggestion = closestMatch(to: value, in: ["client_ip", "jwt_subject", "route"]) {
             reason += " (did you mean '\(suggestion)'?)"
         }
@@ -651,14 +677,14 @@ extension GatewayConfig {
     // MARK: routes
 
     private static func decodeRoutes(_ node: Node, upstreamNames: [String], policyNames: [String],
-                                     hasJWT: Bool, reader r: ConfigReader) -> [RouteConfig]? {
+                                     hasJWT: Bool, jwtNode: Node?, reader r: ConfigReader) -> [RouteConfig]? {
         guard let items = r.sequence(node, at: "routes") else { return nil }
         var routes: [RouteConfig] = []
         var names: [(key: String, path: String)] = []
         for (index, item) in items.enumerated() {
             let path = "routes[\(index)]"
             guard let m = r.mapping(item, at: path, keys: ["name", "match", "upstream", "auth", "require_claims",
-                                                           "rate_limits", "cors"])
+                                                           "rate_limits", "cors"] + identityRouteKeys)
             else { continue }
             let name = r.required(m, "name").flatMap { r.name($0, at: m.path("name")) }
             if let name { names.append((name, m.path("name"))) }
@@ -706,11 +732,12 @@ extension GatewayConfig {
                 r.reportDuplicates(policies.enumerated().map { ($1, "\(listPath)[\($0)]") }) { "policy '\($0)'" }
             }
             let cors = m["cors"].flatMap { r.bool($0, at: m.path("cors")) } ?? true
+            let identity = decodeRouteIdentity(m, auth: auth, jwtNode: jwtNode, reader: r)
 
             if let name, let upstream, let upstreamIndex {
                 routes.append(RouteConfig(name: name, match: match, upstream: upstream, upstreamIndex: upstreamIndex,
                                           auth: auth, requireClaims: claims, rateLimits: policies,
-                                          rateLimitPolicyIndices: policyIndices, cors: cors))
+                                          rateLimitPolicyIndices: policyIndices, cors: cors, identity: identity))
             }
         }
         r.reportDuplicates(names) { "route name '\($0)'" }
@@ -748,7 +775,7 @@ extension GatewayConfig {
         return RouteMatch(host: host, pathPrefix: prefix, methods: methods)
     }
 
-    private static func unknown(_ what: String, _ name: String, among names: [String]) -> String {
+    static func unknown(_ what: String, _ name: String, among names: [String]) -> String {
         if let suggestion = closestMatch(to: name, in: names) {
             return "unknown \(what) '\(name)' (did you mean '\(suggestion)'?)"
         }

@@ -212,6 +212,7 @@ public struct JWTConfig: Sendable, Equatable {
     public let jwksRefresh: JWKSRefreshConfig
     /// Claims copied into upstream request headers, in file order.
     public let forwardClaims: [ForwardedClaim]
+    public var identity = JWTIdentityConfig()
 
     public init(
         issuer: String, audiences: [String], leeway: Duration, maxLifetime: Duration, keys: [JWTKeyConfig],
@@ -315,11 +316,14 @@ public struct RateLimitPolicy: Sendable, Equatable {
     public let shadow: Bool
     /// IPv6 clients are grouped by this prefix length for `client_ip` keys.
     public let ipv6Prefix: Int
+    public var tiers: RateLimitTiersConfig? = nil
 }
 
 public enum RateLimitKeyPart: Sendable, Equatable, CustomStringConvertible {
     case clientIP
     case jwtSubject
+    /// A dotted claim path (`claim:sub` is read as `jwtSubject`).
+    case claim(String)
     case route
     /// Lowercased header name.
     case header(String)
@@ -328,6 +332,7 @@ public enum RateLimitKeyPart: Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .clientIP: "client_ip"
         case .jwtSubject: "jwt_subject"
+        case .claim(let path): "claim:\(path)"
         case .route: "route"
         case .header(let name): "header:\(name)"
         }
@@ -402,6 +407,7 @@ public struct RouteConfig: Sendable, Equatable {
     public let rateLimitPolicyIndices: [Int]
     /// Whether the global `cors` section applies to this route.
     public let cors: Bool
+    public var identity = RouteIdentityConfig()
 }
 
 public struct RouteMatch: Sendable, Equatable {

@@ -4,74 +4,140 @@ import NIOHTTP1
 import TLSClient
 
 /// Bearer-token authentication for routes (`auth: none | optional | required`), built once at
-/// config load from the `jwt` section. Pure apart from the verifier's token cache, so the HTTP/1.1
+/// config load from the `jwt` section. Pure apart from the verifiers' token caches, so the HTTP/1.1
 /// and HTTP/2 paths share it.
+///
+/// The token is read from the first of `jwt.sources` (in order) that holds one on this route
+/// (`query` and `websocket_protocol` only where the route allows them). With `jwt.providers` the
+/// token's `iss` picks the provider whose keys verify it; a key is never tried across issuers.
 ///
 /// Outcomes (SPEC "What a client gets", RFC 6750 §3.1):
 /// - no bearer token: `required` → 401 with a bare `Bearer realm="api"` challenge; `optional` →
-///   anonymous (but a route with `require_claims` needs a token whatever its mode: an anonymous
-///   caller cannot hold the claims, and letting it through would make `optional` an open door);
-/// - a token that fails verification → 401 `invalid_token` with `error_description` = the
-///   failure category (`expired`, `bad_signature` …), on `optional` routes too: a client that
-///   sent a broken token should learn so rather than silently be served as anonymous;
-/// - a valid token without the route's `require_claims` → 403 `forbidden`.
+///   anonymous (but a route with `require_claims` or `require_scopes` needs a token whatever its
+///   mode: an anonymous caller cannot hold the claims, and letting it through would make
+///   `optional` an open door);
+/// - a token that fails verification (an unknown issuer, or a provider the route does not list,
+///   included: `wrong_issuer`) → 401 `invalid_token` with `error_description` = the failure
+///   category, on `optional` routes too: a client that sent a broken token should learn so rather
+///   than silently be served as anonymous;
+/// - a valid token without the route's `require_claims` or `require_scopes` → 403 `forbidden`.
 /// Messages never contain the token, and the secret never leaves `JWTVerifier`.
 final class Authenticator: Sendable {
-    let verifier: JWTVerifier
+    /// One issuer: its verifier (issuer, audiences, keys) and the refresher of its remote keys.
+    struct Provider: Sendable {
+        let name: String
+        let verifier: JWTVerifier
+        let jwks: JWKSRefresher?
+    }
+
+    let providers: [Provider]
+    /// `iss` → index in `providers`; nil in the single-issuer form, whose one verifier checks `iss`.
+    private let providerByIssuer: [String: Int]?
     let forwardClaims: [ForwardedClaim]
-    /// Keeps `jwt.jwks_url`'s keys in `verifier` (nil without a JWKS URL); started by the server.
-    let jwks: JWKSRefresher?
+    let sources: [TokenSource]
+    let forwardToken: Bool
+    /// Every provider's refresher (nil without remote keys); started by the server.
+    let jwks: JWKSRefreshers?
     private let now: @Sendable () -> Date
 
+    /// The first provider's verifier (the only one in the single-issuer form).
+    var verifier: JWTVerifier { self.providers[0].verifier }
+
     init(
+        providers: [Provider], byIssuer: Bool, forwardClaims: [ForwardedClaim], sources: [TokenSource] = [.header],
+        forwardToken: Bool = false, now: @escaping @Sendable () -> Date = { Date() }
+    ) {
+        precondition(!providers.isEmpty, "config validation requires a provider")
+        self.providers = providers
+        self.providerByIssuer = byIssuer
+            ? Dictionary(providers.enumerated().map { ($1.verifier.configuration.issuer ?? "", $0) }, uniquingKeysWith: { a, _ in a })
+            : nil
+        self.forwardClaims = forwardClaims
+        self.sources = sources
+        self.forwardToken = forwardToken
+        let refreshers = providers.compactMap(\.jwks)
+        self.jwks = refreshers.isEmpty ? nil : JWKSRefreshers(refreshers)
+        self.now = now
+    }
+
+    /// The single-issuer form.
+    convenience init(
         verifier: JWTVerifier, forwardClaims: [ForwardedClaim], jwks: JWKSRefresher? = nil,
         now: @escaping @Sendable () -> Date = { Date() }
     ) {
-        self.verifier = verifier
-        self.forwardClaims = forwardClaims
-        self.jwks = jwks
-        self.now = now
+        self.init(providers: [Provider(name: "default", verifier: verifier, jwks: jwks)], byIssuer: false,
+                  forwardClaims: forwardClaims, now: now)
+    }
+
+    /// What a verified request carries on.
+    struct Identity: Sendable {
+        let claims: VerifiedClaims
+        /// Where the token was read from, to be removed from the upstream request (nil with
+        /// `jwt.forward_token: true`).
+        let strip: TokenLocation?
+        var subject: String? { self.claims.subject }
     }
 
     enum Outcome {
         /// Proxy without claims (no token on an `optional` route, or `auth: none`).
         case anonymous
         /// Proxy with these claim headers added (`forward_claims`).
-        case authenticated(claimHeaders: [(String, String)], subject: String?)
+        case authenticated(claimHeaders: [(String, String)], identity: Identity)
         case rejected(GatewayError)
     }
 
-    func authenticate(_ headers: HTTPHeaders, mode: AuthMode, requiredClaims: [String: [String]]) -> Outcome {
+    func authenticate(
+        _ headers: HTTPHeaders, target: String = "/", mode: AuthMode, requiredClaims: [String: [String]],
+        identity route: RouteIdentityConfig = RouteIdentityConfig()
+    ) -> Outcome {
         if mode == .none { return .anonymous }
-        switch Self.bearerToken(headers["authorization"]) {
+        switch self.findToken(headers, target: target, route: route) {
         case .absent:
-            if mode == .required || !requiredClaims.isEmpty { return .rejected(.missingToken) }
+            if mode == .required || !requiredClaims.isEmpty || !route.requireScopes.isEmpty { return .rejected(.missingToken) }
             return .anonymous
         case .malformed:
             return .rejected(.invalidToken(category: JWTError.malformed.category))
-        case .token(let token):
+        case .token(let token, let location):
+            let provider: Provider
+            switch self.provider(for: token, route: route) {
+            case .success(let found): provider = found
+            case .failure(let error): return .rejected(.invalidToken(category: error.category))
+            }
             let claims: VerifiedClaims
             do {
-                claims = try self.verifier.verify(token, now: self.now())
+                claims = try provider.verifier.verify(token, now: self.now())
             } catch {
                 // Perhaps a key published since the last JWKS fetch: this request is refused
                 // now (never blocked on a fetch); a rate-limited refetch lets the next one pass.
-                if error == .unknownKey { self.jwks?.keyNotFound() }
+                if error == .unknownKey { provider.jwks?.keyNotFound() }
                 return .rejected(.invalidToken(category: error.category))
             }
-            if !requiredClaims.isEmpty {
-                do {
-                    try claims.require(requiredClaims)
-                } catch {
-                    return .rejected(.forbidden(claim: error.claim ?? ""))
-                }
+            do throws(JWTError) {
+                if !requiredClaims.isEmpty { try claims.require(requiredClaims) }
+                try claims.requireScopes(any: route.requireScopes.any, all: route.requireScopes.all)
+            } catch {
+                return .rejected(.forbidden(claim: error.claim ?? "scope"))
             }
-            return .authenticated(claimHeaders: self.claimHeaders(claims), subject: claims.subject)
+            return .authenticated(
+                claimHeaders: self.claimHeaders(claims),
+                identity: Identity(claims: claims, strip: self.forwardToken ? nil : location))
         }
     }
 
+    /// The provider for `token`: the only one, or the one its (unverified) `iss` names, provided
+    /// the route accepts that provider. Anything else is `wrongIssuer`: no other key is tried.
+    private func provider(for token: Substring, route: RouteIdentityConfig) -> Result<Provider, JWTError> {
+        guard let providerByIssuer = self.providerByIssuer else { return .success(self.providers[0]) }
+        guard let issuer = UnverifiedClaims.issuer(of: token), let index = providerByIssuer[issuer] else {
+            return .failure(.wrongIssuer)
+        }
+        let provider = self.providers[index]
+        if let allowed = route.providers, !allowed.contains(provider.name) { return .failure(.wrongIssuer) }
+        return .success(provider)
+    }
+
     /// `forward_claims` as upstream headers. A claim that is absent, not a scalar or a list of
-    /// strings, or holds bytes a header value cannot carry, is left out (never sent half-escaped).
+    /// scalars, or holds bytes a header value cannot carry, is left out (never sent half-escaped).
     func claimHeaders(_ claims: VerifiedClaims) -> [(String, String)] {
         var headers: [(String, String)] = []
         headers.reserveCapacity(self.forwardClaims.count)
@@ -82,22 +148,47 @@ final class Authenticator: Sendable {
         return headers
     }
 
-    static func headerValue(_ claims: VerifiedClaims, _ name: String) -> String? {
-        let text: String
-        if let string = claims.string(name) {
-            text = string
-        } else if let list = claims.strings(name) {
-            text = list.joined(separator: ",")
-        } else if let number = claims.number(name) {
-            text = number.rounded() == number && abs(number) < 1e15 ? String(Int64(number)) : String(number)
-        } else if let bool = claims.bool(name) {
-            text = bool ? "true" : "false"
-        } else {
-            return nil
-        }
+    /// A claim (dotted path) as one header value: arrays joined with commas.
+    static func headerValue(_ claims: VerifiedClaims, _ path: String) -> String? {
+        guard let text = claims.text(path) else { return nil }
         // RFC 9110 §5.5: no CR, LF, NUL or other controls (header injection), bounded length.
         guard !text.isEmpty, text.utf8.count <= 1024, RequestValidator.isFieldValue(text) else { return nil }
         return text
+    }
+
+    enum FoundToken: Equatable {
+        case absent
+        /// A source held something that is not an RFC 6750 `b64token`, or several `Authorization`s.
+        case malformed
+        case token(Substring, TokenLocation)
+    }
+
+    /// The first configured source (that the route allows) holding a token.
+    func findToken(_ headers: HTTPHeaders, target: String, route: RouteIdentityConfig) -> FoundToken {
+        for source in self.sources where route.allows(source) {
+            let value: Substring?
+            let location: TokenLocation
+            switch source {
+            case .header:
+                switch Self.bearerToken(headers["authorization"]) {
+                case .absent: continue
+                case .malformed: return .malformed
+                case .token(let token): return .token(token, .authorization)
+                }
+            case .cookie(let name):
+                value = TokenLocation.cookie(named: name, in: headers)
+                location = .cookie(name)
+            case .query(let name):
+                value = TokenLocation.queryParameter(named: name, in: target)
+                location = .query(name)
+            case .websocketProtocol:
+                value = TokenLocation.websocketProtocolToken(headers)
+                location = .websocketProtocol
+            }
+            guard let value else { continue }
+            return Self.isB64Token(value) ? .token(value, location) : .malformed
+        }
+        return .absent
     }
 
     enum BearerToken: Equatable {
@@ -109,7 +200,7 @@ final class Authenticator: Sendable {
     }
 
     /// RFC 6750 §2.1: `Authorization: Bearer <b64token>`; the scheme is case-insensitive
-    /// (RFC 9110 §11.1). Tokens are read from this header only — never from the query or body.
+    /// (RFC 9110 §11.1).
     static func bearerToken(_ values: [String]) -> BearerToken {
         guard let value = values.first else { return .absent }
         // Several Authorization fields: which one would the upstream read? Refuse to guess.
@@ -118,10 +209,14 @@ final class Authenticator: Sendable {
         let schemeEnd: Substring.Index = whole.firstIndex(of: " ") ?? whole.endIndex
         guard whole[..<schemeEnd].lowercased() == "bearer" else { return .absent }
         let token: Substring = whole[schemeEnd...].trimmingSpaces
+        return Self.isB64Token(token) ? .token(token) : .malformed
+    }
+
+    /// RFC 6750 §2.1 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+    static func isB64Token(_ token: Substring) -> Bool {
         var body = token
         while body.last == "=" { body.removeLast() }
-        guard !body.isEmpty, body.utf8.allSatisfy(Self.isB64TokenByte) else { return .malformed }
-        return .token(token)
+        return !body.isEmpty && body.utf8.allSatisfy(Self.isB64TokenByte)
     }
 
     private static func isB64TokenByte(_ byte: UInt8) -> Bool {
@@ -137,12 +232,34 @@ final class Authenticator: Sendable {
 // MARK: - Building from the config
 
 extension Authenticator {
-    /// Loads every key of the `jwt` section into a `JWTVerifier`. Errors name the key's path and
-    /// never quote a secret. With `jwks_url`, also prepares (but does not start: nothing is
-    /// fetched here, so `gateway validate` stays offline) the refresher that adds its keys.
+    /// Loads every key of the `jwt` section (of each of its `providers`) into a `JWTVerifier`.
+    /// Errors name the key's path and never quote a secret. With `jwks_url` or `discovery_url`,
+    /// also prepares (but does not start: nothing is fetched here, so `gateway validate` stays
+    /// offline) the refresher that adds its keys.
     static func make(_ config: JWTConfig, now: @escaping @Sendable () -> Date = { Date() }) -> Result<Authenticator, ConfigErrors> {
-        var keys: [VerificationKey] = []
         var errors: [ConfigError] = []
+        let several = !config.identity.providers.isEmpty
+        let sources: [(JWTProviderConfig, String)] = several
+            ? config.identity.providers.enumerated().map { ($1, "jwt.providers[\($0)]") }
+            : [(JWTProviderConfig(
+                name: "default", issuer: config.issuer, audiences: config.audiences, leeway: config.leeway,
+                maxLifetime: config.maxLifetime, keys: config.keys, jwksURL: config.jwksURL, discoveryURL: nil,
+                jwksCA: config.jwksCA, jwksRefresh: config.jwksRefresh), "jwt")]
+        var providers: [Provider] = []
+        for (provider, path) in sources {
+            if let made = Self.provider(provider, at: path, now: now, errors: &errors) { providers.append(made) }
+        }
+        guard errors.isEmpty, !providers.isEmpty else { return .failure(ConfigErrors(errors: errors)) }
+        return .success(Authenticator(
+            providers: providers, byIssuer: several, forwardClaims: config.forwardClaims,
+            sources: config.identity.sources, forwardToken: config.identity.forwardToken, now: now))
+    }
+
+    private static func provider(
+        _ config: JWTProviderConfig, at path: String, now: @escaping @Sendable () -> Date, errors: inout [ConfigError]
+    ) -> Provider? {
+        var keys: [VerificationKey] = []
+        let errorCount = errors.count
         for (index, key) in config.keys.enumerated() {
             switch key.material {
             case .secret(let secret):
@@ -150,7 +267,7 @@ extension Authenticator {
                 let needed = Self.minimumSecretBytes(key.algorithm)
                 guard bytes.count >= needed else {
                     errors.append(ConfigError(
-                        path: "jwt.keys[\(index)].secret",
+                        path: "\(path).keys[\(index)].secret",
                         reason: "an \(key.algorithm.rawValue) secret must be at least \(needed) bytes (RFC 7518 §3.2), "
                             + "this one has \(bytes.count); generate one with `openssl rand -base64 48`"
                     ))
@@ -160,11 +277,11 @@ extension Authenticator {
                     keys.append(try VerificationKey.hmac(
                         kid: key.kid, algorithm: .init(rawValue: key.algorithm.rawValue)!, secret: bytes))
                 } catch {
-                    errors.append(ConfigError(path: "jwt.keys[\(index)].secret", reason: "unusable secret (\(error.category))"))
+                    errors.append(ConfigError(path: "\(path).keys[\(index)].secret", reason: "unusable secret (\(error.category))"))
                 }
-            case .publicKeyFile(let path):
-                guard let pem = try? String(contentsOfFile: path, encoding: .utf8) else {
-                    errors.append(ConfigError(path: "jwt.keys[\(index)].public_key", reason: "cannot read \(path)"))
+            case .publicKeyFile(let file):
+                guard let pem = try? String(contentsOfFile: file, encoding: .utf8) else {
+                    errors.append(ConfigError(path: "\(path).keys[\(index)].public_key", reason: "cannot read \(file)"))
                     continue
                 }
                 do {
@@ -172,35 +289,39 @@ extension Authenticator {
                         kid: key.kid, algorithm: .init(rawValue: key.algorithm.rawValue)!, pem: pem))
                 } catch {
                     let why = error.detail.isEmpty ? error.category : error.detail
-                    errors.append(ConfigError(path: "jwt.keys[\(index)].public_key", reason: "\(path): \(why)"))
+                    errors.append(ConfigError(path: "\(path).keys[\(index)].public_key", reason: "\(file): \(why)"))
                 }
             }
         }
-        var jwksSource: (url: String, endpoint: JWKSEndpoint, tls: TLSClientContext)?
-        if let url = config.jwksURL {
+        var remote: (url: String, endpoint: JWKSEndpoint, discovery: Bool, tls: TLSClientContext)?
+        if let url = config.discoveryURL ?? config.jwksURL {
+            let key = config.discoveryURL == nil ? "jwks_url" : "discovery_url"
             if let endpoint = JWKSEndpoint(url: url) {
                 do {
                     let tls = try TLSClientContext(alpn: ["http/1.1"], insecure: false, caFile: config.jwksCA)
-                    jwksSource = (url, endpoint, tls)
+                    remote = (url, endpoint, config.discoveryURL != nil, tls)
                 } catch {
-                    errors.append(ConfigError(path: config.jwksCA == nil ? "jwt.jwks_url" : "jwt.jwks_ca", reason: "\(error)"))
+                    errors.append(ConfigError(path: "\(path).\(config.jwksCA == nil ? key : "jwks_ca")", reason: "\(error)"))
                 }
             } else {
-                errors.append(ConfigError(path: "jwt.jwks_url", reason: "must be an https:// URL with a host"))
+                errors.append(ConfigError(path: "\(path).\(key)", reason: "must be an https:// URL with a host"))
             }
         }
-        guard errors.isEmpty else { return .failure(ConfigErrors(errors: errors)) }
+        guard errors.count == errorCount else { return nil }
         let configuration = JWTVerifierConfiguration(
-            issuer: config.issuer, audiences: config.audiences, leeway: config.leeway,
-            maxLifetime: config.maxLifetime
+            issuer: config.issuer, audiences: config.audiences, leeway: config.leeway, maxLifetime: config.maxLifetime
         )
         let verifier = JWTVerifier(configuration: configuration, keys: KeySet(keys: keys), clock: now)
-        let jwks = jwksSource.map { source in
-            JWKSRefresher(
-                url: source.url, endpoint: source.endpoint, tls: source.tls, config: config.jwksRefresh,
-                staticKeys: keys, verifier: verifier)
+        let jwks = remote.map { source in
+            source.discovery
+                ? JWKSRefresher(
+                    discoveryURL: source.url, endpoint: source.endpoint, issuer: config.issuer, tls: source.tls,
+                    config: config.jwksRefresh, staticKeys: keys, verifier: verifier)
+                : JWKSRefresher(
+                    url: source.url, endpoint: source.endpoint, tls: source.tls, config: config.jwksRefresh,
+                    staticKeys: keys, verifier: verifier)
         }
-        return .success(Authenticator(verifier: verifier, forwardClaims: config.forwardClaims, jwks: jwks, now: now))
+        return Provider(name: config.name, verifier: verifier, jwks: jwks)
     }
 
     /// RFC 7518 §3.2: an HMAC key at least as long as the hash output.

@@ -1,3 +1,4 @@
+import JWTVerifier
 import NIOCore
 import NIOHTTP1
 import RateLimiter
@@ -9,10 +10,50 @@ import Synchronization
 struct RateLimitRule: Sendable {
     var spec: PolicySpec
     var key: [RateLimitKeyPart]
+    /// `tier_claim`/`tiers`: the limit follows a claim (nil: `spec` applies to everyone).
+    var tiers: RateLimitTierRule? = nil
 
-    /// Keyed by the client address and not by a token claim: counted before authentication
-    /// decides, so requests it refuses spend the address's budget too.
-    var countsRefusedRequests: Bool { self.key.contains(.clientIP) && !self.key.contains(.jwtSubject) }
+    /// Keyed by the client address and neither keyed nor tiered by a token claim: it also counts
+    /// requests authentication refuses (so a flood of bad tokens spends the address's budget),
+    /// whereas claim-keyed policies only count authenticated outcomes.
+    var countsRefusedRequests: Bool {
+        self.key.contains(.clientIP) && self.tiers == nil && !self.key.contains(where: \.readsToken)
+    }
+}
+
+extension RateLimitKeyPart {
+    /// Read from the verified token (known only after authentication).
+    var readsToken: Bool {
+        switch self {
+        case .jwtSubject, .claim: true
+        case .clientIP, .route, .header: false
+        }
+    }
+}
+
+/// A tiered policy's limits: one `PolicySpec` per tier, all under the policy's name.
+struct RateLimitTierRule: Sendable {
+    var claim: String
+    var specs: [String: PolicySpec]
+    var defaultTier: String
+
+    init(_ config: RateLimitTiersConfig, policy: RateLimitPolicy) {
+        self.claim = config.claim
+        self.defaultTier = config.defaultTier
+        self.specs = Dictionary(uniqueKeysWithValues: config.tiers.map { tier in
+            (tier.name, PolicySpec(
+                name: policy.name, limit: tier.limit, windowSeconds: Int(tier.window.components.seconds),
+                algorithm: policy.algorithm == .slidingLog ? .slidingLog : .slidingWindow,
+                shadow: policy.shadow, ipv6Prefix: policy.ipv6Prefix))
+        })
+    }
+
+    /// The tier named by the claim; the default one for anonymous requests, tokens without the
+    /// claim, and values that name no tier.
+    func tier(_ claims: VerifiedClaims?) -> (name: String, spec: PolicySpec) {
+        if let name = claims?.text(self.claim), let spec = self.specs[name] { return (name, spec) }
+        return (self.defaultTier, self.specs[self.defaultTier]!)
+    }
 }
 
 /// What a request needs to be counted: the (policy, key) pairs, built before anything is sent.
@@ -92,11 +133,12 @@ final class RateLimitService: Sendable {
         self.metrics = metrics
     }
 
-    /// The checks for one request, or nil when nothing is to be counted (no policies, an exempt
-    /// client, or a key part the request does not have — a missing `jwt_subject` or header
-    /// falls back to the client IP, so anonymous clients still share one bucket per address).
+    /// The checks for one request, or nil when nothing is to be counted (no policies, or an
+    /// exempt client). A key part the request does not have — no token, a token without the
+    /// claim, a missing header — falls back to the client IP, so anonymous clients still share
+    /// one bucket per address.
     func request(
-        rules: [RateLimitRule], clientIP: String, subject: String?, headers: HTTPHeaders, route: String
+        rules: [RateLimitRule], clientIP: String, claims: VerifiedClaims?, headers: HTTPHeaders, route: String
     ) -> RateLimitRequest? {
         guard !rules.isEmpty else { return nil }
         if !self.exempt.isEmpty, let bytes = IPAddressText.parse(Substring(clientIP)),
@@ -108,11 +150,13 @@ final class RateLimitService: Sendable {
         checks.reserveCapacity(rules.count)
         for rule in rules {
             var parts: [KeyPart] = []
+            parts.reserveCapacity(rule.key.count + 1)
             for part in rule.key {
                 switch part {
                 case .clientIP: parts.append(.clientIP(clientIP))
                 case .route: parts.append(.route(route))
-                case .jwtSubject: parts.append(subject.map(KeyPart.jwtSubject) ?? .clientIP(clientIP))
+                case .jwtSubject: parts.append(claims?.subject.map(KeyPart.jwtSubject) ?? .clientIP(clientIP))
+                case .claim(let path): parts.append(claims?.text(path).map { KeyPart.claim(path, $0) } ?? .clientIP(clientIP))
                 case .header(let name):
                     if let value = headers.first(name: name) {
                         parts.append(.header(name, value))
@@ -121,8 +165,14 @@ final class RateLimitService: Sendable {
                     }
                 }
             }
-            guard let key = RateLimitKey.make(policy: rule.spec, parts: parts) else { continue }
-            checks.append((rule.spec, key))
+            var spec = rule.spec
+            if let tiers = rule.tiers {
+                let tier = tiers.tier(claims)
+                spec = tier.spec
+                parts.append(.tier(tier.name))
+            }
+            guard let key = RateLimitKey.make(policy: spec, parts: parts) else { continue }
+            checks.append((spec, key))
         }
         return checks.isEmpty ? nil : RateLimitRequest(service: self, checks: checks)
     }

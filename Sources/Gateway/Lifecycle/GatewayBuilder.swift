@@ -52,7 +52,7 @@ public enum GatewayBuilder {
                     algorithm: policy.algorithm == .slidingLog ? .slidingLog : .slidingWindow,
                     shadow: policy.shadow, ipv6Prefix: policy.ipv6Prefix
                 ),
-                key: policy.key
+                key: policy.key, tiers: policy.tiers.map { RateLimitTierRule($0, policy: policy) }
             )
         }
         let routes = config.routes.enumerated().map { index, route in
@@ -62,7 +62,7 @@ public enum GatewayBuilder {
                 name: route.name, host: route.match.host.map { "\($0)" }, pathPrefix: route.match.pathPrefix,
                 methods: route.match.methods, upstreamName: route.upstream, order: index,
                 auth: route.auth, requiredClaims: claims, cors: route.cors ? cors : nil,
-                rateLimits: route.rateLimitPolicyIndices.map { policies[$0] }
+                rateLimits: route.rateLimitPolicyIndices.map { policies[$0] }, identity: route.identity
             )
         }
         let traffic = TrafficSettings(

@@ -77,8 +77,8 @@ public final class GatewayServer: Sendable, AdminControl {
     private let slots = Mutex<[(String, ListenerSlot)]>([])
     private let runningConfig: Mutex<GatewayConfig>
     private let healthChecker = Mutex<HealthChecker?>(nil)
-    /// The running snapshot's JWKS refresher (`jwt.jwks_url`), if any.
-    private let jwksRefresher = Mutex<JWKSRefresher?>(nil)
+    /// The running snapshot's JWKS refreshers (`jwks_url`, `discovery_url`), if any.
+    private let jwksRefresher = Mutex<JWKSRefreshers?>(nil)
     private let reloads = ReloadSequencer()
 
     var runtime: GatewayRuntime { self.holder.current }
@@ -124,7 +124,7 @@ public final class GatewayServer: Sendable, AdminControl {
     /// snapshot is swapped in: with the same URL, the new one starts from the old one's keys.
     private func startJWKSRefresher(for runtime: GatewayRuntime) {
         let refresher = runtime.authenticator?.jwks
-        let previous = self.jwksRefresher.withLock { current -> JWKSRefresher? in
+        let previous = self.jwksRefresher.withLock { current -> JWKSRefreshers? in
             defer { current = refresher }
             return current
         }

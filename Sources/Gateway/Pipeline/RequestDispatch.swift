@@ -150,7 +150,8 @@ struct RequestDispatch {
                 scheme: services.listener.scheme, host: host,
                 fallbackHost: cluster.endpoints.isEmpty ? "localhost" : cluster.endpoints[0].key, addedHeaders: plan.claimHeaders, trace: trace
             )
-            let upstreamHead = HeaderRewriter.upstreamRequest(head, framing: framing, info: info, removing: plan.removedHeaders)
+            var upstreamHead = HeaderRewriter.upstreamRequest(head, framing: framing, info: info, removing: plan.removedHeaders)
+            if let token = plan.strippedToken { upstreamHead = token.removed(from: upstreamHead) }
             let exchange = ProxyExchange(
                 upstreamHead: upstreamHead, requestMethod: head.method, clientVersion: head.version,
                 requestID: requestID, addHSTS: services.listener.isTLS, responseAdditions: additions,

@@ -39,6 +39,8 @@ struct ProxyPlan {
     var removedHeaders: Set<String>
     /// The verified token's `sub`, if any (rate-limit keys, the access log's subject hash).
     var subject: String? = nil
+    /// Where the token was read from, removed from the upstream request (`jwt.forward_token`).
+    var strippedToken: TokenLocation? = nil
     /// What to count before proxying (nil: nothing).
     var rateLimit: RateLimitRequest? = nil
     /// The refusal to answer with once `rateLimit` allowed the request: nothing is proxied.
@@ -123,17 +125,19 @@ enum RequestPipeline {
         }
 
         var claimHeaders: [(String, String)] = []
-        var subject: String? = nil
+        var identity: Authenticator.Identity? = nil
         if route.auth != .none {
             guard let authenticator = runtime.authenticator else {
                 // Config validation makes this unreachable; fail closed if it ever is not.
                 return named(PipelineDecision(.error(.missingToken), additions, client: client), route)
             }
-            switch authenticator.authenticate(headers, mode: route.auth, requiredClaims: route.requiredClaims) {
+            switch authenticator.authenticate(
+                headers, target: target, mode: route.auth, requiredClaims: route.requiredClaims, identity: route.identity
+            ) {
             case .anonymous: break
-            case .authenticated(let headers, let sub):
+            case .authenticated(let headers, let verified):
                 claimHeaders = headers
-                subject = sub
+                identity = verified
             case .rejected(let error):
                 if let plan = countedRefusal(error, route: route, client: client, headers: headers, runtime: runtime) {
                     return named(PipelineDecision(.proxy(plan), additions, client: client), route)
@@ -147,12 +151,14 @@ enum RequestPipeline {
         }
         let removed = client.peerTrusted ? runtime.removedFromTrustedPeer : runtime.removedFromUntrustedPeer
         var plan = ProxyPlan(route: route, cluster: cluster, claimHeaders: claimHeaders, removedHeaders: removed)
-        plan.subject = subject
-        // Counted after authentication, so policies keyed by a token claim see the verified
-        // subject. Preflights and /health* never get here; refused tokens were counted above.
+        plan.subject = identity?.subject
+        plan.strippedToken = identity?.strip
+        // Counted after authentication, so policies keyed by a token claim (or tiered by one) see
+        // the verified claims. Preflights and /health* never get here; refused tokens were
+        // counted above by the policies keyed by address only.
         if let limiter = runtime.rateLimiter {
             plan.rateLimit = limiter.request(
-                rules: route.rateLimits, clientIP: client.ip, subject: subject, headers: headers, route: route.name
+                rules: route.rateLimits, clientIP: client.ip, claims: identity?.claims, headers: headers, route: route.name
             )
         }
         return named(PipelineDecision(.proxy(plan), additions, client: client), route)
@@ -168,7 +174,7 @@ enum RequestPipeline {
         guard let limiter = runtime.rateLimiter, route.rateLimits.contains(where: \.countsRefusedRequests),
             let cluster = runtime.clusters[route.upstreamName],
             let request = limiter.request(
-                rules: route.rateLimits.filter(\.countsRefusedRequests), clientIP: client.ip, subject: nil,
+                rules: route.rateLimits.filter(\.countsRefusedRequests), clientIP: client.ip, claims: nil,
                 headers: headers, route: route.name
             )
         else { return nil }
