@@ -204,3 +204,8 @@ struct RedisRateLimitStoreTests {
         }
     }
 }
+
+extension RedisRateLimitStore {
+    /// The single-server pool these tests build their stores on.
+    var pool: RedisConnectionPool { client as! RedisConnectionPool }
+}
