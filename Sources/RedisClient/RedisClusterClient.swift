@@ -61,12 +61,22 @@ public final class RedisClusterClient: RedisCommandSender {
             refresh(force: false)
             return group.next().makeFailedFuture(state.withLock { $0.shutDown } ? RedisError.poolClosed : RedisError.noRoute)
         }
-        return pool.send(commands: commands, timeout: timeout)
-            .flatMap { replies in self.followRedirect(replies, commands, from: pool, timeout: timeout) }
-            .flatMapErrorThrowing { error in
+        // One promise per command on the common path (no redirect): this runs once per decision.
+        let promise = pool.nextEventLoop().makePromise(of: [RESPValue].self)
+        pool.send(commands: commands, timeout: timeout).whenComplete { result in
+            switch result {
+            case .success(let replies):
+                if replies.contains(where: { RedisClusterSlots.redirect($0) != nil }) {
+                    self.followRedirect(replies, commands, from: pool, timeout: timeout).cascade(to: promise)
+                } else {
+                    promise.succeed(replies)
+                }
+            case .failure(let error):
                 if let e = error as? RedisError, e != .poolClosed { self.refresh(force: false) }
-                throw error
+                promise.fail(error)
             }
+        }
+        return promise.futureResult
     }
 
     /// At most one redirection is followed: a second would mean the map is changing under us,

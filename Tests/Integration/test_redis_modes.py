@@ -285,6 +285,34 @@ def test_cluster_exact_limits_across_two_gateways(gateway_factory, upstream, clu
         assert metric(scrape_metrics(gw), "gateway_redis_errors_total") == 0
 
 
+def test_cluster_policies_on_two_identities_make_one_call_per_slot(gateway_factory, upstream, cluster):
+    """An address policy and an API-key policy on one route: two slots, two script calls. The
+    request passes only when both allow; the slot that allowed a request another slot denied has
+    counted it (the documented cross-slot bound: one unit per denied request)."""
+    cluster.flush()
+    top = POLICIES.format(mode="deny", limit=10) + "    per_key: { limit: 3, window: 60s, key: 'header:x-api-key' }\n"
+    routes = ROUTES + """  - name: keyed
+    match: { path_prefix: /keyed/ }
+    upstream: booking
+    rate_limits: [tight, per_key]
+"""
+    gw = gateway_factory(upstream.port, top_extra=top + cluster.yaml(), extra_routes=routes)
+    wait_until(lambda: health(gw)["state"] == "up", 15, "cluster map")
+    key_b = "gw:rl:{h:x-api-key:k1}:per_key"
+    assert cluster.nodes[0].cli("CLUSTER", "KEYSLOT", KEY) != cluster.nodes[0].cli("CLUSTER", "KEYSLOT", key_b)
+    with httpx.Client(verify=False, timeout=5) as c:
+        codes = [c.get(gw.url("/keyed/x"), headers={"x-api-key": "k1"}).status_code for _ in range(4)]
+        assert codes == [404, 404, 404, 429], codes
+        r = c.get(gw.url("/limited/x"))
+        # tight allowed all four keyed requests (counted 4) and this one: 10 - 5 left.
+        assert r.status_code == 404 and r.headers["ratelimit-remaining"] == "5"
+    owner_a, _ = cluster.owner(KEY)
+    owner_b, _ = cluster.owner(key_b)
+    assert counted(owner_a) == 5
+    assert int(owner_b.cli("HMGET", key_b, "c").split()[0]) == 3
+    assert metric(scrape_metrics(gw), "gateway_redis_errors_total") == 0
+
+
 def test_cluster_slot_migration_under_traffic(gateway_factory, upstream, cluster):
     """The limiter's slot moves to another master while requests flow: ASK during the move,
     MOVED after it; every decision still comes from Redis (deny on store errors would show 503)

@@ -149,8 +149,9 @@ extension GatewayConfig {
             r.fail(path, "file is not readable")
             return endpoint
         }
-        let secret = String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
-            .first.map { $0.hasSuffix("\r") ? String($0.dropLast()) : String($0) } ?? ""
+        // "\r\n" is one Character in Swift, so isNewline covers both line ends.
+        let secret = String(String(decoding: data, as: UTF8.self)
+            .split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).first ?? "")
         guard !secret.isEmpty else {
             r.fail(path, "the file's first line (the password) is empty")
             return endpoint
