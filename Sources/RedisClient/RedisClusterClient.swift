@@ -146,7 +146,7 @@ public final class RedisClusterClient: RedisCommandSender {
             s.refreshing = true
             s.lastRefresh = now
             // Connected nodes first; the seeds are in the list too, so a cluster whose map named
-            // only nodes now gone can still be found again.
+            // only nodes that have since gone can still be found again.
             return s.pools.values.sorted { $0.connectedCount > $1.connectedCount }
         }
         guard let candidates else { return }

@@ -23,7 +23,7 @@ public struct RedisNodeState: Sendable, Equatable {
     public var address: String
     /// `standalone`, `master` (a cluster master or the Sentinel-named master) or `sentinel`.
     public var role: String
-    /// Connections up right now.
+    /// Connections up at the moment of the call.
     public var connections: Int
     /// Hash slots this node serves (cluster only).
     public var slots: Int?

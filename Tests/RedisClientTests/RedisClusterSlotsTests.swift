@@ -1,3 +1,5 @@
+import NIOCore
+import NIOPosix
 @testable import RedisClient
 import Testing
 
@@ -50,5 +52,25 @@ import Testing
         #expect(c.description == "rediss://cache.example:6380/0")
         #expect(try RedisConfiguration(url: "redis://h:1").tls == nil)
         #expect(c.with(host: "::1", port: 7000).address == "[::1]:7000")
+    }
+
+    /// With nothing reachable, cluster and Sentinel clients fail at once instead of queueing:
+    /// the rate limiter's deadline is never spent waiting for a map or a master.
+    @Test func nothingReachableFailsAtOnce() async throws {
+        try await withOwnEventLoop { group in
+            let dead = freePort()
+            let config = RedisConfiguration(host: "", port: 0)
+            let cluster = RedisClusterClient(configuration: config, seeds: [("127.0.0.1", dead)], eventLoopGroup: group)
+            let (r1, t1) = await timedFuture { cluster.send(["GET", "k"], key: "k") }
+            #expect(r1.error as? RedisError == .noRoute && t1 < .milliseconds(100))
+            #expect(!cluster.hasSlotMap && cluster.nodeStates.map(\.connections) == [0])
+            let sentinel = RedisSentinelClient(configuration: config, sentinels: [("127.0.0.1", dead)], masterName: "m",
+                                               eventLoopGroup: group)
+            let (r2, t2) = await timedFuture { sentinel.send(["GET", "k"], key: "k") }
+            #expect(r2.error as? RedisError == .noRoute && t2 < .milliseconds(100))
+            #expect(sentinel.masterAddress == nil)
+            try await cluster.shutdown().get()
+            try await sentinel.shutdown().get()
+        }
     }
 }
