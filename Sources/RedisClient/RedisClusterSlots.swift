@@ -7,16 +7,19 @@ public enum RedisClusterSlots {
     /// the next `}` when that text is not empty — or of the whole key, modulo 16384
     /// (Redis Cluster specification, "Keys distribution model").
     public static func slot(for key: String) -> Int {
-        var bytes = Array(key.utf8)[...]
-        if let open = bytes.firstIndex(of: UInt8(ascii: "{")),
-           let close = bytes[(open + 1)...].firstIndex(of: UInt8(ascii: "}")), close > open + 1 {
-            bytes = bytes[(open + 1)..<close]
+        var key = key  // withUTF8 is mutating; a native string is not copied
+        return key.withUTF8 { all in
+            var bytes = all[...]
+            if let open = all.firstIndex(of: UInt8(ascii: "{")),
+               let close = all[(open + 1)...].firstIndex(of: UInt8(ascii: "}")), close > open + 1 {
+                bytes = all[(open + 1)..<close]
+            }
+            var crc: UInt16 = 0
+            for b in bytes {
+                crc = (crc << 8) ^ crc16Table[Int(UInt8(truncatingIfNeeded: crc >> 8) ^ b)]
+            }
+            return Int(crc) & (count - 1)
         }
-        var crc: UInt16 = 0
-        for b in bytes {
-            crc = (crc << 8) ^ crc16Table[Int(UInt8(truncatingIfNeeded: crc >> 8) ^ b)]
-        }
-        return Int(crc) & (count - 1)
     }
 
     private static let crc16Table: [UInt16] = (0..<256).map { i -> UInt16 in

@@ -1,4 +1,5 @@
 import NIOCore
+import NIOPosix
 import Synchronization
 import TLSClient
 
@@ -6,12 +7,13 @@ import TLSClient
 /// where the master is, keeps one pipelined `RedisConnectionPool` to it, and moves to the new
 /// master when the sentinels name another one.
 ///
-/// Rediscovery happens on a timer (`pollInterval`) and at once when a command fails or the
-/// server answers `READONLY` (a demoted master) — the two signs of a failover seen from the
-/// client. The timer stands in for a `+switch-master` subscription: the pipelined connection
-/// carries request/reply traffic only, and a failed command already triggers the same lookup.
-/// Commands never wait for discovery: with no master known they fail at once with
-/// `RedisError.noRoute`.
+/// The switch is learnt three ways: a `+switch-master` message on a subscription to the first
+/// reachable sentinel (the moment Sentinel announces it), a lookup when a command fails or the
+/// server answers `READONLY` (a demoted master), and a lookup every `pollInterval` (a missed
+/// message while the subscription reconnects). Lookups and the subscription go to the
+/// sentinels in the same order, so two sentinels that disagree for a moment do not make the
+/// client flip between masters. Commands never wait for discovery: with no master known they
+/// fail at once with `RedisError.noRoute`.
 ///
 /// Sentinels are reached with the TLS settings of `configuration` but without its credentials
 /// or database (those belong to the master).
@@ -28,6 +30,8 @@ public final class RedisSentinelClient: RedisCommandSender {
 
     private struct State {
         var master: RedisConnectionPool?
+        var subscription: (any Channel)?
+        var resubscribe: Scheduled<Void>?
         var asking = false
         var lastAsked: NIODeadline?
         var poll: RepeatedTask?
@@ -56,6 +60,58 @@ public final class RedisSentinelClient: RedisCommandSender {
             self?.discover(force: true)
         }
         state.withLock { $0.poll = task }
+        subscribe(sentinel: 0)
+    }
+
+    // MARK: +switch-master
+
+    /// Subscribes on sentinel `index`; when that connection fails or ends, the next sentinel is
+    /// tried after a short pause (the first one again after the last).
+    private func subscribe(sentinel index: Int) {
+        let pool = sentinels[index % sentinels.count]
+        let tlsContext = try? tls?.get()
+        let name = pool.configuration.tls?.serverName ?? pool.configuration.host
+        let loop = group.next()
+        ClientBootstrap(group: loop)
+            .connectTimeout(configuration.connectTimeout)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if let tlsContext {
+                        try channel.pipeline.syncOperations.addHandler(TLSClientHandler(
+                            context: tlsContext, host: name, hostIsIPAddress: RedisTLSContext.isIPAddress(name)))
+                    }
+                    try channel.pipeline.syncOperations.addHandler(SentinelSwitchHandler { [weak self] master, host, port in
+                        guard let self, master == self.masterName else { return }
+                        self.use(host: host, port: port)
+                    })
+                }
+            }
+            .connect(host: pool.configuration.host, port: pool.configuration.port)
+            .whenComplete { result in
+                let next = index + 1
+                switch result {
+                case .success(let channel):
+                    let keep: Bool = self.state.withLock { s in
+                        guard !s.shutDown else { return false }
+                        s.subscription = channel
+                        return true
+                    }
+                    guard keep else { channel.close(promise: nil); return }
+                    // The sentinel that stays up keeps the subscription; a lost one hands over.
+                    channel.closeFuture.whenComplete { _ in self.resubscribe(next, after: .milliseconds(100)) }
+                case .failure:
+                    self.resubscribe(next, after: .milliseconds(200))
+                }
+            }
+    }
+
+    private func resubscribe(_ index: Int, after delay: TimeAmount) {
+        let loop = group.next()
+        state.withLock { s in
+            s.subscription = nil
+            guard !s.shutDown else { return }
+            s.resubscribe = loop.scheduleTask(in: delay) { self.subscribe(sentinel: index) }
+        }
     }
 
     public func send(commands: [[String]], key: String?, timeout: TimeAmount?) -> EventLoopFuture<[RESPValue]> {
@@ -131,15 +187,74 @@ public final class RedisSentinelClient: RedisCommandSender {
     public var masterAddress: String? { state.withLock { $0.master?.configuration.address } }
 
     public func shutdown() -> EventLoopFuture<Void> {
-        let (poll, master): (RepeatedTask?, RedisConnectionPool?) = state.withLock { s in
+        let (poll, master, subscription): (RepeatedTask?, RedisConnectionPool?, (any Channel)?) = state.withLock { s in
             s.shutDown = true
-            let r = (s.poll, s.master)
+            s.resubscribe?.cancel()
+            let r = (s.poll, s.master, s.subscription)
             s.poll = nil
             s.master = nil
+            s.subscription = nil
             return r
         }
         poll?.cancel()
+        subscription?.close(promise: nil)
         let pools = sentinels + (master.map { [$0] } ?? [])
         return EventLoopFuture.andAllComplete(pools.map { $0.shutdown() }, on: group.next())
+    }
+}
+
+/// A `SUBSCRIBE +switch-master` connection to one sentinel: reports each announced switch as
+/// (master name, new host, new port). Payload: `<name> <old-ip> <old-port> <new-ip> <new-port>`.
+final class SentinelSwitchHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let onSwitch: @Sendable (String, String, Int) -> Void
+    private var parser: RESPParser?
+
+    init(onSwitch: @escaping @Sendable (String, String, Int) -> Void) {
+        self.onSwitch = onSwitch
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        parser = RESPParser()
+        if context.channel.isActive { subscribe(context: context) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        parser?.close()
+        parser = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        subscribe(context: context)
+        context.fireChannelActive()
+    }
+
+    private func subscribe(context: ChannelHandlerContext) {
+        var buffer = context.channel.allocator.buffer(capacity: 64)
+        RESPEncoder.encode(["SUBSCRIBE", "+switch-master"], into: &buffer)
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let parser else { return }
+        do {
+            try parser.feed(unwrapInboundIn(data))
+            while let value = try parser.next() {
+                guard let items = value.array, items.count == 3, items[0].string == "message",
+                      let payload = items[2].string else { continue }
+                let fields = payload.split(separator: " ")
+                if fields.count == 5, let port = Int(fields[4]) {
+                    onSwitch(String(fields[0]), String(fields[3]), port)
+                }
+            }
+        } catch {
+            context.close(promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
     }
 }

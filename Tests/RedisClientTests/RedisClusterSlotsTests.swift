@@ -1,5 +1,7 @@
 import NIOCore
+import NIOEmbedded
 import NIOPosix
+import Synchronization
 @testable import RedisClient
 import Testing
 
@@ -72,5 +74,26 @@ import Testing
             try await cluster.shutdown().get()
             try await sentinel.shutdown().get()
         }
+    }
+
+    /// The subscription handler subscribes once active and reports `+switch-master` payloads,
+    /// ignoring the subscribe confirmation and other channels' shapes.
+    @Test func switchMasterMessagesAreReported() throws {
+        let seen = Mutex<[String]>([])
+        let channel = EmbeddedChannel(handler: SentinelSwitchHandler { name, host, port in
+            seen.withLock { $0.append("\(name) \(host):\(port)") }
+        })
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 26379)).wait()
+        var written = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        #expect(written.readString(length: written.readableBytes) == "*2\r\n$9\r\nSUBSCRIBE\r\n$14\r\n+switch-master\r\n")
+        let confirm = "*3\r\n$9\r\nsubscribe\r\n$14\r\n+switch-master\r\n:1\r\n"
+        let payload = "mymaster 127.0.0.1 6379 127.0.0.1 6380"
+        let message = "*3\r\n$7\r\nmessage\r\n$14\r\n+switch-master\r\n$\(payload.utf8.count)\r\n\(payload)\r\n"
+        // Split mid-message: the reader keeps the partial reply.
+        let bytes = Array((confirm + message).utf8)
+        try channel.writeInbound(ByteBuffer(bytes: bytes[..<50]))
+        try channel.writeInbound(ByteBuffer(bytes: bytes[50...]))
+        #expect(seen.withLock { $0 } == ["mymaster 127.0.0.1:6380"])
+        _ = try? channel.finish()
     }
 }
