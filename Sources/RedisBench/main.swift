@@ -63,7 +63,9 @@ let commands = tags.map { tag in
     return (keys[0], ["EVALSHA", sha, String(keys.count)] + keys + arguments)
 }
 let (_, arguments) = RedisRateLimitScript.keysAndArguments([(policy, "k")])
-print("redis-benchmark equivalent: EVALSHA \(sha) 1 gw:rl:{tag}:bench '' \(arguments.dropFirst().joined(separator: " "))")
+// redis-benchmark --cluster replaces "{tag}" with a tag of each master.
+let printedKey = tags.count == 1 ? commands[0].0 : "gw:rl:{tag}:bench"
+print("redis-benchmark equivalent: EVALSHA \(sha) 1 \(printedKey) '' \(arguments.dropFirst().joined(separator: " "))")
 
 /// Keeps `inflight` commands outstanding from the event loop until `total` have been answered.
 final class Driver: @unchecked Sendable { // touched on the one event loop only

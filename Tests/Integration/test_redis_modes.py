@@ -196,6 +196,20 @@ def test_tls_wrong_ca_is_refused_and_logged(gateway_factory, upstream, tls_redis
     assert "s3cret" not in log
 
 
+def test_tls_name_mismatch_is_refused(gateway_factory, upstream, tls_redis, tls_files):
+    f = tls_files
+    gw = start_gateway(gateway_factory, upstream, f"""redis:
+  url: 'rediss://gateway:s3cret-pa55@127.0.0.1:{tls_redis.port}'
+  timeout: 50ms
+  tls: {{ ca: {f / 'ca.crt'}, cert: {f / 'client.crt'}, key: {f / 'client.key'}, server_name: other.internal.test }}
+""")
+    r = httpx.get(gw.url("/limited/x"), verify=False, timeout=5)
+    assert r.status_code == 503 and health(gw)["state"] == "down"
+    gw.stop()
+    log = gw.proc.stderr.read()
+    assert "certificate verification failed: hostname mismatch" in log, log
+
+
 # MARK: Cluster
 
 def cluster_port():
@@ -213,17 +227,30 @@ def cluster_port():
 
 
 class Cluster:
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, tls_args=None, tls_files=None):
         self.dir = directory
         self.nodes = []
+        self.tls = tls_args
         for i in range(3):
             port = cluster_port()
+            if tls_files:
+                # TLS only (port 0), the bus too; CLUSTER SHARDS then names each node's tls-port.
+                f = tls_files
+                listen = ["--port", "0", "--tls-port", str(port), "--tls-cluster", "yes", "--tls-auth-clients", "no",
+                          "--tls-cert-file", str(f / "server.crt"), "--tls-key-file", str(f / "server.key"),
+                          "--tls-ca-cert-file", str(f / "ca.crt"), "--requirepass", "clu5ter", "--masterauth", "clu5ter"]
+            else:
+                listen = ["--port", str(port)]
             self.nodes.append(Server(
-                ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                [*listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                  "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
                  "--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no"],
                 port, directory, f"node{i}"))
-        out = subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+        if tls_args:
+            for n in self.nodes:
+                n.cli = (lambda node: lambda *a, tls=None: Server.cli(node, *a, tls=tls_args))(n)
+        out = subprocess.run(["redis-cli", *(tls_args or []), "--cluster", "create",
+                              *[f"127.0.0.1:{n.port}" for n in self.nodes],
                               "--cluster-yes"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
         wait_until(lambda: all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in self.nodes), 20, "cluster ok")
@@ -311,6 +338,28 @@ def test_cluster_policies_on_two_identities_make_one_call_per_slot(gateway_facto
     assert counted(owner_a) == 5
     assert int(owner_b.cli("HMGET", key_b, "c").split()[0]) == 3
     assert metric(scrape_metrics(gw), "gateway_redis_errors_total") == 0
+
+
+def test_cluster_over_tls_with_a_password(gateway_factory, upstream, tls_files, tmp_path):
+    f = tls_files
+    tls_args = ["--tls", "--cacert", str(f / "ca.crt"), "-a", "clu5ter", "--no-auth-warning"]
+    c = Cluster(tmp_path, tls_args=tls_args, tls_files=f)
+    try:
+        seeds = ", ".join(f"'127.0.0.1:{n.port}'" for n in c.nodes)
+        gw = start_gateway(gateway_factory, upstream, f"""redis:
+  mode: cluster
+  url: 'rediss://:clu5ter@127.0.0.1:{c.nodes[0].port}'
+  nodes: [{seeds}]
+  timeout: 2s
+  tls: {{ ca: {f / 'ca.crt'} }}
+""")
+        wait_until(lambda: health(gw)["state"] == "up" and len(health(gw)["nodes"]) == 3, 15, "TLS cluster map")
+        codes = [hit(gw.url("/limited/x")) for _ in range(6)]
+        assert codes == [404] * 5 + [429], codes
+        owner, _ = c.owner(KEY)
+        assert counted(owner) == 5
+    finally:
+        c.stop()
 
 
 def test_cluster_slot_migration_under_traffic(gateway_factory, upstream, cluster):
