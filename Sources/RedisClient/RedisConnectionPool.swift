@@ -250,7 +250,7 @@ final class RedisConnection: Sendable {
 
     private func connected(_ result: Result<any Channel, any Error>) {
         enum Action { case close(any Channel), watch(any Channel), retry(TimeAmount), nothing }
-        var recovered = false
+        var recovered = false, firstFailure = false
         let action: Action = state.withLock { s in
             if case .shutDown = s.phase {
                 if case .success(let ch) = result { return .close(ch) }
@@ -264,12 +264,13 @@ final class RedisConnection: Sendable {
                 return .watch(ch)
             case .failure:
                 s.failures += 1
+                firstFailure = s.failures == 1
                 return .retry(backoff(failures: s.failures))
             }
         }
         if let onEvent = configuration.onEvent {
             if recovered { onEvent(.recovered(node: configuration.address)) }
-            if case .retry = action, case .failure(let error) = result, isFirstFailure {
+            if firstFailure, case .failure(let error) = result {
                 onEvent(.connectFailed(node: configuration.address, reason: "\(error)"))
             }
         }
@@ -300,8 +301,6 @@ final class RedisConnection: Sendable {
             s.phase = .waiting(task)
         }
     }
-
-    private var isFirstFailure: Bool { state.withLock { $0.failures == 1 } }
 
     /// initial × 2^(failures-1), capped.
     private func backoff(failures: Int) -> TimeAmount {

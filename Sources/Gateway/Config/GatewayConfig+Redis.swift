@@ -212,14 +212,14 @@ extension GatewayConfig {
 }
 
 extension RedisConfig {
-    /// Everything that decides which servers are reached and how; a reload that keeps it keeps
-    /// the connections (and the counts in flight). In memory only: it holds the password.
+    /// Everything the store is built from (servers, credentials, TLS, timeouts); a reload that
+    /// keeps it keeps the connections. In memory only: it holds the password.
     var connectionIdentity: String {
         let e = endpoint
         return [mode.rawValue, e?.host ?? "", String(e?.port ?? 0), String(e?.database ?? 0), e?.username ?? "",
                 e?.password?.value ?? "", nodes.map(\.description).joined(separator: ","),
                 sentinels.map(\.description).joined(separator: ","), masterName ?? "", String(describing: tls),
-                String(describing: connectTimeout)].joined(separator: "\u{0}")
+                String(describing: connectTimeout), String(describing: timeout)].joined(separator: "\u{0}")
     }
 
     /// The client for this configuration; connecting (and, for cluster and Sentinel, discovery)
