@@ -47,7 +47,10 @@ public enum RedisClusterSlots {
                   let nodes = fields["nodes"]?.array else { return nil }
             let masters = nodes.compactMap(flatMap).filter { $0["role"]?.string == "master" }
             guard let master = masters.first(where: { $0["health"]?.string != "fail" }) ?? masters.first else { continue }
-            let host = [master["ip"], master["endpoint"]].compactMap { $0?.string }.first { !$0.isEmpty && $0 != "?" }
+            // `endpoint` is what the server wants clients to use (`cluster-preferred-endpoint-type`:
+            // a hostname on managed services, whose TLS certificates name hosts, not addresses).
+            let host = [master["endpoint"], master["hostname"], master["ip"]].compactMap { $0?.string }
+                .first { !$0.isEmpty && $0 != "?" }
             let port = (tls ? master["tls-port"]?.integer : nil) ?? master["port"]?.integer
             guard let host, let port else { continue }
             var i = 0

@@ -43,6 +43,11 @@ import Testing
                           .init(first: 100, last: 199, host: "10.0.0.3", port: 7003)])
         #expect(RedisClusterSlots.fromShards(shards, tls: true)?.first?.port == 8001)
         #expect(RedisClusterSlots.fromShards(.error("ERR unknown subcommand"), tls: false) == nil)
+        // A preferred hostname endpoint wins over the address.
+        let named = RESPValue.array([.array([bulk("slots"), .array([.integer(0), .integer(16383)]), bulk("nodes"), .array([
+            .array([bulk("port"), .integer(6379), bulk("ip"), bulk("10.0.0.9"), bulk("endpoint"), bulk("node-1.cache.example"),
+                    bulk("role"), bulk("master")])])])])
+        #expect(RedisClusterSlots.fromShards(named, tls: true) == [.init(first: 0, last: 16383, host: "node-1.cache.example", port: 6379)])
         let slots = RESPValue.array([.array([.integer(0), .integer(5460), .array([bulk("127.0.0.1"), .integer(30001), bulk("id")])])])
         #expect(RedisClusterSlots.fromSlots(slots) == [.init(first: 0, last: 5460, host: "127.0.0.1", port: 30001)])
     }
