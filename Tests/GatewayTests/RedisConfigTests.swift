@@ -57,5 +57,7 @@ import Testing
         for (section, line) in cases {
             fixture.expectError(minimalYAML + "redis: \(section)\n", line)
         }
+        // A misspelt mode is the only complaint (not also "nodes: only with mode: cluster").
+        #expect(fixture.errors(minimalYAML + "redis: { mode: clustr, nodes: ['a:1'] }\n").count == 1)
     }
 }

@@ -94,7 +94,8 @@ extension GatewayConfig {
         }
         timeout = m["timeout"].flatMap { r.duration($0, at: m.path("timeout")) } ?? timeout
         connectTimeout = m["connect_timeout"].flatMap { r.duration($0, at: m.path("connect_timeout")) } ?? connectTimeout
-        mode = m["mode"].flatMap { r.choice($0, at: m.path("mode")) } ?? mode
+        let chosen: RedisMode? = m["mode"].flatMap { r.choice($0, at: m.path("mode")) }
+        mode = chosen ?? mode
         let address = { (item: Node, path: String) in r.address(item, at: path, allowedPorts: 1...65535) }
         if let list = m["nodes"] { nodes = r.list(list, at: m.path("nodes"), nonEmpty: true, address) ?? [] }
         if let list = m["sentinels"] { sentinels = r.list(list, at: m.path("sentinels"), nonEmpty: true, address) ?? [] }
@@ -107,7 +108,10 @@ extension GatewayConfig {
         } else if endpoint?.tls == true {
             tls = RedisTLSConfig(ca: nil, cert: nil, key: nil, serverName: nil, verify: true)
         }
-        switch mode {
+        // A misspelt mode is reported once, not again as every key that mode would not take.
+        switch m["mode"] != nil && chosen == nil ? nil : mode {
+        case nil:
+            break
         case .standalone:
             if let endpoint, endpoint.host.isEmpty { r.fail(m.path("password_file"), "needs redis.url (the server)") }
             if m["nodes"] != nil { r.fail(m.path("nodes"), "only with mode: cluster") }
