@@ -87,6 +87,7 @@ let package = Package(
             name: "RedisClient",
             dependencies: [
                 "CHiredis",
+                "TLSClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

@@ -42,8 +42,15 @@ public struct RateLimitStoreError: Error, Sendable, Hashable, CustomStringConver
 ///   when a silent connection is replaced, so one slow moment does not tear down a pipeline
 ///   carrying many other requests.
 /// - With a `DeniedCache`, a key known to be over its limit is answered locally until its reset.
+/// - Redis Cluster: the keys of one EVALSHA must share a slot. Keys built by `RateLimitKey`
+///   carry the client identity as hash tag, so a request's policies on one identity make one
+///   call. Policies on different identities (an address and a user) land in different slots:
+///   one call per slot, sent together. Each call is all-or-nothing on its own slot, but not
+///   across slots: when one slot denies, the calls that allowed on other slots have counted.
+///   The bound: one unit of over-count per denied request on each other identity it touched,
+///   and concurrent requests may see the slots in different orders (each slot stays exact).
 public final class RedisRateLimitStore: Sendable {
-    public let pool: RedisConnectionPool
+    public let client: any RedisCommandSender
     public let timeout: TimeAmount
     private let deniedCache: DeniedCache?
     private let clockMs: @Sendable () -> Int64
@@ -52,15 +59,24 @@ public final class RedisRateLimitStore: Sendable {
     /// `clockMs` (any monotonic milliseconds) is read only for the denied cache, which stores
     /// local instants; decisions use Redis `TIME`.
     public init(
+        client: any RedisCommandSender,
+        timeout: TimeAmount = .milliseconds(20),
+        deniedCache: DeniedCache? = nil,
+        clockMs: @escaping @Sendable () -> Int64 = { Int64((NIODeadline.now().uptimeNanoseconds / 1_000_000)) }
+    ) {
+        self.client = client
+        self.timeout = timeout
+        self.deniedCache = deniedCache
+        self.clockMs = clockMs
+    }
+
+    public convenience init(
         pool: RedisConnectionPool,
         timeout: TimeAmount = .milliseconds(20),
         deniedCache: DeniedCache? = nil,
         clockMs: @escaping @Sendable () -> Int64 = { Int64((NIODeadline.now().uptimeNanoseconds / 1_000_000)) }
     ) {
-        self.pool = pool
-        self.timeout = timeout
-        self.deniedCache = deniedCache
-        self.clockMs = clockMs
+        self.init(client: pool, timeout: timeout, deniedCache: deniedCache, clockMs: clockMs)
     }
 
     /// Loads the script now. Call it at startup: otherwise the first `check` pays for the load
@@ -77,15 +93,53 @@ public final class RedisRateLimitStore: Sendable {
     ) -> EventLoopFuture<MultiDecision> {
         let cacheNow = nowOverrideMs ?? (deniedCache == nil ? 0 : clockMs())
         if let cache = deniedCache, let cached = cache.check(requests, now: cacheNow) {
-            return pool.nextEventLoop().makeSucceededFuture(cached)
+            return client.nextEventLoop().makeSucceededFuture(cached)
         }
+        let decided: EventLoopFuture<MultiDecision>
+        if client is RedisClusterClient, let groups = Self.slotGroups(requests) {
+            let loop = client.nextEventLoop()
+            decided = EventLoopFuture.whenAllSucceed(groups.map { evaluate($0, cost: cost, nowOverrideMs: nowOverrideMs) }, on: loop)
+                .map { parts in Self.merge(parts) }
+        } else {
+            decided = evaluate(requests, cost: cost, nowOverrideMs: nowOverrideMs)
+        }
+        guard let cache = deniedCache else { return decided }
+        return decided.map { decision in
+            cache.record(decision, now: cacheNow)
+            return decision
+        }
+    }
+
+    /// The requests split by cluster slot, in first-seen order; nil when all share one slot.
+    static func slotGroups(_ requests: [(PolicySpec, String)]) -> [[(PolicySpec, String)]]? {
+        var order: [Int] = []
+        var groups: [Int: [(PolicySpec, String)]] = [:]
+        for r in requests {
+            let slot = RedisClusterSlots.slot(for: r.1)
+            if groups[slot] == nil { order.append(slot) }
+            groups[slot, default: []].append(r)
+        }
+        return order.count > 1 ? order.map { groups[$0]! } : nil
+    }
+
+    /// One decision from per-slot decisions: allowed only when every slot allowed.
+    static func merge(_ parts: [MultiDecision]) -> MultiDecision {
+        let allowed = parts.allSatisfy(\.allowed)
+        return MultiDecision(allowed: allowed, decisions: parts.flatMap(\.decisions))
+    }
+
+    /// One EVALSHA (keys in one slot) under the store's deadline.
+    private func evaluate(
+        _ requests: [(PolicySpec, String)], cost: Int, nowOverrideMs: Int64?
+    ) -> EventLoopFuture<MultiDecision> {
+        let slotKey = requests.first?.1
         let (keys, arguments) = RedisRateLimitScript.keysAndArguments(requests, cost: cost, nowOverrideMs: nowOverrideMs)
         let knownSHA = sha.withLock { $0 }
         let first: EventLoopFuture<RESPValue>
         if let knownSHA {
             first = evalsha(knownSHA, keys, arguments)
         } else {
-            first = loadScript().flatMap { sha in self.evalsha(sha, keys, arguments) }
+            first = loadScript(key: slotKey).flatMap { sha in self.evalsha(sha, keys, arguments) }
         }
         let loop = first.eventLoop
         let promise = loop.makePromise(of: MultiDecision.self)
@@ -101,15 +155,14 @@ public final class RedisRateLimitStore: Sendable {
             // Load and retry pipelined on one connection: one more round trip, not two. The SHA
             // is that of our own source, so it is the one SCRIPT LOAD will answer.
             let sha = self.sha.withLock { $0 } ?? ""
-            return self.pool.send(commands: [["SCRIPT", "LOAD", RedisRateLimitScript.source],
-                                             Self.evalshaCommand(sha, keys, arguments)]).map { $0[1] }
+            return self.client.send(commands: [["SCRIPT", "LOAD", RedisRateLimitScript.source],
+                                               Self.evalshaCommand(sha, keys, arguments)], key: slotKey, timeout: nil).map { $0[1] }
         }
         .flatMapThrowing { reply in try Self.decode(reply, requests) }
         .whenComplete { result in
             timer.cancel()
             switch result {
             case .success(let decision):
-                self.deniedCache?.record(decision, now: cacheNow)
                 promise.succeed(decision)
             case .failure(let error):
                 promise.fail(error as? RateLimitStoreError ?? RateLimitStoreError.storeUnavailable.with("\(error)"))
@@ -123,15 +176,15 @@ public final class RedisRateLimitStore: Sendable {
     }
 
     private func evalsha(_ sha: String, _ keys: [String], _ arguments: [String]) -> EventLoopFuture<RESPValue> {
-        pool.send(Self.evalshaCommand(sha, keys, arguments))
+        client.send(Self.evalshaCommand(sha, keys, arguments), key: keys.first)
     }
 
     private static func evalshaCommand(_ sha: String, _ keys: [String], _ arguments: [String]) -> [String] {
         ["EVALSHA", sha, String(keys.count)] + keys + arguments
     }
 
-    private func loadScript() -> EventLoopFuture<String> {
-        pool.send(["SCRIPT", "LOAD", RedisRateLimitScript.source]).flatMapThrowing { reply in
+    private func loadScript(key: String? = nil) -> EventLoopFuture<String> {
+        client.send(["SCRIPT", "LOAD", RedisRateLimitScript.source], key: key).flatMapThrowing { reply in
             guard let s = reply.string, reply.errorMessage == nil, s.count == 40 else {
                 throw RateLimitStoreError.storeUnavailable.with("SCRIPT LOAD answered \(reply)")
             }

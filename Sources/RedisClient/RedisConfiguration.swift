@@ -22,6 +22,11 @@ public struct RedisConfiguration: Sendable, CustomStringConvertible {
     /// `initial`, 2×, 4×, … capped at `max`.
     public var reconnectBackoffInitial: TimeAmount = .milliseconds(20)
     public var reconnectBackoffMax: TimeAmount = .milliseconds(1000)
+    /// TLS to the server (`rediss://` turns it on with the defaults); nil is plain TCP.
+    public var tls: RedisTLSSettings?
+    /// Told about connections failing and recovering, cluster redirections and master switches
+    /// (logs and metrics). Called on an event loop: keep it short.
+    public var onEvent: (@Sendable (RedisEvent) -> Void)?
 
     public init(host: String, port: Int = 6379, username: String? = nil, password: String? = nil, database: Int = 0) {
         self.host = host
@@ -31,13 +36,14 @@ public struct RedisConfiguration: Sendable, CustomStringConvertible {
         self.database = database
     }
 
-    /// Parses `redis://[user:password@]host:port[/db]` (also `redis://:password@host`,
+    /// Parses `redis[s]://[user:password@]host:port[/db]` (also `redis://:password@host`,
     /// `redis://password@host` is not accepted: a lone userinfo is a user without password in
     /// URL terms, which Redis cannot use). User and password may be percent-encoded. The thrown
     /// error never quotes the URL (it may hold a password).
     public init(url: String) throws {
-        let prefix = "redis://"
-        guard url.lowercased().hasPrefix(prefix) else { throw RedisError.invalidURL.with("scheme must be redis://") }
+        let secure = url.lowercased().hasPrefix("rediss://")
+        let prefix = secure ? "rediss://" : "redis://"
+        guard url.lowercased().hasPrefix(prefix) else { throw RedisError.invalidURL.with("scheme must be redis:// or rediss://") }
         var rest = Substring(url.dropFirst(prefix.count))
         var user: String?, password: String?
         if let at = rest.lastIndex(of: "@") {
@@ -76,7 +82,19 @@ public struct RedisConfiguration: Sendable, CustomStringConvertible {
         guard !host.isEmpty else { throw RedisError.invalidURL.with("missing host") }
         guard (1...65535).contains(port) else { throw RedisError.invalidURL.with("port out of range") }
         self.init(host: host, port: port, username: user, password: password, database: db)
+        if secure { tls = RedisTLSSettings() }
     }
+
+    /// The same settings for another server (a cluster node, the master a sentinel names).
+    public func with(host: String, port: Int) -> RedisConfiguration {
+        var copy = self
+        copy.host = host
+        copy.port = port
+        return copy
+    }
+
+    /// `host:port`, as cluster maps and health reports name a node.
+    public var address: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 
     private static func percentDecoded(_ s: Substring) throws -> String {
         var out: [UInt8] = []
@@ -97,7 +115,7 @@ public struct RedisConfiguration: Sendable, CustomStringConvertible {
 
     public var description: String {
         let auth = password == nil ? "" : "\(username ?? ""):***@"
-        return "redis://\(auth)\(host):\(port)/\(database)"
+        return "\(tls == nil ? "redis" : "rediss")://\(auth)\(host):\(port)/\(database)"
     }
 
     /// AUTH and SELECT, in that order, as sent before any command on a new connection.
@@ -107,6 +125,47 @@ public struct RedisConfiguration: Sendable, CustomStringConvertible {
             if let username { cmds.append(["AUTH", username, password]) } else { cmds.append(["AUTH", password]) }
         }
         if database != 0 { cmds.append(["SELECT", String(database)]) }
+        // Without AUTH or SELECT nothing would wait for the TLS handshake before the connection
+        // is offered; a PING makes readiness mean "handshake done and the server answers".
+        if cmds.isEmpty, tls != nil { cmds.append(["PING"]) }
         return cmds
     }
+}
+
+/// TLS towards Redis (`redis.tls`): trust, client certificate and the name verified.
+public struct RedisTLSSettings: Sendable, Equatable {
+    /// PEM bundle trusted instead of the system store (a private CA).
+    public var caFile: String?
+    /// Client certificate chain and key (PEM) for servers that require one.
+    public var certificateFile: String?
+    public var keyFile: String?
+    /// Name sent as SNI and matched against the certificate; defaults to the host connected to.
+    public var serverName: String?
+    /// Off only for throwaway test set-ups: the connection is then open to interception.
+    public var verify: Bool
+
+    public init(caFile: String? = nil, certificateFile: String? = nil, keyFile: String? = nil,
+                serverName: String? = nil, verify: Bool = true) {
+        self.caFile = caFile
+        self.certificateFile = certificateFile
+        self.keyFile = keyFile
+        self.serverName = serverName
+        self.verify = verify
+    }
+}
+
+/// What a Redis client reports through `RedisConfiguration.onEvent`.
+public enum RedisEvent: Sendable {
+    /// A connection to `node` could not be made or was refused (TLS, AUTH); only the first
+    /// failure of a streak is reported, so a node that stays down does not flood the log.
+    case connectFailed(node: String, reason: String)
+    /// `node` is reachable again after failures.
+    case recovered(node: String)
+    /// A cluster node answered `MOVED` (the slot map is refreshed) or `ASK` (one redirection).
+    case moved(slot: Int, to: String)
+    case ask(slot: Int, to: String)
+    /// The cluster slot map was read again from `from`.
+    case clusterMapRefreshed(from: String, masters: Int)
+    /// Sentinel named a different master.
+    case masterSwitched(name: String, to: String)
 }

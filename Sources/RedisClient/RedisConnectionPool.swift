@@ -1,6 +1,7 @@
 import NIOCore
 import NIOPosix
 import Synchronization
+import TLSClient
 
 /// A small fixed set of pipelined Redis connections, each on one event loop of a group.
 ///
@@ -14,19 +15,39 @@ import Synchronization
 ///   answered the connection does not take commands.
 ///
 /// State changes under a lock, I/O after it (STYLE habit 2).
-public final class RedisConnectionPool: Sendable {
+public final class RedisConnectionPool: RedisCommandSender {
     public let configuration: RedisConfiguration
     private let connections: [RedisConnection]
     private let nextIndex = Atomic<Int>(0)
+    /// Reported in `nodeStates` (a cluster or Sentinel client names its pools' roles).
+    let role: String
 
     /// Creates `configuration.poolSize` connections on `eventLoopGroup` and starts connecting.
-    public init(configuration: RedisConfiguration, eventLoopGroup: any EventLoopGroup) {
+    /// A TLS set-up that cannot work (an unreadable CA or key file) is reported through
+    /// `onEvent` and fails every connection attempt with its reason.
+    public convenience init(configuration: RedisConfiguration, eventLoopGroup: any EventLoopGroup) {
+        self.init(configuration: configuration, eventLoopGroup: eventLoopGroup,
+                  tls: RedisTLSContext.make(configuration), role: "standalone")
+    }
+
+    /// Pools of one cluster or Sentinel set share one TLS context.
+    init(configuration: RedisConfiguration, eventLoopGroup: any EventLoopGroup,
+         tls: Result<TLSClientContext, RedisError>?, role: String) {
         precondition(configuration.poolSize >= 1, "pool needs at least one connection")
         self.configuration = configuration
+        self.role = role
         connections = (0..<configuration.poolSize).map { _ in
-            RedisConnection(configuration: configuration, eventLoop: eventLoopGroup.next())
+            RedisConnection(configuration: configuration, tls: tls, eventLoop: eventLoopGroup.next())
         }
         for c in connections { c.start() }
+    }
+
+    public func send(commands: [[String]], key: String?, timeout: TimeAmount?) -> EventLoopFuture<[RESPValue]> {
+        send(commands: commands, timeout: timeout)
+    }
+
+    public var nodeStates: [RedisNodeState] {
+        [RedisNodeState(address: configuration.address, role: role, connections: connectedCount)]
     }
 
     /// Sends one command (`["SET", "k", "v"]`). The future fails with a `RedisError` for
@@ -84,6 +105,7 @@ public final class RedisConnectionPool: Sendable {
 final class RedisConnection: Sendable {
     let eventLoop: any EventLoop
     private let configuration: RedisConfiguration
+    private let tls: Result<TLSClientContext, RedisError>?
     private let state = Mutex(State())
 
     private enum Phase {
@@ -103,8 +125,9 @@ final class RedisConnection: Sendable {
         var drainScheduled = false
     }
 
-    init(configuration: RedisConfiguration, eventLoop: any EventLoop) {
+    init(configuration: RedisConfiguration, tls: Result<TLSClientContext, RedisError>?, eventLoop: any EventLoop) {
         self.configuration = configuration
+        self.tls = tls
         self.eventLoop = eventLoop
     }
 
@@ -172,17 +195,32 @@ final class RedisConnection: Sendable {
         }
         guard go else { return }
         let config = configuration
+        var tlsContext: TLSClientContext?
+        switch tls {
+        case .failure(let error):
+            eventLoop.execute { self.connected(.failure(error)) }
+            return
+        case .success(let context): tlsContext = context
+        case nil: break
+        }
+        // TCP connect, TLS handshake, AUTH and SELECT all within one connect_timeout.
+        let deadline = NIODeadline.now() + config.connectTimeout
+        let verifiedName = config.tls?.serverName ?? config.host
         ClientBootstrap(group: eventLoop)
             .connectTimeout(config.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tlsContext {
+                        try channel.pipeline.syncOperations.addHandler(TLSClientHandler(
+                            context: tlsContext, host: verifiedName, hostIsIPAddress: RedisTLSContext.isIPAddress(verifiedName)))
+                    }
                     try channel.pipeline.syncOperations.addHandler(RedisChannelHandler())
                 }
             }
             .connect(host: config.host, port: config.port)
             .flatMap { channel in
-                Self.handshake(channel, config).map { channel }.flatMapError { error in
+                Self.handshake(channel, config, deadline: deadline).map { channel }.flatMapError { error in
                     channel.close(promise: nil)
                     return channel.eventLoop.makeFailedFuture(error)
                 }
@@ -191,11 +229,12 @@ final class RedisConnection: Sendable {
     }
 
     /// AUTH and SELECT, pipelined, before the connection is offered to callers.
-    private static func handshake(_ channel: any Channel, _ config: RedisConfiguration) -> EventLoopFuture<Void> {
+    private static func handshake(_ channel: any Channel, _ config: RedisConfiguration, deadline: NIODeadline) -> EventLoopFuture<Void> {
         let commands = config.handshake
         guard !commands.isEmpty else { return channel.eventLoop.makeSucceededVoidFuture() }
+        let remaining = max(deadline - NIODeadline.now(), .milliseconds(1))
         let requests = commands.map {
-            RedisRequest(arguments: $0, promise: channel.eventLoop.makePromise(), timeout: config.connectTimeout)
+            RedisRequest(arguments: $0, promise: channel.eventLoop.makePromise(), timeout: remaining)
         }
         channel.writeAndFlush(RedisRequestBatch(requests: requests), promise: nil)
         let replies = requests.map(\.promise.futureResult)
@@ -211,6 +250,7 @@ final class RedisConnection: Sendable {
 
     private func connected(_ result: Result<any Channel, any Error>) {
         enum Action { case close(any Channel), watch(any Channel), retry(TimeAmount), nothing }
+        var recovered = false, firstFailure = false
         let action: Action = state.withLock { s in
             if case .shutDown = s.phase {
                 if case .success(let ch) = result { return .close(ch) }
@@ -219,11 +259,19 @@ final class RedisConnection: Sendable {
             switch result {
             case .success(let ch):
                 s.phase = .ready(ch)
+                recovered = s.failures > 0
                 s.failures = 0
                 return .watch(ch)
             case .failure:
                 s.failures += 1
+                firstFailure = s.failures == 1
                 return .retry(backoff(failures: s.failures))
+            }
+        }
+        if let onEvent = configuration.onEvent {
+            if recovered { onEvent(.recovered(node: configuration.address)) }
+            if firstFailure, case .failure(let error) = result {
+                onEvent(.connectFailed(node: configuration.address, reason: "\(error)"))
             }
         }
         switch action {
@@ -274,5 +322,24 @@ final class RedisConnection: Sendable {
         default: break
         }
         return eventLoop.makeSucceededVoidFuture()
+    }
+}
+
+/// The TLS context a pool's connections share, made once from `RedisConfiguration.tls`.
+enum RedisTLSContext {
+    static func make(_ configuration: RedisConfiguration) -> Result<TLSClientContext, RedisError>? {
+        guard let tls = configuration.tls else { return nil }
+        do {
+            return .success(try TLSClientContext(
+                alpn: [], insecure: !tls.verify, caFile: tls.caFile,
+                certificateFile: tls.certificateFile, keyFile: tls.keyFile, verificationHint: ""))
+        } catch {
+            return .failure(RedisError.tlsSetupFailed.with("\(error)"))
+        }
+    }
+
+    /// Address literals get no SNI and are matched against the certificate's IP SANs.
+    static func isIPAddress(_ host: String) -> Bool {
+        (try? SocketAddress(ipAddress: host, port: 0)) != nil
     }
 }

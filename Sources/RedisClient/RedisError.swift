@@ -11,6 +11,8 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         case handshakeFailed = "AUTH/SELECT failed"
         case invalidURL = "invalid redis URL"
         case poolClosed = "pool closed"
+        case tlsSetupFailed = "TLS set-up failed"
+        case noRoute = "no node serves this key"
     }
 
     private let base: Base
@@ -37,6 +39,11 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
     public static let invalidURL = RedisError(.invalidURL)
     /// `shutdown()` was called.
     public static let poolClosed = RedisError(.poolClosed)
+    /// The CA, certificate or key of `redis.tls` could not be loaded.
+    public static let tlsSetupFailed = RedisError(.tlsSetupFailed)
+    /// Cluster: the slot map is not known yet, or names no reachable node for the key's slot
+    /// (the map is being refreshed in the background).
+    public static let noRoute = RedisError(.noRoute)
 
     /// The same error with context attached.
     public func with(_ detail: String) -> RedisError { RedisError(base, detail) }

@@ -39,16 +39,23 @@ private func openSSLErrors() -> String {
 public final class TLSClientContext: @unchecked Sendable {
     fileprivate let ctx: OpaquePointer
     public let insecure: Bool
+    /// Appended to a verification failure: what the user of this context can do about it.
+    public let verificationHint: String
 
     /// - Parameters:
     ///   - alpn: protocols to offer, in preference order (e.g. `["h2"]` or `["http/1.1"]`).
     ///   - insecure: skip certificate verification (test certificates with `gateway bench`).
     ///   - caFile: a PEM bundle trusted *instead of* the system store (a private CA), when given.
-    public init(alpn: [String], insecure: Bool, caFile: String? = nil) throws(TLSClientError) {
+    ///   - certificateFile, keyFile: a client certificate chain and its key (PEM), for servers
+    ///     that ask for one (Redis with `tls-auth-clients`).
+    public init(alpn: [String], insecure: Bool, caFile: String? = nil,
+                certificateFile: String? = nil, keyFile: String? = nil,
+                verificationHint: String = " (use --insecure for test certificates)") throws(TLSClientError) {
         ERR_clear_error()
         guard let ctx = SSL_CTX_new(TLS_client_method()) else { throw .setup(openSSLErrors()) }
         self.ctx = ctx
         self.insecure = insecure
+        self.verificationHint = verificationHint
         _ = gw_SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)
         if insecure {
             SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nil)
@@ -61,6 +68,15 @@ public final class TLSClientContext: @unchecked Sendable {
                 }
             } else {
                 guard SSL_CTX_set_default_verify_paths(ctx) == 1 else { throw .setup("system CA store: \(openSSLErrors())") }
+            }
+        }
+        if let certificateFile {
+            guard SSL_CTX_use_certificate_chain_file(ctx, certificateFile) == 1 else {
+                throw .setup("client certificate \(certificateFile): \(openSSLErrors())")
+            }
+            guard SSL_CTX_use_PrivateKey_file(ctx, keyFile ?? certificateFile, SSL_FILETYPE_PEM) == 1,
+                  SSL_CTX_check_private_key(ctx) == 1 else {
+                throw .setup("client key \(keyFile ?? certificateFile): \(openSSLErrors())")
             }
         }
         // ALPN wire format (RFC 7301 §3.1): each name prefixed by its length. OpenSSL copies it.
@@ -148,7 +164,7 @@ final class TLSClientConnection {
         default:
             let verify = SSL_get_verify_result(self.ssl)
             if verify != X509_V_OK, let reason = X509_verify_cert_error_string(verify) {
-                return .failed(.handshake("certificate verification failed: \(String(cString: reason)) (use --insecure for test certificates)"))
+                return .failed(.handshake("certificate verification failed: \(String(cString: reason))\(self.context.verificationHint)"))
             }
             return .failed(.handshake(openSSLErrors()))
         }

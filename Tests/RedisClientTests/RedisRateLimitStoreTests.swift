@@ -168,8 +168,10 @@ struct RedisRateLimitStoreTests {
             let reqs = [(p, key("s", p))]
             #expect(try await loose(s).check(reqs).allowed)
             // Long enough that the checks below surely run inside it, even on a loaded machine.
-            let sleeping: EventLoopFuture<RESPValue> = admin.send(["DEBUG", "SLEEP", "1"])
-            try await Task.sleep(for: .milliseconds(30)) // let the sleep start
+            let sleeping: EventLoopFuture<RESPValue> = admin.send(["DEBUG", "SLEEP", "1.5"])
+            // The sleep has started once a check times out: a fixed pause lost that race on a
+            // loaded machine (checks answered before the DEBUG SLEEP reached Redis).
+            try await waitUntil(timeout: .seconds(1)) { (try? await s.check(reqs)) == nil }
             for _ in 0..<5 {
                 let (r, t) = await timedFuture { s.check(reqs) }
                 #expect(r.error as? RateLimitStoreError == .storeUnavailable)
@@ -177,7 +179,7 @@ struct RedisRateLimitStoreTests {
                 #expect(t >= .milliseconds(19) && t < .milliseconds(500), "took \(t)")
             }
             _ = try await sleeping.get()
-            try await waitUntil(timeout: .seconds(2)) { (try? await s.check(reqs).allowed) == true }
+            try await waitUntil(timeout: .seconds(5)) { (try? await s.check(reqs).allowed) == true }
             await s.pool.shutdown()
             await admin.shutdown()
         }
@@ -203,4 +205,9 @@ struct RedisRateLimitStoreTests {
             try await hole.close()
         }
     }
+}
+
+extension RedisRateLimitStore {
+    /// The single-server pool these tests build their stores on.
+    var pool: RedisConnectionPool { client as! RedisConnectionPool }
 }

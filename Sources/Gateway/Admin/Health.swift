@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import RedisClient
 
 /// `/health`, `/health/live`, `/health/ready` on every listener; `/health/detailed` on the admin
 /// listener only (SPEC "Admin listener").
@@ -56,5 +57,30 @@ enum Health {
             + "\"uptime_seconds\":\(uptime.components.seconds),\"config_hash\":\"\(runtime.configHash)\","
             + "\"upstreams\":{\(upstreams.joined(separator: ","))},"
             + "\"redis\":" + (runtime.rateLimiter?.healthJSON ?? #"{"state":"not_used"}"#) + "}"
+    }
+}
+
+extension Health {
+    /// `redis` in `/health/detailed`: up when every server the client needs has a connection
+    /// (for Sentinel: the master), with one row per node and the cluster and Sentinel counters.
+    static func redisJSON(_ client: any RedisCommandSender, lastDecisionMicros latency: Int) -> String {
+        let nodes = client.nodeStates
+        let needed = nodes.filter { $0.role != "sentinel" && ($0.slots ?? 1) > 0 }
+        let up = !needed.isEmpty && needed.allSatisfy { $0.connections > 0 }
+        let connected = needed.reduce(0) { $0 + $1.connections }
+        var extra = ""
+        if let cluster = client as? RedisClusterClient {
+            extra = ",\"mode\":\"cluster\",\"moved\":\(cluster.movedCount.load(ordering: .relaxed)),"
+                + "\"ask\":\(cluster.askCount.load(ordering: .relaxed)),\"map_refreshes\":\(cluster.refreshCount.load(ordering: .relaxed))"
+        } else if let sentinel = client as? RedisSentinelClient {
+            extra = ",\"mode\":\"sentinel\",\"master\":\"\(JSON.escaped(sentinel.masterAddress ?? ""))\","
+                + "\"master_switches\":\(sentinel.switchCount.load(ordering: .relaxed))"
+        }
+        let rows = nodes.map { n in
+            "{\"address\":\"\(JSON.escaped(n.address))\",\"role\":\"\(n.role)\",\"state\":\"\(n.connections > 0 ? "up" : "down")\","
+                + "\"connections\":\(n.connections)" + (n.slots.map { ",\"slots\":\($0)" } ?? "") + "}"
+        }
+        return "{\"state\":\"\(up ? "up" : "down")\",\"connections\":\(connected)" + extra
+            + (latency >= 0 ? ",\"last_decision_us\":\(latency)" : "") + ",\"nodes\":[\(rows.joined(separator: ","))]}"
     }
 }

@@ -249,65 +249,6 @@ extension GatewayConfig {
         return TimeoutsConfig(clientHeader: clientHeader, idle: idle, drain: drain)
     }
 
-    private static func decodeRedis(_ node: Node?, reader r: ConfigReader) -> RedisConfig {
-        var endpoint: RedisEndpoint?
-        var timeout: Duration = .milliseconds(20)
-        if let node, let m = r.mapping(node, at: "redis", keys: ["url", "timeout"]) {
-            if let value = m["url"], let url = r.text(value, at: m.path("url")), !url.isEmpty {
-                endpoint = redisEndpoint(url, at: m.path("url"), reader: r)
-            }
-            timeout = m["timeout"].flatMap { r.duration($0, at: m.path("timeout")) } ?? timeout
-        }
-        return RedisConfig(endpoint: endpoint, timeout: timeout)
-    }
-
-    /// `redis://[user:password@]host:port[/db]`. The URL may hold a password, so no message quotes it.
-    private static func redisEndpoint(_ url: String, at path: String, reader r: ConfigReader) -> RedisEndpoint? {
-        let usage = "(expected redis://[user:password@]host:port[/db])"
-        guard url.hasPrefix("redis://") else {
-            r.fail(path, "scheme must be redis:// \(usage)")
-            return nil
-        }
-        var rest = url.dropFirst("redis://".count)
-        var username: String?
-        var password: ConfigSecret?
-        if let at = rest.lastIndex(of: "@") {
-            let userinfo = rest[..<at]
-            rest = rest[rest.index(after: at)...]
-            guard let colon = userinfo.firstIndex(of: ":") else {
-                r.fail(path, "credentials must be written user:password (user may be empty) \(usage)")
-                return nil
-            }
-            let user = String(userinfo[..<colon]).removingPercentEncoding ?? ""
-            let secret = String(userinfo[userinfo.index(after: colon)...]).removingPercentEncoding ?? ""
-            guard !secret.isEmpty else {
-                r.fail(path, "password is empty \(usage)")
-                return nil
-            }
-            username = user.isEmpty ? nil : user
-            password = ConfigSecret(secret)
-        }
-        var database = 0
-        var hostPart = rest
-        if let slash = rest.firstIndex(of: "/") {
-            hostPart = rest[..<slash]
-            let db = rest[rest.index(after: slash)...]
-            if !db.isEmpty {
-                guard db.count <= 5, db.allSatisfy(\.isASCIIDigit), let number = Int(db) else {
-                    r.fail(path, "database must be a non-negative integer \(usage)")
-                    return nil
-                }
-                database = number
-            }
-        }
-        guard let address = HostPort.parse(String(hostPart), allowedPorts: 1...65535) else {
-            r.fail(path, "host:port is missing or invalid \(usage)")
-            return nil
-        }
-        return RedisEndpoint(host: address.host, port: address.port, username: username,
-                             password: password, database: database)
-    }
-
     // MARK: cors
 
     private static func decodeCORS(_ node: Node, reader r: ConfigReader) -> CORSConfig? {

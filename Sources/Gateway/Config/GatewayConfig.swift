@@ -127,30 +127,6 @@ public struct TimeoutsConfig: Sendable, Equatable {
     public let drain: Duration
 }
 
-public struct RedisConfig: Sendable, Equatable {
-    /// `nil` when `url` is absent or empty: rate limits use the in-process store.
-    public let endpoint: RedisEndpoint?
-    public let timeout: Duration
-}
-
-public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
-    public let host: String
-    public let port: Int
-    public let username: String?
-    public let password: ConfigSecret?
-    public let database: Int
-
-    /// The URL with the password replaced, safe for logs and `/config`.
-    public var description: String {
-        var userinfo = ""
-        if username != nil || password != nil {
-            userinfo = (username ?? "") + (password != nil ? ":<redacted>" : "") + "@"
-        }
-        let hostPart = host.contains(":") ? "[\(host)]" : host
-        return "redis://\(userinfo)\(hostPart):\(port)/\(database)"
-    }
-}
-
 // MARK: - CORS
 
 public struct CORSConfig: Sendable, Equatable {

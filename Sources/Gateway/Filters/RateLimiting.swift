@@ -89,21 +89,18 @@ final class RateLimitStores: Sendable {
     }
     private let redis = Mutex<(url: String, store: RedisRateLimitStore)?>(nil)
 
-    /// The Redis store for `endpoint`, created (and its script loaded) on first use.
-    func redisStore(endpoint: RedisEndpoint, timeout: TimeAmount, group: EventLoopGroup) -> RedisRateLimitStore {
-        // In memory only: identifies the server and credentials, never printed.
-        let url = [endpoint.host, String(endpoint.port), String(endpoint.database), endpoint.username ?? "",
-                   endpoint.password?.value ?? ""].joined(separator: "\u{0}")
+    /// The Redis store for `config`, created (and its script loaded) on first use.
+    func redisStore(config: RedisConfig, group: EventLoopGroup, metrics: GatewayMetrics?) -> RedisRateLimitStore {
+        let url = config.connectionIdentity
         return self.redis.withLock { current in
             if let current, current.url == url { return current.store }
-            let configuration = RedisConfiguration(
-                host: endpoint.host, port: endpoint.port, username: endpoint.username,
-                password: endpoint.password?.value, database: endpoint.database
-            )
-            let pool = RedisConnectionPool(configuration: configuration, eventLoopGroup: group)
-            let store = RedisRateLimitStore(pool: pool, timeout: timeout, deniedCache: DeniedCache(capacity: 10_000))
+            let client = config.makeClient(group: group) { event in
+                metrics?.redisEvents.increment([event.metricLabel])
+                if let line = event.logLine { GatewayLog.error(line) }
+            }
+            let store = RedisRateLimitStore(client: client, timeout: .init(config.timeout), deniedCache: DeniedCache(capacity: 10_000))
             _ = store.prepare()
-            if let old = current { _ = old.store.pool.shutdown() }
+            if let old = current { _ = old.store.client.shutdown() }
             current = (url, store)
             return store
         }
@@ -200,10 +197,7 @@ final class RateLimitService: Sendable {
         switch self.backend {
         case .inProcess: return #"{"state":"in_process"}"#
         case .redis(let store):
-            let connected = store.pool.connectedCount
-            let latency = self.lastRedisMicros.load(ordering: .relaxed)
-            return "{\"state\":\"\(connected > 0 ? "up" : "down")\",\"connections\":\(connected)"
-                + (latency >= 0 ? ",\"last_decision_us\":\(latency)" : "") + "}"
+            return Health.redisJSON(store.client, lastDecisionMicros: self.lastRedisMicros.load(ordering: .relaxed))
         }
     }
 

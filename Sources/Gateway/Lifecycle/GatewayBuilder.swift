@@ -75,10 +75,8 @@ public enum GatewayBuilder {
         var rateLimiter: RateLimitService? = nil
         if routes.contains(where: { !$0.rateLimits.isEmpty }) {
             let backend: RateLimitService.Backend
-            if let endpoint = config.redis.endpoint, let group {
-                backend = .redis(status.rateLimitStores.redisStore(
-                    endpoint: endpoint, timeout: .init(config.redis.timeout), group: group
-                ))
+            if config.redis.isEnabled, let group {
+                backend = .redis(status.rateLimitStores.redisStore(config: config.redis, group: group, metrics: metrics))
             } else {
                 backend = .inProcess(status.rateLimitStores.inProcess(maxKeys: config.rateLimits.maxKeys))
             }

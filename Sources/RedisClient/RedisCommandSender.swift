@@ -1,0 +1,46 @@
+import NIOCore
+
+/// Something that runs Redis commands for a key: one server (`RedisConnectionPool`), a cluster
+/// routing by the key's slot (`RedisClusterClient`) or the master a Sentinel set names
+/// (`RedisSentinelClient`). Every implementation fails at once instead of queueing when it has
+/// no connection to the server that owns the key, so callers with a deadline never wait.
+public protocol RedisCommandSender: Sendable {
+    /// Sends `commands` back to back on one connection of the server that owns `key` (any server
+    /// when nil). Fails as a whole with a `RedisError` for connection problems; error replies
+    /// are values.
+    func send(commands: [[String]], key: String?, timeout: TimeAmount?) -> EventLoopFuture<[RESPValue]>
+    /// The event loop of the next connection (for futures made without I/O).
+    func nextEventLoop() -> any EventLoop
+    /// One row per server this client talks to, for health reports.
+    var nodeStates: [RedisNodeState] { get }
+    /// Closes every connection and stops reconnecting or rediscovering.
+    func shutdown() -> EventLoopFuture<Void>
+}
+
+/// One server as a health report shows it.
+public struct RedisNodeState: Sendable, Equatable {
+    /// `host:port`.
+    public var address: String
+    /// `standalone`, `master` (a cluster master or the Sentinel-named master) or `sentinel`.
+    public var role: String
+    /// Connections up at the moment of the call.
+    public var connections: Int
+    /// Hash slots this node serves (cluster only).
+    public var slots: Int?
+
+    public init(address: String, role: String, connections: Int, slots: Int? = nil) {
+        self.address = address
+        self.role = role
+        self.connections = connections
+        self.slots = slots
+    }
+}
+
+extension RedisCommandSender {
+    public func send(_ arguments: [String], key: String? = nil, timeout: TimeAmount? = nil) -> EventLoopFuture<RESPValue> {
+        send(commands: [arguments], key: key, timeout: timeout).map { $0[0] }
+    }
+
+    /// Servers with at least one connection up.
+    public var connectedNodes: Int { nodeStates.filter { $0.connections > 0 }.count }
+}
