@@ -62,7 +62,10 @@ public enum GatewayBuilder {
                 name: route.name, host: route.match.host.map { "\($0)" }, pathPrefix: route.match.pathPrefix,
                 methods: route.match.methods, upstreamName: route.upstream, order: index,
                 auth: route.auth, requiredClaims: claims, cors: route.cors ? cors : nil,
-                rateLimits: route.rateLimitPolicyIndices.map { policies[$0] }
+                rateLimits: route.rateLimitPolicyIndices.map { policies[$0] },
+                conditions: Route.conditions(route.match),
+                split: route.split.map { TrafficSplit(routeName: route.name, config: $0, chosen: metrics?.splitRequests) },
+                realtime: route.realtime
             )
         }
         let traffic = TrafficSettings(
@@ -70,7 +73,8 @@ public enum GatewayBuilder {
             maxBodyBytes: config.limits.maxBodyBytes,
             clientHeaderTimeout: .init(config.timeouts.clientHeader),
             idleTimeout: .init(config.timeouts.idle),
-            drainTimeout: .init(config.timeouts.drain)
+            drainTimeout: .init(config.timeouts.drain),
+            tunnelIdleTimeout: .init(config.timeouts.tunnelIdle)
         )
         var rateLimiter: RateLimitService? = nil
         if routes.contains(where: { !$0.rateLimits.isEmpty }) {

@@ -108,7 +108,7 @@ struct RequestDispatch {
                 return .json(.badRequest, "{\"result\":\"invalid\",\"errors\":[\(list)]}", allocator: allocator)
             }
         default:
-            return nil
+            return SplitAdmin.response(head, runtime: services.runtime, allocator: allocator)
         }
     }
 
@@ -136,7 +136,12 @@ struct RequestDispatch {
                 scheme: services.listener.scheme, host: host,
                 fallbackHost: cluster.endpoints.first?.key ?? "localhost", addedHeaders: plan.claimHeaders
             )
-            let upstreamHead = HeaderRewriter.upstreamRequest(head, framing: framing, info: info, removing: plan.removedHeaders)
+            var upstreamHead = HeaderRewriter.upstreamRequest(head, framing: framing, info: info, removing: plan.removedHeaders)
+            let webSocket = WebSocketHandshake.forRoute(plan.route, head: head, runtime: runtime)
+            if let refusal = webSocket.flatMap({ _ in WebSocketHandshake.originRefusal(plan.route, head: head) }) {
+                return local(refusal, additions)
+            }
+            if webSocket != nil { upstreamHead = WebSocketHandshake.upstreamHead(upstreamHead) }
             let exchange = ProxyExchange(
                 upstreamHead: upstreamHead, requestMethod: head.method, clientVersion: head.version,
                 requestID: requestID, addHSTS: services.listener.isTLS, responseAdditions: additions,
@@ -144,6 +149,7 @@ struct RequestDispatch {
                 expectsContinue: expectsContinue, requestHasBody: framing.hasBody, cluster: cluster,
                 pool: services.loop.pool, downstream: downstream
             )
+            exchange.webSocket = webSocket
             var dispatch = RequestDispatch(outcome: .proxy(exchange), requestID: requestID, responseAdditions: additions, hasBody: framing.hasBody)
             dispatch.subject = plan.subject
             return dispatch

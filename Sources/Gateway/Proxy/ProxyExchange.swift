@@ -25,6 +25,8 @@ protocol DownstreamResponder: AnyObject {
     func abortResponse(for exchange: ProxyExchange)
     /// The exchange is over; the responder may serve its next request.
     func exchangeFinished(for exchange: ProxyExchange)
+    /// The upstream accepted `exchange.webSocket`'s handshake: `connection` is the responder's to tunnel.
+    func upgradeToTunnel(for exchange: ProxyExchange, _ head: HTTPResponseHead, upstream connection: UpstreamConnection)
 }
 
 /// One request proxied to an upstream, from picking an endpoint to the last response byte.
@@ -78,6 +80,9 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private(set) var upstreamSeconds: Double?
     /// The endpoint that served (or was last tried for) this request.
     private(set) var endpointKey: String?
+    /// Set for a WebSocket handshake on a `websocket: true` route: a 101 proving it is tunnelled.
+    var webSocket: WebSocketHandshake?
+    private var acceptedSwitch: HTTPResponseHead?
 
     init(
         upstreamHead: HTTPRequestHead,
@@ -280,6 +285,19 @@ final class ProxyExchange: UpstreamConnectionOwner {
 
     func upstreamReceived(_ part: HTTPClientResponsePart) {
         switch (self.state, part) {
+        case (.awaitingResponse(let connection), .head(let head)) where head.status == .switchingProtocols && self.webSocket?.accepts(head) == true:
+            connection.clearDeadline()
+            if let start = self.upstreamStart { self.upstreamSeconds = Double((NIODeadline.now() - start).nanoseconds) / 1e9 }
+            self.acceptedSwitch = head
+            self.state = .streamingResponse(connection)
+        case (.streamingResponse(let connection), .end) where self.acceptedSwitch != nil:
+            // The decoder stopped after this 101: the connection is the tunnel's from here.
+            self.state = .finished
+            self.releaseOutstanding()
+            connection.handler.owner = nil
+            let downstream = self.downstream
+            self.downstream = nil
+            downstream?.upgradeToTunnel(for: self, self.acceptedSwitch!, upstream: connection)
         case (.awaitingResponse, .head(let head)) where head.status == .switchingProtocols:
             // Upgrade is hop-by-hop and never forwarded, so the upstream was not asked to switch:
             // relaying the 101 would leave the client on a protocol nobody speaks at this hop.
