@@ -86,7 +86,7 @@ struct TrafficSplitTests {
                 x-beta: "on"
                 x-client: { prefix: "ios-" }
                 x-trace: { present: true }
-                x-debug: { absent: true }
+                x-debug: { present: false }
                 x-version: { regex: "v[0-9]+" }
             upstream: green
           - name: cookie-flag
@@ -132,7 +132,7 @@ struct TrafficSplitTests {
             upstream: blue
             split_key: client_ip
           - name: regex
-            match: { headers: { x-a: { regex: "([" }, x-b: { presnt: true }, x-c: { present: false } } }
+            match: { headers: { x-a: { regex: "([" }, x-b: { presnt: true }, x-c: { present: no } } }
             upstream: blue
         """)
         #expect(errors.contains("routes[0].upstream: a route with a split names no upstream of its own (the split picks it)"))
@@ -144,7 +144,7 @@ struct TrafficSplitTests {
         #expect(errors.contains("routes[4].split_key: needs a split"))
         #expect(errors.contains { $0.hasPrefix("routes[5].match.headers.x-a.regex: invalid regular expression '([':") })
         #expect(errors.contains("routes[5].match.headers.x-b.presnt: unknown key (did you mean 'present'?)"))
-        #expect(errors.contains("routes[5].match.headers.x-c.present: write absent: true instead of present: false"))
+        #expect(errors.contains("routes[5].match.headers.x-c.present: expected true or false, got 'no'"))
     }
 
     @Test func realtimeKeysAreValidated() throws {

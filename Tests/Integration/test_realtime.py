@@ -329,3 +329,100 @@ def test_slow_reader_keeps_rss_flat(start):
     # Without backpressure the gateway would hold what the client does not read (tens of MiB).
     assert sent < 64 * len(chunk)
     assert after - before < 16 * 1024, (sent, before, after)
+
+
+# --- Server-Sent Events and other streamed responses -------------------------------------------
+
+def sse_upstream(stop):
+    """Answers /sse/events with an event every 300 ms (each carrying the time it was written) and
+    /sse/stall with one NDJSON chunk and then silence."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+
+    def chunk(data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data)
+
+    def handle(conn):
+        with conn:
+            head = read_until(conn, b"\r\n\r\n")
+            path = head.split(b" ", 2)[1]
+            if path.startswith(b"/sse/events"):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+                             b"Connection: close\r\n\r\n")
+                for i in range(4):
+                    conn.sendall(chunk(b"data: %d %.6f\n\n" % (i, time.time())))
+                    time.sleep(0.3)
+                conn.sendall(b"0\r\n\r\n")
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n"
+                             b"Connection: close\r\n\r\n" + chunk(b'{"n":1}\n'))
+                stop.wait(15)
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+        server.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server.getsockname()[1]
+
+
+@pytest.fixture
+def sse_gateway(gateway_factory, upstream):
+    stop = threading.Event()
+    port = sse_upstream(stop)
+    extra = f"  events:\n    endpoints: [127.0.0.1:{port}]\n    response_timeout: 500ms\n"
+    extra_routes = """\
+  - name: sse
+    match: { path_prefix: /sse/events }
+    upstream: events
+  - name: stream
+    match: { path_prefix: /sse/stall }
+    upstream: events
+    streaming: true
+    timeouts: { stream_idle: 1s }
+"""
+    gw = gateway_factory(upstream.port, upstream_extra=extra, extra_routes=extra_routes,
+                         listeners_extra="  - name: h2c\n    address: 127.0.0.1:0\n    protocols: [h2c]\n")
+    yield gw
+    stop.set()
+
+
+@pytest.mark.parametrize("http2", [False, True])
+def test_sse_events_arrive_as_written(sse_gateway, http2):
+    lags = []
+    with httpx.Client(verify=False, http2=http2, timeout=10) as c:
+        with c.stream("GET", sse_gateway.url("/sse/events")) as r:
+            assert r.status_code == 200
+            assert r.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    _, sent = line[6:].split()
+                    lags.append(time.time() - float(sent))
+    assert len(lags) == 4
+    # Each event arrives before the upstream writes the next one (300 ms later): nothing is held
+    # back until the end of the response, which takes 1.2 s.
+    assert max(lags) < 0.3, lags
+    print(f"SSE lag over {'h2' if http2 else 'h1'}: median {sorted(lags)[2] * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms")
+
+
+def test_stream_idle_cuts_a_silent_stream_not_the_response_timeout(sse_gateway):
+    started = time.monotonic()
+    with httpx.Client(timeout=20) as c:
+        with c.stream("GET", sse_gateway.url("/sse/stall", listener="plain")) as r:
+            # The 500 ms response timeout covered the head only.
+            assert r.status_code == 200
+            received = b""
+            with pytest.raises(httpx.RemoteProtocolError):
+                for data in r.iter_raw():
+                    received += data
+    elapsed = time.monotonic() - started
+    assert received == b'{"n":1}\n'
+    assert 1.0 <= elapsed < 10, elapsed

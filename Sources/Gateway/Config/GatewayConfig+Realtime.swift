@@ -203,13 +203,9 @@ extension GatewayConfig {
                     r.fail(kindPath, "invalid regular expression '\(pattern)': \(error)")
                 }
             default:
-                // present / absent: only `true` makes sense; `present: false` would be `absent`.
+                // `present: false` and `absent: true` say the same.
                 guard let flag = r.bool(node, at: kindPath) else { continue }
-                guard flag else {
-                    r.fail(kindPath, "write \(kind == "present" ? "absent" : "present"): true instead of \(kind): false")
-                    continue
-                }
-                conditions.append(.init(name: name, test: kind == "present" ? .present : .absent))
+                conditions.append(.init(name: name, test: (kind == "present") == flag ? .present : .absent))
             }
         }
         return conditions

@@ -150,6 +150,8 @@ struct RequestDispatch {
                 pool: services.loop.pool, downstream: downstream
             )
             exchange.webSocket = webSocket
+            exchange.streamIdle = .init(plan.route.realtime.streamIdle)
+            exchange.streamingRoute = plan.route.realtime.streaming
             var dispatch = RequestDispatch(outcome: .proxy(exchange), requestID: requestID, responseAdditions: additions, hasBody: framing.hasBody)
             dispatch.subject = plan.subject
             return dispatch

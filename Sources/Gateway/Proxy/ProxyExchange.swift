@@ -82,6 +82,11 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private(set) var endpointKey: String?
     /// Set for a WebSocket handshake on a `websocket: true` route: a 101 proving it is tunnelled.
     var webSocket: WebSocketHandshake?
+    /// The route's `timeouts.stream_idle`, and whether it streams every response (`streaming: true`);
+    /// `text/event-stream` responses stream on any route.
+    var streamIdle: TimeAmount = .minutes(5)
+    var streamingRoute = false
+    private var streamWatch: StreamIdleWatch?
     private var acceptedSwitch: HTTPResponseHead?
 
     init(
@@ -199,6 +204,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         case .connecting:
             self.state = .finished
         case .awaitingResponse(let connection), .streamingResponse(let connection):
+            self.streamWatch?.cancel()
             self.state = .finished
             self.releaseOutstanding()
             connection.close()
@@ -324,11 +330,18 @@ final class ProxyExchange: UpstreamConnectionOwner {
                 additions: self.responseAdditions
             )
             self.downstream?.sendResponseHead(for: self, clientHead, framing: framing)
+            if self.streamingRoute || head.headers.first(name: "content-type")?.hasPrefix("text/event-stream") == true {
+                self.streamWatch = StreamIdleWatch(loop: self.eventLoop, idle: self.streamIdle) { [weak self] in
+                    self?.upstreamLost(.upstreamTimeout)
+                }
+            }
         case (.streamingResponse(let connection), .body(let body)):
             guard let downstream = self.downstream else { return }
+            self.streamWatch?.touch()
             downstream.sendResponseBody(for: self, body)
             if !downstream.isWritable { connection.handler.pauseReads() }
         case (.streamingResponse(let connection), .end):
+            self.streamWatch?.cancel()
             self.state = .finished
             self.releaseOutstanding()
             connection.handler.resumeReads()
@@ -397,6 +410,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             }
             self.fail(error)
         case .streamingResponse(let connection):
+            self.streamWatch?.cancel()
             self.state = .finished
             self.releaseOutstanding()
             connection.close()
