@@ -6,7 +6,8 @@ import NIOCore
 final class StreamIdleWatch {
     private let loop: EventLoop
     private let idle: TimeAmount
-    private var last = NIODeadline.now()
+    /// On the loop's clock (virtual in `EmbeddedEventLoop` tests).
+    private var last: NIODeadline
     private var task: Scheduled<Void>?
     private var onIdle: (() -> Void)?
 
@@ -14,10 +15,11 @@ final class StreamIdleWatch {
         self.loop = loop
         self.idle = idle
         self.onIdle = onIdle
+        self.last = loop.now
         self.schedule(after: idle)
     }
 
-    func touch() { self.last = .now() }
+    func touch() { self.last = self.loop.now }
 
     func cancel() {
         self.task?.cancel()
@@ -28,7 +30,7 @@ final class StreamIdleWatch {
     private func schedule(after delay: TimeAmount) {
         self.task = self.loop.assumeIsolated().scheduleTask(in: delay) { [weak self] in
             guard let self, self.onIdle != nil else { return }
-            let quiet = NIODeadline.now() - self.last
+            let quiet = self.loop.now - self.last
             if quiet >= self.idle {
                 let onIdle = self.onIdle
                 self.cancel()

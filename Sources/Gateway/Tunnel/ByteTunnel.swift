@@ -7,7 +7,6 @@ struct TunnelTotals {
     var bytesIn = 0
     /// Upstream → client.
     var bytesOut = 0
-    var started = NIODeadline.now()
     /// Why it ended: `client_closed`, `upstream_closed`, `idle_timeout`, `error`, `drain`.
     var reason = "client_closed"
 }
@@ -25,7 +24,8 @@ final class ByteTunnel {
     let upstream: TunnelEndpointHandler
     private let eventLoop: EventLoop
     private let idleTimeout: TimeAmount
-    private var lastActivity = NIODeadline.now()
+    /// On the loop's clock (virtual in `EmbeddedEventLoop` tests).
+    private var lastActivity: NIODeadline
     private var idleCheck: Scheduled<Void>?
     private(set) var totals = TunnelTotals()
     private var ended = false
@@ -35,6 +35,7 @@ final class ByteTunnel {
     init(eventLoop: EventLoop, idleTimeout: TimeAmount) {
         self.eventLoop = eventLoop
         self.idleTimeout = idleTimeout
+        self.lastActivity = eventLoop.now
         self.client = TunnelEndpointHandler(side: .client)
         self.upstream = TunnelEndpointHandler(side: .upstream)
         self.client.tunnel = self
@@ -42,12 +43,12 @@ final class ByteTunnel {
     }
 
     func start() {
-        self.lastActivity = .now()
+        self.lastActivity = self.eventLoop.now
         self.scheduleIdleCheck(after: self.idleTimeout)
     }
 
     fileprivate func relay(_ buffer: ByteBuffer, from side: TunnelEndpointHandler.Side) {
-        self.lastActivity = .now()
+        self.lastActivity = self.eventLoop.now
         switch side {
         case .client:
             self.totals.bytesIn += buffer.readableBytes
@@ -89,7 +90,7 @@ final class ByteTunnel {
     private func scheduleIdleCheck(after delay: TimeAmount) {
         self.idleCheck = self.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: delay) { [weak self] in
             guard let self, !self.ended else { return }
-            let quiet = NIODeadline.now() - self.lastActivity
+            let quiet = self.eventLoop.now - self.lastActivity
             if quiet >= self.idleTimeout {
                 self.end(reason: "idle_timeout")
             } else {
