@@ -107,6 +107,31 @@ struct TunnelTests {
         #expect(!pair.client.isActive && !pair.upstream.isActive)
     }
 
+    @Test func frameBoundariesAcrossArbitrarySplits() {
+        // A 5-byte masked text frame, a 300-byte binary frame (16-bit length), a 70,000-byte one
+        // (64-bit length), fed in pieces of every size from 1 to 17 bytes.
+        var stream: [UInt8] = [0x81, 0x85, 1, 2, 3, 4] + Array("hello".utf8)
+        stream += [0x82, 126, 0x01, 0x2c] + [UInt8](repeating: 7, count: 300)
+        stream += [0x82, 127, 0, 0, 0, 0, 0, 0x01, 0x11, 0x70] + [UInt8](repeating: 9, count: 70_000)
+        let ends: Set<Int> = [11, 11 + 304, stream.count]
+        for piece in 1...17 {
+            var boundary = FrameBoundary()
+            var offset = 0
+            while offset < stream.count {
+                let next = min(offset + piece, stream.count)
+                boundary.consume(ByteBuffer(bytes: stream[offset..<next]))
+                // At a boundary exactly when the bytes so far end a frame.
+                #expect(boundary.isAtBoundary == ends.contains(next), "piece \(piece), offset \(next)")
+                offset = next
+            }
+            #expect(boundary.isAtBoundary)
+        }
+        let close = FrameBoundary.goingAway(masked: true, allocator: ByteBufferAllocator())
+        let bytes = Array(close.readableBytesView)
+        #expect(bytes.count == 8 && bytes[0] == 0x88 && bytes[1] == 0x82)
+        #expect([bytes[6] ^ bytes[2], bytes[7] ^ bytes[3]] == [0x03, 0xe9])
+    }
+
     @Test func oneSideClosingEndsTheTunnelAfterRelaying() throws {
         let pair = try Pair()
         var reasons: [String] = []

@@ -157,6 +157,14 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         case is ChannelShouldQuiesceEvent:
             self.quiescing = true
             if self.current == nil { self.close() }
+            if let tunnel = self.tunnel {
+                // Just before the drain closes what is left, so the peers hear why.
+                let drain = self.runtime().traffic.drainTimeout
+                let allocator = context.channel.allocator
+                context.eventLoop.assumeIsolated().scheduleTask(in: max(.zero, drain - .milliseconds(200))) {
+                    tunnel.endForDrain(allocator: allocator)
+                }
+            }
         default:
             context.fireUserInboundEventTriggered(event)
         }

@@ -28,6 +28,8 @@ final class ByteTunnel {
     private var lastActivity: NIODeadline
     private var idleCheck: Scheduled<Void>?
     private(set) var totals = TunnelTotals()
+    private var fromClient = FrameBoundary()
+    private var fromUpstream = FrameBoundary()
     private var ended = false
     /// Called once, on the event loop, when the tunnel is over.
     var onEnd: ((TunnelTotals) -> Void)?
@@ -52,10 +54,12 @@ final class ByteTunnel {
         switch side {
         case .client:
             self.totals.bytesIn += buffer.readableBytes
+            self.fromClient.consume(buffer)
             self.upstream.send(buffer)
             if !self.upstream.isWritable { self.client.pauseReads() }
         case .upstream:
             self.totals.bytesOut += buffer.readableBytes
+            self.fromUpstream.consume(buffer)
             self.client.send(buffer)
             if !self.client.isWritable { self.upstream.pauseReads() }
         }
@@ -68,6 +72,17 @@ final class ByteTunnel {
     fileprivate func writabilityChanged(of side: TunnelEndpointHandler.Side, isWritable: Bool) {
         guard isWritable else { return }
         (side == .client ? self.upstream : self.client).resumeReads()
+    }
+
+    /// A drain is ending: both sides get a close frame "going away" when no frame is half relayed
+    /// in either direction (else the sockets just close), then the tunnel ends.
+    func endForDrain(allocator: ByteBufferAllocator) {
+        guard !self.ended else { return }
+        if self.fromClient.isAtBoundary && self.fromUpstream.isAtBoundary {
+            self.client.send(FrameBoundary.goingAway(masked: false, allocator: allocator))
+            self.upstream.send(FrameBoundary.goingAway(masked: true, allocator: allocator))
+        }
+        self.end(reason: "drain")
     }
 
     /// Ends both sides (once).
