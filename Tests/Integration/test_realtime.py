@@ -293,18 +293,17 @@ def test_idle_tunnel_is_closed(start):
 
 def test_sigterm_closes_open_tunnels_within_the_drain(start):
     gw = start()
-    ws = connect(f"ws://127.0.0.1:{gw.ports['plain']}/ws/echo")
-    ws.send("before")
-    assert ws.recv(timeout=5) == "before"
-    gw.proc.send_signal(signal.SIGTERM)
-    # The tunnel still works during the drain (5 s here), then both ends get "going away".
-    ws.send("during")
-    assert ws.recv(timeout=5) == "during"
-    with pytest.raises(ConnectionClosed) as closed:
-        ws.recv(timeout=20)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    with connect(f"ws://127.0.0.1:{gw.ports['plain']}/ws/echo") as ws:
+        ws.send("before")
+        assert ws.recv(timeout=5) == "before"
+        gw.proc.send_signal(signal.SIGTERM)
+        # The tunnel still works during the drain (5 s here), then both ends get "going away".
+        ws.send("during")
+        assert ws.recv(timeout=5) == "during"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=20)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
     gw.proc.wait(timeout=20)
-    ws.close()
 
 
 def test_slow_reader_keeps_rss_flat(start):
