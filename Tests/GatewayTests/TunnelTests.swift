@@ -30,11 +30,11 @@ struct TunnelTests {
             self.client = EmbeddedChannel(loop: self.loop)
             self.upstream = EmbeddedChannel(loop: self.loop)
             self.tunnel = ByteTunnel(eventLoop: self.loop, idleTimeout: idle)
-            try self.client.pipeline.syncOperations.addHandlers([self.clientReads, self.tunnel.client])
+            try self.client.pipeline.syncOperations.addHandlers([self.clientReads, self.tunnel.clientHandler!])
             try self.upstream.pipeline.syncOperations.addHandlers([self.upstreamReads, self.tunnel.upstream])
             try self.client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
             try self.upstream.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 2)).wait()
-            self.tunnel.client.release()
+            self.tunnel.clientHandler!.release()
             self.tunnel.upstream.release()
             self.tunnel.start()
         }

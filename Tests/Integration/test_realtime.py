@@ -427,3 +427,108 @@ def test_stream_idle_cuts_a_silent_stream_not_the_response_timeout(sse_gateway):
     elapsed = time.monotonic() - started
     assert received == b'{"n":1}\n'
     assert 1.0 <= elapsed < 10, elapsed
+
+
+# --- WebSocket over HTTP/2 (RFC 8441 extended CONNECT) -----------------------------------------
+
+import h2.config  # noqa: E402
+import h2.connection  # noqa: E402
+import h2.events  # noqa: E402
+import h2.settings  # noqa: E402
+
+
+@pytest.fixture
+def h2c_start(gateway_factory, upstream, ws_upstream):
+    def run():
+        extra = f"  realtime:\n    endpoints: [127.0.0.1:{ws_upstream.port}]\n    response_timeout: 2s\n"
+        return gateway_factory(upstream.port, top_extra=TOP, upstream_extra=extra, extra_routes=routes(),
+                               listeners_extra="  - name: h2c\n    address: 127.0.0.1:0\n    protocols: [h2c]\n")
+    return run
+
+
+class ExtendedConnect:
+    """One RFC 8441 WebSocket stream over a real h2c connection, driven by the `h2` library."""
+
+    def __init__(self, port, path, headers=()):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.settimeout(5)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.sock.sendall(self.conn.data_to_send())
+        while self.conn.remote_settings.get(h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL) != 1:
+            self._pump()
+        self.stream = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(self.stream, [
+            (":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"), (":path", path),
+            (":authority", "localhost"), ("sec-websocket-version", "13"), *headers])
+        self.sock.sendall(self.conn.data_to_send())
+        self.status = None
+        self.data = b""
+        self.ended = False
+        while self.status is None:
+            self._pump()
+
+    def _pump(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed")
+        for event in self.conn.receive_data(chunk):
+            if isinstance(event, h2.events.ResponseReceived):
+                self.status = int(dict(event.headers)[b":status"])
+            elif isinstance(event, h2.events.DataReceived):
+                self.data += event.data
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                self.ended = True
+        self.sock.sendall(self.conn.data_to_send())
+
+    def send(self, data: bytes):
+        while data:
+            window = min(self.conn.local_flow_control_window(self.stream), self.conn.max_outbound_frame_size)
+            if window == 0:
+                self._pump()
+                continue
+            self.conn.send_data(self.stream, data[:window])
+            self.sock.sendall(self.conn.data_to_send())
+            data = data[window:]
+
+    def receive_until(self, expected_length):
+        while len(self.data) < expected_length and not self.ended:
+            self._pump()
+        return self.data
+
+
+def masked_binary_frame(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    length = len(payload)
+    head = bytes([0x82, 0x80 | 126]) + length.to_bytes(2, "big") if length < 65536 else \
+        bytes([0x82, 0x80 | 127]) + length.to_bytes(8, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_websocket_over_http2_extended_connect(h2c_start):
+    gw = h2c_start()
+    ws = ExtendedConnect(gw.ports["h2c"], "/ws/echo")
+    assert ws.status == 200
+    ws.send(masked_text_frame(b"over h2"))
+    assert ws.receive_until(9) == b"\x81\x07over h2"
+    payload = os.urandom(40_000)
+    ws.data = b""
+    ws.send(masked_binary_frame(payload))
+    # The echo comes back unmasked: 4 header bytes (16-bit length) and the payload.
+    assert ws.receive_until(4 + len(payload)) == bytes([0x82, 126]) + len(payload).to_bytes(2, "big") + payload
+    samples = scrape_metrics(gw)
+    assert metric(samples, "gateway_tunnels_active", route="ws") == 1
+    ws.sock.close()
+
+
+def test_extended_connect_goes_through_jwt_first(h2c_start, ws_upstream):
+    gw = h2c_start()
+    before = ws_upstream.handshakes()
+    assert ExtendedConnect(gw.ports["h2c"], "/secure-ws/echo").status == 401
+    assert ws_upstream.handshakes() == before
+    ws = ExtendedConnect(gw.ports["h2c"], "/secure-ws/echo", [("authorization", "Bearer " + token())])
+    assert ws.status == 200
+    ws.send(masked_text_frame(b"jwt ok"))
+    assert ws.receive_until(8) == b"\x81\x06jwt ok"
+    ws.sock.close()

@@ -108,6 +108,7 @@ public enum GatewayBuilder {
             http2.maxHeaderListSize = listener.http2.maxHeaderListSize ?? config.limits.maxHeaderBytes
             http2.resetBurst = UInt64(listener.http2.resetBurst)
             http2.resetRatePerSecond = UInt64(listener.http2.resetRate)
+            http2.enableConnectProtocol = config.routes.contains { $0.realtime.websocket }
             var tls: TLSServerContext? = nil
             if let tlsConfig = listener.tls {
                 let settings = TLSServerSettings(

@@ -11,16 +11,28 @@ struct TunnelTotals {
     var reason = "client_closed"
 }
 
-/// A byte tunnel between a client connection and an upstream connection after a protocol switch
-/// (a WebSocket 101). Both channels live on the same event loop (the upstream pool is per loop),
-/// so the two ends call each other directly.
+/// One end of a `ByteTunnel`: a channel of its own (`TunnelEndpointHandler`), or an HTTP/2 stream
+/// (RFC 8441) whose DATA frames carry the bytes.
+protocol TunnelSide: AnyObject {
+    var isWritable: Bool { get }
+    func send(_ buffer: ByteBuffer)
+    func flush()
+    func pauseReads()
+    func resumeReads()
+    /// Ends this side once what was sent to it is written.
+    func close()
+}
+
+/// A byte tunnel between a client and an upstream connection after a protocol switch (a
+/// WebSocket 101). Both live on the same event loop (the upstream pool is per loop), so the two
+/// ends call each other directly.
 ///
 /// Backpressure both ways: when one side's socket stops being writable, the other side stops
 /// reading until it drains, so a slow reader never makes the gateway buffer more than the
 /// channel's write watermarks. Idle for `idleTimeout` in both directions, the tunnel closes both
 /// sockets.
 final class ByteTunnel {
-    let client: TunnelEndpointHandler
+    let client: TunnelSide
     let upstream: TunnelEndpointHandler
     private let eventLoop: EventLoop
     private let idleTimeout: TimeAmount
@@ -34,22 +46,26 @@ final class ByteTunnel {
     /// Called once, on the event loop, when the tunnel is over.
     var onEnd: ((TunnelTotals) -> Void)?
 
-    init(eventLoop: EventLoop, idleTimeout: TimeAmount) {
+    /// - Parameter client: the client end; nil: a channel handler made here (`clientHandler`).
+    init(eventLoop: EventLoop, idleTimeout: TimeAmount, client: TunnelSide? = nil) {
         self.eventLoop = eventLoop
         self.idleTimeout = idleTimeout
         self.lastActivity = eventLoop.now
-        self.client = TunnelEndpointHandler(side: .client)
+        self.client = client ?? TunnelEndpointHandler(side: .client)
         self.upstream = TunnelEndpointHandler(side: .upstream)
-        self.client.tunnel = self
+        self.clientHandler?.tunnel = self
         self.upstream.tunnel = self
     }
+
+    /// The client end when it is a channel handler (HTTP/1.1).
+    var clientHandler: TunnelEndpointHandler? { self.client as? TunnelEndpointHandler }
 
     func start() {
         self.lastActivity = self.eventLoop.now
         self.scheduleIdleCheck(after: self.idleTimeout)
     }
 
-    fileprivate func relay(_ buffer: ByteBuffer, from side: TunnelEndpointHandler.Side) {
+    func relay(_ buffer: ByteBuffer, from side: TunnelEndpointHandler.Side) {
         self.lastActivity = self.eventLoop.now
         switch side {
         case .client:
@@ -65,11 +81,11 @@ final class ByteTunnel {
         }
     }
 
-    fileprivate func readComplete(from side: TunnelEndpointHandler.Side) {
+    func readComplete(from side: TunnelEndpointHandler.Side) {
         (side == .client ? self.upstream : self.client).flush()
     }
 
-    fileprivate func writabilityChanged(of side: TunnelEndpointHandler.Side, isWritable: Bool) {
+    func writabilityChanged(of side: TunnelEndpointHandler.Side, isWritable: Bool) {
         guard isWritable else { return }
         (side == .client ? self.upstream : self.client).resumeReads()
     }
@@ -97,7 +113,7 @@ final class ByteTunnel {
         let onEnd = self.onEnd
         self.onEnd = nil
         // Breaks the tunnel ↔ handler cycle.
-        self.client.tunnel = nil
+        self.clientHandler?.tunnel = nil
         self.upstream.tunnel = nil
         onEnd?(self.totals)
     }
@@ -116,7 +132,7 @@ final class ByteTunnel {
 }
 
 /// One end of a `ByteTunnel`, the innermost handler of its channel once the HTTP codec is gone.
-final class TunnelEndpointHandler: ChannelDuplexHandler {
+final class TunnelEndpointHandler: ChannelDuplexHandler, TunnelSide {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -133,7 +149,7 @@ final class TunnelEndpointHandler: ChannelDuplexHandler {
     /// NIO's response decoder inspects outbound writes (HEAD tracking) and expects HTTP parts.
     private var held: [ByteBuffer]? = []
 
-    fileprivate init(side: Side) { self.side = side }
+    init(side: Side) { self.side = side }
 
     var isWritable: Bool { self.context?.channel.isWritable ?? true }
 
@@ -181,7 +197,7 @@ final class TunnelEndpointHandler: ChannelDuplexHandler {
         }
     }
 
-    fileprivate func send(_ buffer: ByteBuffer) {
+    func send(_ buffer: ByteBuffer) {
         if self.held != nil {
             self.held!.append(buffer)
             return
@@ -199,15 +215,15 @@ final class TunnelEndpointHandler: ChannelDuplexHandler {
         self.flush()
     }
 
-    fileprivate func flush() {
+    func flush() {
         guard self.pendingFlush, let context else { return }
         self.pendingFlush = false
         context.flush()
     }
 
-    fileprivate func pauseReads() { self.readsPaused = true }
+    func pauseReads() { self.readsPaused = true }
 
-    fileprivate func resumeReads() {
+    func resumeReads() {
         guard self.readsPaused else { return }
         self.readsPaused = false
         if self.readPending, let context {
@@ -217,7 +233,7 @@ final class TunnelEndpointHandler: ChannelDuplexHandler {
     }
 
     /// Closes once what was relayed to this side is written (the peer's close frame must arrive).
-    fileprivate func close() {
+    func close() {
         guard let context else { return }
         self.pendingFlush = false
         // Still behind a decoder that has not left, nothing can be written through it.
@@ -247,20 +263,25 @@ enum TunnelSwitch {
         _ tunnel: ByteTunnel, client: ChannelHandlerContext, decoder: ByteToMessageHandler<HTTPRequestDecoder>?,
         upstream connection: UpstreamConnection
     ) throws {
+        guard let clientEnd = tunnel.clientHandler else { return }
         let clientPipeline = client.pipeline.syncOperations
-        try clientPipeline.addHandler(tunnel.client, position: .before(client.handler))
+        try clientPipeline.addHandler(clientEnd, position: .before(client.handler))
         let stopped = try decoder.map { try clientPipeline.context(handler: $0) }
             ?? clientPipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
         clientPipeline.removeHandler(context: try clientPipeline.context(handlerType: HTTPResponseEncoder.self), promise: nil)
         // The held bytes arrive without a read-complete: flushed once the decoder has handed them over.
         let clientHandedOver = client.eventLoop.makePromise(of: Void.self)
         clientPipeline.removeHandler(context: stopped, promise: clientHandedOver)
-        clientHandedOver.futureResult.assumeIsolated().whenSuccess { tunnel.client.release() }
+        clientHandedOver.futureResult.assumeIsolated().whenSuccess { clientEnd.release() }
+        try self.installUpstream(tunnel, connection: connection)
+    }
 
+    /// The upstream half: the HTTP/1.1 client codec leaves, the tunnel end takes its bytes.
+    static func installUpstream(_ tunnel: ByteTunnel, connection: UpstreamConnection) throws {
         let upstreamPipeline = connection.channel.pipeline.syncOperations
         try upstreamPipeline.addHandler(tunnel.upstream, position: .before(connection.handler))
         upstreamPipeline.removeHandler(context: try upstreamPipeline.context(handlerType: HTTPRequestEncoder.self), promise: nil)
-        let upstreamHandedOver = client.eventLoop.makePromise(of: Void.self)
+        let upstreamHandedOver = connection.channel.eventLoop.makePromise(of: Void.self)
         upstreamPipeline.removeHandler(
             context: try upstreamPipeline.context(handlerType: ByteToMessageHandler<HTTPResponseDecoder>.self),
             promise: upstreamHandedOver

@@ -13,9 +13,11 @@ struct WebSocketHandshake: Sendable {
 
     /// A WebSocket opening handshake (§4.1): GET, HTTP/1.1, `Upgrade: websocket`, `Connection`
     /// listing `upgrade`, version 13 and a key. Anything else on a `websocket: true` route is
-    /// served as a plain request, with `Upgrade` dropped like on any route.
+    /// served as a plain request, with `Upgrade` dropped like on any route. An HTTP/2 head has these
+    /// fields only as an extended CONNECT turned into a handshake (nghttp2 resets streams that send
+    /// `Upgrade` or `Connection`).
     init?(_ head: HTTPRequestHead, routeName: String, idleTimeout: TimeAmount) {
-        guard head.method == .GET, head.version == .http1_1,
+        guard head.method == .GET, head.version == .http1_1 || head.version == .http2,
             head.headers["upgrade"].contains(where: { Substring($0).trimmingSpaces.lowercased() == "websocket" }),
             head.headers["connection"].contains(where: { $0.containsListElement("upgrade") }),
             head.headers.first(name: "sec-websocket-version").map { Substring($0).trimmingSpaces } == "13",
@@ -117,5 +119,34 @@ extension DownstreamResponder {
     func upgradeToTunnel(for exchange: ProxyExchange, _ head: HTTPResponseHead, upstream connection: UpstreamConnection) {
         connection.close()
         self.abortResponse(for: exchange)
+    }
+}
+
+extension WebSocketHandshake {
+    /// An RFC 8441 extended CONNECT becomes the HTTP/1.1 handshake the upstream understands:
+    /// `GET` with `Upgrade`/`Connection` and a fresh `Sec-WebSocket-Key` (HTTP/2 carries none; the
+    /// upstream's accept is checked against this one), the version kept from the client.
+    static func addHTTP1Fields(to headers: inout HTTPHeaders, method: inout HTTPMethod) {
+        method = .GET
+        var generator = SystemRandomNumberGenerator()
+        let nonce = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        headers.replaceOrAdd(name: "upgrade", value: "websocket")
+        headers.replaceOrAdd(name: "connection", value: "upgrade")
+        headers.replaceOrAdd(name: "sec-websocket-key", value: Base64.encode(nonce))
+        if !headers.contains(name: "sec-websocket-version") { headers.add(name: "sec-websocket-version", value: "13") }
+    }
+
+    /// The 200 that answers an extended CONNECT: the upstream's end-to-end fields (subprotocol,
+    /// extensions), without the HTTP/1.1 switch and its accept proof, which mean nothing on HTTP/2.
+    static func extendedConnectResponseFields(_ upstream: HTTPResponseHead) -> HTTPHeaders {
+        var headers = HTTPHeaders()
+        for (name, value) in upstream.headers where !HeaderRewriter.isHopByHop(name) {
+            let lower = name.lowercased()
+            if lower == "sec-websocket-accept" || lower == "content-length" || HeaderRewriter.connectionSpecific.contains(lower) {
+                continue
+            }
+            headers.add(name: lower, value: value)
+        }
+        return headers
     }
 }
