@@ -138,13 +138,46 @@ struct TrafficSplitTests {
         #expect(errors.contains("routes[0].upstream: a route with a split names no upstream of its own (the split picks it)"))
         #expect(errors.contains("routes[1].split[0].upstream: unknown upstream 'bleu' (did you mean 'blue'?)"))
         #expect(errors.contains("routes[1].split[1].weight: must be between 0 and 10000, got 101000"))
-        #expect(errors.contains("routes[1].split_key: expected client_ip, claim:sub or cookie:NAME, got 'cliet_ip' (did you mean 'client_ip'?)"))
+        #expect(errors.contains("routes[1].split_key: expected client_ip, claim:NAME or cookie:NAME, got 'cliet_ip' (did you mean 'client_ip'?)"))
         #expect(errors.contains("routes[2].split: at least one weight must be above 0"))
-        #expect(errors.contains { $0.hasPrefix("routes[3].split_key: only claim:sub can key a split") })
+        #expect(errors.contains("routes[3].split_key: claim:role needs auth: required or optional (claims come from a verified token)"))
         #expect(errors.contains("routes[4].split_key: needs a split"))
         #expect(errors.contains { $0.hasPrefix("routes[5].match.headers.x-a.regex: invalid regular expression '([':") })
         #expect(errors.contains("routes[5].match.headers.x-b.presnt: unknown key (did you mean 'present'?)"))
         #expect(errors.contains("routes[5].match.headers.x-c.present: expected true or false, got 'no'"))
+    }
+
+    @Test func forwardedClaimsKeyASplit() throws {
+        let jwt = """
+        jwt:
+          issuer: i
+          audiences: [a]
+          keys: [{ kid: k, algorithm: HS256, secret: "0123456789abcdef0123456789abcdef" }]
+          forward_claims: { sub: x-user-id, tenant: x-tenant }
+
+        """
+        let fixture = try ConfigFixture()
+        let errors = fixture.errors(minimalYAML + Self.upstreams + jwt + """
+        routes:
+          - name: r
+            split: [{ upstream: blue, weight: 1 }, { upstream: green, weight: 1 }]
+            split_key: claim:shop
+            auth: required
+        """)
+        #expect(errors == ["routes[0].split_key: claim 'shop' is not in jwt.forward_claims (only sub and forwarded claims can key a split)"])
+        let config = try fixture.parse(minimalYAML + Self.upstreams + jwt + """
+        routes:
+          - name: r
+            split: [{ upstream: blue, weight: 1 }, { upstream: green, weight: 1 }]
+            split_key: claim:tenant
+            auth: required
+        """)
+        let split = TrafficSplit(routeName: "r", config: try #require(config.routes[0].split),
+                                 forwardClaims: config.jwt!.forwardClaims)
+        let side = split.choose(clientIP: "1.1.1.1", subject: "a", claimHeaders: [("x-tenant", "shop-9")], headers: [:])
+        for i in 0..<50 {
+            #expect(split.choose(clientIP: "2.2.2.\(i)", subject: "s\(i)", claimHeaders: [("x-tenant", "shop-9")], headers: [:]) == side)
+        }
     }
 
     @Test func realtimeKeysAreValidated() throws {

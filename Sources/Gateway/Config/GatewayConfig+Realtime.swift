@@ -21,7 +21,7 @@ public struct RouteSplitConfig: Sendable, Equatable {
 /// `routes[].split_key`: what keeps one user on one side of a split.
 public enum SplitKey: Sendable, Equatable, CustomStringConvertible {
     case clientIP
-    /// A verified token's claim; only `sub` is available to the router.
+    /// A verified token's claim: `sub`, or a claim listed in `jwt.forward_claims`.
     case claim(String)
     case cookie(String)
 
@@ -115,12 +115,12 @@ extension GatewayConfig {
         if value == "client_ip" { return .clientIP }
         if value.hasPrefix("claim:") {
             let claim = String(value.dropFirst("claim:".count))
-            guard claim == "sub" else {
-                r.fail(path, "only claim:sub can key a split (the router sees the verified subject), got '\(value)'")
+            guard !claim.isEmpty else {
+                r.fail(path, "expected claim:NAME with a claim name, got '\(value)'")
                 return nil
             }
             if auth == .none {
-                r.fail(path, "claim:sub needs auth: required or optional (the subject comes from a verified token)")
+                r.fail(path, "\(value) needs auth: required or optional (claims come from a verified token)")
                 return nil
             }
             return .claim(claim)
@@ -133,12 +133,22 @@ extension GatewayConfig {
             }
             return .cookie(name)
         }
-        var reason = "expected client_ip, claim:sub or cookie:NAME, got '\(value)'"
+        var reason = "expected client_ip, claim:NAME or cookie:NAME, got '\(value)'"
         if let suggestion = closestMatch(to: value, in: ["client_ip", "claim:sub"]) {
             reason += " (did you mean '\(suggestion)'?)"
         }
         r.fail(path, reason)
         return nil
+    }
+
+    /// A `split_key: claim:NAME` other than `sub` needs the claim in `jwt.forward_claims`: those
+    /// are the claims a verified token hands to the router.
+    static func checkSplitClaims(_ routes: [RouteConfig], jwt: JWTConfig?, reader r: ConfigReader) {
+        let forwarded = jwt?.forwardClaims.map(\.claim) ?? []
+        for (index, route) in routes.enumerated() {
+            guard case .claim(let claim) = route.split?.key, claim != "sub", !forwarded.contains(claim) else { continue }
+            r.fail("routes[\(index)].split_key", "claim '\(claim)' is not in jwt.forward_claims (only sub and forwarded claims can key a split)")
+        }
     }
 
     private static func unknownUpstream(_ name: String, among names: [String]) -> String {

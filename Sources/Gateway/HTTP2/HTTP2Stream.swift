@@ -403,9 +403,12 @@ extension HTTP2Stream: TunnelSide {
         self.bodyDueBy = nil
         self.responseSubmitted = true
         self.record.status = 200
-        self.connection.submitResponse(
-            streamID: self.id, status: 200, headers: WebSocketHandshake.extendedConnectResponseFields(head), hasBody: true
-        )
+        var fields = WebSocketHandshake.extendedConnectResponseFields(head)
+        fields.replaceOrAdd(name: "x-request-id", value: self.requestID)
+        if self.connection.services.listener.isTLS {
+            fields.replaceOrAdd(name: "strict-transport-security", value: "max-age=31536000; includeSubDomains")
+        }
+        self.connection.submitResponse(streamID: self.id, status: 200, headers: fields, hasBody: true)
         let metrics = self.connection.services.observability.metrics
         metrics.tunnelsActive.increment([handshake.routeName])
         tunnel.onEnd = { [weak self] totals in

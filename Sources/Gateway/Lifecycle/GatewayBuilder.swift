@@ -64,7 +64,10 @@ public enum GatewayBuilder {
                 auth: route.auth, requiredClaims: claims, cors: route.cors ? cors : nil,
                 rateLimits: route.rateLimitPolicyIndices.map { policies[$0] },
                 conditions: Route.conditions(route.match),
-                split: route.split.map { TrafficSplit(routeName: route.name, config: $0, chosen: metrics?.splitRequests) },
+                split: route.split.map {
+                    TrafficSplit(routeName: route.name, config: $0, forwardClaims: config.jwt?.forwardClaims ?? [],
+                                 chosen: metrics?.splitRequests)
+                },
                 realtime: route.realtime
             )
         }

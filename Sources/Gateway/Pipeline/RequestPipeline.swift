@@ -139,7 +139,8 @@ enum RequestPipeline {
             }
         }
 
-        let upstreamName = route.split?.choose(clientIP: client.ip, subject: subject, headers: headers) ?? route.upstreamName
+        let upstreamName = route.split?.choose(clientIP: client.ip, subject: subject, claimHeaders: claimHeaders, headers: headers)
+            ?? route.upstreamName
         guard let cluster = runtime.clusters[upstreamName] else {
             return named(PipelineDecision(.error(.noHealthyUpstream), additions, client: client), route)
         }

@@ -22,13 +22,20 @@ final class TrafficSplit: Sendable {
     /// Upstream names, in the order of the split.
     let upstreams: [String]
     let key: SplitKey?
+    /// For `claim:NAME` other than `sub`: the header `jwt.forward_claims` puts that claim in.
+    private let claimHeader: String?
     private let weights: Mutex<[Int]>
     private let sequence = Atomic<UInt64>(0)
     /// `gateway_split_requests_total{route, upstream}`.
     private let chosen: LabeledCounter?
 
-    init(routeName: String, config: RouteSplitConfig, chosen: LabeledCounter? = nil) {
+    init(routeName: String, config: RouteSplitConfig, forwardClaims: [ForwardedClaim] = [], chosen: LabeledCounter? = nil) {
         self.routeName = routeName
+        if case .claim(let claim) = config.key, claim != "sub" {
+            self.claimHeader = forwardClaims.first { $0.claim == claim }?.header
+        } else {
+            self.claimHeader = nil
+        }
         self.upstreams = config.entries.map(\.upstream)
         self.key = config.key
         self.weights = Mutex(config.entries.map(\.weight))
@@ -47,11 +54,12 @@ final class TrafficSplit: Sendable {
     }
 
     /// The upstream for one request, counted in the split metric.
-    func choose(clientIP: String, subject: String?, headers: HTTPHeaders) -> String {
+    func choose(clientIP: String, subject: String?, claimHeaders: [(String, String)] = [], headers: HTTPHeaders) -> String {
         var keyValue: Substring?
         switch self.key {
         case .clientIP: keyValue = Substring(clientIP)
-        case .claim: keyValue = subject.map { Substring($0) }
+        case .claim(let claim) where claim == "sub": keyValue = subject.map { Substring($0) }
+        case .claim: keyValue = claimHeaders.first { $0.0 == self.claimHeader }.map { Substring($0.1) }
         case .cookie(let name): keyValue = RequestCondition.cookie(named: name, in: headers)
         case nil: keyValue = nil
         }
