@@ -532,3 +532,24 @@ def test_extended_connect_goes_through_jwt_first(h2c_start, ws_upstream):
     ws.send(masked_text_frame(b"jwt ok"))
     assert ws.receive_until(8) == b"\x81\x06jwt ok"
     ws.sock.close()
+
+
+def test_extended_connect_to_a_route_without_websocket_is_refused(h2c_start, ws_upstream):
+    gw = h2c_start()
+    before = ws_upstream.handshakes()
+    ws = ExtendedConnect(gw.ports["h2c"], "/plain-ws/echo")
+    # Never a 2xx, which would tell the client a tunnel is open.
+    assert ws.status == 400
+    assert ws_upstream.handshakes() == before
+    ws.sock.close()
+
+
+def test_extended_connect_answered_200_without_a_switch_is_a_502(gateway_factory, upstream):
+    # The demo upstream answers GET /api/bookings with 200 and no 101.
+    gw = gateway_factory(upstream.port, upstream_extra="", extra_routes="""\
+  - name: fake-ws
+    match: { path_prefix: /api/bookings }
+    upstream: booking
+    websocket: true
+""", listeners_extra="  - name: h2c\n    address: 127.0.0.1:0\n    protocols: [h2c]\n")
+    assert ExtendedConnect(gw.ports["h2c"], "/api/bookings").status == 502

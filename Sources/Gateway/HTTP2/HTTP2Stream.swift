@@ -137,6 +137,12 @@ final class HTTP2Stream: DownstreamResponder {
         switch dispatch.outcome {
         case .respond(let response):
             self.respondLocally(response)
+        case .proxy(let exchange) where extendedConnect && exchange.webSocket == nil:
+            // A 2xx would tell the client its tunnel is open: a route without `websocket: true` has none.
+            exchange.cancel()
+            let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
+            self.respondLocally(GatewayError.badRequest("this route does not relay WebSockets")
+                .response(requestID: self.requestID, allocator: allocator))
         case .proxy(let exchange):
             self.exchange = exchange
             self.connection.deferStart(self)
@@ -320,6 +326,15 @@ final class HTTP2Stream: DownstreamResponder {
 
     func sendResponseHead(for exchange: ProxyExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
         guard !self.isClosed else { return }
+        if exchange.webSocket != nil, head.status.code / 100 == 2 {
+            // On an extended CONNECT a 2xx means "tunnel open"; only a checked 101 may say that.
+            self.record.note(exchange)
+            self.exchange = nil
+            exchange.cancel()
+            let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
+            self.respondLocally(GatewayError.badUpstreamResponse.response(requestID: self.requestID, allocator: allocator))
+            return
+        }
         self.responseSubmitted = true
         let code = Int(head.status.code)
         self.record.status = code
