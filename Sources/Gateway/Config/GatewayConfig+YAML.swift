@@ -37,6 +37,7 @@ extension GatewayConfig {
             decodeRoutes($0, upstreamNames: upstreamNames, policyNames: policyNames,
                          hasJWT: m["jwt"] != nil, jwtNode: m["jwt"], reader: r)
         } ?? []
+        checkSplitClaims(routes, jwt: jwt, reader: r)
 
         var log = LogConfig.defaults
         if let node = m["log"], let lm = r.mapping(node, at: "log", keys: ["access"]) {
@@ -241,12 +242,14 @@ extension GatewayConfig {
 
     private static func decodeTimeouts(_ node: Node?, reader r: ConfigReader) -> TimeoutsConfig {
         var clientHeader: Duration = .seconds(10), idle: Duration = .seconds(60), drain: Duration = .seconds(30)
-        if let node, let m = r.mapping(node, at: "timeouts", keys: ["client_header", "idle", "drain"]) {
+        var tunnelIdle: Duration = .seconds(3600)
+        if let node, let m = r.mapping(node, at: "timeouts", keys: ["client_header", "idle", "drain", "tunnel_idle"]) {
+            tunnelIdle = m["tunnel_idle"].flatMap { r.duration($0, at: m.path("tunnel_idle"), minimum: .seconds(1)) } ?? tunnelIdle
             clientHeader = m["client_header"].flatMap { r.duration($0, at: m.path("client_header")) } ?? clientHeader
             idle = m["idle"].flatMap { r.duration($0, at: m.path("idle")) } ?? idle
             drain = m["drain"].flatMap { r.duration($0, at: m.path("drain"), minimum: .zero) } ?? drain
         }
-        return TimeoutsConfig(clientHeader: clientHeader, idle: idle, drain: drain)
+        return TimeoutsConfig(clientHeader: clientHeader, idle: idle, drain: drain, tunnelIdle: tunnelIdle)
     }
 
     // MARK: cors
@@ -625,7 +628,7 @@ extension GatewayConfig {
         for (index, item) in items.enumerated() {
             let path = "routes[\(index)]"
             guard let m = r.mapping(item, at: path, keys: ["name", "match", "upstream", "auth", "require_claims",
-                                                           "rate_limits", "cors"] + identityRouteKeys)
+                                                           "rate_limits", "cors"] + identityRouteKeys + realtimeRouteKeys)
             else { continue }
             let name = r.required(m, "name").flatMap { r.name($0, at: m.path("name")) }
             if let name { names.append((name, m.path("name"))) }
@@ -633,7 +636,7 @@ extension GatewayConfig {
                 ?? RouteMatch(host: nil, pathPrefix: "/", methods: nil)
 
             var upstreamIndex: Int?
-            let upstream = r.required(m, "upstream").flatMap { r.nonEmptyString($0, at: m.path("upstream")) }
+            var upstream = m["split"] != nil ? nil : r.required(m, "upstream").flatMap { r.nonEmptyString($0, at: m.path("upstream")) }
             if let upstream {
                 upstreamIndex = upstreamNames.firstIndex(of: upstream)
                 if upstreamIndex == nil {
@@ -675,10 +678,14 @@ extension GatewayConfig {
             let cors = m["cors"].flatMap { r.bool($0, at: m.path("cors")) } ?? true
             let identity = decodeRouteIdentity(m, auth: auth, jwtNode: jwtNode, reader: r)
 
+            let split = decodeSplit(m, upstreamNames: upstreamNames, auth: auth, upstreamGiven: m["upstream"] != nil, reader: r)
+            if let split { (upstream, upstreamIndex) = (split.entries.first?.upstream, split.entries.first?.upstreamIndex) }
+            let realtime = decodeRouteRealtime(m, reader: r)
             if let name, let upstream, let upstreamIndex {
                 routes.append(RouteConfig(name: name, match: match, upstream: upstream, upstreamIndex: upstreamIndex,
                                           auth: auth, requireClaims: claims, rateLimits: policies,
-                                          rateLimitPolicyIndices: policyIndices, cors: cors, identity: identity))
+                                          rateLimitPolicyIndices: policyIndices, cors: cors, identity: identity,
+                                          split: split, realtime: realtime))
             }
         }
         r.reportDuplicates(names) { "route name '\($0)'" }
@@ -689,7 +696,10 @@ extension GatewayConfig {
         var host: HostMatch?
         var prefix = "/"
         var methods: [String]?
-        if let m = r.mapping(node, at: path, keys: ["host", "path_prefix", "methods"]) {
+        var headers: [FieldCondition] = [], cookies: [FieldCondition] = []
+        if let m = r.mapping(node, at: path, keys: ["host", "path_prefix", "methods", "headers", "cookies"]) {
+            headers = m["headers"].map { fieldConditions($0, at: m.path("headers"), cookies: false, reader: r) } ?? []
+            cookies = m["cookies"].map { fieldConditions($0, at: m.path("cookies"), cookies: true, reader: r) } ?? []
             if let node = m["host"], let value = r.nonEmptyString(node, at: m.path("host")) {
                 let lower = value.lowercased()
                 if lower.hasPrefix("*."), isValidHostname(lower.dropFirst(2)) {
@@ -713,7 +723,7 @@ extension GatewayConfig {
                 methods = methodList(node, at: m.path("methods"), reader: r)
             }
         }
-        return RouteMatch(host: host, pathPrefix: prefix, methods: methods)
+        return RouteMatch(host: host, pathPrefix: prefix, methods: methods, headers: headers, cookies: cookies)
     }
 
     static func unknown(_ what: String, _ name: String, among names: [String]) -> String {

@@ -125,6 +125,7 @@ public struct TimeoutsConfig: Sendable, Equatable {
     public let clientHeader: Duration
     public let idle: Duration
     public let drain: Duration
+    public var tunnelIdle: Duration = .seconds(3600)
 }
 
 // MARK: - CORS
@@ -384,6 +385,8 @@ public struct RouteConfig: Sendable, Equatable {
     /// Whether the global `cors` section applies to this route.
     public let cors: Bool
     public var identity = RouteIdentityConfig()
+    public var split: RouteSplitConfig? = nil
+    public var realtime: RouteRealtimeConfig = .defaults
 }
 
 public struct RouteMatch: Sendable, Equatable {
@@ -391,6 +394,8 @@ public struct RouteMatch: Sendable, Equatable {
     public let pathPrefix: String
     /// `nil` = any method.
     public let methods: [String]?
+    public var headers: [FieldCondition] = []
+    public var cookies: [FieldCondition] = []
 }
 
 public enum HostMatch: Sendable, Equatable, CustomStringConvertible {

@@ -62,6 +62,11 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     private var decoderStopsAfterRequest = false
     /// The decoder installed by the last `replaceDecoder` (nil: the pipeline's first one).
     private var decoder: ByteToMessageHandler<HTTPRequestDecoder>?
+    /// A WebSocket handshake's decoder stopped and is kept until the upstream answers: its held
+    /// bytes are the first frames of a tunnel after a 101, or the next request otherwise.
+    private var decoderHeld = false
+    /// Set once the connection is a WebSocket tunnel; the HTTP/1.1 codec is gone then.
+    private var tunnel: ByteTunnel?
     private var readPending = false
     private var bodyPaused = false
     private var quiescing = false
@@ -152,6 +157,14 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         case is ChannelShouldQuiesceEvent:
             self.quiescing = true
             if self.current == nil { self.close() }
+            if let tunnel = self.tunnel {
+                // Just before the drain closes what is left, so the peers hear why.
+                let drain = self.runtime().traffic.drainTimeout
+                let allocator = context.channel.allocator
+                context.eventLoop.assumeIsolated().scheduleTask(in: max(.zero, drain - .milliseconds(200))) {
+                    tunnel.endForDrain(allocator: allocator)
+                }
+            }
         default:
             context.fireUserInboundEventTriggered(event)
         }
@@ -215,6 +228,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     private static let maxQueuedParts = 4
 
     private var readsHeld: Bool {
+        if self.decoderHeld { return true }
         if self.bodyPaused || self.closed || self.queued.discarding { return true }
         // A client that pipelines without reading its responses: the next requests wait in the
         // kernel until the responses written so far drain.
@@ -223,7 +237,10 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     }
 
     func read(context: ChannelHandlerContext) {
-        if self.readsHeld {
+        if self.tunnel != nil {
+            // The tunnel's own handler decides (backpressure from the upstream side).
+            context.read()
+        } else if self.readsHeld {
             self.readPending = true
         } else {
             context.read()
@@ -324,6 +341,11 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.log(current)
         self.current = nil
         self.bodyPaused = false
+        if self.decoderHeld, let context {
+            // The upstream refused the switch: the bytes after the handshake are HTTP/1.1 again.
+            self.decoderHeld = false
+            self.replaceDecoder(context: context)
+        }
         if !current.keepAlive || current.closeDelimited || self.quiescing {
             self.closeAfterResponse()
             return
@@ -443,6 +465,53 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         }
     }
 
+    func upgradeToTunnel(for exchange: ProxyExchange, _ head: HTTPResponseHead, upstream connection: UpstreamConnection) {
+        guard self.isCurrent(exchange), let context, let current = self.current, let handshake = exchange.webSocket else {
+            connection.close()
+            return
+        }
+        self.current!.record.note(exchange)
+        self.current!.exchange = nil
+        // Only a handshake whose decoder was held can switch: one pipelined behind another
+        // request had its following bytes parsed as HTTP already.
+        guard self.decoderHeld, current.requestEnded else {
+            connection.close()
+            self.writeLocal(GatewayError.badUpstreamResponse.response(requestID: current.requestID, allocator: context.channel.allocator), forceClose: true)
+            return
+        }
+        let tunnel = ByteTunnel(eventLoop: context.eventLoop, idleTimeout: handshake.idleTimeout)
+        self.current!.responseStarted = true
+        self.current!.record.status = 101
+        self.timer.cancel()
+        context.write(Self.wrapOutboundOut(.head(WebSocketHandshake.clientHead(head, requestID: current.requestID))), promise: nil)
+        context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+        do {
+            try TunnelSwitch.install(tunnel, client: context, decoder: self.decoder, upstream: connection)
+        } catch {
+            connection.close()
+            self.close()
+            return
+        }
+        self.decoderHeld = false
+        self.tunnel = tunnel
+        let metrics = self.services.observability.metrics
+        metrics.tunnelsActive.increment([handshake.routeName])
+        tunnel.onEnd = { [weak self] totals in
+            metrics.tunnelsActive.increment([handshake.routeName], by: -1)
+            metrics.tunnelBytes.increment([handshake.routeName, "in"], by: Double(totals.bytesIn))
+            metrics.tunnelBytes.increment([handshake.routeName, "out"], by: Double(totals.bytesOut))
+            guard let self, self.current != nil else { return }
+            self.current!.record.bytesIn += totals.bytesIn
+            self.current!.record.bytesOut += totals.bytesOut
+        }
+        tunnel.start()
+        // Reads were held while the handshake was pending.
+        if self.readPending {
+            self.readPending = false
+            context.read()
+        }
+    }
+
     // MARK: - Writing local responses
 
     private func writeLocal(_ response: LocalResponse, forceClose: Bool) {
@@ -509,7 +578,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     }
 
     func deadlineCheck(scheduledFor target: NIODeadline) {
-        guard let context else { return }
+        guard let context, self.tunnel == nil else { return }
         let traffic = self.runtime().traffic
         guard self.timer.isDue(checkScheduledFor: target, horizon: Self.timerHorizon(traffic), loop: context.eventLoop, owner: self)
         else { return }
@@ -624,6 +693,10 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         case .end:
             guard self.decoderStopsAfterRequest else { return }
             self.decoderStopsAfterRequest = false
+            if self.queued.isEmpty, let current = self.current, !current.requestEnded, current.exchange?.webSocket != nil {
+                self.decoderHeld = true
+                return
+            }
             self.replaceDecoder(context: context)
         }
     }

@@ -25,4 +25,6 @@ struct HTTP2Settings: Sendable {
     /// Response bytes buffered per stream before upstream reads pause (slow reader backpressure).
     var streamBufferHighWater = 256 * 1024
     var streamBufferLowWater = 64 * 1024
+    /// RFC 8441 `SETTINGS_ENABLE_CONNECT_PROTOCOL`: advertised when some route has `websocket: true`.
+    var enableConnectProtocol = false
 }

@@ -40,6 +40,10 @@ final class HTTP2Stream: DownstreamResponder {
     private var isHEAD = false
     private var responseAdditions = ResponseAdditions.none
     private var record = RequestRecord(method: "-", target: "-", protocolName: "HTTP/2")
+    /// `:protocol` of an extended CONNECT (RFC 8441).
+    private var connectProtocol: String?
+    /// Set once an extended CONNECT became a WebSocket tunnel: DATA frames carry its bytes.
+    private var tunnel: ByteTunnel?
 
     // Response side
     private var responseSubmitted = false
@@ -74,7 +78,8 @@ final class HTTP2Stream: DownstreamResponder {
             case ":method": self.method = valueString
             case ":path": self.path = valueString
             case ":authority": self.authority = valueString
-            case ":scheme", ":protocol": break
+            case ":protocol": self.connectProtocol = valueString
+            case ":scheme": break
             default: self.invalidHeader = true
             }
             return
@@ -115,11 +120,14 @@ final class HTTP2Stream: DownstreamResponder {
         self.headers = HTTPHeaders()
         if let authority = self.authority { headers.add(name: "host", value: authority) }
         if !self.cookies.isEmpty { headers.add(name: "cookie", value: self.cookies.joined(separator: "; ")) }
-        let httpMethod = HTTPMethod(rawValue: method)
+        var httpMethod = HTTPMethod(rawValue: method)
         self.isHEAD = httpMethod == .HEAD
+        // RFC 8441: a WebSocket over this stream is relayed as an HTTP/1.1 handshake, with no body.
+        let extendedConnect = httpMethod == .CONNECT && self.connectProtocol == "websocket"
+        if extendedConnect { WebSocketHandshake.addHTTP1Fields(to: &headers, method: &httpMethod) }
         let head = HTTPRequestHead(version: .http2, method: httpMethod, uri: path, headers: headers)
         let dispatch = RequestDispatch.start(
-            head, streamEnded: endStream, peer: self.connection.peer, services: self.connection.services,
+            head, streamEnded: endStream || extendedConnect, peer: self.connection.peer, services: self.connection.services,
             downstream: self, allocator: allocator
         )
         self.requestID = dispatch.requestID
@@ -129,6 +137,12 @@ final class HTTP2Stream: DownstreamResponder {
         switch dispatch.outcome {
         case .respond(let response):
             self.respondLocally(response)
+        case .proxy(let exchange) where extendedConnect && exchange.webSocket == nil:
+            // A 2xx would tell the client its tunnel is open: a route without `websocket: true` has none.
+            exchange.cancel()
+            let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
+            self.respondLocally(GatewayError.badRequest("this route does not relay WebSockets")
+                .response(requestID: self.requestID, allocator: allocator))
         case .proxy(let exchange):
             self.exchange = exchange
             self.connection.deferStart(self)
@@ -141,6 +155,10 @@ final class HTTP2Stream: DownstreamResponder {
     }
 
     func bodyReceived(_ body: ByteBuffer) {
+        if let tunnel = self.tunnel {
+            self.tunnelDataReceived(body, tunnel: tunnel)
+            return
+        }
         let count = body.readableBytes
         if !self.requestEndReceived { self.expectBody() }
         self.bodyBytes += count
@@ -173,6 +191,8 @@ final class HTTP2Stream: DownstreamResponder {
     func requestEnded() {
         guard !self.requestEndReceived else { return }
         self.requestEndReceived = true
+        // END_STREAM from the client ends its half of the tunnel: like a FIN, the whole tunnel.
+        self.tunnel?.end(reason: "client_closed")
         self.bodyDueBy = nil
         self.exchange?.requestEndReceived()
     }
@@ -225,6 +245,7 @@ final class HTTP2Stream: DownstreamResponder {
     func closed() {
         self.isClosed = true
         self.bodyDueBy = nil
+        self.tunnel?.end(reason: "client_closed")
         if let exchange = self.exchange {
             self.record.note(exchange)
             self.exchange = nil
@@ -278,10 +299,14 @@ final class HTTP2Stream: DownstreamResponder {
         guard self.wasOverHighWater else { return }
         self.wasOverHighWater = false
         self.exchange?.downstreamWritabilityChanged(isWritable: true)
+        self.tunnel?.writabilityChanged(of: .client, isWritable: true)
     }
 
     func connectionWritabilityChanged() {
-        if self.isWritable { self.exchange?.downstreamWritabilityChanged(isWritable: true) }
+        if self.isWritable {
+            self.exchange?.downstreamWritabilityChanged(isWritable: true)
+            self.tunnel?.writabilityChanged(of: .client, isWritable: true)
+        }
     }
 
     private func dataAvailable() {
@@ -303,6 +328,15 @@ final class HTTP2Stream: DownstreamResponder {
 
     func sendResponseHead(for exchange: ProxyExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
         guard !self.isClosed else { return }
+        if exchange.webSocket != nil, head.status.code / 100 == 2 {
+            // On an extended CONNECT a 2xx means "tunnel open"; only a checked 101 may say that.
+            self.record.note(exchange)
+            self.exchange = nil
+            exchange.cancel()
+            let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
+            self.respondLocally(GatewayError.badUpstreamResponse.response(requestID: self.requestID, allocator: allocator))
+            return
+        }
         self.responseSubmitted = true
         let code = Int(head.status.code)
         self.record.status = code
@@ -358,6 +392,91 @@ final class HTTP2Stream: DownstreamResponder {
     func exchangeFinished(for exchange: ProxyExchange) {
         if let exchange = self.exchange { self.record.note(exchange) }
         self.exchange = nil
+    }
+}
+
+// MARK: - RFC 8441 WebSocket tunnel
+
+extension HTTP2Stream: TunnelSide {
+    func upgradeToTunnel(for exchange: ProxyExchange, _ head: HTTPResponseHead, upstream connection: UpstreamConnection) {
+        guard !self.isClosed, self.exchange === exchange, let handshake = exchange.webSocket,
+            let loop = self.connection.context?.eventLoop
+        else {
+            connection.close()
+            if !self.isClosed { self.connection.resetStream(self.id, internalError: true) }
+            return
+        }
+        self.record.note(exchange)
+        self.exchange = nil
+        let tunnel = ByteTunnel(eventLoop: loop, idleTimeout: handshake.idleTimeout, client: self)
+        do {
+            try TunnelSwitch.installUpstream(tunnel, connection: connection)
+        } catch {
+            connection.close()
+            self.connection.resetStream(self.id, internalError: true)
+            return
+        }
+        // The stream stays open both ways: its DATA frames are the tunnel from here.
+        self.tunnel = tunnel
+        self.bodyDueBy = nil
+        self.responseSubmitted = true
+        self.record.status = 200
+        var fields = WebSocketHandshake.extendedConnectResponseFields(head)
+        fields.replaceOrAdd(name: "x-request-id", value: self.requestID)
+        if self.connection.services.listener.isTLS {
+            fields.replaceOrAdd(name: "strict-transport-security", value: "max-age=31536000; includeSubDomains")
+        }
+        self.connection.submitResponse(streamID: self.id, status: 200, headers: fields, hasBody: true)
+        let metrics = self.connection.services.observability.metrics
+        metrics.tunnelsActive.increment([handshake.routeName])
+        tunnel.onEnd = { [weak self] totals in
+            metrics.tunnelsActive.increment([handshake.routeName], by: -1)
+            metrics.tunnelBytes.increment([handshake.routeName, "in"], by: Double(totals.bytesIn))
+            metrics.tunnelBytes.increment([handshake.routeName, "out"], by: Double(totals.bytesOut))
+            self?.record.bytesIn += totals.bytesIn
+            self?.tunnel = nil
+        }
+        tunnel.start()
+        self.connection.flushSoon()
+    }
+
+    private func tunnelDataReceived(_ body: ByteBuffer, tunnel: ByteTunnel) {
+        let count = body.readableBytes
+        tunnel.relay(body, from: .client)
+        tunnel.readComplete(from: .client)
+        // The window reopens only as fast as the upstream takes the bytes.
+        if self.bodyPaused {
+            self.unconsumed += count
+        } else {
+            self.connection.consume(streamID: self.id, count: count)
+        }
+    }
+
+    func send(_ buffer: ByteBuffer) {
+        guard !self.isClosed else { return }
+        self.responseQueue.append(buffer)
+        self.record.bytesOut += buffer.readableBytes
+        self.dataAvailable()
+    }
+
+    func flush() { self.connection.flushSoon() }
+
+    func pauseReads() { self.bodyPaused = true }
+
+    func resumeReads() {
+        guard self.bodyPaused else { return }
+        self.bodyPaused = false
+        let count = self.unconsumed
+        self.unconsumed = 0
+        if count > 0, !self.isClosed { self.connection.consume(streamID: self.id, count: count) }
+    }
+
+    /// END_STREAM once the relayed bytes are out (the upstream closed, idle, drain).
+    func close() {
+        guard !self.isClosed else { return }
+        self.responseComplete = true
+        self.dataAvailable()
+        self.connection.flushSoon()
     }
 }
 

@@ -62,7 +62,13 @@ public enum GatewayBuilder {
                 name: route.name, host: route.match.host.map { "\($0)" }, pathPrefix: route.match.pathPrefix,
                 methods: route.match.methods, upstreamName: route.upstream, order: index,
                 auth: route.auth, requiredClaims: claims, cors: route.cors ? cors : nil,
-                rateLimits: route.rateLimitPolicyIndices.map { policies[$0] }, identity: route.identity
+                rateLimits: route.rateLimitPolicyIndices.map { policies[$0] },
+                conditions: Route.conditions(route.match),
+                split: route.split.map {
+                    TrafficSplit(routeName: route.name, config: $0, forwardClaims: config.jwt?.forwardClaims ?? [],
+                                 chosen: metrics?.splitRequests)
+                },
+                realtime: route.realtime, identity: route.identity
             )
         }
         let traffic = TrafficSettings(
@@ -70,7 +76,8 @@ public enum GatewayBuilder {
             maxBodyBytes: config.limits.maxBodyBytes,
             clientHeaderTimeout: .init(config.timeouts.clientHeader),
             idleTimeout: .init(config.timeouts.idle),
-            drainTimeout: .init(config.timeouts.drain)
+            drainTimeout: .init(config.timeouts.drain),
+            tunnelIdleTimeout: .init(config.timeouts.tunnelIdle)
         )
         var rateLimiter: RateLimitService? = nil
         if routes.contains(where: { !$0.rateLimits.isEmpty }) {
@@ -102,6 +109,7 @@ public enum GatewayBuilder {
             http2.maxHeaderListSize = listener.http2.maxHeaderListSize ?? config.limits.maxHeaderBytes
             http2.resetBurst = UInt64(listener.http2.resetBurst)
             http2.resetRatePerSecond = UInt64(listener.http2.resetRate)
+            http2.enableConnectProtocol = config.routes.contains { $0.realtime.websocket }
             var tls: TLSServerContext? = nil
             if let tlsConfig = listener.tls {
                 let settings = TLSServerSettings(

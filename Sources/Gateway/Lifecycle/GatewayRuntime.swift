@@ -27,6 +27,7 @@ struct TrafficSettings: Sendable {
     var clientHeaderTimeout: TimeAmount
     var idleTimeout: TimeAmount
     var drainTimeout: TimeAmount
+    var tunnelIdleTimeout: TimeAmount = .hours(1)
 }
 
 /// One immutable snapshot of everything derived from the configuration (STYLE habit 8): the route

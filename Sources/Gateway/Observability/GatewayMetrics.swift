@@ -115,6 +115,9 @@ final class GatewayMetrics: Sendable {
     let configReloads = LabeledCounter(labelNames: ["result"])
     let accessLogDropped = LabeledCounter(labelNames: [])
     let upstreamRetries = LabeledCounter(labelNames: ["upstream"])
+    let splitRequests = LabeledCounter(labelNames: ["route", "upstream"])
+    let tunnelsActive = LabeledCounter(labelNames: ["route"])
+    let tunnelBytes = LabeledCounter(labelNames: ["route", "direction"])
 
     /// Methods outside this set are reported as `OTHER`, so a client cannot mint label values.
     static let knownMethods: Set<String> = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -207,6 +210,9 @@ final class GatewayMetrics: Sendable {
         counter("gateway_upstream_endpoint_up", "1 when the endpoint is in rotation.", self.upstreamEndpointUp, type: "gauge")
         counter("gateway_config_reloads_total", "Config reloads by result.", self.configReloads)
         counter("gateway_upstream_retries_total", "Requests retried on another endpoint (within the retry budget).", self.upstreamRetries)
+        counter("gateway_split_requests_total", "Requests of split routes, by the upstream the split chose.", self.splitRequests)
+        counter("gateway_tunnels_active", "Open WebSocket tunnels.", self.tunnelsActive, type: "gauge")
+        counter("gateway_tunnel_bytes_total", "Bytes relayed by ended tunnels (in: client to upstream).", self.tunnelBytes)
         counter("gateway_access_log_dropped_total", "Access log lines dropped because the writer fell behind.", self.accessLogDropped)
         return out
     }

@@ -122,7 +122,7 @@ struct RequestDispatch {
                 return .json(.badRequest, "{\"result\":\"invalid\",\"errors\":[\(list)]}", allocator: allocator)
             }
         default:
-            return nil
+            return SplitAdmin.response(head, runtime: services.runtime, allocator: allocator)
         }
     }
 
@@ -152,6 +152,11 @@ struct RequestDispatch {
             )
             var upstreamHead = HeaderRewriter.upstreamRequest(head, framing: framing, info: info, removing: plan.removedHeaders)
             if let token = plan.strippedToken { upstreamHead = token.removed(from: upstreamHead) }
+            let webSocket = WebSocketHandshake.forRoute(plan.route, head: head, runtime: runtime)
+            if let refusal = webSocket.flatMap({ _ in WebSocketHandshake.originRefusal(plan.route, head: head) }) {
+                return local(refusal, additions)
+            }
+            if webSocket != nil { upstreamHead = WebSocketHandshake.upstreamHead(upstreamHead) }
             let exchange = ProxyExchange(
                 upstreamHead: upstreamHead, requestMethod: head.method, clientVersion: head.version,
                 requestID: requestID, addHSTS: services.listener.isTLS, responseAdditions: additions,
@@ -159,6 +164,9 @@ struct RequestDispatch {
                 expectsContinue: expectsContinue, requestHasBody: framing.hasBody, cluster: cluster,
                 pool: services.loop.pool, downstream: downstream, trace: trace
             )
+            exchange.webSocket = webSocket
+            exchange.streamIdle = .init(plan.route.realtime.streamIdle)
+            exchange.streamingRoute = plan.route.realtime.streaming
             var dispatch = RequestDispatch(outcome: .proxy(exchange), requestID: requestID, responseAdditions: additions, hasBody: framing.hasBody)
             dispatch.subject = plan.subject
             return dispatch

@@ -90,11 +90,11 @@ enum RequestPipeline {
         let preflightMethod = CORSPolicy.preflightMethod(method: method, headers: headers)
         var lookup = runtime.routes.match(
             host: host, path: path,
-            method: preflightMethod.flatMap { isHTTPToken($0) ? $0 : nil } ?? method.rawValue
+            method: preflightMethod.flatMap { isHTTPToken($0) ? $0 : nil } ?? method.rawValue, headers: headers
         )
         if preflightMethod != nil, case .matched(let route) = lookup, route.cors == nil {
             // No CORS on that route: the OPTIONS is an ordinary request.
-            lookup = runtime.routes.match(host: host, path: path, method: method.rawValue)
+            lookup = runtime.routes.match(host: host, path: path, method: method.rawValue, headers: headers)
         }
 
         let route: Route
@@ -146,7 +146,9 @@ enum RequestPipeline {
             }
         }
 
-        guard let cluster = runtime.clusters[route.upstreamName] else {
+        let upstreamName = route.split?.choose(clientIP: client.ip, subject: identity?.subject, claimHeaders: claimHeaders, headers: headers)
+            ?? route.upstreamName
+        guard let cluster = runtime.clusters[upstreamName] else {
             return named(PipelineDecision(.error(.noHealthyUpstream), additions, client: client), route)
         }
         let removed = client.peerTrusted ? runtime.removedFromTrustedPeer : runtime.removedFromUntrustedPeer

@@ -25,6 +25,8 @@ protocol DownstreamResponder: AnyObject {
     func abortResponse(for exchange: ProxyExchange)
     /// The exchange is over; the responder may serve its next request.
     func exchangeFinished(for exchange: ProxyExchange)
+    /// The upstream accepted `exchange.webSocket`'s handshake: `connection` is the responder's to tunnel.
+    func upgradeToTunnel(for exchange: ProxyExchange, _ head: HTTPResponseHead, upstream connection: UpstreamConnection)
 }
 
 /// One request proxied to an upstream, from picking an endpoint to the last response byte.
@@ -84,6 +86,14 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private(set) var upstreamStatus: Int?
     /// The request's trace, for the `trace_id` of the errors this exchange answers with.
     private let trace: TraceContext?
+    /// Set for a WebSocket handshake on a `websocket: true` route: a 101 proving it is tunnelled.
+    var webSocket: WebSocketHandshake?
+    /// The route's `timeouts.stream_idle`, and whether it streams every response (`streaming: true`);
+    /// `text/event-stream` responses stream on any route.
+    var streamIdle: TimeAmount = .minutes(5)
+    var streamingRoute = false
+    private var streamWatch: StreamIdleWatch?
+    private var acceptedSwitch: HTTPResponseHead?
 
     init(
         upstreamHead: HTTPRequestHead,
@@ -202,6 +212,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         case .connecting:
             self.state = .finished
         case .awaitingResponse(let connection), .streamingResponse(let connection):
+            self.streamWatch?.cancel()
             self.state = .finished
             self.releaseOutstanding()
             connection.close()
@@ -290,6 +301,19 @@ final class ProxyExchange: UpstreamConnectionOwner {
 
     func upstreamReceived(_ part: HTTPClientResponsePart) {
         switch (self.state, part) {
+        case (.awaitingResponse(let connection), .head(let head)) where head.status == .switchingProtocols && self.webSocket?.accepts(head) == true:
+            connection.clearDeadline()
+            if let start = self.upstreamStart { self.upstreamSeconds = Double((NIODeadline.now() - start).nanoseconds) / 1e9 }
+            self.acceptedSwitch = head
+            self.state = .streamingResponse(connection)
+        case (.streamingResponse(let connection), .end) where self.acceptedSwitch != nil:
+            // The decoder stopped after this 101: the connection is the tunnel's from here.
+            self.state = .finished
+            self.releaseOutstanding()
+            connection.handler.owner = nil
+            let downstream = self.downstream
+            self.downstream = nil
+            downstream?.upgradeToTunnel(for: self, self.acceptedSwitch!, upstream: connection)
         case (.awaitingResponse, .head(let head)) where head.status == .switchingProtocols:
             // Upgrade is hop-by-hop and never forwarded, so the upstream was not asked to switch:
             // relaying the 101 would leave the client on a protocol nobody speaks at this hop.
@@ -320,11 +344,18 @@ final class ProxyExchange: UpstreamConnectionOwner {
                 additions: self.responseAdditions
             )
             self.downstream?.sendResponseHead(for: self, clientHead, framing: framing)
+            if self.streamingRoute || head.headers.first(name: "content-type")?.hasPrefix("text/event-stream") == true {
+                self.streamWatch = StreamIdleWatch(loop: self.eventLoop, idle: self.streamIdle) { [weak self] in
+                    self?.upstreamLost(.upstreamTimeout)
+                }
+            }
         case (.streamingResponse(let connection), .body(let body)):
             guard let downstream = self.downstream else { return }
+            self.streamWatch?.touch()
             downstream.sendResponseBody(for: self, body)
             if !downstream.isWritable { connection.handler.pauseReads() }
         case (.streamingResponse(let connection), .end):
+            self.streamWatch?.cancel()
             self.state = .finished
             self.releaseOutstanding()
             connection.handler.resumeReads()
@@ -397,6 +428,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             if error == .upstreamUnavailable && self.requestSent { error.sourceOverride = .upstreamReset }
             self.fail(error)
         case .streamingResponse(let connection):
+            self.streamWatch?.cancel()
             self.state = .finished
             self.source = .upstreamReset
             connection.endpoint.stats.error(.reset)

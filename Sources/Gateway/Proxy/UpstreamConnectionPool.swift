@@ -215,7 +215,8 @@ final class UpstreamConnectionPool {
         encoderConfiguration.automaticallySetFramingHeaders = false
         try channel.pipeline.syncOperations.addHandlers([
             HTTPRequestEncoder(configuration: encoderConfiguration),
-            ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)),
+            // Forwarded only when a tunnel removes the decoder after a 101: the upstream's first frames.
+            ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes)),
         ])
         try channel.pipeline.syncOperations.addHandler(handler)
     }

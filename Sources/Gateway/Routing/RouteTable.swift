@@ -37,6 +37,8 @@ enum HostPattern: Sendable, Equatable {
     }
 }
 
+import NIOHTTP1
+
 /// A route resolved at config load: everything the hot path needs, nothing to recompute per request.
 final class Route: Sendable {
     let name: String
@@ -55,12 +57,23 @@ final class Route: Sendable {
     let cors: CORSPolicy?
     /// `providers`, `require_scopes`, `allow_token_sources`.
     let identity: RouteIdentityConfig
+    /// `match.headers` and `match.cookies`, all of which must hold.
+    let conditions: [RequestCondition]
+    /// `split`: the upstream is picked per request; `upstreamName` is its first entry.
+    let split: TrafficSplit?
+    /// `websocket`, `streaming` and the route's own timeouts.
+    let realtime: RouteRealtimeConfig
 
     init(
         name: String, host: String?, pathPrefix: String, methods: [String]?, upstreamName: String, order: Int,
         auth: AuthMode = .none, requiredClaims: [String: [String]] = [:], cors: CORSPolicy? = nil,
-        rateLimits: [RateLimitRule] = [], identity: RouteIdentityConfig = RouteIdentityConfig()
+        rateLimits: [RateLimitRule] = [], conditions: [RequestCondition] = [], split: TrafficSplit? = nil,
+        realtime: RouteRealtimeConfig = .defaults,
+        identity: RouteIdentityConfig = RouteIdentityConfig()
     ) {
+        self.conditions = conditions
+        self.split = split
+        self.realtime = realtime
         self.identity = identity
         self.rateLimits = rateLimits
         self.name = name
@@ -88,6 +101,11 @@ final class Route: Sendable {
         guard let methods = self.methods else { return true }
         return methods.contains(method)
     }
+
+    func matchesConditions(_ headers: HTTPHeaders) -> Bool {
+        for condition in self.conditions where !condition.matches(headers) { return false }
+        return true
+    }
 }
 
 /// Outcome of matching one request against the route table.
@@ -99,7 +117,9 @@ enum RouteLookup {
 }
 
 /// Routes sorted once by precedence (exact host > `*.domain` > any host, then longest
-/// `path_prefix`, then file order), so matching is a linear scan that stops at the first hit.
+/// `path_prefix`, then more `match.headers`/`match.cookies` conditions, then file order), so
+/// matching is a linear scan that stops at the first hit. A flagged route therefore wins over the
+/// same route without flags, whatever their order in the file.
 final class RouteTable: Sendable {
     let routes: [Route]
 
@@ -109,6 +129,7 @@ final class RouteTable: Sendable {
             if a.pathPrefix.utf8.count != b.pathPrefix.utf8.count {
                 return a.pathPrefix.utf8.count > b.pathPrefix.utf8.count
             }
+            if a.conditions.count != b.conditions.count { return a.conditions.count > b.conditions.count }
             return a.order < b.order
         }
     }
@@ -116,10 +137,13 @@ final class RouteTable: Sendable {
     /// - Parameters:
     ///   - host: the request's host (`Host` or `:authority`), any case, with or without port.
     ///   - path: the path without query string.
-    func match(host rawHost: String?, path: Substring, method: String) -> RouteLookup {
+    ///   - headers: for `match.headers` and `match.cookies`; a route whose conditions fail is
+    ///     skipped as if its path did not match (it plays no part in a 405).
+    func match(host rawHost: String?, path: Substring, method: String, headers: HTTPHeaders = [:]) -> RouteLookup {
         let host = Self.normalizeHost(rawHost)
         var allowed: [String]? = nil
         for route in self.routes where route.host.matches(host) && route.matchesPath(path) {
+            if !route.conditions.isEmpty, !route.matchesConditions(headers) { continue }
             if route.matchesMethod(method) { return .matched(route) }
             if allowed == nil { allowed = [] }
             allowed!.append(contentsOf: route.methods ?? [])
