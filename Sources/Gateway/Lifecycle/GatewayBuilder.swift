@@ -65,13 +65,15 @@ public enum GatewayBuilder {
                 rateLimits: route.rateLimitPolicyIndices.map { policies[$0] }
             )
         }
-        let traffic = TrafficSettings(
+        var traffic = TrafficSettings(
             maxHeaderBytes: config.limits.maxHeaderBytes,
             maxBodyBytes: config.limits.maxBodyBytes,
             clientHeaderTimeout: .init(config.timeouts.clientHeader),
             idleTimeout: .init(config.timeouts.idle),
             drainTimeout: .init(config.timeouts.drain)
         )
+        traffic.drainDelay = .init(config.timeouts.drainDelay)
+        status.operations.applyEndpointDrains(to: clusters)
         var rateLimiter: RateLimitService? = nil
         if routes.contains(where: { !$0.rateLimits.isEmpty }) {
             let backend: RateLimitService.Backend
@@ -137,7 +139,7 @@ public enum GatewayBuilder {
 
     /// Refuses configs this build cannot serve safely (thrown as `ConfigErrors`).
     public static func validateForStartup(_ config: GatewayConfig) throws {
-        let unsupported = unsupportedFeatures(config)
+        let unsupported = unsupportedFeatures(config) + strictValidation(config).errors
         if !unsupported.isEmpty { throw ConfigErrors(errors: unsupported) }
     }
 

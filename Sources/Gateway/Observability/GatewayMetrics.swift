@@ -113,6 +113,8 @@ final class GatewayMetrics: Sendable {
     let configReloads = LabeledCounter(labelNames: ["result"])
     let accessLogDropped = LabeledCounter(labelNames: [])
     let upstreamRetries = LabeledCounter(labelNames: ["upstream"])
+    /// notAfter of each served certificate, as a Unix time (set at start-up and on reload).
+    let tlsCertificateExpiry = LabeledCounter(labelNames: ["listener", "name"])
 
     /// Methods outside this set are reported as `OTHER`, so a client cannot mint label values.
     static let knownMethods: Set<String> = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -200,6 +202,8 @@ final class GatewayMetrics: Sendable {
         counter("gateway_config_reloads_total", "Config reloads by result.", self.configReloads)
         counter("gateway_upstream_retries_total", "Requests retried on another endpoint (within the retry budget).", self.upstreamRetries)
         counter("gateway_access_log_dropped_total", "Access log lines dropped because the writer fell behind.", self.accessLogDropped)
+        counter("gateway_tls_certificate_expiry_seconds", "Certificate notAfter as a Unix time, by listener and certificate name.", self.tlsCertificateExpiry, type: "gauge")
+        out += ProcessMetrics.render()
         return out
     }
 

@@ -108,7 +108,7 @@ struct RequestDispatch {
                 return .json(.badRequest, "{\"result\":\"invalid\",\"errors\":[\(list)]}", allocator: allocator)
             }
         default:
-            return nil
+            return AdminOperations.response(head, runtime: services.runtime, allocator: allocator)
         }
     }
 
