@@ -25,13 +25,14 @@ COPY Sources ./Sources
 COPY Tests ./Tests
 ARG GIT_COMMIT=unknown
 RUN GATEWAY_GIT_COMMIT="${GIT_COMMIT}" swift build -c release --product gateway --static-swift-stdlib \
-    && install -D -m 0755 "$(swift build -c release --show-bin-path)/gateway" /staging/usr/local/bin/gateway
+    && install -D -s -m 0755 "$(swift build -c release --show-bin-path)/gateway" /staging/usr/local/bin/gateway
 
 FROM ${RUNTIME_IMAGE} AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libssl3 libnghttp2-14 libhiredis0.14 \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin gateway \
+    && groupadd --system --gid 10001 gateway \
+    && useradd --system --uid 10001 --gid gateway --home-dir /nonexistent --shell /usr/sbin/nologin gateway \
     && mkdir -p /etc/gateway
 COPY --from=build /staging/usr/local/bin/gateway /usr/local/bin/gateway
 ENV GATEWAY_CONFIG=/etc/gateway/gateway.yaml \

@@ -174,7 +174,7 @@ final class RedisConnection: Sendable {
         let config = configuration
         ClientBootstrap(group: eventLoop)
             .connectTimeout(config.connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(RedisChannelHandler())

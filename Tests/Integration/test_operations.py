@@ -188,6 +188,51 @@ def test_dockerfile_lint():
     assert ".build" in ignored and ".git" in ignored and "*.key" in ignored
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_serves_and_proxies_as_an_unprivileged_user(certs, upstream):
+    """The image and the systemd unit run the gateway as a plain user: accepting, TLS and upstream
+    connections must not need a capability (a SOL_SOCKET option that needs CAP_NET_ADMIN once
+    closed every accepted connection of a non-root gateway)."""
+    import tempfile
+    directory = Path(tempfile.mkdtemp(prefix="gateway-nobody-"))
+    try:
+        os.chmod(directory, 0o755)
+        for name in ("crt", "key"):
+            source = certs["default"][0 if name == "crt" else 1]
+            shutil.copy(source, directory / f"default.{name}")
+            os.chmod(directory / f"default.{name}", 0o644)
+        text = tls_config(directory / "default.crt", directory / "default.key").replace(
+            "127.0.0.1:9]", f"127.0.0.1:{upstream.port}]").replace(
+            "admin:\n", "  - name: plain\n    address: 127.0.0.1:0\nadmin:\n")
+        (directory / "gateway.yaml").write_text(text)
+        os.chmod(directory / "gateway.yaml", 0o644)
+        proc = subprocess.Popen(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", str(GATEWAY),
+                                 "run", "--config", str(directory / "gateway.yaml")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            ports = {}
+            while len(ports) < 3:
+                line = proc.stdout.readline()
+                assert line, "gateway exited: " + proc.stderr.read()
+                m = re.match(r"gateway: listener (\S+) on .*:(\d+)$", line.strip())
+                if m:
+                    ports[m.group(1)] = int(m.group(2))
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            assert re.search(r"^Uid:\s+65534\s", status, re.M) and re.search(r"^CapEff:\s+0+$", status, re.M)
+            assert plain_get(ports["plain"]) == 200
+            assert httpx.get(f"http://127.0.0.1:{ports['admin']}/health/live", timeout=5).status_code == 200
+            r = httpx.get(f"https://127.0.0.1:{ports['public']}/api/bookings", verify=False, timeout=5)
+            assert r.status_code == 200 and r.http_version in ("HTTP/1.1", "HTTP/2")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def test_railway_json():
     railway = json.loads((ROOT / "deploy/railway.json").read_text())
     assert railway["build"]["builder"] == "DOCKERFILE"

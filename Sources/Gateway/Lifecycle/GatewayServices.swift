@@ -1,5 +1,8 @@
 import Foundation
 import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
 import ServiceLifecycle
 import UnixSignals
 
@@ -78,11 +81,12 @@ public struct ConfigWatcherService: Service {
         }
     }
 
+    /// `stat` of the file (through symlinks, so a ConfigMap swap shows as a new inode). Not
+    /// FileManager's attributes: those look the owner up in /etc/passwd on every poll.
     private static func stamp(_ path: String) -> String? {
-        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path) else { return nil }
-        let date = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
-        let size = (attributes[.size] as? Int) ?? 0
-        return "\(date)-\(size)"
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return "\(info.st_ino)-\(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec)-\(info.st_size)"
     }
 }
 
