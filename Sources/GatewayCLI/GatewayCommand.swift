@@ -1,6 +1,5 @@
 import ArgumentParser
 import CBuildInfo
-import Dispatch
 import Foundation
 import Gateway
 
@@ -36,7 +35,8 @@ func loadValidated(_ options: ConfigOption) -> (GatewayConfig, String)? {
     let path = options.config
     let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
     let pinned = options.logLevel.flatMap { OperatorLogLevel(rawValue: $0.lowercased()) }
-    let parsed = try? ConfigLoader.load(path: path)
+    let loaded = Result { try ConfigLoader.load(path: path) }
+    let parsed = try? loaded.get()
     OperatorLog.bootstrap(
         level: pinned ?? parsed?.log.level ?? .info, format: parsed?.log.format ?? .text, pinLevel: pinned != nil
     )
@@ -44,7 +44,7 @@ func loadValidated(_ options: ConfigOption) -> (GatewayConfig, String)? {
         ConfigLineLocator.line(for: error.path, in: text).map { "\(error) (line \($0))" } ?? "\(error)"
     }
     do {
-        let config = try ConfigLoader.load(path: path)
+        let config = try loaded.get()
         try GatewayBuilder.validateForStartup(config)
         for warning in GatewayBuilder.strictValidation(config).warnings { OperatorLog.logger.warning("\(locate(warning))") }
         return (config, text)
