@@ -419,6 +419,19 @@ def test_certificate_expiry_metric(certs, gateway):
         assert abs(series[name] - cert.not_valid_after_utc.timestamp()) <= 2, (name, series)
 
 
+def test_certificate_expiry_metric_follows_reloads(certs, gateway):
+    # The second certificate dropped from the public listener: its series goes with it.
+    text = gateway.config_path.read_text()
+    crt2, key2 = certs["other"]
+    gateway.config_path.write_text(text.replace(f"        - {{ cert: {crt2}, key: {key2} }}\n", ""))
+    assert httpx.post(gateway.url("/config/reload", listener="admin"), timeout=10).status_code == 200
+
+    def names():
+        return {dict(labels)["name"] for (name, labels) in scrape_metrics(gateway)
+                if name == "gateway_tls_certificate_expiry_seconds"}
+    wait_for(lambda: names() == {"localhost"})
+
+
 def test_config_dump_uses_yaml_key_names(gateway):
     dump = httpx.get(gateway.url("/config", listener="admin"), timeout=5).json()["config"]
 

@@ -147,13 +147,15 @@ public final class GatewayServer: Sendable, AdminControl {
     /// `gateway_tls_certificate_expiry_seconds{listener,name}`; `name` is the certificate's first
     /// DNS name (its CN without a SAN), else its position.
     private func noteCertificateExpiry(_ plans: [ListenerPlan]) {
+        var series: [[String]: Double] = [:]
         for plan in plans {
             guard let tls = plan.tls else { continue }
             for (index, notAfter) in tls.notAfter.enumerated() {
-                let name = tls.serverNames[index].first ?? "certificate\(index)"
-                self.observability.metrics.tlsCertificateExpiry.set([plan.info.name, name], notAfter)
+                series[[plan.info.name, tls.serverNames[index].first ?? "certificate\(index)"]] = notAfter
             }
         }
+        // Certificates a reload dropped leave the family with it.
+        self.observability.metrics.tlsCertificateExpiry.replaceAll(series)
     }
 
     private func noteHTTPSPort() {

@@ -69,6 +69,9 @@ final class LabeledCounter: Sendable {
 
     func value(_ labels: [String]) -> Double { self.values.withLock { $0[labels] ?? 0 } }
 
+    /// Replaces every series at once (a gauge family whose members can disappear on reload).
+    func replaceAll(_ values: [[String]: Double]) { self.values.withLock { $0 = values } }
+
     func snapshot() -> [([String], Double)] {
         self.values.withLock { Array($0) }.sorted { $0.0.lexicographicallyPrecedes($1.0) }
     }
