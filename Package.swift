@@ -1,5 +1,12 @@
 // swift-tools-version:6.0
 import PackageDescription
+import Foundation
+
+// `gateway --version` reports the commit it was built from when the build sets this (Dockerfile,
+// release scripts); a plain `swift build` says "unknown" rather than guess from a working tree.
+let gitCommit = ProcessInfo.processInfo.environment["GATEWAY_GIT_COMMIT"].flatMap { commit in
+    commit.allSatisfy { $0.isHexDigit } && !commit.isEmpty ? commit : nil
+} ?? "unknown"
 
 let package = Package(
     name: "barberpro-gateway",
@@ -18,6 +25,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         // System OpenSSL 3 (libssl-dev) plus static-inline shims for the macros Swift cannot call.
@@ -46,6 +55,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // Client-side TLS over memory BIOs (system OpenSSL) as a NIO handler: used by the load
@@ -107,8 +118,17 @@ let package = Package(
             dependencies: [
                 "Gateway",
                 "GatewayBench",
+                "CBuildInfo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
+        ),
+        // The commit `gateway --version` prints, as a C string constant (Swift has no string defines).
+        .target(
+            name: "CBuildInfo",
+            cSettings: [.define("GATEWAY_GIT_COMMIT", to: "\"\(gitCommit)\"")]
         ),
         // EVALSHA throughput through RedisClient (scripts/bench-redis.sh compares with redis-benchmark).
         .executableTarget(

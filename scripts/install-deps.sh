@@ -8,6 +8,7 @@ SUDO=""
 packages=(libssl-dev libnghttp2-dev libhiredis-dev pkg-config openssl curl)
 if [ "${1:-}" = "test" ]; then
   packages+=(nghttp2-client redis-server)
+  packages+=(prometheus)  # promtool checks deploy/prometheus/alerts.yaml (test_operations)
 fi
 missing=()
 for p in "${packages[@]}"; do
@@ -23,4 +24,5 @@ if [ "${1:-}" = "test" ]; then
   python3 - <<'PY' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check httpx h2 pytest cryptography pyjwt websockets
 import httpx, h2, pytest, cryptography, jwt, websockets
 PY
+  python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check pyyaml
 fi

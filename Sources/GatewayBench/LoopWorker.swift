@@ -128,7 +128,7 @@ final class LoopWorker {
         let settings = self.settings
         let tls = self.tlsContext
         let bootstrap = ClientBootstrap(group: self.loop)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connectTimeout(.nanoseconds(Int64(min(self.settings.timeoutNanos, 10_000_000_000))))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {

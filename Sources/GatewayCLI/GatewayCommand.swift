@@ -1,5 +1,5 @@
 import ArgumentParser
-import Dispatch
+import CBuildInfo
 import Foundation
 import Gateway
 
@@ -8,25 +8,48 @@ struct GatewayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gateway",
         abstract: "BarberPro edge gateway: TLS, HTTP/2 and HTTP/1.1, routing, edge policies and proxying to the booking services.",
+        version: BuildInfo.versionText(commit: String(cString: gateway_build_commit())),
         subcommands: [Run.self, Validate.self, Token.self, Bench.self],
         defaultSubcommand: Run.self
     )
 }
 
 struct ConfigOption: ParsableArguments {
-    @Option(name: .long, help: "Path to gateway.yaml.")
-    var config: String = "gateway.yaml"
+    @Option(name: .long, help: "Path to gateway.yaml (default: $GATEWAY_CONFIG, else gateway.yaml).")
+    var config: String = ProcessInfo.processInfo.environment["GATEWAY_CONFIG"] ?? "gateway.yaml"
+
+    @Option(name: .long, help: "Operator log level (trace, debug, info, notice, warning, error, critical); overrides log.level.")
+    var logLevel: String?
+
+    func validate() throws {
+        if let level = self.logLevel, OperatorLogLevel(rawValue: level.lowercased()) == nil {
+            throw ValidationError("--log-level: expected one of \(OperatorLogLevel.allCases.map(\.rawValue).joined(separator: ", ")), got '\(level)'")
+        }
+    }
 }
 
-/// Loads and fully validates a config, printing every error as `path.to.key: reason`.
-func loadValidated(_ path: String) -> (GatewayConfig, String)? {
+/// Loads and fully validates a config, printing every error as `path.to.key: reason (line N)` and
+/// every warning (certificates close to expiry) the same way. Installs the operator log first, from
+/// the config's `log` section when it parses, so even its errors come out in the chosen format.
+func loadValidated(_ options: ConfigOption) -> (GatewayConfig, String)? {
+    let path = options.config
+    let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+    let pinned = options.logLevel.flatMap { OperatorLogLevel(rawValue: $0.lowercased()) }
+    let loaded = Result { try ConfigLoader.load(path: path) }
+    let parsed = try? loaded.get()
+    OperatorLog.bootstrap(
+        level: pinned ?? parsed?.log.level ?? .info, format: parsed?.log.format ?? .text, pinLevel: pinned != nil
+    )
+    let locate = { (error: ConfigError) -> String in
+        ConfigLineLocator.line(for: error.path, in: text).map { "\(error) (line \($0))" } ?? "\(error)"
+    }
     do {
-        let config = try ConfigLoader.load(path: path)
+        let config = try loaded.get()
         try GatewayBuilder.validateForStartup(config)
-        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        for warning in GatewayBuilder.strictValidation(config).warnings { OperatorLog.logger.warning("\(locate(warning))") }
         return (config, text)
     } catch let errors as ConfigErrors {
-        for error in errors.errors { FileHandle.standardError.write(Data("\(error)\n".utf8)) }
+        for error in errors.errors { FileHandle.standardError.write(Data("\(locate(error))\n".utf8)) }
         return nil
     } catch {
         FileHandle.standardError.write(Data("\(error)\n".utf8))
@@ -39,7 +62,7 @@ struct Validate: ParsableCommand {
     @OptionGroup var options: ConfigOption
 
     func run() throws {
-        guard loadValidated(self.options.config) != nil else { throw ExitCode(1) }
+        guard loadValidated(self.options) != nil else { throw ExitCode(1) }
         print("\(self.options.config): valid")
     }
 }
@@ -67,7 +90,7 @@ struct Token: ParsableCommand {
     func run() throws {
         var jwt: JWTConfig? = nil
         if let path = self.config {
-            guard let (loaded, _) = loadValidated(path) else { throw ExitCode(1) }
+            guard let (loaded, _) = loadValidated(try ConfigOption.parse(["--config", path])) else { throw ExitCode(1) }
             guard let section = loaded.jwt else {
                 FileHandle.standardError.write(Data("gateway token: \(path) has no jwt section\n".utf8))
                 throw ExitCode(1)
@@ -94,125 +117,29 @@ struct Run: AsyncParsableCommand {
     @OptionGroup var options: ConfigOption
 
     func run() async throws {
-        guard let (config, text) = loadValidated(self.options.config) else { throw ExitCode(1) }
+        // A SIGTERM before the service group traps it stops a process that serves nothing yet (the
+        // default action); a SIGHUP then would too, but a reload request before start-up is moot.
+        signal(SIGHUP, SIG_IGN)
+        guard let (config, text) = loadValidated(self.options) else { throw ExitCode(1) }
         let server: GatewayServer
         do {
             server = try GatewayBuilder.makeServer(config: config, configText: text, configPath: self.options.config)
             try await server.start()
         } catch {
-            FileHandle.standardError.write(Data("gateway: \(error)\n".utf8))
+            OperatorLog.logger.critical("\(error)")
             throw ExitCode(1)
         }
-        for (name, address) in server.boundAddresses {
-            say("gateway: listener \(name) on \(address)")
+        // Announced once the signals are trapped, so whoever waits for these lines may stop the
+        // gateway at once and get a drain.
+        try await server.runUntilSignalled(configPath: self.options.config) {
+            for (name, address) in server.boundAddresses {
+                say("gateway: listener \(name) on \(address)")
+            }
         }
-        let reloads = ReloadTriggers(server: server, path: self.options.config)
-        reloads.start()
-        let signal = await waitForTerminationSignal()
-        reloads.stop()
-        // On stderr: stdout may be a pipe its reader stopped reading, and a shutdown must not wait on it.
-        FileHandle.standardError.write(Data("gateway: \(signal) received, draining\n".utf8))
-        await server.drain()
-        FileHandle.standardError.write(Data("gateway: stopped\n".utf8))
     }
 }
 
 /// Unbuffered, so supervisors and tests see each line at once.
 func say(_ line: String) {
     FileHandle.standardOutput.write(Data((line + "\n").utf8))
-}
-
-/// Suspends until SIGTERM or SIGINT; the default handlers are disabled so the drain can run.
-func waitForTerminationSignal() async -> String {
-    await withCheckedContinuation { continuation in
-        let queue = DispatchQueue(label: "gateway.signals")
-        let resumed = SignalLatch()
-        var sources: [DispatchSourceSignal] = []
-        for (number, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")] {
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
-            source.setEventHandler {
-                if resumed.fire() { continuation.resume(returning: name) }
-            }
-            source.resume()
-            sources.append(source)
-        }
-        SignalLatch.keepAlive(sources)
-    }
-}
-
-final class SignalLatch: @unchecked Sendable {
-    // Only touched on the signal queue.
-    private var fired = false
-    nonisolated(unsafe) private static var retained: [DispatchSourceSignal] = []
-
-    func fire() -> Bool {
-        if self.fired { return false }
-        self.fired = true
-        return true
-    }
-
-    static func keepAlive(_ sources: [DispatchSourceSignal]) { retained = sources }
-}
-
-/// SIGHUP and changes of the config file both reload it (validated whole; refused configs leave
-/// the running one in place). The file is polled once a second: simple, and it also catches a
-/// Kubernetes ConfigMap symlink swap that inotify on the old inode would miss.
-final class ReloadTriggers: @unchecked Sendable {
-    // Only touched on `queue`.
-    private let server: GatewayServer
-    private let path: String
-    private let queue = DispatchQueue(label: "gateway.reload")
-    private var signalSource: DispatchSourceSignal?
-    private var timer: DispatchSourceTimer?
-    private var lastStamp: String?
-
-    init(server: GatewayServer, path: String) {
-        self.server = server
-        self.path = path
-    }
-
-    func start() {
-        self.queue.sync {
-            self.lastStamp = self.stamp()
-            signal(SIGHUP, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: self.queue)
-            source.setEventHandler { [weak self] in self?.trigger("SIGHUP") }
-            source.resume()
-            self.signalSource = source
-            let timer = DispatchSource.makeTimerSource(queue: self.queue)
-            timer.schedule(deadline: .now() + 1, repeating: 1)
-            timer.setEventHandler { [weak self] in
-                guard let self else { return }
-                let stamp = self.stamp()
-                if stamp != self.lastStamp {
-                    self.lastStamp = stamp
-                    self.trigger("config file changed")
-                }
-            }
-            timer.resume()
-            self.timer = timer
-        }
-    }
-
-    func stop() {
-        self.queue.sync {
-            self.signalSource?.cancel()
-            self.timer?.cancel()
-        }
-    }
-
-    private func stamp() -> String? {
-        guard let attributes = try? FileManager.default.attributesOfItem(atPath: self.path) else { return nil }
-        let date = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
-        let size = (attributes[.size] as? Int) ?? 0
-        return "\(date)-\(size)"
-    }
-
-    /// Validates on this queue; the server applies reloads one at a time, in order, so a SIGHUP
-    /// during a reload is queued behind it rather than lost.
-    private func trigger(_ why: String) {
-        FileHandle.standardError.write(Data("gateway: \(why): reloading \(self.path)\n".utf8))
-        self.server.reloadConfigFile()
-    }
 }

@@ -208,7 +208,7 @@ final class RedisConnection: Sendable {
         let verifiedName = config.tls?.serverName ?? config.host
         ClientBootstrap(group: eventLoop)
             .connectTimeout(config.connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let tlsContext {

@@ -5,7 +5,7 @@ import RedisClient
 /// `/health`, `/health/live`, `/health/ready` on every listener; `/health/detailed` on the admin
 /// listener only (SPEC "Admin listener").
 enum Health {
-    static let version = "0.1.0"
+    static let version = BuildInfo.version
 
     static func response(
         path: Substring,
@@ -21,11 +21,13 @@ enum Health {
         case "/health/live":
             return .json(.ok, #"{"status":"live"}"#, allocator: allocator)
         case "/health/ready":
+            runtime.status.operations.readinessProbed.store(true, ordering: .relaxed)
             let reasons = notReadyReasons(runtime)
             if reasons.isEmpty { return .json(.ok, #"{"status":"ready"}"#, allocator: allocator) }
             let list = reasons.map { "\"\(JSON.escaped($0))\"" }.joined(separator: ",")
             return .json(.serviceUnavailable, #"{"status":"not_ready","reasons":["# + list + "]}", allocator: allocator)
         case "/health/detailed" where listener.role == .admin:
+            runtime.status.operations.readinessProbed.store(true, ordering: .relaxed)
             return .json(.ok, detailed(runtime), allocator: allocator)
         default:
             return nil
@@ -33,7 +35,7 @@ enum Health {
     }
 
     static func notReadyReasons(_ runtime: GatewayRuntime) -> [String] {
-        var reasons: [String] = []
+        var reasons = runtime.status.operations.notReadyReasons
         if !runtime.status.listenersBound.load(ordering: .relaxed) { reasons.append("listeners not bound") }
         for (name, cluster) in runtime.clusters.sorted(by: { $0.key < $1.key }) where !cluster.hasHealthyEndpoint {
             reasons.append("upstream \(name) has no healthy endpoint")

@@ -40,8 +40,9 @@ extension GatewayConfig {
         checkSplitClaims(routes, jwt: jwt, reader: r)
 
         var log = LogConfig.defaults
-        if let node = m["log"], let lm = r.mapping(node, at: "log", keys: ["access"]) {
+        if let node = m["log"], let lm = r.mapping(node, at: "log", keys: ["access", "level", "format"]) {
             log = LogConfig(access: lm["access"].flatMap { r.bool($0, at: lm.path("access")) } ?? true)
+            decodeOperatorLog(lm, reader: r, into: &log)
         }
 
         guard r.errors.isEmpty else { return nil }
@@ -243,13 +244,17 @@ extension GatewayConfig {
     private static func decodeTimeouts(_ node: Node?, reader r: ConfigReader) -> TimeoutsConfig {
         var clientHeader: Duration = .seconds(10), idle: Duration = .seconds(60), drain: Duration = .seconds(30)
         var tunnelIdle: Duration = .seconds(3600)
-        if let node, let m = r.mapping(node, at: "timeouts", keys: ["client_header", "idle", "drain", "tunnel_idle"]) {
+        var drainDelay = OperationsDefaults.drainDelay
+        if let node, let m = r.mapping(node, at: "timeouts", keys: ["client_header", "idle", "drain", "tunnel_idle", "drain_delay"]) {
             tunnelIdle = m["tunnel_idle"].flatMap { r.duration($0, at: m.path("tunnel_idle"), minimum: .seconds(1)) } ?? tunnelIdle
+            drainDelay = decodeDrainDelay(m, reader: r) ?? drainDelay
             clientHeader = m["client_header"].flatMap { r.duration($0, at: m.path("client_header")) } ?? clientHeader
             idle = m["idle"].flatMap { r.duration($0, at: m.path("idle")) } ?? idle
             drain = m["drain"].flatMap { r.duration($0, at: m.path("drain"), minimum: .zero) } ?? drain
         }
-        return TimeoutsConfig(clientHeader: clientHeader, idle: idle, drain: drain, tunnelIdle: tunnelIdle)
+        var timeouts = TimeoutsConfig(clientHeader: clientHeader, idle: idle, drain: drain, tunnelIdle: tunnelIdle)
+        timeouts.drainDelay = drainDelay
+        return timeouts
     }
 
     // MARK: cors

@@ -38,6 +38,8 @@ public struct GatewayConfig: Sendable, Equatable {
 /// `log`: the access log (one JSON line per request on stdout).
 public struct LogConfig: Sendable, Equatable {
     public let access: Bool
+    public var level: OperatorLogLevel = .info
+    public var format: OperatorLogFormat = .text
     public static let defaults = LogConfig(access: true)
 }
 
@@ -126,6 +128,7 @@ public struct TimeoutsConfig: Sendable, Equatable {
     public let idle: Duration
     public let drain: Duration
     public var tunnelIdle: Duration = .seconds(3600)
+    public var drainDelay: Duration = OperationsDefaults.drainDelay
 }
 
 // MARK: - CORS

@@ -71,7 +71,7 @@ public enum GatewayBuilder {
                 realtime: route.realtime, identity: route.identity
             )
         }
-        let traffic = TrafficSettings(
+        var traffic = TrafficSettings(
             maxHeaderBytes: config.limits.maxHeaderBytes,
             maxBodyBytes: config.limits.maxBodyBytes,
             clientHeaderTimeout: .init(config.timeouts.clientHeader),
@@ -79,6 +79,8 @@ public enum GatewayBuilder {
             drainTimeout: .init(config.timeouts.drain),
             tunnelIdleTimeout: .init(config.timeouts.tunnelIdle)
         )
+        traffic.drainDelay = .init(config.timeouts.drainDelay)
+        status.operations.applyEndpointDrains(to: clusters)
         var rateLimiter: RateLimitService? = nil
         if routes.contains(where: { !$0.rateLimits.isEmpty }) {
             let backend: RateLimitService.Backend
@@ -143,7 +145,7 @@ public enum GatewayBuilder {
 
     /// Refuses configs this build cannot serve safely (thrown as `ConfigErrors`).
     public static func validateForStartup(_ config: GatewayConfig) throws {
-        let unsupported = unsupportedFeatures(config)
+        let unsupported = unsupportedFeatures(config) + strictValidation(config).errors
         if !unsupported.isEmpty { throw ConfigErrors(errors: unsupported) }
     }
 

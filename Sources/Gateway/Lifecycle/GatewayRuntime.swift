@@ -28,6 +28,8 @@ struct TrafficSettings: Sendable {
     var idleTimeout: TimeAmount
     var drainTimeout: TimeAmount
     var tunnelIdleTimeout: TimeAmount = .hours(1)
+    /// `timeouts.drain_delay`: how long readiness reports 503 before the listeners close.
+    var drainDelay: TimeAmount = .seconds(5)
 }
 
 /// One immutable snapshot of everything derived from the configuration (STYLE habit 8): the route
@@ -89,6 +91,8 @@ final class ServerStatus: Sendable {
     let startedAt = ContinuousClock.now
     /// Rate-limit counts and Redis connections survive reloads.
     let rateLimitStores = RateLimitStores()
+    /// Rollout and manual-failover state (`/health/fail`, endpoint drains, SIGTERM).
+    let operations = OperationsState()
 }
 
 /// The current runtime snapshot. Each request reads it once when it starts, so a reload swaps

@@ -115,6 +115,7 @@ public final class GatewayServer: Sendable, AdminControl {
             throw error
         }
         self.noteHTTPSPort()
+        self.noteCertificateExpiry(self.initialPlans)
         self.status.listenersBound.store(true, ordering: .relaxed)
         self.startHealthChecks(for: self.runtime)
         self.startJWKSRefresher(for: self.runtime)
@@ -143,6 +144,20 @@ public final class GatewayServer: Sendable, AdminControl {
         checker.start()
     }
 
+    /// `gateway_tls_certificate_expiry_seconds{listener,name}`; `name` is the certificate's first
+    /// DNS name (its CN without a SAN), else its position.
+    private func noteCertificateExpiry(_ plans: [ListenerPlan]) {
+        var series: [[String]: Double] = [:]
+        for plan in plans {
+            guard let tls = plan.tls else { continue }
+            for (index, notAfter) in tls.notAfter.enumerated() {
+                series[[plan.info.name, tls.serverNames[index].first ?? "certificate\(index)"]] = notAfter
+            }
+        }
+        // Certificates a reload dropped leave the family with it.
+        self.observability.metrics.tlsCertificateExpiry.replaceAll(series)
+    }
+
     private func noteHTTPSPort() {
         let port = self.slots.withLock { slots in
             slots.first { $0.1.plan.withLock { $0.tls != nil } }?.1.channel.localAddress?.port
@@ -160,7 +175,7 @@ public final class GatewayServer: Sendable, AdminControl {
         let bootstrap = ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 4)
             .childChannelInitializer { channel in
                 connections.add(channel)
@@ -249,12 +264,14 @@ public final class GatewayServer: Sendable, AdminControl {
         self.holder.replace(with: prepared.runtime)
         self.startHealthChecks(for: prepared.runtime)
         self.runningConfig.withLock { $0 = prepared.config }
+        OperatorLog.configure(level: prepared.config.log.level, format: prepared.config.log.format)
         for (_, slot, plan) in kept { slot.plan.withLock { $0 = plan } }
         let keptSlots = Set(kept.map { ObjectIdentifier($0.1) })
         let removed = current.filter { !keptSlots.contains(ObjectIdentifier($0.1)) }
         self.slots.withLock { $0 = kept.map { ($0.0, $0.1) } + added }
         for (_, slot) in removed { try? await slot.channel.close() }
         self.noteHTTPSPort()
+        self.noteCertificateExpiry(prepared.plans)
         return .success(())
     }
 
@@ -317,10 +334,23 @@ public final class GatewayServer: Sendable, AdminControl {
 
     // MARK: - Drain
 
+    /// `timeouts.drain_delay`: readiness answers 503 while the listeners still accept, so a load
+    /// balancer polling it stops sending before connections are refused. Skipped when nothing
+    /// ever asked for readiness (no balancer is watching) or when the delay is zero.
+    private func announceDrain() async {
+        let operations = self.status.operations
+        operations.draining.store(true, ordering: .relaxed)
+        let delay = self.runtime.traffic.drainDelay
+        guard delay > .zero, operations.readinessProbed.load(ordering: .relaxed) else { return }
+        GatewayLog.info("readiness answers 503; listeners keep accepting for \(Duration.nanoseconds(delay.nanoseconds)) (timeouts.drain_delay)")
+        try? await Task.sleep(for: .nanoseconds(delay.nanoseconds))
+    }
+
     /// SIGTERM: stop accepting, let in-flight requests finish (HTTP/1 connections close after their
     /// current response), and close what is still open after `timeout`.
     public func drain(timeout: TimeAmount? = nil) async {
         let timeout = timeout ?? self.runtime.traffic.drainTimeout
+        await self.announceDrain()
         self.status.listenersBound.store(false, ordering: .relaxed)
         // A reload still being applied would bind listeners behind the drain's back.
         await self.reloads.settled()
@@ -343,10 +373,11 @@ public final class GatewayServer: Sendable, AdminControl {
     }
 }
 
-/// Operator messages on stderr (the access log owns stdout).
+/// Operator messages (through `OperatorLog`, on stderr: the access log owns stdout).
 enum GatewayLog {
-    static func info(_ message: String) { FileHandle.standardError.write(Data("gateway: \(message)\n".utf8)) }
-    static func error(_ message: String) { FileHandle.standardError.write(Data("gateway: \(message)\n".utf8)) }
+    static func info(_ message: String) { OperatorLog.logger.info("\(message)") }
+    static func warning(_ message: String) { OperatorLog.logger.warning("\(message)") }
+    static func error(_ message: String) { OperatorLog.logger.error("\(message)") }
 }
 
 /// A start-up failure with a message meant for the operator.

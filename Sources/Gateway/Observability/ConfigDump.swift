@@ -1,10 +1,39 @@
-/// The running config as JSON for `GET /config`, by reflection over the typed config values.
-/// Secrets never appear: `ConfigSecret` and the Redis endpoint print themselves redacted, and a
+/// The running config as JSON for `GET /config`, by reflection over the typed config values, with
+/// the YAML key names (`client_ip`, `redirect_to_https`), not the Swift property names, so what an
+/// SRE reads matches gateway.yaml; values derived for the hot path are left out. Secrets never appear: `ConfigSecret` and the Redis endpoint print themselves redacted, and a
 /// value whose mirror hides its children is written as its description.
 enum ConfigDump {
     static func json(_ value: Any) -> String {
         var out = ""
         write(value, into: &out)
+        return out
+    }
+
+    /// Values resolved for the hot path (CORS header values, indices into other sections), not
+    /// keys of the file.
+    static func derived(_ label: String) -> Bool { label.hasSuffix("HeaderValue") || label.hasSuffix("Index") || label.hasSuffix("Indices") }
+
+    /// Where the YAML key is not the property name in snake case.
+    private static let renamed = ["consecutive5xx": "consecutive_5xx", "defaultInterval": "default"]
+
+    /// `redirectToHTTPS` → `redirect_to_https`, `clientIP` → `client_ip`, `exemptCIDRs` →
+    /// `exempt_cidrs`: the YAML spelling of a Swift property name.
+    static func yamlKey(_ label: String) -> String {
+        if let key = Self.renamed[label] { return key }
+        let characters = Array(label)
+        var out = ""
+        for (index, character) in characters.enumerated() {
+            if character.isUppercase, index > 0 {
+                let previous = characters[index - 1]
+                let next: Character? = index + 1 < characters.count ? characters[index + 1] : nil
+                // A plural `s` after an acronym (`CIDRs`) belongs to it.
+                let pluralEnd = next == "s" && (index + 2 == characters.count || characters[index + 2].isUppercase)
+                if previous.isLowercase || previous.isNumber || (previous.isUppercase && next?.isLowercase == true && !pluralEnd) {
+                    out += "_"
+                }
+            }
+            out += character.lowercased()
+        }
         return out
     }
 
@@ -49,10 +78,10 @@ enum ConfigDump {
             out += "{"
             var first = true
             for child in mirror.children {
-                guard let label = child.label else { continue }
+                guard let label = child.label, !Self.derived(label) else { continue }
                 if !first { out += "," }
                 first = false
-                out += "\"" + JSON.escaped(label) + "\":"
+                out += "\"" + JSON.escaped(Self.yamlKey(label)) + "\":"
                 write(child.value, into: &out)
             }
             out += "}"

@@ -69,6 +69,9 @@ final class LabeledCounter: Sendable {
 
     func value(_ labels: [String]) -> Double { self.values.withLock { $0[labels] ?? 0 } }
 
+    /// Replaces every series at once (a gauge family whose members can disappear on reload).
+    func replaceAll(_ values: [[String]: Double]) { self.values.withLock { $0 = values } }
+
     func snapshot() -> [([String], Double)] {
         self.values.withLock { Array($0) }.sorted { $0.0.lexicographicallyPrecedes($1.0) }
     }
@@ -118,6 +121,8 @@ final class GatewayMetrics: Sendable {
     let splitRequests = LabeledCounter(labelNames: ["route", "upstream"])
     let tunnelsActive = LabeledCounter(labelNames: ["route"])
     let tunnelBytes = LabeledCounter(labelNames: ["route", "direction"])
+    /// notAfter of each served certificate, as a Unix time (set at start-up and on reload).
+    let tlsCertificateExpiry = LabeledCounter(labelNames: ["listener", "name"])
 
     /// Methods outside this set are reported as `OTHER`, so a client cannot mint label values.
     static let knownMethods: Set<String> = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -214,6 +219,8 @@ final class GatewayMetrics: Sendable {
         counter("gateway_tunnels_active", "Open WebSocket tunnels.", self.tunnelsActive, type: "gauge")
         counter("gateway_tunnel_bytes_total", "Bytes relayed by ended tunnels (in: client to upstream).", self.tunnelBytes)
         counter("gateway_access_log_dropped_total", "Access log lines dropped because the writer fell behind.", self.accessLogDropped)
+        counter("gateway_tls_certificate_expiry_seconds", "Certificate notAfter as a Unix time, by listener and certificate name.", self.tlsCertificateExpiry, type: "gauge")
+        out += ProcessMetrics.render()
         return out
     }
 

@@ -1,6 +1,11 @@
 import Foundation
+import Logging
 import NIOCore
+import Synchronization
 private import COpenSSL
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What one request leaves behind for the log + metrics phase, filled in as it goes.
 struct RequestRecord {
@@ -138,5 +143,87 @@ final class Observability: Sendable {
             HMAC(EVP_sha256(), key.baseAddress, Int32(key.count), bytes, bytes.count, &digest, &length)
         }
         return digest.prefix(8).map { String($0, radix: 16).leftPadded(to: 2) }.joined()
+    }
+}
+
+/// Operator messages (start-up, reloads, drains, warnings) through swift-log, on stderr: the
+/// access log owns stdout and keeps its own off-loop writer. `log.level` / `--log-level` filter;
+/// `log.format` picks plain lines (`gateway: message`, the level named when it is not info) or
+/// one JSON object per line. The level can change on reload; `--log-level` pins it.
+public enum OperatorLog {
+    private static let level = Atomic<UInt8>(UInt8(Logger.Level.info.index))
+    private static let json = Atomic<Bool>(false)
+    private static let pinned = Atomic<Bool>(false)
+
+    /// The process-wide logger every gateway component writes operator messages to.
+    public static let logger = Logger(label: "gateway")
+
+    /// Installs the handler once per process (swift-log allows only one bootstrap).
+    public static func bootstrap(level: OperatorLogLevel, format: OperatorLogFormat, pinLevel: Bool) {
+        Self.configure(level: level, format: format)
+        Self.pinned.store(pinLevel, ordering: .relaxed)
+        LoggingSystem.bootstrap { label in OperatorLogHandler(label: label) }
+    }
+
+    /// Applies a (re)loaded config's `log` section; a `--log-level` given on the command line wins.
+    public static func configure(level: OperatorLogLevel, format: OperatorLogFormat) {
+        if !Self.pinned.load(ordering: .relaxed) {
+            Self.level.store(UInt8(Logger.Level(level).index), ordering: .relaxed)
+        }
+        Self.json.store(format == .json, ordering: .relaxed)
+    }
+
+    static var currentLevel: Logger.Level { Logger.Level.allCases[Int(Self.level.load(ordering: .relaxed))] }
+    static var writesJSON: Bool { Self.json.load(ordering: .relaxed) }
+}
+
+extension Logger.Level {
+    init(_ level: OperatorLogLevel) {
+        self = Logger.Level(rawValue: level.rawValue) ?? .info
+    }
+
+    fileprivate var index: Int { Logger.Level.allCases.firstIndex(of: self) ?? 2 }
+}
+
+/// Writes one line per message straight to stderr (operator messages are rare; a blocked stderr
+/// must not hold a lock other threads wait on, so each line is a single `write`).
+struct OperatorLogHandler: LogHandler {
+    let label: String
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level {
+        get { OperatorLog.currentLevel }
+        set {}
+    }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { self.metadata[key] }
+        set { self.metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        var fields = self.metadata
+        if let extra = event.metadata { fields.merge(extra) { $1 } }
+        let line: String
+        if OperatorLog.writesJSON {
+            var out = "{\"time\":\"\(AccessLogRecord.timestamp(Date()))\",\"level\":\"\(event.level.rawValue)\","
+                + "\"logger\":\"\(JSON.escaped(self.label))\",\"message\":\"\(JSON.escaped("\(event.message)"))\""
+            for (key, value) in fields.sorted(by: { $0.key < $1.key }) {
+                out += ",\"\(JSON.escaped(key))\":\"\(JSON.escaped("\(value)"))\""
+            }
+            line = out + "}\n"
+        } else {
+            let level = event.level == .info ? "" : "\(event.level.rawValue): "
+            let suffix = fields.sorted(by: { $0.key < $1.key }).map { " \($0.key)=\($0.value)" }.joined()
+            line = "gateway: \(level)\(event.message)\(suffix)\n"
+        }
+        var bytes = Array(line.utf8)
+        bytes.withUnsafeMutableBytes { buffer in
+            var offset = 0
+            while offset < buffer.count {
+                let written = Glibc.write(2, buffer.baseAddress! + offset, buffer.count - offset)
+                if written <= 0 { if errno == EINTR { continue }; return }
+                offset += written
+            }
+        }
     }
 }

@@ -123,6 +123,7 @@ struct RequestDispatch {
             }
         default:
             return SplitAdmin.response(head, runtime: services.runtime, allocator: allocator)
+                ?? AdminOperations.response(head, runtime: services.runtime, allocator: allocator)
         }
     }
 

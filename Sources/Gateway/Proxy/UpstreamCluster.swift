@@ -32,6 +32,8 @@ final class UpstreamEndpoint: Sendable {
     let key: String
     /// Open connections across all event loops (enforces `max_connections`).
     let openConnections = Atomic<Int>(0)
+    /// Taken out of rotation by `POST /upstreams/NAME/endpoints/ADDR/drain` (admin listener).
+    let adminDrained = Atomic<Bool>(false)
     private let downUntil = Atomic<Int64>(0)
     private let consecutiveFailures = Atomic<Int>(0)
     private let consecutive5xx = Atomic<Int>(0)
@@ -54,7 +56,7 @@ final class UpstreamEndpoint: Sendable {
     }
 
     func isUp(now: NIODeadline) -> Bool {
-        self.activeHealthy.load(ordering: .relaxed) && self.downUntil.load(ordering: .relaxed) <= Int64(now.uptimeNanoseconds)
+        !self.adminDrained.load(ordering: .relaxed) && self.activeHealthy.load(ordering: .relaxed) && self.downUntil.load(ordering: .relaxed) <= Int64(now.uptimeNanoseconds)
     }
 
     /// Passive outlier detection: `threshold` consecutive 5xx (or resets before a response) eject

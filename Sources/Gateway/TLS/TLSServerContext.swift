@@ -1,3 +1,4 @@
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -28,6 +29,9 @@ final class TLSServerContext: @unchecked Sendable {
     /// Per certificate (same order as `settings.certificates`), the DNS names from its SAN
     /// (or its CN if it has no SAN), lower-cased.
     let serverNames: [[String]]
+    /// Per certificate (same order), its notAfter as a Unix time (`gateway validate` warns about
+    /// it and `gateway_tls_certificate_expiry_seconds` exports it).
+    let notAfter: [Double]
 
     /// One `SSL_CTX*` per certificate pair; index 0 is the default and every `SSL` starts from it.
     let sslContexts: [OpaquePointer]
@@ -48,12 +52,14 @@ final class TLSServerContext: @unchecked Sendable {
 
         var contexts: [OpaquePointer] = []
         var names: [[String]] = []
+        var expiries: [Double] = []
         do {
             for pair in settings.certificates {
                 let ctx = try Self.makeSSLContext(settings: settings, ticketKeys: &ticketKeys)
                 contexts.append(ctx)
                 try Self.loadCertificatePair(pair, into: ctx)
                 names.append(Self.dnsNames(of: SSL_CTX_get0_certificate(ctx)))
+                expiries.append(Self.notAfter(of: SSL_CTX_get0_certificate(ctx)))
             }
         } catch {
             contexts.forEach { SSL_CTX_free($0) }
@@ -65,6 +71,7 @@ final class TLSServerContext: @unchecked Sendable {
 
         self.settings = settings
         self.serverNames = names
+        self.notAfter = expiries
         self.sslContexts = contexts
         self.alpnWireFormat = wire
 
@@ -216,6 +223,15 @@ final class TLSServerContext: @unchecked Sendable {
             ERR_clear_error()
             throw TLSConfigurationError(kind: .keyMismatch, file: key, detail: "private key does not match certificate \(cert)")
         }
+    }
+
+    /// The certificate's notAfter as a Unix time (0 when it cannot be read).
+    private static func notAfter(of certificate: OpaquePointer?) -> Double {
+        guard let certificate, let end = X509_get0_notAfter(certificate) else { return 0 }
+        var days: Int32 = 0
+        var seconds: Int32 = 0
+        guard ASN1_TIME_diff(&days, &seconds, nil, end) == 1 else { return 0 }
+        return (Date().timeIntervalSince1970 + Double(days) * 86_400 + Double(seconds)).rounded()
     }
 
     /// strerror text if the file cannot be opened for reading, so a missing file says so plainly.
