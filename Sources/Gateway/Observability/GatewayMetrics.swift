@@ -113,6 +113,8 @@ final class GatewayMetrics: Sendable {
     let upstreamEndpointUp = LabeledCounter(labelNames: ["upstream", "endpoint"])
     let configReloads = LabeledCounter(labelNames: ["result"])
     let accessLogDropped = LabeledCounter(labelNames: [])
+    let spansDropped = LabeledCounter(labelNames: ["reason"])
+    let spansExported = LabeledCounter(labelNames: [])
     let upstreamRetries = LabeledCounter(labelNames: ["upstream"])
 
     /// Methods outside this set are reported as `OTHER`, so a client cannot mint label values.
@@ -206,6 +208,8 @@ final class GatewayMetrics: Sendable {
         counter("gateway_config_reloads_total", "Config reloads by result.", self.configReloads)
         counter("gateway_upstream_retries_total", "Requests retried on another endpoint (within the retry budget).", self.upstreamRetries)
         counter("gateway_access_log_dropped_total", "Access log lines dropped because the writer fell behind.", self.accessLogDropped)
+        counter("gateway_spans_dropped_total", "Sampled spans not exported, by reason.", self.spansDropped)
+        counter("gateway_spans_exported_total", "Spans the OTLP collector accepted.", self.spansExported)
         return out
     }
 
