@@ -20,7 +20,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ "${1:-}" = "test" ]; then
-  python3 - <<'PY' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check httpx h2 pytest cryptography pyjwt
-import httpx, h2, pytest, cryptography, jwt
+  python3 - <<'PY' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check httpx h2 pytest cryptography pyjwt opentelemetry-proto
+import httpx, h2, pytest, cryptography, jwt, opentelemetry.proto
 PY
 fi
