@@ -1,5 +1,7 @@
 import Foundation
 import NIOCore
+import NIOEmbedded
+import NIOHTTP1
 import Synchronization
 import Testing
 @testable import Gateway
@@ -226,6 +228,35 @@ struct OTLPExporterTests {
             #expect(range.contains(sampled), "ratio \(ratio): \(sampled) of 1000")
             await exporter.shutdown(deadline: .seconds(1))
         }
+    }
+
+    // MARK: - Collector responses
+
+    /// The export's outcome for `parts` arriving on a fresh connection (nil: still pending).
+    static func outcome(_ parts: [HTTPClientResponsePart], close: Bool = false) throws -> Result<Void, Error>? {
+        let channel = EmbeddedChannel()
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        try channel.pipeline.syncOperations.addHandler(OTLPResponseHandler(promise: promise))
+        let result = Mutex<Result<Void, Error>?>(nil)
+        promise.futureResult.whenComplete { outcome in result.withLock { $0 = outcome } }
+        for part in parts { try channel.writeInbound(part) }
+        if close { channel.pipeline.fireChannelInactive() }
+        let outcome = result.withLock { $0 }
+        if outcome == nil { promise.succeed() }
+        _ = try? channel.finish()
+        return outcome
+    }
+
+    @Test func collectorAnswersDecideTheExport() throws {
+        let accepted = HTTPResponseHead(version: .http1_1, status: .ok)
+        let body = HTTPClientResponsePart.body(ByteBuffer(string: #"{"partialSuccess":{}}"#))
+        #expect(try Self.outcome([.head(accepted), body, .end(nil)]).map { (try? $0.get()) != nil } == true)
+        // Success only once the response has ended.
+        #expect(try Self.outcome([.head(accepted), body]) == nil)
+        let refused = try #require(try Self.outcome([.head(HTTPResponseHead(version: .http1_1, status: .tooManyRequests)), .end(nil)]))
+        #expect("\(refused)".contains("collector answered HTTP 429"))
+        let cut = try #require(try Self.outcome([.head(accepted)], close: true))
+        #expect("\(cut)".contains("connection closed before the response ended"))
     }
 
     // MARK: - Config

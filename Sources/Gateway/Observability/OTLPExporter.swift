@@ -202,6 +202,8 @@ final class OTLPExporter: SpanExporter {
         guard let url = tracing.otlpEndpoint, let endpoint = OTLPEndpoint(url: url) else { return nil }
         let headers = tracing.headers.map { ($0.name, $0.value.value) }
         let sender = OTLPHTTPSender(endpoint: endpoint, headers: headers)
+        // Present from the start, so an alert on their rate has a series to read.
+        for reason in ["queue_full", "export_failed", "shutdown"] { metrics.spansDropped.increment([reason], by: 0) }
         return OTLPExporter(
             serviceName: tracing.serviceName, sampleRatio: tracing.sampleRatio,
             flushInterval: TimeAmount(tracing.flushInterval),
@@ -382,7 +384,7 @@ struct OTLPExportError: Error, CustomStringConvertible, Sendable {
 }
 
 /// Completes the promise at the end of a 2xx response, fails it otherwise.
-private final class OTLPResponseHandler: ChannelInboundHandler {
+final class OTLPResponseHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPClientResponsePart
 
     private let promise: EventLoopPromise<Void>
