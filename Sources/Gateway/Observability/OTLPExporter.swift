@@ -190,6 +190,7 @@ final class OTLPExporter: SpanExporter {
         self.sampleThreshold = sampleRatio >= 1 ? .max : UInt64(max(0, sampleRatio) * 18_446_744_073_709_551_615.0)
         self.onDrop = onDrop
         self.onExport = onExport
+        // The task is scheduled before `self` is whole, so it reaches the exporter through a box.
         let flushes = Mutex<OTLPExporter?>(nil)
         self.timer = self.loop.scheduleRepeatedTask(initialDelay: flushInterval, delay: flushInterval) { _ in
             flushes.withLock { $0 }?.flush()

@@ -80,7 +80,8 @@ final class Observability: Sendable {
     /// Key for subject hashes: logs can correlate one user's requests without naming the user.
     private let subjectKey: [UInt8]
 
-    /// Receives a span per sampled request; nil (the default): no span is built.
+    /// Receives a span per sampled request: `OTLPExporter` when `tracing.otlp_endpoint` is set, or
+    /// one handed in (tests); nil (the default): no span is built.
     let spanExporter: SpanExporter?
 
     init(accessLog: Bool, spanExporter: SpanExporter? = nil, tracing: TracingConfig = .defaults) {
