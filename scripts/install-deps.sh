@@ -21,8 +21,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ "${1:-}" = "test" ]; then
-  python3 - <<'PY' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check httpx h2 pytest cryptography pyjwt websockets
-import httpx, h2, pytest, cryptography, jwt, websockets
+  python3 - <<'PY' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check httpx h2 pytest cryptography pyjwt websockets opentelemetry-proto
+import httpx, h2, pytest, cryptography, jwt, websockets, opentelemetry.proto
 PY
   python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check pyyaml
 fi

@@ -9,7 +9,7 @@ internal import Yams
 /// so one typo does not cascade into a dozen "unknown upstream" lines.
 extension GatewayConfig {
     static let keys = ["workers", "listeners", "admin", "client_ip", "limits", "timeouts", "redis",
-                       "cors", "jwt", "rate_limits", "upstreams", "routes", "log"]
+                       "cors", "jwt", "rate_limits", "upstreams", "routes", "log", "tracing"]
 
     static func decode(_ root: Node, reader r: ConfigReader) -> GatewayConfig? {
         guard case .mapping = root else {
@@ -45,10 +45,11 @@ extension GatewayConfig {
             decodeOperatorLog(lm, reader: r, into: &log)
         }
 
+        let tracing = decodeTracing(m["tracing"], reader: r)
         guard r.errors.isEmpty else { return nil }
         return GatewayConfig(workers: workers, listeners: listeners, admin: admin, clientIP: clientIP,
                              limits: limits, timeouts: timeouts, redis: redis, cors: cors, jwt: jwt,
-                             rateLimits: rateLimits, upstreams: upstreams, routes: routes, log: log)
+                             rateLimits: rateLimits, upstreams: upstreams, routes: routes, log: log, tracing: tracing)
     }
 
     // MARK: listeners, admin

@@ -25,6 +25,7 @@ public struct GatewayConfig: Sendable, Equatable {
     /// Routes in file order (file order breaks ties between equally specific routes).
     public let routes: [RouteConfig]
     public let log: LogConfig
+    public let tracing: TracingConfig
 
     public func upstream(named name: String) -> UpstreamConfig? {
         upstreams.first { $0.name == name }

@@ -154,7 +154,7 @@ public enum GatewayBuilder {
         try validateForStartup(config)
         let plans = try listenerPlans(config)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, config.workers))
-        let observability = Observability(accessLog: config.log.access)
+        let observability = Observability(accessLog: config.log.access, tracing: config.tracing)
         let runtime = try runtime(
             config, configHash: stableHash(configText), group: group, metrics: observability.metrics
         )

@@ -370,6 +370,7 @@ public final class GatewayServer: Sendable, AdminControl {
             try? await resources.eventLoop.submit { resources.pool.closeAll() }.get()
         }
         self.observability.accessLog?.stop()
+        await self.observability.spanExporter?.shutdown()
     }
 }
 

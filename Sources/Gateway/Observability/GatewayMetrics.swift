@@ -117,6 +117,8 @@ final class GatewayMetrics: Sendable {
     let upstreamEndpointUp = LabeledCounter(labelNames: ["upstream", "endpoint"])
     let configReloads = LabeledCounter(labelNames: ["result"])
     let accessLogDropped = LabeledCounter(labelNames: [])
+    let spansDropped = LabeledCounter(labelNames: ["reason"])
+    let spansExported = LabeledCounter(labelNames: [])
     let upstreamRetries = LabeledCounter(labelNames: ["upstream"])
     let splitRequests = LabeledCounter(labelNames: ["route", "upstream"])
     let tunnelsActive = LabeledCounter(labelNames: ["route"])
@@ -221,6 +223,8 @@ final class GatewayMetrics: Sendable {
         counter("gateway_access_log_dropped_total", "Access log lines dropped because the writer fell behind.", self.accessLogDropped)
         counter("gateway_tls_certificate_expiry_seconds", "Certificate notAfter as a Unix time, by listener and certificate name.", self.tlsCertificateExpiry, type: "gauge")
         out += ProcessMetrics.render()
+        counter("gateway_spans_dropped_total", "Sampled spans not exported, by reason.", self.spansDropped)
+        counter("gateway_spans_exported_total", "Spans the OTLP collector accepted.", self.spansExported)
         return out
     }
 

@@ -85,13 +85,14 @@ final class Observability: Sendable {
     /// Key for subject hashes: logs can correlate one user's requests without naming the user.
     private let subjectKey: [UInt8]
 
-    /// Receives a span per sampled request; nil (the default): no span is built.
+    /// Receives a span per sampled request: `OTLPExporter` when `tracing.otlp_endpoint` is set, or
+    /// one handed in (tests); nil (the default): no span is built.
     let spanExporter: SpanExporter?
 
-    init(accessLog: Bool, spanExporter: SpanExporter? = nil) {
+    init(accessLog: Bool, spanExporter: SpanExporter? = nil, tracing: TracingConfig = .defaults) {
         let metrics = GatewayMetrics()
         self.metrics = metrics
-        self.spanExporter = spanExporter
+        self.spanExporter = spanExporter ?? OTLPExporter.make(tracing, metrics: metrics)
         self.accessLog = accessLog ? AccessLogWriter(onDrop: { metrics.accessLogDropped.increment([], by: Double($0)) }) : nil
         var generator = SystemRandomNumberGenerator()
         self.subjectKey = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
@@ -115,7 +116,7 @@ final class Observability: Sendable {
             exporter.export(FinishedSpan(
                 trace: trace, name: record.route, startNanoseconds: end - min(end, UInt64(max(0, elapsed))),
                 endNanoseconds: end, method: record.method, status: record.status, source: source,
-                upstreamEndpoint: upstreamEndpoint
+                upstreamEndpoint: upstreamEndpoint, path: String(record.path), host: record.host, clientIP: record.clientIP
             ))
         }
         guard let accessLog = self.accessLog else { return }

@@ -201,13 +201,25 @@ struct FinishedSpan: Sendable {
     var status: Int
     var source: ResponseSource
     var upstreamEndpoint: String?
+    /// The request path without its query string (`url.path`).
+    var path = ""
+    /// The `Host` / `:authority` the client sent (`server.address`).
+    var host: String?
+    /// `client.address`: the client as `client_ip` resolved it.
+    var clientIP = ""
 }
 
-/// Where sampled spans go. The gateway ships none: an OTLP exporter (swift-otel) conforms to this
-/// and is handed to `Observability`; without one, no span is built.
+/// Where sampled spans go: `OTLPExporter` when `tracing.otlp_endpoint` is set; without one, no span
+/// is built.
 protocol SpanExporter: Sendable {
     /// Whether a trace the gateway starts (no valid `traceparent` came in) is sampled.
     func samplesNewTrace() -> Bool
     /// Called on an event loop once per sampled request: must not block (queue, export in batches).
     func export(_ span: FinishedSpan)
+    /// Sends what is still queued, within a deadline of its own (the gateway is shutting down).
+    func shutdown() async
+}
+
+extension SpanExporter {
+    func shutdown() async {}
 }
