@@ -658,7 +658,7 @@ extension GatewayConfig {
         for (index, item) in items.enumerated() {
             let path = "routes[\(index)]"
             guard let m = r.mapping(item, at: path, keys: ["name", "match", "upstream", "auth", "require_claims",
-                                                           "rate_limits", "cors"])
+                                                           "rate_limits", "cors", "cache"])
             else { continue }
             let name = r.required(m, "name").flatMap { r.name($0, at: m.path("name")) }
             if let name { names.append((name, m.path("name"))) }
@@ -710,7 +710,8 @@ extension GatewayConfig {
             if let name, let upstream, let upstreamIndex {
                 routes.append(RouteConfig(name: name, match: match, upstream: upstream, upstreamIndex: upstreamIndex,
                                           auth: auth, requireClaims: claims, rateLimits: policies,
-                                          rateLimitPolicyIndices: policyIndices, cors: cors))
+                                          rateLimitPolicyIndices: policyIndices, cors: cors,
+                                          cache: m["cache"].flatMap { decodeRouteCache($0, at: m.path("cache"), reader: r) }))
             }
         }
         r.reportDuplicates(names) { "route name '\($0)'" }

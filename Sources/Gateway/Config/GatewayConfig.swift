@@ -402,6 +402,7 @@ public struct RouteConfig: Sendable, Equatable {
     public let rateLimitPolicyIndices: [Int]
     /// Whether the global `cors` section applies to this route.
     public let cors: Bool
+    public var cache: RouteCacheConfig? = nil
 }
 
 public struct RouteMatch: Sendable, Equatable {

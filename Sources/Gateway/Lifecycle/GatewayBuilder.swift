@@ -62,7 +62,8 @@ public enum GatewayBuilder {
                 name: route.name, host: route.match.host.map { "\($0)" }, pathPrefix: route.match.pathPrefix,
                 methods: route.match.methods, upstreamName: route.upstream, order: index,
                 auth: route.auth, requiredClaims: claims, cors: route.cors ? cors : nil,
-                rateLimits: route.rateLimitPolicyIndices.map { policies[$0] }
+                rateLimits: route.rateLimitPolicyIndices.map { policies[$0] },
+                cache: route.cache.map { ResponseCache(config: $0, route: route.name, metrics: metrics) }
             )
         }
         let traffic = TrafficSettings(

@@ -113,6 +113,9 @@ final class GatewayMetrics: Sendable {
     let configReloads = LabeledCounter(labelNames: ["result"])
     let accessLogDropped = LabeledCounter(labelNames: [])
     let upstreamRetries = LabeledCounter(labelNames: ["upstream"])
+    let cacheRequests = LabeledCounter(labelNames: ["route", "result"])
+    let cacheStores = LabeledCounter(labelNames: ["route"])
+    let cacheServedBytes = LabeledCounter(labelNames: ["route"])
 
     /// Methods outside this set are reported as `OTHER`, so a client cannot mint label values.
     static let knownMethods: Set<String> = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -199,6 +202,9 @@ final class GatewayMetrics: Sendable {
         counter("gateway_upstream_endpoint_up", "1 when the endpoint is in rotation.", self.upstreamEndpointUp, type: "gauge")
         counter("gateway_config_reloads_total", "Config reloads by result.", self.configReloads)
         counter("gateway_upstream_retries_total", "Requests retried on another endpoint (within the retry budget).", self.upstreamRetries)
+        counter("gateway_cache_requests_total", "Response-cache lookups by route and result (hit, miss, stale).", self.cacheRequests)
+        counter("gateway_cache_stores_total", "Responses stored in the response cache.", self.cacheStores)
+        counter("gateway_cache_served_bytes_total", "Body bytes answered from the response cache.", self.cacheServedBytes)
         counter("gateway_access_log_dropped_total", "Access log lines dropped because the writer fell behind.", self.accessLogDropped)
         return out
     }

@@ -107,6 +107,8 @@ struct RequestDispatch {
                 let list = errors.errors.map { "\"" + JSON.escaped($0.description) + "\"" }.joined(separator: ",")
                 return .json(.badRequest, "{\"result\":\"invalid\",\"errors\":[\(list)]}", allocator: allocator)
             }
+        case (.POST, let uri) where uri.hasPrefix("/cache/purge"):
+            return ResponseCache.purgeResponse(uri: uri, runtime: services.runtime, allocator: allocator)
         default:
             return nil
         }
@@ -142,7 +144,9 @@ struct RequestDispatch {
                 requestID: requestID, addHSTS: services.listener.isTLS, responseAdditions: additions,
                 rateLimit: plan.rateLimit, deferredError: plan.deferredError,
                 expectsContinue: expectsContinue, requestHasBody: framing.hasBody, cluster: cluster,
-                pool: services.loop.pool, downstream: downstream
+                pool: services.loop.pool, downstream: downstream,
+                cache: plan.route.cache?.request(method: head.method, host: host, uri: head.uri, headers: head.headers,
+                                                 hasBody: framing.hasBody, subject: plan.subject)
             )
             var dispatch = RequestDispatch(outcome: .proxy(exchange), requestID: requestID, responseAdditions: additions, hasBody: framing.hasBody)
             dispatch.subject = plan.subject

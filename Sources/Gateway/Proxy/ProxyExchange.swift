@@ -78,6 +78,9 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private(set) var upstreamSeconds: Double?
     /// The endpoint that served (or was last tried for) this request.
     private(set) var endpointKey: String?
+    /// Set on a cache route's cacheable request; `cacheFill` while this exchange fills the entry.
+    private let cache: CacheRequest?
+    private var cacheFill: CacheFill?
 
     init(
         upstreamHead: HTTPRequestHead,
@@ -92,8 +95,10 @@ final class ProxyExchange: UpstreamConnectionOwner {
         requestHasBody: Bool,
         cluster: UpstreamCluster,
         pool: UpstreamConnectionPool,
-        downstream: DownstreamResponder
+        downstream: DownstreamResponder,
+        cache: CacheRequest? = nil
     ) {
+        self.cache = cache
         self.upstreamHead = upstreamHead
         self.requestMethod = requestMethod
         self.clientVersion = clientVersion
@@ -144,7 +149,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             self.fail(error)
         } else {
             self.responseAdditions.extraHeaders.append(contentsOf: rateLimitFields)
-            self.startUpstream()
+            if let cache = self.cache { self.consultCache(cache, coalesce: true) } else { self.startUpstream() }
         }
     }
 
@@ -297,7 +302,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
                 connection.endpoint.recordResponseOK()
             }
             if let start = self.upstreamStart { self.upstreamSeconds = Double((NIODeadline.now() - start).nanoseconds) / 1e9 }
-            let (clientHead, framing) = HeaderRewriter.clientResponse(
+            let (rewrittenHead, framing) = HeaderRewriter.clientResponse(
                 head,
                 requestMethod: self.requestMethod,
                 clientVersion: self.clientVersion,
@@ -305,8 +310,14 @@ final class ProxyExchange: UpstreamConnectionOwner {
                 addHSTS: self.addHSTS,
                 additions: self.responseAdditions
             )
+            var clientHead = rewrittenHead
+            if let fill = self.cacheFill {
+                fill.responseHead(head, requestMethod: self.requestMethod)
+                clientHead.headers.replaceOrAdd(name: "x-cache", value: "MISS")
+            }
             self.downstream?.sendResponseHead(for: self, clientHead, framing: framing)
         case (.streamingResponse(let connection), .body(let body)):
+            self.cacheFill?.responseBody(body)
             guard let downstream = self.downstream else { return }
             downstream.sendResponseBody(for: self, body)
             if !downstream.isWritable { connection.handler.pauseReads() }
@@ -316,6 +327,8 @@ final class ProxyExchange: UpstreamConnectionOwner {
             connection.handler.resumeReads()
             let reusable = self.responseKeepAlive && self.requestComplete
             self.pool.release(connection, reusable: reusable, settings: self.cluster.settings)
+            self.cacheFill?.responseEnd(requestMethod: self.requestMethod)
+            self.cacheFill = nil
             self.downstream?.sendResponseEnd(for: self)
             self.downstream?.exchangeFinished(for: self)
             self.downstream = nil
@@ -340,6 +353,43 @@ final class ProxyExchange: UpstreamConnectionOwner {
     func upstreamWritabilityChanged(isWritable: Bool) {
         guard !self.requestComplete else { return }
         if isWritable { self.downstream?.resumeRequestBody(for: self) } else { self.downstream?.pauseRequestBody(for: self) }
+    }
+
+    // MARK: - Response cache
+
+    /// A fresh entry answers here; a miss fetches upstream (filling the entry), or waits for the
+    /// fetch of the same key already in flight and looks again.
+    private func consultCache(_ cache: CacheRequest, coalesce: Bool) {
+        switch cache.cache.lookup(cache, coalesce: coalesce, on: self.eventLoop) {
+        case .hit(let entry, let age):
+            self.serveCached(entry, age: age)
+        case .fill(let fill):
+            self.cacheFill = fill
+            self.startUpstream()
+        case .wait(let ready):
+            ready.assumeIsolated().whenComplete { _ in
+                guard case .connecting = self.state else { return }
+                self.consultCache(cache, coalesce: false)
+            }
+        }
+    }
+
+    private func serveCached(_ entry: CachedResponse, age: Int) {
+        self.state = .finished
+        guard let downstream = self.downstream else { return }
+        let (rewritten, framing) = HeaderRewriter.clientResponse(
+            entry.head, requestMethod: self.requestMethod, clientVersion: self.clientVersion,
+            requestID: self.requestID, addHSTS: self.addHSTS, additions: self.responseAdditions
+        )
+        var head = rewritten
+        head.headers.replaceOrAdd(name: "age", value: String(age))
+        head.headers.replaceOrAdd(name: "x-cache", value: "HIT")
+        downstream.sendResponseHead(for: self, head, framing: framing)
+        if self.requestMethod != .HEAD, entry.body.readableBytes > 0 { downstream.sendResponseBody(for: self, entry.body) }
+        downstream.sendResponseEnd(for: self)
+        downstream.flush(for: self)
+        downstream.exchangeFinished(for: self)
+        self.downstream = nil
     }
 
     // MARK: - Failures
@@ -408,6 +458,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
 
     private func fail(_ error: GatewayError) {
         self.state = .finished
+        self.cacheFill = nil
         self.releaseOutstanding()
         self.pendingBody.removeAll()
         self.downstream?.sendErrorResponse(for: self, error)

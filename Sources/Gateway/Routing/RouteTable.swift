@@ -53,12 +53,15 @@ final class Route: Sendable {
     let requiredClaims: [String: [String]]
     /// The `cors` section when it applies to this route (`nil`: no section, or `cors: false`).
     let cors: CORSPolicy?
+    /// `cache`: nil on a route without one (its requests never touch the cache).
+    let cache: ResponseCache?
 
     init(
         name: String, host: String?, pathPrefix: String, methods: [String]?, upstreamName: String, order: Int,
         auth: AuthMode = .none, requiredClaims: [String: [String]] = [:], cors: CORSPolicy? = nil,
-        rateLimits: [RateLimitRule] = []
+        rateLimits: [RateLimitRule] = [], cache: ResponseCache? = nil
     ) {
+        self.cache = cache
         self.rateLimits = rateLimits
         self.name = name
         self.host = HostPattern(host)

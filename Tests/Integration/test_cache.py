@@ -1,0 +1,128 @@
+"""The response cache (`routes[].cache`) through the real gateway and the real demo upstream,
+whose /api/cacheable sends caching fields on demand and numbers its answers (`n`), so a stored
+answer is told from a fresh one and the upstream's own request counter shows what reached it."""
+import concurrent.futures
+import json
+
+import httpx
+import pytest
+
+from conftest import metric, scrape_metrics
+
+CACHE_ROUTE = """  - name: cached
+    match: { path_prefix: /api/cacheable }
+    upstream: booking
+    cache: { max_object_bytes: 4KiB }
+"""
+PUBLIC = "cc=public,max-age=60"
+
+
+@pytest.fixture
+def cached(gateway_factory, upstream):
+    # The longest path_prefix wins: the cache route takes /api/cacheable from the `api` route.
+    return gateway_factory(upstream.port, extra_routes=CACHE_ROUTE)
+
+
+def get(gw, path, **kwargs):
+    return httpx.get(gw.url(path, listener="plain"), timeout=10, **kwargs)
+
+
+def test_miss_then_hit_with_age_and_x_cache(cached, upstream):
+    first = get(cached, f"/api/cacheable?{PUBLIC}&b=2&a=1")
+    assert first.status_code == 200
+    assert first.headers["x-cache"] == "MISS"
+    before = upstream.stats()["requests"]
+    # Same parameters in another order: the same entry.
+    second = get(cached, f"/api/cacheable?a=1&{PUBLIC}&b=2")
+    assert second.status_code == 200
+    assert second.headers["x-cache"] == "HIT"
+    assert second.json()["n"] == first.json()["n"]
+    assert int(second.headers["age"]) >= 0
+    assert second.headers["cache-control"] == "public,max-age=60"
+    assert second.headers["content-length"] == str(len(second.content))
+    assert second.headers["x-request-id"] != first.headers["x-request-id"]
+    assert upstream.stats()["requests"] == before
+    # HEAD is its own entry; a HEAD hit carries the length and no body.
+    assert httpx.head(cached.url(f"/api/cacheable?{PUBLIC}", listener="plain")).headers["x-cache"] == "MISS"
+    head = httpx.head(cached.url(f"/api/cacheable?{PUBLIC}", listener="plain"))
+    assert head.headers["x-cache"] == "HIT" and head.content == b""
+    # Over HTTPS and HTTP/2 the same entry answers.
+    with httpx.Client(http2=True, verify=False) as client:
+        h2 = client.get(cached.url(f"/api/cacheable?b=2&a=1&{PUBLIC}"))
+    assert h2.http_version == "HTTP/2" and h2.headers["x-cache"] == "HIT" and h2.json()["n"] == first.json()["n"]
+    samples = scrape_metrics(cached)
+    assert metric(samples, "gateway_cache_requests_total", route="cached", result="hit") == 3
+    assert metric(samples, "gateway_cache_requests_total", route="cached", result="miss") == 2
+    assert metric(samples, "gateway_cache_stores_total", route="cached") == 2
+
+
+def test_uncacheable_responses_and_requests_always_reach_the_upstream(cached, upstream):
+    for query in ("cc=private,max-age=60", "cc=no-store", f"{PUBLIC}&cookie=1", f"{PUBLIC}&vary=*",
+                  "cc=public", f"{PUBLIC}&code=500", f"{PUBLIC}&pad=5000"):
+        answers = [get(cached, f"/api/cacheable?{query}") for _ in range(2)]
+        assert [a.headers.get("x-cache") for a in answers] == ["MISS", "MISS"], query
+        assert answers[0].json()["n"] != answers[1].json()["n"], query
+    # A credentialed request bypasses a shared cache entirely (no lookup, no store).
+    get(cached, f"/api/cacheable?{PUBLIC}&who=1")
+    bearer = get(cached, f"/api/cacheable?{PUBLIC}&who=1", headers={"authorization": "Bearer x"})
+    assert "x-cache" not in bearer.headers
+    # Routes without `cache` never carry the field.
+    assert "x-cache" not in get(cached, "/api/bookings").headers
+
+
+def test_vary_keeps_one_entry_per_variant(cached, upstream):
+    path = f"/api/cacheable?{PUBLIC}&vary=accept-language"
+    en = get(cached, path, headers={"accept-language": "en"})
+    fr = get(cached, path, headers={"accept-language": "fr"})
+    assert (en.headers["x-cache"], fr.headers["x-cache"]) == ("MISS", "MISS")
+    assert (en.json()["varied"], fr.json()["varied"]) == ("en", "fr")
+    en2 = get(cached, path, headers={"accept-language": "en"})
+    fr2 = get(cached, path, headers={"accept-language": "fr"})
+    assert (en2.headers["x-cache"], en2.json()) == ("HIT", en.json())
+    assert (fr2.headers["x-cache"], fr2.json()) == ("HIT", fr.json())
+
+
+def test_expired_entry_is_fetched_again(cached, upstream):
+    path = "/api/cacheable?cc=max-age=1"
+    first = get(cached, path)
+    assert get(cached, path).headers["x-cache"] == "HIT"
+    import time
+    deadline = time.time() + 10
+    while True:
+        again = get(cached, path)
+        if again.headers["x-cache"] == "MISS":
+            break
+        assert time.time() < deadline, "entry never expired"
+        time.sleep(0.2)
+    assert again.json()["n"] != first.json()["n"]
+
+
+def test_one_hundred_concurrent_misses_make_one_upstream_fetch(cached, upstream):
+    # The upstream holds the first answer 500 ms, so the other requests arrive while it is in flight.
+    path = f"/api/cacheable?{PUBLIC}&delay_ms=500&coalesce=1"
+    before = upstream.stats()["requests"]
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    with httpx.Client(limits=limits, timeout=20) as client:
+        with concurrent.futures.ThreadPoolExecutor(100) as pool:
+            answers = list(pool.map(lambda _: client.get(cached.url(path, listener="plain")), range(100)))
+    assert [a.status_code for a in answers] == [200] * 100
+    assert len({a.json()["n"] for a in answers}) == 1
+    assert upstream.stats()["requests"] - before == 1
+    assert sorted(a.headers["x-cache"] for a in answers).count("MISS") >= 1
+
+
+def test_purge_by_prefix(cached, upstream):
+    for path in (f"/api/cacheable?{PUBLIC}&p=1", f"/api/cacheable/x?{PUBLIC}"):
+        get(cached, path)
+        assert get(cached, path).headers["x-cache"] == "HIT"
+    bad = httpx.post(cached.url("/cache/purge?prefix=api", listener="admin"))
+    assert bad.status_code == 400
+    purged = httpx.post(cached.url("/cache/purge?prefix=/api/cacheable/x", listener="admin"))
+    assert purged.status_code == 200 and purged.json()["purged"] == 1
+    assert get(cached, f"/api/cacheable/x?{PUBLIC}").headers["x-cache"] == "MISS"
+    assert get(cached, f"/api/cacheable?{PUBLIC}&p=1").headers["x-cache"] == "HIT"
+    everything = httpx.post(cached.url("/cache/purge", listener="admin")).json()
+    assert everything["purged"] == 2
+    assert get(cached, f"/api/cacheable?{PUBLIC}&p=1").headers["x-cache"] == "MISS"
+    # Purge is an admin-listener endpoint only.
+    assert httpx.post(cached.url("/cache/purge", listener="plain")).status_code != 200
