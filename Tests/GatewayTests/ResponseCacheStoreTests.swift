@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
@@ -148,5 +149,30 @@ struct ResponseCacheStoreTests {
         _ = expectHit(cache.lookup(request(cache, "/api/bookings"), coalesce: true, on: loop))
         #expect(cache.purge(pathPrefix: "/") == 1)
         #expect(cache.usage.entries == 0 && cache.usage.bytes == 0)
+    }
+
+    @Test func redisValuesRoundTripBinaryBodiesAndAgeByTheWallClock() throws {
+        var body = ByteBuffer()
+        body.writeBytes([0, 0xFF, 0xC3, 0x28, 10, 13])
+        let storedAt = NIODeadline.now() - .seconds(3)
+        let entry = CachedResponse(
+            head: HTTPResponseHead(version: .http1_1, status: .notFound, headers: ["content-length": "6", "x-a": "é"]),
+            body: body,
+            freshness: CachePolicy.Freshness(lifetime: 60, initialAge: 2, staleWhileRevalidate: 5, staleIfError: 7, vary: ["accept"]),
+            storedAt: storedAt
+        )
+        let wall = Date(timeIntervalSince1970: 1_800_000_000)
+        let value = SharedCacheStore.encode(entry, wallClock: wall)
+        // Another instance, ten seconds later by the wall clock.
+        let later = NIODeadline.now()
+        let decoded = try #require(SharedCacheStore.decode(base64: Array(value.utf8), wallClock: wall + 10, now: later))
+        #expect(decoded.head.status == .notFound)
+        #expect(decoded.head.headers["x-a"] == ["é"])
+        #expect(decoded.body == body)
+        #expect(decoded.freshness == entry.freshness)
+        let age = decoded.age(now: later)
+        #expect(age >= 14 && age <= 16)
+        #expect(SharedCacheStore.decode(base64: Array("bm9wZQ==".utf8)) == nil)
+        #expect(SharedCacheStore.decode(base64: Array(value.dropLast(8).utf8)) == nil)
     }
 }

@@ -126,3 +126,90 @@ def test_purge_by_prefix(cached, upstream):
     assert get(cached, f"/api/cacheable?{PUBLIC}&p=1").headers["x-cache"] == "MISS"
     # Purge is an admin-listener endpoint only.
     assert httpx.post(cached.url("/cache/purge", listener="plain")).status_code != 200
+
+
+class RedisServer:
+    def __init__(self):
+        import socket
+        import subprocess
+        import time
+        from conftest import free_port
+        self.port = free_port()
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def cli(self, *args):
+        import subprocess
+        return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True).stdout
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def redis_server():
+    r = RedisServer()
+    yield r
+    r.stop()
+
+
+SHARED_ROUTE = CACHE_ROUTE.replace("{ max_object_bytes: 4KiB }", "{ max_object_bytes: 4KiB, store: redis }")
+
+
+def shared_pair(gateway_factory, upstream, redis_port):
+    top = f"redis: {{ url: redis://127.0.0.1:{redis_port}, timeout: 500ms }}\n"
+    return [gateway_factory(upstream.port, extra_routes=SHARED_ROUTE, top_extra=top) for _ in range(2)]
+
+
+def wait_for(predicate, what, seconds=10):
+    import time
+    deadline = time.time() + seconds
+    while not predicate():
+        assert time.time() < deadline, what
+        time.sleep(0.05)
+
+
+def test_entries_in_redis_are_shared_by_instances(gateway_factory, upstream, redis_server):
+    a, b = shared_pair(gateway_factory, upstream, redis_server.port)
+    path = f"/api/cacheable?{PUBLIC}&vary=accept-language&body=bin"
+    # Redis connections come up in the background: until then a lookup is a miss.
+    wait_for(lambda: get(a, "/api/cacheable?cc=no-store").status_code == 200, "gateway a up")
+    first = get(a, path, headers={"accept-language": "en"})
+    assert first.headers["x-cache"] == "MISS"
+    wait_for(lambda: redis_server.cli("--scan", "--pattern", "gwcache:cached:*").count("\n") >= 2, "entry in redis")
+    before = upstream.stats()["requests"]
+    other = get(b, path, headers={"accept-language": "en"})
+    assert other.headers["x-cache"] == "HIT"
+    assert other.json() == first.json()
+    assert other.headers["content-length"] == str(len(other.content))
+    # Keys hold NUL-separated Vary parts: read the TTL inside Redis rather than through redis-cli's quoting.
+    script = "return redis.call('pttl', redis.call('keys', ARGV[1])[1])"
+    ttl = int(redis_server.cli("eval", script, "0", "gwcache:cached:GET*").strip())
+    assert 0 < ttl <= 60_000
+    # Another variant is its own entry on both.
+    assert get(b, path, headers={"accept-language": "fr"}).headers["x-cache"] == "MISS"
+    assert upstream.stats()["requests"] == before + 1
+    # Purge reaches Redis too.
+    assert httpx.post(b.url("/cache/purge?prefix=/api/cacheable", listener="admin")).status_code == 200
+    wait_for(lambda: redis_server.cli("--scan", "--pattern", "gwcache:*").strip() == "", "redis purged")
+    assert get(a, path, headers={"accept-language": "fr"}).headers["x-cache"] == "MISS"
+
+
+def test_redis_down_means_misses_never_errors(gateway_factory, upstream, redis_server):
+    a, = shared_pair(gateway_factory, upstream, redis_server.port)[:1]
+    redis_server.stop()
+    answers = [get(a, f"/api/cacheable?{PUBLIC}&down=1") for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 200]
+    # The first fetch fills the in-process LRU even without Redis.
+    assert [r.headers["x-cache"] for r in answers] == ["MISS", "HIT", "HIT"]
+    fresh = [get(a, f"/api/cacheable?{PUBLIC}&down={i}") for i in range(2, 6)]
+    assert all(r.status_code == 200 and r.headers["x-cache"] == "MISS" for r in fresh)

@@ -37,13 +37,29 @@ final class ResponseCache: Sendable {
     let config: RouteCacheConfig
     let route: String
     let metrics: GatewayMetrics?
+    /// Redis behind the LRU (`store: redis`).
+    let shared: SharedCacheStore?
     private let state: Mutex<State>
 
-    init(config: RouteCacheConfig, route: String, metrics: GatewayMetrics? = nil) {
+    init(config: RouteCacheConfig, route: String, metrics: GatewayMetrics? = nil, shared: SharedCacheStore? = nil) {
         self.config = config
         self.route = route
         self.metrics = metrics
+        self.shared = shared
         self.state = Mutex(State(budget: config.memoryBytes))
+    }
+
+    /// With `store: redis`, entries also go to the `redis.url` server (no event loop group: a
+    /// `gateway validate` run, which opens no connection).
+    convenience init(
+        config: RouteCacheConfig, route: String, metrics: GatewayMetrics?, redis: RedisConfig, group: EventLoopGroup?,
+        stores: ResponseCacheStores
+    ) {
+        var shared: SharedCacheStore? = nil
+        if config.store == .redis, let endpoint = redis.endpoint, let group {
+            shared = SharedCacheStore(pool: stores.pool(endpoint: endpoint, group: group), timeout: .init(redis.timeout), route: route)
+        }
+        self.init(config: config, route: route, metrics: metrics, shared: shared)
     }
 
     /// A cacheable request on this route, or nil when the request must bypass the cache.
@@ -79,31 +95,52 @@ final class ResponseCache: Sendable {
         case .hit(let entry, _):
             self.metrics?.cacheRequests.increment([self.route, "hit"])
             self.metrics?.cacheServedBytes.increment([self.route], by: Double(entry.body.readableBytes))
-        case .fill: self.metrics?.cacheRequests.increment([self.route, "miss"])
-        case .wait: break
+        case .fill where self.shared == nil: self.metrics?.cacheRequests.increment([self.route, "miss"])
+        case .fill, .wait: break
         }
         return result
     }
 
+    /// A local miss with `store: redis`: Redis's entry (kept locally too, and given to the
+    /// requests waiting on `fill`), or nil to go upstream.
+    func loadShared(_ fill: CacheFill, from shared: SharedCacheStore, on eventLoop: EventLoop) -> EventLoopFuture<(CachedResponse, Int)?> {
+        shared.load(fill.request, on: eventLoop).map { entry in
+            let now = NIODeadline.now()
+            guard let entry, entry.age(now: now) < entry.freshness.lifetime else {
+                self.metrics?.cacheRequests.increment([self.route, "miss"])
+                return nil
+            }
+            self.metrics?.cacheRequests.increment([self.route, "hit"])
+            self.metrics?.cacheServedBytes.increment([self.route], by: Double(entry.body.readableBytes))
+            fill.adopt(entry)
+            return (entry, entry.age(now: now))
+        }
+    }
+
     /// Stores a complete response (nil: the fetch produced nothing storable) and wakes the
-    /// requests that waited for it.
-    fileprivate func finish(_ fill: CacheFill, storing entry: CachedResponse?) {
+    /// requests that waited for it. `fromUpstream` entries also go to Redis.
+    fileprivate func finish(_ fill: CacheFill, storing entry: CachedResponse?, fromUpstream: Bool) {
+        var key = fill.request.baseKey
         let waiters: [EventLoopPromise<Void>] = self.state.withLock { state in
             if let entry {
                 state.varyNames[fill.request.baseKey] = entry.freshness.vary.isEmpty ? nil : entry.freshness.vary
-                let key = fill.request.baseKey + CachePolicy.varyPart(entry.freshness.vary, request: fill.request.headers)
+                key += CachePolicy.varyPart(entry.freshness.vary, request: fill.request.headers)
                 state.put(key, entry)
             }
             guard fill.leader else { return [] }
             return state.inFlight.removeValue(forKey: fill.request.baseKey) ?? []
         }
-        if entry != nil { self.metrics?.cacheStores.increment([self.route]) }
+        if let entry, fromUpstream {
+            self.metrics?.cacheStores.increment([self.route])
+            self.shared?.store(entry, baseKey: fill.request.baseKey, key: key)
+        }
         for waiter in waiters { waiter.succeed() }
     }
 
     /// Drops every entry whose path starts with `prefix`; returns how many went.
     func purge(pathPrefix prefix: String) -> Int {
-        self.state.withLock { state in
+        self.shared?.purge(pathPrefix: prefix)
+        return self.state.withLock { state in
             let doomed = state.index.keys.filter { CachePolicy.path(ofKey: $0).hasPrefix(prefix) }
             for key in doomed { state.remove(key) }
             if prefix == "/" || prefix.isEmpty { state.varyNames.removeAll() }
@@ -217,18 +254,18 @@ final class CacheFill {
         self.leader = leader
     }
 
-    deinit { self.finish(storing: nil) }
+    deinit { self.finish(storing: nil, fromUpstream: false) }
 
     func responseHead(_ head: HTTPResponseHead, requestMethod: HTTPMethod) {
         guard !self.done else { return }
         guard let freshness = CachePolicy.freshness(status: head.status.code, headers: head.headers) else {
-            self.finish(storing: nil)
+            self.finish(storing: nil, fromUpstream: false)
             return
         }
         if let length = head.headers.first(name: "content-length").flatMap(Int.init),
             requestMethod != .HEAD, length > self.request.cache.config.maxObjectBytes
         {
-            self.finish(storing: nil)
+            self.finish(storing: nil, fromUpstream: false)
             return
         }
         self.head = head
@@ -238,7 +275,7 @@ final class CacheFill {
     func responseBody(_ part: ByteBuffer) {
         guard !self.done, self.head != nil else { return }
         if (self.body?.readableBytes ?? 0) + part.readableBytes > self.request.cache.config.maxObjectBytes {
-            self.finish(storing: nil)
+            self.finish(storing: nil, fromUpstream: false)
             return
         }
         if self.body == nil {
@@ -251,7 +288,7 @@ final class CacheFill {
 
     func responseEnd(requestMethod: HTTPMethod) {
         guard !self.done, var head = self.head, let freshness = self.freshness else {
-            self.finish(storing: nil)
+            self.finish(storing: nil, fromUpstream: false)
             return
         }
         let body = self.body ?? ByteBuffer()
@@ -260,17 +297,20 @@ final class CacheFill {
             head.headers.remove(name: "transfer-encoding")
             head.headers.replaceOrAdd(name: "content-length", value: String(body.readableBytes))
         }
-        self.finish(storing: CachedResponse(head: head, body: body, freshness: freshness, storedAt: .now()))
+        self.finish(storing: CachedResponse(head: head, body: body, freshness: freshness, storedAt: .now()), fromUpstream: true)
     }
 
-    /// The fetch failed or was cut short: nothing is stored, waiters are released.
-    func abandon() { self.finish(storing: nil) }
+    /// The entry came from Redis: kept locally and handed to the waiters, not written back.
+    func adopt(_ entry: CachedResponse) { self.finish(storing: entry, fromUpstream: false) }
 
-    private func finish(storing entry: CachedResponse?) {
+    /// The fetch failed or was cut short: nothing is stored, waiters are released.
+    func abandon() { self.finish(storing: nil, fromUpstream: false) }
+
+    private func finish(storing entry: CachedResponse?, fromUpstream: Bool) {
         guard !self.done else { return }
         self.done = true
         self.head = nil
         self.body = nil
-        self.request.cache.finish(self, storing: entry)
+        self.request.cache.finish(self, storing: entry, fromUpstream: fromUpstream)
     }
 }

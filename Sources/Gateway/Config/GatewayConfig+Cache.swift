@@ -10,18 +10,26 @@ public struct RouteCacheConfig: Sendable, Equatable {
         case claimSub = "claim:sub"
     }
 
+    /// Where entries live besides the in-process LRU.
+    public enum Store: String, Sendable, Equatable, CaseIterable {
+        case memory
+        /// Also in the `redis.url` server, shared by every gateway instance using it.
+        case redis
+    }
+
     /// A response bigger than this is passed through and not stored.
     public var maxObjectBytes: Int = 1024 * 1024
     /// Budget of the in-process LRU (bodies and heads) for this route.
     public var memoryBytes: Int = 64 * 1024 * 1024
     public var keyBy: KeyBy = .shared
+    public var store: Store = .memory
 
     public init() {}
 }
 
 extension GatewayConfig {
     static func decodeRouteCache(_ node: Node, at path: String, reader r: ConfigReader) -> RouteCacheConfig? {
-        guard let m = r.mapping(node, at: path, keys: ["max_object_bytes", "memory_bytes", "key_by"]) else { return nil }
+        guard let m = r.mapping(node, at: path, keys: ["max_object_bytes", "memory_bytes", "key_by", "store"]) else { return nil }
         var config = RouteCacheConfig()
         if let node = m["max_object_bytes"], let size = r.size(node, at: m.path("max_object_bytes"), minimum: 1) {
             config.maxObjectBytes = size
@@ -32,9 +40,19 @@ extension GatewayConfig {
         if let node = m["key_by"], let keyBy: RouteCacheConfig.KeyBy = r.choice(node, at: m.path("key_by")) {
             config.keyBy = keyBy
         }
+        if let node = m["store"], let store: RouteCacheConfig.Store = r.choice(node, at: m.path("store")) {
+            config.store = store
+        }
         if config.maxObjectBytes > config.memoryBytes {
             r.fail(m.path("max_object_bytes"), "must not exceed memory_bytes (\(config.memoryBytes) bytes)")
         }
         return config
+    }
+
+    /// `store: redis` needs a server to talk to.
+    static func checkRouteCaches(_ routes: [RouteConfig], redis: RedisConfig, reader r: ConfigReader) {
+        for (index, route) in routes.enumerated() where route.cache?.store == .redis && redis.endpoint == nil {
+            r.fail("routes[\(index)].cache.store", "redis needs redis.url")
+        }
     }
 }

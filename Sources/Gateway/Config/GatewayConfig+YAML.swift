@@ -37,6 +37,7 @@ extension GatewayConfig {
             decodeRoutes($0, upstreamNames: upstreamNames, policyNames: policyNames,
                          hasJWT: m["jwt"] != nil, reader: r)
         } ?? []
+        checkRouteCaches(routes, redis: redis, reader: r)
 
         var log = LogConfig.defaults
         if let node = m["log"], let lm = r.mapping(node, at: "log", keys: ["access"]) {

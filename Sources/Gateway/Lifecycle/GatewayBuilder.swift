@@ -63,7 +63,7 @@ public enum GatewayBuilder {
                 methods: route.match.methods, upstreamName: route.upstream, order: index,
                 auth: route.auth, requiredClaims: claims, cors: route.cors ? cors : nil,
                 rateLimits: route.rateLimitPolicyIndices.map { policies[$0] },
-                cache: route.cache.map { ResponseCache(config: $0, route: route.name, metrics: metrics) }
+                cache: route.cache.map { ResponseCache(config: $0, route: route.name, metrics: metrics, redis: config.redis, group: group, stores: status.responseCacheStores) }
             )
         }
         let traffic = TrafficSettings(

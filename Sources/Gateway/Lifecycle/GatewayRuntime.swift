@@ -88,6 +88,7 @@ final class ServerStatus: Sendable {
     let startedAt = ContinuousClock.now
     /// Rate-limit counts and Redis connections survive reloads.
     let rateLimitStores = RateLimitStores()
+    let responseCacheStores = ResponseCacheStores()
 }
 
 /// The current runtime snapshot. Each request reads it once when it starts, so a reload swaps

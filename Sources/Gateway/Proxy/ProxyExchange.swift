@@ -365,7 +365,11 @@ final class ProxyExchange: UpstreamConnectionOwner {
             self.serveCached(entry, age: age)
         case .fill(let fill):
             self.cacheFill = fill
-            self.startUpstream()
+            guard let shared = cache.cache.shared else { return self.startUpstream() }
+            cache.cache.loadShared(fill, from: shared, on: self.eventLoop).assumeIsolated().whenSuccess { found in
+                guard case .connecting = self.state else { return }
+                if let (entry, age) = found { self.serveCached(entry, age: age) } else { self.startUpstream() }
+            }
         case .wait(let ready):
             ready.assumeIsolated().whenComplete { _ in
                 guard case .connecting = self.state else { return }
