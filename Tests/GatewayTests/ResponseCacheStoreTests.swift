@@ -175,4 +175,39 @@ struct ResponseCacheStoreTests {
         #expect(SharedCacheStore.decode(base64: Array("bm9wZQ==".utf8)) == nil)
         #expect(SharedCacheStore.decode(base64: Array(value.dropLast(8).utf8)) == nil)
     }
+
+    @Test func staleWhileRevalidateServesTheOldEntryWithOneRefresh() throws {
+        let cache = cache()
+        let r = request(cache, "/s")
+        fill(try #require(expectFill(cache.lookup(r, coalesce: true, on: loop))), body: "old",
+             fields: [("cache-control", "max-age=10, stale-while-revalidate=20")])
+        let later = NIODeadline.now() + .seconds(15)
+        guard case .stale(let entry, let age, let refresh?) = cache.lookup(r, coalesce: true, on: loop, now: later) else {
+            Issue.record("expected stale with a refresh")
+            return
+        }
+        #expect(String(buffer: entry.body) == "old" && age >= 16)
+        // While the refresh runs, others get the stale entry without a second refresh.
+        guard case .stale(_, _, nil) = cache.lookup(r, coalesce: true, on: loop, now: later) else {
+            Issue.record("expected stale without a refresh")
+            return
+        }
+        fill(refresh, body: "new", fields: [("cache-control", "max-age=10, stale-while-revalidate=20")])
+        #expect(try String(buffer: #require(expectHit(cache.lookup(r, coalesce: true, on: loop))).0.body) == "new")
+        // Past both windows it is a plain miss.
+        _ = expectFill(cache.lookup(r, coalesce: true, on: loop, now: .now() + .seconds(31)))
+    }
+
+    @Test func staleIfErrorHandsTheExpiredEntryToTheFetch() throws {
+        let cache = cache()
+        let r = request(cache, "/e")
+        fill(try #require(expectFill(cache.lookup(r, coalesce: true, on: loop))), body: "kept",
+             fields: [("cache-control", "max-age=10, stale-if-error=60")])
+        let refetch = try #require(expectFill(cache.lookup(r, coalesce: true, on: loop, now: .now() + .seconds(30))))
+        let fallback = try #require(refetch.takeStaleFallback())
+        #expect(String(buffer: fallback.body) == "kept")
+        #expect(refetch.takeStaleFallback() == nil)
+        let tooLate = try #require(expectFill(cache.lookup(r, coalesce: true, on: loop, now: .now() + .seconds(71))))
+        #expect(tooLate.staleFallback == nil)
+    }
 }

@@ -213,3 +213,40 @@ def test_redis_down_means_misses_never_errors(gateway_factory, upstream, redis_s
     assert [r.headers["x-cache"] for r in answers] == ["MISS", "HIT", "HIT"]
     fresh = [get(a, f"/api/cacheable?{PUBLIC}&down={i}") for i in range(2, 6)]
     assert all(r.status_code == 200 and r.headers["x-cache"] == "MISS" for r in fresh)
+
+
+def test_stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(cached, upstream):
+    path = "/api/cacheable?cc=max-age=1,stale-while-revalidate=30&swr=1"
+    first = get(cached, path)
+    assert first.headers["x-cache"] == "MISS"
+    before = upstream.stats()["requests"]
+    stale = None
+
+    def saw_stale():
+        nonlocal stale
+        stale = get(cached, path)
+        return stale.headers["x-cache"] == "STALE"
+    wait_for(saw_stale, "entry never went stale")
+    assert stale.json()["n"] == first.json()["n"]
+    assert int(stale.headers["age"]) >= 1
+    # The refresh lands in the background; then a fresh copy answers.
+    wait_for(lambda: get(cached, path).json()["n"] != first.json()["n"], "never refreshed")
+    fresh = get(cached, path)
+    assert fresh.headers["x-cache"] == "HIT"
+    assert upstream.stats()["requests"] == before + 1
+
+
+def test_stale_if_error_answers_when_the_upstream_is_gone(cached, upstream):
+    path = "/api/cacheable?cc=max-age=1,stale-if-error=60&sie=1"
+    first = get(cached, path)
+    assert first.headers["x-cache"] == "MISS"
+    assert get(cached, f"/api/cacheable?cc=max-age=1&sie=0").headers["x-cache"] == "MISS"
+    upstream.stop()
+    import time
+    time.sleep(1.2)
+    answer = get(cached, path)
+    assert answer.status_code == 200
+    assert answer.headers["x-cache"] == "STALE"
+    assert answer.json() == first.json()
+    # Without stale-if-error the expired entry is not used: the gateway's own error.
+    assert get(cached, "/api/cacheable?cc=max-age=1&sie=0").status_code in (502, 503)

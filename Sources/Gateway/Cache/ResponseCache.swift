@@ -25,6 +25,9 @@ struct CachedResponse: Sendable {
 enum CacheLookup {
     /// Fresh: serve it.
     case hit(CachedResponse, age: Int)
+    /// Past its lifetime but within `stale-while-revalidate`: serve it, and when `refresh` is
+    /// set, fetch a fresh copy in the background through it.
+    case stale(CachedResponse, age: Int, refresh: CacheFill?)
     /// This request fetches from the upstream and fills the entry for everyone (`CacheFill`).
     case fill(CacheFill)
     /// Another request of this instance is fetching the same key: wait for it, then look again.
@@ -79,9 +82,18 @@ final class ResponseCache: Sendable {
         let result: CacheLookup = self.state.withLock { state in
             let vary = state.varyNames[request.baseKey] ?? []
             let key = request.baseKey + CachePolicy.varyPart(vary, request: request.headers)
+            var fallback: CachedResponse? = nil
             if let entry = state.get(key) {
                 let age = entry.age(now: now)
-                if age < entry.freshness.lifetime { return .hit(entry, age: age) }
+                let lifetime = entry.freshness.lifetime
+                if age < lifetime { return .hit(entry, age: age) }
+                if age < lifetime + entry.freshness.staleWhileRevalidate {
+                    // One background refresh per key at a time.
+                    guard state.inFlight[request.baseKey] == nil else { return .stale(entry, age: age, refresh: nil) }
+                    state.inFlight[request.baseKey] = []
+                    return .stale(entry, age: age, refresh: CacheFill(request: request, leader: true))
+                }
+                if age < lifetime + entry.freshness.staleIfError { fallback = entry }
             }
             if coalesce, state.inFlight[request.baseKey] != nil {
                 let promise = eventLoop.makePromise(of: Void.self)
@@ -89,11 +101,16 @@ final class ResponseCache: Sendable {
                 return .wait(promise.futureResult)
             }
             if coalesce { state.inFlight[request.baseKey] = [] }
-            return .fill(CacheFill(request: request, leader: coalesce))
+            let fill = CacheFill(request: request, leader: coalesce)
+            fill.staleFallback = fallback
+            return .fill(fill)
         }
         switch result {
         case .hit(let entry, _):
             self.metrics?.cacheRequests.increment([self.route, "hit"])
+            self.metrics?.cacheServedBytes.increment([self.route], by: Double(entry.body.readableBytes))
+        case .stale(let entry, _, _):
+            self.metrics?.cacheRequests.increment([self.route, "stale"])
             self.metrics?.cacheServedBytes.increment([self.route], by: Double(entry.body.readableBytes))
         case .fill where self.shared == nil: self.metrics?.cacheRequests.increment([self.route, "miss"])
         case .fill, .wait: break
@@ -107,6 +124,9 @@ final class ResponseCache: Sendable {
         shared.load(fill.request, on: eventLoop).map { entry in
             let now = NIODeadline.now()
             guard let entry, entry.age(now: now) < entry.freshness.lifetime else {
+                if let entry, entry.age(now: now) < entry.freshness.lifetime + entry.freshness.staleIfError {
+                    fill.staleFallback = fill.staleFallback ?? entry
+                }
                 self.metrics?.cacheRequests.increment([self.route, "miss"])
                 return nil
             }
@@ -244,6 +264,9 @@ final class CacheFill {
     let request: CacheRequest
     /// Whether requests wait for this fetch (a request that already waited once fills alone).
     let leader: Bool
+    /// An expired entry still within `stale-if-error`: the answer when the upstream fails or
+    /// answers 5xx.
+    var staleFallback: CachedResponse?
     private var head: HTTPResponseHead?
     private var freshness: CachePolicy.Freshness?
     private var body: ByteBuffer?
@@ -305,6 +328,14 @@ final class CacheFill {
 
     /// The fetch failed or was cut short: nothing is stored, waiters are released.
     func abandon() { self.finish(storing: nil, fromUpstream: false) }
+
+    /// Takes the `stale-if-error` answer (once) and ends the fill.
+    func takeStaleFallback() -> CachedResponse? {
+        guard let entry = self.staleFallback else { return nil }
+        self.staleFallback = nil
+        self.abandon()
+        return entry
+    }
 
     private func finish(storing entry: CachedResponse?, fromUpstream: Bool) {
         guard !self.done else { return }

@@ -289,6 +289,14 @@ final class ProxyExchange: UpstreamConnectionOwner {
             // Upgrade is hop-by-hop and never forwarded, so the upstream was not asked to switch:
             // relaying the 101 would leave the client on a protocol nobody speaks at this hop.
             self.upstreamFailed(UpstreamProtocolError())
+        case (.awaitingResponse(let connection), .head(let head)) where head.status.code >= 500 && self.cacheFill?.staleFallback != nil:
+            connection.clearDeadline()
+            connection.endpoint.record5xx(
+                threshold: self.cluster.settings.consecutive5xxToEject, base: self.cluster.settings.baseEjectionTime, now: .now()
+            )
+            connection.close()
+            self.pool.release(connection, reusable: false, settings: self.cluster.settings)
+            _ = self.serveStaleOnError()
         case (.awaitingResponse(let connection), .head(let head)):
             connection.clearDeadline()
             self.state = .streamingResponse(connection)
@@ -363,6 +371,9 @@ final class ProxyExchange: UpstreamConnectionOwner {
         switch cache.cache.lookup(cache, coalesce: coalesce, on: self.eventLoop) {
         case .hit(let entry, let age):
             self.serveCached(entry, age: age)
+        case .stale(let entry, let age, let refresh):
+            self.serveCached(entry, age: age, label: "STALE")
+            if let refresh { BackgroundRefresh.start(self.refreshExchange(), fill: refresh) }
         case .fill(let fill):
             self.cacheFill = fill
             guard let shared = cache.cache.shared else { return self.startUpstream() }
@@ -378,7 +389,35 @@ final class ProxyExchange: UpstreamConnectionOwner {
         }
     }
 
-    private func serveCached(_ entry: CachedResponse, age: Int) {
+    /// The same request again, with nobody to answer: its response only fills the cache.
+    private func refreshExchange() -> (BackgroundRefresh) -> ProxyExchange {
+        { responder in
+            ProxyExchange(
+                upstreamHead: self.upstreamHead, requestMethod: self.requestMethod, clientVersion: self.clientVersion,
+                requestID: self.requestID, addHSTS: false, expectsContinue: false, requestHasBody: false,
+                cluster: self.cluster, pool: self.pool, downstream: responder
+            )
+        }
+    }
+
+    /// Starts a background refresh (`BackgroundRefresh`) filling `fill`.
+    fileprivate func startRefresh(_ fill: CacheFill) {
+        self.cacheFill = fill
+        self.startUpstream()
+    }
+
+    /// `stale-if-error`: the upstream failed or answered 5xx; the expired entry answers instead.
+    private func serveStaleOnError() -> Bool {
+        guard let entry = self.cacheFill?.takeStaleFallback() else { return false }
+        self.cacheFill = nil
+        self.state = .finished
+        self.releaseOutstanding()
+        self.pendingBody.removeAll()
+        self.serveCached(entry, age: entry.age(now: .now()), label: "STALE")
+        return true
+    }
+
+    private func serveCached(_ entry: CachedResponse, age: Int, label: String = "HIT") {
         self.state = .finished
         guard let downstream = self.downstream else { return }
         let (rewritten, framing) = HeaderRewriter.clientResponse(
@@ -387,7 +426,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         )
         var head = rewritten
         head.headers.replaceOrAdd(name: "age", value: String(age))
-        head.headers.replaceOrAdd(name: "x-cache", value: "HIT")
+        head.headers.replaceOrAdd(name: "x-cache", value: label)
         downstream.sendResponseHead(for: self, head, framing: framing)
         if self.requestMethod != .HEAD, entry.body.readableBytes > 0 { downstream.sendResponseBody(for: self, entry.body) }
         downstream.sendResponseEnd(for: self)
@@ -461,6 +500,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
     }
 
     private func fail(_ error: GatewayError) {
+        if self.serveStaleOnError() { return }
         self.state = .finished
         self.cacheFill = nil
         self.releaseOutstanding()
@@ -468,6 +508,31 @@ final class ProxyExchange: UpstreamConnectionOwner {
         self.downstream?.sendErrorResponse(for: self, error)
         self.downstream = nil
     }
+}
+
+/// The client side of a `stale-while-revalidate` refresh: nobody reads the response, the
+/// exchange only fills the cache. Holds the exchange until it ends.
+final class BackgroundRefresh: DownstreamResponder {
+    private var exchange: ProxyExchange?
+
+    static func start(_ make: (BackgroundRefresh) -> ProxyExchange, fill: CacheFill) {
+        let responder = BackgroundRefresh()
+        let exchange = make(responder)
+        responder.exchange = exchange
+        exchange.startRefresh(fill)
+    }
+
+    var isWritable: Bool { true }
+    func sendContinue(for exchange: ProxyExchange) {}
+    func sendResponseHead(for exchange: ProxyExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {}
+    func sendResponseBody(for exchange: ProxyExchange, _ body: ByteBuffer) {}
+    func flush(for exchange: ProxyExchange) {}
+    func sendResponseEnd(for exchange: ProxyExchange) {}
+    func sendErrorResponse(for exchange: ProxyExchange, _ error: GatewayError) { self.exchange = nil }
+    func pauseRequestBody(for exchange: ProxyExchange) {}
+    func resumeRequestBody(for exchange: ProxyExchange) {}
+    func abortResponse(for exchange: ProxyExchange) { self.exchange = nil }
+    func exchangeFinished(for exchange: ProxyExchange) { self.exchange = nil }
 }
 
 /// The upstream sent response parts in an order HTTP/1.1 does not allow.
