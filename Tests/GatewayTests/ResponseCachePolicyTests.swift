@@ -88,9 +88,11 @@ struct ResponseCachePolicyTests {
             upstream: u
 
         """
-        let config = try fixture.parse(base + "    cache: { max_object_bytes: 2KiB, key_by: claim:sub }\n")
+        let config = try fixture.parse(base + "    cache: { max_object_bytes: 2KiB }\n")
         #expect(config.routes[0].cache?.maxObjectBytes == 2048)
-        #expect(config.routes[0].cache?.keyBy == .claimSub)
+        #expect(config.routes[0].cache?.keyBy == .shared)
+        #expect(fixture.errors(base + "    cache: { key_by: claim:sub }\n")
+            .contains("routes[0].cache.key_by: claim:sub needs auth: optional or required on the route"))
         #expect(try fixture.parse(base).routes[0].cache == nil)
         let errors = fixture.errors(base + "    cache: { max_objekt_bytes: 1KiB, key_by: sub, memory_bytes: 1KiB, max_object_bytes: 2KiB }\n")
         #expect(errors.contains("routes[0].cache.max_objekt_bytes: unknown key (did you mean 'max_object_bytes'?)"))

@@ -250,3 +250,27 @@ def test_stale_if_error_answers_when_the_upstream_is_gone(cached, upstream):
     assert answer.json() == first.json()
     # Without stale-if-error the expired entry is not used: the gateway's own error.
     assert get(cached, "/api/cacheable?cc=max-age=1&sie=0").status_code in (502, 503)
+
+
+def test_key_by_subject_keeps_one_entry_per_user(gateway_factory, upstream):
+    import time
+
+    import jwt
+    secret = "cache-test-secret-of-thirty-two-bytes!!"
+    top = (f"jwt:\n  issuer: i\n  audiences: [a]\n  keys:\n    - {{ kid: k, algorithm: HS256, secret: \"{secret}\" }}\n")
+    route = CACHE_ROUTE.replace("{ max_object_bytes: 4KiB }", "{ key_by: claim:sub }") + "    auth: required\n"
+    gw = gateway_factory(upstream.port, top_extra=top, extra_routes=route)
+
+    def bearer(sub):
+        now = int(time.time())
+        token = jwt.encode({"iss": "i", "aud": "a", "sub": sub, "iat": now, "exp": now + 600}, secret,
+                           algorithm="HS256", headers={"kid": "k"})
+        return {"authorization": f"Bearer {token}"}
+    path = f"/api/cacheable?{PUBLIC}&mine=1"
+    alice = get(gw, path, headers=bearer("alice"))
+    bob = get(gw, path, headers=bearer("bob"))
+    assert (alice.headers["x-cache"], bob.headers["x-cache"]) == ("MISS", "MISS")
+    assert alice.json()["n"] != bob.json()["n"]
+    again = get(gw, path, headers=bearer("alice"))
+    assert (again.headers["x-cache"], again.json()) == ("HIT", alice.json())
+    assert get(gw, path).status_code == 401

@@ -49,10 +49,16 @@ extension GatewayConfig {
         return config
     }
 
-    /// `store: redis` needs a server to talk to.
+    /// `store: redis` needs a server to talk to; `key_by: claim:sub` a verified token.
     static func checkRouteCaches(_ routes: [RouteConfig], redis: RedisConfig, reader r: ConfigReader) {
-        for (index, route) in routes.enumerated() where route.cache?.store == .redis && redis.endpoint == nil {
-            r.fail("routes[\(index)].cache.store", "redis needs redis.url")
+        for (index, route) in routes.enumerated() {
+            guard let cache = route.cache else { continue }
+            if cache.store == .redis, redis.endpoint == nil {
+                r.fail("routes[\(index)].cache.store", "redis needs redis.url")
+            }
+            if cache.keyBy == .claimSub, route.auth == .none {
+                r.fail("routes[\(index)].cache.key_by", "claim:sub needs auth: optional or required on the route")
+            }
         }
     }
 }
