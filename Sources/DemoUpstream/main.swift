@@ -198,6 +198,20 @@ final class DemoHandler: ChannelInboundHandler {
                 context: context, status: .ok, json: #"{"vary":true}"#,
                 extraHeaders: [("vary", "Accept-Encoding"), ("access-control-allow-origin", "*")]
             )
+        case (_, let cacheable) where cacheable.hasPrefix("/api/cacheable"):
+            // Caching fields on demand (cc, vary, cookie=1, code), a body naming the request's
+            // number so a test tells a stored answer from a fresh one.
+            var fields: [(String, String)] = []
+            if let cc = params["cc"]?.removingPercentEncoding { fields.append(("cache-control", cc)) }
+            if let vary = params["vary"] { fields.append(("vary", vary)) }
+            if params["cookie"] == "1" { fields.append(("set-cookie", "session=abc; Path=/")) }
+            let varied = params["vary"].flatMap { head.headers.first(name: $0) } ?? ""
+            let number = self.stats.requests.load(ordering: .relaxed)
+            self.send(
+                context: context, status: HTTPResponseStatus(statusCode: Int(params["code"] ?? "") ?? 200),
+                json: #"{"n":\#(number),"varied":"\#(escape(varied))","pad":"\#(String(repeating: "p", count: Int(params["pad"] ?? "") ?? 0))"}"#,
+                head: head.method == .HEAD, extraHeaders: fields
+            )
         case (_, "/api/status"):
             let code = Int(params["code"] ?? "") ?? 200
             self.send(context: context, status: HTTPResponseStatus(statusCode: code), json: #"{"status":\#(code)}"#)

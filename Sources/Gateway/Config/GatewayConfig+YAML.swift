@@ -38,6 +38,7 @@ extension GatewayConfig {
                          hasJWT: m["jwt"] != nil, jwtNode: m["jwt"], reader: r)
         } ?? []
         checkSplitClaims(routes, jwt: jwt, reader: r)
+        checkRouteCaches(routes, redis: redis, reader: r)
 
         var log = LogConfig.defaults
         if let node = m["log"], let lm = r.mapping(node, at: "log", keys: ["access", "level", "format"]) {
@@ -634,7 +635,7 @@ extension GatewayConfig {
         for (index, item) in items.enumerated() {
             let path = "routes[\(index)]"
             guard let m = r.mapping(item, at: path, keys: ["name", "match", "upstream", "auth", "require_claims",
-                                                           "rate_limits", "cors"] + identityRouteKeys + realtimeRouteKeys)
+                                                           "rate_limits", "cors", "cache"] + identityRouteKeys + realtimeRouteKeys)
             else { continue }
             let name = r.required(m, "name").flatMap { r.name($0, at: m.path("name")) }
             if let name { names.append((name, m.path("name"))) }
@@ -691,7 +692,8 @@ extension GatewayConfig {
                 routes.append(RouteConfig(name: name, match: match, upstream: upstream, upstreamIndex: upstreamIndex,
                                           auth: auth, requireClaims: claims, rateLimits: policies,
                                           rateLimitPolicyIndices: policyIndices, cors: cors, identity: identity,
-                                          split: split, realtime: realtime))
+                                          split: split, realtime: realtime,
+                                          cache: m["cache"].flatMap { decodeRouteCache($0, at: m.path("cache"), reader: r) }))
             }
         }
         r.reportDuplicates(names) { "route name '\($0)'" }

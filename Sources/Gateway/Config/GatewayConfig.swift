@@ -391,6 +391,7 @@ public struct RouteConfig: Sendable, Equatable {
     public var identity = RouteIdentityConfig()
     public var split: RouteSplitConfig? = nil
     public var realtime: RouteRealtimeConfig = .defaults
+    public var cache: RouteCacheConfig? = nil
 }
 
 public struct RouteMatch: Sendable, Equatable {

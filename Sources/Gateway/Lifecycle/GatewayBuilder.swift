@@ -68,7 +68,8 @@ public enum GatewayBuilder {
                     TrafficSplit(routeName: route.name, config: $0, forwardClaims: config.jwt?.forwardClaims ?? [],
                                  chosen: metrics?.splitRequests)
                 },
-                realtime: route.realtime, identity: route.identity
+                realtime: route.realtime, identity: route.identity,
+                cache: route.cache.map { ResponseCache(config: $0, route: route.name, metrics: metrics, redis: config.redis, group: group, stores: status.responseCacheStores) }
             )
         }
         var traffic = TrafficSettings(

@@ -93,6 +93,7 @@ final class ServerStatus: Sendable {
     let rateLimitStores = RateLimitStores()
     /// Rollout and manual-failover state (`/health/fail`, endpoint drains, SIGTERM).
     let operations = OperationsState()
+    let responseCacheStores = ResponseCacheStores()
 }
 
 /// The current runtime snapshot. Each request reads it once when it starts, so a reload swaps

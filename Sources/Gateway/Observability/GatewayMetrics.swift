@@ -125,6 +125,9 @@ final class GatewayMetrics: Sendable {
     let tunnelBytes = LabeledCounter(labelNames: ["route", "direction"])
     /// notAfter of each served certificate, as a Unix time (set at start-up and on reload).
     let tlsCertificateExpiry = LabeledCounter(labelNames: ["listener", "name"])
+    let cacheRequests = LabeledCounter(labelNames: ["route", "result"])
+    let cacheStores = LabeledCounter(labelNames: ["route"])
+    let cacheServedBytes = LabeledCounter(labelNames: ["route"])
 
     /// Methods outside this set are reported as `OTHER`, so a client cannot mint label values.
     static let knownMethods: Set<String> = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -220,6 +223,9 @@ final class GatewayMetrics: Sendable {
         counter("gateway_split_requests_total", "Requests of split routes, by the upstream the split chose.", self.splitRequests)
         counter("gateway_tunnels_active", "Open WebSocket tunnels.", self.tunnelsActive, type: "gauge")
         counter("gateway_tunnel_bytes_total", "Bytes relayed by ended tunnels (in: client to upstream).", self.tunnelBytes)
+        counter("gateway_cache_requests_total", "Response-cache lookups by route and result (hit, miss, stale).", self.cacheRequests)
+        counter("gateway_cache_stores_total", "Responses stored in the response cache.", self.cacheStores)
+        counter("gateway_cache_served_bytes_total", "Body bytes answered from the response cache.", self.cacheServedBytes)
         counter("gateway_access_log_dropped_total", "Access log lines dropped because the writer fell behind.", self.accessLogDropped)
         counter("gateway_tls_certificate_expiry_seconds", "Certificate notAfter as a Unix time, by listener and certificate name.", self.tlsCertificateExpiry, type: "gauge")
         out += ProcessMetrics.render()

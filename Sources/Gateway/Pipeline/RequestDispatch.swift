@@ -121,6 +121,8 @@ struct RequestDispatch {
                 let list = errors.errors.map { "\"" + JSON.escaped($0.description) + "\"" }.joined(separator: ",")
                 return .json(.badRequest, "{\"result\":\"invalid\",\"errors\":[\(list)]}", allocator: allocator)
             }
+        case (.POST, let uri) where uri.hasPrefix("/cache/purge"):
+            return ResponseCache.purgeResponse(uri: uri, runtime: services.runtime, allocator: allocator)
         default:
             return SplitAdmin.response(head, runtime: services.runtime, allocator: allocator)
                 ?? AdminOperations.response(head, runtime: services.runtime, allocator: allocator)
@@ -163,7 +165,9 @@ struct RequestDispatch {
                 requestID: requestID, addHSTS: services.listener.isTLS, responseAdditions: additions,
                 rateLimit: plan.rateLimit, deferredError: plan.deferredError,
                 expectsContinue: expectsContinue, requestHasBody: framing.hasBody, cluster: cluster,
-                pool: services.loop.pool, downstream: downstream, trace: trace
+                pool: services.loop.pool, downstream: downstream, trace: trace,
+                cache: plan.route.cache?.request(method: head.method, host: host, uri: head.uri, headers: head.headers,
+                                                 hasBody: framing.hasBody, subject: plan.subject)
             )
             exchange.webSocket = webSocket
             exchange.streamIdle = .init(plan.route.realtime.streamIdle)

@@ -94,6 +94,9 @@ final class ProxyExchange: UpstreamConnectionOwner {
     var streamingRoute = false
     private var streamWatch: StreamIdleWatch?
     private var acceptedSwitch: HTTPResponseHead?
+    /// Set on a cache route's cacheable request; `cacheFill` while this exchange fills the entry.
+    private let cache: CacheRequest?
+    private var cacheFill: CacheFill?
 
     init(
         upstreamHead: HTTPRequestHead,
@@ -109,9 +112,11 @@ final class ProxyExchange: UpstreamConnectionOwner {
         cluster: UpstreamCluster,
         pool: UpstreamConnectionPool,
         downstream: DownstreamResponder,
-        trace: TraceContext? = nil
+        trace: TraceContext? = nil,
+        cache: CacheRequest? = nil
     ) {
         self.trace = trace
+        self.cache = cache
         self.upstreamHead = upstreamHead
         self.requestMethod = requestMethod
         self.clientVersion = clientVersion
@@ -162,7 +167,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             self.fail(error)
         } else {
             self.responseAdditions.extraHeaders.append(contentsOf: rateLimitFields)
-            self.startUpstream()
+            if let cache = self.cache { self.consultCache(cache, coalesce: true) } else { self.startUpstream() }
         }
     }
 
@@ -319,6 +324,14 @@ final class ProxyExchange: UpstreamConnectionOwner {
             // relaying the 101 would leave the client on a protocol nobody speaks at this hop.
             self.upstreamStatus = Int(head.status.code)
             self.upstreamFailed(UpstreamProtocolError())
+        case (.awaitingResponse(let connection), .head(let head)) where head.status.code >= 500 && self.cacheFill?.staleFallback != nil:
+            connection.clearDeadline()
+            connection.endpoint.record5xx(
+                threshold: self.cluster.settings.consecutive5xxToEject, base: self.cluster.settings.baseEjectionTime, now: .now()
+            )
+            connection.close()
+            self.pool.release(connection, reusable: false, settings: self.cluster.settings)
+            _ = self.serveStaleOnError()
         case (.awaitingResponse(let connection), .head(let head)):
             connection.clearDeadline()
             self.state = .streamingResponse(connection)
@@ -335,7 +348,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             self.source = .upstream
             self.upstreamStatus = Int(head.status.code)
             connection.endpoint.stats.response(status: Int(head.status.code), seconds: self.upstreamSeconds)
-            let (clientHead, framing) = HeaderRewriter.clientResponse(
+            let (rewrittenHead, framing) = HeaderRewriter.clientResponse(
                 head,
                 requestMethod: self.requestMethod,
                 clientVersion: self.clientVersion,
@@ -343,6 +356,11 @@ final class ProxyExchange: UpstreamConnectionOwner {
                 addHSTS: self.addHSTS,
                 additions: self.responseAdditions
             )
+            var clientHead = rewrittenHead
+            if let fill = self.cacheFill {
+                fill.responseHead(head, requestMethod: self.requestMethod)
+                clientHead.headers.replaceOrAdd(name: "x-cache", value: "MISS")
+            }
             self.downstream?.sendResponseHead(for: self, clientHead, framing: framing)
             if self.streamingRoute || head.headers.first(name: "content-type")?.hasPrefix("text/event-stream") == true {
                 self.streamWatch = StreamIdleWatch(loop: self.eventLoop, idle: self.streamIdle) { [weak self] in
@@ -350,6 +368,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
                 }
             }
         case (.streamingResponse(let connection), .body(let body)):
+            self.cacheFill?.responseBody(body)
             guard let downstream = self.downstream else { return }
             self.streamWatch?.touch()
             downstream.sendResponseBody(for: self, body)
@@ -361,6 +380,8 @@ final class ProxyExchange: UpstreamConnectionOwner {
             connection.handler.resumeReads()
             let reusable = self.responseKeepAlive && self.requestComplete
             self.pool.release(connection, reusable: reusable, settings: self.cluster.settings)
+            self.cacheFill?.responseEnd(requestMethod: self.requestMethod)
+            self.cacheFill = nil
             self.downstream?.sendResponseEnd(for: self)
             self.downstream?.exchangeFinished(for: self)
             self.downstream = nil
@@ -385,6 +406,78 @@ final class ProxyExchange: UpstreamConnectionOwner {
     func upstreamWritabilityChanged(isWritable: Bool) {
         guard !self.requestComplete else { return }
         if isWritable { self.downstream?.resumeRequestBody(for: self) } else { self.downstream?.pauseRequestBody(for: self) }
+    }
+
+    // MARK: - Response cache
+
+    /// A fresh entry answers here; a miss fetches upstream (filling the entry), or waits for the
+    /// fetch of the same key already in flight and looks again.
+    private func consultCache(_ cache: CacheRequest, coalesce: Bool) {
+        switch cache.cache.lookup(cache, coalesce: coalesce, on: self.eventLoop) {
+        case .hit(let entry, let age):
+            self.serveCached(entry, age: age)
+        case .stale(let entry, let age, let refresh):
+            self.serveCached(entry, age: age, label: "STALE")
+            if let refresh { BackgroundRefresh.start(self.refreshExchange(), fill: refresh) }
+        case .fill(let fill):
+            self.cacheFill = fill
+            guard let shared = cache.cache.shared else { return self.startUpstream() }
+            cache.cache.loadShared(fill, from: shared, on: self.eventLoop).assumeIsolated().whenSuccess { found in
+                guard case .connecting = self.state else { return }
+                if let (entry, age) = found { self.serveCached(entry, age: age) } else { self.startUpstream() }
+            }
+        case .wait(let ready):
+            ready.assumeIsolated().whenComplete { _ in
+                guard case .connecting = self.state else { return }
+                self.consultCache(cache, coalesce: false)
+            }
+        }
+    }
+
+    /// The same request again, with nobody to answer: its response only fills the cache.
+    private func refreshExchange() -> (BackgroundRefresh) -> ProxyExchange {
+        { responder in
+            ProxyExchange(
+                upstreamHead: self.upstreamHead, requestMethod: self.requestMethod, clientVersion: self.clientVersion,
+                requestID: self.requestID, addHSTS: false, expectsContinue: false, requestHasBody: false,
+                cluster: self.cluster, pool: self.pool, downstream: responder
+            )
+        }
+    }
+
+    /// Starts a background refresh (`BackgroundRefresh`) filling `fill`.
+    func startRefresh(_ fill: CacheFill) {
+        self.cacheFill = fill
+        self.startUpstream()
+    }
+
+    /// `stale-if-error`: the upstream failed or answered 5xx; the expired entry answers instead.
+    private func serveStaleOnError() -> Bool {
+        guard let entry = self.cacheFill?.takeStaleFallback() else { return false }
+        self.cacheFill = nil
+        self.state = .finished
+        self.releaseOutstanding()
+        self.pendingBody.removeAll()
+        self.serveCached(entry, age: entry.age(now: .now()), label: "STALE")
+        return true
+    }
+
+    private func serveCached(_ entry: CachedResponse, age: Int, label: String = "HIT") {
+        self.state = .finished
+        guard let downstream = self.downstream else { return }
+        let (rewritten, framing) = HeaderRewriter.clientResponse(
+            entry.head, requestMethod: self.requestMethod, clientVersion: self.clientVersion,
+            requestID: self.requestID, addHSTS: self.addHSTS, additions: self.responseAdditions
+        )
+        var head = rewritten
+        head.headers.replaceOrAdd(name: "age", value: String(age))
+        head.headers.replaceOrAdd(name: "x-cache", value: label)
+        downstream.sendResponseHead(for: self, head, framing: framing)
+        if self.requestMethod != .HEAD, entry.body.readableBytes > 0 { downstream.sendResponseBody(for: self, entry.body) }
+        downstream.sendResponseEnd(for: self)
+        downstream.flush(for: self)
+        downstream.exchangeFinished(for: self)
+        self.downstream = nil
     }
 
     // MARK: - Failures
@@ -460,7 +553,9 @@ final class ProxyExchange: UpstreamConnectionOwner {
     }
 
     private func fail(_ error: GatewayError) {
+        if self.serveStaleOnError() { return }
         self.state = .finished
+        self.cacheFill = nil
         self.releaseOutstanding()
         self.pendingBody.removeAll()
         var error = error

@@ -63,18 +63,22 @@ final class Route: Sendable {
     let split: TrafficSplit?
     /// `websocket`, `streaming` and the route's own timeouts.
     let realtime: RouteRealtimeConfig
+    /// `cache`: nil on a route without one (its requests never touch the cache).
+    let cache: ResponseCache?
 
     init(
         name: String, host: String?, pathPrefix: String, methods: [String]?, upstreamName: String, order: Int,
         auth: AuthMode = .none, requiredClaims: [String: [String]] = [:], cors: CORSPolicy? = nil,
         rateLimits: [RateLimitRule] = [], conditions: [RequestCondition] = [], split: TrafficSplit? = nil,
         realtime: RouteRealtimeConfig = .defaults,
-        identity: RouteIdentityConfig = RouteIdentityConfig()
+        identity: RouteIdentityConfig = RouteIdentityConfig(),
+        cache: ResponseCache? = nil
     ) {
         self.conditions = conditions
         self.split = split
         self.realtime = realtime
         self.identity = identity
+        self.cache = cache
         self.rateLimits = rateLimits
         self.name = name
         self.host = HostPattern(host)
