@@ -193,7 +193,7 @@ def test_entries_in_redis_are_shared_by_instances(gateway_factory, upstream, red
     assert other.headers["content-length"] == str(len(other.content))
     # Keys hold NUL-separated Vary parts: read the TTL inside Redis rather than through redis-cli's quoting.
     script = "return redis.call('pttl', redis.call('keys', ARGV[1])[1])"
-    ttl = int(redis_server.cli("eval", script, "0", "gwcache:cached:GET*").strip())
+    ttl = int(redis_server.cli("eval", script, "0", "gwcache:cached:{GET*").strip())
     assert 0 < ttl <= 60_000
     # Another variant is its own entry on both.
     assert get(b, path, headers={"accept-language": "fr"}).headers["x-cache"] == "MISS"
