@@ -173,19 +173,17 @@ struct RedisRateLimitStoreTests {
             let p = PolicySpec(name: "p", limit: 1000, windowSeconds: 60)
             let reqs = [(p, key("s", p))]
             #expect(try await loose(s).check(reqs).allowed)
-            // Long enough that the checks below surely run inside it, even on a loaded machine.
-            let sleeping: EventLoopFuture<RESPValue> = admin.send(["DEBUG", "SLEEP", "1.5"])
-            // The sleep has started once a check times out: a fixed pause lost that race on a
-            // loaded machine (checks answered before the DEBUG SLEEP reached Redis).
-            try await waitUntil(timeout: .seconds(1)) { (try? await s.check(reqs)) == nil }
+            // Redis answers CLIENT PAUSE once the pause is in force: from then on it takes the
+            // checks' commands and answers none for 3 s. (A DEBUG SLEEP gave no such signal: on a
+            // loaded machine the checks ran before it reached Redis or after it had ended.)
+            #expect(try await admin.send(["CLIENT", "PAUSE", "3000", "ALL"]).string == "OK")
             for _ in 0..<5 {
                 let (r, t) = await timedFuture { s.check(reqs) }
                 #expect(r.error as? RateLimitStoreError == .storeUnavailable)
-                // At least the store's 20 ms timeout, and far less than Redis's 1 s sleep.
+                // At least the store's 20 ms timeout, and far less than Redis's 3 s pause.
                 #expect(t >= .milliseconds(19) && t < .milliseconds(500), "took \(t)")
             }
-            _ = try await sleeping.get()
-            try await waitUntil(timeout: .seconds(5)) { (try? await s.check(reqs).allowed) == true }
+            try await waitUntil(timeout: .seconds(10)) { (try? await s.check(reqs).allowed) == true }
             await s.pool.shutdown()
             await admin.shutdown()
         }
