@@ -117,4 +117,14 @@ public struct RateLimitTable: Sendable, Hashable {
         for (k, v) in writes { limiters[k] = v }
         return decision
     }
+
+    /// What `check` would decide, counting nothing: every policy's `peek`, allowed unless an
+    /// enforced policy denies (the script's peek mode).
+    public func peek(policies: [(PolicySpec, key: String)], now: Int64, cost: Int = 1) -> MultiDecision {
+        let decisions = policies.map { spec, key in
+            let state = limiters[key]?.adapted(to: spec) ?? PolicyLimiter(policy: spec)
+            return PolicyDecision(policy: spec, key: key, decision: state.peek(now: now, cost: cost), counted: false)
+        }
+        return MultiDecision(allowed: decisions.allSatisfy { $0.policy.shadow || $0.decision.allowed }, decisions: decisions)
+    }
 }

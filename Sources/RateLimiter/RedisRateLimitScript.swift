@@ -2,12 +2,15 @@
 /// (STYLE habit 12), implementing exactly the maths of `SlidingWindowLimiter`,
 /// `SlidingLogLimiter` and `MultiPolicy` — decide every policy, then count all or none.
 ///
-/// Call: `EVALSHA <sha> <n> key1..keyN  now_ms cost  (algo limit window_ms shadow) × N`
+/// Call: `EVALSHA <sha> <n> key1..keyN  now_ms cost  (algo limit window_ms shadow) × N  [peek]`
 /// - `now_ms`: empty string in production: the script reads `TIME`, so every gateway instance
 ///   shares Redis's clock. A number overrides it (tests only: a deterministic clock).
 /// - `cost`: units this request consumes (normally 1).
 /// - per policy: `algo` `w` (sliding_window) or `l` (sliding_log), `limit`, `window_ms`,
 ///   `shadow` `1`/`0`, in the order of the keys.
+/// - `peek` (optional, the literal word): decide every policy as usual but write nothing — the
+///   first round of a request whose policies span several Redis Cluster slots, which counts on
+///   any slot only once every slot has allowed (`RedisRateLimitStore`).
 ///
 /// Storage: a sliding window key is a hash `{w = window start ms, c = current count,
 /// p = previous count}`, PEXPIRE 2 × window on every write (after that both counts are irrelevant).
@@ -17,6 +20,8 @@
 ///
 /// Reply: one array per policy, `{allowed 1/0, remaining, reset_ms, retry_ms}` (retry 0 when it
 /// allows) — the fields of `Decision`; `decision(reply:requests:)` rebuilds the `MultiDecision`.
+/// A peek replies with the fields a call gets when some enforced policy denies: every policy
+/// decided on the uncounted state (`PolicyLimiter.peek`).
 ///
 /// Notes for the session wiring this to hiredis:
 /// - Load it with `SCRIPT LOAD` (the reply is the SHA1; there is no SHA1 in this module) and
@@ -24,7 +29,7 @@
 /// - Redis Cluster: every key of one call must hash to the same slot. Keys built by
 ///   `RateLimitKey` share the client's hash tag, so policies keyed by the same client identity
 ///   can go in one call; policies keyed by different identities (client_ip vs jwt_subject) land
-///   in different slots and would get CROSSSLOT — group them per tag or use a non-cluster Redis.
+///   in different slots and would get CROSSSLOT: one call per slot, after a peek of every slot.
 /// - Arithmetic is in Lua doubles: exact because every product stays below 2^53 for limits up
 ///   to 10^6 and windows up to ~100 days (limit × window_ms < 2^53).
 /// - `TIME` in a script that writes needs effects replication: the default since Redis 5 and the
@@ -42,6 +47,7 @@ public enum RedisRateLimitScript {
     end
     local cost = tonumber(ARGV[2])
     local n = #KEYS
+    local peek = ARGV[3 + 4 * n] == 'peek'
 
     -- sliding_window: usage = p * (W - e) / W + c, compared multiplied through by W.
     local function sw_view(key, W)
@@ -107,8 +113,8 @@ public enum RedisRateLimitScript {
       pol[i] = p
     end
 
-    -- Phase 2: count every policy that allows, only if no enforced policy denies.
-    if all_ok then
+    -- Phase 2: count every policy that allows, only if no enforced policy denies (and not a peek).
+    if all_ok and not peek then
       for i = 1, n do
         local p = pol[i]
         if p.ok then
@@ -154,20 +160,22 @@ public enum RedisRateLimitScript {
     """#
 
     /// KEYS and ARGV for one call. `nowOverrideMs` is for tests only; production passes nil so
-    /// the script uses Redis's `TIME`.
+    /// the script uses Redis's `TIME`. `peek` asks for the decision without counting.
     public static func keysAndArguments(
-        _ requests: [(PolicySpec, String)], cost: Int = 1, nowOverrideMs: Int64? = nil
+        _ requests: [(PolicySpec, String)], cost: Int = 1, nowOverrideMs: Int64? = nil, peek: Bool = false
     ) -> (keys: [String], arguments: [String]) {
         var args = [nowOverrideMs.map { String($0) } ?? "", String(cost)]
         for (spec, _) in requests {
             args += [spec.algorithm == .slidingWindow ? "w" : "l", String(spec.limit),
                      String(spec.windowMs), spec.shadow ? "1" : "0"]
         }
+        if peek { args.append("peek") }
         return (requests.map { $0.1 }, args)
     }
 
     /// Rebuilds the `MultiDecision` from the script's reply; nil if the reply is malformed.
-    public static func decision(reply: [[Int64]], requests: [(PolicySpec, String)]) -> MultiDecision? {
+    /// `peek`: the reply of a peek call, which counted nothing whatever it decided.
+    public static func decision(reply: [[Int64]], requests: [(PolicySpec, String)], peek: Bool = false) -> MultiDecision? {
         guard reply.count == requests.count, reply.allSatisfy({ $0.count == 4 }) else { return nil }
         let perPolicy = zip(reply, requests).map { r, req in
             (req, Decision(allowed: r[0] == 1, limit: req.0.limit, remaining: Int(r[1]),
@@ -175,7 +183,7 @@ public enum RedisRateLimitScript {
         }
         let allowed = perPolicy.allSatisfy { $0.0.0.shadow || $0.1.allowed }
         return MultiDecision(allowed: allowed, decisions: perPolicy.map { req, d in
-            PolicyDecision(policy: req.0, key: req.1, decision: d, counted: allowed && d.allowed)
+            PolicyDecision(policy: req.0, key: req.1, decision: d, counted: !peek && allowed && d.allowed)
         })
     }
 }

@@ -44,11 +44,15 @@ public struct RateLimitStoreError: Error, Sendable, Hashable, CustomStringConver
 /// - With a `DeniedCache`, a key known to be over its limit is answered locally until its reset.
 /// - Redis Cluster: the keys of one EVALSHA must share a slot. Keys built by `RateLimitKey`
 ///   carry the client identity as hash tag, so a request's policies on one identity make one
-///   call. Policies on different identities (an address and a user) land in different slots:
-///   one call per slot, sent together. Each call is all-or-nothing on its own slot, but not
-///   across slots: when one slot denies, the calls that allowed on other slots have counted.
-///   The bound: one unit of over-count per denied request on each other identity it touched,
-///   and concurrent requests may see the slots in different orders (each slot stays exact).
+///   call. Policies on different identities (an address and a user) land in different slots and
+///   take two rounds, both inside one `timeout`: a peek of every slot (decided, nothing counted),
+///   then, only when every slot allowed, the counting call on every slot. Sequential traffic is
+///   exact. The race: between a request's peek and its count (one round trip), concurrent
+///   requests may spend the last of a slot's budget, so its counting call can deny on that slot
+///   while counting on the others. A slot never admits beyond its limit (its counting call
+///   decides again); the error is over-count on the other slots, one `cost` per request caught
+///   between its rounds — at most the multi-slot requests on the same identities in flight
+///   during that round trip. docs/configuration.md states it for users.
 public final class RedisRateLimitStore: Sendable {
     public let client: any RedisCommandSender
     public let timeout: TimeAmount
@@ -97,9 +101,7 @@ public final class RedisRateLimitStore: Sendable {
         }
         let decided: EventLoopFuture<MultiDecision>
         if client is RedisClusterClient, let groups = Self.slotGroups(requests) {
-            let loop = client.nextEventLoop()
-            decided = EventLoopFuture.whenAllSucceed(groups.map { evaluate($0, cost: cost, nowOverrideMs: nowOverrideMs) }, on: loop)
-                .map { parts in Self.merge(parts) }
+            decided = checkAcrossSlots(groups, cost: cost, nowOverrideMs: nowOverrideMs)
         } else {
             decided = evaluate(requests, cost: cost, nowOverrideMs: nowOverrideMs)
         }
@@ -128,12 +130,35 @@ public final class RedisRateLimitStore: Sendable {
         return MultiDecision(allowed: allowed, decisions: parts.flatMap(\.decisions))
     }
 
-    /// One EVALSHA (keys in one slot) under the store's deadline.
+    /// Peeks every slot; counts on every slot only when all of them allowed. One deadline for
+    /// both rounds, so a multi-slot check is bounded by `timeout` like any other.
+    private func checkAcrossSlots(
+        _ groups: [[(PolicySpec, String)]], cost: Int, nowOverrideMs: Int64?
+    ) -> EventLoopFuture<MultiDecision> {
+        let loop = client.nextEventLoop()
+        let deadline = loop.now + timeout
+        @Sendable func round(peek: Bool) -> EventLoopFuture<MultiDecision> {
+            let calls = groups.map { evaluate($0, cost: cost, nowOverrideMs: nowOverrideMs, peek: peek, deadline: deadline) }
+            return EventLoopFuture.whenAllSucceed(calls, on: loop).map(Self.merge)
+        }
+        return round(peek: true).flatMap { peeked in
+            guard peeked.allowed else { return loop.makeSucceededFuture(peeked) }
+            // A counting call sent past the deadline would count a request already failed.
+            guard loop.now < deadline else {
+                return loop.makeFailedFuture(RateLimitStoreError.storeUnavailable.with("no decision within \(self.timeout)"))
+            }
+            return round(peek: false)
+        }
+    }
+
+    /// One EVALSHA (keys in one slot) under the store's deadline, or under `deadline` when given
+    /// (the two rounds of a multi-slot check share one).
     private func evaluate(
-        _ requests: [(PolicySpec, String)], cost: Int, nowOverrideMs: Int64?
+        _ requests: [(PolicySpec, String)], cost: Int, nowOverrideMs: Int64?, peek: Bool = false,
+        deadline: NIODeadline? = nil
     ) -> EventLoopFuture<MultiDecision> {
         let slotKey = requests.first?.1
-        let (keys, arguments) = RedisRateLimitScript.keysAndArguments(requests, cost: cost, nowOverrideMs: nowOverrideMs)
+        let (keys, arguments) = RedisRateLimitScript.keysAndArguments(requests, cost: cost, nowOverrideMs: nowOverrideMs, peek: peek)
         let knownSHA = sha.withLock { $0 }
         let first: EventLoopFuture<RESPValue>
         if let knownSHA {
@@ -143,7 +168,7 @@ public final class RedisRateLimitStore: Sendable {
         }
         let loop = first.eventLoop
         let promise = loop.makePromise(of: MultiDecision.self)
-        let deadline = loop.now + timeout
+        let deadline = deadline ?? loop.now + timeout
         let timer = loop.scheduleTask(deadline: deadline) {
             promise.fail(RateLimitStoreError.storeUnavailable.with("no decision within \(self.timeout)"))
         }
@@ -158,7 +183,7 @@ public final class RedisRateLimitStore: Sendable {
             return self.client.send(commands: [["SCRIPT", "LOAD", RedisRateLimitScript.source],
                                                Self.evalshaCommand(sha, keys, arguments)], key: slotKey, timeout: nil).map { $0[1] }
         }
-        .flatMapThrowing { reply in try Self.decode(reply, requests) }
+        .flatMapThrowing { reply in try Self.decode(reply, requests, peek: peek) }
         .whenComplete { result in
             timer.cancel()
             switch result {
@@ -194,7 +219,7 @@ public final class RedisRateLimitStore: Sendable {
     }
 
     /// The script's reply, `[[allowed, remaining, reset_ms, retry_ms], …]`, as a `MultiDecision`.
-    static func decode(_ reply: RESPValue, _ requests: [(PolicySpec, String)]) throws -> MultiDecision {
+    static func decode(_ reply: RESPValue, _ requests: [(PolicySpec, String)], peek: Bool = false) throws -> MultiDecision {
         if let message = reply.errorMessage {
             throw RateLimitStoreError.storeUnavailable.with("redis: \(message)")
         }
@@ -203,7 +228,7 @@ public final class RedisRateLimitStore: Sendable {
             guard let fields = row.array else { break }
             rows.append(fields.compactMap(\.integer))
         }
-        guard let decision = RedisRateLimitScript.decision(reply: rows, requests: requests) else {
+        guard let decision = RedisRateLimitScript.decision(reply: rows, requests: requests, peek: peek) else {
             throw RateLimitStoreError.storeUnavailable.with("unexpected script reply \(reply)")
         }
         return decision

@@ -313,9 +313,10 @@ def test_cluster_exact_limits_across_two_gateways(gateway_factory, upstream, clu
 
 
 def test_cluster_policies_on_two_identities_make_one_call_per_slot(gateway_factory, upstream, cluster):
-    """An address policy and an API-key policy on one route: two slots, two script calls. The
-    request passes only when both allow; the slot that allowed a request another slot denied has
-    counted it (the documented cross-slot bound: one unit per denied request)."""
+    """An address policy and an API-key policy on one route: two slots, one script call per slot
+    and round. Every slot is peeked first and counted only when all of them allow, so sequential
+    traffic counts exactly: a request one slot denies is counted by neither, in both directions
+    (before the peek round, the allowing slot counted it)."""
     cluster.flush()
     top = POLICIES.format(mode="deny", limit=10) + "    per_key: { limit: 3, window: 60s, key: 'header:x-api-key' }\n"
     routes = ROUTES + """  - name: keyed
@@ -325,18 +326,39 @@ def test_cluster_policies_on_two_identities_make_one_call_per_slot(gateway_facto
 """
     gw = gateway_factory(upstream.port, top_extra=top + cluster.yaml(), extra_routes=routes)
     wait_until(lambda: health(gw)["state"] == "up", 15, "cluster map")
-    key_b = "gw:rl:{h:x-api-key:k1}:per_key"
-    assert cluster.nodes[0].cli("CLUSTER", "KEYSLOT", KEY) != cluster.nodes[0].cli("CLUSTER", "KEYSLOT", key_b)
-    with httpx.Client(verify=False, timeout=5) as c:
-        codes = [c.get(gw.url("/keyed/x"), headers={"x-api-key": "k1"}).status_code for _ in range(4)]
-        assert codes == [404, 404, 404, 429], codes
-        r = c.get(gw.url("/limited/x"))
-        # tight allowed all four keyed requests (counted 4) and this one: 10 - 5 left.
-        assert r.status_code == 404 and r.headers["ratelimit-remaining"] == "5"
+
+    def api_key(k):
+        return f"gw:rl:{{h:x-api-key:{k}}}:per_key"
+
+    for k in ("k1", "k2", "k3", "k4"):
+        assert cluster.nodes[0].cli("CLUSTER", "KEYSLOT", KEY) != cluster.nodes[0].cli("CLUSTER", "KEYSLOT", api_key(k))
+
+    def per_key_count(k):
+        owner, _ = cluster.owner(api_key(k))
+        return int(owner.cli("HGET", api_key(k), "c") or 0)
+
     owner_a, _ = cluster.owner(KEY)
-    owner_b, _ = cluster.owner(key_b)
-    assert counted(owner_a) == 5
-    assert int(owner_b.cli("HMGET", key_b, "c").split()[0]) == 3
+    with httpx.Client(verify=False, timeout=5) as c:
+        def keyed(k):
+            return c.get(gw.url("/keyed/x"), headers={"x-api-key": k}).status_code
+
+        # The API-key slot denies the fourth: the address slot allowed it but counts nothing.
+        codes = [keyed("k1") for _ in range(4)]
+        assert codes == [404, 404, 404, 429], codes
+        assert counted(owner_a) == 3 and per_key_count("k1") == 3
+        r = c.get(gw.url("/limited/x"))
+        assert r.status_code == 404 and r.headers["ratelimit-remaining"] == "6"  # 10 - 3 keyed - this one
+        # The rest of the address's budget, spent through two more API keys (all allowed, so no
+        # denial is cached locally and the next request is decided in Redis).
+        codes = [keyed(k) for k in ("k2", "k4") for _ in range(3)]
+        assert codes == [404] * 6, codes
+        assert counted(owner_a) == 10
+        # The address slot denies: the API-key slot allowed k3 but counts nothing (no key at all).
+        assert keyed("k3") == 429
+    assert counted(owner_a) == 10
+    owner_k3, _ = cluster.owner(api_key("k3"))
+    assert owner_k3.cli("EXISTS", api_key("k3")) == "0"
+    assert [per_key_count(k) for k in ("k1", "k2", "k4")] == [3, 3, 3]
     assert metric(scrape_metrics(gw), "gateway_redis_errors_total") == 0
 
 

@@ -4,8 +4,10 @@ import Testing
 
 /// Runs the Lua script in a real redis-server through `redis-cli` and compares it with the Swift
 /// maths. Enabled when `RATELIMIT_REDIS_SOCKET` names a redis-server unix socket (disposable:
-/// the test deletes and writes `gw:rl:{c0}:*`, `gw:rl:{c1}:*` and `gw:rl:{time-<uuid>}:*`).
-@Suite(.needsRedisSocket)
+/// the test deletes and writes `gw:rl:{c0}:*`, `gw:rl:{c1}:*`, `gw:rl:{time-<uuid>}:*` and
+/// `gw:rl:{peek-<uuid>}:*`). Serialized: `luaMatchesSwiftMaths` checks the TTL of every
+/// `gw:rl:*` key, which a sibling's short-lived keys could drop between its KEYS and its PTTL.
+@Suite(.needsRedisSocket, .serialized)
 struct RedisScriptTests {
     let socket = ProcessInfo.processInfo.environment["RATELIMIT_REDIS_SOCKET"] ?? ""
 
@@ -21,13 +23,13 @@ struct RedisScriptTests {
         return String(decoding: data, as: UTF8.self).split(separator: "\n").map(String.init)
     }
 
-    func eval(_ reqs: [(PolicySpec, String)], now: Int64?, cost: Int = 1) throws -> MultiDecision {
-        let (keys, argv) = RedisRateLimitScript.keysAndArguments(reqs, cost: cost, nowOverrideMs: now)
+    func eval(_ reqs: [(PolicySpec, String)], now: Int64?, cost: Int = 1, peek: Bool = false) throws -> MultiDecision {
+        let (keys, argv) = RedisRateLimitScript.keysAndArguments(reqs, cost: cost, nowOverrideMs: now, peek: peek)
         let lines = try redis(["EVAL", RedisRateLimitScript.source, String(keys.count)] + keys + argv)
         let ints = lines.compactMap { Int64($0) }
         #expect(ints.count == 4 * reqs.count, "reply: \(lines)")
         let reply = stride(from: 0, to: ints.count, by: 4).map { Array(ints[$0..<$0 + 4]) }
-        return try #require(RedisRateLimitScript.decision(reply: reply, requests: reqs))
+        return try #require(RedisRateLimitScript.decision(reply: reply, requests: reqs, peek: peek))
     }
 
     @Test func luaMatchesSwiftMaths() throws {
@@ -50,6 +52,38 @@ struct RedisScriptTests {
             let ttl = try redis(["PTTL", key]).first.flatMap { Int($0) } ?? -99
             #expect(ttl > 0, "\(key) has no expiry")
         }
+    }
+
+    /// Peek mode (the first round of a multi-slot check in Redis Cluster): the decision of the
+    /// Swift `peek`, and nothing written — later counting calls still match a table the peeks
+    /// never touched.
+    @Test func luaPeekDecidesLikeSwiftAndCountsNothing() throws {
+        var table = RateLimitTable()
+        let policies = [spec("pk_ip", 4, 2), spec("pk_login", 2, 1, .slidingLog),
+                        spec("pk_shadow", 1, 1, .slidingLog, shadow: true)]
+        _ = try redis(["DEL"] + (0..<2).flatMap { c in policies.map { "gw:rl:{c\(c)}:\($0.name)" } })
+        var peeks = (allowed: 0, denied: 0)
+        for step in randomTraffic(policies: policies, clients: 2, steps: 300, maxStepMs: 300, start: 1_700_000_000_000, seed: 23) {
+            let cost = step.index % 13 == 0 ? 2 : 1
+            let swiftPeek = table.peek(policies: step.requests.map { ($0.0, key: $0.1) }, now: step.now, cost: cost)
+            let luaPeek = try eval(step.requests, now: step.now, cost: cost, peek: true)
+            #expect(luaPeek == swiftPeek, "peek at step \(step.index)")
+            #expect(luaPeek.decisions.allSatisfy { !$0.counted })
+            if luaPeek.allowed { peeks.allowed += 1 } else { peeks.denied += 1 }
+            guard step.index % 3 != 0 else { continue } // some steps only peek
+            let lua = try eval(step.requests, now: step.now, cost: cost)
+            let swift = table.check(policies: step.requests.map { ($0.0, key: $0.1) }, now: step.now, cost: cost)
+            #expect(lua == swift, "step \(step.index) at \(step.now)")
+        }
+        // The traffic exercised both answers.
+        #expect(peeks.allowed > 20 && peeks.denied > 20, "\(peeks)")
+        // A peek on a fresh key allows every time and creates nothing.
+        let p = spec("pk_fresh", 1, 60)
+        let key = "gw:rl:{peek-\(UUID().uuidString)}:pk_fresh"
+        for _ in 0..<3 { #expect(try eval([(p, key)], now: nil, peek: true).allowed) }
+        #expect(try redis(["EXISTS", key]) == ["0"])
+        #expect(try eval([(p, key)], now: nil).allowed)
+        #expect(try !eval([(p, key)], now: nil).allowed)
     }
 
     @Test func luaUsesServerTime() throws {
