@@ -98,7 +98,7 @@ struct ResponseCachePolicyTests {
         #expect(errors.contains("routes[0].cache.max_objekt_bytes: unknown key (did you mean 'max_object_bytes'?)"))
         #expect(errors.contains { $0.hasPrefix("routes[0].cache.key_by: expected one of shared, claim:sub, got 'sub'") })
         #expect(errors.contains("routes[0].cache.max_object_bytes: must not exceed memory_bytes (1024 bytes)"))
-        #expect(fixture.errors(base + "    cache: { store: redis }\n").contains("routes[0].cache.store: redis needs redis.url"))
+        #expect(fixture.errors(base + "    cache: { store: redis }\n").contains("routes[0].cache.store: redis needs the redis section (redis.url, or redis.nodes / redis.sentinels)"))
         #expect(fixture.errors(base + "    cache: { store: disk }\n").contains { $0.hasPrefix("routes[0].cache.store: expected one of memory, redis") })
         let redis = try fixture.parse(base + "    cache: { store: redis }\nredis: { url: redis://127.0.0.1:6379 }\n")
         #expect(redis.routes[0].cache?.store == .redis)
