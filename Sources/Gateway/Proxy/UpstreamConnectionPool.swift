@@ -208,10 +208,8 @@ final class UpstreamConnectionPool {
 
     /// The HTTP/1.1 client codec, then `handler`, which must be the last handler.
     static func addHandlers(to channel: Channel, ending handler: UpstreamConnectionHandler) throws {
-        var encoderConfiguration = HTTPRequestEncoder.Configuration()
-        encoderConfiguration.automaticallySetFramingHeaders = false
         try channel.pipeline.syncOperations.addHandlers([
-            HTTPRequestEncoder(configuration: encoderConfiguration),
+            HTTP1RequestEncoder(),
             ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)),
         ])
         try channel.pipeline.syncOperations.addHandler(handler)

@@ -4,9 +4,10 @@ import NIOHTTP1
 import Testing
 @testable import Gateway
 
-/// `HTTP1ResponseEncoder` writes what NIO's `HTTPResponseEncoder` (framing fields left to the
-/// caller) writes, byte for byte, while reusing one head buffer per connection.
-@Suite struct HTTP1ResponseEncoderTests {
+/// `HTTP1ResponseEncoder` and `HTTP1RequestEncoder` write what NIO's `HTTPResponseEncoder` and
+/// `HTTPRequestEncoder` (framing fields left to the caller) write, byte for byte, while reusing one
+/// head buffer per connection.
+@Suite struct HTTP1EncoderTests {
     static func responses() -> [[HTTPServerResponsePart]] {
         var chunked = HTTPHeaders([("Transfer-Encoding", "chunked"), ("X-Request-Id", "abc")])
         let body = ByteBuffer(string: "hello, world")
@@ -27,7 +28,30 @@ import Testing
         ]
     }
 
-    static func encode(_ responses: [[HTTPServerResponsePart]], with encoder: ChannelHandler, flushEach: Bool) throws -> [UInt8] {
+    static func requests() -> [[HTTPClientRequestPart]] {
+        let body = ByteBuffer(string: "{\"a\":1}")
+        return [
+            [.head(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/api/bookings?id=1", headers: ["Host": "a", "X-Forwarded-For": "1.2.3.4"])),
+             .end(nil)],
+            [.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/api", headers: ["Host": "a", "Content-Length": "7"])),
+             .body(.byteBuffer(body)), .end(nil)],
+            [.head(HTTPRequestHead(version: .http1_1, method: .PUT, uri: "/api", headers: ["Host": "a", "Transfer-Encoding": "chunked"])),
+             .body(.byteBuffer(body)), .body(.byteBuffer(body)), .end(nil)],
+            [.head(HTTPRequestHead(version: .http1_0, method: .RAW(value: "PROPFIND"), uri: "/dav", headers: [:])), .end(nil)],
+        ]
+    }
+
+    @Test(arguments: [false, true])
+    func requestsSameBytesAsNIO(flushEach: Bool) throws {
+        var configuration = HTTPRequestEncoder.Configuration()
+        configuration.automaticallySetFramingHeaders = false
+        let requests = Self.requests()
+        let ours = try Self.encode(requests, with: HTTP1RequestEncoder(), flushEach: flushEach)
+        let nio = try Self.encode(requests, with: HTTPRequestEncoder(configuration: configuration), flushEach: flushEach)
+        #expect(String(decoding: ours, as: UTF8.self) == String(decoding: nio, as: UTF8.self))
+    }
+
+    static func encode<Part>(_ responses: [[Part]], with encoder: ChannelHandler, flushEach: Bool) throws -> [UInt8] {
         let channel = EmbeddedChannel(handler: encoder)
         for response in responses {
             for part in response { channel.write(part, promise: nil) }
