@@ -61,6 +61,8 @@ final class HTTP1RequestEncoder: ChannelOutboundHandler, RemovableChannelHandler
 struct KeptHeadFraming {
     /// The last head written: reused once the transport below has let go of it.
     private var head: ByteBuffer?
+    /// Ordinary heads fit in far less; a larger one is not kept.
+    static let maxKeptCapacity = 4096
     private var isChunked = false
 
     /// Writes the start line (the version, then the caller's part for a response; the caller's
@@ -84,7 +86,8 @@ struct KeptHeadFraming {
         }
         buffer.writeStaticString("\r\n")
         Self.write(headers, to: &buffer)
-        self.head = buffer
+        // An exceptional head's storage is not held for the rest of the connection.
+        self.head = buffer.capacity <= Self.maxKeptCapacity ? buffer : nil
         context.write(NIOAny(IOData.byteBuffer(buffer)), promise: promise)
     }
 

@@ -14,7 +14,8 @@ import NIOHTTP1
 ///   (leading SP/HTAB skipped, trailing kept, as llhttp does); no NUL, no obs-text;
 /// - framing: no `Transfer-Encoding` at all, at most one `Content-Length` of 1–18 digits;
 /// - no `Upgrade` field (llhttp stops parsing after a protocol switch; the gateway relies on it),
-///   at most one `Connection` field, of exactly `close` or `keep-alive`;
+///   no `Proxy-Connection`, at most one `Connection` field, of exactly `close` or `keep-alive`
+///   (llhttp's other special fields are `Content-Length` and `Transfer-Encoding`, above);
 /// - the whole head within `maxHeadBytes` and `maxFields`.
 enum StrictRequestHead {
     /// One field line: `name` and `value` as offsets from the head's first byte.
@@ -162,6 +163,9 @@ enum StrictRequestHead {
                     return .notStrict
                 }
                 contentLength = length
+            case 16 where Self.nameEquals(bytes, field, "proxy-connection"):
+                // llhttp reads it as `Connection` (keep-alive, close, upgrade).
+                return .notStrict
             case 17 where Self.nameEquals(bytes, field, "transfer-encoding"):
                 return .notStrict
             default:
