@@ -390,11 +390,9 @@ public struct GatewayStartupError: Error, CustomStringConvertible {
 /// The HTTP/1.1 handlers of a client connection.
 enum HTTP1Pipeline {
     static func configure(_ pipeline: ChannelPipeline.SynchronousOperations, services: ConnectionServices) throws {
-        var encoderConfiguration = HTTPResponseEncoder.Configuration()
-        encoderConfiguration.automaticallySetFramingHeaders = false
         let activity = ReadActivityHandler()
         try pipeline.addHandler(activity)
-        try pipeline.addHandler(HTTPResponseEncoder(configuration: encoderConfiguration))
+        try pipeline.addHandler(HTTP1ResponseEncoder())
         try pipeline.addHandler(requestDecoder(maxHeaderBytes: services.runtime.traffic.maxHeaderBytes))
         try pipeline.addHandler(HTTP1ServerHandler(services: services, activity: activity))
     }

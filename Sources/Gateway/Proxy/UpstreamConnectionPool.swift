@@ -211,10 +211,8 @@ final class UpstreamConnectionPool {
 
     /// The HTTP/1.1 client codec, then `handler`, which must be the last handler.
     static func addHandlers(to channel: Channel, ending handler: UpstreamConnectionHandler) throws {
-        var encoderConfiguration = HTTPRequestEncoder.Configuration()
-        encoderConfiguration.automaticallySetFramingHeaders = false
         try channel.pipeline.syncOperations.addHandlers([
-            HTTPRequestEncoder(configuration: encoderConfiguration),
+            HTTP1RequestEncoder(),
             // Forwarded only when a tunnel removes the decoder after a 101: the upstream's first frames.
             ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes)),
         ])

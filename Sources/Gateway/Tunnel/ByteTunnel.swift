@@ -260,15 +260,15 @@ enum TunnelSwitch {
     ///   - decoder: the client's stopped request decoder (nil: the pipeline's first one). Removing
     ///     it hands the bytes it held (frames sent before the 101 arrived) to the tunnel.
     static func install(
-        _ tunnel: ByteTunnel, client: ChannelHandlerContext, decoder: ByteToMessageHandler<HTTPRequestDecoder>?,
+        _ tunnel: ByteTunnel, client: ChannelHandlerContext, decoder: ByteToMessageHandler<GatewayRequestDecoder>?,
         upstream connection: UpstreamConnection
     ) throws {
         guard let clientEnd = tunnel.clientHandler else { return }
         let clientPipeline = client.pipeline.syncOperations
         try clientPipeline.addHandler(clientEnd, position: .before(client.handler))
         let stopped = try decoder.map { try clientPipeline.context(handler: $0) }
-            ?? clientPipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
-        clientPipeline.removeHandler(context: try clientPipeline.context(handlerType: HTTPResponseEncoder.self), promise: nil)
+            ?? clientPipeline.context(handlerType: ByteToMessageHandler<GatewayRequestDecoder>.self)
+        clientPipeline.removeHandler(context: try clientPipeline.context(handlerType: HTTP1ResponseEncoder.self), promise: nil)
         // The held bytes arrive without a read-complete: flushed once the decoder has handed them over.
         let clientHandedOver = client.eventLoop.makePromise(of: Void.self)
         clientPipeline.removeHandler(context: stopped, promise: clientHandedOver)
@@ -280,7 +280,7 @@ enum TunnelSwitch {
     static func installUpstream(_ tunnel: ByteTunnel, connection: UpstreamConnection) throws {
         let upstreamPipeline = connection.channel.pipeline.syncOperations
         try upstreamPipeline.addHandler(tunnel.upstream, position: .before(connection.handler))
-        upstreamPipeline.removeHandler(context: try upstreamPipeline.context(handlerType: HTTPRequestEncoder.self), promise: nil)
+        upstreamPipeline.removeHandler(context: try upstreamPipeline.context(handlerType: HTTP1RequestEncoder.self), promise: nil)
         let upstreamHandedOver = connection.channel.eventLoop.makePromise(of: Void.self)
         upstreamPipeline.removeHandler(
             context: try upstreamPipeline.context(handlerType: ByteToMessageHandler<HTTPResponseDecoder>.self),
