@@ -117,13 +117,13 @@ class Bench:
                 subprocess.run(["taskset", "-c", "1", "h2load", *extra, "-n", "2000", "-c", "2", url],
                                check=True, capture_output=True)
                 Path(counts).unlink(missing_ok=True)
-                proc.send_signal(signal.SIGUSR2)
+                proc.send_signal(signal.SIGRTMIN + 3)
                 time.sleep(0.2)
                 out = subprocess.run(["taskset", "-c", "1", "h2load", *extra, "-n", str(n), "-c", "2", url],
                                      check=True, capture_output=True, text=True).stdout
                 if f"{n} succeeded" not in out:
                     raise RuntimeError(f"malloc run incomplete: {out[-400:]}")
-                proc.send_signal(signal.SIGUSR2)
+                proc.send_signal(signal.SIGRTMIN + 3)
                 time.sleep(0.2)
                 a, b = [dict(kv.split("=") for kv in line.split()) for line in Path(counts).read_text().splitlines()]
                 result[proto] = (int(b["mallocs"]) - int(a["mallocs"])) / n

@@ -175,11 +175,10 @@ extension GatewayConfig {
         return config
     }
 
-    private static func provider(_ node: Node, at path: String, reader r: ConfigReader) -> JWTProviderConfig? {
-        guard let m = r.mapping(node, at: path, keys: ["name", "issuer", "audiences", "keys", "jwks_url", "discovery_url",
-                                                       "jwks_ca", "jwks_refresh", "leeway", "max_lifetime"])
-        else { return nil }
-        let name = r.required(m, "name").flatMap { r.name($0, at: m.path("name")) }
+    /// `issuer`, `audiences`, `leeway` and `max_lifetime`, read alike in `jwt` and in each provider.
+    static func tokenRules(
+        _ m: ConfigMapping, reader r: ConfigReader
+    ) -> (issuer: String?, audiences: [String]?, leeway: Duration, maxLifetime: Duration) {
         let issuer = r.required(m, "issuer").flatMap { r.nonEmptyString($0, at: m.path("issuer")) }
         let audiences = r.required(m, "audiences").flatMap {
             r.list($0, at: m.path("audiences"), nonEmpty: true) { r.nonEmptyString($0, at: $1) }
@@ -190,6 +189,15 @@ extension GatewayConfig {
         let maxLifetime = m["max_lifetime"].flatMap {
             r.duration($0, at: m.path("max_lifetime"), minimum: .seconds(1))
         } ?? .seconds(7 * 86_400)
+        return (issuer, audiences, leeway, maxLifetime)
+    }
+
+    private static func provider(_ node: Node, at path: String, reader r: ConfigReader) -> JWTProviderConfig? {
+        guard let m = r.mapping(node, at: path, keys: ["name", "issuer", "audiences", "keys", "jwks_url", "discovery_url",
+                                                       "jwks_ca", "jwks_refresh", "leeway", "max_lifetime"])
+        else { return nil }
+        let name = r.required(m, "name").flatMap { r.name($0, at: m.path("name")) }
+        let (issuer, audiences, leeway, maxLifetime) = tokenRules(m, reader: r)
         let jwksURL = m["jwks_url"].flatMap { httpsURL($0, at: m.path("jwks_url"), reader: r) }
         let discoveryURL = m["discovery_url"].flatMap { httpsURL($0, at: m.path("discovery_url"), reader: r) }
         if m["jwks_url"] != nil, m["discovery_url"] != nil {

@@ -327,16 +327,7 @@ extension GatewayConfig {
                                                         "jwks_url", "jwks_ca", "jwks_refresh", "forward_claims"] + identityJWTKeys)
         else { return nil }
         if m["providers"] != nil { return decodeJWTProviders(m, forwardClaims: forwardClaims(m, reader: r), reader: r) }
-        let issuer = r.required(m, "issuer").flatMap { r.nonEmptyString($0, at: m.path("issuer")) }
-        let audiences = r.required(m, "audiences").flatMap {
-            r.list($0, at: m.path("audiences"), nonEmpty: true) { r.nonEmptyString($0, at: $1) }
-        }
-        let leeway = m["leeway"].flatMap {
-            r.duration($0, at: m.path("leeway"), minimum: .zero, maximum: .seconds(300))
-        } ?? .seconds(30)
-        let maxLifetime = m["max_lifetime"].flatMap {
-            r.duration($0, at: m.path("max_lifetime"), minimum: .seconds(1))
-        } ?? .seconds(7 * 86_400)
+        let (issuer, audiences, leeway, maxLifetime) = tokenRules(m, reader: r)
 
         var jwksURL: String?
         if let node = m["jwks_url"], let url = r.nonEmptyString(node, at: m.path("jwks_url")) {
