@@ -4,7 +4,7 @@ SWIFT ?= swift
 PYTHON ?= python3
 UPSTREAM_PORT ?= 3001
 
-.PHONY: all build release deps test-deps certs run test unit-test integration-test fuzz clean
+.PHONY: all build release deps test-deps certs run test unit-test integration-test clean
 
 all: build
 
@@ -44,13 +44,6 @@ unit-test: test-deps
 integration-test: test-deps
 	$(SWIFT) build
 	$(PYTHON) -m pytest -q Tests/Integration
-
-# The HTTP/1.1 fast path against llhttp on many more random and mutated requests than `make test`
-# runs (FUZZ_CASES, FUZZ_SEED; Tests/GatewayTests/StrictHeadDifferentialTests.swift).
-FUZZ_CASES ?= 200000
-fuzz: test-deps
-	$(SWIFT) build --build-tests
-	FUZZ_CASES=$(FUZZ_CASES) $(SWIFT) test --skip-build --filter StrictHeadDifferentialTests
 
 clean:
 	rm -rf .build certs

@@ -61,7 +61,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     /// The request being decoded asks to switch protocols, so the decoder stops after its end.
     private var decoderStopsAfterRequest = false
     /// The decoder installed by the last `replaceDecoder` (nil: the pipeline's first one).
-    private var decoder: ByteToMessageHandler<GatewayRequestDecoder>?
+    private var decoder: ByteToMessageHandler<HTTPRequestDecoder>?
     /// A WebSocket handshake's decoder stopped and is kept until the upstream answers: its held
     /// bytes are the first frames of a tunnel after a 101, or the next request otherwise.
     private var decoderHeld = false
@@ -731,7 +731,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             // The decoder that stopped is the one feeding this handler: a replaced one may still
             // be in the pipeline, handing its leftovers over.
             let stopped = try self.decoder.map { try pipeline.context(handler: $0) }
-                ?? pipeline.context(handlerType: ByteToMessageHandler<GatewayRequestDecoder>.self)
+                ?? pipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
             let fresh = HTTP1Pipeline.requestDecoder(maxHeaderBytes: self.runtime().traffic.maxHeaderBytes)
             try pipeline.addHandler(fresh, position: .before(self))
             self.decoder = fresh
@@ -745,24 +745,18 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 }
 
 extension HTTP1Pipeline {
-    /// The request decoder of a client connection (strict heads in place, llhttp for the rest).
-    /// Leftover bytes are forwarded so a decoder that stopped after an upgrade request hands them
-    /// to its replacement. A parsing decoder holds at
+    /// The request decoder of a client connection. Leftover bytes are forwarded so a decoder that
+    /// stopped after an upgrade request hands them to its replacement. A parsing decoder holds at
     /// most an unfinished head; past `maximumBufferSize` it has stopped without a replacement and
     /// the connection is closed rather than buffered without bound.
-    static func requestDecoder(maxHeaderBytes: Int) -> ByteToMessageHandler<GatewayRequestDecoder> {
-        ByteToMessageHandler(
-            GatewayRequestDecoder(llhttp: llhttpDecoder(maxHeaderBytes: maxHeaderBytes), maxHeadBytes: maxHeaderBytes),
-            maximumBufferSize: 2 * maxHeaderBytes + (1 << 20)
-        )
-    }
-
-    /// NIO's llhttp decoder as the gateway configures it: what `GatewayRequestDecoder` falls back to.
-    static func llhttpDecoder(maxHeaderBytes: Int) -> HTTPRequestDecoder {
+    static func requestDecoder(maxHeaderBytes: Int) -> ByteToMessageHandler<HTTPRequestDecoder> {
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderListSize = maxHeaderBytes
         limits.maxHeaderFieldSize = maxHeaderBytes
-        return HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop, limitConfiguration: limits)
+        return ByteToMessageHandler(
+            HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop, limitConfiguration: limits),
+            maximumBufferSize: 2 * maxHeaderBytes + (1 << 20)
+        )
     }
 }
 

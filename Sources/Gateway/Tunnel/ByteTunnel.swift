@@ -260,14 +260,14 @@ enum TunnelSwitch {
     ///   - decoder: the client's stopped request decoder (nil: the pipeline's first one). Removing
     ///     it hands the bytes it held (frames sent before the 101 arrived) to the tunnel.
     static func install(
-        _ tunnel: ByteTunnel, client: ChannelHandlerContext, decoder: ByteToMessageHandler<GatewayRequestDecoder>?,
+        _ tunnel: ByteTunnel, client: ChannelHandlerContext, decoder: ByteToMessageHandler<HTTPRequestDecoder>?,
         upstream connection: UpstreamConnection
     ) throws {
         guard let clientEnd = tunnel.clientHandler else { return }
         let clientPipeline = client.pipeline.syncOperations
         try clientPipeline.addHandler(clientEnd, position: .before(client.handler))
         let stopped = try decoder.map { try clientPipeline.context(handler: $0) }
-            ?? clientPipeline.context(handlerType: ByteToMessageHandler<GatewayRequestDecoder>.self)
+            ?? clientPipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
         clientPipeline.removeHandler(context: try clientPipeline.context(handlerType: HTTP1ResponseEncoder.self), promise: nil)
         // The held bytes arrive without a read-complete: flushed once the decoder has handed them over.
         let clientHandedOver = client.eventLoop.makePromise(of: Void.self)
