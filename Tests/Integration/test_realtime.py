@@ -31,6 +31,9 @@ UPSTREAM = textwrap.dedent("""\
     handshakes = 0
 
     async def handler(ws):
+        if ws.request.path.startswith(("/browser-ws/", "/push-ws/")):
+            # What a browser's upstream sees of the subprotocol list, before any echo.
+            await ws.send(ws.request.headers.get("Sec-WebSocket-Protocol") or "-")
         async for message in ws:
             await ws.send(message)
 
@@ -553,3 +556,51 @@ def test_extended_connect_answered_200_without_a_switch_is_a_502(gateway_factory
     websocket: true
 """, listeners_extra="  - name: h2c\n    address: 127.0.0.1:0\n    protocols: [h2c]\n")
     assert ExtendedConnect(gw.ports["h2c"], "/api/bookings").status == 502
+
+
+BROWSER_TOP = TOP.replace("jwt:\n", "jwt:\n  sources: [header, websocket_protocol]\n")
+BROWSER_ROUTES = """\
+  - name: push-ws
+    match: { path_prefix: /push-ws/ }
+    upstream: realtime
+    websocket: true
+  - name: browser-ws
+    match: { path_prefix: /browser-ws/ }
+    upstream: realtime
+    websocket: true
+    auth: required
+    allow_token_sources: [websocket_protocol]
+  - name: ws-auth
+    match: { path_prefix: /secure-ws/ }
+    upstream: realtime
+    websocket: true
+    auth: required
+"""
+
+
+def test_browser_token_in_the_subprotocol_opens_a_tunnel_and_is_not_forwarded(gateway_factory, upstream, ws_upstream):
+    extra = f"  realtime:\n    endpoints: [127.0.0.1:{ws_upstream.port}]\n    response_timeout: 2s\n"
+    gw = gateway_factory(upstream.port, top_extra=BROWSER_TOP, upstream_extra=extra, extra_routes=BROWSER_ROUTES)
+    before = ws_upstream.handshakes()
+    # The browser form: the token rides in Sec-WebSocket-Protocol next to `bearer`.
+    with connect(wss(gw, "/browser-ws/live"), ssl=tls_context(), subprotocols=["bearer", token()]) as ws:
+        assert ws.recv(timeout=5) == "bearer"
+        ws.send("ping")
+        assert ws.recv(timeout=5) == "ping"
+    # The same form on a route that does not allow it, and no token at all: refused before the upgrade.
+    for path, protocols in ((b"/secure-ws/x", b"bearer, " + token().encode()), (b"/browser-ws/x", b"bearer")):
+        with socket.create_connection(("127.0.0.1", gw.ports["public"])) as raw:
+            tls = tls_context().wrap_socket(raw, server_hostname="localhost")
+            tls.sendall(handshake(path, extra=b"Sec-WebSocket-Protocol: " + protocols + b"\r\n"))
+            assert read_until(tls, b"\r\n\r\n").startswith(b"HTTP/1.1 401"), path
+    assert ws_upstream.handshakes() == before + 1
+
+
+def test_an_upstream_that_speaks_first_reaches_the_client_at_once(gateway_factory, upstream, ws_upstream):
+    # Notifications: the upstream pushes right after its 101 and the client only listens. Its first
+    # frame used to wait for the client's first frame (relayed without a flush).
+    extra = f"  realtime:\n    endpoints: [127.0.0.1:{ws_upstream.port}]\n    response_timeout: 2s\n"
+    gw = gateway_factory(upstream.port, top_extra=BROWSER_TOP, upstream_extra=extra, extra_routes=BROWSER_ROUTES)
+    for _ in range(5):
+        with connect(wss(gw, "/push-ws/notifications"), ssl=tls_context()) as ws:
+            assert ws.recv(timeout=5) == "-"

@@ -85,6 +85,14 @@ final class ByteTunnel {
         (side == .client ? self.upstream : self.client).flush()
     }
 
+    /// Bytes a leaving decoder hands over come without a read-complete: whatever they were relayed
+    /// to is flushed here, or an upstream that speaks first (a server push right after the 101)
+    /// would wait for the client's first frame.
+    func flushBothSides() {
+        self.client.flush()
+        self.upstream.flush()
+    }
+
     func writabilityChanged(of side: TunnelEndpointHandler.Side, isWritable: Bool) {
         guard isWritable else { return }
         (side == .client ? self.upstream : self.client).resumeReads()
@@ -272,7 +280,10 @@ enum TunnelSwitch {
         // The held bytes arrive without a read-complete: flushed once the decoder has handed them over.
         let clientHandedOver = client.eventLoop.makePromise(of: Void.self)
         clientPipeline.removeHandler(context: stopped, promise: clientHandedOver)
-        clientHandedOver.futureResult.assumeIsolated().whenSuccess { clientEnd.release() }
+        clientHandedOver.futureResult.assumeIsolated().whenSuccess {
+            clientEnd.release()
+            tunnel.flushBothSides()
+        }
         try self.installUpstream(tunnel, connection: connection)
     }
 
@@ -286,7 +297,10 @@ enum TunnelSwitch {
             context: try upstreamPipeline.context(handlerType: ByteToMessageHandler<HTTPResponseDecoder>.self),
             promise: upstreamHandedOver
         )
-        upstreamHandedOver.futureResult.assumeIsolated().whenSuccess { tunnel.upstream.release() }
+        upstreamHandedOver.futureResult.assumeIsolated().whenSuccess {
+            tunnel.upstream.release()
+            tunnel.flushBothSides()
+        }
         connection.handler.resumeReads()
     }
 }
