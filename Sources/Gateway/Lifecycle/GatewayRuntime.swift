@@ -50,6 +50,10 @@ final class GatewayRuntime: Sendable {
     let removedFromUntrustedPeer: Set<String>
     /// From a trusted proxy, only the claim headers go (its forwarding headers are kept).
     let removedFromTrustedPeer: Set<String>
+    /// The two sets plus `authorization`, for a verified token read from that field and not
+    /// forwarded: dropped in the rewrite's one pass over the fields.
+    let removedFromUntrustedPeerWithToken: Set<String>
+    let removedFromTrustedPeerWithToken: Set<String>
     /// `rate_limits`; nil when no route lists a policy.
     let rateLimiter: RateLimitService?
     let startedAt: ContinuousClock.Instant
@@ -77,6 +81,8 @@ final class GatewayRuntime: Sendable {
         let claimHeaders = Set((authenticator?.forwardClaims.map(\.header) ?? []) + ["x-user-id", "x-user-role"])
         self.removedFromTrustedPeer = claimHeaders
         self.removedFromUntrustedPeer = claimHeaders.union([clientIP.header])
+        self.removedFromTrustedPeerWithToken = self.removedFromTrustedPeer.union(["authorization"])
+        self.removedFromUntrustedPeerWithToken = self.removedFromUntrustedPeer.union(["authorization"])
         self.startedAt = status.startedAt
     }
 }

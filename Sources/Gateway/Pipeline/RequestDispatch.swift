@@ -154,7 +154,9 @@ struct RequestDispatch {
                 fallbackHost: cluster.endpoints.isEmpty ? "localhost" : cluster.endpoints[0].key, addedHeaders: plan.claimHeaders, trace: trace
             )
             var upstreamHead = HeaderRewriter.upstreamRequest(head, framing: framing, info: info, removing: plan.removedHeaders)
-            if let token = plan.strippedToken { upstreamHead = token.removed(from: upstreamHead) }
+            // An `Authorization` token already went with the rewrite's removed fields; the other
+            // places (cookie, query, subprotocol) are edited here.
+            if let token = plan.strippedToken, token != .authorization { upstreamHead = token.removed(from: upstreamHead) }
             let webSocket = WebSocketHandshake.forRoute(plan.route, head: head, runtime: runtime)
             if let refusal = webSocket.flatMap({ _ in WebSocketHandshake.originRefusal(plan.route, head: head) }) {
                 return local(refusal, additions)

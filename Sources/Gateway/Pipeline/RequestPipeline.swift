@@ -151,7 +151,12 @@ enum RequestPipeline {
         guard let cluster = runtime.clusters[upstreamName] else {
             return named(PipelineDecision(.error(.noHealthyUpstream), additions, client: client), route)
         }
-        let removed = client.peerTrusted ? runtime.removedFromTrustedPeer : runtime.removedFromUntrustedPeer
+        let removed: Set<String>
+        if identity?.strip == .authorization {
+            removed = client.peerTrusted ? runtime.removedFromTrustedPeerWithToken : runtime.removedFromUntrustedPeerWithToken
+        } else {
+            removed = client.peerTrusted ? runtime.removedFromTrustedPeer : runtime.removedFromUntrustedPeer
+        }
         var plan = ProxyPlan(route: route, cluster: cluster, claimHeaders: claimHeaders, removedHeaders: removed)
         plan.subject = identity?.subject
         plan.strippedToken = identity?.strip
