@@ -31,6 +31,11 @@ struct RedisRateLimitStoreTests {
         return l
     }
 
+    /// The middle of the current minute, for tests that count against 60 s windows at one instant:
+    /// at real time, a window boundary crossed during the test hands the sliding window's
+    /// estimate a fresh budget (it did, on a CI machine that kept a test off-CPU for seconds).
+    func midWindowMs() -> Int64 { Int64(Date().timeIntervalSince1970 / 60) * 60_000 + 30_000 }
+
     @Test func exactlyLimitAcrossTwoGatewayInstances() async throws {
         // Generous timeout: a request that timed out might still have been counted, which would
         // make "exactly" unobservable; the strict timeout has its own tests below.
@@ -38,14 +43,16 @@ struct RedisRateLimitStoreTests {
         let b = try await store(sharedRedisURL!, timeout: .seconds(5))
         let perIP = PolicySpec(name: "per_ip", limit: 50, windowSeconds: 60)
         let login = PolicySpec(name: "login", limit: 30, windowSeconds: 60, algorithm: .slidingLog)
+        // One instant for every check: "exactly" is about the instances, not the clock.
+        let nowMs = midWindowMs()
         for policy in [perIP, login] {
             let reqs = [(policy, key("c", policy))]
-            let futures = (0..<400).map { i in (i % 2 == 0 ? a : b).check(reqs) }
+            let futures = (0..<400).map { i in (i % 2 == 0 ? a : b).check(reqs, nowOverrideMs: nowMs) }
             var allowed = 0
             for f in futures where try await f.get().allowed { allowed += 1 }
             #expect(allowed == policy.limit, "\(policy.name)")
-            let after = try await a.check(reqs)
-            #expect(!after.allowed && after.retryAfter.map { $0 >= 1 } == true)
+            let after = try await a.check(reqs, nowOverrideMs: nowMs)
+            #expect(!after.allowed && after.retryAfter.map { $0 >= 1 } == true, "\(policy.name)")
         }
         for k in [key("c", perIP), key("c", login)] {
             let ttl = try await a.pool.send(["PTTL", k]).integer ?? -99
@@ -60,11 +67,12 @@ struct RedisRateLimitStoreTests {
         let wide = PolicySpec(name: "wide", limit: 10, windowSeconds: 60)
         let narrow = PolicySpec(name: "narrow", limit: 2, windowSeconds: 60, algorithm: .slidingLog)
         let reqs = [(wide, key("x", wide)), (narrow, key("x", narrow))]
+        let nowMs = midWindowMs()
         var results: [Bool] = []
-        for _ in 0..<4 { results.append(try await s.check(reqs).allowed) }
+        for _ in 0..<4 { results.append(try await s.check(reqs, nowOverrideMs: nowMs).allowed) }
         #expect(results == [true, true, false, false])
         // Denied requests consumed nothing of the wide policy: 2 used, 8 left.
-        let d = try await s.check([(wide, key("x", wide))])
+        let d = try await s.check([(wide, key("x", wide))], nowOverrideMs: nowMs)
         #expect(d.allowed && d.decisions[0].decision.remaining == 7)
         await s.pool.shutdown()
     }
@@ -111,16 +119,17 @@ struct RedisRateLimitStoreTests {
         // a loaded 2-core machine (the NOSCRIPT reply came after it: no retry, a failed check).
         let s = try await store(server.url, timeout: .seconds(5))
         let p = PolicySpec(name: "p", limit: 5, windowSeconds: 60)
-        #expect(try await s.check([(p, key("f", p))]).allowed)
+        let nowMs = midWindowMs()
+        #expect(try await s.check([(p, key("f", p))], nowOverrideMs: nowMs).allowed)
         _ = try await s.pool.send(["SCRIPT", "FLUSH"])
         let monitor = try await connectedPool(configuration(server.url))
         let loadsBefore = try await stat(monitor, "commandstats", "cmdstat_script|load")
         let noscriptBefore = try await stat(monitor, "errorstats", "errorstat_NOSCRIPT")
-        let d = try await s.check([(p, key("f", p))])
+        let d = try await s.check([(p, key("f", p))], nowOverrideMs: nowMs)
         #expect(d.allowed && d.decisions[0].decision.remaining == 3)
         #expect(try await stat(monitor, "errorstats", "errorstat_NOSCRIPT") == noscriptBefore + 1, "went through NOSCRIPT")
         #expect(try await stat(monitor, "commandstats", "cmdstat_script|load") == loadsBefore + 1, "reloaded once after NOSCRIPT")
-        #expect(try await s.check([(p, key("f", p))]).decisions[0].decision.remaining == 2)
+        #expect(try await s.check([(p, key("f", p))], nowOverrideMs: nowMs).decisions[0].decision.remaining == 2)
         await s.pool.shutdown()
         await monitor.shutdown()
     }
@@ -169,23 +178,19 @@ struct RedisRateLimitStoreTests {
             let server = try await RedisServer()
             defer { server.stop() }
             let s = try await store(server.url, group: group)
-            let admin = try await connectedPool(configuration(server.url), group: group)
             let p = PolicySpec(name: "p", limit: 1000, windowSeconds: 60)
             let reqs = [(p, key("s", p))]
             #expect(try await loose(s).check(reqs).allowed)
-            // Redis answers CLIENT PAUSE once the pause is in force: from then on it takes the
-            // checks' commands and answers none for 3 s. (A DEBUG SLEEP gave no such signal: on a
-            // loaded machine the checks ran before it reached Redis or after it had ended.)
-            #expect(try await admin.send(["CLIENT", "PAUSE", "3000", "ALL"]).string == "OK")
+            try await server.freeze()
             for _ in 0..<5 {
                 let (r, t) = await timedFuture { s.check(reqs) }
                 #expect(r.error as? RateLimitStoreError == .storeUnavailable)
-                // At least the store's 20 ms timeout, and far less than Redis's 3 s pause.
+                // At least the store's 20 ms timeout, and far less than a frozen Redis's forever.
                 #expect(t >= .milliseconds(19) && t < .milliseconds(500), "took \(t)")
             }
+            server.thaw()
             try await waitUntil(timeout: .seconds(10)) { (try? await s.check(reqs).allowed) == true }
             await s.pool.shutdown()
-            await admin.shutdown()
         }
     }
 

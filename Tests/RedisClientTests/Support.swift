@@ -101,9 +101,33 @@ final class RedisServer: @unchecked Sendable {
 
     func stop() { kill() }
 
+    /// SIGSTOP by PID, returning once the kernel shows the process stopped: from then on Redis
+    /// takes no command and answers none, however long the test itself is kept off-CPU (a
+    /// `CLIENT PAUSE` runs out on its own, and did while a loaded CI machine starved the test).
+    func freeze() async throws {
+        guard let p = process else { return }
+        Glibc.kill(p.processIdentifier, SIGSTOP)
+        let stat = "/proc/\(p.processIdentifier)/stat"
+        for _ in 0..<400 {
+            // The state is the field after the parenthesised command name.
+            if let text = try? String(contentsOfFile: stat, encoding: .utf8),
+               let close = text.lastIndex(of: ")"),
+               text[text.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("T") { return }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        throw ServerDidNotStop()
+    }
+
+    /// SIGCONT: undoes `freeze()`.
+    func thaw() {
+        guard let p = process else { return }
+        Glibc.kill(p.processIdentifier, SIGCONT)
+    }
+
     deinit { kill() }
 
     struct ServerDidNotStart: Error {}
+    struct ServerDidNotStop: Error {}
 }
 
 func configuration(_ url: String, poolSize: Int = 1, commandTimeout: TimeAmount = .seconds(2)) throws -> RedisConfiguration {
