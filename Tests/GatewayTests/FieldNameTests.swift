@@ -22,6 +22,27 @@ struct FieldNameTests {
         }
     }
 
+    @Test("A Connection value names more fields exactly when one of its tokens is not always dropped")
+    func connectionTokensNamingMore() {
+        let plain = ["keep-alive", "Keep-Alive", "close", " close ", "keep-alive, Upgrade", "upgrade,,TE", "", " , ", "\tclose\t"]
+        for value in plain { #expect(!HeaderRewriter.connectionNamesMore(value), "\(value)") }
+        let naming = ["keep-alive, X-Private", "x-private", "close,foo", "keep-alive2", "kee-palive", "close foo", "c\u{e9}lose"]
+        for value in naming { #expect(HeaderRewriter.connectionNamesMore(value), "\(value)") }
+        // Every CORS field name, whatever its case; nothing else.
+        for name in ResponseAdditions.corsFields.flatMap({ [$0, $0.uppercased()] }) { #expect(ResponseAdditions.isCORSField(name)) }
+        for name in ["access-control-allow-origins", "access-control-request-method", "vary", "a"] { #expect(!ResponseAdditions.isCORSField(name)) }
+    }
+
+    @Test("One pass: a response or request whose Connection names nothing more keeps its other fields")
+    func singlePassConnection() {
+        let response = HTTPResponseHead(version: .http1_1, status: .ok, headers: HTTPHeaders([
+            ("Connection", "keep-alive"), ("Keep-Alive", "timeout=5"), ("Close", "kept"), ("content-length", "0"),
+        ]))
+        let out = HeaderRewriter.clientResponse(response, requestMethod: .GET, clientVersion: .http1_1, requestID: "r", addHSTS: false).0.headers
+        #expect(out["connection"].isEmpty && out["keep-alive"].isEmpty)
+        #expect(out["close"] == ["kept"])
+    }
+
     @Test("isHopByHop is membership in hopByHop, whatever the case")
     func hopByHop() {
         for name in Self.names + Self.names.map { $0.uppercased() } {

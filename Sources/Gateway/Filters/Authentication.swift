@@ -207,7 +207,7 @@ final class Authenticator: Sendable {
         guard values.count == 1 else { return .malformed }
         let whole = Substring(value)
         let schemeEnd: Substring.Index = whole.firstIndex(of: " ") ?? whole.endIndex
-        guard whole[..<schemeEnd].lowercased() == "bearer" else { return .absent }
+        guard String(whole[..<schemeEnd]).equalsIgnoringASCIICase("bearer") else { return .absent }
         let token: Substring = whole[schemeEnd...].trimmingSpaces
         return Self.isB64Token(token) ? .token(token) : .malformed
     }

@@ -21,6 +21,17 @@ struct ResponseAdditions: Sendable {
         "access-control-allow-methods", "access-control-allow-headers", "access-control-max-age",
     ]
 
+    /// Membership in `corsFields`, told by the name's bytes (no lowercased copy per field).
+    static func isCORSField(_ name: String) -> Bool {
+        guard name.utf8.count >= 22, name.utf8.first.map({ $0 | 0x20 }) == UInt8(ascii: "a") else { return false }
+        return name.equalsIgnoringASCIICase("access-control-allow-origin")
+            || name.equalsIgnoringASCIICase("access-control-allow-credentials")
+            || name.equalsIgnoringASCIICase("access-control-expose-headers")
+            || name.equalsIgnoringASCIICase("access-control-allow-methods")
+            || name.equalsIgnoringASCIICase("access-control-allow-headers")
+            || name.equalsIgnoringASCIICase("access-control-max-age")
+    }
+
     /// Applies the additions to a response's headers (gateway-made or upstream).
     func apply(to headers: inout HTTPHeaders) {
         for (name, value) in self.extraHeaders { headers.replaceOrAdd(name: name, value: value) }
@@ -28,8 +39,7 @@ struct ResponseAdditions: Sendable {
         var vary: [String] = []
         var hasCORSFields = false
         for (name, value) in headers {
-            let lower = name.lowercased()
-            if lower == "vary" { vary.append(value) } else if Self.corsFields.contains(lower) { hasCORSFields = true }
+            if name.equalsIgnoringASCIICase("vary") { vary.append(value) } else if Self.isCORSField(name) { hasCORSFields = true }
         }
         if hasCORSFields { for field in Self.corsFields { headers.remove(name: field) } }
         for (name, value) in self.headers { headers.add(name: name, value: value) }

@@ -201,6 +201,20 @@ final class RateLimitService: Sendable {
         }
     }
 
+    /// The lowercase form HTTP/2 needs, from literals for the fields `RateLimitHeaders` makes
+    /// (a lowercased copy of a name this long is an allocation per field per request).
+    private static func lowercaseName(_ name: String) -> String {
+        switch name {
+        case "RateLimit-Limit": "ratelimit-limit"
+        case "RateLimit-Remaining": "ratelimit-remaining"
+        case "RateLimit-Reset": "ratelimit-reset"
+        case "RateLimit-Policy": "ratelimit-policy"
+        case "RateLimit": "ratelimit"
+        case "Retry-After": "retry-after"
+        default: name.lowercased()
+        }
+    }
+
     private func outcome(_ decision: MultiDecision) -> RateLimitOutcome {
         if let metrics = self.metrics {
             for entry in decision.decisions {
@@ -210,7 +224,7 @@ final class RateLimitService: Sendable {
                 metrics.rateLimitDecisions.increment([entry.policy.name, verdict])
             }
         }
-        let fields = RateLimitHeaders.fields(for: decision, style: self.headerStyle).map { ($0.name.lowercased(), $0.value) }
+        let fields = RateLimitHeaders.fields(for: decision, style: self.headerStyle).map { (Self.lowercaseName($0.name), $0.value) }
         return decision.allowed ? .allowed(fields) : .denied(fields)
     }
 }

@@ -47,6 +47,37 @@ extension String {
             return false
         }
     }
+
+    /// Whether every element of this comma-separated list (empty ones aside) is one of
+    /// `lowercaseNames`, elements trimmed of SP/HTAB and compared ignoring ASCII case.
+    func listElementsAreAll(in lowercaseNames: [StaticString]) -> Bool {
+        var value = self
+        return value.withUTF8 { bytes in
+            var start = 0
+            while start <= bytes.count {
+                var end = start
+                while end < bytes.count, bytes[end] != UInt8(ascii: ",") { end += 1 }
+                var low = start
+                var high = end
+                while low < high, isSpaceOrTab(bytes[low]) { low += 1 }
+                while high > low, isSpaceOrTab(bytes[high - 1]) { high -= 1 }
+                if high > low {
+                    let element = UnsafeBufferPointer(rebasing: bytes[low..<high])
+                    guard lowercaseNames.contains(where: { bytesEqualIgnoringASCIICase(element, $0) }) else { return false }
+                }
+                start = end + 1
+            }
+            return true
+        }
+    }
+}
+
+@inline(__always)
+private func bytesEqualIgnoringASCIICase(_ bytes: UnsafeBufferPointer<UInt8>, _ lowercase: StaticString) -> Bool {
+    guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
+    let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
+    for index in 0..<bytes.count where asciiLowercased(bytes[index]) != expected[index] { return false }
+    return true
 }
 
 @inline(__always)

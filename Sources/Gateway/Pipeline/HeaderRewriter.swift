@@ -39,6 +39,20 @@ enum HeaderRewriter {
     /// The gateway's own fields, always replaced by its values whoever the peer is.
     static let gatewayOwned: Set<String> = ["x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-request-id"]
 
+    /// `Connection` values whose tokens name no field beyond those always dropped: the
+    /// `keep-alive` or `close` nearly every HTTP/1.1 peer sends (nginx, Node, browsers). Such a
+    /// field is dropped in the one pass over the head; any other token takes the second pass.
+    static let tokensNamingNothingMore: [StaticString] = [
+        "keep-alive", "close", "upgrade", "te", "trailer", "transfer-encoding", "connection", "proxy-connection",
+        "expect", "proxy-authenticate", "proxy-authorization",
+    ]
+
+    /// Whether a `Connection` value means a second pass (its tokens name fields to drop).
+    @inline(__always)
+    static func connectionNamesMore(_ value: String) -> Bool {
+        !value.listElementsAreAll(in: tokensNamingNothingMore)
+    }
+
     /// Tokens listed in `Connection` name more hop-by-hop fields (RFC 9110 §7.6.1).
     static func connectionTokens(_ headers: HTTPHeaders) -> Set<String>? {
         var tokens: Set<String>? = nil
@@ -77,7 +91,7 @@ enum HeaderRewriter {
         for (name, value) in head.headers {
             let kind = RequestFieldKind(name)
             if kind == .dropped {
-                if named == nil, name.equalsIgnoringASCIICase("connection") { return nil }
+                if named == nil, name.equalsIgnoringASCIICase("connection"), connectionNamesMore(value) { return nil }
                 continue
             }
             if Self.isListed(name, in: extraRemoved) { continue }
@@ -242,7 +256,7 @@ enum HeaderRewriter {
         var vary: [String] = []
         for (name, rawValue) in head.headers {
             if Self.isHopByHop(name) {
-                if named == nil, name.equalsIgnoringASCIICase("connection") { return nil }
+                if named == nil, name.equalsIgnoringASCIICase("connection"), connectionNamesMore(rawValue) { return nil }
                 continue
             }
             if name.equalsIgnoringASCIICase("x-request-id") { continue }
@@ -251,12 +265,11 @@ enum HeaderRewriter {
             if additions.corsEnabled {
                 // The gateway answers CORS for this route: the upstream's fields would duplicate
                 // or contradict it, and `Vary` is re-emitted once with `Origin` merged in.
-                let lower = name.lowercased()
-                if ResponseAdditions.corsFields.contains(lower) { continue }
-                if lower == "vary" {
+                if name.equalsIgnoringASCIICase("vary") {
                     vary.append(value)
                     continue
                 }
+                if ResponseAdditions.isCORSField(name) { continue }
             }
             if name.equalsIgnoringASCIICase("content-length") { hasLength = true }
             if name.equalsIgnoringASCIICase("strict-transport-security") { hasHSTS = true }

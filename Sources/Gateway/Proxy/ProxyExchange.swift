@@ -68,6 +68,16 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private var pendingBody: [ByteBuffer] = []
     private var requestComplete = false
     private var requestBodyStarted = false
+
+    /// Sending the request again is safe when it is idempotent (RFC 9110 §9.2.2) and has no body
+    /// or none has started (a streamed body is not kept).
+    private var resendableOnStaleConnection: Bool {
+        guard self.requestComplete && !self.requestBodyStarted else { return false }
+        switch self.requestMethod {
+        case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE: return true
+        default: return false
+        }
+    }
     private var responseKeepAlive = true
     private var retriedStaleConnection = false
     /// Set once the head's write was not refused whole: from then on the upstream may act on the
@@ -244,7 +254,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         }
         let endpoint = self.candidates[self.nextCandidate]
         self.nextCandidate += 1
-        if !fresh, let connection = self.pool.takeIdle(endpoint) {
+        if !fresh, let connection = self.pool.takeIdle(endpoint, probeTCPState: !self.resendableOnStaleConnection) {
             endpoint.recordSuccess()
             self.attach(connection)
             return
@@ -490,9 +500,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             // still in `pendingBody`), or when it is idempotent (RFC 9110 §9.2.2) and bodiless
             // (a streamed body was not kept). A non-idempotent request the upstream may have
             // received is never sent twice: it could book twice.
-            let resendable = !self.requestSent
-                || (UpstreamSettings.idempotentMethods.contains(self.requestMethod.rawValue)
-                    && self.requestComplete && !self.requestBodyStarted)
+            let resendable = !self.requestSent || self.resendableOnStaleConnection
             // A reused keep-alive connection that dies before any response byte was most likely
             // closed by the upstream while idle: one free retry on a fresh connection.
             if resendable, connection.hasServedRequests, !self.retriedStaleConnection, error == .upstreamUnavailable {

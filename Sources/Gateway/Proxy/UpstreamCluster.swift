@@ -17,10 +17,6 @@ struct UpstreamSettings: Sendable {
     var retryMethods: Set<String> = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]
     var retryBudgetPercent = 20
     var healthCheck: HealthCheckConfig?
-
-    /// Methods whose effect is the same however often they arrive (RFC 9110 §9.2.2): only these
-    /// are sent again once the upstream may have received them, whatever `retryMethods` lists.
-    static let idempotentMethods: Set<String> = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]
 }
 
 /// One `host:port` of an upstream. Shared by all event loops; its counters are atomics.
