@@ -83,6 +83,7 @@ public enum RateLimitKey {
     /// the remaining parts follow the policy name in order. With no identity part the first part
     /// is the tag; with no parts at all the tag is `global`.
     public static func make(policy: PolicySpec, parts: [KeyPart]) -> String? {
+        if parts.count == 1 { return make(policy: policy, part: parts[0]) }
         var encoded: [(String, Bool)] = []
         for part in parts {
             guard let e = encode(part, ipv6Prefix: policy.ipv6Prefix) else { return nil }
@@ -107,6 +108,21 @@ public enum RateLimitKey {
         return key
     }
 
+    /// `make` for a policy of one part (`key: client_ip`, the common one): that part is the tag,
+    /// and no list of parts is built.
+    public static func make(policy: PolicySpec, part: KeyPart) -> String? {
+        guard let tag = encode(part, ipv6Prefix: policy.ipv6Prefix) else { return nil }
+        let name = escape(policy.name)
+        var key = ""
+        key.reserveCapacity(prefix.utf8.count + tag.utf8.count + name.utf8.count + 3)
+        key += prefix
+        key += "{"
+        key += tag
+        key += "}:"
+        key += name
+        return key
+    }
+
     /// The hash-tag text of a key (what Redis Cluster hashes), or the whole key when it has none.
     public static func hashTag(of key: String) -> Substring {
         guard let open = key.firstIndex(of: "{") else { return key[...] }
@@ -118,6 +134,9 @@ public enum RateLimitKey {
     static func encode(_ part: KeyPart, ipv6Prefix: Int) -> String? {
         switch part.kind {
         case .clientIP:
+            // Dotted-quad IPv4 in canonical form (what the gateway's peers nearly always are)
+            // is its own identity: no `inet_pton` round trip and no copies.
+            if IPAddress.isCanonicalIPv4(part.value) { return "ip:" + part.value }
             guard let ip = IPAddress(parsing: part.value) else { return nil }
             return "ip:" + ip.clientIdentity(ipv6Prefix: ipv6Prefix)
         case .jwtSubject, .claim("sub"): return "sub:" + escape(part.value)
@@ -182,6 +201,29 @@ public enum IPAddress: Sendable, Hashable {
         } else {
             self = .v6(b)
         }
+    }
+
+    /// Whether `text` is four decimal octets 0–255 without leading zeros, the form `inet_pton`
+    /// accepts and `clientIdentity` prints back unchanged.
+    static func isCanonicalIPv4(_ text: String) -> Bool {
+        var octets = 0
+        var value = 0
+        var digits = 0
+        for byte in text.utf8 {
+            if byte == UInt8(ascii: ".") {
+                guard digits > 0, octets < 3 else { return false }
+                octets += 1
+                value = 0
+                digits = 0
+                continue
+            }
+            // A digit after a leading 0 ("01") is not canonical.
+            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9"), digits == 0 || value != 0 else { return false }
+            value = value * 10 + Int(byte - UInt8(ascii: "0"))
+            digits += 1
+            guard value <= 255 else { return false }
+        }
+        return octets == 3 && digits > 0
     }
 
     /// The text that identifies the client: IPv4 as-is; IPv6 with the bits past `ipv6Prefix`

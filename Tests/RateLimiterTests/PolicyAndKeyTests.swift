@@ -132,4 +132,31 @@ import Testing
         #expect(denied10.map(\.value) == ["\"login\";r=0;t=50", "\"login\";q=5;w=60", "50"])
         #expect(RateLimitHeaders.sfString("a\"b\\c") == "\"a\\\"b\\\\c\"")
     }
+
+    /// The IPv4 shortcut in key building agrees with `inet_pton` + `clientIdentity`: whatever it
+    /// takes is an address that prints back as itself.
+    @Test func canonicalIPv4ShortcutAgreesWithInetPton() {
+        let texts = ["203.0.113.7", "0.0.0.0", "255.255.255.255", "1.2.3.4", "10.0.0.10", "256.1.1.1", "01.2.3.4",
+                     "1.2.3", "1.2.3.4.5", "1..3.4", ".1.2.3", "1.2.3.", "1.2.3.4 ", " 1.2.3.4", "1.2.3.04", "1.2.3.00",
+                     "a.b.c.d", "::1", "::ffff:1.2.3.4", "[1.2.3.4]", "1.2.3.4%eth0", "", "1.2.3.1000", "99.99.99.99"]
+        var rng = SplitMix64(seed: 3)
+        // Three to five dot-separated runs of zero to three digits, some of them over 255.
+        let random = (0..<5000).map { _ in
+            (0..<(3 + Int(rng.next() % 3))).map { _ in
+                String((0..<Int(rng.next() % 4)).map { _ in Character(String(rng.next() % 10)) })
+            }.joined(separator: ".")
+        }
+        var taken = 0
+        for text in texts + random where IPAddress.isCanonicalIPv4(text) {
+            taken += 1
+            guard case .v4 = IPAddress(parsing: text) else {
+                Issue.record("\(text) taken but not IPv4 to inet_pton")
+                continue
+            }
+            #expect(IPAddress(parsing: text)?.clientIdentity(ipv6Prefix: 64) == text)
+        }
+        for text in ["203.0.113.7", "0.0.0.0", "255.255.255.255", "10.0.0.10"] { #expect(IPAddress.isCanonicalIPv4(text)) }
+        for text in ["01.2.3.4", "1.2.3.04", "256.1.1.1", "1.2.3", "1.2.3.4 ", "[1.2.3.4]", "::1"] { #expect(!IPAddress.isCanonicalIPv4(text)) }
+        #expect(taken > 50)
+    }
 }

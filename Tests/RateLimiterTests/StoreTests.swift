@@ -19,6 +19,24 @@ import Testing
         }
     }
 
+    /// One policy per request takes the store's single-key path: the same answers again,
+    /// shadow policies and denials included.
+    @Test func singlePolicyRequestsSameAnswersAsPureMaths() {
+        let store = InProcessRateLimitStore(maxKeys: 10_000, shardCount: 16, sweepInterval: 4)
+        var table = RateLimitTable()
+        let policies = [spec("per_ip", 20, 10), spec("login", 3, 5, .slidingLog),
+                        spec("shadow", 2, 3, .slidingLog, shadow: true)]
+        var rng = SplitMix64(seed: 9)
+        var denied = 0
+        for step in randomTraffic(policies: policies, clients: 3, steps: 3000, maxStepMs: 300, start: 1_000_000, seed: 11) {
+            let one = [step.requests[Int(rng.next() % UInt64(step.requests.count))]]
+            let got = store.check(one, now: step.now)
+            #expect(got == table.check(policies: one.map { ($0.0, key: $0.1) }, now: step.now))
+            if !got.allowed { denied += 1 }
+        }
+        #expect(denied > 100, "the traffic never hit a limit")
+    }
+
     @Test func boundedByMaxKeys() {
         let store = InProcessRateLimitStore(maxKeys: 32, shardCount: 4, sweepInterval: 1_000_000)
         let p = spec("per_ip", 10, 60)

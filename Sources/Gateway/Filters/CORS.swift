@@ -52,6 +52,8 @@ struct ResponseAdditions: Sendable {
     /// `Vary` with `Origin` merged in, keeping every token the response already had
     /// (RFC 9110 §12.5.5); `nil` when nothing needs to change (`*` or `Origin` already there).
     static func mergedVary(_ values: [String]) -> String? {
+        // Most upstream responses have no `Vary`.
+        if values.isEmpty { return "Origin" }
         var tokens: [Substring] = []
         for value in values {
             for token in value.split(separator: ",") {
@@ -127,10 +129,13 @@ final class CORSPolicy: Sendable {
     /// The request's `Origin` when it is allowed (exactly one `Origin` field, matching a pattern).
     /// `null` (sandboxed frames, `file:`) only when listed: `*` does not cover it.
     func allowedOrigin(_ headers: HTTPHeaders) -> String? {
-        let values = headers["origin"]
-        guard values.count == 1 else { return nil }
-        let origin = values[0]
-        guard !origin.isEmpty, origin.utf8.count <= 1024 else { return nil }
+        // Exactly one `Origin` field, found without building the list of them.
+        var found: String? = nil
+        for (name, value) in headers where name.equalsIgnoringASCIICase("origin") {
+            guard found == nil else { return nil }
+            found = value
+        }
+        guard let origin = found, !origin.isEmpty, origin.utf8.count <= 1024 else { return nil }
         // Scheme and host compare case-insensitively (they are serialised lowercase by browsers).
         let lower = origin.utf8.contains { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") } ? origin.lowercased() : origin
         for pattern in self.patterns where Self.matches(pattern, lower) { return origin }
@@ -189,7 +194,9 @@ final class CORSPolicy: Sendable {
     /// the response from the page).
     func actual(_ headers: HTTPHeaders) -> ResponseAdditions {
         guard let origin = self.allowedOrigin(headers) else { return ResponseAdditions(headers: [], corsEnabled: true) }
-        var fields: [(String, String)] = [("access-control-allow-origin", origin)]
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(1 + self.actualFields.count)
+        fields.append(("access-control-allow-origin", origin))
         fields.append(contentsOf: self.actualFields)
         return ResponseAdditions(headers: fields, corsEnabled: true)
     }

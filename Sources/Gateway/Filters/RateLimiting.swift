@@ -146,6 +146,12 @@ final class RateLimitService: Sendable {
         var checks: [(PolicySpec, String)] = []
         checks.reserveCapacity(rules.count)
         for rule in rules {
+            if rule.tiers == nil, rule.key.count == 1, case .clientIP = rule.key[0] {
+                // The common policy: its key without a list of parts.
+                guard let key = RateLimitKey.make(policy: rule.spec, part: .clientIP(clientIP)) else { continue }
+                checks.append((rule.spec, key))
+                continue
+            }
             var parts: [KeyPart] = []
             parts.reserveCapacity(rule.key.count + 1)
             for part in rule.key {
