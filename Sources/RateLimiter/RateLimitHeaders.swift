@@ -9,41 +9,44 @@ public enum RateLimitHeaderStyle: String, Sendable, Hashable {
 }
 
 /// Response header fields for a decision: a pure function, ready to append to a response.
+/// Fields are `(name, value)` pairs, names as the drafts spell them or, with `lowercaseNames`,
+/// lowercase (what HTTP/2 requires; the gateway sends these on both protocols).
 public enum RateLimitHeaders {
     /// Fields for the tightest policy of `decision`, plus `Retry-After` when denied
     /// (RFC 9110 §10.2.3, delay-seconds; the longest wait among the denying policies).
     /// Empty when no enforced policy applies.
-    public static func fields(for decision: MultiDecision, style: RateLimitHeaderStyle) -> [(name: String, value: String)] {
+    public static func fields(
+        for decision: MultiDecision, style: RateLimitHeaderStyle, lowercaseNames: Bool = false
+    ) -> [(String, String)] {
         guard let t = decision.tightest else { return [] }
-        var out = fields(policy: t.policy, decision: t.decision, style: style, retryAfter: false)
+        var out = fields(policy: t.policy, decision: t.decision, style: style, retryAfter: false, lowercaseNames: lowercaseNames)
         if let retry = decision.retryAfter {
-            out.append((name: "Retry-After", value: String(retry)))
+            out.append((lowercaseNames ? "retry-after" : "Retry-After", String(retry)))
         }
         return out
     }
 
     /// Fields for one policy's decision; `Retry-After` is added when it denies and `retryAfter`.
     public static func fields(
-        policy: PolicySpec, decision: Decision, style: RateLimitHeaderStyle, retryAfter: Bool = true
-    ) -> [(name: String, value: String)] {
-        var out: [(name: String, value: String)]
+        policy: PolicySpec, decision: Decision, style: RateLimitHeaderStyle, retryAfter: Bool = true,
+        lowercaseNames: Bool = false
+    ) -> [(String, String)] {
+        var out: [(String, String)] = []
+        // Room for Retry-After too: one allocation whether or not it is denied.
+        out.reserveCapacity(5)
         switch style {
         case .draft6:
-            out = [
-                ("RateLimit-Limit", String(decision.limit)),
-                ("RateLimit-Remaining", String(decision.remaining)),
-                ("RateLimit-Reset", String(decision.resetAfter)),
-                ("RateLimit-Policy", "\(decision.limit);w=\(policy.windowSeconds)"),
-            ]
+            out.append((lowercaseNames ? "ratelimit-limit" : "RateLimit-Limit", String(decision.limit)))
+            out.append((lowercaseNames ? "ratelimit-remaining" : "RateLimit-Remaining", String(decision.remaining)))
+            out.append((lowercaseNames ? "ratelimit-reset" : "RateLimit-Reset", String(decision.resetAfter)))
+            out.append((lowercaseNames ? "ratelimit-policy" : "RateLimit-Policy", "\(decision.limit);w=\(policy.windowSeconds)"))
         case .ietfDraft10:
             let name = sfString(policy.name)
-            out = [
-                ("RateLimit", "\(name);r=\(decision.remaining);t=\(decision.resetAfter)"),
-                ("RateLimit-Policy", "\(name);q=\(decision.limit);w=\(policy.windowSeconds)"),
-            ]
+            out.append((lowercaseNames ? "ratelimit" : "RateLimit", "\(name);r=\(decision.remaining);t=\(decision.resetAfter)"))
+            out.append((lowercaseNames ? "ratelimit-policy" : "RateLimit-Policy", "\(name);q=\(decision.limit);w=\(policy.windowSeconds)"))
         }
         if retryAfter, let r = decision.retryAfter {
-            out.append(("Retry-After", String(r)))
+            out.append((lowercaseNames ? "retry-after" : "Retry-After", String(r)))
         }
         return out
     }

@@ -207,20 +207,6 @@ final class RateLimitService: Sendable {
         }
     }
 
-    /// The lowercase form HTTP/2 needs, from literals for the fields `RateLimitHeaders` makes
-    /// (a lowercased copy of a name this long is an allocation per field per request).
-    private static func lowercaseName(_ name: String) -> String {
-        switch name {
-        case "RateLimit-Limit": "ratelimit-limit"
-        case "RateLimit-Remaining": "ratelimit-remaining"
-        case "RateLimit-Reset": "ratelimit-reset"
-        case "RateLimit-Policy": "ratelimit-policy"
-        case "RateLimit": "ratelimit"
-        case "Retry-After": "retry-after"
-        default: name.lowercased()
-        }
-    }
-
     private func outcome(_ decision: MultiDecision) -> RateLimitOutcome {
         if let metrics = self.metrics {
             for entry in decision.decisions {
@@ -230,7 +216,7 @@ final class RateLimitService: Sendable {
                 metrics.rateLimitDecisions.increment([entry.policy.name, verdict])
             }
         }
-        let fields = RateLimitHeaders.fields(for: decision, style: self.headerStyle).map { (Self.lowercaseName($0.name), $0.value) }
+        let fields = RateLimitHeaders.fields(for: decision, style: self.headerStyle, lowercaseNames: true)
         return decision.allowed ? .allowed(fields) : .denied(fields)
     }
 }

@@ -176,7 +176,11 @@ final class ProxyExchange: UpstreamConnectionOwner {
             error.headers.append(contentsOf: rateLimitFields)
             self.fail(error)
         } else {
-            self.responseAdditions.extraHeaders.append(contentsOf: rateLimitFields)
+            if self.responseAdditions.extraHeaders.isEmpty {
+                self.responseAdditions.extraHeaders = rateLimitFields  // shared, not copied
+            } else {
+                self.responseAdditions.extraHeaders.append(contentsOf: rateLimitFields)
+            }
             if let cache = self.cache { self.consultCache(cache, coalesce: true) } else { self.startUpstream() }
         }
     }
