@@ -23,9 +23,10 @@ COPY Package.swift ./
 RUN swift package resolve
 COPY Sources ./Sources
 COPY Tests ./Tests
+COPY scripts/release-build.sh ./scripts/
 ARG GIT_COMMIT=unknown
-RUN GATEWAY_GIT_COMMIT="${GIT_COMMIT}" swift build -c release --product gateway --static-swift-stdlib \
-    && install -D -s -m 0755 "$(swift build -c release --show-bin-path)/gateway" /staging/usr/local/bin/gateway
+RUN GATEWAY_GIT_COMMIT="${GIT_COMMIT}" scripts/release-build.sh --product gateway --static-swift-stdlib \
+    && install -D -s -m 0755 "$(scripts/release-build.sh --show-bin-path)/gateway" /staging/usr/local/bin/gateway
 
 FROM ${RUNTIME_IMAGE} AS runtime
 RUN apt-get update \

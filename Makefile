@@ -18,7 +18,7 @@ build: deps
 	$(SWIFT) build
 
 release: deps
-	$(SWIFT) build -c release
+	SWIFT=$(SWIFT) scripts/release-build.sh
 
 certs:
 	@scripts/dev-cert.sh certs
@@ -26,7 +26,7 @@ certs:
 # The gateway with gateway.yaml, a generated development certificate and the demo booking
 # upstream on 127.0.0.1:$(UPSTREAM_PORT). Ctrl-C stops both.
 run: release certs
-	@bin=$$($(SWIFT) build -c release --show-bin-path); \
+	@bin=$$(SWIFT=$(SWIFT) scripts/release-build.sh --show-bin-path); \
 	$$bin/demo-upstream --port $(UPSTREAM_PORT) & up=$$!; \
 	trap 'kill $$up 2>/dev/null' EXIT INT TERM; \
 	$$bin/gateway run --config gateway.yaml

@@ -7,6 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v strace >/dev/null || { echo "missing: strace (apt-get install strace)" >&2; exit 1; }
-swift build -c release >/dev/null
-export BIN=$(swift build -c release --show-bin-path)
+scripts/release-build.sh >/dev/null
+export BIN=$(scripts/release-build.sh --show-bin-path)
 exec python3 benchmarks/budget.py "$@"

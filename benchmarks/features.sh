@@ -13,8 +13,8 @@ set -eu
 cd "$(dirname "$0")/.."
 RATE=${RATE:-2000}
 DUR=${DUR:-10}
-swift build -c release >/dev/null
-BIN=$(swift build -c release --show-bin-path)
+scripts/release-build.sh >/dev/null
+BIN=$(scripts/release-build.sh --show-bin-path)
 d=$(mktemp -d)
 scripts/dev-cert.sh "$d" >/dev/null
 SECRET=bench-secret-0123456789abcdef0123456789

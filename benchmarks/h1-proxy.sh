@@ -3,7 +3,7 @@
 # Gateway (workers: 1) on CPU 0; wrk and the upstream on CPU 1.
 set -u
 cd "$(dirname "$0")/.."
-BIN=$(swift build -c release --show-bin-path)
+BIN=$(scripts/release-build.sh --show-bin-path)
 d=$(mktemp -d)
 scripts/dev-cert.sh "$d" >/dev/null
 cat > "$d/gw.yaml" <<YAML

@@ -5,7 +5,7 @@
 # Latency at a fixed rate: h2load --rps with --log-file (per-request latencies), for h1 (--h1) and h2.
 set -u
 cd "$(dirname "$0")/.."
-BIN=$(swift build -c release --show-bin-path)
+BIN=$(scripts/release-build.sh --show-bin-path)
 DUR=${DUR:-8}
 RATE=${RATE:-4000}   # requests/s in total for the fixed-rate run (16 clients)
 d=$(mktemp -d)

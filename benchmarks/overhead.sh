@@ -14,8 +14,8 @@ RATE=${RATE:-2000}
 DUR=${DUR:-10}
 CONNS=${CONNS:-16}
 SAVE=${1:-}
-swift build -c release >/dev/null
-BIN=$(swift build -c release --show-bin-path)
+scripts/release-build.sh >/dev/null
+BIN=$(scripts/release-build.sh --show-bin-path)
 d=$(mktemp -d)
 scripts/dev-cert.sh "$d" >/dev/null
 cat > "$d/gw.yaml" <<YAML

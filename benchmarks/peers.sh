@@ -40,6 +40,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
   [ $own_policy = 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d
 fi
-swift build -c release >/dev/null
-export BIN=$(swift build -c release --show-bin-path)
+scripts/release-build.sh >/dev/null
+export BIN=$(scripts/release-build.sh --show-bin-path)
 exec python3 benchmarks/peers.py "${ARGS[@]}"

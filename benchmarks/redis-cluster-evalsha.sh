@@ -6,8 +6,8 @@
 # cluster on free ports (CPU 0); the client under test on CPU 1. Release build.
 set -u
 cd "$(dirname "$0")/.."
-swift build -c release --product RedisBench >/dev/null || exit 1
-BIN=$(swift build -c release --show-bin-path)
+scripts/release-build.sh --product RedisBench >/dev/null || exit 1
+BIN=$(scripts/release-build.sh --show-bin-path)
 N=${N:-300000}; P=${P:-128}
 dir=$(mktemp -d); pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; rm -rf "$dir"' EXIT

@@ -4,8 +4,8 @@
 # redis-server on CPU 0, the client under test on CPU 1. Release build.
 set -u
 cd "$(dirname "$0")/.."
-swift build -c release --product RedisBench >/dev/null || exit 1
-BIN=$(swift build -c release --show-bin-path)
+scripts/release-build.sh --product RedisBench >/dev/null || exit 1
+BIN=$(scripts/release-build.sh --show-bin-path)
 N=${N:-200000}; P=${P:-128}
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
 taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null & rs=$!

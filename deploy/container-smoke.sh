@@ -28,8 +28,8 @@ if ! podman image exists "$base"; then
   rm -rf "$work/rootfs"
 fi
 
-GATEWAY_GIT_COMMIT=$(git rev-parse --short HEAD) swift build -c release --product gateway --static-swift-stdlib
-install -D -s -m 0755 "$(swift build -c release --show-bin-path)/gateway" "$work/prebuilt/staging/usr/local/bin/gateway"
+GATEWAY_GIT_COMMIT=$(git rev-parse --short HEAD) scripts/release-build.sh --product gateway --static-swift-stdlib
+install -D -s -m 0755 "$(scripts/release-build.sh --show-bin-path)/gateway" "$work/prebuilt/staging/usr/local/bin/gateway"
 
 "${podman_run[@]}" build --format docker --network host "${limits[@]}" \
   --build-context build="$work/prebuilt" --build-arg RUNTIME_IMAGE="$base" \

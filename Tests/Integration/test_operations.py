@@ -155,7 +155,11 @@ def test_dockerfile_lint():
     assert re.fullmatch(r"swift:6\.\d+(\.\d+)?-bookworm", build_image), build_image
     assert runtime_image == "debian:bookworm-slim"
     build_runs = " ".join(a for i, a in build if i == "RUN")
-    assert "--static-swift-stdlib" in build_runs and "-c release" in build_runs
+    assert "--static-swift-stdlib" in build_runs
+    # The project's release build (its flags are in one script every release build shares).
+    assert "scripts/release-build.sh" in build_runs
+    assert "build -c release" in (ROOT / "scripts/release-build.sh").read_text()
+    assert any(i == "COPY" and "scripts/release-build.sh" in a for i, a in build)
     instructions = dict((i, a) for i, a in runtime)
     user = instructions.get("USER", "")
     assert user and user.split(":")[0] not in ("root", "0"), f"runtime must not run as root: USER {user!r}"
