@@ -59,7 +59,10 @@ public struct VerifiedClaims: Sendable {
 
     /// `values(path)` joined with commas: one text for a header or a key (`admin,barber`).
     public func text(_ path: String) -> String? {
-        values(path)?.joined(separator: ",")
+        // A scalar (the usual key or tier claim) without a one-element list and a join.
+        guard let value = value(at: path) else { return nil }
+        if let text = Self.scalarText(value) { return text }
+        return values(path)?.joined(separator: ",")
     }
 
     /// OAuth scopes: the `scope` claim (RFC 8693 §4.2: space-delimited; an array is accepted too),

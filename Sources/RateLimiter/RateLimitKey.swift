@@ -84,26 +84,29 @@ public enum RateLimitKey {
     /// is the tag; with no parts at all the tag is `global`.
     public static func make(policy: PolicySpec, parts: [KeyPart]) -> String? {
         if parts.count == 1 { return make(policy: policy, part: parts[0]) }
-        var encoded: [(String, Bool)] = []
-        for part in parts {
-            guard let e = encode(part, ipv6Prefix: policy.ipv6Prefix) else { return nil }
-            encoded.append((e, part.kind.isClientIdentity))
+        let tagIndex = parts.firstIndex { $0.kind.isClientIdentity } ?? (parts.isEmpty ? nil : 0)
+        let tag: String
+        if let tagIndex {
+            guard let encoded = encode(parts[tagIndex], ipv6Prefix: policy.ipv6Prefix) else { return nil }
+            tag = encoded
+        } else {
+            tag = "global"
         }
-        let tagIndex = encoded.firstIndex { $0.1 } ?? (encoded.isEmpty ? nil : 0)
-        let tag = tagIndex.map { encoded[$0].0 } ?? "global"
         let name = escape(policy.name)
-        // Sized once: built piecewise, a key of a few parts reallocated at every append.
+        // Sized once (the other parts' values plus room for their labels): built piecewise, a key
+        // of a few parts reallocated at every append. No list of encoded parts is kept.
         var key = ""
         key.reserveCapacity(prefix.utf8.count + tag.utf8.count + name.utf8.count + 3
-            + encoded.reduce(0) { $0 + $1.0.utf8.count + 1 })
+            + parts.reduce(0) { $0 + $1.value.utf8.count + 8 })
         key += prefix
         key += "{"
         key += tag
         key += "}:"
         key += name
-        for (i, e) in encoded.enumerated() where i != tagIndex {
+        for (i, part) in parts.enumerated() where i != tagIndex {
+            guard let encoded = encode(part, ipv6Prefix: policy.ipv6Prefix) else { return nil }
             key += ":"
-            key += e.0
+            key += encoded
         }
         return key
     }

@@ -218,5 +218,11 @@ struct HeaderRewritingTests {
         #expect(RequestIdentity.requestID(clientSupplied: "has space") != "has space")
         #expect(RequestIdentity.requestID(clientSupplied: String(repeating: "a", count: 129)).count < 129)
         #expect(RequestIdentity.requestID(clientSupplied: nil) != RequestIdentity.requestID(clientSupplied: nil))
+        // Fresh ids: the process's 16 hex digits, then the counter in 12, one more each time.
+        let a = RequestIdentity.requestID(clientSupplied: nil)
+        let b = RequestIdentity.requestID(clientSupplied: nil)
+        #expect(a.utf8.count == 28 && a.utf8.allSatisfy { ("0"..."9").contains(Character(UnicodeScalar($0))) || ("a"..."f").contains(Character(UnicodeScalar($0))) })
+        #expect(a.prefix(16) == b.prefix(16))
+        #expect(UInt64(b.suffix(12), radix: 16) == UInt64(a.suffix(12), radix: 16).map { $0 + 1 })
     }
 }

@@ -103,6 +103,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.activity.server = self
         self.services.observability.metrics.connections.increment([self.services.listener.name, "http/1.1"])
         self.peer = PeerAddress(context.channel.remoteAddress)
         if context.channel.isActive { self.becameIdle() }
@@ -121,6 +122,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.services.observability.metrics.connections.increment([self.services.listener.name, "http/1.1"], by: -1)
         self.teardown()
         self.context = nil
+        // The two point at each other while both are in the pipeline; this ends the cycle.
+        if self.activity.server === self { self.activity.server = nil }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -147,13 +150,16 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     /// all keep far fewer in flight.
     static let defaultMaxQueuedRequests = 256
 
+    /// The first bytes of a new request: its `client_header` clock starts (`ReadActivityHandler`).
+    func requestBytesArrived() {
+        if self.current == nil {
+            let traffic = self.runtime().traffic
+            self.arm(.header, after: traffic.clientHeaderTimeout, traffic: traffic)
+        }
+    }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
-        case is ReadActivityHandler.RequestBytesArrived:
-            if self.current == nil {
-                let traffic = self.runtime().traffic
-                self.arm(.header, after: traffic.clientHeaderTimeout, traffic: traffic)
-            }
         case is ChannelShouldQuiesceEvent:
             self.quiescing = true
             if self.current == nil { self.close() }

@@ -8,8 +8,10 @@ final class ReadActivityHandler: ChannelInboundHandler, RemovableChannelHandler 
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
 
-    /// Fired once per `arm()` on the next read.
-    struct RequestBytesArrived {}
+    /// Told once per `arm()`, on the next read, before the bytes reach the decoder: a direct
+    /// call rather than a user event, which every handler between would pass on and the server
+    /// handler would have to cast. Set by that handler when it is added, cleared when removed.
+    var server: HTTP1ServerHandler?
 
     private var armed = true
     /// When bytes last arrived: a request body that stops arriving for `timeouts.idle` is cut off.
@@ -21,7 +23,7 @@ final class ReadActivityHandler: ChannelInboundHandler, RemovableChannelHandler 
         self.lastRead = .now()
         if self.armed {
             self.armed = false
-            context.fireUserInboundEventTriggered(RequestBytesArrived())
+            self.server?.requestBytesArrived()
         }
         context.fireChannelRead(data)
     }

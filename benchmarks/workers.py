@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Does a second worker cost CPU per request? (issue 11, "scaling across cores")
+
+The gateway with `workers: 1` and `workers: 2`, both allowed on both CPUs, in turn (interleaved
+rounds), each loaded with the same fixed request count from a load generator that also runs on
+these two cores (`h2load --h1 -c 64` and `h2load -c 16 -m 10`, TLS), upstream Debian nginx
+`return 200` (as in benchmarks/peers.py). On a 2-core machine the load generator takes CPU from
+the server, so raw throughput says little: the figure is the gateway's requests per CPU-second
+(utime+stime over the load). The target: workers: 2 within 10% of workers: 1.
+
+  benchmarks/workers.sh            N=100000 ROUNDS=3
+"""
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # noqa: E402
+
+N = int(os.environ.get("N", "100000"))
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+LOADS = {"http/1.1": ["--h1", "-c", "64", "-t", "1"], "h2": ["-c", "16", "-m", "10", "-t", "1"]}
+
+
+def main():
+    d = tempfile.mkdtemp(prefix="workers-")
+    run = peers.Run(d)
+    samples = {}
+    try:
+        subprocess.run([str(peers.ROOT / "scripts/dev-cert.sh"), d], check=True, capture_output=True)
+        Path(f"{d}/nginx-up.conf").write_text(peers.nginx_upstream_conf(d))
+        run.spawn(1, [peers.NGINX, "-p", d, "-c", f"{d}/nginx-up.conf", "-e", f"{d}/nginx-up-error.log"], peers.UP_PORT)
+        for rnd in range(1, ROUNDS + 1):
+            for workers in (1, 2):
+                text = peers.gateway_yaml(d, "base").replace("workers: 1", f"workers: {workers}")
+                Path(f"{d}/gw-w{workers}.yaml").write_text(text)
+                proc = run.spawn("0,1", [str(peers.BIN / "gateway"), "run", "--config", f"{d}/gw-w{workers}.yaml"], peers.GW_PORT)
+                url = f"https://127.0.0.1:{peers.GW_PORT}{peers.PATH_}"
+                for name, args in LOADS.items():
+                    subprocess.run(["h2load", "-n", "5000", *args, url], capture_output=True, check=True)  # warm-up
+                    before = peers.cpu_ticks(proc.pid)
+                    out = subprocess.run(["h2load", "-n", str(N), *args, url], capture_output=True, text=True, check=True).stdout
+                    cpu = (peers.cpu_ticks(proc.pid) - before) / peers.CLK_TCK
+                    ok = int(re.search(r"status codes: (\d+) 2xx", out).group(1))
+                    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+                    samples.setdefault((name, workers), []).append((ok / cpu, rps, ok))
+                    peers.log(f"round {rnd} workers {workers} {name}: {ok / cpu:,.0f} req/CPU-s, {rps:,.0f} req/s, {ok} ok")
+                run.stop(proc)
+    finally:
+        run.stop_all()
+        subprocess.run(["rm", "-rf", d])
+    print(f"N = {N} per load, medians of {ROUNDS} interleaved rounds; gateway and load share both CPUs.\n")
+    print("| protocol | workers: 1 req/CPU-s | workers: 2 req/CPU-s | ratio (2/1) | req/s 1 / 2 |")
+    print("|---|--:|--:|--:|--:|")
+    for name in LOADS:
+        one = statistics.median(s[0] for s in samples[(name, 1)])
+        two = statistics.median(s[0] for s in samples[(name, 2)])
+        r1 = statistics.median(s[1] for s in samples[(name, 1)])
+        r2 = statistics.median(s[1] for s in samples[(name, 2)])
+        print(f"| {name} | {one:,.0f} | {two:,.0f} | {two / one:.2f} | {r1:,.0f} / {r2:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
