@@ -213,6 +213,16 @@ struct HeaderRewritingTests {
         #expect(headFraming == .asIs && headHead.headers["transfer-encoding"].isEmpty)
     }
 
+    @Test func hostsAreNormalizedAsBytes() {
+        let cases: [(String?, String)] = [
+            ("Api.BarberPro.com.ar:443", "api.barberpro.com.ar"), ("api.barberpro.com.ar.", "api.barberpro.com.ar"),
+            ("api.barberpro.com.ar.:8443", "api.barberpro.com.ar"), ("[::1]:8443", "[::1]"), ("[2001:DB8::1]", "[2001:db8::1]"),
+            ("127.0.0.1:28443", "127.0.0.1"), ("localhost", "localhost"), ("", ""), (nil, ""), (":80", ""),
+            ("caf\u{E9}.example:1", "caf\u{E9}.example"),
+        ]
+        for (raw, expected) in cases { #expect(RouteTable.normalizeHost(raw) == expected[...], "\(raw ?? "nil")") }
+    }
+
     @Test func requestIDRules() {
         #expect(RequestIdentity.requestID(clientSupplied: "abc-1.2_3") == "abc-1.2_3")
         #expect(RequestIdentity.requestID(clientSupplied: "has space") != "has space")

@@ -5,6 +5,10 @@ extension String {
     func equalsIgnoringASCIICase(_ lowercase: StaticString) -> Bool {
         guard self.utf8.count == lowercase.utf8CodeUnitCount else { return false }
         let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
+        // Native strings (all the decoders make) are contiguous UTF-8: compared as a buffer.
+        if let equal = self.utf8.withContiguousStorageIfAvailable({ bytesEqualIgnoringASCIICase($0, expected) }) {
+            return equal
+        }
         var index = 0
         for byte in self.utf8 {
             if asciiLowercased(byte) != expected[index] { return false }
@@ -16,6 +20,11 @@ extension String {
     /// `equalsIgnoringASCIICase` against a lowercase name known only at run time (config).
     func equalsIgnoringASCIICase(_ lowercase: String) -> Bool {
         guard self.utf8.count == lowercase.utf8.count else { return false }
+        if let equal = self.utf8.withContiguousStorageIfAvailable({ bytes in
+            lowercase.utf8.withContiguousStorageIfAvailable { bytesEqualIgnoringASCIICase(bytes, $0) }
+        }), let equal {
+            return equal
+        }
         var expected = lowercase.utf8.makeIterator()
         for byte in self.utf8 where asciiLowercased(byte) != expected.next() {
             return false
@@ -74,9 +83,14 @@ extension String {
 
 @inline(__always)
 private func bytesEqualIgnoringASCIICase(_ bytes: UnsafeBufferPointer<UInt8>, _ lowercase: StaticString) -> Bool {
-    guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
-    let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
-    for index in 0..<bytes.count where asciiLowercased(bytes[index]) != expected[index] { return false }
+    bytesEqualIgnoringASCIICase(bytes, UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount))
+}
+
+/// `bytes` equal to `lowercase` (lowercase ASCII) with `bytes`' ASCII case ignored.
+@inline(__always)
+private func bytesEqualIgnoringASCIICase(_ bytes: UnsafeBufferPointer<UInt8>, _ lowercase: UnsafeBufferPointer<UInt8>) -> Bool {
+    guard bytes.count == lowercase.count else { return false }
+    for index in 0..<bytes.count where asciiLowercased(bytes[index]) != lowercase[index] { return false }
     return true
 }
 

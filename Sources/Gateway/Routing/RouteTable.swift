@@ -162,13 +162,15 @@ final class RouteTable: Sendable {
     /// Lowercase, without port and trailing dot; IPv6 literals keep their brackets.
     static func normalizeHost(_ raw: String?) -> Substring {
         guard let raw, !raw.isEmpty else { return "" }
+        // Searched as bytes: `Character` searches walk grapheme clusters (this runs per request).
         var host = Substring(raw)
-        if host.first == "[" {
-            if let close = host.firstIndex(of: "]") { host = host[...close] }
-        } else if let colon = host.lastIndex(of: ":") {
+        let bytes = host.utf8
+        if bytes.first == UInt8(ascii: "[") {
+            if let close = bytes.firstIndex(of: UInt8(ascii: "]")) { host = host[...close] }
+        } else if let colon = bytes.lastIndex(of: UInt8(ascii: ":")) {
             host = host[..<colon]
         }
-        if host.last == "." { host = host.dropLast() }
+        if host.utf8.last == UInt8(ascii: ".") { host = host[..<host.utf8.index(before: host.utf8.endIndex)] }
         if host.utf8.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) {
             return Substring(host.lowercased())
         }
