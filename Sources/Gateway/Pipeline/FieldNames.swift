@@ -35,31 +35,20 @@ extension String {
     /// Whether this comma-separated list (a field value such as `Connection` or `Expect`) has an
     /// element equal to `lowercase`, elements trimmed of SP/HTAB and compared ignoring ASCII case.
     func containsListElement(_ lowercase: StaticString) -> Bool {
-        var value = self
-        return value.withUTF8 { bytes in
-            let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
-            var start = 0
-            while start <= bytes.count {
-                var end = start
-                while end < bytes.count, bytes[end] != UInt8(ascii: ",") { end += 1 }
-                var low = start
-                var high = end
-                while low < high, isSpaceOrTab(bytes[low]) { low += 1 }
-                while high > low, isSpaceOrTab(bytes[high - 1]) { high -= 1 }
-                if high - low == expected.count {
-                    var index = 0
-                    while index < expected.count, asciiLowercased(bytes[low + index]) == expected[index] { index += 1 }
-                    if index == expected.count { return true }
-                }
-                start = end + 1
-            }
-            return false
-        }
+        !self.visitListElements { !bytesEqualIgnoringASCIICase($0, lowercase) }
     }
 
     /// Whether every element of this comma-separated list (empty ones aside) is one of
     /// `lowercaseNames`, elements trimmed of SP/HTAB and compared ignoring ASCII case.
     func listElementsAreAll(in lowercaseNames: [StaticString]) -> Bool {
+        self.visitListElements { element in
+            element.isEmpty || lowercaseNames.contains { bytesEqualIgnoringASCIICase(element, $0) }
+        }
+    }
+
+    /// Calls `visit` with each element of this comma-separated list, trimmed of SP/HTAB (empty
+    /// ones included), while it returns true; true when it saw them all.
+    private func visitListElements(_ visit: (UnsafeBufferPointer<UInt8>) -> Bool) -> Bool {
         var value = self
         return value.withUTF8 { bytes in
             var start = 0
@@ -70,10 +59,7 @@ extension String {
                 var high = end
                 while low < high, isSpaceOrTab(bytes[low]) { low += 1 }
                 while high > low, isSpaceOrTab(bytes[high - 1]) { high -= 1 }
-                if high > low {
-                    let element = UnsafeBufferPointer(rebasing: bytes[low..<high])
-                    guard lowercaseNames.contains(where: { bytesEqualIgnoringASCIICase(element, $0) }) else { return false }
-                }
+                if !visit(UnsafeBufferPointer(rebasing: bytes[low..<high])) { return false }
                 start = end + 1
             }
             return true
