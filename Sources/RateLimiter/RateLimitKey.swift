@@ -111,18 +111,27 @@ public enum RateLimitKey {
         return key
     }
 
-    /// `make` for a policy of one part (`key: client_ip`, the common one): that part is the tag,
-    /// and no list of parts is built.
-    public static func make(policy: PolicySpec, part: KeyPart) -> String? {
+    /// `make` for a policy of one part (`key: client_ip`, the common one), optionally followed by
+    /// one more (a tiered policy's tier): the first part is the tag, and no list of parts is built.
+    public static func make(policy: PolicySpec, part: KeyPart, then next: KeyPart? = nil) -> String? {
         guard let tag = encode(part, ipv6Prefix: policy.ipv6Prefix) else { return nil }
+        var rest: String? = nil
+        if let next {
+            guard let encoded = encode(next, ipv6Prefix: policy.ipv6Prefix) else { return nil }
+            rest = encoded
+        }
         let name = escape(policy.name)
         var key = ""
-        key.reserveCapacity(prefix.utf8.count + tag.utf8.count + name.utf8.count + 3)
+        key.reserveCapacity(prefix.utf8.count + tag.utf8.count + name.utf8.count + 4 + (rest?.utf8.count ?? 0))
         key += prefix
         key += "{"
         key += tag
         key += "}:"
         key += name
+        if let rest {
+            key += ":"
+            key += rest
+        }
         return key
     }
 

@@ -161,6 +161,29 @@ public enum RedisRateLimitScript {
 
     /// KEYS and ARGV for one call. `nowOverrideMs` is for tests only; production passes nil so
     /// the script uses Redis's `TIME`. `peek` asks for the decision without counting.
+    /// `EVALSHA sha numkeys keys… arguments…` for `requests`, as one list sized once: what a
+    /// check sends (`keysAndArguments` gives the same keys and arguments apart).
+    public static func evalshaCommand(
+        sha: String, _ requests: [(PolicySpec, String)], cost: Int = 1, nowOverrideMs: Int64? = nil, peek: Bool = false
+    ) -> [String] {
+        var command: [String] = []
+        command.reserveCapacity(6 + requests.count * 5)
+        command.append("EVALSHA")
+        command.append(sha)
+        command.append(String(requests.count))
+        for (_, key) in requests { command.append(key) }
+        command.append(nowOverrideMs.map { String($0) } ?? "")
+        command.append(String(cost))
+        for (spec, _) in requests {
+            command.append(spec.algorithm == .slidingWindow ? "w" : "l")
+            command.append(String(spec.limit))
+            command.append(String(spec.windowMs))
+            command.append(spec.shadow ? "1" : "0")
+        }
+        if peek { command.append("peek") }
+        return command
+    }
+
     public static func keysAndArguments(
         _ requests: [(PolicySpec, String)], cost: Int = 1, nowOverrideMs: Int64? = nil, peek: Bool = false
     ) -> (keys: [String], arguments: [String]) {

@@ -158,13 +158,14 @@ public final class RedisRateLimitStore: Sendable {
         deadline: NIODeadline? = nil
     ) -> EventLoopFuture<MultiDecision> {
         let slotKey = requests.first?.1
-        let (keys, arguments) = RedisRateLimitScript.keysAndArguments(requests, cost: cost, nowOverrideMs: nowOverrideMs, peek: peek)
-        let knownSHA = sha.withLock { $0 }
+        @Sendable func command(_ sha: String) -> [String] {
+            RedisRateLimitScript.evalshaCommand(sha: sha, requests, cost: cost, nowOverrideMs: nowOverrideMs, peek: peek)
+        }
         let first: EventLoopFuture<RESPValue>
-        if let knownSHA {
-            first = evalsha(knownSHA, keys, arguments)
+        if let knownSHA = sha.withLock({ $0 }) {
+            first = client.sendCommand(command(knownSHA), key: slotKey, timeout: nil)
         } else {
-            first = loadScript(key: slotKey).flatMap { sha in self.evalsha(sha, keys, arguments) }
+            first = loadScript(key: slotKey).flatMap { sha in self.client.sendCommand(command(sha), key: slotKey, timeout: nil) }
         }
         let loop = first.eventLoop
         let promise = loop.makePromise(of: MultiDecision.self)
@@ -172,40 +173,39 @@ public final class RedisRateLimitStore: Sendable {
         let timer = loop.scheduleTask(deadline: deadline) {
             promise.fail(RateLimitStoreError.storeUnavailable.with("no decision within \(self.timeout)"))
         }
-        first.flatMap { reply -> EventLoopFuture<RESPValue> in
-            guard let message = reply.errorMessage, message.hasPrefix("NOSCRIPT") else {
-                return loop.makeSucceededFuture(reply)
-            }
-            guard loop.now < deadline else { return loop.makeSucceededFuture(reply) }
-            // Load and retry pipelined on one connection: one more round trip, not two. The SHA
-            // is that of our own source, so it is the one SCRIPT LOAD will answer.
-            let sha = self.sha.withLock { $0 } ?? ""
-            return self.client.send(commands: [["SCRIPT", "LOAD", RedisRateLimitScript.source],
-                                               Self.evalshaCommand(sha, keys, arguments)], key: slotKey, timeout: nil).map { $0[1] }
-        }
-        .flatMapThrowing { reply in try Self.decode(reply, requests, peek: peek) }
-        .whenComplete { result in
+        // Callbacks on the reply's future rather than a chain of maps: each link of a chain is a
+        // future (and a closure) more per request.
+        @Sendable func finish(_ result: Result<RESPValue, any Error>) {
             timer.cancel()
             switch result {
-            case .success(let decision):
-                promise.succeed(decision)
+            case .success(let reply):
+                do {
+                    promise.succeed(try Self.decode(reply, requests, peek: peek))
+                } catch {
+                    promise.fail(error as? RateLimitStoreError ?? RateLimitStoreError.storeUnavailable.with("\(error)"))
+                }
             case .failure(let error):
                 promise.fail(error as? RateLimitStoreError ?? RateLimitStoreError.storeUnavailable.with("\(error)"))
             }
+        }
+        first.whenComplete { result in
+            if case .success(let reply) = result, let message = reply.errorMessage, message.hasPrefix("NOSCRIPT"),
+                loop.now < deadline
+            {
+                // Load and retry pipelined on one connection: one more round trip, not two. The SHA
+                // is that of our own source, so it is the one SCRIPT LOAD will answer.
+                let sha = self.sha.withLock { $0 } ?? ""
+                self.client.send(commands: [["SCRIPT", "LOAD", RedisRateLimitScript.source], command(sha)], key: slotKey, timeout: nil)
+                    .map { $0[1] }.whenComplete(finish)
+                return
+            }
+            finish(result)
         }
         return promise.futureResult
     }
 
     public func check(_ requests: [(PolicySpec, String)], cost: Int = 1, nowOverrideMs: Int64? = nil) async throws -> MultiDecision {
         try await check(requests, cost: cost, nowOverrideMs: nowOverrideMs).get()
-    }
-
-    private func evalsha(_ sha: String, _ keys: [String], _ arguments: [String]) -> EventLoopFuture<RESPValue> {
-        client.send(Self.evalshaCommand(sha, keys, arguments), key: keys.first)
-    }
-
-    private static func evalshaCommand(_ sha: String, _ keys: [String], _ arguments: [String]) -> [String] {
-        ["EVALSHA", sha, String(keys.count)] + keys + arguments
     }
 
     private func loadScript(key: String? = nil) -> EventLoopFuture<String> {

@@ -9,6 +9,9 @@ public protocol RedisCommandSender: Sendable {
     /// when nil). Fails as a whole with a `RedisError` for connection problems; error replies
     /// are values.
     func send(commands: [[String]], key: String?, timeout: TimeAmount?) -> EventLoopFuture<[RESPValue]>
+    /// Sends one command: `send(commands:)` of one, which an implementation may do without the
+    /// lists and the extra futures (the rate limiter sends one EVALSHA per request).
+    func sendCommand(_ arguments: [String], key: String?, timeout: TimeAmount?) -> EventLoopFuture<RESPValue>
     /// The event loop of the next connection (for futures made without I/O).
     func nextEventLoop() -> any EventLoop
     /// One row per server this client talks to, for health reports.
@@ -38,6 +41,10 @@ public struct RedisNodeState: Sendable, Equatable {
 
 extension RedisCommandSender {
     public func send(_ arguments: [String], key: String? = nil, timeout: TimeAmount? = nil) -> EventLoopFuture<RESPValue> {
+        sendCommand(arguments, key: key, timeout: timeout)
+    }
+
+    public func sendCommand(_ arguments: [String], key: String?, timeout: TimeAmount?) -> EventLoopFuture<RESPValue> {
         send(commands: [arguments], key: key, timeout: timeout).map { $0[0] }
     }
 

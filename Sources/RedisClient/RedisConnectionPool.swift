@@ -54,7 +54,19 @@ public final class RedisConnectionPool: RedisCommandSender {
     /// connection problems; a Redis error reply succeeds as `RESPValue.error`.
     /// `timeout` overrides `configuration.commandTimeout` for this command.
     public func send(_ arguments: [String], timeout: TimeAmount? = nil) -> EventLoopFuture<RESPValue> {
-        send(commands: [arguments], timeout: timeout).map { $0[0] }
+        sendCommand(arguments, key: nil, timeout: timeout)
+    }
+
+    /// One command's promise, straight from the connection that queues it.
+    public func sendCommand(_ arguments: [String], key: String?, timeout: TimeAmount?) -> EventLoopFuture<RESPValue> {
+        let n = connections.count
+        let start = nextIndex.wrappingAdd(1, ordering: .relaxed).oldValue
+        let t = timeout ?? configuration.commandTimeout
+        for k in 0..<n {
+            if let future = connections[(start &+ k) % n].send(arguments, timeout: t) { return future }
+        }
+        let loop = connections[start % n].eventLoop
+        return loop.makeFailedFuture(isShutDown ? RedisError.poolClosed : RedisError.notConnected)
     }
 
     /// Sends `commands` back to back on one connection, so Redis runs them in this order with
@@ -141,6 +153,26 @@ final class RedisConnection: Sendable {
 
     func start() {
         eventLoop.execute { self.connect() }
+    }
+
+    /// Queues one command when this connection is up; nil when it is not (the pool tries another).
+    func send(_ arguments: [String], timeout: TimeAmount) -> EventLoopFuture<RESPValue>? {
+        let promise = eventLoop.makePromise(of: RESPValue.self)
+        let drainOn: (any Channel)?? = state.withLock { s in
+            guard case .ready(let channel) = s.phase else { return nil }
+            s.outbox.append(RedisRequest(arguments: arguments, promise: promise, timeout: timeout))
+            if s.drainScheduled { return .some(nil) }
+            s.drainScheduled = true
+            return .some(channel)
+        }
+        guard let drainOn else {
+            // Not queued: nobody else holds the promise, and an unfulfilled one must not leak.
+            promise.fail(RedisError.notConnected)
+            return nil
+        }
+        // Runs after everything else queued in this tick: one batch, one flush.
+        if let channel = drainOn { eventLoop.execute { self.drain(channel) } }
+        return promise.futureResult
     }
 
     /// Queues commands when this connection is up; nil when it is not (the pool tries another).

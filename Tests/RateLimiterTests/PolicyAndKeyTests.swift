@@ -136,6 +136,23 @@ import Testing
         #expect(RateLimitHeaders.sfString("a\"b\\c") == "\"a\\\"b\\\\c\"")
     }
 
+    /// The list-free forms of `make` give the keys the general one does.
+    @Test func oneOrTwoPartKeysMatchTheGeneralForm() {
+        let p = spec("per_ip", 100, 900)
+        let firsts: [KeyPart] = [.clientIP("203.0.113.7"), .clientIP("2001:db8::1"), .jwtSubject("u 1"), .claim("org.id", "acme"),
+                                 .header("X-Shop", "s/1"), .route("bookings"), .clientIP("not an address")]
+        // Two parts: against the general form (which a list of two takes).
+        for first in firsts {
+            #expect(RateLimitKey.make(policy: p, part: first, then: .tier("pro")) == RateLimitKey.make(policy: p, parts: [first, .tier("pro")]))
+        }
+        // One part: the keys the general form gave before it delegated here (`{tag}:policy`).
+        #expect(RateLimitKey.make(policy: p, part: .clientIP("203.0.113.7")) == "gw:rl:{ip:203.0.113.7}:per_ip")
+        #expect(RateLimitKey.make(policy: p, part: .jwtSubject("u 1")) == "gw:rl:{sub:u%201}:per_ip")
+        #expect(RateLimitKey.make(policy: p, part: .route("bookings")) == "gw:rl:{route:bookings}:per_ip")
+        #expect(RateLimitKey.make(policy: p, part: .clientIP("not an address")) == nil)
+        #expect(RateLimitKey.make(policy: p, part: .clientIP("10.0.0.1"), then: .tier("pro")) == "gw:rl:{ip:10.0.0.1}:per_ip:tier:pro")
+    }
+
     /// The IPv4 shortcut in key building agrees with `inet_pton` + `clientIdentity`: whatever it
     /// takes is an address that prints back as itself.
     @Test func canonicalIPv4ShortcutAgreesWithInetPton() {
