@@ -235,14 +235,17 @@ struct OTLPExporterTests {
     /// The export's outcome for `parts` arriving on a fresh connection (nil: still pending).
     static func outcome(_ parts: [HTTPClientResponsePart], close: Bool = false) throws -> Result<Void, Error>? {
         let channel = EmbeddedChannel()
-        let promise = channel.eventLoop.makePromise(of: Void.self)
-        try channel.pipeline.syncOperations.addHandler(OTLPResponseHandler(promise: promise))
+        let promise = channel.eventLoop.makePromise(of: OneShotHTTP.Response.self)
+        try channel.pipeline.syncOperations.addHandler(
+            OneShotResponseCollector(promise: promise, accept: OTLPHTTPSender.accepts, maxBodyBytes: nil))
         let result = Mutex<Result<Void, Error>?>(nil)
-        promise.futureResult.whenComplete { outcome in result.withLock { $0 = outcome } }
+        promise.futureResult.whenComplete { outcome in
+            result.withLock { $0 = outcome.map { _ in }.mapError { OTLPHTTPSender.exportError($0) } }
+        }
         for part in parts { try channel.writeInbound(part) }
         if close { channel.pipeline.fireChannelInactive() }
         let outcome = result.withLock { $0 }
-        if outcome == nil { promise.succeed() }
+        if outcome == nil { promise.succeed(OneShotHTTP.Response(status: .ok, headers: [:], body: [])) }
         _ = try? channel.finish()
         return outcome
     }

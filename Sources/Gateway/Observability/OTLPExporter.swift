@@ -6,7 +6,7 @@ import Synchronization
 import TLSClient
 
 /// Where `tracing.otlp_endpoint` points, split once: spans are POSTed to `{base path}/v1/traces`.
-struct OTLPEndpoint: Sendable, Equatable {
+struct OTLPEndpoint: OneShotTarget, Equatable {
     var secure: Bool
     var host: String
     var port: Int
@@ -35,18 +35,6 @@ struct OTLPEndpoint: Sendable, Equatable {
         }
         guard parsed.query == nil, parsed.fragment == nil else { return "the URL must not have a query or fragment" }
         return nil
-    }
-
-    var hostIsIPAddress: Bool {
-        if self.host.contains(":") { return true }
-        let parts = self.host.split(separator: ".", omittingEmptySubsequences: false)
-        return parts.count == 4 && parts.allSatisfy { UInt8($0) != nil }
-    }
-
-    /// The `Host` field: the port only when it is not the scheme's default.
-    var authority: String {
-        let bracketed = self.host.contains(":") ? "[\(self.host)]" : self.host
-        return self.port == (self.secure ? 443 : 80) ? bracketed : "\(bracketed):\(self.port)"
     }
 }
 
@@ -330,52 +318,31 @@ final class OTLPHTTPSender: Sendable {
     }
 
     func send(_ body: ByteBuffer, on eventLoop: EventLoop) -> EventLoopFuture<Void> {
-        let endpoint = self.endpoint
         let tls: TLSClientContext?
         do {
-            tls = endpoint.secure ? try self.tlsContext() : nil
+            tls = self.endpoint.secure ? try self.tlsContext() : nil
         } catch {
             return eventLoop.makeFailedFuture(error)
         }
-        let promise = eventLoop.makePromise(of: Void.self)
-        let bootstrap = ClientBootstrap(group: eventLoop)
-            .connectTimeout(self.timeout)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let sync = channel.pipeline.syncOperations
-                    if let tls {
-                        try sync.addHandler(TLSClientHandler(
-                            context: tls, host: endpoint.host, hostIsIPAddress: endpoint.hostIsIPAddress))
-                    }
-                    try sync.addHTTPClientHandlers()
-                    try sync.addHandler(OTLPResponseHandler(promise: promise))
-                }
-            }
-        let timeout = self.timeout
-        let deadline = eventLoop.scheduleTask(in: timeout) {
-            promise.fail(OTLPExportError("no response within \(timeout.nanoseconds / 1_000_000) ms"))
-        }
-        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: endpoint.target)
-        head.headers.add(name: "host", value: endpoint.authority)
+        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: self.endpoint.target)
         head.headers.add(name: "content-type", value: "application/json")
         head.headers.add(name: "content-length", value: String(body.readableBytes))
         head.headers.add(name: "user-agent", value: "barberpro-gateway-otlp")
-        head.headers.add(name: "connection", value: "close")
         for (name, value) in self.headers { head.headers.add(name: name, value: value) }
-        let requestHead = head
-        bootstrap.connect(host: endpoint.host, port: endpoint.port).whenComplete { result in
-            switch result {
-            case .failure(let error):
-                promise.fail(OTLPExportError("connect to \(endpoint.authority): \(error)"))
-            case .success(let channel):
-                channel.write(HTTPClientRequestPart.head(requestHead), promise: nil)
-                channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil)
-                channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
-                promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
-            }
+        return OneShotHTTP.exchange(
+            self.endpoint, tls: tls, head: head, body: body, accept: Self.accepts, maxBodyBytes: nil,
+            timeout: self.timeout, on: eventLoop
+        ).map { _ in }.flatMapErrorThrowing { error in throw Self.exportError(error) }
+    }
+
+    /// 2xx is success; a partial success is still one, so the body is read and dropped.
+    static let accepts: @Sendable (HTTPResponseStatus) -> Bool = { (200..<300).contains($0.code) }
+
+    static func exportError(_ error: Error) -> OTLPExportError {
+        if let failure = error as? OneShotHTTP.Failure, let status = failure.status {
+            return OTLPExportError("collector answered HTTP \(status.code)")
         }
-        promise.futureResult.whenComplete { _ in deadline.cancel() }
-        return promise.futureResult
+        return OTLPExportError("\(error)")
     }
 }
 
@@ -384,47 +351,3 @@ struct OTLPExportError: Error, CustomStringConvertible, Sendable {
     init(_ description: String) { self.description = description }
 }
 
-/// Completes the promise at the end of a 2xx response, fails it otherwise.
-final class OTLPResponseHandler: ChannelInboundHandler {
-    typealias InboundIn = HTTPClientResponsePart
-
-    private let promise: EventLoopPromise<Void>
-    private var status: HTTPResponseStatus?
-    private var done = false
-
-    init(promise: EventLoopPromise<Void>) { self.promise = promise }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch Self.unwrapInboundIn(data) {
-        case .head(let head):
-            self.status = head.status
-        case .body:
-            break
-        case .end:
-            let code = self.status?.code ?? 0
-            self.finish(
-                (200..<300).contains(code) ? .success(()) : .failure(OTLPExportError("collector answered HTTP \(code)")),
-                context: context
-            )
-        }
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        self.finish(.failure(OTLPExportError("connection closed before the response ended")), context: context)
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        self.finish(.failure(OTLPExportError("\(error)")), context: context)
-    }
-
-    private func finish(_ result: Result<Void, Error>, context: ChannelHandlerContext) {
-        guard !self.done else { return }
-        self.done = true
-        self.promise.completeWith(result)
-        context.close(promise: nil)
-    }
-}
-
-@available(*, unavailable)
-extension OTLPResponseHandler: Sendable {}
