@@ -16,11 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
 
 from conftest import GATEWAY, ROOT, Gateway, config_text, free_port
 from test_budget import read_counts
+from test_jwks import RSAKey as JWKSKey, make_test_ca
 
 SECRET_A = "identity-secret-A-0123456789-abcdefghij"
 SECRET_B = "identity-secret-B-0123456789-abcdefghij"
@@ -189,38 +188,15 @@ def test_scopes_any_and_all(single, http2):
 
 # --- several issuers -------------------------------------------------------------------------
 
-class RSAKey:
-    def __init__(self, kid):
-        self.kid = kid
-        self.private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-    def jwk(self):
-        out = json.loads(RSAAlgorithm.to_jwk(self.private.public_key()))
-        out.update({"kid": self.kid, "alg": "RS256", "use": "sig"})
-        return out
-
+class RSAKey(JWKSKey):
     def token(self, iss, aud="barberpro-api", sub="u-oidc", kid=None):
-        now = int(time.time())
-        return jwt.encode({"iss": iss, "aud": aud, "sub": sub, "iat": now, "exp": now + 600},
-                          self.private, algorithm="RS256", headers={"kid": kid or self.kid})
+        return super().token(kid=kid, iss=iss, aud=aud, sub=sub)
 
 
 @pytest.fixture(scope="module")
 def tls_ca(tmp_path_factory):
     """A throwaway CA and a certificate for 127.0.0.1 it signed (never committed)."""
-    d = tmp_path_factory.mktemp("oidc-ca")
-
-    def run(*args):
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-        "-subj", "/CN=oidc test CA", "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"))
-    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"))
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.crt"), "-CAkey", str(d / "ca.key"),
-        "-CAcreateserial", "-days", "2", "-extfile", str(d / "ext.cnf"), "-out", str(d / "server.crt"))
-    return d
+    return make_test_ca(tmp_path_factory.mktemp("oidc-ca"), "oidc")
 
 
 class OIDCServer:

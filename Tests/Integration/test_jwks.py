@@ -28,21 +28,26 @@ ROUTES = """\
 """
 
 
-@pytest.fixture(scope="module")
-def jwks_ca(tmp_path_factory):
-    """A throwaway CA and a server certificate for 127.0.0.1 signed by it."""
-    d = tmp_path_factory.mktemp("jwks-ca")
-
+def make_test_ca(d, name):
+    """A throwaway CA in `d` and a certificate for 127.0.0.1 (and localhost) it signed; never
+    committed. Returns `d`, holding ca.crt, server.crt and server.key."""
     def run(*args):
         subprocess.run(["openssl", *args], check=True, capture_output=True)
 
     run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-        "-subj", "/CN=jwks test CA", "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"))
+        "-subj", f"/CN={name} test CA", "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"))
     run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=127.0.0.1",
         "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"))
     (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     run("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.crt"), "-CAkey", str(d / "ca.key"),
         "-CAcreateserial", "-days", "2", "-extfile", str(d / "ext.cnf"), "-out", str(d / "server.crt"))
+    return d
+
+
+@pytest.fixture(scope="module")
+def jwks_ca(tmp_path_factory):
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it."""
+    d = make_test_ca(tmp_path_factory.mktemp("jwks-ca"), "jwks")
     return {"ca": d / "ca.crt", "cert": d / "server.crt", "key": d / "server.key"}
 
 
