@@ -264,3 +264,29 @@ def status_of(response: bytes) -> int:
     m = re.match(rb"HTTP/1\.[01] (\d{3})", response)
     assert m, f"no HTTP status in {response[:200]!r}"
     return int(m.group(1))
+
+
+class RedisServer:
+    """A throwaway redis-server on a free loopback port (no persistence), stopped by PID."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--enable-debug-command", "local"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("redis-server did not start")
+
+    def cli(self, *args):
+        return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True).stdout
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()

@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from conftest import metric, scrape_metrics
+from conftest import RedisServer, metric, scrape_metrics
 
 CACHE_ROUTE = """  - name: cached
     match: { path_prefix: /api/cacheable }
@@ -126,33 +126,6 @@ def test_purge_by_prefix(cached, upstream):
     assert get(cached, f"/api/cacheable?{PUBLIC}&p=1").headers["x-cache"] == "MISS"
     # Purge is an admin-listener endpoint only.
     assert httpx.post(cached.url("/cache/purge", listener="plain")).status_code != 200
-
-
-class RedisServer:
-    def __init__(self):
-        import socket
-        import subprocess
-        import time
-        from conftest import free_port
-        self.port = free_port()
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 5
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def cli(self, *args):
-        import subprocess
-        return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True).stdout
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import h2.events
 import httpx
 import pytest
 
-from conftest import GATEWAY, config_text, free_port, raw_request, status_of
+from conftest import GATEWAY, RedisServer, config_text, free_port, raw_request, status_of
 
 # ---------------------------------------------------------------------------------------------
 # Item 4: dot segments hidden by encoding
@@ -98,26 +98,6 @@ LIMITED_ROUTES = """\
     auth: required
     rate_limits: [per_user]
 """
-
-
-class RedisServer:
-    def __init__(self):
-        self.port = free_port()
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 5
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
 
 
 @pytest.fixture(params=["in_process", "redis"])

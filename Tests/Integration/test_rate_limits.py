@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from conftest import free_port, metric, scrape_metrics
+from conftest import RedisServer, metric, scrape_metrics
 
 POLICIES = """rate_limits:
   on_store_error: {mode}
@@ -31,31 +31,9 @@ ROUTES = """  - name: limited
 """
 
 
-class Redis:
-    def __init__(self):
-        self.port = free_port()
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--enable-debug-command", "local"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 5
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def cli(self, *args):
-        return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True).stdout
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
-
-
 @pytest.fixture
 def redis():
-    r = Redis()
+    r = RedisServer()
     yield r
     r.stop()
 
