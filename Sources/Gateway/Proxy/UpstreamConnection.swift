@@ -29,8 +29,7 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     var owner: UpstreamConnectionOwner?
     /// Called once when the channel goes inactive, so the pool forgets the connection.
     var onClose: (() -> Void)?
-    private var readsPaused = false
-    private var readPending = false
+    private var readGate = ReadGate()
     private var context: ChannelHandlerContext?
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
@@ -72,11 +71,7 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if self.readsPaused {
-            self.readPending = true
-        } else {
-            context.read()
-        }
+        self.readGate.read(context)
     }
 
     /// Writes from the tail of the pipeline without a trip through `Channel.write`.
@@ -89,16 +84,9 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
         if flush { context.flush() }
     }
 
-    func pauseReads() { self.readsPaused = true }
+    func pauseReads() { self.readGate.pause() }
 
-    func resumeReads() {
-        guard self.readsPaused else { return }
-        self.readsPaused = false
-        if self.readPending, let context {
-            self.readPending = false
-            context.read()
-        }
-    }
+    func resumeReads() { self.readGate.resume(self.context) }
 }
 
 /// A keep-alive connection to one upstream endpoint, owned by the pool of one event loop.

@@ -150,8 +150,7 @@ final class TunnelEndpointHandler: ChannelDuplexHandler, TunnelSide {
     let side: Side
     fileprivate var tunnel: ByteTunnel?
     private var context: ChannelHandlerContext?
-    private var readsPaused = false
-    private var readPending = false
+    private var readGate = ReadGate()
     private var pendingFlush = false
     /// Writes wait here until the HTTP decoder in front of this handler has left the pipeline:
     /// NIO's response decoder inspects outbound writes (HEAD tracking) and expects HTTP parts.
@@ -198,11 +197,7 @@ final class TunnelEndpointHandler: ChannelDuplexHandler, TunnelSide {
     }
 
     func read(context: ChannelHandlerContext) {
-        if self.readsPaused {
-            self.readPending = true
-        } else {
-            context.read()
-        }
+        self.readGate.read(context)
     }
 
     func send(_ buffer: ByteBuffer) {
@@ -229,16 +224,9 @@ final class TunnelEndpointHandler: ChannelDuplexHandler, TunnelSide {
         context.flush()
     }
 
-    func pauseReads() { self.readsPaused = true }
+    func pauseReads() { self.readGate.pause() }
 
-    func resumeReads() {
-        guard self.readsPaused else { return }
-        self.readsPaused = false
-        if self.readPending, let context {
-            self.readPending = false
-            context.read()
-        }
-    }
+    func resumeReads() { self.readGate.resume(self.context) }
 
     /// Closes once what was relayed to this side is written (the peer's close frame must arrive).
     func close() {
