@@ -3,6 +3,7 @@ import hashlib
 import json
 import subprocess
 import threading
+import re
 import time
 
 import httpx
@@ -153,6 +154,42 @@ def test_slowloris_is_cut_off(gateway):
     finally:
         s.close()
     assert time.time() - start < 3.5, "slowloris connection held open"
+    assert data == b"" or data.startswith(b"HTTP/1.1 408")
+
+
+def test_slowloris_on_a_kept_alive_connection_is_cut_off_by_client_header(gateway):
+    """The second request's first bytes restart the client_header clock (1 s here), not the idle
+    one (5 s): a client that trickles it after a normal first request is cut off in time too."""
+    import socket
+    s = socket.create_connection(("127.0.0.1", gateway.ports["plain"]), timeout=5)
+    try:
+        s.sendall(b"GET /api/bookings HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while b"\r\n\r\n" not in first:
+            first += s.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200")
+        length = int(re.search(rb"(?i)content-length: (\d+)", first).group(1))
+        body = first.split(b"\r\n\r\n", 1)[1]
+        while len(body) < length:
+            body += s.recv(4096)
+        s.sendall(b"GET /api/bookings HTTP/1.1\r\n")
+        start = time.time()
+        s.settimeout(0.3)
+        data = b""
+        while time.time() - start < 4:
+            try:
+                s.sendall(b"X-Slow: 1\r\n")
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            except socket.timeout:
+                pass
+            except OSError:
+                break
+    finally:
+        s.close()
+    assert time.time() - start < 3, "the trickled second request was held open past client_header"
     assert data == b"" or data.startswith(b"HTTP/1.1 408")
 
 
