@@ -4,9 +4,9 @@ import NIOHTTP1
 import Testing
 @testable import Gateway
 
-/// `HTTP1ResponseEncoder` and `HTTP1RequestEncoder` write what NIO's `HTTPResponseEncoder` and
-/// `HTTPRequestEncoder` (framing fields left to the caller) write, byte for byte, while reusing one
-/// head buffer per connection.
+/// `KeptHeadFraming` (the response encoding inside `HTTP1ServerHandler`) and `HTTP1RequestEncoder`
+/// write what NIO's `HTTPResponseEncoder` and `HTTPRequestEncoder` (framing fields left to the
+/// caller) write, byte for byte, while reusing one head buffer per connection.
 @Suite struct HTTP1EncoderTests {
     static func responses() -> [[HTTPServerResponsePart]] {
         var chunked = HTTPHeaders([("Transfer-Encoding", "chunked"), ("X-Request-Id", "abc")])
@@ -71,14 +71,14 @@ import Testing
         var configuration = HTTPResponseEncoder.Configuration()
         configuration.automaticallySetFramingHeaders = false
         let responses = Self.responses()
-        let ours = try Self.encode(responses, with: HTTP1ResponseEncoder(), flushEach: flushEach)
+        let ours = try Self.encode(responses, with: ResponseFramingHandler(), flushEach: flushEach)
         let nio = try Self.encode(responses, with: HTTPResponseEncoder(configuration: configuration), flushEach: flushEach)
         #expect(String(decoding: ours, as: UTF8.self) == String(decoding: nio, as: UTF8.self))
     }
 
     /// A head still held below (not yet written out) is never overwritten by the next one.
     @Test func aHeldHeadIsNotReused() throws {
-        let channel = EmbeddedChannel(handler: HTTP1ResponseEncoder())
+        let channel = EmbeddedChannel(handler: ResponseFramingHandler())
         channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: ["A": "1"])), promise: nil)
         channel.flush()
         let first = try #require(try channel.readOutbound(as: IOData.self))
@@ -92,5 +92,16 @@ import Testing
         #expect(String(buffer: firstBytes) == "HTTP/1.1 200 OK\r\nA: 1\r\n\r\n")
         #expect(String(buffer: secondBytes) == "HTTP/1.1 404 Not Found\r\nB: 2\r\n\r\n")
         _ = try channel.finish()
+    }
+}
+
+/// `HTTP1ServerHandler`'s response writing on its own: each part through one `KeptHeadFraming`.
+private final class ResponseFramingHandler: ChannelOutboundHandler {
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = IOData
+    private var framing = KeptHeadFraming()
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        self.framing.writeResponse(Self.unwrapOutboundIn(data), context: context, promise: promise)
     }
 }

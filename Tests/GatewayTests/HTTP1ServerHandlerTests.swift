@@ -29,11 +29,8 @@ struct HTTP1ServerHandlerTests {
         )
         let activity = ReadActivityHandler()
         let handler = HTTP1ServerHandler(services: services, activity: activity, maxQueuedRequests: maxQueuedRequests)
-        var encoderConfiguration = HTTPResponseEncoder.Configuration()
-        encoderConfiguration.automaticallySetFramingHeaders = false
         let pipeline = channel.pipeline.syncOperations
         try pipeline.addHandler(activity)
-        try pipeline.addHandler(HTTPResponseEncoder(configuration: encoderConfiguration))
         try pipeline.addHandler(HTTP1Pipeline.requestDecoder(maxHeaderBytes: 8192))
         try pipeline.addHandler(handler)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
@@ -259,11 +256,8 @@ struct HTTP1ServerHandlerTests {
             loop: LoopResources(eventLoop: channel.embeddedEventLoop), observability: Observability(accessLog: false)
         )
         let activity = ReadActivityHandler()
-        var encoderConfiguration = HTTPResponseEncoder.Configuration()
-        encoderConfiguration.automaticallySetFramingHeaders = false
         let pipeline = channel.pipeline.syncOperations
         try pipeline.addHandler(activity)
-        try pipeline.addHandler(HTTPResponseEncoder(configuration: encoderConfiguration))
         try pipeline.addHandler(HTTP1Pipeline.requestDecoder(maxHeaderBytes: 8192))
         try pipeline.addHandler(HTTP1ServerHandler(services: services, activity: activity))
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()

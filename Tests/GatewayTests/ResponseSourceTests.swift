@@ -174,11 +174,8 @@ struct ResponseSourceTests {
         )
         let activity = ReadActivityHandler()
         let handler = HTTP1ServerHandler(services: services, activity: activity)
-        var encoderConfiguration = HTTPResponseEncoder.Configuration()
-        encoderConfiguration.automaticallySetFramingHeaders = false
         let pipeline = channel.pipeline.syncOperations
         try pipeline.addHandler(activity)
-        try pipeline.addHandler(HTTPResponseEncoder(configuration: encoderConfiguration))
         try pipeline.addHandler(HTTP1Pipeline.requestDecoder(maxHeaderBytes: 8192))
         try pipeline.addHandler(handler)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()

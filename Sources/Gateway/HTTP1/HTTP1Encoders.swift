@@ -1,57 +1,21 @@
 import NIOCore
 import NIOHTTP1
 
-/// Serializes the client connection's responses as NIO's `HTTPResponseEncoder` does with
-/// `automaticallySetFramingHeaders` off (the handler writes the framing fields itself), but writes
-/// each head into one buffer kept for the connection: once the transport below has written the
-/// previous head out, its storage is reused, so a response head costs no allocation.
-final class HTTP1ResponseEncoder: ChannelOutboundHandler, RemovableChannelHandler {
-    typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = IOData
-
-    private var framing = KeptHeadFraming()
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch Self.unwrapOutboundIn(data) {
-        case .head(let response):
-            self.framing.writeHead(
-                version: response.version, versionFirst: true, headers: response.headers, context: context, promise: promise
-            ) {
-                $0.writeString(String(response.status.code))
-                $0.writeStaticString(" ")
-                $0.writeString(response.status.reasonPhrase)
-            }
-        case .body(let body):
-            self.framing.writeBody(body, context: context, promise: promise)
-        case .end(let trailers):
-            self.framing.writeEnd(trailers, context: context, promise: promise)
-        }
-    }
-}
-
 /// The upstream connection's request encoder: NIO's `HTTPRequestEncoder` with framing left to
-/// the caller, its heads written into one kept buffer like `HTTP1ResponseEncoder`'s.
+/// the caller, its heads written into one kept buffer. (The client connection's responses are
+/// encoded by `HTTP1ServerHandler` itself, with a `KeptHeadFraming` of its own.)
 final class HTTP1RequestEncoder: ChannelOutboundHandler, RemovableChannelHandler {
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = IOData
 
     private var framing = KeptHeadFraming()
 
+    /// Whether the request being written is chunked, so its `.end` writes the last chunk. When it
+    /// is not, an `.end` without a promise writes nothing and need not be sent down at all.
+    var endWritesBytes: Bool { self.framing.isChunked }
+
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch Self.unwrapOutboundIn(data) {
-        case .head(let request):
-            self.framing.writeHead(
-                version: request.version, versionFirst: false, headers: request.headers, context: context, promise: promise
-            ) {
-                $0.writeString(request.method.rawValue)
-                $0.writeStaticString(" ")
-                $0.writeString(request.uri)
-            }
-        case .body(let body):
-            self.framing.writeBody(body, context: context, promise: promise)
-        case .end(let trailers):
-            self.framing.writeEnd(trailers, context: context, promise: promise)
-        }
+        self.framing.writeRequest(Self.unwrapOutboundIn(data), context: context, promise: promise)
     }
 }
 
@@ -63,7 +27,39 @@ struct KeptHeadFraming {
     private var head: ByteBuffer?
     /// Ordinary heads fit in far less; a larger one is not kept.
     static let maxKeptCapacity = 4096
-    private var isChunked = false
+    private(set) var isChunked = false
+
+    /// One part of a response, as NIO's `HTTPResponseEncoder` writes it.
+    mutating func writeResponse(_ part: HTTPServerResponsePart, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        switch part {
+        case .head(let response):
+            self.writeHead(version: response.version, versionFirst: true, headers: response.headers, context: context, promise: promise) {
+                $0.writeString(String(response.status.code))
+                $0.writeStaticString(" ")
+                $0.writeString(response.status.reasonPhrase)
+            }
+        case .body(let body):
+            self.writeBody(body, context: context, promise: promise)
+        case .end(let trailers):
+            self.writeEnd(trailers, context: context, promise: promise)
+        }
+    }
+
+    /// One part of a request, as NIO's `HTTPRequestEncoder` writes it.
+    mutating func writeRequest(_ part: HTTPClientRequestPart, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        switch part {
+        case .head(let request):
+            self.writeHead(version: request.version, versionFirst: false, headers: request.headers, context: context, promise: promise) {
+                $0.writeString(request.method.rawValue)
+                $0.writeStaticString(" ")
+                $0.writeString(request.uri)
+            }
+        case .body(let body):
+            self.writeBody(body, context: context, promise: promise)
+        case .end(let trailers):
+            self.writeEnd(trailers, context: context, promise: promise)
+        }
+    }
 
     /// Writes the start line (the version, then the caller's part for a response; the caller's
     /// part, then the version for a request) and the fields into the kept buffer.

@@ -26,7 +26,9 @@ struct ConnectionServices {
 final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, DeadlineTimerOwner {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = HTTPServerResponsePart
+    /// Responses leave as bytes: the handler is its own response encoder, so a part is neither boxed
+    /// into a `NIOAny` nor passed through a separate encoder handler.
+    typealias OutboundOut = IOData
 
     private struct InFlight {
         var method: HTTPMethod
@@ -68,6 +70,13 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     /// Set once the connection is a WebSocket tunnel; the HTTP/1.1 codec is gone then.
     private var tunnel: ByteTunnel?
     private var readPending = false
+    /// The response encoder's state: the kept head buffer and whether the body is chunked.
+    private var responseFraming = KeptHeadFraming()
+
+    /// Writes one response part as bytes, as NIO's `HTTPResponseEncoder` would.
+    private func emit(_ part: HTTPServerResponsePart, context: ChannelHandlerContext, promise: EventLoopPromise<Void>? = nil) {
+        self.responseFraming.writeResponse(part, context: context, promise: promise)
+    }
     private var bodyPaused = false
     private var quiescing = false
     private var closed = false
@@ -400,7 +409,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     func sendContinue(for exchange: ProxyExchange) {
         guard let context, self.isCurrent(exchange) else { return }
-        context.writeAndFlush(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .continue))), promise: nil)
+        self.emit(.head(HTTPResponseHead(version: .http1_1, status: .continue)), context: context)
+        context.flush()
     }
 
     func sendResponseHead(for exchange: ProxyExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
@@ -413,13 +423,13 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             head.headers.replaceOrAdd(name: "connection", value: "close")
             self.current!.keepAlive = false
         }
-        context.write(Self.wrapOutboundOut(.head(head)), promise: nil)
+        self.emit(.head(head), context: context)
     }
 
     func sendResponseBody(for exchange: ProxyExchange, _ body: ByteBuffer) {
-        guard self.isCurrent(exchange) else { return }
+        guard let context, self.isCurrent(exchange) else { return }
         self.current?.record.bytesOut += body.readableBytes
-        self.context?.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        self.emit(.body(.byteBuffer(body)), context: context)
     }
 
     func flush(for exchange: ProxyExchange) {
@@ -429,7 +439,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     func sendResponseEnd(for exchange: ProxyExchange) {
         guard let context, self.isCurrent(exchange) else { return }
         self.current!.responseEnded = true
-        context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+        self.emit(.end(nil), context: context)
+        context.flush()
     }
 
     func sendErrorResponse(for exchange: ProxyExchange, _ error: GatewayError) {
@@ -489,8 +500,9 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.current!.responseStarted = true
         self.current!.record.status = 101
         self.timer.cancel()
-        context.write(Self.wrapOutboundOut(.head(WebSocketHandshake.clientHead(head, requestID: current.requestID))), promise: nil)
-        context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+        self.emit(.head(WebSocketHandshake.clientHead(head, requestID: current.requestID)), context: context)
+        self.emit(.end(nil), context: context)
+        context.flush()
         do {
             try TunnelSwitch.install(tunnel, client: context, decoder: self.decoder, upstream: connection)
         } catch {
@@ -538,9 +550,10 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.current!.record.source = response.source
         self.current!.record.bytesOut += current.method == .HEAD ? 0 : response.body.readableBytes
         if closing { self.current!.keepAlive = false }
-        context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: current.version.major == 1 && current.version.minor == 0 ? .http1_0 : .http1_1, status: response.status, headers: headers))), promise: nil)
+        let version: HTTPVersion = current.version.major == 1 && current.version.minor == 0 ? .http1_0 : .http1_1
+        self.emit(.head(HTTPResponseHead(version: version, status: response.status, headers: headers)), context: context)
         if current.method != .HEAD && response.body.readableBytes > 0 {
-            context.write(Self.wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
+            self.emit(.body(.byteBuffer(response.body)), context: context)
         }
         if closing {
             // Logged when written: the connection may take a while to close (close_notify, half-close).
@@ -549,16 +562,21 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             if self.services.listener.isTLS {
                 self.closed = true
                 let loopBound = context.loopBound
-                context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+                let written = context.eventLoop.makePromise(of: Void.self)
+                self.emit(.end(nil), context: context, promise: written)
+                context.flush()
+                written.futureResult.assumeIsolated().whenComplete { _ in
                     loopBound.value.close(promise: nil)
                 }
             } else {
-                context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+                self.emit(.end(nil), context: context)
+                context.flush()
                 self.closeAfterResponse()
             }
             return
         }
-        context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+        self.emit(.end(nil), context: context)
+        context.flush()
         // A bodiless request's `.end` may still be in flight; `endReceived` finishes it then.
         if current.requestEnded { self.requestFinished() }
     }

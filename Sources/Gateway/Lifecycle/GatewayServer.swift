@@ -392,7 +392,6 @@ enum HTTP1Pipeline {
     static func configure(_ pipeline: ChannelPipeline.SynchronousOperations, services: ConnectionServices) throws {
         let activity = ReadActivityHandler()
         try pipeline.addHandler(activity)
-        try pipeline.addHandler(HTTP1ResponseEncoder())
         try pipeline.addHandler(requestDecoder(maxHeaderBytes: services.runtime.traffic.maxHeaderBytes))
         try pipeline.addHandler(HTTP1ServerHandler(services: services, activity: activity))
     }

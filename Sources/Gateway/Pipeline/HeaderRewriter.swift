@@ -130,7 +130,13 @@ enum HeaderRewriter {
         headers.add(name: "x-request-id", value: info.requestID)
         if let trace = info.trace { headers.add(name: "traceparent", value: trace.headerValue) }
         for (name, value) in info.addedHeaders { headers.add(name: name, value: value) }
-        return HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: headers)
+        guard head.version == .http1_1 else {
+            return HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: headers)
+        }
+        // Same method, target and version: the copy shares the decoded head's storage.
+        var upstream = head
+        upstream.headers = headers
+        return upstream
     }
 
     /// `removing` holds a few lowercase names from the config: compared in place, not hashed.
@@ -300,6 +306,12 @@ enum HeaderRewriter {
                 framing = .closeDelimited
             }
         }
-        return (HTTPResponseHead(version: clientVersion, status: head.status, headers: headers), framing)
+        guard head.version == clientVersion else {
+            return (HTTPResponseHead(version: clientVersion, status: head.status, headers: headers), framing)
+        }
+        // Same status and version: the copy shares the decoded head's storage.
+        var client = head
+        client.headers = headers
+        return (client, framing)
     }
 }

@@ -294,19 +294,20 @@ final class ProxyExchange: UpstreamConnectionOwner {
         self.upstreamStart = .now()
         self.endpointKey = connection.endpoint.key
         self.requestSent = false
-        let headWritten = self.eventLoop.makePromise(of: Void.self)
-        connection.write(.head(self.upstreamHead), flush: false, promise: headWritten)
+        connection.write(.head(self.upstreamHead), flush: false)
         for body in self.pendingBody { connection.write(.body(.byteBuffer(body)), flush: false) }
         if self.requestComplete { connection.write(.end(nil), flush: false) }
         connection.channel.flush()
-        headWritten.futureResult.assumeIsolated().whenFailure { _ in
-            guard case .awaitingResponse(let current) = self.state, current === connection else { return }
-            self.upstreamLost(.upstreamUnavailable)
-        }
-        // A flush on the channel's loop writes at once, so a head the kernel refused whole (the
-        // upstream was gone) has failed by here and `upstreamLost` took over; `pendingBody` was
-        // kept for that case. A head still pending may be partly sent: it counts as sent.
+        // A flush on the channel's loop writes at once. A head the kernel refused (the upstream was
+        // gone) closed the channel, and its `channelInactive` already handed this exchange to
+        // `upstreamLost`; a channel that was closed before the write fails it without that event.
+        // Either way `pendingBody` was kept for a resend. A head still pending may be partly sent:
+        // it counts as sent, and a later failure closes the channel the same way.
         guard case .awaitingResponse(let current) = self.state, current === connection else { return }
+        guard connection.channel.isActive else {
+            self.upstreamLost(.upstreamUnavailable)
+            return
+        }
         self.requestSent = true
         self.pendingBody.removeAll()
         if self.requestComplete { self.armResponseTimer(connection) }

@@ -31,6 +31,8 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     var onClose: (() -> Void)?
     private var readGate = ReadGate()
     private var context: ChannelHandlerContext?
+    /// The codec's encoder, asked whether a request's `.end` writes anything.
+    var requestEncoder: HTTP1RequestEncoder?
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
@@ -78,6 +80,12 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     func send(_ part: HTTPClientRequestPart, flush: Bool, promise: EventLoopPromise<Void>?) {
         guard let context else {
             promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        // The end of a request framed by Content-Length (or bodiless) is no bytes: skipping it saves
+        // boxing the part and a trip through the codec for nothing.
+        if case .end(nil) = part, promise == nil, let encoder = self.requestEncoder, !encoder.endWritesBytes {
+            if flush { context.flush() }
             return
         }
         context.write(Self.wrapOutboundOut(part), promise: promise)

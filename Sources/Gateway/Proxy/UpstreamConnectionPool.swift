@@ -216,8 +216,10 @@ final class UpstreamConnectionPool {
 
     /// The HTTP/1.1 client codec, then `handler`, which must be the last handler.
     static func addHandlers(to channel: Channel, ending handler: UpstreamConnectionHandler) throws {
+        let encoder = HTTP1RequestEncoder()
+        handler.requestEncoder = encoder
         try channel.pipeline.syncOperations.addHandlers([
-            HTTP1RequestEncoder(),
+            encoder,
             // Forwarded only when a tunnel removes the decoder after a 101: the upstream's first frames.
             ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes)),
         ])

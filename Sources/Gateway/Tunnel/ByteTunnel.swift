@@ -264,7 +264,6 @@ enum TunnelSwitch {
         try clientPipeline.addHandler(clientEnd, position: .before(client.handler))
         let stopped = try decoder.map { try clientPipeline.context(handler: $0) }
             ?? clientPipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
-        clientPipeline.removeHandler(context: try clientPipeline.context(handlerType: HTTP1ResponseEncoder.self), promise: nil)
         // The held bytes arrive without a read-complete: flushed once the decoder has handed them over.
         let clientHandedOver = client.eventLoop.makePromise(of: Void.self)
         clientPipeline.removeHandler(context: stopped, promise: clientHandedOver)
