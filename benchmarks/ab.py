@@ -12,6 +12,10 @@ benchmarks/budget/malloc-count.c for mallocs per request over a fixed count (h1 
 --profile, every load runs under `perf record` and the table gives the share of the gateway's
 samples spent in the allocator and in dynamic exclusivity checks: the most either lever can win.
 
+--setup picks the gateway set-up of benchmarks/peers.py (base by default; jwt, limit, cors, or
+cors-redis, which starts its own redis-server on CPU 1) and sends the scenario's headers (token,
+Origin).
+
   benchmarks/ab.py --rounds 4 --dur 10 \\
       --variant glibc .build/release \\
       --variant jemalloc .build/release LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
@@ -49,16 +53,28 @@ def proc_status(pid, key):
     raise KeyError(key)
 
 
+SCENARIO_OF_SETUP = {"base": "A", "jwt": "C", "limit": "D", "cors": "F", "cors-redis": "Fr"}
+
+
 class Bench:
-    def __init__(self, d, dur):
-        # peers.Run for its process bookkeeping only: its constructor mints a JWT, which A/B has no use for.
-        self.d, self.dur, self.run = d, dur, peers.Run.__new__(peers.Run)
-        self.run.d, self.run.procs = d, []
+    def __init__(self, d, dur, setup="base"):
+        # peers.Run for its process bookkeeping (and, past the base set-up, the JWT it mints).
+        if setup == "base":
+            self.run = peers.Run.__new__(peers.Run)
+            self.run.d, self.run.procs = d, []
+            self.extra = []
+        else:
+            self.run = peers.Run(d)
+            self.extra = self.run.headers(SCENARIO_OF_SETUP[setup])
+        self.d, self.dur = d, dur
         subprocess.run([str(HERE.parent / "scripts/dev-cert.sh"), d], check=True, stdout=subprocess.DEVNULL)
-        Path(f"{d}/gw.yaml").write_text(peers.gateway_yaml(d, "base"))
+        Path(f"{d}/gw.yaml").write_text(peers.gateway_yaml(d, setup))
         Path(f"{d}/nginx-up.conf").write_text(peers.nginx_upstream_conf(d))
         self.run.spawn(1, [peers.NGINX, "-p", d, "-c", f"{d}/nginx-up.conf", "-e", f"{d}/nginx-up-error.log"],
                        peers.UP_PORT)
+        if setup == "cors-redis":
+            self.run.spawn(1, ["redis-server", "--port", str(peers.REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no"], peers.REDIS_PORT)
 
     def start(self, bindir, env):
         proc = subprocess.Popen(["taskset", "-c", "0", f"{bindir}/gateway", "run", "--config", f"{self.d}/gw.yaml"],
@@ -72,12 +88,12 @@ class Bench:
         return f"https://127.0.0.1:{peers.GW_PORT}{peers.PATH_}"
 
     def h1(self, pid, dur):
-        out, cpu, _ = peers.run_load(pid, ["wrk", "-t1", "-c64", f"-d{dur}s", self.url()])
+        out, cpu, _ = peers.run_load(pid, ["wrk", "-t1", "-c64", f"-d{dur}s", *self.extra, self.url()])
         rps, total, errors = peers.parse_wrk(out)
         return rps, cpu * 1e6 / total, errors
 
     def h2(self, pid, dur):
-        out, cpu, _ = peers.run_load(pid, ["h2load", "-c16", "-m10", "-D", str(dur), self.url()])
+        out, cpu, _ = peers.run_load(pid, ["h2load", "-c16", "-m10", "-D", str(dur), *self.extra, self.url()])
         rps, total, errors = peers.parse_h2load(out)
         return rps, cpu * 1e6 / total, errors
 
@@ -114,12 +130,12 @@ class Bench:
         try:
             url = self.url()
             for proto, extra in (("h1", ["--h1"]), ("h2", ["-m", "10"])):
-                subprocess.run(["taskset", "-c", "1", "h2load", *extra, "-n", "2000", "-c", "2", url],
+                subprocess.run(["taskset", "-c", "1", "h2load", *extra, *self.extra, "-n", "2000", "-c", "2", url],
                                check=True, capture_output=True)
                 Path(counts).unlink(missing_ok=True)
                 proc.send_signal(signal.SIGRTMIN + 3)
                 time.sleep(0.2)
-                out = subprocess.run(["taskset", "-c", "1", "h2load", *extra, "-n", str(n), "-c", "2", url],
+                out = subprocess.run(["taskset", "-c", "1", "h2load", *extra, *self.extra, "-n", str(n), "-c", "2", url],
                                      check=True, capture_output=True, text=True).stdout
                 if f"{n} succeeded" not in out:
                     raise RuntimeError(f"malloc run incomplete: {out[-400:]}")
@@ -172,6 +188,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--dur", type=int, default=10)
     ap.add_argument("--mallocs", action="store_true")
+    ap.add_argument("--setup", default="base", choices=sorted(SCENARIO_OF_SETUP))
     ap.add_argument("--profile", action="store_true",
                     help="perf cpu-clock shares of the allocator and of exclusivity checks (adds perf's own cost)")
     ap.add_argument("--json")
@@ -180,7 +197,7 @@ def main():
     samples = {name: [] for name, _, _ in variants}
     counts = {}
     with tempfile.TemporaryDirectory(prefix="gw-ab-") as d:
-        bench = Bench(d, args.dur)
+        bench = Bench(d, args.dur, args.setup)
         try:
             if args.mallocs:
                 lib = f"{d}/libmc.so"

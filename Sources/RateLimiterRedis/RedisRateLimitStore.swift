@@ -161,22 +161,22 @@ public final class RedisRateLimitStore: Sendable {
         @Sendable func command(_ sha: String) -> [String] {
             RedisRateLimitScript.evalshaCommand(sha: sha, requests, cost: cost, nowOverrideMs: nowOverrideMs, peek: peek)
         }
+        // The deadline rides with the command: the connection's one timer lets this caller go at
+        // it, with no timer of its own per check.
+        let deadline = deadline ?? NIODeadline.now() + timeout
         let first: EventLoopFuture<RESPValue>
         if let knownSHA = sha.withLock({ $0 }) {
-            first = client.sendCommand(command(knownSHA), key: slotKey, timeout: nil)
+            first = client.sendCommand(command(knownSHA), key: slotKey, timeout: nil, replyBy: deadline)
         } else {
-            first = loadScript(key: slotKey).flatMap { sha in self.client.sendCommand(command(sha), key: slotKey, timeout: nil) }
+            first = loadScript(key: slotKey).flatMap { sha in
+                self.client.sendCommand(command(sha), key: slotKey, timeout: nil, replyBy: deadline)
+            }.withDeadline(deadline)
         }
         let loop = first.eventLoop
         let promise = loop.makePromise(of: MultiDecision.self)
-        let deadline = deadline ?? loop.now + timeout
-        let timer = loop.scheduleTask(deadline: deadline) {
-            promise.fail(RateLimitStoreError.storeUnavailable.with("no decision within \(self.timeout)"))
-        }
         // Callbacks on the reply's future rather than a chain of maps: each link of a chain is a
         // future (and a closure) more per request.
         @Sendable func finish(_ result: Result<RESPValue, any Error>) {
-            timer.cancel()
             switch result {
             case .success(let reply):
                 do {
@@ -184,6 +184,8 @@ public final class RedisRateLimitStore: Sendable {
                 } catch {
                     promise.fail(error as? RateLimitStoreError ?? RateLimitStoreError.storeUnavailable.with("\(error)"))
                 }
+            case .failure(let error as RedisError) where error == .deadlineExceeded:
+                promise.fail(RateLimitStoreError.storeUnavailable.with("no decision within \(self.timeout)"))
             case .failure(let error):
                 promise.fail(error as? RateLimitStoreError ?? RateLimitStoreError.storeUnavailable.with("\(error)"))
             }
@@ -196,7 +198,7 @@ public final class RedisRateLimitStore: Sendable {
                 // is that of our own source, so it is the one SCRIPT LOAD will answer.
                 let sha = self.sha.withLock { $0 } ?? ""
                 self.client.send(commands: [["SCRIPT", "LOAD", RedisRateLimitScript.source], command(sha)], key: slotKey, timeout: nil)
-                    .map { $0[1] }.whenComplete(finish)
+                    .map { $0[1] }.withDeadline(deadline).whenComplete(finish)
                 return
             }
             finish(result)
@@ -232,5 +234,19 @@ public final class RedisRateLimitStore: Sendable {
             throw RateLimitStoreError.storeUnavailable.with("unexpected script reply \(reply)")
         }
         return decision
+    }
+}
+
+extension EventLoopFuture where Value == RESPValue {
+    /// This reply, or `RedisError.deadlineExceeded` at `deadline`: a timer of its own, for the
+    /// rare paths (loading the script) that cannot hand the deadline to the connection.
+    fileprivate func withDeadline(_ deadline: NIODeadline) -> EventLoopFuture<RESPValue> {
+        let promise = self.eventLoop.makePromise(of: RESPValue.self)
+        let timer = self.eventLoop.scheduleTask(deadline: deadline) { promise.fail(RedisError.deadlineExceeded) }
+        self.whenComplete { result in
+            timer.cancel()
+            promise.completeWith(result)
+        }
+        return promise.futureResult
     }
 }

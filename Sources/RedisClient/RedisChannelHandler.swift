@@ -5,6 +5,9 @@ struct RedisRequest: Sendable {
     var arguments: [String]
     var promise: EventLoopPromise<RESPValue>
     var timeout: TimeAmount
+    /// The caller's own deadline, shorter than `timeout`: past it the caller gets
+    /// `RedisError.deadlineExceeded` while the connection waits on for the reply (and drops it).
+    var replyBy: NIODeadline? = nil
 }
 
 /// Commands written together and flushed once (the pool batches everything queued in one
@@ -44,7 +47,7 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         let now = context.eventLoop.now
         var buffer = context.channel.allocator.buffer(capacity: 64 * batch.requests.count)
         for request in batch.requests {
-            switch state.enqueue(request.promise, deadline: now + request.timeout) {
+            switch state.enqueue(request.promise, deadline: now + request.timeout, replyBy: request.replyBy) {
             case .fail:
                 request.promise.fail(RedisError.connectionClosed)
             case .send(let arm):
@@ -68,6 +71,8 @@ final class RedisChannelHandler: ChannelDuplexHandler {
                 switch state.replyReceived() {
                 case .succeed(let promise):
                     promise.succeed(value)
+                case .dropLate:
+                    break
                 case .unexpectedReply:
                     throw RedisError.protocolError.with("reply with no command in flight")
                 }
@@ -101,6 +106,9 @@ final class RedisChannelHandler: ChannelDuplexHandler {
             break
         case .rearm(let next):
             armTimer(context: context, deadline: next)
+        case .letGo(let callers, let next):
+            if let next { armTimer(context: context, deadline: next) }
+            for p in callers { p.fail(RedisError.deadlineExceeded) }
         case .timedOut(let promises):
             for p in promises { p.fail(RedisError.timeout) }
             context.close(promise: nil)

@@ -12,6 +12,9 @@ public protocol RedisCommandSender: Sendable {
     /// Sends one command: `send(commands:)` of one, which an implementation may do without the
     /// lists and the extra futures (the rate limiter sends one EVALSHA per request).
     func sendCommand(_ arguments: [String], key: String?, timeout: TimeAmount?) -> EventLoopFuture<RESPValue>
+    /// `sendCommand` for a caller with a deadline of its own: past `replyBy` the future fails with
+    /// `RedisError.deadlineExceeded` and the connection stays up (a late reply is dropped).
+    func sendCommand(_ arguments: [String], key: String?, timeout: TimeAmount?, replyBy: NIODeadline) -> EventLoopFuture<RESPValue>
     /// The event loop of the next connection (for futures made without I/O).
     func nextEventLoop() -> any EventLoop
     /// One row per server this client talks to, for health reports.
@@ -46,6 +49,20 @@ extension RedisCommandSender {
 
     public func sendCommand(_ arguments: [String], key: String?, timeout: TimeAmount?) -> EventLoopFuture<RESPValue> {
         send(commands: [arguments], key: key, timeout: timeout).map { $0[0] }
+    }
+
+    /// A timer of its own per command; `RedisConnectionPool` leaves the deadline to the connection's
+    /// one timer instead.
+    public func sendCommand(_ arguments: [String], key: String?, timeout: TimeAmount?, replyBy: NIODeadline) -> EventLoopFuture<RESPValue> {
+        let reply = sendCommand(arguments, key: key, timeout: timeout)
+        let loop = reply.eventLoop
+        let promise = loop.makePromise(of: RESPValue.self)
+        let timer = loop.scheduleTask(deadline: replyBy) { promise.fail(RedisError.deadlineExceeded) }
+        reply.whenComplete { result in
+            timer.cancel()
+            promise.completeWith(result)
+        }
+        return promise.futureResult
     }
 
     /// Servers with at least one connection up.

@@ -59,11 +59,20 @@ public final class RedisConnectionPool: RedisCommandSender {
 
     /// One command's promise, straight from the connection that queues it.
     public func sendCommand(_ arguments: [String], key: String?, timeout: TimeAmount?) -> EventLoopFuture<RESPValue> {
+        sendCommand(arguments, timeout: timeout, replyBy: nil)
+    }
+
+    /// The caller's deadline rides with the command: the connection's one timer covers it.
+    public func sendCommand(_ arguments: [String], key: String?, timeout: TimeAmount?, replyBy: NIODeadline) -> EventLoopFuture<RESPValue> {
+        sendCommand(arguments, timeout: timeout, replyBy: replyBy)
+    }
+
+    private func sendCommand(_ arguments: [String], timeout: TimeAmount?, replyBy: NIODeadline?) -> EventLoopFuture<RESPValue> {
         let n = connections.count
         let start = nextIndex.wrappingAdd(1, ordering: .relaxed).oldValue
         let t = timeout ?? configuration.commandTimeout
         for k in 0..<n {
-            if let future = connections[(start &+ k) % n].send(arguments, timeout: t) { return future }
+            if let future = connections[(start &+ k) % n].send(arguments, timeout: t, replyBy: replyBy) { return future }
         }
         let loop = connections[start % n].eventLoop
         return loop.makeFailedFuture(isShutDown ? RedisError.poolClosed : RedisError.notConnected)
@@ -156,11 +165,11 @@ final class RedisConnection: Sendable {
     }
 
     /// Queues one command when this connection is up; nil when it is not (the pool tries another).
-    func send(_ arguments: [String], timeout: TimeAmount) -> EventLoopFuture<RESPValue>? {
+    func send(_ arguments: [String], timeout: TimeAmount, replyBy: NIODeadline? = nil) -> EventLoopFuture<RESPValue>? {
         let promise = eventLoop.makePromise(of: RESPValue.self)
         let drainOn: (any Channel)?? = state.withLock { s in
             guard case .ready(let channel) = s.phase else { return nil }
-            s.outbox.append(RedisRequest(arguments: arguments, promise: promise, timeout: timeout))
+            s.outbox.append(RedisRequest(arguments: arguments, promise: promise, timeout: timeout, replyBy: replyBy))
             if s.drainScheduled { return .some(nil) }
             s.drainScheduled = true
             return .some(channel)

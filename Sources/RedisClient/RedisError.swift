@@ -6,6 +6,7 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
     private enum Base: String, Sendable, Hashable {
         case notConnected = "not connected"
         case timeout = "command timed out"
+        case deadlineExceeded = "no reply by the caller's deadline"
         case connectionClosed = "connection closed"
         case protocolError = "protocol error"
         case handshakeFailed = "AUTH/SELECT failed"
@@ -30,6 +31,9 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
     /// No reply within the command timeout; the connection was closed and is being replaced
     /// (a late reply would be matched to the wrong command).
     public static let timeout = RedisError(.timeout)
+    /// No reply by the deadline the caller gave (`sendCommand(_:key:timeout:replyBy:)`). The
+    /// command stays in flight and the connection stays up: its reply, when it comes, is dropped.
+    public static let deadlineExceeded = RedisError(.deadlineExceeded)
     /// The connection went away with this command in flight.
     public static let connectionClosed = RedisError(.connectionClosed)
     /// The server sent something that is not RESP2; the connection was closed.

@@ -115,6 +115,55 @@ struct PipelineStateMachineTests {
     }
 }
 
+extension PipelineStateMachineTests {
+    /// A caller's `replyBy` lets that caller go and keeps its command in line: the late reply is
+    /// dropped, the next reply goes to the next command, and the connection stays open.
+    @Test func aCallerLetGoAtItsDeadlineLeavesItsReplyToBeDropped() {
+        var sm = RedisPipelineStateMachine<Int>()
+        #expect(sm.enqueue(1, deadline: t0 + .seconds(2), replyBy: t0 + .milliseconds(20)) == .send(armTimer: t0 + .milliseconds(20)))
+        // A later caller deadline does not re-arm: one timer for the whole line.
+        #expect(sm.enqueue(2, deadline: t0 + .seconds(2), replyBy: t0 + .milliseconds(25)) == .send(armTimer: nil))
+        #expect(sm.enqueue(3, deadline: t0 + .seconds(2)) == .send(armTimer: nil))
+        guard case .letGo(let late, let next) = sm.timerFired(deadline: t0 + .milliseconds(20)) else { Issue.record("let go"); return }
+        #expect(late == [1])
+        #expect(next == t0 + .milliseconds(25))
+        guard case .letGo(let late2, let next2) = sm.timerFired(deadline: t0 + .milliseconds(25)) else { Issue.record("let go 2"); return }
+        #expect(late2 == [2])
+        // Only the connection's own deadline is left.
+        #expect(next2 == t0 + .seconds(2))
+        guard case .dropLate = sm.replyReceived() else { Issue.record("drop 1"); return }
+        guard case .dropLate = sm.replyReceived() else { Issue.record("drop 2"); return }
+        guard case .succeed(3) = sm.replyReceived() else { Issue.record("want 3"); return }
+        #expect(!sm.isClosed)
+    }
+
+    /// Past the connection's own deadline the line is out of step for good: close, and only the
+    /// callers still waiting are failed (a caller let go earlier was failed then).
+    @Test func theConnectionDeadlineStillClosesWithCallersLetGo() {
+        var sm = RedisPipelineStateMachine<Int>()
+        _ = sm.enqueue(1, deadline: t0 + .milliseconds(100), replyBy: t0 + .milliseconds(20))
+        _ = sm.enqueue(2, deadline: t0 + .milliseconds(150))
+        guard case .letGo([1], let next) = sm.timerFired(deadline: t0 + .milliseconds(20)) else { Issue.record("let go"); return }
+        #expect(next == t0 + .milliseconds(100))
+        guard case .timedOut(let failed) = sm.timerFired(deadline: t0 + .milliseconds(100)) else { Issue.record("timeout"); return }
+        #expect(failed == [2])
+        #expect(sm.isClosed)
+    }
+
+    /// A caller answered before its deadline is not let go when the timer fires.
+    @Test func anAnsweredCallerIsNotLetGo() {
+        var sm = RedisPipelineStateMachine<Int>()
+        _ = sm.enqueue(1, deadline: t0 + .seconds(2), replyBy: t0 + .milliseconds(20))
+        _ = sm.enqueue(2, deadline: t0 + .seconds(2), replyBy: t0 + .milliseconds(30))
+        guard case .succeed(1) = sm.replyReceived() else { Issue.record("want 1"); return }
+        guard case .rearm(let next) = sm.timerFired(deadline: t0 + .milliseconds(20)) else { Issue.record("rearm"); return }
+        #expect(next == t0 + .milliseconds(30))
+        guard case .succeed(2) = sm.replyReceived() else { Issue.record("want 2"); return }
+        // Nothing in flight: the timer is not re-armed.
+        guard case .none = sm.timerFired(deadline: next) else { Issue.record("idle"); return }
+    }
+}
+
 struct RedisChannelHandlerTests {
     func setUp() throws -> (EmbeddedChannel, EmbeddedEventLoop) {
         let loop = EmbeddedEventLoop()

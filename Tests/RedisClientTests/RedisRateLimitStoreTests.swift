@@ -194,6 +194,34 @@ struct RedisRateLimitStoreTests {
         }
     }
 
+    /// A check let go at the store's deadline leaves its EVALSHA in flight: the late reply must be
+    /// dropped, not taken as the next check's answer, and the connection must stay up.
+    @Test func aLateReplyIsDroppedAndTheNextCheckGetsItsOwn() async throws {
+        try await withOwnEventLoop { group in
+            let server = try await RedisServer()
+            defer { server.stop() }
+            let s = try await store(server.url, poolSize: 1, group: group)
+            let roomy = PolicySpec(name: "roomy", limit: 1000, windowSeconds: 60)
+            let single = PolicySpec(name: "single", limit: 1, windowSeconds: 60)
+            let nowMs = midWindowMs()
+            let patient = try await loose(s)
+            #expect(try await patient.check([(roomy, key("late", roomy))], nowOverrideMs: nowMs).allowed)
+            try await server.freeze()
+            let (r, t) = await timedFuture { s.check([(roomy, key("late", roomy))], nowOverrideMs: nowMs) }
+            #expect(r.error as? RateLimitStoreError == .storeUnavailable)
+            #expect(t < .milliseconds(1000), "took \(t)")
+            // Written behind the late EVALSHA on the one connection; answered once Redis runs again.
+            let next: EventLoopFuture<MultiDecision> = patient.check([(single, key("next", single))], nowOverrideMs: nowMs)
+            server.thaw()
+            let decision = try await next.get()
+            #expect(decision.allowed)
+            #expect(decision.decisions.first?.decision.remaining == 0, "got another check's reply: \(decision)")
+            #expect(try await patient.check([(single, key("next", single))], nowOverrideMs: nowMs).allowed == false)
+            #expect(s.pool.connectedCount == 1)
+            await s.pool.shutdown()
+        }
+    }
+
     @Test func blackHoledRedisHitsTheTimeout() async throws {
         try await withOwnEventLoop { group in
             // Accepts connections, never answers: like a Redis behind a dropped route.
