@@ -34,7 +34,14 @@ struct KeptHeadFraming {
         switch part {
         case .head(let response):
             self.writeHead(version: response.version, versionFirst: true, headers: response.headers, context: context, promise: promise) {
-                $0.writeString(String(response.status.code))
+                let code = response.status.code
+                if (100...999).contains(code) {
+                    $0.writeInteger(UInt8(ascii: "0") + UInt8(code / 100))
+                    $0.writeInteger(UInt8(ascii: "0") + UInt8(code / 10 % 10))
+                    $0.writeInteger(UInt8(ascii: "0") + UInt8(code % 10))
+                } else {
+                    $0.writeString(String(code))
+                }
                 $0.writeStaticString(" ")
                 $0.writeString(response.status.reasonPhrase)
             }
@@ -119,25 +126,56 @@ struct KeptHeadFraming {
     }
 
     private static func write(_ version: HTTPVersion, to buffer: inout ByteBuffer) {
-        buffer.writeStaticString("HTTP/")
-        buffer.writeString(String(version.major))
-        buffer.writeStaticString(".")
-        buffer.writeString(String(version.minor))
+        switch (version.major, version.minor) {
+        case (1, 1): buffer.writeStaticString("HTTP/1.1")
+        case (1, 0): buffer.writeStaticString("HTTP/1.0")
+        default:
+            buffer.writeStaticString("HTTP/")
+            buffer.writeString(String(version.major))
+            buffer.writeStaticString(".")
+            buffer.writeString(String(version.minor))
+        }
     }
 
-    /// The fields, each `name: value` CRLF, then the empty line.
+    /// The fields, each `name: value` CRLF, then the empty line: sized first, then copied in one
+    /// pass (a `writeString` per part checks capacity and uniqueness four times per field).
     private static func write(_ headers: HTTPHeaders, to buffer: inout ByteBuffer) {
         // Indexed, not iterated: an iterator costs an allocation per element in a debug build.
+        var size = 2
         var index = headers.startIndex
         while index != headers.endIndex {
             let field = headers[index]
-            buffer.writeString(field.name)
-            buffer.writeStaticString(": ")
-            buffer.writeString(field.value)
-            buffer.writeStaticString("\r\n")
+            size += field.name.utf8.count + field.value.utf8.count + 4
             index = headers.index(after: index)
         }
-        buffer.writeStaticString("\r\n")
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { raw in
+            var out = raw.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            var index = headers.startIndex
+            while index != headers.endIndex {
+                let field = headers[index]
+                out = copy(field.name, to: out)
+                out[0] = UInt8(ascii: ":")
+                out[1] = UInt8(ascii: " ")
+                out = copy(field.value, to: out + 2)
+                out[0] = UInt8(ascii: "\r")
+                out[1] = UInt8(ascii: "\n")
+                out += 2
+                index = headers.index(after: index)
+            }
+            out[0] = UInt8(ascii: "\r")
+            out[1] = UInt8(ascii: "\n")
+            return size
+        }
+    }
+
+    /// Copies the string's UTF-8 to `out`; returns the byte after it.
+    private static func copy(_ string: String, to out: UnsafeMutablePointer<UInt8>) -> UnsafeMutablePointer<UInt8> {
+        var string = string
+        return string.withUTF8 { bytes in
+            guard let base = bytes.baseAddress else { return out }
+            out.update(from: base, count: bytes.count)
+            return out + bytes.count
+        }
     }
 
     /// NIO's rule: the first `Transfer-Encoding` field decides.

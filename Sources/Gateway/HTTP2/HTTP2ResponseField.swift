@@ -8,13 +8,9 @@ enum HTTP2ResponseField {
     /// Copies `name` lowercased to `destination` (room for `name.utf8.count` bytes) and returns its
     /// length, or nil when the field must be dropped.
     static func copyName(_ name: String, to destination: UnsafeMutablePointer<UInt8>) -> Int? {
-        var count = 0
-        for byte in name.utf8 {
-            guard isHTTPTokenByte(byte) else { return nil }
-            destination[count] = byte &+ (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? 0x20 : 0)
-            count += 1
-        }
-        guard count > 0 else { return nil }
+        // A native string's bytes in one buffer: a tight loop, not the UTF-8 view's per-byte checks.
+        let copied = name.utf8.withContiguousStorageIfAvailable { copyName($0, to: destination) }
+        guard let count = copied ?? copyName(Array(name.utf8), to: destination) else { return nil }
         // Most names are ruled out by their length alone, without building a `String`.
         if count < 64 && refusedLengths & (1 << count) != 0 {
             let lower = String(decoding: UnsafeBufferPointer(start: destination, count: count), as: UTF8.self)
@@ -23,13 +19,28 @@ enum HTTP2ResponseField {
         return count
     }
 
+    private static func copyName<Bytes: Collection<UInt8>>(_ name: Bytes, to destination: UnsafeMutablePointer<UInt8>) -> Int? {
+        var count = 0
+        for byte in name {
+            guard isHTTPTokenByte(byte) else { return nil }
+            destination[count] = byte &+ (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? 0x20 : 0)
+            count += 1
+        }
+        return count > 0 ? count : nil
+    }
+
     /// Copies `value` without its surrounding SP/HTAB to `destination` (room for
     /// `value.utf8.count` bytes) and returns its length, or nil when the field must be dropped.
     static func copyValue(_ value: String, to destination: UnsafeMutablePointer<UInt8>) -> Int? {
+        value.utf8.withContiguousStorageIfAvailable { copyValue($0, to: destination) }
+            ?? copyValue(Array(value.utf8), to: destination)
+    }
+
+    private static func copyValue<Bytes: Collection<UInt8>>(_ value: Bytes, to destination: UnsafeMutablePointer<UInt8>) -> Int? {
         var count = 0
         // Bytes up to the last one that is not SP/HTAB: trailing whitespace is never kept.
         var kept = 0
-        for byte in value.utf8 {
+        for byte in value {
             let isSpace = byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t")
             if isSpace && count == 0 { continue }
             guard isSpace || isFieldValueByte(byte) else { return nil }
