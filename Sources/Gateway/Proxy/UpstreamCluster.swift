@@ -175,10 +175,10 @@ final class UpstreamCluster: Sendable {
 final class EndpointPools: Sendable {
     /// What another loop can ask of a pool; each runs the work on the pool's own loop.
     struct Member: Sendable {
-        /// Serve a waiting request if a slot is free.
-        var wake: @Sendable () -> Void
-        /// Close one idle connection, freeing its slot.
-        var shed: @Sendable () -> Void
+        /// Serve a waiting request for the endpoint if a slot is free.
+        var wake: @Sendable (UpstreamEndpoint) -> Void
+        /// Close one idle connection to the endpoint, freeing its slot.
+        var shed: @Sendable (UpstreamEndpoint) -> Void
         var waiting = false
     }
 
@@ -188,7 +188,10 @@ final class EndpointPools: Sendable {
     /// Whether some pool has requests waiting for a slot.
     var someoneWaits: Bool { self.waitingPools.load(ordering: .relaxed) > 0 }
 
-    func join(_ pool: ObjectIdentifier, wake: @escaping @Sendable () -> Void, shed: @escaping @Sendable () -> Void) {
+    func join(
+        _ pool: ObjectIdentifier, wake: @escaping @Sendable (UpstreamEndpoint) -> Void,
+        shed: @escaping @Sendable (UpstreamEndpoint) -> Void
+    ) {
         self.members.withLock { members in
             if members[pool] == nil { members[pool] = Member(wake: wake, shed: shed) }
         }
@@ -204,16 +207,16 @@ final class EndpointPools: Sendable {
     }
 
     /// Lets one other pool with waiting requests try for the slot just freed.
-    func wakeOneWaiting(besides pool: ObjectIdentifier) {
+    func wakeOneWaiting(besides pool: ObjectIdentifier, for endpoint: UpstreamEndpoint) {
         let wake = self.members.withLock { members in
             members.first { $0.key != pool && $0.value.waiting }?.value.wake
         }
-        wake?()
+        wake?(endpoint)
     }
 
     /// Asks every other pool to close one idle connection, so a waiting request gets its slot.
-    func askOthersToShed(besides pool: ObjectIdentifier) {
+    func askOthersToShed(besides pool: ObjectIdentifier, for endpoint: UpstreamEndpoint) {
         let sheds = self.members.withLock { members in members.filter { $0.key != pool }.map(\.value.shed) }
-        for shed in sheds { shed() }
+        for shed in sheds { shed(endpoint) }
     }
 }

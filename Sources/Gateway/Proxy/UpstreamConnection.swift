@@ -27,8 +27,9 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     /// Strong, not weak: a weak reference gives every exchange a side table and slows each of its
     /// retains. Released explicitly: the pool clears it on release, and closing or an error clears it.
     var owner: UpstreamConnectionOwner?
-    /// Called once when the channel goes inactive, so the pool forgets the connection.
-    var onClose: (() -> Void)?
+    /// Called once, with this handler, when the channel goes inactive, so the pool forgets the
+    /// connection.
+    var onClose: ((UpstreamConnectionHandler) -> Void)?
     private var readGate = ReadGate()
     private var context: ChannelHandlerContext?
     /// The codec's encoder, asked whether a request's `.end` writes anything.
@@ -62,8 +63,9 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
         let owner = self.owner
         self.owner = nil
         owner?.upstreamClosed()
-        self.onClose?()
+        let onClose = self.onClose
         self.onClose = nil
+        onClose?(self)
         context.fireChannelInactive()
     }
 

@@ -122,9 +122,8 @@ final class UpstreamConnectionPool {
         self.idle.removeAll()
     }
 
-    private func removeIdle(_ connection: UpstreamConnection) {
-        let key = ObjectIdentifier(connection.endpoint)
-        self.idle[key]?.connections.removeAll { $0 === connection }
+    private func removeIdle(_ handler: UpstreamConnectionHandler, endpoint: UpstreamEndpoint) {
+        self.idle[ObjectIdentifier(endpoint)]?.connections.removeAll { $0.handler === handler }
     }
 
     private func reserveSlot(_ endpoint: UpstreamEndpoint, max: Int) -> Bool {
@@ -142,7 +141,7 @@ final class UpstreamConnectionPool {
         if self.waiters[ObjectIdentifier(endpoint)]?.isEmpty == false {
             self.serveWaiter(endpoint, settings: settings)
         } else if endpoint.pools.someoneWaits {
-            endpoint.pools.wakeOneWaiting(besides: self.id)
+            endpoint.pools.wakeOneWaiting(besides: self.id, for: endpoint)
         }
     }
 
@@ -177,16 +176,11 @@ final class UpstreamConnectionPool {
     private func join(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) {
         guard self.joined.insert(ObjectIdentifier(endpoint)).inserted else { return }
         let reference = PoolReference(self)
+        // The endpoint comes with each call rather than captured: the endpoint owns these closures.
         endpoint.pools.join(
             self.id,
-            wake: { [weak endpoint] in
-                guard let endpoint else { return }
-                reference.onLoop { pool in pool.serveWaiter(endpoint, settings: settings) }
-            },
-            shed: { [weak endpoint] in
-                guard let endpoint else { return }
-                reference.onLoop { pool in pool.shedIdle(endpoint) }
-            }
+            wake: { endpoint in reference.onLoop { pool in pool.serveWaiter(endpoint, settings: settings) } },
+            shed: { endpoint in reference.onLoop { pool in pool.shedIdle(endpoint) } }
         )
     }
 
@@ -196,8 +190,8 @@ final class UpstreamConnectionPool {
         let key = ObjectIdentifier(endpoint)
         self.nextWaiterID &+= 1
         let id = self.nextWaiterID
-        let scheduled = self.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [weak self] in
-            guard let self else { return }
+        // Strong: a `weak` capture would give the pool a side table (see `connect`).
+        let scheduled = self.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
             if let index = self.waiters[key]?.firstIndex(where: { $0.id == id }) {
                 let waiter = self.waiters[key]!.remove(at: index)
                 endpoint.stats.waiting.subtract(1, ordering: .relaxed)
@@ -210,7 +204,7 @@ final class UpstreamConnectionPool {
         self.join(endpoint, settings: settings)
         endpoint.pools.setWaiting(self.id, true)
         // Slots held by idle connections on other loops are freed for this request.
-        endpoint.pools.askOthersToShed(besides: self.id)
+        endpoint.pools.askOthersToShed(besides: self.id, for: endpoint)
         return promise.futureResult
     }
 
@@ -254,9 +248,11 @@ final class UpstreamConnectionPool {
             throw UpstreamAcquireError.connectFailed(error)
         }.map { channel in
             let connection = UpstreamConnection(channel: channel, handler: handler, endpoint: endpoint)
-            handler.onClose = { [weak self, weak connection] in
-                guard let self else { return }
-                if let connection { self.removeIdle(connection) }
+            // Strong references only (a `weak` one gives its object a side table, and every retain
+            // of it the slow path): the pool lives as long as its loop, and the handler hands
+            // itself in rather than the closure capturing the connection that owns it.
+            handler.onClose = { handler in
+                self.removeIdle(handler, endpoint: endpoint)
                 self.slotFreed(endpoint, settings: settings)
             }
             return connection
@@ -264,11 +260,11 @@ final class UpstreamConnectionPool {
     }
 }
 
-/// A pool as other event loops hold it: work is run on the pool's own loop, and a pool that is gone
-/// (its config replaced) is skipped. Weak, so an endpoint's `EndpointPools` keeps no pool alive.
+/// A pool as other event loops hold it: work is run on the pool's own loop. Strong: pools live as
+/// long as their loops (`LoopResources`), and a weak reference would slow every retain of the pool.
 private final class PoolReference: @unchecked Sendable {
-    // Read only on `loop`.
-    private weak var pool: UpstreamConnectionPool?
+    // Used only on `loop`.
+    private let pool: UpstreamConnectionPool
     private let loop: EventLoop
 
     init(_ pool: UpstreamConnectionPool) {
@@ -277,8 +273,6 @@ private final class PoolReference: @unchecked Sendable {
     }
 
     func onLoop(_ work: @escaping @Sendable (UpstreamConnectionPool) -> Void) {
-        self.loop.execute {
-            if let pool = self.pool { work(pool) }
-        }
+        self.loop.execute { work(self.pool) }
     }
 }
