@@ -1,4 +1,6 @@
 import Foundation
+import NIOCore
+import NIOPosix
 import Testing
 
 @testable import Gateway
@@ -83,4 +85,34 @@ final class DroppedCounter: @unchecked Sendable {
     private var total = 0
     func add(_ n: Int) { lock.lock(); total += n; lock.unlock() }
     var value: Int { lock.lock(); defer { lock.unlock() }; return total }
+}
+
+/// `gateway_event_loop_tick_seconds` from a real event loop: NIO reports every tick, and a task
+/// that keeps the loop busy shows up in the bucket of its length.
+@Suite struct EventLoopTickTests {
+    @Test func aBusyTickLandsInItsBucket() throws {
+        let ticks = EventLoopTicks()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1, metricsDelegate: ticks)
+        defer { try? group.syncShutdownGracefully() }
+        let loop = group.next()
+        try loop.submit {
+            // Busy for 3 ms (a spin, not a sleep: the tick measures the loop's own time).
+            let start = NIODeadline.now()
+            while NIODeadline.now() - start < .milliseconds(3) {}
+        }.wait()
+        // The tick is reported after it ends: one more round trip makes sure it was.
+        try loop.submit {}.wait()
+        let (cumulative, sum, tasks) = ticks.snapshot()
+        let index = { (bound: Double) in EventLoopTicks.buckets.firstIndex(of: bound)! }
+        let total = cumulative.last!
+        #expect(total >= 1)
+        #expect(tasks >= 1)
+        // At least one tick above 2.5 ms, none above 1 s, and the sum holds the 3 ms.
+        #expect(cumulative[index(0.0025)] < total)
+        #expect(cumulative[index(1)] == total)
+        #expect(sum >= 0.003)
+        let text = ticks.render()
+        #expect(text.contains("# TYPE gateway_event_loop_tick_seconds histogram"))
+        #expect(text.contains("gateway_event_loop_tick_seconds_bucket{le=\"+Inf\"} \(total)"))
+    }
 }

@@ -34,8 +34,12 @@ def test_metrics_move_as_requests_pass(gateway):
     assert after['gateway_upstream_duration_seconds_count{route="api"}'] >= 5
     assert 'gateway_request_duration_seconds_bucket{route="api",le="0.0005"}' in text
     assert after[f'gateway_upstream_endpoint_up{{upstream="booking",endpoint="127.0.0.1:{gateway_upstream_port(text)}"}}'] == 1
+    # The event loops report their ticks: serving these requests took some.
+    assert after["gateway_event_loop_tick_seconds_count"] > before.get("gateway_event_loop_tick_seconds_count", 0)
+    assert after['gateway_event_loop_tick_seconds_bucket{le="+Inf"}'] == after["gateway_event_loop_tick_seconds_count"]
     for series in ["gateway_ratelimit_decisions_total", "gateway_jwt_rejections_total", "gateway_redis_errors_total",
-                   "gateway_connections", "gateway_config_reloads_total"]:
+                   "gateway_connections", "gateway_config_reloads_total", "gateway_event_loop_tick_seconds",
+                   "gateway_event_loop_tasks_total"]:
         assert f"# TYPE {series} " in text
     # Labels stay bounded: no raw paths or client addresses.
     assert "/api/bookings" not in text and "127.0.0.1\"" not in text.replace("endpoint=\"127.0.0.1", "")

@@ -154,8 +154,10 @@ public enum GatewayBuilder {
     public static func makeServer(config: GatewayConfig, configText: String, configPath: String? = nil) throws -> GatewayServer {
         try validateForStartup(config)
         let plans = try listenerPlans(config)
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, config.workers))
         let observability = Observability(accessLog: config.log.access, tracing: config.tracing)
+        let group = MultiThreadedEventLoopGroup(
+            numberOfThreads: max(1, config.workers), metricsDelegate: observability.metrics.eventLoopTicks
+        )
         let runtime = try runtime(
             config, configHash: stableHash(configText), group: group, metrics: observability.metrics
         )

@@ -128,6 +128,8 @@ final class GatewayMetrics: Sendable {
     let cacheRequests = LabeledCounter(labelNames: ["route", "result"])
     let cacheStores = LabeledCounter(labelNames: ["route"])
     let cacheServedBytes = LabeledCounter(labelNames: ["route"])
+    /// Fed by the event loops themselves (the group is made with it as its metrics delegate).
+    let eventLoopTicks = EventLoopTicks()
 
     /// Methods outside this set are reported as `OTHER`, so a client cannot mint label values.
     static let knownMethods: Set<String> = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -229,6 +231,7 @@ final class GatewayMetrics: Sendable {
         counter("gateway_access_log_dropped_total", "Access log lines dropped because the writer fell behind.", self.accessLogDropped)
         counter("gateway_tls_certificate_expiry_seconds", "Certificate notAfter as a Unix time, by listener and certificate name.", self.tlsCertificateExpiry, type: "gauge")
         out += ProcessMetrics.render()
+        out += self.eventLoopTicks.render()
         counter("gateway_spans_dropped_total", "Sampled spans not exported, by reason.", self.spansDropped)
         counter("gateway_spans_exported_total", "Spans the OTLP collector accepted.", self.spansExported)
         return out
