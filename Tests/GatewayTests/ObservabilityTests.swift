@@ -116,3 +116,51 @@ final class DroppedCounter: @unchecked Sendable {
         #expect(text.contains("gateway_event_loop_tick_seconds_bucket{le=\"+Inf\"} \(total)"))
     }
 }
+
+extension EventLoopTickTests {
+    /// NIO's tick starts after the I/O events were handled; the first handler to see bytes stamps the
+    /// iteration, so time spent handling a read counts (without the stamp this tick reads ~0).
+    @Test func timeSpentHandlingAReadCounts() throws {
+        let ticks = EventLoopTicks()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1, metricsDelegate: ticks)
+        let clients = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer {
+            try? clients.syncShutdownGracefully()
+            try? group.syncShutdownGracefully()
+        }
+        let received = group.next().makePromise(of: Void.self)
+        let server = try ServerBootstrap(group: group)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(SlowReader(done: received))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).wait()
+        defer { try? server.close().wait() }
+        let client = try ClientBootstrap(group: clients).connect(to: server.localAddress!).wait()
+        defer { try? client.close().wait() }
+        let before = ticks.snapshot().cumulative
+        try client.writeAndFlush(ByteBuffer(string: "x")).wait()
+        try received.futureResult.wait()
+        try group.next().submit {}.wait()
+        let after = ticks.snapshot().cumulative
+        let over = { (counts: [UInt64]) in counts.last! - counts[EventLoopTicks.buckets.firstIndex(of: 0.0025)!] }
+        #expect(over(after) > over(before), "no iteration over 2.5 ms: \(after)")
+    }
+}
+
+/// Stamps the iteration like the gateway's first handlers, then keeps the loop busy for 3 ms.
+private final class SlowReader: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    private let tickSlot = EventLoopTicks.currentSlot()
+    private let done: EventLoopPromise<Void>
+
+    init(done: EventLoopPromise<Void>) { self.done = done }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.tickSlot.ioBegins()
+        let start = NIODeadline.now()
+        while NIODeadline.now() - start < .milliseconds(3) {}
+        self.done.succeed()
+    }
+}

@@ -14,12 +14,16 @@ final class ReadActivityHandler: ChannelInboundHandler, RemovableChannelHandler 
     var server: HTTP1ServerHandler?
 
     private var armed = true
+    /// This loop's iteration stamp (`gateway_event_loop_tick_seconds`); made on the loop that runs
+    /// the handler.
+    private let tickSlot = EventLoopTicks.currentSlot()
     /// When bytes last arrived: a request body that stops arriving for `timeouts.idle` is cut off.
     private(set) var lastRead = NIODeadline.now()
 
     func arm() { self.armed = true }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.tickSlot.ioBegins()
         self.lastRead = .now()
         if self.armed {
             self.armed = false

@@ -15,6 +15,9 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     let services: ConnectionServices
     let settings: HTTP2Settings
     private(set) var context: ChannelHandlerContext?
+    /// This loop's iteration stamp (`gateway_event_loop_tick_seconds`); made on the loop that runs
+    /// the handler.
+    private let tickSlot = EventLoopTicks.currentSlot()
     private var session: OpaquePointer?
     private var streams: [Int32: HTTP2Stream] = [:]
     private(set) var peer = PeerAddress(nil)
@@ -115,6 +118,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.tickSlot.ioBegins()
         guard let session = self.session else { return }
         let buffer = Self.unwrapInboundIn(data)
         self.reading = true

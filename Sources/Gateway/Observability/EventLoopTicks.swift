@@ -2,11 +2,15 @@ import NIOCore
 import NIOPosix
 import Synchronization
 
-/// How long each event-loop tick kept its loop busy (from the first event it handled to the last),
-/// as the `gateway_event_loop_tick_seconds` histogram: a tick of 5 ms delays every request that
-/// arrived during it by up to 5 ms, so this is where a latency tail made by the gateway itself
-/// shows (Envoy's `loop_duration_us`). Recorded by NIO after every tick on the loop's own thread:
-/// a few relaxed atomic adds, no lock and no allocation.
+/// How long each event-loop iteration kept its loop busy, as the `gateway_event_loop_tick_seconds`
+/// histogram: an iteration of 5 ms delays every request that arrived during it by up to 5 ms, so
+/// this is where a latency tail made by the gateway itself shows (Envoy's `loop_duration_us`).
+///
+/// NIO reports a tick after each iteration, but its start time is when the iteration's scheduled
+/// tasks began, after the I/O events were handled. So the first handler to see bytes in an
+/// iteration (TLS, the HTTP/1.1 or HTTP/2 codec, an upstream connection) stamps the loop's
+/// `LoopSlot`, and the iteration counts from that stamp. Recorded on the loop's own thread: a
+/// clock read per iteration and a few relaxed atomic adds, no lock and no allocation.
 final class EventLoopTicks: NIOEventLoopMetricsDelegate {
     /// Upper bounds in seconds, from a tick that handled one request to a stall.
     static let buckets: [Double] = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1]
@@ -18,8 +22,38 @@ final class EventLoopTicks: NIOEventLoopMetricsDelegate {
     private let sumNanoseconds = Atomic<UInt64>(0)
     private let tasks = Atomic<UInt64>(0)
 
+    /// One loop's stamp: when its current iteration began handling I/O (0: not yet). Unchecked:
+    /// each slot is thread-specific, so only its loop's thread ever reaches it.
+    final class LoopSlot: @unchecked Sendable {
+        private var ioStart: UInt64 = 0
+
+        /// Called by the first handlers to see bytes; only the first call of an iteration reads the clock.
+        @inline(__always)
+        func ioBegins() {
+            if self.ioStart == 0 { self.ioStart = NIODeadline.now().uptimeNanoseconds }
+        }
+
+        /// The iteration's start (the I/O stamp, or the tasks' start without I/O), and a reset.
+        fileprivate func iterationStart(tasksStart: NIODeadline) -> NIODeadline {
+            defer { self.ioStart = 0 }
+            guard self.ioStart != 0 else { return tasksStart }
+            return min(NIODeadline.uptimeNanoseconds(self.ioStart), tasksStart)
+        }
+    }
+
+    private static let slots = ThreadSpecificVariable<LoopSlot>()
+
+    /// The calling thread's slot: call it on the event loop whose iterations the caller stamps.
+    static func currentSlot() -> LoopSlot {
+        if let slot = slots.currentValue { return slot }
+        let slot = LoopSlot()
+        slots.currentValue = slot
+        return slot
+    }
+
     func processedTick(info: NIOEventLoopTickInfo) {
-        let busy = max(0, (info.endTime - info.startTime).nanoseconds)
+        let start = Self.currentSlot().iterationStart(tasksStart: info.startTime)
+        let busy = max(0, (info.endTime - start).nanoseconds)
         var index = 0
         while index < Self.bucketNanoseconds.count, busy > Self.bucketNanoseconds[index] { index += 1 }
         self.counts[index].value.add(1, ordering: .relaxed)
@@ -38,7 +72,7 @@ final class EventLoopTicks: NIOEventLoopMetricsDelegate {
     func render() -> String {
         let (cumulative, sum, tasks) = self.snapshot()
         let name = "gateway_event_loop_tick_seconds"
-        var out = "# HELP \(name) Time each event-loop tick kept its loop busy (a long tick delays every request behind it).\n"
+        var out = "# HELP \(name) Time each event-loop iteration kept its loop busy, I/O and tasks (a long one delays every request behind it).\n"
         out += "# TYPE \(name) histogram\n"
         for (bound, count) in zip(Self.buckets, cumulative) {
             out += "\(name)_bucket{le=\"\(GatewayMetrics.number(bound))\"} \(count)\n"

@@ -31,6 +31,9 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     /// connection.
     var onClose: ((UpstreamConnectionHandler) -> Void)?
     private var readGate = ReadGate()
+    /// This loop's iteration stamp (`gateway_event_loop_tick_seconds`); made on the loop that runs
+    /// the handler.
+    private let tickSlot = EventLoopTicks.currentSlot()
     private var context: ChannelHandlerContext?
     /// The codec's encoder, asked whether a request's `.end` writes anything.
     var requestEncoder: HTTP1RequestEncoder?
@@ -39,6 +42,7 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.tickSlot.ioBegins()
         let part = Self.unwrapInboundIn(data)
         if let owner = self.owner {
             owner.upstreamReceived(part)

@@ -20,6 +20,9 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     static let closeNotifyTimeout = TimeAmount.seconds(1)
 
     private let tlsContext: TLSServerContext
+    /// This loop's iteration stamp (`gateway_event_loop_tick_seconds`); made on the loop that runs
+    /// the handler.
+    private let tickSlot = EventLoopTicks.currentSlot()
     private let handshakeTimeout: TimeAmount
     private var stateMachine = TLSConnectionStateMachine()
     /// Created in `handlerAdded`, freed (with its `SSL*`) in `handlerRemoved`.
@@ -95,6 +98,7 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.tickSlot.ioBegins()
         let ciphertext = self.unwrapInboundIn(data)
         guard let connection = self.connection else { return }
         switch self.stateMachine.ciphertextReceived() {
