@@ -199,14 +199,34 @@ public enum RedisRateLimitScript {
     /// Rebuilds the `MultiDecision` from the script's reply; nil if the reply is malformed.
     /// `peek`: the reply of a peek call, which counted nothing whatever it decided.
     public static func decision(reply: [[Int64]], requests: [(PolicySpec, String)], peek: Bool = false) -> MultiDecision? {
-        guard reply.count == requests.count, reply.allSatisfy({ $0.count == 4 }) else { return nil }
-        let perPolicy = zip(reply, requests).map { r, req in
-            (req, Decision(allowed: r[0] == 1, limit: req.0.limit, remaining: Int(r[1]),
-                           resetAfterMs: r[2], retryAfterMs: r[0] == 1 ? nil : r[3]))
+        guard reply.count == requests.count else { return nil }
+        return decision(requests: requests, peek: peek) { index in
+            let r = reply[index]
+            return r.count == 4 ? (r[0], r[1], r[2], r[3]) : nil
         }
-        let allowed = perPolicy.allSatisfy { $0.0.0.shadow || $0.1.allowed }
-        return MultiDecision(allowed: allowed, decisions: perPolicy.map { req, d in
-            PolicyDecision(policy: req.0, key: req.1, decision: d, counted: !peek && allowed && d.allowed)
-        })
+    }
+
+    /// The decision from the script's row for each request, `(allowed, remaining, reset_ms,
+    /// retry_ms)` (nil: the reply is malformed). One array and no intermediate rows, so a caller
+    /// can read the rows straight from the reply.
+    public static func decision(
+        requests: [(PolicySpec, String)], peek: Bool = false, row: (Int) -> (Int64, Int64, Int64, Int64)?
+    ) -> MultiDecision? {
+        var decisions: [PolicyDecision] = []
+        decisions.reserveCapacity(requests.count)
+        var allowed = true
+        for index in requests.indices {
+            guard let (isAllowed, remaining, resetMs, retryMs) = row(index) else { return nil }
+            let (policy, key) = requests[index]
+            let decision = Decision(allowed: isAllowed == 1, limit: policy.limit, remaining: Int(remaining),
+                                    resetAfterMs: resetMs, retryAfterMs: isAllowed == 1 ? nil : retryMs)
+            if !policy.shadow && !decision.allowed { allowed = false }
+            decisions.append(PolicyDecision(policy: policy, key: key, decision: decision, counted: false))
+        }
+        // All-or-nothing: a policy counted only when every enforced one allowed.
+        for index in decisions.indices {
+            decisions[index].counted = !peek && allowed && decisions[index].decision.allowed
+        }
+        return MultiDecision(allowed: allowed, decisions: decisions)
     }
 }

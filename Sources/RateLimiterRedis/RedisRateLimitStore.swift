@@ -99,12 +99,11 @@ public final class RedisRateLimitStore: Sendable {
         if let cache = deniedCache, let cached = cache.check(requests, now: cacheNow) {
             return client.nextEventLoop().makeSucceededFuture(cached)
         }
-        let decided: EventLoopFuture<MultiDecision>
-        if client is RedisClusterClient, let groups = Self.slotGroups(requests) {
-            decided = checkAcrossSlots(groups, cost: cost, nowOverrideMs: nowOverrideMs)
-        } else {
-            decided = evaluate(requests, cost: cost, nowOverrideMs: nowOverrideMs)
+        guard client is RedisClusterClient, let groups = Self.slotGroups(requests) else {
+            // The denied cache learns inside the reply's callback: no future and closure more.
+            return evaluate(requests, cost: cost, nowOverrideMs: nowOverrideMs, recordAt: cacheNow)
         }
+        let decided = checkAcrossSlots(groups, cost: cost, nowOverrideMs: nowOverrideMs)
         guard let cache = deniedCache else { return decided }
         return decided.map { decision in
             cache.record(decision, now: cacheNow)
@@ -152,11 +151,13 @@ public final class RedisRateLimitStore: Sendable {
     }
 
     /// One EVALSHA (keys in one slot) under the store's deadline, or under `deadline` when given
-    /// (the two rounds of a multi-slot check share one).
+    /// (the two rounds of a multi-slot check share one). With `recordAt`, the denied cache (if
+    /// any) learns the decision, at that time.
     private func evaluate(
         _ requests: [(PolicySpec, String)], cost: Int, nowOverrideMs: Int64?, peek: Bool = false,
-        deadline: NIODeadline? = nil
+        deadline: NIODeadline? = nil, recordAt cacheNow: Int64? = nil
     ) -> EventLoopFuture<MultiDecision> {
+        let cache = cacheNow == nil ? nil : self.deniedCache
         let slotKey = requests.first?.1
         @Sendable func command(_ sha: String) -> [String] {
             RedisRateLimitScript.evalshaCommand(sha: sha, requests, cost: cost, nowOverrideMs: nowOverrideMs, peek: peek)
@@ -180,7 +181,9 @@ public final class RedisRateLimitStore: Sendable {
             switch result {
             case .success(let reply):
                 do {
-                    promise.succeed(try Self.decode(reply, requests, peek: peek))
+                    let decision = try Self.decode(reply, requests, peek: peek)
+                    if let cache, let cacheNow { cache.record(decision, now: cacheNow) }
+                    promise.succeed(decision)
                 } catch {
                     promise.fail(error as? RateLimitStoreError ?? RateLimitStoreError.storeUnavailable.with("\(error)"))
                 }
@@ -225,12 +228,15 @@ public final class RedisRateLimitStore: Sendable {
         if let message = reply.errorMessage {
             throw RateLimitStoreError.storeUnavailable.with("redis: \(message)")
         }
-        var rows: [[Int64]] = []
-        for row in reply.array ?? [] {
-            guard let fields = row.array else { break }
-            rows.append(fields.compactMap(\.integer))
+        // Rows read in place from the reply: no `[[Int64]]` copy of it.
+        let rows = reply.array ?? []
+        let decided = rows.count != requests.count ? nil : RedisRateLimitScript.decision(requests: requests, peek: peek) { index in
+            guard let fields = rows[index].array, fields.count == 4, let allowed = fields[0].integer,
+                let remaining = fields[1].integer, let resetMs = fields[2].integer, let retryMs = fields[3].integer
+            else { return nil }
+            return (allowed, remaining, resetMs, retryMs)
         }
-        guard let decision = RedisRateLimitScript.decision(reply: rows, requests: requests, peek: peek) else {
+        guard let decision = decided else {
             throw RateLimitStoreError.storeUnavailable.with("unexpected script reply \(reply)")
         }
         return decision

@@ -222,6 +222,31 @@ struct RedisRateLimitStoreTests {
         }
     }
 
+    /// With a denied cache, a key Redis denied is answered locally until its reset: even with
+    /// Redis frozen the next check is a denial at once, not a store failure.
+    @Test func aDeniedKeyIsAnsweredFromTheDeniedCache() async throws {
+        try await withOwnEventLoop { group in
+            let server = try await RedisServer()
+            defer { server.stop() }
+            let pool = try await connectedPool(configuration(server.url, poolSize: 1), group: group)
+            let nowMs = midWindowMs()
+            let s = RedisRateLimitStore(pool: pool, timeout: .seconds(2), deniedCache: DeniedCache(), clockMs: { nowMs })
+            try await s.prepare().get()
+            let two = PolicySpec(name: "two", limit: 2, windowSeconds: 60)
+            let reqs = [(two, key("denied", two))]
+            #expect(try await s.check(reqs, nowOverrideMs: nowMs).allowed)
+            #expect(try await s.check(reqs, nowOverrideMs: nowMs).allowed)
+            let denied = try await s.check(reqs, nowOverrideMs: nowMs)
+            #expect(!denied.allowed)
+            try await server.freeze()
+            let (r, t) = await timedFuture { s.check(reqs, nowOverrideMs: nowMs) }
+            server.thaw()
+            #expect((try? r.get())?.allowed == false, "\(r)")
+            #expect(t < .milliseconds(500), "took \(t)")
+            await pool.shutdown()
+        }
+    }
+
     @Test func blackHoledRedisHitsTheTimeout() async throws {
         try await withOwnEventLoop { group in
             // Accepts connections, never answers: like a Redis behind a dropped route.
