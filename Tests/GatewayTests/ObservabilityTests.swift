@@ -100,8 +100,8 @@ final class DroppedCounter: @unchecked Sendable {
             let start = NIODeadline.now()
             while NIODeadline.now() - start < .milliseconds(3) {}
         }.wait()
-        // The tick is reported after it ends: one more round trip makes sure it was.
-        try loop.submit {}.wait()
+        // The tick is reported after its tasks, so after this wait returns: wait for the report.
+        waitForTicks(ticks) { $0.sumSeconds >= 0.003 }
         let (cumulative, sum, tasks) = ticks.snapshot()
         let index = { (bound: Double) in EventLoopTicks.buckets.firstIndex(of: bound)! }
         let total = cumulative.last!
@@ -142,11 +142,21 @@ extension EventLoopTickTests {
         let before = ticks.snapshot().cumulative
         try client.writeAndFlush(ByteBuffer(string: "x")).wait()
         try received.futureResult.wait()
-        try group.next().submit {}.wait()
-        let after = ticks.snapshot().cumulative
         let over = { (counts: [UInt64]) in counts.last! - counts[EventLoopTicks.buckets.firstIndex(of: 0.0025)!] }
+        // Reported once the iteration's tasks ran, which may be after the wait above returned.
+        waitForTicks(ticks) { over($0.cumulative) > over(before) }
+        let after = ticks.snapshot().cumulative
         #expect(over(after) > over(before), "no iteration over 2.5 ms: \(after)")
     }
+}
+
+/// Polls until `done` holds for the ticks reported so far, for at most 2 s (the caller then
+/// checks, so a report that never comes fails the test).
+private func waitForTicks(
+    _ ticks: EventLoopTicks, _ done: ((cumulative: [UInt64], sumSeconds: Double, tasks: UInt64)) -> Bool
+) {
+    let deadline = NIODeadline.now() + .seconds(2)
+    while !done(ticks.snapshot()) && NIODeadline.now() < deadline { usleep(1000) }
 }
 
 /// Stamps the iteration like the gateway's first handlers, then keeps the loop busy for 3 ms.
