@@ -127,30 +127,34 @@ def test_408_slow_headers(gateway):
     assert time.time() - start < 4
 
 
+def trickle_header_lines(s, seconds=4):
+    """Sends a header line every 0.3 s until the gateway closes (or `seconds` pass); returns what it
+    answered and when the trickle started."""
+    start = time.time()
+    s.settimeout(0.3)
+    data = b""
+    while time.time() - start < seconds:
+        try:
+            s.sendall(b"X-Slow: 1\r\n")
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        except TimeoutError:
+            pass
+        except OSError:
+            # Closed, or reset: the gateway closed on bytes we kept sending and the kernel may turn
+            # its 408 into a reset. Being cut off in time is what the callers test.
+            break
+    return data, start
+
+
 def test_slowloris_is_cut_off(gateway):
     import socket
     s = socket.create_connection(("127.0.0.1", gateway.ports["plain"]))
     s.sendall(b"GET /api/bookings HTTP/1.1\r\n")
-    start = time.time()
-    data = b""
     try:
-        s.settimeout(0.3)
-        while time.time() - start < 4:
-            try:
-                s.sendall(b"X-Slow: 1\r\n")
-            except OSError:
-                break
-            try:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            except socket.timeout:
-                pass
-            except ConnectionResetError:
-                # The gateway closed on bytes we kept sending: the kernel may turn its 408 into a
-                # reset. Being cut off in time is what this test is about (the 408 body has its own).
-                break
+        data, start = trickle_header_lines(s)
     finally:
         s.close()
     assert time.time() - start < 3.5, "slowloris connection held open"
@@ -173,20 +177,7 @@ def test_slowloris_on_a_kept_alive_connection_is_cut_off_by_client_header(gatewa
         while len(body) < length:
             body += s.recv(4096)
         s.sendall(b"GET /api/bookings HTTP/1.1\r\n")
-        start = time.time()
-        s.settimeout(0.3)
-        data = b""
-        while time.time() - start < 4:
-            try:
-                s.sendall(b"X-Slow: 1\r\n")
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            except socket.timeout:
-                pass
-            except OSError:
-                break
+        data, start = trickle_header_lines(s)
     finally:
         s.close()
     assert time.time() - start < 3, "the trickled second request was held open past client_header"
