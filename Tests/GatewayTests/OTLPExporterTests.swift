@@ -113,24 +113,31 @@ struct OTLPExporterTests {
         struct State {
             var batches: [Int] = []
             var pending: [EventLoopPromise<Void>] = []
+            var autoComplete: Bool
+            /// The exporter's loop, as the last send named it.
+            var loop: EventLoop?
         }
-        let state = Mutex(State())
-        let autoComplete: Bool
+        let state: Mutex<State>
         let fail: Bool
 
         init(autoComplete: Bool, fail: Bool = false) {
-            self.autoComplete = autoComplete
+            self.state = Mutex(State(autoComplete: autoComplete))
             self.fail = fail
         }
+
+        /// Sends from now on complete at once.
+        func completeFromNowOn() { self.state.withLock { $0.autoComplete = true } }
 
         func send(_ body: ByteBuffer, _ loop: EventLoop) -> EventLoopFuture<Void> {
             let count = ((try? OTLPExporterTests.spans(OTLPExporterTests.decode(body)).spans.count) ?? -1)
             let promise = loop.makePromise(of: Void.self)
-            self.state.withLock {
+            let autoComplete = self.state.withLock {
                 $0.batches.append(count)
-                if !self.autoComplete { $0.pending.append(promise) }
+                $0.loop = loop
+                if !$0.autoComplete { $0.pending.append(promise) }
+                return $0.autoComplete
             }
-            if self.autoComplete {
+            if autoComplete {
                 if self.fail { promise.fail(OTLPExportError("refused")) } else { promise.succeed() }
             }
             return promise.futureResult
@@ -143,6 +150,7 @@ struct OTLPExporterTests {
         }
 
         var batches: [Int] { self.state.withLock { $0.batches } }
+        var loop: EventLoop? { self.state.withLock { $0.loop } }
     }
 
     final class Counts: Sendable {
@@ -175,6 +183,27 @@ struct OTLPExporterTests {
         #expect(transport.batches == [8, 8, 1])
         #expect(counts.exported.load(ordering: .relaxed) == 17)
         #expect(counts.dropped.withLock { $0 }.isEmpty)
+    }
+
+    /// The race a loaded CI run hit: a batch fills while one is in flight, so a flush is queued for
+    /// it; the in-flight batch's completion sends the full batch first. The queued flush then finds
+    /// one span and must leave it for the interval.
+    @Test func aFlushQueuedForABatchAlreadySentSendsNoStrayBatch() async throws {
+        let transport = Transport(autoComplete: false), counts = Counts()
+        let exporter = Self.exporter(transport, counts: counts, capacity: 64, batch: 8)
+        for _ in 0..<8 { exporter.export(Self.span()) }
+        await Self.waitUntil { transport.batches.count == 1 }
+        let loop = try #require(transport.loop)
+        try await loop.submit {
+            for _ in 0..<9 { exporter.export(Self.span()) }  // the 16th queues a flush behind this task
+            transport.completeFromNowOn()
+            transport.release()  // the completion's follow-up sends spans 9...16 at once
+        }.get()
+        try await loop.submit {}.get()  // the queued flush has run
+        #expect(transport.batches == [8, 8])
+        await exporter.shutdown(deadline: .seconds(5))
+        #expect(transport.batches == [8, 8, 1])
+        #expect(counts.exported.load(ordering: .relaxed) == 17)
     }
 
     @Test func aFullQueueDropsAndCounts() async {

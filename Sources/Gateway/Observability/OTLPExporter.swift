@@ -222,14 +222,17 @@ final class OTLPExporter: SpanExporter {
         if let refused {
             self.onDrop(refused, 1)
         } else if batchFull {
-            self.loop.execute { self.flush() }
+            self.loop.execute { self.flush(fullBatchOnly: true) }
         }
     }
 
     /// Sends the next batch unless one is in flight; a full queue keeps the batches coming.
-    func flush() {
+    /// `fullBatchOnly` is for the triggers a filling queue starts: the batch they were queued for
+    /// may have gone out with an earlier completion's follow-up, and what is left waits for the
+    /// interval instead of going out as a stray small batch.
+    func flush(fullBatchOnly: Bool = false) {
         let batch = self.state.withLock { state -> [FinishedSpan] in
-            guard !state.sending, !state.queue.isEmpty else { return [] }
+            guard !state.sending, state.queue.count >= (fullBatchOnly ? self.batchSize : 1) else { return [] }
             state.sending = true
             let count = min(self.batchSize, state.queue.count)
             defer { state.queue.removeFirst(count) }
@@ -257,7 +260,7 @@ final class OTLPExporter: SpanExporter {
             case .success: self.onExport(batch.count)
             case .failure: self.onDrop("export_failed", batch.count)
             }
-            if more { self.flush() }
+            if more { self.flush(fullBatchOnly: true) }
         }
     }
 
