@@ -31,17 +31,9 @@ protocol DownstreamResponder: AnyObject {
 
 /// One request proxied to an upstream, from picking an endpoint to the last response byte.
 /// Streams both ways under backpressure: request body reads pause while the upstream socket is
-/// full, upstream reads pause while the client socket is full.
+/// full, upstream reads pause while the client socket is full. What to do on each event is
+/// `StateMachine`'s decision (`ProxyExchange+StateMachine.swift`); this class does the I/O.
 final class ProxyExchange: UpstreamConnectionOwner {
-    private enum State {
-        /// Waiting for a pooled or new upstream connection.
-        case connecting
-        /// Request head written; waiting for the response head.
-        case awaitingResponse(UpstreamConnection)
-        case streamingResponse(UpstreamConnection)
-        case finished
-    }
-
     private let upstreamHead: HTTPRequestHead
     private let requestMethod: HTTPMethod
     private let clientVersion: HTTPVersion
@@ -53,7 +45,6 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private let deferredError: GatewayError?
     /// `allowed`, `denied` or `store_unavailable` once the rate limiter answered (access log).
     private(set) var rateLimitDecision: String?
-    private let expectsContinue: Bool
     private let cluster: UpstreamCluster
     private let pool: UpstreamConnectionPool
     /// Strong, not weak (a weak reference costs the responder a side table and slow retains):
@@ -61,29 +52,11 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private var downstream: DownstreamResponder?
     private let eventLoop: EventLoop
 
-    private var state: State = .connecting
+    private var machine: StateMachine<UpstreamConnection>
     private var candidates: [UpstreamEndpoint] = []
-    private var nextCandidate = 0
-    /// Body parts received before the upstream connection was ready (bounded: reads pause).
+    /// Body parts received before the upstream connection was ready (bounded: reads pause), kept
+    /// until the request is upstream so that a request none of which was sent can go again.
     private var pendingBody: [ByteBuffer] = []
-    private var requestComplete = false
-    private var requestBodyStarted = false
-
-    /// Sending the request again is safe when it is idempotent (RFC 9110 §9.2.2) and has no body
-    /// or none has started (a streamed body is not kept).
-    private var resendableOnStaleConnection: Bool {
-        guard self.requestComplete && !self.requestBodyStarted else { return false }
-        switch self.requestMethod {
-        case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE: return true
-        default: return false
-        }
-    }
-    private var responseKeepAlive = true
-    private var retriedStaleConnection = false
-    /// Set once the head's write was not refused whole: from then on the upstream may act on the
-    /// request, so a non-idempotent one is never sent again.
-    private var requestSent = false
-    private var retriesLeft: Int
     private var outstandingEndpoint: UpstreamEndpoint?
     private var upstreamStart: NIODeadline?
     /// From writing the request head upstream to its response head (nil until then).
@@ -103,6 +76,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
     var streamIdle: TimeAmount = .minutes(5)
     var streamingRoute = false
     private var streamWatch: StreamIdleWatch?
+    /// The `101` of an accepted WebSocket handshake, relayed once its response ends.
     private var acceptedSwitch: HTTPResponseHead?
     /// Set on a cache route's cacheable request; `cacheFill` while this exchange fills the entry.
     private let cache: CacheRequest?
@@ -135,13 +109,14 @@ final class ProxyExchange: UpstreamConnectionOwner {
         self.responseAdditions = responseAdditions
         self.rateLimit = rateLimit
         self.deferredError = deferredError
-        self.expectsContinue = expectsContinue
-        self.requestComplete = !requestHasBody
         self.cluster = cluster
         self.pool = pool
         self.downstream = downstream
         self.eventLoop = pool.eventLoop
-        self.retriesLeft = cluster.settings.retryMethods.contains(requestMethod.rawValue) ? cluster.settings.retryAttempts : 0
+        self.machine = StateMachine(
+            requestHasBody: requestHasBody, idempotent: requestMethod.isIdempotent, expectsContinue: expectsContinue,
+            retries: cluster.settings.retryMethods.contains(requestMethod.rawValue) ? cluster.settings.retryAttempts : 0
+        )
     }
 
     // MARK: - Driven by the downstream
@@ -152,10 +127,10 @@ final class ProxyExchange: UpstreamConnectionOwner {
             return
         }
         // Body reads wait while the limiter decides (it may be a Redis round trip).
-        if !self.requestComplete { self.downstream?.pauseRequestBody(for: self) }
+        if !self.machine.requestComplete { self.downstream?.pauseRequestBody(for: self) }
         let service = request.service
         service.check(request, on: self.eventLoop).assumeIsolated().whenSuccess { outcome in
-            guard case .connecting = self.state else { return }
+            guard self.machine.isAdmitting else { return }
             switch outcome {
             case .allowed(let fields):
                 self.rateLimitDecision = "allowed"
@@ -188,83 +163,71 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private func startUpstream() {
         self.cluster.requestStarted()
         self.candidates = self.cluster.candidates(now: .now())
-        guard !self.candidates.isEmpty else {
+        switch self.machine.startUpstream(candidates: self.candidates.count) {
+        case .noCandidates:
             self.fail(.noHealthyUpstream)
-            return
-        }
-        if !self.requestComplete {
+        case .connect(let holdBody):
             // Nothing to forward until a connection exists: hold the body back at the socket.
-            self.downstream?.pauseRequestBody(for: self)
+            if holdBody { self.downstream?.pauseRequestBody(for: self) }
+            self.connectNext()
         }
-        self.connectNext()
     }
 
     func requestBodyReceived(_ body: ByteBuffer) {
-        self.requestBodyStarted = true
-        switch self.state {
-        case .connecting:
+        switch self.machine.requestBodyReceived() {
+        case .hold:
             self.pendingBody.append(body)
-        case .awaitingResponse(let connection), .streamingResponse(let connection):
+        case .forward(let connection):
             connection.write(.body(.byteBuffer(body)), flush: true)
             if !connection.channel.isWritable { self.downstream?.pauseRequestBody(for: self) }
-        case .finished:
+        case .drop:
             break
         }
     }
 
     func requestEndReceived() {
-        self.requestComplete = true
-        switch self.state {
-        case .awaitingResponse(let connection):
+        switch self.machine.requestEndReceived() {
+        case .forwardEnd(let connection, let armResponseTimer):
             connection.write(.end(nil), flush: true)
-            self.armResponseTimer(connection)
-        case .streamingResponse(let connection):
-            connection.write(.end(nil), flush: true)
-        case .connecting, .finished:
+            if armResponseTimer { self.armResponseTimer(connection) }
+        case .none:
             break
         }
     }
 
     /// The client went away or broke the request (body over the limit): drop the upstream side.
     func cancel() {
-        switch self.state {
-        case .connecting:
-            self.state = .finished
-        case .awaitingResponse(let connection), .streamingResponse(let connection):
+        if let connection = self.machine.cancel() {
             self.streamWatch?.cancel()
-            self.state = .finished
             self.releaseOutstanding()
             connection.close()
             self.pool.release(connection, reusable: false, settings: self.cluster.settings)
-        case .finished:
-            break
         }
         self.downstream = nil
     }
 
     /// The client socket drained: upstream reads may resume.
     func downstreamWritabilityChanged(isWritable: Bool) {
-        guard case .streamingResponse(let connection) = self.state else { return }
+        guard let connection = self.machine.streamingConnection else { return }
         if isWritable { connection.handler.resumeReads() } else { connection.handler.pauseReads() }
     }
 
     // MARK: - Connecting
 
     private func connectNext(fresh: Bool = false) {
-        guard case .connecting = self.state else { return }
-        guard self.nextCandidate < self.candidates.count else {
-            self.fail(.upstreamUnavailable)
-            return
+        let endpoint: UpstreamEndpoint
+        switch self.machine.nextEndpoint() {
+        case .none: return
+        case .noneLeft: return self.fail(.upstreamUnavailable)
+        case .candidate(let index): endpoint = self.candidates[index]
         }
-        let endpoint = self.candidates[self.nextCandidate]
-        self.nextCandidate += 1
-        if !fresh, let connection = self.pool.takeIdle(endpoint, probeTCPState: !self.resendableOnStaleConnection) {
+        if !fresh, let connection = self.pool.takeIdle(endpoint, probeTCPState: !self.machine.resendableOnStaleConnection) {
             endpoint.recordSuccess()
             self.attach(connection)
             return
         }
         self.pool.open(endpoint, settings: self.cluster.settings).assumeIsolated().whenComplete { result in
-            if case .failure = result, case .finished = self.state { return }
+            if case .failure = result, self.machine.isFinished { return }
             switch result {
             case .success(let connection):
                 endpoint.recordSuccess()
@@ -281,88 +244,109 @@ final class ProxyExchange: UpstreamConnectionOwner {
     }
 
     private func attach(_ connection: UpstreamConnection) {
-        guard case .connecting = self.state else {
+        guard case .writeRequest(let endRequest) = self.machine.connectionReady(connection) else {
             // The client left while we were connecting.
             self.pool.release(connection, reusable: true, settings: self.cluster.settings)
             return
         }
-        self.state = .awaitingResponse(connection)
         connection.handler.owner = self
         self.releaseOutstanding()
         self.outstandingEndpoint = connection.endpoint
         connection.endpoint.outstanding.add(1, ordering: .relaxed)
         self.upstreamStart = .now()
         self.endpointKey = connection.endpoint.key
-        self.requestSent = false
         connection.write(.head(self.upstreamHead), flush: false)
         for body in self.pendingBody { connection.write(.body(.byteBuffer(body)), flush: false) }
-        if self.requestComplete { connection.write(.end(nil), flush: false) }
+        if endRequest { connection.write(.end(nil), flush: false) }
         connection.channel.flush()
         // A flush on the channel's loop writes at once. A head the kernel refused (the upstream was
         // gone) closed the channel, and its `channelInactive` already handed this exchange to
         // `upstreamLost`; a channel that was closed before the write fails it without that event.
         // Either way `pendingBody` was kept for a resend. A head still pending may be partly sent:
         // it counts as sent, and a later failure closes the channel the same way.
-        guard case .awaitingResponse(let current) = self.state, current === connection else { return }
-        guard connection.channel.isActive else {
+        switch self.machine.requestWritten(to: connection, channelIsActive: connection.channel.isActive) {
+        case .none:
+            break
+        case .lost:
             self.upstreamLost(.upstreamUnavailable)
-            return
-        }
-        self.requestSent = true
-        self.pendingBody.removeAll()
-        if self.requestComplete { self.armResponseTimer(connection) }
-        if !self.requestComplete {
-            if self.expectsContinue && !self.requestBodyStarted { self.downstream?.sendContinue(for: self) }
-            if connection.channel.isWritable { self.downstream?.resumeRequestBody(for: self) }
+        case .sent(let armResponseTimer, let sendContinue, let resumeBody):
+            self.pendingBody.removeAll()
+            if armResponseTimer { self.armResponseTimer(connection) }
+            if sendContinue { self.downstream?.sendContinue(for: self) }
+            if resumeBody && connection.channel.isWritable { self.downstream?.resumeRequestBody(for: self) }
         }
     }
 
     // MARK: - UpstreamConnectionOwner
 
     func upstreamReceived(_ part: HTTPClientResponsePart) {
-        switch (self.state, part) {
-        case (.awaitingResponse(let connection), .head(let head)) where head.status == .switchingProtocols && self.webSocket?.accepts(head) == true:
+        switch part {
+        case .head(let head):
+            self.responseHeadReceived(head)
+        case .body(let body):
+            guard case .forward(let connection) = self.machine.responseBodyReceived() else {
+                return self.upstreamFailed(UpstreamProtocolError())
+            }
+            self.cacheFill?.responseBody(body)
+            guard let downstream = self.downstream else { return }
+            self.streamWatch?.touch()
+            downstream.sendResponseBody(for: self, body)
+            if !downstream.isWritable { connection.handler.pauseReads() }
+        case .end:
+            switch self.machine.responseEndReceived() {
+            case .finish(let connection, let reusable):
+                self.streamWatch?.cancel()
+                self.releaseOutstanding()
+                connection.handler.resumeReads()
+                self.pool.release(connection, reusable: reusable, settings: self.cluster.settings)
+                self.cacheFill?.responseEnd(requestMethod: self.requestMethod)
+                self.cacheFill = nil
+                self.downstream?.sendResponseEnd(for: self)
+                self.downstream?.exchangeFinished(for: self)
+                self.downstream = nil
+            case .tunnel(let connection):
+                // The decoder stopped after this 101: the connection is the tunnel's from here.
+                self.releaseOutstanding()
+                connection.handler.owner = nil
+                let downstream = self.downstream
+                self.downstream = nil
+                downstream?.upgradeToTunnel(for: self, self.acceptedSwitch!, upstream: connection)
+            case .protocolError:
+                self.upstreamFailed(UpstreamProtocolError())
+            }
+        }
+    }
+
+    private func responseHeadReceived(_ head: HTTPResponseHead) {
+        let status = Int(head.status.code)
+        let action = self.machine.responseHeadReceived(
+            status: status, keepAlive: head.isKeepAlive,
+            acceptsSwitch: head.status == .switchingProtocols && self.webSocket?.accepts(head) == true,
+            hasStaleFallback: self.cacheFill?.staleFallback != nil
+        )
+        switch action {
+        case .acceptSwitch(let connection):
             connection.clearDeadline()
-            if let start = self.upstreamStart { self.upstreamSeconds = Double((NIODeadline.now() - start).nanoseconds) / 1e9 }
+            self.recordUpstreamSeconds()
             self.acceptedSwitch = head
-            self.state = .streamingResponse(connection)
-        case (.streamingResponse(let connection), .end) where self.acceptedSwitch != nil:
-            // The decoder stopped after this 101: the connection is the tunnel's from here.
-            self.state = .finished
-            self.releaseOutstanding()
-            connection.handler.owner = nil
-            let downstream = self.downstream
-            self.downstream = nil
-            downstream?.upgradeToTunnel(for: self, self.acceptedSwitch!, upstream: connection)
-        case (.awaitingResponse, .head(let head)) where head.status == .switchingProtocols:
-            // Upgrade is hop-by-hop and never forwarded, so the upstream was not asked to switch:
-            // relaying the 101 would leave the client on a protocol nobody speaks at this hop.
-            self.upstreamStatus = Int(head.status.code)
+        case .refuseSwitch:
+            self.upstreamStatus = status
             self.upstreamFailed(UpstreamProtocolError())
-        case (.awaitingResponse(let connection), .head(let head)) where head.status.code >= 500 && self.cacheFill?.staleFallback != nil:
+        case .protocolError:
+            self.upstreamFailed(UpstreamProtocolError())
+        case .serveStale(let connection):
             connection.clearDeadline()
-            connection.endpoint.record5xx(
-                threshold: self.cluster.settings.consecutive5xxToEject, base: self.cluster.settings.baseEjectionTime, now: .now()
-            )
+            self.record5xx(connection.endpoint)
             connection.close()
             self.pool.release(connection, reusable: false, settings: self.cluster.settings)
             _ = self.serveStaleOnError()
-        case (.awaitingResponse(let connection), .head(let head)):
+        case .forward(let connection):
             connection.clearDeadline()
-            self.state = .streamingResponse(connection)
-            self.responseKeepAlive = head.isKeepAlive
-            if head.status.code >= 500 {
-                connection.endpoint.record5xx(
-                    threshold: self.cluster.settings.consecutive5xxToEject, base: self.cluster.settings.baseEjectionTime,
-                    now: .now()
-                )
-            } else {
-                connection.endpoint.recordResponseOK()
-            }
-            if let start = self.upstreamStart { self.upstreamSeconds = Double((NIODeadline.now() - start).nanoseconds) / 1e9 }
+            if status >= 500 { self.record5xx(connection.endpoint) } else { connection.endpoint.recordResponseOK() }
+            self.recordUpstreamSeconds()
             self.source = .upstream
-            self.upstreamStatus = Int(head.status.code)
-            connection.endpoint.stats.response(status: Int(head.status.code), seconds: self.upstreamSeconds)
+            self.upstreamStatus = status
+            connection.endpoint.stats.response(status: status, seconds: self.upstreamSeconds)
             let (rewrittenHead, framing) = HeaderRewriter.clientResponse(
                 head,
                 requestMethod: self.requestMethod,
@@ -382,28 +366,15 @@ final class ProxyExchange: UpstreamConnectionOwner {
                     self?.upstreamLost(.upstreamTimeout)
                 }
             }
-        case (.streamingResponse(let connection), .body(let body)):
-            self.cacheFill?.responseBody(body)
-            guard let downstream = self.downstream else { return }
-            self.streamWatch?.touch()
-            downstream.sendResponseBody(for: self, body)
-            if !downstream.isWritable { connection.handler.pauseReads() }
-        case (.streamingResponse(let connection), .end):
-            self.streamWatch?.cancel()
-            self.state = .finished
-            self.releaseOutstanding()
-            connection.handler.resumeReads()
-            let reusable = self.responseKeepAlive && self.requestComplete
-            self.pool.release(connection, reusable: reusable, settings: self.cluster.settings)
-            self.cacheFill?.responseEnd(requestMethod: self.requestMethod)
-            self.cacheFill = nil
-            self.downstream?.sendResponseEnd(for: self)
-            self.downstream?.exchangeFinished(for: self)
-            self.downstream = nil
-        default:
-            // A response part out of order: the upstream broke HTTP framing.
-            self.upstreamFailed(UpstreamProtocolError())
         }
+    }
+
+    private func recordUpstreamSeconds() {
+        if let start = self.upstreamStart { self.upstreamSeconds = Double((NIODeadline.now() - start).nanoseconds) / 1e9 }
+    }
+
+    private func record5xx(_ endpoint: UpstreamEndpoint) {
+        endpoint.record5xx(threshold: self.cluster.settings.consecutive5xxToEject, base: self.cluster.settings.baseEjectionTime, now: .now())
     }
 
     func upstreamFailed(_ error: Error) {
@@ -415,11 +386,11 @@ final class ProxyExchange: UpstreamConnectionOwner {
     }
 
     func upstreamReadComplete() {
-        if case .streamingResponse = self.state { self.downstream?.flush(for: self) }
+        if self.machine.streamingConnection != nil { self.downstream?.flush(for: self) }
     }
 
     func upstreamWritabilityChanged(isWritable: Bool) {
-        guard !self.requestComplete else { return }
+        guard !self.machine.requestComplete else { return }
         if isWritable { self.downstream?.resumeRequestBody(for: self) } else { self.downstream?.pauseRequestBody(for: self) }
     }
 
@@ -438,12 +409,12 @@ final class ProxyExchange: UpstreamConnectionOwner {
             self.cacheFill = fill
             guard let shared = cache.cache.shared else { return self.startUpstream() }
             cache.cache.loadShared(fill, from: shared, on: self.eventLoop).assumeIsolated().whenSuccess { found in
-                guard case .connecting = self.state else { return }
+                guard self.machine.isAdmitting else { return }
                 if let (entry, age) = found { self.serveCached(entry, age: age) } else { self.startUpstream() }
             }
         case .wait(let ready):
             ready.assumeIsolated().whenComplete { _ in
-                guard case .connecting = self.state else { return }
+                guard self.machine.isAdmitting else { return }
                 self.consultCache(cache, coalesce: false)
             }
         }
@@ -470,7 +441,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private func serveStaleOnError() -> Bool {
         guard let entry = self.cacheFill?.takeStaleFallback() else { return false }
         self.cacheFill = nil
-        self.state = .finished
+        self.machine.finish()
         self.releaseOutstanding()
         self.pendingBody.removeAll()
         self.serveCached(entry, age: entry.age(now: .now()), label: "STALE")
@@ -478,7 +449,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
     }
 
     private func serveCached(_ entry: CachedResponse, age: Int, label: String = "HIT") {
-        self.state = .finished
+        self.machine.finish()
         guard let downstream = self.downstream else { return }
         let (rewritten, framing) = HeaderRewriter.clientResponse(
             entry.head, requestMethod: self.requestMethod, clientVersion: self.clientVersion,
@@ -498,53 +469,38 @@ final class ProxyExchange: UpstreamConnectionOwner {
     // MARK: - Failures
 
     private func upstreamLost(_ error: GatewayError) {
-        switch self.state {
-        case .awaitingResponse(let connection):
+        let sentBefore = self.machine.requestSent
+        var servedRequests = false
+        if case .awaitingResponse(let connection) = self.machine.state { servedRequests = connection.hasServedRequests }
+        let action = self.machine.upstreamLost(error, connectionServedRequests: servedRequests) { self.cluster.takeRetry() }
+        switch action {
+        case .none:
+            break
+        case .retryStale(let connection):
             connection.close()
-            // Sending a request again is safe when none of it was written (its body parts are
-            // still in `pendingBody`), or when it is idempotent (RFC 9110 §9.2.2) and bodiless
-            // (a streamed body was not kept). A non-idempotent request the upstream may have
-            // received is never sent twice: it could book twice.
-            let resendable = !self.requestSent || self.resendableOnStaleConnection
-            // A reused keep-alive connection that dies before any response byte was most likely
-            // closed by the upstream while idle: one free retry on a fresh connection.
-            if resendable, connection.hasServedRequests, !self.retriedStaleConnection, error == .upstreamUnavailable {
-                self.retriedStaleConnection = true
-                self.state = .connecting
-                self.nextCandidate = max(0, self.nextCandidate - 1)
-                self.connectNext(fresh: true)
-                return
-            }
-            connection.endpoint.record5xx(
-                threshold: self.cluster.settings.consecutive5xxToEject, base: self.cluster.settings.baseEjectionTime, now: .now()
-            )
-            connection.endpoint.stats.error(error == .upstreamUnavailable ? (self.requestSent ? .reset : .connect) : .protocol)
-            // A request of `retries.methods` that got no response byte may go to another endpoint,
-            // within the cluster's retry budget.
-            if resendable, self.retriesLeft > 0,
-                self.nextCandidate < self.candidates.count, self.cluster.takeRetry()
-            {
-                self.retriesLeft -= 1
-                self.state = .connecting
-                self.connectNext()
-                return
-            }
-            var error = error
-            // Sent and then lost: the upstream reset it, which `upstream_unavailable` alone does not tell.
-            if error == .upstreamUnavailable && self.requestSent { error.sourceOverride = .upstreamReset }
-            self.fail(error)
-        case .streamingResponse(let connection):
+            self.connectNext(fresh: true)
+        case .retryElsewhere(let connection):
+            connection.close()
+            self.blame(connection.endpoint, for: error, requestSent: sentBefore)
+            self.connectNext()
+        case .fail(let connection, let answer):
+            connection.close()
+            self.blame(connection.endpoint, for: error, requestSent: sentBefore)
+            self.fail(answer)
+        case .abort(let connection):
             self.streamWatch?.cancel()
-            self.state = .finished
             self.source = .upstreamReset
             connection.endpoint.stats.error(.reset)
             self.releaseOutstanding()
             connection.close()
             self.downstream?.abortResponse(for: self)
             self.downstream = nil
-        case .connecting, .finished:
-            break
         }
+    }
+
+    private func blame(_ endpoint: UpstreamEndpoint, for error: GatewayError, requestSent: Bool) {
+        self.record5xx(endpoint)
+        endpoint.stats.error(error == .upstreamUnavailable ? (requestSent ? .reset : .connect) : .protocol)
     }
 
     /// `response_timeout` counts from the moment the whole request is upstream (as Envoy's route
@@ -554,7 +510,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
     }
 
     func upstreamResponseTimedOut() {
-        guard case .awaitingResponse(let connection) = self.state else { return }
+        guard let connection = self.machine.responseTimedOut() else { return }
         connection.endpoint.stats.error(.timeout)
         connection.close()
         self.fail(.upstreamTimeout)
@@ -567,7 +523,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
 
     private func fail(_ error: GatewayError) {
         if self.serveStaleOnError() { return }
-        self.state = .finished
+        self.machine.finish()
         self.cacheFill = nil
         self.releaseOutstanding()
         self.pendingBody.removeAll()
@@ -581,3 +537,13 @@ final class ProxyExchange: UpstreamConnectionOwner {
 
 /// The upstream sent response parts in an order HTTP/1.1 does not allow.
 struct UpstreamProtocolError: Error {}
+
+extension HTTPMethod {
+    /// RFC 9110 §9.2.2: sending the request twice has the effect of sending it once.
+    fileprivate var isIdempotent: Bool {
+        switch self {
+        case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE: return true
+        default: return false
+        }
+    }
+}
