@@ -49,6 +49,19 @@ struct ResponseAdditions: Sendable {
         }
     }
 
+    /// `Strict-Transport-Security` on every response from a TLS listener (a year, subdomains too).
+    static let hsts = (name: "strict-transport-security", value: "max-age=31536000; includeSubDomains")
+
+    /// Stamps a gateway-made response (health, refusals, 502/504, a WebSocket switch) with what every
+    /// response to the request carries: these additions, the request id and, on a TLS listener,
+    /// HSTS. The one place local responses get them on both protocols; proxied responses get the
+    /// same from `HeaderRewriter.clientResponse`.
+    func stampLocalResponse(_ headers: inout HTTPHeaders, requestID: String, tls: Bool) {
+        self.apply(to: &headers)
+        headers.replaceOrAdd(name: "x-request-id", value: requestID)
+        if tls { headers.replaceOrAdd(name: Self.hsts.name, value: Self.hsts.value) }
+    }
+
     /// `Vary` with `Origin` merged in, keeping every token the response already had
     /// (RFC 9110 §12.5.5); `nil` when nothing needs to change (`*` or `Origin` already there).
     static func mergedVary(_ values: [String]) -> String? {

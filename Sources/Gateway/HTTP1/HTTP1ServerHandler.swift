@@ -538,11 +538,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         let closing = forceClose || response.closeConnection || !current.keepAlive || self.quiescing
             || current.bodyOutstanding
         var headers = response.headers
-        current.responseAdditions.apply(to: &headers)
-        headers.replaceOrAdd(name: "x-request-id", value: current.requestID)
-        if self.services.listener.isTLS {
-            headers.replaceOrAdd(name: "strict-transport-security", value: "max-age=31536000; includeSubDomains")
-        }
+        current.responseAdditions.stampLocalResponse(&headers, requestID: current.requestID, tls: self.services.listener.isTLS)
         if closing { headers.replaceOrAdd(name: "connection", value: "close") }
         self.current!.responseStarted = true
         self.current!.responseEnded = true

@@ -264,11 +264,7 @@ final class HTTP2Stream: DownstreamResponder {
 
     private func respondLocally(_ response: LocalResponse) {
         var headers = response.headers
-        self.responseAdditions.apply(to: &headers)
-        headers.replaceOrAdd(name: "x-request-id", value: self.requestID)
-        if self.connection.services.listener.isTLS {
-            headers.replaceOrAdd(name: "strict-transport-security", value: "max-age=31536000; includeSubDomains")
-        }
+        self.responseAdditions.stampLocalResponse(&headers, requestID: self.requestID, tls: self.connection.services.listener.isTLS)
         let hasBody = !self.isHEAD && response.body.readableBytes > 0
         if hasBody { self.responseQueue.append(response.body) }
         self.responseComplete = true
@@ -422,10 +418,7 @@ extension HTTP2Stream: TunnelSide {
         self.responseSubmitted = true
         self.record.status = 200
         var fields = WebSocketHandshake.extendedConnectResponseFields(head)
-        fields.replaceOrAdd(name: "x-request-id", value: self.requestID)
-        if self.connection.services.listener.isTLS {
-            fields.replaceOrAdd(name: "strict-transport-security", value: "max-age=31536000; includeSubDomains")
-        }
+        ResponseAdditions.none.stampLocalResponse(&fields, requestID: self.requestID, tls: self.connection.services.listener.isTLS)
         self.connection.submitResponse(streamID: self.id, status: 200, headers: fields, hasBody: true)
         let metrics = self.connection.services.observability.metrics
         metrics.tunnelsActive.increment([handshake.routeName])

@@ -292,7 +292,7 @@ enum HeaderRewriter {
             }
         }
         if addHSTS && !hasHSTS {
-            headers.add(name: "strict-transport-security", value: "max-age=31536000; includeSubDomains")
+            headers.add(name: ResponseAdditions.hsts.name, value: ResponseAdditions.hsts.value)
         }
         let code = head.status.code
         let bodiless = requestMethod == .HEAD || (100..<200).contains(code) || code == 204 || code == 304

@@ -13,7 +13,7 @@ struct PipelineDecision {
 
     var action: Action
     /// Headers for whatever response goes back — local, error or proxied (CORS fields and
-    /// `Vary: Origin` on a CORS-enabled route). Apply with `ResponseAdditions.apply(to:)` to a
+    /// `Vary: Origin` on a CORS-enabled route). `ResponseAdditions.stampLocalResponse` stamps a
     /// local response; `HeaderRewriter.clientResponse(additions:)` merges them into an upstream's.
     var responseAdditions: ResponseAdditions
     /// Who the client is (TCP peer, or what a trusted proxy says).
