@@ -286,7 +286,7 @@ struct UpstreamConnectionPoolTests {
         var headers = HTTPHeaders([("host", "api.barberpro.test")])
         if let body { headers.add(name: "content-length", value: String(body.utf8.count)) }
         let exchange = ProxyExchange(
-            upstreamHead: HTTPRequestHead(version: .http1_1, method: method, uri: "/api/bookings", headers: headers),
+            upstreamHead: .rewritten(HTTPRequestHead(version: .http1_1, method: method, uri: "/api/bookings", headers: headers)),
             requestMethod: method, clientVersion: .http1_1, requestID: "req-1", addHSTS: false,
             expectsContinue: false, requestHasBody: body != nil, cluster: upstream.cluster, pool: upstream.pool,
             downstream: downstream
@@ -364,5 +364,50 @@ struct UpstreamConnectionPoolTests {
         try upstream.answer(upstream.channels[1], "HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n")
         #expect(downstream.heads.map(\.status) == [.created])
         #expect(downstream.errors.isEmpty)
+    }
+}
+
+/// Records the response parts a pooled connection hands its owner.
+private final class RecordingOwner: UpstreamConnectionOwner {
+    var parts: [HTTPClientResponsePart] = []
+    func upstreamReceived(_ part: HTTPClientResponsePart) { self.parts.append(part) }
+    func upstreamFailed(_ error: Error) {}
+    func upstreamClosed() {}
+    func upstreamReadComplete() {}
+    func upstreamWritabilityChanged(isWritable: Bool) {}
+    func upstreamResponseTimedOut() {}
+}
+
+@Suite("Forwarded request heads on a pooled connection")
+struct ForwardedHeadOnConnectionTests {
+    /// The forwarded head is written as bytes, but the client's head still passes the response
+    /// decoder: a response to HEAD with `Content-Length` has no body, and the next response on
+    /// the connection is read as a response, not as that body.
+    @Test func theResponseDecoderLearnsTheMethodOfAForwardedHead() throws {
+        let upstream = FakeUpstream()
+        let connection = try upstream.acquire()
+        let owner = RecordingOwner()
+        connection.handler.owner = owner
+        let info = ForwardingInfo(peer: "203.0.113.5", requestID: "req-1", scheme: "https", host: "api.barberpro.com.ar", fallbackHost: "x")
+        let forwarded = ForwardedRequestHead(
+            client: HTTPRequestHead(version: .http1_1, method: .HEAD, uri: "/api/slots", headers: ["host": "api.barberpro.com.ar"]),
+            framing: .none, info: info, removing: []
+        )
+        connection.writeHead(.forwarded(forwarded), flush: true)
+        let channel = try #require(upstream.channels.first)
+        let written = try upstream.written(channel)
+        var direct = ByteBuffer()
+        forwarded.write(to: &direct)
+        #expect(written == String(buffer: direct))
+        #expect(written.hasPrefix("HEAD /api/slots HTTP/1.1\r\nhost: api.barberpro.com.ar\r\nx-forwarded-for: 203.0.113.5\r\n"))
+        try upstream.answer(channel, "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
+        let kinds = owner.parts.map { part -> String in
+            switch part {
+            case .head: return "head"
+            case .body: return "body"
+            case .end: return "end"
+            }
+        }
+        #expect(kinds == ["head", "end"], "a response to HEAD ends after its head")
     }
 }

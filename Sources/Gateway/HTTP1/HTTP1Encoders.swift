@@ -14,8 +14,21 @@ final class HTTP1RequestEncoder: ChannelOutboundHandler, RemovableChannelHandler
     /// is not, an `.end` without a promise writes nothing and need not be sent down at all.
     var endWritesBytes: Bool { self.framing.isChunked }
 
+    /// Set by `UpstreamConnectionHandler.send(_:flush:)` just before it writes the client's head:
+    /// that `.head` is written as this head's bytes instead. The client's head still travels the
+    /// pipeline so that the response decoder on the way learns the method (a response to HEAD has
+    /// no body); the forwarded head has the same method.
+    var forwardedHead: ForwardedRequestHead?
+
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        self.framing.writeRequest(Self.unwrapOutboundIn(data), context: context, promise: promise)
+        let part = Self.unwrapOutboundIn(data)
+        if case .head(let head) = part, let forwarded = self.forwardedHead {
+            self.forwardedHead = nil
+            assert(forwarded.client.method == head.method)
+            self.framing.writeForwarded(forwarded, context: context, promise: promise)
+            return
+        }
+        self.framing.writeRequest(part, context: context, promise: promise)
     }
 }
 
@@ -66,6 +79,16 @@ struct KeptHeadFraming {
         case .end(let trailers):
             self.writeEnd(trailers, context: context, promise: promise)
         }
+    }
+
+    /// A forwarded request head (`ForwardedRequestHead`), written from the client's head.
+    mutating func writeForwarded(_ forwarded: ForwardedRequestHead, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        self.isChunked = forwarded.isChunked
+        var buffer = self.head.take() ?? context.channel.allocator.buffer(capacity: 256)
+        buffer.clear()
+        forwarded.write(to: &buffer)
+        self.head = buffer.capacity <= Self.maxKeptCapacity ? buffer : nil
+        context.write(NIOAny(IOData.byteBuffer(buffer)), promise: promise)
     }
 
     /// Writes the start line (the version, then the caller's part for a response; the caller's

@@ -104,6 +104,13 @@ struct TraceContext: Sendable, Equatable {
         }
     }
 
+    /// `traceparent`'s 55 bytes straight into a head being written (`ForwardedRequestHead`).
+    func writeHeaderValue(into buffer: UnsafeMutableBufferPointer<UInt8>) -> Int {
+        Self.writeTraceparent(self.traceIDHigh, self.traceIDLow, self.spanID, self.flags, into: buffer)
+    }
+
+    static let headerValueLength = 55
+
     private static func writeTraceparent(
         _ high: UInt64, _ low: UInt64, _ span: UInt64, _ flags: UInt8, into buffer: UnsafeMutableBufferPointer<UInt8>
     ) -> Int {

@@ -84,14 +84,33 @@ enum HeaderRewriter {
         _ head: HTTPRequestHead, framing: BodyFraming, info: ForwardingInfo, removing extraRemoved: Set<String>,
         named: Set<String>?
     ) -> HTTPRequestHead? {
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(head.headers.count + 6)
+        var sink = HeadersSink(capacity: head.headers.count + 6)
+        guard rewriteRequestFields(head, framing: framing, info: info, removing: extraRemoved, named: named, into: &sink) else {
+            return nil
+        }
+        guard head.version == .http1_1 else {
+            return HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: sink.headers)
+        }
+        // Same method, target and version: the copy shares the decoded head's storage.
+        var upstream = head
+        upstream.headers = sink.headers
+        return upstream
+    }
+
+    /// The upstream request's rules, for both ways of writing its fields: into `HTTPHeaders`
+    /// (`upstreamRequest`) or straight into the head's bytes (`ForwardedRequestHead`), so the two
+    /// cannot drift apart. Returns false when `named` is nil and a `Connection` field names more
+    /// fields to drop: the caller starts again with them.
+    static func rewriteRequestFields<Sink: UpstreamFieldSink>(
+        _ head: HTTPRequestHead, framing: BodyFraming, info: ForwardingInfo, removing extraRemoved: Set<String>,
+        named: Set<String>?, into sink: inout Sink
+    ) -> Bool {
         var sawHost = false
         var forwardedFor = ""
         for (name, value) in head.headers {
             let kind = RequestFieldKind(name)
             if kind == .dropped {
-                if named == nil, name.equalsIgnoringASCIICase("connection"), connectionNamesMore(value) { return nil }
+                if named == nil, name.equalsIgnoringASCIICase("connection"), connectionNamesMore(value) { return false }
                 continue
             }
             if Self.isListed(name, in: extraRemoved) { continue }
@@ -116,27 +135,31 @@ enum HeaderRewriter {
             if let trace = info.trace {
                 if kind == .traceparent || (kind == .tracestate && !trace.continued) { continue }
             }
-            headers.add(name: name, value: value)
+            sink.add(name: name, value: value)
         }
-        if !sawHost { headers.add(name: "host", value: info.fallbackHost) }
+        if !sawHost { sink.add(name: "host", value: info.fallbackHost) }
         switch framing {
         case .none: break
-        case .contentLength(let length): headers.add(name: "content-length", value: String(length))
-        case .chunked: headers.add(name: "transfer-encoding", value: "chunked")
+        case .contentLength(let length): sink.addContentLength(length)
+        case .chunked: sink.add(name: "transfer-encoding", value: "chunked")
         }
-        headers.add(name: "x-forwarded-for", value: forwardedFor.isEmpty ? info.peer : forwardedFor + ", " + info.peer)
-        headers.add(name: "x-forwarded-proto", value: info.scheme)
-        if let host = info.host { headers.add(name: "x-forwarded-host", value: host) }
-        headers.add(name: "x-request-id", value: info.requestID)
-        if let trace = info.trace { headers.add(name: "traceparent", value: trace.headerValue) }
-        for (name, value) in info.addedHeaders { headers.add(name: name, value: value) }
-        guard head.version == .http1_1 else {
-            return HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: headers)
-        }
-        // Same method, target and version: the copy shares the decoded head's storage.
-        var upstream = head
-        upstream.headers = headers
-        return upstream
+        sink.add(name: "x-forwarded-for", value: forwardedFor.isEmpty ? info.peer : forwardedFor + ", " + info.peer)
+        sink.add(name: "x-forwarded-proto", value: info.scheme)
+        if let host = info.host { sink.add(name: "x-forwarded-host", value: host) }
+        sink.add(name: "x-request-id", value: info.requestID)
+        if let trace = info.trace { sink.addTraceparent(trace) }
+        for (name, value) in info.addedHeaders { sink.add(name: name, value: value) }
+        return true
+    }
+
+    private struct HeadersSink: UpstreamFieldSink {
+        var headers = HTTPHeaders()
+
+        init(capacity: Int) { self.headers.reserveCapacity(capacity) }
+
+        mutating func add(name: String, value: String) { self.headers.add(name: name, value: value) }
+        mutating func addContentLength(_ length: Int) { self.headers.add(name: "content-length", value: String(length)) }
+        mutating func addTraceparent(_ trace: TraceContext) { self.headers.add(name: "traceparent", value: trace.headerValue) }
     }
 
     /// `removing` holds a few lowercase names from the config: compared in place, not hashed.

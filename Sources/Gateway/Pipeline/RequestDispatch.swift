@@ -153,15 +153,17 @@ struct RequestDispatch {
                 scheme: services.listener.scheme, host: host,
                 fallbackHost: cluster.endpoints.isEmpty ? "localhost" : cluster.endpoints[0].key, addedHeaders: plan.claimHeaders, trace: trace
             )
-            var upstreamHead = HeaderRewriter.upstreamRequest(head, framing: framing, info: info, removing: plan.removedHeaders)
+            var upstreamHead = UpstreamRequestHead.forwarded(
+                ForwardedRequestHead(client: head, framing: framing, info: info, removing: plan.removedHeaders)
+            )
             // An `Authorization` token already went with the rewrite's removed fields; the other
             // places (cookie, query, subprotocol) are edited here.
-            if let token = plan.strippedToken, token != .authorization { upstreamHead = token.removed(from: upstreamHead) }
+            if let token = plan.strippedToken, token != .authorization { upstreamHead = .rewritten(token.removed(from: upstreamHead.head)) }
             let webSocket = WebSocketHandshake.forRoute(plan.route, head: head, runtime: runtime)
             if let refusal = webSocket.flatMap({ _ in WebSocketHandshake.originRefusal(plan.route, head: head) }) {
                 return local(refusal, additions)
             }
-            if webSocket != nil { upstreamHead = WebSocketHandshake.upstreamHead(upstreamHead) }
+            if webSocket != nil { upstreamHead = .rewritten(WebSocketHandshake.upstreamHead(upstreamHead.head)) }
             let exchange = ProxyExchange(
                 upstreamHead: upstreamHead, requestMethod: head.method, clientVersion: head.version,
                 requestID: requestID, addHSTS: services.listener.isTLS, responseAdditions: additions,

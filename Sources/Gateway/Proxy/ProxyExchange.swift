@@ -34,7 +34,7 @@ protocol DownstreamResponder: AnyObject {
 /// full, upstream reads pause while the client socket is full. What to do on each event is
 /// `StateMachine`'s decision (`ProxyExchange+StateMachine.swift`); this class does the I/O.
 final class ProxyExchange: UpstreamConnectionOwner {
-    private let upstreamHead: HTTPRequestHead
+    private let upstreamHead: UpstreamRequestHead
     private let requestMethod: HTTPMethod
     private let clientVersion: HTTPVersion
     private let requestID: String
@@ -83,7 +83,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private var cacheFill: CacheFill?
 
     init(
-        upstreamHead: HTTPRequestHead,
+        upstreamHead: UpstreamRequestHead,
         requestMethod: HTTPMethod,
         clientVersion: HTTPVersion,
         requestID: String,
@@ -255,7 +255,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         connection.endpoint.outstanding.add(1, ordering: .relaxed)
         self.upstreamStart = .now()
         self.endpointKey = connection.endpoint.key
-        connection.write(.head(self.upstreamHead), flush: false)
+        connection.writeHead(self.upstreamHead, flush: false)
         for body in self.pendingBody { connection.write(.body(.byteBuffer(body)), flush: false) }
         if endRequest { connection.write(.end(nil), flush: false) }
         connection.channel.flush()

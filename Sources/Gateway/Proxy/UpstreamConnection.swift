@@ -98,6 +98,20 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
         if flush { context.flush() }
     }
 
+    /// Sends a request head; a forwarded one is written by the encoder from the client's head.
+    func send(_ head: UpstreamRequestHead, flush: Bool) {
+        switch head {
+        case .forwarded(let forwarded):
+            guard let encoder = self.requestEncoder else { return self.send(.head(forwarded.head), flush: flush, promise: nil) }
+            encoder.forwardedHead = forwarded
+            self.send(.head(forwarded.client), flush: flush, promise: nil)
+            // A closed channel fails the write before the encoder sees it: nothing is left behind.
+            encoder.forwardedHead = nil
+        case .rewritten(let head):
+            self.send(.head(head), flush: flush, promise: nil)
+        }
+    }
+
     func pauseReads() { self.readGate.pause() }
 
     func resumeReads() { self.readGate.resume(self.context) }
@@ -132,6 +146,10 @@ final class UpstreamConnection: DeadlineTimerOwner, @unchecked Sendable {
 
     func write(_ part: HTTPClientRequestPart, flush: Bool, promise: EventLoopPromise<Void>? = nil) {
         self.handler.send(part, flush: flush, promise: promise)
+    }
+
+    func writeHead(_ head: UpstreamRequestHead, flush: Bool) {
+        self.handler.send(head, flush: flush)
     }
 
     /// False once the channel closed, and also (on Linux) once the upstream's FIN has arrived but
