@@ -29,8 +29,9 @@ REQUESTS = 2000
 # Evening: request ids written in one go, one rewrite pass for `Connection: keep-alive`: 48.6, 41.8.
 # Next: responses encoded inside the HTTP/1.1 handler, no promise for the upstream head, rewritten
 # heads sharing the decoded head's storage: 43.9, 38.6. The upstream request head written straight
-# from the client's head (`ForwardedRequestHead`, no rebuilt fields, no traceparent string): 41.6, 36.1.
-CEILINGS = {"http/1.1": (45, 0.1), "h2": (39, 0.1)}
+# from the client's head (`ForwardedRequestHead`, no rebuilt fields, no traceparent string): 41.6, 36.1;
+# and the HTTP/1.1 client's response head straight from the upstream's (`ForwardedResponseHead`): 40.7.
+CEILINGS = {"http/1.1": (44, 0.1), "h2": (39, 0.1)}
 
 
 @pytest.fixture(scope="module")

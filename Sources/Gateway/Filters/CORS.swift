@@ -49,6 +49,13 @@ struct ResponseAdditions: Sendable {
         }
     }
 
+    /// Whether one of `extraHeaders` replaces a response field named `name`.
+    @inline(__always)
+    func replaces(_ name: String) -> Bool {
+        guard !self.extraHeaders.isEmpty else { return false }
+        return self.extraHeaders.contains { $0.0.equalsIgnoringASCIICase(anyCase: name) }
+    }
+
     /// `Strict-Transport-Security` on every response from a TLS listener (a year, subdomains too).
     static let hsts = (name: "strict-transport-security", value: "max-age=31536000; includeSubDomains")
 

@@ -32,6 +32,22 @@ final class HTTP1RequestEncoder: ChannelOutboundHandler, RemovableChannelHandler
     }
 }
 
+extension HTTPHeaders {
+    /// The fields' size as HTTP/1.x writes them, each `name: value` CRLF.
+    var encodedSize: Int {
+        // Indexed, not iterated: an iterator costs an allocation per element in a debug build,
+        // which the allocation budget of `make test` would count.
+        var size = 0
+        var index = self.startIndex
+        while index != self.endIndex {
+            let field = self[index]
+            size += field.name.utf8.count + field.value.utf8.count + 4
+            index = self.index(after: index)
+        }
+        return size
+    }
+}
+
 /// HTTP/1.x message framing as NIO's encoders write it when the caller sets the framing fields:
 /// a head (the start line, then the fields as given), the body as is or in chunks when the first
 /// `Transfer-Encoding` field of an HTTP/1.1 head is exactly `chunked`, and the last chunk.
@@ -89,6 +105,20 @@ struct KeptHeadFraming {
         forwarded.write(to: &buffer)
         self.head = buffer.capacity <= Self.maxKeptCapacity ? buffer : nil
         context.write(NIOAny(IOData.byteBuffer(buffer)), promise: promise)
+    }
+
+    /// A forwarded response head (`ForwardedResponseHead`), written from the upstream's head;
+    /// returns its body's framing.
+    mutating func writeForwardedResponse(
+        _ forwarded: ForwardedResponseHead, close: Bool, context: ChannelHandlerContext
+    ) -> HeaderRewriter.ResponseFraming {
+        var buffer = self.head.take() ?? context.channel.allocator.buffer(capacity: 256)
+        buffer.clear()
+        let framing = forwarded.write(to: &buffer, close: close)
+        self.isChunked = framing == .chunked
+        self.head = buffer.capacity <= Self.maxKeptCapacity ? buffer : nil
+        context.write(NIOAny(IOData.byteBuffer(buffer)), promise: nil)
+        return framing
     }
 
     /// Writes the start line (the version, then the caller's part for a response; the caller's
@@ -163,14 +193,7 @@ struct KeptHeadFraming {
     /// The fields, each `name: value` CRLF, then the empty line: sized first, then copied in one
     /// pass (a `writeString` per part checks capacity and uniqueness four times per field).
     private static func write(_ headers: HTTPHeaders, to buffer: inout ByteBuffer) {
-        // Indexed, not iterated: an iterator costs an allocation per element in a debug build.
-        var size = 2
-        var index = headers.startIndex
-        while index != headers.endIndex {
-            let field = headers[index]
-            size += field.name.utf8.count + field.value.utf8.count + 4
-            index = headers.index(after: index)
-        }
+        let size = headers.encodedSize + 2
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { raw in
             var out = raw.baseAddress!.assumingMemoryBound(to: UInt8.self)
             var index = headers.startIndex

@@ -426,6 +426,16 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.emit(.head(head), context: context)
     }
 
+    func sendForwardedResponseHead(for exchange: ProxyExchange, _ head: ForwardedResponseHead) {
+        guard let context, self.isCurrent(exchange) else { return }
+        self.current!.responseStarted = true
+        self.current!.record.status = Int(head.upstream.status.code)
+        let close = !self.current!.keepAlive || self.quiescing || self.current!.bodyOutstanding
+        if close { self.current!.keepAlive = false }
+        let framing = self.responseFraming.writeForwardedResponse(head, close: close, context: context)
+        if framing == .closeDelimited { self.current!.closeDelimited = true }
+    }
+
     func sendResponseBody(for exchange: ProxyExchange, _ body: ByteBuffer) {
         guard let context, self.isCurrent(exchange) else { return }
         self.current?.record.bytesOut += body.readableBytes

@@ -32,6 +32,17 @@ extension String {
         return true
     }
 
+    /// Whether this equals `other`, ASCII case ignored on both sides (two names neither of which
+    /// is known to be lowercase, such as a gateway field and an upstream's).
+    func equalsIgnoringASCIICase(anyCase other: String) -> Bool {
+        guard self.utf8.count == other.utf8.count else { return false }
+        var (mine, theirs) = (self.utf8.makeIterator(), other.utf8.makeIterator())
+        while let byte = mine.next() {
+            guard let their = theirs.next(), asciiLowercased(byte) == asciiLowercased(their) else { return false }
+        }
+        return true
+    }
+
     /// Whether this comma-separated list (a field value such as `Connection` or `Expect`) has an
     /// element equal to `lowercase`, elements trimmed of SP/HTAB and compared ignoring ASCII case.
     func containsListElement(_ lowercase: StaticString) -> Bool {

@@ -41,7 +41,7 @@ struct ForwardedRequestHead {
     private func write(to buffer: inout ByteBuffer, named: Set<String>?) -> Bool {
         let bound = self.sizeBound()
         return buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: bound) { raw in
-            var sink = HeadBytesSink(raw.bindMemory(to: UInt8.self))
+            var sink = FieldBytesSink(raw.bindMemory(to: UInt8.self))
             sink.copy(self.client.method.rawValue)
             sink.copy(" ")
             sink.copy(self.client.uri)
@@ -57,16 +57,7 @@ struct ForwardedRequestHead {
     /// At least the head's size: every client field could be kept (and `X-Forwarded-For` values
     /// appear again in the joined chain), plus every field the rewrite adds.
     private func sizeBound() -> Int {
-        var fields = 0
-        // Indexed, not iterated: an iterator costs an allocation per element in a debug build,
-        // which the allocation budget of `make test` would count.
-        let headers = self.client.headers
-        var index = headers.startIndex
-        while index != headers.endIndex {
-            let field = headers[index]
-            fields += field.name.utf8.count + field.value.utf8.count + 4
-            index = headers.index(after: index)
-        }
+        let fields = self.client.headers.encodedSize
         var added = 0
         for (name, value) in self.info.addedHeaders { added += name.utf8.count + value.utf8.count + 4 }
         let info = self.info
@@ -93,66 +84,18 @@ enum UpstreamRequestHead {
     }
 }
 
-/// Writes fields as `name: value` CRLF into memory sized by `ForwardedRequestHead.sizeBound`.
-private struct HeadBytesSink: UpstreamFieldSink {
-    private let memory: UnsafeMutableBufferPointer<UInt8>
-    private(set) var count = 0
-
-    init(_ memory: UnsafeMutableBufferPointer<UInt8>) { self.memory = memory }
-
-    /// The bound is computed, not assumed: a miscount must stop here, not write past the buffer.
-    private func reserve(_ bytes: Int) {
-        precondition(self.count + bytes <= self.memory.count, "upstream head larger than its bound")
-    }
-
-    mutating func copy(_ string: String) {
-        var string = string
-        string.withUTF8 { self.copy($0) }
-    }
-
-    mutating func copy(_ string: StaticString) {
-        self.copy(UnsafeBufferPointer(start: string.utf8Start, count: string.utf8CodeUnitCount))
-    }
-
-    private mutating func copy(_ bytes: UnsafeBufferPointer<UInt8>) {
-        self.reserve(bytes.count)
-        guard let base = bytes.baseAddress else { return }
-        (self.memory.baseAddress! + self.count).update(from: base, count: bytes.count)
-        self.count += bytes.count
-    }
-
-    mutating func add(name: String, value: String) {
-        self.copy(name)
-        self.copy(": ")
-        self.copy(value)
-        self.copy("\r\n")
-    }
-
+extension FieldBytesSink: UpstreamFieldSink {
     mutating func addContentLength(_ length: Int) {
         self.copy("content-length: ")
         // Validated framing: never negative.
-        var value = UInt(max(0, length))
-        var digits = 1
-        var probe = value
-        while probe >= 10 {
-            probe /= 10
-            digits += 1
-        }
-        self.reserve(digits)
-        var index = self.count + digits
-        repeat {
-            index -= 1
-            self.memory[index] = UInt8(ascii: "0") + UInt8(value % 10)
-            value /= 10
-        } while value > 0
-        self.count += digits
+        self.writeDecimal(UInt(max(0, length)))
         self.copy("\r\n")
     }
 
     mutating func addTraceparent(_ trace: TraceContext) {
         self.copy("traceparent: ")
         self.reserve(TraceContext.headerValueLength)
-        self.count += trace.writeHeaderValue(into: UnsafeMutableBufferPointer(rebasing: self.memory[self.count...]))
+        self.advance { trace.writeHeaderValue(into: $0) }
         self.copy("\r\n")
     }
 }

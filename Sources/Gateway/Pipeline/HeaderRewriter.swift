@@ -278,8 +278,28 @@ enum HeaderRewriter {
         _ head: HTTPResponseHead, requestMethod: HTTPMethod, clientVersion: HTTPVersion, requestID: String, addHSTS: Bool,
         additions: ResponseAdditions, named: Set<String>?
     ) -> (HTTPResponseHead, ResponseFraming)? {
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(head.headers.count + 4 + additions.headers.count)
+        var sink = ResponseHeadersSink(capacity: head.headers.count + 4 + additions.headers.count)
+        guard let framing = rewriteResponseFields(
+            head, requestMethod: requestMethod, clientVersion: clientVersion, requestID: requestID, addHSTS: addHSTS,
+            additions: additions, named: named, into: &sink
+        ) else { return nil }
+        guard head.version == clientVersion else {
+            return (HTTPResponseHead(version: clientVersion, status: head.status, headers: sink.headers), framing)
+        }
+        // Same status and version: the copy shares the decoded head's storage.
+        var client = head
+        client.headers = sink.headers
+        return (client, framing)
+    }
+
+    /// The client response's rules, for both ways of writing its fields: into `HTTPHeaders`
+    /// (`clientResponse`) or straight into the head's bytes (`ForwardedResponseHead`). Returns the
+    /// body's framing, or nil when `named` is nil and a `Connection` field names more fields to
+    /// drop: the caller starts again with them.
+    static func rewriteResponseFields<Sink: ResponseFieldSink>(
+        _ head: HTTPResponseHead, requestMethod: HTTPMethod, clientVersion: HTTPVersion, requestID: String, addHSTS: Bool,
+        additions: ResponseAdditions, named: Set<String>?, into sink: inout Sink
+    ) -> ResponseFraming? {
         var hasLength = false
         var hasHSTS = false
         var vary: [String] = []
@@ -302,20 +322,26 @@ enum HeaderRewriter {
             }
             if name.equalsIgnoringASCIICase("content-length") { hasLength = true }
             if name.equalsIgnoringASCIICase("strict-transport-security") { hasHSTS = true }
-            headers.add(name: name, value: value)
+            // The gateway's rate-limit fields replace the upstream's of the same name.
+            if additions.replaces(name) { continue }
+            sink.add(name: name, value: value)
         }
-        headers.add(name: "x-request-id", value: requestID)
-        for (name, value) in additions.extraHeaders { headers.replaceOrAdd(name: name, value: value) }
+        if !additions.replaces("x-request-id") { sink.add(name: "x-request-id", value: requestID) }
+        // Each rate-limit field once, the last of a name winning (as `replaceOrAdd` in turn would).
+        let extra = additions.extraHeaders
+        for index in extra.indices where !extra[(index + 1)...].contains(where: { $0.0.equalsIgnoringASCIICase(anyCase: extra[index].0) }) {
+            sink.add(name: extra[index].0, value: extra[index].1)
+        }
         if additions.corsEnabled {
-            for (name, value) in additions.headers { headers.add(name: name, value: value) }
+            for (name, value) in additions.headers { sink.add(name: name, value: value) }
             if let merged = ResponseAdditions.mergedVary(vary) {
-                headers.add(name: "vary", value: merged)
+                sink.add(name: "vary", value: merged)
             } else {
-                for value in vary { headers.add(name: "vary", value: value) }
+                for value in vary { sink.add(name: "vary", value: value) }
             }
         }
         if addHSTS && !hasHSTS {
-            headers.add(name: ResponseAdditions.hsts.name, value: ResponseAdditions.hsts.value)
+            sink.add(name: ResponseAdditions.hsts.name, value: ResponseAdditions.hsts.value)
         }
         let code = head.status.code
         let bodiless = requestMethod == .HEAD || (100..<200).contains(code) || code == 204 || code == 304
@@ -323,18 +349,20 @@ enum HeaderRewriter {
         if !bodiless && !hasLength && clientVersion.major == 1 {
             // HTTP/2 frames the body itself (DATA + END_STREAM).
             if clientVersion.minor >= 1 {
-                headers.add(name: "transfer-encoding", value: "chunked")
+                sink.add(name: "transfer-encoding", value: "chunked")
                 framing = .chunked
             } else {
                 framing = .closeDelimited
             }
         }
-        guard head.version == clientVersion else {
-            return (HTTPResponseHead(version: clientVersion, status: head.status, headers: headers), framing)
-        }
-        // Same status and version: the copy shares the decoded head's storage.
-        var client = head
-        client.headers = headers
-        return (client, framing)
+        return framing
+    }
+
+    private struct ResponseHeadersSink: ResponseFieldSink {
+        var headers = HTTPHeaders()
+
+        init(capacity: Int) { self.headers.reserveCapacity(capacity) }
+
+        mutating func add(name: String, value: String) { self.headers.add(name: name, value: value) }
     }
 }

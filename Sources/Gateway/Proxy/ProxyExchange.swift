@@ -10,6 +10,9 @@ protocol DownstreamResponder: AnyObject {
     /// `100 Continue` for a client that asked for it, once the request is known to be forwarded.
     func sendContinue(for exchange: ProxyExchange)
     func sendResponseHead(for exchange: ProxyExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming)
+    /// The upstream's head, rewritten for the client when it is written (an HTTP/1.1 connection
+    /// writes its bytes in one pass); by default built and passed to `sendResponseHead`.
+    func sendForwardedResponseHead(for exchange: ProxyExchange, _ head: ForwardedResponseHead)
     func sendResponseBody(for exchange: ProxyExchange, _ body: ByteBuffer)
     /// Response parts are written unflushed; one flush per upstream read coalesces head and body
     /// into one TLS record and one syscall.
@@ -27,6 +30,13 @@ protocol DownstreamResponder: AnyObject {
     func exchangeFinished(for exchange: ProxyExchange)
     /// The upstream accepted `exchange.webSocket`'s handshake: `connection` is the responder's to tunnel.
     func upgradeToTunnel(for exchange: ProxyExchange, _ head: HTTPResponseHead, upstream connection: UpstreamConnection)
+}
+
+extension DownstreamResponder {
+    func sendForwardedResponseHead(for exchange: ProxyExchange, _ head: ForwardedResponseHead) {
+        let (built, framing) = head.built
+        self.sendResponseHead(for: exchange, built, framing: framing)
+    }
 }
 
 /// One request proxied to an upstream, from picking an endpoint to the last response byte.
@@ -347,20 +357,18 @@ final class ProxyExchange: UpstreamConnectionOwner {
             self.source = .upstream
             self.upstreamStatus = status
             connection.endpoint.stats.response(status: status, seconds: self.upstreamSeconds)
-            let (rewrittenHead, framing) = HeaderRewriter.clientResponse(
-                head,
-                requestMethod: self.requestMethod,
-                clientVersion: self.clientVersion,
-                requestID: self.requestID,
-                addHSTS: self.addHSTS,
-                additions: self.responseAdditions
+            let forwarded = ForwardedResponseHead(
+                upstream: head, requestMethod: self.requestMethod, clientVersion: self.clientVersion,
+                requestID: self.requestID, addHSTS: self.addHSTS, additions: self.responseAdditions
             )
-            var clientHead = rewrittenHead
             if let fill = self.cacheFill {
                 fill.responseHead(head, requestMethod: self.requestMethod)
+                var (clientHead, framing) = forwarded.built
                 clientHead.headers.replaceOrAdd(name: "x-cache", value: "MISS")
+                self.downstream?.sendResponseHead(for: self, clientHead, framing: framing)
+            } else {
+                self.downstream?.sendForwardedResponseHead(for: self, forwarded)
             }
-            self.downstream?.sendResponseHead(for: self, clientHead, framing: framing)
             if self.streamingRoute || head.headers.first(name: "content-type")?.hasPrefix("text/event-stream") == true {
                 self.streamWatch = StreamIdleWatch(loop: self.eventLoop, idle: self.streamIdle) { [weak self] in
                     self?.upstreamLost(.upstreamTimeout)
