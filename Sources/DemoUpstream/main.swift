@@ -215,6 +215,16 @@ final class DemoHandler: ChannelInboundHandler {
         case (_, "/api/status"):
             let code = Int(params["code"] ?? "") ?? 200
             self.send(context: context, status: HTTPResponseStatus(statusCode: code), json: #"{"status":\#(code)}"#)
+        case (_, "/api/hostile-headers"):
+            // Fields a proxy must not pass on (hop-by-hop, named by Connection, a forged request id)
+            // next to ones it must keep as they are (its own HSTS, a padded value trimmed).
+            self.writeRaw(
+                context: context,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive, X-Upstream-Secret\r\n"
+                    + "X-Upstream-Secret: leak\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\n"
+                    + "X-Request-Id: forged-by-upstream\r\nStrict-Transport-Security: max-age=1\r\nX-Kept:   padded value  \r\n"
+                    + "Content-Length: 2\r\n\r\n{}"
+            )
         case (_, "/api/bad-framing"):
             self.writeRaw(context: context, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello")
         case (_, "/api/bad-chunk"):

@@ -30,8 +30,9 @@ REQUESTS = 2000
 # Next: responses encoded inside the HTTP/1.1 handler, no promise for the upstream head, rewritten
 # heads sharing the decoded head's storage: 43.9, 38.6. The upstream request head written straight
 # from the client's head (`ForwardedRequestHead`, no rebuilt fields, no traceparent string): 41.6, 36.1;
-# and the HTTP/1.1 client's response head straight from the upstream's (`ForwardedResponseHead`): 40.7.
-CEILINGS = {"http/1.1": (44, 0.1), "h2": (39, 0.1)}
+# and the HTTP/1.1 client's response head straight from the upstream's (`ForwardedResponseHead`): 40.7;
+# HTTP/2 response fields rewritten straight into the nghttp2 scratch: 30.6.
+CEILINGS = {"http/1.1": (44, 0.1), "h2": (34, 0.1)}
 
 
 @pytest.fixture(scope="module")

@@ -302,3 +302,25 @@ def test_stalled_request_body_is_cut_off(gateway, upstream):
     s.close()
     assert data.startswith(b"HTTP/1.1 408"), data[:200]
     assert 4.5 < time.time() - start < 8
+
+
+@pytest.mark.parametrize("protocol", ["--http1.1", "--http2"])
+def test_hostile_upstream_response_fields_are_not_passed_on(protocol, gateway):
+    """The response rewrite writes the client's head from the upstream's in one pass (HTTP/1.1
+    bytes, HTTP/2 header fields): what it drops and keeps is the same on both protocols."""
+    out = subprocess.run(["curl", "-sk", protocol, "-D", "-", "-o", "/dev/null", gateway.url("/api/hostile-headers")],
+                         capture_output=True, check=True).stdout.decode()
+    lines = [line for line in out.split("\r\n")[1:] if line]
+    fields = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        fields.setdefault(name.lower(), []).append(value.strip())
+    assert out.startswith("HTTP/1.1 200" if protocol == "--http1.1" else "HTTP/2 200"), out
+    for gone in ["x-upstream-secret", "keep-alive", "proxy-connection", "upgrade"]:
+        assert gone not in fields, (gone, out)
+    assert fields.get("connection", []) in ([], ["keep-alive"]), out
+    [request_id] = fields["x-request-id"]
+    assert request_id != "forged-by-upstream"
+    assert fields["strict-transport-security"] == ["max-age=1"], out
+    assert fields["x-kept"] == ["padded value"], out
+    assert fields["content-length"] == ["2"], out

@@ -323,14 +323,33 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     func submitResponse(streamID: Int32, status: Int, headers: HTTPHeaders, hasBody: Bool) {
         guard let session = self.session else { return }
         self.headerScratch.fill(status: status, headers: headers) { nva, count in
-            if hasBody {
-                var provider = nghttp2_data_provider()
-                provider.read_callback = readResponseData
-                _ = nghttp2_submit_response(session, streamID, nva, count, &provider)
-            } else {
-                _ = nghttp2_submit_response(session, streamID, nva, count, nil)
-            }
+            Self.submit(session, streamID, nva, count, hasBody: hasBody)
         }
+        self.answered(streamID, hasBody: hasBody)
+    }
+
+    /// `submitResponse` for a proxied response: its fields are rewritten straight into the scratch.
+    func submitResponse(streamID: Int32, forwarded: ForwardedResponseHead, hasBody: Bool) {
+        guard let session = self.session else { return }
+        self.headerScratch.fill(forwarded) { nva, count in
+            Self.submit(session, streamID, nva, count, hasBody: hasBody)
+        }
+        self.answered(streamID, hasBody: hasBody)
+    }
+
+    private static func submit(
+        _ session: OpaquePointer, _ streamID: Int32, _ nva: UnsafeMutablePointer<nghttp2_nv>, _ count: Int, hasBody: Bool
+    ) {
+        if hasBody {
+            var provider = nghttp2_data_provider()
+            provider.read_callback = readResponseData
+            _ = nghttp2_submit_response(session, streamID, nva, count, &provider)
+        } else {
+            _ = nghttp2_submit_response(session, streamID, nva, count, nil)
+        }
+    }
+
+    private func answered(_ streamID: Int32, hasBody: Bool) {
         if !hasBody, let stream = self.streams[streamID], stream.resetsWhenAnswered {
             self.pendingResets.append(streamID)
         }
@@ -560,12 +579,17 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
 }
 
 /// Memory for one response's `nghttp2_nv` array and the bytes it points at, grown to the largest
-/// response head seen and reused: nghttp2 copies names and values on submit.
-private struct HeaderScratch {
+/// response head seen and reused: nghttp2 copies names and values on submit. It is the sink of the
+/// response rewrite (`HeaderRewriter.rewriteResponseFields`), so a forwarded head's fields land
+/// here without an `HTTPHeaders` in between.
+private struct HeaderScratch: ResponseFieldSink {
     private var fields: UnsafeMutablePointer<nghttp2_nv>?
     private var fieldCapacity = 0
     private var bytes: UnsafeMutablePointer<UInt8>?
     private var byteCapacity = 0
+    /// Bytes and fields laid out for the response being filled.
+    private var used = 0
+    private var count = 0
 
     private static let statusName: [UInt8] = Array(":status".utf8)
 
@@ -573,40 +597,74 @@ private struct HeaderScratch {
     mutating func fill(
         status: Int, headers: HTTPHeaders, _ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void
     ) {
-        self.reserveFields(headers.count + 1)
-        // `:status` and its digits.
-        var used = Self.statusName.count + 20
-        self.reserveBytes(used, keeping: 0)
+        self.begin(status: status, fields: headers.count)
+        for (name, value) in headers { self.add(name: name, value: value) }
+        self.submit(submit)
+    }
+
+    /// `fill` for a forwarded head: the rewrite writes its fields straight into the scratch.
+    mutating func fill(_ forwarded: ForwardedResponseHead, _ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void) {
+        let additions = forwarded.additions
+        // Every field the rewrite may add: the request id, `Vary`, HSTS, `Transfer-Encoding`.
+        self.begin(
+            status: Int(forwarded.upstream.status.code),
+            fields: forwarded.upstream.headers.count + additions.headers.count + additions.extraHeaders.count + 4
+        )
+        if HeaderRewriter.rewriteResponseFields(
+            forwarded.upstream, requestMethod: forwarded.requestMethod, clientVersion: forwarded.clientVersion,
+            requestID: forwarded.requestID, addHSTS: forwarded.addHSTS, additions: additions, named: nil, into: &self
+        ) == nil {
+            // A `Connection` field names more fields to drop: laid out again knowing them.
+            self.begin(status: Int(forwarded.upstream.status.code), fields: 0)
+            _ = HeaderRewriter.rewriteResponseFields(
+                forwarded.upstream, requestMethod: forwarded.requestMethod, clientVersion: forwarded.clientVersion,
+                requestID: forwarded.requestID, addHSTS: forwarded.addHSTS, additions: additions,
+                named: HeaderRewriter.connectionTokens(forwarded.upstream.headers) ?? [], into: &self
+            )
+        }
+        self.submit(submit)
+    }
+
+    /// Starts a response: `:status` and its digits, room for `fields` more.
+    private mutating func begin(status: Int, fields: Int) {
+        self.reserveFields(fields + 1)
+        self.reserveBytes(Self.statusName.count + 20, keeping: 0)
         Self.statusName.withUnsafeBufferPointer { name in
             self.bytes!.update(from: name.baseAddress!, count: name.count)
         }
         let digits = Self.writeDecimal(status, to: self.bytes! + Self.statusName.count)
         self.fields![0].namelen = Self.statusName.count
         self.fields![0].valuelen = digits
-        used = Self.statusName.count + digits
-        var count = 1
-        for (name, value) in headers {
-            // A field is copied at most as long as it came; its value right after its name.
-            self.reserveBytes(used + name.utf8.count + value.utf8.count, keeping: used)
-            let start = self.bytes! + used
-            guard let nameLength = HTTP2ResponseField.copyName(name, to: start),
-                let valueLength = HTTP2ResponseField.copyValue(value, to: start + nameLength)
-            else { continue }
-            self.fields![count].namelen = nameLength
-            self.fields![count].valuelen = valueLength
-            used += nameLength + valueLength
-            count += 1
-        }
+        self.used = Self.statusName.count + digits
+        self.count = 1
+    }
+
+    /// One field, dropped if it may not go out over HTTP/2 (`HTTP2ResponseField`).
+    mutating func add(name: String, value: String) {
+        // A field is copied at most as long as it came; its value right after its name.
+        self.reserveBytes(self.used + name.utf8.count + value.utf8.count, keeping: self.used)
+        if self.count == self.fieldCapacity { self.reserveFields(self.count * 2, keeping: self.count) }
+        let start = self.bytes! + self.used
+        guard let nameLength = HTTP2ResponseField.copyName(name, to: start),
+            let valueLength = HTTP2ResponseField.copyValue(value, to: start + nameLength)
+        else { return }
+        self.fields![self.count].namelen = nameLength
+        self.fields![self.count].valuelen = valueLength
+        self.used += nameLength + valueLength
+        self.count += 1
+    }
+
+    private mutating func submit(_ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void) {
         // Pointers are set once the bytes no longer move.
         var offset = 0
-        for index in 0..<count {
+        for index in 0..<self.count {
             let field = self.fields! + index
             field.pointee.name = self.bytes! + offset
             field.pointee.value = self.bytes! + offset + field.pointee.namelen
             field.pointee.flags = UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)
             offset += field.pointee.namelen + field.pointee.valuelen
         }
-        submit(self.fields!, count)
+        submit(self.fields!, self.count)
     }
 
     private static func writeDecimal(_ value: Int, to destination: UnsafeMutablePointer<UInt8>) -> Int {
@@ -625,12 +683,18 @@ private struct HeaderScratch {
         return digits
     }
 
-    private mutating func reserveFields(_ count: Int) {
+    /// Room for `count` fields; the first `kept` are carried over when the array grows.
+    private mutating func reserveFields(_ count: Int, keeping kept: Int = 0) {
         guard count > self.fieldCapacity else { return }
-        self.fields?.deallocate()
-        self.fieldCapacity = max(count, 16)
-        self.fields = .allocate(capacity: self.fieldCapacity)
-        self.fields!.initialize(repeating: nghttp2_nv(), count: self.fieldCapacity)
+        let capacity = max(count, 16)
+        let grown = UnsafeMutablePointer<nghttp2_nv>.allocate(capacity: capacity)
+        grown.initialize(repeating: nghttp2_nv(), count: capacity)
+        if let old = self.fields {
+            grown.update(from: old, count: kept)
+            old.deallocate()
+        }
+        self.fields = grown
+        self.fieldCapacity = capacity
     }
 
     /// Room for `count` bytes; the first `kept` are carried over when the memory grows.

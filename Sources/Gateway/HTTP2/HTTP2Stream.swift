@@ -323,22 +323,33 @@ final class HTTP2Stream: DownstreamResponder {
     func sendContinue(for exchange: ProxyExchange) {}
 
     func sendResponseHead(for exchange: ProxyExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
-        guard !self.isClosed else { return }
-        if exchange.webSocket != nil, head.status.code / 100 == 2 {
+        guard let hasBody = self.responseStarts(for: exchange, status: Int(head.status.code)) else { return }
+        self.connection.submitResponse(streamID: self.id, status: Int(head.status.code), headers: head.headers, hasBody: hasBody)
+    }
+
+    func sendForwardedResponseHead(for exchange: ProxyExchange, _ head: ForwardedResponseHead) {
+        guard let hasBody = self.responseStarts(for: exchange, status: Int(head.upstream.status.code)) else { return }
+        self.connection.submitResponse(streamID: self.id, forwarded: head, hasBody: hasBody)
+    }
+
+    /// The bookkeeping of a proxied response's start; whether a body follows, or nil when the
+    /// response is not to be sent.
+    private func responseStarts(for exchange: ProxyExchange, status code: Int) -> Bool? {
+        guard !self.isClosed else { return nil }
+        if exchange.webSocket != nil, code / 100 == 2 {
             // On an extended CONNECT a 2xx means "tunnel open"; only a checked 101 may say that.
             self.record.note(exchange)
             self.exchange = nil
             exchange.cancel()
             let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
             self.respondLocally(GatewayError.badUpstreamResponse.response(requestID: self.requestID, allocator: allocator))
-            return
+            return nil
         }
         self.responseSubmitted = true
-        let code = Int(head.status.code)
         self.record.status = code
         let bodiless = self.isHEAD || code == 204 || code == 304
         if bodiless { self.responseComplete = true }
-        self.connection.submitResponse(streamID: self.id, status: code, headers: head.headers, hasBody: !bodiless)
+        return !bodiless
     }
 
     func sendResponseBody(for exchange: ProxyExchange, _ body: ByteBuffer) {
