@@ -228,11 +228,15 @@ struct HeaderRewritingTests {
         #expect(RequestIdentity.requestID(clientSupplied: "has space") != "has space")
         #expect(RequestIdentity.requestID(clientSupplied: String(repeating: "a", count: 129)).count < 129)
         #expect(RequestIdentity.requestID(clientSupplied: nil) != RequestIdentity.requestID(clientSupplied: nil))
-        // Fresh ids: the process's 16 hex digits, then the counter in 12, one more each time.
-        let a = RequestIdentity.requestID(clientSupplied: nil)
-        let b = RequestIdentity.requestID(clientSupplied: nil)
-        #expect(a.utf8.count == 28 && a.utf8.allSatisfy { ("0"..."9").contains(Character(UnicodeScalar($0))) || ("a"..."f").contains(Character(UnicodeScalar($0))) })
-        #expect(a.prefix(16) == b.prefix(16))
-        #expect(UInt64(b.suffix(12), radix: 16) == UInt64(a.suffix(12), radix: 16).map { $0 + 1 })
+        // Fresh ids: the process's 8 symbols, then the counter in 7, one more each time; 15 bytes
+        // (a string that needs no allocation), acceptable as a client's id, sorting by arrival.
+        let ids = (0..<200).map { _ in RequestIdentity.requestID(clientSupplied: nil) }
+        #expect(ids.allSatisfy { $0.utf8.count == 15 && RequestIdentity.isAcceptable($0) })
+        #expect(Set(ids.map { $0.prefix(8) }).count == 1)
+        #expect(ids == ids.sorted() && Set(ids).count == ids.count)
+        let symbols = Array("-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
+        #expect(symbols == symbols.sorted() && symbols.count == 64)
+        func counter(_ id: String) -> Int { id.suffix(7).reduce(0) { $0 * 64 + symbols.firstIndex(of: $1)! } }
+        #expect(counter(ids[1]) == counter(ids[0]) + 1)
     }
 }
