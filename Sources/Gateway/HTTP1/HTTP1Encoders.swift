@@ -100,11 +100,7 @@ struct KeptHeadFraming {
     /// A forwarded request head (`ForwardedRequestHead`), written from the client's head.
     mutating func writeForwarded(_ forwarded: ForwardedRequestHead, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
         self.isChunked = forwarded.isChunked
-        var buffer = self.head.take() ?? context.channel.allocator.buffer(capacity: 256)
-        buffer.clear()
-        forwarded.write(to: &buffer)
-        self.head = buffer.capacity <= Self.maxKeptCapacity ? buffer : nil
-        context.write(NIOAny(IOData.byteBuffer(buffer)), promise: promise)
+        self.writeKept(context: context, promise: promise) { forwarded.write(to: &$0) }
     }
 
     /// A forwarded response head (`ForwardedResponseHead`), written from the upstream's head;
@@ -112,12 +108,9 @@ struct KeptHeadFraming {
     mutating func writeForwardedResponse(
         _ forwarded: ForwardedResponseHead, close: Bool, context: ChannelHandlerContext
     ) -> HeaderRewriter.ResponseFraming {
-        var buffer = self.head.take() ?? context.channel.allocator.buffer(capacity: 256)
-        buffer.clear()
-        let framing = forwarded.write(to: &buffer, close: close)
+        var framing = HeaderRewriter.ResponseFraming.asIs
+        self.writeKept(context: context, promise: nil) { framing = forwarded.write(to: &$0, close: close) }
         self.isChunked = framing == .chunked
-        self.head = buffer.capacity <= Self.maxKeptCapacity ? buffer : nil
-        context.write(NIOAny(IOData.byteBuffer(buffer)), promise: nil)
         return framing
     }
 
@@ -128,20 +121,29 @@ struct KeptHeadFraming {
         promise: EventLoopPromise<Void>?, startLine: (inout ByteBuffer) -> Void
     ) {
         self.isChunked = version.major == 1 && version.minor >= 1 && Self.firstTransferEncoding(headers) == "chunked"
+        self.writeKept(context: context, promise: promise) { buffer in
+            if versionFirst {
+                Self.write(version, to: &buffer)
+                buffer.writeStaticString(" ")
+                startLine(&buffer)
+            } else {
+                startLine(&buffer)
+                buffer.writeStaticString(" ")
+                Self.write(version, to: &buffer)
+            }
+            buffer.writeStaticString("\r\n")
+            Self.write(headers, to: &buffer)
+        }
+    }
+
+    /// Fills the kept head buffer and passes it down.
+    private mutating func writeKept(
+        context: ChannelHandlerContext, promise: EventLoopPromise<Void>?, _ fill: (inout ByteBuffer) -> Void
+    ) {
         var buffer = self.head.take() ?? context.channel.allocator.buffer(capacity: 256)
         // Unique again once the transport released the previous head: cleared in place.
         buffer.clear()
-        if versionFirst {
-            Self.write(version, to: &buffer)
-            buffer.writeStaticString(" ")
-            startLine(&buffer)
-        } else {
-            startLine(&buffer)
-            buffer.writeStaticString(" ")
-            Self.write(version, to: &buffer)
-        }
-        buffer.writeStaticString("\r\n")
-        Self.write(headers, to: &buffer)
+        fill(&buffer)
         // An exceptional head's storage is not held for the rest of the connection.
         self.head = buffer.capacity <= Self.maxKeptCapacity ? buffer : nil
         context.write(NIOAny(IOData.byteBuffer(buffer)), promise: promise)

@@ -416,24 +416,28 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     func sendResponseHead(for exchange: ProxyExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
         guard let context, self.isCurrent(exchange) else { return }
         var head = head
-        self.current!.responseStarted = true
-        self.current!.record.status = Int(head.status.code)
-        if framing == .closeDelimited { self.current!.closeDelimited = true }
-        if !self.current!.keepAlive || self.quiescing || self.current!.bodyOutstanding {
+        if self.proxiedResponseStarts(status: head.status.code, framing: framing) {
             head.headers.replaceOrAdd(name: "connection", value: "close")
-            self.current!.keepAlive = false
         }
         self.emit(.head(head), context: context)
     }
 
     func sendForwardedResponseHead(for exchange: ProxyExchange, _ head: ForwardedResponseHead) {
         guard let context, self.isCurrent(exchange) else { return }
-        self.current!.responseStarted = true
-        self.current!.record.status = Int(head.upstream.status.code)
-        let close = !self.current!.keepAlive || self.quiescing || self.current!.bodyOutstanding
-        if close { self.current!.keepAlive = false }
+        let close = self.proxiedResponseStarts(status: head.upstream.status.code, framing: nil)
         let framing = self.responseFraming.writeForwardedResponse(head, close: close, context: context)
         if framing == .closeDelimited { self.current!.closeDelimited = true }
+    }
+
+    /// The current request's proxied response starts (its framing, when known yet); returns
+    /// whether the connection closes after it.
+    private func proxiedResponseStarts(status: UInt, framing: HeaderRewriter.ResponseFraming?) -> Bool {
+        self.current!.responseStarted = true
+        self.current!.record.status = Int(status)
+        if framing == .closeDelimited { self.current!.closeDelimited = true }
+        let close = !self.current!.keepAlive || self.quiescing || self.current!.bodyOutstanding
+        if close { self.current!.keepAlive = false }
+        return close
     }
 
     func sendResponseBody(for exchange: ProxyExchange, _ body: ByteBuffer) {

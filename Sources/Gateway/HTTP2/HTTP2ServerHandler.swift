@@ -582,7 +582,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
 /// response head seen and reused: nghttp2 copies names and values on submit. It is the sink of the
 /// response rewrite (`HeaderRewriter.rewriteResponseFields`), so a forwarded head's fields land
 /// here without an `HTTPHeaders` in between.
-private struct HeaderScratch: ResponseFieldSink {
+private struct HeaderScratch: HeadFieldSink {
     private var fields: UnsafeMutablePointer<nghttp2_nv>?
     private var fieldCapacity = 0
     private var bytes: UnsafeMutablePointer<UInt8>?
@@ -606,20 +606,12 @@ private struct HeaderScratch: ResponseFieldSink {
     mutating func fill(_ forwarded: ForwardedResponseHead, _ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void) {
         let additions = forwarded.additions
         // Every field the rewrite may add: the request id, `Vary`, HSTS, `Transfer-Encoding`.
-        self.begin(
-            status: Int(forwarded.upstream.status.code),
-            fields: forwarded.upstream.headers.count + additions.headers.count + additions.extraHeaders.count + 4
-        )
-        if HeaderRewriter.rewriteResponseFields(
-            forwarded.upstream, requestMethod: forwarded.requestMethod, clientVersion: forwarded.clientVersion,
-            requestID: forwarded.requestID, addHSTS: forwarded.addHSTS, additions: additions, named: nil, into: &self
-        ) == nil {
-            // A `Connection` field names more fields to drop: laid out again knowing them.
-            self.begin(status: Int(forwarded.upstream.status.code), fields: 0)
-            _ = HeaderRewriter.rewriteResponseFields(
+        let fields = forwarded.upstream.headers.count + additions.headers.count + additions.extraHeaders.count + 4
+        _ = HeaderRewriter.inOneOrTwoPasses(forwarded.upstream.headers) { named in
+            self.begin(status: Int(forwarded.upstream.status.code), fields: fields)
+            return HeaderRewriter.rewriteResponseFields(
                 forwarded.upstream, requestMethod: forwarded.requestMethod, clientVersion: forwarded.clientVersion,
-                requestID: forwarded.requestID, addHSTS: forwarded.addHSTS, additions: additions,
-                named: HeaderRewriter.connectionTokens(forwarded.upstream.headers) ?? [], into: &self
+                requestID: forwarded.requestID, addHSTS: forwarded.addHSTS, additions: additions, named: named, into: &self
             )
         }
         self.submit(submit)

@@ -1,9 +1,9 @@
 import NIOCore
 import NIOHTTP1
 
-/// Where `HeaderRewriter.rewriteRequestFields` puts the upstream request's fields.
-protocol UpstreamFieldSink {
-    mutating func add(name: String, value: String)
+/// Where `HeaderRewriter.rewriteRequestFields` puts the upstream request's fields: the two it
+/// adds as numbers are written without a `String` where the sink allows.
+protocol UpstreamFieldSink: HeadFieldSink {
     mutating func addContentLength(_ length: Int)
     mutating func addTraceparent(_ trace: TraceContext)
 }
@@ -31,10 +31,9 @@ struct ForwardedRequestHead {
     /// Appends the head: request line, fields, empty line.
     func write(to buffer: inout ByteBuffer) {
         let start = buffer.writerIndex
-        if !self.write(to: &buffer, named: nil) {
-            // A `Connection` field names more fields to drop: written again knowing them.
+        HeaderRewriter.inOneOrTwoPasses(self.client.headers) { named -> Void? in
             buffer.moveWriterIndex(to: start)
-            _ = self.write(to: &buffer, named: HeaderRewriter.connectionTokens(self.client.headers) ?? [])
+            return self.write(to: &buffer, named: named) ? () : nil
         }
     }
 

@@ -1,8 +1,8 @@
 import NIOCore
 import NIOHTTP1
 
-/// Where `HeaderRewriter.rewriteResponseFields` puts the client response's fields.
-protocol ResponseFieldSink {
+/// Where a rewrite (`HeaderRewriter.rewriteResponseFields`, `rewriteRequestFields`) puts its fields.
+protocol HeadFieldSink {
     mutating func add(name: String, value: String)
 }
 
@@ -31,10 +31,10 @@ struct ForwardedResponseHead {
     /// returns the body's framing.
     func write(to buffer: inout ByteBuffer, close: Bool) -> HeaderRewriter.ResponseFraming {
         let start = buffer.writerIndex
-        if let framing = self.write(to: &buffer, close: close, named: nil) { return framing }
-        // A `Connection` field names more fields to drop: written again knowing them.
-        buffer.moveWriterIndex(to: start)
-        return self.write(to: &buffer, close: close, named: HeaderRewriter.connectionTokens(self.upstream.headers) ?? [])!
+        return HeaderRewriter.inOneOrTwoPasses(self.upstream.headers) { named in
+            buffer.moveWriterIndex(to: start)
+            return self.write(to: &buffer, close: close, named: named)
+        }
     }
 
     private func write(to buffer: inout ByteBuffer, close: Bool, named: Set<String>?) -> HeaderRewriter.ResponseFraming? {
@@ -71,7 +71,7 @@ struct ForwardedResponseHead {
 }
 
 /// Writes a head into memory sized by the caller's bound: fields as `name: value` CRLF.
-struct FieldBytesSink: ResponseFieldSink {
+struct FieldBytesSink: HeadFieldSink {
     private let memory: UnsafeMutableBufferPointer<UInt8>
     private(set) var count = 0
 

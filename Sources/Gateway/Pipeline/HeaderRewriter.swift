@@ -63,6 +63,15 @@ enum HeaderRewriter {
         return tokens
     }
 
+    /// Runs a rewrite with no `Connection` tokens (most heads name none, so no token set is built)
+    /// and, when `attempt` returns nil because a `Connection` field names more fields to drop, once
+    /// more knowing them. Every way of writing a rewritten head (fields, bytes, HTTP/2 fields) goes
+    /// through here.
+    static func inOneOrTwoPasses<Result>(_ headers: HTTPHeaders, _ attempt: (Set<String>?) -> Result?) -> Result {
+        if let done = attempt(nil) { return done }
+        return attempt(connectionTokens(headers) ?? [])!
+    }
+
     /// The request head sent upstream. Always HTTP/1.1; the body framing is the validated one.
     static func upstreamRequest(
         _ head: HTTPRequestHead,
@@ -70,12 +79,7 @@ enum HeaderRewriter {
         info: ForwardingInfo,
         removing extraRemoved: Set<String> = []
     ) -> HTTPRequestHead {
-        if let rewritten = rewrittenRequest(head, framing: framing, info: info, removing: extraRemoved, named: nil) {
-            return rewritten
-        }
-        // A `Connection` field names more fields to drop: rewritten again knowing them.
-        let named = connectionTokens(head.headers) ?? []
-        return rewrittenRequest(head, framing: framing, info: info, removing: extraRemoved, named: named)!
+        inOneOrTwoPasses(head.headers) { rewrittenRequest(head, framing: framing, info: info, removing: extraRemoved, named: $0) }
     }
 
     /// `upstreamRequest` for the `Connection` tokens `named`; nil when `named` is nil and the
@@ -152,6 +156,7 @@ enum HeaderRewriter {
         return true
     }
 
+    /// The rewrites' fields as `HTTPHeaders`.
     private struct HeadersSink: UpstreamFieldSink {
         var headers = HTTPHeaders()
 
@@ -263,22 +268,19 @@ enum HeaderRewriter {
         addHSTS: Bool,
         additions: ResponseAdditions = .none
     ) -> (HTTPResponseHead, ResponseFraming) {
-        if let rewritten = rewrittenResponse(
-            head, requestMethod: requestMethod, clientVersion: clientVersion, requestID: requestID, addHSTS: addHSTS,
-            additions: additions, named: nil
-        ) { return rewritten }
-        // A `Connection` field names more fields to drop: rewritten again knowing them.
-        return rewrittenResponse(
-            head, requestMethod: requestMethod, clientVersion: clientVersion, requestID: requestID, addHSTS: addHSTS,
-            additions: additions, named: connectionTokens(head.headers) ?? []
-        )!
+        inOneOrTwoPasses(head.headers) {
+            rewrittenResponse(
+                head, requestMethod: requestMethod, clientVersion: clientVersion, requestID: requestID, addHSTS: addHSTS,
+                additions: additions, named: $0
+            )
+        }
     }
 
     private static func rewrittenResponse(
         _ head: HTTPResponseHead, requestMethod: HTTPMethod, clientVersion: HTTPVersion, requestID: String, addHSTS: Bool,
         additions: ResponseAdditions, named: Set<String>?
     ) -> (HTTPResponseHead, ResponseFraming)? {
-        var sink = ResponseHeadersSink(capacity: head.headers.count + 4 + additions.headers.count)
+        var sink = HeadersSink(capacity: head.headers.count + 4 + additions.headers.count)
         guard let framing = rewriteResponseFields(
             head, requestMethod: requestMethod, clientVersion: clientVersion, requestID: requestID, addHSTS: addHSTS,
             additions: additions, named: named, into: &sink
@@ -296,7 +298,7 @@ enum HeaderRewriter {
     /// (`clientResponse`) or straight into the head's bytes (`ForwardedResponseHead`). Returns the
     /// body's framing, or nil when `named` is nil and a `Connection` field names more fields to
     /// drop: the caller starts again with them.
-    static func rewriteResponseFields<Sink: ResponseFieldSink>(
+    static func rewriteResponseFields<Sink: HeadFieldSink>(
         _ head: HTTPResponseHead, requestMethod: HTTPMethod, clientVersion: HTTPVersion, requestID: String, addHSTS: Bool,
         additions: ResponseAdditions, named: Set<String>?, into sink: inout Sink
     ) -> ResponseFraming? {
@@ -358,11 +360,4 @@ enum HeaderRewriter {
         return framing
     }
 
-    private struct ResponseHeadersSink: ResponseFieldSink {
-        var headers = HTTPHeaders()
-
-        init(capacity: Int) { self.headers.reserveCapacity(capacity) }
-
-        mutating func add(name: String, value: String) { self.headers.add(name: name, value: value) }
-    }
 }
