@@ -23,6 +23,10 @@ struct ConnectionServices {
 /// What one socket read decodes to is queued whatever its size, so the queue is also bounded by
 /// count: past `defaultMaxQueuedRequests` pipelined requests, the rest of the input is discarded and the
 /// connection closes after answering the queued ones (the client retries the rest, RFC 9112 §9.3.2).
+///
+/// Those connection rules (keep-alive, the pipelined queue, read gating, draining) are
+/// `StateMachine`'s, tested without a channel; this class does the I/O and keeps the data of the
+/// request in flight.
 final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, DeadlineTimerOwner {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
@@ -30,33 +34,31 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     /// into a `NIOAny` nor passed through a separate encoder handler.
     typealias OutboundOut = IOData
 
+    /// The data of the request in flight; where its halves are is `state.request`, and the two
+    /// exist together (`begin`, `requestFinished`).
     private struct InFlight {
         var method: HTTPMethod
         var version: HTTPVersion
         var requestID: String
         var exchange: ProxyExchange?
         var bodyBytes = 0
-        var requestEnded = false
-        var responseStarted = false
-        var responseEnded = false
-        var keepAlive: Bool
-        /// A body follows the head: until its end arrives, the connection cannot carry another request.
-        var hasBody = false
-        var closeDelimited = false
         /// CORS fields and `Vary: Origin` for whatever response this request gets.
         var responseAdditions = ResponseAdditions.none
 
         var record = RequestRecord(method: "-", target: "-", protocolName: "HTTP/1.1")
 
-        /// Whether an unread request body would be left on the connection by answering now.
-        var bodyOutstanding: Bool { self.hasBody && !self.requestEnded }
+        /// The request made up to carry an answer to input with no usable head.
+        static func forError() -> InFlight {
+            InFlight(method: .GET, version: .http1_1, requestID: RequestIdentity.requestID(clientSupplied: nil))
+        }
     }
 
     private let services: ConnectionServices
     private let activity: ReadActivityHandler
     private var context: ChannelHandlerContext!
     private var current: InFlight?
-    private var queued: PipelinedRequests
+    /// The connection's state: the request's halves, the pipelined queue, keep-alive, read gating.
+    private var state: StateMachine
     /// Set while `serveQueued` runs: a request finishing inside it leaves the next one to that loop
     /// (one stack frame per request would overflow the stack on a long pipeline).
     private var draining = false
@@ -64,12 +66,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     private var decoderStopsAfterRequest = false
     /// The decoder installed by the last `replaceDecoder` (nil: the pipeline's first one).
     private var decoder: ByteToMessageHandler<HTTPRequestDecoder>?
-    /// A WebSocket handshake's decoder stopped and is kept until the upstream answers: its held
-    /// bytes are the first frames of a tunnel after a 101, or the next request otherwise.
-    private var decoderHeld = false
     /// Set once the connection is a WebSocket tunnel; the HTTP/1.1 codec is gone then.
     private var tunnel: ByteTunnel?
-    private var readPending = false
     /// The response encoder's state: the kept head buffer and whether the body is chunked.
     private var responseFraming = KeptHeadFraming()
 
@@ -77,9 +75,6 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     private func emit(_ part: HTTPServerResponsePart, context: ChannelHandlerContext, promise: EventLoopPromise<Void>? = nil) {
         self.responseFraming.writeResponse(part, context: context, promise: promise)
     }
-    private var bodyPaused = false
-    private var quiescing = false
-    private var closed = false
     /// The connection's one deadline: idle between requests, the client header, or a stalled body.
     private var timer = DeadlineTimer()
     private var timerKind = TimerKind.idle
@@ -95,7 +90,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     init(services: ConnectionServices, activity: ReadActivityHandler, maxQueuedRequests: Int = HTTP1ServerHandler.defaultMaxQueuedRequests) {
         self.services = services
         self.activity = activity
-        self.queued = PipelinedRequests(maxRequests: maxQueuedRequests)
+        self.state = StateMachine(maxQueuedRequests: maxQueuedRequests)
     }
 
     /// The config snapshot for a request starting now.
@@ -142,16 +137,11 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         // Requests decoded from the same read as a closing response are never answered.
-        guard !self.closed else { return }
+        guard !self.state.closed else { return }
         let part = Self.unwrapInboundIn(data)
         self.trackDecoder(part, context: context)
-        if self.queued.discarding { return }
-        if !self.queued.isEmpty || (self.current?.requestEnded ?? false) {
-            // A pipelined request: it waits until the current response is done.
-            self.queued.append(part)
-            return
-        }
-        self.handle(part)
+        // A pipelined request waits (queued) until the current response is done.
+        if self.state.partDecoded(part) { self.handle(part) }
     }
 
     /// The most pipelined requests one connection may have waiting. A read of 64 KiB holds about
@@ -170,8 +160,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
         case is ChannelShouldQuiesceEvent:
-            self.quiescing = true
-            if self.current == nil { self.close() }
+            if self.state.quiesce() { self.close() }
             if let tunnel = self.tunnel {
                 // Just before the drain closes what is left, so the peers hear why.
                 let drain = self.runtime().traffic.drainTimeout
@@ -189,32 +178,27 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         if let parserError = error as? HTTPParserError {
             let gatewayError: GatewayError =
                 parserError == .headerOverflow ? .headersTooLarge : .badRequest("malformed HTTP request")
-            if self.current?.requestEnded ?? false {
-                // The bytes after a complete request are broken: that request is answered first.
-                self.queued.discard(answering: gatewayError)
-                return
-            }
-            if let current = self.current, current.responseStarted {
-                current.exchange?.cancel()
+            switch self.state.parseFailed(gatewayError) {
+            case .answerAfterQueued:
+                break
+            case .abort:
+                self.current?.exchange?.cancel()
                 self.close()
-            } else if let current = self.current, let exchange = current.exchange {
+            case .answerAndClose:
                 // A broken body after a good head: the upstream connection is dropped (the
                 // upstream sees an aborted request, never a complete one) and the client gets 400.
-                exchange.cancel()
-                self.pendingStart = nil
-                self.current!.exchange = nil
-                self.writeLocal(gatewayError.response(requestID: current.requestID, allocator: context.channel.allocator), forceClose: true)
-            } else {
-                self.current = self.current ?? InFlight(
-                    method: .GET, version: .http1_1, requestID: RequestIdentity.requestID(clientSupplied: nil),
-                    keepAlive: false
-                )
+                if let exchange = self.current?.exchange {
+                    exchange.cancel()
+                    self.pendingStart = nil
+                    self.current!.exchange = nil
+                }
+                if self.current == nil { self.current = .forError() }
                 self.writeLocal(gatewayError.response(requestID: self.current!.requestID, allocator: context.channel.allocator), forceClose: true)
             }
             return
         }
         // A decoder in its error state refuses later reads; they are discarded anyway.
-        if self.queued.discarding, error is ByteToMessageDecoderError { return }
+        if self.state.queued.discarding, error is ByteToMessageDecoderError { return }
         // I/O errors: the connection is gone either way.
         self.close()
     }
@@ -236,35 +220,13 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         context.fireChannelWritabilityChanged()
     }
 
-    /// Reads continue while a response is pending (a keep-alive client's next request is usually
-    /// not there yet, and holding reads would cost two epoll_ctl calls per request); they stop
-    /// once a few pipelined parts are queued, which bounds what a pipelining client can make us
-    /// hold.
-    private static let maxQueuedParts = 4
-
-    private var readsHeld: Bool {
-        if self.decoderHeld { return true }
-        if self.bodyPaused || self.closed || self.queued.discarding { return true }
-        // A client that pipelines without reading its responses: the next requests wait in the
-        // kernel until the responses written so far drain.
-        if let context, !context.channel.isWritable, self.current?.requestEnded ?? true { return true }
-        return (self.current?.requestEnded ?? false) && self.queued.count >= Self.maxQueuedParts
-    }
-
     func read(context: ChannelHandlerContext) {
-        if self.tunnel != nil {
-            // The tunnel's own handler decides (backpressure from the upstream side).
-            context.read()
-        } else if self.readsHeld {
-            self.readPending = true
-        } else {
-            context.read()
-        }
+        // A tunnel's own handler decides (backpressure from the upstream side).
+        if self.state.readRequested(writable: context.channel.isWritable) { context.read() }
     }
 
     private func readIfPending() {
-        guard self.readPending, let context, !self.readsHeld else { return }
-        self.readPending = false
+        guard let context, self.state.readMayResume(writable: context.channel.isWritable) else { return }
         context.read()
     }
 
@@ -290,15 +252,10 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             head, streamEnded: nil, peer: self.peer, services: self.services, runtime: self.runtime(), downstream: self,
             allocator: self.context.channel.allocator
         )
-        self.current = InFlight(
-            method: head.method, version: head.version, requestID: dispatch.requestID,
-            keepAlive: head.isKeepAlive && head.version == .http1_1 && !self.quiescing
-        )
-        // The last request before an overflow closes the connection: what followed it is gone.
-        if self.queued.cutHere { self.current!.keepAlive = false }
+        self.current = InFlight(method: head.method, version: head.version, requestID: dispatch.requestID)
+        self.state.requestStarted(keepAliveRequested: head.isKeepAlive && head.version == .http1_1, hasBody: dispatch.hasBody)
         record.note(dispatch)
         self.current!.record = record
-        self.current!.hasBody = dispatch.hasBody
         self.current!.responseAdditions = dispatch.responseAdditions
         switch dispatch.outcome {
         case .respond(let response):
@@ -325,7 +282,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         if current.bodyBytes > self.runtime().traffic.maxBodyBytes {
             exchange.cancel()
             self.current!.exchange = nil
-            if current.responseStarted {
+            if self.state.request?.responseStarted ?? false {
                 self.current!.record.source = .payloadTooLarge
                 self.close()
             } else {
@@ -343,11 +300,9 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     private func endReceived() {
         guard self.current != nil else { return }
-        self.current!.requestEnded = true
-        if let exchange = self.current!.exchange {
-            exchange.requestEndReceived()
-        }
-        if self.current!.responseEnded { self.requestFinished() }
+        let finished = self.state.requestEnded()
+        self.current!.exchange?.requestEndReceived()
+        if finished { self.requestFinished() }
     }
 
     /// Both the request and its response are complete.
@@ -355,17 +310,15 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         guard let current = self.current else { return }
         self.log(current)
         self.current = nil
-        self.bodyPaused = false
-        if self.decoderHeld, let context {
+        let (next, replaceDecoder) = self.state.requestFinished()
+        if replaceDecoder, let context {
             // The upstream refused the switch: the bytes after the handshake are HTTP/1.1 again.
-            self.decoderHeld = false
             self.replaceDecoder(context: context)
         }
-        if !current.keepAlive || current.closeDelimited || self.quiescing {
-            self.closeAfterResponse()
-            return
+        switch next {
+        case .closeAfterResponse: self.closeAfterResponse()
+        case .serveQueued: self.serveQueued()
         }
-        self.serveQueued()
     }
 
     /// Serves pipelined requests in order, iteratively: a request answered locally finishes inside
@@ -374,20 +327,19 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         guard !self.draining else { return }
         self.draining = true
         defer { self.draining = false }
-        while !self.closed {
-            while !self.closed, !(self.current?.requestEnded ?? false), let part = self.queued.popFirst() {
+        while !self.state.closed {
+            while let part = self.state.nextQueuedPart() {
                 self.handle(part)
             }
             // An exchange can end as soon as it starts (no healthy upstream, rate limited): the
             // next queued request is then served by this same loop.
-            guard !self.closed, self.pendingStart != nil else { break }
+            guard !self.state.closed, self.pendingStart != nil else { break }
             self.startPendingExchange()
         }
-        if self.closed { return }
-        if self.current == nil, let error = self.queued.takeBrokenInput(), let context {
-            self.current = InFlight(
-                method: .GET, version: .http1_1, requestID: RequestIdentity.requestID(clientSupplied: nil), keepAlive: false
-            )
+        if self.state.closed { return }
+        if let error = self.state.takeBrokenInput(), let context {
+            self.state.errorRequestStarted()
+            self.current = .forError()
             self.writeLocal(error.response(requestID: self.current!.requestID, allocator: context.channel.allocator), forceClose: true)
             return
         }
@@ -416,7 +368,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     func sendResponseHead(for exchange: ProxyExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
         guard let context, self.isCurrent(exchange) else { return }
         var head = head
-        if self.proxiedResponseStarts(status: head.status.code, framing: framing) {
+        if framing == .closeDelimited { self.state.responseIsCloseDelimited() }
+        if self.proxiedResponseStarts(status: head.status.code) {
             head.headers.replaceOrAdd(name: "connection", value: "close")
         }
         self.emit(.head(head), context: context)
@@ -424,20 +377,15 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     func sendForwardedResponseHead(for exchange: ProxyExchange, _ head: ForwardedResponseHead) {
         guard let context, self.isCurrent(exchange) else { return }
-        let close = self.proxiedResponseStarts(status: head.upstream.status.code, framing: nil)
+        let close = self.proxiedResponseStarts(status: head.upstream.status.code)
         let framing = self.responseFraming.writeForwardedResponse(head, close: close, context: context)
-        if framing == .closeDelimited { self.current!.closeDelimited = true }
+        if framing == .closeDelimited { self.state.responseIsCloseDelimited() }
     }
 
-    /// The current request's proxied response starts (its framing, when known yet); returns
-    /// whether the connection closes after it.
-    private func proxiedResponseStarts(status: UInt, framing: HeaderRewriter.ResponseFraming?) -> Bool {
-        self.current!.responseStarted = true
+    /// The current request's proxied response starts; returns whether the connection closes after it.
+    private func proxiedResponseStarts(status: UInt) -> Bool {
         self.current!.record.status = Int(status)
-        if framing == .closeDelimited { self.current!.closeDelimited = true }
-        let close = !self.current!.keepAlive || self.quiescing || self.current!.bodyOutstanding
-        if close { self.current!.keepAlive = false }
-        return close
+        return self.state.responseStarts()
     }
 
     func sendResponseBody(for exchange: ProxyExchange, _ body: ByteBuffer) {
@@ -452,14 +400,15 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     func sendResponseEnd(for exchange: ProxyExchange) {
         guard let context, self.isCurrent(exchange) else { return }
-        self.current!.responseEnded = true
+        // Finishing waits for the exchange to say it is done (`exchangeFinished`).
+        _ = self.state.responseEnded()
         self.emit(.end(nil), context: context)
         context.flush()
     }
 
     func sendErrorResponse(for exchange: ProxyExchange, _ error: GatewayError) {
         guard self.isCurrent(exchange), let current = self.current else { return }
-        guard !current.responseStarted, let context else {
+        guard !(self.state.request?.responseStarted ?? false), let context else {
             self.close()
             return
         }
@@ -471,12 +420,12 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     }
 
     func pauseRequestBody(for exchange: ProxyExchange) {
-        if self.isCurrent(exchange) { self.bodyPaused = true }
+        if self.isCurrent(exchange) { self.state.pauseRequestBody() }
     }
 
     func resumeRequestBody(for exchange: ProxyExchange) {
         guard self.isCurrent(exchange) else { return }
-        self.bodyPaused = false
+        self.state.resumeRequestBody()
         self.readIfPending()
     }
 
@@ -485,14 +434,12 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     }
 
     func exchangeFinished(for exchange: ProxyExchange) {
-        guard self.isCurrent(exchange), let current = self.current else { return }
+        guard self.isCurrent(exchange), self.current != nil else { return }
         self.current!.record.note(exchange)
-        if current.requestEnded {
-            self.requestFinished()
-        } else if current.responseEnded {
-            // The upstream answered before the client finished sending: the rest of the body would
-            // be read as the next request, so the connection ends here.
-            self.closeAfterResponse()
+        switch self.state.exchangeFinished() {
+        case .requestFinished: self.requestFinished()
+        case .closeAfterResponse: self.closeAfterResponse()
+        case .none: break
         }
     }
 
@@ -505,13 +452,13 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.current!.exchange = nil
         // Only a handshake whose decoder was held can switch: one pipelined behind another
         // request had its following bytes parsed as HTTP already.
-        guard self.decoderHeld, current.requestEnded else {
+        guard self.state.decoderHeld, self.state.request?.requestEnded ?? false else {
             connection.close()
             self.writeLocal(GatewayError.badUpstreamResponse.response(requestID: current.requestID, allocator: context.channel.allocator), forceClose: true)
             return
         }
         let tunnel = ByteTunnel(eventLoop: context.eventLoop, idleTimeout: handshake.idleTimeout)
-        self.current!.responseStarted = true
+        _ = self.state.responseStarts()
         self.current!.record.status = 101
         self.timer.cancel()
         self.emit(.head(WebSocketHandshake.clientHead(head, requestID: current.requestID)), context: context)
@@ -524,8 +471,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             self.close()
             return
         }
-        self.decoderHeld = false
         self.tunnel = tunnel
+        let readOwed = self.state.tunnelStarted()
         let metrics = self.services.observability.metrics
         metrics.tunnelsActive.increment([handshake.routeName])
         tunnel.onEnd = { [weak self] totals in
@@ -538,28 +485,21 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         }
         tunnel.start()
         // Reads were held while the handshake was pending.
-        if self.readPending {
-            self.readPending = false
-            context.read()
-        }
+        if readOwed { context.read() }
     }
 
     // MARK: - Writing local responses
 
     private func writeLocal(_ response: LocalResponse, forceClose: Bool) {
         guard let context, let current = self.current else { return }
-        // An unread request body would be parsed as the next request: close instead of draining it.
-        let closing = forceClose || response.closeConnection || !current.keepAlive || self.quiescing
-            || current.bodyOutstanding
+        let closing = self.state.responseStarts(forceClose: forceClose || response.closeConnection)
+        let requestEnded = self.state.responseEnded()
         var headers = response.headers
         current.responseAdditions.stampLocalResponse(&headers, requestID: current.requestID, tls: self.services.listener.isTLS)
         if closing { headers.replaceOrAdd(name: "connection", value: "close") }
-        self.current!.responseStarted = true
-        self.current!.responseEnded = true
         self.current!.record.status = Int(response.status.code)
         self.current!.record.source = response.source
         self.current!.record.bytesOut += current.method == .HEAD ? 0 : response.body.readableBytes
-        if closing { self.current!.keepAlive = false }
         let version: HTTPVersion = current.version.major == 1 && current.version.minor == 0 ? .http1_0 : .http1_1
         self.emit(.head(HTTPResponseHead(version: version, status: response.status, headers: headers)), context: context)
         if current.method != .HEAD && response.body.readableBytes > 0 {
@@ -570,7 +510,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             self.log(self.current!)
             self.current!.record.logged = true
             if self.services.listener.isTLS {
-                self.closed = true
+                _ = self.state.close()
                 let loopBound = context.loopBound
                 let written = context.eventLoop.makePromise(of: Void.self)
                 self.emit(.end(nil), context: context, promise: written)
@@ -588,7 +528,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.emit(.end(nil), context: context)
         context.flush()
         // A bodiless request's `.end` may still be in flight; `endReceived` finishes it then.
-        if current.requestEnded { self.requestFinished() }
+        if requestEnded { self.requestFinished() }
     }
 
     // MARK: - Timers and closing
@@ -627,17 +567,18 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     /// an upstream connection forever; after `timeouts.idle` without a byte it is cut off. Time the
     /// gateway itself paused reading (upstream backpressure) does not count.
     private func bodyStallCheck(traffic: TrafficSettings) {
-        guard let current = self.current, current.bodyOutstanding else { return }
+        guard let current = self.current, let request = self.state.request, request.bodyOutstanding else { return }
         let idle = traffic.idleTimeout
         let silent = NIODeadline.now() - self.activity.lastRead
-        if self.bodyPaused || silent < idle {
-            self.arm(.bodyStall, after: self.bodyPaused ? idle : idle - silent, traffic: traffic)
+        let paused = self.state.bodyPaused
+        if paused || silent < idle {
+            self.arm(.bodyStall, after: paused ? idle : idle - silent, traffic: traffic)
             return
         }
         current.exchange?.cancel()
         self.current!.exchange = nil
         self.pendingStart = nil
-        if current.responseStarted {
+        if request.responseStarted {
             self.current!.record.source = .requestTimeout
             self.close()
         } else {
@@ -652,9 +593,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     private func headerTimedOut() {
         guard self.current == nil, let context else { return }
-        self.current = InFlight(
-            method: .GET, version: .http1_1, requestID: RequestIdentity.requestID(clientSupplied: nil), keepAlive: false
-        )
+        self.state.errorRequestStarted()
+        self.current = .forError()
         self.writeLocal(GatewayError.requestTimeout.response(requestID: self.current!.requestID, allocator: context.channel.allocator), forceClose: true)
     }
 
@@ -663,8 +603,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     }
 
     private func close() {
-        guard !self.closed, let context else { return }
-        self.closed = true
+        guard let context, self.state.close() else { return }
         context.close(promise: nil)
     }
 
@@ -681,8 +620,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             self.close()
             return
         }
-        guard !self.closed, let context else { return }
-        self.closed = true
+        guard let context, self.state.close() else { return }
         self.cancelTimer()
         context.close(mode: .output, promise: nil)
         let channel = context.channel
@@ -695,7 +633,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         guard !current.record.logged else { return }
         var record = current.record
         if record.requestID.isEmpty { record.requestID = current.requestID }
-        record.settle(responseComplete: current.responseEnded, exchange: current.exchange)
+        record.settle(responseComplete: self.state.request?.responseEnded ?? false, exchange: current.exchange)
         self.services.observability.finished(record, tlsVersion: self.services.tlsVersion)
     }
 
@@ -708,7 +646,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.pendingStart = nil
         self.current?.exchange?.cancel()
         self.current?.exchange = nil
-        self.queued.removeAll()
+        self.state.connectionEnded()
     }
 
     // MARK: - Upgrade
@@ -727,8 +665,9 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         case .end:
             guard self.decoderStopsAfterRequest else { return }
             self.decoderStopsAfterRequest = false
-            if self.queued.isEmpty, let current = self.current, !current.requestEnded, current.exchange?.webSocket != nil {
-                self.decoderHeld = true
+            if self.state.queued.isEmpty, let request = self.state.request, !request.requestEnded,
+               self.current?.exchange?.webSocket != nil {
+                self.state.holdDecoder()
                 return
             }
             self.replaceDecoder(context: context)
