@@ -6,9 +6,12 @@ worker on CPU 0, TLS with the same certificate, a static nginx upstream and the 
 each server and protocol, three fixed-count loads of N requests (`h2load --h1 -c 64` for HTTP/1.1,
 `h2load -c 16 -m 10` for HTTP/2), after a warm-up:
   1. mallocs per request (and those of 1 KiB or more): the server runs under the LD_PRELOAD counter
-     in benchmarks/budget/malloc-count.c, read with a real-time signal before and after;
+     in benchmarks/budget/malloc-count.c, read with a real-time signal before and after; in round 1,
+     over one more load, pthread mutex locks, Swift dynamic casts and retains (counted only then);
   2. system calls per request, by name: `strace -c` attached to every thread for the load;
-  3. user and system CPU µs per request: utime and stime of the process over the load.
+  3. user and system CPU µs per request: utime and stime of the process over the load, and its
+     minor page faults (kernel time that no system call shows: memory the allocator returned and
+     touches again).
 Counts are stable run to run; CPU µs vary with the machine's other work (medians of ROUNDS).
 
 Environment: N (default 20000), ROUNDS (default 3), SERVERS (default "gateway haproxy").
@@ -43,13 +46,14 @@ def load(port, protocol, n):
 
 
 def malloc_counts(pid, path):
+    """The counter's totals so far: {"mallocs", "large", "frees", "locks", "casts", "retains", "releases"}."""
     before = path.read_text().count("\n") if path.exists() else 0
     os.kill(pid, signal.SIGRTMIN + 3)
     deadline = time.time() + 5
     while time.time() < deadline:
         if path.exists() and path.read_text().count("\n") > before:
-            m = re.match(r"mallocs=(\d+) large=(\d+)", path.read_text().splitlines()[-1])
-            return int(m.group(1)), int(m.group(2))
+            line = path.read_text().splitlines()[-1]
+            return {key: int(value) for key, value in (field.split("=") for field in line.split())}
         time.sleep(0.02)
     raise RuntimeError("the allocation counter did not answer (is the server running under LD_PRELOAD?)")
 
@@ -72,9 +76,23 @@ def strace_counts(pid, port, protocol, d):
     return calls
 
 
+def call_counts(pid, port, protocol, path):
+    """Locks, dynamic casts and retains per request over one load, counted only for it (the
+    counting costs CPU the other loads must not pay)."""
+    os.kill(pid, signal.SIGRTMIN + 4)
+    try:
+        c0 = malloc_counts(pid, path)
+        load(port, protocol, N)
+        c1 = malloc_counts(pid, path)
+    finally:
+        os.kill(pid, signal.SIGRTMIN + 4)
+    return {key: (c1[key] - c0[key]) / N for key in ("locks", "casts", "retains", "releases")}
+
+
 def cpu_split(pid):
+    """utime and stime (ticks) and minor page faults of the process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])
+    return int(fields[11]), int(fields[12]), int(fields[7])
 
 
 def main():
@@ -97,14 +115,16 @@ def main():
                 peers.log(f"== round {rnd}: {server} (pid {pid})")
                 for protocol in PROTOCOLS:
                     load(port, protocol, 2000)  # warm-up: upstream connections, session caches
-                    m0, l0 = malloc_counts(pid, Path(f"{d}/counts.txt"))
-                    u0, s0 = cpu_split(pid)
+                    c0 = malloc_counts(pid, Path(f"{d}/counts.txt"))
+                    u0, s0, f0 = cpu_split(pid)
                     load(port, protocol, N)
-                    u1, s1 = cpu_split(pid)
-                    m1, l1 = malloc_counts(pid, Path(f"{d}/counts.txt"))
-                    row = {"mallocs": (m1 - m0) / N, "large": (l1 - l0) / N,
-                           "user_us": (u1 - u0) / peers.CLK_TCK * 1e6 / N, "sys_us": (s1 - s0) / peers.CLK_TCK * 1e6 / N}
+                    u1, s1, f1 = cpu_split(pid)
+                    c1 = malloc_counts(pid, Path(f"{d}/counts.txt"))
+                    row = {"mallocs": (c1["mallocs"] - c0["mallocs"]) / N, "large": (c1["large"] - c0["large"]) / N,
+                           "user_us": (u1 - u0) / peers.CLK_TCK * 1e6 / N, "sys_us": (s1 - s0) / peers.CLK_TCK * 1e6 / N,
+                           "faults": (f1 - f0) / N}
                     if rnd == 1:
+                        row |= call_counts(pid, port, protocol, Path(f"{d}/counts.txt"))
                         calls = strace_counts(pid, port, protocol, d)
                         row["syscalls"] = sum(calls.values()) / N
                         row["io"] = sum(v for k, v in calls.items() if k in IO_CALLS) / N
@@ -118,16 +138,17 @@ def main():
         subprocess.run(["rm", "-rf", d])
 
     lines = [f"Per request, N = {N} after a 2,000-request warm-up; mallocs and syscalls from round 1 "
-             f"(counts), CPU µs medians of {ROUNDS} rounds (utime/stime, 10 ms ticks).", "",
-             "| server | protocol | mallocs | ≥ 1 KiB | syscalls | I/O calls | writes | epoll | user µs | sys µs | top calls (per request) |",
-             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+             f"(counts; locks, casts and retains too), CPU µs medians of {ROUNDS} rounds (utime/stime, 10 ms ticks).", "",
+             "| server | protocol | mallocs | ≥ 1 KiB | locks | dynamic casts | retains | syscalls | I/O calls | writes | epoll | user µs | sys µs | page faults | top calls (per request) |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for (server, protocol), rows in results.items():
         first = rows[0]
         med = lambda key: statistics.median(r[key] for r in rows)
         top = ", ".join(f"{k} {v / N:.2f}" for k, v in first.get("top", []))
-        lines.append(f"| {server} | {protocol} | {med('mallocs'):.1f} | {med('large'):.2f} | {first['syscalls']:.2f} | "
+        lines.append(f"| {server} | {protocol} | {med('mallocs'):.1f} | {med('large'):.2f} | {first['locks']:.2f} | "
+                     f"{first['casts']:.2f} | {first['retains']:.0f} | {first['syscalls']:.2f} | "
                      f"{first['io']:.2f} | {first['writes']:.2f} | {first['epoll']:.2f} | {med('user_us'):.1f} | "
-                     f"{med('sys_us'):.1f} | {top} |")
+                     f"{med('sys_us'):.1f} | {med('faults'):.2f} | {top} |")
     table = "\n".join(lines)
     print(table)
     if SAVE:

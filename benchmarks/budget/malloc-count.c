@@ -1,11 +1,24 @@
 // An LD_PRELOAD allocation counter for the per-request budget (benchmarks/budget.sh and the
 // allocation guard in make test). Counts calls, not bytes' lifetimes: malloc, calloc, realloc,
 // the aligned allocators, and how many of those asked for 1 KiB or more. Real-time signal
-// SIGRTMIN+3 (HAProxy owns SIGUSR1/2) appends one line "mallocs=N large=N frees=N" to
-// $MALLOC_COUNT_FILE, so a running server can be read before and after a load without stopping it.
+// SIGRTMIN+3 (HAProxy owns SIGUSR1/2) appends one line
+// "mallocs=N large=N frees=N locks=N casts=N retains=N releases=N" to $MALLOC_COUNT_FILE, so a
+// running server can be read before and after a load without stopping it.
 // Forwards to glibc's own entry points (no dlsym: it allocates).
+//
+// The other counts are calls made through the dynamic linker, so they see what a program calls,
+// not what a library does inside itself: `pthread_mutex_lock` (NIO's locks; Swift's `Mutex` is
+// inline atomics and a futex, not counted), `swift_dynamicCast` (NIO's `NIOAny` unwrapping of
+// anything but bytes, `as?` on existentials) and `swift_retain`/`swift_release` (reference
+// counting; the runtime's own and `swift_bridgeObject*`'s are not counted). The Swift entry points
+// are found with dlsym once, in the constructor or at their first call. These are counted only
+// between two SIGRTMIN+4 (off at start): an atomic add on every retain is CPU time a load that
+// measures CPU must not pay.
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -19,7 +32,13 @@ extern void *__libc_realloc(void *, size_t);
 extern void *__libc_memalign(size_t, size_t);
 extern void __libc_free(void *);
 
-static atomic_ulong mallocs, large, frees;
+static atomic_ulong mallocs, large, frees, locks, casts, retains, releases;
+static atomic_bool counting_calls;
+
+static inline void count_call(atomic_ulong *counter) {
+    if (atomic_load_explicit(&counting_calls, memory_order_relaxed))
+        atomic_fetch_add_explicit(counter, 1, memory_order_relaxed);
+}
 
 static inline void count(size_t size) {
     atomic_fetch_add_explicit(&mallocs, 1, memory_order_relaxed);
@@ -40,6 +59,56 @@ int posix_memalign(void **out, size_t align, size_t size) {
     return 0;
 }
 
+extern int __pthread_mutex_lock(pthread_mutex_t *);
+
+int pthread_mutex_lock(pthread_mutex_t *mutex) {
+    count_call(&locks);
+    return __pthread_mutex_lock(mutex);
+}
+
+typedef bool (*dynamic_cast_fn)(void *, void *, const void *, const void *, size_t);
+typedef void *(*retain_fn)(void *);
+typedef void (*release_fn)(void *);
+static _Atomic(dynamic_cast_fn) real_dynamic_cast;
+static _Atomic(retain_fn) real_retain;
+static _Atomic(release_fn) real_release;
+
+static void *next_symbol(const char *name) {
+    void *symbol = dlsym(RTLD_NEXT, name);
+    if (!symbol) abort();  // only Swift programs call these, and they have the runtime loaded
+    return symbol;
+}
+
+bool swift_dynamicCast(void *dest, void *src, const void *srcType, const void *targetType, size_t flags) {
+    count_call(&casts);
+    dynamic_cast_fn real = atomic_load_explicit(&real_dynamic_cast, memory_order_relaxed);
+    if (!real) {
+        real = (dynamic_cast_fn)next_symbol("swift_dynamicCast");
+        atomic_store(&real_dynamic_cast, real);
+    }
+    return real(dest, src, srcType, targetType, flags);
+}
+
+void *swift_retain(void *object) {
+    count_call(&retains);
+    retain_fn real = atomic_load_explicit(&real_retain, memory_order_relaxed);
+    if (!real) {
+        real = (retain_fn)next_symbol("swift_retain");
+        atomic_store(&real_retain, real);
+    }
+    return real(object);
+}
+
+void swift_release(void *object) {
+    count_call(&releases);
+    release_fn real = atomic_load_explicit(&real_release, memory_order_relaxed);
+    if (!real) {
+        real = (release_fn)next_symbol("swift_release");
+        atomic_store(&real_release, real);
+    }
+    real(object);
+}
+
 static char *put(char *at, const char *text) { while (*text) *at++ = *text++; return at; }
 static char *put_number(char *at, unsigned long value) {
     char digits[24];
@@ -54,10 +123,14 @@ static void dump(int signo) {
     (void)signo;
     const char *path = getenv("MALLOC_COUNT_FILE");
     if (!path) return;
-    char line[128], *at = line;
+    char line[256], *at = line;
     at = put(at, "mallocs="); at = put_number(at, atomic_load(&mallocs));
     at = put(at, " large="); at = put_number(at, atomic_load(&large));
     at = put(at, " frees="); at = put_number(at, atomic_load(&frees));
+    at = put(at, " locks="); at = put_number(at, atomic_load(&locks));
+    at = put(at, " casts="); at = put_number(at, atomic_load(&casts));
+    at = put(at, " retains="); at = put_number(at, atomic_load(&retains));
+    at = put(at, " releases="); at = put_number(at, atomic_load(&releases));
     *at++ = '\n';
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd < 0) return;
@@ -66,10 +139,23 @@ static void dump(int signo) {
     close(fd);
 }
 
+static void toggle_call_counting(int signo) {
+    (void)signo;
+    atomic_store(&counting_calls, !atomic_load(&counting_calls));
+}
+
 __attribute__((constructor)) static void install(void) {
+    // Resolved before any thread runs where the runtime is loaded already (a Swift program).
+    void *cast = dlsym(RTLD_NEXT, "swift_dynamicCast"), *retain = dlsym(RTLD_NEXT, "swift_retain"),
+         *release = dlsym(RTLD_NEXT, "swift_release");
+    if (cast) atomic_store(&real_dynamic_cast, (dynamic_cast_fn)cast);
+    if (retain) atomic_store(&real_retain, (retain_fn)retain);
+    if (release) atomic_store(&real_release, (release_fn)release);
     struct sigaction action;
     memset(&action, 0, sizeof action);
     action.sa_handler = dump;
     action.sa_flags = SA_RESTART;
     sigaction(SIGRTMIN + 3, &action, NULL);
+    action.sa_handler = toggle_call_counting;
+    sigaction(SIGRTMIN + 4, &action, NULL);
 }
