@@ -10,26 +10,21 @@ import Testing
 struct HTTP1ConnectionStateMachineTests {
     typealias Machine = HTTP1ServerHandler.StateMachine
 
-    /// `#expect` cannot hold a mutating call; this takes its result.
-    static func expectThat(_ condition: Bool, sourceLocation: SourceLocation = #_sourceLocation) {
-        #expect(condition, sourceLocation: sourceLocation)
-    }
-
     static let head = HTTPServerRequestPart.head(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/"))
 
     /// A request decoded on an idle connection, its end too unless it has a body still coming.
     static func begin(_ machine: inout Machine, keepAlive: Bool = true, hasBody: Bool = false) {
-        Self.expectThat(machine.partDecoded(Self.head))
+        expectThat(machine.partDecoded(Self.head))
         machine.requestStarted(keepAliveRequested: keepAlive, hasBody: hasBody)
         guard !hasBody else { return }
-        Self.expectThat(machine.partDecoded(.end(nil)))
-        Self.expectThat(!machine.requestEnded())
+        expectThat(machine.partDecoded(.end(nil)))
+        expectThat(!machine.requestEnded())
     }
 
     /// The whole response to a request whose end is in: the request is finished.
     static func answer(_ machine: inout Machine) -> Machine.AfterRequest {
         _ = machine.responseStarts()
-        Self.expectThat(machine.responseEnded())
+        expectThat(machine.responseEnded())
         return machine.requestFinished().next
     }
 
@@ -50,34 +45,34 @@ struct HTTP1ConnectionStateMachineTests {
     @Test("A response written before the request body is all in closes the connection (the rest would parse as a request)")
     func answerBeforeBodyCloses() {
         var machine = Machine(maxQueuedRequests: 8)
-        Self.expectThat(machine.partDecoded(Self.head))
+        expectThat(machine.partDecoded(Self.head))
         machine.requestStarted(keepAliveRequested: true, hasBody: true)
-        Self.expectThat(machine.responseStarts())
-        Self.expectThat(!machine.responseEnded())
+        expectThat(machine.responseStarts())
+        expectThat(!machine.responseEnded())
         #expect(machine.exchangeFinished() == .closeAfterResponse)
         // The same request with its body in first stays keep-alive.
         var whole = Machine(maxQueuedRequests: 8)
-        Self.expectThat(whole.partDecoded(Self.head))
+        expectThat(whole.partDecoded(Self.head))
         whole.requestStarted(keepAliveRequested: true, hasBody: true)
-        Self.expectThat(whole.partDecoded(.body(ByteBuffer(string: "x"))))
-        Self.expectThat(whole.partDecoded(.end(nil)))
-        Self.expectThat(!whole.requestEnded())
-        Self.expectThat(!whole.responseStarts())
-        Self.expectThat(whole.responseEnded())
+        expectThat(whole.partDecoded(.body(ByteBuffer(string: "x"))))
+        expectThat(whole.partDecoded(.end(nil)))
+        expectThat(!whole.requestEnded())
+        expectThat(!whole.responseStarts())
+        expectThat(whole.responseEnded())
         #expect(whole.exchangeFinished() == .requestFinished)
-        Self.expectThat(whole.requestFinished().next == .serveQueued)
+        expectThat(whole.requestFinished().next == .serveQueued)
     }
 
     @Test("A close-delimited response ends the connection even when keep-alive was asked")
     func closeDelimited() {
         var machine = Machine(maxQueuedRequests: 8)
-        Self.expectThat(machine.partDecoded(Self.head))
+        expectThat(machine.partDecoded(Self.head))
         machine.requestStarted(keepAliveRequested: true, hasBody: false)
-        Self.expectThat(!machine.requestEnded())
-        Self.expectThat(!machine.responseStarts())
+        expectThat(!machine.requestEnded())
+        expectThat(!machine.responseStarts())
         machine.responseIsCloseDelimited()
-        Self.expectThat(machine.responseEnded())
-        Self.expectThat(machine.requestFinished().next == .closeAfterResponse)
+        expectThat(machine.responseEnded())
+        expectThat(machine.requestFinished().next == .closeAfterResponse)
     }
 
     @Test("Parts after a complete request wait in order and are served after its response")
@@ -86,12 +81,12 @@ struct HTTP1ConnectionStateMachineTests {
         Self.begin(&machine)
         // Two pipelined requests: queued, not served.
         for _ in 0..<2 {
-            Self.expectThat(!machine.partDecoded(Self.head))
-            Self.expectThat(!machine.partDecoded(.end(nil)))
+            expectThat(!machine.partDecoded(Self.head))
+            expectThat(!machine.partDecoded(.end(nil)))
         }
         // Nothing is taken from the queue while the first waits for its response.
-        Self.expectThat(machine.nextQueuedPart() == nil)
-        Self.expectThat(Self.answer(&machine) == .serveQueued)
+        expectThat(machine.nextQueuedPart() == nil)
+        expectThat(Self.answer(&machine) == .serveQueued)
         guard case .head = machine.nextQueuedPart() else {
             Issue.record("the queued head comes first")
             return
@@ -101,9 +96,9 @@ struct HTTP1ConnectionStateMachineTests {
             Issue.record("then its end")
             return
         }
-        Self.expectThat(!machine.requestEnded())
+        expectThat(!machine.requestEnded())
         // Its end is in: the next head stays queued until this response is done.
-        Self.expectThat(machine.nextQueuedPart() == nil)
+        expectThat(machine.nextQueuedPart() == nil)
         #expect(machine.queued.count == 2)
     }
 
@@ -111,12 +106,12 @@ struct HTTP1ConnectionStateMachineTests {
     func cut() {
         var machine = Machine(maxQueuedRequests: 1)
         Self.begin(&machine)
-        Self.expectThat(!machine.partDecoded(Self.head))
-        Self.expectThat(!machine.partDecoded(.end(nil)))
-        Self.expectThat(!machine.partDecoded(Self.head))  // one too many: the cut
+        expectThat(!machine.partDecoded(Self.head))
+        expectThat(!machine.partDecoded(.end(nil)))
+        expectThat(!machine.partDecoded(Self.head))  // one too many: the cut
         #expect(machine.queued.discarding)
-        Self.expectThat(!machine.partDecoded(.end(nil)))
-        Self.expectThat(Self.answer(&machine) == .serveQueued)
+        expectThat(!machine.partDecoded(.end(nil)))
+        expectThat(Self.answer(&machine) == .serveQueued)
         _ = machine.nextQueuedPart()
         machine.requestStarted(keepAliveRequested: true, hasBody: false)
         #expect(machine.request?.keepAlive == false)
@@ -126,77 +121,77 @@ struct HTTP1ConnectionStateMachineTests {
     func brokenInputAfterRequests() {
         var machine = Machine(maxQueuedRequests: 8)
         Self.begin(&machine)
-        Self.expectThat(machine.parseFailed(.badRequest("malformed HTTP request")) == .answerAfterQueued)
+        expectThat(machine.parseFailed(.badRequest("malformed HTTP request")) == .answerAfterQueued)
         // Not while the request is in flight.
-        Self.expectThat(machine.takeBrokenInput() == nil)
+        expectThat(machine.takeBrokenInput() == nil)
         _ = machine.responseStarts()
-        Self.expectThat(machine.responseEnded())
+        expectThat(machine.responseEnded())
         _ = machine.requestFinished()
-        Self.expectThat(machine.takeBrokenInput() != nil)
-        Self.expectThat(machine.takeBrokenInput() == nil)
+        expectThat(machine.takeBrokenInput() != nil)
+        expectThat(machine.takeBrokenInput() == nil)
     }
 
     @Test("A parse error mid-request is answered and closes, or cuts a response already started")
     func parseErrorMidRequest() {
         var idle = Machine(maxQueuedRequests: 8)
-        Self.expectThat(idle.parseFailed(.headersTooLarge) == .answerAndClose)
+        expectThat(idle.parseFailed(.headersTooLarge) == .answerAndClose)
         #expect(idle.request != nil)
-        Self.expectThat(idle.responseStarts())
+        expectThat(idle.responseStarts())
 
         var streaming = Machine(maxQueuedRequests: 8)
-        Self.expectThat(streaming.partDecoded(Self.head))
+        expectThat(streaming.partDecoded(Self.head))
         streaming.requestStarted(keepAliveRequested: true, hasBody: true)
         _ = streaming.responseStarts()
-        Self.expectThat(streaming.parseFailed(.badRequest("malformed HTTP request")) == .abort)
+        expectThat(streaming.parseFailed(.badRequest("malformed HTTP request")) == .abort)
     }
 
     @Test("Reads go on while a response is pending, and stop once pipelined parts pile up")
     func readGating() {
         var machine = Machine(maxQueuedRequests: 64)
-        Self.expectThat(machine.readRequested(writable: true))
+        expectThat(machine.readRequested(writable: true))
         Self.begin(&machine)
-        Self.expectThat(machine.readRequested(writable: true))
+        expectThat(machine.readRequested(writable: true))
         for _ in 0..<(Machine.maxQueuedParts / 2) {
             _ = machine.partDecoded(Self.head)
             _ = machine.partDecoded(.end(nil))
         }
-        Self.expectThat(!machine.readRequested(writable: true))
+        expectThat(!machine.readRequested(writable: true))
         // Nothing changed: the read stays owed.
-        Self.expectThat(!machine.readMayResume(writable: true))
+        expectThat(!machine.readMayResume(writable: true))
         _ = machine.responseStarts()
-        Self.expectThat(machine.responseEnded())
+        expectThat(machine.responseEnded())
         _ = machine.requestFinished()
         while machine.nextQueuedPart() != nil {}
-        Self.expectThat(machine.readMayResume(writable: true))
+        expectThat(machine.readMayResume(writable: true))
         // Owed once, done once.
-        Self.expectThat(!machine.readMayResume(writable: true))
+        expectThat(!machine.readMayResume(writable: true))
     }
 
     @Test("A client that does not read its responses stops being read; a request body is read regardless")
     func slowReader() {
         var machine = Machine(maxQueuedRequests: 8)
-        Self.expectThat(!machine.readRequested(writable: false))
-        Self.expectThat(machine.readMayResume(writable: true))
-        Self.expectThat(machine.partDecoded(Self.head))
+        expectThat(!machine.readRequested(writable: false))
+        expectThat(machine.readMayResume(writable: true))
+        expectThat(machine.partDecoded(Self.head))
         machine.requestStarted(keepAliveRequested: true, hasBody: true)
         // The body must come in for the response to be sent at all.
-        Self.expectThat(machine.readRequested(writable: false))
+        expectThat(machine.readRequested(writable: false))
     }
 
     @Test("Upstream backpressure on the body holds reads until it lifts; the request's end lifts it too")
     func bodyBackpressure() {
         var machine = Machine(maxQueuedRequests: 8)
-        Self.expectThat(machine.partDecoded(Self.head))
+        expectThat(machine.partDecoded(Self.head))
         machine.requestStarted(keepAliveRequested: true, hasBody: true)
         machine.pauseRequestBody()
-        Self.expectThat(!machine.readRequested(writable: true))
+        expectThat(!machine.readRequested(writable: true))
         machine.resumeRequestBody()
-        Self.expectThat(machine.readMayResume(writable: true))
+        expectThat(machine.readMayResume(writable: true))
         machine.pauseRequestBody()
-        Self.expectThat(machine.partDecoded(.end(nil)))
-        Self.expectThat(!machine.requestEnded())
+        expectThat(machine.partDecoded(.end(nil)))
+        expectThat(!machine.requestEnded())
         _ = machine.responseStarts()
-        Self.expectThat(machine.responseEnded())
+        expectThat(machine.responseEnded())
         _ = machine.requestFinished()
         #expect(!machine.bodyPaused)
     }
@@ -204,21 +199,21 @@ struct HTTP1ConnectionStateMachineTests {
     @Test("A held WebSocket decoder holds reads; a tunnel gets the owed read, a refusal replaces the decoder")
     func heldDecoder() {
         var tunnel = Machine(maxQueuedRequests: 8)
-        Self.expectThat(tunnel.partDecoded(Self.head))
+        expectThat(tunnel.partDecoded(Self.head))
         tunnel.requestStarted(keepAliveRequested: true, hasBody: false)
         tunnel.holdDecoder()
-        Self.expectThat(!tunnel.readRequested(writable: true))
-        Self.expectThat(tunnel.tunnelStarted())
-        Self.expectThat(tunnel.readRequested(writable: true))
+        expectThat(!tunnel.readRequested(writable: true))
+        expectThat(tunnel.tunnelStarted())
+        expectThat(tunnel.readRequested(writable: true))
         #expect(!tunnel.decoderHeld)
 
         var refused = Machine(maxQueuedRequests: 8)
-        Self.expectThat(refused.partDecoded(Self.head))
+        expectThat(refused.partDecoded(Self.head))
         refused.requestStarted(keepAliveRequested: true, hasBody: false)
         refused.holdDecoder()
-        Self.expectThat(!refused.requestEnded())
+        expectThat(!refused.requestEnded())
         _ = refused.responseStarts()
-        Self.expectThat(refused.responseEnded())
+        expectThat(refused.responseEnded())
         let finished = refused.requestFinished()
         #expect(finished.replaceDecoder)
         #expect(finished.next == .serveQueued)
@@ -227,17 +222,17 @@ struct HTTP1ConnectionStateMachineTests {
     @Test("Draining closes an idle connection at once and a busy one after its response")
     func quiescing() {
         var idle = Machine(maxQueuedRequests: 8)
-        Self.expectThat(idle.quiesce())
+        expectThat(idle.quiesce())
 
         var busy = Machine(maxQueuedRequests: 8)
-        Self.expectThat(busy.partDecoded(Self.head))
+        expectThat(busy.partDecoded(Self.head))
         busy.requestStarted(keepAliveRequested: true, hasBody: false)
-        Self.expectThat(!busy.quiesce())
-        Self.expectThat(busy.responseStarts())
+        expectThat(!busy.quiesce())
+        expectThat(busy.responseStarts())
         #expect(busy.request?.keepAlive == false)
-        Self.expectThat(!busy.responseEnded())
-        Self.expectThat(busy.requestEnded())
-        Self.expectThat(busy.requestFinished().next == .closeAfterResponse)
+        expectThat(!busy.responseEnded())
+        expectThat(busy.requestEnded())
+        expectThat(busy.requestFinished().next == .closeAfterResponse)
         // A request that starts while draining is not kept alive either.
         var late = Machine(maxQueuedRequests: 8)
         _ = late.quiesce()
@@ -248,10 +243,10 @@ struct HTTP1ConnectionStateMachineTests {
     @Test("Closing happens once; after it, parts are dropped and nothing is served")
     func closing() {
         var machine = Machine(maxQueuedRequests: 8)
-        Self.expectThat(machine.close())
-        Self.expectThat(!machine.close())
-        Self.expectThat(!machine.partDecoded(Self.head))
-        Self.expectThat(machine.nextQueuedPart() == nil)
-        Self.expectThat(!machine.readRequested(writable: true))
+        expectThat(machine.close())
+        expectThat(!machine.close())
+        expectThat(!machine.partDecoded(Self.head))
+        expectThat(machine.nextQueuedPart() == nil)
+        expectThat(!machine.readRequested(writable: true))
     }
 }

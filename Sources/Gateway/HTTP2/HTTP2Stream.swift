@@ -5,6 +5,10 @@ import NIOHTTP1
 /// HTTP/1.1, and is the `DownstreamResponder` of its `ProxyExchange`. Response bytes wait in a
 /// small per-stream buffer that nghttp2's data provider drains as flow control allows; above the
 /// high watermark the exchange pauses upstream reads, so a slow reader costs bounded memory.
+///
+/// Where the stream is and how it answers (a response or a reset, credit now or later, end or
+/// wait) is `StateMachine`'s, tested without a session; this class does the I/O and keeps the
+/// request's data.
 final class HTTP2Stream: DownstreamResponder {
     enum ReadResult {
         case bytes(Int, end: Bool)
@@ -23,20 +27,14 @@ final class HTTP2Stream: DownstreamResponder {
     private var headerBytes = 0
     private var headersTooLarge = false
     private var invalidHeader = false
-    private(set) var headComplete = false
     private var requestID = ""
     private var hasBody = false
-    private(set) var requestEndReceived = false
     /// When more request body must have arrived; nil once the request is complete.
     private var bodyDueBy: NIODeadline?
-    /// The body stalled and was answered 408: the stream is reset once that response is out.
-    private(set) var resetsWhenAnswered = false
     /// `timeouts.idle` of the snapshot the stream started with (read once, not per DATA frame).
     private let idleTimeout: TimeAmount
     private var bodyBytes = 0
     private var exchange: ProxyExchange?
-    private var bodyPaused = false
-    private var unconsumed = 0
     private var isHEAD = false
     private var responseAdditions = ResponseAdditions.none
     private var record = RequestRecord(method: "-", target: "-", protocolName: "HTTP/2")
@@ -45,13 +43,13 @@ final class HTTP2Stream: DownstreamResponder {
     /// Set once an extended CONNECT became a WebSocket tunnel: DATA frames carry its bytes.
     private var tunnel: ByteTunnel?
 
-    // Response side
-    private var responseSubmitted = false
     private var responseQueue = ResponseBytes()
-    private var responseComplete = false
-    private var dataDeferred = false
-    private var wasOverHighWater = false
-    private var isClosed = false
+    private var state = StateMachine()
+
+    var headComplete: Bool { self.state.headComplete }
+    /// The body stalled and was answered 408: the stream is reset once that response is out.
+    var resetsWhenAnswered: Bool { self.state.resetsWhenAnswered }
+    private var isClosed: Bool { self.state.closed }
 
     init(id: Int32, connection: HTTP2ServerHandler) {
         self.id = id
@@ -99,10 +97,8 @@ final class HTTP2Stream: DownstreamResponder {
     }
 
     func headersComplete(endStream: Bool) {
-        self.headComplete = true
         self.record = RequestRecord(method: self.method ?? "-", target: self.path ?? "-", protocolName: "HTTP/2")
-        self.requestEndReceived = endStream
-        if !endStream { self.expectBody() }
+        if self.state.headersComplete(endStream: endStream) { self.expectBody() }
         let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
         if self.headersTooLarge || self.invalidHeader || self.method == nil || self.path == nil {
             self.requestID = RequestIdentity.requestID(clientSupplied: self.headers.first(name: "x-request-id"))
@@ -160,37 +156,33 @@ final class HTTP2Stream: DownstreamResponder {
             return
         }
         let count = body.readableBytes
-        if !self.requestEndReceived { self.expectBody() }
+        if !self.state.requestEnded { self.expectBody() }
         self.bodyBytes += count
         self.record.bytesIn += count
         guard let exchange = self.exchange else {
             // Answered locally: the body is dropped, but its window is given back.
-            self.connection.consume(streamID: self.id, count: count)
+            self.connection.consume(streamID: self.id, count: self.state.bodyReceived(count: count, forwarded: false))
             return
         }
         if self.bodyBytes > self.connection.services.runtime.traffic.maxBodyBytes {
             exchange.cancel()
             self.exchange = nil
-            if self.responseSubmitted {
+            switch self.state.refusal {
+            case .reset:
                 self.record.source = .payloadTooLarge
                 self.connection.resetStream(self.id, internalError: false)
-            } else {
+            case .respond:
                 let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
                 self.respondLocally(GatewayError.payloadTooLarge.response(requestID: self.requestID, trace: self.record.trace, allocator: allocator))
             }
             return
         }
         exchange.requestBodyReceived(body)
-        if self.bodyPaused {
-            self.unconsumed += count
-        } else {
-            self.connection.consume(streamID: self.id, count: count)
-        }
+        self.connection.consume(streamID: self.id, count: self.state.bodyReceived(count: count, forwarded: true))
     }
 
     func requestEnded() {
-        guard !self.requestEndReceived else { return }
-        self.requestEndReceived = true
+        guard self.state.requestEndReceived() else { return }
         // END_STREAM from the client ends its half of the tunnel: like a FIN, the whole tunnel.
         self.tunnel?.end(reason: "client_closed")
         self.bodyDueBy = nil
@@ -223,19 +215,22 @@ final class HTTP2Stream: DownstreamResponder {
     /// upstream that answered early) is kept only while that body keeps arriving.
     func bodyStalled() {
         self.bodyDueBy = nil
-        guard !self.isClosed, !self.requestEndReceived else { return }
+        let answer = self.state.bodyStalled(responseBytesQueued: !self.responseQueue.isEmpty)
+        guard answer != .none else { return }
         if let exchange = self.exchange {
             self.record.note(exchange)
             self.exchange = nil
             exchange.cancel()
         }
-        if self.responseComplete && self.responseQueue.isEmpty {
+        switch answer {
+        case .none:
+            break
+        case .resetWithoutError:
             self.connection.resetWithoutError(self.id)
-        } else if self.responseSubmitted {
+        case .reset:
             self.record.source = .requestTimeout
             self.connection.resetStream(self.id, internalError: false)
-        } else {
-            self.resetsWhenAnswered = true
+        case .respondRequestTimeout:
             let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
             self.respondLocally(GatewayError.bodyTimeout.response(requestID: self.requestID, trace: self.record.trace, allocator: allocator))
         }
@@ -243,7 +238,7 @@ final class HTTP2Stream: DownstreamResponder {
 
     /// The stream is gone (completed, reset by the client, or the connection closed).
     func closed() {
-        self.isClosed = true
+        _ = self.state.close()
         self.bodyDueBy = nil
         self.tunnel?.end(reason: "client_closed")
         if let exchange = self.exchange {
@@ -254,7 +249,7 @@ final class HTTP2Stream: DownstreamResponder {
         if self.headComplete && !self.record.logged {
             self.record.logged = true
             if self.record.requestID.isEmpty { self.record.requestID = self.requestID }
-            self.record.settle(responseComplete: self.responseComplete && self.responseQueue.isEmpty, exchange: nil)
+            self.record.settle(responseComplete: self.state.responseDelivered(responseBytesQueued: !self.responseQueue.isEmpty), exchange: nil)
             self.connection.services.observability.finished(self.record, tlsVersion: self.connection.services.tlsVersion)
         }
         self.responseQueue.removeAll()
@@ -267,8 +262,7 @@ final class HTTP2Stream: DownstreamResponder {
         self.responseAdditions.stampLocalResponse(&headers, requestID: self.requestID, tls: self.connection.services.listener.isTLS)
         let hasBody = !self.isHEAD && response.body.readableBytes > 0
         if hasBody { self.responseQueue.append(response.body) }
-        self.responseComplete = true
-        self.responseSubmitted = true
+        self.state.responseStarts(bodiless: true)
         self.record.status = Int(response.status.code)
         self.record.source = response.source
         if hasBody { self.record.bytesOut += response.body.readableBytes }
@@ -280,20 +274,17 @@ final class HTTP2Stream: DownstreamResponder {
 
     func readResponse(into buffer: UnsafeMutableRawBufferPointer) -> ReadResult {
         let written = self.responseQueue.read(into: buffer)
-        if self.wasOverHighWater && self.responseQueue.byteCount <= self.connection.settings.streamBufferLowWater {
+        if self.state.wasOverHighWater && self.responseQueue.byteCount <= self.connection.settings.streamBufferLowWater {
             self.connection.noteDrained(self)
         }
-        if self.responseQueue.isEmpty && self.responseComplete { return .bytes(written, end: true) }
-        if written == 0 {
-            self.dataDeferred = true
-            return .deferred
+        switch self.state.responseRead(written: written, queueEmpty: self.responseQueue.isEmpty) {
+        case .bytes(let count, let end): return .bytes(count, end: end)
+        case .deferred: return .deferred
         }
-        return .bytes(written, end: false)
     }
 
     func responseBufferDrained() {
-        guard self.wasOverHighWater else { return }
-        self.wasOverHighWater = false
+        guard self.state.drained() else { return }
         self.exchange?.downstreamWritabilityChanged(isWritable: true)
         self.tunnel?.writabilityChanged(of: .client, isWritable: true)
     }
@@ -306,17 +297,14 @@ final class HTTP2Stream: DownstreamResponder {
     }
 
     private func dataAvailable() {
-        if self.dataDeferred {
-            self.dataDeferred = false
-            self.connection.resumeData(streamID: self.id)
-        }
+        if self.state.dataAvailable() { self.connection.resumeData(streamID: self.id) }
     }
 
     // MARK: - DownstreamResponder
 
     var isWritable: Bool {
         let writable = self.responseQueue.byteCount < self.connection.settings.streamBufferHighWater && self.connection.channelIsWritable
-        if !writable { self.wasOverHighWater = true }
+        if !writable { self.state.wentOverHighWater() }
         return writable
     }
 
@@ -345,10 +333,9 @@ final class HTTP2Stream: DownstreamResponder {
             self.respondLocally(GatewayError.badUpstreamResponse.response(requestID: self.requestID, allocator: allocator))
             return nil
         }
-        self.responseSubmitted = true
         self.record.status = code
         let bodiless = self.isHEAD || code == 204 || code == 304
-        if bodiless { self.responseComplete = true }
+        self.state.responseStarts(bodiless: bodiless)
         return !bodiless
     }
 
@@ -363,7 +350,7 @@ final class HTTP2Stream: DownstreamResponder {
 
     func sendResponseEnd(for exchange: ProxyExchange) {
         guard !self.isClosed else { return }
-        self.responseComplete = true
+        self.state.responseEnded()
         self.dataAvailable()
         self.connection.flushSoon()
     }
@@ -372,22 +359,21 @@ final class HTTP2Stream: DownstreamResponder {
         guard !self.isClosed else { return }
         if let exchange = self.exchange { self.record.note(exchange) }
         self.exchange = nil
-        if self.responseSubmitted {
+        switch self.state.refusal {
+        case .reset:
             self.connection.resetStream(self.id, internalError: true)
-            return
+        case .respond:
+            let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
+            self.respondLocally(error.response(requestID: self.requestID, allocator: allocator))
         }
-        let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
-        self.respondLocally(error.response(requestID: self.requestID, allocator: allocator))
     }
 
-    func pauseRequestBody(for exchange: ProxyExchange) { self.bodyPaused = true }
+    func pauseRequestBody(for exchange: ProxyExchange) { self.state.pauseBody() }
 
     func resumeRequestBody(for exchange: ProxyExchange) {
-        self.bodyPaused = false
-        if !self.requestEndReceived && !self.isClosed { self.expectBody() }
-        let count = self.unconsumed
-        self.unconsumed = 0
-        self.connection.consume(streamID: self.id, count: count)
+        let credit = self.state.resumeBody()
+        if !self.state.requestEnded && !self.isClosed { self.expectBody() }
+        self.connection.consume(streamID: self.id, count: credit)
     }
 
     func abortResponse(for exchange: ProxyExchange) {
@@ -426,7 +412,7 @@ extension HTTP2Stream: TunnelSide {
         // The stream stays open both ways: its DATA frames are the tunnel from here.
         self.tunnel = tunnel
         self.bodyDueBy = nil
-        self.responseSubmitted = true
+        self.state.responseStarts(bodiless: false)
         self.record.status = 200
         var fields = WebSocketHandshake.extendedConnectResponseFields(head)
         ResponseAdditions.none.stampLocalResponse(&fields, requestID: self.requestID, tls: self.connection.services.listener.isTLS)
@@ -449,11 +435,7 @@ extension HTTP2Stream: TunnelSide {
         tunnel.relay(body, from: .client)
         tunnel.readComplete(from: .client)
         // The window reopens only as fast as the upstream takes the bytes.
-        if self.bodyPaused {
-            self.unconsumed += count
-        } else {
-            self.connection.consume(streamID: self.id, count: count)
-        }
+        self.connection.consume(streamID: self.id, count: self.state.bodyReceived(count: count, forwarded: true))
     }
 
     func send(_ buffer: ByteBuffer) {
@@ -465,20 +447,18 @@ extension HTTP2Stream: TunnelSide {
 
     func flush() { self.connection.flushSoon() }
 
-    func pauseReads() { self.bodyPaused = true }
+    func pauseReads() { self.state.pauseBody() }
 
     func resumeReads() {
-        guard self.bodyPaused else { return }
-        self.bodyPaused = false
-        let count = self.unconsumed
-        self.unconsumed = 0
-        if count > 0, !self.isClosed { self.connection.consume(streamID: self.id, count: count) }
+        guard self.state.bodyPaused else { return }
+        let credit = self.state.resumeBody()
+        if !self.isClosed { self.connection.consume(streamID: self.id, count: credit) }
     }
 
     /// END_STREAM once the relayed bytes are out (the upstream closed, idle, drain).
     func close() {
         guard !self.isClosed else { return }
-        self.responseComplete = true
+        self.state.responseEnded()
         self.dataAvailable()
         self.connection.flushSoon()
     }
