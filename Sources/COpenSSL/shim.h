@@ -14,6 +14,21 @@
 #include <openssl/bn.h>
 #include <openssl/hmac.h>
 #include <openssl/crypto.h>
+#include <openssl/sha.h>
+
+/*
+ * SHA-256 of `length` bytes into `out` (32 bytes), on a context on the stack. The EVP one-shot
+ * (`EVP_Digest`) allocates a digest context per call, two mallocs in OpenSSL 3.0, and `SHA256()`
+ * three; this allocates none. OpenSSL 3 deprecates the low-level digest functions (new code is to
+ * reach algorithms through providers) but keeps them; SHA-256 itself never changes.
+ */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+static inline int gw_sha256(const void *data, size_t length, unsigned char *out) {
+    SHA256_CTX context;
+    return SHA256_Init(&context) && SHA256_Update(&context, data, length) && SHA256_Final(out, &context);
+}
+#pragma GCC diagnostic pop
 
 /* EVP_PKEY_PUBLIC_KEY is a composite macro; selection for EVP_PKEY_fromdata. */
 static inline int gw_EVP_PKEY_PUBLIC_KEY(void) { return EVP_PKEY_PUBLIC_KEY; }

@@ -312,17 +312,15 @@ enum HMACSHA2 {
 
 /// SHA-256 of a byte string (cache keys).
 enum SHA256Digest {
+    /// Computed into four words on the stack: no allocation per token (the cache key of every
+    /// request that carries one).
     static func hash(_ bytes: UnsafeBufferPointer<UInt8>) -> TokenDigest {
-        var out = [UInt8](repeating: 0, count: 32)
-        var length: UInt32 = 0
-        let ok = EVP_Digest(bytes.baseAddress, bytes.count, &out, &length, FetchedDigests.shared.sha256, nil)
-        precondition(ok == 1 && length == 32, "SHA-256 failed")
-        return out.withUnsafeBytes { raw in
-            TokenDigest(a: raw.loadUnaligned(fromByteOffset: 0, as: UInt64.self),
-                        b: raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self),
-                        c: raw.loadUnaligned(fromByteOffset: 16, as: UInt64.self),
-                        d: raw.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
+        var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        let ok = withUnsafeMutableBytes(of: &words) { out in
+            gw_sha256(bytes.baseAddress, bytes.count, out.baseAddress!.assumingMemoryBound(to: UInt8.self))
         }
+        precondition(ok == 1, "SHA-256 failed")
+        return TokenDigest(a: words.0, b: words.1, c: words.2, d: words.3)
     }
 }
 

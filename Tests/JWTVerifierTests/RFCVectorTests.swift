@@ -70,3 +70,32 @@ import Testing
         #expect(thrownError { try verifier.verify(token, now: Self.now) } == .malformed)
     }
 }
+
+/// The token cache's key: SHA-256 (FIPS 180-4 test vectors), computed on the stack.
+@Suite("Token digest")
+struct TokenDigestTests {
+    static func digest(_ text: String) -> TokenDigest {
+        Array(text.utf8).withUnsafeBufferPointer { SHA256Digest.hash($0) }
+    }
+
+    /// The four words as the digest's 32 bytes, in order.
+    static func hex(_ digest: TokenDigest) -> String {
+        withUnsafeBytes(of: (digest.a, digest.b, digest.c, digest.d)) { bytes in
+            bytes.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+        }
+    }
+
+    @Test("FIPS 180-4 vectors: empty, \"abc\", and the two-block message")
+    func vectors() {
+        #expect(Self.hex(Self.digest("")) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        #expect(Self.hex(Self.digest("abc")) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(Self.hex(Self.digest("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"))
+            == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
+    }
+
+    @Test("Different tokens give different keys; the same token the same key")
+    func keys() {
+        #expect(Self.digest("a.b.c") == Self.digest("a.b.c"))
+        #expect(Self.digest("a.b.c") != Self.digest("a.b.d"))
+    }
+}
