@@ -34,8 +34,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     /// into a `NIOAny` nor passed through a separate encoder handler.
     typealias OutboundOut = IOData
 
-    /// The data of the request in flight; where its halves are is `state.request`, and the two
-    /// exist together (`begin`, `requestFinished`).
+    /// The data of the request in flight; where its halves are is `state.request`. The two exist
+    /// together: made in `startRequest` or `beginErrorRequest`, ended in `requestFinished`.
     private struct InFlight {
         var method: HTTPMethod
         var version: HTTPVersion
@@ -192,7 +192,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
                     self.pendingStart = nil
                     self.current!.exchange = nil
                 }
-                if self.current == nil { self.current = .forError() }
+                self.beginErrorRequest()
                 self.writeLocal(gatewayError.response(requestID: self.current!.requestID, allocator: context.channel.allocator), forceClose: true)
             }
             return
@@ -241,6 +241,12 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         case .end:
             self.endReceived()
         }
+    }
+
+    /// A request made up to carry an answer to input with no usable head (unless one is in flight).
+    private func beginErrorRequest() {
+        self.state.errorRequestStarted()
+        if self.current == nil { self.current = .forError() }
     }
 
     private func startRequest(_ head: HTTPRequestHead) {
@@ -338,8 +344,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         }
         if self.state.closed { return }
         if let error = self.state.takeBrokenInput(), let context {
-            self.state.errorRequestStarted()
-            self.current = .forError()
+            self.beginErrorRequest()
             self.writeLocal(error.response(requestID: self.current!.requestID, allocator: context.channel.allocator), forceClose: true)
             return
         }
@@ -593,8 +598,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     private func headerTimedOut() {
         guard self.current == nil, let context else { return }
-        self.state.errorRequestStarted()
-        self.current = .forError()
+        self.beginErrorRequest()
         self.writeLocal(GatewayError.requestTimeout.response(requestID: self.current!.requestID, allocator: context.channel.allocator), forceClose: true)
     }
 
