@@ -31,6 +31,26 @@ struct ObservabilityTests {
         #expect(text.contains("gateway_redis_errors_total 0"))
     }
 
+    @Test("A resolved series counts into its family: merged with label-counted values, shown only once counted, kept across resolutions")
+    func resolvedSeries() {
+        let family = LabeledCounter(labelNames: ["policy", "decision"])
+        let allowed = family.series(["per_ip", "allowed"])
+        let denied = family.series(["per_ip", "denied"])
+        // Resolved but never counted: no series yet, as with label-counted values.
+        #expect(family.snapshot().isEmpty)
+        allowed.increment()
+        allowed.increment()
+        family.increment(["per_ip", "allowed"])
+        #expect(family.value(["per_ip", "allowed"]) == 3)
+        #expect(family.value(["per_ip", "denied"]) == 0)
+        // A reload resolves the same labels again: the same series, so the count continues.
+        #expect(family.series(["per_ip", "allowed"]) === allowed)
+        denied.increment()
+        let rows = family.snapshot()
+        #expect(rows.map(\.0) == [["per_ip", "allowed"], ["per_ip", "denied"]])
+        #expect(rows.map(\.1) == [3, 1])
+    }
+
     @Test func histogramBucketsAreCumulative() {
         let histogram = LatencyHistogram(buckets: [0.001, 0.01, 0.1])
         for value in [0.0005, 0.005, 0.005, 0.05, 5] { histogram.observe(seconds: value) }

@@ -121,13 +121,41 @@ final class RateLimitService: Sendable {
     let metrics: GatewayMetrics?
     /// Latency of the last Redis decision, in microseconds (`/health/detailed`).
     let lastRedisMicros = Atomic<Int>(-1)
+    /// `gateway_ratelimit_decisions_total`'s series of each policy, by `Verdict`.
+    private let decisionSeries: [String: [CounterSeries]]
 
-    init(backend: Backend, failOpen: Bool, headerStyle: RateLimiter.RateLimitHeaderStyle, exempt: [IPNetwork], metrics: GatewayMetrics?) {
+    /// What a decision meant for one policy, as `gateway_ratelimit_decisions_total{decision}` says it.
+    enum Verdict: Int, CaseIterable {
+        case allowed, denied, shadowDenied, notCounted
+
+        var label: String {
+            switch self {
+            case .allowed: "allowed"
+            case .denied: "denied"
+            case .shadowDenied: "shadow_denied"
+            case .notCounted: "not_counted"
+            }
+        }
+    }
+
+    /// - Parameter policyNames: every policy a request may be counted under (its series are
+    ///   resolved here, once).
+    init(
+        backend: Backend, failOpen: Bool, headerStyle: RateLimiter.RateLimitHeaderStyle, exempt: [IPNetwork],
+        metrics: GatewayMetrics?, policyNames: [String] = []
+    ) {
         self.backend = backend
         self.failOpen = failOpen
         self.headerStyle = headerStyle
         self.exempt = exempt
         self.metrics = metrics
+        var series: [String: [CounterSeries]] = [:]
+        if let family = metrics?.rateLimitDecisions {
+            for name in policyNames {
+                series[name] = Verdict.allCases.map { family.series([name, $0.label]) }
+            }
+        }
+        self.decisionSeries = series
     }
 
     /// The checks for one request, or nil when nothing is to be counted (no policies, or an
@@ -221,9 +249,13 @@ final class RateLimitService: Sendable {
         if let metrics = self.metrics {
             for entry in decision.decisions {
                 // A policy that would allow a request another policy denied was not counted.
-                let verdict = !entry.decision.allowed ? (entry.policy.shadow ? "shadow_denied" : "denied")
-                    : decision.allowed ? "allowed" : "not_counted"
-                metrics.rateLimitDecisions.increment([entry.policy.name, verdict])
+                let verdict: Verdict = !entry.decision.allowed ? (entry.policy.shadow ? .shadowDenied : .denied)
+                    : decision.allowed ? .allowed : .notCounted
+                if let series = self.decisionSeries[entry.policy.name] {
+                    series[verdict.rawValue].increment()
+                } else {
+                    metrics.rateLimitDecisions.increment([entry.policy.name, verdict.label])
+                }
             }
         }
         let fields = RateLimitHeaders.fields(for: decision, style: self.headerStyle, lowercaseNames: true)

@@ -93,7 +93,8 @@ public enum GatewayBuilder {
             rateLimiter = RateLimitService(
                 backend: backend, failOpen: config.rateLimits.onStoreError == .allow,
                 headerStyle: config.rateLimits.headers == .ietfDraft10 ? .ietfDraft10 : .draft6,
-                exempt: config.rateLimits.exemptCIDRs, metrics: metrics
+                exempt: config.rateLimits.exemptCIDRs, metrics: metrics,
+                policyNames: config.rateLimits.policies.map(\.name)
             )
         }
         return GatewayRuntime(

@@ -52,12 +52,42 @@ final class LatencyHistogram: Sendable {
     }
 }
 
+/// One series of a `LabeledCounter`, resolved once (when a config loads) so that counting
+/// through it is an atomic add: no label array, lookup or lock per request.
+final class CounterSeries: Sendable {
+    fileprivate let count = Atomic<Int>(0)
+
+    func increment() { self.count.add(1, ordering: .relaxed) }
+}
+
 /// A counter family keyed by a bounded set of label values.
 final class LabeledCounter: Sendable {
     let labelNames: [String]
     private let values = Mutex<[[String]: Double]>([:])
+    /// Series handed out by `series(_:)`; their counts join `values` when read.
+    private let resolved = Mutex<[[String]: CounterSeries]>([:])
 
     init(labelNames: [String]) { self.labelNames = labelNames }
+
+    /// The series for `labels`, the same one on every call (a reload's counts continue).
+    func series(_ labels: [String]) -> CounterSeries {
+        self.resolved.withLock { resolved in
+            if let known = resolved[labels] { return known }
+            let created = CounterSeries()
+            resolved[labels] = created
+            return created
+        }
+    }
+
+    /// Every value, with the resolved series' counts added in.
+    private func merged() -> [[String]: Double] {
+        var all = self.values.withLock { $0 }
+        for (labels, series) in self.resolved.withLock({ $0 }) {
+            let count = series.count.load(ordering: .relaxed)
+            if count > 0 { all[labels, default: 0] += Double(count) }
+        }
+        return all
+    }
 
     func increment(_ labels: [String], by amount: Double = 1) {
         self.values.withLock { $0[labels, default: 0] += amount }
@@ -67,13 +97,13 @@ final class LabeledCounter: Sendable {
         self.values.withLock { $0[labels] = value }
     }
 
-    func value(_ labels: [String]) -> Double { self.values.withLock { $0[labels] ?? 0 } }
+    func value(_ labels: [String]) -> Double { self.merged()[labels] ?? 0 }
 
     /// Replaces every series at once (a gauge family whose members can disappear on reload).
     func replaceAll(_ values: [[String]: Double]) { self.values.withLock { $0 = values } }
 
     func snapshot() -> [([String], Double)] {
-        self.values.withLock { Array($0) }.sorted { $0.0.lexicographicallyPrecedes($1.0) }
+        Array(self.merged()).sorted { $0.0.lexicographicallyPrecedes($1.0) }
     }
 }
 
