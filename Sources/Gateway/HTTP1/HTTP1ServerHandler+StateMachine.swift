@@ -51,8 +51,6 @@ extension HTTP1ServerHandler {
             self.queued = PipelinedRequests(maxRequests: maxQueuedRequests)
         }
 
-        var isIdle: Bool { self.request == nil }
-
         // MARK: Input
 
         /// A decoded part: true when it is for now (the request in flight, or a new one on an idle
@@ -177,20 +175,21 @@ extension HTTP1ServerHandler {
 
         // MARK: Reads
 
-        /// Whether socket reads wait. `writable`: the socket takes more output.
-        func readsHeld(writable: Bool) -> Bool {
+        /// Whether socket reads wait. `writable`: the socket takes more output (asked only when
+        /// nothing else decides, as it is a channel call).
+        func readsHeld(writable: @autoclosure () -> Bool) -> Bool {
             if self.decoderHeld || self.bodyPaused || self.closed || self.queued.discarding { return true }
             // A client that pipelines without reading its responses: the next requests wait in
             // the kernel until the responses written so far drain.
             let waitingForResponse = self.request?.requestEnded ?? true
-            if !writable, waitingForResponse { return true }
+            if waitingForResponse, !writable() { return true }
             return (self.request?.requestEnded ?? false) && self.queued.count >= Self.maxQueuedParts
         }
 
         /// The channel asks to read; true: read now (otherwise the read is owed for later).
-        mutating func readRequested(writable: Bool) -> Bool {
+        mutating func readRequested(writable: @autoclosure () -> Bool) -> Bool {
             if self.tunnelled { return true }
-            if self.readsHeld(writable: writable) {
+            if self.readsHeld(writable: writable()) {
                 self.readPending = true
                 return false
             }
@@ -198,8 +197,8 @@ extension HTTP1ServerHandler {
         }
 
         /// Something that held reads changed; true: do the read owed.
-        mutating func readMayResume(writable: Bool) -> Bool {
-            guard self.readPending, !self.readsHeld(writable: writable) else { return false }
+        mutating func readMayResume(writable: @autoclosure () -> Bool) -> Bool {
+            guard self.readPending, !self.readsHeld(writable: writable()) else { return false }
             self.readPending = false
             return true
         }
