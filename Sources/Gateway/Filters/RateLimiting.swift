@@ -142,7 +142,7 @@ final class RateLimitService: Sendable {
     ///   resolved here, once).
     init(
         backend: Backend, failOpen: Bool, headerStyle: RateLimiter.RateLimitHeaderStyle, exempt: [IPNetwork],
-        metrics: GatewayMetrics?, policyNames: [String] = []
+        metrics: GatewayMetrics?, policyNames: [String]
     ) {
         self.backend = backend
         self.failOpen = failOpen
@@ -246,17 +246,12 @@ final class RateLimitService: Sendable {
     }
 
     private func outcome(_ decision: MultiDecision) -> RateLimitOutcome {
-        if let metrics = self.metrics {
-            for entry in decision.decisions {
-                // A policy that would allow a request another policy denied was not counted.
-                let verdict: Verdict = !entry.decision.allowed ? (entry.policy.shadow ? .shadowDenied : .denied)
-                    : decision.allowed ? .allowed : .notCounted
-                if let series = self.decisionSeries[entry.policy.name] {
-                    series[verdict.rawValue].increment()
-                } else {
-                    metrics.rateLimitDecisions.increment([entry.policy.name, verdict.label])
-                }
-            }
+        // Every policy a request is counted under is one of the config's (tiers keep its name).
+        for entry in decision.decisions where !self.decisionSeries.isEmpty {
+            // A policy that would allow a request another policy denied was not counted.
+            let verdict: Verdict = !entry.decision.allowed ? (entry.policy.shadow ? .shadowDenied : .denied)
+                : decision.allowed ? .allowed : .notCounted
+            self.decisionSeries[entry.policy.name]?[verdict.rawValue].increment()
         }
         let fields = RateLimitHeaders.fields(for: decision, style: self.headerStyle, lowercaseNames: true)
         return decision.allowed ? .allowed(fields) : .denied(fields)
