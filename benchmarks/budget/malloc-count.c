@@ -11,7 +11,7 @@
 // inline atomics and a futex, not counted), `swift_dynamicCast` (NIO's `NIOAny` unwrapping of
 // anything but bytes, `as?` on existentials) and `swift_retain`/`swift_release` (reference
 // counting; the runtime's own and `swift_bridgeObject*`'s are not counted). The Swift entry points
-// are found with dlsym once, in the constructor or at their first call. These are counted only
+// are found with dlsym at their first call. These are counted only
 // between two SIGRTMIN+4 (off at start): an atomic add on every retain is CPU time a load that
 // measures CPU must not pay.
 #define _GNU_SOURCE
@@ -69,44 +69,32 @@ int pthread_mutex_lock(pthread_mutex_t *mutex) {
 typedef bool (*dynamic_cast_fn)(void *, void *, const void *, const void *, size_t);
 typedef void *(*retain_fn)(void *);
 typedef void (*release_fn)(void *);
-static _Atomic(dynamic_cast_fn) real_dynamic_cast;
-static _Atomic(retain_fn) real_retain;
-static _Atomic(release_fn) real_release;
+static _Atomic(void *) real_dynamic_cast, real_retain, real_release;
 
-static void *next_symbol(const char *name) {
-    void *symbol = dlsym(RTLD_NEXT, name);
+// The runtime's own entry point, looked up at the first call (racing threads find the same one).
+static void *real_symbol(_Atomic(void *) *slot, const char *name) {
+    void *symbol = atomic_load_explicit(slot, memory_order_relaxed);
+    if (symbol) return symbol;
+    symbol = dlsym(RTLD_NEXT, name);
     if (!symbol) abort();  // only Swift programs call these, and they have the runtime loaded
+    atomic_store(slot, symbol);
     return symbol;
 }
 
 bool swift_dynamicCast(void *dest, void *src, const void *srcType, const void *targetType, size_t flags) {
     count_call(&casts);
-    dynamic_cast_fn real = atomic_load_explicit(&real_dynamic_cast, memory_order_relaxed);
-    if (!real) {
-        real = (dynamic_cast_fn)next_symbol("swift_dynamicCast");
-        atomic_store(&real_dynamic_cast, real);
-    }
+    dynamic_cast_fn real = (dynamic_cast_fn)real_symbol(&real_dynamic_cast, "swift_dynamicCast");
     return real(dest, src, srcType, targetType, flags);
 }
 
 void *swift_retain(void *object) {
     count_call(&retains);
-    retain_fn real = atomic_load_explicit(&real_retain, memory_order_relaxed);
-    if (!real) {
-        real = (retain_fn)next_symbol("swift_retain");
-        atomic_store(&real_retain, real);
-    }
-    return real(object);
+    return ((retain_fn)real_symbol(&real_retain, "swift_retain"))(object);
 }
 
 void swift_release(void *object) {
     count_call(&releases);
-    release_fn real = atomic_load_explicit(&real_release, memory_order_relaxed);
-    if (!real) {
-        real = (release_fn)next_symbol("swift_release");
-        atomic_store(&real_release, real);
-    }
-    real(object);
+    ((release_fn)real_symbol(&real_release, "swift_release"))(object);
 }
 
 static char *put(char *at, const char *text) { while (*text) *at++ = *text++; return at; }
@@ -145,12 +133,6 @@ static void toggle_call_counting(int signo) {
 }
 
 __attribute__((constructor)) static void install(void) {
-    // Resolved before any thread runs where the runtime is loaded already (a Swift program).
-    void *cast = dlsym(RTLD_NEXT, "swift_dynamicCast"), *retain = dlsym(RTLD_NEXT, "swift_retain"),
-         *release = dlsym(RTLD_NEXT, "swift_release");
-    if (cast) atomic_store(&real_dynamic_cast, (dynamic_cast_fn)cast);
-    if (retain) atomic_store(&real_retain, (retain_fn)retain);
-    if (release) atomic_store(&real_release, (release_fn)release);
     struct sigaction action;
     memset(&action, 0, sizeof action);
     action.sa_handler = dump;
