@@ -4,7 +4,7 @@ SWIFT ?= swift
 PYTHON ?= python3
 UPSTREAM_PORT ?= 3001
 
-.PHONY: all build release deps test-deps certs run test unit-test integration-test clean
+.PHONY: all build release deps test-deps certs run test unit-test integration-test fuzz clean
 
 all: build
 
@@ -44,6 +44,13 @@ unit-test: test-deps
 integration-test: test-deps
 	$(SWIFT) build
 	$(PYTHON) -m pytest -q Tests/Integration
+
+# The differential fuzz test of the upstream response parser against NIO's llhttp decoder, with far
+# more cases than `make test` runs (3,000): FUZZ_CASES=N FUZZ_SEED=S to choose.
+FUZZ_CASES ?= 200000
+fuzz: test-deps
+	$(SWIFT) build --build-tests
+	FUZZ_CASES=$(FUZZ_CASES) FUZZ_SEED=$${FUZZ_SEED:-$$(date +%s)} $(SWIFT) test --skip-build --filter UpstreamResponseDifferentialTests
 
 clean:
 	rm -rf .build certs

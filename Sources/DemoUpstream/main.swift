@@ -229,6 +229,17 @@ final class DemoHandler: ChannelInboundHandler {
             self.writeRaw(context: context, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello")
         case (_, "/api/bad-chunk"):
             self.writeRaw(context: context, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
+        case (_, "/api/odd-response"):
+            // Responses outside the strict grammar the gateway reads upstreams in (answered 502),
+            // and an interim response before the final one (dropped).
+            let odd = [
+                "te-tab": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\t\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                "folded": "HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\n{}",
+                "bare-lf": "HTTP/1.1 200 OK\nContent-Length: 2\n\n{}",
+                "chunk-ext": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x=1\r\n{}\r\n0\r\n\r\n",
+                "interim": "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+            ]
+            self.writeRaw(context: context, odd[params["kind"] ?? ""] ?? "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
         case (_, "/api/close-early"):
             context.close(promise: nil)
         case (_, "/__stats"):

@@ -22,16 +22,11 @@ import Testing
         return String(String(buffer: buffer).dropFirst("left alone|".count))
     }
 
-    /// splitmix64: the same cases on every run.
+    /// The same cases on every run.
     struct Generator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            self.state &+= 0x9E37_79B9_7F4A_7C15
-            var z = self.state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
+        var splitMix: SplitMix64
+        init(state: UInt64) { self.splitMix = SplitMix64(seed: state) }
+        mutating func next() -> UInt64 { self.splitMix.next() }
         mutating func below(_ bound: Int) -> Int { Int(self.next() % UInt64(bound)) }
         mutating func pick<T>(_ items: [T]) -> T { items[self.below(items.count)] }
         mutating func chance(_ percent: Int) -> Bool { self.below(100) < percent }

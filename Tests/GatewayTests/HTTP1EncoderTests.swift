@@ -4,7 +4,7 @@ import NIOHTTP1
 import Testing
 @testable import Gateway
 
-/// `KeptHeadFraming` (the response encoding inside `HTTP1ServerHandler`) and `HTTP1RequestEncoder`
+/// `KeptHeadFraming` (the encoding inside `HTTP1ServerHandler` and `UpstreamConnectionHandler`)
 /// write what NIO's `HTTPResponseEncoder` and `HTTPRequestEncoder` (framing fields left to the
 /// caller) write, byte for byte, while reusing one head buffer per connection.
 @Suite struct HTTP1EncoderTests {
@@ -46,7 +46,7 @@ import Testing
         var configuration = HTTPRequestEncoder.Configuration()
         configuration.automaticallySetFramingHeaders = false
         let requests = Self.requests()
-        let ours = try Self.encode(requests, with: HTTP1RequestEncoder(), flushEach: flushEach)
+        let ours = try Self.encode(requests, with: RequestFramingHandler(), flushEach: flushEach)
         let nio = try Self.encode(requests, with: HTTPRequestEncoder(configuration: configuration), flushEach: flushEach)
         #expect(String(decoding: ours, as: UTF8.self) == String(decoding: nio, as: UTF8.self))
     }
@@ -103,5 +103,18 @@ private final class ResponseFramingHandler: ChannelOutboundHandler {
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         self.framing.writeResponse(Self.unwrapOutboundIn(data), context: context, promise: promise)
+    }
+}
+
+/// `UpstreamConnectionHandler`'s request writing, fed by the pipeline instead of `send`.
+private final class RequestFramingHandler: ChannelOutboundHandler {
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = IOData
+    private let upstream = UpstreamConnectionHandler()
+
+    func handlerAdded(context: ChannelHandlerContext) { self.upstream.handlerAdded(context: context) }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        self.upstream.send(Self.unwrapOutboundIn(data), flush: false, promise: promise)
     }
 }

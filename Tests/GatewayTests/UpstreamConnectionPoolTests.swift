@@ -370,7 +370,9 @@ struct UpstreamConnectionPoolTests {
 /// Records the response parts a pooled connection hands its owner.
 private final class RecordingOwner: UpstreamConnectionOwner {
     var parts: [HTTPClientResponsePart] = []
-    func upstreamReceived(_ part: HTTPClientResponsePart) { self.parts.append(part) }
+    func upstreamReceivedHead(_ head: HTTPResponseHead, keepAlive: Bool) { self.parts.append(.head(head)) }
+    func upstreamReceivedBody(_ body: ByteBuffer) { self.parts.append(.body(body)) }
+    func upstreamReceivedEnd() { self.parts.append(.end(nil)) }
     func upstreamFailed(_ error: Error) {}
     func upstreamClosed() {}
     func upstreamReadComplete() {}
@@ -380,8 +382,8 @@ private final class RecordingOwner: UpstreamConnectionOwner {
 
 @Suite("Forwarded request heads on a pooled connection")
 struct ForwardedHeadOnConnectionTests {
-    /// The forwarded head is written as bytes, but the client's head still passes the response
-    /// decoder: a response to HEAD with `Content-Length` has no body, and the next response on
+    /// The forwarded head is written as bytes, and the response parser learns its method from
+    /// the write: a response to HEAD with `Content-Length` has no body, and the next response on
     /// the connection is read as a response, not as that body.
     @Test func theResponseDecoderLearnsTheMethodOfAForwardedHead() throws {
         let upstream = FakeUpstream()

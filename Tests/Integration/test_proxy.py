@@ -220,6 +220,28 @@ def test_502_on_bad_upstream_framing_and_connection_not_reused(gateway, upstream
         assert c.get(gateway.url("/api/bookings")).status_code == 200
 
 
+@pytest.mark.parametrize("kind", ["te-tab", "folded", "bare-lf", "chunk-ext"])
+def test_upstream_response_outside_the_strict_grammar_is_502(kind, gateway, upstream):
+    """The gateway reads upstream responses in the strict RFC 9112 grammar: a framing field llhttp
+    and RFC 9110 read differently (chunked<HTAB>), obs-fold, bare LF, a chunk extension. Never a
+    200 made of a body read one way, and the next request gets a fresh connection."""
+    with client() as c:
+        try:
+            r = c.get(gateway.url(f"/api/odd-response?kind={kind}"))
+            # A chunk extension comes after the head: the head may be on its way, then cut.
+            assert r.status_code == 502, (kind, r.status_code, r.text)
+        except httpx.HTTPError:
+            assert kind == "chunk-ext"
+        assert c.get(gateway.url("/api/bookings")).status_code == 200
+
+
+def test_interim_upstream_response_is_dropped(gateway):
+    with client() as c:
+        r = c.get(gateway.url("/api/odd-response?kind=interim"))
+        assert r.status_code == 200 and r.text == "{}"
+        assert "link" not in r.headers
+
+
 def test_504_when_upstream_is_slow(gateway):
     with client() as c:
         start = time.time()

@@ -1,37 +1,6 @@
 import NIOCore
 import NIOHTTP1
 
-/// The upstream connection's request encoder: NIO's `HTTPRequestEncoder` with framing left to
-/// the caller, its heads written into one kept buffer. (The client connection's responses are
-/// encoded by `HTTP1ServerHandler` itself, with a `KeptHeadFraming` of its own.)
-final class HTTP1RequestEncoder: ChannelOutboundHandler, RemovableChannelHandler {
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = IOData
-
-    private var framing = KeptHeadFraming()
-
-    /// Whether the request being written is chunked, so its `.end` writes the last chunk. When it
-    /// is not, an `.end` without a promise writes nothing and need not be sent down at all.
-    var endWritesBytes: Bool { self.framing.isChunked }
-
-    /// Set by `UpstreamConnectionHandler.send(_:flush:)` just before it writes the client's head:
-    /// that `.head` is written as this head's bytes instead. The client's head still travels the
-    /// pipeline so that the response decoder on the way learns the method (a response to HEAD has
-    /// no body); the forwarded head has the same method.
-    var forwardedHead: ForwardedRequestHead?
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let part = Self.unwrapOutboundIn(data)
-        if case .head(let head) = part, let forwarded = self.forwardedHead {
-            self.forwardedHead = nil
-            assert(forwarded.client.method == head.method)
-            self.framing.writeForwarded(forwarded, context: context, promise: promise)
-            return
-        }
-        self.framing.writeRequest(part, context: context, promise: promise)
-    }
-}
-
 extension HTTPHeaders {
     /// The fields' size as HTTP/1.x writes them, each `name: value` CRLF.
     var encodedSize: Int {

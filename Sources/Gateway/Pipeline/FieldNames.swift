@@ -61,25 +61,29 @@ extension String {
     /// ones included), while it returns true; true when it saw them all.
     private func visitListElements(_ visit: (UnsafeBufferPointer<UInt8>) -> Bool) -> Bool {
         var value = self
-        return value.withUTF8 { bytes in
-            var start = 0
-            while start <= bytes.count {
-                var end = start
-                while end < bytes.count, bytes[end] != UInt8(ascii: ",") { end += 1 }
-                var low = start
-                var high = end
-                while low < high, isSpaceOrTab(bytes[low]) { low += 1 }
-                while high > low, isSpaceOrTab(bytes[high - 1]) { high -= 1 }
-                if !visit(UnsafeBufferPointer(rebasing: bytes[low..<high])) { return false }
-                start = end + 1
-            }
-            return true
-        }
+        return value.withUTF8 { visitCommaSeparated($0, visit) }
     }
 }
 
+/// Calls `visit` with each element of the comma-separated list `bytes`, trimmed of SP/HTAB (empty
+/// ones included), while it returns true; true when it saw them all.
+func visitCommaSeparated(_ bytes: UnsafeBufferPointer<UInt8>, _ visit: (UnsafeBufferPointer<UInt8>) -> Bool) -> Bool {
+    var start = 0
+    while start <= bytes.count {
+        var end = start
+        while end < bytes.count, bytes[end] != UInt8(ascii: ",") { end += 1 }
+        var low = start
+        var high = end
+        while low < high, isSpaceOrTab(bytes[low]) { low += 1 }
+        while high > low, isSpaceOrTab(bytes[high - 1]) { high -= 1 }
+        if !visit(UnsafeBufferPointer(rebasing: bytes[low..<high])) { return false }
+        start = end + 1
+    }
+    return true
+}
+
 @inline(__always)
-private func bytesEqualIgnoringASCIICase(_ bytes: UnsafeBufferPointer<UInt8>, _ lowercase: StaticString) -> Bool {
+func bytesEqualIgnoringASCIICase(_ bytes: UnsafeBufferPointer<UInt8>, _ lowercase: StaticString) -> Bool {
     bytesEqualIgnoringASCIICase(bytes, UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount))
 }
 

@@ -289,48 +289,49 @@ final class ProxyExchange: UpstreamConnectionOwner {
 
     // MARK: - UpstreamConnectionOwner
 
-    func upstreamReceived(_ part: HTTPClientResponsePart) {
-        switch part {
-        case .head(let head):
-            self.responseHeadReceived(head)
-        case .body(let body):
-            guard case .forward(let connection) = self.machine.responseBodyReceived() else {
-                return self.upstreamFailed(UpstreamProtocolError())
-            }
-            self.cacheFill?.responseBody(body)
-            guard let downstream = self.downstream else { return }
-            self.streamWatch?.touch()
-            downstream.sendResponseBody(for: self, body)
-            if !downstream.isWritable { connection.handler.pauseReads() }
-        case .end:
-            switch self.machine.responseEndReceived() {
-            case .finish(let connection, let reusable):
-                self.streamWatch?.cancel()
-                self.releaseOutstanding()
-                connection.handler.resumeReads()
-                self.pool.release(connection, reusable: reusable, settings: self.cluster.settings)
-                self.cacheFill?.responseEnd(requestMethod: self.requestMethod)
-                self.cacheFill = nil
-                self.downstream?.sendResponseEnd(for: self)
-                self.downstream?.exchangeFinished(for: self)
-                self.downstream = nil
-            case .tunnel(let connection):
-                // The decoder stopped after this 101: the connection is the tunnel's from here.
-                self.releaseOutstanding()
-                connection.handler.owner = nil
-                let downstream = self.downstream
-                self.downstream = nil
-                downstream?.upgradeToTunnel(for: self, self.acceptedSwitch!, upstream: connection)
-            case .protocolError:
-                self.upstreamFailed(UpstreamProtocolError())
-            }
+    func upstreamReceivedHead(_ head: HTTPResponseHead, keepAlive: Bool) {
+        self.responseHeadReceived(head, keepAlive: keepAlive)
+    }
+
+    func upstreamReceivedBody(_ body: ByteBuffer) {
+        guard case .forward(let connection) = self.machine.responseBodyReceived() else {
+            return self.upstreamFailed(UpstreamProtocolError())
+        }
+        self.cacheFill?.responseBody(body)
+        guard let downstream = self.downstream else { return }
+        self.streamWatch?.touch()
+        downstream.sendResponseBody(for: self, body)
+        if !downstream.isWritable { connection.handler.pauseReads() }
+    }
+
+    func upstreamReceivedEnd() {
+        switch self.machine.responseEndReceived() {
+        case .finish(let connection, let reusable):
+            self.streamWatch?.cancel()
+            self.releaseOutstanding()
+            connection.handler.resumeReads()
+            self.pool.release(connection, reusable: reusable, settings: self.cluster.settings)
+            self.cacheFill?.responseEnd(requestMethod: self.requestMethod)
+            self.cacheFill = nil
+            self.downstream?.sendResponseEnd(for: self)
+            self.downstream?.exchangeFinished(for: self)
+            self.downstream = nil
+        case .tunnel(let connection):
+            // The decoder stopped after this 101: the connection is the tunnel's from here.
+            self.releaseOutstanding()
+            connection.handler.owner = nil
+            let downstream = self.downstream
+            self.downstream = nil
+            downstream?.upgradeToTunnel(for: self, self.acceptedSwitch!, upstream: connection)
+        case .protocolError:
+            self.upstreamFailed(UpstreamProtocolError())
         }
     }
 
-    private func responseHeadReceived(_ head: HTTPResponseHead) {
+    private func responseHeadReceived(_ head: HTTPResponseHead, keepAlive: Bool) {
         let status = Int(head.status.code)
         let action = self.machine.responseHeadReceived(
-            status: status, keepAlive: head.isKeepAlive,
+            status: status, keepAlive: keepAlive,
             acceptsSwitch: head.status == .switchingProtocols && self.webSocket?.accepts(head) == true,
             hasStaleFallback: self.cacheFill?.staleFallback != nil
         )
@@ -386,7 +387,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
     }
 
     func upstreamFailed(_ error: Error) {
-        self.upstreamLost(error is HTTPParserError || error is UpstreamProtocolError ? .badUpstreamResponse : .upstreamUnavailable)
+        self.upstreamLost(error is UpstreamProtocolError ? .badUpstreamResponse : .upstreamUnavailable)
     }
 
     func upstreamClosed() {

@@ -7,7 +7,11 @@ import Glibc
 /// What an upstream connection reports to the exchange currently using it. All calls happen on the
 /// connection's event loop, which is also the client connection's loop.
 protocol UpstreamConnectionOwner: AnyObject {
-    func upstreamReceived(_ part: HTTPClientResponsePart)
+    /// A final response head (interim 1xx responses are dropped). `keepAlive` is false when the
+    /// upstream closes the connection after this response, or its body ends with the close.
+    func upstreamReceivedHead(_ head: HTTPResponseHead, keepAlive: Bool)
+    func upstreamReceivedBody(_ body: ByteBuffer)
+    func upstreamReceivedEnd()
     func upstreamFailed(_ error: Error)
     func upstreamClosed()
     func upstreamReadComplete()
@@ -16,13 +20,16 @@ protocol UpstreamConnectionOwner: AnyObject {
     func upstreamResponseTimedOut()
 }
 
-/// The last handler of a pooled upstream channel (after the NIO HTTP/1 client codec). It forwards
-/// response parts to its owner and holds back socket reads while the client is slow to read
-/// (backpressure: a slow downloader must not make the gateway buffer the whole response).
+/// The only handler of a pooled upstream channel: it writes the requests (`KeptHeadFraming`),
+/// reads the responses from the socket's bytes (`UpstreamResponseParser`) and hands them to its
+/// owner, and holds back socket reads while the client is slow to read (backpressure: a slow
+/// downloader must not make the gateway buffer the whole response). One handler instead of NIO's
+/// client codec: no typed part crosses the pipeline, and the parser learns each request's method
+/// from the write itself.
 final class UpstreamConnectionHandler: ChannelDuplexHandler {
-    typealias InboundIn = HTTPClientResponsePart
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = HTTPClientRequestPart
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = IOData
+    typealias OutboundOut = IOData
 
     /// Strong, not weak: a weak reference gives every exchange a side table and slows each of its
     /// retains. Released explicitly: the pool clears it on release, and closing or an error clears it.
@@ -35,21 +42,66 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     /// the handler.
     private let tickSlot = EventLoopTicks.currentSlot()
     private var context: ChannelHandlerContext?
-    /// The codec's encoder, asked whether a request's `.end` writes anything.
-    var requestEncoder: HTTP1RequestEncoder?
+    private var framing = KeptHeadFraming()
+    private var parser = UpstreamResponseParser()
+    /// Read bytes not yet parsed: the start of a head or chunk-size line split across reads, or,
+    /// after a 101, the tunnelled protocol's first bytes.
+    private var unparsed: ByteBuffer?
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         self.tickSlot.ioBegins()
-        let part = Self.unwrapInboundIn(data)
-        if let owner = self.owner {
-            owner.upstreamReceived(part)
-        } else {
-            // Bytes on an idle pooled connection: the upstream is out of sync. Never reuse it.
-            context.close(promise: nil)
+        var input = Self.unwrapInboundIn(data)
+        if var unparsed = self.unparsed.take() {
+            unparsed.writeBuffer(&input)
+            input = unparsed
         }
+        while true {
+            let event: UpstreamResponseParser.Event?
+            do {
+                event = try self.parser.next(&input)
+            } catch {
+                return self.fail(context)
+            }
+            guard let event else { break }
+            guard let owner = self.owner else {
+                // A response on an idle pooled connection: the upstream is out of sync. Never reuse it.
+                context.close(promise: nil)
+                return
+            }
+            switch event {
+            case .head(let head, let keepAlive):
+                owner.upstreamReceivedHead(head, keepAlive: keepAlive)
+            case .body(let body):
+                owner.upstreamReceivedBody(body)
+            case .end:
+                // After a 101 the owner hands the connection to a tunnel, which takes the rest.
+                if self.parser.hasSwitched, input.readableBytes > 0 {
+                    self.unparsed = input
+                    input.clear()
+                }
+                owner.upstreamReceivedEnd()
+            }
+        }
+        if input.readableBytes > 0 { self.unparsed = input }
+    }
+
+    /// A response outside the strict grammar (or no response awaited): the owner answers 502, and
+    /// the connection is never reused.
+    private func fail(_ context: ChannelHandlerContext) {
+        self.unparsed = nil
+        let owner = self.owner
+        self.owner = nil
+        owner?.upstreamFailed(UpstreamProtocolError())
+        context.close(promise: nil)
+    }
+
+    /// The bytes read after a 101, for the tunnel that takes the connection over.
+    func takeSwitchedBytes() -> ByteBuffer? {
+        guard self.parser.hasSwitched else { return nil }
+        return self.unparsed.take()
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -64,6 +116,17 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if let owner = self.owner {
+            // A body delimited by the close ends here; a response cut short is a bad response.
+            do {
+                if try self.parser.inputEnded(bufferedBytes: self.unparsed?.readableBytes ?? 0) != nil {
+                    owner.upstreamReceivedEnd()
+                }
+            } catch {
+                self.owner = nil
+                owner.upstreamFailed(UpstreamProtocolError())
+            }
+        }
         let owner = self.owner
         self.owner = nil
         owner?.upstreamClosed()
@@ -82,31 +145,35 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
         self.readGate.read(context)
     }
 
-    /// Writes from the tail of the pipeline without a trip through `Channel.write`.
+    /// Writes one request part straight to the socket's end of the pipeline.
     func send(_ part: HTTPClientRequestPart, flush: Bool, promise: EventLoopPromise<Void>?) {
         guard let context else {
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
-        // The end of a request framed by Content-Length (or bodiless) is no bytes: skipping it saves
-        // boxing the part and a trip through the codec for nothing.
-        if case .end(nil) = part, promise == nil, let encoder = self.requestEncoder, !encoder.endWritesBytes {
-            if flush { context.flush() }
-            return
+        switch part {
+        case .head(let head):
+            self.parser.requestSent(method: head.method)
+            self.framing.writeRequest(part, context: context, promise: promise)
+        case .body(let body):
+            self.framing.writeBody(body, context: context, promise: promise)
+        case .end(let trailers):
+            // The end of a request framed by Content-Length (or bodiless) is no bytes.
+            if trailers != nil || promise != nil || self.framing.isChunked {
+                self.framing.writeEnd(trailers, context: context, promise: promise)
+            }
         }
-        context.write(Self.wrapOutboundOut(part), promise: promise)
         if flush { context.flush() }
     }
 
-    /// Sends a request head; a forwarded one is written by the encoder from the client's head.
+    /// Sends a request head; a forwarded one is written from the client's head.
     func send(_ head: UpstreamRequestHead, flush: Bool) {
         switch head {
         case .forwarded(let forwarded):
-            guard let encoder = self.requestEncoder else { return self.send(.head(forwarded.head), flush: flush, promise: nil) }
-            encoder.forwardedHead = forwarded
-            self.send(.head(forwarded.client), flush: flush, promise: nil)
-            // A closed channel fails the write before the encoder sees it: nothing is left behind.
-            encoder.forwardedHead = nil
+            guard let context else { return }
+            self.parser.requestSent(method: forwarded.client.method)
+            self.framing.writeForwarded(forwarded, context: context, promise: nil)
+            if flush { context.flush() }
         case .rewritten(let head):
             self.send(.head(head), flush: flush, promise: nil)
         }

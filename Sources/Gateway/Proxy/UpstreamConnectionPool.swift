@@ -208,15 +208,8 @@ final class UpstreamConnectionPool {
         return promise.futureResult
     }
 
-    /// The HTTP/1.1 client codec, then `handler`, which must be the last handler.
+    /// `handler` alone: it is the connection's HTTP/1.1 client codec.
     static func addHandlers(to channel: Channel, ending handler: UpstreamConnectionHandler) throws {
-        let encoder = HTTP1RequestEncoder()
-        handler.requestEncoder = encoder
-        try channel.pipeline.syncOperations.addHandlers([
-            encoder,
-            // Forwarded only when a tunnel removes the decoder after a 101: the upstream's first frames.
-            ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes)),
-        ])
         try channel.pipeline.syncOperations.addHandler(handler)
     }
 

@@ -152,8 +152,8 @@ final class TunnelEndpointHandler: ChannelDuplexHandler, TunnelSide {
     private var context: ChannelHandlerContext?
     private var readGate = ReadGate()
     private var pendingFlush = false
-    /// Writes wait here until the HTTP decoder in front of this handler has left the pipeline:
-    /// NIO's response decoder inspects outbound writes (HEAD tracking) and expects HTTP parts.
+    /// Writes wait here until the client's HTTP decoder in front of this handler has left the
+    /// pipeline (it would take the tunnelled bytes for HTTP); the upstream end is released at once.
     private var held: [ByteBuffer]? = []
 
     init(side: Side) { self.side = side }
@@ -167,6 +167,11 @@ final class TunnelEndpointHandler: ChannelDuplexHandler, TunnelSide {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         // Never passed on: the handlers behind this one speak HTTP, not the tunnelled protocol.
         self.tunnel?.relay(Self.unwrapInboundIn(data), from: self.side)
+    }
+
+    /// Bytes of this side read before the tunnel started, relayed as if read now.
+    func received(_ buffer: ByteBuffer) {
+        self.tunnel?.relay(buffer, from: self.side)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -274,20 +279,13 @@ enum TunnelSwitch {
         try self.installUpstream(tunnel, connection: connection)
     }
 
-    /// The upstream half: the HTTP/1.1 client codec leaves, the tunnel end takes its bytes.
+    /// The upstream half: the tunnel end goes in front of the connection's handler (the codec),
+    /// which hands over the bytes it read after the 101.
     static func installUpstream(_ tunnel: ByteTunnel, connection: UpstreamConnection) throws {
-        let upstreamPipeline = connection.channel.pipeline.syncOperations
-        try upstreamPipeline.addHandler(tunnel.upstream, position: .before(connection.handler))
-        upstreamPipeline.removeHandler(context: try upstreamPipeline.context(handlerType: HTTP1RequestEncoder.self), promise: nil)
-        let upstreamHandedOver = connection.channel.eventLoop.makePromise(of: Void.self)
-        upstreamPipeline.removeHandler(
-            context: try upstreamPipeline.context(handlerType: ByteToMessageHandler<HTTPResponseDecoder>.self),
-            promise: upstreamHandedOver
-        )
-        upstreamHandedOver.futureResult.assumeIsolated().whenSuccess {
-            tunnel.upstream.release()
-            tunnel.flushBothSides()
-        }
+        try connection.channel.pipeline.syncOperations.addHandler(tunnel.upstream, position: .before(connection.handler))
+        tunnel.upstream.release()
+        if let early = connection.handler.takeSwitchedBytes() { tunnel.upstream.received(early) }
+        tunnel.flushBothSides()
         connection.handler.resumeReads()
     }
 }
