@@ -87,14 +87,15 @@ struct HTTP2ResponseFieldTests {
     }
 
     /// Responses of growing and shrinking heads on one connection: each HEADERS frame carries its
-    /// own fields and nothing left in the scratch memory by a previous one.
+    /// own fields and nothing left in the scratch memory by a previous one. (A field with control
+    /// bytes no longer gets this far: the upstream response parser refuses the whole response.)
     @Test func scratchMemoryServesHeadsOfAnySize() throws {
         let h = try HTTP2StreamTests.Harness()
         let decoder = HeaderDecoder()
         let long = String(repeating: "v", count: 3000)
         let heads: [[(String, String)]] = [
             [("content-length", "2"), ("X-Short", "a")],
-            [("content-length", "2"), ("X-Long", long), ("Server", "sloppy "), ("X-Bad", "a\u{1}b"), ("X-Ok", "\tok")],
+            [("content-length", "2"), ("X-Long", long), ("Server", "sloppy "), ("X-Ok", "ok\t")],
             [("content-length", "2")],
         ]
         for (index, fields) in heads.enumerated() {
@@ -103,9 +104,7 @@ struct HTTP2ResponseFieldTests {
             h.headers(stream: stream, method: "GET", path: "/api/r\(index)", endStream: true)
             _ = h.output()
             let head = HTTPResponseHead(version: .http1_1, status: .created, headers: HTTPHeaders(fields))
-            try upstream.writeInbound(HTTPClientResponsePart.head(head))
-            try upstream.writeInbound(HTTPClientResponsePart.body(ByteBuffer(string: "ok")))
-            try upstream.writeInbound(HTTPClientResponsePart.end(nil))
+            try upstream.answer(head, body: "ok")
             let frames = h.output()
             let block = try #require(frames.first { $0.type == 1 && $0.stream == stream })
             let decoded = try #require(decoder.decode(block.payload), "HEADERS of stream \(stream) do not decode")
@@ -121,7 +120,6 @@ struct HTTP2ResponseFieldTests {
                 #expect(decoded.contains { $0 == ("x-long", long) })
                 #expect(decoded.contains { $0 == ("server", "sloppy") })
                 #expect(decoded.contains { $0 == ("x-ok", "ok") })
-                #expect(!names.contains("x-bad"))
                 #expect(!names.contains("x-short"))
             default:
                 #expect(!names.contains("x-long") && !names.contains("server") && !names.contains("x-short"))
