@@ -45,12 +45,13 @@ integration-test: test-deps
 	$(SWIFT) build
 	$(PYTHON) -m pytest -q Tests/Integration
 
-# The differential fuzz test of the upstream response parser against NIO's llhttp decoder, with far
-# more cases than `make test` runs (3,000): FUZZ_CASES=N FUZZ_SEED=S to choose.
+# The differential fuzz tests of the gateway's HTTP/1.1 parsers (client requests, upstream
+# responses) against NIO's llhttp decoders, with far more cases than `make test` runs (3,000 each):
+# FUZZ_CASES=N FUZZ_SEED=S to choose.
 FUZZ_CASES ?= 200000
 fuzz: test-deps
 	$(SWIFT) build --build-tests
-	FUZZ_CASES=$(FUZZ_CASES) FUZZ_SEED=$${FUZZ_SEED:-$$(date +%s)} $(SWIFT) test --skip-build --filter UpstreamResponseDifferentialTests
+	FUZZ_CASES=$(FUZZ_CASES) FUZZ_SEED=$${FUZZ_SEED:-$$(date +%s)} $(SWIFT) test --skip-build --filter "HTTP1RequestDifferentialTests|UpstreamResponseDifferentialTests"
 
 clean:
 	rm -rf .build certs

@@ -27,11 +27,8 @@ struct HTTP1ServerHandlerTests {
             holder: RuntimeHolder(runtime), listener: ListenerInfo(name: "main", role: .proxy, isTLS: false),
             loop: LoopResources(eventLoop: channel.embeddedEventLoop), observability: Observability(accessLog: false)
         )
-        let activity = ReadActivityHandler()
-        let handler = HTTP1ServerHandler(services: services, activity: activity, maxQueuedRequests: maxQueuedRequests)
+        let handler = HTTP1ServerHandler(services: services, maxQueuedRequests: maxQueuedRequests)
         let pipeline = channel.pipeline.syncOperations
-        try pipeline.addHandler(activity)
-        try pipeline.addHandler(HTTP1Pipeline.requestDecoder(maxHeaderBytes: 8192))
         try pipeline.addHandler(handler)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
         return (channel, handler)
@@ -255,11 +252,8 @@ struct HTTP1ServerHandlerTests {
             holder: holder, listener: ListenerInfo(name: "main", role: .proxy, isTLS: false),
             loop: LoopResources(eventLoop: channel.embeddedEventLoop), observability: Observability(accessLog: false)
         )
-        let activity = ReadActivityHandler()
         let pipeline = channel.pipeline.syncOperations
-        try pipeline.addHandler(activity)
-        try pipeline.addHandler(HTTP1Pipeline.requestDecoder(maxHeaderBytes: 8192))
-        try pipeline.addHandler(HTTP1ServerHandler(services: services, activity: activity))
+        try pipeline.addHandler(HTTP1ServerHandler(services: services))
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
 
         try channel.writeInbound(ByteBuffer(string: "GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n"))

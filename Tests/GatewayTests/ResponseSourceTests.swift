@@ -172,11 +172,8 @@ struct ResponseSourceTests {
             holder: RuntimeHolder(runtime), listener: ListenerInfo(name: "main", role: .proxy, isTLS: false),
             loop: LoopResources(eventLoop: channel.embeddedEventLoop), observability: observability
         )
-        let activity = ReadActivityHandler()
-        let handler = HTTP1ServerHandler(services: services, activity: activity)
+        let handler = HTTP1ServerHandler(services: services)
         let pipeline = channel.pipeline.syncOperations
-        try pipeline.addHandler(activity)
-        try pipeline.addHandler(HTTP1Pipeline.requestDecoder(maxHeaderBytes: 8192))
         try pipeline.addHandler(handler)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
         return (channel, handler, observability)

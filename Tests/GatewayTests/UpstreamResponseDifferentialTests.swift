@@ -69,28 +69,14 @@ import Testing
     // MARK: - Random and mutated cases
 
     @Test func randomAndMutatedCasesDecodeAsLLHTTPDoes() throws {
-        let environment = ProcessInfo.processInfo.environment
-        let cases = environment["FUZZ_CASES"].flatMap(Int.init) ?? Self.defaultCases
-        let seed = environment["FUZZ_SEED"].flatMap(UInt64.init) ?? 0x5EED_0101
-        var random = SplitMix64(seed: seed)
-        var accepted = 0
-        var refused = 0
-        for number in 0..<cases {
+        let (cases, accepted, refused) = try DifferentialFuzz.run(defaultSeed: 0x5EED_0101, defaultCases: Self.defaultCases) { random in
             var generator = ResponseGenerator(random: random)
             let input = generator.input()
             let method: HTTPMethod = generator.random.chance(1, in: 6) ? .HEAD : .GET
             random = generator.random
-            var splits: [Int] = []
-            for _ in 0..<Int.random(in: 0...3, using: &random) where !input.isEmpty {
-                splits.append(Int.random(in: 0...input.count, using: &random))
-            }
-            let ours = try Self.compare(input, splits: splits.sorted(), method: method, label: "case \(number) seed \(seed)")
-            if ours.failed { refused += 1 } else { accepted += 1 }
-            if number % 97 == 0 {
-                for cut in 0...input.count {
-                    try Self.compare(input, splits: [cut], method: method, label: "case \(number) cut \(cut)")
-                }
-            }
+            return (input, method)
+        } check: { input, method, splits, label in
+            try !Self.compare(input, splits: splits, method: method, label: label).failed
         }
         // The generator reaches both sides of the grammar (a test of the test).
         #expect(accepted > cases / 10, "accepted: \(accepted) of \(cases)")

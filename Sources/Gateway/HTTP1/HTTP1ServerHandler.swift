@@ -28,7 +28,9 @@ struct ConnectionServices {
 /// `StateMachine`'s, tested without a channel; this class does the I/O and keeps the data of the
 /// request in flight.
 final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, DeadlineTimerOwner {
-    typealias InboundIn = HTTPServerRequestPart
+    /// Requests arrive as bytes: the handler parses them itself (`HTTP1RequestParser`), so no
+    /// decoder handler sits in front and no part is boxed into a `NIOAny`.
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = HTTPServerResponsePart
     /// Responses leave as bytes: the handler is its own response encoder, so a part is neither boxed
     /// into a `NIOAny` nor passed through a separate encoder handler.
@@ -54,7 +56,6 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     }
 
     private let services: ConnectionServices
-    private let activity: ReadActivityHandler
     private var context: ChannelHandlerContext!
     private var current: InFlight?
     /// The connection's state: the request's halves, the pipelined queue, keep-alive, read gating.
@@ -62,10 +63,20 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     /// Set while `serveQueued` runs: a request finishing inside it leaves the next one to that loop
     /// (one stack frame per request would overflow the stack on a long pipeline).
     private var draining = false
-    /// The request being decoded asks to switch protocols, so the decoder stops after its end.
-    private var decoderStopsAfterRequest = false
-    /// The decoder installed by the last `replaceDecoder` (nil: the pipeline's first one).
-    private var decoder: ByteToMessageHandler<HTTPRequestDecoder>?
+    private var parser: HTTP1RequestParser
+    /// The request being read asks to switch protocols (a WebSocket handshake may hold parsing).
+    private var requestAsksToSwitch = false
+    /// Read bytes not parsed yet: the start of a head or line split across reads, requests behind
+    /// a held WebSocket handshake, or input after a closing response.
+    private var unparsed: ByteBuffer?
+    /// The first read after `becameIdle` starts the `client_header` clock (408): a client
+    /// trickling a head byte by byte (slowloris) does not look idle.
+    private var firstReadStartsHeaderClock = true
+    /// When bytes last arrived: a request body that stops arriving for `timeouts.idle` is cut off.
+    private var lastRead = NIODeadline.now()
+    /// This loop's iteration stamp (`gateway_event_loop_tick_seconds`); made on the loop that runs
+    /// the handler.
+    private let tickSlot = EventLoopTicks.currentSlot()
     /// Set once the connection is a WebSocket tunnel; the HTTP/1.1 codec is gone then.
     private var tunnel: ByteTunnel?
     /// The response encoder's state: the kept head buffer and whether the body is chunked.
@@ -87,10 +98,10 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     /// malformed body in the same packet as its head is then refused before anything is sent.
     private var pendingStart: ProxyExchange?
 
-    init(services: ConnectionServices, activity: ReadActivityHandler, maxQueuedRequests: Int = HTTP1ServerHandler.defaultMaxQueuedRequests) {
+    init(services: ConnectionServices, maxQueuedRequests: Int = HTTP1ServerHandler.defaultMaxQueuedRequests) {
         self.services = services
-        self.activity = activity
         self.state = StateMachine(maxQueuedRequests: maxQueuedRequests)
+        self.parser = HTTP1RequestParser(maxHeadBytes: services.runtime.traffic.maxHeaderBytes)
     }
 
     /// The config snapshot for a request starting now.
@@ -107,7 +118,6 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        self.activity.server = self
         self.services.observability.metrics.connections.increment([self.services.listener.name, "http/1.1"])
         self.peer = PeerAddress(context.channel.remoteAddress)
         if context.channel.isActive { self.becameIdle() }
@@ -126,8 +136,6 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.services.observability.metrics.connections.increment([self.services.listener.name, "http/1.1"], by: -1)
         self.teardown()
         self.context = nil
-        // The two point at each other while both are in the pipeline; this ends the cycle.
-        if self.activity.server === self { self.activity.server = nil }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -136,12 +144,65 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        // Requests decoded from the same read as a closing response are never answered.
-        guard !self.state.closed else { return }
-        let part = Self.unwrapInboundIn(data)
-        self.trackDecoder(part, context: context)
-        // A pipelined request waits (queued) until the current response is done.
-        if self.state.partDecoded(part) { self.handle(part) }
+        self.tickSlot.ioBegins()
+        self.lastRead = .now()
+        if self.firstReadStartsHeaderClock {
+            self.firstReadStartsHeaderClock = false
+            self.requestBytesArrived()
+        }
+        // Requests read with a closing response are never answered; input after a parse failure
+        // is dropped.
+        guard !self.state.closed, !self.parser.hasFailed else { return }
+        var input = Self.unwrapInboundIn(data)
+        if var unparsed = self.unparsed.take() {
+            unparsed.writeBuffer(&input)
+            input = unparsed
+        }
+        self.parse(&input)
+    }
+
+    /// Hands each request part in `input` to the connection's rules, until it is all read, the
+    /// parser waits (a WebSocket handshake awaits its 101) or the connection closes; what is left
+    /// stays for later.
+    private func parse(_ input: inout ByteBuffer) {
+        while !self.state.closed {
+            let event: HTTP1RequestParser.Event?
+            do {
+                event = try self.parser.next(&input)
+            } catch {
+                self.unparsed = nil
+                return self.parseFailed(error == .headTooLarge ? .headersTooLarge : .badRequest("malformed HTTP request"))
+            }
+            let part: HTTPServerRequestPart
+            switch event {
+            case .none:
+                if input.readableBytes > 0 { self.unparsed = input }
+                return
+            case .head(let head, _, let asksToSwitch):
+                // Keep-alive is the head's own (`Connection`), as the state machine has it.
+                self.requestAsksToSwitch = asksToSwitch
+                part = .head(head)
+            case .body(let body):
+                part = .body(body)
+            case .end:
+                self.holdParsingForSwitch()
+                part = .end(nil)
+            }
+            // A pipelined request waits (queued) until the current response is done.
+            if self.state.partDecoded(part) { self.handle(part) }
+        }
+    }
+
+    /// What is left after a held WebSocket handshake that did not switch is HTTP/1.1 again; parsed
+    /// on the next loop tick, outside the finishing request's call.
+    private func resumeParsing() {
+        self.parser.resume()
+        guard let context else { return }
+        context.eventLoop.assumeIsolated().execute {
+            guard !self.state.closed, !self.parser.hasFailed, var input = self.unparsed.take() else { return }
+            self.parse(&input)
+            self.startPendingExchange()
+        }
     }
 
     /// The most pipelined requests one connection may have waiting. A read of 64 KiB holds about
@@ -149,7 +210,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     /// all keep far fewer in flight.
     static let defaultMaxQueuedRequests = 256
 
-    /// The first bytes of a new request: its `client_header` clock starts (`ReadActivityHandler`).
+    /// The first bytes of a new request: its `client_header` clock starts.
     func requestBytesArrived() {
         if self.current == nil {
             let traffic = self.runtime().traffic
@@ -174,31 +235,29 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         }
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if let parserError = error as? HTTPParserError {
-            let gatewayError: GatewayError =
-                parserError == .headerOverflow ? .headersTooLarge : .badRequest("malformed HTTP request")
-            switch self.state.parseFailed(gatewayError) {
-            case .answerAfterQueued:
-                break
-            case .abort:
-                self.current?.exchange?.cancel()
-                self.close()
-            case .answerAndClose:
-                // A broken body after a good head: the upstream connection is dropped (the
-                // upstream sees an aborted request, never a complete one) and the client gets 400.
-                if let exchange = self.current?.exchange {
-                    exchange.cancel()
-                    self.pendingStart = nil
-                    self.current!.exchange = nil
-                }
-                self.beginErrorRequest()
-                self.writeLocal(gatewayError.response(requestID: self.current!.requestID, allocator: context.channel.allocator), forceClose: true)
+    /// Input that is not a request in the strict grammar: answered 400 (431 for a head over the
+    /// limit) after the requests before it, or at once when it broke a request in flight.
+    private func parseFailed(_ gatewayError: GatewayError) {
+        switch self.state.parseFailed(gatewayError) {
+        case .answerAfterQueued:
+            break
+        case .abort:
+            self.current?.exchange?.cancel()
+            self.close()
+        case .answerAndClose:
+            // A broken body after a good head: the upstream connection is dropped (the
+            // upstream sees an aborted request, never a complete one) and the client gets 400.
+            if let exchange = self.current?.exchange {
+                exchange.cancel()
+                self.pendingStart = nil
+                self.current!.exchange = nil
             }
-            return
+            self.beginErrorRequest()
+            self.writeLocal(gatewayError.response(requestID: self.current!.requestID, allocator: self.context.channel.allocator), forceClose: true)
         }
-        // A decoder in its error state refuses later reads; they are discarded anyway.
-        if self.state.queued.discarding, error is ByteToMessageDecoderError { return }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
         // I/O errors: the connection is gone either way.
         self.close()
     }
@@ -317,9 +376,9 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.log(current)
         self.current = nil
         let (next, replaceDecoder) = self.state.requestFinished()
-        if replaceDecoder, let context {
+        if replaceDecoder {
             // The upstream refused the switch: the bytes after the handshake are HTTP/1.1 again.
-            self.replaceDecoder(context: context)
+            self.resumeParsing()
         }
         switch next {
         case .closeAfterResponse: self.closeAfterResponse()
@@ -470,7 +529,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.emit(.end(nil), context: context)
         context.flush()
         do {
-            try TunnelSwitch.install(tunnel, client: context, decoder: self.decoder, upstream: connection)
+            try TunnelSwitch.install(tunnel, client: context, early: self.unparsed.take(), upstream: connection)
         } catch {
             connection.close()
             self.close()
@@ -539,8 +598,10 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     // MARK: - Timers and closing
 
     private func becameIdle() {
-        self.activity.arm()
+        self.firstReadStartsHeaderClock = true
         let traffic = self.runtime().traffic
+        // A reload's header limit applies from the next request on.
+        if self.parser.isBetweenRequests { self.parser.maxHeadBytes = traffic.maxHeaderBytes }
         self.arm(.idle, after: traffic.idleTimeout, traffic: traffic)
     }
 
@@ -574,7 +635,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     private func bodyStallCheck(traffic: TrafficSettings) {
         guard let current = self.current, let request = self.state.request, request.bodyOutstanding else { return }
         let idle = traffic.idleTimeout
-        let silent = NIODeadline.now() - self.activity.lastRead
+        let silent = NIODeadline.now() - self.lastRead
         let paused = self.state.bodyPaused
         if paused || silent < idle {
             self.arm(.bodyStall, after: paused ? idle : idle - silent, traffic: traffic)
@@ -655,85 +716,16 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     // MARK: - Upgrade
 
-    /// NIO's request decoder stops parsing after a request that asks to switch protocols
-    /// (`Connection: upgrade` with `Upgrade`, or CONNECT: llhttp's rule), holding every following byte
-    /// for an upgrade handler to take over. The gateway serves such a request as a plain one
-    /// (`Upgrade` is hop-by-hop and never forwarded), so once its end is decoded a fresh decoder
-    /// takes the decoder's place and parses the bytes it held back.
-    private func trackDecoder(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
-        switch part {
-        case .head(let head):
-            self.decoderStopsAfterRequest = Self.asksToSwitchProtocols(head)
-        case .body:
-            break
-        case .end:
-            guard self.decoderStopsAfterRequest else { return }
-            self.decoderStopsAfterRequest = false
-            if self.state.queued.isEmpty, let request = self.state.request, !request.requestEnded,
-               self.current?.exchange?.webSocket != nil {
-                self.state.holdDecoder()
-                return
-            }
-            self.replaceDecoder(context: context)
+    /// A WebSocket handshake's request has ended: the bytes after it wait, unparsed, until the
+    /// upstream's answer decides whether they are the tunnel's or more HTTP/1.1.
+    private func holdParsingForSwitch() {
+        guard self.requestAsksToSwitch else { return }
+        self.requestAsksToSwitch = false
+        if self.state.queued.isEmpty, let request = self.state.request, !request.requestEnded,
+           self.current?.exchange?.webSocket != nil {
+            self.state.holdDecoder()
+            self.parser.hold()
         }
-    }
-
-    /// llhttp's rule, which this must match: replacing a decoder that did not stop would hand
-    /// parsed parts to a byte decoder. llhttp flags a request whose `Connection` lists the token
-    /// `upgrade` and that has a non-empty `Upgrade` value, or CONNECT. A miss the other way (the
-    /// decoder stopped unnoticed) is bounded by the decoder's `maximumBufferSize`.
-    static func asksToSwitchProtocols(_ head: HTTPRequestHead) -> Bool {
-        if head.method == .CONNECT { return true }
-        var upgradeNamed = false
-        var connectionUpgrade = false
-        for (name, value) in head.headers {
-            switch name.utf8.count {
-            case 7 where name.equalsIgnoringASCIICase("upgrade"):
-                for byte in value.utf8 where byte != UInt8(ascii: " ") && byte != UInt8(ascii: "\t") {
-                    upgradeNamed = true
-                    break
-                }
-            case 10 where name.equalsIgnoringASCIICase("connection"):
-                if value.containsListElement("upgrade") { connectionUpgrade = true }
-            default:
-                break
-            }
-        }
-        return upgradeNamed && connectionUpgrade
-    }
-
-    private func replaceDecoder(context: ChannelHandlerContext) {
-        do {
-            let pipeline = context.pipeline.syncOperations
-            // The decoder that stopped is the one feeding this handler: a replaced one may still
-            // be in the pipeline, handing its leftovers over.
-            let stopped = try self.decoder.map { try pipeline.context(handler: $0) }
-                ?? pipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
-            let fresh = HTTP1Pipeline.requestDecoder(maxHeaderBytes: self.runtime().traffic.maxHeaderBytes)
-            try pipeline.addHandler(fresh, position: .before(self))
-            self.decoder = fresh
-            // Removal runs on the next loop tick; the stopped decoder then forwards what it holds
-            // (`leftOverBytesStrategy: .forwardBytes`) to the fresh one.
-            pipeline.removeHandler(context: stopped, promise: nil)
-        } catch {
-            self.close()
-        }
-    }
-}
-
-extension HTTP1Pipeline {
-    /// The request decoder of a client connection. Leftover bytes are forwarded so a decoder that
-    /// stopped after an upgrade request hands them to its replacement. A parsing decoder holds at
-    /// most an unfinished head; past `maximumBufferSize` it has stopped without a replacement and
-    /// the connection is closed rather than buffered without bound.
-    static func requestDecoder(maxHeaderBytes: Int) -> ByteToMessageHandler<HTTPRequestDecoder> {
-        var limits = NIOHTTPDecoderLimitConfiguration()
-        limits.maxHeaderListSize = maxHeaderBytes
-        limits.maxHeaderFieldSize = maxHeaderBytes
-        return ByteToMessageHandler(
-            HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop, limitConfiguration: limits),
-            maximumBufferSize: 2 * maxHeaderBytes + (1 << 20)
-        )
     }
 }
 

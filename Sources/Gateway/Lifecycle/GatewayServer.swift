@@ -390,10 +390,7 @@ public struct GatewayStartupError: Error, CustomStringConvertible {
 /// The HTTP/1.1 handlers of a client connection.
 enum HTTP1Pipeline {
     static func configure(_ pipeline: ChannelPipeline.SynchronousOperations, services: ConnectionServices) throws {
-        let activity = ReadActivityHandler()
-        try pipeline.addHandler(activity)
-        try pipeline.addHandler(requestDecoder(maxHeaderBytes: services.runtime.traffic.maxHeaderBytes))
-        try pipeline.addHandler(HTTP1ServerHandler(services: services, activity: activity))
+        try pipeline.addHandler(HTTP1ServerHandler(services: services))
     }
 }
 

@@ -152,8 +152,7 @@ final class TunnelEndpointHandler: ChannelDuplexHandler, TunnelSide {
     private var context: ChannelHandlerContext?
     private var readGate = ReadGate()
     private var pendingFlush = false
-    /// Writes wait here until the client's HTTP decoder in front of this handler has left the
-    /// pipeline (it would take the tunnelled bytes for HTTP); the upstream end is released at once.
+    /// Writes wait here until `release`: the tunnel relays nothing before both ends are in place.
     private var held: [ByteBuffer]? = []
 
     init(side: Side) { self.side = side }
@@ -258,24 +257,13 @@ enum TunnelSwitch {
     /// - Parameters:
     ///   - client: the context of the client connection's HTTP/1 handler; the tunnel end goes in
     ///     front of it, so the handler stays for the access log and the connection count.
-    ///   - decoder: the client's stopped request decoder (nil: the pipeline's first one). Removing
-    ///     it hands the bytes it held (frames sent before the 101 arrived) to the tunnel.
-    static func install(
-        _ tunnel: ByteTunnel, client: ChannelHandlerContext, decoder: ByteToMessageHandler<HTTPRequestDecoder>?,
-        upstream connection: UpstreamConnection
-    ) throws {
+    ///   - early: bytes the client sent after the handshake (frames sent before the 101 arrived),
+    ///     which the handler read but did not parse.
+    static func install(_ tunnel: ByteTunnel, client: ChannelHandlerContext, early: ByteBuffer?, upstream connection: UpstreamConnection) throws {
         guard let clientEnd = tunnel.clientHandler else { return }
-        let clientPipeline = client.pipeline.syncOperations
-        try clientPipeline.addHandler(clientEnd, position: .before(client.handler))
-        let stopped = try decoder.map { try clientPipeline.context(handler: $0) }
-            ?? clientPipeline.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
-        // The held bytes arrive without a read-complete: flushed once the decoder has handed them over.
-        let clientHandedOver = client.eventLoop.makePromise(of: Void.self)
-        clientPipeline.removeHandler(context: stopped, promise: clientHandedOver)
-        clientHandedOver.futureResult.assumeIsolated().whenSuccess {
-            clientEnd.release()
-            tunnel.flushBothSides()
-        }
+        try client.pipeline.syncOperations.addHandler(clientEnd, position: .before(client.handler))
+        clientEnd.release()
+        if let early { clientEnd.received(early) }
         try self.installUpstream(tunnel, connection: connection)
     }
 
