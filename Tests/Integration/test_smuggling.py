@@ -28,6 +28,15 @@ ATTACKS = {
     "encoded_dot_segments": b"GET /api/%2e%2e/admin HTTP/1.1\r\nHost: x\r\n\r\n",
     "absolute_form": b"GET http://evil.example/api/bookings HTTP/1.1\r\nHost: x\r\n\r\n",
     "http09": b"GET /api/bookings\r\n\r\n",
+    # Outside the strict grammar the gateway's own request parser reads (llhttp accepted these).
+    "chunk_extension": b"POST /api/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n0\r\n\r\n",
+    "te_trailing_tab": b"POST /api/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\t\r\n\r\n0\r\n\r\n",
+    "duplicate_equal_cl": b"POST /api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    "webdav_method": b"PROPFIND /api/bookings HTTP/1.1\r\nHost: x\r\n\r\n",
+    "connect": b"CONNECT api.barberpro.com.ar:443 HTTP/1.1\r\nHost: api.barberpro.com.ar:443\r\n\r\n",
+    "asterisk_form": b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+    "raw_utf8_target": "GET /api/caf\u00e9 HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+    "bare_lf_line_ends": b"GET /api/bookings HTTP/1.1\nHost: x\n\n",
 }
 
 
