@@ -34,9 +34,9 @@ extension HTTP1ServerHandler {
         private(set) var closed = false
         /// The upstream cannot take more of the request body.
         private(set) var bodyPaused = false
-        /// A WebSocket handshake's decoder stopped and is kept until the upstream answers: its held
+        /// A WebSocket handshake's parsing stopped and waits until the upstream answers: its held
         /// bytes are the first frames of a tunnel after a 101, or the next request otherwise.
-        private(set) var decoderHeld = false
+        private(set) var parsingHeld = false
         /// The connection is a WebSocket tunnel; its reads are the tunnel's business.
         private(set) var tunnelled = false
         private var readPending = false
@@ -130,16 +130,16 @@ extension HTTP1ServerHandler {
             case serveQueued
         }
 
-        /// Both halves of the request are done. `replaceDecoder`: a WebSocket handshake the upstream
-        /// refused held its decoder, and the bytes after it are HTTP/1.1 again.
-        mutating func requestFinished() -> (next: AfterRequest, replaceDecoder: Bool) {
+        /// Both halves of the request are done. `resumeParsing`: a WebSocket handshake the upstream
+        /// refused held parsing, and the bytes after it are HTTP/1.1 again.
+        mutating func requestFinished() -> (next: AfterRequest, resumeParsing: Bool) {
             let request = self.request
             self.request = nil
             self.bodyPaused = false
-            let replaceDecoder = self.decoderHeld
-            self.decoderHeld = false
+            let resumeParsing = self.parsingHeld
+            self.parsingHeld = false
             let reusable = (request?.keepAlive ?? false) && !(request?.closeDelimited ?? false) && !self.quiescing
-            return (reusable ? .serveQueued : .closeAfterResponse, replaceDecoder)
+            return (reusable ? .serveQueued : .closeAfterResponse, resumeParsing)
         }
 
         /// The next queued part to serve: none while the request in flight waits for its response.
@@ -178,7 +178,7 @@ extension HTTP1ServerHandler {
         /// Whether socket reads wait. `writable`: the socket takes more output (asked only when
         /// nothing else decides, as it is a channel call).
         func readsHeld(writable: @autoclosure () -> Bool) -> Bool {
-            if self.decoderHeld || self.bodyPaused || self.closed || self.queued.discarding { return true }
+            if self.parsingHeld || self.bodyPaused || self.closed || self.queued.discarding { return true }
             // A client that pipelines without reading its responses: the next requests wait in
             // the kernel until the responses written so far drain.
             let waitingForResponse = self.request?.requestEnded ?? true
@@ -206,12 +206,12 @@ extension HTTP1ServerHandler {
         mutating func pauseRequestBody() { self.bodyPaused = true }
         mutating func resumeRequestBody() { self.bodyPaused = false }
 
-        mutating func holdDecoder() { self.decoderHeld = true }
+        mutating func holdParsing() { self.parsingHeld = true }
 
         /// The connection became a tunnel; true when a read was owed (reads were held while the
         /// handshake was pending).
         mutating func tunnelStarted() -> Bool {
-            self.decoderHeld = false
+            self.parsingHeld = false
             self.tunnelled = true
             defer { self.readPending = false }
             return self.readPending

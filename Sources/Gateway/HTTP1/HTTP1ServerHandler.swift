@@ -375,8 +375,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         guard let current = self.current else { return }
         self.log(current)
         self.current = nil
-        let (next, replaceDecoder) = self.state.requestFinished()
-        if replaceDecoder {
+        let (next, resumeParsing) = self.state.requestFinished()
+        if resumeParsing {
             // The upstream refused the switch: the bytes after the handshake are HTTP/1.1 again.
             self.resumeParsing()
         }
@@ -514,9 +514,9 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         }
         self.current!.record.note(exchange)
         self.current!.exchange = nil
-        // Only a handshake whose decoder was held can switch: one pipelined behind another
+        // Only a handshake that held parsing can switch: one pipelined behind another
         // request had its following bytes parsed as HTTP already.
-        guard self.state.decoderHeld, self.state.request?.requestEnded ?? false else {
+        guard self.state.parsingHeld, self.state.request?.requestEnded ?? false else {
             connection.close()
             self.writeLocal(GatewayError.badUpstreamResponse.response(requestID: current.requestID, allocator: context.channel.allocator), forceClose: true)
             return
@@ -723,7 +723,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.requestAsksToSwitch = false
         if self.state.queued.isEmpty, let request = self.state.request, !request.requestEnded,
            self.current?.exchange?.webSocket != nil {
-            self.state.holdDecoder()
+            self.state.holdParsing()
             self.parser.hold()
         }
     }

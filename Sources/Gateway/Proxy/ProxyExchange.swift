@@ -317,7 +317,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             self.downstream?.exchangeFinished(for: self)
             self.downstream = nil
         case .tunnel(let connection):
-            // The decoder stopped after this 101: the connection is the tunnel's from here.
+            // The parser stopped after this 101: the connection is the tunnel's from here.
             self.releaseOutstanding()
             connection.handler.owner = nil
             let downstream = self.downstream

@@ -85,9 +85,9 @@ final class ByteTunnel {
         (side == .client ? self.upstream : self.client).flush()
     }
 
-    /// Bytes a leaving decoder hands over come without a read-complete: whatever they were relayed
-    /// to is flushed here, or an upstream that speaks first (a server push right after the 101)
-    /// would wait for the client's first frame.
+    /// Bytes a connection's handler read after the 101, before the tunnel started, come without a
+    /// read-complete: whatever they were relayed to is flushed here, or an upstream that speaks
+    /// first (a server push right after the 101) would wait for the client's first frame.
     func flushBothSides() {
         self.client.flush()
         self.upstream.flush()
@@ -214,7 +214,7 @@ final class TunnelEndpointHandler: ChannelDuplexHandler, TunnelSide {
         self.pendingFlush = true
     }
 
-    /// The decoder is gone: what waited is written.
+    /// Both ends are in place: what waited is written.
     func release() {
         guard let held = self.held else { return }
         self.held = nil
@@ -236,7 +236,7 @@ final class TunnelEndpointHandler: ChannelDuplexHandler, TunnelSide {
     func close() {
         guard let context else { return }
         self.pendingFlush = false
-        // Still behind a decoder that has not left, nothing can be written through it.
+        // Not released yet: nothing can be written through it.
         guard self.held == nil, context.channel.isActive else {
             self.held = nil
             context.close(promise: nil)
