@@ -117,6 +117,26 @@ def test_curl_http2_get_and_post(gateway):
     assert out == "ñandú".encode()
 
 
+def test_response_fields_are_never_indexed_in_the_hpack_table(gateway):
+    # The request id, date and rate-limit counters change per response: indexed, each response
+    # would insert and evict entries in both sides' tables. The gateway sends literals instead,
+    # so the client's decoder table stays empty while every field still arrives whole.
+    raw = RawH2(gateway.ports["public"])
+    try:
+        ids = set()
+        for _ in range(3):
+            sid = raw.request("/api/bookings")
+            events = raw.events(done(sid))
+            assert stream_outcome(events, sid) == 200
+            fields = next(dict(e.headers) for e in events if isinstance(e, h2.events.ResponseReceived))
+            ids.add(fields[b"x-request-id"])
+            assert b"strict-transport-security" in fields and b"content-type" in fields
+        assert len(ids) == 3
+        assert len(raw.conn.decoder.header_table.dynamic_entries) == 0
+    finally:
+        raw.close()
+
+
 def test_h1_and_h2_give_identical_bodies_and_statuses(gateway_factory, upstream):
     gw = gateway_factory(upstream.port, extra_routes="  - name: admin-only\n    match: { path_prefix: /admin, methods: [GET] }\n    upstream: booking\n")
     cases = [("GET", "/api/bookings", {}, None), ("GET", "/nothing", {}, None), ("PUT", "/admin/x", {}, None),
