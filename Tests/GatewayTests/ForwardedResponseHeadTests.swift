@@ -49,7 +49,7 @@ import Testing
         let extras = [("ratelimit-limit", "100"), ("RateLimit-Remaining", "7"), ("ratelimit-limit", "50"), ("retry-after", "60")]
         additions.extraHeaders = (0..<random.below(5)).map { _ in random.pick(extras) }
         return ForwardedResponseHead(
-            upstream: upstream, requestMethod: random.pick([.GET, .HEAD, .POST]),
+            upstream: UpstreamResponseHead(upstream), requestMethod: random.pick([.GET, .HEAD, .POST]),
             clientVersion: random.pick([.http1_1, .http1_0, HTTPVersion(major: 2, minor: 0)]),
             requestID: random.pick(["gw-00000000000000000000000a", "r"]), addHSTS: random.chance(50), additions: additions
         )
@@ -61,14 +61,48 @@ import Testing
         for _ in 0..<3_000 {
             let forwarded = Self.randomHead(&random)
             let close = random.chance(30)
-            if HeaderRewriter.connectionTokens(forwarded.upstream.headers).map({ $0.contains("x-secret") }) == true { secondPasses += 1 }
-            if forwarded.upstream.headers.contains(where: { forwarded.additions.replaces($0.name) }) { replacedFields += 1 }
+            let fields = forwarded.upstream.fields.headers
+            if HeaderRewriter.connectionTokens(fields).map({ $0.contains("x-secret") }) == true { secondPasses += 1 }
+            if fields.contains(where: { forwarded.additions.replaces($0.name) }) { replacedFields += 1 }
             let expected = Self.reference(forwarded, close: close), written = Self.direct(forwarded, close: close)
             #expect(written.0 == expected.0)
             #expect(written.1 == expected.1)
             if written.0 != expected.0 || written.1 != expected.1 { return }
         }
         #expect(secondPasses > 100 && replacedFields > 100, "the generator must reach the second pass and the replaced fields")
+    }
+
+    /// The forwarding path reads an upstream's field lines as the parser kept them (a slice of the
+    /// read buffer); the same head decoded into `HTTPHeaders` must be rewritten to the same bytes.
+    @Test func fieldLinesAsReadRewriteLikeTheDecodedHead() {
+        var random = ForwardedRequestHeadTests.Generator(state: 0x6C69_6E65_73)
+        var compared = 0
+        for _ in 0..<3_000 {
+            var forwarded = Self.randomHead(&random)
+            let decoded = forwarded.upstream.built
+            var text = "HTTP/\(decoded.version.major).\(decoded.version.minor) \(decoded.status.code) \(decoded.status.reasonPhrase)\r\n"
+            for (name, value) in decoded.headers { text += "\(name): \(value)\r\n" }
+            // Heads the strict grammar refuses (two lengths, codings other than chunked) never reach a rewrite.
+            var buffer = ByteBuffer(string: "junk" + text + "\r\nbody")
+            buffer.moveReaderIndex(forwardBy: 4)
+            guard case .parsed(let parsed) = UpstreamResponseHead.parse(buffer, maxHeadBytes: 1 << 20) else { continue }
+            guard case .lines(let lines) = parsed.head.fields else {
+                Issue.record("the parser keeps the field lines")
+                return
+            }
+            #expect(lines.fieldCount == decoded.headers.count)
+            let close = random.chance(30)
+            // The parser reads a status's code; its reason phrase is the standard one.
+            forwarded.upstream.status = parsed.head.status
+            let expected = Self.direct(forwarded, close: close)
+            let (expectedBuilt, _) = forwarded.built
+            forwarded.upstream = parsed.head
+            #expect(Self.direct(forwarded, close: close) == expected)
+            #expect(forwarded.built.0.headers == expectedBuilt.headers)
+            compared += 1
+            if Self.direct(forwarded, close: close) != expected { return }
+        }
+        #expect(compared > 1_000, "most generated heads must be in the strict grammar")
     }
 
     /// The gateway's rate-limit fields replace the upstream's of the same name, and of two of its
@@ -93,7 +127,7 @@ import Testing
         var additions = ResponseAdditions()
         additions.corsEnabled = true
         let forwarded = ForwardedResponseHead(
-            upstream: HTTPResponseHead(version: .http1_1, status: .ok, headers: headers), requestMethod: .GET,
+            upstream: UpstreamResponseHead(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers)), requestMethod: .GET,
             clientVersion: .http1_1, requestID: "r", addHSTS: true, additions: additions
         )
         #expect(Self.direct(forwarded, close: true).0 == Self.reference(forwarded, close: true).0)

@@ -370,7 +370,7 @@ struct UpstreamConnectionPoolTests {
 /// Records the response parts a pooled connection hands its owner.
 private final class RecordingOwner: UpstreamConnectionOwner {
     var parts: [HTTPClientResponsePart] = []
-    func upstreamReceivedHead(_ head: HTTPResponseHead, keepAlive: Bool) { self.parts.append(.head(head)) }
+    func upstreamReceivedHead(_ head: UpstreamResponseHead, keepAlive: Bool) { self.parts.append(.head(head.built)) }
     func upstreamReceivedBody(_ body: ByteBuffer) { self.parts.append(.body(body)) }
     func upstreamReceivedEnd() { self.parts.append(.end(nil)) }
     func upstreamFailed(_ error: Error) {}

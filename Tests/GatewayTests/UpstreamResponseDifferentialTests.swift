@@ -183,7 +183,7 @@ import Testing
 
 private final class DecodingOwner: UpstreamConnectionOwner {
     var decoded = UpstreamResponseDifferentialTests.Decoded()
-    func upstreamReceivedHead(_ head: HTTPResponseHead, keepAlive: Bool) { self.decoded.head(head, keepAlive: keepAlive) }
+    func upstreamReceivedHead(_ head: UpstreamResponseHead, keepAlive: Bool) { self.decoded.head(head.built, keepAlive: keepAlive) }
     func upstreamReceivedBody(_ body: ByteBuffer) { self.decoded.body(body) }
     func upstreamReceivedEnd() { self.decoded.end() }
     func upstreamFailed(_ error: Error) { self.decoded.fail() }

@@ -32,6 +32,17 @@ struct ResponseAdditions: Sendable {
             || name.equalsIgnoringASCIICase("access-control-max-age")
     }
 
+    /// `isCORSField` of a name's bytes.
+    static func isCORSField(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard name.count >= 22, name[0] | 0x20 == UInt8(ascii: "a") else { return false }
+        return bytesEqualIgnoringASCIICase(name, "access-control-allow-origin")
+            || bytesEqualIgnoringASCIICase(name, "access-control-allow-credentials")
+            || bytesEqualIgnoringASCIICase(name, "access-control-expose-headers")
+            || bytesEqualIgnoringASCIICase(name, "access-control-allow-methods")
+            || bytesEqualIgnoringASCIICase(name, "access-control-allow-headers")
+            || bytesEqualIgnoringASCIICase(name, "access-control-max-age")
+    }
+
     /// Applies the additions to a response's headers (gateway-made or upstream).
     func apply(to headers: inout HTTPHeaders) {
         for (name, value) in self.extraHeaders { headers.replaceOrAdd(name: name, value: value) }
@@ -54,6 +65,16 @@ struct ResponseAdditions: Sendable {
     func replaces(_ name: String) -> Bool {
         guard !self.extraHeaders.isEmpty else { return false }
         return self.extraHeaders.contains { $0.0.equalsIgnoringASCIICase(anyCase: name) }
+    }
+
+    /// `replaces` for a name's bytes.
+    @inline(__always)
+    func replaces(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard !self.extraHeaders.isEmpty else { return false }
+        return self.extraHeaders.contains { extra in
+            var extraName = extra.0
+            return extraName.withUTF8 { bytesEqualIgnoringASCIICase(anyCase: name, $0) }
+        }
     }
 
     /// `Strict-Transport-Security` on every response from a TLS listener (a year, subdomains too).

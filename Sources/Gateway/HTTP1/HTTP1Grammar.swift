@@ -87,9 +87,12 @@ enum HTTP1Grammar {
     /// `Transfer-Encoding` other than one lone `chunked` (HTTP/1.1 only), or both. Framing values
     /// are taken untrimmed: llhttp does not read every OWS around a length or coding as RFC 9110
     /// does ("chunked<HTAB>" is not chunked to it).
-    static func readFields(_ bytes: UnsafeRawBufferPointer, from start: Int, headLength: Int, lines: Int, version: HTTPVersion) -> Fields? {
+    /// With `keepingHeaders` false, `headers` stays empty: the caller keeps the lines' bytes.
+    static func readFields(
+        _ bytes: UnsafeRawBufferPointer, from start: Int, headLength: Int, lines: Int, version: HTTPVersion, keepingHeaders: Bool = true
+    ) -> Fields? {
         var fields = Fields()
-        fields.headers.reserveCapacity(lines - 1)
+        if keepingHeaders { fields.headers.reserveCapacity(lines - 1) }
         var sawTransferEncoding = false
         var lineStart = start
         while lineStart < headLength - 2 {
@@ -119,7 +122,9 @@ enum HTTP1Grammar {
             default:
                 break
             }
-            fields.headers.add(name: String(decoding: nameBytes, as: UTF8.self), value: String(decoding: valueBytes, as: UTF8.self))
+            if keepingHeaders {
+                fields.headers.add(name: String(decoding: nameBytes, as: UTF8.self), value: String(decoding: valueBytes, as: UTF8.self))
+            }
             lineStart = lineEnd + 2
         }
         // Both framings at once is the classic smuggling vector: refused, not resolved.

@@ -8,9 +8,20 @@ enum HTTP2ResponseField {
     /// Copies `name` lowercased to `destination` (room for `name.utf8.count` bytes) and returns its
     /// length, or nil when the field must be dropped.
     static func copyName(_ name: String, to destination: UnsafeMutablePointer<UInt8>) -> Int? {
+        var name = name
         // A native string's bytes in one buffer: a tight loop, not the UTF-8 view's per-byte checks.
-        let copied = name.utf8.withContiguousStorageIfAvailable { copyName($0, to: destination) }
-        guard let count = copied ?? copyName(Array(name.utf8), to: destination) else { return nil }
+        return name.withUTF8 { copyName($0, to: destination) }
+    }
+
+    /// `copyName` of a name's bytes.
+    static func copyName(_ name: UnsafeBufferPointer<UInt8>, to destination: UnsafeMutablePointer<UInt8>) -> Int? {
+        guard !name.isEmpty else { return nil }
+        for index in 0..<name.count {
+            let byte = name[index]
+            guard isHTTPTokenByte(byte) else { return nil }
+            destination[index] = byte &+ (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? 0x20 : 0)
+        }
+        let count = name.count
         // Most names are ruled out by their length alone, without building a `String`.
         if count < 64 && refusedLengths & (1 << count) != 0 {
             let lower = String(decoding: UnsafeBufferPointer(start: destination, count: count), as: UTF8.self)
@@ -19,28 +30,20 @@ enum HTTP2ResponseField {
         return count
     }
 
-    private static func copyName<Bytes: Collection<UInt8>>(_ name: Bytes, to destination: UnsafeMutablePointer<UInt8>) -> Int? {
-        var count = 0
-        for byte in name {
-            guard isHTTPTokenByte(byte) else { return nil }
-            destination[count] = byte &+ (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? 0x20 : 0)
-            count += 1
-        }
-        return count > 0 ? count : nil
-    }
-
     /// Copies `value` without its surrounding SP/HTAB to `destination` (room for
     /// `value.utf8.count` bytes) and returns its length, or nil when the field must be dropped.
     static func copyValue(_ value: String, to destination: UnsafeMutablePointer<UInt8>) -> Int? {
-        value.utf8.withContiguousStorageIfAvailable { copyValue($0, to: destination) }
-            ?? copyValue(Array(value.utf8), to: destination)
+        var value = value
+        return value.withUTF8 { copyValue($0, to: destination) }
     }
 
-    private static func copyValue<Bytes: Collection<UInt8>>(_ value: Bytes, to destination: UnsafeMutablePointer<UInt8>) -> Int? {
+    /// `copyValue` of a value's bytes.
+    static func copyValue(_ value: UnsafeBufferPointer<UInt8>, to destination: UnsafeMutablePointer<UInt8>) -> Int? {
         var count = 0
         // Bytes up to the last one that is not SP/HTAB: trailing whitespace is never kept.
         var kept = 0
-        for byte in value {
+        for index in 0..<value.count {
+            let byte = value[index]
             let isSpace = byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t")
             if isSpace && count == 0 { continue }
             guard isSpace || isFieldValueByte(byte) else { return nil }

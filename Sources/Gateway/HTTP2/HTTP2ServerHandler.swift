@@ -611,12 +611,13 @@ private struct HeaderScratch: HeadFieldSink {
     mutating func fill(_ forwarded: ForwardedResponseHead, _ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void) {
         let additions = forwarded.additions
         // Every field the rewrite may add: the request id, `Vary`, HSTS, `Transfer-Encoding`.
-        let fields = forwarded.upstream.headers.count + additions.headers.count + additions.extraHeaders.count + 4
-        _ = HeaderRewriter.inOneOrTwoPasses(forwarded.upstream.headers) { named in
+        let fields = forwarded.upstream.fields.fieldCount + additions.headers.count + additions.extraHeaders.count + 4
+        _ = HeaderRewriter.inOneOrTwoPasses(forwarded.upstream.fields) { named in
             self.begin(status: Int(forwarded.upstream.status.code), fields: fields)
             return HeaderRewriter.rewriteResponseFields(
-                forwarded.upstream, requestMethod: forwarded.requestMethod, clientVersion: forwarded.clientVersion,
-                requestID: forwarded.requestID, addHSTS: forwarded.addHSTS, additions: additions, named: named, into: &self
+                forwarded.upstream.fields, status: forwarded.upstream.status, requestMethod: forwarded.requestMethod,
+                clientVersion: forwarded.clientVersion, requestID: forwarded.requestID, addHSTS: forwarded.addHSTS,
+                additions: additions, named: named, into: &self
             )
         }
         self.submit(submit)
@@ -636,10 +637,10 @@ private struct HeaderScratch: HeadFieldSink {
         self.count = 1
     }
 
-    /// One field, dropped if it may not go out over HTTP/2 (`HTTP2ResponseField`).
-    mutating func add(name: String, value: String) {
+    /// One field from a head's bytes, dropped if it may not go out over HTTP/2 (`HTTP2ResponseField`).
+    mutating func add(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
         // A field is copied at most as long as it came; its value right after its name.
-        self.reserveBytes(self.used + name.utf8.count + value.utf8.count, keeping: self.used)
+        self.reserveBytes(self.used + name.count + value.count, keeping: self.used)
         if self.count == self.fieldCapacity { self.reserveFields(self.count * 2, keeping: self.count) }
         let start = self.bytes! + self.used
         guard let nameLength = HTTP2ResponseField.copyName(name, to: start),
@@ -649,6 +650,11 @@ private struct HeaderScratch: HeadFieldSink {
         self.fields![self.count].valuelen = valueLength
         self.used += nameLength + valueLength
         self.count += 1
+    }
+
+    mutating func add(name: String, value: String) {
+        var (name, value) = (name, value)
+        name.withUTF8 { name in value.withUTF8 { self.add(name: name, value: $0) } }
     }
 
     private mutating func submit(_ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void) {

@@ -95,6 +95,13 @@ private func bytesEqualIgnoringASCIICase(_ bytes: UnsafeBufferPointer<UInt8>, _ 
     return true
 }
 
+/// `a` equal to `b`, ASCII case ignored on both sides.
+func bytesEqualIgnoringASCIICase(anyCase a: UnsafeBufferPointer<UInt8>, _ b: UnsafeBufferPointer<UInt8>) -> Bool {
+    guard a.count == b.count else { return false }
+    for index in 0..<a.count where asciiLowercased(a[index]) != asciiLowercased(b[index]) { return false }
+    return true
+}
+
 @inline(__always)
 private func asciiLowercased(_ byte: UInt8) -> UInt8 {
     byte &- UInt8(ascii: "A") < 26 ? byte | 0x20 : byte

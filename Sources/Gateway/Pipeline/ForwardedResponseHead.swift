@@ -4,15 +4,17 @@ import NIOHTTP1
 /// Where a rewrite (`HeaderRewriter.rewriteResponseFields`, `rewriteRequestFields`) puts its fields.
 protocol HeadFieldSink {
     mutating func add(name: String, value: String)
+    /// A field copied from a head's bytes.
+    mutating func add(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>)
 }
 
-/// The response head for an HTTP/1.x client, kept as the upstream's decoded head plus what the
-/// rewrite needs, and written straight into the client connection's head buffer in one pass (no
-/// rebuilt `HTTPHeaders`). The rules are `HeaderRewriter.rewriteResponseFields`, the same that
+/// The response head for an HTTP/1.x client, kept as the upstream's head (its field lines as the
+/// upstream's bytes) plus what the rewrite needs, and written straight into the client
+/// connection's head buffer in one pass (no `String` per field, no `HTTPHeaders`). The rules are `HeaderRewriter.rewriteResponseFields`, the same that
 /// `HeaderRewriter.clientResponse` applies to build an `HTTPResponseHead` (`built`, for HTTP/2
 /// and the paths that edit the head further); a differential test holds the two to the same bytes.
 struct ForwardedResponseHead {
-    var upstream: HTTPResponseHead
+    var upstream: UpstreamResponseHead
     var requestMethod: HTTPMethod
     var clientVersion: HTTPVersion
     var requestID: String
@@ -22,8 +24,8 @@ struct ForwardedResponseHead {
     /// The same head as an `HTTPResponseHead`, and its body's framing.
     var built: (HTTPResponseHead, HeaderRewriter.ResponseFraming) {
         HeaderRewriter.clientResponse(
-            self.upstream, requestMethod: self.requestMethod, clientVersion: self.clientVersion, requestID: self.requestID,
-            addHSTS: self.addHSTS, additions: self.additions
+            self.upstream.fields, status: self.upstream.status, requestMethod: self.requestMethod,
+            clientVersion: self.clientVersion, requestID: self.requestID, addHSTS: self.addHSTS, additions: self.additions
         )
     }
 
@@ -31,7 +33,7 @@ struct ForwardedResponseHead {
     /// returns the body's framing.
     func write(to buffer: inout ByteBuffer, close: Bool) -> HeaderRewriter.ResponseFraming {
         let start = buffer.writerIndex
-        return HeaderRewriter.inOneOrTwoPasses(self.upstream.headers) { named in
+        return HeaderRewriter.inOneOrTwoPasses(self.upstream.fields) { named in
             buffer.moveWriterIndex(to: start)
             return self.write(to: &buffer, close: close, named: named)
         }
@@ -48,8 +50,9 @@ struct ForwardedResponseHead {
             sink.copy(" ")
             sink.writeStatus(self.upstream.status)
             framing = HeaderRewriter.rewriteResponseFields(
-                self.upstream, requestMethod: self.requestMethod, clientVersion: self.clientVersion, requestID: self.requestID,
-                addHSTS: self.addHSTS, additions: self.additions, named: named, into: &sink
+                self.upstream.fields, status: self.upstream.status, requestMethod: self.requestMethod,
+                clientVersion: self.clientVersion, requestID: self.requestID, addHSTS: self.addHSTS,
+                additions: self.additions, named: named, into: &sink
             )
             guard framing != nil else { return 0 }
             if close { sink.add(name: "connection", value: "close") }
@@ -62,7 +65,7 @@ struct ForwardedResponseHead {
     /// At least the head's size: every upstream field could be kept (and each `Vary` value appears
     /// again merged), plus every field the rewrite adds.
     private func sizeBound() -> Int {
-        var size = 2 * self.upstream.headers.encodedSize
+        var size = 2 * self.upstream.fields.encodedSize
         for (name, value) in self.additions.headers { size += name.utf8.count + value.utf8.count + 4 }
         for (name, value) in self.additions.extraHeaders { size += name.utf8.count + value.utf8.count + 4 }
         // Status line, the request id, HSTS, `Transfer-Encoding`, `Vary: Origin`, `Connection: close`.
@@ -99,6 +102,13 @@ struct FieldBytesSink: HeadFieldSink {
     }
 
     mutating func add(name: String, value: String) {
+        self.copy(name)
+        self.copy(": ")
+        self.copy(value)
+        self.copy("\r\n")
+    }
+
+    mutating func add(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
         self.copy(name)
         self.copy(": ")
         self.copy(value)

@@ -53,12 +53,25 @@ enum HeaderRewriter {
         !value.listElementsAreAll(in: tokensNamingNothingMore)
     }
 
+    /// `connectionNamesMore` of a value's bytes.
+    @inline(__always)
+    static func connectionNamesMore(_ value: UnsafeBufferPointer<UInt8>) -> Bool {
+        !visitCommaSeparated(value) { element in
+            element.isEmpty || tokensNamingNothingMore.contains { bytesEqualIgnoringASCIICase(element, $0) }
+        }
+    }
+
     /// Tokens listed in `Connection` name more hop-by-hop fields (RFC 9110 §7.6.1).
-    static func connectionTokens(_ headers: HTTPHeaders) -> Set<String>? {
+    static func connectionTokens<Fields: FieldSource>(_ fields: Fields) -> Set<String>? {
         var tokens: Set<String>? = nil
-        for value in headers[canonicalForm: "connection"] {
-            if tokens == nil { tokens = [] }
-            tokens!.insert(value.lowercased())
+        fields.forEachField { name, value in
+            guard bytesEqualIgnoringASCIICase(name, "connection") else { return true }
+            _ = visitCommaSeparated(value) { token in
+                if tokens == nil { tokens = [] }
+                if !token.isEmpty { tokens!.insert(String(decoding: token, as: UTF8.self).lowercased()) }
+                return true
+            }
+            return true
         }
         return tokens
     }
@@ -67,9 +80,9 @@ enum HeaderRewriter {
     /// and, when `attempt` returns nil because a `Connection` field names more fields to drop, once
     /// more knowing them. Every way of writing a rewritten head (fields, bytes, HTTP/2 fields) goes
     /// through here.
-    static func inOneOrTwoPasses<Result>(_ headers: HTTPHeaders, _ attempt: (Set<String>?) -> Result?) -> Result {
+    static func inOneOrTwoPasses<Fields: FieldSource, Result>(_ fields: Fields, _ attempt: (Set<String>?) -> Result?) -> Result {
         if let done = attempt(nil) { return done }
-        return attempt(connectionTokens(headers) ?? [])!
+        return attempt(connectionTokens(fields) ?? [])!
     }
 
     /// The request head sent upstream. Always HTTP/1.1; the body framing is the validated one.
@@ -163,6 +176,9 @@ enum HeaderRewriter {
         init(capacity: Int) { self.headers.reserveCapacity(capacity) }
 
         mutating func add(name: String, value: String) { self.headers.add(name: name, value: value) }
+        mutating func add(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
+            self.headers.add(name: String(decoding: name, as: UTF8.self), value: String(decoding: value, as: UTF8.self))
+        }
         mutating func addContentLength(_ length: Int) { self.headers.add(name: "content-length", value: String(length)) }
         mutating func addTraceparent(_ trace: TraceContext) { self.headers.add(name: "traceparent", value: trace.headerValue) }
     }
@@ -210,6 +226,21 @@ enum HeaderRewriter {
     }
 
     /// Membership in `hopByHop`, told by the name's bytes.
+    static func isHopByHop(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
+        switch name.count {
+        case 2: bytesEqualIgnoringASCIICase(name, "te")
+        case 6: bytesEqualIgnoringASCIICase(name, "expect")
+        case 7: bytesEqualIgnoringASCIICase(name, "upgrade") || bytesEqualIgnoringASCIICase(name, "trailer")
+        case 10: bytesEqualIgnoringASCIICase(name, "connection") || bytesEqualIgnoringASCIICase(name, "keep-alive")
+        case 16: bytesEqualIgnoringASCIICase(name, "proxy-connection")
+        case 17: bytesEqualIgnoringASCIICase(name, "transfer-encoding")
+        case 18: bytesEqualIgnoringASCIICase(name, "proxy-authenticate")
+        case 19: bytesEqualIgnoringASCIICase(name, "proxy-authorization")
+        default: false
+        }
+    }
+
+    /// Membership in `hopByHop`, told by the name's bytes.
     static func isHopByHop(_ name: String) -> Bool {
         switch name.utf8.count {
         case 2: name.equalsIgnoringASCIICase("te")
@@ -222,6 +253,15 @@ enum HeaderRewriter {
         case 19: name.equalsIgnoringASCIICase("proxy-authorization")
         default: false
         }
+    }
+
+    /// `trimmedFieldValue` of a value's bytes: a narrower view of them.
+    static func trimmedFieldValue(_ value: UnsafeBufferPointer<UInt8>) -> UnsafeBufferPointer<UInt8> {
+        var low = 0
+        var high = value.count
+        while low < high, value[low] == UInt8(ascii: " ") || value[low] == UInt8(ascii: "\t") { low += 1 }
+        while high > low, value[high - 1] == UInt8(ascii: " ") || value[high - 1] == UInt8(ascii: "\t") { high -= 1 }
+        return UnsafeBufferPointer(rebasing: value[low..<high])
     }
 
     /// A field value without its leading and trailing SP/HTAB, which are not part of it (RFC 9110
@@ -268,66 +308,68 @@ enum HeaderRewriter {
         addHSTS: Bool,
         additions: ResponseAdditions = .none
     ) -> (HTTPResponseHead, ResponseFraming) {
-        inOneOrTwoPasses(head.headers) {
-            rewrittenResponse(
-                head, requestMethod: requestMethod, clientVersion: clientVersion, requestID: requestID, addHSTS: addHSTS,
-                additions: additions, named: $0
-            )
+        clientResponse(
+            head.headers, status: head.status, requestMethod: requestMethod, clientVersion: clientVersion,
+            requestID: requestID, addHSTS: addHSTS, additions: additions
+        )
+    }
+
+    /// `clientResponse` of a head given as its status and fields (an upstream's field lines).
+    static func clientResponse<Fields: FieldSource>(
+        _ fields: Fields, status: HTTPResponseStatus, requestMethod: HTTPMethod, clientVersion: HTTPVersion,
+        requestID: String, addHSTS: Bool, additions: ResponseAdditions
+    ) -> (HTTPResponseHead, ResponseFraming) {
+        inOneOrTwoPasses(fields) { named in
+            var sink = HeadersSink(capacity: fields.fieldCount + 4 + additions.headers.count)
+            guard let framing = rewriteResponseFields(
+                fields, status: status, requestMethod: requestMethod, clientVersion: clientVersion, requestID: requestID,
+                addHSTS: addHSTS, additions: additions, named: named, into: &sink
+            ) else { return nil }
+            return (HTTPResponseHead(version: clientVersion, status: status, headers: sink.headers), framing)
         }
     }
 
-    private static func rewrittenResponse(
-        _ head: HTTPResponseHead, requestMethod: HTTPMethod, clientVersion: HTTPVersion, requestID: String, addHSTS: Bool,
-        additions: ResponseAdditions, named: Set<String>?
-    ) -> (HTTPResponseHead, ResponseFraming)? {
-        var sink = HeadersSink(capacity: head.headers.count + 4 + additions.headers.count)
-        guard let framing = rewriteResponseFields(
-            head, requestMethod: requestMethod, clientVersion: clientVersion, requestID: requestID, addHSTS: addHSTS,
-            additions: additions, named: named, into: &sink
-        ) else { return nil }
-        guard head.version == clientVersion else {
-            return (HTTPResponseHead(version: clientVersion, status: head.status, headers: sink.headers), framing)
-        }
-        // Same status and version: the copy shares the decoded head's storage.
-        var client = head
-        client.headers = sink.headers
-        return (client, framing)
-    }
-
-    /// The client response's rules, for both ways of writing its fields: into `HTTPHeaders`
-    /// (`clientResponse`) or straight into the head's bytes (`ForwardedResponseHead`). Returns the
-    /// body's framing, or nil when `named` is nil and a `Connection` field names more fields to
-    /// drop: the caller starts again with them.
-    static func rewriteResponseFields<Sink: HeadFieldSink>(
-        _ head: HTTPResponseHead, requestMethod: HTTPMethod, clientVersion: HTTPVersion, requestID: String, addHSTS: Bool,
-        additions: ResponseAdditions, named: Set<String>?, into sink: inout Sink
+    /// The client response's rules, for every way of writing its fields: into `HTTPHeaders`
+    /// (`clientResponse`), straight into the head's bytes (`ForwardedResponseHead`) or into HTTP/2
+    /// fields. Reads and copies the fields as bytes. Returns the body's framing, or nil when
+    /// `named` is nil and a `Connection` field names more fields to drop: the caller starts again
+    /// with them.
+    static func rewriteResponseFields<Fields: FieldSource, Sink: HeadFieldSink>(
+        _ fields: Fields, status: HTTPResponseStatus, requestMethod: HTTPMethod, clientVersion: HTTPVersion,
+        requestID: String, addHSTS: Bool, additions: ResponseAdditions, named: Set<String>?, into sink: inout Sink
     ) -> ResponseFraming? {
         var hasLength = false
         var hasHSTS = false
+        var namesMore = false
         var vary: [String] = []
-        for (name, rawValue) in head.headers {
+        fields.forEachField { name, rawValue in
             if Self.isHopByHop(name) {
-                if named == nil, name.equalsIgnoringASCIICase("connection"), connectionNamesMore(rawValue) { return nil }
-                continue
+                if named == nil, bytesEqualIgnoringASCIICase(name, "connection"), connectionNamesMore(rawValue) {
+                    namesMore = true
+                    return false
+                }
+                return true
             }
-            if name.equalsIgnoringASCIICase("x-request-id") { continue }
+            if bytesEqualIgnoringASCIICase(name, "x-request-id") { return true }
             let value = trimmedFieldValue(rawValue)
-            if let named, named.contains(name.lowercased()) { continue }
+            if let named, named.contains(String(decoding: name, as: UTF8.self).lowercased()) { return true }
             if additions.corsEnabled {
                 // The gateway answers CORS for this route: the upstream's fields would duplicate
                 // or contradict it, and `Vary` is re-emitted once with `Origin` merged in.
-                if name.equalsIgnoringASCIICase("vary") {
-                    vary.append(value)
-                    continue
+                if bytesEqualIgnoringASCIICase(name, "vary") {
+                    vary.append(String(decoding: value, as: UTF8.self))
+                    return true
                 }
-                if ResponseAdditions.isCORSField(name) { continue }
+                if ResponseAdditions.isCORSField(name) { return true }
             }
-            if name.equalsIgnoringASCIICase("content-length") { hasLength = true }
-            if name.equalsIgnoringASCIICase("strict-transport-security") { hasHSTS = true }
+            if bytesEqualIgnoringASCIICase(name, "content-length") { hasLength = true }
+            if bytesEqualIgnoringASCIICase(name, "strict-transport-security") { hasHSTS = true }
             // The gateway's rate-limit fields replace the upstream's of the same name.
-            if additions.replaces(name) { continue }
+            if additions.replaces(name) { return true }
             sink.add(name: name, value: value)
+            return true
         }
+        if namesMore { return nil }
         if !additions.replaces("x-request-id") { sink.add(name: "x-request-id", value: requestID) }
         // Each rate-limit field once, the last of a name winning (as `replaceOrAdd` in turn would).
         let extra = additions.extraHeaders
@@ -345,7 +387,7 @@ enum HeaderRewriter {
         if addHSTS && !hasHSTS {
             sink.add(name: ResponseAdditions.hsts.name, value: ResponseAdditions.hsts.value)
         }
-        let code = head.status.code
+        let code = status.code
         let bodiless = requestMethod == .HEAD || (100..<200).contains(code) || code == 204 || code == 304
         var framing = ResponseFraming.asIs
         if !bodiless && !hasLength && clientVersion.major == 1 {

@@ -289,7 +289,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
 
     // MARK: - UpstreamConnectionOwner
 
-    func upstreamReceivedHead(_ head: HTTPResponseHead, keepAlive: Bool) {
+    func upstreamReceivedHead(_ head: UpstreamResponseHead, keepAlive: Bool) {
         self.responseHeadReceived(head, keepAlive: keepAlive)
     }
 
@@ -328,18 +328,18 @@ final class ProxyExchange: UpstreamConnectionOwner {
         }
     }
 
-    private func responseHeadReceived(_ head: HTTPResponseHead, keepAlive: Bool) {
+    private func responseHeadReceived(_ head: UpstreamResponseHead, keepAlive: Bool) {
         let status = Int(head.status.code)
         let action = self.machine.responseHeadReceived(
             status: status, keepAlive: keepAlive,
-            acceptsSwitch: head.status == .switchingProtocols && self.webSocket?.accepts(head) == true,
+            acceptsSwitch: head.status == .switchingProtocols && self.webSocket?.accepts(head.built) == true,
             hasStaleFallback: self.cacheFill?.staleFallback != nil
         )
         switch action {
         case .acceptSwitch(let connection):
             connection.clearDeadline()
             self.recordUpstreamSeconds()
-            self.acceptedSwitch = head
+            self.acceptedSwitch = head.built
         case .refuseSwitch:
             self.upstreamStatus = status
             self.upstreamFailed(UpstreamProtocolError())
@@ -363,14 +363,14 @@ final class ProxyExchange: UpstreamConnectionOwner {
                 requestID: self.requestID, addHSTS: self.addHSTS, additions: self.responseAdditions
             )
             if let fill = self.cacheFill {
-                fill.responseHead(head, requestMethod: self.requestMethod)
+                fill.responseHead(head.built, requestMethod: self.requestMethod)
                 var (clientHead, framing) = forwarded.built
                 clientHead.headers.replaceOrAdd(name: "x-cache", value: "MISS")
                 self.downstream?.sendResponseHead(for: self, clientHead, framing: framing)
             } else {
                 self.downstream?.sendForwardedResponseHead(for: self, forwarded)
             }
-            if self.streamingRoute || head.headers.first(name: "content-type")?.hasPrefix("text/event-stream") == true {
+            if self.streamingRoute || head.fields.firstValue(of: "content-type", hasPrefix: "text/event-stream") {
                 self.streamWatch = StreamIdleWatch(loop: self.eventLoop, idle: self.streamIdle) { [weak self] in
                     self?.upstreamLost(.upstreamTimeout)
                 }

@@ -9,7 +9,7 @@ import Glibc
 protocol UpstreamConnectionOwner: AnyObject {
     /// A final response head (interim 1xx responses are dropped). `keepAlive` is false when the
     /// upstream closes the connection after this response, or its body ends with the close.
-    func upstreamReceivedHead(_ head: HTTPResponseHead, keepAlive: Bool)
+    func upstreamReceivedHead(_ head: UpstreamResponseHead, keepAlive: Bool)
     func upstreamReceivedBody(_ body: ByteBuffer)
     func upstreamReceivedEnd()
     func upstreamFailed(_ error: Error)

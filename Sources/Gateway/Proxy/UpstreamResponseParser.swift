@@ -18,7 +18,7 @@ struct UpstreamResponseParser {
     enum Event {
         /// `keepAlive`: the connection can carry another request after this response (false when
         /// the head says close, or the body ends with the connection).
-        case head(HTTPResponseHead, keepAlive: Bool)
+        case head(UpstreamResponseHead, keepAlive: Bool)
         case body(ByteBuffer)
         case end
     }
@@ -118,11 +118,9 @@ struct UpstreamResponseParser {
 
     /// Reads a whole head, or nothing if its end has not arrived. Returns `.some(nil)` for an
     /// interim response, which is dropped.
-    private mutating func readHead(_ buffer: inout ByteBuffer) throws(Refusal) -> ParsedHead<HTTPResponseHead>?? {
-        let outcome = buffer.withUnsafeReadableBytes { bytes in
-            UpstreamResponseHead.parse(bytes, maxHeadBytes: self.maxHeadBytes)
-        }
-        let parsed: ParsedHead<HTTPResponseHead>
+    private mutating func readHead(_ buffer: inout ByteBuffer) throws(Refusal) -> ParsedHead<UpstreamResponseHead>?? {
+        let outcome = UpstreamResponseHead.parse(buffer, maxHeadBytes: self.maxHeadBytes)
+        let parsed: ParsedHead<UpstreamResponseHead>
         switch outcome {
         case .needMoreBytes: return nil
         case .refused(let refusal): throw self.fail(refusal)
@@ -145,9 +143,79 @@ struct UpstreamResponseParser {
     }
 }
 
-/// One response head in the strict grammar: the status line, the fields, the empty line.
-enum UpstreamResponseHead {
-    static func parse(_ bytes: UnsafeRawBufferPointer, maxHeadBytes: Int) -> HeadOutcome<HTTPResponseHead> {
+/// An upstream's response head as the strict grammar read it: the status line decoded, the field
+/// lines kept as the upstream's bytes (a slice of the read buffer) for the rewrite to read in
+/// place. `built` is NIO's `HTTPResponseHead`, for the paths that keep or edit the head (the
+/// cache, a WebSocket switch).
+struct UpstreamResponseHead {
+    var version: HTTPVersion
+    var status: HTTPResponseStatus
+    var fields: ResponseFields
+
+    /// The fields of a head: as the parser kept them, or decoded (a head from a test).
+    enum ResponseFields: FieldSource {
+        case lines(FieldLines)
+        case decoded(HTTPHeaders)
+
+        func forEachField(_ body: (_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) -> Bool) {
+            switch self {
+            case .lines(let lines): lines.forEachField(body)
+            case .decoded(let headers): headers.forEachField(body)
+            }
+        }
+
+        var fieldCount: Int {
+            switch self {
+            case .lines(let lines): lines.fieldCount
+            case .decoded(let headers): headers.count
+            }
+        }
+
+        var encodedSize: Int {
+            switch self {
+            case .lines(let lines): lines.encodedSize
+            case .decoded(let headers): headers.encodedSize
+            }
+        }
+
+        var headers: HTTPHeaders {
+            switch self {
+            case .lines(let lines): lines.headers
+            case .decoded(let headers): headers
+            }
+        }
+    }
+
+    init(version: HTTPVersion, status: HTTPResponseStatus, fields: ResponseFields) {
+        self.version = version
+        self.status = status
+        self.fields = fields
+    }
+
+    /// A head decoded elsewhere.
+    init(_ head: HTTPResponseHead) {
+        self.init(version: head.version, status: head.status, fields: .decoded(head.headers))
+    }
+
+    var built: HTTPResponseHead {
+        HTTPResponseHead(version: self.version, status: self.status, headers: self.fields.headers)
+    }
+
+    /// One response head in the strict grammar at the start of `buffer`: the status line, the
+    /// fields, the empty line.
+    static func parse(_ buffer: ByteBuffer, maxHeadBytes: Int) -> HeadOutcome<UpstreamResponseHead> {
+        let outcome = buffer.withUnsafeReadableBytes { parse($0, maxHeadBytes: maxHeadBytes) }
+        guard case .parsed(var parsed) = outcome.outcome else { return outcome.outcome }
+        let lines = buffer.getSlice(at: buffer.readerIndex + outcome.fields.lowerBound, length: outcome.fields.count)!
+        parsed.head.fields = .lines(FieldLines(validated: lines, count: outcome.fieldCount))
+        return .parsed(parsed)
+    }
+
+    /// The head's outcome, with its field lines' place in `bytes` (the head's fields are left
+    /// empty for the caller, which holds the buffer, to slice).
+    private static func parse(
+        _ bytes: UnsafeRawBufferPointer, maxHeadBytes: Int
+    ) -> (outcome: HeadOutcome<UpstreamResponseHead>, fields: Range<Int>, fieldCount: Int) {
         // Find the empty line first: a head split across reads is not parsed again and again.
         let headLength: Int
         let lines: Int
@@ -156,10 +224,10 @@ enum UpstreamResponseHead {
             // Anything but the start of `HTTP/1.` is refused at once, not waited on.
             let prefix: StaticString = "HTTP/1."
             for index in 0..<min(bytes.count, prefix.utf8CodeUnitCount) where bytes[index] != prefix.utf8Start[index] {
-                return .refused(.malformed)
+                return (.refused(.malformed), 0..<0, 0)
             }
-            return .needMoreBytes
-        case .refused(let refusal): return .refused(refusal)
+            return (.needMoreBytes, 0..<0, 0)
+        case .refused(let refusal): return (.refused(refusal), 0..<0, 0)
         case .found(let length, let count): (headLength, lines) = (length, count)
         }
 
@@ -169,26 +237,28 @@ enum UpstreamResponseHead {
             bytes[3] == UInt8(ascii: "P"), bytes[4] == UInt8(ascii: "/"), bytes[5] == UInt8(ascii: "1"),
             bytes[6] == UInt8(ascii: "."), bytes[7] == UInt8(ascii: "1") || bytes[7] == UInt8(ascii: "0"),
             bytes[8] == UInt8(ascii: " ")
-        else { return .refused(.malformed) }
+        else { return (.refused(.malformed), 0..<0, 0) }
         let version: HTTPVersion = bytes[7] == UInt8(ascii: "1") ? .http1_1 : .http1_0
         var status = 0
         for index in 9..<12 {
             let digit = bytes[index] &- UInt8(ascii: "0")
-            guard digit < 10 else { return .refused(.malformed) }
+            guard digit < 10 else { return (.refused(.malformed), 0..<0, 0) }
             status = status * 10 + Int(digit)
         }
-        guard (100...599).contains(status) else { return .refused(.malformed) }
+        guard (100...599).contains(status) else { return (.refused(.malformed), 0..<0, 0) }
         if statusEnd > 12 {
-            guard bytes[12] == UInt8(ascii: " ") else { return .refused(.malformed) }
+            guard bytes[12] == UInt8(ascii: " ") else { return (.refused(.malformed), 0..<0, 0) }
             var index = 13
             while index < statusEnd {
-                guard HTTP1Grammar.isFieldValueByte(bytes[index]) else { return .refused(.malformed) }
+                guard HTTP1Grammar.isFieldValueByte(bytes[index]) else { return (.refused(.malformed), 0..<0, 0) }
                 index += 1
             }
         }
 
-        guard let fields = HTTP1Grammar.readFields(bytes, from: statusEnd + 2, headLength: headLength, lines: lines, version: version) else {
-            return .refused(.malformed)
+        guard let fields = HTTP1Grammar.readFields(
+            bytes, from: statusEnd + 2, headLength: headLength, lines: lines, version: version, keepingHeaders: false
+        ) else {
+            return (.refused(.malformed), 0..<0, 0)
         }
         // llhttp's rule, which NIO's decoder reports: HTTP/1.1 stays open unless told to close,
         // HTTP/1.0 only if told to keep alive, and never when the body ends with the connection
@@ -196,9 +266,8 @@ enum UpstreamResponseHead {
         let bodyless = status < 200 || status == 204 || status == 304
         let endsWithClose = !bodyless && !fields.isChunked && fields.contentLength == nil
         let keepAlive = (version == .http1_1 ? !fields.close : fields.keepAlive) && !endsWithClose
-        let head = HTTPResponseHead(version: version, status: HTTPResponseStatus(statusCode: status), headers: fields.headers)
-        return .parsed(
-            ParsedHead(head: head, length: headLength, contentLength: fields.contentLength, isChunked: fields.isChunked, keepAlive: keepAlive)
-        )
+        let head = UpstreamResponseHead(version: version, status: HTTPResponseStatus(statusCode: status), fields: .decoded([:]))
+        let parsed = ParsedHead(head: head, length: headLength, contentLength: fields.contentLength, isChunked: fields.isChunked, keepAlive: keepAlive)
+        return (.parsed(parsed), (statusEnd + 2)..<(headLength - 2), lines - 1)
     }
 }
