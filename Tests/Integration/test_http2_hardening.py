@@ -311,7 +311,8 @@ def test_empty_data_frames_spread_over_requests_are_tolerated(stall_gateway):
 
 class SloppyUpstream:
     """A raw-socket HTTP/1.1 upstream whose response fields carry what HTTP/2 forbids:
-    surrounding whitespace and connection-specific fields. (Control bytes in a value are refused by
+    surrounding whitespace and connection-specific fields, plus a field its `Connection` names,
+    its own request id and a UTF-8 value, all read from the upstream's bytes. (Control bytes in a value are refused by
     the gateway's HTTP/1.1 response parser already: 502.)"""
 
     RESPONSE = (b"HTTP/1.1 200 OK\r\n"
@@ -322,6 +323,12 @@ class SloppyUpstream:
                 b"Proxy-Connection: keep-alive\r\n"
                 b"Upgrade: h2c\r\n"
                 b"Content-Type: text/plain \r\n"
+                # Dropped because `Connection` names it (the rewrite's second pass over the
+                # upstream's bytes), replaced by the gateway's, passed through as bytes.
+                b"Connection: keep-alive, X-Secret\r\n"
+                b"X-Secret: 1\r\n"
+                b"X-Request-Id: from-upstream\r\n"
+                b"X-Name: \xc3\xb1and\xc3\xba\r\n"
                 b"Content-Length: 2\r\n"
                 b"\r\n"
                 b"ok")
@@ -400,7 +407,9 @@ def test_h2_client_that_validates_fields_sees_them_fixed(sloppy_gateway):
     assert fields[b"x-a"] == b"v"
     assert fields[b"x-tab"] == b"t"
     assert fields[b"content-type"] == b"text/plain"
-    for dropped in (b"keep-alive", b"proxy-connection", b"upgrade", b"connection"):
+    assert fields[b"x-name"] == "ñandú".encode()
+    assert fields[b"x-request-id"] != b"from-upstream"
+    for dropped in (b"keep-alive", b"proxy-connection", b"upgrade", b"connection", b"x-secret"):
         assert dropped not in names, headers
     client.close()
 
@@ -418,6 +427,9 @@ def test_h1_client_sees_trimmed_values(sloppy_gateway):
     assert fields[b"x-a"] == b" v"
     assert fields[b"x-tab"] == b" t"
     assert fields[b"content-type"] == b" text/plain"
+    assert fields[b"x-name"] == " ñandú".encode()
+    assert fields[b"x-request-id"] != b" from-upstream"
+    assert b"x-secret" not in fields and b"keep-alive" not in fields and b"upgrade" not in fields
     with httpx.Client(verify=False, timeout=5) as c:
         r = c.get(sloppy_gateway.url("/api/bookings"))
     assert r.headers["server"] == "name" and r.headers["x-a"] == "v"
