@@ -50,7 +50,8 @@ enum HeaderRewriter {
     /// Whether a `Connection` value means a second pass (its tokens name fields to drop).
     @inline(__always)
     static func connectionNamesMore(_ value: String) -> Bool {
-        !value.listElementsAreAll(in: tokensNamingNothingMore)
+        var value = value
+        return value.withUTF8 { connectionNamesMore($0) }
     }
 
     /// `connectionNamesMore` of a value's bytes.
@@ -240,19 +241,10 @@ enum HeaderRewriter {
         }
     }
 
-    /// Membership in `hopByHop`, told by the name's bytes.
+    /// `isHopByHop` of a name as a `String`.
     static func isHopByHop(_ name: String) -> Bool {
-        switch name.utf8.count {
-        case 2: name.equalsIgnoringASCIICase("te")
-        case 6: name.equalsIgnoringASCIICase("expect")
-        case 7: name.equalsIgnoringASCIICase("upgrade") || name.equalsIgnoringASCIICase("trailer")
-        case 10: name.equalsIgnoringASCIICase("connection") || name.equalsIgnoringASCIICase("keep-alive")
-        case 16: name.equalsIgnoringASCIICase("proxy-connection")
-        case 17: name.equalsIgnoringASCIICase("transfer-encoding")
-        case 18: name.equalsIgnoringASCIICase("proxy-authenticate")
-        case 19: name.equalsIgnoringASCIICase("proxy-authorization")
-        default: false
-        }
+        var name = name
+        return name.withUTF8 { isHopByHop($0) }
     }
 
     /// `trimmedFieldValue` of a value's bytes: a narrower view of them.
