@@ -23,8 +23,13 @@ struct ResponseAdditions: Sendable {
 
     /// Membership in `corsFields`, told by the name's bytes (no lowercased copy per field).
     static func isCORSField(_ name: String) -> Bool {
-        var name = name
-        return name.withUTF8 { isCORSField($0) }
+        guard name.utf8.count >= 22, name.utf8.first.map({ $0 | 0x20 }) == UInt8(ascii: "a") else { return false }
+        return name.equalsIgnoringASCIICase("access-control-allow-origin")
+            || name.equalsIgnoringASCIICase("access-control-allow-credentials")
+            || name.equalsIgnoringASCIICase("access-control-expose-headers")
+            || name.equalsIgnoringASCIICase("access-control-allow-methods")
+            || name.equalsIgnoringASCIICase("access-control-allow-headers")
+            || name.equalsIgnoringASCIICase("access-control-max-age")
     }
 
     /// `isCORSField` of a name's bytes.
@@ -59,8 +64,7 @@ struct ResponseAdditions: Sendable {
     @inline(__always)
     func replaces(_ name: String) -> Bool {
         guard !self.extraHeaders.isEmpty else { return false }
-        var name = name
-        return name.withUTF8 { self.replaces($0) }
+        return self.extraHeaders.contains { $0.0.equalsIgnoringASCIICase(anyCase: name) }
     }
 
     /// `replaces` for a name's bytes.

@@ -36,14 +36,25 @@ extension String {
     /// is known to be lowercase, such as a gateway field and an upstream's).
     func equalsIgnoringASCIICase(anyCase other: String) -> Bool {
         guard self.utf8.count == other.utf8.count else { return false }
-        var (mine, theirs) = (self, other)
-        return mine.withUTF8 { mine in theirs.withUTF8 { bytesEqualIgnoringASCIICase(anyCase: mine, $0) } }
+        var (mine, theirs) = (self.utf8.makeIterator(), other.utf8.makeIterator())
+        while let byte = mine.next() {
+            guard let their = theirs.next(), asciiLowercased(byte) == asciiLowercased(their) else { return false }
+        }
+        return true
     }
 
     /// Whether this comma-separated list (a field value such as `Connection` or `Expect`) has an
     /// element equal to `lowercase`, elements trimmed of SP/HTAB and compared ignoring ASCII case.
     func containsListElement(_ lowercase: StaticString) -> Bool {
         !self.visitListElements { !bytesEqualIgnoringASCIICase($0, lowercase) }
+    }
+
+    /// Whether every element of this comma-separated list (empty ones aside) is one of
+    /// `lowercaseNames`, elements trimmed of SP/HTAB and compared ignoring ASCII case.
+    func listElementsAreAll(in lowercaseNames: [StaticString]) -> Bool {
+        self.visitListElements { element in
+            element.isEmpty || lowercaseNames.contains { bytesEqualIgnoringASCIICase(element, $0) }
+        }
     }
 
     /// Calls `visit` with each element of this comma-separated list, trimmed of SP/HTAB (empty

@@ -50,8 +50,7 @@ enum HeaderRewriter {
     /// Whether a `Connection` value means a second pass (its tokens name fields to drop).
     @inline(__always)
     static func connectionNamesMore(_ value: String) -> Bool {
-        var value = value
-        return value.withUTF8 { connectionNamesMore($0) }
+        !value.listElementsAreAll(in: tokensNamingNothingMore)
     }
 
     /// `connectionNamesMore` of a value's bytes.
@@ -241,10 +240,19 @@ enum HeaderRewriter {
         }
     }
 
-    /// `isHopByHop` of a name as a `String`.
+    /// Membership in `hopByHop`, told by the name's bytes.
     static func isHopByHop(_ name: String) -> Bool {
-        var name = name
-        return name.withUTF8 { isHopByHop($0) }
+        switch name.utf8.count {
+        case 2: name.equalsIgnoringASCIICase("te")
+        case 6: name.equalsIgnoringASCIICase("expect")
+        case 7: name.equalsIgnoringASCIICase("upgrade") || name.equalsIgnoringASCIICase("trailer")
+        case 10: name.equalsIgnoringASCIICase("connection") || name.equalsIgnoringASCIICase("keep-alive")
+        case 16: name.equalsIgnoringASCIICase("proxy-connection")
+        case 17: name.equalsIgnoringASCIICase("transfer-encoding")
+        case 18: name.equalsIgnoringASCIICase("proxy-authenticate")
+        case 19: name.equalsIgnoringASCIICase("proxy-authorization")
+        default: false
+        }
     }
 
     /// `trimmedFieldValue` of a value's bytes: a narrower view of them.
