@@ -22,11 +22,11 @@ private struct StubAdmin: AdminControl {
     /// An admin-listener connection: HTTP/1.1 through the real handler.
     static func adminChannel(_ runtime: GatewayRuntime) throws -> EmbeddedChannel {
         let channel = EmbeddedChannel()
-        var services = ConnectionServices(
+        let services = ConnectionServices(
             holder: RuntimeHolder(runtime), listener: ListenerInfo(name: "admin", role: .admin, isTLS: false),
-            loop: LoopResources(eventLoop: channel.embeddedEventLoop), observability: Observability(accessLog: false)
+            loop: LoopResources(eventLoop: channel.embeddedEventLoop), observability: Observability(accessLog: false),
+            admin: StubAdmin()
         )
-        services.admin = StubAdmin()
         try HTTP1Pipeline.configure(channel.pipeline.syncOperations, services: services)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
         return channel

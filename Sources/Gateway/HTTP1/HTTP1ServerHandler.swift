@@ -1,18 +1,39 @@
 import NIOCore
 import NIOHTTP1
 
-/// Everything a client connection needs from the running gateway.
-struct ConnectionServices {
-    var holder: RuntimeHolder
+/// Everything a client connection needs from the running gateway. A class: every request passes
+/// it on, and one reference costs one retain where the struct's copy cost one per field.
+final class ConnectionServices {
+    let holder: RuntimeHolder
     /// The config snapshot for a request starting now.
     var runtime: GatewayRuntime { self.holder.current }
-    var listener: ListenerInfo
-    var loop: LoopResources
-    var observability: Observability
+    let listener: ListenerInfo
+    let loop: LoopResources
+    let observability: Observability
     /// Set by the protocol switch once the TLS handshake is done (for the access log).
-    var tlsVersion: String? = nil
+    let tlsVersion: String?
     /// Reload and config dump, on the admin listener only.
-    var admin: AdminControl? = nil
+    let admin: AdminControl?
+
+    init(
+        holder: RuntimeHolder, listener: ListenerInfo, loop: LoopResources, observability: Observability,
+        tlsVersion: String? = nil, admin: AdminControl? = nil
+    ) {
+        self.holder = holder
+        self.listener = listener
+        self.loop = loop
+        self.observability = observability
+        self.tlsVersion = tlsVersion
+        self.admin = admin
+    }
+
+    /// The same services, for a connection whose TLS handshake negotiated `tlsVersion`.
+    func with(tlsVersion: String?) -> ConnectionServices {
+        ConnectionServices(
+            holder: self.holder, listener: self.listener, loop: self.loop, observability: self.observability,
+            tlsVersion: tlsVersion, admin: self.admin
+        )
+    }
 }
 
 /// Serves HTTP/1.x on one client connection: one request at a time (pipelined requests wait in

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The rule for a response field going out in an HTTP/2 HEADERS frame, applied byte by byte while
 /// the field is copied into the connection's header scratch (no `String` is built per field):
 /// names are lowercased and must be tokens (so no pseudo-header can be smuggled in) and not
@@ -8,8 +14,10 @@ enum HTTP2ResponseField {
     /// Copies `name` lowercased to `destination` (room for `name.utf8.count` bytes) and returns its
     /// length, or nil when the field must be dropped.
     static func copyName(_ name: String, to destination: UnsafeMutablePointer<UInt8>) -> Int? {
+        // A native string's bytes in place: a tight loop, not the UTF-8 view's per-byte checks,
+        // and no copy (`withUTF8` on a `var` copy costs a retain/release pair per field).
+        if let copied = name.utf8.withContiguousStorageIfAvailable({ copyName($0, to: destination) }) { return copied }
         var name = name
-        // A native string's bytes in one buffer: a tight loop, not the UTF-8 view's per-byte checks.
         return name.withUTF8 { copyName($0, to: destination) }
     }
 
@@ -24,8 +32,9 @@ enum HTTP2ResponseField {
         let count = name.count
         // Most names are ruled out by their length alone, without building a `String`.
         if count < 64 && refusedLengths & (1 << count) != 0 {
-            let lower = String(decoding: UnsafeBufferPointer(start: destination, count: count), as: UTF8.self)
-            if HeaderRewriter.connectionSpecific.contains(lower) { return nil }
+            for refused in refusedNames where refused.count == count && memcmp(refused, destination, count) == 0 {
+                return nil
+            }
         }
         return count
     }
@@ -33,6 +42,7 @@ enum HTTP2ResponseField {
     /// Copies `value` without its surrounding SP/HTAB to `destination` (room for
     /// `value.utf8.count` bytes) and returns its length, or nil when the field must be dropped.
     static func copyValue(_ value: String, to destination: UnsafeMutablePointer<UInt8>) -> Int? {
+        if let copied = value.utf8.withContiguousStorageIfAvailable({ copyValue($0, to: destination) }) { return copied }
         var value = value
         return value.withUTF8 { copyValue($0, to: destination) }
     }
@@ -58,6 +68,9 @@ enum HTTP2ResponseField {
     private static func isFieldValueByte(_ byte: UInt8) -> Bool {
         byte > 0x20 && byte != 0x7F
     }
+
+    /// The connection-specific names, compared as bytes: no `String` is built per field.
+    private static let refusedNames: [[UInt8]] = HeaderRewriter.connectionSpecific.map { Array($0.utf8) }
 
     /// Bit n is set when some connection-specific name is n bytes long.
     private static let refusedLengths: UInt64 = HeaderRewriter.connectionSpecific.reduce(0) { $0 | 1 << $1.utf8.count }

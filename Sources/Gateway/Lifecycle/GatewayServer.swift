@@ -181,11 +181,10 @@ public final class GatewayServer: Sendable, AdminControl {
                 connections.add(channel)
                 let plan = slotBox.withLock { $0?.plan.withLock { $0 } } ?? plan
                 return channel.eventLoop.makeCompletedFuture {
-                    var services = ConnectionServices(
+                    let services = ConnectionServices(
                         holder: holder, listener: plan.info, loop: loops.resources(for: channel.eventLoop),
-                        observability: observability
+                        observability: observability, admin: admin
                     )
-                    services.admin = admin
                     if let tls = plan.tls {
                         try channel.pipeline.syncOperations.addHandler(
                             TLSServerHandler(context: tls, handshakeTimeout: plan.handshakeTimeout)
@@ -412,8 +411,7 @@ final class ProtocolSwitchHandler: ChannelInboundHandler, RemovableChannelHandle
             context.fireUserInboundEventTriggered(event)
             return
         }
-        var services = self.services
-        services.tlsVersion = handshake.version
+        let services = self.services.with(tlsVersion: handshake.version)
         do {
             if handshake.negotiatedProtocol == "h2" {
                 try context.pipeline.syncOperations.addHandler(HTTP2ServerHandler(services: services, settings: self.http2))

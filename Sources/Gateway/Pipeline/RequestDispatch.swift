@@ -76,19 +76,15 @@ struct RequestDispatch {
             method: head.method, target: head.uri, host: host, headers: head.headers, peer: peer,
             listener: services.listener, runtime: runtime, allocator: allocator
         )
+        let routeName = decision.routeName, clientIP = decision.client.ip
         var dispatch = Self.route(decision, head: head, framing: framing, host: host, requestID: requestID, trace: trace,
                                   expectsContinue: head.version == .http1_1 && validated.expectsContinue,
                                   runtime: runtime, services: services, downstream: downstream, allocator: allocator)
-        dispatch.routeName = decision.routeName
-        dispatch.clientIP = decision.client.ip
+        dispatch.routeName = routeName
+        dispatch.clientIP = clientIP
         dispatch.host = host
         dispatch.userAgent = validated.userAgent
         dispatch.trace = trace
-        switch decision.action {
-        case .error(let error): dispatch.jwtRejection = error.rejectionReason
-        case .proxy(let plan): dispatch.jwtRejection = plan.deferredError?.rejectionReason
-        case .respond: break
-        }
         return dispatch
     }
 
@@ -130,7 +126,7 @@ struct RequestDispatch {
     }
 
     private static func route(
-        _ decision: PipelineDecision, head: HTTPRequestHead, framing: BodyFraming, host: String?, requestID: String,
+        _ decision: consuming PipelineDecision, head: HTTPRequestHead, framing: BodyFraming, host: String?, requestID: String,
         trace: TraceContext, expectsContinue: Bool, runtime: GatewayRuntime, services: ConnectionServices, downstream: DownstreamResponder, allocator: ByteBufferAllocator
     ) -> RequestDispatch {
         let additions = decision.responseAdditions
@@ -142,10 +138,14 @@ struct RequestDispatch {
         case .respond(let response):
             return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: additions, hasBody: framing.hasBody)
         case .error(let error):
-            return local(error, additions, hasBody: framing.hasBody)
+            var dispatch = local(error, additions, hasBody: framing.hasBody)
+            dispatch.jwtRejection = error.rejectionReason
+            return dispatch
         case .proxy(let plan):
             if case .contentLength(let length) = framing, length > runtime.traffic.maxBodyBytes {
-                return local(.payloadTooLarge, additions, hasBody: true)
+                var dispatch = local(.payloadTooLarge, additions, hasBody: true)
+                dispatch.jwtRejection = plan.deferredError?.rejectionReason
+                return dispatch
             }
             let cluster = plan.cluster
             let info = ForwardingInfo(
@@ -161,7 +161,9 @@ struct RequestDispatch {
             if let token = plan.strippedToken, token != .authorization { upstreamHead = .rewritten(token.removed(from: upstreamHead.head)) }
             let webSocket = WebSocketHandshake.forRoute(plan.route, head: head, runtime: runtime)
             if let refusal = webSocket.flatMap({ _ in WebSocketHandshake.originRefusal(plan.route, head: head) }) {
-                return local(refusal, additions)
+                var dispatch = local(refusal, additions)
+                dispatch.jwtRejection = plan.deferredError?.rejectionReason
+                return dispatch
             }
             if webSocket != nil { upstreamHead = .rewritten(WebSocketHandshake.upstreamHead(upstreamHead.head)) }
             let exchange = ProxyExchange(
@@ -178,6 +180,7 @@ struct RequestDispatch {
             exchange.streamingRoute = plan.route.realtime.streaming
             var dispatch = RequestDispatch(outcome: .proxy(exchange), requestID: requestID, responseAdditions: additions, hasBody: framing.hasBody)
             dispatch.subject = plan.subject
+            dispatch.jwtRejection = plan.deferredError?.rejectionReason
             return dispatch
         }
     }
