@@ -21,10 +21,11 @@ struct PipelineDecision {
     /// The matched route's name, for metrics and logs (nil: no route).
     var routeName: String? = nil
 
-    init(_ action: Action, _ responseAdditions: ResponseAdditions = .none, client: ClientIdentity) {
+    init(_ action: Action, _ responseAdditions: ResponseAdditions = .none, client: ClientIdentity, route: Route? = nil) {
         self.action = action
         self.responseAdditions = responseAdditions
         self.client = client
+        self.routeName = route?.name
     }
 }
 
@@ -115,10 +116,10 @@ enum RequestPipeline {
                     var response = LocalResponse(status: .noContent, headers: HTTPHeaders(fields), body: allocator.buffer(capacity: 0))
                     response.headers.add(name: "vary", value: CORSPolicy.preflightVary)
                     response.source = .corsPreflight
-                    return named(PipelineDecision(.respond(response), client: client), route)
+                    return PipelineDecision(.respond(response), client: client, route: route)
                 case .rejected:
                     let rejected = ResponseAdditions(headers: [], corsEnabled: true)
-                    return named(PipelineDecision(.error(.corsRejected), rejected, client: client), route)
+                    return PipelineDecision(.error(.corsRejected), rejected, client: client, route: route)
                 }
             }
             additions = cors.actual(headers)
@@ -129,7 +130,7 @@ enum RequestPipeline {
         if route.auth != .none {
             guard let authenticator = runtime.authenticator else {
                 // Config validation makes this unreachable; fail closed if it ever is not.
-                return named(PipelineDecision(.error(.missingToken), additions, client: client), route)
+                return PipelineDecision(.error(.missingToken), additions, client: client, route: route)
             }
             switch authenticator.authenticate(
                 headers, target: target, mode: route.auth, requiredClaims: route.requiredClaims, identity: route.identity
@@ -140,16 +141,16 @@ enum RequestPipeline {
                 identity = verified
             case .rejected(let error):
                 if let plan = countedRefusal(error, route: route, client: client, headers: headers, runtime: runtime) {
-                    return named(PipelineDecision(.proxy(plan), additions, client: client), route)
+                    return PipelineDecision(.proxy(plan), additions, client: client, route: route)
                 }
-                return named(PipelineDecision(.error(error), additions, client: client), route)
+                return PipelineDecision(.error(error), additions, client: client, route: route)
             }
         }
 
         let upstreamName = route.split?.choose(clientIP: client.ip, subject: identity?.subject, claimHeaders: claimHeaders, headers: headers)
             ?? route.upstreamName
         guard let cluster = runtime.clusters[upstreamName] else {
-            return named(PipelineDecision(.error(.noHealthyUpstream), additions, client: client), route)
+            return PipelineDecision(.error(.noHealthyUpstream), additions, client: client, route: route)
         }
         let removed: Set<String>
         if identity?.strip == .authorization {
@@ -168,7 +169,7 @@ enum RequestPipeline {
                 rules: route.rateLimits, clientIP: client.ip, claims: identity?.claims, headers: headers, route: route.name
             )
         }
-        return named(PipelineDecision(.proxy(plan), additions, client: client), route)
+        return PipelineDecision(.proxy(plan), additions, client: client, route: route)
     }
 
     /// A request authentication refused still spends its address's budget: the route's policies
@@ -220,9 +221,3 @@ extension RequestValidator {
     }
 }
 
-/// Tags a decision with the route that made it.
-private func named(_ decision: PipelineDecision, _ route: Route) -> PipelineDecision {
-    var decision = decision
-    decision.routeName = route.name
-    return decision
-}

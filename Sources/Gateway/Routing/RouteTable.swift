@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 /// Which hosts a route answers for. Ordered by specificity: exact > wildcard > any (SPEC "routes").
 enum HostPattern: Sendable, Equatable {
     case any
@@ -95,7 +100,14 @@ final class Route: Sendable {
     /// but not `/api/auth/login2` (a prefix ending in `/` is a plain prefix). Safer than Envoy's raw
     /// `prefix`, which would let `/api/auth/loginx` ride the login route's policies.
     func matchesPath(_ path: Substring) -> Bool {
-        guard path.hasPrefix(self.pathPrefix) else { return false }
+        // Compared as bytes where both are contiguous (always, for native strings): the generic
+        // `hasPrefix` walks two UTF-8 views element by element, once per route per request.
+        let bytewise = path.utf8.withContiguousStorageIfAvailable { path in
+            self.pathPrefix.utf8.withContiguousStorageIfAvailable { prefix in
+                path.count >= prefix.count && (prefix.isEmpty || memcmp(path.baseAddress!, prefix.baseAddress!, prefix.count) == 0)
+            }
+        }
+        guard (bytewise ?? nil) ?? path.hasPrefix(self.pathPrefix) else { return false }
         if self.pathPrefix.hasSuffix("/") || path.utf8.count == self.pathPrefix.utf8.count { return true }
         let next = path.utf8[path.utf8.index(path.utf8.startIndex, offsetBy: self.pathPrefix.utf8.count)]
         return next == UInt8(ascii: "/")
@@ -162,6 +174,26 @@ final class RouteTable: Sendable {
     /// Lowercase, without port and trailing dot; IPv6 literals keep their brackets.
     static func normalizeHost(_ raw: String?) -> Substring {
         guard let raw, !raw.isEmpty else { return "" }
+        // The common case in one pass over the bytes: where the name ends, and whether it has
+        // capitals (then the slower path below lowercases it).
+        let end: Int? = raw.utf8.withContiguousStorageIfAvailable { bytes in
+            var end = bytes.count
+            if bytes[0] == UInt8(ascii: "[") {
+                guard let close = bytes.firstIndex(of: UInt8(ascii: "]")) else { return nil }
+                end = close + 1
+            } else {
+                var index = end - 1
+                while index >= 0, bytes[index] != UInt8(ascii: ":") { index -= 1 }
+                if index >= 0 { end = index }
+            }
+            if end > 0, bytes[end - 1] == UInt8(ascii: ".") { end -= 1 }
+            for index in 0..<end where bytes[index] >= UInt8(ascii: "A") && bytes[index] <= UInt8(ascii: "Z") { return nil }
+            return end
+        } ?? nil
+        if let end {
+            let utf8 = raw.utf8
+            return Substring(utf8[utf8.startIndex..<utf8.index(utf8.startIndex, offsetBy: end)])
+        }
         // Searched as bytes: `Character` searches walk grapheme clusters (this runs per request).
         var host = Substring(raw)
         let bytes = host.utf8
