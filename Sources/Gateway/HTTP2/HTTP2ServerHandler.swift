@@ -20,6 +20,9 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     private let tickSlot = EventLoopTicks.currentSlot()
     private var session: OpaquePointer?
     private var streams: [Int32: HTTP2Stream] = [:]
+    /// The stream whose header block is being decoded: a block arrives in one piece (RFC 9113
+    /// §4.3), so its fields skip the dictionary lookup. Cleared when the block or stream ends.
+    private var receivingHeaders: HTTP2Stream?
     private(set) var peer = PeerAddress(nil)
     /// Streams whose upstream side starts after the current read is decoded (see HTTP/1's
     /// `pendingStart`: a malformed frame in the same read is refused before anything goes upstream).
@@ -458,14 +461,21 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
 
     fileprivate func beginStream(_ id: Int32) {
         self.idleDeadline = nil
-        self.streams[id] = HTTP2Stream(id: id, connection: self)
+        let stream = HTTP2Stream(id: id, connection: self)
+        self.streams[id] = stream
+        self.receivingHeaders = stream
     }
 
     fileprivate func header(_ id: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
-        self.streams[id]?.addHeader(name: name, value: value)
+        if let stream = self.receivingHeaders, stream.id == id {
+            stream.addHeader(name: name, value: value)
+        } else {
+            self.streams[id]?.addHeader(name: name, value: value)
+        }
     }
 
     fileprivate func headersComplete(_ id: Int32, endStream: Bool) {
+        self.receivingHeaders = nil
         guard let stream = self.streams[id] else { return }
         if stream.headComplete {
             // Trailers: dropped (upstream requests are re-framed), but they end the request.
@@ -487,6 +497,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     }
 
     fileprivate func streamClosed(_ id: Int32) {
+        if self.receivingHeaders?.id == id { self.receivingHeaders = nil }
         guard let stream = self.streams.removeValue(forKey: id) else { return }
         stream.closed()
         if self.streams.isEmpty {
@@ -573,6 +584,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
         self.checkTask = nil
         self.checkAt = nil
         self.pendingStarts.removeAll()
+        self.receivingHeaders = nil
         let streams = self.streams
         self.streams.removeAll()
         for stream in streams.values { stream.closed() }

@@ -69,27 +69,31 @@ final class HTTP2Stream: DownstreamResponder {
             return
         }
         if self.headersTooLarge { return }
-        let nameString = String(decoding: name, as: UTF8.self)
+        // Names are told apart by their bytes: only what is kept becomes a `String`.
         let valueString = String(decoding: value, as: UTF8.self)
         if name.count > 0 && name[0] == UInt8(ascii: ":") {
-            switch nameString {
-            case ":method": self.method = valueString
-            case ":path": self.path = valueString
-            case ":authority": self.authority = valueString
-            case ":protocol": self.connectProtocol = valueString
-            case ":scheme": break
-            default: self.invalidHeader = true
+            if bytesEqual(name, ":method") {
+                self.method = valueString
+            } else if bytesEqual(name, ":path") {
+                self.path = valueString
+            } else if bytesEqual(name, ":authority") {
+                self.authority = valueString
+            } else if bytesEqual(name, ":protocol") {
+                self.connectProtocol = valueString
+            } else if !bytesEqual(name, ":scheme") {
+                self.invalidHeader = true
             }
             return
         }
-        if nameString == "cookie" {
+        if bytesEqual(name, "cookie") {
             self.cookies.append(valueString)  // crumbs are joined (RFC 9113 §8.2.3)
             return
         }
-        if nameString == "host" {
+        if bytesEqual(name, "host") {
             if self.authority == nil { self.authority = valueString }
             return
         }
+        let nameString = String(decoding: name, as: UTF8.self)
         // Room for a typical request's fields and the `host` and `cookie` added at the end,
         // reserved once instead of grown field by field.
         if self.headers.isEmpty { self.headers.reserveCapacity(12) }

@@ -95,6 +95,13 @@ private func bytesEqualIgnoringASCIICase(_ bytes: UnsafeBufferPointer<UInt8>, _ 
     return true
 }
 
+/// `bytes` equal to `string`, byte for byte.
+func bytesEqual(_ bytes: UnsafeBufferPointer<UInt8>, _ string: StaticString) -> Bool {
+    guard bytes.count == string.utf8CodeUnitCount else { return false }
+    for index in 0..<bytes.count where bytes[index] != string.utf8Start[index] { return false }
+    return true
+}
+
 /// `a` equal to `b`, ASCII case ignored on both sides.
 func bytesEqualIgnoringASCIICase(anyCase a: UnsafeBufferPointer<UInt8>, _ b: UnsafeBufferPointer<UInt8>) -> Bool {
     guard a.count == b.count else { return false }
