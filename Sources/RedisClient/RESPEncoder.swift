@@ -8,14 +8,20 @@ enum RESPEncoder {
     static func encode(_ arguments: [String], into buffer: inout ByteBuffer) {
         buffer.writeInteger(UInt8(ascii: "*"))
         writeDecimal(arguments.count, into: &buffer)
-        for var arg in arguments {
-            arg.withUTF8 { bytes in
-                buffer.writeInteger(UInt8(ascii: "$"))
-                writeDecimal(bytes.count, into: &buffer)
-                buffer.writeBytes(bytes)
-                buffer.writeInteger(crlf)
+        for arg in arguments {
+            // In place (no `var` copy for `withUTF8`, which costs a retain/release pair).
+            if arg.utf8.withContiguousStorageIfAvailable({ write($0, into: &buffer) }) == nil {
+                var arg = arg
+                arg.withUTF8 { write($0, into: &buffer) }
             }
         }
+    }
+
+    private static func write(_ bytes: UnsafeBufferPointer<UInt8>, into buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt8(ascii: "$"))
+        writeDecimal(bytes.count, into: &buffer)
+        buffer.writeBytes(bytes)
+        buffer.writeInteger(crlf)
     }
 
     private static let crlf: UInt16 = 0x0D0A

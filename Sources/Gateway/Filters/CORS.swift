@@ -72,8 +72,7 @@ struct ResponseAdditions: Sendable {
     func replaces(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
         guard !self.extraHeaders.isEmpty else { return false }
         return self.extraHeaders.contains { extra in
-            var extraName = extra.0
-            return extraName.withUTF8 { bytesEqualIgnoringASCIICase(anyCase: name, $0) }
+            extra.0.withUTF8Bytes { bytesEqualIgnoringASCIICase(anyCase: name, $0) }
         }
     }
 

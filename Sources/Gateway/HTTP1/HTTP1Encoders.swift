@@ -187,8 +187,7 @@ struct KeptHeadFraming {
 
     /// Copies the string's UTF-8 to `out`; returns the byte after it.
     private static func copy(_ string: String, to out: UnsafeMutablePointer<UInt8>) -> UnsafeMutablePointer<UInt8> {
-        var string = string
-        return string.withUTF8 { bytes in
+        string.withUTF8Bytes { bytes in
             guard let base = bytes.baseAddress else { return out }
             out.update(from: base, count: bytes.count)
             return out + bytes.count

@@ -14,11 +14,8 @@ enum HTTP2ResponseField {
     /// Copies `name` lowercased to `destination` (room for `name.utf8.count` bytes) and returns its
     /// length, or nil when the field must be dropped.
     static func copyName(_ name: String, to destination: UnsafeMutablePointer<UInt8>) -> Int? {
-        // A native string's bytes in place: a tight loop, not the UTF-8 view's per-byte checks,
-        // and no copy (`withUTF8` on a `var` copy costs a retain/release pair per field).
-        if let copied = name.utf8.withContiguousStorageIfAvailable({ copyName($0, to: destination) }) { return copied }
-        var name = name
-        return name.withUTF8 { copyName($0, to: destination) }
+        // The bytes in place: a tight loop, not the UTF-8 view's per-byte checks.
+        name.withUTF8Bytes { copyName($0, to: destination) }
     }
 
     /// `copyName` of a name's bytes.
@@ -42,9 +39,7 @@ enum HTTP2ResponseField {
     /// Copies `value` without its surrounding SP/HTAB to `destination` (room for
     /// `value.utf8.count` bytes) and returns its length, or nil when the field must be dropped.
     static func copyValue(_ value: String, to destination: UnsafeMutablePointer<UInt8>) -> Int? {
-        if let copied = value.utf8.withContiguousStorageIfAvailable({ copyValue($0, to: destination) }) { return copied }
-        var value = value
-        return value.withUTF8 { copyValue($0, to: destination) }
+        value.withUTF8Bytes { copyValue($0, to: destination) }
     }
 
     /// `copyValue` of a value's bytes.

@@ -665,8 +665,7 @@ private struct HeaderScratch: HeadFieldSink {
     }
 
     mutating func add(name: String, value: String) {
-        var (name, value) = (name, value)
-        name.withUTF8 { name in value.withUTF8 { self.add(name: name, value: $0) } }
+        name.withUTF8Bytes { name in value.withUTF8Bytes { self.add(name: name, value: $0) } }
     }
 
     private mutating func submit(_ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void) {

@@ -54,8 +54,7 @@ struct TraceContext: Sendable, Equatable {
     /// invalid; a higher version than 00 is read as 00 when its first four fields are 00's shape
     /// (the spec's forward-compatibility rule); all-zero trace or parent ids are invalid.
     static func parse(_ value: String) -> (high: UInt64, low: UInt64, parent: UInt64, flags: UInt8)? {
-        var value = value
-        return value.withUTF8 { bytes in
+        value.withUTF8Bytes { bytes in
             // Surrounding OWS is not part of a field value.
             var start = 0, end = bytes.count
             while start < end, bytes[start] == UInt8(ascii: " ") || bytes[start] == UInt8(ascii: "\t") { start += 1 }

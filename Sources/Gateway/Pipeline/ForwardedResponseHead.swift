@@ -86,8 +86,7 @@ struct FieldBytesSink: HeadFieldSink {
     }
 
     mutating func copy(_ string: String) {
-        var string = string
-        string.withUTF8 { self.copy($0) }
+        string.withUTF8Bytes { self.copy($0) }
     }
 
     mutating func copy(_ string: StaticString) {

@@ -129,8 +129,7 @@ enum RequestValidator {
     /// percent-encoding are refused outright. `%2F` and `%5C` inside a segment are forwarded
     /// unchanged (docs/configuration.md, "Request paths").
     static func pathProblem(_ target: String) -> String? {
-        var target = target
-        return target.withUTF8 { pathProblem(bytes: $0) }
+        target.withUTF8Bytes { pathProblem(bytes: $0) }
     }
 
     private static func pathProblem(bytes: UnsafeBufferPointer<UInt8>) -> String? {
