@@ -68,11 +68,15 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         /// CORS fields and `Vary: Origin` for whatever response this request gets.
         var responseAdditions = ResponseAdditions.none
 
-        var record = RequestRecord(method: "-", target: "-", protocolName: "HTTP/1.1")
+        /// Always given; the default reads no clock.
+        var record = RequestRecord(start: .uptimeNanoseconds(0), method: "-", target: "-", protocolName: "HTTP/1.1")
 
         /// The request made up to carry an answer to input with no usable head.
         static func forError() -> InFlight {
-            InFlight(method: .GET, version: .http1_1, requestID: RequestIdentity.requestID(clientSupplied: nil))
+            InFlight(
+                method: .GET, version: .http1_1, requestID: RequestIdentity.requestID(clientSupplied: nil),
+                record: RequestRecord(method: "-", target: "-", protocolName: "HTTP/1.1")
+            )
         }
     }
 
@@ -338,11 +342,12 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             head, streamEnded: nil, peer: self.peer, services: self.services, runtime: self.runtime(), downstream: self,
             allocator: self.context.channel.allocator
         )
-        self.current = InFlight(method: head.method, version: head.version, requestID: dispatch.requestID)
-        self.state.requestStarted(keepAliveRequested: head.isKeepAlive && head.version == .http1_1, hasBody: dispatch.hasBody)
         record.note(dispatch)
-        self.current!.record = record
-        self.current!.responseAdditions = dispatch.responseAdditions
+        self.current = InFlight(
+            method: head.method, version: head.version, requestID: dispatch.requestID,
+            responseAdditions: dispatch.responseAdditions, record: consume record
+        )
+        self.state.requestStarted(keepAliveRequested: head.isKeepAlive && head.version == .http1_1, hasBody: dispatch.hasBody)
         switch dispatch.outcome {
         case .respond(let response):
             self.writeLocal(response, forceClose: false)
@@ -393,9 +398,9 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     /// Both the request and its response are complete.
     private func requestFinished() {
-        guard let current = self.current else { return }
-        self.log(current)
-        self.current = nil
+        // Taken, not copied: every field of the request's data is a reference to count.
+        guard var current = self.current.take() else { return }
+        self.log(&current)
         let (next, resumeParsing) = self.state.requestFinished()
         if resumeParsing {
             // The upstream refused the switch: the bytes after the handshake are HTTP/1.1 again.
@@ -592,8 +597,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         }
         if closing {
             // Logged when written: the connection may take a while to close (close_notify, half-close).
-            self.log(self.current!)
-            self.current!.record.logged = true
+            self.log(&self.current!)
             if self.services.listener.isTLS {
                 _ = self.state.close()
                 let loopBound = context.loopBound
@@ -715,19 +719,17 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     /// The log + metrics phase; a request cut off before its response counts as 499 (client
     /// closed), as nginx logs it.
-    private func log(_ current: InFlight) {
+    /// Marks the record logged, so a request is logged once.
+    private func log(_ current: inout InFlight) {
         guard !current.record.logged else { return }
-        var record = current.record
-        if record.requestID.isEmpty { record.requestID = current.requestID }
-        record.settle(responseComplete: self.state.request?.responseEnded ?? false, exchange: current.exchange)
-        self.services.observability.finished(record, tlsVersion: self.services.tlsVersion)
+        current.record.logged = true
+        if current.record.requestID.isEmpty { current.record.requestID = current.requestID }
+        current.record.settle(responseComplete: self.state.request?.responseEnded ?? false, exchange: current.exchange)
+        self.services.observability.finished(current.record, tlsVersion: self.services.tlsVersion)
     }
 
     private func teardown() {
-        if let current = self.current {
-            self.log(current)
-            self.current!.record.logged = true
-        }
+        if self.current != nil { self.log(&self.current!) }
         self.cancelTimer()
         self.pendingStart = nil
         self.current?.exchange?.cancel()

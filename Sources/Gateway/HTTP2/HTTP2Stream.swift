@@ -37,7 +37,8 @@ final class HTTP2Stream: DownstreamResponder {
     private var exchange: ProxyExchange?
     private var isHEAD = false
     private var responseAdditions = ResponseAdditions.none
-    private var record = RequestRecord(method: "-", target: "-", protocolName: "HTTP/2")
+    /// Replaced when the head is complete; this one is never logged and reads no clock.
+    private var record = RequestRecord(start: .uptimeNanoseconds(0), method: "-", target: "-", protocolName: "HTTP/2")
     /// `:protocol` of an extended CONNECT (RFC 8441).
     private var connectProtocol: String?
     /// Set once an extended CONNECT became a WebSocket tunnel: DATA frames carry its bytes.
@@ -101,23 +102,26 @@ final class HTTP2Stream: DownstreamResponder {
     }
 
     func headersComplete(endStream: Bool) {
-        self.record = RequestRecord(method: self.method ?? "-", target: self.path ?? "-", protocolName: "HTTP/2")
+        // Read once: each access to an `unowned` reference is a checked retain and a release.
+        let connection = self.connection
+        let method = self.method, path = self.path
+        self.record = RequestRecord(method: method ?? "-", target: path ?? "-", protocolName: "HTTP/2")
         if self.state.headersComplete(endStream: endStream) { self.expectBody() }
-        let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
-        if self.headersTooLarge || self.invalidHeader || self.method == nil || self.path == nil {
+        let allocator = connection.context?.channel.allocator ?? ByteBufferAllocator()
+        if self.headersTooLarge || self.invalidHeader || method == nil || path == nil {
             self.requestID = RequestIdentity.requestID(clientSupplied: self.headers.first(name: "x-request-id"))
         }
         if self.headersTooLarge {
             self.respondLocally(GatewayError.headersTooLarge.response(requestID: self.requestID, allocator: allocator))
             return
         }
-        guard !self.invalidHeader, let method = self.method, let path = self.path else {
+        guard !self.invalidHeader, let method, let path else {
             self.respondLocally(GatewayError.badRequest("malformed HTTP/2 request").response(requestID: self.requestID, allocator: allocator))
             return
         }
-        var headers = self.headers
         // Moved out, so adding `host` does not copy the fields; `addHeader` kept any `host` out.
-        self.headers = HTTPHeaders()
+        var headers = HTTPHeaders()
+        swap(&headers, &self.headers)
         if let authority = self.authority { headers.add(name: "host", value: authority) }
         if !self.cookies.isEmpty { headers.add(name: "cookie", value: self.cookies.joined(separator: "; ")) }
         var httpMethod = HTTPMethod(rawValue: method)
@@ -127,7 +131,7 @@ final class HTTP2Stream: DownstreamResponder {
         if extendedConnect { WebSocketHandshake.addHTTP1Fields(to: &headers, method: &httpMethod) }
         let head = HTTPRequestHead(version: .http2, method: httpMethod, uri: path, headers: headers)
         let dispatch = RequestDispatch.start(
-            head, streamEnded: endStream || extendedConnect, peer: self.connection.peer, services: self.connection.services,
+            head, streamEnded: endStream || extendedConnect, peer: connection.peer, services: connection.services,
             downstream: self, allocator: allocator
         )
         self.requestID = dispatch.requestID
@@ -140,12 +144,11 @@ final class HTTP2Stream: DownstreamResponder {
         case .proxy(let exchange) where extendedConnect && exchange.webSocket == nil:
             // A 2xx would tell the client its tunnel is open: a route without `websocket: true` has none.
             exchange.cancel()
-            let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
             self.respondLocally(GatewayError.badRequest("this route does not relay WebSockets")
                 .response(requestID: self.requestID, allocator: allocator))
         case .proxy(let exchange):
             self.exchange = exchange
-            self.connection.deferStart(self)
+            connection.deferStart(self)
         }
     }
 
@@ -251,10 +254,13 @@ final class HTTP2Stream: DownstreamResponder {
             exchange.cancel()
         }
         if self.headComplete && !self.record.logged {
-            self.record.logged = true
-            if self.record.requestID.isEmpty { self.record.requestID = self.requestID }
-            self.record.settle(responseComplete: self.state.responseDelivered(responseBytesQueued: !self.responseQueue.isEmpty), exchange: nil)
-            self.connection.services.observability.finished(self.record, tlsVersion: self.connection.services.tlsVersion)
+            // Moved out, not copied: the stream is done with it (every field is a reference to count).
+            var record = RequestRecord(start: .uptimeNanoseconds(0), method: "-", target: "-", protocolName: "HTTP/2")
+            record.logged = true
+            swap(&record, &self.record)
+            if record.requestID.isEmpty { record.requestID = self.requestID }
+            record.settle(responseComplete: self.state.responseDelivered(responseBytesQueued: !self.responseQueue.isEmpty), exchange: nil)
+            self.connection.services.observability.finished(record, tlsVersion: self.connection.services.tlsVersion)
         }
         self.responseQueue.removeAll()
     }

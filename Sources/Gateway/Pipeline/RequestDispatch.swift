@@ -76,16 +76,17 @@ struct RequestDispatch {
             method: head.method, target: head.uri, host: host, headers: head.headers, peer: peer,
             listener: services.listener, runtime: runtime, allocator: allocator
         )
-        let routeName = decision.routeName, clientIP = decision.client.ip
-        var dispatch = Self.route(decision, head: head, framing: framing, host: host, requestID: requestID, trace: trace,
-                                  expectsContinue: head.version == .http1_1 && validated.expectsContinue,
-                                  runtime: runtime, services: services, downstream: downstream, allocator: allocator)
-        dispatch.routeName = routeName
-        dispatch.clientIP = clientIP
-        dispatch.host = host
-        dispatch.userAgent = validated.userAgent
-        dispatch.trace = trace
-        return dispatch
+        // Built once with every field: a dispatch assembled and then edited was copied whole
+        // (each field a reference to count) on its way out.
+        let routeName = decision.routeName, clientIP = decision.client.ip, additions = decision.responseAdditions
+        let routed = Self.route(decision, head: head, framing: framing, host: host, requestID: requestID, trace: trace,
+                                expectsContinue: head.version == .http1_1 && validated.expectsContinue,
+                                runtime: runtime, services: services, downstream: downstream, allocator: allocator)
+        return RequestDispatch(
+            outcome: routed.outcome, requestID: requestID, responseAdditions: additions, hasBody: routed.hasBody,
+            routeName: routeName, clientIP: clientIP, jwtRejection: routed.jwtRejection, subject: routed.subject,
+            host: host, userAgent: validated.userAgent, trace: trace
+        )
     }
 
     /// `/metrics`, `GET /config` and `POST /config/reload` (admin listener only).
@@ -125,31 +126,37 @@ struct RequestDispatch {
         }
     }
 
+    /// What routing decided: the dispatch's fields that depend on the decision.
+    private struct Routed {
+        var outcome: Outcome
+        var hasBody: Bool
+        var jwtRejection: String? = nil
+        var subject: String? = nil
+    }
+
     private static func route(
         _ decision: consuming PipelineDecision, head: HTTPRequestHead, framing: BodyFraming, host: String?, requestID: String,
         trace: TraceContext, expectsContinue: Bool, runtime: GatewayRuntime, services: ConnectionServices, downstream: DownstreamResponder, allocator: ByteBufferAllocator
-    ) -> RequestDispatch {
+    ) -> Routed {
         let additions = decision.responseAdditions
-        func local(_ error: GatewayError, _ additions: ResponseAdditions = .none, hasBody: Bool = false) -> RequestDispatch {
+        let peer = decision.client.peer, peerTrusted = decision.client.peerTrusted
+        func local(_ error: GatewayError, hasBody: Bool = false, jwtRejection: String? = nil) -> Routed {
             let response = error.response(requestID: requestID, trace: trace, allocator: allocator)
-            return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: additions, hasBody: hasBody)
+            return Routed(outcome: .respond(response), hasBody: hasBody, jwtRejection: jwtRejection)
         }
-        switch decision.action {
+        // The action is moved out, not copied (its plan holds a dozen references).
+        switch (consume decision).action {
         case .respond(let response):
-            return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: additions, hasBody: framing.hasBody)
+            return Routed(outcome: .respond(response), hasBody: framing.hasBody)
         case .error(let error):
-            var dispatch = local(error, additions, hasBody: framing.hasBody)
-            dispatch.jwtRejection = error.rejectionReason
-            return dispatch
+            return local(error, hasBody: framing.hasBody, jwtRejection: error.rejectionReason)
         case .proxy(let plan):
             if case .contentLength(let length) = framing, length > runtime.traffic.maxBodyBytes {
-                var dispatch = local(.payloadTooLarge, additions, hasBody: true)
-                dispatch.jwtRejection = plan.deferredError?.rejectionReason
-                return dispatch
+                return local(.payloadTooLarge, hasBody: true, jwtRejection: plan.deferredError?.rejectionReason)
             }
-            let cluster = plan.cluster
+        let cluster = plan.cluster
             let info = ForwardingInfo(
-                peer: decision.client.peer, peerTrusted: decision.client.peerTrusted, requestID: requestID,
+                peer: peer, peerTrusted: peerTrusted, requestID: requestID,
                 scheme: services.listener.scheme, host: host,
                 fallbackHost: cluster.endpoints.isEmpty ? "localhost" : cluster.endpoints[0].key, addedHeaders: plan.claimHeaders, trace: trace
             )
@@ -161,9 +168,7 @@ struct RequestDispatch {
             if let token = plan.strippedToken, token != .authorization { upstreamHead = .rewritten(token.removed(from: upstreamHead.head)) }
             let webSocket = WebSocketHandshake.forRoute(plan.route, head: head, runtime: runtime)
             if let refusal = webSocket.flatMap({ _ in WebSocketHandshake.originRefusal(plan.route, head: head) }) {
-                var dispatch = local(refusal, additions)
-                dispatch.jwtRejection = plan.deferredError?.rejectionReason
-                return dispatch
+                return local(refusal, jwtRejection: plan.deferredError?.rejectionReason)
             }
             if webSocket != nil { upstreamHead = .rewritten(WebSocketHandshake.upstreamHead(upstreamHead.head)) }
             let exchange = ProxyExchange(
@@ -178,10 +183,10 @@ struct RequestDispatch {
             exchange.webSocket = webSocket
             exchange.streamIdle = .init(plan.route.realtime.streamIdle)
             exchange.streamingRoute = plan.route.realtime.streaming
-            var dispatch = RequestDispatch(outcome: .proxy(exchange), requestID: requestID, responseAdditions: additions, hasBody: framing.hasBody)
-            dispatch.subject = plan.subject
-            dispatch.jwtRejection = plan.deferredError?.rejectionReason
-            return dispatch
+            return Routed(
+                outcome: .proxy(exchange), hasBody: framing.hasBody, jwtRejection: plan.deferredError?.rejectionReason,
+                subject: plan.subject
+            )
         }
     }
 }

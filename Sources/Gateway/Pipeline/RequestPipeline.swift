@@ -21,6 +21,7 @@ struct PipelineDecision {
     /// The matched route's name, for metrics and logs (nil: no route).
     var routeName: String? = nil
 
+    @inline(__always)
     init(_ action: Action, _ responseAdditions: ResponseAdditions = .none, client: ClientIdentity, route: Route? = nil) {
         self.action = action
         self.responseAdditions = responseAdditions
