@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Reference-count calls per request, by the function that made them: where the gateway's
+swift_retain/swift_release traffic comes from, counted exactly rather than sampled.
+
+A uprobe on each of libswiftCore's `swift_retain` and `swift_release` is recorded with call graphs
+(`perf record -g`) while a fixed number of steady requests goes through the A/B set-up of
+benchmarks/ab.py (TLS, one worker on CPU 0, nginx `return 200` upstream; `h2load --h1 -c 8` or
+`h2load -c 4 -m 10` on CPU 1, after a warm-up). Printed: calls per request in total, then per
+immediate caller (runtime-internal frames skipped) and per nearest gateway function. Every call
+counts, including those on small strings that do no atomic operation, so the total reads higher
+than the LD_PRELOAD counter of benchmarks/budget.sh, which sees only calls made through the PLT.
+Counts do not drift with the machine's load, so a change that removes calls shows even when the
+CPU figures are lost in noise.
+
+  benchmarks/refcounts.py [--bin DIR] [--n 2000] [--top 30] [--setup base] h1|h2
+
+Needs root (uprobes), perf (linux-perf) and what benchmarks/peers.sh --install installs.
+"""
+import argparse
+import collections
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SWIFT_CORE = "/opt/swift/usr/lib/swift/linux/libswiftCore.so"
+EVENTS = ("swift_retain", "swift_release")
+
+
+def ensure_probes(library):
+    listed = subprocess.run(["perf", "probe", "-l"], capture_output=True, text=True).stdout
+    for symbol in EVENTS:
+        if f"probe_libswiftCore:{symbol} " not in listed:
+            subprocess.run(["perf", "probe", "-q", "-x", library, symbol], check=True)
+
+
+def frame_name(line):
+    parts = line.strip().split(None, 1)
+    return re.sub(r"\+0x[0-9a-f]+$", "", parts[1]) if len(parts) > 1 else "?"
+
+
+def demangled(names):
+    demangler = Path(os.environ.get("SWIFT_DEMANGLE", "/opt/swift/usr/bin/swift-demangle"))
+    if not demangler.exists():
+        return names
+    out = subprocess.run([str(demangler), "--simplified", "--compact"], input="\n".join(names),
+                         capture_output=True, text=True).stdout.splitlines()
+    return out if len(out) == len(names) else names
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("protocol", choices=["h1", "h2"])
+    parser.add_argument("--bin", default=os.environ.get("BIN", str(HERE.parent / ".build/release")))
+    parser.add_argument("--n", type=int, default=2000, help="requests counted")
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--setup", default="base", help="ab.py set-up: base, jwt, limit, cors, cors-redis")
+    args = parser.parse_args()
+
+    os.environ["BIN"] = args.bin
+    sys.path.insert(0, str(HERE))
+    import ab  # noqa: E402  (reads BIN at import)
+
+    ensure_probes(os.environ.get("SWIFT_CORE", SWIFT_CORE))
+    d = tempfile.mkdtemp()
+    bench = ab.Bench(d, 1, args.setup)
+    data = f"{d}/refcounts.data"
+    proc = None
+    try:
+        proc = bench.start(args.bin, {})
+        extra = ["--h1", "-c", "8"] if args.protocol == "h1" else ["-c", "4", "-m", "10"]
+        load = ["taskset", "-c", "1", "h2load", *extra, *bench.extra]
+        subprocess.run([*load, "-n", "2000", bench.url()], check=True, capture_output=True)
+        events = [x for e in EVENTS for x in ("-e", f"probe_libswiftCore:{e}")]
+        perf = subprocess.Popen(["perf", "record", "-q", "-g", *events, "-p", str(proc.pid), "-o", data],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.5)  # perf attaches to every thread first
+        out = subprocess.run([*load, "-n", str(args.n), bench.url()], check=True, capture_output=True, text=True)
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
+        if f"{args.n} succeeded" not in out.stdout:
+            raise RuntimeError(f"h2load: not every request succeeded:\n{out.stdout[-400:]}")
+    finally:
+        if proc is not None:
+            bench.run.stop(proc)
+        bench.run.stop_all()
+
+    script = subprocess.run(["perf", "script", "-i", data, "-F", "ip,sym", "--no-demangle"],
+                            capture_output=True, text=True, check=True).stdout
+    callers, gateway = collections.Counter(), collections.Counter()
+    for block in script.split("\n\n"):
+        frames = [frame_name(line) for line in block.strip().splitlines() if line.strip()]
+        if len(frames) < 2:
+            continue
+        index = 1
+        while index < len(frames) and frames[index].startswith(("swift_", "_swift")):
+            index += 1
+        callers[frames[index] if index < len(frames) else "?"] += 1
+        gateway[next((f for f in frames[1:] if "$s7Gateway" in f), "(no gateway frame)")] += 1
+    total = sum(callers.values())
+    print(f"{args.protocol}: {total / args.n:.1f} swift_retain + swift_release calls per request "
+          f"({args.n} requests, the first ones after perf attached included)")
+    for title, counter in (("immediate caller", callers), ("nearest gateway function", gateway)):
+        print(f"\n| calls/request | {title} |\n|--:|---|")
+        top = counter.most_common(args.top)
+        for (_, count), name in zip(top, demangled([name for name, _ in top])):
+            print(f"| {count / args.n:.2f} | `{name[:140]}` |")
+
+
+if __name__ == "__main__":
+    main()
