@@ -37,6 +37,18 @@ struct HeaderRewriterResponseTests {
         #expect(HeaderRewriter.http2ResponseField(name: name, value: value) == nil)
     }
 
+    /// The HTTP/2 field rule tests names with `isHopByHop`: every connection-specific name must be
+    /// one it drops, and nothing else.
+    @Test func connectionSpecificNamesAreExactlyTheHopByHopOnes() {
+        #expect(HeaderRewriter.connectionSpecific == HeaderRewriter.hopByHop)
+        for name in HeaderRewriter.connectionSpecific {
+            #expect(HeaderRewriter.http2ResponseField(name: name.uppercased(), value: "v") == nil, "\(name)")
+        }
+        for name in ["x-connection", "connections", "tee", "upgrade-insecure-requests", "keep-alive2"] {
+            #expect(HeaderRewriter.http2ResponseField(name: name, value: "v") != nil, "\(name)")
+        }
+    }
+
     @Test(arguments: ["x a", ":status", "x:a", "", "x\u{0}a", "x(a)", "caf\u{E9}"])
     func namesThatAreNotTokensAreDropped(name: String) {
         #expect(HeaderRewriter.http2ResponseField(name: name, value: "v") == nil)

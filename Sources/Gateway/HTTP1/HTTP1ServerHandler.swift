@@ -68,8 +68,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         /// CORS fields and `Vary: Origin` for whatever response this request gets.
         var responseAdditions = ResponseAdditions.none
 
-        /// Always given; the default reads no clock.
-        var record = RequestRecord(start: .uptimeNanoseconds(0), method: "-", target: "-", protocolName: "HTTP/1.1")
+        /// Always given (the default stands in only until then).
+        var record = RequestRecord.placeholder(protocolName: "HTTP/1.1")
 
         /// The request made up to carry an answer to input with no usable head.
         static func forError() -> InFlight {
@@ -718,8 +718,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     }
 
     /// The log + metrics phase; a request cut off before its response counts as 499 (client
-    /// closed), as nginx logs it.
-    /// Marks the record logged, so a request is logged once.
+    /// closed), as nginx logs it. Marks the record logged, so a request is logged once.
     private func log(_ current: inout InFlight) {
         guard !current.record.logged else { return }
         current.record.logged = true

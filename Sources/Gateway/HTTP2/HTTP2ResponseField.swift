@@ -1,9 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 /// The rule for a response field going out in an HTTP/2 HEADERS frame, applied byte by byte while
 /// the field is copied into the connection's header scratch (no `String` is built per field):
 /// names are lowercased and must be tokens (so no pseudo-header can be smuggled in) and not
@@ -26,14 +20,9 @@ enum HTTP2ResponseField {
             guard isHTTPTokenByte(byte) else { return nil }
             destination[index] = byte &+ (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? 0x20 : 0)
         }
-        let count = name.count
-        // Most names are ruled out by their length alone, without building a `String`.
-        if count < 64 && refusedLengths & (1 << count) != 0 {
-            for refused in refusedNames where refused.count == count && memcmp(refused, destination, count) == 0 {
-                return nil
-            }
-        }
-        return count
+        // `connectionSpecific` is `hopByHop` (which lists `proxy-connection`): its byte test.
+        if HeaderRewriter.isHopByHop(UnsafeBufferPointer(start: destination, count: name.count)) { return nil }
+        return name.count
     }
 
     /// Copies `value` without its surrounding SP/HTAB to `destination` (room for
@@ -63,10 +52,4 @@ enum HTTP2ResponseField {
     private static func isFieldValueByte(_ byte: UInt8) -> Bool {
         byte > 0x20 && byte != 0x7F
     }
-
-    /// The connection-specific names, compared as bytes: no `String` is built per field.
-    private static let refusedNames: [[UInt8]] = HeaderRewriter.connectionSpecific.map { Array($0.utf8) }
-
-    /// Bit n is set when some connection-specific name is n bytes long.
-    private static let refusedLengths: UInt64 = HeaderRewriter.connectionSpecific.reduce(0) { $0 | 1 << $1.utf8.count }
 }

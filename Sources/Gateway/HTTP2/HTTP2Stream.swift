@@ -37,8 +37,8 @@ final class HTTP2Stream: DownstreamResponder {
     private var exchange: ProxyExchange?
     private var isHEAD = false
     private var responseAdditions = ResponseAdditions.none
-    /// Replaced when the head is complete; this one is never logged and reads no clock.
-    private var record = RequestRecord(start: .uptimeNanoseconds(0), method: "-", target: "-", protocolName: "HTTP/2")
+    /// Replaced when the head is complete.
+    private var record = RequestRecord.placeholder(protocolName: "HTTP/2")
     /// `:protocol` of an extended CONNECT (RFC 8441).
     private var connectProtocol: String?
     /// Set once an extended CONNECT became a WebSocket tunnel: DATA frames carry its bytes.
@@ -255,7 +255,7 @@ final class HTTP2Stream: DownstreamResponder {
         }
         if self.headComplete && !self.record.logged {
             // Moved out, not copied: the stream is done with it (every field is a reference to count).
-            var record = RequestRecord(start: .uptimeNanoseconds(0), method: "-", target: "-", protocolName: "HTTP/2")
+            var record = RequestRecord.placeholder(protocolName: "HTTP/2")
             record.logged = true
             swap(&record, &self.record)
             if record.requestID.isEmpty { record.requestID = self.requestID }

@@ -42,6 +42,11 @@ struct RequestRecord {
         self.protocolName = protocolName
     }
 
+    /// Stands in until the request's head is complete: reads no clock and is never logged as is.
+    static func placeholder(protocolName: String) -> RequestRecord {
+        RequestRecord(start: .uptimeNanoseconds(0), method: "-", target: "-", protocolName: protocolName)
+    }
+
     /// Copies what the pipeline decided.
     mutating func note(_ dispatch: RequestDispatch) {
         self.requestID = dispatch.requestID

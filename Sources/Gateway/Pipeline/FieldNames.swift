@@ -106,6 +106,16 @@ extension String {
     }
 }
 
+extension Substring {
+    /// `String.withUTF8Bytes` for a slice.
+    @inline(__always)
+    func withUTF8Bytes<R>(_ body: (UnsafeBufferPointer<UInt8>) throws -> R) rethrows -> R {
+        if let result = try self.utf8.withContiguousStorageIfAvailable(body) { return result }
+        var copy = self
+        return try copy.withUTF8(body)
+    }
+}
+
 /// `bytes` equal to `string`, byte for byte.
 func bytesEqual(_ bytes: UnsafeBufferPointer<UInt8>, _ string: StaticString) -> Bool {
     guard bytes.count == string.utf8CodeUnitCount else { return false }

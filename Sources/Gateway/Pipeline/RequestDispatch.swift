@@ -154,7 +154,7 @@ struct RequestDispatch {
             if case .contentLength(let length) = framing, length > runtime.traffic.maxBodyBytes {
                 return local(.payloadTooLarge, hasBody: true, jwtRejection: plan.deferredError?.rejectionReason)
             }
-        let cluster = plan.cluster
+            let cluster = plan.cluster
             let info = ForwardingInfo(
                 peer: peer, peerTrusted: peerTrusted, requestID: requestID,
                 scheme: services.listener.scheme, host: host,

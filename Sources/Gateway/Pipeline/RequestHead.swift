@@ -203,15 +203,13 @@ enum RequestValidator {
     /// RFC 9110 §5.6.2 token.
     static func isToken(_ name: String) -> Bool {
         guard !name.isEmpty else { return false }
-        // A native string's bytes in place: a tight loop, not the UTF-8 view's per-byte checks.
-        return name.utf8.withContiguousStorageIfAvailable { $0.allSatisfy(isHTTPTokenByte) }
-            ?? name.utf8.allSatisfy(isHTTPTokenByte)
+        // The bytes in place: a tight loop, not the UTF-8 view's per-byte checks.
+        return name.withUTF8Bytes { $0.allSatisfy(isHTTPTokenByte) }
     }
 
     /// RFC 9110 §5.5: no CTLs but HTAB; CR, LF and NUL in particular never pass.
     static func isFieldValue(_ value: String) -> Bool {
-        let valid = { (byte: UInt8) in byte >= 0x20 ? byte != 0x7F : byte == 0x09 }
-        return value.utf8.withContiguousStorageIfAvailable { $0.allSatisfy(valid) } ?? value.utf8.allSatisfy(valid)
+        value.withUTF8Bytes { $0.allSatisfy { $0 >= 0x20 ? $0 != 0x7F : $0 == 0x09 } }
     }
 }
 

@@ -1,8 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 /// Which hosts a route answers for. Ordered by specificity: exact > wildcard > any (SPEC "routes").
 enum HostPattern: Sendable, Equatable {
     case any
@@ -100,14 +95,14 @@ final class Route: Sendable {
     /// but not `/api/auth/login2` (a prefix ending in `/` is a plain prefix). Safer than Envoy's raw
     /// `prefix`, which would let `/api/auth/loginx` ride the login route's policies.
     func matchesPath(_ path: Substring) -> Bool {
-        // Compared as bytes where both are contiguous (always, for native strings): the generic
-        // `hasPrefix` walks two UTF-8 views element by element, once per route per request.
-        let bytewise = path.utf8.withContiguousStorageIfAvailable { path in
-            self.pathPrefix.utf8.withContiguousStorageIfAvailable { prefix in
-                path.count >= prefix.count && (prefix.isEmpty || memcmp(path.baseAddress!, prefix.baseAddress!, prefix.count) == 0)
+        // Compared as bytes: the generic `hasPrefix` walks two UTF-8 views element by element, once
+        // per route per request.
+        let hasPrefix = path.withUTF8Bytes { path in
+            self.pathPrefix.withUTF8Bytes { prefix in
+                path.count >= prefix.count && UnsafeBufferPointer(rebasing: path[..<prefix.count]).elementsEqual(prefix)
             }
         }
-        guard (bytewise ?? nil) ?? path.hasPrefix(self.pathPrefix) else { return false }
+        guard hasPrefix else { return false }
         if self.pathPrefix.hasSuffix("/") || path.utf8.count == self.pathPrefix.utf8.count { return true }
         let next = path.utf8[path.utf8.index(path.utf8.startIndex, offsetBy: self.pathPrefix.utf8.count)]
         return next == UInt8(ascii: "/")
@@ -174,38 +169,20 @@ final class RouteTable: Sendable {
     /// Lowercase, without port and trailing dot; IPv6 literals keep their brackets.
     static func normalizeHost(_ raw: String?) -> Substring {
         guard let raw, !raw.isEmpty else { return "" }
-        // The common case in one pass over the bytes: where the name ends, and whether it has
-        // capitals (then the slower path below lowercases it).
-        let end: Int? = raw.utf8.withContiguousStorageIfAvailable { bytes in
+        // One pass over the bytes (this runs per request): where the name ends, and whether it
+        // has capitals. The cuts are at ASCII bytes, so they fall between characters.
+        let (end, hasCapitals) = raw.withUTF8Bytes { bytes -> (Int, Bool) in
             var end = bytes.count
             if bytes[0] == UInt8(ascii: "[") {
-                guard let close = bytes.firstIndex(of: UInt8(ascii: "]")) else { return nil }
-                end = close + 1
-            } else {
-                var index = end - 1
-                while index >= 0, bytes[index] != UInt8(ascii: ":") { index -= 1 }
-                if index >= 0 { end = index }
+                if let close = bytes.firstIndex(of: UInt8(ascii: "]")) { end = close + 1 }
+            } else if let colon = bytes.lastIndex(of: UInt8(ascii: ":")) {
+                end = colon
             }
             if end > 0, bytes[end - 1] == UInt8(ascii: ".") { end -= 1 }
-            for index in 0..<end where bytes[index] >= UInt8(ascii: "A") && bytes[index] <= UInt8(ascii: "Z") { return nil }
-            return end
-        } ?? nil
-        if let end {
-            let utf8 = raw.utf8
-            return Substring(utf8[utf8.startIndex..<utf8.index(utf8.startIndex, offsetBy: end)])
+            return (end, bytes[..<end].contains { $0 &- UInt8(ascii: "A") < 26 })
         }
-        // Searched as bytes: `Character` searches walk grapheme clusters (this runs per request).
-        var host = Substring(raw)
-        let bytes = host.utf8
-        if bytes.first == UInt8(ascii: "[") {
-            if let close = bytes.firstIndex(of: UInt8(ascii: "]")) { host = host[...close] }
-        } else if let colon = bytes.lastIndex(of: UInt8(ascii: ":")) {
-            host = host[..<colon]
-        }
-        if host.utf8.last == UInt8(ascii: ".") { host = host[..<host.utf8.index(before: host.utf8.endIndex)] }
-        if host.utf8.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) {
-            return Substring(host.lowercased())
-        }
-        return host
+        let utf8 = raw.utf8
+        let host = Substring(utf8[..<utf8.index(utf8.startIndex, offsetBy: end)])
+        return hasCapitals ? Substring(host.lowercased()) : host
     }
 }
