@@ -220,6 +220,54 @@ def test_reset_mid_download_and_mid_upload_leaks_no_upstream_connection(gateway,
     assert after <= before + 1, (before, after)  # at most one pooled connection more, never ten
 
 
+def test_each_header_block_reaches_its_own_request(gateway, upstream):
+    """Header blocks of many streams in one write, with an upload's trailers and a reset stream
+    between them: the codec hands a block's fields to the stream being received (no lookup per
+    field), so each forwarded request must carry its own fields and no other stream's."""
+    import json
+    raw = RawH2(gateway.ports["public"])
+    upload = raw.request("/api/echo-headers", method="POST", headers=[("x-which", "upload")], end_stream=False)
+    raw.conn.send_data(upload, b"abc")
+    expected = {upload: "upload"}
+    for i in range(8):
+        sid = raw.conn.get_next_available_stream_id()
+        raw.conn.send_headers(sid, [(":method", "GET"), (":scheme", "https"), (":authority", "localhost"),
+                                    (":path", "/api/echo-headers"), ("x-which", f"s{i}"),
+                                    ("cookie", f"a={i}"), ("cookie", f"b={i}")], end_stream=True)
+        expected[sid] = f"s{i}"
+        if i == 2:
+            raw.conn.send_headers(upload, [("x-trailer", "t")], end_stream=True)  # trailers between blocks
+        if i == 4:
+            doomed = raw.conn.get_next_available_stream_id()
+            raw.conn.send_headers(doomed, [(":method", "POST"), (":scheme", "https"), (":authority", "localhost"),
+                                           (":path", "/api/echo-headers"), ("x-which", "doomed")], end_stream=False)
+            raw.conn.reset_stream(doomed)
+    raw.flush()  # one write: the blocks arrive in one read
+    bodies = {sid: b"" for sid in expected}
+    ended = set()
+
+    def all_ended(events):
+        for e in events:
+            if isinstance(e, h2.events.DataReceived) and e.stream_id in bodies:
+                bodies[e.stream_id] += e.data
+            if isinstance(e, h2.events.StreamEnded):
+                ended.add(e.stream_id)
+        events.clear()
+        return ended >= set(expected)
+
+    raw.events(all_ended, timeout=10)
+    raw.close()
+    assert ended >= set(expected), (sorted(ended), sorted(expected))
+    for sid, which in expected.items():
+        fields = json.loads(bodies[sid])["headers"]
+        values = [v for n, v in fields if n.lower() == "x-which"]
+        assert values == [which], (sid, fields)
+        if which != "upload":
+            i = which[1:]
+            assert [v for n, v in fields if n.lower() == "cookie"] == [f"a={i}; b={i}"], (sid, fields)
+        assert not any(n.lower() == "x-trailer" for n, _ in fields), (sid, fields)
+
+
 # How the gateway may refuse a request it must not forward (RFC 9113 §8.1.1): a 400, a stream
 # error, or a connection error; all of type PROTOCOL_ERROR. A NO_ERROR GOAWAY (the idle timeout)
 # is not a refusal.
