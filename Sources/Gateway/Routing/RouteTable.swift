@@ -169,20 +169,38 @@ final class RouteTable: Sendable {
     /// Lowercase, without port and trailing dot; IPv6 literals keep their brackets.
     static func normalizeHost(_ raw: String?) -> Substring {
         guard let raw, !raw.isEmpty else { return "" }
-        // One pass over the bytes (this runs per request): where the name ends, and whether it
-        // has capitals. The cuts are at ASCII bytes, so they fall between characters.
-        let (end, hasCapitals) = raw.withUTF8Bytes { bytes -> (Int, Bool) in
+        // The common case in one pass over the bytes: where the name ends, and whether it has
+        // capitals (then the slower path below lowercases it).
+        let end: Int? = raw.utf8.withContiguousStorageIfAvailable { bytes in
             var end = bytes.count
             if bytes[0] == UInt8(ascii: "[") {
-                if let close = bytes.firstIndex(of: UInt8(ascii: "]")) { end = close + 1 }
-            } else if let colon = bytes.lastIndex(of: UInt8(ascii: ":")) {
-                end = colon
+                guard let close = bytes.firstIndex(of: UInt8(ascii: "]")) else { return nil }
+                end = close + 1
+            } else {
+                var index = end - 1
+                while index >= 0, bytes[index] != UInt8(ascii: ":") { index -= 1 }
+                if index >= 0 { end = index }
             }
             if end > 0, bytes[end - 1] == UInt8(ascii: ".") { end -= 1 }
-            return (end, bytes[..<end].contains { $0 &- UInt8(ascii: "A") < 26 })
+            for index in 0..<end where bytes[index] >= UInt8(ascii: "A") && bytes[index] <= UInt8(ascii: "Z") { return nil }
+            return end
+        } ?? nil
+        if let end {
+            let utf8 = raw.utf8
+            return Substring(utf8[utf8.startIndex..<utf8.index(utf8.startIndex, offsetBy: end)])
         }
-        let utf8 = raw.utf8
-        let host = Substring(utf8[..<utf8.index(utf8.startIndex, offsetBy: end)])
-        return hasCapitals ? Substring(host.lowercased()) : host
+        // Searched as bytes: `Character` searches walk grapheme clusters (this runs per request).
+        var host = Substring(raw)
+        let bytes = host.utf8
+        if bytes.first == UInt8(ascii: "[") {
+            if let close = bytes.firstIndex(of: UInt8(ascii: "]")) { host = host[...close] }
+        } else if let colon = bytes.lastIndex(of: UInt8(ascii: ":")) {
+            host = host[..<colon]
+        }
+        if host.utf8.last == UInt8(ascii: ".") { host = host[..<host.utf8.index(before: host.utf8.endIndex)] }
+        if host.utf8.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) {
+            return Substring(host.lowercased())
+        }
+        return host
     }
 }
