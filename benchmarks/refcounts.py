@@ -5,14 +5,16 @@ swift_retain/swift_release traffic comes from, counted exactly rather than sampl
 A uprobe on each of libswiftCore's `swift_retain` and `swift_release` is recorded with call graphs
 (`perf record -g`) while a fixed number of steady requests goes through the A/B set-up of
 benchmarks/ab.py (TLS, one worker on CPU 0, nginx `return 200` upstream; `h2load --h1 -c 8` or
-`h2load -c 4 -m 10` on CPU 1, after a warm-up). Printed: calls per request in total, then per
-immediate caller (runtime-internal frames skipped) and per nearest gateway function. Every call
+`h2load -c 4 -m 10` on CPU 1, after a warm-up; `e`: `h2load --h1 -c 8` with `Connection: close`,
+so every request is a new TCP connection and TLS handshake, and the count is per connection).
+Printed: calls per request in total, then per immediate caller (runtime-internal frames skipped)
+and per nearest gateway function. Every call
 counts, including those on small strings that do no atomic operation, so the total reads higher
 than the LD_PRELOAD counter of benchmarks/budget.sh, which sees only calls made through the PLT.
 Counts do not drift with the machine's load, so a change that removes calls shows even when the
 CPU figures are lost in noise.
 
-  benchmarks/refcounts.py [--bin DIR] [--n 2000] [--top 30] [--setup base] h1|h2
+  benchmarks/refcounts.py [--bin DIR] [--n 2000] [--top 30] [--setup base] h1|h2|e
 
 Needs root (uprobes), perf (linux-perf) and what benchmarks/peers.sh --install installs.
 """
@@ -55,7 +57,7 @@ def demangled(names):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("protocol", choices=["h1", "h2"])
+    parser.add_argument("protocol", choices=["h1", "h2", "e"])
     parser.add_argument("--bin", default=os.environ.get("BIN", str(HERE.parent / ".build/release")))
     parser.add_argument("--n", type=int, default=2000, help="requests counted")
     parser.add_argument("--top", type=int, default=30)
@@ -73,9 +75,11 @@ def main():
     proc = None
     try:
         proc = bench.start(args.bin, {})
-        extra = ["--h1", "-c", "8"] if args.protocol == "h1" else ["-c", "4", "-m", "10"]
+        extra = {"h1": ["--h1", "-c", "8"], "h2": ["-c", "4", "-m", "10"],
+                 # one request per connection: as many clients as requests, each a new TLS handshake
+                 "e": ["--h1", "-c", "8", "-H", "connection: close"]}[args.protocol]
         load = ["taskset", "-c", "1", "h2load", *extra, *bench.extra]
-        subprocess.run([*load, "-n", "2000", bench.url()], check=True, capture_output=True)
+        subprocess.run([*load, "-n", str(args.n), bench.url()], check=True, capture_output=True)
         events = [x for e in EVENTS for x in ("-e", f"probe_libswiftCore:{e}")]
         perf = subprocess.Popen(["perf", "record", "-q", "-g", *events, "-p", str(proc.pid), "-o", data],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

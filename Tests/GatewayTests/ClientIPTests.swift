@@ -61,6 +61,19 @@ struct ClientIPTests {
         #expect(PeerAddress(nil).bytes == nil)
     }
 
+    @Test func ipv4PeersReadFromTheSocketAddressMatchTheirText() throws {
+        var generator = SystemRandomNumberGenerator()
+        var samples: [[UInt8]] = [[0, 0, 0, 0], [255, 255, 255, 255], [10, 0, 100, 9], [1, 20, 3, 40], [99, 100, 199, 200]]
+        for _ in 0..<500 { samples.append((0..<4).map { _ in UInt8.random(in: 0...255, using: &generator) }) }
+        for bytes in samples {
+            let text = bytes.map { String($0) }.joined(separator: ".")
+            let peer = PeerAddress(try SocketAddress(ipAddress: text, port: 443))
+            #expect(peer.text == text)
+            #expect(peer.bytes == bytes)
+            #expect(peer == PeerAddress(text: text))
+        }
+    }
+
     @Test func rfc5952Formatting() {
         func format(_ text: String) -> String { IPAddressText.format(IPAddressText.parse(Substring(text))!) }
         #expect(format("2001:0db8:0000:0000:0000:0000:0000:0001") == "2001:db8::1")

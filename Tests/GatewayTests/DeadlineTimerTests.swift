@@ -4,23 +4,24 @@ import Testing
 
 @testable import Gateway
 
-/// `DeadlineTimer` on an `EmbeddedEventLoop`: a deadline that moves later costs no task, one that
+/// `DeadlineTimer` on an `EmbeddedEventLoop`: a deadline that moves later arms nothing, one that
 /// moves earlier replaces the armed check, and a due deadline is reported once, at its time.
 @Suite("Deadline timer")
 struct DeadlineTimerTests {
     private final class Owner: DeadlineTimerOwner {
         let loop = EmbeddedEventLoop()
+        lazy var timers = LoopTimers(eventLoop: self.loop)
         var timer = DeadlineTimer()
         var checks = 0
         var due = 0
 
         func deadlineCheck(scheduledFor target: NIODeadline) {
             self.checks += 1
-            if self.timer.isDue(checkScheduledFor: target, horizon: .seconds(4), loop: self.loop, owner: self) { self.due += 1 }
+            if self.timer.isDue(checkScheduledFor: target, horizon: .seconds(4), timers: self.timers, owner: self) { self.due += 1 }
         }
 
         func set(_ deadline: NIODeadline, now: NIODeadline) {
-            self.timer.set(deadline, now: now, horizon: .seconds(4), loop: self.loop, owner: self)
+            self.timer.set(deadline, now: now, horizon: .seconds(4), timers: self.timers, owner: self)
         }
     }
 
@@ -32,6 +33,7 @@ struct DeadlineTimerTests {
         let owner = Owner()
         owner.set(self.base + .seconds(10), now: self.base)
         owner.set(self.base + .seconds(20), now: self.base)
+        #expect(owner.timers.armedCount == 1)
         owner.loop.advanceTime(by: .seconds(4))
         #expect(owner.checks == 1 && owner.due == 0)
         owner.loop.advanceTime(by: .seconds(16) - .nanoseconds(1))
@@ -71,6 +73,7 @@ struct DeadlineTimerTests {
         let owner = Owner()
         owner.set(self.base + .seconds(2), now: self.base)
         owner.timer.cancel()
+        #expect(owner.timers.armedCount == 0)
         owner.loop.advanceTime(by: .seconds(10))
         #expect(owner.checks == 0 && owner.due == 0)
     }

@@ -115,7 +115,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     private var timer = DeadlineTimer()
     private var timerKind = TimerKind.idle
     private enum TimerKind { case idle, header, bodyStall }
-    private var peer = PeerAddress(nil)
+    private var peer = PeerAddress.unknown
     /// The runtime as of `snapshotGeneration`: a request reads it without the holder's lock.
     private var snapshot: GatewayRuntime?
     private var snapshotGeneration: UInt64 = 0
@@ -631,10 +631,10 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     }
 
     private func arm(_ kind: TimerKind, after delay: TimeAmount, traffic: TrafficSettings) {
-        guard let context else { return }
+        guard self.context != nil else { return }
         let now = NIODeadline.now()
         self.timerKind = kind
-        self.timer.set(now + delay, now: now, horizon: Self.timerHorizon(traffic), loop: context.eventLoop, owner: self)
+        self.timer.set(now + delay, now: now, horizon: Self.timerHorizon(traffic), timers: self.services.loop.timers, owner: self)
     }
 
     /// The shortest delay `arm` is given (a body stall re-check may be shorter, and then schedules).
@@ -643,9 +643,9 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     }
 
     func deadlineCheck(scheduledFor target: NIODeadline) {
-        guard let context, self.tunnel == nil else { return }
+        guard self.context != nil, self.tunnel == nil else { return }
         let traffic = self.runtime().traffic
-        guard self.timer.isDue(checkScheduledFor: target, horizon: Self.timerHorizon(traffic), loop: context.eventLoop, owner: self)
+        guard self.timer.isDue(checkScheduledFor: target, horizon: Self.timerHorizon(traffic), timers: self.services.loop.timers, owner: self)
         else { return }
         switch self.timerKind {
         case .idle: self.close()

@@ -7,7 +7,7 @@ private import CNGHTTP2
 /// request in the same pipeline as HTTP/1.1 (`HTTP2Stream`). nghttp2 does the RFC 9113 message
 /// checks (pseudo-headers, connection-specific fields, `content-length` vs DATA, field bytes);
 /// this handler adds the gateway's limits and ties flow control to upstream backpressure.
-final class HTTP2ServerHandler: ChannelDuplexHandler {
+final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -23,7 +23,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     /// The stream whose header block is being decoded: a block arrives in one piece (RFC 9113
     /// §4.3), so its fields skip the dictionary lookup. Cleared when the block or stream ends.
     private var receivingHeaders: HTTP2Stream?
-    private(set) var peer = PeerAddress(nil)
+    private(set) var peer = PeerAddress.unknown
     /// Streams whose upstream side starts after the current read is decoded (see HTTP/1's
     /// `pendingStart`: a malformed frame in the same read is refused before anything goes upstream).
     private var pendingStarts: [HTTP2Stream] = []
@@ -46,7 +46,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     private var closeDeadline: NIODeadline?
     /// One timer per connection checks every deadline (idle, each stream's body stall), so a
     /// request costs no timer of its own: streams only store their deadline.
-    private var checkTask: Scheduled<Void>?
+    private var checkTimer: LoopTimers.Timer?
     private var checkAt: NIODeadline?
     /// Streams whose stalled body was answered with 408: reset with NO_ERROR once that response is
     /// out (RFC 9113 §8.1), as the rest of the body is no longer wanted.
@@ -408,21 +408,25 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     /// check is pending, so this rarely reschedules: the check itself re-arms for the next one.
     private func scheduleCheck(by deadline: NIODeadline) {
         if let at = self.checkAt, at <= deadline { return }
-        guard let context, !self.closed, self.session != nil else { return }
-        self.checkTask?.cancel()
+        guard self.context != nil, !self.closed, self.session != nil else { return }
+        let timers = self.services.loop.timers
+        if let armed = self.checkTimer { timers.disarm(armed) }
         self.checkAt = deadline
-        // Held strongly (a weak reference would give the handler a side table and slow every
-        // retain and release of it); `teardown` cancels the task.
-        self.checkTask = context.eventLoop.assumeIsolated().scheduleTask(in: deadline - self.clock()) {
-            self.runChecks()
-        }
+        // The timer holds the handler strongly (a weak reference would give it a side table and
+        // slow every retain and release of it); `teardown` disarms it.
+        self.checkTimer = timers.arm(self, in: deadline - self.clock())
+    }
+
+    func timerFired(_ timer: LoopTimers.Timer, tag: NIODeadline) {
+        guard timer == self.checkTimer else { return }
+        self.runChecks()
     }
 
     /// Goes away when idle, answers streams whose body stalled, and, when every open stream
     /// stalled, sends the client away too: such a connection is being held, not used.
     private func runChecks() {
         self.checkAt = nil
-        self.checkTask = nil
+        self.checkTimer = nil
         guard !self.closed, self.session != nil else { return }
         let now = self.clock()
         if let closeBy = self.closeDeadline, closeBy <= now {
@@ -580,8 +584,8 @@ final class HTTP2ServerHandler: ChannelDuplexHandler {
     }
 
     private func teardown() {
-        self.checkTask?.cancel()
-        self.checkTask = nil
+        if let armed = self.checkTimer { self.services.loop.timers.disarm(armed) }
+        self.checkTimer = nil
         self.checkAt = nil
         self.pendingStarts.removeAll()
         self.receivingHeaders = nil

@@ -116,6 +116,13 @@ extension Substring {
     }
 }
 
+/// `bytes` begin with `prefix`, byte for byte.
+func bytesHavePrefix(_ bytes: UnsafeBufferPointer<UInt8>, _ prefix: StaticString) -> Bool {
+    guard bytes.count >= prefix.utf8CodeUnitCount else { return false }
+    for index in 0..<prefix.utf8CodeUnitCount where bytes[index] != prefix.utf8Start[index] { return false }
+    return true
+}
+
 /// `bytes` equal to `string`, byte for byte.
 func bytesEqual(_ bytes: UnsafeBufferPointer<UInt8>, _ string: StaticString) -> Bool {
     guard bytes.count == string.utf8CodeUnitCount else { return false }

@@ -68,7 +68,7 @@ enum RequestPipeline {
         let client = runtime.clientIP.resolve(peer: peer, headers: headers)
         let path = target.utf8.firstIndex(of: UInt8(ascii: "?")).map { target[..<$0] } ?? Substring(target)
 
-        if path.hasPrefix("/health"), var response = Health.response(
+        if path.withUTF8Bytes({ bytesHavePrefix($0, "/health") }), var response = Health.response(
             path: path, method: method, listener: listener, runtime: runtime, allocator: allocator
         ) {
             response.source = .health
@@ -159,17 +159,18 @@ enum RequestPipeline {
         } else {
             removed = client.peerTrusted ? runtime.removedFromTrustedPeer : runtime.removedFromUntrustedPeer
         }
-        var plan = ProxyPlan(route: route, cluster: cluster, claimHeaders: claimHeaders, removedHeaders: removed)
-        plan.subject = identity?.subject
-        plan.strippedToken = identity?.strip
         // Counted after authentication, so policies keyed by a token claim (or tiered by one) see
         // the verified claims. Preflights and /health* never get here; refused tokens were
         // counted above by the policies keyed by address only.
-        if let limiter = runtime.rateLimiter {
-            plan.rateLimit = limiter.request(
-                rules: route.rateLimits, clientIP: client.ip, claims: identity?.claims, headers: headers, route: route.name
-            )
-        }
+        let rateLimit = runtime.rateLimiter?.request(
+            rules: route.rateLimits, clientIP: client.ip, claims: identity?.claims, headers: headers, route: route.name
+        )
+        // Built whole and passed on at its last use, so it is moved into the decision, not copied
+        // (a plan edited after it was made was copied whole, a dozen references).
+        let plan = ProxyPlan(
+            route: route, cluster: cluster, claimHeaders: claimHeaders, removedHeaders: removed,
+            subject: identity?.subject, strippedToken: identity?.strip, rateLimit: rateLimit
+        )
         return PipelineDecision(.proxy(plan), additions, client: client, route: route)
     }
 

@@ -204,8 +204,12 @@ final class UpstreamConnection: DeadlineTimerOwner, @unchecked Sendable {
     /// A socket has a TCP state to read (in-memory test channels do not); cast once, not per request.
     private let isSocket: Bool
 
-    init(channel: Channel, handler: UpstreamConnectionHandler, endpoint: UpstreamEndpoint) {
+    /// The loop's timers (the pool's), for the idle and response deadlines.
+    private let timers: LoopTimers
+
+    init(channel: Channel, handler: UpstreamConnectionHandler, endpoint: UpstreamEndpoint, timers: LoopTimers? = nil) {
         self.channel = channel
+        self.timers = timers ?? LoopTimers(eventLoop: channel.eventLoop)
         self.isSocket = channel is SocketOptionProvider
         self.handler = handler
         self.endpoint = endpoint
@@ -261,14 +265,14 @@ final class UpstreamConnection: DeadlineTimerOwner, @unchecked Sendable {
         let now = NIODeadline.now()
         self.timerKind = kind
         self.horizon = min(settings.idleTimeout, settings.responseTimeout)
-        self.timer.set(now + delay, now: now, horizon: self.horizon, loop: self.channel.eventLoop, owner: self)
+        self.timer.set(now + delay, now: now, horizon: self.horizon, timers: self.timers, owner: self)
     }
 
     /// The shortest delay `arm` is given, from the settings last used.
     private var horizon = TimeAmount.seconds(1)
 
     func deadlineCheck(scheduledFor target: NIODeadline) {
-        guard self.timer.isDue(checkScheduledFor: target, horizon: self.horizon, loop: self.channel.eventLoop, owner: self) else {
+        guard self.timer.isDue(checkScheduledFor: target, horizon: self.horizon, timers: self.timers, owner: self) else {
             return
         }
         switch self.timerKind {

@@ -24,6 +24,8 @@ final class UpstreamConnectionPool {
     typealias Connector = (UpstreamEndpoint, UpstreamSettings, UpstreamConnectionHandler) -> EventLoopFuture<Channel>
 
     let eventLoop: EventLoop
+    /// The loop's timers, for its connections' deadlines.
+    let timers: LoopTimers
     private let connector: Connector
     /// Per endpoint, most recently used last. A class, so taking and giving back a connection
     /// reads the dictionary instead of modifying it in place.
@@ -38,8 +40,9 @@ final class UpstreamConnectionPool {
     private var joined: Set<ObjectIdentifier> = []
     private var id: ObjectIdentifier { ObjectIdentifier(self) }
 
-    init(eventLoop: EventLoop, connector: Connector? = nil) {
+    init(eventLoop: EventLoop, timers: LoopTimers? = nil, connector: Connector? = nil) {
         self.eventLoop = eventLoop
+        self.timers = timers ?? LoopTimers(eventLoop: eventLoop)
         self.connector = connector ?? { endpoint, settings, handler in
             Self.connectSocket(endpoint, settings: settings, handler: handler, on: eventLoop)
         }
@@ -240,7 +243,7 @@ final class UpstreamConnectionPool {
             self.slotFreed(endpoint, settings: settings)
             throw UpstreamAcquireError.connectFailed(error)
         }.map { channel in
-            let connection = UpstreamConnection(channel: channel, handler: handler, endpoint: endpoint)
+            let connection = UpstreamConnection(channel: channel, handler: handler, endpoint: endpoint, timers: self.timers)
             // Strong references only (a `weak` one gives its object a side table, and every retain
             // of it the slow path): the pool lives as long as its loop, and the handler hands
             // itself in rather than the closure capturing the connection that owns it.

@@ -10,7 +10,7 @@ import NIOCore
 /// Ordering guarantee: ``TLSHandshakeCompleted`` is fired before any decrypted byte, in the same call
 /// stack, because with TLS 1.3 the client's Finished and its first request often arrive in one read
 /// and the next handler switches the pipeline (HTTP/1 or h2) inside `userInboundEventTriggered`.
-final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
+final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler, LoopTimerOwner {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -27,8 +27,15 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var stateMachine = TLSConnectionStateMachine()
     /// Created in `handlerAdded`, freed (with its `SSL*`) in `handlerRemoved`.
     private var connection: TLSConnection?
-    private var handshakeTimer: Scheduled<Void>?
-    private var closeTimer: Scheduled<Void>?
+    /// The loop's timers; a handler made without them (tests) makes its own in `handlerAdded`.
+    private var timers: LoopTimers?
+    /// Set while the handler is in a pipeline, for the timers' callbacks.
+    private var context: ChannelHandlerContext?
+    private var handshakeTimer: LoopTimers.Timer?
+    /// Waiting for the peer's close_notify.
+    private var closeTimer: LoopTimers.Timer?
+    /// Bounding `closeAfterPendingWrites`.
+    private var flushTimer: LoopTimers.Timer?
     /// Where `SSL_read` decrypts to, kept for the connection's life: a buffer passed on and released
     /// by the next handler is cleared in place; one the next handler still holds is left to it (the
     /// next `clear()` gets fresh storage), so reuse never overwrites bytes someone else can see.
@@ -40,14 +47,17 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Set once this handler has closed the channel itself, so it closes only once.
     private var closeIssued = false
 
-    init(context: TLSServerContext, handshakeTimeout: TimeAmount) {
+    init(context: TLSServerContext, handshakeTimeout: TimeAmount, timers: LoopTimers? = nil) {
         self.tlsContext = context
         self.handshakeTimeout = handshakeTimeout
+        self.timers = timers
     }
 
     // MARK: Lifecycle
 
     func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if self.timers == nil { self.timers = LoopTimers(eventLoop: context.eventLoop) }
         do {
             self.connection = try TLSConnection(context: self.tlsContext)
         } catch {
@@ -62,6 +72,7 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.cancelTimers()
+        self.context = nil
         let promises = self.stateMachine.handlerRemoved()
         promises.forEach { $0.fail(ChannelError.ioOnClosedChannel) }
         self.connection = nil  // SSL_free
@@ -87,10 +98,7 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func start(context: ChannelHandlerContext) {
         guard case .startHandshake = self.stateMachine.channelActive() else { return }
-        self.handshakeTimer = context.eventLoop.assumeIsolated().scheduleTask(in: self.handshakeTimeout) {
-            self.handshakeTimer = nil
-            self.runTerminate(self.stateMachine.handshakeTimedOut(), context: context)
-        }
+        self.handshakeTimer = self.timers?.arm(self, in: self.handshakeTimeout)
         // A server speaks second, but stepping once puts OpenSSL in the accept state consistently.
         self.stepHandshake(context: context)
     }
@@ -133,8 +141,7 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .wait:
             break
         case .completed(let buffered):
-            self.handshakeTimer?.cancel()
-            self.handshakeTimer = nil
+            self.disarm(&self.handshakeTimer)
             if let buffered { self.encrypt(buffered, context: context) }
             context.fireUserInboundEventTriggered(connection.handshakeSummary)
             // Application data that arrived with the client's Finished.
@@ -251,10 +258,7 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.writeOutput(context: context)
         switch result {
         case .sent:
-            self.closeTimer = context.eventLoop.assumeIsolated().scheduleTask(in: Self.closeNotifyTimeout) {
-                self.closeTimer = nil
-                self.runTerminate(self.stateMachine.closeTimedOut(), context: context)
-            }
+            self.closeTimer = self.timers?.arm(self, in: Self.closeNotifyTimeout)
         case .complete, .failed:
             self.runTerminate(self.stateMachine.closeNotifyCannotBeAwaited(), context: context)
         }
@@ -341,13 +345,10 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func closeAfterPendingWrites(context: ChannelHandlerContext) {
         guard !self.closeIssued else { return }
         self.closeIssued = true
-        let loop = context.eventLoop.assumeIsolated()
         let barrier = context.eventLoop.makePromise(of: Void.self)
-        let deadline = loop.scheduleTask(in: Self.closeNotifyTimeout) {
-            context.close(promise: nil)
-        }
+        self.flushTimer = self.timers?.arm(self, in: Self.closeNotifyTimeout)
         barrier.futureResult.assumeIsolated().whenComplete { _ in
-            deadline.cancel()
+            self.disarm(&self.flushTimer)
             context.close(promise: nil)
         }
         context.writeAndFlush(self.wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: barrier)
@@ -358,10 +359,31 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func cancelTimers() {
-        self.handshakeTimer?.cancel()
-        self.handshakeTimer = nil
-        self.closeTimer?.cancel()
-        self.closeTimer = nil
+        self.disarm(&self.handshakeTimer)
+        self.disarm(&self.closeTimer)
+        self.disarm(&self.flushTimer)
+    }
+
+    private func disarm(_ timer: inout LoopTimers.Timer?) {
+        if let armed = timer { self.timers?.disarm(armed) }
+        timer = nil
+    }
+
+    func timerFired(_ timer: LoopTimers.Timer, tag: NIODeadline) {
+        guard let context = self.context else { return }
+        switch timer {
+        case self.handshakeTimer:
+            self.handshakeTimer = nil
+            self.runTerminate(self.stateMachine.handshakeTimedOut(), context: context)
+        case self.closeTimer:
+            self.closeTimer = nil
+            self.runTerminate(self.stateMachine.closeTimedOut(), context: context)
+        case self.flushTimer:
+            self.flushTimer = nil
+            context.close(promise: nil)
+        default:
+            break
+        }
     }
 }
 
