@@ -163,6 +163,15 @@ struct HTTP2StreamTests {
         String(decoding: frames.filter { $0.type == 0 && $0.stream == stream }.flatMap(\.payload), as: UTF8.self)
     }
 
+    /// A stream object is reused for a later stream with `reuse(id:)`, which resets `data` whole:
+    /// any stored property beside it would carry one request's data into the next.
+    @Test func aStreamKeepsItsRequestDataInOneValue() throws {
+        let harness = try Harness()
+        let handler = try harness.channel.pipeline.syncOperations.handler(type: HTTP2ServerHandler.self)
+        let stream = HTTP2Stream(id: 1, connection: handler)
+        #expect(Mirror(reflecting: stream).children.compactMap(\.label).sorted() == ["connection", "data", "id"])
+    }
+
     @Test func stalledUploadIsAnswered408AndItsUpstreamConnectionClosed() throws {
         let h = try Harness()
         try h.poolUpstream()

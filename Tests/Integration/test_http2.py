@@ -268,6 +268,64 @@ def test_each_header_block_reaches_its_own_request(gateway, upstream):
         assert not any(n.lower() == "x-trailer" for n, _ in fields), (sid, fields)
 
 
+def test_a_reused_stream_object_carries_nothing_of_its_last_request(gateway, upstream):
+    """Streams one after another on one connection: the gateway reuses a closed stream's object
+    for the next stream, so every request must reach the upstream with only its own fields (no
+    earlier cookie, header, method or body framing) and get its own kind of answer."""
+    import json
+    raw = RawH2(gateway.ports["public"])
+
+    def exchange(path, method="GET", headers=(), body=None):
+        sid = raw.request(path, method=method, headers=headers, end_stream=body is None)
+        if body is not None:
+            raw.conn.send_data(sid, body, end_stream=True)
+            raw.flush()
+        status, data, ended = None, b"", False
+
+        def finished(events):
+            nonlocal status, data, ended
+            for e in events:
+                if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid:
+                    status = int(dict(e.headers)[b":status"])
+                if isinstance(e, h2.events.DataReceived) and e.stream_id == sid:
+                    data += e.data
+                if isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) and e.stream_id == sid:
+                    ended = True
+            events.clear()
+            return ended
+
+        raw.events(finished, timeout=5)
+        assert ended, (path, method)
+        return status, data
+
+    def fields(data):
+        return [(n.lower(), v) for n, v in json.loads(data)["headers"]]
+
+    status, data = exchange("/api/echo-headers", headers=[("x-which", "first"), ("cookie", "a=1"), ("cookie", "b=2")])
+    assert status == 200 and ("cookie", "a=1; b=2") in fields(data) and ("x-which", "first") in fields(data)
+    for round in range(3):
+        status, data = exchange("/api/echo-headers", headers=[("x-which", f"plain{round}")])
+        got = fields(data)
+        assert status == 200 and [v for n, v in got if n == "x-which"] == [f"plain{round}"], got
+        assert not any(n == "cookie" for n, _ in got), got
+        # HEAD then GET: the second is not answered as a HEAD.
+        status, data = exchange("/api/echo-headers", method="HEAD")
+        assert status == 200 and data == b""
+        status, data = exchange("/api/echo-headers")
+        assert status == 200 and json.loads(data)["method"] == "GET", data
+        # Refused requests (too many fields, no route), then one that must be served.
+        status, _ = exchange("/api/echo-headers", headers=[(f"x-{i}", "v") for i in range(2000)])
+        assert status == 431, status
+        status, _ = exchange("/nowhere")
+        assert status == 404, status
+        status, data = exchange("/api/echo-headers", method="POST", headers=[("x-which", "upload")], body=b"abcdef")
+        assert status == 200 and json.loads(data)["body_bytes"] == 6, data
+        status, data = exchange("/api/echo-headers")
+        got = fields(data)
+        assert status == 200 and not any(n in ("content-length", "transfer-encoding", "x-which") for n, _ in got), got
+    raw.close()
+
+
 # How the gateway may refuse a request it must not forward (RFC 9113 §8.1.1): a 400, a stream
 # error, or a connection error; all of type PROTOCOL_ERROR. A NO_ERROR GOAWAY (the idle timeout)
 # is not a refusal.

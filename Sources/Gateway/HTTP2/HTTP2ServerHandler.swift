@@ -23,6 +23,10 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner {
     /// The stream whose header block is being decoded: a block arrives in one piece (RFC 9113
     /// §4.3), so its fields skip the dictionary lookup. Cleared when the block or stream ends.
     private var receivingHeaders: HTTP2Stream?
+    /// Closed streams nothing else holds, kept for the next ones: a steady connection allocates
+    /// no stream object per request.
+    private var spareStreams: [HTTP2Stream] = []
+    private static let maxSpareStreams = 32
     private(set) var peer = PeerAddress.unknown
     /// Streams whose upstream side starts after the current read is decoded (see HTTP/1's
     /// `pendingStart`: a malformed frame in the same read is refused before anything goes upstream).
@@ -465,7 +469,13 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner {
 
     fileprivate func beginStream(_ id: Int32) {
         self.idleDeadline = nil
-        let stream = HTTP2Stream(id: id, connection: self)
+        let stream: HTTP2Stream
+        if let spare = self.spareStreams.popLast() {
+            spare.reuse(id: id)
+            stream = spare
+        } else {
+            stream = HTTP2Stream(id: id, connection: self)
+        }
         self.streams[id] = stream
         self.receivingHeaders = stream
     }
@@ -502,8 +512,13 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner {
 
     fileprivate func streamClosed(_ id: Int32) {
         if self.receivingHeaders?.id == id { self.receivingHeaders = nil }
-        guard let stream = self.streams.removeValue(forKey: id) else { return }
+        guard var stream = self.streams.removeValue(forKey: id) else { return }
         stream.closed()
+        // Only when the handler holds the last reference: an exchange, a deferred start or a
+        // drained-list entry still holding it would otherwise reach the next stream's request.
+        if stream.isReusable, self.spareStreams.count < Self.maxSpareStreams, isKnownUniquelyReferenced(&stream) {
+            self.spareStreams.append(stream)
+        }
         if self.streams.isEmpty {
             if self.goingAway {
                 // Usually inside mem_send, whose output (this stream's last DATA) is not written
@@ -589,6 +604,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner {
         self.checkAt = nil
         self.pendingStarts.removeAll()
         self.receivingHeaders = nil
+        self.spareStreams.removeAll()
         let streams = self.streams
         self.streams.removeAll()
         for stream in streams.values { stream.closed() }

@@ -15,47 +15,67 @@ final class HTTP2Stream: DownstreamResponder {
         case deferred
     }
 
-    let id: Int32
+    private(set) var id: Int32
     private unowned let connection: HTTP2ServerHandler
+    /// Everything about the request this stream carries. One value, so that a stream object the
+    /// connection reuses for its next stream (`reuse(id:)`) starts from scratch whole: a field
+    /// kept beside it would carry one request's data into the next.
+    private var data: StreamData
 
-    // Request side
-    private var method: String?
-    private var path: String?
-    private var authority: String?
-    private var headers = HTTPHeaders()
-    private var cookies: [String] = []
-    private var headerBytes = 0
-    private var headersTooLarge = false
-    private var invalidHeader = false
-    private var requestID = ""
-    private var hasBody = false
-    /// When more request body must have arrived; nil once the request is complete.
-    private var bodyDueBy: NIODeadline?
-    /// `timeouts.idle` of the snapshot the stream started with (read once, not per DATA frame).
-    private let idleTimeout: TimeAmount
-    private var bodyBytes = 0
-    private var exchange: ProxyExchange?
-    private var isHEAD = false
-    private var responseAdditions = ResponseAdditions.none
-    /// Replaced when the head is complete.
-    private var record = RequestRecord.placeholder(protocolName: "HTTP/2")
-    /// `:protocol` of an extended CONNECT (RFC 8441).
-    private var connectProtocol: String?
-    /// Set once an extended CONNECT became a WebSocket tunnel: DATA frames carry its bytes.
-    private var tunnel: ByteTunnel?
+    private struct StreamData {
+        // Request side
+        var method: String?
+        var path: String?
+        var authority: String?
+        var headers = HTTPHeaders()
+        var cookies: [String] = []
+        var headerBytes = 0
+        var headersTooLarge = false
+        var invalidHeader = false
+        var requestID = ""
+        var hasBody = false
+        /// When more request body must have arrived; nil once the request is complete.
+        var bodyDueBy: NIODeadline?
+        /// `timeouts.idle` of the snapshot the stream started with (read once, not per DATA frame).
+        let idleTimeout: TimeAmount
+        var bodyBytes = 0
+        var exchange: ProxyExchange?
+        var isHEAD = false
+        var responseAdditions = ResponseAdditions.none
+        /// Replaced when the head is complete.
+        var record = RequestRecord.placeholder(protocolName: "HTTP/2")
+        /// `:protocol` of an extended CONNECT (RFC 8441).
+        var connectProtocol: String?
+        /// Set once an extended CONNECT became a WebSocket tunnel: DATA frames carry its bytes.
+        var tunnel: ByteTunnel?
 
-    private var responseQueue = ResponseBytes()
-    private var state = StateMachine()
+        var responseQueue = ResponseBytes()
+        var state = StateMachine()
 
-    var headComplete: Bool { self.state.headComplete }
+        init(idleTimeout: TimeAmount) { self.idleTimeout = idleTimeout }
+    }
+
+    var headComplete: Bool { self.data.state.headComplete }
     /// The body stalled and was answered 408: the stream is reset once that response is out.
-    var resetsWhenAnswered: Bool { self.state.resetsWhenAnswered }
-    private var isClosed: Bool { self.state.closed }
+    var resetsWhenAnswered: Bool { self.data.state.resetsWhenAnswered }
+    private var isClosed: Bool { self.data.state.closed }
 
     init(id: Int32, connection: HTTP2ServerHandler) {
         self.id = id
         self.connection = connection
-        self.idleTimeout = connection.services.runtime.traffic.idleTimeout
+        self.data = StreamData(idleTimeout: connection.services.runtime.traffic.idleTimeout)
+    }
+
+    /// Whether the connection may keep this object for a later stream once it is closed: not
+    /// after an extended CONNECT, whose tunnel held it by a weak reference (that gave it a side
+    /// table, which would slow every retain and release of it for good).
+    var isReusable: Bool { self.data.connectProtocol == nil && self.isClosed }
+
+    /// Takes this object, closed and held by nothing else, for stream `id`: saves an allocation
+    /// per stream.
+    func reuse(id: Int32) {
+        self.id = id
+        self.data = StreamData(idleTimeout: self.connection.services.runtime.traffic.idleTimeout)
     }
 
     // MARK: - Request
@@ -63,81 +83,81 @@ final class HTTP2Stream: DownstreamResponder {
     func addHeader(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
         // RFC 7541 §4.1 accounting (name + value + 32), checked while decoding so a block of many
         // tiny headers is refused instead of buffered.
-        self.headerBytes += name.count + value.count + 32
-        if self.headerBytes > self.connection.settings.maxHeaderListSize {
-            self.headersTooLarge = true
-            self.headers = HTTPHeaders()
+        self.data.headerBytes += name.count + value.count + 32
+        if self.data.headerBytes > self.connection.settings.maxHeaderListSize {
+            self.data.headersTooLarge = true
+            self.data.headers = HTTPHeaders()
             return
         }
-        if self.headersTooLarge { return }
+        if self.data.headersTooLarge { return }
         // Names are told apart by their bytes: only what is kept becomes a `String`.
         let valueString = String(decoding: value, as: UTF8.self)
         if name.count > 0 && name[0] == UInt8(ascii: ":") {
             if bytesEqual(name, ":method") {
-                self.method = valueString
+                self.data.method = valueString
             } else if bytesEqual(name, ":path") {
-                self.path = valueString
+                self.data.path = valueString
             } else if bytesEqual(name, ":authority") {
-                self.authority = valueString
+                self.data.authority = valueString
             } else if bytesEqual(name, ":protocol") {
-                self.connectProtocol = valueString
+                self.data.connectProtocol = valueString
             } else if !bytesEqual(name, ":scheme") {
-                self.invalidHeader = true
+                self.data.invalidHeader = true
             }
             return
         }
         if bytesEqual(name, "cookie") {
-            self.cookies.append(valueString)  // crumbs are joined (RFC 9113 §8.2.3)
+            self.data.cookies.append(valueString)  // crumbs are joined (RFC 9113 §8.2.3)
             return
         }
         if bytesEqual(name, "host") {
-            if self.authority == nil { self.authority = valueString }
+            if self.data.authority == nil { self.data.authority = valueString }
             return
         }
         let nameString = String(decoding: name, as: UTF8.self)
         // Room for a typical request's fields and the `host` and `cookie` added at the end,
         // reserved once instead of grown field by field.
-        if self.headers.isEmpty { self.headers.reserveCapacity(12) }
-        self.headers.add(name: nameString, value: valueString)
+        if self.data.headers.isEmpty { self.data.headers.reserveCapacity(12) }
+        self.data.headers.add(name: nameString, value: valueString)
     }
 
     func headersComplete(endStream: Bool) {
         // Read once: each access to an `unowned` reference is a checked retain and a release.
         let connection = self.connection
-        let method = self.method, path = self.path
-        self.record = RequestRecord(method: method ?? "-", target: path ?? "-", protocolName: "HTTP/2")
-        if self.state.headersComplete(endStream: endStream) { self.expectBody() }
+        let method = self.data.method, path = self.data.path
+        self.data.record = RequestRecord(method: method ?? "-", target: path ?? "-", protocolName: "HTTP/2")
+        if self.data.state.headersComplete(endStream: endStream) { self.expectBody() }
         let allocator = connection.context?.channel.allocator ?? ByteBufferAllocator()
-        if self.headersTooLarge || self.invalidHeader || method == nil || path == nil {
-            self.requestID = RequestIdentity.requestID(clientSupplied: self.headers.first(name: "x-request-id"))
+        if self.data.headersTooLarge || self.data.invalidHeader || method == nil || path == nil {
+            self.data.requestID = RequestIdentity.requestID(clientSupplied: self.data.headers.first(name: "x-request-id"))
         }
-        if self.headersTooLarge {
-            self.respondLocally(GatewayError.headersTooLarge.response(requestID: self.requestID, allocator: allocator))
+        if self.data.headersTooLarge {
+            self.respondLocally(GatewayError.headersTooLarge.response(requestID: self.data.requestID, allocator: allocator))
             return
         }
-        guard !self.invalidHeader, let method, let path else {
-            self.respondLocally(GatewayError.badRequest("malformed HTTP/2 request").response(requestID: self.requestID, allocator: allocator))
+        guard !self.data.invalidHeader, let method, let path else {
+            self.respondLocally(GatewayError.badRequest("malformed HTTP/2 request").response(requestID: self.data.requestID, allocator: allocator))
             return
         }
         // Moved out, so adding `host` does not copy the fields; `addHeader` kept any `host` out.
         var headers = HTTPHeaders()
-        swap(&headers, &self.headers)
-        if let authority = self.authority { headers.add(name: "host", value: authority) }
-        if !self.cookies.isEmpty { headers.add(name: "cookie", value: self.cookies.joined(separator: "; ")) }
+        swap(&headers, &self.data.headers)
+        if let authority = self.data.authority { headers.add(name: "host", value: authority) }
+        if !self.data.cookies.isEmpty { headers.add(name: "cookie", value: self.data.cookies.joined(separator: "; ")) }
         var httpMethod = HTTPMethod(rawValue: method)
-        self.isHEAD = httpMethod == .HEAD
+        self.data.isHEAD = httpMethod == .HEAD
         // RFC 8441: a WebSocket over this stream is relayed as an HTTP/1.1 handshake, with no body.
-        let extendedConnect = httpMethod == .CONNECT && self.connectProtocol == "websocket"
+        let extendedConnect = httpMethod == .CONNECT && self.data.connectProtocol == "websocket"
         if extendedConnect { WebSocketHandshake.addHTTP1Fields(to: &headers, method: &httpMethod) }
         let head = HTTPRequestHead(version: .http2, method: httpMethod, uri: path, headers: headers)
         let dispatch = RequestDispatch.start(
             head, streamEnded: endStream || extendedConnect, peer: connection.peer, services: connection.services,
             downstream: self, allocator: allocator
         )
-        self.requestID = dispatch.requestID
-        self.record.note(dispatch)
-        self.responseAdditions = dispatch.responseAdditions
-        self.hasBody = dispatch.hasBody
+        self.data.requestID = dispatch.requestID
+        self.data.record.note(dispatch)
+        self.data.responseAdditions = dispatch.responseAdditions
+        self.data.hasBody = dispatch.hasBody
         switch dispatch.outcome {
         case .respond(let response):
             self.respondLocally(response)
@@ -145,62 +165,62 @@ final class HTTP2Stream: DownstreamResponder {
             // A 2xx would tell the client its tunnel is open: a route without `websocket: true` has none.
             exchange.cancel()
             self.respondLocally(GatewayError.badRequest("this route does not relay WebSockets")
-                .response(requestID: self.requestID, allocator: allocator))
+                .response(requestID: self.data.requestID, allocator: allocator))
         case .proxy(let exchange):
-            self.exchange = exchange
+            self.data.exchange = exchange
             connection.deferStart(self)
         }
     }
 
     func startProxy() {
         guard !self.isClosed else { return }
-        self.exchange?.start()
+        self.data.exchange?.start()
     }
 
     func bodyReceived(_ body: ByteBuffer) {
-        if let tunnel = self.tunnel {
+        if let tunnel = self.data.tunnel {
             self.tunnelDataReceived(body, tunnel: tunnel)
             return
         }
         let count = body.readableBytes
-        if !self.state.requestEnded { self.expectBody() }
-        self.bodyBytes += count
-        self.record.bytesIn += count
-        guard let exchange = self.exchange else {
+        if !self.data.state.requestEnded { self.expectBody() }
+        self.data.bodyBytes += count
+        self.data.record.bytesIn += count
+        guard let exchange = self.data.exchange else {
             // Answered locally: the body is dropped, but its window is given back.
-            self.connection.consume(streamID: self.id, count: self.state.bodyReceived(count: count, forwarded: false))
+            self.connection.consume(streamID: self.id, count: self.data.state.bodyReceived(count: count, forwarded: false))
             return
         }
-        if self.bodyBytes > self.connection.services.runtime.traffic.maxBodyBytes {
+        if self.data.bodyBytes > self.connection.services.runtime.traffic.maxBodyBytes {
             exchange.cancel()
-            self.exchange = nil
-            switch self.state.refusal {
+            self.data.exchange = nil
+            switch self.data.state.refusal {
             case .reset:
-                self.record.source = .payloadTooLarge
+                self.data.record.source = .payloadTooLarge
                 self.connection.resetStream(self.id, internalError: false)
             case .respond:
                 let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
-                self.respondLocally(GatewayError.payloadTooLarge.response(requestID: self.requestID, trace: self.record.trace, allocator: allocator))
+                self.respondLocally(GatewayError.payloadTooLarge.response(requestID: self.data.requestID, trace: self.data.record.trace, allocator: allocator))
             }
             return
         }
         exchange.requestBodyReceived(body)
-        self.connection.consume(streamID: self.id, count: self.state.bodyReceived(count: count, forwarded: true))
+        self.connection.consume(streamID: self.id, count: self.data.state.bodyReceived(count: count, forwarded: true))
     }
 
     func requestEnded() {
-        guard self.state.requestEndReceived() else { return }
+        guard self.data.state.requestEndReceived() else { return }
         // END_STREAM from the client ends its half of the tunnel: like a FIN, the whole tunnel.
-        self.tunnel?.end(reason: "client_closed")
-        self.bodyDueBy = nil
-        self.exchange?.requestEndReceived()
+        self.data.tunnel?.end(reason: "client_closed")
+        self.data.bodyDueBy = nil
+        self.data.exchange?.requestEndReceived()
     }
 
     // MARK: - Body stall
 
     private func expectBody() {
-        let deadline = self.connection.clock() + self.idleTimeout
-        self.bodyDueBy = deadline
+        let deadline = self.connection.clock() + self.data.idleTimeout
+        self.data.bodyDueBy = deadline
         self.connection.bodyDeadlineSet(deadline)
     }
 
@@ -208,10 +228,10 @@ final class HTTP2Stream: DownstreamResponder {
     /// flow-control window the gateway keeps closed (the upstream is not taking the body) is
     /// waiting on us, not stalling: its clock starts over.
     func bodyDeadline(now: NIODeadline) -> NIODeadline? {
-        guard let due = self.bodyDueBy, !self.isClosed else { return nil }
+        guard let due = self.data.bodyDueBy, !self.isClosed else { return nil }
         if due <= now && !self.connection.clientMaySend(streamID: self.id) {
             self.expectBody()
-            return self.bodyDueBy
+            return self.data.bodyDueBy
         }
         return due
     }
@@ -221,12 +241,12 @@ final class HTTP2Stream: DownstreamResponder {
     /// response has started. A stream answered in full before its body ended (a 404, a 413, an
     /// upstream that answered early) is kept only while that body keeps arriving.
     func bodyStalled() {
-        self.bodyDueBy = nil
-        let answer = self.state.bodyStalled(responseBytesQueued: !self.responseQueue.isEmpty)
+        self.data.bodyDueBy = nil
+        let answer = self.data.state.bodyStalled(responseBytesQueued: !self.data.responseQueue.isEmpty)
         guard answer != .none else { return }
-        if let exchange = self.exchange {
-            self.record.note(exchange)
-            self.exchange = nil
+        if let exchange = self.data.exchange {
+            self.data.record.note(exchange)
+            self.data.exchange = nil
             exchange.cancel()
         }
         switch answer {
@@ -235,47 +255,47 @@ final class HTTP2Stream: DownstreamResponder {
         case .resetWithoutError:
             self.connection.resetWithoutError(self.id)
         case .reset:
-            self.record.source = .requestTimeout
+            self.data.record.source = .requestTimeout
             self.connection.resetStream(self.id, internalError: false)
         case .respondRequestTimeout:
             let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
-            self.respondLocally(GatewayError.bodyTimeout.response(requestID: self.requestID, trace: self.record.trace, allocator: allocator))
+            self.respondLocally(GatewayError.bodyTimeout.response(requestID: self.data.requestID, trace: self.data.record.trace, allocator: allocator))
         }
     }
 
     /// The stream is gone (completed, reset by the client, or the connection closed).
     func closed() {
-        _ = self.state.close()
-        self.bodyDueBy = nil
-        self.tunnel?.end(reason: "client_closed")
-        if let exchange = self.exchange {
-            self.record.note(exchange)
-            self.exchange = nil
+        _ = self.data.state.close()
+        self.data.bodyDueBy = nil
+        self.data.tunnel?.end(reason: "client_closed")
+        if let exchange = self.data.exchange {
+            self.data.record.note(exchange)
+            self.data.exchange = nil
             exchange.cancel()
         }
-        if self.headComplete && !self.record.logged {
+        if self.headComplete && !self.data.record.logged {
             // Moved out, not copied: the stream is done with it (every field is a reference to count).
             var record = RequestRecord.placeholder(protocolName: "HTTP/2")
             record.logged = true
-            swap(&record, &self.record)
-            if record.requestID.isEmpty { record.requestID = self.requestID }
-            record.settle(responseComplete: self.state.responseDelivered(responseBytesQueued: !self.responseQueue.isEmpty), exchange: nil)
+            swap(&record, &self.data.record)
+            if record.requestID.isEmpty { record.requestID = self.data.requestID }
+            record.settle(responseComplete: self.data.state.responseDelivered(responseBytesQueued: !self.data.responseQueue.isEmpty), exchange: nil)
             self.connection.services.observability.finished(record, tlsVersion: self.connection.services.tlsVersion)
         }
-        self.responseQueue.removeAll()
+        self.data.responseQueue.removeAll()
     }
 
     // MARK: - Local responses
 
     private func respondLocally(_ response: LocalResponse) {
         var headers = response.headers
-        self.responseAdditions.stampLocalResponse(&headers, requestID: self.requestID, tls: self.connection.services.listener.isTLS)
-        let hasBody = !self.isHEAD && response.body.readableBytes > 0
-        if hasBody { self.responseQueue.append(response.body) }
-        self.state.responseStarts(bodiless: true)
-        self.record.status = Int(response.status.code)
-        self.record.source = response.source
-        if hasBody { self.record.bytesOut += response.body.readableBytes }
+        self.data.responseAdditions.stampLocalResponse(&headers, requestID: self.data.requestID, tls: self.connection.services.listener.isTLS)
+        let hasBody = !self.data.isHEAD && response.body.readableBytes > 0
+        if hasBody { self.data.responseQueue.append(response.body) }
+        self.data.state.responseStarts(bodiless: true)
+        self.data.record.status = Int(response.status.code)
+        self.data.record.source = response.source
+        if hasBody { self.data.record.bytesOut += response.body.readableBytes }
         self.connection.submitResponse(streamID: self.id, status: Int(response.status.code), headers: headers, hasBody: hasBody)
         self.connection.flushSoon()
     }
@@ -283,38 +303,38 @@ final class HTTP2Stream: DownstreamResponder {
     // MARK: - Data provider
 
     func readResponse(into buffer: UnsafeMutableRawBufferPointer) -> ReadResult {
-        let written = self.responseQueue.read(into: buffer)
-        if self.state.wasOverHighWater && self.responseQueue.byteCount <= self.connection.settings.streamBufferLowWater {
+        let written = self.data.responseQueue.read(into: buffer)
+        if self.data.state.wasOverHighWater && self.data.responseQueue.byteCount <= self.connection.settings.streamBufferLowWater {
             self.connection.noteDrained(self)
         }
-        switch self.state.responseRead(written: written, queueEmpty: self.responseQueue.isEmpty) {
+        switch self.data.state.responseRead(written: written, queueEmpty: self.data.responseQueue.isEmpty) {
         case .bytes(let count, let end): return .bytes(count, end: end)
         case .deferred: return .deferred
         }
     }
 
     func responseBufferDrained() {
-        guard self.state.drained() else { return }
-        self.exchange?.downstreamWritabilityChanged(isWritable: true)
-        self.tunnel?.writabilityChanged(of: .client, isWritable: true)
+        guard self.data.state.drained() else { return }
+        self.data.exchange?.downstreamWritabilityChanged(isWritable: true)
+        self.data.tunnel?.writabilityChanged(of: .client, isWritable: true)
     }
 
     func connectionWritabilityChanged() {
         if self.isWritable {
-            self.exchange?.downstreamWritabilityChanged(isWritable: true)
-            self.tunnel?.writabilityChanged(of: .client, isWritable: true)
+            self.data.exchange?.downstreamWritabilityChanged(isWritable: true)
+            self.data.tunnel?.writabilityChanged(of: .client, isWritable: true)
         }
     }
 
     private func dataAvailable() {
-        if self.state.dataAvailable() { self.connection.resumeData(streamID: self.id) }
+        if self.data.state.dataAvailable() { self.connection.resumeData(streamID: self.id) }
     }
 
     // MARK: - DownstreamResponder
 
     var isWritable: Bool {
-        let writable = self.responseQueue.byteCount < self.connection.settings.streamBufferHighWater && self.connection.channelIsWritable
-        if !writable { self.state.wentOverHighWater() }
+        let writable = self.data.responseQueue.byteCount < self.connection.settings.streamBufferHighWater && self.connection.channelIsWritable
+        if !writable { self.data.state.wentOverHighWater() }
         return writable
     }
 
@@ -336,23 +356,23 @@ final class HTTP2Stream: DownstreamResponder {
         guard !self.isClosed else { return nil }
         if exchange.webSocket != nil, code / 100 == 2 {
             // On an extended CONNECT a 2xx means "tunnel open"; only a checked 101 may say that.
-            self.record.note(exchange)
-            self.exchange = nil
+            self.data.record.note(exchange)
+            self.data.exchange = nil
             exchange.cancel()
             let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
-            self.respondLocally(GatewayError.badUpstreamResponse.response(requestID: self.requestID, allocator: allocator))
+            self.respondLocally(GatewayError.badUpstreamResponse.response(requestID: self.data.requestID, allocator: allocator))
             return nil
         }
-        self.record.status = code
-        let bodiless = self.isHEAD || code == 204 || code == 304
-        self.state.responseStarts(bodiless: bodiless)
+        self.data.record.status = code
+        let bodiless = self.data.isHEAD || code == 204 || code == 304
+        self.data.state.responseStarts(bodiless: bodiless)
         return !bodiless
     }
 
     func sendResponseBody(for exchange: ProxyExchange, _ body: ByteBuffer) {
-        guard !self.isClosed, !self.isHEAD else { return }
-        self.responseQueue.append(body)
-        self.record.bytesOut += body.readableBytes
+        guard !self.isClosed, !self.data.isHEAD else { return }
+        self.data.responseQueue.append(body)
+        self.data.record.bytesOut += body.readableBytes
         self.dataAvailable()
     }
 
@@ -360,41 +380,41 @@ final class HTTP2Stream: DownstreamResponder {
 
     func sendResponseEnd(for exchange: ProxyExchange) {
         guard !self.isClosed else { return }
-        self.state.responseEnded()
+        self.data.state.responseEnded()
         self.dataAvailable()
         self.connection.flushSoon()
     }
 
     func sendErrorResponse(for exchange: ProxyExchange, _ error: GatewayError) {
         guard !self.isClosed else { return }
-        if let exchange = self.exchange { self.record.note(exchange) }
-        self.exchange = nil
-        switch self.state.refusal {
+        if let exchange = self.data.exchange { self.data.record.note(exchange) }
+        self.data.exchange = nil
+        switch self.data.state.refusal {
         case .reset:
             self.connection.resetStream(self.id, internalError: true)
         case .respond:
             let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
-            self.respondLocally(error.response(requestID: self.requestID, allocator: allocator))
+            self.respondLocally(error.response(requestID: self.data.requestID, allocator: allocator))
         }
     }
 
-    func pauseRequestBody(for exchange: ProxyExchange) { self.state.pauseBody() }
+    func pauseRequestBody(for exchange: ProxyExchange) { self.data.state.pauseBody() }
 
     func resumeRequestBody(for exchange: ProxyExchange) {
-        let credit = self.state.resumeBody()
-        if !self.state.requestEnded && !self.isClosed { self.expectBody() }
+        let credit = self.data.state.resumeBody()
+        if !self.data.state.requestEnded && !self.isClosed { self.expectBody() }
         self.connection.consume(streamID: self.id, count: credit)
     }
 
     func abortResponse(for exchange: ProxyExchange) {
-        if let exchange = self.exchange { self.record.note(exchange) }
-        self.exchange = nil
+        if let exchange = self.data.exchange { self.data.record.note(exchange) }
+        self.data.exchange = nil
         self.connection.resetStream(self.id, internalError: true)
     }
 
     func exchangeFinished(for exchange: ProxyExchange) {
-        if let exchange = self.exchange { self.record.note(exchange) }
-        self.exchange = nil
+        if let exchange = self.data.exchange { self.data.record.note(exchange) }
+        self.data.exchange = nil
     }
 }
 
@@ -402,15 +422,15 @@ final class HTTP2Stream: DownstreamResponder {
 
 extension HTTP2Stream: TunnelSide {
     func upgradeToTunnel(for exchange: ProxyExchange, _ head: HTTPResponseHead, upstream connection: UpstreamConnection) {
-        guard !self.isClosed, self.exchange === exchange, let handshake = exchange.webSocket,
+        guard !self.isClosed, self.data.exchange === exchange, let handshake = exchange.webSocket,
             let loop = self.connection.context?.eventLoop
         else {
             connection.close()
             if !self.isClosed { self.connection.resetStream(self.id, internalError: true) }
             return
         }
-        self.record.note(exchange)
-        self.exchange = nil
+        self.data.record.note(exchange)
+        self.data.exchange = nil
         let tunnel = ByteTunnel(eventLoop: loop, idleTimeout: handshake.idleTimeout, client: self)
         do {
             try TunnelSwitch.installUpstream(tunnel, connection: connection)
@@ -420,12 +440,12 @@ extension HTTP2Stream: TunnelSide {
             return
         }
         // The stream stays open both ways: its DATA frames are the tunnel from here.
-        self.tunnel = tunnel
-        self.bodyDueBy = nil
-        self.state.responseStarts(bodiless: false)
-        self.record.status = 200
+        self.data.tunnel = tunnel
+        self.data.bodyDueBy = nil
+        self.data.state.responseStarts(bodiless: false)
+        self.data.record.status = 200
         var fields = WebSocketHandshake.extendedConnectResponseFields(head)
-        ResponseAdditions.none.stampLocalResponse(&fields, requestID: self.requestID, tls: self.connection.services.listener.isTLS)
+        ResponseAdditions.none.stampLocalResponse(&fields, requestID: self.data.requestID, tls: self.connection.services.listener.isTLS)
         self.connection.submitResponse(streamID: self.id, status: 200, headers: fields, hasBody: true)
         let metrics = self.connection.services.observability.metrics
         metrics.tunnelsActive.increment([handshake.routeName])
@@ -433,8 +453,8 @@ extension HTTP2Stream: TunnelSide {
             metrics.tunnelsActive.increment([handshake.routeName], by: -1)
             metrics.tunnelBytes.increment([handshake.routeName, "in"], by: Double(totals.bytesIn))
             metrics.tunnelBytes.increment([handshake.routeName, "out"], by: Double(totals.bytesOut))
-            self?.record.bytesIn += totals.bytesIn
-            self?.tunnel = nil
+            self?.data.record.bytesIn += totals.bytesIn
+            self?.data.tunnel = nil
         }
         tunnel.start()
         self.connection.flushSoon()
@@ -445,30 +465,30 @@ extension HTTP2Stream: TunnelSide {
         tunnel.relay(body, from: .client)
         tunnel.readComplete(from: .client)
         // The window reopens only as fast as the upstream takes the bytes.
-        self.connection.consume(streamID: self.id, count: self.state.bodyReceived(count: count, forwarded: true))
+        self.connection.consume(streamID: self.id, count: self.data.state.bodyReceived(count: count, forwarded: true))
     }
 
     func send(_ buffer: ByteBuffer) {
         guard !self.isClosed else { return }
-        self.responseQueue.append(buffer)
-        self.record.bytesOut += buffer.readableBytes
+        self.data.responseQueue.append(buffer)
+        self.data.record.bytesOut += buffer.readableBytes
         self.dataAvailable()
     }
 
     func flush() { self.connection.flushSoon() }
 
-    func pauseReads() { self.state.pauseBody() }
+    func pauseReads() { self.data.state.pauseBody() }
 
     func resumeReads() {
-        guard self.state.bodyPaused else { return }
-        let credit = self.state.resumeBody()
+        guard self.data.state.bodyPaused else { return }
+        let credit = self.data.state.resumeBody()
         if !self.isClosed { self.connection.consume(streamID: self.id, count: credit) }
     }
 
     /// END_STREAM once the relayed bytes are out (the upstream closed, idle, drain).
     func close() {
         guard !self.isClosed else { return }
-        self.state.responseEnded()
+        self.data.state.responseEnded()
         self.dataAvailable()
         self.connection.flushSoon()
     }
