@@ -142,20 +142,10 @@ struct GatewayError: Error, Equatable, CustomStringConvertible {
 /// Minimal JSON string escaping for the few strings the gateway writes itself.
 enum JSON {
     static func writeEscaped(_ string: String, into buffer: inout ByteBuffer) {
-        for byte in string.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""): buffer.writeStaticString("\\\"")
-            case UInt8(ascii: "\\"): buffer.writeStaticString("\\\\")
-            case 0x0A: buffer.writeStaticString("\\n")
-            case 0x0D: buffer.writeStaticString("\\r")
-            case 0x09: buffer.writeStaticString("\\t")
-            case 0..<0x20:
-                buffer.writeStaticString("\\u00")
-                let hex: [UInt8] = Array("0123456789abcdef".utf8)
-                buffer.writeInteger(hex[Int(byte >> 4)])
-                buffer.writeInteger(hex[Int(byte & 0xF)])
-            default: buffer.writeInteger(byte)
-            }
+        string.withUTF8Bytes { bytes in
+            var escaped = JSONBytes(capacity: bytes.count + 16)
+            escaped.appendEscaped(bytes)
+            buffer.writeBytes(escaped.bytes)
         }
     }
 
