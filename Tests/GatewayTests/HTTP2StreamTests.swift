@@ -59,7 +59,7 @@ struct HTTP2StreamTests {
             let handler = UpstreamConnectionHandler()
             try upstream.pipeline.syncOperations.addHandler(handler)
             try upstream.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 3001)).wait()
-            let connection = UpstreamConnection(channel: upstream, handler: handler, endpoint: cluster.endpoints[0])
+            let connection = UpstreamConnection(channel: upstream, handler: handler, endpoint: cluster.endpoints[0], timers: self.services.loop.timers)
             self.services.loop.pool.release(connection, reusable: true, settings: cluster.settings)
             return upstream
         }

@@ -35,7 +35,7 @@ private final class EchoHandler: ChannelInboundHandler {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(TLSServerHandler(context: context, handshakeTimeout: .seconds(5)))
+                    try channel.pipeline.syncOperations.addHandler(TLSServerHandler(context: context, handshakeTimeout: .seconds(5), timers: LoopTimers(eventLoop: channel.eventLoop)))
                     try channel.pipeline.syncOperations.addHandler(EchoHandler())
                 }
             }

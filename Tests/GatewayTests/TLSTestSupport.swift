@@ -310,7 +310,9 @@ final class BackToBack {
         self.channel = EmbeddedChannel(loop: self.loop)
         self.client = client
         self.recorder = RecorderHandler(echo: echo)
-        try self.channel.pipeline.syncOperations.addHandler(TLSServerHandler(context: context, handshakeTimeout: handshakeTimeout))
+        try self.channel.pipeline.syncOperations.addHandler(TLSServerHandler(
+            context: context, handshakeTimeout: handshakeTimeout, timers: LoopTimers(eventLoop: self.channel.eventLoop)
+        ))
         try self.channel.pipeline.syncOperations.addHandler(self.recorder)
         try self.channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
     }

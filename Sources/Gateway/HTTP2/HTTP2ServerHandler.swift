@@ -414,7 +414,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner {
         if let at = self.checkAt, at <= deadline { return }
         guard self.context != nil, !self.closed, self.session != nil else { return }
         let timers = self.services.loop.timers
-        if let armed = self.checkTimer { timers.disarm(armed) }
+        timers.disarm(&self.checkTimer)
         self.checkAt = deadline
         // The timer holds the handler strongly (a weak reference would give it a side table and
         // slow every retain and release of it); `teardown` disarms it.
@@ -599,8 +599,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner {
     }
 
     private func teardown() {
-        if let armed = self.checkTimer { self.services.loop.timers.disarm(armed) }
-        self.checkTimer = nil
+        self.services.loop.timers.disarm(&self.checkTimer)
         self.checkAt = nil
         self.pendingStarts.removeAll()
         self.receivingHeaders = nil

@@ -86,6 +86,12 @@ final class LoopTimers {
         self.free(timer.slot)
     }
 
+    /// `disarm` for a timer kept in an optional, which is left nil.
+    func disarm(_ timer: inout Timer?) {
+        if let armed = timer { self.disarm(armed) }
+        timer = nil
+    }
+
     func isArmed(_ timer: Timer) -> Bool {
         let slot = Int(timer.slot)
         return slot < self.slots.count && self.slots[slot].generation == timer.generation && self.slots[slot].heapIndex >= 0

@@ -207,9 +207,9 @@ final class UpstreamConnection: DeadlineTimerOwner, @unchecked Sendable {
     /// The loop's timers (the pool's), for the idle and response deadlines.
     private let timers: LoopTimers
 
-    init(channel: Channel, handler: UpstreamConnectionHandler, endpoint: UpstreamEndpoint, timers: LoopTimers? = nil) {
+    init(channel: Channel, handler: UpstreamConnectionHandler, endpoint: UpstreamEndpoint, timers: LoopTimers) {
         self.channel = channel
-        self.timers = timers ?? LoopTimers(eventLoop: channel.eventLoop)
+        self.timers = timers
         self.isSocket = channel is SocketOptionProvider
         self.handler = handler
         self.endpoint = endpoint

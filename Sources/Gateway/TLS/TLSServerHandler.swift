@@ -27,8 +27,8 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler, Loo
     private var stateMachine = TLSConnectionStateMachine()
     /// Created in `handlerAdded`, freed (with its `SSL*`) in `handlerRemoved`.
     private var connection: TLSConnection?
-    /// The loop's timers; a handler made without them (tests) makes its own in `handlerAdded`.
-    private var timers: LoopTimers?
+    /// The loop's timers (handshake, close_notify and flush waits).
+    private let timers: LoopTimers
     /// Set while the handler is in a pipeline, for the timers' callbacks.
     private var context: ChannelHandlerContext?
     private var handshakeTimer: LoopTimers.Timer?
@@ -47,7 +47,7 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler, Loo
     /// Set once this handler has closed the channel itself, so it closes only once.
     private var closeIssued = false
 
-    init(context: TLSServerContext, handshakeTimeout: TimeAmount, timers: LoopTimers? = nil) {
+    init(context: TLSServerContext, handshakeTimeout: TimeAmount, timers: LoopTimers) {
         self.tlsContext = context
         self.handshakeTimeout = handshakeTimeout
         self.timers = timers
@@ -57,7 +57,6 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler, Loo
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        if self.timers == nil { self.timers = LoopTimers(eventLoop: context.eventLoop) }
         do {
             self.connection = try TLSConnection(context: self.tlsContext)
         } catch {
@@ -98,7 +97,7 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler, Loo
 
     private func start(context: ChannelHandlerContext) {
         guard case .startHandshake = self.stateMachine.channelActive() else { return }
-        self.handshakeTimer = self.timers?.arm(self, in: self.handshakeTimeout)
+        self.handshakeTimer = self.timers.arm(self, in: self.handshakeTimeout)
         // A server speaks second, but stepping once puts OpenSSL in the accept state consistently.
         self.stepHandshake(context: context)
     }
@@ -141,7 +140,7 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler, Loo
         case .wait:
             break
         case .completed(let buffered):
-            self.disarm(&self.handshakeTimer)
+            self.timers.disarm(&self.handshakeTimer)
             if let buffered { self.encrypt(buffered, context: context) }
             context.fireUserInboundEventTriggered(connection.handshakeSummary)
             // Application data that arrived with the client's Finished.
@@ -258,7 +257,7 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler, Loo
         self.writeOutput(context: context)
         switch result {
         case .sent:
-            self.closeTimer = self.timers?.arm(self, in: Self.closeNotifyTimeout)
+            self.closeTimer = self.timers.arm(self, in: Self.closeNotifyTimeout)
         case .complete, .failed:
             self.runTerminate(self.stateMachine.closeNotifyCannotBeAwaited(), context: context)
         }
@@ -346,9 +345,9 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler, Loo
         guard !self.closeIssued else { return }
         self.closeIssued = true
         let barrier = context.eventLoop.makePromise(of: Void.self)
-        self.flushTimer = self.timers?.arm(self, in: Self.closeNotifyTimeout)
+        self.flushTimer = self.timers.arm(self, in: Self.closeNotifyTimeout)
         barrier.futureResult.assumeIsolated().whenComplete { _ in
-            self.disarm(&self.flushTimer)
+            self.timers.disarm(&self.flushTimer)
             context.close(promise: nil)
         }
         context.writeAndFlush(self.wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: barrier)
@@ -359,14 +358,9 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler, Loo
     }
 
     private func cancelTimers() {
-        self.disarm(&self.handshakeTimer)
-        self.disarm(&self.closeTimer)
-        self.disarm(&self.flushTimer)
-    }
-
-    private func disarm(_ timer: inout LoopTimers.Timer?) {
-        if let armed = timer { self.timers?.disarm(armed) }
-        timer = nil
+        self.timers.disarm(&self.handshakeTimer)
+        self.timers.disarm(&self.closeTimer)
+        self.timers.disarm(&self.flushTimer)
     }
 
     func timerFired(_ timer: LoopTimers.Timer, tag: NIODeadline) {
