@@ -28,12 +28,7 @@ struct JSONBytes {
 
     /// JSON string escaping; bytes that need none (the usual case) are copied as they are.
     mutating func appendEscaped(_ value: UnsafeBufferPointer<UInt8>) {
-        var clean = true
-        for byte in value where byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") {
-            clean = false
-            break
-        }
-        if clean {
+        if !value.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
             self.bytes.append(contentsOf: value)
             return
         }
@@ -69,33 +64,22 @@ struct JSONBytes {
     /// `value` in decimal, zero-padded to at least `width` digits.
     mutating func appendDigits(_ value: UInt, width: Int) {
         var digits = 1
-        var rest = value / 10
-        while rest > 0 {
+        var divisor: UInt = 1
+        while value / divisor >= 10 {
+            divisor *= 10
             digits += 1
-            rest /= 10
         }
         for _ in digits..<max(digits, width) { self.bytes.append(UInt8(ascii: "0")) }
-        let end = self.bytes.count + digits
-        self.bytes.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: digits))
-        var remaining = value
-        var index = end - 1
-        for _ in 0..<digits {
-            self.bytes[index] = UInt8(ascii: "0") + UInt8(remaining % 10)
-            remaining /= 10
-            index -= 1
+        while divisor > 0 {
+            self.bytes.append(UInt8(ascii: "0") + UInt8(value / divisor % 10))
+            divisor /= 10
         }
     }
 
     /// Seconds with microsecond resolution, e.g. `0.000420`, without Foundation's formatter.
+    /// Durations come from a monotonic clock; a negative one would be written as 0.
     mutating func appendSeconds(_ value: Double) {
-        let micros = Int((value * 1_000_000).rounded())
-        guard micros >= 0 else {
-            // Never a duration; written as the text formatter always wrote it.
-            let fraction = String(micros % 1_000_000)
-            let text = String(micros / 1_000_000) + "." + String(repeating: "0", count: max(0, 6 - fraction.utf8.count)) + fraction
-            text.withUTF8Bytes { self.append($0) }
-            return
-        }
+        let micros = max(0, Int((value * 1_000_000).rounded()))
         self.appendDigits(UInt(micros / 1_000_000), width: 1)
         self.bytes.append(UInt8(ascii: "."))
         self.appendDigits(UInt(micros % 1_000_000), width: 6)

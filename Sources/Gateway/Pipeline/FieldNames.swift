@@ -125,9 +125,7 @@ func bytesHavePrefix(_ bytes: UnsafeBufferPointer<UInt8>, _ prefix: StaticString
 
 /// `bytes` equal to `string`, byte for byte.
 func bytesEqual(_ bytes: UnsafeBufferPointer<UInt8>, _ string: StaticString) -> Bool {
-    guard bytes.count == string.utf8CodeUnitCount else { return false }
-    for index in 0..<bytes.count where bytes[index] != string.utf8Start[index] { return false }
-    return true
+    bytes.count == string.utf8CodeUnitCount && bytesHavePrefix(bytes, string)
 }
 
 /// `a` equal to `b`, ASCII case ignored on both sides.
