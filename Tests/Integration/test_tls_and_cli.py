@@ -170,3 +170,51 @@ def test_token_command(certs, tmp_path):
     t = r.stdout.strip()
     assert jwt.get_unverified_header(t)["kid"] == "k"
     assert jwt.decode(t, secret, algorithms=["HS256"], audience="b", issuer="a")["sub"] == "u-2"
+
+
+HANDSHAKE_LISTENER = """\
+  - name: tight
+    address: 127.0.0.1:0
+    tls:
+      handshake_timeout: 500ms
+      certificates:
+        - {{ cert: {cert}, key: {key} }}
+"""
+
+
+def test_stalled_handshakes_are_cut_off_while_finished_ones_stay(gateway_factory, upstream, certs):
+    """Clients that connect and never finish the TLS handshake (silent, or stopped mid
+    ClientHello) are closed at `tls.handshake_timeout`, all of them, while a client that finished
+    its handshake keeps its connection past that time. The timeout is a timer on the loop's shared
+    heap; the test fails when it is not armed."""
+    import time
+    cert, key = certs["default"]
+    gw = gateway_factory(upstream.port, listeners_extra=HANDSHAKE_LISTENER.format(cert=cert, key=key))
+    port = gw.ports["tight"]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    finished = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost")
+    stalled = []
+    for i in range(40):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if i % 2:
+            s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello that stops
+        stalled.append(s)
+    start = time.time()
+    for s in stalled:
+        try:
+            assert s.recv(4096) == b""
+        except ConnectionResetError:
+            pass
+        s.close()
+    elapsed = time.time() - start
+    assert 0.3 < elapsed < 3.0, elapsed
+    # Well past the handshake timeout, the finished connection still serves a request.
+    time.sleep(max(0.0, 1.0 - (time.time() - start)))
+    finished.sendall(b"GET /api/bookings HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    response = b""
+    while chunk := finished.recv(65536):
+        response += chunk
+    finished.close()
+    assert response.startswith(b"HTTP/1.1 200"), response[:200]
