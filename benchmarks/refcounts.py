@@ -14,7 +14,7 @@ than the LD_PRELOAD counter of benchmarks/budget.sh, which sees only calls made 
 Counts do not drift with the machine's load, so a change that removes calls shows even when the
 CPU figures are lost in noise.
 
-  benchmarks/refcounts.py [--bin DIR] [--n 2000] [--top 30] [--setup base] h1|h2|e
+  benchmarks/refcounts.py [--bin DIR] [--n 2000] [--top 30] [--setup base] [--keep FILE] h1|h2|e
 
 Needs root (uprobes), perf (linux-perf) and what benchmarks/peers.sh --install installs.
 """
@@ -22,6 +22,7 @@ import argparse
 import collections
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,6 +63,7 @@ def main():
     parser.add_argument("--n", type=int, default=2000, help="requests counted")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--setup", default="base", help="ab.py set-up: base, jwt, limit, cors, cors-redis")
+    parser.add_argument("--keep", help="also keep the perf.data at this path, for `perf script` by hand")
     args = parser.parse_args()
 
     os.environ["BIN"] = args.bin
@@ -94,6 +96,8 @@ def main():
             bench.run.stop(proc)
         bench.run.stop_all()
 
+    if args.keep:
+        shutil.copyfile(data, args.keep)
     script = subprocess.run(["perf", "script", "-i", data, "-F", "ip,sym", "--no-demangle"],
                             capture_output=True, text=True, check=True).stdout
     callers, gateway = collections.Counter(), collections.Counter()

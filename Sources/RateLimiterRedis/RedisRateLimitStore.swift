@@ -95,19 +95,32 @@ public final class RedisRateLimitStore: Sendable {
     public func check(
         _ requests: [(PolicySpec, String)], cost: Int = 1, nowOverrideMs: Int64? = nil
     ) -> EventLoopFuture<MultiDecision> {
+        let promise = client.nextEventLoop().makePromise(of: MultiDecision.self)
+        check(requests, cost: cost, nowOverrideMs: nowOverrideMs) { promise.completeWith($0) }
+        return promise.futureResult
+    }
+
+    /// `check` with a callback, the per-request path: `onDecision` is called exactly once, with
+    /// a `RateLimitStoreError` on failure, on the event loop of the Redis connection that
+    /// answered, or at once on the caller's thread (a denied-cache hit; no connection up). One
+    /// closure per request where the future form costs two futures more and their callbacks.
+    public func check(
+        _ requests: [(PolicySpec, String)], cost: Int = 1, nowOverrideMs: Int64? = nil,
+        onDecision: @escaping @Sendable (Result<MultiDecision, any Error>) -> Void
+    ) {
         let cacheNow = nowOverrideMs ?? (deniedCache == nil ? 0 : clockMs())
         if let cache = deniedCache, let cached = cache.check(requests, now: cacheNow) {
-            return client.nextEventLoop().makeSucceededFuture(cached)
+            return onDecision(.success(cached))
         }
         guard client is RedisClusterClient, let groups = Self.slotGroups(requests) else {
-            // The denied cache learns inside the reply's callback: no future and closure more.
-            return evaluate(requests, cost: cost, nowOverrideMs: nowOverrideMs, recordAt: cacheNow)
+            // The denied cache learns inside the reply's callback.
+            return evaluate(requests, cost: cost, nowOverrideMs: nowOverrideMs, recordAt: cacheNow, onDecision: onDecision)
         }
         let decided = checkAcrossSlots(groups, cost: cost, nowOverrideMs: nowOverrideMs)
-        guard let cache = deniedCache else { return decided }
-        return decided.map { decision in
-            cache.record(decision, now: cacheNow)
-            return decision
+        guard let cache = deniedCache else { return decided.whenComplete(onDecision) }
+        decided.whenComplete { result in
+            if case .success(let decision) = result { cache.record(decision, now: cacheNow) }
+            onDecision(result)
         }
     }
 
@@ -137,7 +150,11 @@ public final class RedisRateLimitStore: Sendable {
         let loop = client.nextEventLoop()
         let deadline = loop.now + timeout
         @Sendable func round(peek: Bool) -> EventLoopFuture<MultiDecision> {
-            let calls = groups.map { evaluate($0, cost: cost, nowOverrideMs: nowOverrideMs, peek: peek, deadline: deadline) }
+            let calls = groups.map { group in
+                let promise = loop.makePromise(of: MultiDecision.self)
+                evaluate(group, cost: cost, nowOverrideMs: nowOverrideMs, peek: peek, deadline: deadline) { promise.completeWith($0) }
+                return promise.futureResult
+            }
             return EventLoopFuture.whenAllSucceed(calls, on: loop).map(Self.merge)
         }
         return round(peek: true).flatMap { peeked in
@@ -155,58 +172,62 @@ public final class RedisRateLimitStore: Sendable {
     /// any) learns the decision, at that time.
     private func evaluate(
         _ requests: [(PolicySpec, String)], cost: Int, nowOverrideMs: Int64?, peek: Bool = false,
-        deadline: NIODeadline? = nil, recordAt cacheNow: Int64? = nil
-    ) -> EventLoopFuture<MultiDecision> {
-        let cache = cacheNow == nil ? nil : self.deniedCache
+        deadline: NIODeadline? = nil, recordAt cacheNow: Int64? = nil,
+        onDecision: @escaping @Sendable (Result<MultiDecision, any Error>) -> Void
+    ) {
         let slotKey = requests.first?.1
-        @Sendable func command(_ sha: String) -> [String] {
-            RedisRateLimitScript.evalshaCommand(sha: sha, requests, cost: cost, nowOverrideMs: nowOverrideMs, peek: peek)
-        }
         // The deadline rides with the command: the connection's one timer lets this caller go at
         // it, with no timer of its own per check.
         let deadline = deadline ?? NIODeadline.now() + timeout
-        let first: EventLoopFuture<RESPValue>
-        if let knownSHA = sha.withLock({ $0 }) {
-            first = client.sendCommand(command(knownSHA), key: slotKey, timeout: nil, replyBy: deadline)
-        } else {
-            first = loadScript(key: slotKey).flatMap { sha in
-                self.client.sendCommand(command(sha), key: slotKey, timeout: nil, replyBy: deadline)
-            }.withDeadline(deadline)
+        let finish = DecisionDelivery(
+            requests: requests, peek: peek, cache: cacheNow == nil ? nil : self.deniedCache, cacheNow: cacheNow ?? 0,
+            timeout: timeout, onDecision: onDecision)
+        guard let knownSHA = sha.withLock({ $0 }) else {
+            // The first call (when `prepare()` was not awaited): load, then send.
+            loadScript(key: slotKey).flatMap { sha in
+                self.client.sendCommand(
+                    RedisRateLimitScript.evalshaCommand(sha: sha, requests, cost: cost, nowOverrideMs: nowOverrideMs, peek: peek),
+                    key: slotKey, timeout: nil, replyBy: deadline)
+            }.withDeadline(deadline).whenComplete(finish.deliver)
+            return
         }
-        let loop = first.eventLoop
-        let promise = loop.makePromise(of: MultiDecision.self)
-        // Callbacks on the reply's future rather than a chain of maps: each link of a chain is a
-        // future (and a closure) more per request.
-        @Sendable func finish(_ result: Result<RESPValue, any Error>) {
+        let command = RedisRateLimitScript.evalshaCommand(sha: knownSHA, requests, cost: cost, nowOverrideMs: nowOverrideMs, peek: peek)
+        client.sendCommand(command, key: slotKey, timeout: nil, replyBy: deadline) { result in
+            guard case .success(let reply) = result, let message = reply.errorMessage, message.hasPrefix("NOSCRIPT"),
+                NIODeadline.now() < deadline
+            else { return finish.deliver(result) }
+            // Load and retry pipelined on one connection: one more round trip, not two. The SHA
+            // is that of our own source, so it is the one SCRIPT LOAD will answer.
+            self.client.send(commands: [["SCRIPT", "LOAD", RedisRateLimitScript.source], command], key: slotKey, timeout: nil)
+                .map { $0[1] }.withDeadline(deadline).whenComplete(finish.deliver)
+        }
+    }
+
+    /// Turns one EVALSHA reply into the caller's decision (the denied cache learning it first).
+    private struct DecisionDelivery: Sendable {
+        var requests: [(PolicySpec, String)]
+        var peek: Bool
+        var cache: DeniedCache?
+        var cacheNow: Int64
+        var timeout: TimeAmount
+        var onDecision: @Sendable (Result<MultiDecision, any Error>) -> Void
+
+        func deliver(_ result: Result<RESPValue, any Error>) {
             switch result {
             case .success(let reply):
                 do {
-                    let decision = try Self.decode(reply, requests, peek: peek)
-                    if let cache, let cacheNow { cache.record(decision, now: cacheNow) }
-                    promise.succeed(decision)
+                    let decision = try RedisRateLimitStore.decode(reply, requests, peek: peek)
+                    cache?.record(decision, now: cacheNow)
+                    onDecision(.success(decision))
                 } catch {
-                    promise.fail(error as? RateLimitStoreError ?? RateLimitStoreError.storeUnavailable.with("\(error)"))
+                    onDecision(.failure(error as? RateLimitStoreError ?? RateLimitStoreError.storeUnavailable.with("\(error)")))
                 }
             case .failure(let error as RedisError) where error == .deadlineExceeded:
-                promise.fail(RateLimitStoreError.storeUnavailable.with("no decision within \(self.timeout)"))
+                onDecision(.failure(RateLimitStoreError.storeUnavailable.with("no decision within \(timeout)")))
             case .failure(let error):
-                promise.fail(error as? RateLimitStoreError ?? RateLimitStoreError.storeUnavailable.with("\(error)"))
+                onDecision(.failure(error as? RateLimitStoreError ?? RateLimitStoreError.storeUnavailable.with("\(error)")))
             }
         }
-        first.whenComplete { result in
-            if case .success(let reply) = result, let message = reply.errorMessage, message.hasPrefix("NOSCRIPT"),
-                loop.now < deadline
-            {
-                // Load and retry pipelined on one connection: one more round trip, not two. The SHA
-                // is that of our own source, so it is the one SCRIPT LOAD will answer.
-                let sha = self.sha.withLock { $0 } ?? ""
-                self.client.send(commands: [["SCRIPT", "LOAD", RedisRateLimitScript.source], command(sha)], key: slotKey, timeout: nil)
-                    .map { $0[1] }.withDeadline(deadline).whenComplete(finish)
-                return
-            }
-            finish(result)
-        }
-        return promise.futureResult
     }
 
     public func check(_ requests: [(PolicySpec, String)], cost: Int = 1, nowOverrideMs: Int64? = nil) async throws -> MultiDecision {

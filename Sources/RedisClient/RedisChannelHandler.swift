@@ -1,9 +1,33 @@
 import NIOCore
 
+/// Who is told a command's reply (or why none came), exactly once.
+enum RedisReplyTarget: Sendable {
+    case promise(EventLoopPromise<RESPValue>)
+    /// Called on the connection's event loop, or at once by `send` when no connection takes the
+    /// command. The rate limiter's per-request path: one closure, where a promise costs a future
+    /// (its class metadata looked up at each allocation), its callback list and a closure per
+    /// callback on it.
+    case callback(@Sendable (Result<RESPValue, any Error>) -> Void)
+
+    func succeed(_ value: RESPValue) {
+        switch self {
+        case .promise(let promise): promise.succeed(value)
+        case .callback(let callback): callback(.success(value))
+        }
+    }
+
+    func fail(_ error: any Error) {
+        switch self {
+        case .promise(let promise): promise.fail(error)
+        case .callback(let callback): callback(.failure(error))
+        }
+    }
+}
+
 /// One command for a connection: its arguments, who waits for the reply, and how long they wait.
 struct RedisRequest: Sendable {
     var arguments: [String]
-    var promise: EventLoopPromise<RESPValue>
+    var reply: RedisReplyTarget
     var timeout: TimeAmount
     /// The caller's own deadline, shorter than `timeout`: past it the caller gets
     /// `RedisError.deadlineExceeded` while the connection waits on for the reply (and drops it).
@@ -24,7 +48,7 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     typealias OutboundIn = RedisRequestBatch
     typealias OutboundOut = ByteBuffer
 
-    private var state = RedisPipelineStateMachine<EventLoopPromise<RESPValue>>()
+    private var state = RedisPipelineStateMachine<RedisReplyTarget>()
     private var parser: RESPParser?
     private var timer: Scheduled<Void>?
 
@@ -42,24 +66,27 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         timer = nil
     }
 
+    /// Takes every request of the batch: each is either in flight (answered by a reply, a
+    /// timeout or the connection's end) or failed here, so `promise` succeeds once the batch is
+    /// taken. A failed socket write closes the channel, which fails what is in flight; failing
+    /// the batch's promise too would tell a callback twice.
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let batch = unwrapOutboundIn(data)
         let now = context.eventLoop.now
         var buffer = context.channel.allocator.buffer(capacity: 64 * batch.requests.count)
         for request in batch.requests {
-            switch state.enqueue(request.promise, deadline: now + request.timeout, replyBy: request.replyBy) {
+            switch state.enqueue(request.reply, deadline: now + request.timeout, replyBy: request.replyBy) {
             case .fail:
-                request.promise.fail(RedisError.connectionClosed)
+                request.reply.fail(RedisError.connectionClosed)
             case .send(let arm):
                 RESPEncoder.encode(request.arguments, into: &buffer)
                 if let arm { armTimer(context: context, deadline: arm) }
             }
         }
         if buffer.readableBytes > 0 {
-            context.write(wrapOutboundOut(buffer), promise: promise)
-        } else {
-            promise?.fail(RedisError.connectionClosed)
+            context.write(wrapOutboundOut(buffer), promise: nil)
         }
+        promise?.succeed()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -69,8 +96,8 @@ final class RedisChannelHandler: ChannelDuplexHandler {
             try parser.feed(bytes)
             while let value = try parser.next() {
                 switch state.replyReceived() {
-                case .succeed(let promise):
-                    promise.succeed(value)
+                case .succeed(let reply):
+                    reply.succeed(value)
                 case .dropLate:
                     break
                 case .unexpectedReply:

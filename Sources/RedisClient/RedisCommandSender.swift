@@ -15,6 +15,13 @@ public protocol RedisCommandSender: Sendable {
     /// `sendCommand` for a caller with a deadline of its own: past `replyBy` the future fails with
     /// `RedisError.deadlineExceeded` and the connection stays up (a late reply is dropped).
     func sendCommand(_ arguments: [String], key: String?, timeout: TimeAmount?, replyBy: NIODeadline) -> EventLoopFuture<RESPValue>
+    /// The deadline-bound `sendCommand` with a callback: `onReply` is called exactly once, on an
+    /// event loop of this client or at once on the caller's thread. No future is made where the
+    /// implementation can avoid it (`RedisConnectionPool`).
+    func sendCommand(
+        _ arguments: [String], key: String?, timeout: TimeAmount?, replyBy: NIODeadline,
+        onReply: @escaping @Sendable (Result<RESPValue, any Error>) -> Void
+    )
     /// The event loop of the next connection (for futures made without I/O).
     func nextEventLoop() -> any EventLoop
     /// One row per server this client talks to, for health reports.
@@ -63,6 +70,14 @@ extension RedisCommandSender {
             promise.completeWith(result)
         }
         return promise.futureResult
+    }
+
+    /// Through the future: for a client that routes first (cluster, Sentinel).
+    public func sendCommand(
+        _ arguments: [String], key: String?, timeout: TimeAmount?, replyBy: NIODeadline,
+        onReply: @escaping @Sendable (Result<RESPValue, any Error>) -> Void
+    ) {
+        sendCommand(arguments, key: key, timeout: timeout, replyBy: replyBy).whenComplete(onReply)
     }
 
     /// Servers with at least one connection up.

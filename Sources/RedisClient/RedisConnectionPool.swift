@@ -78,6 +78,22 @@ public final class RedisConnectionPool: RedisCommandSender {
         return loop.makeFailedFuture(isShutDown ? RedisError.poolClosed : RedisError.notConnected)
     }
 
+    /// `sendCommand(_:key:timeout:replyBy:)` with a callback instead of a future: `onReply` is
+    /// called once, on the connection's event loop, or at once (on the caller's thread) when no
+    /// connection is up.
+    public func sendCommand(
+        _ arguments: [String], key: String?, timeout: TimeAmount?, replyBy: NIODeadline,
+        onReply: @escaping @Sendable (Result<RESPValue, any Error>) -> Void
+    ) {
+        let n = connections.count
+        let start = nextIndex.wrappingAdd(1, ordering: .relaxed).oldValue
+        let t = timeout ?? configuration.commandTimeout
+        for k in 0..<n where connections[(start &+ k) % n].send(arguments, timeout: t, replyBy: replyBy, onReply: onReply) {
+            return
+        }
+        onReply(.failure(isShutDown ? RedisError.poolClosed : RedisError.notConnected))
+    }
+
     /// Sends `commands` back to back on one connection, so Redis runs them in this order with
     /// nothing in between from this pool (e.g. `SCRIPT LOAD` then the `EVALSHA` that needs it,
     /// in one round trip). Fails as a whole if any of them fails; error replies are values.
@@ -167,21 +183,35 @@ final class RedisConnection: Sendable {
     /// Queues one command when this connection is up; nil when it is not (the pool tries another).
     func send(_ arguments: [String], timeout: TimeAmount, replyBy: NIODeadline? = nil) -> EventLoopFuture<RESPValue>? {
         let promise = eventLoop.makePromise(of: RESPValue.self)
-        let drainOn: (any Channel)?? = state.withLock { s in
-            guard case .ready(let channel) = s.phase else { return nil }
-            s.outbox.append(RedisRequest(arguments: arguments, promise: promise, timeout: timeout, replyBy: replyBy))
-            if s.drainScheduled { return .some(nil) }
-            s.drainScheduled = true
-            return .some(channel)
-        }
-        guard let drainOn else {
+        guard self.enqueue(RedisRequest(arguments: arguments, reply: .promise(promise), timeout: timeout, replyBy: replyBy)) else {
             // Not queued: nobody else holds the promise, and an unfulfilled one must not leak.
             promise.fail(RedisError.notConnected)
             return nil
         }
+        return promise.futureResult
+    }
+
+    /// Queues one command whose reply goes to `onReply`; false (and `onReply` not kept) when this
+    /// connection is not up.
+    func send(
+        _ arguments: [String], timeout: TimeAmount, replyBy: NIODeadline?,
+        onReply: @escaping @Sendable (Result<RESPValue, any Error>) -> Void
+    ) -> Bool {
+        self.enqueue(RedisRequest(arguments: arguments, reply: .callback(onReply), timeout: timeout, replyBy: replyBy))
+    }
+
+    private func enqueue(_ request: RedisRequest) -> Bool {
+        let drainOn: (any Channel)?? = state.withLock { s in
+            guard case .ready(let channel) = s.phase else { return nil }
+            s.outbox.append(request)
+            if s.drainScheduled { return .some(nil) }
+            s.drainScheduled = true
+            return .some(channel)
+        }
+        guard let drainOn else { return false }
         // Runs after everything else queued in this tick: one batch, one flush.
         if let channel = drainOn { eventLoop.execute { self.drain(channel) } }
-        return promise.futureResult
+        return true
     }
 
     /// Queues commands when this connection is up; nil when it is not (the pool tries another).
@@ -193,7 +223,7 @@ final class RedisConnection: Sendable {
             futures.reserveCapacity(commands.count)
             for arguments in commands {
                 let promise = eventLoop.makePromise(of: RESPValue.self)
-                s.outbox.append(RedisRequest(arguments: arguments, promise: promise, timeout: timeout))
+                s.outbox.append(RedisRequest(arguments: arguments, reply: .promise(promise), timeout: timeout))
                 futures.append(promise.futureResult)
             }
             if s.drainScheduled { return .queued(futures) }
@@ -222,9 +252,10 @@ final class RedisConnection: Sendable {
         }
         guard !batch.isEmpty else { return }
         channel.writeAndFlush(RedisRequestBatch(requests: batch)).whenFailure { error in
-            // Normally the handler has failed them already (failing twice is a no-op).
+            // The handler never took the batch (the channel closed first): nobody else will
+            // answer these. A batch it took succeeds, whatever then happens to the socket.
             let e = error as? RedisError ?? RedisError.connectionClosed.with("\(error)")
-            for r in batch { r.promise.fail(e) }
+            for r in batch { r.reply.fail(e) }
         }
     }
 
@@ -275,10 +306,13 @@ final class RedisConnection: Sendable {
         guard !commands.isEmpty else { return channel.eventLoop.makeSucceededVoidFuture() }
         let remaining = max(deadline - NIODeadline.now(), .milliseconds(1))
         let requests = commands.map {
-            RedisRequest(arguments: $0, promise: channel.eventLoop.makePromise(), timeout: remaining)
+            RedisRequest(arguments: $0, reply: .promise(channel.eventLoop.makePromise()), timeout: remaining)
         }
         channel.writeAndFlush(RedisRequestBatch(requests: requests), promise: nil)
-        let replies = requests.map(\.promise.futureResult)
+        let replies = requests.map { request -> EventLoopFuture<RESPValue> in
+            guard case .promise(let promise) = request.reply else { preconditionFailure("handshake replies are promises") }
+            return promise.futureResult
+        }
         return EventLoopFuture.whenAllSucceed(replies, on: channel.eventLoop).flatMapThrowing { values in
             for (cmd, value) in zip(commands, values) {
                 if case .error(let message) = value {

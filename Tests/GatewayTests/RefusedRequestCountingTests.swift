@@ -112,11 +112,17 @@ struct RefusedRequestCountingTests {
                 Issue.record("not counted")
                 return
             }
-            switch try request.service.check(request, on: loop).wait() {
-            case .allowed: outcomes.append("allowed")
-            case .denied: outcomes.append("denied")
-            case .storeUnavailable: outcomes.append("unavailable")
+            // The in-process store decides at once, inside the call.
+            var told = 0
+            request.service.check(request, on: loop) { outcome in
+                told += 1
+                switch outcome {
+                case .allowed: outcomes.append("allowed")
+                case .denied: outcomes.append("denied")
+                case .storeUnavailable: outcomes.append("unavailable")
+                }
             }
+            #expect(told == 1)
         }
         #expect(outcomes == ["allowed", "allowed", "allowed", "denied", "denied"])
     }

@@ -173,7 +173,7 @@ struct RedisChannelHandlerTests {
     }
 
     func request(_ loop: EmbeddedEventLoop, _ args: [String], timeout: TimeAmount = .milliseconds(100)) -> RedisRequest {
-        RedisRequest(arguments: args, promise: loop.makePromise(), timeout: timeout)
+        RedisRequest(arguments: args, reply: .promise(loop.makePromise()), timeout: timeout)
     }
 
     @Test func batchIsOneWriteAndRepliesCompleteInOrder() throws {
@@ -223,5 +223,53 @@ struct RedisChannelHandlerTests {
         try channel.writeOutbound(RedisRequestBatch(requests: [r]))
         _ = try channel.finish(acceptAlreadyClosed: true)
         #expect(throws: RedisError.connectionClosed) { try r.promise.futureResult.wait() }
+    }
+
+    /// A callback, unlike a promise, would run again if told twice: every way a command ends —
+    /// a reply, a caller let go at `replyBy` (its late reply dropped), a timeout that closes the
+    /// connection, the close after it, a batch written after the close — tells it exactly once.
+    @Test func callbacksAreToldExactlyOnce() throws {
+        let (channel, loop) = try setUp()
+        // One thread (the embedded loop's) calls and reads it.
+        final class Told: @unchecked Sendable { var calls: [String: [String]] = [:] }
+        let told = Told()
+        func callback(_ name: String, timeout: TimeAmount = .milliseconds(500), replyBy: NIODeadline? = nil) -> RedisRequest {
+            RedisRequest(arguments: ["PING"], reply: .callback { result in
+                let text = switch result {
+                case .success(let value): "\(value)"
+                case .failure(let error): "\(error)"
+                }
+                told.calls[name, default: []].append(text)
+            }, timeout: timeout, replyBy: replyBy)
+        }
+        let answered = callback("answered")
+        let letGo = callback("letGo", replyBy: loop.now + .milliseconds(10))
+        let timedOut = callback("timedOut", timeout: .milliseconds(100))
+        try channel.writeOutbound(RedisRequestBatch(requests: [answered, letGo, timedOut]))
+        try channel.writeInbound(ByteBuffer(string: "+PONG\r\n"))
+        loop.advanceTime(by: .milliseconds(10))
+        // letGo's late reply arrives, and is dropped.
+        try channel.writeInbound(ByteBuffer(string: "+LATE\r\n"))
+        loop.advanceTime(by: .milliseconds(90))
+        #expect(!channel.isActive)
+        let afterClose = callback("afterClose")
+        #expect(throws: (any Error).self) { try channel.writeAndFlush(RedisRequestBatch(requests: [afterClose])).wait() }
+        _ = try? channel.finish(acceptAlreadyClosed: true)
+        loop.advanceTime(by: .seconds(1))
+        let calls = told.calls
+        #expect(calls["answered"] == ["\(RESPValue.simpleString("PONG"))"])
+        #expect(calls["letGo"] == ["\(RedisError.deadlineExceeded)"])
+        #expect(calls["timedOut"] == ["\(RedisError.timeout)"])
+        // Never taken by the handler: the pool fails it from the write's failure, once.
+        #expect(calls["afterClose"] == nil)
+    }
+}
+
+extension RedisRequest {
+    /// The promise of a request made with `.promise` (every request in these tests but the
+    /// callback ones).
+    var promise: EventLoopPromise<RESPValue> {
+        guard case .promise(let promise) = self.reply else { preconditionFailure("a callback request") }
+        return promise
     }
 }

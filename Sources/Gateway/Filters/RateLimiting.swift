@@ -63,7 +63,7 @@ struct RateLimitRequest: Sendable {
 }
 
 /// The outcome the proxy acts on.
-enum RateLimitOutcome {
+enum RateLimitOutcome: Sendable {
     /// Proceed; add these fields to the response (the tightest policy's numbers).
     case allowed([(String, String)])
     /// 429 with these fields (`Retry-After` included).
@@ -212,27 +212,34 @@ final class RateLimitService: Sendable {
         return checks.isEmpty ? nil : RateLimitRequest(service: self, checks: checks)
     }
 
-    /// Decides and counts, completing on `eventLoop`.
-    func check(_ request: RateLimitRequest, on eventLoop: EventLoop) -> EventLoopFuture<RateLimitOutcome> {
+    /// Decides and counts; `decided` is called once, on `eventLoop` (the caller's): at once for
+    /// the in-process store, after the round trip for Redis. A callback rather than a future:
+    /// the Redis path then costs two closures per request, not four futures and their callbacks.
+    func check(_ request: RateLimitRequest, on eventLoop: EventLoop, _ decided: @escaping (RateLimitOutcome) -> Void) {
         switch self.backend {
         case .inProcess(let store):
             let now = Int64(NIODeadline.now().uptimeNanoseconds / 1_000_000)
-            return eventLoop.makeSucceededFuture(self.outcome(store.check(request.checks, now: now)))
+            decided(self.outcome(store.check(request.checks, now: now)))
         case .redis(let store):
             let started = NIODeadline.now()
-            // One promise and one callback instead of a map and an error map (a future each).
-            let promise = eventLoop.makePromise(of: RateLimitOutcome.self)
-            store.check(request.checks).whenComplete { result in
+            let waiter = NIOLoopBound(decided, eventLoop: eventLoop)
+            store.check(request.checks) { result in
+                let outcome: RateLimitOutcome
                 switch result {
                 case .success(let decision):
                     self.lastRedisMicros.store(Int((NIODeadline.now() - started).nanoseconds / 1000), ordering: .relaxed)
-                    promise.succeed(self.outcome(decision))
+                    outcome = self.outcome(decision)
                 case .failure:
                     self.metrics?.redisErrors.increment([])
-                    promise.succeed(.storeUnavailable)
+                    outcome = .storeUnavailable
+                }
+                // The Redis connection may live on another loop than the request.
+                if eventLoop.inEventLoop {
+                    waiter.value(outcome)
+                } else {
+                    eventLoop.execute { waiter.value(outcome) }
                 }
             }
-            return promise.futureResult
         }
     }
 

@@ -139,7 +139,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
         // Body reads wait while the limiter decides (it may be a Redis round trip).
         if !self.machine.requestComplete { self.downstream?.pauseRequestBody(for: self) }
         let service = request.service
-        service.check(request, on: self.eventLoop).assumeIsolated().whenSuccess { outcome in
+        service.check(request, on: self.eventLoop) { outcome in
             guard self.machine.isAdmitting else { return }
             switch outcome {
             case .allowed(let fields):
