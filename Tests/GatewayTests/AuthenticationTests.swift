@@ -165,6 +165,16 @@ struct AuthenticationTests {
         #expect(Authenticator.bearerToken(["Bearer"]) == .malformed)
         #expect(Authenticator.bearerToken(["Bearer a=b"]) == .malformed)
         #expect(Authenticator.bearerToken(["Bearer a", "Bearer a"]) == .malformed)
+        #expect(Authenticator.bearerToken(["bEARER\tabc"]) == .absent)
+        #expect(Authenticator.bearerToken(["BEARER abc=="]) == .token("abc=="))
+        #expect(Authenticator.bearerToken(["Bearer =="]) == .malformed)
+        #expect(Authenticator.bearerToken(["Bearer \t abc\t "]) == .token("abc"))
+        #expect(Authenticator.bearerToken(["Bearer ab\u{e9}c"]) == .malformed)
+        #expect(Authenticator.bearerToken(["Bearers abc"]) == .absent)
+        // From the fields: any case of the name, and two of them refused whatever their case.
+        #expect(Authenticator.bearerToken(in: HTTPHeaders([("AUTHORIZATION", "Bearer t")])) == .token("t"))
+        #expect(Authenticator.bearerToken(in: HTTPHeaders([("x", "y")])) == .absent)
+        #expect(Authenticator.bearerToken(in: HTTPHeaders([("authorization", "Bearer t"), ("Authorization", "Basic u")])) == .malformed)
     }
 
     @Test func shortSecretsAreStartupErrorsWithoutTheSecret() throws {

@@ -76,4 +76,43 @@ struct FieldNameTests {
         let other = try RequestValidator.inspect(plain).get()
         #expect(!other.expectsContinue && other.requestID == nil && other.host == "h")
     }
+
+    /// The word-at-a-time field-value check against the byte rule, on every byte value at every
+    /// position of buffers up to 40 bytes long (so each lands in a word and in the tail), plus
+    /// random buffers mostly of allowed bytes.
+    @Test("Field values checked eight bytes at a time agree with the byte rule")
+    func fieldValueWords() {
+        func reference(_ bytes: [UInt8]) -> Bool { bytes.allSatisfy { $0 >= 0x20 ? $0 != 0x7F : $0 == 0x09 } }
+        func check(_ bytes: [UInt8]) {
+            let fast = bytes.withUnsafeBufferPointer(RequestValidator.isFieldValue(bytes:))
+            #expect(fast == reference(bytes), "\(bytes)")
+        }
+        for length in 1...40 {
+            for position in 0..<length {
+                for byte in UInt8.min...UInt8.max {
+                    var bytes = [UInt8](repeating: UInt8(ascii: "a"), count: length)
+                    bytes[position] = byte
+                    check(bytes)
+                }
+            }
+        }
+        var random = SplitMix64(seed: 0xF1E1D)
+        let pool: [UInt8] = [0x00, 0x09, 0x0A, 0x0D, 0x1F, 0x20, 0x41, 0x7E, 0x7F, 0x80, 0x9F, 0xFF]
+        for _ in 0..<20_000 {
+            let length = Int.random(in: 0...64, using: &random)
+            check((0..<length).map { _ in
+                Int.random(in: 0..<8, using: &random) == 0 ? pool.randomElement(using: &random)! : UInt8.random(in: 0x20...0x7E, using: &random)
+            })
+        }
+    }
+
+    @Test("Trimming OWS works on bytes")
+    func trimming() {
+        #expect(Substring(" \t a b \t ").trimmingSpaces == "a b")
+        #expect(Substring("\t\t").trimmingSpaces == "")
+        #expect(Substring("").trimmingSpaces == "")
+        #expect(Substring("x").trimmingSpaces == "x")
+        #expect(Substring(" \u{e9} ").trimmingSpaces == "\u{e9}")
+        #expect(Substring("\r\n a \n").trimmingSpaces == "\r\n a \n")
+    }
 }

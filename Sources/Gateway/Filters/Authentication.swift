@@ -170,7 +170,7 @@ final class Authenticator: Sendable {
             let location: TokenLocation
             switch source {
             case .header:
-                switch Self.bearerToken(headers["authorization"]) {
+                switch Self.bearerToken(in: headers) {
                 case .absent: continue
                 case .malformed: return .malformed
                 case .token(let token): return .token(token, .authorization)
@@ -199,6 +199,17 @@ final class Authenticator: Sendable {
         case token(Substring)
     }
 
+    /// The request's `Authorization` fields, with no list made of them.
+    static func bearerToken(in headers: HTTPHeaders) -> BearerToken {
+        var found: String?
+        for (name, value) in headers where name.equalsIgnoringASCIICase("authorization") {
+            // Several Authorization fields: which one would the upstream read? Refuse to guess.
+            guard found == nil else { return .malformed }
+            found = value
+        }
+        return found.map { Self.bearerToken([$0]) } ?? .absent
+    }
+
     /// RFC 6750 §2.1: `Authorization: Bearer <b64token>`; the scheme is case-insensitive
     /// (RFC 9110 §11.1).
     static func bearerToken(_ values: [String]) -> BearerToken {
@@ -206,17 +217,19 @@ final class Authenticator: Sendable {
         // Several Authorization fields: which one would the upstream read? Refuse to guess.
         guard values.count == 1 else { return .malformed }
         let whole = Substring(value)
-        let schemeEnd: Substring.Index = whole.firstIndex(of: " ") ?? whole.endIndex
-        guard String(whole[..<schemeEnd]).equalsIgnoringASCIICase("bearer") else { return .absent }
+        let schemeEnd = whole.utf8.firstIndex(of: UInt8(ascii: " ")) ?? whole.utf8.endIndex
+        guard whole[..<schemeEnd].withUTF8Bytes({ bytesEqualIgnoringASCIICase($0, "bearer") }) else { return .absent }
         let token: Substring = whole[schemeEnd...].trimmingSpaces
         return Self.isB64Token(token) ? .token(token) : .malformed
     }
 
     /// RFC 6750 §2.1 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
     static func isB64Token(_ token: Substring) -> Bool {
-        var body = token
-        while body.last == "=" { body.removeLast() }
-        return !body.isEmpty && body.utf8.allSatisfy(Self.isB64TokenByte)
+        token.withUTF8Bytes { bytes in
+            var end = bytes.count
+            while end > 0 && bytes[end - 1] == UInt8(ascii: "=") { end -= 1 }
+            return end > 0 && bytes[..<end].allSatisfy(Self.isB64TokenByte)
+        }
     }
 
     private static func isB64TokenByte(_ byte: UInt8) -> Bool {
