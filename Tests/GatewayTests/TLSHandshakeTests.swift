@@ -60,6 +60,45 @@ import Testing
         #expect(relevant[1] == .data("PRI * HTTP/2.0"))
     }
 
+    /// The gateway's codec is installed by the TLS handler at the handshake's end (no switching
+    /// handler): it must see the handshake and then the request that came with the Finished.
+    @Test func installedHandlerGetsDataThatArrivesWithClientFinished() throws {
+        var installedFor: [String?] = []
+        let b2b = try BackToBack(context: try makeContext(), client: TLSTestClient(alpn: ["h2"])) { handshake in
+            installedFor.append(handshake.negotiatedProtocol)
+        }
+        b2b.client.step()
+        try b2b.channel.writeInbound(try #require(b2b.client.takeOutput()))
+        while let out = try b2b.channel.readOutbound(as: ByteBuffer.self) { b2b.client.feed(out) }
+        b2b.client.step()
+        b2b.client.write("PRI * HTTP/2.0")
+        try b2b.channel.writeInbound(try #require(b2b.client.takeOutput()))
+        #expect(installedFor == ["h2"])
+        let relevant = b2b.recorder.events.filter { if case .readComplete = $0 { return false } else { return true } }
+        #expect(relevant.count == 2)
+        guard relevant.count == 2, case .handshake = relevant[0] else {
+            Issue.record("want the handshake, then the data: \(relevant)")
+            return
+        }
+        #expect(relevant[1] == .data("PRI * HTTP/2.0"))
+    }
+
+    /// An installer that cannot add its handlers closes the connection; no decrypted byte is
+    /// passed on to whatever is left of the pipeline.
+    @Test func failedInstallClosesTheConnection() throws {
+        struct CannotInstall: Error {}
+        let b2b = try BackToBack(context: try makeContext(), client: TLSTestClient()) { _ in throw CannotInstall() }
+        b2b.client.step()
+        try b2b.channel.writeInbound(try #require(b2b.client.takeOutput()))
+        while let out = try b2b.channel.readOutbound(as: ByteBuffer.self) { b2b.client.feed(out) }
+        b2b.client.step()
+        b2b.client.write("GET / HTTP/1.1")
+        // The close reaches the pipeline's end as an unclean shutdown, which EmbeddedChannel throws.
+        _ = try? b2b.channel.writeInbound(try #require(b2b.client.takeOutput()))
+        #expect(!b2b.channel.isActive)
+        #expect(b2b.recorder.events.isEmpty)
+    }
+
     @Test func writesBeforeHandshakeAreSentAfterIt() throws {
         let b2b = try BackToBack(context: try makeContext(), client: TLSTestClient())
         let promise = b2b.loop.makePromise(of: Void.self)

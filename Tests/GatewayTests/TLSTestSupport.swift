@@ -305,15 +305,28 @@ final class BackToBack {
     let client: TLSTestClient
     let recorder: RecorderHandler
 
-    init(context: TLSServerContext, client: TLSTestClient, echo: Bool = false, handshakeTimeout: TimeAmount = .seconds(10)) throws {
+    /// With `installer`, the recorder is not added up front: the TLS handler's protocol installer
+    /// is called at the handshake's end, and the recorder is added then unless it throws.
+    init(
+        context: TLSServerContext, client: TLSTestClient, echo: Bool = false, handshakeTimeout: TimeAmount = .seconds(10),
+        installer: ((TLSHandshakeCompleted) throws -> Void)? = nil
+    ) throws {
         self.loop = EmbeddedEventLoop()
         self.channel = EmbeddedChannel(loop: self.loop)
         self.client = client
-        self.recorder = RecorderHandler(echo: echo)
+        let recorder = RecorderHandler(echo: echo)
+        self.recorder = recorder
+        let install: TLSServerHandler.ProtocolInstaller? = installer.map { installer in
+            { handshake, pipeline in
+                try installer(handshake)
+                try pipeline.addHandler(recorder)
+            }
+        }
         try self.channel.pipeline.syncOperations.addHandler(TLSServerHandler(
-            context: context, handshakeTimeout: handshakeTimeout, timers: LoopTimers(eventLoop: self.channel.eventLoop)
+            context: context, handshakeTimeout: handshakeTimeout, timers: LoopTimers(eventLoop: self.channel.eventLoop),
+            installProtocol: install
         ))
-        try self.channel.pipeline.syncOperations.addHandler(self.recorder)
+        if installer == nil { try self.channel.pipeline.syncOperations.addHandler(self.recorder) }
         try self.channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
     }
 

@@ -190,11 +190,11 @@ public final class GatewayServer: Sendable, AdminControl {
                         holder: holder, listener: plan.info, loop: loop, observability: observability, admin: admin
                     )
                     if let tls = plan.tls {
+                        let http2 = plan.http2
                         try channel.pipeline.syncOperations.addHandler(
-                            TLSServerHandler(context: tls, handshakeTimeout: plan.handshakeTimeout, timers: loop.timers)
-                        )
-                        try channel.pipeline.syncOperations.addHandler(
-                            ProtocolSwitchHandler(services: services, http2: plan.http2)
+                            TLSServerHandler(context: tls, handshakeTimeout: plan.handshakeTimeout, timers: loop.timers) {
+                                try NegotiatedProtocol.install($0, services: services, http2: http2, on: $1)
+                            }
                         )
                     } else if plan.acceptsH2C {
                         try channel.pipeline.syncOperations.addHandler(
@@ -397,34 +397,18 @@ enum HTTP1Pipeline {
     }
 }
 
-/// Installs the codec the TLS handshake chose through ALPN. It runs inside the TLS handler's
-/// `TLSHandshakeCompleted` event, before the first decrypted byte is passed on, so a request that
-/// arrived with the client's Finished reaches the new codec.
-final class ProtocolSwitchHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-    private let services: ConnectionServices
-    private let http2: HTTP2Settings
-
-    init(services: ConnectionServices, http2: HTTP2Settings) {
-        self.services = services
-        self.http2 = http2
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        guard let handshake = event as? TLSHandshakeCompleted else {
-            context.fireUserInboundEventTriggered(event)
-            return
-        }
-        let services = self.services.with(tlsVersion: handshake.version)
-        do {
-            if handshake.negotiatedProtocol == "h2" {
-                try context.pipeline.syncOperations.addHandler(HTTP2ServerHandler(services: services, settings: self.http2))
-            } else {
-                try HTTP1Pipeline.configure(context.pipeline.syncOperations, services: services)
-            }
-            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
-        } catch {
-            context.close(promise: nil)
+/// The codec the TLS handshake chose through ALPN, installed by the TLS handler before the first
+/// decrypted byte is passed on, so a request that arrived with the client's Finished reaches it.
+enum NegotiatedProtocol {
+    static func install(
+        _ handshake: TLSHandshakeCompleted, services: ConnectionServices, http2: HTTP2Settings,
+        on pipeline: ChannelPipeline.SynchronousOperations
+    ) throws {
+        let services = services.with(tlsVersion: handshake.version)
+        if handshake.negotiatedProtocol == "h2" {
+            try pipeline.addHandler(HTTP2ServerHandler(services: services, settings: http2))
+        } else {
+            try HTTP1Pipeline.configure(pipeline, services: services)
         }
     }
 }

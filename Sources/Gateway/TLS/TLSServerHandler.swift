@@ -7,9 +7,10 @@ import NIOCore
 /// ``TLSConnection``. The handler feeds bytes, runs the calls the machine asks for, and after every
 /// OpenSSL call writes whatever ciphertext it produced (handshake flights, tickets, alerts).
 ///
-/// Ordering guarantee: ``TLSHandshakeCompleted`` is fired before any decrypted byte, in the same call
-/// stack, because with TLS 1.3 the client's Finished and its first request often arrive in one read
-/// and the next handler switches the pipeline (HTTP/1 or h2) inside `userInboundEventTriggered`.
+/// Ordering guarantee: the application protocol's handlers are installed (`installProtocol`) and
+/// ``TLSHandshakeCompleted`` is fired before any decrypted byte is passed on, in the same call
+/// stack, because with TLS 1.3 the client's Finished and its first request often arrive in one
+/// read.
 final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler, LoopTimerOwner {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -47,10 +48,17 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler, Loo
     /// Set once this handler has closed the channel itself, so it closes only once.
     private var closeIssued = false
 
-    init(context: TLSServerContext, handshakeTimeout: TimeAmount, timers: LoopTimers) {
+    /// Adds the handlers of the protocol ALPN chose, after this one. Done here rather than by a
+    /// handler that waits for the handshake and then removes itself: that was a handler added and
+    /// removed, with their pipeline walks, on every connection.
+    typealias ProtocolInstaller = (TLSHandshakeCompleted, ChannelPipeline.SynchronousOperations) throws -> Void
+    private let installProtocol: ProtocolInstaller?
+
+    init(context: TLSServerContext, handshakeTimeout: TimeAmount, timers: LoopTimers, installProtocol: ProtocolInstaller? = nil) {
         self.tlsContext = context
         self.handshakeTimeout = handshakeTimeout
         self.timers = timers
+        self.installProtocol = installProtocol
     }
 
     // MARK: Lifecycle
@@ -142,7 +150,16 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler, Loo
         case .completed(let buffered):
             self.timers.disarm(&self.handshakeTimer)
             if let buffered { self.encrypt(buffered, context: context) }
-            context.fireUserInboundEventTriggered(connection.handshakeSummary)
+            let summary = connection.handshakeSummary
+            if let installProtocol = self.installProtocol {
+                do {
+                    try installProtocol(summary, context.pipeline.syncOperations)
+                } catch {
+                    context.close(promise: nil)
+                    return
+                }
+            }
+            context.fireUserInboundEventTriggered(summary)
             // Application data that arrived with the client's Finished.
             self.decrypt(context: context)
         case .fail(let error, let promises):
