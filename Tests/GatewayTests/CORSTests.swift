@@ -118,6 +118,17 @@ struct CORSTests {
         #expect(none.corsEnabled && none.headers.isEmpty)
     }
 
+    /// A listed origin's fields are built once; whichever way they are made, each origin gets the
+    /// same fields, its own value echoed as it was sent.
+    @Test func listedAndWildcardOriginsGetTheSameFields() throws {
+        let policy = try Self.policy(Self.shipped)
+        for origin in ["https://barberpro.com.ar", "HTTPS://BarberPro.com.ar", "https://turnos.barberpro.com.ar", "http://localhost:5173"] {
+            let fields = policy.actual(headers(("Origin", origin))).headers
+            #expect(fields.map(\.0) == ["access-control-allow-origin", "access-control-allow-credentials", "access-control-expose-headers"], "\(origin)")
+            #expect(fields.first?.1 == origin, "\(origin)")
+        }
+    }
+
     @Test func withoutCredentialsNoCredentialsField() throws {
         let policy = try Self.policy("cors: { allowed_origins: [https://a.example] }\n")
         let result = policy.actual(headers(("Origin", "https://a.example")))

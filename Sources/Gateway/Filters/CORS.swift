@@ -119,7 +119,9 @@ final class CORSPolicy: Sendable {
     /// `allowed_origins`, compiled so a match allocates nothing for a lowercase `Origin`.
     private enum Pattern: Sendable {
         case any
-        case exact(String)
+        /// With the actual-request fields for this origin, built once: most requests come from one
+        /// of a few listed origins, and their fields need no list made per request.
+        case exact(String, actualFields: [(String, String)])
         /// `https://*.barberpro.com.ar[:port]` as prefix `https://` and suffix `.barberpro.com.ar[:port]`.
         case wildcard(prefix: String, suffix: String)
     }
@@ -135,10 +137,14 @@ final class CORSPolicy: Sendable {
     let actualFields: [(String, String)]
 
     init(_ config: CORSConfig) {
+        var actual: [(String, String)] = []
+        if config.allowCredentials { actual.append(("access-control-allow-credentials", "true")) }
+        if let exposed = config.exposeHeadersHeaderValue { actual.append(("access-control-expose-headers", exposed)) }
+        self.actualFields = actual
         self.patterns = config.allowedOrigins.map { origin in
             switch origin {
             case .any: .any
-            case .exact(let value): .exact(value)
+            case .exact(let value): .exact(value, actualFields: [("access-control-allow-origin", value)] + actual)
             case .wildcard(let scheme, let domain, let port):
                 .wildcard(prefix: scheme + "://", suffix: "." + domain + (port.map { ":\($0)" } ?? ""))
             }
@@ -151,10 +157,6 @@ final class CORSPolicy: Sendable {
         if config.allowCredentials { preflight.append(("access-control-allow-credentials", "true")) }
         if let maxAge = config.maxAgeHeaderValue { preflight.append(("access-control-max-age", maxAge)) }
         self.preflightFields = preflight
-        var actual: [(String, String)] = []
-        if config.allowCredentials { actual.append(("access-control-allow-credentials", "true")) }
-        if let exposed = config.exposeHeadersHeaderValue { actual.append(("access-control-expose-headers", exposed)) }
-        self.actualFields = actual
     }
 
     /// The method a preflight asks about, or `nil` when the request is not a preflight (an
@@ -169,6 +171,11 @@ final class CORSPolicy: Sendable {
     /// The request's `Origin` when it is allowed (exactly one `Origin` field, matching a pattern).
     /// `null` (sandboxed frames, `file:`) only when listed: `*` does not cover it.
     func allowedOrigin(_ headers: HTTPHeaders) -> String? {
+        self.match(headers)?.origin
+    }
+
+    /// The allowed origin and, when it is a listed one sent as listed, its prebuilt fields.
+    private func match(_ headers: HTTPHeaders) -> (origin: String, exactFields: [(String, String)]?)? {
         // Exactly one `Origin` field, found without building the list of them.
         var found: String? = nil
         for (name, value) in headers where name.equalsIgnoringASCIICase("origin") {
@@ -178,7 +185,11 @@ final class CORSPolicy: Sendable {
         guard let origin = found, !origin.isEmpty, origin.utf8.count <= 1024 else { return nil }
         // Scheme and host compare case-insensitively (they are serialised lowercase by browsers).
         let lower = origin.utf8.contains { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") } ? origin.lowercased() : origin
-        for pattern in self.patterns where Self.matches(pattern, lower) { return origin }
+        for pattern in self.patterns where Self.matches(pattern, lower) {
+            // Echoed as sent: the prebuilt fields carry the listed (lowercase) spelling.
+            if case .exact(_, let fields) = pattern, lower == origin { return (origin, fields) }
+            return (origin, nil)
+        }
         return nil
     }
 
@@ -186,7 +197,7 @@ final class CORSPolicy: Sendable {
         switch pattern {
         case .any:
             return origin != "null"
-        case .exact(let allowed):
+        case .exact(let allowed, _):
             return origin == allowed
         case .wildcard(let prefix, let suffix):
             // A label boundary: `.barberpro.com.ar` must be preceded by at least one whole label,
@@ -233,7 +244,8 @@ final class CORSPolicy: Sendable {
     /// only for an allowed origin (a disallowed one is served without them, and the browser hides
     /// the response from the page).
     func actual(_ headers: HTTPHeaders) -> ResponseAdditions {
-        guard let origin = self.allowedOrigin(headers) else { return ResponseAdditions(headers: [], corsEnabled: true) }
+        guard let (origin, exactFields) = self.match(headers) else { return ResponseAdditions(headers: [], corsEnabled: true) }
+        if let exactFields { return ResponseAdditions(headers: exactFields, corsEnabled: true) }
         var fields: [(String, String)] = []
         fields.reserveCapacity(1 + self.actualFields.count)
         fields.append(("access-control-allow-origin", origin))

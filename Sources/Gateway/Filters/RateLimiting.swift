@@ -217,9 +217,8 @@ final class RateLimitService: Sendable {
     /// the Redis path then costs two closures per request, not four futures and their callbacks.
     func check(_ request: RateLimitRequest, on eventLoop: EventLoop, _ decided: @escaping (RateLimitOutcome) -> Void) {
         switch self.backend {
-        case .inProcess(let store):
-            let now = Int64(NIODeadline.now().uptimeNanoseconds / 1_000_000)
-            decided(self.outcome(store.check(request.checks, now: now)))
+        case .inProcess:
+            decided(self.decideNow(request)!)
         case .redis(let store):
             let started = NIODeadline.now()
             let waiter = NIOLoopBound(decided, eventLoop: eventLoop)
@@ -241,6 +240,14 @@ final class RateLimitService: Sendable {
                 }
             }
         }
+    }
+
+    /// Decides and counts now when the store is in process; nil when the decision needs a round
+    /// trip (Redis: `check`).
+    func decideNow(_ request: RateLimitRequest) -> RateLimitOutcome? {
+        guard case .inProcess(let store) = self.backend else { return nil }
+        let now = Int64(NIODeadline.now().uptimeNanoseconds / 1_000_000)
+        return self.outcome(store.check(request.checks, now: now))
     }
 
     /// `{"state":...}` for `/health/detailed`.

@@ -139,19 +139,26 @@ final class ProxyExchange: UpstreamConnectionOwner {
         // Body reads wait while the limiter decides (it may be a Redis round trip).
         if !self.machine.requestComplete { self.downstream?.pauseRequestBody(for: self) }
         let service = request.service
-        service.check(request, on: self.eventLoop) { outcome in
-            guard self.machine.isAdmitting else { return }
-            switch outcome {
-            case .allowed(let fields):
-                self.rateLimitDecision = "allowed"
-                self.proceed(rateLimitFields: fields)
-            case .denied(let fields):
-                self.rateLimitDecision = "denied"
-                self.fail(.rateLimited(fields))
-            case .storeUnavailable:
-                self.rateLimitDecision = "store_unavailable"
-                if service.failOpen { self.proceed(rateLimitFields: []) } else { self.fail(.rateLimiterUnavailable) }
-            }
+        // The in-process store answers at once: no closure to wait with.
+        if let outcome = service.decideNow(request) {
+            self.rateLimitDecided(outcome, service: service)
+        } else {
+            service.check(request, on: self.eventLoop) { self.rateLimitDecided($0, service: service) }
+        }
+    }
+
+    private func rateLimitDecided(_ outcome: RateLimitOutcome, service: RateLimitService) {
+        guard self.machine.isAdmitting else { return }
+        switch outcome {
+        case .allowed(let fields):
+            self.rateLimitDecision = "allowed"
+            self.proceed(rateLimitFields: fields)
+        case .denied(let fields):
+            self.rateLimitDecision = "denied"
+            self.fail(.rateLimited(fields))
+        case .storeUnavailable:
+            self.rateLimitDecision = "store_unavailable"
+            if service.failOpen { self.proceed(rateLimitFields: []) } else { self.fail(.rateLimiterUnavailable) }
         }
     }
 
