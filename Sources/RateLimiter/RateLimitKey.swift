@@ -136,11 +136,14 @@ public enum RateLimitKey {
     }
 
     /// The hash-tag text of a key (what Redis Cluster hashes), or the whole key when it has none.
+    /// Found by bytes, as Redis Cluster does (`RedisClusterSlots.slot`), not by `Character`s: a
+    /// Character search runs grapheme breaking over the key on every request.
     public static func hashTag(of key: String) -> Substring {
-        guard let open = key.firstIndex(of: "{") else { return key[...] }
-        let rest = key[key.index(after: open)...]
-        guard let close = rest.firstIndex(of: "}"), close > rest.startIndex else { return key[...] }
-        return rest[rest.startIndex..<close]
+        let bytes = key.utf8
+        guard let open = bytes.firstIndex(of: UInt8(ascii: "{")) else { return key[...] }
+        let start = bytes.index(after: open)
+        guard let close = bytes[start...].firstIndex(of: UInt8(ascii: "}")), close > start else { return key[...] }
+        return key[start..<close]
     }
 
     static func encode(_ part: KeyPart, ipv6Prefix: Int) -> String? {

@@ -107,6 +107,11 @@ import Testing
         let login = RateLimitKey.make(policy: spec("login", 5, 60), parts: [.clientIP("203.0.113.7")])!
         let perIP = RateLimitKey.make(policy: p, parts: [.clientIP("203.0.113.7")])!
         #expect(RateLimitKey.hashTag(of: login) == RateLimitKey.hashTag(of: perIP))
+        // Redis Cluster's rule: the first `{`, the first `}` after it, a non-empty text between.
+        #expect(RateLimitKey.hashTag(of: "a{}b{c}") == "a{}b{c}")
+        #expect(RateLimitKey.hashTag(of: "a{b}c}") == "b")
+        #expect(RateLimitKey.hashTag(of: "{b") == "{b")
+        #expect(RateLimitKey.hashTag(of: "x{\u{e9}}y") == "\u{e9}")
     }
 }
 
