@@ -9,8 +9,12 @@ struct ReloadSequencerTests {
     final class Trace: Sendable {
         let prepared = Mutex<[Int]>([])
         let applied = Mutex<[Int]>([])
-        let inFlight = Atomic<Int>(0)
-        let mostInFlight = Atomic<Int>(0)
+        // Prepares and applies are counted apart: a prepare may run while an earlier reload's
+        // apply does (that is the design); two prepares, or two applies, at once may not.
+        let preparing = Atomic<Int>(0)
+        let mostPreparing = Atomic<Int>(0)
+        let applying = Atomic<Int>(0)
+        let mostApplying = Atomic<Int>(0)
     }
 
     /// Reloads asked for at once from many tasks: prepares never overlap, applies run one at a
@@ -23,20 +27,20 @@ struct ReloadSequencerTests {
                 group.addTask {
                     let result: Result<Int, ConfigErrors> = sequencer.submit(
                         prepare: {
-                            let running = trace.inFlight.wrappingAdd(1, ordering: .sequentiallyConsistent).newValue
-                            trace.mostInFlight.max(running, ordering: .sequentiallyConsistent)
+                            let running = trace.preparing.wrappingAdd(1, ordering: .sequentiallyConsistent).newValue
+                            trace.mostPreparing.max(running, ordering: .sequentiallyConsistent)
                             trace.prepared.withLock { $0.append(index) }
-                            trace.inFlight.wrappingSubtract(1, ordering: .sequentiallyConsistent)
+                            trace.preparing.wrappingSubtract(1, ordering: .sequentiallyConsistent)
                             return .success(index)
                         },
                         apply: { value in
-                            let running = trace.inFlight.wrappingAdd(1, ordering: .sequentiallyConsistent).newValue
-                            trace.mostInFlight.max(running, ordering: .sequentiallyConsistent)
+                            let running = trace.applying.wrappingAdd(1, ordering: .sequentiallyConsistent).newValue
+                            trace.mostApplying.max(running, ordering: .sequentiallyConsistent)
                             // Suspends mid-apply, where an unserialized reload would start another.
                             try? await Task.sleep(for: .milliseconds(2))
                             await Task.yield()
                             trace.applied.withLock { $0.append(value) }
-                            trace.inFlight.wrappingSubtract(1, ordering: .sequentiallyConsistent)
+                            trace.applying.wrappingSubtract(1, ordering: .sequentiallyConsistent)
                         }
                     )
                     #expect((try? result.get()) == index)
@@ -44,7 +48,8 @@ struct ReloadSequencerTests {
             }
         }
         await sequencer.settled()
-        #expect(trace.mostInFlight.load(ordering: .sequentiallyConsistent) == 1)
+        #expect(trace.mostPreparing.load(ordering: .sequentiallyConsistent) == 1)
+        #expect(trace.mostApplying.load(ordering: .sequentiallyConsistent) == 1)
         let prepared = trace.prepared.withLock { $0 }
         #expect(prepared.count == 40)
         #expect(trace.applied.withLock { $0 } == prepared)
