@@ -4,16 +4,20 @@ import NIOCore
 /// The hiredis RESP reader behind a Swift face: bytes in, `RESPValue`s out. Not thread-safe:
 /// one parser belongs to one channel handler and is used on its event loop only.
 ///
-/// Life cycle: `redisReaderCreate` in `init`, `redisReaderFree` in `close()` (called from the
-/// handler's `handlerRemoved`) or, as a fallback, in `deinit`. Every reply tree hiredis hands
-/// out is converted to a `RESPValue` and released with `freeReplyObject` before `next()` returns,
-/// so no C memory outlives one call.
+/// Life cycle: `redisReaderCreateWithFunctions` in `init`, `redisReaderFree` in `close()` (called
+/// from the handler's `handlerRemoved`) or, as a fallback, in `deinit`. The reader builds each reply
+/// through our object functions into the parser's `ReplyTape` rather than as a tree of
+/// `calloc`ed `redisReply`s (one per value: eight for the rate limiter's one-policy reply); the
+/// tape is kept and cleared after each reply, so reading one allocates nothing in C.
 final class RESPParser {
     private var reader: UnsafeMutablePointer<redisReader>?
+    private let tape = ReplyTape()
 
     init() {
-        reader = redisReaderCreate()
-        precondition(reader != nil, "redisReaderCreate failed (out of memory)")
+        reader = redisReaderCreateWithFunctions(ReplyTape.functions)
+        precondition(reader != nil, "redisReaderCreateWithFunctions failed (out of memory)")
+        // Copied by the reader into every read task: how the object functions find the tape.
+        reader!.pointee.privdata = Unmanaged.passUnretained(tape).toOpaque()
     }
 
     deinit { close() }
@@ -42,40 +46,13 @@ final class RESPParser {
         guard let r = reader else { throw RedisError.protocolError.with("reader closed") }
         var out: UnsafeMutableRawPointer?
         if redisReaderGetReply(r, &out) != REDIS_OK {
+            tape.clear()
             throw RedisError.protocolError.with(Self.errorText(r))
         }
-        guard let reply = out else { return nil }
-        defer { freeReplyObject(reply) }
-        return Self.convert(reply.assumingMemoryBound(to: redisReply.self))
-    }
-
-    /// Maps one hiredis reply tree to a Swift value (copies all bytes).
-    private static func convert(_ reply: UnsafePointer<redisReply>) -> RESPValue {
-        let r = reply.pointee
-        switch r.type {
-        case REDIS_REPLY_INTEGER:
-            return .integer(Int64(r.integer))
-        case REDIS_REPLY_STRING:
-            return .bulkString(bytes(r.str, r.len))
-        case REDIS_REPLY_STATUS:
-            return .simpleString(String(decoding: bytes(r.str, r.len), as: UTF8.self))
-        case REDIS_REPLY_ERROR:
-            return .error(String(decoding: bytes(r.str, r.len), as: UTF8.self))
-        case REDIS_REPLY_ARRAY:
-            var items: [RESPValue] = []
-            items.reserveCapacity(r.elements)
-            for i in 0..<r.elements {
-                if let child = r.element?[i] { items.append(convert(child)) } else { items.append(.null) }
-            }
-            return .array(items)
-        default: // REDIS_REPLY_NIL; hiredis 0.14 has no RESP3 types
-            return .null
-        }
-    }
-
-    private static func bytes(_ p: UnsafeMutablePointer<CChar>?, _ n: Int) -> [UInt8] {
-        guard let p, n > 0 else { return [] }
-        return Array(UnsafeRawBufferPointer(start: p, count: n))
+        // Without a whole reply, what the tape holds is the start of the next one: kept.
+        guard out != nil else { return nil }
+        defer { tape.clear() }
+        return tape.reply()
     }
 
     private static func errorText(_ r: UnsafeMutablePointer<redisReader>) -> String {
@@ -84,4 +61,99 @@ final class RESPParser {
             return bytes.isEmpty ? "hiredis reader error \(r.pointee.err)" : String(decoding: bytes, as: UTF8.self)
         }
     }
+}
+
+/// One reply as hiredis's reader reports it, value by value in pre-order (an array before its
+/// elements, elements in order), with string bytes side by side. The reader holds each value only
+/// as an opaque non-null token (its index + 1) and never looks inside it.
+private final class ReplyTape {
+    private enum Kind: UInt8 { case string, status, error, integer, array, null }
+
+    private struct Value {
+        var kind: Kind
+        /// The integer, or an array's element count.
+        var number: Int64
+        /// A string's bytes in `bytes`.
+        var start: Int
+        var count: Int
+    }
+
+    private var values: [Value] = []
+    private var bytes: [UInt8] = []
+
+    func clear() {
+        values.removeAll(keepingCapacity: true)
+        bytes.removeAll(keepingCapacity: true)
+    }
+
+    /// The reply read so far, converted; call once the reader reported it whole.
+    func reply() -> RESPValue {
+        var index = 0
+        return value(at: &index)
+    }
+
+    private func value(at index: inout Int) -> RESPValue {
+        let v = values[index]
+        index += 1
+        switch v.kind {
+        case .integer: return .integer(v.number)
+        case .null: return .null
+        case .string: return .bulkString(Array(bytes[v.start..<v.start + v.count]))
+        case .status: return .simpleString(String(decoding: bytes[v.start..<v.start + v.count], as: UTF8.self))
+        case .error: return .error(String(decoding: bytes[v.start..<v.start + v.count], as: UTF8.self))
+        case .array:
+            var items: [RESPValue] = []
+            items.reserveCapacity(Int(v.number))
+            for _ in 0..<v.number { items.append(value(at: &index)) }
+            return .array(items)
+        }
+    }
+
+    private func append(_ value: Value) -> UnsafeMutableRawPointer? {
+        values.append(value)
+        return UnsafeMutableRawPointer(bitPattern: values.count)
+    }
+
+    private func appendString(_ kind: Kind, _ text: UnsafeMutablePointer<CChar>?, _ length: Int) -> UnsafeMutableRawPointer? {
+        let start = bytes.count
+        if let text, length > 0 {
+            bytes.append(contentsOf: UnsafeRawBufferPointer(start: text, count: length))
+        }
+        return append(Value(kind: kind, number: 0, start: start, count: length))
+    }
+
+    /// The parser holds the tape for as long as its reader exists: borrowed, not retained.
+    private static func withTape<R>(_ task: UnsafePointer<redisReadTask>?, _ body: (ReplyTape) -> R) -> R {
+        Unmanaged<ReplyTape>.fromOpaque(task!.pointee.privdata)._withUnsafeGuaranteedRef(body)
+    }
+
+    /// hiredis 0.14's object functions; no captures, so they are C function pointers. Returning
+    /// nil would tell the reader it is out of memory: the tokens never are. Written once by the
+    /// lazy initializer, then only read (by hiredis): hence `nonisolated(unsafe)`.
+    nonisolated(unsafe) static let functions: UnsafeMutablePointer<redisReplyObjectFunctions> = {
+        let table = UnsafeMutablePointer<redisReplyObjectFunctions>.allocate(capacity: 1)
+        table.initialize(to: redisReplyObjectFunctions(
+            createString: { task, text, length in
+                let kind: Kind = switch task!.pointee.type {
+                case REDIS_REPLY_STATUS: .status
+                case REDIS_REPLY_ERROR: .error
+                default: .string
+                }
+                return withTape(task) { $0.appendString(kind, text, length) }
+            },
+            createArray: { task, elements in
+                withTape(task) { $0.append(Value(kind: .array, number: Int64(elements), start: 0, count: 0)) }
+            },
+            createInteger: { task, number in
+                withTape(task) { $0.append(Value(kind: .integer, number: Int64(number), start: 0, count: 0)) }
+            },
+            createNil: { task in
+                withTape(task) { $0.append(Value(kind: .null, number: 0, start: 0, count: 0)) }
+            },
+            // The tape owns everything; a reply the reader drops (a protocol error) is cleared
+            // with it.
+            freeObject: { _ in }
+        ))
+        return table
+    }()
 }

@@ -43,6 +43,51 @@ struct RESPParserTests {
         #expect(RESPValue.error("NOSCRIPT x").errorMessage == "NOSCRIPT x")
     }
 
+    /// Random replies (nested up to the reader's depth, binary strings, errors, nulls), written
+    /// back to back and fed in random pieces, come back equal: the reply tape keeps a reply cut
+    /// anywhere across reads and clears only whole ones.
+    @Test func randomRepliesFedInRandomPiecesRoundTrip() throws {
+        var random = SystemRandomNumberGenerator()
+        func value(depth: Int) -> RESPValue {
+            switch Int.random(in: 0..<(depth < 6 ? 7 : 5), using: &random) {
+            case 0: return .integer(Int64.random(in: .min ... .max, using: &random))
+            case 1: return .simpleString(String(repeating: "k", count: Int.random(in: 0..<20, using: &random)))
+            case 2: return .error("ERR " + String(repeating: "e", count: Int.random(in: 0..<20, using: &random)))
+            case 3: return .null
+            case 4: return .bulkString((0..<Int.random(in: 0..<300, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) })
+            default: return .array((0..<Int.random(in: 0..<5, using: &random)).map { _ in value(depth: depth + 1) })
+            }
+        }
+        func write(_ v: RESPValue, _ out: inout [UInt8]) {
+            switch v {
+            case .integer(let i): out += Array(":\(i)\r\n".utf8)
+            case .simpleString(let t): out += Array("+\(t)\r\n".utf8)
+            case .error(let t): out += Array("-\(t)\r\n".utf8)
+            case .null: out += Array("$-1\r\n".utf8)
+            case .bulkString(let b): out += Array("$\(b.count)\r\n".utf8) + b + [13, 10]
+            case .array(let items):
+                out += Array("*\(items.count)\r\n".utf8)
+                for item in items { write(item, &out) }
+            }
+        }
+        let parser = RESPParser()
+        defer { parser.close() }
+        for _ in 0..<200 {
+            let replies = (0..<Int.random(in: 1..<6, using: &random)).map { _ in value(depth: 0) }
+            var bytes: [UInt8] = []
+            for reply in replies { write(reply, &bytes) }
+            var got: [RESPValue] = []
+            var offset = 0
+            while offset < bytes.count {
+                let piece = min(bytes.count - offset, Int.random(in: 1...64, using: &random))
+                try parser.feed(ByteBuffer(bytes: bytes[offset..<offset + piece]))
+                offset += piece
+                while let v = try parser.next() { got.append(v) }
+            }
+            #expect(got == replies)
+        }
+    }
+
     @Test func protocolErrorThrows() {
         #expect(throws: RedisError.protocolError) { try parse("?what\r\n") }
     }
