@@ -13,6 +13,9 @@ final class RESPParser {
     private var reader: UnsafeMutablePointer<redisReader>?
     private let tape = ReplyTape()
 
+    /// What the reply tape keeps between replies (bytes, values): bounded, for tests.
+    var heldTapeCapacity: (bytes: Int, values: Int) { tape.heldCapacity }
+
     init() {
         reader = redisReaderCreateWithFunctions(ReplyTape.functions)
         precondition(reader != nil, "redisReaderCreateWithFunctions failed (out of memory)")
@@ -81,10 +84,19 @@ private final class ReplyTape {
     private var values: [Value] = []
     private var bytes: [UInt8] = []
 
+    /// Kept for the next reply up to these sizes; a larger reply (a shared-cache body, a long
+    /// `SCAN`) does not pin its memory for the connection's life (hiredis trims its own read
+    /// buffer the same way, `REDIS_READER_MAX_BUF`).
+    static let keptBytes = 64 << 10
+    static let keptValues = 4096
+
     func clear() {
-        values.removeAll(keepingCapacity: true)
-        bytes.removeAll(keepingCapacity: true)
+        if bytes.capacity > Self.keptBytes { bytes = [] } else { bytes.removeAll(keepingCapacity: true) }
+        if values.capacity > Self.keptValues { values = [] } else { values.removeAll(keepingCapacity: true) }
     }
+
+    /// For tests: what the tape holds on to between replies.
+    var heldCapacity: (bytes: Int, values: Int) { (bytes.capacity, values.capacity) }
 
     /// The reply read so far, converted; call once the reader reported it whole.
     func reply() -> RESPValue {

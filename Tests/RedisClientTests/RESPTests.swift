@@ -88,6 +88,20 @@ struct RESPParserTests {
         }
     }
 
+    /// A large reply (a shared-cache body) is not held for the connection's life; a small one's
+    /// storage is kept for the next.
+    @Test func aLargeReplyIsNotKeptAfterward() throws {
+        let parser = RESPParser()
+        defer { parser.close() }
+        let body = [UInt8](repeating: 0x61, count: 1 << 20)
+        try parser.feed(ByteBuffer(bytes: Array("$\(body.count)\r\n".utf8) + body + [13, 10]))
+        #expect(try parser.next() == .bulkString(body))
+        #expect(parser.heldTapeCapacity.bytes <= 64 << 10)
+        try parser.feed(ByteBuffer(string: "*2\r\n$3\r\nabc\r\n:1\r\n"))
+        #expect(try parser.next() == .array([.bulkString(Array("abc".utf8)), .integer(1)]))
+        #expect(parser.heldTapeCapacity.bytes >= 3 && parser.heldTapeCapacity.values >= 2)
+    }
+
     @Test func protocolErrorThrows() {
         #expect(throws: RedisError.protocolError) { try parse("?what\r\n") }
     }
