@@ -1,6 +1,7 @@
 /// One RESP2 reply, as Swift values (what hiredis's reader reported is converted at the boundary,
-/// and the parser's tape cleared at once, STYLE habit 5). RESP2 has one nil for both the null bulk string (`$-1`) and the
-/// null array (`*-1`); hiredis 0.14 reports both as `REDIS_REPLY_NIL`, so there is one `.null`.
+/// and the parser's tape cleared at once, STYLE habit 5). RESP2 has one nil for both the null
+/// bulk string (`$-1`) and the null array (`*-1`); hiredis 0.14 reports both as
+/// `REDIS_REPLY_NIL`, so there is one `.null`.
 public enum RESPValue: Sendable, Hashable {
     /// `+OK` and friends.
     case simpleString(String)

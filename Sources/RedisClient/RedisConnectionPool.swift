@@ -68,14 +68,8 @@ public final class RedisConnectionPool: RedisCommandSender {
     }
 
     private func sendCommand(_ arguments: [String], timeout: TimeAmount?, replyBy: NIODeadline?) -> EventLoopFuture<RESPValue> {
-        let n = connections.count
-        let start = nextIndex.wrappingAdd(1, ordering: .relaxed).oldValue
-        let t = timeout ?? configuration.commandTimeout
-        for k in 0..<n {
-            if let future = connections[(start &+ k) % n].send(arguments, timeout: t, replyBy: replyBy) { return future }
-        }
-        let loop = connections[start % n].eventLoop
-        return loop.makeFailedFuture(isShutDown ? RedisError.poolClosed : RedisError.notConnected)
+        self.firstTaker(timeout) { connection, t in connection.send(arguments, timeout: t, replyBy: replyBy) }
+            ?? self.nextEventLoop().makeFailedFuture(self.unavailable)
     }
 
     /// `sendCommand(_:key:timeout:replyBy:)` with a callback instead of a future: `onReply` is
@@ -85,13 +79,10 @@ public final class RedisConnectionPool: RedisCommandSender {
         _ arguments: [String], key: String?, timeout: TimeAmount?, replyBy: NIODeadline,
         onReply: @escaping @Sendable (Result<RESPValue, any Error>) -> Void
     ) {
-        let n = connections.count
-        let start = nextIndex.wrappingAdd(1, ordering: .relaxed).oldValue
-        let t = timeout ?? configuration.commandTimeout
-        for k in 0..<n where connections[(start &+ k) % n].send(arguments, timeout: t, replyBy: replyBy, onReply: onReply) {
-            return
+        let taken = self.firstTaker(timeout) { connection, t in
+            connection.send(arguments, timeout: t, replyBy: replyBy, onReply: onReply) ? true : nil
         }
-        onReply(.failure(isShutDown ? RedisError.poolClosed : RedisError.notConnected))
+        if taken == nil { onReply(.failure(self.unavailable)) }
     }
 
     /// Sends `commands` back to back on one connection, so Redis runs them in this order with
@@ -99,19 +90,28 @@ public final class RedisConnectionPool: RedisCommandSender {
     /// in one round trip). Fails as a whole if any of them fails; error replies are values.
     public func send(commands: [[String]], timeout: TimeAmount? = nil) -> EventLoopFuture<[RESPValue]> {
         precondition(!commands.isEmpty)
+        let sent = self.firstTaker(timeout) { connection, t in
+            connection.send(commands, timeout: t).map { (connection.eventLoop, $0) }
+        }
+        guard let (loop, futures) = sent else { return self.nextEventLoop().makeFailedFuture(self.unavailable) }
+        if futures.count == 1 { return futures[0].map { [$0] } }
+        return EventLoopFuture.whenAllSucceed(futures, on: loop)
+    }
+
+    /// Offers a command to the connections round-robin, starting at the next one, until one is up
+    /// and takes it (`send` answers non-nil); nil when none did.
+    private func firstTaker<Taken>(_ timeout: TimeAmount?, _ send: (RedisConnection, TimeAmount) -> Taken?) -> Taken? {
         let n = connections.count
         let start = nextIndex.wrappingAdd(1, ordering: .relaxed).oldValue
         let t = timeout ?? configuration.commandTimeout
         for k in 0..<n {
-            let c = connections[(start &+ k) % n]
-            if let futures = c.send(commands, timeout: t) {
-                if futures.count == 1 { return futures[0].map { [$0] } }
-                return EventLoopFuture.whenAllSucceed(futures, on: c.eventLoop)
-            }
+            if let taken = send(connections[(start &+ k) % n], t) { return taken }
         }
-        let loop = connections[start % n].eventLoop
-        return loop.makeFailedFuture(isShutDown ? RedisError.poolClosed : RedisError.notConnected)
+        return nil
     }
+
+    /// Why no connection took a command.
+    private var unavailable: RedisError { isShutDown ? .poolClosed : .notConnected }
 
     public func send(_ arguments: [String], timeout: TimeAmount? = nil) async throws -> RESPValue {
         try await send(arguments, timeout: timeout).get()
@@ -305,14 +305,10 @@ final class RedisConnection: Sendable {
         let commands = config.handshake
         guard !commands.isEmpty else { return channel.eventLoop.makeSucceededVoidFuture() }
         let remaining = max(deadline - NIODeadline.now(), .milliseconds(1))
-        let requests = commands.map {
-            RedisRequest(arguments: $0, reply: .promise(channel.eventLoop.makePromise()), timeout: remaining)
-        }
+        let promises = commands.map { _ in channel.eventLoop.makePromise(of: RESPValue.self) }
+        let requests = zip(commands, promises).map { RedisRequest(arguments: $0, reply: .promise($1), timeout: remaining) }
         channel.writeAndFlush(RedisRequestBatch(requests: requests), promise: nil)
-        let replies = requests.map { request -> EventLoopFuture<RESPValue> in
-            guard case .promise(let promise) = request.reply else { preconditionFailure("handshake replies are promises") }
-            return promise.futureResult
-        }
+        let replies = promises.map(\.futureResult)
         return EventLoopFuture.whenAllSucceed(replies, on: channel.eventLoop).flatMapThrowing { values in
             for (cmd, value) in zip(commands, values) {
                 if case .error(let message) = value {

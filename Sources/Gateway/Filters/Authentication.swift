@@ -207,15 +207,20 @@ final class Authenticator: Sendable {
             guard found == nil else { return .malformed }
             found = value
         }
-        return found.map { Self.bearerToken([$0]) } ?? .absent
+        return found.map(Self.bearerToken(value:)) ?? .absent
     }
 
-    /// RFC 6750 §2.1: `Authorization: Bearer <b64token>`; the scheme is case-insensitive
-    /// (RFC 9110 §11.1).
+    /// `bearerToken(in:)` over a list of `Authorization` values.
     static func bearerToken(_ values: [String]) -> BearerToken {
         guard let value = values.first else { return .absent }
         // Several Authorization fields: which one would the upstream read? Refuse to guess.
         guard values.count == 1 else { return .malformed }
+        return Self.bearerToken(value: value)
+    }
+
+    /// RFC 6750 §2.1: `Authorization: Bearer <b64token>`; the scheme is case-insensitive
+    /// (RFC 9110 §11.1).
+    private static func bearerToken(value: String) -> BearerToken {
         let whole = Substring(value)
         let schemeEnd = whole.utf8.firstIndex(of: UInt8(ascii: " ")) ?? whole.utf8.endIndex
         guard whole[..<schemeEnd].withUTF8Bytes({ bytesEqualIgnoringASCIICase($0, "bearer") }) else { return .absent }
