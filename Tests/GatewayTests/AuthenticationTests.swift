@@ -155,6 +155,19 @@ struct AuthenticationTests {
         }
         #expect(headers.map(\.0) == ["x-user-role"])
         #expect(headers.first?.1 == "a,b")
+        // Deep in a long value, where the check reads eight bytes at a time: still dropped.
+        for bad in ["\u{01}", "\u{7f}", "\n"] {
+            let long = Self.token([
+                ("iss", .string("barberpro-auth")), ("aud", .string("barberpro-api")),
+                ("sub", .string(String(repeating: "u", count: 19) + bad + String(repeating: "v", count: 12))),
+                ("role", .strings(["a", "b"])), ("exp", .integer(iat + 60)),
+            ])
+            guard case .authenticated(let headers, _) = outcome("Bearer " + long) else {
+                Issue.record("expected success")
+                return
+            }
+            #expect(headers.map(\.0) == ["x-user-role"], "\(bad.unicodeScalars.first!.value)")
+        }
     }
 
     @Test func bearerParsing() {

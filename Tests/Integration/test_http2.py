@@ -337,6 +337,9 @@ REFUSED = (400, ("reset", PROTOCOL_ERROR), ("goaway", PROTOCOL_ERROR))
     ("cr_in_value", [("x-a", "a\rb")], True),
     ("lf_in_value", [("x-a", "a\nb")], True),
     ("nul_in_value", [("x-a", "a\x00b")], True),
+    # Deep in long values: nghttp2 refuses these before the gateway's own field-value check.
+    ("del_deep_in_long_value", [("x-a", "a" * 13 + "\x7f" + "b" * 20)], True),
+    ("ctl_deep_in_long_value", [("x-a", "a" * 21 + "\x01" + "b" * 10)], True),
     ("connection_header", [("connection", "keep-alive")], True),
     ("transfer_encoding", [("transfer-encoding", "chunked")], True),
     ("te_not_trailers", [("te", "gzip")], True),
