@@ -31,12 +31,13 @@ public final class BenchmarkProbe: Sendable {
     /// One upstream request head (`HeaderRewriter.upstreamRequest`) for a validated bodiless
     /// request from an untrusted peer, as the proxy path calls it.
     public func rewriteUpstreamHead(_ head: HTTPRequestHead) -> HTTPRequestHead {
-        HeaderRewriter.upstreamRequest(head, framing: .none, info: info, removing: runtime.removedFromUntrustedPeer)
+        HeaderRewriter.upstreamRequest(RequestHead(head), framing: .none, info: info, removing: runtime.removedFromUntrustedPeer)
     }
 
     /// What happens to a decoded HTTP/1.1 head before it is forwarded: framing validation
     /// (`RequestValidator`), the route lookup, and the upstream head. Nil when it would be refused.
     public func validateRouteAndRewrite(_ head: HTTPRequestHead) -> HTTPRequestHead? {
+        let head = RequestHead(head)
         guard case .success(let framing) = RequestValidator.validate(head) else { return nil }
         let target = head.uri
         let path = target.utf8.firstIndex(of: UInt8(ascii: "?")).map { target[..<$0] } ?? Substring(target)
@@ -47,6 +48,6 @@ public final class BenchmarkProbe: Sendable {
 
     /// The config's `cors` origin check (`CORSPolicy.allowedOrigin`): the echoed origin, or nil.
     public func corsAllowedOrigin(_ headers: HTTPHeaders) -> String? {
-        runtime.cors?.allowedOrigin(headers)
+        runtime.cors?.allowedOrigin(RequestFields(headers))
     }
 }

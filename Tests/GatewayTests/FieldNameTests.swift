@@ -62,17 +62,17 @@ struct FieldNameTests {
 
     @Test("The validating pass hands over Host, the first X-Request-Id and Expect: 100-continue")
     func validatedHead() throws {
-        let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/api/x", headers: HTTPHeaders([
+        let head = RequestHead(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/api/x", headers: HTTPHeaders([
             ("HOST", "api.example"), ("X-Request-ID", "first"), ("x-request-id", "second"), ("Expect", " 100-Continue "),
             ("Content-Length", "3"),
-        ]))
+        ])))
         let validated = try RequestValidator.inspect(head).get()
         #expect(validated.host == head.headers.first(name: "host"))
         #expect(validated.requestID == head.headers.first(name: "x-request-id"))
         #expect(validated.requestID == "first")
         #expect(validated.expectsContinue)
         #expect(validated.framing == .contentLength(3))
-        let plain = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: HTTPHeaders([("host", "h"), ("expect", "x")]))
+        let plain = RequestHead(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: HTTPHeaders([("host", "h"), ("expect", "x")])))
         let other = try RequestValidator.inspect(plain).get()
         #expect(!other.expectsContinue && other.requestID == nil && other.host == "h")
     }

@@ -10,14 +10,14 @@ import Testing
 struct HTTP1ConnectionStateMachineTests {
     typealias Machine = HTTP1ServerHandler.StateMachine
 
-    static let head = HTTPServerRequestPart.head(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/"))
+    static let head = HTTP1RequestPart.head(RequestHead(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")))
 
     /// A request decoded on an idle connection, its end too unless it has a body still coming.
     static func begin(_ machine: inout Machine, keepAlive: Bool = true, hasBody: Bool = false) {
         expectThat(machine.partDecoded(Self.head))
         machine.requestStarted(keepAliveRequested: keepAlive, hasBody: hasBody)
         guard !hasBody else { return }
-        expectThat(machine.partDecoded(.end(nil)))
+        expectThat(machine.partDecoded(.end))
         expectThat(!machine.requestEnded())
     }
 
@@ -55,7 +55,7 @@ struct HTTP1ConnectionStateMachineTests {
         expectThat(whole.partDecoded(Self.head))
         whole.requestStarted(keepAliveRequested: true, hasBody: true)
         expectThat(whole.partDecoded(.body(ByteBuffer(string: "x"))))
-        expectThat(whole.partDecoded(.end(nil)))
+        expectThat(whole.partDecoded(.end))
         expectThat(!whole.requestEnded())
         expectThat(!whole.responseStarts())
         expectThat(whole.responseEnded())
@@ -82,7 +82,7 @@ struct HTTP1ConnectionStateMachineTests {
         // Two pipelined requests: queued, not served.
         for _ in 0..<2 {
             expectThat(!machine.partDecoded(Self.head))
-            expectThat(!machine.partDecoded(.end(nil)))
+            expectThat(!machine.partDecoded(.end))
         }
         // Nothing is taken from the queue while the first waits for its response.
         expectThat(machine.nextQueuedPart() == nil)
@@ -107,10 +107,10 @@ struct HTTP1ConnectionStateMachineTests {
         var machine = Machine(maxQueuedRequests: 1)
         Self.begin(&machine)
         expectThat(!machine.partDecoded(Self.head))
-        expectThat(!machine.partDecoded(.end(nil)))
+        expectThat(!machine.partDecoded(.end))
         expectThat(!machine.partDecoded(Self.head))  // one too many: the cut
         #expect(machine.queued.discarding)
-        expectThat(!machine.partDecoded(.end(nil)))
+        expectThat(!machine.partDecoded(.end))
         expectThat(Self.answer(&machine) == .serveQueued)
         _ = machine.nextQueuedPart()
         machine.requestStarted(keepAliveRequested: true, hasBody: false)
@@ -153,7 +153,7 @@ struct HTTP1ConnectionStateMachineTests {
         expectThat(machine.readRequested(writable: true))
         for _ in 0..<(Machine.maxQueuedParts / 2) {
             _ = machine.partDecoded(Self.head)
-            _ = machine.partDecoded(.end(nil))
+            _ = machine.partDecoded(.end)
         }
         expectThat(!machine.readRequested(writable: true))
         // Nothing changed: the read stays owed.
@@ -188,7 +188,7 @@ struct HTTP1ConnectionStateMachineTests {
         machine.resumeRequestBody()
         expectThat(machine.readMayResume(writable: true))
         machine.pauseRequestBody()
-        expectThat(machine.partDecoded(.end(nil)))
+        expectThat(machine.partDecoded(.end))
         expectThat(!machine.requestEnded())
         _ = machine.responseStarts()
         expectThat(machine.responseEnded())

@@ -120,6 +120,13 @@ import Testing
                 fields: head.headers.map { "\($0.name): \($0.value)" }, keepAlive: keepAlive
             ))
         }
+
+        mutating func head(_ head: RequestHead, keepAlive: Bool) {
+            self.messages.append(.init(
+                method: head.method, uri: head.uri, version: head.version,
+                fields: head.headers.map { "\($0.name): \($0.value)" }, keepAlive: keepAlive
+            ))
+        }
     }
 
     /// The parser as `HTTP1ServerHandler` drives it.

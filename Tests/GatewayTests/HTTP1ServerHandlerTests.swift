@@ -108,13 +108,13 @@ struct HTTP1ServerHandlerTests {
     @Test("The pipelined queue counts requests, not parts, and marks the last one before the cut")
     func queueBookkeeping() {
         var queue = PipelinedRequests(maxRequests: 2)
-        let head = HTTPServerRequestPart.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/"))
-        for part in [head, .body(ByteBuffer(string: "a")), .body(ByteBuffer(string: "b")), .end(nil), head, .end(nil)] {
+        let head = HTTP1RequestPart.head(RequestHead(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/")))
+        for part in [head, .body(ByteBuffer(string: "a")), .body(ByteBuffer(string: "b")), .end, head, .end] {
             queue.append(part)
         }
         #expect(queue.count == 6 && !queue.discarding)
         queue.append(head)
-        queue.append(.end(nil))
+        queue.append(.end)
         #expect(queue.discarding && queue.count == 6)
         _ = queue.popFirst()
         #expect(!queue.cutHere)

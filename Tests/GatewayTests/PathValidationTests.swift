@@ -54,7 +54,7 @@ struct PathValidationTests {
             for path in Self.dotSegments {
                 var headers = HTTPHeaders()
                 headers.add(name: "host", value: "a")
-                let head = HTTPRequestHead(version: version, method: .GET, uri: path, headers: headers)
+                let head = RequestHead(HTTPRequestHead(version: version, method: .GET, uri: path, headers: headers))
                 guard case .failure(let error) = RequestValidator.validate(head) else {
                     Issue.record("\(path) over \(version) was accepted")
                     continue

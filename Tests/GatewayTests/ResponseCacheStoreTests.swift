@@ -24,7 +24,7 @@ struct ResponseCacheStoreTests {
         return ResponseCache(config: config, route: "r")
     }
 
-    func request(_ cache: ResponseCache, _ uri: String, _ headers: HTTPHeaders = [:]) -> CacheRequest {
+    func request(_ cache: ResponseCache, _ uri: String, _ headers: RequestFields = [:]) -> CacheRequest {
         cache.request(method: .GET, host: "h", uri: uri, headers: headers, hasBody: false, subject: nil)!
     }
 

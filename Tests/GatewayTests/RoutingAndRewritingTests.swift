@@ -53,11 +53,11 @@ struct RoutingTests {
 
 @Suite("Request validation")
 struct RequestValidationTests {
-    func head(_ headers: [(String, String)], uri: String = "/api/x", version: HTTPVersion = .http1_1) -> HTTPRequestHead {
-        HTTPRequestHead(version: version, method: .POST, uri: uri, headers: HTTPHeaders(headers))
+    func head(_ headers: [(String, String)], uri: String = "/api/x", version: HTTPVersion = .http1_1) -> RequestHead {
+        RequestHead(HTTPRequestHead(version: version, method: .POST, uri: uri, headers: HTTPHeaders(headers)))
     }
 
-    func framing(_ h: HTTPRequestHead) -> BodyFraming? { try? RequestValidator.validate(h).get() }
+    func framing(_ h: RequestHead) -> BodyFraming? { try? RequestValidator.validate(h).get() }
 
     @Test func framingOutcomes() {
         #expect(framing(head([("Host", "a")])) == BodyFraming.none)
@@ -98,13 +98,13 @@ struct HeaderRewritingTests {
     let info = ForwardingInfo(peer: "203.0.113.7", requestID: "rid-1", scheme: "https", host: "api.barberpro.com.ar", fallbackHost: "10.0.0.1:3001")
 
     @Test func upstreamRequestDropsHopByHopAndSpoofedFields() {
-        let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/api/x?y=1", headers: HTTPHeaders([
+        let head = RequestHead(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/api/x?y=1", headers: HTTPHeaders([
             ("Host", "api.barberpro.com.ar"), ("Connection", "keep-alive, X-Private"), ("X-Private", "secret"),
             ("Keep-Alive", "timeout=5"), ("TE", "trailers"), ("Upgrade", "h2c"), ("Expect", "100-continue"),
             ("X-Forwarded-For", "6.6.6.6"), ("Forwarded", "for=6.6.6.6"), ("X-Real-IP", "6.6.6.6"),
             ("CF-Connecting-IP", "6.6.6.6"), ("X-Request-Id", "spoof"), ("Transfer-Encoding", "chunked"),
             ("Content-Type", "application/json"),
-        ]))
+        ])))
         let out = HeaderRewriter.upstreamRequest(head, framing: .chunked, info: info)
         let names = Set(out.headers.map { $0.name.lowercased() })
         for gone in ["connection", "x-private", "keep-alive", "te", "upgrade", "expect", "forwarded", "x-real-ip", "cf-connecting-ip"] {
@@ -120,11 +120,11 @@ struct HeaderRewritingTests {
     }
 
     @Test func trustedPeerKeepsTheChainAndAppendsItself() {
-        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/api/x", headers: HTTPHeaders([
+        let head = RequestHead(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/api/x", headers: HTTPHeaders([
             ("Host", "api.barberpro.com.ar"), ("X-Forwarded-For", "198.51.100.9"), ("X-Forwarded-For", " 10.0.0.2 "),
             ("CF-Connecting-IP", "198.51.100.9"), ("X-Real-IP", "198.51.100.9"), ("X-Forwarded-Proto", "http"),
             ("X-Forwarded-Host", "evil"), ("X-User-Id", "spoofed"),
-        ]))
+        ])))
         var trusted = info
         trusted.peer = "173.245.48.1"
         trusted.peerTrusted = true
@@ -186,9 +186,9 @@ struct HeaderRewritingTests {
     }
 
     @Test func contentLengthReemittedOnceAndHostFilledForHTTP10() {
-        let head = HTTPRequestHead(version: .http1_0, method: .POST, uri: "/", headers: HTTPHeaders([
+        let head = RequestHead(HTTPRequestHead(version: .http1_0, method: .POST, uri: "/", headers: HTTPHeaders([
             ("Content-Length", "3"), ("Content-Length", "3"),
-        ]))
+        ])))
         let out = HeaderRewriter.upstreamRequest(head, framing: .contentLength(3), info: info)
         #expect(out.headers["content-length"] == ["3"])
         #expect(out.headers["host"] == ["10.0.0.1:3001"])

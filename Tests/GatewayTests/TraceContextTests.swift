@@ -94,7 +94,7 @@ struct TraceContextTests {
     }
 
     static func forwarded(_ fields: [(String, String)], trace: TraceContext) -> HTTPHeaders {
-        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/api/x", headers: HTTPHeaders([("host", "x")] + fields))
+        let head = RequestHead(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/api/x", headers: HTTPHeaders([("host", "x")] + fields)))
         let info = ForwardingInfo(
             peer: "203.0.113.9", requestID: "r", scheme: "https", host: "x", fallbackHost: "x", trace: trace
         )
@@ -117,15 +117,15 @@ struct TraceContextTests {
     }
 
     @Test func duplicateTraceparentFieldsAreInvalid() throws {
-        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: HTTPHeaders([
+        let head = RequestHead(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: HTTPHeaders([
             ("host", "x"), ("traceparent", Self.valid), ("traceparent", Self.valid), ("user-agent", "curl/8"),
-        ]))
+        ])))
         let validated = try RequestValidator.inspect(head).get()
         #expect(validated.userAgent == "curl/8")
         #expect(!TraceContext(traceparent: validated.traceparent).continued)
-        let single = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: HTTPHeaders([
+        let single = RequestHead(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: HTTPHeaders([
             ("host", "x"), ("Traceparent", Self.valid),
-        ]))
+        ])))
         #expect(TraceContext(traceparent: try RequestValidator.inspect(single).get().traceparent).continued)
     }
 

@@ -49,10 +49,10 @@ struct TunnelTests {
     }
 
     @Test func handshakeNeedsEveryField() {
-        var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/ws", headers: [
+        var head = RequestHead(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/ws", headers: [
             "upgrade": "WebSocket", "connection": "keep-alive, Upgrade",
             "sec-websocket-version": "13", "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
-        ])
+        ]))
         let handshake = WebSocketHandshake(head, routeName: "ws", idleTimeout: .seconds(1))
         #expect(handshake?.expectedAccept == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
         var wrong = HTTPResponseHead(version: .http1_1, status: .switchingProtocols, headers: [

@@ -392,7 +392,7 @@ struct ForwardedHeadOnConnectionTests {
         connection.handler.owner = owner
         let info = ForwardingInfo(peer: "203.0.113.5", requestID: "req-1", scheme: "https", host: "api.barberpro.com.ar", fallbackHost: "x")
         let forwarded = ForwardedRequestHead(
-            client: HTTPRequestHead(version: .http1_1, method: .HEAD, uri: "/api/slots", headers: ["host": "api.barberpro.com.ar"]),
+            client: RequestHead(HTTPRequestHead(version: .http1_1, method: .HEAD, uri: "/api/slots", headers: ["host": "api.barberpro.com.ar"])),
             framing: .none, info: info, removing: []
         )
         connection.writeHead(.forwarded(forwarded), flush: true)

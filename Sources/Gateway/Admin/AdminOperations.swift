@@ -42,7 +42,7 @@ final class OperationsState: Sendable {
 /// Admin-listener operations for rollouts: `POST /health/fail`, `POST /health/ok`, and
 /// `POST`/`DELETE /upstreams/NAME/endpoints/ADDR/drain` (drain, undo).
 enum AdminOperations {
-    static func response(_ head: HTTPRequestHead, runtime: GatewayRuntime, allocator: ByteBufferAllocator) -> LocalResponse? {
+    static func response(_ head: RequestHead, runtime: GatewayRuntime, allocator: ByteBufferAllocator) -> LocalResponse? {
         let operations = runtime.status.operations
         switch (head.method, head.uri) {
         case (.POST, "/health/fail"):

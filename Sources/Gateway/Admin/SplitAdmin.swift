@@ -6,7 +6,7 @@ import NIOHTTP1
 /// request has no body to frame. A change applies to the running config snapshot only: the next
 /// reload (file change, SIGHUP, `POST /config/reload`) starts again from the file's weights.
 enum SplitAdmin {
-    static func response(_ head: HTTPRequestHead, runtime: GatewayRuntime, allocator: ByteBufferAllocator) -> LocalResponse? {
+    static func response(_ head: RequestHead, runtime: GatewayRuntime, allocator: ByteBufferAllocator) -> LocalResponse? {
         guard head.method == .GET || head.method == .PUT else { return nil }
         let (path, query) = split(head.uri)
         guard path.hasPrefix("/routes/"), path.hasSuffix("/split") else { return nil }

@@ -87,7 +87,7 @@ final class Authenticator: Sendable {
     }
 
     func authenticate(
-        _ headers: HTTPHeaders, target: String = "/", mode: AuthMode, requiredClaims: [String: [String]],
+        _ headers: RequestFields, target: String = "/", mode: AuthMode, requiredClaims: [String: [String]],
         identity route: RouteIdentityConfig = RouteIdentityConfig()
     ) -> Outcome {
         if mode == .none { return .anonymous }
@@ -164,7 +164,7 @@ final class Authenticator: Sendable {
     }
 
     /// The first configured source (that the route allows) holding a token.
-    func findToken(_ headers: HTTPHeaders, target: String, route: RouteIdentityConfig) -> FoundToken {
+    func findToken(_ headers: RequestFields, target: String, route: RouteIdentityConfig) -> FoundToken {
         for source in self.sources where route.allows(source) {
             let value: Substring?
             let location: TokenLocation
@@ -200,13 +200,16 @@ final class Authenticator: Sendable {
     }
 
     /// The request's `Authorization` fields, with no list made of them.
-    static func bearerToken(in headers: HTTPHeaders) -> BearerToken {
+    static func bearerToken(in headers: RequestFields) -> BearerToken {
         var found: String?
-        for (name, value) in headers where name.equalsIgnoringASCIICase("authorization") {
-            // Several Authorization fields: which one would the upstream read? Refuse to guess.
-            guard found == nil else { return .malformed }
-            found = value
+        var several = false
+        headers.forEachValue(of: "authorization") { value in
+            several = found != nil
+            found = String(decoding: value, as: UTF8.self)
+            return !several
         }
+        // Several Authorization fields: which one would the upstream read? Refuse to guess.
+        if several { return .malformed }
         return found.map(Self.bearerToken(value:)) ?? .absent
     }
 

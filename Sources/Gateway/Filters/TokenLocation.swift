@@ -33,7 +33,7 @@ enum TokenLocation: Sendable, Equatable {
                 .filter { Self.parameterName($0) != Substring(name) }
             head.uri = String(head.uri[..<mark]) + (kept.isEmpty ? "" : "?" + kept.joined(separator: "&"))
         case .websocketProtocol:
-            var elements = Self.protocolElements(head.headers)
+            var elements = Self.protocolElements(head.headers["sec-websocket-protocol"])
             guard let bearer = elements.firstIndex(where: { $0.lowercased() == "bearer" }), bearer + 1 < elements.count
             else { break }
             elements.remove(at: bearer + 1)
@@ -45,7 +45,7 @@ enum TokenLocation: Sendable, Equatable {
     /// The value of cookie `name` (RFC 6265 §4.2.1 `cookie-string`; a DQUOTE-wrapped value is
     /// unwrapped). The first one wins when a browser sends the name twice (the more specific path
     /// comes first, RFC 6265 §5.4).
-    static func cookie(named name: String, in headers: HTTPHeaders) -> Substring? {
+    static func cookie(named name: String, in headers: RequestFields) -> Substring? {
         for value in headers["cookie"] {
             for pair in value.split(separator: ";") where Self.cookieName(pair) == Substring(name) {
                 var cookie = pair[pair.index(after: pair.firstIndex(of: "=")!)...].trimmingSpaces
@@ -69,14 +69,14 @@ enum TokenLocation: Sendable, Equatable {
 
     /// `Sec-WebSocket-Protocol: bearer, <token>[, …]` (the browser `new WebSocket(url, ["bearer",
     /// token, "app"])` form): the element following `bearer`.
-    static func websocketProtocolToken(_ headers: HTTPHeaders) -> Substring? {
-        let elements = Self.protocolElements(headers)
+    static func websocketProtocolToken(_ headers: RequestFields) -> Substring? {
+        let elements = Self.protocolElements(headers["sec-websocket-protocol"])
         guard let bearer = elements.firstIndex(where: { $0.lowercased() == "bearer" }) else { return nil }
         return bearer + 1 < elements.count ? Substring(elements[bearer + 1]) : ""
     }
 
-    private static func protocolElements(_ headers: HTTPHeaders) -> [String] {
-        headers["sec-websocket-protocol"].flatMap { $0.split(separator: ",").map { String($0.trimmingSpaces) } }
+    private static func protocolElements(_ values: [String]) -> [String] {
+        values.flatMap { $0.split(separator: ",").map { String($0.trimmingSpaces) } }
             .filter { !$0.isEmpty }
     }
 

@@ -30,8 +30,9 @@ extension FieldSource {
 
 /// A head's field lines as a strict parser accepted them (`HTTP1Grammar.readFields`): each
 /// `name: value` CRLF, kept as the peer's bytes — for an upstream response, a slice of the read
-/// buffer — and read in place. `headers` builds NIO's `HTTPHeaders` for the paths that keep or
-/// edit a head (the cache, a WebSocket switch).
+/// buffer, for a client request a slice of the connection's read buffer — and read in place.
+/// `headers` builds NIO's `HTTPHeaders` for the paths that keep or edit a head (the cache, a
+/// WebSocket switch).
 struct FieldLines: FieldSource {
     /// Every field line with its CRLF; the head's empty line is not included.
     let bytes: ByteBuffer

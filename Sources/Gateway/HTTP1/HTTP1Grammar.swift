@@ -70,7 +70,6 @@ enum HTTP1Grammar {
 
     /// A head's field section, with what framing and connection handling need from it.
     struct Fields {
-        var headers = HTTPHeaders()
         var contentLength: Int?
         var isChunked = false
         /// `Connection` (or `Proxy-Connection`, which llhttp reads the same way) options.
@@ -87,12 +86,11 @@ enum HTTP1Grammar {
     /// `Transfer-Encoding` other than one lone `chunked` (HTTP/1.1 only), or both. Framing values
     /// are taken untrimmed: llhttp does not read every OWS around a length or coding as RFC 9110
     /// does ("chunked<HTAB>" is not chunked to it).
-    /// With `keepingHeaders` false, `headers` stays empty: the caller keeps the lines' bytes.
+    /// The caller keeps the lines' bytes (`FieldLines`).
     static func readFields(
-        _ bytes: UnsafeRawBufferPointer, from start: Int, headLength: Int, lines: Int, version: HTTPVersion, keepingHeaders: Bool = true
+        _ bytes: UnsafeRawBufferPointer, from start: Int, headLength: Int, version: HTTPVersion
     ) -> Fields? {
         var fields = Fields()
-        if keepingHeaders { fields.headers.reserveCapacity(lines - 1) }
         var sawTransferEncoding = false
         var lineStart = start
         while lineStart < headLength - 2 {
@@ -121,9 +119,6 @@ enum HTTP1Grammar {
                 fields.isChunked = true
             default:
                 break
-            }
-            if keepingHeaders {
-                fields.headers.add(name: String(decoding: nameBytes, as: UTF8.self), value: String(decoding: valueBytes, as: UTF8.self))
             }
             lineStart = lineEnd + 2
         }

@@ -24,7 +24,7 @@ struct HTTP1RequestParser {
         /// `keepAlive`: llhttp's verdict (HTTP/1.1 unless `Connection: close`, HTTP/1.0 only
         /// with `keep-alive`; `Proxy-Connection` counts as `Connection`). `asksToSwitch`: a
         /// `Connection` listing `upgrade` and a non-empty `Upgrade` (a WebSocket handshake).
-        case head(HTTPRequestHead, keepAlive: Bool, asksToSwitch: Bool)
+        case head(RequestHead, keepAlive: Bool, asksToSwitch: Bool)
         case body(ByteBuffer)
         case end
     }
@@ -70,9 +70,7 @@ struct HTTP1RequestParser {
         case .head:
             Self.skipEmptyLines(&buffer)
             guard buffer.readableBytes > 0 else { return nil }
-            let outcome = buffer.withUnsafeReadableBytes { bytes in
-                StrictRequestHead.parse(bytes, maxHeadBytes: self.maxHeadBytes)
-            }
+            let outcome = StrictRequestHead.parse(buffer, maxHeadBytes: self.maxHeadBytes)
             switch outcome {
             case .needMoreBytes:
                 return nil
@@ -123,14 +121,35 @@ struct HTTP1RequestParser {
     }
 }
 
+/// One decoded part of a client's request, as the connection queues and hands it on.
+enum HTTP1RequestPart {
+    case head(RequestHead)
+    case body(ByteBuffer)
+    case end
+}
+
 /// One request head in the strict grammar: the request line, the fields, the empty line.
 enum StrictRequestHead {
-    static func parse(_ bytes: UnsafeRawBufferPointer, maxHeadBytes: Int) -> HeadOutcome<HTTPRequestHead> {
+    /// The head at the start of `buffer`. Its fields are a slice of `buffer` (no copy, no `String`
+    /// per field): the head keeps the buffer's storage while it lives.
+    static func parse(_ buffer: ByteBuffer, maxHeadBytes: Int) -> HeadOutcome<RequestHead> {
+        let outcome = buffer.withUnsafeReadableBytes { parse($0, maxHeadBytes: maxHeadBytes) }
+        guard case .parsed(var parsed) = outcome.outcome else { return outcome.outcome }
+        let lines = buffer.getSlice(at: buffer.readerIndex + outcome.fields.lowerBound, length: outcome.fields.count)!
+        parsed.head.headers = RequestFields(lines: FieldLines(validated: lines, count: outcome.fieldCount))
+        return .parsed(parsed)
+    }
+
+    /// The head's outcome, with its field lines' place in `bytes` (the head's fields are left
+    /// empty for the caller, which holds the buffer, to slice).
+    private static func parse(
+        _ bytes: UnsafeRawBufferPointer, maxHeadBytes: Int
+    ) -> (outcome: HeadOutcome<RequestHead>, fields: Range<Int>, fieldCount: Int) {
         let headLength: Int
         let lines: Int
         switch HTTP1Grammar.headEnd(bytes, maxHeadBytes: maxHeadBytes) {
-        case .needMoreBytes: return Self.couldStartRequest(bytes) ? .needMoreBytes : .refused(.malformed)
-        case .refused(let refusal): return .refused(refusal)
+        case .needMoreBytes: return (Self.couldStartRequest(bytes) ? .needMoreBytes : .refused(.malformed), 0..<0, 0)
+        case .refused(let refusal): return (.refused(refusal), 0..<0, 0)
         case .found(let length, let count): (headLength, lines) = (length, count)
         }
 
@@ -138,13 +157,13 @@ enum StrictRequestHead {
         let lineEnd = HTTP1Grammar.lineEnd(bytes, from: 0, to: headLength)
         guard let methodEnd = HTTP1Grammar.byteIndex(of: UInt8(ascii: " "), in: bytes, from: 0, to: lineEnd),
             let method = Self.method(UnsafeRawBufferPointer(rebasing: bytes[0..<methodEnd]))
-        else { return .refused(.malformed) }
+        else { return (.refused(.malformed), 0..<0, 0) }
         let targetStart = methodEnd + 1
-        guard targetStart < lineEnd, bytes[targetStart] == UInt8(ascii: "/") else { return .refused(.malformed) }
+        guard targetStart < lineEnd, bytes[targetStart] == UInt8(ascii: "/") else { return (.refused(.malformed), 0..<0, 0) }
         var index = targetStart + 1
         while index < lineEnd, bytes[index] != UInt8(ascii: " ") {
             // Visible ASCII only: no control bytes, no obs-text (clients percent-encode).
-            guard bytes[index] > 0x20, bytes[index] < 0x7F else { return .refused(.malformed) }
+            guard bytes[index] > 0x20, bytes[index] < 0x7F else { return (.refused(.malformed), 0..<0, 0) }
             index += 1
         }
         let targetEnd = index
@@ -153,21 +172,24 @@ enum StrictRequestHead {
             bytes[targetEnd + 5] == UInt8(ascii: "/"), bytes[targetEnd + 6] == UInt8(ascii: "1"),
             bytes[targetEnd + 7] == UInt8(ascii: "."),
             bytes[targetEnd + 8] == UInt8(ascii: "1") || bytes[targetEnd + 8] == UInt8(ascii: "0")
-        else { return .refused(.malformed) }
+        else { return (.refused(.malformed), 0..<0, 0) }
         let version: HTTPVersion = bytes[targetEnd + 8] == UInt8(ascii: "1") ? .http1_1 : .http1_0
 
-        guard let fields = HTTP1Grammar.readFields(bytes, from: lineEnd + 2, headLength: headLength, lines: lines, version: version) else {
-            return .refused(.malformed)
+        guard let fields = HTTP1Grammar.readFields(
+            bytes, from: lineEnd + 2, headLength: headLength, version: version
+        ) else {
+            return (.refused(.malformed), 0..<0, 0)
         }
         let target = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[targetStart..<targetEnd]), as: UTF8.self)
-        let head = HTTPRequestHead(version: version, method: method, uri: target, headers: fields.headers)
-        return .parsed(
+        let head = RequestHead(version: version, method: method, uri: target, headers: [:])
+        let parsed = HeadOutcome.parsed(
             ParsedHead(
                 head: head, length: headLength, contentLength: fields.contentLength, isChunked: fields.isChunked,
                 keepAlive: version == .http1_1 ? !fields.close : fields.keepAlive,
                 asksToSwitch: fields.connectionUpgrade && fields.upgradeNamed
             )
         )
+        return (parsed, (lineEnd + 2)..<(headLength - 2), lines - 1)
     }
 
     /// Whether an unfinished head begins as a request line can (`METHOD /`): junk is refused at

@@ -55,7 +55,7 @@ extension HTTP1ServerHandler {
 
         /// A decoded part: true when it is for now (the request in flight, or a new one on an idle
         /// connection); a part for later is queued, and one after the input was cut is dropped.
-        mutating func partDecoded(_ part: HTTPServerRequestPart) -> Bool {
+        mutating func partDecoded(_ part: HTTP1RequestPart) -> Bool {
             guard !self.closed, !self.queued.discarding else { return false }
             if !self.queued.isEmpty || (self.request?.requestEnded ?? false) {
                 self.queued.append(part)
@@ -143,7 +143,7 @@ extension HTTP1ServerHandler {
         }
 
         /// The next queued part to serve: none while the request in flight waits for its response.
-        mutating func nextQueuedPart() -> HTTPServerRequestPart? {
+        mutating func nextQueuedPart() -> HTTP1RequestPart? {
             guard !self.closed, !(self.request?.requestEnded ?? false) else { return nil }
             return self.queued.popFirst()
         }

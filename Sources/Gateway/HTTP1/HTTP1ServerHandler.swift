@@ -198,7 +198,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
                 self.unparsed = nil
                 return self.parseFailed(error == .headTooLarge ? .headersTooLarge : .badRequest("malformed HTTP request"))
             }
-            let part: HTTPServerRequestPart
+            let part: HTTP1RequestPart
             switch event {
             case .none:
                 if input.readableBytes > 0 { self.unparsed = input }
@@ -211,7 +211,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
                 part = .body(body)
             case .end:
                 self.holdParsingForSwitch()
-                part = .end(nil)
+                part = .end
             }
             // A pipelined request waits (queued) until the current response is done.
             if self.state.partDecoded(part) { self.handle(part) }
@@ -316,7 +316,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     // MARK: - Requests
 
-    private func handle(_ part: HTTPServerRequestPart) {
+    private func handle(_ part: HTTP1RequestPart) {
         switch part {
         case .head(let head):
             self.startRequest(head)
@@ -333,7 +333,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         if self.current == nil { self.current = .forError() }
     }
 
-    private func startRequest(_ head: HTTPRequestHead) {
+    private func startRequest(_ head: RequestHead) {
         self.timer.clear()
         var record = RequestRecord(
             method: head.method.rawValue, target: head.uri, protocolName: head.version.minor == 0 ? "HTTP/1.0" : "HTTP/1.1"
@@ -347,7 +347,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             method: head.method, version: head.version, requestID: dispatch.requestID,
             responseAdditions: dispatch.responseAdditions, record: consume record
         )
-        self.state.requestStarted(keepAliveRequested: head.isKeepAlive && head.version == .http1_1, hasBody: dispatch.hasBody)
+        self.state.requestStarted(keepAliveRequested: head.version == .http1_1 && !head.headers.asksToClose, hasBody: dispatch.hasBody)
         switch dispatch.outcome {
         case .respond(let response):
             self.writeLocal(response, forceClose: false)
@@ -754,7 +754,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 /// Pipelined request parts waiting for the current response, bounded by request count: what one
 /// socket read decodes to arrives at once, whatever the read-side backpressure.
 struct PipelinedRequests {
-    private var parts = CircularBuffer<HTTPServerRequestPart>()
+    private var parts = CircularBuffer<HTTP1RequestPart>()
     /// Request heads in `parts`.
     private var requests = 0
     private let maxRequests: Int
@@ -770,7 +770,7 @@ struct PipelinedRequests {
     var count: Int { self.parts.count }
 
     /// Queues `part`, or starts discarding when it is the head of one request too many.
-    mutating func append(_ part: HTTPServerRequestPart) {
+    mutating func append(_ part: HTTP1RequestPart) {
         guard !self.discarding else { return }
         if case .head = part {
             guard self.requests < self.maxRequests else {
@@ -782,7 +782,7 @@ struct PipelinedRequests {
         self.parts.append(part)
     }
 
-    mutating func popFirst() -> HTTPServerRequestPart? {
+    mutating func popFirst() -> HTTP1RequestPart? {
         let part = self.parts.popFirst()
         if case .head = part { self.requests -= 1 }
         return part

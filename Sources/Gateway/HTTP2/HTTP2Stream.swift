@@ -27,7 +27,9 @@ final class HTTP2Stream: DownstreamResponder {
         var method: String?
         var path: String?
         var authority: String?
-        var headers = HTTPHeaders()
+        /// The request's fields as `name: value` CRLF lines (`RequestFields`).
+        var fieldLines = ByteBuffer()
+        var fieldCount = 0
         var cookies: [String] = []
         var headerBytes = 0
         var headersTooLarge = false
@@ -75,7 +77,12 @@ final class HTTP2Stream: DownstreamResponder {
     /// per stream.
     func reuse(id: Int32) {
         self.id = id
+        // The field lines' storage is kept: cleared in place once the last request's head (held
+        // by its exchange) has let go of it, so a reused stream allocates nothing for its fields.
+        var lines = self.data.fieldLines
         self.data = StreamData(idleTimeout: self.connection.services.runtime.traffic.idleTimeout)
+        lines.clear()
+        self.data.fieldLines = lines
     }
 
     // MARK: - Request
@@ -86,13 +93,12 @@ final class HTTP2Stream: DownstreamResponder {
         self.data.headerBytes += name.count + value.count + 32
         if self.data.headerBytes > self.connection.settings.maxHeaderListSize {
             self.data.headersTooLarge = true
-            self.data.headers = HTTPHeaders()
             return
         }
         if self.data.headersTooLarge { return }
-        // Names are told apart by their bytes: only what is kept becomes a `String`.
-        let valueString = String(decoding: value, as: UTF8.self)
         if name.count > 0 && name[0] == UInt8(ascii: ":") {
+            // Names are told apart by their bytes: only what is kept becomes a `String`.
+            let valueString = String(decoding: value, as: UTF8.self)
             if bytesEqual(name, ":method") {
                 self.data.method = valueString
             } else if bytesEqual(name, ":path") {
@@ -106,19 +112,49 @@ final class HTTP2Stream: DownstreamResponder {
             }
             return
         }
+        // The lines are read back by splitting at CRLF and the first colon: a field that could
+        // break them is refused here (nghttp2 refuses such names and values before us).
+        guard !name.isEmpty, name.allSatisfy(isHTTPTokenByte), RequestValidator.isFieldValue(bytes: value) else {
+            self.data.invalidHeader = true
+            return
+        }
         if bytesEqual(name, "cookie") {
-            self.data.cookies.append(valueString)  // crumbs are joined (RFC 9113 §8.2.3)
+            self.data.cookies.append(String(decoding: value, as: UTF8.self))  // crumbs are joined (RFC 9113 §8.2.3)
             return
         }
         if bytesEqual(name, "host") {
-            if self.data.authority == nil { self.data.authority = valueString }
+            if self.data.authority == nil { self.data.authority = String(decoding: value, as: UTF8.self) }
             return
         }
-        let nameString = String(decoding: name, as: UTF8.self)
-        // Room for a typical request's fields and the `host` and `cookie` added at the end,
-        // reserved once instead of grown field by field.
-        if self.data.headers.isEmpty { self.data.headers.reserveCapacity(12) }
-        self.data.headers.add(name: nameString, value: valueString)
+        self.appendFieldLine(name: name, value: value)
+    }
+
+    private func appendFieldLine(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
+        // Room for a typical request's fields, reserved once instead of grown field by field.
+        if self.data.fieldLines.capacity == 0 { self.data.fieldLines.reserveCapacity(512) }
+        self.data.fieldLines.writeWithUnsafeMutableBytes(minimumWritableBytes: name.count + value.count + 4) { raw in
+            var out = raw.baseAddress!
+            out.copyMemory(from: name.baseAddress!, byteCount: name.count)
+            out += name.count
+            out.storeBytes(of: UInt16(bigEndian: 0x3A20), as: UInt16.self)  // ": "
+            out += 2
+            if value.count > 0 { out.copyMemory(from: value.baseAddress!, byteCount: value.count) }
+            out += value.count
+            out.storeBytes(of: UInt16(bigEndian: 0x0D0A), as: UInt16.self)  // CRLF
+            return name.count + value.count + 4
+        }
+        self.data.fieldCount += 1
+    }
+
+    private func appendFieldLine(name: StaticString, value: String) {
+        value.withUTF8Bytes { value in
+            self.appendFieldLine(name: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount), value: value)
+        }
+    }
+
+    /// The fields gathered so far.
+    private var fields: RequestFields {
+        RequestFields(lines: FieldLines(validated: self.data.fieldLines, count: self.data.fieldCount))
     }
 
     func headersComplete(endStream: Bool) {
@@ -129,7 +165,7 @@ final class HTTP2Stream: DownstreamResponder {
         if self.data.state.headersComplete(endStream: endStream) { self.expectBody() }
         let allocator = connection.context?.channel.allocator ?? ByteBufferAllocator()
         if self.data.headersTooLarge || self.data.invalidHeader || method == nil || path == nil {
-            self.data.requestID = RequestIdentity.requestID(clientSupplied: self.data.headers.first(name: "x-request-id"))
+            self.data.requestID = RequestIdentity.requestID(clientSupplied: self.fields.first(name: "x-request-id"))
         }
         if self.data.headersTooLarge {
             self.respondLocally(GatewayError.headersTooLarge.response(requestID: self.data.requestID, allocator: allocator))
@@ -139,17 +175,17 @@ final class HTTP2Stream: DownstreamResponder {
             self.respondLocally(GatewayError.badRequest("malformed HTTP/2 request").response(requestID: self.data.requestID, allocator: allocator))
             return
         }
-        // Moved out, so adding `host` does not copy the fields; `addHeader` kept any `host` out.
-        var headers = HTTPHeaders()
-        swap(&headers, &self.data.headers)
-        if let authority = self.data.authority { headers.add(name: "host", value: authority) }
-        if !self.data.cookies.isEmpty { headers.add(name: "cookie", value: self.data.cookies.joined(separator: "; ")) }
+        // `addHeader` kept any `host` out; the lines end with the one `Host` and `Cookie` an
+        // HTTP/1.1 upstream reads.
+        if let authority = self.data.authority { self.appendFieldLine(name: "host", value: authority) }
+        if !self.data.cookies.isEmpty { self.appendFieldLine(name: "cookie", value: self.data.cookies.joined(separator: "; ")) }
+        var headers = self.fields
         var httpMethod = HTTPMethod(rawValue: method)
         self.data.isHEAD = httpMethod == .HEAD
         // RFC 8441: a WebSocket over this stream is relayed as an HTTP/1.1 handshake, with no body.
         let extendedConnect = httpMethod == .CONNECT && self.data.connectProtocol == "websocket"
         if extendedConnect { WebSocketHandshake.addHTTP1Fields(to: &headers, method: &httpMethod) }
-        let head = HTTPRequestHead(version: .http2, method: httpMethod, uri: path, headers: headers)
+        let head = RequestHead(version: .http2, method: httpMethod, uri: path, headers: headers)
         let dispatch = RequestDispatch.start(
             head, streamEnded: endStream || extendedConnect, peer: connection.peer, services: connection.services,
             downstream: self, allocator: allocator

@@ -15,7 +15,7 @@ protocol UpstreamFieldSink: HeadFieldSink {
 /// to build an `HTTPRequestHead` (`head`, for the paths that edit it further); a differential test
 /// holds the two to the same bytes.
 struct ForwardedRequestHead {
-    var client: HTTPRequestHead
+    var client: RequestHead
     var framing: BodyFraming
     var info: ForwardingInfo
     var removing: Set<String>

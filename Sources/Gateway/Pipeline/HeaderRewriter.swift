@@ -87,7 +87,7 @@ enum HeaderRewriter {
 
     /// The request head sent upstream. Always HTTP/1.1; the body framing is the validated one.
     static func upstreamRequest(
-        _ head: HTTPRequestHead,
+        _ head: RequestHead,
         framing: BodyFraming,
         info: ForwardingInfo,
         removing extraRemoved: Set<String> = []
@@ -98,20 +98,14 @@ enum HeaderRewriter {
     /// `upstreamRequest` for the `Connection` tokens `named`; nil when `named` is nil and the
     /// request has a `Connection` field (most have none: one pass over the fields, no token set).
     private static func rewrittenRequest(
-        _ head: HTTPRequestHead, framing: BodyFraming, info: ForwardingInfo, removing extraRemoved: Set<String>,
+        _ head: RequestHead, framing: BodyFraming, info: ForwardingInfo, removing extraRemoved: Set<String>,
         named: Set<String>?
     ) -> HTTPRequestHead? {
-        var sink = HeadersSink(capacity: head.headers.count + 6)
+        var sink = HeadersSink(capacity: head.headers.fieldCount + 6)
         guard rewriteRequestFields(head, framing: framing, info: info, removing: extraRemoved, named: named, into: &sink) else {
             return nil
         }
-        guard head.version == .http1_1 else {
-            return HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: sink.headers)
-        }
-        // Same method, target and version: the copy shares the decoded head's storage.
-        var upstream = head
-        upstream.headers = sink.headers
-        return upstream
+        return HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: sink.headers)
     }
 
     /// The upstream request's rules, for both ways of writing its fields: into `HTTPHeaders`
@@ -119,41 +113,47 @@ enum HeaderRewriter {
     /// cannot drift apart. Returns false when `named` is nil and a `Connection` field names more
     /// fields to drop: the caller starts again with them.
     static func rewriteRequestFields<Sink: UpstreamFieldSink>(
-        _ head: HTTPRequestHead, framing: BodyFraming, info: ForwardingInfo, removing extraRemoved: Set<String>,
+        _ head: RequestHead, framing: BodyFraming, info: ForwardingInfo, removing extraRemoved: Set<String>,
         named: Set<String>?, into sink: inout Sink
     ) -> Bool {
         var sawHost = false
         var forwardedFor = ""
-        for (name, value) in head.headers {
+        var namesMore = false
+        head.headers.forEachField { name, value in
             let kind = RequestFieldKind(name)
             if kind == .dropped {
-                if named == nil, name.equalsIgnoringASCIICase("connection"), connectionNamesMore(value) { return false }
-                continue
+                if named == nil, bytesEqualIgnoringASCIICase(name, "connection"), connectionNamesMore(value) {
+                    namesMore = true
+                    return false
+                }
+                return true
             }
-            if Self.isListed(name, in: extraRemoved) { continue }
+            if !extraRemoved.isEmpty, Self.isListed(name, in: extraRemoved) { return true }
             if kind == .spoofable || kind == .forwardedFor {
-                guard info.peerTrusted else { continue }
+                guard info.peerTrusted else { return true }
                 if kind == .forwardedFor {
                     // Several fields are one comma-separated list (RFC 9110 §5.3); re-emitted once below.
-                    let trimmed = Substring(value).trimmingSpaces
+                    let trimmed = trimmedFieldValue(value)
                     if !trimmed.isEmpty {
                         if !forwardedFor.isEmpty { forwardedFor += ", " }
-                        forwardedFor += trimmed
+                        forwardedFor += String(decoding: trimmed, as: UTF8.self)
                     }
-                    continue
+                    return true
                 }
             }
-            if let named, named.contains(name.lowercased()) { continue }
+            if let named, Self.isListed(name, in: named) { return true }
             if kind == .contentLength {
                 // Re-emitted once below from the validated framing.
-                continue
+                return true
             }
             if kind == .host { sawHost = true }
             if let trace = info.trace {
-                if kind == .traceparent || (kind == .tracestate && !trace.continued) { continue }
+                if kind == .traceparent || (kind == .tracestate && !trace.continued) { return true }
             }
             sink.add(name: name, value: value)
+            return true
         }
+        if namesMore { return false }
         if !sawHost { sink.add(name: "host", value: info.fallbackHost) }
         switch framing {
         case .none: break
@@ -183,9 +183,10 @@ enum HeaderRewriter {
         mutating func addTraceparent(_ trace: TraceContext) { self.headers.add(name: "traceparent", value: trace.headerValue) }
     }
 
-    /// `removing` holds a few lowercase names from the config: compared in place, not hashed.
-    private static func isListed(_ name: String, in names: Set<String>) -> Bool {
-        for listed in names where name.equalsIgnoringASCIICase(listed) { return true }
+    /// `removing` holds a few lowercase names from the config, and `Connection` tokens are few:
+    /// compared in place, not hashed.
+    private static func isListed(_ name: UnsafeBufferPointer<UInt8>, in names: Set<String>) -> Bool {
+        for listed in names where listed.withUTF8Bytes({ bytesEqualIgnoringASCIICase(anyCase: name, $0) }) { return true }
         return false
     }
 
@@ -202,24 +203,24 @@ enum HeaderRewriter {
         case tracestate
         case other
 
-        init(_ name: String) {
+        init(_ name: UnsafeBufferPointer<UInt8>) {
             if HeaderRewriter.isHopByHop(name) {
                 self = .dropped
                 return
             }
-            switch name.utf8.count {
-            case 4 where name.equalsIgnoringASCIICase("host"): self = .host
-            case 9 where name.equalsIgnoringASCIICase("forwarded") || name.equalsIgnoringASCIICase("x-real-ip"):
+            switch name.count {
+            case 4 where bytesEqualIgnoringASCIICase(name, "host"): self = .host
+            case 9 where bytesEqualIgnoringASCIICase(name, "forwarded") || bytesEqualIgnoringASCIICase(name, "x-real-ip"):
                 self = .spoofable
-            case 10 where name.equalsIgnoringASCIICase("tracestate"): self = .tracestate
-            case 11 where name.equalsIgnoringASCIICase("traceparent"): self = .traceparent
-            case 12 where name.equalsIgnoringASCIICase("x-request-id"): self = .dropped
-            case 14 where name.equalsIgnoringASCIICase("content-length"): self = .contentLength
-            case 15 where name.equalsIgnoringASCIICase("x-forwarded-for"): self = .forwardedFor
-            case 16 where name.equalsIgnoringASCIICase("cf-connecting-ip"): self = .spoofable
-            case 16 where name.equalsIgnoringASCIICase("x-forwarded-host") || name.equalsIgnoringASCIICase("x-forwarded-port"):
+            case 10 where bytesEqualIgnoringASCIICase(name, "tracestate"): self = .tracestate
+            case 11 where bytesEqualIgnoringASCIICase(name, "traceparent"): self = .traceparent
+            case 12 where bytesEqualIgnoringASCIICase(name, "x-request-id"): self = .dropped
+            case 14 where bytesEqualIgnoringASCIICase(name, "content-length"): self = .contentLength
+            case 15 where bytesEqualIgnoringASCIICase(name, "x-forwarded-for"): self = .forwardedFor
+            case 16 where bytesEqualIgnoringASCIICase(name, "cf-connecting-ip"): self = .spoofable
+            case 16 where bytesEqualIgnoringASCIICase(name, "x-forwarded-host") || bytesEqualIgnoringASCIICase(name, "x-forwarded-port"):
                 self = .dropped
-            case 17 where name.equalsIgnoringASCIICase("x-forwarded-proto"): self = .dropped
+            case 17 where bytesEqualIgnoringASCIICase(name, "x-forwarded-proto"): self = .dropped
             default: self = .other
             }
         }

@@ -33,7 +33,7 @@ struct RequestDispatch {
     ///     HTTP/1.1 passes nil: its framing comes from the head.
     ///   - runtime: the config snapshot the whole request runs under (nil: `services.runtime`).
     static func start(
-        _ head: HTTPRequestHead,
+        _ head: RequestHead,
         streamEnded: Bool?,
         peer: PeerAddress,
         services: ConnectionServices,
@@ -91,7 +91,7 @@ struct RequestDispatch {
 
     /// `/metrics`, `GET /config` and `POST /config/reload` (admin listener only).
     private static func adminEndpoint(
-        _ head: HTTPRequestHead, admin: AdminControl, services: ConnectionServices, allocator: ByteBufferAllocator
+        _ head: RequestHead, admin: AdminControl, services: ConnectionServices, allocator: ByteBufferAllocator
     ) -> LocalResponse? {
         switch (head.method, head.uri) {
         case (.GET, "/metrics"), (.HEAD, "/metrics"):
@@ -135,7 +135,7 @@ struct RequestDispatch {
     }
 
     private static func route(
-        _ decision: consuming PipelineDecision, head: HTTPRequestHead, framing: BodyFraming, host: String?, requestID: String,
+        _ decision: consuming PipelineDecision, head: RequestHead, framing: BodyFraming, host: String?, requestID: String,
         trace: TraceContext, expectsContinue: Bool, runtime: GatewayRuntime, services: ConnectionServices, downstream: DownstreamResponder, allocator: ByteBufferAllocator
     ) -> Routed {
         let additions = decision.responseAdditions

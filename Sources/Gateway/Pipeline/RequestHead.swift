@@ -41,12 +41,12 @@ enum RequestValidator {
     }
 
     /// Returns the body framing, or the 400 to send.
-    static func validate(_ head: HTTPRequestHead) -> Result<BodyFraming, GatewayError> {
+    static func validate(_ head: RequestHead) -> Result<BodyFraming, GatewayError> {
         self.inspect(head).map(\.framing)
     }
 
     /// `validate`, with the fields the request path needs.
-    static func inspect(_ head: HTTPRequestHead) -> Result<ValidatedHead, GatewayError> {
+    static func inspect(_ head: RequestHead) -> Result<ValidatedHead, GatewayError> {
         let target = head.uri
         guard target.utf8.first == UInt8(ascii: "/") else {
             return .failure(.badRequest("request target must be an absolute path"))
@@ -62,42 +62,52 @@ enum RequestValidator {
         var expectsContinue = false
         var userAgent: String? = nil
         var traceparent: String? = nil
-        for (name, value) in head.headers {
-            guard isToken(name) else { return .failure(.badRequest("invalid header name")) }
-            guard isFieldValue(value) else { return .failure(.badRequest("invalid header value")) }
-            switch name.utf8.count {
-            case 4 where name.equalsIgnoringASCIICase("host"):
+        var refusal: GatewayError? = nil
+        head.headers.forEachField { name, value in
+            guard !name.isEmpty, name.allSatisfy(isHTTPTokenByte) else {
+                refusal = .badRequest("invalid header name")
+                return false
+            }
+            guard isFieldValue(bytes: value) else {
+                refusal = .badRequest("invalid header value")
+                return false
+            }
+            switch name.count {
+            case 4 where bytesEqualIgnoringASCIICase(name, "host"):
                 hostCount += 1
-                if host == nil { host = value }
-            case 6 where name.equalsIgnoringASCIICase("expect"):
-                if value.containsListElement("100-continue") { expectsContinue = true }
-            case 10 where name.equalsIgnoringASCIICase("user-agent"):
-                if userAgent == nil { userAgent = value }
-            case 11 where name.equalsIgnoringASCIICase("traceparent"):
-                traceparent = traceparent == nil ? value : ""
-            case 12 where name.equalsIgnoringASCIICase("x-request-id"):
-                if requestID == nil { requestID = value }
-            case 14 where name.equalsIgnoringASCIICase("content-length"):
-                for item in value.split(separator: ",", omittingEmptySubsequences: false) {
-                    let trimmed = item.trimmingSpaces
-                    guard !trimmed.isEmpty, trimmed.utf8.count <= 18,
-                        trimmed.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
-                        let length = Int(trimmed)
-                    else { return .failure(.badRequest("invalid Content-Length")) }
-                    if let previous = contentLength, previous != length {
-                        return .failure(.badRequest("conflicting Content-Length values"))
-                    }
+                if host == nil { host = String(decoding: value, as: UTF8.self) }
+            case 6 where bytesEqualIgnoringASCIICase(name, "expect"):
+                if !visitCommaSeparated(value, { !bytesEqualIgnoringASCIICase($0, "100-continue") }) { expectsContinue = true }
+            case 10 where bytesEqualIgnoringASCIICase(name, "user-agent"):
+                if userAgent == nil { userAgent = String(decoding: value, as: UTF8.self) }
+            case 11 where bytesEqualIgnoringASCIICase(name, "traceparent"):
+                traceparent = traceparent == nil ? String(decoding: value, as: UTF8.self) : ""
+            case 12 where bytesEqualIgnoringASCIICase(name, "x-request-id"):
+                if requestID == nil { requestID = String(decoding: value, as: UTF8.self) }
+            case 14 where bytesEqualIgnoringASCIICase(name, "content-length"):
+                var conflict = false
+                let valid = visitCommaSeparated(value) { element in
+                    guard let length = HTTP1Grammar.decimal(element) else { return false }
+                    if let previous = contentLength, previous != length { conflict = true }
                     contentLength = length
+                    return !conflict
                 }
-            case 17 where name.equalsIgnoringASCIICase("transfer-encoding"):
-                for item in value.split(separator: ",", omittingEmptySubsequences: false) {
+                guard valid else {
+                    refusal = .badRequest(conflict ? "conflicting Content-Length values" : "invalid Content-Length")
+                    return false
+                }
+            case 17 where bytesEqualIgnoringASCIICase(name, "transfer-encoding"):
+                _ = visitCommaSeparated(value) { element in
                     transferEncodings += 1
-                    if item.trimmingSpaces.lowercased() == "chunked" { sawChunked = true }
+                    if bytesEqualIgnoringASCIICase(element, "chunked") { sawChunked = true }
+                    return true
                 }
             default:
                 break
             }
+            return true
         }
+        if let refusal { return .failure(refusal) }
         if head.version.major == 1 && head.version.minor >= 1 && hostCount != 1 {
             return .failure(.badRequest(hostCount == 0 ? "missing Host header" : "more than one Host header"))
         }
@@ -198,13 +208,6 @@ enum RequestValidator {
             UInt8(ascii: "A")...UInt8(ascii: "F"): true
         default: false
         }
-    }
-
-    /// RFC 9110 §5.6.2 token.
-    static func isToken(_ name: String) -> Bool {
-        guard !name.isEmpty else { return false }
-        // The bytes in place: a tight loop, not the UTF-8 view's per-byte checks.
-        return name.withUTF8Bytes { $0.allSatisfy(isHTTPTokenByte) }
     }
 
     /// RFC 9110 §5.5: no CTLs but HTAB; CR, LF and NUL in particular never pass.

@@ -256,7 +256,7 @@ struct UpstreamResponseHead {
         }
 
         guard let fields = HTTP1Grammar.readFields(
-            bytes, from: statusEnd + 2, headLength: headLength, lines: lines, version: version, keepingHeaders: false
+            bytes, from: statusEnd + 2, headLength: headLength, version: version
         ) else {
             return (.refused(.malformed), 0..<0, 0)
         }

@@ -33,7 +33,7 @@ struct RequestCondition: @unchecked Sendable {
     /// A header condition holds when any one of the field's values satisfies it (a repeated field
     /// is not joined, so `exact` compares whole field values); a cookie condition looks at the
     /// first cookie of that name.
-    func matches(_ headers: HTTPHeaders) -> Bool {
+    func matches(_ headers: RequestFields) -> Bool {
         if self.isCookie {
             let value = Self.cookie(named: self.name, in: headers)
             switch self.test {
@@ -46,9 +46,7 @@ struct RequestCondition: @unchecked Sendable {
         case .present: return headers.contains(name: self.name)
         case .absent: return !headers.contains(name: self.name)
         default:
-            for (name, value) in headers where name.equalsIgnoringASCIICase(self.name) {
-                if self.valueMatches(Substring(value)) { return true }
-            }
+            for value in headers[self.name] where self.valueMatches(Substring(value)) { return true }
             return false
         }
     }
@@ -64,8 +62,8 @@ struct RequestCondition: @unchecked Sendable {
 
     /// The value of the first cookie called `name` across every `Cookie` field (HTTP/2 may split
     /// them, RFC 9113 §8.2.3). Names compare case-sensitively, as browsers send them (RFC 6265).
-    static func cookie(named name: String, in headers: HTTPHeaders) -> Substring? {
-        for (field, value) in headers where field.equalsIgnoringASCIICase("cookie") {
+    static func cookie(named name: String, in headers: RequestFields) -> Substring? {
+        for value in headers["cookie"] {
             for pair in value.split(separator: ";") {
                 let trimmed = pair.drop { $0 == " " || $0 == "\t" }
                 guard let equals = trimmed.firstIndex(of: "=") else { continue }

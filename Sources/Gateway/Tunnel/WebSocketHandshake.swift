@@ -16,7 +16,7 @@ struct WebSocketHandshake: Sendable {
     /// served as a plain request, with `Upgrade` dropped like on any route. An HTTP/2 head has these
     /// fields only as an extended CONNECT turned into a handshake (nghttp2 resets streams that send
     /// `Upgrade` or `Connection`).
-    init?(_ head: HTTPRequestHead, routeName: String, idleTimeout: TimeAmount) {
+    init?(_ head: RequestHead, routeName: String, idleTimeout: TimeAmount) {
         guard head.method == .GET, head.version == .http1_1 || head.version == .http2,
             head.headers["upgrade"].contains(where: { Substring($0).trimmingSpaces.lowercased() == "websocket" }),
             head.headers["connection"].contains(where: { $0.containsListElement("upgrade") }),
@@ -98,7 +98,7 @@ enum Base64 {
 extension WebSocketHandshake {
     /// The handshake to relay for `head` on `route`, or nil when the route has no `websocket: true`
     /// or the request is no WebSocket handshake (it is then proxied like any request).
-    static func forRoute(_ route: Route, head: HTTPRequestHead, runtime: GatewayRuntime) -> WebSocketHandshake? {
+    static func forRoute(_ route: Route, head: RequestHead, runtime: GatewayRuntime) -> WebSocketHandshake? {
         guard route.realtime.websocket else { return nil }
         let idle = route.realtime.tunnelIdle.map(TimeAmount.init) ?? runtime.traffic.tunnelIdleTimeout
         return WebSocketHandshake(head, routeName: route.name, idleTimeout: idle)
@@ -107,7 +107,7 @@ extension WebSocketHandshake {
     /// Browsers send `Origin` on every WebSocket handshake but apply no CORS to it (RFC 6455
     /// §10.2): on a route with CORS the gateway refuses an origin the policy does not allow,
     /// before anything reaches the upstream.
-    static func originRefusal(_ route: Route, head: HTTPRequestHead) -> GatewayError? {
+    static func originRefusal(_ route: Route, head: RequestHead) -> GatewayError? {
         guard let cors = route.cors, head.headers.contains(name: "origin") else { return nil }
         return cors.allowedOrigin(head.headers) == nil ? .corsRejected : nil
     }
@@ -126,7 +126,7 @@ extension WebSocketHandshake {
     /// An RFC 8441 extended CONNECT becomes the HTTP/1.1 handshake the upstream understands:
     /// `GET` with `Upgrade`/`Connection` and a fresh `Sec-WebSocket-Key` (HTTP/2 carries none; the
     /// upstream's accept is checked against this one), the version kept from the client.
-    static func addHTTP1Fields(to headers: inout HTTPHeaders, method: inout HTTPMethod) {
+    static func addHTTP1Fields(to headers: inout RequestFields, method: inout HTTPMethod) {
         method = .GET
         var generator = SystemRandomNumberGenerator()
         let nonce = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
