@@ -82,6 +82,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     private let services: ConnectionServices
     private var context: ChannelHandlerContext!
+    /// The channel's allocator, read once: each `context.channel` is a retain and a release.
+    private var allocator = ByteBufferAllocator()
     private var current: InFlight?
     /// The connection's state: the request's halves, the pipelined queue, keep-alive, read gating.
     private var state: StateMachine
@@ -142,6 +144,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     // MARK: - Channel events
 
     func handlerAdded(context: ChannelHandlerContext) {
+        self.allocator = context.channel.allocator
         self.context = context
         self.services.observability.metrics.connections.increment([self.services.listener.name, "http/1.1"])
         self.peer = PeerAddress(context.channel.remoteAddress)
@@ -278,7 +281,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
                 self.current!.exchange = nil
             }
             self.beginErrorRequest()
-            self.writeLocal(gatewayError.response(requestID: self.current!.requestID, allocator: self.context.channel.allocator), forceClose: true)
+            self.writeLocal(gatewayError.response(requestID: self.current!.requestID, allocator: self.allocator), forceClose: true)
         }
     }
 
@@ -340,7 +343,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         )
         let dispatch = RequestDispatch.start(
             head, streamEnded: nil, peer: self.peer, services: self.services, runtime: self.runtime(), downstream: self,
-            allocator: self.context.channel.allocator
+            allocator: self.allocator
         )
         record.note(dispatch)
         self.current = InFlight(
@@ -379,7 +382,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             } else {
                 self.writeLocal(
                     GatewayError.payloadTooLarge.response(
-                        requestID: current.requestID, trace: current.record.trace, allocator: self.context.channel.allocator
+                        requestID: current.requestID, trace: current.record.trace, allocator: self.allocator
                     ),
                     forceClose: true
                 )
@@ -428,9 +431,9 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             self.startPendingExchange()
         }
         if self.state.closed { return }
-        if let error = self.state.takeBrokenInput(), let context {
+        if let error = self.state.takeBrokenInput(), self.context != nil {
             self.beginErrorRequest()
-            self.writeLocal(error.response(requestID: self.current!.requestID, allocator: context.channel.allocator), forceClose: true)
+            self.writeLocal(error.response(requestID: self.current!.requestID, allocator: self.allocator), forceClose: true)
             return
         }
         if self.current == nil { self.becameIdle() }
@@ -498,14 +501,14 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     func sendErrorResponse(for exchange: ProxyExchange, _ error: GatewayError) {
         guard self.isCurrent(exchange), let current = self.current else { return }
-        guard !(self.state.request?.responseStarted ?? false), let context else {
+        guard !(self.state.request?.responseStarted ?? false), self.context != nil else {
             self.close()
             return
         }
         self.current!.record.note(exchange)
         self.current!.exchange = nil
         if self.pendingStart === exchange { self.pendingStart = nil }
-        let response = error.response(requestID: current.requestID, allocator: context.channel.allocator)
+        let response = error.response(requestID: current.requestID, allocator: self.allocator)
         self.writeLocal(response, forceClose: false)
     }
 
@@ -544,7 +547,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         // request had its following bytes parsed as HTTP already.
         guard self.state.parsingHeld, self.state.request?.requestEnded ?? false else {
             connection.close()
-            self.writeLocal(GatewayError.badUpstreamResponse.response(requestID: current.requestID, allocator: context.channel.allocator), forceClose: true)
+            self.writeLocal(GatewayError.badUpstreamResponse.response(requestID: current.requestID, allocator: self.allocator), forceClose: true)
             return
         }
         let tunnel = ByteTunnel(eventLoop: context.eventLoop, idleTimeout: handshake.idleTimeout)
@@ -675,7 +678,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         } else {
             self.writeLocal(
                 GatewayError.bodyTimeout.response(
-                    requestID: current.requestID, trace: current.record.trace, allocator: self.context.channel.allocator
+                    requestID: current.requestID, trace: current.record.trace, allocator: self.allocator
                 ),
                 forceClose: true
             )
@@ -683,9 +686,9 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     }
 
     private func headerTimedOut() {
-        guard self.current == nil, let context else { return }
+        guard self.current == nil, self.context != nil else { return }
         self.beginErrorRequest()
-        self.writeLocal(GatewayError.requestTimeout.response(requestID: self.current!.requestID, allocator: context.channel.allocator), forceClose: true)
+        self.writeLocal(GatewayError.requestTimeout.response(requestID: self.current!.requestID, allocator: self.allocator), forceClose: true)
     }
 
     private func cancelTimer() {

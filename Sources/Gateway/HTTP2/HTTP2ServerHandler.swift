@@ -79,6 +79,8 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner {
     /// nghttp2's allocator for this session (it outlives the session: `nghttp2_session_del` frees
     /// into it).
     private let blockPool = HTTP2BlockPool()
+    /// The channel's allocator, read once: each `context.channel` is a retain and a release.
+    private(set) var allocator = ByteBufferAllocator()
 
     func noteDrained(_ stream: HTTP2Stream) { self.drainedStreams.append(stream) }
 
@@ -98,6 +100,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.allocator = context.channel.allocator
         self.services.observability.metrics.connections.increment([self.services.listener.name, "h2"])
         self.peer = PeerAddress(context.channel.remoteAddress)
         self.queuedFlush = {
@@ -241,7 +244,9 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner {
         guard let session = self.session, let context = self.context, !self.insideSession else { return }
         self.applyPendingConsume()
         var gathering = false
-        while context.channel.isWritable {
+        // Read once: a drain of ten responses loops over some twenty frames.
+        let channel = context.channel
+        while channel.isWritable {
             var pointer: UnsafePointer<UInt8>?
             // Data callbacks run inside mem_send: anything they trigger waits until it returns.
             self.insideSession = true

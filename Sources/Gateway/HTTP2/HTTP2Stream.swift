@@ -163,7 +163,7 @@ final class HTTP2Stream: DownstreamResponder {
         let method = self.data.method, path = self.data.path
         self.data.record = RequestRecord(method: method ?? "-", target: path ?? "-", protocolName: "HTTP/2")
         if self.data.state.headersComplete(endStream: endStream) { self.expectBody() }
-        let allocator = connection.context?.channel.allocator ?? ByteBufferAllocator()
+        let allocator = connection.allocator
         if self.data.headersTooLarge || self.data.invalidHeader || method == nil || path == nil {
             self.data.requestID = RequestIdentity.requestID(clientSupplied: self.fields.first(name: "x-request-id"))
         }
@@ -235,7 +235,7 @@ final class HTTP2Stream: DownstreamResponder {
                 self.data.record.source = .payloadTooLarge
                 self.connection.resetStream(self.id, internalError: false)
             case .respond:
-                let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
+                let allocator = self.connection.allocator
                 self.respondLocally(GatewayError.payloadTooLarge.response(requestID: self.data.requestID, trace: self.data.record.trace, allocator: allocator))
             }
             return
@@ -294,7 +294,7 @@ final class HTTP2Stream: DownstreamResponder {
             self.data.record.source = .requestTimeout
             self.connection.resetStream(self.id, internalError: false)
         case .respondRequestTimeout:
-            let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
+            let allocator = self.connection.allocator
             self.respondLocally(GatewayError.bodyTimeout.response(requestID: self.data.requestID, trace: self.data.record.trace, allocator: allocator))
         }
     }
@@ -395,7 +395,7 @@ final class HTTP2Stream: DownstreamResponder {
             self.data.record.note(exchange)
             self.data.exchange = nil
             exchange.cancel()
-            let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
+            let allocator = self.connection.allocator
             self.respondLocally(GatewayError.badUpstreamResponse.response(requestID: self.data.requestID, allocator: allocator))
             return nil
         }
@@ -429,7 +429,7 @@ final class HTTP2Stream: DownstreamResponder {
         case .reset:
             self.connection.resetStream(self.id, internalError: true)
         case .respond:
-            let allocator = self.connection.context?.channel.allocator ?? ByteBufferAllocator()
+            let allocator = self.connection.allocator
             self.respondLocally(error.response(requestID: self.data.requestID, allocator: allocator))
         }
     }
