@@ -244,6 +244,14 @@ def test_access_log_has_host_user_agent_and_upstream_fields(gw, upstream):
     assert 0 < line["upstream_s"] <= line["duration_s"]
     assert line["source"] == "upstream"
     assert re.fullmatch(r"[0-9a-f]{32}", line["trace_id"]) and line["sampled"] is False
+    # HTTP/1.1 too, and only the first of two fields, as sent.
+    with httpx.Client(verify=False, http2=False, timeout=10) as c:
+        r = c.get(gw.url("/api/bookings"), headers=[("X-Request-Id", "fields-2"), ("User-Agent", "First/1.0 (x)"),
+                                                    ("user-agent", "Second/2.0")])
+        assert r.status_code == 200
+    line = by_id(gw, "fields-2")
+    assert line["user_agent"] == "First/1.0 (x)"
+    assert line["protocol"] == "HTTP/1.1"
 
 
 def test_per_endpoint_series_and_pool_gauges(gw, upstream):

@@ -339,7 +339,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     private func startRequest(_ head: RequestHead) {
         self.timer.clear()
         var record = RequestRecord(
-            method: head.method.rawValue, target: head.uri, protocolName: head.version.minor == 0 ? "HTTP/1.0" : "HTTP/1.1"
+            method: head.method.rawValue, target: head.uri, protocolName: head.version.minor == 0 ? "HTTP/1.0" : "HTTP/1.1",
+            requestFields: head.headers
         )
         let dispatch = RequestDispatch.start(
             head, streamEnded: nil, peer: self.peer, services: self.services, runtime: self.runtime(), downstream: self,

@@ -192,6 +192,7 @@ final class HTTP2Stream: DownstreamResponder {
         )
         self.data.requestID = dispatch.requestID
         self.data.record.note(dispatch)
+        self.data.record.requestFields = head.headers
         self.data.responseAdditions = dispatch.responseAdditions
         self.data.hasBody = dispatch.hasBody
         switch dispatch.outcome {

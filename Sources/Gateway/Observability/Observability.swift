@@ -28,18 +28,22 @@ struct RequestRecord {
     var source: ResponseSource?
     /// The `Host` / `:authority` the client sent.
     var host: String?
-    var userAgent: String?
+    /// The request's fields as the client's bytes, read only when an access-log line is written
+    /// (its `user_agent`): a `String` made per request for a log that may be off would cost an
+    /// allocation for every browser's long `User-Agent`.
+    var requestFields: RequestFields?
     /// The upstream's response status, when one came (it can differ from `status`: a 101 becomes 502).
     var upstreamStatus: Int?
     var trace: TraceContext?
     /// Set once the record has been handed to `Observability.finished`.
     var logged = false
 
-    init(start: NIODeadline = .now(), method: String, target: String, protocolName: String) {
+    init(start: NIODeadline = .now(), method: String, target: String, protocolName: String, requestFields: RequestFields? = nil) {
         self.start = start
         self.method = method
         self.target = target
         self.protocolName = protocolName
+        self.requestFields = requestFields
     }
 
     /// Stands in until the request's head is complete: reads no clock and is never logged as is.
@@ -55,7 +59,6 @@ struct RequestRecord {
         self.jwtRejection = dispatch.jwtRejection
         self.subject = dispatch.subject
         self.host = dispatch.host
-        self.userAgent = dispatch.userAgent
         self.trace = dispatch.trace
     }
 
@@ -134,7 +137,7 @@ final class Observability: Sendable {
         )
         line.source = source
         line.host = record.host
-        line.userAgent = record.userAgent
+        line.userAgent = record.requestFields?.first(name: "user-agent")
         line.upstreamStatus = record.upstreamStatus
         line.trace = record.trace
         accessLog.log(line)

@@ -25,7 +25,6 @@ struct RequestDispatch {
     var jwtRejection: String? = nil
     var subject: String? = nil
     var host: String? = nil
-    var userAgent: String? = nil
     var trace: TraceContext? = nil
 
     /// - Parameters:
@@ -85,7 +84,7 @@ struct RequestDispatch {
         return RequestDispatch(
             outcome: routed.outcome, requestID: requestID, responseAdditions: additions, hasBody: routed.hasBody,
             routeName: routeName, clientIP: clientIP, jwtRejection: routed.jwtRejection, subject: routed.subject,
-            host: host, userAgent: validated.userAgent, trace: trace
+            host: host, trace: trace
         )
     }
 

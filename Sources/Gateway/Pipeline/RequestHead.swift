@@ -35,7 +35,6 @@ enum RequestValidator {
         var requestID: String?
         /// An `Expect` field lists `100-continue`.
         var expectsContinue = false
-        var userAgent: String? = nil
         /// The `traceparent` field; empty (invalid) when the client sent more than one.
         var traceparent: String? = nil
     }
@@ -60,7 +59,6 @@ enum RequestValidator {
         var host: String? = nil
         var requestID: String? = nil
         var expectsContinue = false
-        var userAgent: String? = nil
         var traceparent: String? = nil
         var refusal: GatewayError? = nil
         head.headers.forEachField { name, value in
@@ -78,8 +76,6 @@ enum RequestValidator {
                 if host == nil { host = String(decoding: value, as: UTF8.self) }
             case 6 where bytesEqualIgnoringASCIICase(name, "expect"):
                 if !visitCommaSeparated(value, { !bytesEqualIgnoringASCIICase($0, "100-continue") }) { expectsContinue = true }
-            case 10 where bytesEqualIgnoringASCIICase(name, "user-agent"):
-                if userAgent == nil { userAgent = String(decoding: value, as: UTF8.self) }
             case 11 where bytesEqualIgnoringASCIICase(name, "traceparent"):
                 traceparent = traceparent == nil ? String(decoding: value, as: UTF8.self) : ""
             case 12 where bytesEqualIgnoringASCIICase(name, "x-request-id"):
@@ -126,7 +122,7 @@ enum RequestValidator {
             framing = .contentLength(contentLength)
         }
         return .success(ValidatedHead(
-            framing: framing, host: host, requestID: requestID, expectsContinue: expectsContinue, userAgent: userAgent,
+            framing: framing, host: host, requestID: requestID, expectsContinue: expectsContinue,
             traceparent: traceparent
         ))
     }
