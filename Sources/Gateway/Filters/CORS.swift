@@ -177,14 +177,27 @@ final class CORSPolicy: Sendable {
     /// The allowed origin and, when it is a listed one sent as listed, its prebuilt fields.
     private func match(_ headers: RequestFields) -> (origin: String, exactFields: [(String, String)]?)? {
         // Exactly one `Origin` field, found without building the list of them.
-        var found: String? = nil
-        var several = false
+        var origins = 0
+        var matched: (origin: String, exactFields: [(String, String)]?)? = nil
         headers.forEachValue(of: "origin") { value in
-            several = found != nil
-            found = String(decoding: value, as: UTF8.self)
-            return !several
+            origins += 1
+            guard origins == 1 else { return false }
+            matched = self.match(origin: value)
+            return true
         }
-        guard !several, let origin = found, !origin.isEmpty, origin.utf8.count <= 1024 else { return nil }
+        return origins == 1 ? matched : nil
+    }
+
+    private func match(origin bytes: UnsafeBufferPointer<UInt8>) -> (origin: String, exactFields: [(String, String)]?)? {
+        guard !bytes.isEmpty, bytes.count <= 1024 else { return nil }
+        // A listed origin sent as listed (what browsers send): its own string and prebuilt
+        // fields, with no `String` made of the request's bytes.
+        for pattern in self.patterns {
+            if case .exact(let allowed, let fields) = pattern, allowed.withUTF8Bytes({ bytesEqual(bytes, $0) }) {
+                return (allowed, fields)
+            }
+        }
+        let origin = String(decoding: bytes, as: UTF8.self)
         // Scheme and host compare case-insensitively (they are serialised lowercase by browsers).
         let lower = origin.utf8.contains { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") } ? origin.lowercased() : origin
         for pattern in self.patterns where Self.matches(pattern, lower) {
