@@ -48,6 +48,6 @@ public final class BenchmarkProbe: Sendable {
 
     /// The config's `cors` origin check (`CORSPolicy.allowedOrigin`): the echoed origin, or nil.
     public func corsAllowedOrigin(_ headers: HTTPHeaders) -> String? {
-        runtime.cors?.allowedOrigin(RequestFields(headers))
+        runtime.cors?.allowedOrigin(HeadFields(headers))
     }
 }

@@ -40,7 +40,7 @@ struct AuthenticationTests {
     func outcome(_ authorization: String?, mode: AuthMode = .required, claims: [String: [String]] = [:]) -> Authenticator.Outcome {
         var headers = HTTPHeaders()
         if let authorization { headers.add(name: "Authorization", value: authorization) }
-        return authenticator.authenticate(RequestFields(headers), mode: mode, requiredClaims: claims)
+        return authenticator.authenticate(HeadFields(headers), mode: mode, requiredClaims: claims)
     }
 
     func rejection(_ outcome: Authenticator.Outcome) -> GatewayError? {
@@ -129,7 +129,7 @@ struct AuthenticationTests {
         var headers = HTTPHeaders()
         headers.add(name: "Authorization", value: "Bearer " + Self.token())
         headers.add(name: "Authorization", value: "Bearer " + Self.token())
-        let result = authenticator.authenticate(RequestFields(headers), mode: .required, requiredClaims: [:])
+        let result = authenticator.authenticate(HeadFields(headers), mode: .required, requiredClaims: [:])
         #expect(rejection(result)?.headers.first?.1.contains("malformed") == true)
     }
 
@@ -185,9 +185,9 @@ struct AuthenticationTests {
         #expect(Authenticator.bearerToken(["Bearer ab\u{e9}c"]) == .malformed)
         #expect(Authenticator.bearerToken(["Bearers abc"]) == .absent)
         // From the fields: any case of the name, and two of them refused whatever their case.
-        #expect(Authenticator.bearerToken(in: RequestFields(HTTPHeaders([("AUTHORIZATION", "Bearer t")]))) == .token("t"))
-        #expect(Authenticator.bearerToken(in: RequestFields(HTTPHeaders([("x", "y")]))) == .absent)
-        #expect(Authenticator.bearerToken(in: RequestFields(HTTPHeaders([("authorization", "Bearer t"), ("Authorization", "Basic u")]))) == .malformed)
+        #expect(Authenticator.bearerToken(in: HeadFields(HTTPHeaders([("AUTHORIZATION", "Bearer t")]))) == .token("t"))
+        #expect(Authenticator.bearerToken(in: HeadFields(HTTPHeaders([("x", "y")]))) == .absent)
+        #expect(Authenticator.bearerToken(in: HeadFields(HTTPHeaders([("authorization", "Bearer t"), ("Authorization", "Basic u")]))) == .malformed)
     }
 
     @Test func shortSecretsAreStartupErrorsWithoutTheSecret() throws {

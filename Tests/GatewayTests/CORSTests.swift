@@ -21,7 +21,7 @@ struct CORSTests {
           max_age: 10m
         """
 
-    func headers(_ pairs: (String, String)...) -> RequestFields { RequestFields(HTTPHeaders(pairs)) }
+    func headers(_ pairs: (String, String)...) -> HeadFields { HeadFields(HTTPHeaders(pairs)) }
 
     func allowed(_ origin: String, _ policy: CORSPolicy) -> Bool {
         policy.allowedOrigin(headers(("Origin", origin))) != nil

@@ -15,7 +15,7 @@ struct ClientIPTests {
     )
 
     func ip(_ peer: String, _ pairs: (String, String)...) -> String {
-        resolver.resolve(peer: PeerAddress(text: peer), headers: RequestFields(HTTPHeaders(pairs))).ip
+        resolver.resolve(peer: PeerAddress(text: peer), headers: HeadFields(HTTPHeaders(pairs))).ip
     }
 
     @Test func untrustedPeerIsTheClientWhateverItSends() {
@@ -93,7 +93,7 @@ struct ClientIPTests {
         #expect(cloudflare.isTrusted(IPAddressText.parse("2606:4700::6810:84e5")))
         #expect(!cloudflare.isTrusted([131, 0, 76, 1]))
         #expect(!cloudflare.isTrusted([203, 0, 113, 7]))
-        let identity = cloudflare.resolve(peer: PeerAddress(text: "131.0.72.9"), headers: RequestFields(HTTPHeaders([("CF-Connecting-IP", "181.1.2.3")])))
+        let identity = cloudflare.resolve(peer: PeerAddress(text: "131.0.72.9"), headers: HeadFields(HTTPHeaders([("CF-Connecting-IP", "181.1.2.3")])))
         #expect(identity == ClientIdentity(ip: "181.1.2.3", peer: "131.0.72.9", peerTrusted: true))
     }
 

@@ -63,7 +63,7 @@ struct IdentityTests {
 
     func proxyPlan(_ runtime: GatewayRuntime, _ target: String, _ pairs: [(String, String)]) -> ProxyPlan? {
         let decision = RequestPipeline.decide(
-            method: .GET, target: target, host: "api.test", headers: RequestFields(HTTPHeaders(pairs)),
+            method: .GET, target: target, host: "api.test", headers: HeadFields(HTTPHeaders(pairs)),
             peer: PeerAddress(text: "203.0.113.7"), listener: listener, runtime: runtime, allocator: ByteBufferAllocator())
         guard case .proxy(let plan) = decision.action else { return nil }
         return plan
@@ -71,7 +71,7 @@ struct IdentityTests {
 
     func refusal(_ runtime: GatewayRuntime, _ target: String, _ pairs: [(String, String)]) -> GatewayError? {
         let decision = RequestPipeline.decide(
-            method: .GET, target: target, host: "api.test", headers: RequestFields(HTTPHeaders(pairs)),
+            method: .GET, target: target, host: "api.test", headers: HeadFields(HTTPHeaders(pairs)),
             peer: PeerAddress(text: "203.0.113.7"), listener: listener, runtime: runtime, allocator: ByteBufferAllocator())
         if case .error(let error) = decision.action { return error }
         if case .proxy(let plan) = decision.action { return plan.deferredError }

@@ -163,7 +163,7 @@ struct JWKSTests {
     func passes(_ authenticator: Authenticator, kid: String, byte: UInt8) -> Bool {
         var headers = HTTPHeaders()
         headers.add(name: "authorization", value: "Bearer " + Self.token(kid: kid, byte: byte))
-        if case .authenticated = authenticator.authenticate(RequestFields(headers), mode: .required, requiredClaims: [:]) { return true }
+        if case .authenticated = authenticator.authenticate(HeadFields(headers), mode: .required, requiredClaims: [:]) { return true }
         return false
     }
 

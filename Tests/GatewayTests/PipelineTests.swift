@@ -32,7 +32,7 @@ struct PipelineTests {
 
     func decide(_ method: HTTPMethod, _ target: String, _ pairs: (String, String)..., peer: String = "203.0.113.7") -> PipelineDecision {
         RequestPipeline.decide(
-            method: method, target: target, host: "api.barberpro.com.ar", headers: RequestFields(HTTPHeaders(pairs)),
+            method: method, target: target, host: "api.barberpro.com.ar", headers: HeadFields(HTTPHeaders(pairs)),
             peer: PeerAddress(text: peer), listener: listener, runtime: runtime, allocator: ByteBufferAllocator()
         )
     }

@@ -47,7 +47,7 @@ struct RefusedRequestCountingTests {
 
     func decide(_ target: String, _ pairs: (String, String)..., peer: String = "203.0.113.7") -> PipelineDecision {
         RequestPipeline.decide(
-            method: .GET, target: target, host: "api.test", headers: RequestFields(HTTPHeaders(pairs)),
+            method: .GET, target: target, host: "api.test", headers: HeadFields(HTTPHeaders(pairs)),
             peer: PeerAddress(text: peer), listener: listener, runtime: runtime, allocator: ByteBufferAllocator()
         )
     }
@@ -67,7 +67,7 @@ struct RefusedRequestCountingTests {
     @Test func refusedRequestIsCountedByClientIPPoliciesOnly() {
         for headers in [[], [("Authorization", "Bearer not.a.token")]] as [[(String, String)]] {
             let decision = RequestPipeline.decide(
-                method: .GET, target: "/mixed/x", host: "api.test", headers: RequestFields(HTTPHeaders(headers + [("x-api-key", "k")])),
+                method: .GET, target: "/mixed/x", host: "api.test", headers: HeadFields(HTTPHeaders(headers + [("x-api-key", "k")])),
                 peer: PeerAddress(text: "203.0.113.7"), listener: listener, runtime: runtime,
                 allocator: ByteBufferAllocator()
             )

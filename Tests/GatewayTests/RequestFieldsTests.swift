@@ -41,7 +41,7 @@ struct RequestFieldsTests {
             }.map { ($0.0, String($0.1)) }
             let headers = HTTPHeaders(fields)
             let head = try Self.parsed(fields)
-            for storage in [head.headers, RequestFields(headers)] {
+            for storage in [head.headers, HeadFields(headers)] {
                 #expect(storage.count == headers.count)
                 #expect(storage.encodedSize == headers.encodedSize)
                 #expect(storage.map { "\($0.name): \($0.value)" } == headers.map { "\($0.name): \($0.value)" })

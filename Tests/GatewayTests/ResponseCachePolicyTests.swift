@@ -5,7 +5,7 @@ import Testing
 
 @Suite("Response cache: cacheability and keys")
 struct ResponseCachePolicyTests {
-    func key(_ method: HTTPMethod = .GET, _ uri: String, headers: RequestFields = [:], hasBody: Bool = false,
+    func key(_ method: HTTPMethod = .GET, _ uri: String, headers: HeadFields = [:], hasBody: Bool = false,
              keyBy: RouteCacheConfig.KeyBy = .shared, subject: String? = nil) -> String? {
         CachePolicy.baseKey(method: method, host: "API.Example.com:8443", uri: uri, headers: headers, hasBody: hasBody,
                             keyBy: keyBy, subject: subject)
@@ -29,7 +29,7 @@ struct ResponseCachePolicyTests {
     }
 
     @Test func authorizationIsNeverSharedButKeyedBySubjectWhenTheRouteSaysSo() {
-        let bearer: RequestFields = ["Authorization": "Bearer t"]
+        let bearer: HeadFields = ["Authorization": "Bearer t"]
         #expect(key(.GET, "/me", headers: bearer) == nil)
         let alice = key(.GET, "/me", headers: bearer, keyBy: .claimSub, subject: "alice")
         let bob = key(.GET, "/me", headers: bearer, keyBy: .claimSub, subject: "bob")

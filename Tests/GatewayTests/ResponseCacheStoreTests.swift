@@ -24,7 +24,7 @@ struct ResponseCacheStoreTests {
         return ResponseCache(config: config, route: "r")
     }
 
-    func request(_ cache: ResponseCache, _ uri: String, _ headers: RequestFields = [:]) -> CacheRequest {
+    func request(_ cache: ResponseCache, _ uri: String, _ headers: HeadFields = [:]) -> CacheRequest {
         cache.request(method: .GET, host: "h", uri: uri, headers: headers, hasBody: false, subject: nil)!
     }
 

@@ -55,7 +55,7 @@ struct TrafficSplitTests {
         for i in 0..<50 { #expect(byClaim.choose(clientIP: "10.0.0.\(i)", subject: "u-7", headers: [:]) == first) }
 
         let byCookie = split([50, 50], key: .cookie("uid"))
-        let headers = RequestFields(HTTPHeaders([("cookie", "a=1; uid=abc; b=2")]))
+        let headers = HeadFields(HTTPHeaders([("cookie", "a=1; uid=abc; b=2")]))
         let side = byCookie.choose(clientIP: "1.1.1.1", subject: nil, headers: headers)
         for _ in 0..<50 { #expect(byCookie.choose(clientIP: "9.9.9.9", subject: nil, headers: headers) == side) }
 
@@ -97,7 +97,7 @@ struct TrafficSplitTests {
         """)
         let runtime = try GatewayBuilder.runtime(config, configHash: "x")
         func route(_ fields: [(String, String)]) -> String {
-            guard case .matched(let route) = runtime.routes.match(host: nil, path: "/api/x", method: "GET", headers: RequestFields(HTTPHeaders(fields)))
+            guard case .matched(let route) = runtime.routes.match(host: nil, path: "/api/x", method: "GET", headers: HeadFields(HTTPHeaders(fields)))
             else { return "none" }
             return route.name
         }

@@ -13,7 +13,7 @@ enum CachePolicy {
     /// under `key_by: claim:sub`. Nil when the request must not be answered from or stored in a
     /// shared cache.
     static func baseKey(
-        method: HTTPMethod, host: String?, uri: String, headers: RequestFields, hasBody: Bool,
+        method: HTTPMethod, host: String?, uri: String, headers: HeadFields, hasBody: Bool,
         keyBy: RouteCacheConfig.KeyBy, subject: String?
     ) -> String? {
         guard method == .GET || method == .HEAD, !hasBody else { return nil }
@@ -53,7 +53,7 @@ enum CachePolicy {
     }
 
     /// The secondary key part from the request fields a stored response varies on.
-    static func varyPart(_ names: [String], request: RequestFields) -> String {
+    static func varyPart(_ names: [String], request: HeadFields) -> String {
         var part = ""
         for name in names {
             part += "\u{0}" + name + "=" + request[name].joined(separator: ",")

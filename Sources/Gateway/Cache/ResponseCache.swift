@@ -67,7 +67,7 @@ final class ResponseCache: Sendable {
 
     /// A cacheable request on this route, or nil when the request must bypass the cache.
     func request(
-        method: HTTPMethod, host: String?, uri: String, headers: RequestFields, hasBody: Bool, subject: String?
+        method: HTTPMethod, host: String?, uri: String, headers: HeadFields, hasBody: Bool, subject: String?
     ) -> CacheRequest? {
         guard let key = CachePolicy.baseKey(
             method: method, host: host, uri: uri, headers: headers, hasBody: hasBody,
@@ -253,7 +253,7 @@ final class ResponseCache: Sendable {
 struct CacheRequest {
     let cache: ResponseCache
     let baseKey: String
-    let headers: RequestFields
+    let headers: HeadFields
 }
 
 /// Collects one upstream response as it streams to the client and stores it at its end if it is

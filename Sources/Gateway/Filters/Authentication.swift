@@ -87,7 +87,7 @@ final class Authenticator: Sendable {
     }
 
     func authenticate(
-        _ headers: RequestFields, target: String = "/", mode: AuthMode, requiredClaims: [String: [String]],
+        _ headers: HeadFields, target: String = "/", mode: AuthMode, requiredClaims: [String: [String]],
         identity route: RouteIdentityConfig = RouteIdentityConfig()
     ) -> Outcome {
         if mode == .none { return .anonymous }
@@ -164,7 +164,7 @@ final class Authenticator: Sendable {
     }
 
     /// The first configured source (that the route allows) holding a token.
-    func findToken(_ headers: RequestFields, target: String, route: RouteIdentityConfig) -> FoundToken {
+    func findToken(_ headers: HeadFields, target: String, route: RouteIdentityConfig) -> FoundToken {
         for source in self.sources where route.allows(source) {
             let value: Substring?
             let location: TokenLocation
@@ -200,7 +200,7 @@ final class Authenticator: Sendable {
     }
 
     /// The request's `Authorization` fields, with no list made of them.
-    static func bearerToken(in headers: RequestFields) -> BearerToken {
+    static func bearerToken(in headers: HeadFields) -> BearerToken {
         var found: String?
         var several = false
         headers.forEachValue(of: "authorization") { value in

@@ -161,7 +161,7 @@ final class CORSPolicy: Sendable {
 
     /// The method a preflight asks about, or `nil` when the request is not a preflight (an
     /// `OPTIONS` without `Access-Control-Request-Method` is an ordinary request).
-    static func preflightMethod(method: HTTPMethod, headers: RequestFields) -> String? {
+    static func preflightMethod(method: HTTPMethod, headers: HeadFields) -> String? {
         guard method == .OPTIONS, headers.contains(name: "origin") else { return nil }
         let requested = headers["access-control-request-method"]
         guard requested.count == 1 else { return requested.isEmpty ? nil : "" }
@@ -170,12 +170,12 @@ final class CORSPolicy: Sendable {
 
     /// The request's `Origin` when it is allowed (exactly one `Origin` field, matching a pattern).
     /// `null` (sandboxed frames, `file:`) only when listed: `*` does not cover it.
-    func allowedOrigin(_ headers: RequestFields) -> String? {
+    func allowedOrigin(_ headers: HeadFields) -> String? {
         self.match(headers)?.origin
     }
 
     /// The allowed origin and, when it is a listed one sent as listed, its prebuilt fields.
-    private func match(_ headers: RequestFields) -> (origin: String, exactFields: [(String, String)]?)? {
+    private func match(_ headers: HeadFields) -> (origin: String, exactFields: [(String, String)]?)? {
         // Exactly one `Origin` field, found without building the list of them.
         var origins = 0
         var matched: (origin: String, exactFields: [(String, String)]?)? = nil
@@ -237,7 +237,7 @@ final class CORSPolicy: Sendable {
     /// Vary for preflight answers: they depend on the origin and on what was asked.
     static let preflightVary = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 
-    func preflight(requestedMethod: String, headers: RequestFields) -> Preflight {
+    func preflight(requestedMethod: String, headers: HeadFields) -> Preflight {
         guard let origin = self.allowedOrigin(headers) else { return .rejected }
         // GET, HEAD and POST are CORS-safelisted methods (Fetch §2.2.1): browsers allow them
         // whatever Allow-Methods says, so refusing them here would protect nothing.
@@ -258,7 +258,7 @@ final class CORSPolicy: Sendable {
     /// Additions for an actual (non-preflight) request: `Vary: Origin` always; the CORS fields
     /// only for an allowed origin (a disallowed one is served without them, and the browser hides
     /// the response from the page).
-    func actual(_ headers: RequestFields) -> ResponseAdditions {
+    func actual(_ headers: HeadFields) -> ResponseAdditions {
         guard let (origin, exactFields) = self.match(headers) else { return ResponseAdditions(headers: [], corsEnabled: true) }
         if let exactFields { return ResponseAdditions(headers: exactFields, corsEnabled: true) }
         var fields: [(String, String)] = []

@@ -163,7 +163,7 @@ final class RateLimitService: Sendable {
     /// claim, a missing header — falls back to the client IP, so anonymous clients still share
     /// one bucket per address.
     func request(
-        rules: [RateLimitRule], clientIP: String, claims: VerifiedClaims?, headers: RequestFields, route: String
+        rules: [RateLimitRule], clientIP: String, claims: VerifiedClaims?, headers: HeadFields, route: String
     ) -> RateLimitRequest? {
         guard !rules.isEmpty else { return nil }
         if !self.exempt.isEmpty, let bytes = IPAddressText.parse(Substring(clientIP)),

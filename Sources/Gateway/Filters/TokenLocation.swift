@@ -45,7 +45,7 @@ enum TokenLocation: Sendable, Equatable {
     /// The value of cookie `name` (RFC 6265 §4.2.1 `cookie-string`; a DQUOTE-wrapped value is
     /// unwrapped). The first one wins when a browser sends the name twice (the more specific path
     /// comes first, RFC 6265 §5.4).
-    static func cookie(named name: String, in headers: RequestFields) -> Substring? {
+    static func cookie(named name: String, in headers: HeadFields) -> Substring? {
         for value in headers["cookie"] {
             for pair in value.split(separator: ";") where Self.cookieName(pair) == Substring(name) {
                 var cookie = pair[pair.index(after: pair.firstIndex(of: "=")!)...].trimmingSpaces
@@ -69,7 +69,7 @@ enum TokenLocation: Sendable, Equatable {
 
     /// `Sec-WebSocket-Protocol: bearer, <token>[, …]` (the browser `new WebSocket(url, ["bearer",
     /// token, "app"])` form): the element following `bearer`.
-    static func websocketProtocolToken(_ headers: RequestFields) -> Substring? {
+    static func websocketProtocolToken(_ headers: HeadFields) -> Substring? {
         let elements = Self.protocolElements(headers["sec-websocket-protocol"])
         guard let bearer = elements.firstIndex(where: { $0.lowercased() == "bearer" }) else { return nil }
         return bearer + 1 < elements.count ? Substring(elements[bearer + 1]) : ""

@@ -136,7 +136,7 @@ enum StrictRequestHead {
         let outcome = buffer.withUnsafeReadableBytes { parse($0, maxHeadBytes: maxHeadBytes) }
         guard case .parsed(var parsed) = outcome.outcome else { return outcome.outcome }
         let lines = buffer.getSlice(at: buffer.readerIndex + outcome.fields.lowerBound, length: outcome.fields.count)!
-        parsed.head.headers = RequestFields(lines: FieldLines(validated: lines, count: outcome.fieldCount))
+        parsed.head.headers = HeadFields(lines: FieldLines(validated: lines, count: outcome.fieldCount))
         return .parsed(parsed)
     }
 

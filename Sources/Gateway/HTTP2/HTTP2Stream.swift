@@ -27,7 +27,7 @@ final class HTTP2Stream: DownstreamResponder {
         var method: String?
         var path: String?
         var authority: String?
-        /// The request's fields as `name: value` CRLF lines (`RequestFields`).
+        /// The request's fields as `name: value` CRLF lines (`HeadFields`).
         var fieldLines = ByteBuffer()
         var fieldCount = 0
         var cookies: [String] = []
@@ -153,8 +153,8 @@ final class HTTP2Stream: DownstreamResponder {
     }
 
     /// The fields gathered so far.
-    private var fields: RequestFields {
-        RequestFields(lines: FieldLines(validated: self.data.fieldLines, count: self.data.fieldCount))
+    private var fields: HeadFields {
+        HeadFields(lines: FieldLines(validated: self.data.fieldLines, count: self.data.fieldCount))
     }
 
     func headersComplete(endStream: Bool) {

@@ -31,14 +31,14 @@ struct RequestRecord {
     /// The request's fields as the client's bytes, read only when an access-log line is written
     /// (its `user_agent`): a `String` made per request for a log that may be off would cost an
     /// allocation for every browser's long `User-Agent`.
-    var requestFields: RequestFields?
+    var requestFields: HeadFields?
     /// The upstream's response status, when one came (it can differ from `status`: a 101 becomes 502).
     var upstreamStatus: Int?
     var trace: TraceContext?
     /// Set once the record has been handed to `Observability.finished`.
     var logged = false
 
-    init(start: NIODeadline = .now(), method: String, target: String, protocolName: String, requestFields: RequestFields? = nil) {
+    init(start: NIODeadline = .now(), method: String, target: String, protocolName: String, requestFields: HeadFields? = nil) {
         self.start = start
         self.method = method
         self.target = target

@@ -88,7 +88,7 @@ struct ClientIPResolver: Sendable {
         return self.trustedNetworks.contains { $0.contains(bytes) }
     }
 
-    func resolve(peer: PeerAddress, headers: RequestFields) -> ClientIdentity {
+    func resolve(peer: PeerAddress, headers: HeadFields) -> ClientIdentity {
         guard self.isTrusted(peer.bytes) else {
             return ClientIdentity(ip: peer.text, peer: peer.text, peerTrusted: false)
         }

@@ -59,7 +59,7 @@ enum RequestPipeline {
         method: HTTPMethod,
         target: String,
         host: String?,
-        headers: RequestFields,
+        headers: HeadFields,
         peer: PeerAddress,
         listener: ListenerInfo,
         runtime: GatewayRuntime,
@@ -179,7 +179,7 @@ enum RequestPipeline {
     /// count is done, so a flood of missing or bad tokens gets 429 like any other flood. Nil when
     /// no such policy applies (the refusal goes out at once).
     static func countedRefusal(
-        _ error: GatewayError, route: Route, client: ClientIdentity, headers: RequestFields, runtime: GatewayRuntime
+        _ error: GatewayError, route: Route, client: ClientIdentity, headers: HeadFields, runtime: GatewayRuntime
     ) -> ProxyPlan? {
         guard let limiter = runtime.rateLimiter, route.rateLimits.contains(where: \.countsRefusedRequests),
             let cluster = runtime.clusters[route.upstreamName],

@@ -150,43 +150,10 @@ struct UpstreamResponseParser {
 struct UpstreamResponseHead {
     var version: HTTPVersion
     var status: HTTPResponseStatus
-    var fields: ResponseFields
+    /// As the parser kept them, or decoded (a head from a test).
+    var fields: HeadFields
 
-    /// The fields of a head: as the parser kept them, or decoded (a head from a test).
-    enum ResponseFields: FieldSource {
-        case lines(FieldLines)
-        case decoded(HTTPHeaders)
-
-        func forEachField(_ body: (_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) -> Bool) {
-            switch self {
-            case .lines(let lines): lines.forEachField(body)
-            case .decoded(let headers): headers.forEachField(body)
-            }
-        }
-
-        var fieldCount: Int {
-            switch self {
-            case .lines(let lines): lines.fieldCount
-            case .decoded(let headers): headers.count
-            }
-        }
-
-        var encodedSize: Int {
-            switch self {
-            case .lines(let lines): lines.encodedSize
-            case .decoded(let headers): headers.encodedSize
-            }
-        }
-
-        var headers: HTTPHeaders {
-            switch self {
-            case .lines(let lines): lines.headers
-            case .decoded(let headers): headers
-            }
-        }
-    }
-
-    init(version: HTTPVersion, status: HTTPResponseStatus, fields: ResponseFields) {
+    init(version: HTTPVersion, status: HTTPResponseStatus, fields: HeadFields) {
         self.version = version
         self.status = status
         self.fields = fields
@@ -194,11 +161,11 @@ struct UpstreamResponseHead {
 
     /// A head decoded elsewhere.
     init(_ head: HTTPResponseHead) {
-        self.init(version: head.version, status: head.status, fields: .decoded(head.headers))
+        self.init(version: head.version, status: head.status, fields: HeadFields(head.headers))
     }
 
     var built: HTTPResponseHead {
-        HTTPResponseHead(version: self.version, status: self.status, headers: self.fields.headers)
+        HTTPResponseHead(version: self.version, status: self.status, headers: self.fields.httpHeaders)
     }
 
     /// One response head in the strict grammar at the start of `buffer`: the status line, the
@@ -207,7 +174,7 @@ struct UpstreamResponseHead {
         let outcome = buffer.withUnsafeReadableBytes { parse($0, maxHeadBytes: maxHeadBytes) }
         guard case .parsed(var parsed) = outcome.outcome else { return outcome.outcome }
         let lines = buffer.getSlice(at: buffer.readerIndex + outcome.fields.lowerBound, length: outcome.fields.count)!
-        parsed.head.fields = .lines(FieldLines(validated: lines, count: outcome.fieldCount))
+        parsed.head.fields = HeadFields(lines: FieldLines(validated: lines, count: outcome.fieldCount))
         return .parsed(parsed)
     }
 
@@ -266,7 +233,7 @@ struct UpstreamResponseHead {
         let bodyless = status < 200 || status == 204 || status == 304
         let endsWithClose = !bodyless && !fields.isChunked && fields.contentLength == nil
         let keepAlive = (version == .http1_1 ? !fields.close : fields.keepAlive) && !endsWithClose
-        let head = UpstreamResponseHead(version: version, status: HTTPResponseStatus(statusCode: status), fields: .decoded([:]))
+        let head = UpstreamResponseHead(version: version, status: HTTPResponseStatus(statusCode: status), fields: [:])
         let parsed = ParsedHead(head: head, length: headLength, contentLength: fields.contentLength, isChunked: fields.isChunked, keepAlive: keepAlive)
         return (.parsed(parsed), (statusEnd + 2)..<(headLength - 2), lines - 1)
     }

@@ -33,7 +33,7 @@ struct RequestCondition: @unchecked Sendable {
     /// A header condition holds when any one of the field's values satisfies it (a repeated field
     /// is not joined, so `exact` compares whole field values); a cookie condition looks at the
     /// first cookie of that name.
-    func matches(_ headers: RequestFields) -> Bool {
+    func matches(_ headers: HeadFields) -> Bool {
         if self.isCookie {
             let value = Self.cookie(named: self.name, in: headers)
             switch self.test {
@@ -62,7 +62,7 @@ struct RequestCondition: @unchecked Sendable {
 
     /// The value of the first cookie called `name` across every `Cookie` field (HTTP/2 may split
     /// them, RFC 9113 §8.2.3). Names compare case-sensitively, as browsers send them (RFC 6265).
-    static func cookie(named name: String, in headers: RequestFields) -> Substring? {
+    static func cookie(named name: String, in headers: HeadFields) -> Substring? {
         for value in headers["cookie"] {
             for pair in value.split(separator: ";") {
                 let trimmed = pair.drop { $0 == " " || $0 == "\t" }

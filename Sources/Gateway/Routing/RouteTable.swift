@@ -113,7 +113,7 @@ final class Route: Sendable {
         return methods.contains(method)
     }
 
-    func matchesConditions(_ headers: RequestFields) -> Bool {
+    func matchesConditions(_ headers: HeadFields) -> Bool {
         for condition in self.conditions where !condition.matches(headers) { return false }
         return true
     }
@@ -150,7 +150,7 @@ final class RouteTable: Sendable {
     ///   - path: the path without query string.
     ///   - headers: for `match.headers` and `match.cookies`; a route whose conditions fail is
     ///     skipped as if its path did not match (it plays no part in a 405).
-    func match(host rawHost: String?, path: Substring, method: String, headers: RequestFields = [:]) -> RouteLookup {
+    func match(host rawHost: String?, path: Substring, method: String, headers: HeadFields = [:]) -> RouteLookup {
         let host = Self.normalizeHost(rawHost)
         var allowed: [String]? = nil
         for route in self.routes where route.host.matches(host) && route.matchesPath(path) {

@@ -54,7 +54,7 @@ final class TrafficSplit: Sendable {
     }
 
     /// The upstream for one request, counted in the split metric.
-    func choose(clientIP: String, subject: String?, claimHeaders: [(String, String)] = [], headers: RequestFields) -> String {
+    func choose(clientIP: String, subject: String?, claimHeaders: [(String, String)] = [], headers: HeadFields) -> String {
         var keyValue: Substring?
         switch self.key {
         case .clientIP: keyValue = Substring(clientIP)

@@ -126,7 +126,7 @@ extension WebSocketHandshake {
     /// An RFC 8441 extended CONNECT becomes the HTTP/1.1 handshake the upstream understands:
     /// `GET` with `Upgrade`/`Connection` and a fresh `Sec-WebSocket-Key` (HTTP/2 carries none; the
     /// upstream's accept is checked against this one), the version kept from the client.
-    static func addHTTP1Fields(to headers: inout RequestFields, method: inout HTTPMethod) {
+    static func addHTTP1Fields(to headers: inout HeadFields, method: inout HTTPMethod) {
         method = .GET
         var generator = SystemRandomNumberGenerator()
         let nonce = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }

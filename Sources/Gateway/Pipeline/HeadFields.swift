@@ -2,16 +2,16 @@ import NIOCore
 import NIOHTTP1
 
 /// A client request as the pipeline sees it, HTTP/1.1 or HTTP/2: the method, the target and the
-/// fields as the client's bytes (`RequestFields`). Unlike NIO's `HTTPRequestHead` it builds no
+/// fields as the client's bytes (`HeadFields`). Unlike NIO's `HTTPRequestHead` it builds no
 /// `String` per field and no array of them: the HTTP/1.1 parser keeps the head's field lines, the
 /// HTTP/2 stream writes its decoded fields as lines, and each phase reads the bytes in place.
 struct RequestHead {
     var version: HTTPVersion
     var method: HTTPMethod
     var uri: String
-    var headers: RequestFields
+    var headers: HeadFields
 
-    init(version: HTTPVersion, method: HTTPMethod, uri: String, headers: RequestFields) {
+    init(version: HTTPVersion, method: HTTPMethod, uri: String, headers: HeadFields) {
         self.version = version
         self.method = method
         self.uri = uri
@@ -20,7 +20,7 @@ struct RequestHead {
 
     /// A head decoded elsewhere (NIO's decoder, a test).
     init(_ head: HTTPRequestHead) {
-        self.init(version: head.version, method: head.method, uri: head.uri, headers: RequestFields(head.headers))
+        self.init(version: head.version, method: head.method, uri: head.uri, headers: HeadFields(head.headers))
     }
 
     /// The same head as NIO's type, for the paths that edit it.
@@ -29,11 +29,11 @@ struct RequestHead {
     }
 }
 
-/// A request's fields: the field lines as the client sent them (`FieldLines`), or decoded into
-/// `HTTPHeaders` once something edited them (rare: a WebSocket over HTTP/2, a test). Lookups
-/// compare names by bytes with ASCII case ignored, as `HTTPHeaders` does, and make a `String` only
-/// of the value they return.
-struct RequestFields: FieldSource {
+/// A head's fields, a client request's or an upstream response's: the field lines as the peer sent
+/// them (`FieldLines`), or decoded into `HTTPHeaders` (a head from a test, or one something edited:
+/// a WebSocket over HTTP/2). Lookups compare names by bytes with ASCII case ignored, as
+/// `HTTPHeaders` does, and make a `String` only of the value they return.
+struct HeadFields: FieldSource {
     private enum Storage {
         case lines(FieldLines)
         case decoded(HTTPHeaders)
@@ -52,6 +52,13 @@ struct RequestFields: FieldSource {
         self.storage = .decoded(headers)
     }
 
+    /// The field lines, when the fields are still as the peer sent them (checked at the source:
+    /// every name a token, every value field-vchars, SP and HTAB).
+    var lines: FieldLines? {
+        if case .lines(let lines) = self.storage { return lines }
+        return nil
+    }
+
     func forEachField(_ body: (_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) -> Bool) {
         switch self.storage {
         case .lines(let lines): lines.forEachField(body)
@@ -67,7 +74,6 @@ struct RequestFields: FieldSource {
     }
 
     var count: Int { self.fieldCount }
-    var isEmpty: Bool { self.fieldCount == 0 }
 
     var encodedSize: Int {
         switch self.storage {
@@ -168,13 +174,13 @@ struct RequestFields: FieldSource {
     }
 }
 
-extension RequestFields: ExpressibleByDictionaryLiteral {
+extension HeadFields: ExpressibleByDictionaryLiteral {
     init(dictionaryLiteral elements: (String, String)...) {
         self.init(HTTPHeaders(elements))
     }
 }
 
-extension RequestFields: Sequence {
+extension HeadFields: Sequence {
     /// Each field as `String`s, for the paths off the request's way (tests, admin): the request
     /// path uses the byte lookups above, which build no `String` per field.
     func makeIterator() -> IndexingIterator<[(name: String, value: String)]> {
