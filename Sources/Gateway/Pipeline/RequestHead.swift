@@ -61,12 +61,15 @@ enum RequestValidator {
         var expectsContinue = false
         var traceparent: String? = nil
         var refusal: GatewayError? = nil
+        // Field lines were checked where they were made (the HTTP/1.1 grammar, the HTTP/2 stream):
+        // only decoded fields are checked here.
+        let checked = head.headers.lines != nil
         head.headers.forEachField { name, value in
-            guard !name.isEmpty, name.allSatisfy(isHTTPTokenByte) else {
+            guard checked || (!name.isEmpty && name.allSatisfy(isHTTPTokenByte)) else {
                 refusal = .badRequest("invalid header name")
                 return false
             }
-            guard isFieldValue(bytes: value) else {
+            guard checked || isFieldValue(bytes: value) else {
                 refusal = .badRequest("invalid header value")
                 return false
             }
