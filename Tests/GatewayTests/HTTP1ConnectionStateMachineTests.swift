@@ -10,7 +10,7 @@ import Testing
 struct HTTP1ConnectionStateMachineTests {
     typealias Machine = HTTP1ServerHandler.StateMachine
 
-    static let head = HTTP1RequestPart.head(RequestHead(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")))
+    static let head = HTTP1RequestPart.head(RequestHead(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")), keepAlive: true)
 
     /// A request decoded on an idle connection, its end too unless it has a body still coming.
     static func begin(_ machine: inout Machine, keepAlive: Bool = true, hasBody: Bool = false) {

@@ -108,7 +108,7 @@ struct HTTP1ServerHandlerTests {
     @Test("The pipelined queue counts requests, not parts, and marks the last one before the cut")
     func queueBookkeeping() {
         var queue = PipelinedRequests(maxRequests: 2)
-        let head = HTTP1RequestPart.head(RequestHead(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/")))
+        let head = HTTP1RequestPart.head(RequestHead(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/")), keepAlive: true)
         for part in [head, .body(ByteBuffer(string: "a")), .body(ByteBuffer(string: "b")), .end, head, .end] {
             queue.append(part)
         }
@@ -270,6 +270,21 @@ struct HTTP1ServerHandlerTests {
         try channel.writeInbound(ByteBuffer(string:
             "GET /one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n"))
         #expect(Self.statuses(try Self.output(channel)) == ["404"])
+        channel.embeddedEventLoop.advanceTime(by: HTTP1ServerHandler.resetAvoidanceDelay)
+        #expect(!channel.isActive)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    /// llhttp reads `Proxy-Connection` as `Connection`, and so does the parser, which reads nothing
+    /// after a closing request: the connection must close with it, not answer the next bytes 400.
+    @Test("A Proxy-Connection: close request closes the connection after its response")
+    func proxyConnectionClose() throws {
+        let (channel, _) = try Self.makeChannel()
+        try channel.writeInbound(ByteBuffer(string:
+            "GET /one HTTP/1.1\r\nHost: x\r\nProxy-Connection: close\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n"))
+        let text = try Self.output(channel)
+        #expect(Self.statuses(text) == ["404"])
+        #expect(text.lowercased().contains("connection: close"))
         channel.embeddedEventLoop.advanceTime(by: HTTP1ServerHandler.resetAvoidanceDelay)
         #expect(!channel.isActive)
         _ = try channel.finish(acceptAlreadyClosed: true)

@@ -123,7 +123,9 @@ struct HTTP1RequestParser {
 
 /// One decoded part of a client's request, as the connection queues and hands it on.
 enum HTTP1RequestPart {
-    case head(RequestHead)
+    /// `keepAlive`: the parser's verdict (`HTTP1RequestParser.Event.head`), which also decides
+    /// whether it reads on after this request.
+    case head(RequestHead, keepAlive: Bool)
     case body(ByteBuffer)
     case end
 }

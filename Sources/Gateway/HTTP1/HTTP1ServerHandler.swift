@@ -206,10 +206,9 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             case .none:
                 if input.readableBytes > 0 { self.unparsed = input }
                 return
-            case .head(let head, _, let asksToSwitch):
-                // Keep-alive is the head's own (`Connection`), as the state machine has it.
+            case .head(let head, let keepAlive, let asksToSwitch):
                 self.requestAsksToSwitch = asksToSwitch
-                part = .head(head)
+                part = .head(head, keepAlive: keepAlive)
             case .body(let body):
                 part = .body(body)
             case .end:
@@ -321,8 +320,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     private func handle(_ part: HTTP1RequestPart) {
         switch part {
-        case .head(let head):
-            self.startRequest(head)
+        case .head(let head, let keepAlive):
+            self.startRequest(head, keepAlive: keepAlive)
         case .body(let body):
             self.bodyReceived(body)
         case .end:
@@ -336,7 +335,9 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         if self.current == nil { self.current = .forError() }
     }
 
-    private func startRequest(_ head: RequestHead) {
+    /// - Parameter keepAlive: the parser's verdict, so the connection is kept exactly when the
+    ///   parser reads on (`Proxy-Connection: close` included, as llhttp reads it).
+    private func startRequest(_ head: RequestHead, keepAlive: Bool) {
         self.timer.clear()
         var record = RequestRecord(
             method: head.method.rawValue, target: head.uri, protocolName: head.version.minor == 0 ? "HTTP/1.0" : "HTTP/1.1",
@@ -351,7 +352,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             method: head.method, version: head.version, requestID: dispatch.requestID,
             responseAdditions: dispatch.responseAdditions, record: consume record
         )
-        self.state.requestStarted(keepAliveRequested: head.version == .http1_1 && !head.headers.asksToClose, hasBody: dispatch.hasBody)
+        self.state.requestStarted(keepAliveRequested: head.version == .http1_1 && keepAlive, hasBody: dispatch.hasBody)
         switch dispatch.outcome {
         case .respond(let response):
             self.writeLocal(response, forceClose: false)

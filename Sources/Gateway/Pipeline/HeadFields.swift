@@ -120,18 +120,6 @@ struct HeadFields: FieldSource {
         return found
     }
 
-    /// A `Connection` field lists `close`: the client asks for the connection to end after this
-    /// request. (`Proxy-Connection` is not read here, as NIO's `isKeepAlive` does not read it; unlike
-    /// NIO, a repeated `keep-alive` is not read as `close`.)
-    var asksToClose: Bool {
-        var close = false
-        self.forEachValue(of: "connection") { value in
-            close = HTTP1Grammar.connectionOptions(value).close
-            return !close
-        }
-        return close
-    }
-
     /// Every value of the field `name`, in order.
     subscript(name: String) -> [String] {
         var values: [String] = []
