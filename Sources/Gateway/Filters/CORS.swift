@@ -200,12 +200,8 @@ final class CORSPolicy: Sendable {
         let origin = String(decoding: bytes, as: UTF8.self)
         // Scheme and host compare case-insensitively (they are serialised lowercase by browsers).
         let lower = origin.utf8.contains { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") } ? origin.lowercased() : origin
-        for pattern in self.patterns where Self.matches(pattern, lower) {
-            // Echoed as sent: the prebuilt fields carry the listed (lowercase) spelling.
-            if case .exact(_, let fields) = pattern, lower == origin { return (origin, fields) }
-            return (origin, nil)
-        }
-        return nil
+        // Echoed as sent (a listed origin sent as listed was answered above, with its fields).
+        return self.patterns.contains { Self.matches($0, lower) } ? (origin, nil) : nil
     }
 
     private static func matches(_ pattern: Pattern, _ origin: String) -> Bool {
