@@ -171,19 +171,23 @@ struct AuthenticationTests {
     }
 
     @Test func bearerParsing() {
-        #expect(Authenticator.bearerToken([]) == .absent)
-        #expect(Authenticator.bearerToken(["Basic abc"]) == .absent)
-        #expect(Authenticator.bearerToken(["Bearer abc.def-_~+/="]) == .token("abc.def-_~+/="))
-        #expect(Authenticator.bearerToken(["Bearer   abc  "]) == .token("abc"))
-        #expect(Authenticator.bearerToken(["Bearer"]) == .malformed)
-        #expect(Authenticator.bearerToken(["Bearer a=b"]) == .malformed)
-        #expect(Authenticator.bearerToken(["Bearer a", "Bearer a"]) == .malformed)
-        #expect(Authenticator.bearerToken(["bEARER\tabc"]) == .absent)
-        #expect(Authenticator.bearerToken(["BEARER abc=="]) == .token("abc=="))
-        #expect(Authenticator.bearerToken(["Bearer =="]) == .malformed)
-        #expect(Authenticator.bearerToken(["Bearer \t abc\t "]) == .token("abc"))
-        #expect(Authenticator.bearerToken(["Bearer ab\u{e9}c"]) == .malformed)
-        #expect(Authenticator.bearerToken(["Bearers abc"]) == .absent)
+        /// The token of a request with these `Authorization` values.
+        func bearerToken(_ values: [String]) -> Authenticator.BearerToken {
+            Authenticator.bearerToken(in: HeadFields(HTTPHeaders(values.map { ("Authorization", $0) })))
+        }
+        #expect(bearerToken([]) == .absent)
+        #expect(bearerToken(["Basic abc"]) == .absent)
+        #expect(bearerToken(["Bearer abc.def-_~+/="]) == .token("abc.def-_~+/="))
+        #expect(bearerToken(["Bearer   abc  "]) == .token("abc"))
+        #expect(bearerToken(["Bearer"]) == .malformed)
+        #expect(bearerToken(["Bearer a=b"]) == .malformed)
+        #expect(bearerToken(["Bearer a", "Bearer a"]) == .malformed)
+        #expect(bearerToken(["bEARER\tabc"]) == .absent)
+        #expect(bearerToken(["BEARER abc=="]) == .token("abc=="))
+        #expect(bearerToken(["Bearer =="]) == .malformed)
+        #expect(bearerToken(["Bearer \t abc\t "]) == .token("abc"))
+        #expect(bearerToken(["Bearer ab\u{e9}c"]) == .malformed)
+        #expect(bearerToken(["Bearers abc"]) == .absent)
         // From the fields: any case of the name, and two of them refused whatever their case.
         #expect(Authenticator.bearerToken(in: HeadFields(HTTPHeaders([("AUTHORIZATION", "Bearer t")]))) == .token("t"))
         #expect(Authenticator.bearerToken(in: HeadFields(HTTPHeaders([("x", "y")]))) == .absent)

@@ -213,14 +213,6 @@ final class Authenticator: Sendable {
         return found.map(Self.bearerToken(value:)) ?? .absent
     }
 
-    /// `bearerToken(in:)` over a list of `Authorization` values.
-    static func bearerToken(_ values: [String]) -> BearerToken {
-        guard let value = values.first else { return .absent }
-        // Several Authorization fields: which one would the upstream read? Refuse to guess.
-        guard values.count == 1 else { return .malformed }
-        return Self.bearerToken(value: value)
-    }
-
     /// RFC 6750 §2.1: `Authorization: Bearer <b64token>`; the scheme is case-insensitive
     /// (RFC 9110 §11.1).
     private static func bearerToken(value: String) -> BearerToken {
