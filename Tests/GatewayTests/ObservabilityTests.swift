@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import NIOHTTP1
 import NIOPosix
 import Testing
 
@@ -9,8 +10,8 @@ import Testing
 struct ObservabilityTests {
     @Test func prometheusTextHasEverySpecSeriesAndMovingValues() {
         let metrics = GatewayMetrics()
-        metrics.recordRequest(route: "api", method: "GET", status: 200, protocolName: "HTTP/2", seconds: 0.0003, upstreamSeconds: 0.0002)
-        metrics.recordRequest(route: "api", method: "BREW", status: 405, protocolName: "HTTP/1.1", seconds: 0.02, upstreamSeconds: nil)
+        metrics.recordRequest(route: "api", method: .GET, status: 200, version: .http2, seconds: 0.0003, upstreamSeconds: 0.0002)
+        metrics.recordRequest(route: "api", method: .RAW(value: "BREW"), status: 405, version: .http1_1, seconds: 0.02, upstreamSeconds: nil)
         metrics.rateLimitDecisions.increment(["per_ip", "allowed"])
         metrics.connections.set(["public", "h2"], 3)
         let text = metrics.render()

@@ -37,7 +37,7 @@ struct PipelineTests {
         )
     }
 
-    func field(_ decision: PipelineDecision, _ name: String) -> String? {
+    func field(_ decision: borrowing PipelineDecision, _ name: String) -> String? {
         decision.responseAdditions.headers.first { $0.0 == name }?.1
     }
 

@@ -53,7 +53,7 @@ struct ResponseSourceTests {
         #expect(ResponseSource.settled(.upstreamReset, responseComplete: false) == .upstreamReset)
         #expect(ResponseSource.settled(.noRoute, responseComplete: true) == .noRoute)
 
-        var record = RequestRecord(method: "GET", target: "/", protocolName: "HTTP/1.1")
+        var record = RequestRecord(method: .GET, target: "/", version: .http1_1)
         record.settle(responseComplete: false, exchange: nil)
         #expect(record.status == 499 && record.source == .clientAbort)
     }
@@ -87,9 +87,9 @@ struct ResponseSourceTests {
 
     @Test func requestsTotalHasASourceLabel() {
         let metrics = GatewayMetrics()
-        metrics.recordRequest(route: "api", method: "GET", status: 503, protocolName: "HTTP/1.1", source: .noHealthyUpstream, seconds: 0.001, upstreamSeconds: nil)
-        metrics.recordRequest(route: "api", method: "GET", status: 503, protocolName: "HTTP/1.1", source: .upstream, seconds: 0.001, upstreamSeconds: 0.001)
-        metrics.recordRequest(route: "api", method: "GET", status: 503, protocolName: "HTTP/1.1", source: .upstream, seconds: 0.001, upstreamSeconds: 0.001)
+        metrics.recordRequest(route: "api", method: .GET, status: 503, version: .http1_1, source: .noHealthyUpstream, seconds: 0.001, upstreamSeconds: nil)
+        metrics.recordRequest(route: "api", method: .GET, status: 503, version: .http1_1, source: .upstream, seconds: 0.001, upstreamSeconds: 0.001)
+        metrics.recordRequest(route: "api", method: .GET, status: 503, version: .http1_1, source: .upstream, seconds: 0.001, upstreamSeconds: 0.001)
         let text = metrics.render()
         #expect(text.contains(#"gateway_requests_total{route="api",method="GET",status="503",protocol="HTTP/1.1",source="gateway:no_healthy_upstream"} 1"#))
         #expect(text.contains(#"gateway_requests_total{route="api",method="GET",status="503",protocol="HTTP/1.1",source="upstream"} 2"#))

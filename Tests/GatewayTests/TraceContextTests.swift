@@ -132,7 +132,7 @@ struct TraceContextTests {
         let exporter = RecordingExporter(samplesNew: true)
         let observability = Observability(accessLog: false, spanExporter: exporter)
         #expect(observability.samplesNewTraces)
-        var record = RequestRecord(method: "GET", target: "/api/x?q=1", protocolName: "HTTP/2")
+        var record = RequestRecord(method: .GET, target: "/api/x?q=1", version: .http2)
         record.route = "api"
         record.status = 200
         record.source = .upstream

@@ -68,14 +68,13 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         /// CORS fields and `Vary: Origin` for whatever response this request gets.
         var responseAdditions = ResponseAdditions.none
 
-        /// Always given (the default stands in only until then).
-        var record = RequestRecord.placeholder(protocolName: "HTTP/1.1")
+        var record: RequestRecord
 
         /// The request made up to carry an answer to input with no usable head.
         static func forError() -> InFlight {
             InFlight(
                 method: .GET, version: .http1_1, requestID: RequestIdentity.requestID(clientSupplied: nil),
-                record: RequestRecord(method: "-", target: "-", protocolName: "HTTP/1.1")
+                record: .unparsed(version: .http1_1)
             )
         }
     }
@@ -339,18 +338,14 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     ///   parser reads on (`Proxy-Connection: close` included, as llhttp reads it).
     private func startRequest(_ head: RequestHead, keepAlive: Bool) {
         self.timer.clear()
-        var record = RequestRecord(
-            method: head.method.rawValue, target: head.uri, protocolName: head.version.minor == 0 ? "HTTP/1.0" : "HTTP/1.1",
-            requestFields: head.headers
-        )
+        var record: RequestRecord?
         let dispatch = RequestDispatch.start(
-            head, streamEnded: nil, peer: self.peer, services: self.services, runtime: self.runtime(), downstream: self,
-            allocator: self.allocator
+            head, record: &record, streamEnded: nil, peer: self.peer, services: self.services, runtime: self.runtime(),
+            downstream: self, allocator: self.allocator
         )
-        record.note(dispatch)
         self.current = InFlight(
             method: head.method, version: head.version, requestID: dispatch.requestID,
-            responseAdditions: dispatch.responseAdditions, record: consume record
+            responseAdditions: dispatch.responseAdditions, record: record.take()!
         )
         self.state.requestStarted(keepAliveRequested: head.version == .http1_1 && keepAlive, hasBody: dispatch.hasBody)
         switch dispatch.outcome {
@@ -367,15 +362,15 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     }
 
     private func bodyReceived(_ body: ByteBuffer) {
-        guard var current = self.current else { return }
-        current.bodyBytes += body.readableBytes
-        current.record.bytesIn += body.readableBytes
-        self.current = current
-        guard let exchange = current.exchange else {
+        guard self.current != nil else { return }
+        // Edited in place: a copy taken out and written back would count every field of the record twice.
+        self.current!.bodyBytes += body.readableBytes
+        self.current!.record.bytesIn += body.readableBytes
+        guard let exchange = self.current!.exchange else {
             // Answered locally; the rest of the body is dropped and the connection closes after.
             return
         }
-        if current.bodyBytes > self.runtime().traffic.maxBodyBytes {
+        if self.current!.bodyBytes > self.runtime().traffic.maxBodyBytes {
             exchange.cancel()
             self.current!.exchange = nil
             if self.state.request?.responseStarted ?? false {
@@ -384,7 +379,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             } else {
                 self.writeLocal(
                     GatewayError.payloadTooLarge.response(
-                        requestID: current.requestID, trace: current.record.trace, allocator: self.allocator
+                        requestID: self.current!.requestID, trace: self.current!.record.trace, allocator: self.allocator
                     ),
                     forceClose: true
                 )

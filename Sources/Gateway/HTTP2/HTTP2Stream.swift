@@ -44,8 +44,8 @@ final class HTTP2Stream: DownstreamResponder {
         var exchange: ProxyExchange?
         var isHEAD = false
         var responseAdditions = ResponseAdditions.none
-        /// Replaced when the head is complete.
-        var record = RequestRecord.placeholder(protocolName: "HTTP/2")
+        /// Made when the head is complete; taken (left nil) when it is logged.
+        var record: RequestRecord?
         /// `:protocol` of an extended CONNECT (RFC 8441).
         var connectProtocol: String?
         /// Set once an extended CONNECT became a WebSocket tunnel: DATA frames carry its bytes.
@@ -161,11 +161,14 @@ final class HTTP2Stream: DownstreamResponder {
         // Read once: each access to an `unowned` reference is a checked retain and a release.
         let connection = self.connection
         let method = self.data.method, path = self.data.path
-        self.data.record = RequestRecord(method: method ?? "-", target: path ?? "-", protocolName: "HTTP/2")
         if self.data.state.headersComplete(endStream: endStream) { self.expectBody() }
         let allocator = connection.allocator
         if self.data.headersTooLarge || self.data.invalidHeader || method == nil || path == nil {
             self.data.requestID = RequestIdentity.requestID(clientSupplied: self.fields.first(name: "x-request-id"))
+            self.data.record = RequestRecord(
+                method: method.map { HTTPMethod(rawValue: $0) } ?? .RAW(value: "-"), target: path ?? "-", version: .http2,
+                requestID: self.data.requestID
+            )
         }
         if self.data.headersTooLarge {
             self.respondLocally(GatewayError.headersTooLarge.response(requestID: self.data.requestID, allocator: allocator))
@@ -186,15 +189,17 @@ final class HTTP2Stream: DownstreamResponder {
         let extendedConnect = httpMethod == .CONNECT && self.data.connectProtocol == "websocket"
         if extendedConnect { WebSocketHandshake.addHTTP1Fields(to: &headers, method: &httpMethod) }
         let head = RequestHead(version: .http2, method: httpMethod, uri: path, headers: headers)
+        var record: RequestRecord?
         let dispatch = RequestDispatch.start(
-            head, streamEnded: endStream || extendedConnect, peer: connection.peer, services: connection.services,
+            head, record: &record, streamEnded: endStream || extendedConnect, peer: connection.peer, services: connection.services,
             downstream: self, allocator: allocator
         )
         self.data.requestID = dispatch.requestID
-        self.data.record.note(dispatch)
-        self.data.record.requestFields = head.headers
         self.data.responseAdditions = dispatch.responseAdditions
         self.data.hasBody = dispatch.hasBody
+        self.data.record = record.take()
+        // Logged as the client sent it, not as the HTTP/1.1 handshake it was relayed as.
+        if extendedConnect { self.data.record?.method = .CONNECT }
         switch dispatch.outcome {
         case .respond(let response):
             self.respondLocally(response)
@@ -222,7 +227,7 @@ final class HTTP2Stream: DownstreamResponder {
         let count = body.readableBytes
         if !self.data.state.requestEnded { self.expectBody() }
         self.data.bodyBytes += count
-        self.data.record.bytesIn += count
+        self.data.record?.bytesIn += count
         guard let exchange = self.data.exchange else {
             // Answered locally: the body is dropped, but its window is given back.
             self.connection.consume(streamID: self.id, count: self.data.state.bodyReceived(count: count, forwarded: false))
@@ -233,11 +238,11 @@ final class HTTP2Stream: DownstreamResponder {
             self.data.exchange = nil
             switch self.data.state.refusal {
             case .reset:
-                self.data.record.source = .payloadTooLarge
+                self.data.record?.source = .payloadTooLarge
                 self.connection.resetStream(self.id, internalError: false)
             case .respond:
                 let allocator = self.connection.allocator
-                self.respondLocally(GatewayError.payloadTooLarge.response(requestID: self.data.requestID, trace: self.data.record.trace, allocator: allocator))
+                self.respondLocally(GatewayError.payloadTooLarge.response(requestID: self.data.requestID, trace: self.data.record?.trace, allocator: allocator))
             }
             return
         }
@@ -282,7 +287,7 @@ final class HTTP2Stream: DownstreamResponder {
         let answer = self.data.state.bodyStalled(responseBytesQueued: !self.data.responseQueue.isEmpty)
         guard answer != .none else { return }
         if let exchange = self.data.exchange {
-            self.data.record.note(exchange)
+            self.data.record?.note(exchange)
             self.data.exchange = nil
             exchange.cancel()
         }
@@ -292,11 +297,11 @@ final class HTTP2Stream: DownstreamResponder {
         case .resetWithoutError:
             self.connection.resetWithoutError(self.id)
         case .reset:
-            self.data.record.source = .requestTimeout
+            self.data.record?.source = .requestTimeout
             self.connection.resetStream(self.id, internalError: false)
         case .respondRequestTimeout:
             let allocator = self.connection.allocator
-            self.respondLocally(GatewayError.bodyTimeout.response(requestID: self.data.requestID, trace: self.data.record.trace, allocator: allocator))
+            self.respondLocally(GatewayError.bodyTimeout.response(requestID: self.data.requestID, trace: self.data.record?.trace, allocator: allocator))
         }
     }
 
@@ -306,15 +311,12 @@ final class HTTP2Stream: DownstreamResponder {
         self.data.bodyDueBy = nil
         self.data.tunnel?.end(reason: "client_closed")
         if let exchange = self.data.exchange {
-            self.data.record.note(exchange)
+            self.data.record?.note(exchange)
             self.data.exchange = nil
             exchange.cancel()
         }
-        if self.headComplete && !self.data.record.logged {
-            // Moved out, not copied: the stream is done with it (every field is a reference to count).
-            var record = RequestRecord.placeholder(protocolName: "HTTP/2")
-            record.logged = true
-            swap(&record, &self.data.record)
+        // Moved out, not copied: the stream is done with it (every field is a reference to count).
+        if var record = self.data.record.take() {
             if record.requestID.isEmpty { record.requestID = self.data.requestID }
             record.settle(responseComplete: self.data.state.responseDelivered(responseBytesQueued: !self.data.responseQueue.isEmpty), exchange: nil)
             self.connection.services.observability.finished(record, tlsVersion: self.connection.services.tlsVersion)
@@ -330,9 +332,9 @@ final class HTTP2Stream: DownstreamResponder {
         let hasBody = !self.data.isHEAD && response.body.readableBytes > 0
         if hasBody { self.data.responseQueue.append(response.body) }
         self.data.state.responseStarts(bodiless: true)
-        self.data.record.status = Int(response.status.code)
-        self.data.record.source = response.source
-        if hasBody { self.data.record.bytesOut += response.body.readableBytes }
+        self.data.record?.status = Int(response.status.code)
+        self.data.record?.source = response.source
+        if hasBody { self.data.record?.bytesOut += response.body.readableBytes }
         self.connection.submitResponse(streamID: self.id, status: Int(response.status.code), headers: headers, hasBody: hasBody)
         self.connection.flushSoon()
     }
@@ -393,14 +395,14 @@ final class HTTP2Stream: DownstreamResponder {
         guard !self.isClosed else { return nil }
         if exchange.webSocket != nil, code / 100 == 2 {
             // On an extended CONNECT a 2xx means "tunnel open"; only a checked 101 may say that.
-            self.data.record.note(exchange)
+            self.data.record?.note(exchange)
             self.data.exchange = nil
             exchange.cancel()
             let allocator = self.connection.allocator
             self.respondLocally(GatewayError.badUpstreamResponse.response(requestID: self.data.requestID, allocator: allocator))
             return nil
         }
-        self.data.record.status = code
+        self.data.record?.status = code
         let bodiless = self.data.isHEAD || code == 204 || code == 304
         self.data.state.responseStarts(bodiless: bodiless)
         return !bodiless
@@ -409,7 +411,7 @@ final class HTTP2Stream: DownstreamResponder {
     func sendResponseBody(for exchange: ProxyExchange, _ body: ByteBuffer) {
         guard !self.isClosed, !self.data.isHEAD else { return }
         self.data.responseQueue.append(body)
-        self.data.record.bytesOut += body.readableBytes
+        self.data.record?.bytesOut += body.readableBytes
         self.dataAvailable()
     }
 
@@ -424,7 +426,7 @@ final class HTTP2Stream: DownstreamResponder {
 
     func sendErrorResponse(for exchange: ProxyExchange, _ error: GatewayError) {
         guard !self.isClosed else { return }
-        if let exchange = self.data.exchange { self.data.record.note(exchange) }
+        if let exchange = self.data.exchange { self.data.record?.note(exchange) }
         self.data.exchange = nil
         switch self.data.state.refusal {
         case .reset:
@@ -444,13 +446,13 @@ final class HTTP2Stream: DownstreamResponder {
     }
 
     func abortResponse(for exchange: ProxyExchange) {
-        if let exchange = self.data.exchange { self.data.record.note(exchange) }
+        if let exchange = self.data.exchange { self.data.record?.note(exchange) }
         self.data.exchange = nil
         self.connection.resetStream(self.id, internalError: true)
     }
 
     func exchangeFinished(for exchange: ProxyExchange) {
-        if let exchange = self.data.exchange { self.data.record.note(exchange) }
+        if let exchange = self.data.exchange { self.data.record?.note(exchange) }
         self.data.exchange = nil
     }
 }
@@ -466,7 +468,7 @@ extension HTTP2Stream: TunnelSide {
             if !self.isClosed { self.connection.resetStream(self.id, internalError: true) }
             return
         }
-        self.data.record.note(exchange)
+        self.data.record?.note(exchange)
         self.data.exchange = nil
         let tunnel = ByteTunnel(eventLoop: loop, idleTimeout: handshake.idleTimeout, client: self)
         do {
@@ -480,7 +482,7 @@ extension HTTP2Stream: TunnelSide {
         self.data.tunnel = tunnel
         self.data.bodyDueBy = nil
         self.data.state.responseStarts(bodiless: false)
-        self.data.record.status = 200
+        self.data.record?.status = 200
         var fields = WebSocketHandshake.extendedConnectResponseFields(head)
         ResponseAdditions.none.stampLocalResponse(&fields, requestID: self.data.requestID, tls: self.connection.services.listener.isTLS)
         self.connection.submitResponse(streamID: self.id, status: 200, headers: fields, hasBody: true)
@@ -490,7 +492,7 @@ extension HTTP2Stream: TunnelSide {
             metrics.tunnelsActive.increment([handshake.routeName], by: -1)
             metrics.tunnelBytes.increment([handshake.routeName, "in"], by: Double(totals.bytesIn))
             metrics.tunnelBytes.increment([handshake.routeName, "out"], by: Double(totals.bytesOut))
-            self?.data.record.bytesIn += totals.bytesIn
+            self?.data.record?.bytesIn += totals.bytesIn
             self?.data.tunnel = nil
         }
         tunnel.start()
@@ -508,7 +510,7 @@ extension HTTP2Stream: TunnelSide {
     func send(_ buffer: ByteBuffer) {
         guard !self.isClosed else { return }
         self.data.responseQueue.append(buffer)
-        self.data.record.bytesOut += buffer.readableBytes
+        self.data.record?.bytesOut += buffer.readableBytes
         self.dataAvailable()
     }
 
@@ -579,8 +581,4 @@ private struct ResponseBytes {
         self.more = nil
         self.byteCount = 0
     }
-}
-
-extension HTTPVersion {
-    static let http2 = HTTPVersion(major: 2, minor: 0)
 }

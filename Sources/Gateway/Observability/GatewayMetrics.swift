@@ -1,3 +1,4 @@
+import NIOHTTP1
 import Synchronization
 
 /// Latency buckets in seconds: sub-millisecond resolution for gateway-added latency, up to the
@@ -110,11 +111,58 @@ final class LabeledCounter: Sendable {
 /// Everything one answered request moves for its route, under one lock per request (instead of
 /// one for the count and one per histogram lookup and observation).
 private final class RouteSeries {
+    /// Labels as small numbers: hashing them per request is cheaper than hashing their text.
     struct CountKey: Hashable {
-        var method: String
+        var method: MethodLabel
         var status: Int
-        var protocolName: String
+        var protocolName: ProtocolLabel
         var source: ResponseSource
+    }
+
+    /// `method` label values; any other method is `OTHER`, so a client cannot mint label values.
+    enum MethodLabel: UInt8, Comparable {
+        case delete, get, head, options, other, patch, post, put
+
+        init(_ method: HTTPMethod) {
+            switch method {
+            case .GET: self = .get
+            case .HEAD: self = .head
+            case .POST: self = .post
+            case .PUT: self = .put
+            case .PATCH: self = .patch
+            case .DELETE: self = .delete
+            case .OPTIONS: self = .options
+            default: self = .other
+            }
+        }
+
+        var name: String {
+            switch self {
+            case .delete: "DELETE"
+            case .get: "GET"
+            case .head: "HEAD"
+            case .options: "OPTIONS"
+            case .other: "OTHER"
+            case .patch: "PATCH"
+            case .post: "POST"
+            case .put: "PUT"
+            }
+        }
+
+        static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+    }
+
+    /// `protocol` label values.
+    enum ProtocolLabel: UInt8, Comparable {
+        case http10, http11, http2
+
+        init(_ version: HTTPVersion) {
+            self = version.major == 2 ? .http2 : version.minor == 0 ? .http10 : .http11
+        }
+
+        var name: String { RequestRecord.protocolName(self == .http2 ? .http2 : self == .http10 ? .http1_0 : .http1_1) }
+
+        static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
     }
 
     /// Boxed so that counting a known series reads the dictionary instead of modifying it.
@@ -161,17 +209,13 @@ final class GatewayMetrics: Sendable {
     /// Fed by the event loops themselves (the group is made with it as its metrics delegate).
     let eventLoopTicks = EventLoopTicks()
 
-    /// Methods outside this set are reported as `OTHER`, so a client cannot mint label values.
-    static let knownMethods: Set<String> = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-
     init() {}
 
     func recordRequest(
-        route: String, method: String, status: Int, protocolName: String, source: ResponseSource = .upstream,
+        route: String, method: HTTPMethod, status: Int, version: HTTPVersion, source: ResponseSource = .upstream,
         seconds: Double, upstreamSeconds: Double?
     ) {
-        let methodLabel = Self.knownMethods.contains(method) ? method : "OTHER"
-        let key = RouteSeries.CountKey(method: methodLabel, status: status, protocolName: protocolName, source: source)
+        let key = RouteSeries.CountKey(method: .init(method), status: status, protocolName: .init(version), source: source)
         self.routes.withLock { routes in
             let series: RouteSeries
             if let known = routes[route] {
@@ -236,7 +280,7 @@ final class GatewayMetrics: Sendable {
             for (key, count) in counts {
                 out += "gateway_requests_total" + Self.labelText(
                     ["route", "method", "status", "protocol", "source"],
-                    [row.route, key.method, String(key.status), key.protocolName, key.source.name]
+                    [row.route, key.method.name, String(key.status), key.protocolName.name, key.source.name]
                 ) + " \(count)\n"
             }
         }

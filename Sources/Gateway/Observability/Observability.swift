@@ -1,20 +1,24 @@
 import Foundation
 import Logging
 import NIOCore
+import NIOHTTP1
 import Synchronization
 private import COpenSSL
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// What one request leaves behind for the log + metrics phase, filled in as it goes.
+/// What one request leaves behind for the log + metrics phase: made once by `RequestDispatch`
+/// with what the pipeline decided, then filled in by the codec as the response goes out.
+/// The method and version are kept as they were parsed, not as text: every field that is a
+/// `String` is a reference to count each time a record is made, moved or dropped.
 struct RequestRecord {
     var start: NIODeadline
-    var requestID: String = ""
-    var method: String
+    var requestID: String
+    var method: HTTPMethod
     var target: String
+    var version: HTTPVersion
     var route: String = "-"
-    var protocolName: String
     var clientIP: String = "unknown"
     var status = 0
     var bytesIn = 0
@@ -38,28 +42,48 @@ struct RequestRecord {
     /// Set once the record has been handed to `Observability.finished`.
     var logged = false
 
-    init(start: NIODeadline = .now(), method: String, target: String, protocolName: String, requestFields: HeadFields? = nil) {
+    init(
+        start: NIODeadline = .now(), method: HTTPMethod, target: String, version: HTTPVersion, requestID: String = "",
+        requestFields: HeadFields? = nil
+    ) {
         self.start = start
         self.method = method
         self.target = target
-        self.protocolName = protocolName
+        self.version = version
+        self.requestID = requestID
         self.requestFields = requestFields
     }
 
-    /// Stands in until the request's head is complete: reads no clock and is never logged as is.
-    static func placeholder(protocolName: String) -> RequestRecord {
-        RequestRecord(start: .uptimeNanoseconds(0), method: "-", target: "-", protocolName: protocolName)
+    /// What the pipeline decided about `head` (`RequestDispatch`), before any response.
+    init(
+        start: NIODeadline, head: RequestHead, requestID: String, trace: TraceContext, host: String? = nil, route: String = "-",
+        clientIP: String = "unknown", jwtRejection: String? = nil, subject: String? = nil
+    ) {
+        self.start = start
+        self.method = head.method
+        self.target = head.uri
+        self.version = head.version
+        self.requestFields = head.headers
+        self.requestID = requestID
+        self.trace = trace
+        self.host = host
+        self.route = route
+        self.clientIP = clientIP
+        self.jwtRejection = jwtRejection
+        self.subject = subject
     }
 
-    /// Copies what the pipeline decided.
-    mutating func note(_ dispatch: RequestDispatch) {
-        self.requestID = dispatch.requestID
-        self.route = dispatch.routeName ?? "-"
-        self.clientIP = dispatch.clientIP
-        self.jwtRejection = dispatch.jwtRejection
-        self.subject = dispatch.subject
-        self.host = dispatch.host
-        self.trace = dispatch.trace
+    /// For a request whose head could not be read: it is logged with `-` for its method and target.
+    static func unparsed(version: HTTPVersion, requestID: String = "") -> RequestRecord {
+        RequestRecord(method: .RAW(value: "-"), target: "-", version: version, requestID: requestID)
+    }
+
+    /// `protocol` of the access log and of `gateway_requests_total`.
+    var protocolName: String { Self.protocolName(self.version) }
+
+    static func protocolName(_ version: HTTPVersion) -> String {
+        if version.major == 2 { return "HTTP/2" }
+        return version.minor == 0 ? "HTTP/1.0" : "HTTP/1.1"
     }
 
     mutating func note(_ exchange: ProxyExchange) {
@@ -115,7 +139,7 @@ final class Observability: Sendable {
         let seconds = Double(elapsed) / 1e9
         let source = record.source ?? .clientAbort
         self.metrics.recordRequest(
-            route: record.route, method: record.method, status: record.status, protocolName: record.protocolName,
+            route: record.route, method: record.method, status: record.status, version: record.version,
             source: source, seconds: seconds, upstreamSeconds: upstreamSeconds
         )
         if let reason = record.jwtRejection { self.metrics.jwtRejections.increment([reason]) }
@@ -123,13 +147,13 @@ final class Observability: Sendable {
             let end = UInt64(max(0, Date().timeIntervalSince1970 * 1e9))
             exporter.export(FinishedSpan(
                 trace: trace, name: record.route, startNanoseconds: end - min(end, UInt64(max(0, elapsed))),
-                endNanoseconds: end, method: record.method, status: record.status, source: source,
+                endNanoseconds: end, method: record.method.rawValue, status: record.status, source: source,
                 upstreamEndpoint: upstreamEndpoint, path: String(record.path), host: record.host, clientIP: record.clientIP
             ))
         }
         guard let accessLog = self.accessLog else { return }
         var line = AccessLogRecord(
-            time: Date(), requestID: record.requestID, clientIP: record.clientIP, method: record.method,
+            time: Date(), requestID: record.requestID, clientIP: record.clientIP, method: record.method.rawValue,
             route: record.route, path: record.path, status: record.status, bytesIn: record.bytesIn,
             bytesOut: record.bytesOut, durationSeconds: seconds, upstreamSeconds: upstreamSeconds,
             protocolName: record.protocolName, tlsVersion: tlsVersion, rateLimit: record.rateLimit,

@@ -19,20 +19,19 @@ struct RequestDispatch {
     /// codec applies them to local responses, `ProxyExchange` to proxied ones.
     var responseAdditions: ResponseAdditions
     var hasBody: Bool
-    var routeName: String? = nil
-    var clientIP = "unknown"
-    /// Why a bearer token was refused, for `gateway_jwt_rejections_total`.
-    var jwtRejection: String? = nil
-    var subject: String? = nil
-    var host: String? = nil
-    var trace: TraceContext? = nil
 
     /// - Parameters:
     ///   - streamEnded: HTTP/2 only: whether END_STREAM came with the headers (no body follows).
     ///     HTTP/1.1 passes nil: its framing comes from the head.
     ///   - runtime: the config snapshot the whole request runs under (nil: `services.runtime`).
+    ///   - record: set to the request's record, with everything the pipeline decided (request id,
+    ///     route, client, token refusal, subject, host, trace); the codec fills in the response
+    ///     side and logs it. Handed out through `inout` so that it is moved, never copied: a record
+    ///     returned inside the dispatch was copied whole on its way out (each field a reference to
+    ///     count).
     static func start(
         _ head: RequestHead,
+        record: inout RequestRecord?,
         streamEnded: Bool?,
         peer: PeerAddress,
         services: ConnectionServices,
@@ -41,15 +40,17 @@ struct RequestDispatch {
         allocator: ByteBufferAllocator
     ) -> RequestDispatch {
         let runtime = runtime ?? services.runtime
+        let start = NIODeadline.now()
+        // The record is made once, with every field the pipeline decided: one made early and
+        // edited was copied whole on its way out.
         let validated: RequestValidator.ValidatedHead
         switch RequestValidator.inspect(head) {
         case .failure(let error):
             let requestID = RequestIdentity.requestID(clientSupplied: head.headers.first(name: "x-request-id"))
             let trace = TraceContext(traceparent: head.headers.first(name: "traceparent"))
             let response = error.response(requestID: requestID, trace: trace, allocator: allocator)
-            var dispatch = RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: .none, hasBody: false)
-            dispatch.trace = trace
-            return dispatch
+            record = RequestRecord(start: start, head: head, requestID: requestID, trace: trace)
+            return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: .none, hasBody: false)
         case .success(let inspected):
             validated = inspected
         }
@@ -67,25 +68,22 @@ struct RequestDispatch {
         let host = validated.host
         if let admin = services.admin, var response = Self.adminEndpoint(head, admin: admin, services: services, allocator: allocator) {
             response.source = .admin
-            var dispatch = RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: .none, hasBody: false)
-            dispatch.trace = trace
-            return dispatch
+            record = RequestRecord(start: start, head: head, requestID: requestID, trace: trace, host: host)
+            return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: .none, hasBody: false)
         }
         let decision = RequestPipeline.decide(
             method: head.method, target: head.uri, host: host, headers: head.headers, peer: peer,
             listener: services.listener, runtime: runtime, allocator: allocator
         )
-        // Built once with every field: a dispatch assembled and then edited was copied whole
-        // (each field a reference to count) on its way out.
-        let routeName = decision.routeName, clientIP = decision.client.ip, additions = decision.responseAdditions
+        let routeName = decision.routeName ?? "-", clientIP = decision.client.ip, additions = decision.responseAdditions
         let routed = Self.route(decision, head: head, framing: framing, host: host, requestID: requestID, trace: trace,
                                 expectsContinue: head.version == .http1_1 && validated.expectsContinue,
                                 runtime: runtime, services: services, downstream: downstream, allocator: allocator)
-        return RequestDispatch(
-            outcome: routed.outcome, requestID: requestID, responseAdditions: additions, hasBody: routed.hasBody,
-            routeName: routeName, clientIP: clientIP, jwtRejection: routed.jwtRejection, subject: routed.subject,
-            host: host, trace: trace
+        record = RequestRecord(
+            start: start, head: head, requestID: requestID, trace: trace, host: host, route: routeName, clientIP: clientIP,
+            jwtRejection: routed.jwtRejection, subject: routed.subject
         )
+        return RequestDispatch(outcome: routed.outcome, requestID: requestID, responseAdditions: additions, hasBody: routed.hasBody)
     }
 
     /// `/metrics`, `GET /config` and `POST /config/reload` (admin listener only).

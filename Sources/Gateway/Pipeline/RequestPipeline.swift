@@ -2,7 +2,10 @@ import NIOCore
 import NIOHTTP1
 
 /// What the pipeline decided for one request.
-struct PipelineDecision {
+///
+/// Not copyable: it is made once and moved to `RequestDispatch`, never copied (its proxy plan
+/// holds a dozen references to count, and the optimizer copied it on each hand-over).
+struct PipelineDecision: ~Copyable {
     enum Action {
         /// Answer locally (health, redirect, CORS preflight).
         case respond(LocalResponse)
