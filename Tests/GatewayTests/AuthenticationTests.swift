@@ -194,6 +194,20 @@ struct AuthenticationTests {
         #expect(Authenticator.bearerToken(in: HeadFields(HTTPHeaders([("authorization", "Bearer t"), ("Authorization", "Basic u")]))) == .malformed)
     }
 
+    /// Every ASCII byte against RFC 6750 §2.1's `b64token` alphabet, spelled out here as ranges.
+    @Test func b64TokenAlphabetIsExactlyTheRFCs() {
+        for byte in UInt8(0)..<128 {
+            let expected = (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte)
+                || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+                || "-._~+/".utf8.contains(byte)
+            let text = "a" + String(Character(Unicode.Scalar(byte))) + "b"
+            #expect(Authenticator.isB64Token(Substring(text)) == expected, "byte \(byte)")
+        }
+        #expect(!Authenticator.isB64Token("ab\u{e9}c"))
+        #expect(Authenticator.isB64Token("abc==") && !Authenticator.isB64Token("==") && !Authenticator.isB64Token("a=b"))
+    }
+
     @Test func shortSecretsAreStartupErrorsWithoutTheSecret() throws {
         let config = try ConfigFixture().parse(minimalYAML + """
             jwt:

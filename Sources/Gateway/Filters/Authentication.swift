@@ -232,13 +232,22 @@ final class Authenticator: Sendable {
         }
     }
 
-    private static func isB64TokenByte(_ byte: UInt8) -> Bool {
-        switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-            UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"), UInt8(ascii: "+"), UInt8(ascii: "/"):
-            true
-        default: false
+    /// One bit per ASCII byte, low word 0–63 and high word 64–127: a shift and a mask per byte
+    /// of a token hundreds of bytes long, where a range switch took several compares and branches.
+    private static let b64TokenBits: (low: UInt64, high: UInt64) = {
+        var low: UInt64 = 0, high: UInt64 = 0
+        for byte in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~+/".utf8 {
+            if byte < 64 { low |= 1 << UInt64(byte) } else { high |= 1 << UInt64(byte - 64) }
         }
+        return (low, high)
+    }()
+
+    @inline(__always)
+    private static func isB64TokenByte(_ byte: UInt8) -> Bool {
+        let bits = Self.b64TokenBits
+        if byte < 64 { return (bits.low >> UInt64(byte)) & 1 == 1 }
+        if byte < 128 { return (bits.high >> UInt64(byte - 64)) & 1 == 1 }
+        return false
     }
 }
 
