@@ -60,7 +60,7 @@ struct HTTP2StreamTests {
             try upstream.pipeline.syncOperations.addHandler(handler)
             try upstream.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 3001)).wait()
             let connection = UpstreamConnection(channel: upstream, handler: handler, endpoint: cluster.endpoints[0], timers: self.services.loop.timers)
-            self.services.loop.pool.release(connection, reusable: true, settings: cluster.settings)
+            self.services.loop.pool.release(connection, reusable: true, timeouts: cluster.timeouts)
             return upstream
         }
 

@@ -139,7 +139,7 @@ struct ResponseSourceTests {
         let first = try #require(results[0]).get()
         #expect(results[1] == nil && results[2] == nil)
         #expect(endpoint.stats.waiting.load(ordering: .relaxed) == 2)
-        pool.release(first, reusable: true, settings: settings)
+        pool.release(first, reusable: true, timeouts: settings.timeouts)
         #expect(try #require(results[1]).get() === first)
         #expect(endpoint.stats.waiting.load(ordering: .relaxed) == 1)
         // The last one gives up after `connect_timeout` (503 upstream_busy).

@@ -49,7 +49,7 @@ private final class FakeUpstream {
     /// A connection that already served a request and sits idle in the pool.
     func reusedConnection() throws -> UpstreamConnection {
         let connection = try self.acquire()
-        self.pool.release(connection, reusable: true, settings: self.settings)
+        self.pool.release(connection, reusable: true, timeouts: self.settings.timeouts)
         return connection
     }
 
@@ -142,7 +142,7 @@ struct UpstreamConnectionPoolTests {
         let loops = TwoLoops()
         let first = Box<Result<UpstreamConnection, any Error>>()
         loops.acquire(loops.a, into: first)
-        loops.a.release(try #require(first.value).get(), reusable: true, settings: loops.settings)
+        loops.a.release(try #require(first.value).get(), reusable: true, timeouts: loops.settings.timeouts)
         // Loop A keeps the only slot in an idle connection; a request on loop B waits ...
         let second = Box<Result<UpstreamConnection, any Error>>()
         loops.acquire(loops.b, into: second)
@@ -167,7 +167,7 @@ struct UpstreamConnectionPoolTests {
         loops.loopB.run()
         #expect(second.value == nil)
         // Released reusable, but not kept idle on loop A: loop B's request takes the slot.
-        loops.a.release(busy, reusable: true, settings: loops.settings)
+        loops.a.release(busy, reusable: true, timeouts: loops.settings.timeouts)
         loops.loopA.run()
         loops.loopB.run()
         #expect(!busy.channel.isActive)
@@ -180,8 +180,8 @@ struct UpstreamConnectionPoolTests {
         let kept = try upstream.acquire()
         let closed = try upstream.acquire()
         // Released last, so it is the one `acquire` would pick first.
-        upstream.pool.release(kept, reusable: true, settings: upstream.settings)
-        upstream.pool.release(closed, reusable: true, settings: upstream.settings)
+        upstream.pool.release(kept, reusable: true, timeouts: upstream.settings.timeouts)
+        upstream.pool.release(closed, reusable: true, timeouts: upstream.settings.timeouts)
         #expect(upstream.endpoint.openConnections.load(ordering: .relaxed) == 2)
 
         // The upstream's keep-alive timeout closes the idle connection (EOF closes the channel).
@@ -208,7 +208,7 @@ struct UpstreamConnectionPoolTests {
     @Test func releaseNotReusableClosesAndFreesTheSlot() throws {
         let upstream = FakeUpstream()
         let connection = try upstream.acquire()
-        upstream.pool.release(connection, reusable: false, settings: upstream.settings)
+        upstream.pool.release(connection, reusable: false, timeouts: upstream.settings.timeouts)
         #expect(!upstream.channels[0].isActive)
         #expect(upstream.endpoint.openConnections.load(ordering: .relaxed) == 0)
         #expect(try upstream.acquire() !== connection)
@@ -257,7 +257,7 @@ struct UpstreamConnectionPoolTests {
         let handedOutAgain = try loop.flatSubmit {
             let pool = UpstreamConnectionPool(eventLoop: loop)
             return pool.acquire(endpoint, settings: settings).assumeIsolated().flatMap { first in
-                pool.release(first, reusable: true, settings: settings)
+                pool.release(first, reusable: true, timeouts: settings.timeouts)
                 // Everything below runs in one task, so this loop cannot read the FIN meanwhile.
                 let deadline = Date() + 5
                 while accepted.channels.withLock({ $0.isEmpty }) && Date() < deadline { usleep(1000) }
@@ -269,7 +269,7 @@ struct UpstreamConnectionPoolTests {
                 // the connection skips the probe and is handed out; back it goes for the probe.
                 let unprobed = pool.takeIdle(endpoint, probeTCPState: false)
                 #expect(unprobed === first)
-                if let unprobed { pool.release(unprobed, reusable: true, settings: settings) }
+                if let unprobed { pool.release(unprobed, reusable: true, timeouts: settings.timeouts) }
                 return pool.acquire(endpoint, settings: settings).map { $0 === first }
             }.nonisolated()
         }.wait()
@@ -318,8 +318,8 @@ struct UpstreamConnectionPoolTests {
         let upstream = FakeUpstream()
         let first = try upstream.acquire()
         let other = try upstream.acquire()
-        upstream.pool.release(other, reusable: true, settings: upstream.settings)
-        upstream.pool.release(first, reusable: true, settings: upstream.settings)
+        upstream.pool.release(other, reusable: true, timeouts: upstream.settings.timeouts)
+        upstream.pool.release(first, reusable: true, timeouts: upstream.settings.timeouts)
         let downstream = RecordingDownstream()
         let exchange = self.exchange(.GET, upstream: upstream, downstream: downstream)
         exchange.start()

@@ -119,6 +119,9 @@ enum HeaderRewriter {
         var sawHost = false
         var forwardedFor = ""
         var namesMore = false
+        // Read out before the walk: a closure that read `info` copied all of it (each of its
+        // strings a reference to count) per request.
+        let peerTrusted = info.peerTrusted, trace = info.trace
         head.headers.forEachField { name, value in
             let kind = RequestFieldKind(name)
             if kind == .dropped {
@@ -130,7 +133,7 @@ enum HeaderRewriter {
             }
             if !extraRemoved.isEmpty, Self.isListed(name, in: extraRemoved) { return true }
             if kind == .spoofable || kind == .forwardedFor {
-                guard info.peerTrusted else { return true }
+                guard peerTrusted else { return true }
                 if kind == .forwardedFor {
                     // Several fields are one comma-separated list (RFC 9110 §5.3); re-emitted once below.
                     let trimmed = trimmedFieldValue(value)
@@ -147,7 +150,7 @@ enum HeaderRewriter {
                 return true
             }
             if kind == .host { sawHost = true }
-            if let trace = info.trace {
+            if let trace {
                 if kind == .traceparent || (kind == .tracestate && !trace.continued) { return true }
             }
             sink.add(name: name, value: value)

@@ -218,7 +218,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             self.streamWatch?.cancel()
             self.releaseOutstanding()
             connection.close()
-            self.pool.release(connection, reusable: false, settings: self.cluster.settings)
+            self.pool.release(connection, reusable: false, timeouts: self.cluster.timeouts)
         }
         self.downstream = nil
     }
@@ -263,7 +263,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
     private func attach(_ connection: UpstreamConnection) {
         guard case .writeRequest(let endRequest) = self.machine.connectionReady(connection) else {
             // The client left while we were connecting.
-            self.pool.release(connection, reusable: true, settings: self.cluster.settings)
+            self.pool.release(connection, reusable: true, timeouts: self.cluster.timeouts)
             return
         }
         connection.handler.owner = self
@@ -317,7 +317,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             self.streamWatch?.cancel()
             self.releaseOutstanding()
             connection.handler.resumeReads()
-            self.pool.release(connection, reusable: reusable, settings: self.cluster.settings)
+            self.pool.release(connection, reusable: reusable, timeouts: self.cluster.timeouts)
             self.cacheFill?.responseEnd(requestMethod: self.requestMethod)
             self.cacheFill = nil
             self.downstream?.sendResponseEnd(for: self)
@@ -356,7 +356,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
             connection.clearDeadline()
             self.record5xx(connection.endpoint)
             connection.close()
-            self.pool.release(connection, reusable: false, settings: self.cluster.settings)
+            self.pool.release(connection, reusable: false, timeouts: self.cluster.timeouts)
             _ = self.serveStaleOnError()
         case .forward(let connection):
             connection.clearDeadline()
@@ -522,7 +522,7 @@ final class ProxyExchange: UpstreamConnectionOwner {
     /// `response_timeout` counts from the moment the whole request is upstream (as Envoy's route
     /// timeout does), so a long upload is not cut off by it.
     private func armResponseTimer(_ connection: UpstreamConnection) {
-        connection.expectResponse(self.cluster.settings)
+        connection.expectResponse(self.cluster.timeouts)
     }
 
     func upstreamResponseTimedOut() {

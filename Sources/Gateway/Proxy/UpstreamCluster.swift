@@ -17,6 +17,16 @@ struct UpstreamSettings: Sendable {
     var retryMethods: Set<String> = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]
     var retryBudgetPercent = 20
     var healthCheck: HealthCheckConfig?
+
+    /// The two timeouts a pooled connection's timer needs.
+    var timeouts: UpstreamTimeouts { UpstreamTimeouts(idle: self.idleTimeout, response: self.responseTimeout) }
+}
+
+/// What a pooled connection's timer reads of its upstream's settings, passed per request in
+/// place of `UpstreamSettings`, whose copy counted a reference for each of its sets and strings.
+struct UpstreamTimeouts: Sendable {
+    var idle: TimeAmount
+    var response: TimeAmount
 }
 
 /// One `host:port` of an upstream. Shared by all event loops; its counters are atomics.
@@ -93,6 +103,7 @@ final class UpstreamCluster: Sendable {
     let name: String
     let endpoints: [UpstreamEndpoint]
     let settings: UpstreamSettings
+    let timeouts: UpstreamTimeouts
     private let cursor = Atomic<Int>(0)
     /// Retry budget in hundredths of a retry: each request adds `retryBudgetPercent`, a retry
     /// costs 100. Capped so a quiet period cannot bank a retry storm.
@@ -104,6 +115,7 @@ final class UpstreamCluster: Sendable {
         self.name = name
         self.endpoints = endpoints
         self.settings = settings
+        self.timeouts = settings.timeouts
     }
 
     /// Counts a request toward the retry budget.

@@ -248,23 +248,23 @@ final class UpstreamConnection: DeadlineTimerOwner, @unchecked Sendable {
         self.channel.close(promise: nil)
     }
 
-    /// Closed after `settings.idleTimeout` unless taken out of the pool first.
-    func expireWhenIdle(_ settings: UpstreamSettings) {
-        self.arm(.idleInPool, after: settings.idleTimeout, settings: settings)
+    /// Closed after the idle timeout unless taken out of the pool first.
+    func expireWhenIdle(_ timeouts: UpstreamTimeouts) {
+        self.arm(.idleInPool, after: timeouts.idle, timeouts: timeouts)
     }
 
-    /// The owner hears `upstreamResponseTimedOut` after `settings.responseTimeout` unless
+    /// The owner hears `upstreamResponseTimedOut` after the response timeout unless
     /// `clearDeadline` comes first.
-    func expectResponse(_ settings: UpstreamSettings) {
-        self.arm(.awaitingResponse, after: settings.responseTimeout, settings: settings)
+    func expectResponse(_ timeouts: UpstreamTimeouts) {
+        self.arm(.awaitingResponse, after: timeouts.response, timeouts: timeouts)
     }
 
     func clearDeadline() { self.timer.clear() }
 
-    private func arm(_ kind: TimerKind, after delay: TimeAmount, settings: UpstreamSettings) {
+    private func arm(_ kind: TimerKind, after delay: TimeAmount, timeouts: UpstreamTimeouts) {
         let now = NIODeadline.now()
         self.timerKind = kind
-        self.horizon = min(settings.idleTimeout, settings.responseTimeout)
+        self.horizon = min(timeouts.idle, timeouts.response)
         self.timer.set(now + delay, now: now, horizon: self.horizon, timers: self.timers, owner: self)
     }
 

@@ -85,7 +85,7 @@ final class UpstreamConnectionPool {
 
     /// Gives a connection back. Non-reusable ones (framing broken, `Connection: close`, request
     /// not fully sent) are closed.
-    func release(_ connection: UpstreamConnection, reusable: Bool, settings: UpstreamSettings) {
+    func release(_ connection: UpstreamConnection, reusable: Bool, timeouts: UpstreamTimeouts) {
         connection.handler.owner = nil
         guard reusable, !self.isClosed, connection.channel.isActive else {
             connection.close()
@@ -104,7 +104,7 @@ final class UpstreamConnectionPool {
             return
         }
         // Closing it runs `onClose`, which takes it out of `idle`.
-        connection.expireWhenIdle(settings)
+        connection.expireWhenIdle(timeouts)
         if let stack = self.idle[key] {
             stack.connections.append(connection)
         } else {
