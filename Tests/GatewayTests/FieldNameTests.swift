@@ -45,7 +45,7 @@ struct FieldNameTests {
 
     @Test("isHopByHop is membership in hopByHop, whatever the case")
     func hopByHop() {
-        for name in Self.names + Self.names.map { $0.uppercased() } {
+        for name in Self.names + Self.names.map({ $0.uppercased() }) {
             #expect(HeaderRewriter.isHopByHop(name) == HeaderRewriter.hopByHop.contains(name.lowercased()), "\(name)")
         }
     }

@@ -59,7 +59,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     /// The data of the request in flight; where its halves are is `state.request`. The two exist
     /// together: made in `startRequest` or `beginErrorRequest`, ended in `requestFinished`.
-    private struct InFlight {
+    private struct InFlight: ~Copyable {
         var method: HTTPMethod
         var version: HTTPVersion
         var requestID: String
@@ -497,7 +497,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     }
 
     func sendErrorResponse(for exchange: ProxyExchange, _ error: GatewayError) {
-        guard self.isCurrent(exchange), let current = self.current else { return }
+        guard self.isCurrent(exchange), let requestID = self.current?.requestID else { return }
         guard !(self.state.request?.responseStarted ?? false), self.context != nil else {
             self.close()
             return
@@ -505,7 +505,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.current!.record.note(exchange)
         self.current!.exchange = nil
         if self.pendingStart === exchange { self.pendingStart = nil }
-        let response = error.response(requestID: current.requestID, allocator: self.allocator)
+        let response = error.response(requestID: requestID, allocator: self.allocator)
         self.writeLocal(response, forceClose: false)
     }
 
@@ -534,7 +534,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     }
 
     func upgradeToTunnel(for exchange: ProxyExchange, _ head: HTTPResponseHead, upstream connection: UpstreamConnection) {
-        guard self.isCurrent(exchange), let context, let current = self.current, let handshake = exchange.webSocket else {
+        guard self.isCurrent(exchange), let context, let requestID = self.current?.requestID, let handshake = exchange.webSocket else {
             connection.close()
             return
         }
@@ -544,14 +544,14 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         // request had its following bytes parsed as HTTP already.
         guard self.state.parsingHeld, self.state.request?.requestEnded ?? false else {
             connection.close()
-            self.writeLocal(GatewayError.badUpstreamResponse.response(requestID: current.requestID, allocator: self.allocator), forceClose: true)
+            self.writeLocal(GatewayError.badUpstreamResponse.response(requestID: requestID, allocator: self.allocator), forceClose: true)
             return
         }
         let tunnel = ByteTunnel(eventLoop: context.eventLoop, idleTimeout: handshake.idleTimeout)
         _ = self.state.responseStarts()
         self.current!.record.status = 101
         self.timer.cancel()
-        self.emit(.head(WebSocketHandshake.clientHead(head, requestID: current.requestID)), context: context)
+        self.emit(.head(WebSocketHandshake.clientHead(head, requestID: requestID)), context: context)
         self.emit(.end(nil), context: context)
         context.flush()
         do {
@@ -581,18 +581,19 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     // MARK: - Writing local responses
 
     private func writeLocal(_ response: LocalResponse, forceClose: Bool) {
-        guard let context, let current = self.current else { return }
+        guard let context, let requestID = self.current?.requestID else { return }
+        let method = self.current!.method, requestVersion = self.current!.version
         let closing = self.state.responseStarts(forceClose: forceClose || response.closeConnection)
         let requestEnded = self.state.responseEnded()
         var headers = response.headers
-        current.responseAdditions.stampLocalResponse(&headers, requestID: current.requestID, tls: self.services.listener.isTLS)
+        self.current!.responseAdditions.stampLocalResponse(&headers, requestID: requestID, tls: self.services.listener.isTLS)
         if closing { headers.replaceOrAdd(name: "connection", value: "close") }
         self.current!.record.status = Int(response.status.code)
         self.current!.record.source = response.source
-        self.current!.record.bytesOut += current.method == .HEAD ? 0 : response.body.readableBytes
-        let version: HTTPVersion = current.version.major == 1 && current.version.minor == 0 ? .http1_0 : .http1_1
+        self.current!.record.bytesOut += method == .HEAD ? 0 : response.body.readableBytes
+        let version: HTTPVersion = requestVersion.major == 1 && requestVersion.minor == 0 ? .http1_0 : .http1_1
         self.emit(.head(HTTPResponseHead(version: version, status: response.status, headers: headers)), context: context)
-        if current.method != .HEAD && response.body.readableBytes > 0 {
+        if method != .HEAD && response.body.readableBytes > 0 {
             self.emit(.body(.byteBuffer(response.body)), context: context)
         }
         if closing {
@@ -658,7 +659,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     /// an upstream connection forever; after `timeouts.idle` without a byte it is cut off. Time the
     /// gateway itself paused reading (upstream backpressure) does not count.
     private func bodyStallCheck(traffic: TrafficSettings) {
-        guard let current = self.current, let request = self.state.request, request.bodyOutstanding else { return }
+        guard self.current != nil, let request = self.state.request, request.bodyOutstanding else { return }
         let idle = traffic.idleTimeout
         let silent = NIODeadline.now() - self.lastRead
         let paused = self.state.bodyPaused
@@ -666,7 +667,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             self.arm(.bodyStall, after: paused ? idle : idle - silent, traffic: traffic)
             return
         }
-        current.exchange?.cancel()
+        self.current!.exchange?.cancel()
         self.current!.exchange = nil
         self.pendingStart = nil
         if request.responseStarted {
@@ -675,7 +676,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         } else {
             self.writeLocal(
                 GatewayError.bodyTimeout.response(
-                    requestID: current.requestID, trace: current.record.trace, allocator: self.allocator
+                    requestID: self.current!.requestID, trace: self.current!.record.trace, allocator: self.allocator
                 ),
                 forceClose: true
             )

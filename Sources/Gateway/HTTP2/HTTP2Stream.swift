@@ -22,7 +22,7 @@ final class HTTP2Stream: DownstreamResponder {
     /// kept beside it would carry one request's data into the next.
     private var data: StreamData
 
-    private struct StreamData {
+    private struct StreamData: ~Copyable {
         // Request side
         var method: String?
         var path: String?

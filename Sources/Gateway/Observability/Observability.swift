@@ -12,7 +12,7 @@ import Glibc
 /// with what the pipeline decided, then filled in by the codec as the response goes out.
 /// The method and version are kept as they were parsed, not as text: every field that is a
 /// `String` is a reference to count each time a record is made, moved or dropped.
-struct RequestRecord {
+struct RequestRecord: ~Copyable {
     var start: NIODeadline
     var requestID: String
     var method: HTTPMethod
@@ -133,7 +133,7 @@ final class Observability: Sendable {
     /// Whether a trace the gateway starts is sampled: only when an exporter wants it.
     var samplesNewTraces: Bool { self.spanExporter?.samplesNewTrace() ?? false }
 
-    func finished(_ record: RequestRecord, tlsVersion: String?) {
+    func finished(_ record: borrowing RequestRecord, tlsVersion: String?) {
         let upstreamSeconds = record.upstreamSeconds, upstreamEndpoint = record.upstreamEndpoint
         let elapsed = (NIODeadline.now() - record.start).nanoseconds
         let seconds = Double(elapsed) / 1e9
