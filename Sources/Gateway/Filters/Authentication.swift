@@ -234,19 +234,16 @@ final class Authenticator: Sendable {
 
     /// One bit per ASCII byte, low word 0–63 and high word 64–127: a shift and a mask per byte
     /// of a token hundreds of bytes long, where a range switch took several compares and branches.
-    private static let b64TokenBits: (low: UInt64, high: UInt64) = {
-        var low: UInt64 = 0, high: UInt64 = 0
-        for byte in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~+/".utf8 {
-            if byte < 64 { low |= 1 << UInt64(byte) } else { high |= 1 << UInt64(byte - 64) }
-        }
-        return (low, high)
-    }()
+    /// Literals, not computed once: a lazily made constant is checked on every read.
+    /// Low: `+ - . /` and digits; high: capitals, `_`, small letters, `~`
+    /// (`b64TokenAlphabetIsExactlyTheRFCs` holds every byte to the RFC's ranges).
+    private static let b64TokenLow: UInt64 = 0x03FF_E800_0000_0000
+    private static let b64TokenHigh: UInt64 = 0x47FF_FFFE_87FF_FFFE
 
     @inline(__always)
     private static func isB64TokenByte(_ byte: UInt8) -> Bool {
-        let bits = Self.b64TokenBits
-        if byte < 64 { return (bits.low >> UInt64(byte)) & 1 == 1 }
-        if byte < 128 { return (bits.high >> UInt64(byte - 64)) & 1 == 1 }
+        if byte < 64 { return (Self.b64TokenLow >> UInt64(byte)) & 1 == 1 }
+        if byte < 128 { return (Self.b64TokenHigh >> UInt64(byte - 64)) & 1 == 1 }
         return false
     }
 }
