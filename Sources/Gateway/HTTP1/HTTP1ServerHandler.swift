@@ -72,10 +72,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
         /// The request made up to carry an answer to input with no usable head.
         static func forError() -> InFlight {
-            InFlight(
-                method: .GET, version: .http1_1, requestID: RequestIdentity.requestID(clientSupplied: nil),
-                record: .unparsed(version: .http1_1)
-            )
+            let requestID = RequestIdentity.requestID(clientSupplied: nil)
+            return InFlight(method: .GET, version: .http1_1, requestID: requestID, record: .unparsed(version: .http1_1, requestID: requestID))
         }
     }
 
@@ -723,7 +721,6 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     private func log(_ current: inout InFlight) {
         guard !current.record.logged else { return }
         current.record.logged = true
-        if current.record.requestID.isEmpty { current.record.requestID = current.requestID }
         current.record.settle(responseComplete: self.state.request?.responseEnded ?? false, exchange: current.exchange)
         self.services.observability.finished(current.record, tlsVersion: self.services.tlsVersion)
     }

@@ -317,7 +317,6 @@ final class HTTP2Stream: DownstreamResponder {
         }
         // Moved out, not copied: the stream is done with it (every field is a reference to count).
         if var record = self.data.record.take() {
-            if record.requestID.isEmpty { record.requestID = self.data.requestID }
             record.settle(responseComplete: self.data.state.responseDelivered(responseBytesQueued: !self.data.responseQueue.isEmpty), exchange: nil)
             self.connection.services.observability.finished(record, tlsVersion: self.connection.services.tlsVersion)
         }

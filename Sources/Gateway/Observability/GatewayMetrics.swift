@@ -108,6 +108,25 @@ final class LabeledCounter: Sendable {
     }
 }
 
+/// The `protocol` of `gateway_requests_total` and of the access log.
+enum ProtocolLabel: UInt8, Comparable {
+    case http10, http11, http2
+
+    init(_ version: HTTPVersion) {
+        self = version.major == 2 ? .http2 : version.minor == 0 ? .http10 : .http11
+    }
+
+    var name: String {
+        switch self {
+        case .http10: "HTTP/1.0"
+        case .http11: "HTTP/1.1"
+        case .http2: "HTTP/2"
+        }
+    }
+
+    static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+}
+
 /// Everything one answered request moves for its route, under one lock per request (instead of
 /// one for the count and one per histogram lookup and observation).
 private final class RouteSeries {
@@ -148,19 +167,6 @@ private final class RouteSeries {
             case .put: "PUT"
             }
         }
-
-        static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
-    }
-
-    /// `protocol` label values.
-    enum ProtocolLabel: UInt8, Comparable {
-        case http10, http11, http2
-
-        init(_ version: HTTPVersion) {
-            self = version.major == 2 ? .http2 : version.minor == 0 ? .http10 : .http11
-        }
-
-        var name: String { RequestRecord.protocolName(self == .http2 ? .http2 : self == .http10 ? .http1_0 : .http1_1) }
 
         static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
     }

@@ -74,17 +74,12 @@ struct RequestRecord: ~Copyable {
     }
 
     /// For a request whose head could not be read: it is logged with `-` for its method and target.
-    static func unparsed(version: HTTPVersion, requestID: String = "") -> RequestRecord {
+    static func unparsed(version: HTTPVersion, requestID: String) -> RequestRecord {
         RequestRecord(method: .RAW(value: "-"), target: "-", version: version, requestID: requestID)
     }
 
     /// `protocol` of the access log and of `gateway_requests_total`.
-    var protocolName: String { Self.protocolName(self.version) }
-
-    static func protocolName(_ version: HTTPVersion) -> String {
-        if version.major == 2 { return "HTTP/2" }
-        return version.minor == 0 ? "HTTP/1.0" : "HTTP/1.1"
-    }
+    var protocolName: String { ProtocolLabel(self.version).name }
 
     mutating func note(_ exchange: ProxyExchange) {
         self.upstreamSeconds = exchange.upstreamSeconds
