@@ -14,7 +14,12 @@ than the LD_PRELOAD counter of benchmarks/budget.sh, which sees only calls made 
 Counts do not drift with the machine's load, so a change that removes calls shows even when the
 CPU figures are lost in noise.
 
-  benchmarks/refcounts.py [--bin DIR] [--n 2000] [--top 30] [--setup base] [--keep FILE] h1|h2|e
+With --probe, other calls are counted the same way: `malloc` (glibc), `locks` (glibc's
+`pthread_mutex_lock`, NIO's locks) or `casts` (`swift_dynamicCast`), where benchmarks/budget.sh
+only counts them.
+
+  benchmarks/refcounts.py [--bin DIR] [--n 2000] [--top 30] [--setup base] [--keep FILE]
+                          [--probe refcounts|malloc|locks|casts] h1|h2|e
 
 Needs root (uprobes), perf (linux-perf) and what benchmarks/peers.sh --install installs.
 """
@@ -32,13 +37,20 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SWIFT_CORE = "/opt/swift/usr/lib/swift/linux/libswiftCore.so"
-EVENTS = ("swift_retain", "swift_release")
+LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
+# (library, perf's group name for its probes, symbols)
+PROBES = {
+    "refcounts": (SWIFT_CORE, "probe_libswiftCore", ("swift_retain", "swift_release")),
+    "malloc": (LIBC, "probe_libc", ("malloc",)),
+    "locks": (LIBC, "probe_libc", ("pthread_mutex_lock",)),
+    "casts": (SWIFT_CORE, "probe_libswiftCore", ("swift_dynamicCast",)),
+}
 
 
-def ensure_probes(library):
+def ensure_probes(library, group, symbols):
     listed = subprocess.run(["perf", "probe", "-l"], capture_output=True, text=True).stdout
-    for symbol in EVENTS:
-        if f"probe_libswiftCore:{symbol} " not in listed:
+    for symbol in symbols:
+        if f"{group}:{symbol} " not in listed:
             subprocess.run(["perf", "probe", "-q", "-x", library, symbol], check=True)
 
 
@@ -64,13 +76,17 @@ def main():
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--setup", default="base", help="ab.py set-up: base, jwt, limit, cors, cors-redis")
     parser.add_argument("--keep", help="also keep the perf.data at this path, for `perf script` by hand")
+    parser.add_argument("--probe", choices=sorted(PROBES), default="refcounts", help="which calls to count")
     args = parser.parse_args()
 
     os.environ["BIN"] = args.bin
     sys.path.insert(0, str(HERE))
     import ab  # noqa: E402  (reads BIN at import)
 
-    ensure_probes(os.environ.get("SWIFT_CORE", SWIFT_CORE))
+    library, group, symbols = PROBES[args.probe]
+    if library == SWIFT_CORE:
+        library = os.environ.get("SWIFT_CORE", SWIFT_CORE)
+    ensure_probes(library, group, symbols)
     d = tempfile.mkdtemp()
     bench = ab.Bench(d, 1, args.setup)
     data = f"{d}/refcounts.data"
@@ -82,7 +98,7 @@ def main():
                  "e": ["--h1", "-c", "8", "-H", "connection: close"]}[args.protocol]
         load = ["taskset", "-c", "1", "h2load", *extra, *bench.extra]
         subprocess.run([*load, "-n", str(args.n), bench.url()], check=True, capture_output=True)
-        events = [x for e in EVENTS for x in ("-e", f"probe_libswiftCore:{e}")]
+        events = [x for e in symbols for x in ("-e", f"{group}:{e}")]
         perf = subprocess.Popen(["perf", "record", "-q", "-g", *events, "-p", str(proc.pid), "-o", data],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.5)  # perf attaches to every thread first
@@ -106,12 +122,12 @@ def main():
         if len(frames) < 2:
             continue
         index = 1
-        while index < len(frames) and frames[index].startswith(("swift_", "_swift")):
+        while index < len(frames) and frames[index].startswith(("swift_", "_swift", "malloc", "_int_malloc", "pthread_mutex_lock", "___pthread")):
             index += 1
         callers[frames[index] if index < len(frames) else "?"] += 1
         gateway[next((f for f in frames[1:] if "$s7Gateway" in f), "(no gateway frame)")] += 1
     total = sum(callers.values())
-    print(f"{args.protocol}: {total / args.n:.1f} swift_retain + swift_release calls per request "
+    print(f"{args.protocol}: {total / args.n:.1f} {' + '.join(symbols)} calls per request "
           f"({args.n} requests, the first ones after perf attached included)")
     for title, counter in (("immediate caller", callers), ("nearest gateway function", gateway)):
         print(f"\n| calls/request | {title} |\n|--:|---|")
