@@ -86,6 +86,41 @@ struct RedisScriptTests {
         #expect(try !eval([(p, key)], now: nil).allowed)
     }
 
+    /// One sliding-window policy, the common configuration, takes the script's own path (no
+    /// per-policy tables; within a window only the count is written). It decides, counts and
+    /// peeks like the Swift maths through window roll-overs, costs above one, a shadow policy and
+    /// a clock that steps back (another instance's), and its key always expires within two
+    /// windows.
+    @Test func luaOnePolicyPathMatchesSwiftMaths() throws {
+        var table = RateLimitTable()
+        let enforced = spec("one_ip", 5, 1), shadow = spec("one_shadow", 3, 1, shadow: true)
+        let keys = ["gw:rl:{one}:one_ip", "gw:rl:{one}:one_shadow"]
+        _ = try redis(["DEL"] + keys)
+        var rng = SplitMix64(seed: 5)
+        var now: Int64 = 1_700_000_000_000
+        var seen = (allowed: 0, denied: 0, peeks: 0)
+        for step in 0..<300 {
+            now += Int64.random(in: 0...350, using: &rng)
+            if step % 29 == 0 { now -= 400 }
+            let request = step % 3 == 0 ? [(shadow, keys[1])] : [(enforced, keys[0])]
+            let cost = step % 11 == 0 ? 2 : 1
+            if step % 5 == 0 {
+                let lua = try eval(request, now: now, cost: cost, peek: true)
+                #expect(lua == table.peek(policies: request.map { ($0.0, key: $0.1) }, now: now, cost: cost), "peek at step \(step)")
+                seen.peeks += 1
+            }
+            let lua = try eval(request, now: now, cost: cost)
+            let swift = table.check(policies: request.map { ($0.0, key: $0.1) }, now: now, cost: cost)
+            #expect(lua == swift, "step \(step) at \(now)")
+            if lua.decisions[0].decision.allowed { seen.allowed += 1 } else { seen.denied += 1 }
+            for key in keys where step % 4 == 0 {
+                let ttl = try redis(["PTTL", key]).first.flatMap { Int64($0) } ?? -99
+                #expect(ttl == -2 || (1...2000).contains(ttl), "\(key) at step \(step): PTTL \(ttl)")
+            }
+        }
+        #expect(seen.allowed > 30 && seen.denied > 30, "\(seen)")
+    }
+
     @Test func luaUsesServerTime() throws {
         let p = spec("time", 2, 60, .slidingLog)
         let key = "gw:rl:{time-\(UUID().uuidString)}:time"
