@@ -113,16 +113,10 @@ struct RefusedRequestCountingTests {
                 return
             }
             // The in-process store decides at once, inside the call.
-            var told = 0
-            request.service.check(request, on: loop) { outcome in
-                told += 1
-                switch outcome {
-                case .allowed: outcomes.append("allowed")
-                case .denied: outcomes.append("denied")
-                case .storeUnavailable: outcomes.append("unavailable")
-                }
-            }
-            #expect(told == 1)
+            let waiter = OutcomeCollector()
+            request.service.check(request, on: loop, for: waiter)
+            #expect(waiter.outcomes.count == 1)
+            outcomes += waiter.outcomes
         }
         #expect(outcomes == ["allowed", "allowed", "allowed", "denied", "denied"])
     }
@@ -131,5 +125,18 @@ struct RefusedRequestCountingTests {
         let rules = runtime.routes.routes.first { $0.name == "mixed" }?.rateLimits ?? []
         #expect(rules.map { $0.spec.name } == ["per_ip", "per_ip_route", "per_user", "per_user_ip", "per_route", "per_header"])
         #expect(rules.map(\.countsRefusedRequests) == [true, true, false, false, false, false])
+    }
+}
+
+/// A `RateLimitWaiter` that writes down what it is told.
+private final class OutcomeCollector: RateLimitWaiter {
+    var outcomes: [String] = []
+
+    func rateLimitDecided(_ outcome: RateLimitOutcome, service: RateLimitService) {
+        switch outcome {
+        case .allowed: outcomes.append("allowed")
+        case .denied: outcomes.append("denied")
+        case .storeUnavailable: outcomes.append("unavailable")
+        }
     }
 }

@@ -72,6 +72,13 @@ enum RateLimitOutcome: Sendable {
     case storeUnavailable
 }
 
+/// Who waits for a rate-limit decision (a `ProxyExchange`), told once on its own event loop.
+/// An object rather than a closure: a closure kept for the trip to Redis cost two allocations
+/// per request (its context, and the thunk that fitted it to `NIOLoopBound`'s generic value).
+protocol RateLimitWaiter: AnyObject {
+    func rateLimitDecided(_ outcome: RateLimitOutcome, service: RateLimitService)
+}
+
 /// The rate-limit stores, kept for the life of the server so a reload keeps the counts (and the
 /// Redis connections when `redis.url` does not change).
 final class RateLimitStores: Sendable {
@@ -212,16 +219,15 @@ final class RateLimitService: Sendable {
         return checks.isEmpty ? nil : RateLimitRequest(service: self, checks: checks)
     }
 
-    /// Decides and counts; `decided` is called once, on `eventLoop` (the caller's): at once for
-    /// the in-process store, after the round trip for Redis. A callback rather than a future:
-    /// the Redis path then costs two closures per request, not four futures and their callbacks.
-    func check(_ request: RateLimitRequest, on eventLoop: EventLoop, _ decided: @escaping (RateLimitOutcome) -> Void) {
+    /// Decides and counts; `waiter` is told once, on `eventLoop` (the caller's): at once for the
+    /// in-process store, after the round trip for Redis.
+    func check(_ request: RateLimitRequest, on eventLoop: EventLoop, for waiter: any RateLimitWaiter) {
         switch self.backend {
         case .inProcess:
-            decided(self.decideNow(request)!)
+            waiter.rateLimitDecided(self.decideNow(request)!, service: self)
         case .redis(let store):
             let started = NIODeadline.now()
-            let waiter = NIOLoopBound(decided, eventLoop: eventLoop)
+            let waiter = NIOLoopBound(waiter, eventLoop: eventLoop)
             store.check(request.checks) { result in
                 let outcome: RateLimitOutcome
                 switch result {
@@ -234,9 +240,9 @@ final class RateLimitService: Sendable {
                 }
                 // The Redis connection may live on another loop than the request.
                 if eventLoop.inEventLoop {
-                    waiter.value(outcome)
+                    waiter.value.rateLimitDecided(outcome, service: self)
                 } else {
-                    eventLoop.execute { waiter.value(outcome) }
+                    eventLoop.execute { waiter.value.rateLimitDecided(outcome, service: self) }
                 }
             }
         }

@@ -43,7 +43,7 @@ extension DownstreamResponder {
 /// Streams both ways under backpressure: request body reads pause while the upstream socket is
 /// full, upstream reads pause while the client socket is full. What to do on each event is
 /// `StateMachine`'s decision (`ProxyExchange+StateMachine.swift`); this class does the I/O.
-final class ProxyExchange: UpstreamConnectionOwner {
+final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter {
     private let upstreamHead: UpstreamRequestHead
     private let requestMethod: HTTPMethod
     private let clientVersion: HTTPVersion
@@ -139,15 +139,11 @@ final class ProxyExchange: UpstreamConnectionOwner {
         // Body reads wait while the limiter decides (it may be a Redis round trip).
         if !self.machine.requestComplete { self.downstream?.pauseRequestBody(for: self) }
         let service = request.service
-        // The in-process store answers at once: no closure to wait with.
-        if let outcome = service.decideNow(request) {
-            self.rateLimitDecided(outcome, service: service)
-        } else {
-            service.check(request, on: self.eventLoop) { self.rateLimitDecided($0, service: service) }
-        }
+        service.check(request, on: self.eventLoop, for: self)
     }
 
-    private func rateLimitDecided(_ outcome: RateLimitOutcome, service: RateLimitService) {
+    /// `RateLimitWaiter`: what the limiter decided for this exchange.
+    func rateLimitDecided(_ outcome: RateLimitOutcome, service: RateLimitService) {
         guard self.machine.isAdmitting else { return }
         switch outcome {
         case .allowed(let fields):
