@@ -65,7 +65,7 @@ struct IdentityTests {
         let decision = RequestPipeline.decide(
             method: .GET, target: target, host: "api.test", headers: HeadFields(HTTPHeaders(pairs)),
             peer: PeerAddress(text: "203.0.113.7"), listener: listener, runtime: runtime, allocator: ByteBufferAllocator())
-        guard case .proxy(let plan) = decision.action else { return nil }
+        guard let plan = decision.proxyPlan else { return nil }
         return plan
     }
 
@@ -73,8 +73,8 @@ struct IdentityTests {
         let decision = RequestPipeline.decide(
             method: .GET, target: target, host: "api.test", headers: HeadFields(HTTPHeaders(pairs)),
             peer: PeerAddress(text: "203.0.113.7"), listener: listener, runtime: runtime, allocator: ByteBufferAllocator())
-        if case .error(let error) = decision.action { return error }
-        if case .proxy(let plan) = decision.action { return plan.deferredError }
+        if let error = decision.error { return error }
+        if let plan = decision.proxyPlan { return plan.deferredError }
         return nil
     }
 

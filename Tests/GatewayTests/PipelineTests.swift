@@ -46,15 +46,15 @@ struct PipelineTests {
     @Test func preflightIsAnsweredBeforeAuthAndRoutedByTheRequestedMethod() {
         let decision = decide(.OPTIONS, "/api/auth/login", Self.origin, ("Access-Control-Request-Method", "POST"),
                               ("Access-Control-Request-Headers", "content-type"))
-        guard case .respond(let response) = decision.action else {
-            Issue.record("preflight not answered: \(decision.action)")
+        guard let response = decision.response else {
+            Issue.record("preflight not answered: \(decision.actionDescription)")
             return
         }
         #expect(response.status == .noContent)
         #expect(response.headers["access-control-allow-origin"] == ["https://book.barberpro.com.ar"])
         #expect(response.headers["access-control-allow-credentials"] == ["true"])
         // No token needed, even on an auth: required route.
-        guard case .respond = decide(.OPTIONS, "/api/bookings", Self.origin, ("Access-Control-Request-Method", "PUT")).action else {
+        guard decide(.OPTIONS, "/api/bookings", Self.origin, ("Access-Control-Request-Method", "PUT")).response != nil else {
             Issue.record("preflight on a protected route needed a token")
             return
         }
@@ -62,7 +62,7 @@ struct PipelineTests {
 
     @Test func disallowedPreflightIs403CORSRejected() {
         let decision = decide(.OPTIONS, "/api/bookings", ("Origin", "https://evilbarberpro.com.ar"), ("Access-Control-Request-Method", "PUT"))
-        guard case .error(let error) = decision.action else {
+        guard let error = decision.error else {
             Issue.record("expected an error")
             return
         }
@@ -72,14 +72,14 @@ struct PipelineTests {
 
     @Test func errorsCarryCORSFields() {
         let unauthorized = decide(.GET, "/api/bookings", Self.origin)
-        guard case .error(let error) = unauthorized.action else {
+        guard let error = unauthorized.error else {
             Issue.record("expected 401")
             return
         }
         #expect(error.status == .unauthorized)
         #expect(field(unauthorized, "access-control-allow-origin") == "https://book.barberpro.com.ar")
         let notFound = decide(.GET, "/nothing", Self.origin)
-        guard case .error(let missing) = notFound.action else {
+        guard let missing = notFound.error else {
             Issue.record("expected 404")
             return
         }
@@ -89,13 +89,13 @@ struct PipelineTests {
 
     @Test func corsFalseRouteSkipsCORS() {
         let decision = decide(.OPTIONS, "/public/x", Self.origin, ("Access-Control-Request-Method", "GET"))
-        guard case .proxy = decision.action else {
+        guard decision.proxyPlan != nil else {
             Issue.record("OPTIONS on a cors: false route was not proxied")
             return
         }
         #expect(!decision.responseAdditions.corsEnabled)
         // OPTIONS without Access-Control-Request-Method is ordinary: routed, and here authenticated.
-        guard case .error(let error) = decide(.OPTIONS, "/api/bookings", Self.origin).action else {
+        guard let error = decide(.OPTIONS, "/api/bookings", Self.origin).error else {
             Issue.record("ordinary OPTIONS skipped auth")
             return
         }
@@ -106,13 +106,13 @@ struct PipelineTests {
         // The runtime verifies at real time.
         let token = try! TestTokens.mint(TestTokenRequest(secret: AuthenticationTests.secret, subject: "u-42", role: "barber"))
         let decision = decide(.GET, "/api/bookings", ("Authorization", "Bearer " + token), ("X-User-Id", "spoof"))
-        guard case .proxy(let plan) = decision.action else {
-            Issue.record("expected proxy: \(decision.action)")
+        guard let plan = decision.proxyPlan else {
+            Issue.record("expected proxy: \(decision.actionDescription)")
             return
         }
         #expect(plan.claimHeaders.map(\.1) == ["u-42", "barber"])
         #expect(plan.removedHeaders.isSuperset(of: ["x-user-id", "x-user-role", "cf-connecting-ip"]))
-        guard case .error(let forbidden) = decide(.GET, "/api/admin/x", ("Authorization", "Bearer " + token)).action else {
+        guard let forbidden = decide(.GET, "/api/admin/x", ("Authorization", "Bearer " + token)).error else {
             Issue.record("expected 403")
             return
         }
@@ -122,7 +122,7 @@ struct PipelineTests {
     @Test func clientIPComesFromATrustedPeerOnly() {
         let fromProxy = decide(.POST, "/api/auth/login", ("CF-Connecting-IP", "198.51.100.9"), peer: "10.0.0.2")
         #expect(fromProxy.client == ClientIdentity(ip: "198.51.100.9", peer: "10.0.0.2", peerTrusted: true))
-        if case .proxy(let plan) = fromProxy.action {
+        if let plan = fromProxy.proxyPlan {
             #expect(!plan.removedHeaders.contains("cf-connecting-ip") && plan.removedHeaders.contains("x-user-id"))
         } else {
             Issue.record("login not proxied")

@@ -71,8 +71,8 @@ struct RefusedRequestCountingTests {
                 peer: PeerAddress(text: "203.0.113.7"), listener: listener, runtime: runtime,
                 allocator: ByteBufferAllocator()
             )
-            guard case .proxy(let plan) = decision.action else {
-                Issue.record("a refused request was not counted: \(decision.action)")
+            guard let plan = decision.proxyPlan else {
+                Issue.record("a refused request was not counted: \(decision.actionDescription)")
                 continue
             }
             #expect(plan.deferredError?.status == .unauthorized)
@@ -83,7 +83,7 @@ struct RefusedRequestCountingTests {
     }
 
     @Test func refusedRequestWithoutClientIPPoliciesIsAnsweredAtOnce() {
-        guard case .error(let error) = decide("/claims/x").action else {
+        guard let error = decide("/claims/x").error else {
             Issue.record("expected the 401 itself")
             return
         }
@@ -92,8 +92,8 @@ struct RefusedRequestCountingTests {
 
     @Test func authenticatedRequestIsCountedOnceByEveryPolicy() throws {
         let decision = decide("/mixed/x", ("Authorization", "Bearer \(try freshToken())"), ("x-api-key", "k"))
-        guard case .proxy(let plan) = decision.action else {
-            Issue.record("expected to proxy: \(decision.action)")
+        guard let plan = decision.proxyPlan else {
+            Issue.record("expected to proxy: \(decision.actionDescription)")
             return
         }
         #expect(plan.deferredError == nil)
@@ -106,7 +106,7 @@ struct RefusedRequestCountingTests {
         let loop = EmbeddedEventLoop()
         var outcomes: [String] = []
         for _ in 0..<5 {
-            guard case .proxy(let plan) = decide("/mixed/x", peer: "198.51.100.9").action,
+            guard let plan = decide("/mixed/x", peer: "198.51.100.9").proxyPlan,
                 let request = plan.rateLimit
             else {
                 Issue.record("not counted")

@@ -142,7 +142,7 @@ struct RequestDispatch {
             return Routed(outcome: .respond(response), hasBody: hasBody, jwtRejection: jwtRejection)
         }
         // The action is moved out, not copied (its plan holds a dozen references).
-        switch (consume decision).action {
+        switch consume decision.action {
         case .respond(let response):
             return Routed(outcome: .respond(response), hasBody: framing.hasBody)
         case .error(let error):

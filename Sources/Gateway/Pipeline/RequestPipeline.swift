@@ -3,10 +3,11 @@ import NIOHTTP1
 
 /// What the pipeline decided for one request.
 ///
-/// Not copyable: it is made once and moved to `RequestDispatch`, never copied (its proxy plan
-/// holds a dozen references to count, and the optimizer copied it on each hand-over).
+/// Not copyable, nor is its action: both are made once and moved to `RequestDispatch`, never
+/// copied (the proxy plan holds a dozen references to count; a copyable action was copied on its
+/// way out of the decision, and both copies destroyed).
 struct PipelineDecision: ~Copyable {
-    enum Action {
+    enum Action: ~Copyable {
         /// Answer locally (health, redirect, CORS preflight).
         case respond(LocalResponse)
         case error(GatewayError)
@@ -25,7 +26,7 @@ struct PipelineDecision: ~Copyable {
     var routeName: String? = nil
 
     @inline(__always)
-    init(_ action: Action, _ responseAdditions: ResponseAdditions = .none, client: ClientIdentity, route: Route? = nil) {
+    init(_ action: consuming Action, _ responseAdditions: ResponseAdditions = .none, client: ClientIdentity, route: Route? = nil) {
         self.action = action
         self.responseAdditions = responseAdditions
         self.client = client
