@@ -51,14 +51,18 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     private var state = RedisPipelineStateMachine<RedisReplyTarget>()
     private var parser: RESPParser?
     private var timer: Scheduled<Void>?
+    /// Set while the handler is in a pipeline: `send` writes through it.
+    private var context: ChannelHandlerContext?
 
     init() {}
 
     func handlerAdded(context: ChannelHandlerContext) {
         parser = RESPParser()
+        self.context = context
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
         failAll(RedisError.connectionClosed)
         parser?.close()
         parser = nil
@@ -71,10 +75,26 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     /// taken. A failed socket write closes the channel, which fails what is in flight; failing
     /// the batch's promise too would tell a callback twice.
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let batch = unwrapOutboundIn(data)
+        take(unwrapOutboundIn(data).requests, context: context)
+        promise?.succeed()
+    }
+
+    /// A batch from the connection (`RedisConnection.drain`), on this handler's event loop: taken
+    /// like one written through the pipeline, then flushed. Once the handler has left its
+    /// pipeline (the connection closed), every request is failed instead.
+    func send(_ requests: [RedisRequest]) {
+        guard let context else {
+            for request in requests { request.reply.fail(RedisError.connectionClosed) }
+            return
+        }
+        take(requests, context: context)
+        context.flush()
+    }
+
+    private func take(_ requests: [RedisRequest], context: ChannelHandlerContext) {
         let now = context.eventLoop.now
-        var buffer = context.channel.allocator.buffer(capacity: 64 * batch.requests.count)
-        for request in batch.requests {
+        var buffer = context.channel.allocator.buffer(capacity: 64 * requests.count)
+        for request in requests {
             switch state.enqueue(request.reply, deadline: now + request.timeout, replyBy: request.replyBy) {
             case .fail:
                 request.reply.fail(RedisError.connectionClosed)
@@ -86,7 +106,6 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         if buffer.readableBytes > 0 {
             context.write(wrapOutboundOut(buffer), promise: nil)
         }
-        promise?.succeed()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

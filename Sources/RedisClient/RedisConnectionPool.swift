@@ -148,7 +148,8 @@ final class RedisConnection: Sendable {
     private enum Phase {
         case idle
         case connecting
-        case ready(any Channel)
+        /// Up: batches go straight to the channel's handler, on this connection's loop.
+        case ready(any Channel, NIOLoopBound<RedisChannelHandler>)
         case waiting(Scheduled<Void>)
         case shutDown
     }
@@ -159,6 +160,9 @@ final class RedisConnection: Sendable {
         var failures = 0
         /// Commands accepted for the ready channel, written at the next drain.
         var outbox: [RedisRequest] = []
+        /// The last drained batch's storage, emptied: the next drain swaps it in for the outbox,
+        /// so neither list is copied or reallocated per batch.
+        var spare: [RedisRequest] = []
         var drainScheduled = false
     }
 
@@ -201,24 +205,23 @@ final class RedisConnection: Sendable {
     }
 
     private func enqueue(_ request: RedisRequest) -> Bool {
-        let drainOn: (any Channel)?? = state.withLock { s in
-            guard case .ready(let channel) = s.phase else { return nil }
+        let taken: (queued: Bool, drain: Bool) = state.withLock { s in
+            guard case .ready = s.phase else { return (false, false) }
             s.outbox.append(request)
-            if s.drainScheduled { return .some(nil) }
+            if s.drainScheduled { return (true, false) }
             s.drainScheduled = true
-            return .some(channel)
+            return (true, true)
         }
-        guard let drainOn else { return false }
         // Runs after everything else queued in this tick: one batch, one flush.
-        if let channel = drainOn { eventLoop.execute { self.drain(channel) } }
-        return true
+        if taken.drain { eventLoop.execute { self.drain() } }
+        return taken.queued
     }
 
     /// Queues commands when this connection is up; nil when it is not (the pool tries another).
     func send(_ commands: [[String]], timeout: TimeAmount) -> [EventLoopFuture<RESPValue>]? {
-        enum Action { case notReady, queued([EventLoopFuture<RESPValue>]), scheduleDrain(any Channel, [EventLoopFuture<RESPValue>]) }
+        enum Action { case notReady, queued([EventLoopFuture<RESPValue>]), scheduleDrain([EventLoopFuture<RESPValue>]) }
         let action: Action = state.withLock { s in
-            guard case .ready(let channel) = s.phase else { return .notReady }
+            guard case .ready = s.phase else { return .notReady }
             var futures: [EventLoopFuture<RESPValue>] = []
             futures.reserveCapacity(commands.count)
             for arguments in commands {
@@ -228,34 +231,42 @@ final class RedisConnection: Sendable {
             }
             if s.drainScheduled { return .queued(futures) }
             s.drainScheduled = true
-            return .scheduleDrain(channel, futures)
+            return .scheduleDrain(futures)
         }
         switch action {
         case .notReady:
             return nil
         case .queued(let future):
             return future
-        case .scheduleDrain(let channel, let future):
+        case .scheduleDrain(let future):
             // Runs after everything else queued in this tick: one batch, one flush.
-            eventLoop.execute { self.drain(channel) }
+            eventLoop.execute { self.drain() }
             return future
         }
     }
 
-    /// Writes everything queued since the last drain as one batch with one flush.
-    private func drain(_ channel: any Channel) {
-        let batch: [RedisRequest] = state.withLock { s in
+    /// Writes everything queued since the last drain as one batch with one flush, handed to the
+    /// channel's handler directly (on this loop): no pipeline pass, promise or callback per batch.
+    /// Commands queued for a connection that has since gone are failed here.
+    private func drain() {
+        let (batch, handler): ([RedisRequest], NIOLoopBound<RedisChannelHandler>?) = state.withLock { s in
             s.drainScheduled = false
-            let b = s.outbox
-            s.outbox.removeAll(keepingCapacity: true)
-            return b
+            var batch = s.spare
+            s.spare = []
+            swap(&batch, &s.outbox)
+            guard case .ready(_, let handler) = s.phase else { return (batch, nil) }
+            return (batch, handler)
         }
         guard !batch.isEmpty else { return }
-        channel.writeAndFlush(RedisRequestBatch(requests: batch)).whenFailure { error in
-            // The handler never took the batch (the channel closed first): nobody else will
-            // answer these. A batch it took succeeds, whatever then happens to the socket.
-            let e = error as? RedisError ?? RedisError.connectionClosed.with("\(error)")
-            for r in batch { r.reply.fail(e) }
+        if let handler {
+            handler.value.send(batch)
+        } else {
+            for r in batch { r.reply.fail(RedisError.connectionClosed) }
+        }
+        var emptied = batch
+        emptied.removeAll(keepingCapacity: true)
+        state.withLock { s in
+            if s.spare.capacity < emptied.capacity { s.spare = emptied }
         }
     }
 
@@ -267,13 +278,13 @@ final class RedisConnection: Sendable {
         }
         guard go else { return }
         let config = configuration
-        var tlsContext: TLSClientContext?
+        let tlsContext: TLSClientContext?
         switch tls {
         case .failure(let error):
             eventLoop.execute { self.connected(.failure(error)) }
             return
         case .success(let context): tlsContext = context
-        case nil: break
+        case nil: tlsContext = nil
         }
         // TCP connect, TLS handshake, AUTH and SELECT all within one connect_timeout.
         let deadline = NIODeadline.now() + config.connectTimeout
@@ -292,7 +303,10 @@ final class RedisConnection: Sendable {
             }
             .connect(host: config.host, port: config.port)
             .flatMap { channel in
-                Self.handshake(channel, config, deadline: deadline).map { channel }.flatMapError { error in
+                Self.handshake(channel, config, deadline: deadline).flatMapThrowing { () -> (any Channel, NIOLoopBound<RedisChannelHandler>) in
+                    let handler = try channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self)
+                    return (channel, NIOLoopBound(handler, eventLoop: channel.eventLoop))
+                }.flatMapError { error in
                     channel.close(promise: nil)
                     return channel.eventLoop.makeFailedFuture(error)
                 }
@@ -319,17 +333,17 @@ final class RedisConnection: Sendable {
         }
     }
 
-    private func connected(_ result: Result<any Channel, any Error>) {
+    private func connected(_ result: Result<(any Channel, NIOLoopBound<RedisChannelHandler>), any Error>) {
         enum Action { case close(any Channel), watch(any Channel), retry(TimeAmount), nothing }
         var recovered = false, firstFailure = false
         let action: Action = state.withLock { s in
             if case .shutDown = s.phase {
-                if case .success(let ch) = result { return .close(ch) }
+                if case .success(let (ch, _)) = result { return .close(ch) }
                 return .nothing
             }
             switch result {
-            case .success(let ch):
-                s.phase = .ready(ch)
+            case .success(let (ch, handler)):
+                s.phase = .ready(ch, handler)
                 recovered = s.failures > 0
                 s.failures = 0
                 return .watch(ch)
@@ -355,7 +369,7 @@ final class RedisConnection: Sendable {
 
     private func closed(_ channel: any Channel) {
         let reconnect: Bool = state.withLock { s in
-            guard case .ready(let current) = s.phase, current === channel else { return false }
+            guard case .ready(let current, _) = s.phase, current === channel else { return false }
             s.phase = .idle
             return true
         }
@@ -388,7 +402,7 @@ final class RedisConnection: Sendable {
             return p
         }
         switch old {
-        case .ready(let ch): return ch.close().recover { _ in }
+        case .ready(let ch, _): return ch.close().recover { _ in }
         case .waiting(let task): task.cancel()
         default: break
         }

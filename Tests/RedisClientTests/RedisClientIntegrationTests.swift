@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import Testing
 import RedisClient
+import Synchronization
 
 /// Tier 4 (STYLE habit 13): the client against a real redis-server. The shared server
 /// (`REDIS_TEST_URL`, from scripts/with-redis.sh) serves the read/write tests under unique keys;
@@ -105,6 +106,25 @@ struct RedisClientIntegrationTests {
             try await waitUntil(timeout: .seconds(3)) { (try? await pool.send(["ECHO", "after"]).string) == "after" }
             #expect(try await pool.send(["ECHO", "again"]).string == "again")
             await pool.shutdown()
+        }
+    }
+
+    /// Commands queued in the tick the connection goes are failed, not lost: their batch is
+    /// written at the end of the tick, after the pool has shut the connection.
+    @Test func commandsQueuedAsTheConnectionGoesAreFailed() async throws {
+        try await withOwnEventLoop { group in
+            let pool = try await connectedPool(configuration(sharedRedisURL!), group: group)
+            let queued = try await group.next().submit { () -> [EventLoopFuture<RESPValue>] in
+                let futures = (0..<3).map { _ in pool.send(["PING"]) }
+                _ = pool.shutdown()
+                return futures
+            }.get()
+            let answered = Mutex(0)
+            for f in queued { f.whenComplete { _ in answered.withLock { $0 += 1 } } }
+            try await waitUntil(timeout: .seconds(3), "every queued command answered") { answered.withLock { $0 } == queued.count }
+            for f in queued {
+                #expect(await errorOf { try await f.get() } as? RedisError == .connectionClosed)
+            }
         }
     }
 
