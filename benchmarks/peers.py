@@ -106,14 +106,32 @@ def cpu_ticks(pid):
     return total
 
 
+def core_ticks(core):
+    """(busy, total) jiffies of one CPU since boot, from /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            values = [int(v) for v in line.split()[1:]]
+            return sum(values) - values[3] - values[4], sum(values)  # idle and iowait are not busy
+    raise RuntimeError(f"no cpu{core} in /proc/stat")
+
+
 def run_load(pid, cmd):
     """Runs one load-generator command on CPU 1 and returns (its stdout+stderr, server CPU seconds, wall s)."""
-    before, start = cpu_ticks(pid), time.monotonic()
+    text, cpu, wall, _ = run_load_measured(pid, cmd)
+    return text, cpu, wall
+
+
+def run_load_measured(pid, cmd):
+    """`run_load`, plus how busy the load core was (%): everything but the server under test runs
+    there (load generator, upstream, Redis), so near 100% the run was capped by that core."""
+    before, start, core_before = cpu_ticks(pid), time.monotonic(), core_ticks(1)
     out = subprocess.run(["taskset", "-c", "1", *cmd], capture_output=True, text=True)
     wall, cpu = time.monotonic() - start, (cpu_ticks(pid) - before) / CLK_TCK
+    core_after = core_ticks(1)
+    busy = core_after[0] - core_before[0], core_after[1] - core_before[1]
     if out.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({out.returncode}): {out.stderr[-500:]}")
-    return out.stdout + out.stderr, cpu, wall
+    return out.stdout + out.stderr, cpu, wall, 100 * busy[0] / busy[1] if busy[1] else None
 
 
 def parse_wrk(text):
@@ -336,10 +354,10 @@ class Run:
         """One scenario against a running server: a dict of the row's numbers."""
         url = f"https://127.0.0.1:{port}{PATH_}"
         if scenario == "A":
-            text, cpu, wall = run_load(pid, ["wrk", "-t1", "-c64", f"-d{DUR}s", url])
+            text, cpu, wall, load_core = run_load_measured(pid, ["wrk", "-t1", "-c64", f"-d{DUR}s", url])
             rps, total, errors = parse_wrk(text)
         elif scenario == "E":
-            text, cpu, wall = run_load(pid, ["wrk", "-t1", "-c16", f"-d{DUR}s", "-H", "Connection: close", url])
+            text, cpu, wall, load_core = run_load_measured(pid, ["wrk", "-t1", "-c16", f"-d{DUR}s", "-H", "Connection: close", url])
             rps, total, errors = parse_wrk(text)
         elif scenario == "rate":
             row = {}
@@ -353,9 +371,10 @@ class Run:
                               "errors": r["errors"]["total"], "cpu": 100 * cpu / wall}
             return row
         else:
-            text, cpu, wall = run_load(pid, ["h2load", "-c16", "-m10", "-D", str(DUR), *self.headers(scenario), url])
+            text, cpu, wall, load_core = run_load_measured(pid, ["h2load", "-c16", "-m10", "-D", str(DUR), *self.headers(scenario), url])
             rps, total, errors = parse_h2load(text)
-        return {"rps": rps, "errors": errors, "cpu": 100 * cpu / wall, "per_cpu_s": total / cpu if cpu else None}
+        return {"rps": rps, "errors": errors, "cpu": 100 * cpu / wall, "per_cpu_s": total / cpu if cpu else None,
+                "load_core": load_core}
 
     def warm(self, port, scenario):
         url = f"https://127.0.0.1:{port}{PATH_}"
@@ -426,9 +445,15 @@ def report(results, upstream_rps, rate):
               "E": "E: new TLS connection per request (conn/s)"}
     lines = [f"Upstream: {UPSTREAM_KIND}, {upstream_rps:,.0f} req/s direct (plain h1, `wrk -t1 -c64` on CPU 1).",
              f"Medians of {ROUNDS} rounds, {DUR} s each; CPU % is the server process's utime+stime over the load "
-             "(≈100% = the server was the limit); req/CPU-s = requests served per second of server CPU.", "",
-             "| scenario | gateway req/s | CPU % | req/CPU-s | HAProxy req/s | CPU % | req/CPU-s | ratio | nginx req/s | CPU % | errors g/h/n |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+             "(≈100% = the server was the limit); req/CPU-s = requests served per second of server CPU; "
+             "load core % = how busy CPU 1 was in the gateway's / HAProxy's runs (load generator, upstream and, "
+             "for Fr, Redis: ≈100% = that core was the limit, not the server).", "",
+             "| scenario | gateway req/s | CPU % | req/CPU-s | HAProxy req/s | CPU % | req/CPU-s | ratio | nginx req/s | CPU % | load core % g/h | errors g/h/n |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+
+    def core_cell(server, scenario):
+        busy = med(results.get((server, scenario), []), "load_core")
+        return f"{busy:.0f}" if busy is not None else "—"
 
     def cell(server, scenario):
         rows = results.get((server, scenario))
@@ -444,7 +469,9 @@ def report(results, upstream_rps, rate):
         h, h_rps, h_err = cell("haproxy", "F" if scenario == "Fr" else scenario)
         n, _, n_err = cell("nginx", scenario)
         ratio = f"{g_rps / h_rps:.2f}" if g_rps and h_rps else "—"
-        lines.append(f"| {labels[scenario]} | {' | '.join(g)} | {' | '.join(h)} | {ratio} | {n[0]} | {n[1]} | {g_err}/{h_err}/{n_err} |")
+        load = "/".join(core_cell(server, "F" if server == "haproxy" and scenario == "Fr" else scenario)
+                        for server in ("gateway", "haproxy"))
+        lines.append(f"| {labels[scenario]} | {' | '.join(g)} | {' | '.join(h)} | {ratio} | {n[0]} | {n[1]} | {load} | {g_err}/{h_err}/{n_err} |")
 
     if ("gateway", "A") in results and ("gateway", "B") in results:
         a, b = med(results[("gateway", "A")], "rps"), med(results[("gateway", "B")], "rps")
