@@ -17,8 +17,8 @@
 /// windows after that window's start (from then on both counts are irrelevant); later writes in
 /// the window only `HINCRBY` the count. That keeps the steady call at three commands (`TIME`,
 /// `HMGET`, `HINCRBY`) and the fast path of one sliding-window policy free of per-policy tables:
-/// together a fifth to a quarter less of Redis's CPU per call than writing all fields and the
-/// expiry every time (`benchmarks/results/2026-12-01-session14.md`).
+/// together 15–18% less of Redis's CPU per call than writing all fields and the expiry every time
+/// (`benchmarks/results/2026-12-01-session14.md`).
 /// A sliding log key is a sorted set of admitted request times (score = ms; member made unique
 /// with a suffix), pruned and PEXPIRE'd to one window on every write. A denied request writes
 /// nothing. Keys always carry a TTL.
