@@ -51,12 +51,13 @@ public final class InProcessRateLimitStore: Sendable {
     /// allocations a request). `singlePolicyRequestsSameAnswersAsPureMaths` holds both to one answer.
     private func checkOne(_ spec: PolicySpec, _ key: String, now: Int64, cost: Int) -> MultiDecision {
         self.shards[self.shardIndex(key)].state.withLock { state in
-            let original = state.entries[key]?.limiter.adapted(to: spec) ?? PolicyLimiter(policy: spec)
+            let found = state.entries.index(forKey: key)
+            let original = found.map { state.entries.values[$0].limiter.adapted(to: spec) } ?? PolicyLimiter(policy: spec)
             var trial = original
             let decision = trial.decide(now: now, cost: cost)
             if decision.allowed || spec.shadow {
                 // A shadow policy that would deny is not counted: the rule an enforced one follows.
-                if decision.allowed { state.write(key, trial, now: now) }
+                if decision.allowed { state.write(key, trial, found: found, now: now) }
                 return MultiDecision(allowed: true, decisions: [
                     PolicyDecision(policy: spec, key: key, decision: decision, counted: decision.allowed),
                 ])
@@ -123,9 +124,26 @@ struct ShardState: Sendable {
     }
 
     mutating func write(_ key: String, _ limiter: PolicyLimiter, now: Int64) {
+        write(key, limiter, found: entries.index(forKey: key), now: now)
+    }
+
+    /// `write` for a caller that has just looked `key` up in this state (`found`: where it is,
+    /// nil when absent): a key already held, the common write, is replaced in place, and the
+    /// request's one look-up serves both its read and its write.
+    mutating func write(_ key: String, _ limiter: PolicyLimiter, found: Dictionary<String, Entry>.Index?, now: Int64) {
+        var found = found
         writesSinceSweep += 1
-        if writesSinceSweep >= max(sweepInterval, entries.count / 2) { sweep(now: now) }
-        if entries[key] == nil && entries.count >= capacity {
+        if writesSinceSweep >= max(sweepInterval, entries.count / 2) {
+            sweep(now: now)
+            found = entries.index(forKey: key)  // the sweep rebuilt the table: indices are stale
+        }
+        if let index = found {
+            let seq = order.touch(key)
+            entries.values[index] = Entry(limiter: limiter, expiresAt: limiter.expiresAt, seq: seq)
+            compactOrder()
+            return
+        }
+        if entries.count >= capacity {
             // Full: expired keys go first (a sweep at most every capacity/8 writes keeps this
             // amortised O(1)), then the least recently written ones.
             if writesSinceSweep >= max(1, capacity / 8) { sweep(now: now) }

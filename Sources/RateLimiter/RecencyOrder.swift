@@ -17,7 +17,15 @@ struct RecencyOrder: Sendable, Hashable {
     mutating func touch(_ key: String) -> UInt64 {
         let seq = nextSeq
         nextSeq += 1
-        records.append((key, seq))
+        // The same key written again before any other (one client's burst) moves its last record
+        // forward instead of adding one: the list then grows only with interleaved writes, and is
+        // compacted (a look-up per record) that much less often. A record already popped is not
+        // reused.
+        if records.count > head, records[records.count - 1].key == key {
+            records[records.count - 1].seq = seq
+        } else {
+            records.append((key, seq))
+        }
         return seq
     }
 

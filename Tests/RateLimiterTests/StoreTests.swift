@@ -61,6 +61,21 @@ import Testing
         #expect(store.check([(long, "c")], now: 5000).decisions[0].decision.remaining == 9)  // c forgotten
     }
 
+    /// A key written several times in a row holds one place in the eviction order: its last
+    /// write's, and it is evicted when that write is the oldest.
+    @Test func repeatedWritesKeepTheirLastPlaceInTheEvictionOrder() {
+        let store = InProcessRateLimitStore(maxKeys: 3, shardCount: 1, sweepInterval: 1_000_000)
+        let p = spec("long", 10, 1000)
+        for _ in 0..<3 { _ = store.check([(p, "a")], now: 0) }
+        _ = store.check([(p, "b")], now: 0)
+        for _ in 0..<2 { _ = store.check([(p, "a")], now: 0) }   // order of last writes: b, a
+        _ = store.check([(p, "c")], now: 0)                      // b, a, c
+        _ = store.check([(p, "d")], now: 0)                      // full: b goes; a, c, d
+        _ = store.check([(p, "e")], now: 0)                      // full: a goes; c, d, e
+        #expect(store.count == 3)
+        #expect(store.check([(p, "a")], now: 0).decisions[0].decision.remaining == 9)  // a forgotten
+    }
+
     @Test func sweepsExpiredKeys() {
         let store = InProcessRateLimitStore(maxKeys: 10_000, shardCount: 1, sweepInterval: 16)
         let p = spec("p", 10, 1)
