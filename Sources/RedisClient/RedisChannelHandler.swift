@@ -53,6 +53,11 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     private var timer: Scheduled<Void>?
     /// Set while the handler is in a pipeline: `send` writes through it.
     private var context: ChannelHandlerContext?
+    /// The buffer batches are encoded into, kept: once the socket has taken a batch's bytes the
+    /// buffer is this handler's alone again and the next batch reuses its storage (a batch of
+    /// sixteen commands or more needed a new kilobyte each time).
+    private var outbound: ByteBuffer?
+    private static let keptOutboundBytes = 64 << 10
 
     init() {}
 
@@ -63,6 +68,7 @@ final class RedisChannelHandler: ChannelDuplexHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        self.outbound = nil
         failAll(RedisError.connectionClosed)
         parser?.close()
         parser = nil
@@ -93,7 +99,8 @@ final class RedisChannelHandler: ChannelDuplexHandler {
 
     private func take(_ requests: [RedisRequest], context: ChannelHandlerContext) {
         let now = context.eventLoop.now
-        var buffer = context.channel.allocator.buffer(capacity: 64 * requests.count)
+        var buffer = self.outbound.take() ?? context.channel.allocator.buffer(capacity: 64 * requests.count)
+        buffer.clear()
         for request in requests {
             switch state.enqueue(request.reply, deadline: now + request.timeout, replyBy: request.replyBy) {
             case .fail:
@@ -106,6 +113,7 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         if buffer.readableBytes > 0 {
             context.write(wrapOutboundOut(buffer), promise: nil)
         }
+        if buffer.capacity <= Self.keptOutboundBytes { self.outbound = buffer }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
