@@ -114,18 +114,31 @@ public enum RateLimitKey {
     /// `make` for a policy of one part (`key: client_ip`, the common one), optionally followed by
     /// one more (a tiered policy's tier): the first part is the tag, and no list of parts is built.
     public static func make(policy: PolicySpec, part: KeyPart, then next: KeyPart? = nil) -> String? {
-        guard let tag = encode(part, ipv6Prefix: policy.ipv6Prefix) else { return nil }
+        // A canonical IPv4 client (nearly every one) is written into the key as it came: its
+        // `ip:` tag made apart was a heap string of its own once the address passed 12 characters.
+        let ipv4 = part.kind == .clientIP && IPAddress.isCanonicalIPv4(part.value)
+        var tag = ""
+        if !ipv4 {
+            guard let encoded = encode(part, ipv6Prefix: policy.ipv6Prefix) else { return nil }
+            tag = encoded
+        }
         var rest: String? = nil
         if let next {
             guard let encoded = encode(next, ipv6Prefix: policy.ipv6Prefix) else { return nil }
             rest = encoded
         }
         let name = escape(policy.name)
+        let tagLength = ipv4 ? Self.ipv4TagPrefix.utf8.count + part.value.utf8.count : tag.utf8.count
         var key = ""
-        key.reserveCapacity(prefix.utf8.count + tag.utf8.count + name.utf8.count + 4 + (rest?.utf8.count ?? 0))
+        key.reserveCapacity(prefix.utf8.count + tagLength + name.utf8.count + 4 + (rest?.utf8.count ?? 0))
         key += prefix
         key += "{"
-        key += tag
+        if ipv4 {
+            key += Self.ipv4TagPrefix
+            key += part.value
+        } else {
+            key += tag
+        }
         key += "}:"
         key += name
         if let rest {
@@ -146,12 +159,14 @@ public enum RateLimitKey {
         return key[start..<close]
     }
 
+    private static let ipv4TagPrefix = "ip:"
+
     static func encode(_ part: KeyPart, ipv6Prefix: Int) -> String? {
         switch part.kind {
         case .clientIP:
             // Dotted-quad IPv4 in canonical form (what the gateway's peers nearly always are)
             // is its own identity: no `inet_pton` round trip and no copies.
-            if IPAddress.isCanonicalIPv4(part.value) { return "ip:" + part.value }
+            if IPAddress.isCanonicalIPv4(part.value) { return ipv4TagPrefix + part.value }
             guard let ip = IPAddress(parsing: part.value) else { return nil }
             return "ip:" + ip.clientIdentity(ipv6Prefix: ipv6Prefix)
         case .jwtSubject, .claim("sub"): return "sub:" + escape(part.value)
