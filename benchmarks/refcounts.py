@@ -19,6 +19,7 @@ With --probe, other calls are counted the same way: `malloc` (glibc), `locks` (g
 only counts them.
 
   benchmarks/refcounts.py [--bin DIR] [--n 2000] [--top 30] [--setup base] [--keep FILE]
+                          [--load 'h2load options']
                           [--probe refcounts|malloc|locks|casts] h1|h2|e
 
 Needs root (uprobes), perf (linux-perf) and what benchmarks/peers.sh --install installs.
@@ -75,6 +76,7 @@ def main():
     parser.add_argument("--n", type=int, default=2000, help="requests counted")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--setup", default="base", help="ab.py set-up: base, jwt, limit, cors, cors-redis")
+    parser.add_argument("--load", help="h2load's load options instead of the protocol's, e.g. '-c 2 -m 50'")
     parser.add_argument("--keep", help="also keep the perf.data at this path, for `perf script` by hand")
     parser.add_argument("--probe", choices=sorted(PROBES), default="refcounts", help="which calls to count")
     args = parser.parse_args()
@@ -96,6 +98,8 @@ def main():
         extra = {"h1": ["--h1", "-c", "8"], "h2": ["-c", "4", "-m", "10"],
                  # one request per connection: as many clients as requests, each a new TLS handshake
                  "e": ["--h1", "-c", "8", "-H", "connection: close"]}[args.protocol]
+        if args.load:
+            extra = args.load.split()
         load = ["taskset", "-c", "1", "h2load", *extra, *bench.extra]
         subprocess.run([*load, "-n", str(args.n), bench.url()], check=True, capture_output=True)
         events = [x for e in symbols for x in ("-e", f"{group}:{e}")]
