@@ -20,6 +20,7 @@ struct HTTP2StreamTests {
         let runtime: GatewayRuntime
         private var received = ByteBuffer()
         var upstream: EmbeddedChannel?
+        let handler: HTTP2ServerHandler
 
         init(settings: HTTP2Settings = HTTP2Settings()) throws {
             let config = try ConfigFixture().parse(minimalYAML + """
@@ -36,8 +37,8 @@ struct HTTP2StreamTests {
             )
             self.channel = EmbeddedChannel(loop: self.loop)
             let loop = self.loop
-            let handler = HTTP2ServerHandler(services: self.services, settings: settings, clock: { loop.now })
-            try self.channel.pipeline.syncOperations.addHandler(handler)
+            self.handler = HTTP2ServerHandler(services: self.services, settings: settings, clock: { loop.now })
+            try self.channel.pipeline.syncOperations.addHandler(self.handler)
             try self.channel.connect(to: SocketAddress(ipAddress: "203.0.113.7", port: 40000)).wait()
             // Preface, empty SETTINGS, and the ACK of the gateway's SETTINGS (its 256 KiB stream
             // window applies from then on).
@@ -326,6 +327,31 @@ struct HTTP2StreamTests {
         for stream in streams {
             #expect(Self.body(frames, stream: stream) == "answer to /api/item/\(stream)")
             #expect(frames.contains { $0.type == 0 && $0.stream == stream && $0.flags & 0x01 != 0 })
+        }
+    }
+
+    @Test func aClientFillingItsConcurrencyGetsItsNextBatchOnReusedStreams() throws {
+        let h = try Harness()  // 128 concurrent streams advertised
+        let batch = 40
+        var nextStream = UInt32(1)
+        for round in 0..<2 {
+            let upstreams = try (0..<batch).map { _ in try h.pooledUpstream() }
+            let streams = (0..<batch).map { _ in defer { nextStream += 2 }; return nextStream }
+            h.send(streams.flatMap { stream in
+                Harness.frame(type: 1, flags: 0x05, stream: stream, Harness.block([
+                    (":method", "GET"), (":scheme", "http"), (":authority", "localhost"), (":path", "/api/item/\(stream)"),
+                ]))
+            })
+            // Round 1 takes its stream objects from the ones round 0 left, all of them.
+            #expect(h.handler.spareStreamCount == 0, "round \(round)")
+            for upstream in upstreams {
+                let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: ["content-length": "2"])
+                try upstream.answer(head, body: "ok")
+            }
+            h.loop.run()
+            _ = h.output()
+            // The whole batch closed in one tick: every stream object is kept for the next.
+            #expect(h.handler.spareStreamCount == batch, "round \(round)")
         }
     }
 

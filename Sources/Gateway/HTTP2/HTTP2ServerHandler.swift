@@ -26,7 +26,14 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner {
     /// Closed streams nothing else holds, kept for the next ones: a steady connection allocates
     /// no stream object per request.
     private var spareStreams: [HTTP2Stream] = []
-    private static let maxSpareStreams = 32
+    /// As many as the client may have open at once (up to a bound for configurations that allow
+    /// thousands): a client that fills its concurrency closes a whole batch in one read and opens
+    /// the next batch in the next, and a smaller cap made every stream past it a new object and a
+    /// new field buffer. Memory stays within what the connection's busiest moment already used,
+    /// for as long as the connection lives (idle connections are closed).
+    private let maxSpareStreams: Int
+    /// Closed stream objects kept for reuse (tests).
+    var spareStreamCount: Int { self.spareStreams.count }
     private(set) var peer = PeerAddress.unknown
     /// Streams whose upstream side starts after the current read is decoded (see HTTP/1's
     /// `pendingStart`: a malformed frame in the same read is refused before anything goes upstream).
@@ -87,6 +94,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner {
     init(services: ConnectionServices, settings: HTTP2Settings, clock: @escaping () -> NIODeadline = { .now() }) {
         self.services = services
         self.settings = settings
+        self.maxSpareStreams = min(settings.maxConcurrentStreams, 256)
         self.clock = clock
         self.emptyData = EmptyDataFrameGuard(limit: settings.maxEmptyFrames)
     }
@@ -521,7 +529,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner {
         stream.closed()
         // Only when the handler holds the last reference: an exchange, a deferred start or a
         // drained-list entry still holding it would otherwise reach the next stream's request.
-        if stream.isReusable, self.spareStreams.count < Self.maxSpareStreams, isKnownUniquelyReferenced(&stream) {
+        if stream.isReusable, self.spareStreams.count < self.maxSpareStreams, isKnownUniquelyReferenced(&stream) {
             self.spareStreams.append(stream)
         }
         if self.streams.isEmpty {
