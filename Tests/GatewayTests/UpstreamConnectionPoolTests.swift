@@ -175,6 +175,37 @@ struct UpstreamConnectionPoolTests {
         #expect(loops.endpoint.openConnections.load(ordering: .relaxed) == 1)
     }
 
+    @Test func requestsWaitingForASlotAreServedOldestFirstAndFailAfterConnectTimeout() throws {
+        let upstream = FakeUpstream()  // max_connections 4, connect_timeout 1 s
+        let busy = try (0..<4).map { _ in try upstream.acquire() }
+        var results: [Result<UpstreamConnection, any Error>?] = Array(repeating: nil, count: 3)
+        for index in 0..<3 {
+            if index == 2 { upstream.loop.advanceTime(by: .milliseconds(600)) }
+            upstream.pool.acquire(upstream.endpoint, settings: upstream.settings).assumeIsolated().whenComplete { results[index] = $0 }
+        }
+        #expect(results.allSatisfy { $0 == nil })
+        #expect(upstream.endpoint.stats.waiting.load(ordering: .relaxed) == 3)
+        // A released connection goes to the oldest waiter, as it is, on no new socket.
+        upstream.pool.release(busy[0], reusable: true, timeouts: upstream.settings.timeouts)
+        #expect(try #require(results[0]).get() === busy[0])
+        #expect(results[1] == nil && results[2] == nil)
+        // The second waiter's second passes: it alone fails, the third (600 ms younger) waits on.
+        upstream.loop.advanceTime(by: .milliseconds(399))
+        #expect(results[1] == nil)
+        upstream.loop.advanceTime(by: .milliseconds(1))
+        #expect(throws: UpstreamAcquireError.self) { try #require(results[1]).get() }
+        #expect(results[2] == nil)
+        upstream.loop.advanceTime(by: .milliseconds(599))
+        #expect(results[2] == nil)
+        upstream.loop.advanceTime(by: .milliseconds(1))
+        #expect(throws: UpstreamAcquireError.self) { try #require(results[2]).get() }
+        #expect(upstream.endpoint.stats.waiting.load(ordering: .relaxed) == 0)
+        #expect(upstream.channels.count == 4)
+        // With nobody waiting, a released connection is kept idle again.
+        upstream.pool.release(busy[1], reusable: true, timeouts: upstream.settings.timeouts)
+        #expect(try upstream.acquire() === busy[1])
+    }
+
     @Test func idleConnectionClosedByPeerIsEvictedAndNotHandedOut() throws {
         let upstream = FakeUpstream()
         let kept = try upstream.acquire()

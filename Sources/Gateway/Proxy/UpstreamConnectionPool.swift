@@ -14,9 +14,34 @@ enum UpstreamAcquireError: Error {
 /// across loops through the endpoint's atomic counter.
 final class UpstreamConnectionPool {
     private struct Waiter {
-        var id: UInt64
         var promise: EventLoopPromise<UpstreamConnection>
-        var timeout: Scheduled<Void>?
+        var deadline: NIODeadline
+    }
+
+    /// Requests on this loop waiting for a slot to one endpoint, oldest first, and the one timer
+    /// that fails them after `connect_timeout`. A class, so a request joining or leaving the
+    /// queue changes it in place: a queue copied out of the dictionary, changed and stored back
+    /// cost a copy of every waiter per request served, which made an overloaded upstream's queue
+    /// quadratic. Waiters of one endpoint come with the same timeout, so the oldest is due
+    /// first: the timer is armed for it and, when it fires, re-armed for the new oldest (after a
+    /// reload that shortens the timeout, newer waiters are failed with the older ones, at most
+    /// the difference late).
+    private final class WaiterQueue: LoopTimerOwner {
+        var waiters = CircularBuffer<Waiter>()
+        var timer: LoopTimers.Timer?
+        unowned let pool: UpstreamConnectionPool
+        let endpoint: UpstreamEndpoint
+
+        init(pool: UpstreamConnectionPool, endpoint: UpstreamEndpoint) {
+            self.pool = pool
+            self.endpoint = endpoint
+        }
+
+        func timerFired(_ timer: LoopTimers.Timer, tag: NIODeadline) {
+            guard timer == self.timer else { return }
+            self.timer = nil
+            self.pool.failExpiredWaiters(self)
+        }
     }
 
     /// Opens a channel to an endpoint, its pipeline set up by `addHandlers(to:ending:)` so that it
@@ -33,8 +58,7 @@ final class UpstreamConnectionPool {
         var connections: [UpstreamConnection] = []
     }
     private var idle: [ObjectIdentifier: IdleStack] = [:]
-    private var waiters: [ObjectIdentifier: [Waiter]] = [:]
-    private var nextWaiterID: UInt64 = 0
+    private var waiters: [ObjectIdentifier: WaiterQueue] = [:]
     private var isClosed = false
     /// Endpoints whose `EndpointPools` know this pool.
     private var joined: Set<ObjectIdentifier> = []
@@ -94,7 +118,6 @@ final class UpstreamConnectionPool {
         connection.hasServedRequests = true
         let key = ObjectIdentifier(connection.endpoint)
         if let waiter = self.popWaiter(connection.endpoint) {
-            waiter.timeout?.cancel()
             waiter.promise.succeed(connection)
             return
         }
@@ -141,7 +164,7 @@ final class UpstreamConnectionPool {
 
     private func slotFreed(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) {
         endpoint.openConnections.subtract(1, ordering: .relaxed)
-        if self.waiters[ObjectIdentifier(endpoint)]?.isEmpty == false {
+        if self.waiters[ObjectIdentifier(endpoint)]?.waiters.isEmpty == false {
             self.serveWaiter(endpoint, settings: settings)
         } else if endpoint.pools.someoneWaits {
             endpoint.pools.wakeOneWaiting(besides: self.id, for: endpoint)
@@ -150,10 +173,9 @@ final class UpstreamConnectionPool {
 
     /// A waiter on this loop opens a connection of its own if a slot is free.
     private func serveWaiter(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) {
-        guard self.waiters[ObjectIdentifier(endpoint)]?.isEmpty == false,
+        guard self.waiters[ObjectIdentifier(endpoint)]?.waiters.isEmpty == false,
             self.reserveSlot(endpoint, max: settings.maxConnections), let waiter = self.popWaiter(endpoint)
         else { return }
-        waiter.timeout?.cancel()
         self.connect(endpoint, settings: settings).cascade(to: waiter.promise)
     }
 
@@ -166,13 +188,28 @@ final class UpstreamConnectionPool {
     }
 
     private func popWaiter(_ endpoint: UpstreamEndpoint) -> Waiter? {
-        let key = ObjectIdentifier(endpoint)
-        guard var queue = self.waiters[key], !queue.isEmpty else { return nil }
-        let waiter = queue.removeFirst()
+        guard let queue = self.waiters[ObjectIdentifier(endpoint)], let waiter = queue.waiters.popFirst() else { return nil }
         endpoint.stats.waiting.subtract(1, ordering: .relaxed)
-        self.waiters[key] = queue
-        if queue.isEmpty { endpoint.pools.setWaiting(self.id, false) }
+        if queue.waiters.isEmpty {
+            self.timers.disarm(&queue.timer)
+            endpoint.pools.setWaiting(self.id, false)
+        }
         return waiter
+    }
+
+    /// Fails the waiters whose `connect_timeout` passed, oldest first, and arms the queue's timer
+    /// for the oldest left.
+    private func failExpiredWaiters(_ queue: WaiterQueue) {
+        let now = self.eventLoop.now
+        while let oldest = queue.waiters.first, oldest.deadline <= now {
+            queue.waiters.removeFirst()
+            queue.endpoint.stats.waiting.subtract(1, ordering: .relaxed)
+            if queue.waiters.isEmpty { queue.endpoint.pools.setWaiting(self.id, false) }
+            oldest.promise.fail(UpstreamAcquireError.poolExhausted)
+        }
+        if let oldest = queue.waiters.first, queue.timer == nil {
+            queue.timer = self.timers.arm(queue, in: oldest.deadline - now)
+        }
     }
 
     /// Makes this pool known to the endpoint's other pools (once per endpoint).
@@ -188,24 +225,22 @@ final class UpstreamConnectionPool {
     }
 
     private func wait(for endpoint: UpstreamEndpoint, settings: UpstreamSettings) -> EventLoopFuture<UpstreamConnection> {
-        let timeout = settings.connectTimeout
         let promise = self.eventLoop.makePromise(of: UpstreamConnection.self)
         let key = ObjectIdentifier(endpoint)
-        self.nextWaiterID &+= 1
-        let id = self.nextWaiterID
-        // Strong: a `weak` capture would give the pool a side table (see `connect`).
-        let scheduled = self.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
-            if let index = self.waiters[key]?.firstIndex(where: { $0.id == id }) {
-                let waiter = self.waiters[key]!.remove(at: index)
-                endpoint.stats.waiting.subtract(1, ordering: .relaxed)
-                if self.waiters[key]!.isEmpty { endpoint.pools.setWaiting(self.id, false) }
-                waiter.promise.fail(UpstreamAcquireError.poolExhausted)
-            }
+        let queue: WaiterQueue
+        if let existing = self.waiters[key] {
+            queue = existing
+        } else {
+            queue = WaiterQueue(pool: self, endpoint: endpoint)
+            self.waiters[key] = queue
         }
-        self.waiters[key, default: []].append(Waiter(id: id, promise: promise, timeout: scheduled))
+        queue.waiters.append(Waiter(promise: promise, deadline: self.eventLoop.now + settings.connectTimeout))
+        if queue.timer == nil {
+            queue.timer = self.timers.arm(queue, in: settings.connectTimeout)
+        }
         endpoint.stats.waiting.add(1, ordering: .relaxed)
         self.join(endpoint, settings: settings)
-        endpoint.pools.setWaiting(self.id, true)
+        if queue.waiters.count == 1 { endpoint.pools.setWaiting(self.id, true) }
         // Slots held by idle connections on other loops are freed for this request.
         endpoint.pools.askOthersToShed(besides: self.id, for: endpoint)
         return promise.futureResult
