@@ -105,16 +105,19 @@ private final class RecordingDownstream: DownstreamResponder {
 
 @Suite("Upstream connection pool and retries")
 struct UpstreamConnectionPoolTests {
-    /// Two loops' pools of one endpoint whose `max_connections` is 1, each opening in-memory channels.
+    /// Two loops' pools of one endpoint whose `max_connections` is 1 (unless told), each opening in-memory channels.
     private struct TwoLoops {
         let endpoint = UpstreamEndpoint(host: "127.0.0.1", port: 3001)
-        let settings = UpstreamSettings(connectTimeout: .seconds(1), responseTimeout: .seconds(5), maxConnections: 1, idleTimeout: .seconds(60))
+        let settings: UpstreamSettings
         let loopA = EmbeddedEventLoop()
         let loopB = EmbeddedEventLoop()
         let a: UpstreamConnectionPool
         let b: UpstreamConnectionPool
 
-        init() {
+        init(maxConnections: Int = 1) {
+            self.settings = UpstreamSettings(
+                connectTimeout: .seconds(1), responseTimeout: .seconds(5), maxConnections: maxConnections, idleTimeout: .seconds(60)
+            )
             func pool(on loop: EmbeddedEventLoop) -> UpstreamConnectionPool {
                 UpstreamConnectionPool(eventLoop: loop) { _, _, handler in
                     let channel = EmbeddedChannel(loop: loop)
@@ -154,6 +157,22 @@ struct UpstreamConnectionPoolTests {
         let connection = try #require(second.value).get()
         #expect(connection.channel.eventLoop === loops.loopB)
         #expect(loops.endpoint.openConnections.load(ordering: .relaxed) == 1)
+    }
+
+    @Test func everyRequestWaitingOnOneLoopGetsASlotShedByTheOther() throws {
+        let loops = TwoLoops(maxConnections: 3)
+        let first = (0..<3).map { _ in Box<Result<UpstreamConnection, any Error>>() }
+        for box in first { loops.acquire(loops.a, into: box) }
+        for box in first { loops.a.release(try #require(box.value).get(), reusable: true, timeouts: loops.settings.timeouts) }
+        // Loop A keeps all three slots idle; three requests on loop B wait ...
+        let waiting = (0..<3).map { _ in Box<Result<UpstreamConnection, any Error>>() }
+        for box in waiting { loops.acquire(loops.b, into: box) }
+        #expect(waiting.allSatisfy { $0.value == nil })
+        // ... and loop A closes all three for them, long before `connect_timeout`.
+        loops.loopA.run()
+        loops.loopB.run()
+        for box in waiting { #expect(try #require(box.value).get().channel.eventLoop === loops.loopB) }
+        #expect(loops.endpoint.openConnections.load(ordering: .relaxed) == 3)
     }
 
     @Test func aConnectionReleasedWhileAnotherLoopWaitsFreesItsSlotForIt() throws {
@@ -217,6 +236,7 @@ struct UpstreamConnectionPoolTests {
 
         // The upstream's keep-alive timeout closes the idle connection (EOF closes the channel).
         upstream.channels[1].close(promise: nil)
+        upstream.loop.run()  // the slot is freed by the channel's close future
         #expect(upstream.endpoint.openConnections.load(ordering: .relaxed) == 1)
 
         let handedOut = try upstream.acquire()
@@ -230,6 +250,7 @@ struct UpstreamConnectionPoolTests {
         // Bytes nobody asked for: the connection is out of sync and must not carry a request.
         try? upstream.answer(upstream.channels[0], "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
         #expect(!upstream.channels[0].isActive)
+        upstream.loop.run()
         #expect(upstream.endpoint.openConnections.load(ordering: .relaxed) == 0)
         let next = try upstream.acquire()
         #expect(next !== connection)
@@ -241,6 +262,7 @@ struct UpstreamConnectionPoolTests {
         let connection = try upstream.acquire()
         upstream.pool.release(connection, reusable: false, timeouts: upstream.settings.timeouts)
         #expect(!upstream.channels[0].isActive)
+        upstream.loop.run()
         #expect(upstream.endpoint.openConnections.load(ordering: .relaxed) == 0)
         #expect(try upstream.acquire() !== connection)
         #expect(upstream.channels.count == 2)
@@ -267,6 +289,41 @@ struct UpstreamConnectionPoolTests {
     /// The upstream's FIN is in the kernel but the event loop has not read it: the same loop
     /// iteration that would read it picks the connection for a request. Real sockets, because
     /// the check reads the TCP state.
+    @Test func aConnectionGivenBackInsideItsConnectCallbackFreesItsSlot() throws {
+        // swift-nio completes a connect before it fires `channelActive`. A request whose client
+        // left while its connection was being made gives the connection back inside that
+        // callback, and a channel closed then never fires `channelInactive`: the slot must be
+        // freed anyway (before: lost for good, and with `max_connections: 1` every later request
+        // waited out `connect_timeout`).
+        let upstreamGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let gatewayGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer {
+            try? gatewayGroup.syncShutdownGracefully()
+            try? upstreamGroup.syncShutdownGracefully()
+        }
+        let server = try ServerBootstrap(group: upstreamGroup).bind(host: "127.0.0.1", port: 0).wait()
+        let endpoint = UpstreamEndpoint(host: "127.0.0.1", port: server.localAddress!.port!)
+        let settings = UpstreamSettings(connectTimeout: .seconds(5), responseTimeout: .seconds(5), maxConnections: 1, idleTimeout: .seconds(30))
+        let loop = gatewayGroup.next()
+        let pool = try loop.submit { NIOLoopBound(UpstreamConnectionPool(eventLoop: loop), eventLoop: loop) }.wait()
+        let first = try loop.flatSubmit {
+            pool.value.acquire(endpoint, settings: settings).assumeIsolated().map { connection in
+                let wasActive = connection.channel.isActive
+                pool.value.release(connection, reusable: false, timeouts: settings.timeouts)
+                return wasActive
+            }.nonisolated()
+        }.wait()
+        #expect(first, "the connection was not usable in the connect's callback")
+        // The slot comes back within a loop tick: the next request gets a connection of its own
+        // (with the slot lost, it waited out `connect_timeout` and failed `poolExhausted`).
+        let second = try loop.flatSubmit {
+            pool.value.acquire(endpoint, settings: settings).map { $0.channel.isActive }
+        }.wait()
+        #expect(second)
+        #expect(endpoint.openConnections.load(ordering: .relaxed) == 1)
+        try server.close().wait()
+    }
+
     @Test func idleConnectionWhoseCloseIsNotYetReadIsNotHandedOut() throws {
         final class Accepted: Sendable { let channels = Mutex<[Channel]>([]) }
         let accepted = Accepted()

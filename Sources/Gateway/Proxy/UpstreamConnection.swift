@@ -34,9 +34,6 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     /// Strong, not weak: a weak reference gives every exchange a side table and slows each of its
     /// retains. Released explicitly: the pool clears it on release, and closing or an error clears it.
     var owner: UpstreamConnectionOwner?
-    /// Called once, with this handler, when the channel goes inactive, so the pool forgets the
-    /// connection.
-    var onClose: ((UpstreamConnectionHandler) -> Void)?
     private var readGate = ReadGate()
     /// This loop's iteration stamp (`gateway_event_loop_tick_seconds`); made on the loop that runs
     /// the handler.
@@ -130,9 +127,6 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
         let owner = self.owner
         self.owner = nil
         owner?.upstreamClosed()
-        let onClose = self.onClose
-        self.onClose = nil
-        onClose?(self)
         context.fireChannelInactive()
     }
 

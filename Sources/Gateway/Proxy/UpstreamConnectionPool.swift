@@ -126,7 +126,7 @@ final class UpstreamConnectionPool {
             connection.close()
             return
         }
-        // Closing it runs `onClose`, which takes it out of `idle`.
+        // Its close future takes it out of `idle` when it closes.
         connection.expireWhenIdle(timeouts)
         if let stack = self.idle[key] {
             stack.connections.append(connection)
@@ -279,10 +279,15 @@ final class UpstreamConnectionPool {
             throw UpstreamAcquireError.connectFailed(error)
         }.map { channel in
             let connection = UpstreamConnection(channel: channel, handler: handler, endpoint: endpoint, timers: self.timers)
-            // Strong references only (a `weak` one gives its object a side table, and every retain
-            // of it the slow path): the pool lives as long as its loop, and the handler hands
-            // itself in rather than the closure capturing the connection that owns it.
-            handler.onClose = { handler in
+            // On the close future, not on `channelInactive`: a channel closed before swift-nio
+            // fired `channelActive` (a request whose client left while its connection was being
+            // made, given back and closed inside the connect's callback) never fires
+            // `channelInactive`, and its slot was lost for good; with two workers and an upstream
+            // at `max_connections`, a few such slots made every later request wait out
+            // `connect_timeout` and get 503. Strong references only (a `weak` one gives its object
+            // a side table, and every retain of it the slow path): the pool lives as long as its
+            // loop.
+            channel.closeFuture.assumeIsolated().whenComplete { _ in
                 self.removeIdle(handler, endpoint: endpoint)
                 self.slotFreed(endpoint, settings: settings)
             }
