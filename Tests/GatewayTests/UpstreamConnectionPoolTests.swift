@@ -175,6 +175,47 @@ struct UpstreamConnectionPoolTests {
         #expect(loops.endpoint.openConnections.load(ordering: .relaxed) == 3)
     }
 
+    @Test func whenBothLoopsWaitTheyTakeTurnsAtReleasedConnections() throws {
+        let loops = TwoLoops(maxConnections: 2)
+        let busy = (0..<2).map { _ in Box<Result<UpstreamConnection, any Error>>() }
+        for box in busy { loops.acquire(loops.a, into: box) }
+        // Both slots in use on loop A; two requests wait on each loop, loop A's first.
+        let waitingA = (0..<2).map { _ in Box<Result<UpstreamConnection, any Error>>() }
+        let waitingB = (0..<2).map { _ in Box<Result<UpstreamConnection, any Error>>() }
+        for box in waitingA { loops.acquire(loops.a, into: box) }
+        for box in waitingB { loops.acquire(loops.b, into: box) }
+        loops.loopA.run()
+        loops.loopB.run()
+        #expect((waitingA + waitingB).allSatisfy { $0.value == nil })
+        // Loop A releases both: one goes to its own oldest waiter, the other's slot to loop B.
+        for box in busy { loops.a.release(try #require(box.value).get(), reusable: true, timeouts: loops.settings.timeouts) }
+        loops.loopA.run()
+        loops.loopB.run()
+        #expect(waitingA.filter { $0.value != nil }.count == 1)
+        #expect(waitingB.filter { $0.value != nil }.count == 1)
+        #expect(try #require(waitingB[0].value).get().channel.eventLoop === loops.loopB)
+        #expect(loops.endpoint.openConnections.load(ordering: .relaxed) == 2)
+    }
+
+    @Test func aNewRequestQueuesBehindRequestsWaitingOnAnotherLoop() throws {
+        let loops = TwoLoops(maxConnections: 1)
+        let first = Box<Result<UpstreamConnection, any Error>>()
+        loops.acquire(loops.a, into: first)
+        let waiting = Box<Result<UpstreamConnection, any Error>>()
+        loops.acquire(loops.b, into: waiting)
+        loops.loopA.run()
+        loops.loopB.run()
+        // Not reusable: closed, and its slot goes to loop B's waiter, not to a newcomer on loop A
+        // that arrives before loop B runs.
+        loops.a.release(try #require(first.value).get(), reusable: false, timeouts: loops.settings.timeouts)
+        let newcomer = Box<Result<UpstreamConnection, any Error>>()
+        loops.acquire(loops.a, into: newcomer)
+        loops.loopA.run()
+        loops.loopB.run()
+        #expect(try #require(waiting.value).get().channel.eventLoop === loops.loopB)
+        #expect(newcomer.value == nil)
+    }
+
     @Test func aConnectionReleasedWhileAnotherLoopWaitsFreesItsSlotForIt() throws {
         let loops = TwoLoops()
         let first = Box<Result<UpstreamConnection, any Error>>()

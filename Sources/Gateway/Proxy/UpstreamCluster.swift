@@ -200,6 +200,9 @@ final class EndpointPools: Sendable {
     /// Whether some pool has requests waiting for a slot.
     var someoneWaits: Bool { self.waitingPools.load(ordering: .relaxed) > 0 }
 
+    /// How many pools (event loops) have requests waiting for a slot.
+    var waitingPoolCount: Int { self.waitingPools.load(ordering: .relaxed) }
+
     func join(
         _ pool: ObjectIdentifier, wake: @escaping @Sendable (UpstreamEndpoint) -> Void,
         shed: @escaping @Sendable (UpstreamEndpoint) -> Void

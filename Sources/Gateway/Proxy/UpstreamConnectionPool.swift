@@ -59,6 +59,16 @@ final class UpstreamConnectionPool {
     }
     private var idle: [ObjectIdentifier: IdleStack] = [:]
     private var waiters: [ObjectIdentifier: WaiterQueue] = [:]
+    /// Per endpoint: connections this loop opened and has not closed (or given away), and the
+    /// `max_connections` they were opened under.
+    private struct Holding {
+        var open = 0
+        var max = 1
+    }
+    private var holdings: [ObjectIdentifier: Holding] = [:]
+    /// Connections closed so another loop's waiter gets their slot: their `slotFreed` wakes
+    /// that loop instead of serving this one's queue.
+    private var slotsOwedToOtherLoops = 0
     private var isClosed = false
     /// Endpoints whose `EndpointPools` know this pool.
     private var joined: Set<ObjectIdentifier> = []
@@ -101,7 +111,9 @@ final class UpstreamConnectionPool {
     /// `max_connections` is reached.
     func open(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) -> EventLoopFuture<UpstreamConnection> {
         self.eventLoop.preconditionInEventLoop()
-        if self.reserveSlot(endpoint, max: settings.maxConnections) {
+        // While requests wait (here or on another loop), a new one queues behind them: a slot
+        // freed for a waiter on another loop is not taken on the way by a newcomer here.
+        if !endpoint.pools.someoneWaits, self.reserveSlot(endpoint, max: settings.maxConnections) {
             return self.connect(endpoint, settings: settings)
         }
         return self.wait(for: endpoint, settings: settings)
@@ -117,9 +129,23 @@ final class UpstreamConnectionPool {
         }
         connection.hasServedRequests = true
         let key = ObjectIdentifier(connection.endpoint)
-        if let waiter = self.popWaiter(connection.endpoint) {
-            waiter.promise.succeed(connection)
-            return
+        if self.waiters[key]?.waiters.isEmpty == false {
+            // Requests wait here and on another loop too: a loop holding more than its share of
+            // `max_connections` gives a released connection to the other loop (closed here, its
+            // slot opened there), so neither loop's requests starve. Before, the loop holding
+            // the connections kept serving its own queue, and the other loop's requests waited
+            // out `connect_timeout` and got 503 (100 of a 50-stream client's requests in a 2 s
+            // load with two workers and 8 slots).
+            if self.holdsMoreThanItsShare(connection.endpoint) {
+                self.slotsOwedToOtherLoops += 1
+                self.holdings[key, default: Holding()].open -= 1
+                connection.close()
+                return
+            }
+            if let waiter = self.popWaiter(connection.endpoint) {
+                waiter.promise.succeed(connection)
+                return
+            }
         }
         if connection.endpoint.pools.someoneWaits {
             // A request on another loop waits for a slot: this connection's is worth more there.
@@ -164,18 +190,58 @@ final class UpstreamConnectionPool {
 
     private func slotFreed(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) {
         endpoint.openConnections.subtract(1, ordering: .relaxed)
-        if self.waiters[ObjectIdentifier(endpoint)]?.waiters.isEmpty == false {
-            self.serveWaiter(endpoint, settings: settings)
+        let key = ObjectIdentifier(endpoint)
+        if self.slotsOwedToOtherLoops > 0 {
+            // Counted out of `openHere` when it was given away.
+            self.slotsOwedToOtherLoops -= 1
+            if endpoint.pools.waitingPoolCount > (self.waiters[key]?.waiters.isEmpty == false ? 1 : 0) {
+                endpoint.pools.wakeOneWaiting(besides: self.id, for: endpoint)
+                return
+            }
+        } else {
+            self.holdings[key, default: Holding()].open -= 1
+        }
+        if self.waiters[key]?.waiters.isEmpty == false {
+            if self.holdsItsShare(endpoint) {
+                endpoint.pools.wakeOneWaiting(besides: self.id, for: endpoint)
+            } else {
+                self.serveWaiter(endpoint, settings: settings)
+            }
         } else if endpoint.pools.someoneWaits {
             endpoint.pools.wakeOneWaiting(besides: self.id, for: endpoint)
         }
     }
 
-    /// A waiter on this loop opens a connection of its own if a slot is free.
+    /// With requests waiting here and on other loops, each loop's share of `max_connections` is
+    /// an equal part: a loop above it gives connections away as they are released, a loop at it
+    /// gives freed slots away. Once the loops hold their shares, each serves its own queue with
+    /// its own connections (no connection is closed to move a slot); with fewer slots than
+    /// waiting loops, the slots go round.
+    private func share(_ endpoint: UpstreamEndpoint) -> Int? {
+        let waitingLoops = endpoint.pools.waitingPoolCount
+        guard waitingLoops > 1 else { return nil }
+        return self.holdings[ObjectIdentifier(endpoint), default: Holding()].max / waitingLoops
+    }
+
+    private func holdsMoreThanItsShare(_ endpoint: UpstreamEndpoint) -> Bool {
+        guard let share = self.share(endpoint) else { return false }
+        return self.holdings[ObjectIdentifier(endpoint), default: Holding()].open > share
+    }
+
+    private func holdsItsShare(_ endpoint: UpstreamEndpoint) -> Bool {
+        guard let share = self.share(endpoint) else { return false }
+        return self.holdings[ObjectIdentifier(endpoint), default: Holding()].open >= share
+    }
+
+    /// A waiter on this loop opens a connection of its own if a slot is free. With none waiting
+    /// here any more (they timed out since the wake was sent), the wake goes on to another loop
+    /// that waits: new requests queue while anyone waits, so a slot nobody takes stays free.
     private func serveWaiter(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) {
-        guard self.waiters[ObjectIdentifier(endpoint)]?.waiters.isEmpty == false,
-            self.reserveSlot(endpoint, max: settings.maxConnections), let waiter = self.popWaiter(endpoint)
-        else { return }
+        guard self.waiters[ObjectIdentifier(endpoint)]?.waiters.isEmpty == false else {
+            if endpoint.pools.someoneWaits { endpoint.pools.wakeOneWaiting(besides: self.id, for: endpoint) }
+            return
+        }
+        guard self.reserveSlot(endpoint, max: settings.maxConnections), let waiter = self.popWaiter(endpoint) else { return }
         self.connect(endpoint, settings: settings).cascade(to: waiter.promise)
     }
 
@@ -279,6 +345,8 @@ final class UpstreamConnectionPool {
             throw UpstreamAcquireError.connectFailed(error)
         }.map { channel in
             let connection = UpstreamConnection(channel: channel, handler: handler, endpoint: endpoint, timers: self.timers)
+            self.holdings[ObjectIdentifier(endpoint), default: Holding()].open += 1
+            self.holdings[ObjectIdentifier(endpoint)]!.max = settings.maxConnections
             // On the close future, not on `channelInactive`: a channel closed before swift-nio
             // fired `channelActive` (a request whose client left while its connection was being
             // made, given back and closed inside the connect's callback) never fires
