@@ -113,13 +113,20 @@ struct UpstreamConnectionPoolTests {
         let loopB = EmbeddedEventLoop()
         let a: UpstreamConnectionPool
         let b: UpstreamConnectionPool
+        /// Connects refused from now on (both loops), for as many as this says.
+        let refusals = Box<Int>()
 
         init(maxConnections: Int = 1) {
+            let refusals = self.refusals
             self.settings = UpstreamSettings(
                 connectTimeout: .seconds(1), responseTimeout: .seconds(5), maxConnections: maxConnections, idleTimeout: .seconds(60)
             )
             func pool(on loop: EmbeddedEventLoop) -> UpstreamConnectionPool {
                 UpstreamConnectionPool(eventLoop: loop) { _, _, handler in
+                    if let left = refusals.value, left > 0 {
+                        refusals.value = left - 1
+                        return loop.makeFailedFuture(ChannelError.connectTimeout(.seconds(1)))
+                    }
                     let channel = EmbeddedChannel(loop: loop)
                     do {
                         try UpstreamConnectionPool.addHandlers(to: channel, ending: handler)
@@ -175,8 +182,16 @@ struct UpstreamConnectionPoolTests {
         #expect(loops.endpoint.openConnections.load(ordering: .relaxed) == 3)
     }
 
-    @Test func whenBothLoopsWaitTheyTakeTurnsAtReleasedConnections() throws {
+    @Test(arguments: [0, 1])
+    func whenBothLoopsWaitTheyTakeTurnsAtReleasedConnections(failedConnectsFirst: Int) throws {
         let loops = TwoLoops(maxConnections: 2)
+        // A connect that failed holds no connection: it must not count against loop A's share.
+        loops.refusals.value = failedConnectsFirst
+        for _ in 0..<failedConnectsFirst {
+            let failed = Box<Result<UpstreamConnection, any Error>>()
+            loops.acquire(loops.a, into: failed)
+            #expect(throws: UpstreamAcquireError.self) { try #require(failed.value).get() }
+        }
         let busy = (0..<2).map { _ in Box<Result<UpstreamConnection, any Error>>() }
         for box in busy { loops.acquire(loops.a, into: box) }
         // Both slots in use on loop A; two requests wait on each loop, loop A's first.

@@ -189,6 +189,8 @@ final class UpstreamConnection: DeadlineTimerOwner, @unchecked Sendable {
     /// connection may just be the upstream closing an idle connection, so the request may be sent
     /// again if none of it was written or it is idempotent.
     var hasServedRequests = false
+    /// Closed by the pool so that another event loop's waiting request gets its slot.
+    var closedForAnotherLoop = false
     /// Idle in the pool (`idle_timeout`) or awaiting a response head (`response_timeout`): the
     /// connection outlives its requests, so one armed check serves all of them.
     private var timer = DeadlineTimer()

@@ -66,9 +66,6 @@ final class UpstreamConnectionPool {
         var max = 1
     }
     private var holdings: [ObjectIdentifier: Holding] = [:]
-    /// Connections closed so another loop's waiter gets their slot: their `slotFreed` wakes
-    /// that loop instead of serving this one's queue.
-    private var slotsOwedToOtherLoops = 0
     private var isClosed = false
     /// Endpoints whose `EndpointPools` know this pool.
     private var joined: Set<ObjectIdentifier> = []
@@ -137,7 +134,7 @@ final class UpstreamConnectionPool {
             // out `connect_timeout` and got 503 (100 of a 50-stream client's requests in a 2 s
             // load with two workers and 8 slots).
             if self.holdsMoreThanItsShare(connection.endpoint) {
-                self.slotsOwedToOtherLoops += 1
+                connection.closedForAnotherLoop = true
                 self.holdings[key, default: Holding()].open -= 1
                 connection.close()
                 return
@@ -188,18 +185,27 @@ final class UpstreamConnectionPool {
         }
     }
 
-    private func slotFreed(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings) {
+    /// How a slot came free: a connect that failed, a connection that closed, or one the pool
+    /// closed for another loop's waiting request (already counted out of `holdings`).
+    private enum FreedSlot {
+        case connectFailed
+        case closed
+        case closedForAnotherLoop
+    }
+
+    private func slotFreed(_ endpoint: UpstreamEndpoint, settings: UpstreamSettings, _ how: FreedSlot) {
         endpoint.openConnections.subtract(1, ordering: .relaxed)
         let key = ObjectIdentifier(endpoint)
-        if self.slotsOwedToOtherLoops > 0 {
-            // Counted out of `openHere` when it was given away.
-            self.slotsOwedToOtherLoops -= 1
+        switch how {
+        case .connectFailed:
+            break
+        case .closed:
+            self.holdings[key, default: Holding()].open -= 1
+        case .closedForAnotherLoop:
             if endpoint.pools.waitingPoolCount > (self.waiters[key]?.waiters.isEmpty == false ? 1 : 0) {
                 endpoint.pools.wakeOneWaiting(besides: self.id, for: endpoint)
                 return
             }
-        } else {
-            self.holdings[key, default: Holding()].open -= 1
         }
         if self.waiters[key]?.waiters.isEmpty == false {
             if self.holdsItsShare(endpoint) {
@@ -341,7 +347,7 @@ final class UpstreamConnectionPool {
         self.join(endpoint, settings: settings)
         let handler = UpstreamConnectionHandler()
         return self.connector(endpoint, settings, handler).assumeIsolated().flatMapErrorThrowing { error in
-            self.slotFreed(endpoint, settings: settings)
+            self.slotFreed(endpoint, settings: settings, .connectFailed)
             throw UpstreamAcquireError.connectFailed(error)
         }.map { channel in
             let connection = UpstreamConnection(channel: channel, handler: handler, endpoint: endpoint, timers: self.timers)
@@ -355,9 +361,10 @@ final class UpstreamConnectionPool {
             // `connect_timeout` and get 503. Strong references only (a `weak` one gives its object
             // a side table, and every retain of it the slow path): the pool lives as long as its
             // loop.
+            // The connection is held until its channel closes (then the callback is dropped).
             channel.closeFuture.assumeIsolated().whenComplete { _ in
                 self.removeIdle(handler, endpoint: endpoint)
-                self.slotFreed(endpoint, settings: settings)
+                self.slotFreed(endpoint, settings: settings, connection.closedForAnotherLoop ? .closedForAnotherLoop : .closed)
             }
             return connection
         }.nonisolated()
