@@ -29,6 +29,8 @@ final class UpstreamConnectionPool {
     private final class WaiterQueue: LoopTimerOwner {
         var waiters = CircularBuffer<Waiter>()
         var timer: LoopTimers.Timer?
+        /// `max_connections` of the newest waiter's settings: what the loops' shares divide.
+        var maxConnections = 1
         unowned let pool: UpstreamConnectionPool
         let endpoint: UpstreamEndpoint
 
@@ -59,13 +61,8 @@ final class UpstreamConnectionPool {
     }
     private var idle: [ObjectIdentifier: IdleStack] = [:]
     private var waiters: [ObjectIdentifier: WaiterQueue] = [:]
-    /// Per endpoint: connections this loop opened and has not closed (or given away), and the
-    /// `max_connections` they were opened under.
-    private struct Holding {
-        var open = 0
-        var max = 1
-    }
-    private var holdings: [ObjectIdentifier: Holding] = [:]
+    /// Per endpoint: connections this loop opened and has not closed (or given away).
+    private var openHere: [ObjectIdentifier: Int] = [:]
     private var isClosed = false
     /// Endpoints whose `EndpointPools` know this pool.
     private var joined: Set<ObjectIdentifier> = []
@@ -126,16 +123,16 @@ final class UpstreamConnectionPool {
         }
         connection.hasServedRequests = true
         let key = ObjectIdentifier(connection.endpoint)
-        if self.waiters[key]?.waiters.isEmpty == false {
+        if let queue = self.waiters[key], !queue.waiters.isEmpty {
             // Requests wait here and on another loop too: a loop holding more than its share of
             // `max_connections` gives a released connection to the other loop (closed here, its
             // slot opened there), so neither loop's requests starve. Before, the loop holding
             // the connections kept serving its own queue, and the other loop's requests waited
             // out `connect_timeout` and got 503 (100 of a 50-stream client's requests in a 2 s
             // load with two workers and 8 slots).
-            if self.holdsMoreThanItsShare(connection.endpoint) {
+            if let excess = self.excessOverShare(queue), excess > 0 {
                 connection.closedForAnotherLoop = true
-                self.holdings[key, default: Holding()].open -= 1
+                self.openHere[key, default: 0] -= 1
                 connection.close()
                 return
             }
@@ -186,7 +183,7 @@ final class UpstreamConnectionPool {
     }
 
     /// How a slot came free: a connect that failed, a connection that closed, or one the pool
-    /// closed for another loop's waiting request (already counted out of `holdings`).
+    /// closed for another loop's waiting request (already counted out of `openHere`).
     private enum FreedSlot {
         case connectFailed
         case closed
@@ -200,15 +197,15 @@ final class UpstreamConnectionPool {
         case .connectFailed:
             break
         case .closed:
-            self.holdings[key, default: Holding()].open -= 1
+            self.openHere[key, default: 0] -= 1
         case .closedForAnotherLoop:
             if endpoint.pools.waitingPoolCount > (self.waiters[key]?.waiters.isEmpty == false ? 1 : 0) {
                 endpoint.pools.wakeOneWaiting(besides: self.id, for: endpoint)
                 return
             }
         }
-        if self.waiters[key]?.waiters.isEmpty == false {
-            if self.holdsItsShare(endpoint) {
+        if let queue = self.waiters[key], !queue.waiters.isEmpty {
+            if let excess = self.excessOverShare(queue), excess >= 0 {
                 endpoint.pools.wakeOneWaiting(besides: self.id, for: endpoint)
             } else {
                 self.serveWaiter(endpoint, settings: settings)
@@ -223,20 +220,11 @@ final class UpstreamConnectionPool {
     /// gives freed slots away. Once the loops hold their shares, each serves its own queue with
     /// its own connections (no connection is closed to move a slot); with fewer slots than
     /// waiting loops, the slots go round.
-    private func share(_ endpoint: UpstreamEndpoint) -> Int? {
-        let waitingLoops = endpoint.pools.waitingPoolCount
+    /// How many connections this loop holds beyond its share; nil while no other loop waits.
+    private func excessOverShare(_ queue: WaiterQueue) -> Int? {
+        let waitingLoops = queue.endpoint.pools.waitingPoolCount
         guard waitingLoops > 1 else { return nil }
-        return self.holdings[ObjectIdentifier(endpoint), default: Holding()].max / waitingLoops
-    }
-
-    private func holdsMoreThanItsShare(_ endpoint: UpstreamEndpoint) -> Bool {
-        guard let share = self.share(endpoint) else { return false }
-        return self.holdings[ObjectIdentifier(endpoint), default: Holding()].open > share
-    }
-
-    private func holdsItsShare(_ endpoint: UpstreamEndpoint) -> Bool {
-        guard let share = self.share(endpoint) else { return false }
-        return self.holdings[ObjectIdentifier(endpoint), default: Holding()].open >= share
+        return self.openHere[ObjectIdentifier(queue.endpoint), default: 0] - queue.maxConnections / waitingLoops
     }
 
     /// A waiter on this loop opens a connection of its own if a slot is free. With none waiting
@@ -307,6 +295,7 @@ final class UpstreamConnectionPool {
             self.waiters[key] = queue
         }
         queue.waiters.append(Waiter(promise: promise, deadline: self.eventLoop.now + settings.connectTimeout))
+        queue.maxConnections = settings.maxConnections
         if queue.timer == nil {
             queue.timer = self.timers.arm(queue, in: settings.connectTimeout)
         }
@@ -351,8 +340,7 @@ final class UpstreamConnectionPool {
             throw UpstreamAcquireError.connectFailed(error)
         }.map { channel in
             let connection = UpstreamConnection(channel: channel, handler: handler, endpoint: endpoint, timers: self.timers)
-            self.holdings[ObjectIdentifier(endpoint), default: Holding()].open += 1
-            self.holdings[ObjectIdentifier(endpoint)]!.max = settings.maxConnections
+            self.openHere[ObjectIdentifier(endpoint), default: 0] += 1
             // On the close future, not on `channelInactive`: a channel closed before swift-nio
             // fired `channelActive` (a request whose client left while its connection was being
             // made, given back and closed inside the connect's callback) never fires
@@ -360,8 +348,7 @@ final class UpstreamConnectionPool {
             // at `max_connections`, a few such slots made every later request wait out
             // `connect_timeout` and get 503. Strong references only (a `weak` one gives its object
             // a side table, and every retain of it the slow path): the pool lives as long as its
-            // loop.
-            // The connection is held until its channel closes (then the callback is dropped).
+            // loop, and the connection until its channel closes (then the callback is dropped).
             channel.closeFuture.assumeIsolated().whenComplete { _ in
                 self.removeIdle(handler, endpoint: endpoint)
                 self.slotFreed(endpoint, settings: settings, connection.closedForAnotherLoop ? .closedForAnotherLoop : .closed)
