@@ -4,7 +4,8 @@
 Each variant is a directory holding a `gateway` binary plus optional environment (e.g. an
 LD_PRELOADed allocator). Every round starts each variant in turn (A B A B ...), on CPU 0, one
 worker, no access log, TLS, one route to Debian's nginx `return 200` (226-byte body) on CPU 1, and
-loads it from CPU 1 with `wrk -t1 -c64` (h1) then `h2load -c16 -m10` (h2). The figure to trust on a
+loads it from CPU 1 with `wrk -t1 -c64` (h1) then `h2load -c16 -m10` (h2) (`--h1-load` and
+`--h2-load` change the options, e.g. for a light load). The figure to trust on a
 shared machine is the gateway's CPU per request (utime+stime over the run / requests): req/s moves
 with whatever else the machine runs. RSS: right after start (idle), its peak over the loads
 (VmHWM) and after the loads (idle again). With --mallocs, each variant is also run once under
@@ -57,7 +58,8 @@ SCENARIO_OF_SETUP = {"base": "A", "jwt": "C", "limit": "D", "cors": "F", "cors-r
 
 
 class Bench:
-    def __init__(self, d, dur, setup="base"):
+    def __init__(self, d, dur, setup="base", h1_load="-t1 -c64", h2_load="-c16 -m10"):
+        self.h1_load, self.h2_load = h1_load.split(), h2_load.split()
         # peers.Run for its process bookkeeping (and, past the base set-up, the JWT it mints).
         if setup == "base":
             self.run = peers.Run.__new__(peers.Run)
@@ -88,12 +90,12 @@ class Bench:
         return f"https://127.0.0.1:{peers.GW_PORT}{peers.PATH_}"
 
     def h1(self, pid, dur):
-        out, cpu, _ = peers.run_load(pid, ["wrk", "-t1", "-c64", f"-d{dur}s", *self.extra, self.url()])
+        out, cpu, _ = peers.run_load(pid, ["wrk", *self.h1_load, f"-d{dur}s", *self.extra, self.url()])
         rps, total, errors = peers.parse_wrk(out)
         return rps, cpu * 1e6 / total, errors
 
     def h2(self, pid, dur):
-        out, cpu, _ = peers.run_load(pid, ["h2load", "-c16", "-m10", "-D", str(dur), *self.extra, self.url()])
+        out, cpu, _ = peers.run_load(pid, ["h2load", *self.h2_load, "-D", str(dur), *self.extra, self.url()])
         rps, total, errors = peers.parse_h2load(out)
         return rps, cpu * 1e6 / total, errors
 
@@ -191,13 +193,15 @@ def main():
     ap.add_argument("--setup", default="base", choices=sorted(SCENARIO_OF_SETUP))
     ap.add_argument("--profile", action="store_true",
                     help="perf cpu-clock shares of the allocator and of exclusivity checks (adds perf's own cost)")
+    ap.add_argument("--h1-load", default="-t1 -c64", help="wrk's options for the h1 load (default: -t1 -c64)")
+    ap.add_argument("--h2-load", default="-c16 -m10", help="h2load's options for the h2 load (default: -c16 -m10)")
     ap.add_argument("--json")
     args = ap.parse_args()
     variants = [(v[0], str(Path(v[1]).resolve()), dict(kv.split("=", 1) for kv in v[2:])) for v in args.variant]
     samples = {name: [] for name, _, _ in variants}
     counts = {}
     with tempfile.TemporaryDirectory(prefix="gw-ab-") as d:
-        bench = Bench(d, args.dur, args.setup)
+        bench = Bench(d, args.dur, args.setup, args.h1_load, args.h2_load)
         try:
             if args.mallocs:
                 lib = f"{d}/libmc.so"

@@ -166,6 +166,28 @@ struct HTTP1ServerHandlerTests {
         _ = try channel.finish(acceptAlreadyClosed: true)
     }
 
+    @Test("A proxied response leaves at the end of the tick, and a connection closing after it flushes it first")
+    func responseFlushedAtTickEnd() throws {
+        for closing in [false, true] {
+            let (channel, handler) = try Self.makeChannel()
+            let connection = closing ? "Connection: close\r\n" : ""
+            Self.deliver("GET /api/a HTTP/1.1\r\nHost: x\r\n\(connection)\r\n", to: channel)
+            let exchange = try #require(handler.currentExchange)
+            handler.sendResponseHead(
+                for: exchange, HTTPResponseHead(version: .http1_1, status: .ok, headers: ["content-length": "2"]), framing: .asIs
+            )
+            handler.sendResponseBody(for: exchange, ByteBuffer(string: "ok"))
+            handler.sendResponseEnd(for: exchange)
+            #expect(try Self.output(channel).isEmpty, "closing: \(closing)")
+            handler.exchangeFinished(for: exchange)
+            if !closing { channel.embeddedEventLoop.run() }
+            let response = try Self.output(channel)
+            #expect(Self.statuses(response) == ["200"], "closing: \(closing)")
+            #expect(response.hasSuffix("\r\n\r\nok"), "closing: \(closing)")
+            _ = try channel.finish(acceptAlreadyClosed: true)
+        }
+    }
+
     @Test("A request pipelined behind a gateway-made error gets its own response")
     func errorThenNext() throws {
         let (channel, _) = try Self.makeChannel()

@@ -344,6 +344,7 @@ struct HTTP2StreamTests {
             })
             // Round 1 takes its stream objects from the ones round 0 left, all of them.
             #expect(h.handler.spareStreamCount == 0, "round \(round)")
+            h.loop.run()  // the requests leave at the end of the tick
             for upstream in upstreams {
                 let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: ["content-length": "2"])
                 try upstream.answer(head, body: "ok")

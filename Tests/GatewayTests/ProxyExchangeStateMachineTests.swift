@@ -200,6 +200,26 @@ import Testing
         #expect(aborted === connection && machine.isFinished)
     }
 
+    @Test func aResponseBeforeAnyOfTheRequestWasWrittenIsAProtocolError() {
+        // A whole request waits for the end of its tick to be flushed: a head read before then
+        // answers nothing the gateway sent.
+        let connection = Connection()
+        var machine = Machine(requestHasBody: false, idempotent: true, expectsContinue: false, retries: 0)
+        _ = machine.startUpstream(candidates: 1)
+        _ = machine.nextEndpoint()
+        #expect(machine.connectionReady(connection) == .writeRequest(endRequest: true))
+        #expect(machine.isAwaitingResponse(on: connection))
+        #expect(!machine.isAwaitingResponse(on: Connection()))
+        guard case .protocolError = machine.responseHeadReceived(status: 200, keepAlive: true, acceptsSwitch: false, hasStaleFallback: false) else {
+            Issue.record("a head before the request was written"); return
+        }
+        #expect(machine.requestWritten(to: connection, channelIsActive: true) == .sent(armResponseTimer: true, sendContinue: false, resumeBody: false))
+        guard case .forward = machine.responseHeadReceived(status: 200, keepAlive: true, acceptsSwitch: false, hasStaleFallback: false) else {
+            Issue.record("the head after the request was written"); return
+        }
+        #expect(!machine.isAwaitingResponse(on: connection))
+    }
+
     @Test func aConnectionGoesBackToThePoolOnlyWhenBothSidesEndedCleanly() {
         var closing = self.sent(on: Connection())
         _ = closing.responseHeadReceived(status: 200, keepAlive: false, acceptsSwitch: false, hasStaleFallback: false)

@@ -53,8 +53,10 @@ private final class FakeUpstream {
         return connection
     }
 
-    /// Everything the gateway wrote to `channel`, as text.
+    /// Everything the gateway wrote to `channel`, as text, once the loop's tick is over (a whole
+    /// request is flushed at its end).
     func written(_ channel: EmbeddedChannel) throws -> String {
+        self.loop.run()
         var text = ""
         while let data = try channel.readOutbound(as: IOData.self) {
             guard case .byteBuffer(let buffer) = data else { continue }

@@ -48,7 +48,7 @@ final class ConnectionServices {
 /// Those connection rules (keep-alive, the pipelined queue, read gating, draining) are
 /// `StateMachine`'s, tested without a channel; this class does the I/O and keeps the data of the
 /// request in flight.
-final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, DeadlineTimerOwner {
+final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, DeadlineTimerOwner, TickFlushing {
     /// Requests arrive as bytes: the handler parses them itself (`HTTP1RequestParser`), so no
     /// decoder handler sits in front and no part is boxed into a `NIOAny`.
     typealias InboundIn = ByteBuffer
@@ -121,6 +121,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     /// An exchange whose upstream side starts when the current read burst has been decoded: a
     /// malformed body in the same packet as its head is then refused before anything is sent.
     private var pendingStart: ProxyExchange?
+    /// A response's end waits in the loop's `TickFlushes`; closing flushes it first.
+    private var flushQueued = false
 
     init(services: ConnectionServices, maxQueuedRequests: Int = HTTP1ServerHandler.defaultMaxQueuedRequests) {
         self.services = services
@@ -491,7 +493,20 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         // Finishing waits for the exchange to say it is done (`exchangeFinished`).
         _ = self.state.responseEnded()
         self.emit(.end(nil), context: context)
-        context.flush()
+        self.flushSoon()
+    }
+
+    /// Flushes at the end of the event loop's tick, with the other connections' responses.
+    private func flushSoon() {
+        guard !self.flushQueued else { return }
+        self.flushQueued = true
+        self.services.loop.flushes.add(self)
+    }
+
+    func flushAtTickEnd() {
+        guard self.flushQueued else { return }
+        self.flushQueued = false
+        self.context?.flush()
     }
 
     func sendErrorResponse(for exchange: ProxyExchange, _ error: GatewayError) {
@@ -693,6 +708,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     private func close() {
         guard let context, self.state.close() else { return }
+        self.flushAtTickEnd()  // a close drops what is not flushed
         context.close(promise: nil)
     }
 
@@ -711,6 +727,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         }
         guard let context, self.state.close() else { return }
         self.cancelTimer()
+        self.flushAtTickEnd()
         context.close(mode: .output, promise: nil)
         let channel = context.channel
         context.eventLoop.scheduleTask(in: Self.resetAvoidanceDelay) { channel.close(promise: nil) }

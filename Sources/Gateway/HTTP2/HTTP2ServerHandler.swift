@@ -7,7 +7,7 @@ private import CNGHTTP2
 /// request in the same pipeline as HTTP/1.1 (`HTTP2Stream`). nghttp2 does the RFC 9113 message
 /// checks (pseudo-headers, connection-specific fields, `content-length` vs DATA, field bytes);
 /// this handler adds the gateway's limits and ties flow control to upstream backpressure.
-final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner {
+final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushing {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -68,14 +68,10 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner {
     /// Between a read from the client and its `channelReadComplete`, which drains the session
     /// once for everything that read caused.
     private var reading = false
-    /// A drain is queued for the end of this event-loop tick: the responses that upstream reads
-    /// finish in one tick (each stream has its own upstream connection) leave in one write, as
-    /// HAProxy's `h2_send` does, instead of one TLS record and one `write` per stream.
+    /// A drain is queued in the loop's `TickFlushes`: the responses that upstream reads finish in
+    /// one tick (each stream has its own upstream connection) leave in one write, as HAProxy's
+    /// `h2_send` does, instead of one TLS record and one `write` per stream.
     private var flushQueued = false
-    /// The queued drain, made once per connection so that queuing it allocates nothing. It holds
-    /// the handler strongly (a task may still be queued when the channel goes), until
-    /// `handlerRemoved` drops it.
-    private var queuedFlush: (() -> Void)?
     /// nghttp2's output of one drain, copied out of its memory (valid only until its next call)
     /// and written as one buffer. Kept while small: once the TLS layer has encrypted it, the
     /// storage is unique again and the next drain reuses it.
@@ -111,10 +107,6 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner {
         self.allocator = context.channel.allocator
         self.services.observability.metrics.connections.increment([self.services.listener.name, "h2"])
         self.peer = PeerAddress(context.channel.remoteAddress)
-        self.queuedFlush = {
-            self.flushQueued = false
-            self.sendPending()
-        }
         guard self.createSession() else {
             context.close(promise: nil)
             return
@@ -126,7 +118,6 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner {
     func handlerRemoved(context: ChannelHandlerContext) {
         self.services.observability.metrics.connections.increment([self.services.listener.name, "h2"], by: -1)
         self.teardown()
-        self.queuedFlush = nil
         self.context = nil
     }
 
@@ -306,9 +297,14 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner {
     /// Drains the session at the end of this event-loop tick, once however many streams ask. A
     /// read from the client is drained by its `channelReadComplete` already.
     func flushSoon() {
-        guard !self.reading, !self.flushQueued, let context, let task = self.queuedFlush else { return }
+        guard !self.reading, !self.flushQueued, self.context != nil else { return }
         self.flushQueued = true
-        context.eventLoop.assumeIsolated().execute(task)
+        self.services.loop.flushes.add(self)
+    }
+
+    func flushAtTickEnd() {
+        self.flushQueued = false
+        self.sendPending()
     }
 
     private func applyPendingConsume() {

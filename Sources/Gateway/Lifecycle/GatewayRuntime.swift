@@ -122,18 +122,20 @@ final class RuntimeHolder: Sendable {
     }
 }
 
-/// Per-event-loop resources (the upstream connection pool, the connection timers). Looked up once
-/// per connection.
+/// Per-event-loop resources (the upstream connection pool, the connection timers, the flushes
+/// gathered per tick). Looked up once per connection.
 final class LoopResources: @unchecked Sendable {
     // Only touched on `eventLoop`; the registry that hands it out is immutable after start-up.
     let eventLoop: EventLoop
     let timers: LoopTimers
+    let flushes: TickFlushes
     let pool: UpstreamConnectionPool
 
     init(eventLoop: EventLoop) {
         self.eventLoop = eventLoop
         self.timers = LoopTimers(eventLoop: eventLoop)
-        self.pool = UpstreamConnectionPool(eventLoop: eventLoop, timers: self.timers)
+        self.flushes = TickFlushes(eventLoop: eventLoop)
+        self.pool = UpstreamConnectionPool(eventLoop: eventLoop, timers: self.timers, flushes: self.flushes)
     }
 }
 

@@ -27,8 +27,9 @@ extension ProxyExchange {
         /// The whole request (head and body) came from the client.
         private(set) var requestComplete: Bool
         private var requestBodyStarted = false
-        /// Set once the head's write was not refused whole: from then on the upstream may act on
-        /// the request, so a non-idempotent one is never sent again.
+        /// Set once the head's write was not refused whole (a whole request is written at the end
+        /// of its event-loop tick): from then on the upstream may act on the request, so a
+        /// non-idempotent one is never sent again.
         private(set) var requestSent = false
         private var retriedStaleConnection = false
         private var retriesLeft: Int
@@ -133,6 +134,12 @@ extension ProxyExchange {
             case sent(armResponseTimer: Bool, sendContinue: Bool, resumeBody: Bool)
         }
 
+        /// Whether the request is bound for `connection` and no response has started.
+        func isAwaitingResponse(on connection: Connection) -> Bool {
+            guard case .awaitingResponse(let current) = self.state else { return false }
+            return current === connection
+        }
+
         mutating func requestWritten(to connection: Connection, channelIsActive: Bool) -> WrittenAction {
             guard case .awaitingResponse(let current) = self.state, current === connection else { return .none }
             guard channelIsActive else { return .lost }
@@ -220,7 +227,8 @@ extension ProxyExchange {
         ///   - acceptsSwitch: the head is a `101` completing this request's WebSocket handshake.
         ///   - hasStaleFallback: a cached entry may answer instead of a 5xx (`stale-if-error`).
         mutating func responseHeadReceived(status: Int, keepAlive: Bool, acceptsSwitch: Bool, hasStaleFallback: Bool) -> ResponseHeadAction {
-            guard case .awaitingResponse(let connection) = self.state else { return .protocolError }
+            // Before any of the request was written, a response answers nothing of ours.
+            guard case .awaitingResponse(let connection) = self.state, self.requestSent else { return .protocolError }
             if status == 101 {
                 guard acceptsSwitch else { return .refuseSwitch }
                 self.switchingProtocols = true

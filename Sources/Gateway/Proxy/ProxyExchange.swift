@@ -43,7 +43,7 @@ extension DownstreamResponder {
 /// Streams both ways under backpressure: request body reads pause while the upstream socket is
 /// full, upstream reads pause while the client socket is full. What to do on each event is
 /// `StateMachine`'s decision (`ProxyExchange+StateMachine.swift`); this class does the I/O.
-final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter {
+final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushing {
     private let upstreamHead: UpstreamRequestHead
     private let requestMethod: HTTPMethod
     private let clientVersion: HTTPVersion
@@ -57,6 +57,8 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter {
     private(set) var rateLimitDecision: String?
     private let cluster: UpstreamCluster
     private let pool: UpstreamConnectionPool
+    /// The connection a whole request was written to, waiting for the end of the tick's flush.
+    private var unflushed: UpstreamConnection?
     /// Strong, not weak (a weak reference costs the responder a side table and slow retains):
     /// `detach()` drops it whenever the exchange ends, and the responder drops the exchange.
     private var downstream: DownstreamResponder?
@@ -270,7 +272,26 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter {
         self.endpointKey = connection.endpoint.key
         connection.writeHead(self.upstreamHead, flush: false)
         for body in self.pendingBody { connection.write(.body(.byteBuffer(body)), flush: false) }
-        if endRequest { connection.write(.end(nil), flush: false) }
+        if endRequest {
+            connection.write(.end(nil), flush: false)
+            // A whole request leaves with the tick's other writes; until then it counts as unsent.
+            self.unflushed = connection
+            self.pool.flushes.add(self)
+            return
+        }
+        self.flushRequest(to: connection)
+    }
+
+    /// Flushes the request written to `connection`, unless the exchange moved on meanwhile: the
+    /// client left (the connection was closed with it) or the connection was lost first (the
+    /// request is sent again, on another).
+    func flushAtTickEnd() {
+        guard let connection = self.unflushed.take() else { return }
+        guard self.machine.isAwaitingResponse(on: connection) else { return }
+        self.flushRequest(to: connection)
+    }
+
+    private func flushRequest(to connection: UpstreamConnection) {
         connection.channel.flush()
         // A flush on the channel's loop writes at once. A head the kernel refused (the upstream was
         // gone) closed the channel, and its `channelInactive` already handed this exchange to

@@ -53,6 +53,8 @@ final class UpstreamConnectionPool {
     let eventLoop: EventLoop
     /// The loop's timers, for its connections' deadlines.
     let timers: LoopTimers
+    /// The loop's end-of-tick flushes, for the requests written to its connections.
+    let flushes: TickFlushes
     private let connector: Connector
     /// Per endpoint, most recently used last. A class, so taking and giving back a connection
     /// reads the dictionary instead of modifying it in place.
@@ -68,9 +70,10 @@ final class UpstreamConnectionPool {
     private var joined: Set<ObjectIdentifier> = []
     private var id: ObjectIdentifier { ObjectIdentifier(self) }
 
-    init(eventLoop: EventLoop, timers: LoopTimers? = nil, connector: Connector? = nil) {
+    init(eventLoop: EventLoop, timers: LoopTimers? = nil, flushes: TickFlushes? = nil, connector: Connector? = nil) {
         self.eventLoop = eventLoop
         self.timers = timers ?? LoopTimers(eventLoop: eventLoop)
+        self.flushes = flushes ?? TickFlushes(eventLoop: eventLoop)
         self.connector = connector ?? { endpoint, settings, handler in
             Self.connectSocket(endpoint, settings: settings, handler: handler, on: eventLoop)
         }
