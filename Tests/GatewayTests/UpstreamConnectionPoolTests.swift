@@ -55,8 +55,8 @@ private final class FakeUpstream {
 
     /// Everything the gateway wrote to `channel`, as text, once the loop's tick is over (a whole
     /// request is flushed at its end).
-    func written(_ channel: EmbeddedChannel) throws -> String {
-        self.loop.run()
+    func written(_ channel: EmbeddedChannel, endingTheTick: Bool = true) throws -> String {
+        if endingTheTick { self.loop.run() }
         var text = ""
         while let data = try channel.readOutbound(as: IOData.self) {
             guard case .byteBuffer(let buffer) = data else { continue }
@@ -443,6 +443,21 @@ struct UpstreamConnectionPoolTests {
             exchange.requestEndReceived()
         }
         return exchange
+    }
+
+    @Test func aRequestOnAnIdleConnectionLeavesAtTheEndOfTheTickOneThatWaitedAtOnce() throws {
+        let upstream = FakeUpstream()
+        _ = try upstream.reusedConnection()
+        let onIdle = RecordingDownstream()
+        self.exchange(.GET, upstream: upstream, downstream: onIdle).start()
+        #expect(try upstream.written(upstream.channels[0], endingTheTick: false).isEmpty)
+        #expect(try upstream.written(upstream.channels[0]).hasPrefix("GET /api/bookings HTTP/1.1\r\n"))
+
+        // No idle connection left: this one waits for a new connection, then goes at once.
+        let waited = RecordingDownstream()
+        self.exchange(.GET, upstream: upstream, downstream: waited).start()
+        #expect(upstream.channels.count == 2)
+        #expect(try upstream.written(upstream.channels[1], endingTheTick: false).hasPrefix("GET /api/bookings HTTP/1.1\r\n"))
     }
 
     @Test func postWrittenOnAReusedConnectionIsNotSentAgain() throws {

@@ -238,7 +238,7 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
         }
         if !fresh, let connection = self.pool.takeIdle(endpoint, probeTCPState: !self.machine.resendableOnStaleConnection) {
             endpoint.recordSuccess()
-            self.attach(connection)
+            self.attach(connection, flushAtTickEnd: true)
             return
         }
         self.pool.open(endpoint, settings: self.cluster.settings).assumeIsolated().whenComplete { result in
@@ -246,7 +246,7 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
             switch result {
             case .success(let connection):
                 endpoint.recordSuccess()
-                self.attach(connection)
+                self.attach(connection, flushAtTickEnd: false)
             case .failure(UpstreamAcquireError.poolExhausted):
                 endpoint.stats.error(.poolExhausted)
                 self.fail(.upstreamBusy)
@@ -258,7 +258,12 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
         }
     }
 
-    private func attach(_ connection: UpstreamConnection) {
+    /// Writes the request to `connection`. A whole request on an idle connection leaves with the
+    /// tick's other writes (`TickFlushes`: the upstream is woken once for all of them). One that
+    /// waited for its connection (a connect, or a slot at `max_connections`) goes at once: when
+    /// requests queue for slots, the upstream's connections are the bottleneck, and holding a
+    /// request until the tick ends leaves one idle that long.
+    private func attach(_ connection: UpstreamConnection, flushAtTickEnd: Bool) {
         guard case .writeRequest(let endRequest) = self.machine.connectionReady(connection) else {
             // The client left while we were connecting.
             self.pool.release(connection, reusable: true, timeouts: self.cluster.timeouts)
@@ -272,9 +277,9 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
         self.endpointKey = connection.endpoint.key
         connection.writeHead(self.upstreamHead, flush: false)
         for body in self.pendingBody { connection.write(.body(.byteBuffer(body)), flush: false) }
-        if endRequest {
-            connection.write(.end(nil), flush: false)
-            // A whole request leaves with the tick's other writes; until then it counts as unsent.
+        if endRequest { connection.write(.end(nil), flush: false) }
+        if endRequest && flushAtTickEnd {
+            // Until it is flushed, the request counts as unsent.
             self.unflushed = connection
             self.pool.flushes.add(self)
             return
