@@ -39,7 +39,9 @@ struct HTTP1ServerHandlerTests {
         channel.pipeline.fireChannelRead(ByteBuffer(string: text))
     }
 
-    static func output(_ channel: EmbeddedChannel) throws -> String {
+    /// What the handler wrote, once the loop's tick is over (a response's end is flushed then).
+    static func output(_ channel: EmbeddedChannel, endingTheTick: Bool = true) throws -> String {
+        if endingTheTick { channel.embeddedEventLoop.run() }
         var text = ""
         while let buffer = try channel.readOutbound(as: ByteBuffer.self) {
             text += String(buffer: buffer)
@@ -178,7 +180,7 @@ struct HTTP1ServerHandlerTests {
             )
             handler.sendResponseBody(for: exchange, ByteBuffer(string: "ok"))
             handler.sendResponseEnd(for: exchange)
-            #expect(try Self.output(channel).isEmpty, "closing: \(closing)")
+            #expect(try Self.output(channel, endingTheTick: false).isEmpty, "closing: \(closing)")
             handler.exchangeFinished(for: exchange)
             if !closing { channel.embeddedEventLoop.run() }
             let response = try Self.output(channel)
@@ -186,6 +188,15 @@ struct HTTP1ServerHandlerTests {
             #expect(response.hasSuffix("\r\n\r\nok"), "closing: \(closing)")
             _ = try channel.finish(acceptAlreadyClosed: true)
         }
+    }
+
+    @Test("A gateway-made response leaves at the end of the tick too")
+    func localResponseFlushedAtTickEnd() throws {
+        let (channel, _) = try Self.makeChannel()
+        Self.deliver("GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", to: channel)
+        #expect(try Self.output(channel, endingTheTick: false).isEmpty)
+        #expect(Self.statuses(try Self.output(channel)) == ["404"])
+        _ = try channel.finish(acceptAlreadyClosed: true)
     }
 
     @Test("A request pipelined behind a gateway-made error gets its own response")

@@ -35,6 +35,7 @@ private struct StubAdmin: AdminControl {
     /// Sends one request and returns the status line and body of the answer.
     static func exchange(_ channel: EmbeddedChannel, _ method: String, _ path: String) throws -> (String, String) {
         try channel.writeInbound(ByteBuffer(string: "\(method) \(path) HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n"))
+        channel.embeddedEventLoop.run()  // the response is flushed at the end of the tick
         var out = ""
         while var buffer = try channel.readOutbound(as: ByteBuffer.self) { out += buffer.readString(length: buffer.readableBytes) ?? "" }
         let status = out.components(separatedBy: "\r\n").first ?? ""

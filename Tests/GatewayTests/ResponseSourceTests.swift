@@ -187,7 +187,9 @@ struct ResponseSourceTests {
         return 0
     }
 
+    /// What the handler wrote, once the loop's tick is over (a response's end is flushed then).
     static func output(_ channel: EmbeddedChannel) throws -> String {
+        channel.embeddedEventLoop.run()
         var text = ""
         while let buffer = try channel.readOutbound(as: ByteBuffer.self) { text += String(buffer: buffer) }
         return text

@@ -496,7 +496,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.flushSoon()
     }
 
-    /// Flushes at the end of the event loop's tick, with the other connections' responses.
+    /// Flushes at the end of the event loop's tick, with the other connections' responses (a
+    /// response's end, proxied or the gateway's own; closing flushes at once).
     private func flushSoon() {
         guard !self.flushQueued else { return }
         self.flushQueued = true
@@ -629,7 +630,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
             return
         }
         self.emit(.end(nil), context: context)
-        context.flush()
+        self.flushSoon()
         // A bodiless request's `.end` may still be in flight; `endReceived` finishes it then.
         if requestEnded { self.requestFinished() }
     }
