@@ -31,7 +31,8 @@ final class TickFlushes {
         self.eventLoop = eventLoop
     }
 
-    /// Flushes `item` at the end of this tick: it must not be queued twice in one tick.
+    /// Flushes `item` at the end of this tick, once per `add` (the items keep their own "queued"
+    /// flag, so a second `add` is a call that finds nothing left to flush).
     func add(_ item: any TickFlushing) {
         self.queued.append(item)
         guard !self.taskQueued else { return }
