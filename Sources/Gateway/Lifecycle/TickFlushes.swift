@@ -25,7 +25,7 @@ final class TickFlushes {
     private var taskQueued = false
     /// Made once, so that queuing the loop's task allocates nothing. It holds `self`: the loop's
     /// resources live as long as the loop.
-    private var task: (() -> Void)?
+    private lazy var task: () -> Void = { self.flushAll() }
 
     init(eventLoop: EventLoop) {
         self.eventLoop = eventLoop
@@ -37,8 +37,7 @@ final class TickFlushes {
         self.queued.append(item)
         guard !self.taskQueued else { return }
         self.taskQueued = true
-        if self.task == nil { self.task = { self.flushAll() } }
-        self.eventLoop.assumeIsolated().execute(self.task!)
+        self.eventLoop.assumeIsolated().execute(self.task)
     }
 
     private func flushAll() {
