@@ -161,6 +161,25 @@ def test_pipelined_rounds_on_one_connection_are_all_answered(gateway, upstream):
     assert gateway_alive(gateway)
 
 
+@pytest.mark.parametrize("listener", ["plain", "public"])
+def test_pipelined_proxied_requests_ending_in_close_are_all_answered(gateway, upstream, listener):
+    """Proxied responses leave at the end of their event-loop tick; a connection that closes after
+    its last response must flush the ones still waiting first (a close drops unflushed writes)."""
+    count = 50
+    sock = connect(gateway.ports[listener], tls=listener == "public")
+    requests = [b"GET /api/bookings HTTP/1.1\r\nHost: x\r\nX-Request-Id: pc-%03d\r\n\r\n" % i for i in range(count - 1)]
+    requests.append(b"GET /api/bookings HTTP/1.1\r\nHost: x\r\nX-Request-Id: pc-%03d\r\nConnection: close\r\n\r\n" % (count - 1))
+    sock.sendall(b"".join(requests))
+    reader = Reader(sock)
+    ids = []
+    while (response := reader.response()) is not None:
+        assert response[0] == 200
+        ids.append(response[1]["x-request-id"])
+    assert ids == [f"pc-{i:03d}" for i in range(count)]
+    assert reader.closed()
+    sock.close()
+
+
 def dead_upstream_config():
     dead = free_port()
     upstreams = f"""  dead:
