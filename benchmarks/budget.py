@@ -103,10 +103,7 @@ def main():
                     str(peers.ROOT / "benchmarks/budget/malloc-count.c")], check=True)
     results = {}
     try:
-        subprocess.run([str(peers.ROOT / "scripts/dev-cert.sh"), d], check=True, capture_output=True)
-        Path(f"{d}/haproxy.pem").write_text(Path(f"{d}/dev.crt").read_text() + Path(f"{d}/dev.key").read_text())
-        Path(f"{d}/nginx-up.conf").write_text(peers.nginx_upstream_conf(d))
-        run.spawn(1, [peers.NGINX, "-p", d, "-c", f"{d}/nginx-up.conf", "-e", f"{d}/nginx-up-error.log"], peers.UP_PORT)
+        peers.set_up(run, d)
         run.server_env = {"LD_PRELOAD": str(counter), "MALLOC_COUNT_FILE": f"{d}/counts.txt"}
         for rnd in range(1, ROUNDS + 1):
             for server in SERVERS:

@@ -384,17 +384,22 @@ class Run:
                        capture_output=True)
 
 
+def set_up(run, d, upstream="nginx"):
+    """The throwaway certificate (and HAProxy's PEM of it) in `d`, the upstream started on CPU 1."""
+    subprocess.run([str(ROOT / "scripts/dev-cert.sh"), d], check=True, capture_output=True)
+    Path(f"{d}/haproxy.pem").write_text(Path(f"{d}/dev.crt").read_text() + Path(f"{d}/dev.key").read_text())
+    if upstream == "nginx":
+        Path(f"{d}/nginx-up.conf").write_text(nginx_upstream_conf(d))
+        run.spawn(1, [NGINX, "-p", d, "-c", f"{d}/nginx-up.conf", "-e", f"{d}/nginx-up-error.log"], UP_PORT)
+    else:
+        run.spawn(1, [str(BIN / "demo-upstream"), "--port", str(UP_PORT)], UP_PORT)
+
+
 def main():
     d = tempfile.mkdtemp(prefix="peers-")
     run = Run(d)
     try:
-        subprocess.run([str(ROOT / "scripts/dev-cert.sh"), d], check=True, capture_output=True)
-        Path(f"{d}/haproxy.pem").write_text(Path(f"{d}/dev.crt").read_text() + Path(f"{d}/dev.key").read_text())
-        if UPSTREAM_KIND == "nginx":
-            Path(f"{d}/nginx-up.conf").write_text(nginx_upstream_conf(d))
-            run.spawn(1, [NGINX, "-p", d, "-c", f"{d}/nginx-up.conf", "-e", f"{d}/nginx-up-error.log"], UP_PORT)
-        else:
-            run.spawn(1, [str(BIN / "demo-upstream"), "--port", str(UP_PORT)], UP_PORT)
+        set_up(run, d, UPSTREAM_KIND)
         if "Fr" in SCENARIOS:
             run.spawn(1, ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
                           "--appendonly", "no"], REDIS_PORT)

@@ -40,10 +40,7 @@ def main():
     d = tempfile.mkdtemp(prefix="wakeups-")
     run = peers.Run(d)
     try:
-        subprocess.run([str(peers.ROOT / "scripts/dev-cert.sh"), d], check=True, capture_output=True)
-        Path(f"{d}/haproxy.pem").write_text(Path(f"{d}/dev.crt").read_text() + Path(f"{d}/dev.key").read_text())
-        Path(f"{d}/nginx-up.conf").write_text(peers.nginx_upstream_conf(d))
-        run.spawn(1, [peers.NGINX, "-p", d, "-c", f"{d}/nginx-up.conf", "-e", f"{d}/nginx-up-error.log"], peers.UP_PORT)
+        peers.set_up(run, d)
         _, port = run.start_server(args.server, "base")
         url = f"https://127.0.0.1:{port}{peers.PATH_}"
         load = ["taskset", "-c", "1", "h2load", *LOADS[args.protocol], url]
