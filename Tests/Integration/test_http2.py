@@ -137,6 +137,43 @@ def test_response_fields_are_never_indexed_in_the_hpack_table(gateway):
         raw.close()
 
 
+def test_rfc7540_priorities_are_declined_and_requests_carrying_them_still_answered(gateway):
+    """The gateway tells clients it does not use RFC 7540's priority tree (RFC 9218 §2.1,
+    SETTINGS_NO_RFC7540_PRIORITIES = 1; nghttp2 then schedules without the tree, the cheaper path).
+    A client that still sends priorities, in HEADERS or as PRIORITY frames for open and idle
+    streams, gets every answer."""
+    raw = RawH2(gateway.ports["public"])
+    try:
+        settings = raw.events(lambda evs: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in evs))
+        changed = next(e.changed_settings for e in settings if isinstance(e, h2.events.RemoteSettingsChanged))
+        assert 0x9 in changed and changed[0x9].new_value == 1, changed
+        first = raw.conn.get_next_available_stream_id()
+        raw.conn.send_headers(first, [(":method", "GET"), (":scheme", "https"), (":authority", "localhost"),
+                                      (":path", "/api/bookings")], end_stream=True,
+                              priority_weight=200, priority_depends_on=0, priority_exclusive=True)
+        second = raw.conn.get_next_available_stream_id()
+        raw.conn.send_headers(second, [(":method", "GET"), (":scheme", "https"), (":authority", "localhost"),
+                                       (":path", "/api/bookings")], end_stream=True,
+                              priority_weight=16, priority_depends_on=first, priority_exclusive=False)
+        raw.conn.prioritize(first, weight=1, depends_on=second)
+        raw.conn.prioritize(second + 20, weight=32, depends_on=first)  # an idle stream
+        raw.flush()
+        answered = {}
+
+        def both(events):
+            for e in events:
+                if isinstance(e, h2.events.ResponseReceived):
+                    answered[e.stream_id] = int(dict(e.headers)[b":status"])
+                if isinstance(e, h2.events.ConnectionTerminated) or e == "closed":
+                    return True
+            return len(answered) == 2
+
+        raw.events(both)
+        assert answered == {first: 200, second: 200}, answered
+    finally:
+        raw.close()
+
+
 def test_h1_and_h2_give_identical_bodies_and_statuses(gateway_factory, upstream):
     gw = gateway_factory(upstream.port, extra_routes="  - name: admin-only\n    match: { path_prefix: /admin, methods: [GET] }\n    upstream: booking\n")
     cases = [("GET", "/api/bookings", {}, None), ("GET", "/nothing", {}, None), ("PUT", "/admin/x", {}, None),

@@ -223,6 +223,9 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue),
                                    value: UInt32(self.settings.maxHeaderListSize)),
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0),
+            // RFC 9218 §2.1: RFC 7540's priority tree is not used (HAProxy ignores it too). nghttp2
+            // then schedules by urgency alone and keeps no closed streams for the tree.
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES.rawValue), value: 1),
         ]
         if self.settings.enableConnectProtocol {
             entries.append(nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL.rawValue), value: 1))
