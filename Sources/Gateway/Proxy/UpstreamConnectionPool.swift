@@ -218,12 +218,12 @@ final class UpstreamConnectionPool {
         }
     }
 
-    /// With requests waiting here and on other loops, each loop's share of `max_connections` is
-    /// an equal part: a loop above it gives connections away as they are released, a loop at it
+    /// How many connections this loop holds beyond its share of `max_connections`; nil while no
+    /// other loop waits. With requests waiting here and on other loops, each loop's share is an
+    /// equal part: a loop above it gives connections away as they are released, a loop at it
     /// gives freed slots away. Once the loops hold their shares, each serves its own queue with
     /// its own connections (no connection is closed to move a slot); with fewer slots than
     /// waiting loops, the slots go round.
-    /// How many connections this loop holds beyond its share; nil while no other loop waits.
     private func excessOverShare(_ queue: WaiterQueue) -> Int? {
         let waitingLoops = queue.endpoint.pools.waitingPoolCount
         guard waitingLoops > 1 else { return nil }
