@@ -11,7 +11,7 @@ second and for requests per CPU-second, each server's CPU % (≈ 100: the server
 both must be, for the req/s ratio to be the servers' and not the load core's), and the load core's
 busy %.
 
-  BIN=.build/release benchmarks/peer_pairs.py [--pairs 6] [--dur 4] [--scenarios 'A B C D F E']
+  BIN=.build/release benchmarks/peer_pairs.py [--pairs 6] [--dur 4] [--scenarios 'A B C D F Fr E']
 
 Needs what `benchmarks/peers.sh --install` installs; `benchmarks/peers.sh` builds BIN and installs
 first, so run that once (e.g. SCENARIOS=A ROUNDS=1 DUR=2 benchmarks/peers.sh).
@@ -29,9 +29,13 @@ os.environ.setdefault("BIN", str(HERE.parent / ".build/release"))
 sys.path.insert(0, str(HERE))
 import peers  # noqa: E402
 
-SETUP_OF = {"A": "base", "B": "base", "E": "base", "C": "jwt", "D": "limit", "F": "cors"}
+# Each scenario's set-up, the gateway's and HAProxy's: in Fr the gateway keeps its window in Redis
+# (a redis-server on CPU 1) and HAProxy its stick table, as in peers.py.
+SETUP_OF = {"A": ("base", "base"), "B": ("base", "base"), "E": ("base", "base"), "C": ("jwt", "jwt"),
+            "D": ("limit", "limit"), "F": ("cors", "cors"), "Fr": ("cors-redis", "cors")}
 LABEL = {"A": "A: TLS h1 keep-alive (`wrk -t1 -c64`)", "B": "B: TLS h2 (`h2load -c16 -m10`)",
          "C": "C: B + HS256 JWT", "D": "D: C + per-IP limit (in-process / stick table)", "F": "F: D + CORS",
+         "Fr": "F with the gateway's window in Redis (HAProxy: F, local table)",
          "E": "E: new TLS connection per request (conn/s)"}
 
 
@@ -39,7 +43,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=6)
     ap.add_argument("--dur", type=int, default=4, help="seconds per slice")
-    ap.add_argument("--scenarios", default="A B C D F E")
+    ap.add_argument("--scenarios", default="A B C D F Fr E")
     args = ap.parse_args()
     if args.pairs < 2:
         ap.error("--pairs: at least 2")
@@ -53,9 +57,12 @@ def main():
     rows = {}
     try:
         peers.set_up(run, d)
-        for setup in dict.fromkeys(SETUP_OF[s] for s in scenarios):
-            servers = {name: run.start_server(name, setup) for name in ("gateway", "haproxy")}
-            for scenario in [s for s in scenarios if SETUP_OF[s] == setup]:
+        if "Fr" in scenarios:
+            run.spawn(1, ["redis-server", "--port", str(peers.REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
+                          "--appendonly", "no"], peers.REDIS_PORT)
+        for setups in dict.fromkeys(SETUP_OF[s] for s in scenarios):
+            servers = {name: run.start_server(name, setup) for name, setup in zip(("gateway", "haproxy"), setups)}
+            for scenario in [s for s in scenarios if SETUP_OF[s] == setups]:
                 for _, port in servers.values():
                     run.warm(port, scenario)
                 pairs = []
