@@ -297,7 +297,7 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
     }
 
     private func flushRequest(to connection: UpstreamConnection) {
-        connection.channel.flush()
+        connection.handler.flush()
         // A flush on the channel's loop writes at once. A head the kernel refused (the upstream was
         // gone) closed the channel, and its `channelInactive` already handed this exchange to
         // `upstreamLost`; a channel that was closed before the write fails it without that event.

@@ -173,6 +173,10 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Flushes from this handler's place in the pipeline: the writes are all below it, and
+    /// `channel.flush()` would enter at the pipeline's tail and pass this handler on the way.
+    func flush() { self.context?.flush() }
+
     func pauseReads() { self.readGate.pause() }
 
     func resumeReads() { self.readGate.resume(self.context) }
