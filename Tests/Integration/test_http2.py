@@ -509,6 +509,26 @@ def test_continuation_flood_is_cut_off(gateway):
     assert_cut_off(s, [PROTOCOL_ERROR, ENHANCE_YOUR_CALM])
 
 
+def test_a_priority_flood_costs_no_answer(gateway):
+    """PRIORITY frames are accepted and not acted on (the gateway declines RFC 7540 priorities):
+    20,000 of them for idle streams, between two requests in one write, build no state and hold
+    up nothing: both requests are answered 200 and the connection is not torn down."""
+    PRIORITY = 0x2
+    s = raw_tls(gateway.ports["public"])
+    flood = b"".join(frame(PRIORITY, 0, sid, struct.pack(">IB", 1, 15)) for sid in range(3, 40003, 2))
+    last = 40003
+    send_flood(s, frame(HEADERS, 0x5, 1, header_block("GET", "/api/bookings")) + flood
+               + frame(HEADERS, 0x5, last, header_block("GET", "/api/bookings")))
+    answered = lambda frames: {1, last} <= {sid for ftype, _, sid, _ in frames if ftype == HEADERS}
+    frames, closed = read_frames(s, 10, until=answered)
+    s.close()
+    assert answered(frames), f"frame types {[f[0] for f in frames]}, closed={closed}"
+    assert not goaway_codes(frames) and not closed
+    decoder = hpack.Decoder()
+    statuses = [dict(decoder.decode(payload))[":status"] for ftype, _, _, payload in frames if ftype == HEADERS]
+    assert statuses == ["200", "200"], statuses
+
+
 RAPID_RESET_LISTENER = """\
   - name: guarded
     address: 127.0.0.1:0
