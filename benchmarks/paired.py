@@ -12,7 +12,9 @@ their absolute figures do not: two runs of one build read 0.999 (quartiles 0.984
 
 DIR_A and DIR_B each hold a `gateway` binary (e.g. copies of .build/release/gateway). Prints each
 pair's CPU µs per request (utime+stime over the slice / requests) and the median of B/A over the
-pairs with its quartiles: below 1.0 means B does the same work with less CPU.
+pairs with its quartiles: below 1.0 means B does the same work with less CPU. The last line gives
+the range of the server's CPU % and of the load core's busy % over the slices: a server near 100%
+with the load core below it means the server, not the load generator or the upstream, was the limit.
 """
 import argparse
 import os
@@ -63,21 +65,27 @@ def main():
             servers[name] = (proc, port)
 
         def slice_cpu_per_request(name, seconds):
+            """(server CPU µs per request, server CPU %, load core busy %) over one slice."""
             proc, port = servers[name]
             cmd = ["h2load", *(["--h1"] if args.h1 else []), *args.load.split(), "-D", str(seconds), *headers,
                    f"https://127.0.0.1:{port}{peers.PATH_}"]
-            out, cpu, _ = peers.run_load(proc.pid, cmd)
+            out, cpu, wall, load_core = peers.run_load_measured(proc.pid, cmd)
             done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
             if not done or int(done.group(1)) == 0 or int(done.group(2)) or int(done.group(3)):
                 raise RuntimeError(f"load on {name} failed:\n{out[-600:]}")
-            return cpu * 1e6 / int(done.group(1))
+            return cpu * 1e6 / int(done.group(1)), 100 * cpu / wall, load_core
 
         for name in servers:
             slice_cpu_per_request(name, 2)  # warm-up: TLS, upstream pool, heap
         ratios, figures = [], {"A": [], "B": []}
+        busy, load_busy = [], []
         for i in range(args.pairs):
             order = ("A", "B") if i % 2 == 0 else ("B", "A")
-            pair = {name: slice_cpu_per_request(name, args.dur) for name in order}
+            pair = {}
+            for name in order:
+                pair[name], server_cpu, load_core = slice_cpu_per_request(name, args.dur)
+                busy.append(server_cpu)
+                load_busy.append(load_core or 0)
             for name in pair:
                 figures[name].append(pair[name])
             ratios.append(pair["B"] / pair["A"])
@@ -85,7 +93,8 @@ def main():
         q1, _, q3 = statistics.quantiles(ratios, n=4)
         print(f"A {statistics.median(figures['A']):.2f}, B {statistics.median(figures['B']):.2f} µs/request (medians); "
               f"B/A paired median {statistics.median(ratios):.3f} (quartiles {q1:.3f}–{q3:.3f}); "
-              f"B lower in {sum(r < 1 for r in ratios)}/{len(ratios)} pairs")
+              f"B lower in {sum(r < 1 for r in ratios)}/{len(ratios)} pairs; "
+              f"server CPU {min(busy):.0f}–{max(busy):.0f}%, load core {min(load_busy):.0f}–{max(load_busy):.0f}%")
     finally:
         run.stop_all()
 
