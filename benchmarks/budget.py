@@ -14,7 +14,8 @@ each server and protocol, three fixed-count loads of N requests (`h2load --h1 -c
      touches again).
 Counts are stable run to run; CPU µs vary with the machine's other work (medians of ROUNDS).
 
-Environment: N (default 20000), ROUNDS (default 3), SERVERS (default "gateway haproxy").
+Environment: N (default 20000), ROUNDS (default 3), SERVERS (default "gateway haproxy"), LOADS
+(default "http/1.1 h2"; "e" adds a new TLS connection per request, every figure then per connection).
 """
 import os
 import re
@@ -33,7 +34,11 @@ N = int(os.environ.get("N", "20000"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 SERVERS = os.environ.get("SERVERS", "gateway haproxy").split()
 SAVE = "--save" in sys.argv[1:]
-PROTOCOLS = {"http/1.1": ["--h1", "-c", "64"], "h2": ["-c", "16", "-m", "10"]}
+ALL_PROTOCOLS = {"http/1.1": ["--h1", "-c", "64"], "h2": ["-c", "16", "-m", "10"],
+                 # E: every request on a new TCP connection and full TLS handshake (h2load reconnects
+                 # when the server closes), so each figure is per connection.
+                 "e": ["--h1", "-c", "16", "-H", "Connection: close"]}
+PROTOCOLS = {name: ALL_PROTOCOLS[name] for name in os.environ.get("LOADS", "http/1.1 h2").split()}
 IO_CALLS = ("read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg")
 
 
