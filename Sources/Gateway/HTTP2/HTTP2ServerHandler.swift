@@ -344,38 +344,41 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
 
     /// Submits a response head; `hasBody` false ends the stream with the HEADERS frame. Fields go
     /// through `HTTP2ResponseField` while they are copied into the connection's scratch memory.
-    func submitResponse(streamID: Int32, status: Int, headers: HTTPHeaders, hasBody: Bool) {
+    func submitResponse(for stream: HTTP2Stream, status: Int, headers: HTTPHeaders, hasBody: Bool) {
         guard let session = self.session else { return }
         self.headerScratch.fill(status: status, headers: headers) { nva, count in
-            Self.submit(session, streamID, nva, count, hasBody: hasBody)
+            Self.submit(session, stream, nva, count, hasBody: hasBody)
         }
-        self.answered(streamID, hasBody: hasBody)
+        self.answered(stream, hasBody: hasBody)
     }
 
     /// `submitResponse` for a proxied response: its fields are rewritten straight into the scratch.
-    func submitResponse(streamID: Int32, forwarded: ForwardedResponseHead, hasBody: Bool) {
+    func submitResponse(for stream: HTTP2Stream, forwarded: ForwardedResponseHead, hasBody: Bool) {
         guard let session = self.session else { return }
         self.headerScratch.fill(forwarded) { nva, count in
-            Self.submit(session, streamID, nva, count, hasBody: hasBody)
+            Self.submit(session, stream, nva, count, hasBody: hasBody)
         }
-        self.answered(streamID, hasBody: hasBody)
+        self.answered(stream, hasBody: hasBody)
     }
 
     private static func submit(
-        _ session: OpaquePointer, _ streamID: Int32, _ nva: UnsafeMutablePointer<nghttp2_nv>, _ count: Int, hasBody: Bool
+        _ session: OpaquePointer, _ stream: HTTP2Stream, _ nva: UnsafeMutablePointer<nghttp2_nv>, _ count: Int, hasBody: Bool
     ) {
         if hasBody {
             var provider = nghttp2_data_provider()
+            // The stream itself, unretained, so a DATA read finds it without a lookup: nghttp2
+            // reads a stream's data only while it is open, and `streams` holds it until it closes.
+            provider.source.ptr = Unmanaged.passUnretained(stream).toOpaque()
             provider.read_callback = readResponseData
-            _ = nghttp2_submit_response(session, streamID, nva, count, &provider)
+            _ = nghttp2_submit_response(session, stream.id, nva, count, &provider)
         } else {
-            _ = nghttp2_submit_response(session, streamID, nva, count, nil)
+            _ = nghttp2_submit_response(session, stream.id, nva, count, nil)
         }
     }
 
-    private func answered(_ streamID: Int32, hasBody: Bool) {
-        if !hasBody, let stream = self.streams[streamID], stream.resetsWhenAnswered {
-            self.pendingResets.append(streamID)
+    private func answered(_ stream: HTTP2Stream, hasBody: Bool) {
+        if !hasBody, stream.resetsWhenAnswered, self.streams[stream.id] === stream {
+            self.pendingResets.append(stream.id)
         }
     }
 
@@ -501,8 +504,9 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     }
 
     fileprivate func headersComplete(_ id: Int32, endStream: Bool) {
-        self.receivingHeaders = nil
-        guard let stream = self.streams[id] else { return }
+        // Usually the stream whose fields just arrived: no lookup.
+        let receiving = self.receivingHeaders.take()
+        guard let stream = receiving?.id == id ? receiving : self.streams[id] else { return }
         if stream.headComplete {
             // Trailers: dropped (upstream requests are re-framed), but they end the request.
             if endStream { stream.requestEnded() }
@@ -559,9 +563,9 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     }
 
     fileprivate func readResponse(
-        _ id: Int32, into buffer: UnsafeMutablePointer<UInt8>, length: Int, flags: UnsafeMutablePointer<UInt32>
+        _ stream: HTTP2Stream, into buffer: UnsafeMutablePointer<UInt8>, length: Int, flags: UnsafeMutablePointer<UInt32>
     ) -> Int {
-        guard let stream = self.streams[id] else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
+        let id = stream.id
         switch stream.readResponse(into: UnsafeMutableRawBufferPointer(start: buffer, count: length)) {
         case .bytes(let count, let end):
             if end {
@@ -851,7 +855,10 @@ private let onBeginFrame: nghttp2_on_begin_frame_callback = { _, header, userDat
     return ok ? 0 : Int32(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue)
 }
 
-private let readResponseData: nghttp2_data_source_read_callback = { _, streamID, buffer, length, flags, _, userData in
-    guard let buffer, let flags else { return Int(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
-    return withHandler(userData) { $0.readResponse(streamID, into: buffer, length: length, flags: flags) }
+private let readResponseData: nghttp2_data_source_read_callback = { _, streamID, buffer, length, flags, source, userData in
+    guard let buffer, let flags, let streamPointer = source?.pointee.ptr else { return Int(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
+    let stream = Unmanaged<HTTP2Stream>.fromOpaque(streamPointer).takeUnretainedValue()
+    // A stream object is reused only once its stream closed, and nghttp2 drops a closed stream's data.
+    guard stream.id == streamID else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
+    return withHandler(userData) { $0.readResponse(stream, into: buffer, length: length, flags: flags) }
 }

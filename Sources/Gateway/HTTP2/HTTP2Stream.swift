@@ -318,7 +318,8 @@ final class HTTP2Stream: DownstreamResponder {
         // Moved out, not copied: the stream is done with it (every field is a reference to count).
         if var record = self.data.record.take() {
             record.settle(responseComplete: self.data.state.responseDelivered(responseBytesQueued: !self.data.responseQueue.isEmpty), exchange: nil)
-            self.connection.services.observability.finished(record, tlsVersion: self.connection.services.tlsVersion)
+            let services = self.connection.services  // one checked load of the `unowned` connection, not two
+            services.observability.finished(record, tlsVersion: services.tlsVersion)
         }
         self.data.responseQueue.removeAll()
     }
@@ -334,7 +335,7 @@ final class HTTP2Stream: DownstreamResponder {
         self.data.record?.status = Int(response.status.code)
         self.data.record?.source = response.source
         if hasBody { self.data.record?.bytesOut += response.body.readableBytes }
-        self.connection.submitResponse(streamID: self.id, status: Int(response.status.code), headers: headers, hasBody: hasBody)
+        self.connection.submitResponse(for: self, status: Int(response.status.code), headers: headers, hasBody: hasBody)
         self.connection.flushSoon()
     }
 
@@ -380,12 +381,12 @@ final class HTTP2Stream: DownstreamResponder {
 
     func sendResponseHead(for exchange: ProxyExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
         guard let hasBody = self.responseStarts(for: exchange, status: Int(head.status.code)) else { return }
-        self.connection.submitResponse(streamID: self.id, status: Int(head.status.code), headers: head.headers, hasBody: hasBody)
+        self.connection.submitResponse(for: self, status: Int(head.status.code), headers: head.headers, hasBody: hasBody)
     }
 
     func sendForwardedResponseHead(for exchange: ProxyExchange, _ head: ForwardedResponseHead) {
         guard let hasBody = self.responseStarts(for: exchange, status: Int(head.upstream.status.code)) else { return }
-        self.connection.submitResponse(streamID: self.id, forwarded: head, hasBody: hasBody)
+        self.connection.submitResponse(for: self, forwarded: head, hasBody: hasBody)
     }
 
     /// The bookkeeping of a proxied response's start; whether a body follows, or nil when the
@@ -484,7 +485,7 @@ extension HTTP2Stream: TunnelSide {
         self.data.record?.status = 200
         var fields = WebSocketHandshake.extendedConnectResponseFields(head)
         ResponseAdditions.none.stampLocalResponse(&fields, requestID: self.data.requestID, tls: self.connection.services.listener.isTLS)
-        self.connection.submitResponse(streamID: self.id, status: 200, headers: fields, hasBody: true)
+        self.connection.submitResponse(for: self, status: 200, headers: fields, hasBody: true)
         let metrics = self.connection.services.observability.metrics
         metrics.tunnelsActive.increment([handshake.routeName])
         tunnel.onEnd = { [weak self] totals in
