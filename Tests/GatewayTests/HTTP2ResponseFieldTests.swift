@@ -89,6 +89,19 @@ struct HTTP2ResponseFieldTests {
     /// Responses of growing and shrinking heads on one connection: each HEADERS frame carries its
     /// own fields and nothing left in the scratch memory by a previous one. (A field with control
     /// bytes no longer gets this far: the upstream response parser refuses the whole response.)
+    /// Fields whose value is new on (nearly) every response go out never indexed; the rest, and
+    /// names that merely resemble those (another length, a prefix), are left to the HPACK table.
+    @Test(arguments: [
+        ("x-request-id", true), ("ratelimit-remaining", true), ("ratelimit-reset", true), ("traceparent", true),
+        ("retry-after", true), ("last-modified", true), ("ratelimit-limit", false), ("date", false),
+        ("content-type", false), ("strict-transport-security", false), ("x-request-ids", false), ("x-request-i", false),
+        ("access-control-allow-origin", false),
+    ])
+    func perResponseFieldsAreNeverIndexed(_ name: String, _ changes: Bool) {
+        let decided = name.withUTF8Bytes { HTTP2ResponseField.changesPerResponse($0) }
+        #expect(decided == changes)
+    }
+
     @Test func scratchMemoryServesHeadsOfAnySize() throws {
         let h = try HTTP2StreamTests.Harness()
         let decoder = HeaderDecoder()

@@ -117,22 +117,30 @@ def test_curl_http2_get_and_post(gateway):
     assert out == "ñandú".encode()
 
 
-def test_response_fields_are_never_indexed_in_the_hpack_table(gateway):
-    # The request id, date and rate-limit counters change per response: indexed, each response
-    # would insert and evict entries in both sides' tables. The gateway sends literals instead,
-    # so the client's decoder table stays empty while every field still arrives whole.
+def test_per_response_fields_are_never_indexed_and_repeated_fields_are(gateway):
+    # The request id changes on every response: indexed, each response would insert one entry and
+    # evict another in both sides' HPACK tables. It goes out never indexed; the fields that repeat
+    # (HSTS, content type, the upstream's server) are indexed once and then cost a byte each.
     raw = RawH2(gateway.ports["public"])
     try:
-        ids = set()
+        ids, table_sizes = set(), []
         for _ in range(3):
             sid = raw.request("/api/bookings")
             events = raw.events(done(sid))
             assert stream_outcome(events, sid) == 200
-            fields = next(dict(e.headers) for e in events if isinstance(e, h2.events.ResponseReceived))
+            headers = next(e.headers for e in events if isinstance(e, h2.events.ResponseReceived))
+            fields = dict(headers)
             ids.add(fields[b"x-request-id"])
             assert b"strict-transport-security" in fields and b"content-type" in fields
+            request_id = next(h for h in headers if h[0] == b"x-request-id")
+            assert isinstance(request_id, hpack.NeverIndexedHeaderTuple)
+            entries = raw.conn.decoder.header_table.dynamic_entries
+            assert not any(name == b"x-request-id" for name, _ in entries)
+            # `date` is indexed too, and a new second adds its new value: not counted.
+            table_sizes.append(sum(1 for name, _ in entries if name != b"date"))
         assert len(ids) == 3
-        assert len(raw.conn.decoder.header_table.dynamic_entries) == 0
+        # Indexed by the first response, referenced by the next ones: the table stops growing.
+        assert table_sizes[0] > 0 and table_sizes[1] == table_sizes[0] and table_sizes[2] == table_sizes[0]
     finally:
         raw.close()
 

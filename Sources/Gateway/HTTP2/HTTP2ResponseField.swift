@@ -52,4 +52,21 @@ enum HTTP2ResponseField {
     private static func isFieldValueByte(_ byte: UInt8) -> Bool {
         byte > 0x20 && byte != 0x7F
     }
+
+    /// Whether a (lowercased) field changes from one response to the next, so that HPACK's dynamic
+    /// table gains nothing by holding it: it goes out never indexed, where indexing it would insert
+    /// one entry and evict another on every response. Fields that repeat (`server`, `content-type`,
+    /// `date` within its second, the CORS and HSTS fields, `ratelimit-limit`) are indexed and then
+    /// cost one byte each. nghttp2 itself never indexes `content-length`, `etag`, `set-cookie`,
+    /// `age`, `location`, `last-modified`-like conditionals and `:path`.
+    static func changesPerResponse(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
+        switch name.count {
+        case 11: bytesEqual(name, "traceparent") || bytesEqual(name, "retry-after")
+        case 12: bytesEqual(name, "x-request-id")
+        case 13: bytesEqual(name, "last-modified")
+        case 15: bytesEqual(name, "ratelimit-reset")
+        case 19: bytesEqual(name, "ratelimit-remaining")
+        default: false
+        }
+    }
 }
