@@ -140,4 +140,44 @@ struct HTTP2ResponseFieldTests {
             #expect(HTTP2StreamTests.body(frames, stream: stream) == "ok")
         }
     }
+    /// Heads submitted while the client cannot take them wait inside nghttp2, which reads their
+    /// fields only when it sends them: each must still carry its own fields then, whether its bytes
+    /// were kept for it (the first ones) or copied by nghttp2 (once the kept memory is full).
+    @Test func headsWaitingForTheClientKeepTheirOwnFields() throws {
+        let h = try HTTP2StreamTests.Harness()
+        let decoder = HeaderDecoder()
+        // Large enough that the kept memory fills part-way through the batch.
+        let filler = String(repeating: "f", count: 1500)
+        let streams = (0..<16).map { UInt32(2 * $0 + 1) }
+        let upstreams = try streams.map { _ in try h.pooledUpstream() }
+        for stream in streams { h.headers(stream: stream, method: "GET", path: "/api/w\(stream)", endStream: true) }
+        h.loop.run()
+        _ = h.output()
+        h.channel.isWritable = false
+        for (stream, upstream) in zip(streams, upstreams) {
+            let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: [
+                "content-length": "2", "x-stream": "\(stream)", "x-filler": "\(stream)-\(filler)",
+            ])
+            try upstream.answer(head, body: "ok")
+        }
+        h.loop.run()
+        #expect(h.output().isEmpty, "written to a socket that is not writable")
+        h.channel.isWritable = true
+        h.channel.pipeline.fireChannelWritabilityChanged()
+        let frames = h.output()
+        // Decoded in the order they were sent: the connection has one HPACK context. Which
+        // upstream connection served which stream is the pool's choice, so each head is checked
+        // for its own pair of fields, and every upstream's head for having arrived once.
+        var tags: [String] = []
+        for block in frames where block.type == 1 {
+            let decoded = try #require(decoder.decode(block.payload), "HEADERS of stream \(block.stream) do not decode")
+            let tag = try #require(decoded.first { $0.0 == "x-stream" }?.1, "stream \(block.stream): \(decoded.map(\.0))")
+            #expect(decoded.contains { $0 == ("x-filler", "\(tag)-\(filler)") }, "stream \(block.stream)")
+            tags.append(tag)
+        }
+        #expect(tags.sorted() == streams.map { "\($0)" }.sorted())
+        for stream in streams {
+            #expect(HTTP2StreamTests.body(frames, stream: stream) == "ok")
+        }
+    }
 }

@@ -253,7 +253,13 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
                 self.close()
                 return
             }
-            guard count > 0, let pointer else { break }
+            guard count > 0, let pointer else {
+                // Nothing left to send: every response head submitted so far has been encoded
+                // (nghttp2 encodes a HEADERS frame when it sends it), so none still points into
+                // the retained field bytes.
+                self.headerScratch.releaseRetained()
+                break
+            }
             if !gathering {
                 // Reuses the storage unless the last write still holds it.
                 self.outbound.clear(minimumCapacity: count)
@@ -341,7 +347,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     /// through `HTTP2ResponseField` while they are copied into the connection's scratch memory.
     func submitResponse(for stream: HTTP2Stream, status: Int, headers: HTTPHeaders, hasBody: Bool) {
         guard let session = self.session else { return }
-        self.headerScratch.fill(status: status, headers: headers) { nva, count in
+        self.headerScratch.fill(status: status, headers: headers, retain: !self.insideSession) { nva, count in
             Self.submit(session, stream, nva, count, hasBody: hasBody)
         }
         self.answered(stream, hasBody: hasBody)
@@ -350,7 +356,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     /// `submitResponse` for a proxied response: its fields are rewritten straight into the scratch.
     func submitResponse(for stream: HTTP2Stream, forwarded: ForwardedResponseHead, hasBody: Bool) {
         guard let session = self.session else { return }
-        self.headerScratch.fill(forwarded) { nva, count in
+        self.headerScratch.fill(forwarded, retain: !self.insideSession) { nva, count in
             Self.submit(session, stream, nva, count, hasBody: hasBody)
         }
         self.answered(stream, hasBody: hasBody)
@@ -626,9 +632,16 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
 }
 
 /// Memory for one response's `nghttp2_nv` array and the bytes it points at, grown to the largest
-/// response head seen and reused: nghttp2 copies names and values on submit. It is the sink of the
-/// response rewrite (`HeaderRewriter.rewriteResponseFields`), so a forwarded head's fields land
-/// here without an `HTTPHeaders` in between.
+/// response head seen and reused. It is the sink of the response rewrite
+/// (`HeaderRewriter.rewriteResponseFields`), so a forwarded head's fields land here without an
+/// `HTTPHeaders` in between.
+///
+/// nghttp2 copies a response's names and values on submit, field by field, lowercasing each name
+/// again, unless told not to (`NGHTTP2_NV_FLAG_NO_COPY_*`); then the bytes must stay put until it
+/// encodes the frame, which is when it sends it, not when it is submitted. So a submitted head's
+/// bytes are copied, in one piece, into `retained`, memory that never moves and is only reused once
+/// the session has sent everything (`releaseRetained`); a head that does not fit there, or one
+/// submitted while nghttp2 is sending, is left to nghttp2 to copy.
 private struct HeaderScratch: HeadFieldSink {
     private var fields: UnsafeMutablePointer<nghttp2_nv>?
     private var fieldCapacity = 0
@@ -637,20 +650,28 @@ private struct HeaderScratch: HeadFieldSink {
     /// Bytes and fields laid out for the response being filled.
     private var used = 0
     private var count = 0
+    /// The field bytes of the heads submitted since the session last sent everything.
+    private var retained: UnsafeMutablePointer<UInt8>?
+    private var retainedUsed = 0
+    /// A tick's worth of response heads on a busy connection (a proxied head is ~200–400 bytes).
+    static let retainedCapacity = 16 * 1024
 
     private static let statusName: [UInt8] = Array(":status".utf8)
 
     /// Lays out `:status` and the fields that may go out over HTTP/2, then calls `submit` with them.
+    /// `retain`: whether the bytes may be kept for nghttp2 to read later (false while it is sending).
     mutating func fill(
-        status: Int, headers: HTTPHeaders, _ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void
+        status: Int, headers: HTTPHeaders, retain: Bool, _ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void
     ) {
         self.begin(status: status, fields: headers.count)
         for (name, value) in headers { self.add(name: name, value: value) }
-        self.submit(submit)
+        self.submit(retain: retain, submit)
     }
 
     /// `fill` for a forwarded head: the rewrite writes its fields straight into the scratch.
-    mutating func fill(_ forwarded: ForwardedResponseHead, _ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void) {
+    mutating func fill(
+        _ forwarded: ForwardedResponseHead, retain: Bool, _ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void
+    ) {
         let additions = forwarded.additions
         // Every field the rewrite may add: the request id, `Vary`, HSTS, `Transfer-Encoding`.
         let fields = forwarded.upstream.fields.fieldCount + additions.headers.count + additions.extraHeaders.count + 4
@@ -662,7 +683,7 @@ private struct HeaderScratch: HeadFieldSink {
                 additions: additions, named: named, into: &self
             )
         }
-        self.submit(submit)
+        self.submit(retain: retain, submit)
     }
 
     /// Starts a response: `:status` and its digits, room for `fields` more.
@@ -698,19 +719,31 @@ private struct HeaderScratch: HeadFieldSink {
         name.withUTF8Bytes { name in value.withUTF8Bytes { self.add(name: name, value: $0) } }
     }
 
-    private mutating func submit(_ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void) {
+    private mutating func submit(retain: Bool, _ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void) {
+        var base = self.bytes!
+        var noCopy = NGHTTP2_NV_FLAG_NONE.rawValue
+        if retain && self.retainedUsed + self.used <= Self.retainedCapacity {
+            if self.retained == nil { self.retained = .allocate(capacity: Self.retainedCapacity) }
+            base = self.retained! + self.retainedUsed
+            base.update(from: self.bytes!, count: self.used)
+            self.retainedUsed += self.used
+            noCopy = NGHTTP2_NV_FLAG_NO_COPY_NAME.rawValue | NGHTTP2_NV_FLAG_NO_COPY_VALUE.rawValue
+        }
         // Pointers are set once the bytes no longer move.
         var offset = 0
         for index in 0..<self.count {
             let field = self.fields! + index
-            field.pointee.name = self.bytes! + offset
-            field.pointee.value = self.bytes! + offset + field.pointee.namelen
+            field.pointee.name = base + offset
+            field.pointee.value = base + offset + field.pointee.namelen
             let changes = HTTP2ResponseField.changesPerResponse(UnsafeBufferPointer(start: field.pointee.name, count: field.pointee.namelen))
-            field.pointee.flags = UInt8((changes ? NGHTTP2_NV_FLAG_NO_INDEX : NGHTTP2_NV_FLAG_NONE).rawValue)
+            field.pointee.flags = UInt8((changes ? NGHTTP2_NV_FLAG_NO_INDEX.rawValue : NGHTTP2_NV_FLAG_NONE.rawValue) | noCopy)
             offset += field.pointee.namelen + field.pointee.valuelen
         }
         submit(self.fields!, self.count)
     }
+
+    /// The session has sent every frame it had: no submitted head points into `retained` any more.
+    mutating func releaseRetained() { self.retainedUsed = 0 }
 
     private static func writeDecimal(_ value: Int, to destination: UnsafeMutablePointer<UInt8>) -> Int {
         var digits = 1
@@ -758,6 +791,7 @@ private struct HeaderScratch: HeadFieldSink {
     func deallocate() {
         self.fields?.deallocate()
         self.bytes?.deallocate()
+        self.retained?.deallocate()
     }
 }
 
