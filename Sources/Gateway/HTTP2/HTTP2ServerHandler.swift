@@ -653,8 +653,9 @@ private struct HeaderScratch: HeadFieldSink {
     /// The field bytes of the heads submitted since the session last sent everything.
     private var retained: UnsafeMutablePointer<UInt8>?
     private var retainedUsed = 0
-    /// A tick's worth of response heads on a busy connection (a proxied head is ~200–400 bytes).
-    static let retainedCapacity = 16 * 1024
+    /// Ten proxied heads (~200–400 bytes each), a tick's worth on a busy connection; kept for the
+    /// connection's life, so small: heads beyond it are copied by nghttp2 as before.
+    static let retainedCapacity = 4 * 1024
 
     private static let statusName: [UInt8] = Array(":status".utf8)
 
