@@ -641,7 +641,8 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
 /// encodes the frame, which is when it sends it, not when it is submitted. So a submitted head's
 /// bytes are copied, in one piece, into `retained`, memory that never moves and is only reused once
 /// the session has sent everything (`releaseRetained`); a head that does not fit there, or one
-/// submitted while nghttp2 is sending, is left to nghttp2 to copy.
+/// submitted from inside an nghttp2 call (a local answer from a callback), is left to nghttp2 to
+/// copy.
 private struct HeaderScratch: HeadFieldSink {
     private var fields: UnsafeMutablePointer<nghttp2_nv>?
     private var fieldCapacity = 0
@@ -660,7 +661,8 @@ private struct HeaderScratch: HeadFieldSink {
     private static let statusName: [UInt8] = Array(":status".utf8)
 
     /// Lays out `:status` and the fields that may go out over HTTP/2, then calls `submit` with them.
-    /// `retain`: whether the bytes may be kept for nghttp2 to read later (false while it is sending).
+    /// `retain`: whether the bytes may be kept for nghttp2 to read later (false inside an nghttp2
+    /// call, where a head answered from a callback could be encoded before the call returns).
     mutating func fill(
         status: Int, headers: HTTPHeaders, retain: Bool, _ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void
     ) {
