@@ -86,9 +86,6 @@ struct HTTP2ResponseFieldTests {
         }
     }
 
-    /// Responses of growing and shrinking heads on one connection: each HEADERS frame carries its
-    /// own fields and nothing left in the scratch memory by a previous one. (A field with control
-    /// bytes no longer gets this far: the upstream response parser refuses the whole response.)
     /// Fields whose value is new on (nearly) every response go out never indexed; the rest, and
     /// names that merely resemble those (another length, a prefix), are left to the HPACK table.
     @Test(arguments: [
@@ -102,6 +99,9 @@ struct HTTP2ResponseFieldTests {
         #expect(decided == changes)
     }
 
+    /// Responses of growing and shrinking heads on one connection: each HEADERS frame carries its
+    /// own fields and nothing left in the scratch memory by a previous one. (A field with control
+    /// bytes no longer gets this far: the upstream response parser refuses the whole response.)
     @Test func scratchMemoryServesHeadsOfAnySize() throws {
         let h = try HTTP2StreamTests.Harness()
         let decoder = HeaderDecoder()
@@ -140,6 +140,7 @@ struct HTTP2ResponseFieldTests {
             #expect(HTTP2StreamTests.body(frames, stream: stream) == "ok")
         }
     }
+
     /// Heads submitted while the client cannot take them wait inside nghttp2, which reads their
     /// fields only when it sends them: each must still carry its own fields then, whether its bytes
     /// were kept for it (the first ones) or copied by nghttp2 (once the kept memory is full).
