@@ -145,6 +145,37 @@ def test_per_response_fields_are_never_indexed_and_repeated_fields_are(gateway):
         raw.close()
 
 
+def test_heads_queued_behind_a_client_that_stops_reading_keep_their_own_fields(gateway):
+    """A slow reader: the client opens its windows wide, starts a download and stops reading, so
+    the gateway's socket fills; the heads of the 40 requests it sends meanwhile wait inside
+    nghttp2 (their fields kept in per-connection memory until sent, or copied once that is full).
+    When the client reads again, every response carries its own request's id and nothing else's."""
+    raw = RawH2(gateway.ports["public"])
+    try:
+        raw.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        raw.conn.increment_flow_control_window(2**31 - 1 - 65535)
+        raw.flush()
+        download = raw.request(f"/api/download?bytes={32 * 1024 * 1024}")
+        time.sleep(1.0)  # nothing read: the download fills the sockets' buffers
+        expected = {}
+        for i in range(40):
+            request_id = f"slow-reader-{i:02d}-" + "abcdefghij" * 9
+            expected[raw.request("/api/bookings", headers=[("x-request-id", request_id)])] = request_id
+        time.sleep(0.5)  # answered by the upstream, queued behind the download
+        answered = lambda evs: set(expected) <= {e.stream_id for e in evs if isinstance(e, h2.events.ResponseReceived)}
+        events = raw.events(answered, timeout=30)
+        assert answered(events), [e for e in events if not isinstance(e, h2.events.DataReceived)][-5:]
+        for e in events:
+            if isinstance(e, h2.events.ResponseReceived) and e.stream_id in expected:
+                fields = dict(e.headers)
+                assert fields[b":status"] == b"200"
+                assert fields[b"x-request-id"] == expected[e.stream_id].encode(), e.stream_id
+        raw.conn.reset_stream(download)
+        raw.flush()
+    finally:
+        raw.close()
+
+
 def test_rfc7540_priorities_are_declined_and_requests_carrying_them_still_answered(gateway):
     """The gateway tells clients it does not use RFC 7540's priority tree (RFC 9218 §2.1,
     SETTINGS_NO_RFC7540_PRIORITIES = 1; nghttp2 then schedules without the tree, the cheaper path).
