@@ -102,6 +102,11 @@ static inline long gw_BIO_set_mem_eof_return(BIO *bio, int value) {
 
 static inline size_t gw_BIO_pending(BIO *bio) { return (size_t)BIO_pending(bio); }
 
+/* ---- the server's own BIO (TLSConnection): retry flags are macros over BIO_set_flags ---- */
+
+static inline void gw_BIO_set_retry_read(BIO *bio) { BIO_set_retry_read(bio); }
+static inline void gw_BIO_clear_retry_flags(BIO *bio) { BIO_clear_retry_flags(bio); }
+
 /* ---- certificates ---- */
 
 static inline int gw_general_names_count(const GENERAL_NAMES *names) {

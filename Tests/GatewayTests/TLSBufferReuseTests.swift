@@ -32,7 +32,7 @@ final class ReentrantFeeder: ChannelInboundHandler {
 }
 
 /// The TLS handler reuses one plaintext buffer, one ciphertext buffer and one coalescing buffer per
-/// connection. These tests hold on to what it hands out and check that reuse never changes it.
+/// connection, and its BIO borrows the socket's buffers. These tests hold on to what it hands out and check that reuse never changes it.
 @Suite struct TLSBufferReuseTests {
     let certs = TestCertificates.shared
     let loop = EmbeddedEventLoop()
@@ -83,6 +83,27 @@ final class ReentrantFeeder: ChannelInboundHandler {
         // Only the first record arrives from the socket; the second is fed while the first is handled.
         try b2b.channel.writeInbound(first)
         #expect(feeder.received == ["first ", "second"])
+    }
+
+    /// The BIO reads straight from the socket's buffer and copies only a cut record's start out of
+    /// it: those kept bytes must come first when the rest arrives, however the reads cut the records.
+    @Test func recordsCutAcrossSocketReadsAreDecryptedWhole() throws {
+        for chunkSize in [1, 7, 100] {
+            let b2b = try BackToBack(context: try makeContext(), client: TLSTestClient(alpn: ["http/1.1"]))
+            let retainer = RetainingHandler()
+            try b2b.channel.pipeline.syncOperations.addHandler(retainer, position: .before(b2b.recorder))
+            try b2b.handshake()
+            b2b.client.write("GET /cut HTTP/1.1\r\n")
+            b2b.client.write("host: a\r\n\r\n")
+            var ciphertext = try #require(b2b.client.takeOutput())
+            while ciphertext.readableBytes > 0 {
+                let chunk = ciphertext.readSlice(length: min(chunkSize, ciphertext.readableBytes))!
+                try b2b.channel.writeInbound(chunk)
+            }
+            #expect(retainer.buffers.map { String(buffer: $0) }.joined() == "GET /cut HTTP/1.1\r\nhost: a\r\n\r\n",
+                    "chunks of \(chunkSize) bytes")
+            #expect(b2b.recorder.errors.isEmpty)
+        }
     }
 
     @Test func anErrorLeftOnTheThreadByOtherOpenSSLUseDoesNotFailTheConnection() throws {

@@ -41,8 +41,6 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler, Loo
     /// by the next handler is cleared in place; one the next handler still holds is left to it (the
     /// next `clear()` gets fresh storage), so reuse never overwrites bytes someone else can see.
     private var plaintextBuffer: ByteBuffer?
-    /// Where ciphertext is drained to, kept the same way once the socket write has released it.
-    private var ciphertextBuffer: ByteBuffer?
     /// True while the read loop runs, so a re-entrant channelRead only feeds the BIO.
     private var isDecrypting = false
     /// Set once this handler has closed the channel itself, so it closes only once.
@@ -66,7 +64,7 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler, Loo
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         do {
-            self.connection = try TLSConnection(context: self.tlsContext)
+            self.connection = try TLSConnection(context: self.tlsContext, allocator: context.channel.allocator)
         } catch {
             context.fireErrorCaught(error)
             context.close(promise: nil)
@@ -84,7 +82,6 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler, Loo
         promises.forEach { $0.fail(ChannelError.ioOnClosedChannel) }
         self.connection = nil  // SSL_free
         self.plaintextBuffer = nil
-        self.ciphertextBuffer = nil
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -122,9 +119,11 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler, Loo
         case .continueHandshake:
             connection.feed(ciphertext)
             self.stepHandshake(context: context)
+            connection.keepUnreadInput()
         case .decrypt:
             connection.feed(ciphertext)
             self.decrypt(context: context)
+            connection.keepUnreadInput()
         }
     }
 
@@ -317,18 +316,8 @@ final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler, Loo
             return
         }
         guard always || connection.hasOutput else { return }
-        var output = self.ciphertextBuffer ?? context.channel.allocator.buffer(capacity: Self.initialCiphertextCapacity)
-        self.ciphertextBuffer = nil  // the local copy must be the only reference, or clearing reallocates
-        output.clear()  // in place unless the socket still holds it
-        connection.drainOutput(into: &output)
-        context.writeAndFlush(self.wrapOutboundOut(output), promise: promise)
-        if output.capacity <= TLSConnectionStateMachine.keptCapacityLimit, self.ciphertextBuffer == nil {
-            self.ciphertextBuffer = output
-        }
+        context.writeAndFlush(self.wrapOutboundOut(connection.takeOutput()), promise: promise)
     }
-
-    /// Enough for a handshake flight with one certificate chain or a typical response's records.
-    private static let initialCiphertextCapacity = 4096
 
     private func runTerminate(_ action: TLSConnectionStateMachine.TerminateAction, context: ChannelHandlerContext) {
         switch action {
