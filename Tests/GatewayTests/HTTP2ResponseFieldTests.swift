@@ -155,6 +155,7 @@ struct HTTP2ResponseFieldTests {
         h.loop.run()
         _ = h.output()
         h.channel.isWritable = false
+        h.channel.pipeline.fireChannelWritabilityChanged()  // as a socket channel does when it flips
         for (stream, upstream) in zip(streams, upstreams) {
             let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: [
                 "content-length": "2", "x-stream": "\(stream)", "x-filler": "\(stream)-\(filler)",

@@ -362,6 +362,7 @@ struct HTTP2StreamTests {
         h.headers(stream: 1, method: "GET", path: "/api/big", endStream: true)
         _ = h.output()
         h.channel.isWritable = false
+        h.channel.pipeline.fireChannelWritabilityChanged()  // as a socket channel does when it flips
         let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: ["content-length": "5"])
         try upstream.answer(head, body: "hello")
         #expect(h.output().isEmpty, "written to a socket that is not writable")

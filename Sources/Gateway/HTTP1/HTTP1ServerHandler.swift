@@ -81,6 +81,10 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     private var context: ChannelHandlerContext!
     /// The channel's allocator, read once: each `context.channel` is a retain and a release.
     private var allocator = ByteBufferAllocator()
+    /// The socket's writability, kept from `channelWritabilityChanged` (NIO fires it in the same
+    /// call that flips it): reading `context.channel.isWritable` on every request and read cost
+    /// ~1% of an HTTP/1.1 request in channel lookups and reference counting.
+    private var channelIsWritable = true
     private var current: InFlight?
     /// The connection's state: the request's halves, the pipelined queue, keep-alive, read gating.
     private var state: StateMachine
@@ -144,6 +148,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.allocator = context.channel.allocator
+        self.channelIsWritable = context.channel.isWritable
         self.context = context
         self.services.observability.metrics.connections.increment([self.services.listener.name, "http/1.1"])
         self.peer = PeerAddress(context.channel.remoteAddress)
@@ -300,18 +305,20 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        self.current?.exchange?.downstreamWritabilityChanged(isWritable: context.channel.isWritable)
-        if context.channel.isWritable { self.readIfPending() }
+        let writable = context.channel.isWritable
+        self.channelIsWritable = writable
+        self.current?.exchange?.downstreamWritabilityChanged(isWritable: writable)
+        if writable { self.readIfPending() }
         context.fireChannelWritabilityChanged()
     }
 
     func read(context: ChannelHandlerContext) {
         // A tunnel's own handler decides (backpressure from the upstream side).
-        if self.state.readRequested(writable: context.channel.isWritable) { context.read() }
+        if self.state.readRequested(writable: self.channelIsWritable) { context.read() }
     }
 
     private func readIfPending() {
-        guard let context, self.state.readMayResume(writable: context.channel.isWritable) else { return }
+        guard let context, self.state.readMayResume(writable: self.channelIsWritable) else { return }
         context.read()
     }
 
@@ -439,7 +446,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     // MARK: - DownstreamResponder
 
-    var isWritable: Bool { self.context?.channel.isWritable ?? false }
+    var isWritable: Bool { self.context != nil && self.channelIsWritable }
 
     /// The exchange serving the current request, if it is proxied.
     var currentExchange: ProxyExchange? { self.current?.exchange }

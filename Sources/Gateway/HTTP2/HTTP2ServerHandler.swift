@@ -15,6 +15,9 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     let services: ConnectionServices
     let settings: HTTP2Settings
     private(set) var context: ChannelHandlerContext?
+    /// The socket's writability, kept from `channelWritabilityChanged` (NIO fires it in the same
+    /// call that flips it), so the send loop and every stream's check read a field, not the channel.
+    private var socketIsWritable = true
     /// This loop's iteration stamp (`gateway_event_loop_tick_seconds`); made on the loop that runs
     /// the handler.
     private let tickSlot = EventLoopTicks.currentSlot()
@@ -105,6 +108,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.allocator = context.channel.allocator
+        self.socketIsWritable = context.channel.isWritable
         self.services.observability.metrics.connections.increment([self.services.listener.name, "h2"])
         self.peer = PeerAddress(context.channel.remoteAddress)
         guard self.createSession() else {
@@ -157,7 +161,8 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable {
+        self.socketIsWritable = context.channel.isWritable
+        if self.socketIsWritable {
             self.sendPending()
             for stream in self.streams.values { stream.connectionWritabilityChanged() }
         }
@@ -241,9 +246,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
         guard let session = self.session, let context = self.context, !self.insideSession else { return }
         self.applyPendingConsume()
         var gathering = false
-        // Read once: a drain of ten responses loops over some twenty frames.
-        let channel = context.channel
-        while channel.isWritable {
+        while self.socketIsWritable {
             var pointer: UnsafePointer<UInt8>?
             // Data callbacks run inside mem_send: anything they trigger waits until it returns.
             self.insideSession = true
@@ -402,7 +405,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
         self.flushSoon()
     }
 
-    var channelIsWritable: Bool { self.context?.channel.isWritable ?? false }
+    var channelIsWritable: Bool { self.context != nil && self.socketIsWritable }
 
     /// Whether the client may send more of this stream's body without a WINDOW_UPDATE from us.
     func clientMaySend(streamID: Int32) -> Bool {
