@@ -273,15 +273,17 @@ private func clearErrorQueue() {
 
 /// The BIO every server connection uses, made once per process. Its callbacks find their
 /// connection in the BIO's data pointer (set unretained in `init`; valid because `deinit` frees
-/// the SSL and with it the BIO).
+/// the SSL and with it the BIO), borrowed for the call rather than retained and released around it:
+/// OpenSSL calls them several times per record.
 nonisolated(unsafe) private let tlsConnectionBIOMethod: OpaquePointer = {
     guard let method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "gateway TLS connection") else {
         fatalError("BIO_meth_new failed: out of memory at start-up")
     }
     _ = BIO_meth_set_read(method) { bio, destination, length in
         guard let bio, let destination, length > 0, let data = BIO_get_data(bio) else { return 0 }
-        let connection = Unmanaged<TLSConnection>.fromOpaque(data).takeUnretainedValue()
-        let count = connection.readCiphertext(into: UnsafeMutableRawBufferPointer(start: destination, count: Int(length)))
+        let count = Unmanaged<TLSConnection>.fromOpaque(data)._withUnsafeGuaranteedRef {
+            $0.readCiphertext(into: UnsafeMutableRawBufferPointer(start: destination, count: Int(length)))
+        }
         // Nothing waiting reads as "retry later", never as end of stream: the socket's EOF reaches
         // the handler as a channel event instead.
         if count == 0 {
@@ -294,8 +296,9 @@ nonisolated(unsafe) private let tlsConnectionBIOMethod: OpaquePointer = {
     _ = BIO_meth_set_write(method) { bio, source, length in
         guard let bio, let source, length > 0, let data = BIO_get_data(bio) else { return 0 }
         gw_BIO_clear_retry_flags(bio)
-        Unmanaged<TLSConnection>.fromOpaque(data).takeUnretainedValue()
-            .writeCiphertext(UnsafeRawBufferPointer(start: source, count: Int(length)))
+        Unmanaged<TLSConnection>.fromOpaque(data)._withUnsafeGuaranteedRef {
+            $0.writeCiphertext(UnsafeRawBufferPointer(start: source, count: Int(length)))
+        }
         return length
     }
     _ = BIO_meth_set_ctrl(method) { _, command, _, _ in
