@@ -45,6 +45,22 @@ def test_reload_applies_to_new_requests_while_in_flight_one_finishes(gateway):
     assert httpx.get(gateway.url("/config", listener="admin")).json()["hash"] == r.json()["hash"]
 
 
+def test_reload_applies_to_new_streams_of_an_open_http2_connection(gateway):
+    # An HTTP/2 connection keeps a snapshot of the config and takes the holder's again only when
+    # a reload moved its generation: the next stream on the same connection must see the new limit.
+    with httpx.Client(verify=False, timeout=10, http2=True) as c:
+        first = c.post(gateway.url("/api/bookings"), content=b"x" * 2048)
+        assert first.http_version == "HTTP/2" and first.status_code == 201
+        stream = first.extensions["network_stream"]
+        text = gateway.config_path.read_text().replace("max_body_bytes: 2MiB", "max_body_bytes: 1KiB")
+        gateway.config_path.write_text(text)
+        r = reload_post(gateway)
+        assert r.status_code == 200 and r.json()["result"] == "success", r.text
+        second = c.post(gateway.url("/api/bookings"), content=b"x" * 2048)
+        assert second.extensions["network_stream"] is stream, "not the same connection"
+        assert second.status_code == 413
+
+
 def test_invalid_reload_keeps_running_config(gateway):
     good_hash = httpx.get(gateway.url("/config", listener="admin")).json()["hash"]
     gateway.config_path.write_text(gateway.config_path.read_text().replace("upstream: booking\n", "upstream: bookng\n", 1)

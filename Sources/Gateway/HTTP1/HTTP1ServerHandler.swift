@@ -119,9 +119,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     private var timerKind = TimerKind.idle
     private enum TimerKind { case idle, header, bodyStall }
     private var peer = PeerAddress.unknown
-    /// The runtime as of `snapshotGeneration`: a request reads it without the holder's lock.
-    private var snapshot: GatewayRuntime?
-    private var snapshotGeneration: UInt64 = 0
+    private var snapshot = RuntimeSnapshot()
     /// An exchange whose upstream side starts when the current read burst has been decoded: a
     /// malformed body in the same packet as its head is then refused before anything is sent.
     private var pendingStart: ProxyExchange?
@@ -136,12 +134,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     /// The config snapshot for a request starting now.
     private func runtime() -> GatewayRuntime {
-        let generation = self.services.holder.generation
-        if let snapshot = self.snapshot, generation == self.snapshotGeneration { return snapshot }
-        let current = self.services.holder.current
-        self.snapshot = current
-        self.snapshotGeneration = generation
-        return current
+        self.snapshot.current(from: self.services.holder)
     }
 
     // MARK: - Channel events

@@ -18,6 +18,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     /// The socket's writability, kept from `channelWritabilityChanged` (NIO fires it in the same
     /// call that flips it), so the send loop and every stream's check read a field, not the channel.
     private var socketIsWritable = true
+    private var snapshot = RuntimeSnapshot()
     /// This loop's iteration stamp (`gateway_event_loop_tick_seconds`); made on the loop that runs
     /// the handler.
     private let tickSlot = EventLoopTicks.currentSlot()
@@ -407,6 +408,12 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
 
     var channelIsWritable: Bool { self.context != nil && self.socketIsWritable }
 
+    /// The config snapshot for a stream or request starting now (the holder's lock only after a
+    /// reload).
+    func runtime() -> GatewayRuntime {
+        self.snapshot.current(from: self.services.holder)
+    }
+
     /// Whether the client may send more of this stream's body without a WINDOW_UPDATE from us.
     func clientMaySend(streamID: Int32) -> Bool {
         guard let session = self.session else { return false }
@@ -422,7 +429,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     }
 
     private func becameIdle() {
-        let deadline = self.clock() + self.services.runtime.traffic.idleTimeout
+        let deadline = self.clock() + self.runtime().traffic.idleTimeout
         self.idleDeadline = deadline
         self.scheduleCheck(by: deadline)
     }
@@ -476,7 +483,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
         }
         for stream in stalled { stream.bodyStalled() }
         if !stalled.isEmpty && stalled.count == open && !self.goingAway {
-            let closeBy = now + self.services.runtime.traffic.idleTimeout
+            let closeBy = now + self.runtime().traffic.idleTimeout
             self.closeDeadline = closeBy
             next = min(next ?? closeBy, closeBy)
             self.goAway()

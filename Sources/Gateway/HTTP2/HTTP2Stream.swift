@@ -65,7 +65,7 @@ final class HTTP2Stream: DownstreamResponder {
     init(id: Int32, connection: HTTP2ServerHandler) {
         self.id = id
         self.connection = connection
-        self.data = StreamData(idleTimeout: connection.services.runtime.traffic.idleTimeout)
+        self.data = StreamData(idleTimeout: connection.runtime().traffic.idleTimeout)
     }
 
     /// Whether the connection may keep this object for a later stream once it is closed: not
@@ -80,7 +80,7 @@ final class HTTP2Stream: DownstreamResponder {
         // The field lines' storage is kept: cleared in place once the last request's head (held
         // by its exchange) has let go of it, so a reused stream allocates nothing for its fields.
         var lines = self.data.fieldLines
-        self.data = StreamData(idleTimeout: self.connection.services.runtime.traffic.idleTimeout)
+        self.data = StreamData(idleTimeout: self.connection.runtime().traffic.idleTimeout)
         lines.clear()
         self.data.fieldLines = lines
     }
@@ -192,7 +192,7 @@ final class HTTP2Stream: DownstreamResponder {
         var record: RequestRecord?
         let dispatch = RequestDispatch.start(
             head, record: &record, streamEnded: endStream || extendedConnect, peer: connection.peer, services: connection.services,
-            downstream: self, allocator: allocator
+            runtime: connection.runtime(), downstream: self, allocator: allocator
         )
         self.data.requestID = dispatch.requestID
         self.data.responseAdditions = dispatch.responseAdditions
@@ -233,7 +233,7 @@ final class HTTP2Stream: DownstreamResponder {
             self.connection.consume(streamID: self.id, count: self.data.state.bodyReceived(count: count, forwarded: false))
             return
         }
-        if self.data.bodyBytes > self.connection.services.runtime.traffic.maxBodyBytes {
+        if self.data.bodyBytes > self.connection.runtime().traffic.maxBodyBytes {
             exchange.cancel()
             self.data.exchange = nil
             switch self.data.state.refusal {

@@ -122,6 +122,24 @@ final class RuntimeHolder: Sendable {
     }
 }
 
+/// A connection's copy of the running config, taken again only when the holder's generation
+/// moved: a request reads it without the holder's lock.
+struct RuntimeSnapshot {
+    private var runtime: GatewayRuntime?
+    private var generation: UInt64 = 0
+
+    /// The config for a request starting now. The generation is read before the runtime, so a
+    /// reload in between is seen as a move on the next call.
+    mutating func current(from holder: RuntimeHolder) -> GatewayRuntime {
+        let generation = holder.generation
+        if let runtime = self.runtime, generation == self.generation { return runtime }
+        let current = holder.current
+        self.runtime = current
+        self.generation = generation
+        return current
+    }
+}
+
 /// Per-event-loop resources (the upstream connection pool, the connection timers, the flushes
 /// gathered per tick). Looked up once per connection.
 final class LoopResources: @unchecked Sendable {
