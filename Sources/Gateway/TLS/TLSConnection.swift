@@ -45,10 +45,6 @@ final class TLSConnection {
     /// `SSL_read` can take a whole record.
     static let readChunkSize = 16 * 1024
 
-    /// Largest output buffer kept for the next records (a power of two, as ByteBuffer capacities
-    /// are): a full record's ciphertext fits, while one large response does not pin its size on an
-    /// idle connection.
-    static let keptOutputCapacity = 32 * 1024
     /// Enough for a handshake flight with one certificate chain or a typical response's records.
     static let initialOutputCapacity = 4096
 
@@ -219,7 +215,7 @@ final class TLSConnection {
     /// storage stays here too and is written in place again once the socket has released it.
     func takeOutput() -> ByteBuffer {
         let taken = self.output
-        if self.output.capacity > Self.keptOutputCapacity {
+        if self.output.capacity > TLSConnectionStateMachine.keptCapacityLimit {
             self.output = self.allocator.buffer(capacity: Self.initialOutputCapacity)
         } else {
             self.output.moveReaderIndex(to: self.output.writerIndex)
