@@ -2,7 +2,9 @@
 """Reference-count calls per request, by the function that made them: where the gateway's
 swift_retain/swift_release traffic comes from, counted exactly rather than sampled.
 
-A uprobe on each of libswiftCore's `swift_retain` and `swift_release` is recorded with call graphs
+A uprobe on each of the Swift runtime's `swift_retain` and `swift_release` (libswiftCore.so, or
+the gateway binary itself when the runtime is linked in statically, as scripts/release-build.sh
+does) is recorded with call graphs
 (`perf record -g`) while a fixed number of steady requests goes through the A/B set-up of
 benchmarks/ab.py (TLS, one worker on CPU 0, nginx `return 200` upstream; `h2load --h1 -c 8` or
 `h2load -c 4 -m 10` on CPU 1, after a warm-up; `e`: `h2load --h1 -c 8` with `Connection: close`,
@@ -48,11 +50,38 @@ PROBES = {
 }
 
 
+def swift_runtime(binary):
+    """Where `binary` finds the Swift runtime: libswiftCore.so, or the binary itself when it was
+    linked with `--static-swift-stdlib` (as scripts/release-build.sh links it)."""
+    listed = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+    linked = re.search(r"libswiftCore\.so => (\S+)", listed)
+    return os.environ.get("SWIFT_CORE", linked.group(1)) if linked else binary
+
+
 def ensure_probes(library, group, symbols):
     listed = subprocess.run(["perf", "probe", "-l"], capture_output=True, text=True).stdout
     for symbol in symbols:
         if f"{group}:{symbol} " not in listed:
             subprocess.run(["perf", "probe", "-q", "-x", library, symbol], check=True)
+
+
+def probes_in_binary(binary, symbols):
+    """Probes on the runtime inside a statically linked `binary`, made afresh each run (a probe
+    left by another build named `gateway` would sit at that build's addresses), by address (perf
+    looks a name up in the debug information, which has none for the runtime). Their events."""
+    group = "probe_gwruntime"
+    subprocess.run(["perf", "probe", "-q", "-d", f"{group}:*"], capture_output=True)
+    table = subprocess.run(["nm", binary], capture_output=True, text=True, check=True).stdout
+    events = []
+    for symbol in symbols:
+        address = re.search(rf"^([0-9a-f]+) [tT] {symbol}$", table, re.M)
+        if not address:
+            raise RuntimeError(f"{symbol} is not in {binary}'s symbol table")
+        # Event names are unique across groups: libswiftCore's probes may exist too.
+        event = f"{group}:rt_{symbol}"
+        subprocess.run(["perf", "probe", "-q", "-x", binary, "--add", f"{event}=0x{address.group(1)}"], check=True)
+        events.append(event)
+    return events
 
 
 def frame_name(line):
@@ -86,9 +115,14 @@ def main():
     import ab  # noqa: E402  (reads BIN at import)
 
     library, group, symbols = PROBES[args.probe]
+    binary = str(Path(args.bin) / "gateway")
     if library == SWIFT_CORE:
-        library = os.environ.get("SWIFT_CORE", SWIFT_CORE)
-    ensure_probes(library, group, symbols)
+        library = swift_runtime(binary)
+    if library == binary:
+        events = probes_in_binary(binary, symbols)
+    else:
+        ensure_probes(library, group, symbols)
+        events = [f"{group}:{symbol}" for symbol in symbols]
     d = tempfile.mkdtemp()
     bench = ab.Bench(d, 1, args.setup)
     data = f"{d}/refcounts.data"
@@ -102,8 +136,7 @@ def main():
             extra = args.load.split()
         load = ["taskset", "-c", "1", "h2load", *extra, *bench.extra]
         subprocess.run([*load, "-n", str(args.n), bench.url()], check=True, capture_output=True)
-        events = [x for e in symbols for x in ("-e", f"{group}:{e}")]
-        perf = subprocess.Popen(["perf", "record", "-q", "-g", *events, "-p", str(proc.pid), "-o", data],
+        perf = subprocess.Popen(["perf", "record", "-q", "-g", *(x for e in events for x in ("-e", e)), "-p", str(proc.pid), "-o", data],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.5)  # perf attaches to every thread first
         out = subprocess.run([*load, "-n", str(args.n), bench.url()], check=True, capture_output=True, text=True)

@@ -7,6 +7,11 @@
 # a conflicting access the tests reach still traps there. Cross-module optimization (every module,
 # so swift-nio's generic code is specialized into the gateway's) is ~2% less CPU per HTTP/2
 # request (HTTP/1.1: within the harness's noise), read with benchmarks/paired.py (benchmarks/results/2026-12-02-session17.md).
+# The Swift runtime and Foundation are linked in (`--static-swift-stdlib`), as the container ships
+# them: benchmarks measure the binary that is deployed, and it is ~5% less CPU per request than
+# one loading libswiftCore.so (paired runs: h2 0.91–1.00, h1 0.92–0.97; 55 of 80 pairs lower;
+# benchmarks/results/2026-12-02-session20.md).
 # All callers must pass the same flags: a plain `swift build -c release` would rebuild everything.
 set -euo pipefail
-exec "${SWIFT:-swift}" build -c release -Xswiftc -enforce-exclusivity=unchecked -Xswiftc -cross-module-optimization "$@"
+exec "${SWIFT:-swift}" build -c release -Xswiftc -enforce-exclusivity=unchecked -Xswiftc -cross-module-optimization \
+    --static-swift-stdlib "$@"
