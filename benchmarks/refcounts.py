@@ -18,7 +18,8 @@ CPU figures are lost in noise.
 
 With --probe, other calls are counted the same way: `malloc` (glibc), `locks` (glibc's
 `pthread_mutex_lock`, NIO's locks) or `casts` (`swift_dynamicCast`), where benchmarks/budget.sh
-only counts them; `unique`: copy-on-write uniqueness checks (`swift_isUniquelyReferenced_nonNull_native`).
+only counts them; `unique`: copy-on-write uniqueness checks (`swift_isUniquelyReferenced_nonNull_native`);
+`clock`: clock reads (`clock_gettime`).
 
   benchmarks/refcounts.py [--bin DIR] [--n 2000] [--top 30] [--setup base] [--keep FILE]
                           [--load 'h2load options']
@@ -48,6 +49,7 @@ PROBES = {
     "locks": (LIBC, "probe_libc", ("pthread_mutex_lock",)),
     "casts": (SWIFT_CORE, "probe_libswiftCore", ("swift_dynamicCast",)),
     "unique": (SWIFT_CORE, "probe_libswiftCore", ("swift_isUniquelyReferenced_nonNull_native",)),
+    "clock": (LIBC, "probe_libc", ("clock_gettime",)),
 }
 
 
