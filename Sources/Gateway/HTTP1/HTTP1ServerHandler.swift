@@ -84,7 +84,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     /// The socket's writability, kept from `channelWritabilityChanged` (NIO fires it in the same
     /// call that flips it): reading `context.channel.isWritable` on every request and read cost
     /// ~1% of an HTTP/1.1 request in channel lookups and reference counting.
-    private var channelIsWritable = true
+    private var socketIsWritable = true
     private var current: InFlight?
     /// The connection's state: the request's halves, the pipelined queue, keep-alive, read gating.
     private var state: StateMachine
@@ -141,7 +141,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.allocator = context.channel.allocator
-        self.channelIsWritable = context.channel.isWritable
+        self.socketIsWritable = context.channel.isWritable
         self.context = context
         self.services.observability.metrics.connections.increment([self.services.listener.name, "http/1.1"])
         self.peer = PeerAddress(context.channel.remoteAddress)
@@ -299,7 +299,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         let writable = context.channel.isWritable
-        self.channelIsWritable = writable
+        self.socketIsWritable = writable
         self.current?.exchange?.downstreamWritabilityChanged(isWritable: writable)
         if writable { self.readIfPending() }
         context.fireChannelWritabilityChanged()
@@ -307,11 +307,11 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     func read(context: ChannelHandlerContext) {
         // A tunnel's own handler decides (backpressure from the upstream side).
-        if self.state.readRequested(writable: self.channelIsWritable) { context.read() }
+        if self.state.readRequested(writable: self.socketIsWritable) { context.read() }
     }
 
     private func readIfPending() {
-        guard let context, self.state.readMayResume(writable: self.channelIsWritable) else { return }
+        guard let context, self.state.readMayResume(writable: self.socketIsWritable) else { return }
         context.read()
     }
 
@@ -439,7 +439,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     // MARK: - DownstreamResponder
 
-    var isWritable: Bool { self.context != nil && self.channelIsWritable }
+    var isWritable: Bool { self.context != nil && self.socketIsWritable }
 
     /// The exchange serving the current request, if it is proxied.
     var currentExchange: ProxyExchange? { self.current?.exchange }
