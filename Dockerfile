@@ -23,7 +23,7 @@ COPY Package.swift ./
 RUN swift package resolve
 COPY Sources ./Sources
 COPY Tests ./Tests
-COPY scripts/release-build.sh ./scripts/
+COPY scripts/release-build.sh scripts/gateway.profdata ./scripts/
 ARG GIT_COMMIT=unknown
 RUN GATEWAY_GIT_COMMIT="${GIT_COMMIT}" scripts/release-build.sh --product gateway --static-swift-stdlib \
     && install -D -s -m 0755 "$(scripts/release-build.sh --show-bin-path)/gateway" /staging/usr/local/bin/gateway

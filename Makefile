@@ -4,7 +4,7 @@ SWIFT ?= swift
 PYTHON ?= python3
 UPSTREAM_PORT ?= 3001
 
-.PHONY: all build release deps test-deps certs run test unit-test integration-test fuzz clean
+.PHONY: all build release pgo deps test-deps certs run test unit-test integration-test fuzz clean
 
 all: build
 
@@ -19,6 +19,11 @@ build: deps
 
 release: deps
 	SWIFT=$(SWIFT) scripts/release-build.sh
+
+# Regenerates scripts/gateway.profdata, the profile the release build is optimized with (after a
+# change to the request path): an instrumented build under the benchmark loads.
+pgo: deps
+	SWIFT=$(SWIFT) scripts/pgo-train.sh
 
 certs:
 	@scripts/dev-cert.sh certs

@@ -11,7 +11,25 @@
 # them: benchmarks measure the binary that is deployed, and it is ~5% less CPU per request than
 # one loading libswiftCore.so (paired runs: h2 0.91–1.00, h1 0.92–0.97; 55 of 80 pairs lower;
 # benchmarks/results/2026-12-02-session20.md).
+# Profile-guided: LLVM optimizes with the counts of scripts/gateway.profdata (made by
+# scripts/pgo-train.sh from a training run under load): ~9% less CPU per HTTP/2 request, ~5% per
+# HTTP/1.1 one (benchmarks/results/2026-12-02-session21.md). A profile older than the code still
+# builds; functions changed since it was made are optimized without counts. The profile is
+# passed under a name made of its hash, so a new one changes the command line and SwiftPM rebuilds.
+# Objects are always rewritten (Swift otherwise keeps an object whose IR is unchanged, and the
+# profile is applied after that check). PGO_FLAGS replaces the profile (scripts/pgo-train.sh
+# builds the instrumented binary through it).
 # All callers must pass the same flags: a plain `swift build -c release` would rebuild everything.
 set -euo pipefail
-exec "${SWIFT:-swift}" build -c release -Xswiftc -enforce-exclusivity=unchecked -Xswiftc -cross-module-optimization \
-    --static-swift-stdlib "$@"
+root=$(cd "$(dirname "$0")/.." && pwd)
+flags=(-c release -Xswiftc -enforce-exclusivity=unchecked -Xswiftc -cross-module-optimization --static-swift-stdlib
+       -Xswiftc -Xfrontend -Xswiftc -disable-incremental-llvm-codegen)
+if [ -n "${PGO_FLAGS:-}" ]; then
+    read -r -a pgo <<< "$PGO_FLAGS"
+    flags+=("${pgo[@]}")
+elif [ -f "$root/scripts/gateway.profdata" ]; then
+    profile="$root/.build/pgo/$(sha256sum "$root/scripts/gateway.profdata" | cut -c1-16).profdata"
+    [ -f "$profile" ] || { mkdir -p "$root/.build/pgo"; cp "$root/scripts/gateway.profdata" "$profile"; }
+    flags+=(-Xswiftc -Xfrontend -Xswiftc "-ir-profile-use=$profile")
+fi
+exec "${SWIFT:-swift}" build "${flags[@]}" "$@"

@@ -2,6 +2,7 @@
 process and certificate metrics, `GET /config` key names, rollouts (drain_delay, /health/fail,
 endpoint drains) and the dashboards/alerts checked against a real /metrics scrape."""
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -158,8 +159,10 @@ def test_dockerfile_lint():
     assert "--static-swift-stdlib" in build_runs
     # The project's release build (its flags are in one script every release build shares).
     assert "scripts/release-build.sh" in build_runs
-    assert "build -c release" in (ROOT / "scripts/release-build.sh").read_text()
+    assert "-c release" in (ROOT / "scripts/release-build.sh").read_text()
     assert any(i == "COPY" and "scripts/release-build.sh" in a for i, a in build)
+    # The profile the release build optimizes with travels with the script.
+    assert any(i == "COPY" and "scripts/gateway.profdata" in a for i, a in build)
     instructions = dict((i, a) for i, a in runtime)
     user = instructions.get("USER", "")
     assert user and user.split(":")[0] not in ("root", "0"), f"runtime must not run as root: USER {user!r}"
@@ -193,6 +196,40 @@ def test_dockerfile_lint():
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_release_build_uses_the_committed_profile(tmp_path):
+    """scripts/release-build.sh hands swift the committed PGO profile under a name made of its
+    hash (so a new profile rebuilds), with objects always rewritten; the profile itself is a
+    valid indexed profile that counts the request path (a truncated or empty one would build a
+    slower binary without a word)."""
+    fake = tmp_path / "swift"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    args = subprocess.run(
+        [ROOT / "scripts/release-build.sh", "--product", "gateway"], env={**os.environ, "SWIFT": str(fake)},
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()
+    assert args[:3] == ["build", "-c", "release"], args
+    assert "-disable-incremental-llvm-codegen" in args
+    uses = [a.split("=", 1)[1] for a in args if a.startswith("-ir-profile-use=")]
+    assert len(uses) == 1, args
+    profile = Path(uses[0])
+    committed = ROOT / "scripts/gateway.profdata"
+    assert profile.read_bytes() == committed.read_bytes()
+    assert hashlib.sha256(committed.read_bytes()).hexdigest()[:16] == profile.stem
+    # PGO_FLAGS (the instrumented build of scripts/pgo-train.sh) replaces the profile.
+    args = subprocess.run(
+        [ROOT / "scripts/release-build.sh"], env={**os.environ, "SWIFT": str(fake), "PGO_FLAGS": "-Xswiftc -DX"},
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()
+    assert not any(a.startswith("-ir-profile-use") for a in args) and "-DX" in args
+    profdata = Path(shutil.which("swift") or "/opt/swift/usr/bin/swift").resolve().parent / "llvm-profdata"
+    if not profdata.exists():
+        pytest.skip("llvm-profdata is not next to swift")
+    shown = subprocess.run([profdata, "show", "--all-functions", committed], capture_output=True, text=True, check=True).stdout
+    counted = [line for line in shown.splitlines() if "ProxyExchange" in line or "HTTP2Stream" in line]
+    assert len(counted) > 20, shown[-2000:]
+
+
 def test_serves_and_proxies_as_an_unprivileged_user(certs, upstream):
     """The image and the systemd unit run the gateway as a plain user: accepting, TLS and upstream
     connections must not need a capability (a SOL_SOCKET option that needs CAP_NET_ADMIN once
