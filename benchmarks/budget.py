@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402  (BIN must be set before: peers reads it at import)
+import refcounts  # noqa: E402
 
 N = int(os.environ.get("N", "20000"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
@@ -100,16 +101,12 @@ def cpu_split(pid):
     return int(fields[11]), int(fields[12]), int(fields[7])
 
 
-def swift_runtime_is_static():
-    """True when the gateway has the Swift runtime linked in (scripts/release-build.sh links it
-    so): its calls to `swift_retain` and `swift_dynamicCast` then stay inside the binary, where
-    the LD_PRELOAD counter cannot see them (benchmarks/refcounts.py counts them with uprobes)."""
-    listed = subprocess.run(["ldd", str(peers.BIN / "gateway")], capture_output=True, text=True).stdout
-    return "libswiftCore.so" not in listed
-
-
 def main():
-    static_runtime = swift_runtime_is_static()
+    # With the Swift runtime linked in (scripts/release-build.sh links it so), the gateway's calls
+    # to `swift_retain` and `swift_dynamicCast` stay inside the binary, where the LD_PRELOAD
+    # counter cannot see them (benchmarks/refcounts.py counts them with uprobes).
+    binary = str(peers.BIN / "gateway")
+    static_runtime = refcounts.swift_runtime(binary) == binary
     d = tempfile.mkdtemp(prefix="budget-")
     run = peers.Run(d)
     counter = Path(d) / "libmalloccount.so"

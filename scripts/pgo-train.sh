@@ -4,7 +4,7 @@
 # training loads of benchmarks/pgo_train.py, and merges the counts. Run it after a change to the
 # request path, then rebuild (`scripts/release-build.sh` picks the new profile up).
 #   scripts/pgo-train.sh          SECS=5 seconds per load
-# Needs what `benchmarks/peers.sh --install` installs (nginx, nghttp2-client).
+# Needs what `benchmarks/peers.sh --install` installs (nginx, nghttp2-client, wrk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for tool in nginx h2load wrk; do

@@ -195,7 +195,6 @@ def test_dockerfile_lint():
     assert ".build" in ignored and ".git" in ignored and "*.key" in ignored
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
 def test_release_build_uses_the_committed_profile(tmp_path):
     """scripts/release-build.sh hands swift the committed PGO profile under a name made of its
     hash (so a new profile rebuilds), with objects always rewritten; the profile itself is a
@@ -230,6 +229,7 @@ def test_release_build_uses_the_committed_profile(tmp_path):
     assert len(counted) > 20, shown[-2000:]
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
 def test_serves_and_proxies_as_an_unprivileged_user(certs, upstream):
     """The image and the systemd unit run the gateway as a plain user: accepting, TLS and upstream
     connections must not need a capability (a SOL_SOCKET option that needs CAP_NET_ADMIN once
