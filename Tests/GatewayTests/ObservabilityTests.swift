@@ -61,6 +61,58 @@ struct ObservabilityTests {
         #expect(abs(sum - 5.0605) < 1e-9)
     }
 
+    @Test("Route series count without a lock: threads recording at once lose nothing, in the table and past it")
+    func routeSeriesCountsConcurrently() async {
+        let metrics = GatewayMetrics()
+        let series = metrics.routeSeries("api")
+        // 4 threads × 100 statuses × 50 rounds: more label combinations (100) than table slots
+        // (64), so both the compare-exchange slots and the locked overflow are raced.
+        await withTaskGroup(of: Void.self) { group in
+            for thread in 0..<4 {
+                group.addTask {
+                    for _ in 0..<50 {
+                        for status in 100..<200 {
+                            let key = RouteSeries.CountKey(method: .get, status: status, protocolName: .http2, source: .upstream)
+                            series.record(key, seconds: Double(thread) * 0.001, upstreamSeconds: status < 150 ? 0.0002 : nil)
+                        }
+                    }
+                }
+            }
+        }
+        let counts = series.countSnapshot()
+        #expect(counts.count == 100)
+        #expect(counts.allSatisfy { $0.1 == 200 })
+        #expect(series.durations.snapshot().count == 20_000)
+        #expect(series.upstreamDurations.snapshot().count == 10_000)
+        let text = metrics.render()
+        #expect(text.contains(#"gateway_requests_total{route="api",method="GET",status="199",protocol="HTTP/2",source="upstream"} 200"#))
+        #expect(text.contains(#"gateway_request_duration_seconds_count{route="api"} 20000"#))
+    }
+
+    @Test("A route's series is resolved at config load, the same one across reloads; never answered, it is not shown")
+    func routeSeriesResolvedAtLoad() throws {
+        let metrics = GatewayMetrics()
+        let yaml = """
+            upstreams:
+              booking: { endpoints: [127.0.0.1:9] }
+            routes:
+              - { name: api, match: { path_prefix: /api/ }, upstream: booking }
+              - { name: quiet, match: { path_prefix: /quiet/ }, upstream: booking }
+            """
+        let first = try GatewayBuilder.runtime(try ConfigFixture().parse(minimalYAML + yaml), configHash: "1", metrics: metrics)
+        let reloaded = try GatewayBuilder.runtime(try ConfigFixture().parse(minimalYAML + yaml), configHash: "2", metrics: metrics)
+        let api = try #require(first.routes.routes.first { $0.name == "api" }?.series)
+        #expect(reloaded.routes.routes.first { $0.name == "api" }?.series === api)
+        #expect(api === metrics.routeSeries("api"))
+        // Counted through the handle: the name passed along is not looked up.
+        metrics.recordRequest(route: "ignored", series: api, method: .GET, status: 200, version: .http1_1, seconds: 0.01, upstreamSeconds: nil)
+        let text = metrics.render()
+        #expect(text.contains(#"gateway_requests_total{route="api",method="GET",status="200",protocol="HTTP/1.1",source="upstream"} 1"#))
+        #expect(!text.contains(#"route="quiet""#) && !text.contains(#"route="ignored""#))
+        // No upstream time yet: no upstream histogram for the route.
+        #expect(!text.contains(#"gateway_upstream_duration_seconds_count{route="api"}"#))
+    }
+
     @Test func accessLogLineHasFieldsAndNoQueryString() throws {
         let record = AccessLogRecord(
             time: Date(timeIntervalSince1970: 1_790_000_000.25), requestID: "r1", clientIP: "203.0.113.7", method: "GET",

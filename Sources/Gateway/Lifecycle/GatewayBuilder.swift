@@ -69,7 +69,8 @@ public enum GatewayBuilder {
                                  chosen: metrics?.splitRequests)
                 },
                 realtime: route.realtime, identity: route.identity,
-                cache: route.cache.map { ResponseCache(config: $0, route: route.name, metrics: metrics, redis: config.redis, group: group, stores: status.responseCacheStores) }
+                cache: route.cache.map { ResponseCache(config: $0, route: route.name, metrics: metrics, redis: config.redis, group: group, stores: status.responseCacheStores) },
+                series: metrics?.routeSeries(route.name)
             )
         }
         var traffic = TrafficSettings(

@@ -7,49 +7,43 @@ let latencyBuckets: [Double] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15,
 ]
 
-/// The counts of a Prometheus histogram with fixed buckets, guarded by whoever holds it.
-struct HistogramCounts {
-    let buckets: [Double]
-    private var counts: [UInt64]
-    private var sum: Double = 0
-    private var count: UInt64 = 0
-
-    init(buckets: [Double] = latencyBuckets) {
-        self.buckets = buckets
-        self.counts = [UInt64](repeating: 0, count: buckets.count)
-    }
-
-    mutating func observe(seconds: Double) {
-        // A plain loop: `firstIndex(where:)` costs a closure and, unspecialized, allocations.
-        var index = 0
-        while index < self.buckets.count, seconds > self.buckets[index] { index += 1 }
-        if index < self.counts.count { self.counts[index] += 1 }
-        self.sum += seconds
-        self.count += 1
-    }
-
-    /// Cumulative bucket counts (`le`), sum and count, as Prometheus wants them.
-    func snapshot() -> (cumulative: [UInt64], sum: Double, count: UInt64) {
-        var running: UInt64 = 0
-        let cumulative = self.counts.map { running += $0; return running }
-        return (cumulative, self.sum, self.count)
-    }
-}
-
-/// A histogram of its own lock.
+/// A Prometheus histogram with fixed buckets whose observations are relaxed atomic adds: the
+/// request path records into it with no lock, from any event loop. A scrape reads each cell once;
+/// the count is the sum of the cells it read, so `+Inf` and `_count` always agree, and `_sum` may
+/// be one in-flight observation ahead or behind, as Prometheus clients allow.
 final class LatencyHistogram: Sendable {
-    private let state: Mutex<HistogramCounts>
+    /// Upper bounds in seconds (`le`), at most `maxBuckets`.
+    let buckets: [Double]
+    static let maxBuckets = 23
+    /// One cell per bucket and one for observations above the last bound.
+    private let cells: InlineArray<24, Atomic<UInt64>> = InlineArray { _ in Atomic(0) }
+    /// Nanoseconds: an integer sum can be added atomically, a `Double` cannot.
+    private let nanoseconds = Atomic<UInt64>(0)
 
     init(buckets: [Double] = latencyBuckets) {
-        self.state = Mutex(HistogramCounts(buckets: buckets))
+        precondition(buckets.count <= Self.maxBuckets, "a histogram holds at most \(Self.maxBuckets) buckets")
+        self.buckets = buckets
     }
 
     func observe(seconds: Double) {
-        self.state.withLock { $0.observe(seconds: seconds) }
+        // A plain loop: `firstIndex(where:)` costs a closure and, unspecialized, allocations.
+        var index = 0
+        while index < self.buckets.count, seconds > self.buckets[index] { index += 1 }
+        self.cells[index].add(1, ordering: .relaxed)
+        if seconds > 0 { self.nanoseconds.add(UInt64(min(seconds, 1e9) * 1e9), ordering: .relaxed) }
     }
 
+    /// Cumulative bucket counts (`le`, without `+Inf`), sum and count, as Prometheus wants them.
     func snapshot() -> (cumulative: [UInt64], sum: Double, count: UInt64) {
-        self.state.withLock { $0.snapshot() }
+        var running: UInt64 = 0
+        var cumulative: [UInt64] = []
+        cumulative.reserveCapacity(self.buckets.count)
+        for index in self.buckets.indices {
+            running += self.cells[index].load(ordering: .relaxed)
+            cumulative.append(running)
+        }
+        let count = running + self.cells[self.buckets.count].load(ordering: .relaxed)
+        return (cumulative, Double(self.nanoseconds.load(ordering: .relaxed)) / 1e9, count)
     }
 }
 
@@ -127,15 +121,37 @@ enum ProtocolLabel: UInt8, Comparable {
     static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
 }
 
-/// Everything one answered request moves for its route, under one lock per request (instead of
-/// one for the count and one per histogram lookup and observation).
-private final class RouteSeries {
-    /// Labels as small numbers: hashing them per request is cheaper than hashing their text.
+/// Everything one answered request moves for its route: resolved when a config loads (each
+/// `Route` holds its own), so a request records through it with atomic adds — no lookup by route
+/// name, no lock.
+final class RouteSeries: Sendable {
+    /// Labels as small numbers, packed into one word that a table slot can hold atomically.
     struct CountKey: Hashable {
         var method: MethodLabel
         var status: Int
         var protocolName: ProtocolLabel
         var source: ResponseSource
+
+        /// Never 0 (the mark of an empty slot): bit 63 is always set.
+        var packed: UInt64 {
+            1 << 63 | UInt64(self.method.rawValue) << 48 | UInt64(self.protocolName.rawValue) << 40
+                | UInt64(self.source.rawValue) << 32 | UInt64(UInt32(clamping: self.status))
+        }
+
+        init(method: MethodLabel, status: Int, protocolName: ProtocolLabel, source: ResponseSource) {
+            self.method = method
+            self.status = status
+            self.protocolName = protocolName
+            self.source = source
+        }
+
+        init?(packed: UInt64) {
+            guard let method = MethodLabel(rawValue: UInt8(truncatingIfNeeded: packed >> 48)),
+                  let protocolName = ProtocolLabel(rawValue: UInt8(truncatingIfNeeded: packed >> 40)),
+                  let source = ResponseSource(rawValue: UInt8(truncatingIfNeeded: packed >> 32))
+            else { return nil }
+            self.init(method: method, status: Int(UInt32(truncatingIfNeeded: packed)), protocolName: protocolName, source: source)
+        }
     }
 
     /// `method` label values; any other method is `OTHER`, so a client cannot mint label values.
@@ -171,28 +187,61 @@ private final class RouteSeries {
         static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
     }
 
-    /// Boxed so that counting a known series reads the dictionary instead of modifying it.
-    final class Count {
-        var value = 0
+    /// `gateway_requests_total`: an open-addressed table whose slots are claimed by a
+    /// compare-exchange of their key, so counting takes no lock; a key beyond the table's slots
+    /// (a route answering more label combinations than it has) is counted in a locked dictionary.
+    private static let slotCount = 64
+    private let keys: InlineArray<64, Atomic<UInt64>> = InlineArray { _ in Atomic(0) }
+    private let counts: InlineArray<64, Atomic<UInt64>> = InlineArray { _ in Atomic(0) }
+    private let overflow = Mutex<[UInt64: UInt64]>([:])
+    let durations = LatencyHistogram()
+    /// Shown once a request of the route reached an upstream.
+    let upstreamDurations = LatencyHistogram()
+
+    func record(_ key: CountKey, seconds: Double, upstreamSeconds: Double?) {
+        self.count(key.packed)
+        self.durations.observe(seconds: seconds)
+        if let upstreamSeconds { self.upstreamDurations.observe(seconds: upstreamSeconds) }
     }
 
-    var counts: [CountKey: Count] = [:]
-    var durations = HistogramCounts()
-    /// Created on the first proxied request, so a route that never reached an upstream has no series.
-    var upstreamDurations: HistogramCounts?
+    private func count(_ key: UInt64) {
+        // Fibonacci hashing spreads the few bits that differ (status, source) over the slots.
+        var slot = Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> 58)
+        for _ in 0..<Self.slotCount {
+            var held = self.keys[slot].load(ordering: .relaxed)
+            if held == 0 {
+                // Claim the empty slot, or find that another request just claimed it (maybe for this key).
+                held = self.keys[slot].compareExchange(expected: 0, desired: key, ordering: .relaxed).original
+                if held == 0 { held = key }
+            }
+            if held == key {
+                self.counts[slot].add(1, ordering: .relaxed)
+                return
+            }
+            slot = (slot + 1) & (Self.slotCount - 1)
+        }
+        self.overflow.withLock { $0[key, default: 0] += 1 }
+    }
+
+    /// Every count above zero (a slot claimed by a request still counting reads 0 and is left out).
+    func countSnapshot() -> [(CountKey, Int)] {
+        var rows: [UInt64: UInt64] = self.overflow.withLock { $0 }
+        for slot in 0..<Self.slotCount {
+            let key = self.keys[slot].load(ordering: .relaxed)
+            let count = self.counts[slot].load(ordering: .relaxed)
+            if key != 0 && count > 0 { rows[key, default: 0] += count }
+        }
+        return rows.compactMap { key, count in CountKey(packed: key).map { ($0, Int(count)) } }
+    }
 }
 
 /// Every series of SPEC "Admin listener" `/metrics`. Labels are bounded: route names (not raw
 /// paths), a fixed method set, status codes, policy names, reasons — never user ids or IPs.
 final class GatewayMetrics: Sendable {
     /// `gateway_requests_total`, `gateway_request_duration_seconds` and
-    /// `gateway_upstream_duration_seconds`, by route. The series are only touched under the lock.
-    private let routes = Mutex<[String: RouteSeriesBox]>([:])
-
-    /// `RouteSeries` is mutable state reached only under `routes`' lock.
-    private struct RouteSeriesBox: @unchecked Sendable {
-        let series: RouteSeries
-    }
+    /// `gateway_upstream_duration_seconds`, by route name: the same series for a name across
+    /// reloads, so its counts continue. Locked only to resolve a name, never to count.
+    private let routes = Mutex<[String: RouteSeries]>([:])
     let rateLimitDecisions = LabeledCounter(labelNames: ["policy", "decision"])
     let jwtRejections = LabeledCounter(labelNames: ["reason"])
     let redisErrors = LabeledCounter(labelNames: [])
@@ -217,32 +266,24 @@ final class GatewayMetrics: Sendable {
 
     init() {}
 
+    /// The series of the route named `route`, created on first use.
+    func routeSeries(_ route: String) -> RouteSeries {
+        self.routes.withLock { routes in
+            if let known = routes[route] { return known }
+            let created = RouteSeries()
+            routes[route] = created
+            return created
+        }
+    }
+
+    /// Counts one answered request into `series`, or into the series named `route` when the
+    /// request had none resolved (no route matched, or a local answer before routing).
     func recordRequest(
-        route: String, method: HTTPMethod, status: Int, version: HTTPVersion, source: ResponseSource = .upstream,
-        seconds: Double, upstreamSeconds: Double?
+        route: String, series: RouteSeries? = nil, method: HTTPMethod, status: Int, version: HTTPVersion,
+        source: ResponseSource = .upstream, seconds: Double, upstreamSeconds: Double?
     ) {
         let key = RouteSeries.CountKey(method: .init(method), status: status, protocolName: .init(version), source: source)
-        self.routes.withLock { routes in
-            let series: RouteSeries
-            if let known = routes[route] {
-                series = known.series
-            } else {
-                series = RouteSeries()
-                routes[route] = RouteSeriesBox(series: series)
-            }
-            if let count = series.counts[key] {
-                count.value += 1
-            } else {
-                let count = RouteSeries.Count()
-                count.value = 1
-                series.counts[key] = count
-            }
-            series.durations.observe(seconds: seconds)
-            if let upstreamSeconds {
-                if series.upstreamDurations == nil { series.upstreamDurations = HistogramCounts() }
-                series.upstreamDurations!.observe(seconds: upstreamSeconds)
-            }
-        }
+        (series ?? self.routeSeries(route)).record(key, seconds: seconds, upstreamSeconds: upstreamSeconds)
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -257,17 +298,18 @@ final class GatewayMetrics: Sendable {
                 out += name + Self.labelText(family.labelNames, labels) + " " + Self.number(value) + "\n"
             }
         }
-        // Copied under the lock, rendered outside it.
-        typealias Row = (route: String, counts: [(RouteSeries.CountKey, Int)], durations: HistogramCounts, upstream: HistogramCounts?)
-        let rows: [Row] = self.routes.withLock { routes in
-            routes.map { route, box in
-                (route, box.series.counts.map { ($0.key, $0.value.value) }, box.series.durations, box.series.upstreamDurations)
-            }
-        }.sorted { $0.route < $1.route }
-        func histograms(_ name: String, _ help: String, _ family: [(String, HistogramCounts)]) {
+        // Resolved but never answered routes are left out, as they were before series were resolved ahead.
+        typealias Row = (route: String, counts: [(RouteSeries.CountKey, Int)], durations: LatencyHistogram, upstream: LatencyHistogram)
+        let rows: [Row] = self.routes.withLock { $0 }
+            .map { route, series in (route, series.countSnapshot(), series.durations, series.upstreamDurations) }
+            .filter { !$0.counts.isEmpty }
+            .sorted { $0.route < $1.route }
+        func histograms(_ name: String, _ help: String, _ family: [(String, LatencyHistogram)], skipEmpty: Bool = false) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) histogram\n"
             for (route, histogram) in family {
                 let (cumulative, sum, count) = histogram.snapshot()
+                // A route's upstream series appears once one of its requests reached an upstream.
+                if skipEmpty && count == 0 { continue }
                 for (bound, value) in zip(histogram.buckets, cumulative) {
                     out += "\(name)_bucket" + Self.labelText(["route", "le"], [route, Self.number(bound)]) + " \(value)\n"
                 }
@@ -293,7 +335,7 @@ final class GatewayMetrics: Sendable {
         histograms("gateway_request_duration_seconds", "Time from request head to last response byte.",
                    rows.map { ($0.route, $0.durations) })
         histograms("gateway_upstream_duration_seconds", "Time from upstream request start to response head.",
-                   rows.compactMap { row in row.upstream.map { (row.route, $0) } })
+                   rows.map { ($0.route, $0.upstream) }, skipEmpty: true)
         counter("gateway_ratelimit_decisions_total", "Rate-limit decisions by policy.", self.rateLimitDecisions)
         counter("gateway_jwt_rejections_total", "Rejected bearer tokens by reason.", self.jwtRejections)
         counter("gateway_redis_errors_total", "Rate-limit store errors.", self.redisErrors)
@@ -341,7 +383,7 @@ final class GatewayMetrics: Sendable {
 }
 
 /// The series of one upstream endpoint, held by the endpoint itself: a request records through
-/// the endpoint it was sent to, with no lookup by label. One lock per observation.
+/// the endpoint it was sent to, with no lookup by label and no lock.
 final class EndpointStats: Sendable {
     /// What went wrong with an upstream request, for `gateway_upstream_endpoint_errors_total{kind}`.
     enum ErrorKind: Int, CaseIterable {
@@ -367,33 +409,41 @@ final class EndpointStats: Sendable {
         }
     }
 
+    /// What a scrape read.
     struct Counts {
         /// Responses by status class, index 0 for 1xx … 4 for 5xx.
-        var responses = [UInt64](repeating: 0, count: 5)
-        var errors = [UInt64](repeating: 0, count: ErrorKind.allCases.count)
+        var responses: [UInt64]
+        var errors: [UInt64]
         /// Request start to response head.
-        var durations = HistogramCounts()
+        var durations: LatencyHistogram
     }
 
-    private let counts = Mutex(Counts())
+    // Atomic adds from any event loop: recording a response takes no lock.
+    private let responses: InlineArray<5, Atomic<UInt64>> = InlineArray { _ in Atomic(0) }
+    /// One per `ErrorKind` case.
+    private let errors: InlineArray<5, Atomic<UInt64>> = InlineArray { _ in Atomic(0) }
+    private let durations = LatencyHistogram()
     /// Requests waiting on any event loop for a connection slot (`max_connections` reached).
     let waiting = Atomic<Int>(0)
 
     init() {}
 
     func response(status: Int, seconds: Double?) {
-        let index = min(max(status / 100 - 1, 0), 4)
-        self.counts.withLock { counts in
-            counts.responses[index] += 1
-            if let seconds { counts.durations.observe(seconds: seconds) }
-        }
+        self.responses[min(max(status / 100 - 1, 0), 4)].add(1, ordering: .relaxed)
+        if let seconds { self.durations.observe(seconds: seconds) }
     }
 
     func error(_ kind: ErrorKind) {
-        self.counts.withLock { $0.errors[kind.rawValue] += 1 }
+        self.errors[kind.rawValue].add(1, ordering: .relaxed)
     }
 
-    func snapshot() -> Counts { self.counts.withLock { $0 } }
+    func snapshot() -> Counts {
+        Counts(
+            responses: (0..<5).map { self.responses[$0].load(ordering: .relaxed) },
+            errors: ErrorKind.allCases.map { self.errors[$0.rawValue].load(ordering: .relaxed) },
+            durations: self.durations
+        )
+    }
 }
 
 extension GatewayMetrics {

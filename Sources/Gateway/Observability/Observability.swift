@@ -19,6 +19,8 @@ struct RequestRecord: ~Copyable {
     var target: String
     var version: HTTPVersion
     var route: String = "-"
+    /// The route's metrics (nil: counted by `route`'s name).
+    var series: RouteSeries?
     var clientIP: String = "unknown"
     var status = 0
     var bytesIn = 0
@@ -134,7 +136,7 @@ final class Observability: Sendable {
         let seconds = Double(elapsed) / 1e9
         let source = record.source ?? .clientAbort
         self.metrics.recordRequest(
-            route: record.route, method: record.method, status: record.status, version: record.version,
+            route: record.route, series: record.series, method: record.method, status: record.status, version: record.version,
             source: source, seconds: seconds, upstreamSeconds: upstreamSeconds
         )
         if let reason = record.jwtRejection { self.metrics.jwtRejections.increment([reason]) }

@@ -24,6 +24,8 @@ struct PipelineDecision: ~Copyable {
     var client: ClientIdentity
     /// The matched route's name, for metrics and logs (nil: no route).
     var routeName: String? = nil
+    /// The matched route's metrics, resolved when its config loaded.
+    var routeSeries: RouteSeries? = nil
 
     @inline(__always)
     init(_ action: consuming Action, _ responseAdditions: ResponseAdditions = .none, client: ClientIdentity, route: Route? = nil) {
@@ -31,6 +33,7 @@ struct PipelineDecision: ~Copyable {
         self.responseAdditions = responseAdditions
         self.client = client
         self.routeName = route?.name
+        self.routeSeries = route?.series
     }
 }
 

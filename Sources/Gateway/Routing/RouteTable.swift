@@ -65,6 +65,9 @@ final class Route: Sendable {
     let realtime: RouteRealtimeConfig
     /// `cache`: nil on a route without one (its requests never touch the cache).
     let cache: ResponseCache?
+    /// Where its requests are counted (`gateway_requests_total` and its histograms); nil when
+    /// built without metrics (tests), and the request is counted by the route's name.
+    let series: RouteSeries?
 
     init(
         name: String, host: String?, pathPrefix: String, methods: [String]?, upstreamName: String, order: Int,
@@ -72,8 +75,9 @@ final class Route: Sendable {
         rateLimits: [RateLimitRule] = [], conditions: [RequestCondition] = [], split: TrafficSplit? = nil,
         realtime: RouteRealtimeConfig = .defaults,
         identity: RouteIdentityConfig = RouteIdentityConfig(),
-        cache: ResponseCache? = nil
+        cache: ResponseCache? = nil, series: RouteSeries? = nil
     ) {
+        self.series = series
         self.conditions = conditions
         self.split = split
         self.realtime = realtime
