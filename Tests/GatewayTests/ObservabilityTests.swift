@@ -223,6 +223,45 @@ extension EventLoopTickTests {
     }
 }
 
+extension EventLoopTickTests {
+    /// `LoopSlot.now()` is one clock read per iteration on a loop whose iterations are reported, and
+    /// the clock itself on a loop that never clears its stamp (a stale stamp there would be forever).
+    @Test func loopNowIsTheIterationsStampOnlyWhereIterationsAreReported() throws {
+        let ticks = EventLoopTicks()
+        let reported = MultiThreadedEventLoopGroup(numberOfThreads: 1, metricsDelegate: ticks)
+        let unreported = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer {
+            try? reported.syncShutdownGracefully()
+            try? unreported.syncShutdownGracefully()
+        }
+        /// Two readings 2 ms apart within one task (one iteration), and the clock's advance between them.
+        func readings(on loop: EventLoop) throws -> (first: NIODeadline, second: NIODeadline, real: TimeAmount) {
+            try loop.submit {
+                let slot = EventLoopTicks.currentSlot()
+                let realStart = NIODeadline.now()
+                let first = slot.now()
+                usleep(2000)
+                let second = slot.now()
+                return (first, second, NIODeadline.now() - realStart)
+            }.wait()
+        }
+        // The first task may run before any iteration was reported: wait for one.
+        try reported.next().submit {}.wait()
+        waitForTicks(ticks) { $0.cumulative.last! >= 1 }
+        let sameIteration = try readings(on: reported.next())
+        #expect(sameIteration.first == sameIteration.second)
+        #expect(sameIteration.real >= .milliseconds(2))
+        // A later iteration has a later stamp. (A task submitted while the last one still runs
+        // joins its iteration: wait until that iteration is over.)
+        let reportedSoFar = ticks.snapshot().cumulative.last!
+        waitForTicks(ticks) { $0.cumulative.last! > reportedSoFar }
+        let later = try readings(on: reported.next())
+        #expect(later.first > sameIteration.second)
+        let clock = try readings(on: unreported.next())
+        #expect(clock.second - clock.first >= .milliseconds(2))
+    }
+}
+
 /// Polls until `done` holds for the ticks reported so far, for at most 2 s (the caller then
 /// checks, so a report that never comes fails the test).
 private func waitForTicks(

@@ -170,7 +170,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         self.tickSlot.ioBegins()
-        self.lastRead = .now()
+        self.lastRead = self.tickSlot.now()
         if self.firstReadStartsHeaderClock {
             self.firstReadStartsHeaderClock = false
             self.requestBytesArrived()
@@ -340,7 +340,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.timer.clear()
         var record: RequestRecord?
         let dispatch = RequestDispatch.start(
-            head, record: &record, streamEnded: nil, peer: self.peer, services: self.services, runtime: self.runtime(),
+            head, at: self.tickSlot.now(), record: &record, streamEnded: nil, peer: self.peer, services: self.services, runtime: self.runtime(),
             downstream: self, allocator: self.allocator
         )
         self.current = InFlight(
@@ -647,7 +647,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     private func arm(_ kind: TimerKind, after delay: TimeAmount, traffic: TrafficSettings) {
         guard self.context != nil else { return }
-        let now = NIODeadline.now()
+        let now = self.tickSlot.now()
         self.timerKind = kind
         self.timer.set(now + delay, now: now, horizon: Self.timerHorizon(traffic), timers: self.services.loop.timers, owner: self)
     }

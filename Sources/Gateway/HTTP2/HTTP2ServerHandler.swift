@@ -52,7 +52,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     private var goingAway = false
     private var closed = false
     private var insideSession = false
-    /// Reads the time for the idle and stall deadlines (a test clock in tests).
+    /// Reads the time for request starts and the idle and stall deadlines (a test clock in tests).
     let clock: () -> NIODeadline
     /// With no stream open, the connection goes away at this deadline.
     private var idleDeadline: NIODeadline?
@@ -91,11 +91,12 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
 
     func noteDrained(_ stream: HTTP2Stream) { self.drainedStreams.append(stream) }
 
-    init(services: ConnectionServices, settings: HTTP2Settings, clock: @escaping () -> NIODeadline = { .now() }) {
+    /// - Parameter clock: a test's clock; by default the loop's iteration stamp (`LoopSlot.now()`).
+    init(services: ConnectionServices, settings: HTTP2Settings, clock: (() -> NIODeadline)? = nil) {
         self.services = services
         self.settings = settings
         self.maxSpareStreams = min(settings.maxConcurrentStreams, 256)
-        self.clock = clock
+        self.clock = clock ?? { [tickSlot] in tickSlot.now() }
         self.emptyData = EmptyDataFrameGuard(limit: settings.maxEmptyFrames)
     }
 

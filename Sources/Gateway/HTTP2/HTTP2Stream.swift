@@ -191,7 +191,7 @@ final class HTTP2Stream: DownstreamResponder {
         let head = RequestHead(version: .http2, method: httpMethod, uri: path, headers: headers)
         var record: RequestRecord?
         let dispatch = RequestDispatch.start(
-            head, record: &record, streamEnded: endStream || extendedConnect, peer: connection.peer, services: connection.services,
+            head, at: connection.clock(), record: &record, streamEnded: endStream || extendedConnect, peer: connection.peer, services: connection.services,
             runtime: connection.runtime(), downstream: self, allocator: allocator
         )
         self.data.requestID = dispatch.requestID

@@ -26,6 +26,10 @@ final class EventLoopTicks: NIOEventLoopMetricsDelegate {
     /// each slot is thread-specific, so only its loop's thread ever reaches it.
     final class LoopSlot: @unchecked Sendable {
         private var ioStart: UInt64 = 0
+        /// Set by the first reported iteration: from then on the stamp is cleared after every
+        /// iteration, so it may stand for "now". A loop of a group made without `EventLoopTicks`
+        /// (tests, `EmbeddedEventLoop`) never clears it, and `now()` reads the clock instead.
+        private var clearedEachIteration = false
 
         /// Called by the first handlers to see bytes; only the first call of an iteration reads the clock.
         @inline(__always)
@@ -33,8 +37,22 @@ final class EventLoopTicks: NIOEventLoopMetricsDelegate {
             if self.ioStart == 0 { self.ioStart = NIODeadline.now().uptimeNanoseconds }
         }
 
+        /// "Now" for a request's bookkeeping (its start, timer deadlines, upstream timing): when
+        /// this iteration began handling I/O, one clock read shared by every request the
+        /// iteration handles (HAProxy's `now_ns`, taken once per poll) instead of one per use —
+        /// seven per HTTP/2 request, 1.1% of the B load's samples. At most one iteration old: a
+        /// deadline from it falls due that much early, a duration from it counts the iteration's
+        /// earlier work too. Call it on the slot's own loop.
+        @inline(__always)
+        func now() -> NIODeadline {
+            guard self.clearedEachIteration else { return .now() }
+            self.ioBegins()
+            return .uptimeNanoseconds(self.ioStart)
+        }
+
         /// The iteration's start (the I/O stamp, or the tasks' start without I/O), and a reset.
         fileprivate func iterationStart(tasksStart: NIODeadline) -> NIODeadline {
+            self.clearedEachIteration = true
             defer { self.ioStart = 0 }
             guard self.ioStart != 0 else { return tasksStart }
             return min(NIODeadline.uptimeNanoseconds(self.ioStart), tasksStart)

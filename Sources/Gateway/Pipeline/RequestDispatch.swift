@@ -31,6 +31,7 @@ struct RequestDispatch {
     ///     count).
     static func start(
         _ head: RequestHead,
+        at start: NIODeadline,
         record: inout RequestRecord?,
         streamEnded: Bool?,
         peer: PeerAddress,
@@ -40,7 +41,6 @@ struct RequestDispatch {
         allocator: ByteBufferAllocator
     ) -> RequestDispatch {
         let runtime = runtime ?? services.runtime
-        let start = NIODeadline.now()
         // The record is made once, with every field the pipeline decided: one made early and
         // edited was copied whole on its way out.
         let validated: RequestValidator.ValidatedHead

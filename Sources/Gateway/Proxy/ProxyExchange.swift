@@ -367,7 +367,7 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
         switch action {
         case .acceptSwitch(let connection):
             connection.clearDeadline()
-            self.recordUpstreamSeconds()
+            self.recordUpstreamSeconds(connection)
             self.acceptedSwitch = head.built
         case .refuseSwitch:
             self.upstreamStatus = status
@@ -383,7 +383,7 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
         case .forward(let connection):
             connection.clearDeadline()
             if status >= 500 { self.record5xx(connection.endpoint) } else { connection.endpoint.recordResponseOK() }
-            self.recordUpstreamSeconds()
+            self.recordUpstreamSeconds(connection)
             self.source = .upstream
             self.upstreamStatus = status
             connection.endpoint.stats.response(status: status, seconds: self.upstreamSeconds)
@@ -407,8 +407,10 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
         }
     }
 
-    private func recordUpstreamSeconds() {
-        if let start = self.upstreamStart { self.upstreamSeconds = Double((NIODeadline.now() - start).nanoseconds) / 1e9 }
+    /// Until the loop iteration that read the head began: the gateway's own work in that iteration is not the upstream's.
+    private func recordUpstreamSeconds(_ connection: UpstreamConnection) {
+        guard let start = self.upstreamStart else { return }
+        self.upstreamSeconds = Double(max(0, (connection.handler.tickSlot.now() - start).nanoseconds)) / 1e9
     }
 
     private func record5xx(_ endpoint: UpstreamEndpoint) {

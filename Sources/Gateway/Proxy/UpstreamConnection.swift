@@ -37,7 +37,7 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     private var readGate = ReadGate()
     /// This loop's iteration stamp (`gateway_event_loop_tick_seconds`); made on the loop that runs
     /// the handler.
-    private let tickSlot = EventLoopTicks.currentSlot()
+    let tickSlot = EventLoopTicks.currentSlot()
     private var context: ChannelHandlerContext?
     private var framing = KeptHeadFraming()
     private var parser = UpstreamResponseParser()
@@ -262,7 +262,7 @@ final class UpstreamConnection: DeadlineTimerOwner, @unchecked Sendable {
     func clearDeadline() { self.timer.clear() }
 
     private func arm(_ kind: TimerKind, after delay: TimeAmount, timeouts: UpstreamTimeouts) {
-        let now = NIODeadline.now()
+        let now = self.handler.tickSlot.now()
         self.timerKind = kind
         self.horizon = min(timeouts.idle, timeouts.response)
         self.timer.set(now + delay, now: now, horizon: self.horizon, timers: self.timers, owner: self)
