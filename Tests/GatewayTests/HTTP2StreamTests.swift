@@ -22,7 +22,8 @@ struct HTTP2StreamTests {
         var upstream: EmbeddedChannel?
         let handler: HTTP2ServerHandler
 
-        init(settings: HTTP2Settings = HTTP2Settings()) throws {
+        /// - Parameter clock: the handler's clock; by default the loop's.
+        init(settings: HTTP2Settings = HTTP2Settings(), clock: ((EmbeddedEventLoop) -> NIODeadline)? = nil) throws {
             let config = try ConfigFixture().parse(minimalYAML + """
                 timeouts: { idle: 10s }
                 upstreams:
@@ -37,7 +38,7 @@ struct HTTP2StreamTests {
             )
             self.channel = EmbeddedChannel(loop: self.loop)
             let loop = self.loop
-            self.handler = HTTP2ServerHandler(services: self.services, settings: settings, clock: { loop.now })
+            self.handler = HTTP2ServerHandler(services: self.services, settings: settings, clock: { clock?(loop) ?? loop.now })
             try self.channel.pipeline.syncOperations.addHandler(self.handler)
             try self.channel.connect(to: SocketAddress(ipAddress: "203.0.113.7", port: 40000)).wait()
             // Preface, empty SETTINGS, and the ACK of the gateway's SETTINGS (its 256 KiB stream
@@ -280,6 +281,20 @@ struct HTTP2StreamTests {
         #expect(h.output().contains { $0.type == 7 && $0.errorCode == 0 })
         h.loop.run()
         #expect(!h.channel.isActive)
+    }
+
+    /// The handler's clock is the loop iteration's stamp, which may predate the moment its check
+    /// timer fires: the check must still treat its own deadline as reached (re-arming for the time
+    /// left would fire again at once, in the same iteration, forever).
+    @Test func aCheckFiringAtItsDeadlineActsOnItWhenTheClockReadsEarlier() throws {
+        final class Stamp { var value: NIODeadline? }
+        let stamp = Stamp()
+        let h = try Harness(clock: { loop in stamp.value ?? loop.now })
+        // Idle from now: the check is due in timeouts.idle (10 s). The iteration that runs it
+        // stamped its start half a second before that.
+        stamp.value = h.loop.now + .milliseconds(9_500)
+        h.advance(.seconds(11))
+        #expect(h.output().contains { $0.type == 7 && $0.errorCode == 0 }, "no GOAWAY once timeouts.idle passed")
     }
 
     // Empty DATA frames on a stream nghttp2 already closed are dropped before any callback, so

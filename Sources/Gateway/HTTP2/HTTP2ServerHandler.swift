@@ -456,10 +456,14 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     /// Goes away when idle, answers streams whose body stalled, and, when every open stream
     /// stalled, sends the client away too: such a connection is being held, not used.
     private func runChecks() {
+        let due = self.checkAt
         self.checkAt = nil
         self.checkTimer = nil
         guard !self.closed, self.session != nil else { return }
-        let now = self.clock()
+        // The timer fires at or after `due`, but the iteration's stamp (`clock`) may predate it:
+        // a check that found its own deadline not yet reached would re-arm for the few
+        // nanoseconds left, fire again in the same iteration, and never let the iteration end.
+        let now = max(self.clock(), due ?? .uptimeNanoseconds(0))
         if let closeBy = self.closeDeadline, closeBy <= now {
             self.close()
             return
