@@ -16,9 +16,8 @@ final class EventLoopTicks: NIOEventLoopMetricsDelegate {
     static let buckets: [Double] = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1]
     private static let bucketNanoseconds: [Int64] = buckets.map { Int64($0 * 1e9) }
 
-    /// One atomic per bucket, the last for +Inf (`Atomic` cannot live in an array by itself).
-    private final class Count: Sendable { let value = Atomic<UInt64>(0) }
-    private let counts: [Count] = (0...EventLoopTicks.buckets.count).map { _ in Count() }
+    /// One cell per bucket, the last for +Inf.
+    private let counts = AtomicCells(count: EventLoopTicks.buckets.count + 1)
     private let sumNanoseconds = Atomic<UInt64>(0)
     private let tasks = Atomic<UInt64>(0)
 
@@ -74,7 +73,7 @@ final class EventLoopTicks: NIOEventLoopMetricsDelegate {
         let busy = max(0, (info.endTime - start).nanoseconds)
         var index = 0
         while index < Self.bucketNanoseconds.count, busy > Self.bucketNanoseconds[index] { index += 1 }
-        self.counts[index].value.add(1, ordering: .relaxed)
+        self.counts.add(1, at: index)
         self.sumNanoseconds.add(UInt64(busy), ordering: .relaxed)
         self.tasks.add(UInt64(info.numberOfTasks), ordering: .relaxed)
     }
@@ -82,7 +81,7 @@ final class EventLoopTicks: NIOEventLoopMetricsDelegate {
     /// Cumulative bucket counts (the last is +Inf), the sum in seconds, and tasks run.
     func snapshot() -> (cumulative: [UInt64], sumSeconds: Double, tasks: UInt64) {
         var running: UInt64 = 0
-        let cumulative = self.counts.map { running += $0.value.load(ordering: .relaxed); return running }
+        let cumulative = (0...Self.buckets.count).map { running += self.counts.load($0); return running }
         return (cumulative, Double(self.sumNanoseconds.load(ordering: .relaxed)) / 1e9, self.tasks.load(ordering: .relaxed))
     }
 

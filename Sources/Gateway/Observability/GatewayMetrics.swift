@@ -7,29 +7,53 @@ let latencyBuckets: [Double] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15,
 ]
 
+/// A fixed number of 64-bit cells that any thread changes without a lock, with relaxed ordering
+/// (counts read at scrape time need no more). A cell per object because `Atomic` cannot be an
+/// array's element, and `InlineArray` needs macOS 26 where the package supports 15.
+struct AtomicCells: Sendable {
+    private final class Cell: Sendable {
+        let value = Atomic<UInt64>(0)
+    }
+
+    private let cells: [Cell]
+
+    init(count: Int) { self.cells = (0..<count).map { _ in Cell() } }
+
+    @inline(__always)
+    func add(_ amount: UInt64, at index: Int) { self.cells[index].value.add(amount, ordering: .relaxed) }
+
+    @inline(__always)
+    func load(_ index: Int) -> UInt64 { self.cells[index].value.load(ordering: .relaxed) }
+
+    /// Sets the cell to `desired` if it holds `expected`; returns what it held.
+    @inline(__always)
+    func compareExchange(at index: Int, expected: UInt64, desired: UInt64) -> UInt64 {
+        self.cells[index].value.compareExchange(expected: expected, desired: desired, ordering: .relaxed).original
+    }
+}
+
 /// A Prometheus histogram with fixed buckets whose observations are relaxed atomic adds: the
 /// request path records into it with no lock, from any event loop. A scrape reads each cell once;
 /// the count is the sum of the cells it read, so `+Inf` and `_count` always agree, and `_sum` may
 /// be one in-flight observation ahead or behind, as Prometheus clients allow.
 final class LatencyHistogram: Sendable {
-    /// Upper bounds in seconds (`le`), at most `maxBuckets`.
+    /// Upper bounds in seconds (`le`).
     let buckets: [Double]
-    static let maxBuckets = 23
     /// One cell per bucket and one for observations above the last bound.
-    private let cells: InlineArray<24, Atomic<UInt64>> = InlineArray { _ in Atomic(0) }
+    private let cells: AtomicCells
     /// Nanoseconds: an integer sum can be added atomically, a `Double` cannot.
     private let nanoseconds = Atomic<UInt64>(0)
 
     init(buckets: [Double] = latencyBuckets) {
-        precondition(buckets.count <= Self.maxBuckets, "a histogram holds at most \(Self.maxBuckets) buckets")
         self.buckets = buckets
+        self.cells = AtomicCells(count: buckets.count + 1)
     }
 
     func observe(seconds: Double) {
         // A plain loop: `firstIndex(where:)` costs a closure and, unspecialized, allocations.
         var index = 0
         while index < self.buckets.count, seconds > self.buckets[index] { index += 1 }
-        self.cells[index].add(1, ordering: .relaxed)
+        self.cells.add(1, at: index)
         if seconds > 0 { self.nanoseconds.add(UInt64(min(seconds, 1e9) * 1e9), ordering: .relaxed) }
     }
 
@@ -39,10 +63,10 @@ final class LatencyHistogram: Sendable {
         var cumulative: [UInt64] = []
         cumulative.reserveCapacity(self.buckets.count)
         for index in self.buckets.indices {
-            running += self.cells[index].load(ordering: .relaxed)
+            running += self.cells.load(index)
             cumulative.append(running)
         }
-        let count = running + self.cells[self.buckets.count].load(ordering: .relaxed)
+        let count = running + self.cells.load(self.buckets.count)
         return (cumulative, Double(self.nanoseconds.load(ordering: .relaxed)) / 1e9, count)
     }
 }
@@ -191,8 +215,8 @@ final class RouteSeries: Sendable {
     /// compare-exchange of their key, so counting takes no lock; a key beyond the table's slots
     /// (a route answering more label combinations than it has) is counted in a locked dictionary.
     private static let slotCount = 64
-    private let keys: InlineArray<64, Atomic<UInt64>> = InlineArray { _ in Atomic(0) }
-    private let counts: InlineArray<64, Atomic<UInt64>> = InlineArray { _ in Atomic(0) }
+    private let keys = AtomicCells(count: RouteSeries.slotCount)
+    private let counts = AtomicCells(count: RouteSeries.slotCount)
     private let overflow = Mutex<[UInt64: UInt64]>([:])
     let durations = LatencyHistogram()
     /// Shown once a request of the route reached an upstream.
@@ -205,17 +229,18 @@ final class RouteSeries: Sendable {
     }
 
     private func count(_ key: UInt64) {
-        // Fibonacci hashing spreads the few bits that differ (status, source) over the slots.
+        // Fibonacci hashing spreads the few bits that differ (status, source) over the slots (the
+        // top 6 bits: 64 slots).
         var slot = Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> 58)
         for _ in 0..<Self.slotCount {
-            var held = self.keys[slot].load(ordering: .relaxed)
+            var held = self.keys.load(slot)
             if held == 0 {
                 // Claim the empty slot, or find that another request just claimed it (maybe for this key).
-                held = self.keys[slot].compareExchange(expected: 0, desired: key, ordering: .relaxed).original
+                held = self.keys.compareExchange(at: slot, expected: 0, desired: key)
                 if held == 0 { held = key }
             }
             if held == key {
-                self.counts[slot].add(1, ordering: .relaxed)
+                self.counts.add(1, at: slot)
                 return
             }
             slot = (slot + 1) & (Self.slotCount - 1)
@@ -227,8 +252,8 @@ final class RouteSeries: Sendable {
     func countSnapshot() -> [(CountKey, Int)] {
         var rows: [UInt64: UInt64] = self.overflow.withLock { $0 }
         for slot in 0..<Self.slotCount {
-            let key = self.keys[slot].load(ordering: .relaxed)
-            let count = self.counts[slot].load(ordering: .relaxed)
+            let key = self.keys.load(slot)
+            let count = self.counts.load(slot)
             if key != 0 && count > 0 { rows[key, default: 0] += count }
         }
         return rows.compactMap { key, count in CountKey(packed: key).map { ($0, Int(count)) } }
@@ -419,9 +444,8 @@ final class EndpointStats: Sendable {
     }
 
     // Atomic adds from any event loop: recording a response takes no lock.
-    private let responses: InlineArray<5, Atomic<UInt64>> = InlineArray { _ in Atomic(0) }
-    /// One per `ErrorKind` case.
-    private let errors: InlineArray<5, Atomic<UInt64>> = InlineArray { _ in Atomic(0) }
+    private let responses = AtomicCells(count: 5)
+    private let errors = AtomicCells(count: ErrorKind.allCases.count)
     private let durations = LatencyHistogram()
     /// Requests waiting on any event loop for a connection slot (`max_connections` reached).
     let waiting = Atomic<Int>(0)
@@ -429,18 +453,18 @@ final class EndpointStats: Sendable {
     init() {}
 
     func response(status: Int, seconds: Double?) {
-        self.responses[min(max(status / 100 - 1, 0), 4)].add(1, ordering: .relaxed)
+        self.responses.add(1, at: min(max(status / 100 - 1, 0), 4))
         if let seconds { self.durations.observe(seconds: seconds) }
     }
 
     func error(_ kind: ErrorKind) {
-        self.errors[kind.rawValue].add(1, ordering: .relaxed)
+        self.errors.add(1, at: kind.rawValue)
     }
 
     func snapshot() -> Counts {
         Counts(
-            responses: (0..<5).map { self.responses[$0].load(ordering: .relaxed) },
-            errors: ErrorKind.allCases.map { self.errors[$0.rawValue].load(ordering: .relaxed) },
+            responses: (0..<5).map { self.responses.load($0) },
+            errors: ErrorKind.allCases.map { self.errors.load($0.rawValue) },
             durations: self.durations
         )
     }
