@@ -645,9 +645,10 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.arm(.idle, after: traffic.idleTimeout, traffic: traffic)
     }
 
-    private func arm(_ kind: TimerKind, after delay: TimeAmount, traffic: TrafficSettings) {
+    /// - Parameter now: the iteration's stamp unless the caller read the clock itself.
+    private func arm(_ kind: TimerKind, after delay: TimeAmount, traffic: TrafficSettings, now: NIODeadline? = nil) {
         guard self.context != nil else { return }
-        let now = self.tickSlot.now()
+        let now = now ?? self.tickSlot.now()
         self.timerKind = kind
         self.timer.set(now + delay, now: now, horizon: Self.timerHorizon(traffic), timers: self.services.loop.timers, owner: self)
     }
@@ -675,10 +676,13 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     private func bodyStallCheck(traffic: TrafficSettings) {
         guard self.current != nil, let request = self.state.request, request.bodyOutstanding else { return }
         let idle = traffic.idleTimeout
-        let silent = NIODeadline.now() - self.lastRead
+        // The clock, not the iteration's stamp: the time left is counted from the same reading
+        // as the silence, or a re-check would fall due in the past and run again at once.
+        let now = NIODeadline.now()
+        let silent = now - self.lastRead
         let paused = self.state.bodyPaused
         if paused || silent < idle {
-            self.arm(.bodyStall, after: paused ? idle : idle - silent, traffic: traffic)
+            self.arm(.bodyStall, after: paused ? idle : idle - silent, traffic: traffic, now: now)
             return
         }
         self.current!.exchange?.cancel()
