@@ -434,7 +434,7 @@ final class EndpointStats: Sendable {
         }
     }
 
-    /// What a scrape read.
+    /// What a scrape reads: the counters as they were, the histogram itself (read as it renders).
     struct Counts {
         /// Responses by status class, index 0 for 1xx … 4 for 5xx.
         var responses: [UInt64]

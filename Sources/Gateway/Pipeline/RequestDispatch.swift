@@ -75,15 +75,15 @@ struct RequestDispatch {
             method: head.method, target: head.uri, host: host, headers: head.headers, peer: peer,
             listener: services.listener, runtime: runtime, allocator: allocator
         )
-        let routeName = decision.routeName ?? "-", series = decision.routeSeries, clientIP = decision.client.ip, additions = decision.responseAdditions
+        let route = decision.route, clientIP = decision.client.ip, additions = decision.responseAdditions
         let routed = Self.route(decision, head: head, framing: framing, host: host, requestID: requestID, trace: trace,
                                 expectsContinue: head.version == .http1_1 && validated.expectsContinue,
                                 runtime: runtime, services: services, downstream: downstream, allocator: allocator)
         record = RequestRecord(
-            start: start, head: head, requestID: requestID, trace: trace, host: host, route: routeName, clientIP: clientIP,
+            start: start, head: head, requestID: requestID, trace: trace, host: host, route: route?.name ?? "-", clientIP: clientIP,
             jwtRejection: routed.jwtRejection, subject: routed.subject
         )
-        record?.series = series
+        record?.series = route?.series
         return RequestDispatch(outcome: routed.outcome, requestID: requestID, responseAdditions: additions, hasBody: routed.hasBody)
     }
 

@@ -22,18 +22,15 @@ struct PipelineDecision: ~Copyable {
     var responseAdditions: ResponseAdditions
     /// Who the client is (TCP peer, or what a trusted proxy says).
     var client: ClientIdentity
-    /// The matched route's name, for metrics and logs (nil: no route).
-    var routeName: String? = nil
-    /// The matched route's metrics, resolved when its config loaded.
-    var routeSeries: RouteSeries? = nil
+    /// The matched route (nil: none), whose name and series the request is logged and counted under.
+    var route: Route?
 
     @inline(__always)
     init(_ action: consuming Action, _ responseAdditions: ResponseAdditions = .none, client: ClientIdentity, route: Route? = nil) {
         self.action = action
         self.responseAdditions = responseAdditions
         self.client = client
-        self.routeName = route?.name
-        self.routeSeries = route?.series
+        self.route = route
     }
 }
 
