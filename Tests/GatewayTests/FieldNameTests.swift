@@ -12,6 +12,14 @@ struct FieldNameTests {
         "proxy-connectio", "keep-alive2", "upgrade", "Upgrade", "expect", "accept", "", "\u{e9}xpect", "[onnection",
     ]
 
+    @Test("tchar is exactly RFC 9110's list, for every byte")
+    func tokenBytes() {
+        let listed = Set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
+        for byte in 0...255 {
+            #expect(isHTTPTokenByte(UInt8(byte)) == listed.contains(UInt8(byte)), "byte \(byte)")
+        }
+    }
+
     @Test("Case-insensitive equality matches lowercased()")
     func equality() {
         for name in Self.names {

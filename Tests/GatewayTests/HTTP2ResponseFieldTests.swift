@@ -45,6 +45,22 @@ struct HTTP2ResponseFieldTests {
         #expect(Self.copied(name, value) == nil)
     }
 
+    /// An upstream head's names skip the checks (the strict grammar made them tokens, the rewrite
+    /// dropped connection-specific ones) but must come out exactly as the checked copy makes them.
+    @Test func checkedLinesAreLoweredAsTheCheckedCopyLowersThem() {
+        let tokenBytes = (0...255).map(UInt8.init).filter(isHTTPTokenByte)
+        let names = tokenBytes.map { "X-" + String(decoding: [$0], as: UTF8.self) } + ["Content-Type", "SERVER", "date", "X-Z_a~9"]
+        let scratch = UnsafeMutablePointer<UInt8>.allocate(capacity: 64)
+        let checked = UnsafeMutablePointer<UInt8>.allocate(capacity: 64)
+        defer { scratch.deallocate(); checked.deallocate() }
+        for name in names {
+            let count = name.withUTF8Bytes { HTTP2ResponseField.copyLowercased($0, to: scratch) }
+            let expected = HTTP2ResponseField.copyName(name, to: checked)
+            #expect(expected == count, "\(name)")
+            #expect(Array(UnsafeBufferPointer(start: scratch, count: count)) == Array(UnsafeBufferPointer(start: checked, count: count)), "\(name)")
+        }
+    }
+
     /// Decodes HEADERS payloads as a client does, with one dynamic table for the connection.
     final class HeaderDecoder {
         private var inflater: OpaquePointer?

@@ -8,6 +8,23 @@ import Testing
 
 @Suite("Response source (why a response happened)")
 struct ResponseSourceTests {
+    /// Errors share their fields until one is edited: editing a copy (the exchange stamps its
+    /// trace, a reset becomes `upstream_reset`, a 429 gains its fields) never changes the shared
+    /// static error or another copy.
+    @Test func editingAnErrorLeavesItsCopiesAlone() {
+        var edited = GatewayError.upstreamUnavailable
+        edited.sourceOverride = .upstreamReset
+        edited.headers.append(("retry-after", "1"))
+        edited.message = "changed"
+        #expect(GatewayError.upstreamUnavailable.sourceOverride == nil)
+        #expect(GatewayError.upstreamUnavailable.headers.isEmpty)
+        #expect(GatewayError.upstreamUnavailable.message != "changed")
+        #expect(edited.source == .upstreamReset && edited.headers.count == 1 && edited.message == "changed")
+        let copy = edited
+        edited.closesConnection = true
+        #expect(!copy.closesConnection && edited.closesConnection)
+    }
+
     @Test func everyGatewayErrorNamesItsSource() {
         let expected: [(GatewayError, String)] = [
             (.notFound, "gateway:no_route"),

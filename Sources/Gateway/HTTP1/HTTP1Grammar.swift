@@ -136,21 +136,17 @@ enum HTTP1Grammar {
     /// colon, no control bytes, no obs-fold). The value keeps its trailing whitespace, as llhttp
     /// gives it; `trimmedEnd` is where the value ends without it.
     static func fieldSplit(_ line: UnsafeRawBufferPointer) -> (name: Range<Int>, value: Range<Int>, trimmedEnd: Int)? {
-        guard let colon = byteIndex(of: UInt8(ascii: ":"), in: line, from: 0, to: line.count), colon > 0 else { return nil }
-        var index = 0
-        while index < colon {
-            guard isHTTPTokenByte(line[index]) else { return nil }
-            index += 1
-        }
+        // The name is the run of token bytes; the byte after it must be the colon.
+        var colon = 0
+        while colon < line.count, isHTTPTokenByte(line[colon]) { colon += 1 }
+        guard colon > 0, colon < line.count, line[colon] == UInt8(ascii: ":") else { return nil }
         var start = colon + 1
         while start < line.count, line[start] == UInt8(ascii: " ") || line[start] == UInt8(ascii: "\t") { start += 1 }
         var trimmedEnd = line.count
         while trimmedEnd > start, line[trimmedEnd - 1] == UInt8(ascii: " ") || line[trimmedEnd - 1] == UInt8(ascii: "\t") { trimmedEnd -= 1 }
-        index = start
-        while index < trimmedEnd {
-            guard isFieldValueByte(line[index]) else { return nil }
-            index += 1
-        }
+        // Eight bytes at a time: values are most of a head's bytes.
+        let value = UnsafeRawBufferPointer(rebasing: line[start..<trimmedEnd]).assumingMemoryBound(to: UInt8.self)
+        guard RequestValidator.isFieldValue(bytes: value) else { return nil }
         return (0..<colon, start..<line.count, trimmedEnd)
     }
 

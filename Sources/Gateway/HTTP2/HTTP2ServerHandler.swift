@@ -669,6 +669,10 @@ private struct HeaderScratch: HeadFieldSink {
     /// The field bytes of the heads submitted since the session last sent everything.
     private var retained: UnsafeMutablePointer<UInt8>?
     private var retainedUsed = 0
+    /// The fields being copied are an upstream head's lines, which the strict grammar checked
+    /// (`HTTP1Grammar.readFields`: token names, field-vchar values) and the rewrite filtered
+    /// (connection-specific names dropped, values trimmed): copied without checking them again.
+    private var copyingCheckedLines = false
     /// Ten proxied heads (~200–400 bytes each), a tick's worth on a busy connection; kept for the
     /// connection's life, so small: heads beyond it are copied by nghttp2 as before.
     static let retainedCapacity = 4 * 1024
@@ -693,6 +697,8 @@ private struct HeaderScratch: HeadFieldSink {
         let additions = forwarded.additions
         // Every field the rewrite may add: the request id, `Vary`, HSTS, `Transfer-Encoding`.
         let fields = forwarded.upstream.fields.fieldCount + additions.headers.count + additions.extraHeaders.count + 4
+        self.copyingCheckedLines = forwarded.upstream.fields.lines != nil
+        defer { self.copyingCheckedLines = false }
         _ = HeaderRewriter.inOneOrTwoPasses(forwarded.upstream.fields) { named in
             self.begin(status: Int(forwarded.upstream.status.code), fields: fields)
             return HeaderRewriter.rewriteResponseFields(
@@ -720,21 +726,35 @@ private struct HeaderScratch: HeadFieldSink {
 
     /// One field from a head's bytes, dropped if it may not go out over HTTP/2 (`HTTP2ResponseField`).
     mutating func add(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
+        self.add(name: name, value: value, checked: self.copyingCheckedLines)
+    }
+
+    /// A field the gateway made (or a decoded head's): always checked.
+    mutating func add(name: String, value: String) {
+        name.withUTF8Bytes { name in value.withUTF8Bytes { self.add(name: name, value: $0, checked: false) } }
+    }
+
+    private mutating func add(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>, checked: Bool) {
         // A field is copied at most as long as it came; its value right after its name.
         self.reserveBytes(self.used + name.count + value.count, keeping: self.used)
         if self.count == self.fieldCapacity { self.reserveFields(self.count * 2, keeping: self.count) }
         let start = self.bytes! + self.used
-        guard let nameLength = HTTP2ResponseField.copyName(name, to: start),
-            let valueLength = HTTP2ResponseField.copyValue(value, to: start + nameLength)
-        else { return }
+        let nameLength: Int, valueLength: Int
+        if checked {
+            nameLength = HTTP2ResponseField.copyLowercased(name, to: start)
+            valueLength = value.count
+            if valueLength > 0 { (start + nameLength).update(from: value.baseAddress!, count: valueLength) }
+        } else {
+            guard let name = HTTP2ResponseField.copyName(name, to: start),
+                let value = HTTP2ResponseField.copyValue(value, to: start + name)
+            else { return }
+            nameLength = name
+            valueLength = value
+        }
         self.fields![self.count].namelen = nameLength
         self.fields![self.count].valuelen = valueLength
         self.used += nameLength + valueLength
         self.count += 1
-    }
-
-    mutating func add(name: String, value: String) {
-        name.withUTF8Bytes { name in value.withUTF8Bytes { self.add(name: name, value: $0) } }
     }
 
     private mutating func submit(retain: Bool, _ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void) {

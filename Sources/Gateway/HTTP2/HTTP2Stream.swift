@@ -38,8 +38,9 @@ final class HTTP2Stream: DownstreamResponder {
         var hasBody = false
         /// When more request body must have arrived; nil once the request is complete.
         var bodyDueBy: NIODeadline?
-        /// `timeouts.idle` of the snapshot the stream started with (read once, not per DATA frame).
-        let idleTimeout: TimeAmount
+        /// `timeouts.idle` of the snapshot the request head was dispatched with (read once, not per
+        /// DATA frame); set before any body is expected.
+        var idleTimeout = TimeAmount.zero
         var bodyBytes = 0
         var exchange: ProxyExchange?
         var isHEAD = false
@@ -53,8 +54,6 @@ final class HTTP2Stream: DownstreamResponder {
 
         var responseQueue = ResponseBytes()
         var state = StateMachine()
-
-        init(idleTimeout: TimeAmount) { self.idleTimeout = idleTimeout }
     }
 
     var headComplete: Bool { self.data.state.headComplete }
@@ -65,7 +64,7 @@ final class HTTP2Stream: DownstreamResponder {
     init(id: Int32, connection: HTTP2ServerHandler) {
         self.id = id
         self.connection = connection
-        self.data = StreamData(idleTimeout: connection.runtime().traffic.idleTimeout)
+        self.data = StreamData()
     }
 
     /// Whether the connection may keep this object for a later stream once it is closed: not
@@ -80,7 +79,7 @@ final class HTTP2Stream: DownstreamResponder {
         // The field lines' storage is kept: cleared in place once the last request's head (held
         // by its exchange) has let go of it, so a reused stream allocates nothing for its fields.
         var lines = self.data.fieldLines
-        self.data = StreamData(idleTimeout: self.connection.runtime().traffic.idleTimeout)
+        self.data = StreamData()
         lines.clear()
         self.data.fieldLines = lines
     }
@@ -98,15 +97,14 @@ final class HTTP2Stream: DownstreamResponder {
         if self.data.headersTooLarge { return }
         if name.count > 0 && name[0] == UInt8(ascii: ":") {
             // Names are told apart by their bytes: only what is kept becomes a `String`.
-            let valueString = String(decoding: value, as: UTF8.self)
             if bytesEqual(name, ":method") {
-                self.data.method = valueString
+                self.data.method = String(decoding: value, as: UTF8.self)
             } else if bytesEqual(name, ":path") {
-                self.data.path = valueString
+                self.data.path = String(decoding: value, as: UTF8.self)
             } else if bytesEqual(name, ":authority") {
-                self.data.authority = valueString
+                self.data.authority = String(decoding: value, as: UTF8.self)
             } else if bytesEqual(name, ":protocol") {
-                self.data.connectProtocol = valueString
+                self.data.connectProtocol = String(decoding: value, as: UTF8.self)
             } else if !bytesEqual(name, ":scheme") {
                 self.data.invalidHeader = true
             }
@@ -160,6 +158,8 @@ final class HTTP2Stream: DownstreamResponder {
     func headersComplete(endStream: Bool) {
         // Read once: each access to an `unowned` reference is a checked retain and a release.
         let connection = self.connection
+        let runtime = connection.runtime()
+        self.data.idleTimeout = runtime.traffic.idleTimeout
         let method = self.data.method, path = self.data.path
         if self.data.state.headersComplete(endStream: endStream) { self.expectBody() }
         let allocator = connection.allocator
@@ -189,15 +189,15 @@ final class HTTP2Stream: DownstreamResponder {
         let extendedConnect = httpMethod == .CONNECT && self.data.connectProtocol == "websocket"
         if extendedConnect { WebSocketHandshake.addHTTP1Fields(to: &headers, method: &httpMethod) }
         let head = RequestHead(version: .http2, method: httpMethod, uri: path, headers: headers)
-        var record: RequestRecord?
+        // The record is made where it stays: one made beside and moved in was copied whole
+        // (300-odd bytes) three times on its way.
         let dispatch = RequestDispatch.start(
-            head, at: connection.clock(), record: &record, streamEnded: endStream || extendedConnect, peer: connection.peer, services: connection.services,
-            runtime: connection.runtime(), downstream: self, allocator: allocator
+            head, at: connection.clock(), record: &self.data.record, streamEnded: endStream || extendedConnect, peer: connection.peer,
+            services: connection.services, runtime: runtime, downstream: self, allocator: allocator
         )
         self.data.requestID = dispatch.requestID
         self.data.responseAdditions = dispatch.responseAdditions
         self.data.hasBody = dispatch.hasBody
-        self.data.record = record.take()
         // Logged as the client sent it, not as the HTTP/1.1 handshake it was relayed as.
         if extendedConnect { self.data.record?.method = .CONNECT }
         switch dispatch.outcome {
@@ -315,11 +315,13 @@ final class HTTP2Stream: DownstreamResponder {
             self.data.exchange = nil
             exchange.cancel()
         }
-        // Moved out, not copied: the stream is done with it (every field is a reference to count).
-        if var record = self.data.record.take() {
-            record.settle(responseComplete: self.data.state.responseDelivered(responseBytesQueued: !self.data.responseQueue.isEmpty), exchange: nil)
+        // Settled and logged where it is, then dropped.
+        if self.data.record != nil {
+            let responseComplete = self.data.state.responseDelivered(responseBytesQueued: !self.data.responseQueue.isEmpty)
+            self.data.record!.settle(responseComplete: responseComplete, exchange: nil)
             let services = self.connection.services  // one checked load of the `unowned` connection, not two
-            services.observability.finished(record, tlsVersion: services.tlsVersion)
+            services.observability.finished(self.data.record!, tlsVersion: services.tlsVersion)
+            self.data.record = nil
         }
         self.data.responseQueue.removeAll()
     }

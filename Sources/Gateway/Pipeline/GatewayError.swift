@@ -14,22 +14,105 @@ struct LocalResponse {
 
 /// An error the gateway answers itself. Knows its HTTP status and its stable JSON `code` (SPEC
 /// "What a client gets"); the message is for humans and never echoes request data such as tokens.
+///
+/// One reference wide: the fields live in a shared box (copied on write). Every request's
+/// validation result, pipeline decision and proxy plan has room for an error, and with ~130 bytes
+/// of fields inline each of them was copied that much larger on every request that had none.
 struct GatewayError: Error, Equatable, CustomStringConvertible {
-    var status: HTTPResponseStatus
-    var code: String
-    var message: String
+    private final class Fields: @unchecked Sendable {
+        // Mutated only through `GatewayError`'s setters, on a box no other value holds.
+        var status: HTTPResponseStatus
+        var code: String
+        var message: String
+        var headers: [(String, String)]
+        var closesConnection: Bool
+        var rejectionReason: String?
+        var sourceOverride: ResponseSource?
+        var trace: TraceContext?
+
+        init(
+            status: HTTPResponseStatus, code: String, message: String, headers: [(String, String)], closesConnection: Bool,
+            rejectionReason: String?, sourceOverride: ResponseSource?, trace: TraceContext?
+        ) {
+            self.status = status
+            self.code = code
+            self.message = message
+            self.headers = headers
+            self.closesConnection = closesConnection
+            self.rejectionReason = rejectionReason
+            self.sourceOverride = sourceOverride
+            self.trace = trace
+        }
+
+        func copy() -> Fields {
+            Fields(
+                status: self.status, code: self.code, message: self.message, headers: self.headers,
+                closesConnection: self.closesConnection, rejectionReason: self.rejectionReason,
+                sourceOverride: self.sourceOverride, trace: self.trace
+            )
+        }
+    }
+
+    private var fields: Fields
+
+    init(
+        status: HTTPResponseStatus, code: String, message: String, headers: [(String, String)] = [],
+        closesConnection: Bool = false, rejectionReason: String? = nil, sourceOverride: ResponseSource? = nil,
+        trace: TraceContext? = nil
+    ) {
+        self.fields = Fields(
+            status: status, code: code, message: message, headers: headers, closesConnection: closesConnection,
+            rejectionReason: rejectionReason, sourceOverride: sourceOverride, trace: trace
+        )
+    }
+
+    /// The box, unshared first: a value edited never changes another that was copied from it.
+    private var unique: Fields {
+        mutating get {
+            if !isKnownUniquelyReferenced(&self.fields) { self.fields = self.fields.copy() }
+            return self.fields
+        }
+    }
+
+    var status: HTTPResponseStatus {
+        get { self.fields.status }
+        set { self.unique.status = newValue }
+    }
+    var code: String {
+        get { self.fields.code }
+        set { self.unique.code = newValue }
+    }
+    var message: String {
+        get { self.fields.message }
+        set { self.unique.message = newValue }
+    }
     /// Extra response headers (`Allow` for 405, `Retry-After` for 429/503 …).
-    var headers: [(String, String)] = []
+    var headers: [(String, String)] {
+        get { self.fields.headers }
+        set { self.unique.headers = newValue }
+    }
     /// Whether the client connection must be closed after the response (framing is no longer trusted).
-    var closesConnection = false
+    var closesConnection: Bool {
+        get { self.fields.closesConnection }
+        set { self.unique.closesConnection = newValue }
+    }
     /// For `gateway_jwt_rejections_total{reason}`: why a bearer token was refused.
-    var rejectionReason: String? = nil
+    var rejectionReason: String? {
+        get { self.fields.rejectionReason }
+        set { self.unique.rejectionReason = newValue }
+    }
     /// Set where the error's `code` alone does not tell why (an upstream reset is
     /// `upstream_unavailable` like a refused connect); nil: `ResponseSource(errorCode:)`.
-    var sourceOverride: ResponseSource? = nil
+    var sourceOverride: ResponseSource? {
+        get { self.fields.sourceOverride }
+        set { self.unique.sourceOverride = newValue }
+    }
     /// The request's trace, for the body's `trace_id`, when whoever answers does not pass one
     /// (`ProxyExchange` sets it on the errors it hands its responder).
-    var trace: TraceContext? = nil
+    var trace: TraceContext? {
+        get { self.fields.trace }
+        set { self.unique.trace = newValue }
+    }
 
     var source: ResponseSource {
         self.sourceOverride ?? ResponseSource(errorCode: self.code, status: Int(self.status.code))
