@@ -70,7 +70,7 @@ public enum GatewayBuilder {
                 },
                 realtime: route.realtime, identity: route.identity,
                 cache: route.cache.map { ResponseCache(config: $0, route: route.name, metrics: metrics, redis: config.redis, group: group, stores: status.responseCacheStores) },
-                series: metrics?.routeSeries(route.name)
+                series: metrics?.routeSeries(route.name), cluster: clusters[route.upstream]
             )
         }
         var traffic = TrafficSettings(

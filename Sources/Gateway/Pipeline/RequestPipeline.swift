@@ -94,13 +94,15 @@ enum RequestPipeline {
         // A preflight is routed by the method it asks about: `OPTIONS` itself is rarely routed,
         // and the answer must follow the policy of the route the real request will take.
         let preflightMethod = CORSPolicy.preflightMethod(method: method, headers: headers)
-        var lookup = runtime.routes.match(
-            host: host, path: path,
-            method: preflightMethod.flatMap { isHTTPToken($0) ? $0 : nil } ?? method.rawValue, headers: headers
-        )
+        var lookup: RouteLookup
+        if let asked = preflightMethod, isHTTPToken(asked) {
+            lookup = runtime.routes.match(host: host, path: path, method: asked, headers: headers)
+        } else {
+            lookup = runtime.routes.match(host: host, path: path, method: method, headers: headers)
+        }
         if preflightMethod != nil, case .matched(let route) = lookup, route.cors == nil {
             // No CORS on that route: the OPTIONS is an ordinary request.
-            lookup = runtime.routes.match(host: host, path: path, method: method.rawValue, headers: headers)
+            lookup = runtime.routes.match(host: host, path: path, method: method, headers: headers)
         }
 
         let route: Route
@@ -152,9 +154,13 @@ enum RequestPipeline {
             }
         }
 
-        let upstreamName = route.split?.choose(clientIP: client.ip, subject: identity?.subject, claimHeaders: claimHeaders, headers: headers)
-            ?? route.upstreamName
-        guard let cluster = runtime.clusters[upstreamName] else {
+        let cluster: UpstreamCluster?
+        if let chosen = route.split?.choose(clientIP: client.ip, subject: identity?.subject, claimHeaders: claimHeaders, headers: headers) {
+            cluster = runtime.clusters[chosen]
+        } else {
+            cluster = route.cluster ?? runtime.clusters[route.upstreamName]
+        }
+        guard let cluster else {
             return PipelineDecision(.error(.noHealthyUpstream), additions, client: client, route: route)
         }
         let removed: Set<String>
@@ -186,7 +192,7 @@ enum RequestPipeline {
         _ error: GatewayError, route: Route, client: ClientIdentity, headers: HeadFields, runtime: GatewayRuntime
     ) -> ProxyPlan? {
         guard let limiter = runtime.rateLimiter, route.rateLimits.contains(where: \.countsRefusedRequests),
-            let cluster = runtime.clusters[route.upstreamName],
+            let cluster = route.cluster ?? runtime.clusters[route.upstreamName],
             let request = limiter.request(
                 rules: route.rateLimits.filter(\.countsRefusedRequests), clientIP: client.ip, claims: nil,
                 headers: headers, route: route.name

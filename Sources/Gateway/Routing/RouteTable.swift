@@ -68,6 +68,9 @@ final class Route: Sendable {
     /// Where its requests are counted (`gateway_requests_total` and its histograms); nil when
     /// built without metrics (tests), and the request is counted by the route's name.
     let series: RouteSeries?
+    /// The cluster `upstreamName` names, resolved at config load from the same snapshot's
+    /// clusters (no string hashed per request); nil when built without one (tests): looked up by name.
+    let cluster: UpstreamCluster?
 
     init(
         name: String, host: String?, pathPrefix: String, methods: [String]?, upstreamName: String, order: Int,
@@ -75,9 +78,10 @@ final class Route: Sendable {
         rateLimits: [RateLimitRule] = [], conditions: [RequestCondition] = [], split: TrafficSplit? = nil,
         realtime: RouteRealtimeConfig = .defaults,
         identity: RouteIdentityConfig = RouteIdentityConfig(),
-        cache: ResponseCache? = nil, series: RouteSeries? = nil
+        cache: ResponseCache? = nil, series: RouteSeries? = nil, cluster: UpstreamCluster? = nil
     ) {
         self.series = series
+        self.cluster = cluster
         self.conditions = conditions
         self.split = split
         self.realtime = realtime
@@ -112,11 +116,6 @@ final class Route: Sendable {
         return next == UInt8(ascii: "/")
     }
 
-    func matchesMethod(_ method: String) -> Bool {
-        guard let methods = self.methods else { return true }
-        return methods.contains(method)
-    }
-
     func matchesConditions(_ headers: HeadFields) -> Bool {
         for condition in self.conditions where !condition.matches(headers) { return false }
         return true
@@ -137,8 +136,11 @@ enum RouteLookup {
 /// same route without flags, whatever their order in the file.
 final class RouteTable: Sendable {
     let routes: [Route]
+    /// Some route names a host: otherwise the request's host is never looked at (not normalized).
+    private let hostsMatter: Bool
 
     init(_ routes: [Route]) {
+        self.hostsMatter = routes.contains { $0.host != .any }
         self.routes = routes.sorted { a, b in
             if a.host.specificity != b.host.specificity { return a.host.specificity > b.host.specificity }
             if a.pathPrefix.utf8.count != b.pathPrefix.utf8.count {
@@ -155,11 +157,19 @@ final class RouteTable: Sendable {
     ///   - headers: for `match.headers` and `match.cookies`; a route whose conditions fail is
     ///     skipped as if its path did not match (it plays no part in a 405).
     func match(host rawHost: String?, path: Substring, method: String, headers: HeadFields = [:]) -> RouteLookup {
-        let host = Self.normalizeHost(rawHost)
+        self.match(host: rawHost, path: path, method: HTTPMethod(rawValue: method), headers: headers)
+    }
+
+    /// `match` for a parsed method, named only if a route lists methods.
+    func match(host rawHost: String?, path: Substring, method: HTTPMethod, headers: HeadFields = [:]) -> RouteLookup {
+        let host = self.hostsMatter ? Self.normalizeHost(rawHost) : ""
         var allowed: [String]? = nil
+        var name: String? = nil
         for route in self.routes where route.host.matches(host) && route.matchesPath(path) {
             if !route.conditions.isEmpty, !route.matchesConditions(headers) { continue }
-            if route.matchesMethod(method) { return .matched(route) }
+            guard let methods = route.methods else { return .matched(route) }
+            if name == nil { name = method.rawValue }
+            if methods.contains(name!) { return .matched(route) }
             if allowed == nil { allowed = [] }
             allowed!.append(contentsOf: route.methods ?? [])
         }
