@@ -273,7 +273,8 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
         self.releaseOutstanding()
         self.outstandingEndpoint = connection.endpoint
         connection.endpoint.outstanding.add(1, ordering: .relaxed)
-        self.upstreamStart = .now()
+        // The iteration's stamp, like the end: both ends of the upstream time from the same clock.
+        self.upstreamStart = connection.handler.tickSlot.now()
         self.endpointKey = connection.endpoint.key
         connection.writeHead(self.upstreamHead, flush: false)
         for body in self.pendingBody { connection.write(.body(.byteBuffer(body)), flush: false) }
