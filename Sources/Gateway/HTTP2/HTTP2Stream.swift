@@ -54,6 +54,14 @@ final class HTTP2Stream: DownstreamResponder {
 
         var responseQueue = ResponseBytes()
         var state = StateMachine()
+
+        /// A new stream's data, with only the field lines' storage kept.
+        mutating func startOver() {
+            var lines = self.fieldLines
+            self = StreamData()
+            lines.clear()
+            self.fieldLines = lines
+        }
     }
 
     var headComplete: Bool { self.data.state.headComplete }
@@ -78,10 +86,7 @@ final class HTTP2Stream: DownstreamResponder {
         self.id = id
         // The field lines' storage is kept: cleared in place once the last request's head (held
         // by its exchange) has let go of it, so a reused stream allocates nothing for its fields.
-        var lines = self.data.fieldLines
-        self.data = StreamData()
-        lines.clear()
-        self.data.fieldLines = lines
+        self.data.startOver()
     }
 
     // MARK: - Request
