@@ -15,103 +15,56 @@ struct LocalResponse {
 /// An error the gateway answers itself. Knows its HTTP status and its stable JSON `code` (SPEC
 /// "What a client gets"); the message is for humans and never echoes request data such as tokens.
 ///
-/// One reference wide: the fields live in a shared box (copied on write). Every request's
+/// One reference wide: its `Fields` live in a shared box, copied on write. Every request's
 /// validation result, pipeline decision and proxy plan has room for an error, and with ~130 bytes
 /// of fields inline each of them was copied that much larger on every request that had none.
+@dynamicMemberLookup
 struct GatewayError: Error, Equatable, CustomStringConvertible {
-    private final class Fields: @unchecked Sendable {
-        // Mutated only through `GatewayError`'s setters, on a box no other value holds.
+    struct Fields: Sendable {
         var status: HTTPResponseStatus
         var code: String
         var message: String
-        var headers: [(String, String)]
-        var closesConnection: Bool
-        var rejectionReason: String?
-        var sourceOverride: ResponseSource?
-        var trace: TraceContext?
-
-        init(
-            status: HTTPResponseStatus, code: String, message: String, headers: [(String, String)], closesConnection: Bool,
-            rejectionReason: String?, sourceOverride: ResponseSource?, trace: TraceContext?
-        ) {
-            self.status = status
-            self.code = code
-            self.message = message
-            self.headers = headers
-            self.closesConnection = closesConnection
-            self.rejectionReason = rejectionReason
-            self.sourceOverride = sourceOverride
-            self.trace = trace
-        }
-
-        func copy() -> Fields {
-            Fields(
-                status: self.status, code: self.code, message: self.message, headers: self.headers,
-                closesConnection: self.closesConnection, rejectionReason: self.rejectionReason,
-                sourceOverride: self.sourceOverride, trace: self.trace
-            )
-        }
+        /// Extra response headers (`Allow` for 405, `Retry-After` for 429/503 …).
+        var headers: [(String, String)] = []
+        /// Whether the client connection must be closed after the response (framing is no longer trusted).
+        var closesConnection = false
+        /// For `gateway_jwt_rejections_total{reason}`: why a bearer token was refused.
+        var rejectionReason: String? = nil
+        /// Set where the error's `code` alone does not tell why (an upstream reset is
+        /// `upstream_unavailable` like a refused connect); nil: `ResponseSource(errorCode:)`.
+        var sourceOverride: ResponseSource? = nil
+        /// The request's trace, for the body's `trace_id`, when whoever answers does not pass one
+        /// (`ProxyExchange` sets it on the errors it hands its responder).
+        var trace: TraceContext? = nil
     }
 
-    private var fields: Fields
+    /// Changed only through the subscript below, on a box no other value holds.
+    private final class Box: @unchecked Sendable {
+        var fields: Fields
+        init(_ fields: Fields) { self.fields = fields }
+    }
+
+    private var box: Box
 
     init(
         status: HTTPResponseStatus, code: String, message: String, headers: [(String, String)] = [],
         closesConnection: Bool = false, rejectionReason: String? = nil, sourceOverride: ResponseSource? = nil,
         trace: TraceContext? = nil
     ) {
-        self.fields = Fields(
+        self.box = Box(Fields(
             status: status, code: code, message: message, headers: headers, closesConnection: closesConnection,
             rejectionReason: rejectionReason, sourceOverride: sourceOverride, trace: trace
-        )
+        ))
     }
 
-    /// The box, unshared first: a value edited never changes another that was copied from it.
-    private var unique: Fields {
-        mutating get {
-            if !isKnownUniquelyReferenced(&self.fields) { self.fields = self.fields.copy() }
-            return self.fields
+    /// Each field, read from the box; written to a box of this value's own (copied first if shared),
+    /// so editing a value never changes another that was copied from it.
+    subscript<Value>(dynamicMember field: WritableKeyPath<Fields, Value>) -> Value {
+        get { self.box.fields[keyPath: field] }
+        set {
+            if !isKnownUniquelyReferenced(&self.box) { self.box = Box(self.box.fields) }
+            self.box.fields[keyPath: field] = newValue
         }
-    }
-
-    var status: HTTPResponseStatus {
-        get { self.fields.status }
-        set { self.unique.status = newValue }
-    }
-    var code: String {
-        get { self.fields.code }
-        set { self.unique.code = newValue }
-    }
-    var message: String {
-        get { self.fields.message }
-        set { self.unique.message = newValue }
-    }
-    /// Extra response headers (`Allow` for 405, `Retry-After` for 429/503 …).
-    var headers: [(String, String)] {
-        get { self.fields.headers }
-        set { self.unique.headers = newValue }
-    }
-    /// Whether the client connection must be closed after the response (framing is no longer trusted).
-    var closesConnection: Bool {
-        get { self.fields.closesConnection }
-        set { self.unique.closesConnection = newValue }
-    }
-    /// For `gateway_jwt_rejections_total{reason}`: why a bearer token was refused.
-    var rejectionReason: String? {
-        get { self.fields.rejectionReason }
-        set { self.unique.rejectionReason = newValue }
-    }
-    /// Set where the error's `code` alone does not tell why (an upstream reset is
-    /// `upstream_unavailable` like a refused connect); nil: `ResponseSource(errorCode:)`.
-    var sourceOverride: ResponseSource? {
-        get { self.fields.sourceOverride }
-        set { self.unique.sourceOverride = newValue }
-    }
-    /// The request's trace, for the body's `trace_id`, when whoever answers does not pass one
-    /// (`ProxyExchange` sets it on the errors it hands its responder).
-    var trace: TraceContext? {
-        get { self.fields.trace }
-        set { self.unique.trace = newValue }
     }
 
     var source: ResponseSource {
