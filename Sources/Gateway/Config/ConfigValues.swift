@@ -302,7 +302,7 @@ func isHTTPToken(_ text: String) -> Bool {
 /// of every head, and two shifts beat the chain of range tests a `switch` compiles to).
 @inline(__always)
 func isHTTPTokenByte(_ byte: UInt8) -> Bool {
-    // Bits 0–63 and 64–127: `!#$%&'*+-.^_`|~`, digits and letters (`HTTPGrammarTests` checks them
+    // Bits 0–63 and 64–127: `!#$%&'*+-.^_`|~`, digits and letters (`FieldNameTests.tokenBytes` checks them
     // against the RFC's list).
     let low: UInt64 = 0x03FF_6CFA_0000_0000, high: UInt64 = 0x57FF_FFFF_C7FF_FFFE
     return byte < 64 ? (low >> UInt64(byte)) & 1 == 1 : byte < 128 && (high >> UInt64(byte &- 64)) & 1 == 1

@@ -66,8 +66,7 @@ struct RequestDispatch {
             }
         }
         let host = validated.host
-        // The role first: reading the optional existential costs a copy and a destroy per request.
-        if services.listener.role == .admin, let admin = services.admin, var response = Self.adminEndpoint(head, admin: admin, services: services, allocator: allocator) {
+        if let admin = services.admin, var response = Self.adminEndpoint(head, admin: admin, services: services, allocator: allocator) {
             response.source = .admin
             record = RequestRecord(start: start, head: head, requestID: requestID, trace: trace, host: host)
             return RequestDispatch(outcome: .respond(response), requestID: requestID, responseAdditions: .none, hasBody: false)

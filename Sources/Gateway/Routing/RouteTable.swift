@@ -116,6 +116,12 @@ final class Route: Sendable {
         return next == UInt8(ascii: "/")
     }
 
+    /// Named only when the route lists methods.
+    func matchesMethod(_ method: HTTPMethod) -> Bool {
+        guard let methods = self.methods else { return true }
+        return methods.contains(method.rawValue)
+    }
+
     func matchesConditions(_ headers: HeadFields) -> Bool {
         for condition in self.conditions where !condition.matches(headers) { return false }
         return true
@@ -160,16 +166,13 @@ final class RouteTable: Sendable {
         self.match(host: rawHost, path: path, method: HTTPMethod(rawValue: method), headers: headers)
     }
 
-    /// `match` for a parsed method, named only if a route lists methods.
+    /// `match` for a parsed method.
     func match(host rawHost: String?, path: Substring, method: HTTPMethod, headers: HeadFields = [:]) -> RouteLookup {
         let host = self.hostsMatter ? Self.normalizeHost(rawHost) : ""
         var allowed: [String]? = nil
-        var name: String? = nil
         for route in self.routes where route.host.matches(host) && route.matchesPath(path) {
             if !route.conditions.isEmpty, !route.matchesConditions(headers) { continue }
-            guard let methods = route.methods else { return .matched(route) }
-            if name == nil { name = method.rawValue }
-            if methods.contains(name!) { return .matched(route) }
+            if route.matchesMethod(method) { return .matched(route) }
             if allowed == nil { allowed = [] }
             allowed!.append(contentsOf: route.methods ?? [])
         }
