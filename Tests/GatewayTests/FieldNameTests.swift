@@ -20,6 +20,32 @@ struct FieldNameTests {
         }
     }
 
+    @Test("An HTTP/2 :method read from its bytes is the method HTTPMethod(rawValue:) reads")
+    func http2MethodBytes() {
+        let methods = ["GET", "PUT", "POST", "HEAD", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "PROPFIND",
+                       "get", "Post", "GETS", "GE", "", "PURGE", "X-CUSTOM", "OPTIONs", "CONNECTX"]
+        for method in methods {
+            let read = method.withUTF8Bytes { HTTP2Stream.method($0) }
+            #expect(read == HTTPMethod(rawValue: method), "\(method)")
+        }
+    }
+
+    @Test("A method set answers as the set of the methods' names does, and the case tests as NIO's ==")
+    func methodSets() {
+        let methods: [HTTPMethod] = [.GET, .HEAD, .POST, .PUT, .DELETE, .OPTIONS, .PATCH, .TRACE, .CONNECT, .PURGE,
+                                     .PROPFIND, .RAW(value: "get"), .RAW(value: "X-CUSTOM"), .RAW(value: "")]
+        let sets: [[String]] = [[], ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"], ["POST"], ["get", "PURGE"], ["X-CUSTOM", "TRACE", "CONNECT", "PATCH"]]
+        for names in sets {
+            let set = HTTPMethodSet(names)
+            for method in methods {
+                #expect(set.contains(method) == Set(names).contains(method.rawValue), "\(names) \(method)")
+            }
+        }
+        for method in methods {
+            #expect(method.isHEAD == (method == .HEAD) && method.isCONNECT == (method == .CONNECT) && method.isOPTIONS == (method == .OPTIONS))
+        }
+    }
+
     @Test("Case-insensitive equality matches lowercased()")
     func equality() {
         for name in Self.names {

@@ -298,14 +298,14 @@ func isHTTPToken(_ text: String) -> Bool {
     !text.isEmpty && text.utf8.allSatisfy(isHTTPTokenByte)
 }
 
-/// RFC 9110 §5.6.2 `tchar`: a bit per ASCII byte (names are checked byte by byte on every field
-/// of every head, and two shifts beat the chain of range tests a `switch` compiles to).
+/// RFC 9110 §5.6.2 `tchar`. Names are checked byte by byte on every field of every head: one
+/// table load and compare per byte (the bit tests this replaced took twice the instructions).
 @inline(__always)
 func isHTTPTokenByte(_ byte: UInt8) -> Bool {
-    // Bits 0–63 and 64–127: `!#$%&'*+-.^_`|~`, digits and letters (`FieldNameTests.tokenBytes` checks them
-    // against the RFC's list).
-    let low: UInt64 = 0x03FF_6CFA_0000_0000, high: UInt64 = 0x57FF_FFFF_C7FF_FFFE
-    return byte < 64 ? (low >> UInt64(byte)) & 1 == 1 : byte < 128 && (high >> UInt64(byte &- 64)) & 1 == 1
+    // "1" at each ASCII byte that is a tchar: `!#$%&'*+-.^_`|~`, digits and letters
+    // (`FieldNameTests.tokenBytes` checks it against the RFC's list). A literal, so no lazy global.
+    let table: StaticString = "00000000000000000000000000000000010111110011011011111111110000000111111111111111111111111110001111111111111111111111111111101010"
+    return byte < 128 && table.utf8Start[Int(byte)] == UInt8(ascii: "1")
 }
 
 extension Unicode.Scalar {

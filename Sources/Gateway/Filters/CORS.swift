@@ -78,6 +78,8 @@ struct ResponseAdditions: Sendable {
 
     /// `Strict-Transport-Security` on every response from a TLS listener (a year, subdomains too).
     static let hsts = (name: "strict-transport-security", value: "max-age=31536000; includeSubDomains")
+    /// `hsts.name` for `HeadFieldSink.add(lowercaseName:value:)`.
+    static let hstsName: StaticString = "strict-transport-security"
 
     /// Stamps a gateway-made response (health, refusals, 502/504, a WebSocket switch) with what every
     /// response to the request carries: these additions, the request id and, on a TLS listener,
@@ -162,7 +164,7 @@ final class CORSPolicy: Sendable {
     /// The method a preflight asks about, or `nil` when the request is not a preflight (an
     /// `OPTIONS` without `Access-Control-Request-Method` is an ordinary request).
     static func preflightMethod(method: HTTPMethod, headers: HeadFields) -> String? {
-        guard method == .OPTIONS, headers.contains(name: "origin") else { return nil }
+        guard method.isOPTIONS, headers.contains(name: "origin") else { return nil }
         let requested = headers["access-control-request-method"]
         guard requested.count == 1 else { return requested.isEmpty ? nil : "" }
         return requested[0]

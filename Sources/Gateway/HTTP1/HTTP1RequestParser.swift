@@ -205,28 +205,10 @@ enum StrictRequestHead {
         return index + 1 >= bytes.count || bytes[index + 1] == UInt8(ascii: "/")
     }
 
-    /// The methods clients send (all of them llhttp's too); any other is refused.
+    /// The methods clients send (all of them llhttp's too); any other is refused. CONNECT's target
+    /// is no origin-form: llhttp reads it.
     private static func method(_ bytes: UnsafeRawBufferPointer) -> HTTPMethod? {
-        func equals(_ name: StaticString) -> Bool {
-            bytes.count == name.utf8CodeUnitCount && memcmp(bytes.baseAddress!, name.utf8Start, bytes.count) == 0
-        }
-        switch bytes.count {
-        case 3:
-            if equals("GET") { return .GET }
-            if equals("PUT") { return .PUT }
-        case 4:
-            if equals("POST") { return .POST }
-            if equals("HEAD") { return .HEAD }
-        case 5:
-            if equals("PATCH") { return .PATCH }
-            if equals("TRACE") { return .TRACE }
-        case 6:
-            if equals("DELETE") { return .DELETE }
-        case 7:
-            if equals("OPTIONS") { return .OPTIONS }
-        default:
-            break
-        }
-        return nil
+        guard let method = HTTPMethod(commonMethodBytes: bytes), !method.isCONNECT else { return nil }
+        return method
     }
 }

@@ -604,10 +604,10 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         if closing { headers.replaceOrAdd(name: "connection", value: "close") }
         self.current!.record.status = Int(response.status.code)
         self.current!.record.source = response.source
-        self.current!.record.bytesOut += method == .HEAD ? 0 : response.body.readableBytes
+        self.current!.record.bytesOut += method.isHEAD ? 0 : response.body.readableBytes
         let version: HTTPVersion = requestVersion.major == 1 && requestVersion.minor == 0 ? .http1_0 : .http1_1
         self.emit(.head(HTTPResponseHead(version: version, status: response.status, headers: headers)), context: context)
-        if method != .HEAD && response.body.readableBytes > 0 {
+        if !method.isHEAD && response.body.readableBytes > 0 {
             self.emit(.body(.byteBuffer(response.body)), context: context)
         }
         if closing {

@@ -513,9 +513,9 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
 
     fileprivate func header(_ id: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
         if let stream = self.receivingHeaders, stream.id == id {
-            stream.addHeader(name: name, value: value)
+            stream.addHeader(name: name, value: value, maxHeaderListSize: self.settings.maxHeaderListSize)
         } else {
-            self.streams[id]?.addHeader(name: name, value: value)
+            self.streams[id]?.addHeader(name: name, value: value, maxHeaderListSize: self.settings.maxHeaderListSize)
         }
     }
 
@@ -732,6 +732,23 @@ private struct HeaderScratch: HeadFieldSink {
     /// A field the gateway made (or a decoded head's): always checked.
     mutating func add(name: String, value: String) {
         name.withUTF8Bytes { name in value.withUTF8Bytes { self.add(name: name, value: $0, checked: false) } }
+    }
+
+    /// The name copied as it is (a lowercase token), unless connection-specific; the value checked.
+    mutating func add(lowercaseName name: StaticString, value: String) {
+        let name = UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount)
+        if HeaderRewriter.isHopByHop(name) { return }
+        value.withUTF8Bytes { value in
+            self.reserveBytes(self.used + name.count + value.count, keeping: self.used)
+            if self.count == self.fieldCapacity { self.reserveFields(self.count * 2, keeping: self.count) }
+            let start = self.bytes! + self.used
+            start.update(from: name.baseAddress!, count: name.count)
+            guard let valueLength = HTTP2ResponseField.copyValue(value, to: start + name.count) else { return }
+            self.fields![self.count].namelen = name.count
+            self.fields![self.count].valuelen = valueLength
+            self.used += name.count + valueLength
+            self.count += 1
+        }
     }
 
     private mutating func add(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>, checked: Bool) {

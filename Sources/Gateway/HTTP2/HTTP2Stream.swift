@@ -24,7 +24,7 @@ final class HTTP2Stream: DownstreamResponder {
 
     private struct StreamData: ~Copyable {
         // Request side
-        var method: String?
+        var method: HTTPMethod?
         var path: String?
         var authority: String?
         /// The request's fields as `name: value` CRLF lines (`HeadFields`).
@@ -91,26 +91,31 @@ final class HTTP2Stream: DownstreamResponder {
 
     // MARK: - Request
 
-    func addHeader(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
+    /// - Parameter maxHeaderListSize: the connection's limit, passed in by the connection: read
+    ///   through the `unowned` reference it would be a checked retain and a release per field.
+    func addHeader(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>, maxHeaderListSize: Int) {
         // RFC 7541 §4.1 accounting (name + value + 32), checked while decoding so a block of many
         // tiny headers is refused instead of buffered.
         self.data.headerBytes += name.count + value.count + 32
-        if self.data.headerBytes > self.connection.settings.maxHeaderListSize {
+        if self.data.headerBytes > maxHeaderListSize {
             self.data.headersTooLarge = true
             return
         }
         if self.data.headersTooLarge { return }
         if name.count > 0 && name[0] == UInt8(ascii: ":") {
-            // Names are told apart by their bytes: only what is kept becomes a `String`.
-            if bytesEqual(name, ":method") {
-                self.data.method = String(decoding: value, as: UTF8.self)
-            } else if bytesEqual(name, ":path") {
+            // Names are told apart by their length, then their bytes: only what is kept becomes a `String`.
+            switch name.count {
+            case 5 where bytesEqual(name, ":path"):
                 self.data.path = String(decoding: value, as: UTF8.self)
-            } else if bytesEqual(name, ":authority") {
-                self.data.authority = String(decoding: value, as: UTF8.self)
-            } else if bytesEqual(name, ":protocol") {
+            case 7 where bytesEqual(name, ":method"):
+                self.data.method = Self.method(value)
+            case 7 where bytesEqual(name, ":scheme"):
+                break
+            case 9 where bytesEqual(name, ":protocol"):
                 self.data.connectProtocol = String(decoding: value, as: UTF8.self)
-            } else if !bytesEqual(name, ":scheme") {
+            case 10 where bytesEqual(name, ":authority"):
+                self.data.authority = String(decoding: value, as: UTF8.self)
+            default:
                 self.data.invalidHeader = true
             }
             return
@@ -121,15 +126,21 @@ final class HTTP2Stream: DownstreamResponder {
             self.data.invalidHeader = true
             return
         }
-        if bytesEqual(name, "cookie") {
+        if name.count == 6 && bytesEqual(name, "cookie") {
             self.data.cookies.append(String(decoding: value, as: UTF8.self))  // crumbs are joined (RFC 9113 §8.2.3)
             return
         }
-        if bytesEqual(name, "host") {
+        if name.count == 4 && bytesEqual(name, "host") {
             if self.data.authority == nil { self.data.authority = String(decoding: value, as: UTF8.self) }
             return
         }
         self.appendFieldLine(name: name, value: value)
+    }
+
+    /// `:method`'s value: a common method told apart by its bytes (no `String` made and compared
+    /// with each of `HTTPMethod(rawValue:)`'s names); any other as that initializer reads it.
+    static func method(_ bytes: UnsafeBufferPointer<UInt8>) -> HTTPMethod {
+        HTTPMethod(commonMethodBytes: UnsafeRawBufferPointer(bytes)) ?? HTTPMethod(rawValue: String(decoding: bytes, as: UTF8.self))
     }
 
     private func appendFieldLine(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
@@ -171,7 +182,7 @@ final class HTTP2Stream: DownstreamResponder {
         if self.data.headersTooLarge || self.data.invalidHeader || method == nil || path == nil {
             self.data.requestID = RequestIdentity.requestID(clientSupplied: self.fields.first(name: "x-request-id"))
             self.data.record = RequestRecord(
-                method: method.map { HTTPMethod(rawValue: $0) } ?? .RAW(value: "-"), target: path ?? "-", version: .http2,
+                method: method ?? .RAW(value: "-"), target: path ?? "-", version: .http2,
                 requestID: self.data.requestID
             )
         }
@@ -188,10 +199,10 @@ final class HTTP2Stream: DownstreamResponder {
         if let authority = self.data.authority { self.appendFieldLine(name: "host", value: authority) }
         if !self.data.cookies.isEmpty { self.appendFieldLine(name: "cookie", value: self.data.cookies.joined(separator: "; ")) }
         var headers = self.fields
-        var httpMethod = HTTPMethod(rawValue: method)
-        self.data.isHEAD = httpMethod == .HEAD
+        var httpMethod = method
+        self.data.isHEAD = httpMethod.isHEAD
         // RFC 8441: a WebSocket over this stream is relayed as an HTTP/1.1 handshake, with no body.
-        let extendedConnect = httpMethod == .CONNECT && self.data.connectProtocol == "websocket"
+        let extendedConnect = httpMethod.isCONNECT && self.data.connectProtocol == "websocket"
         if extendedConnect { WebSocketHandshake.addHTTP1Fields(to: &headers, method: &httpMethod) }
         let head = RequestHead(version: .http2, method: httpMethod, uri: path, headers: headers)
         // The record is made where it stays: one made beside and moved in was copied whole
@@ -379,7 +390,8 @@ final class HTTP2Stream: DownstreamResponder {
     // MARK: - DownstreamResponder
 
     var isWritable: Bool {
-        let writable = self.data.responseQueue.byteCount < self.connection.settings.streamBufferHighWater && self.connection.channelIsWritable
+        let connection = self.connection  // one checked load of the `unowned` reference, not two
+        let writable = self.data.responseQueue.byteCount < connection.settings.streamBufferHighWater && connection.channelIsWritable
         if !writable { self.data.state.wentOverHighWater() }
         return writable
     }

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Byte comparisons of field names and list tokens that ignore ASCII case, so the request path
 /// never builds a lowercased `String` to look a header up.
 extension String {
@@ -123,9 +129,12 @@ func bytesHavePrefix(_ bytes: UnsafeBufferPointer<UInt8>, _ prefix: StaticString
     return true
 }
 
-/// `bytes` equal to `string`, byte for byte.
+/// `bytes` equal to `string`, byte for byte (`memcmp`: a few instructions where a byte loop took
+/// five per byte).
 func bytesEqual(_ bytes: UnsafeBufferPointer<UInt8>, _ string: StaticString) -> Bool {
-    bytes.count == string.utf8CodeUnitCount && bytesHavePrefix(bytes, string)
+    guard bytes.count == string.utf8CodeUnitCount else { return false }
+    guard let base = bytes.baseAddress else { return true }
+    return memcmp(base, string.utf8Start, bytes.count) == 0
 }
 
 /// `a` equal to `b`, ASCII case ignored on both sides.

@@ -6,6 +6,9 @@ protocol HeadFieldSink {
     mutating func add(name: String, value: String)
     /// A field copied from a head's bytes.
     mutating func add(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>)
+    /// A field the gateway names itself: `name` is a lowercase token, so a sink may copy it
+    /// without checking it (the value is checked as any other).
+    mutating func add(lowercaseName name: StaticString, value: String)
 }
 
 /// The response head for an HTTP/1.x client, kept as the upstream's head (its field lines as the
@@ -101,17 +104,22 @@ struct FieldBytesSink: HeadFieldSink {
     }
 
     mutating func add(name: String, value: String) {
-        self.copy(name)
-        self.copy(": ")
-        self.copy(value)
-        self.copy("\r\n")
+        name.withUTF8Bytes { name in value.withUTF8Bytes { self.add(name: name, value: $0) } }
     }
 
+    mutating func add(lowercaseName name: StaticString, value: String) {
+        value.withUTF8Bytes { self.add(name: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount), value: $0) }
+    }
+
+    /// `name: value` CRLF, bounds checked once for the line: a head is a dozen of them.
     mutating func add(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
-        self.copy(name)
-        self.copy(": ")
-        self.copy(value)
-        self.copy("\r\n")
+        self.reserve(name.count + value.count + 4)
+        let line = UnsafeMutableRawPointer(self.memory.baseAddress! + self.count)
+        if let base = name.baseAddress { line.copyMemory(from: base, byteCount: name.count) }
+        line.storeBytes(of: UInt16(bigEndian: 0x3A20), toByteOffset: name.count, as: UInt16.self)  // ": "
+        if let base = value.baseAddress { (line + name.count + 2).copyMemory(from: base, byteCount: value.count) }
+        line.storeBytes(of: UInt16(bigEndian: 0x0D0A), toByteOffset: name.count + 2 + value.count, as: UInt16.self)  // CRLF
+        self.count += name.count + value.count + 4
     }
 
     /// `code SP reason-phrase CRLF`, as NIO's encoder writes a status.

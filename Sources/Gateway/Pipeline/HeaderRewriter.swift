@@ -157,16 +157,16 @@ enum HeaderRewriter {
             return true
         }
         if namesMore { return false }
-        if !sawHost { sink.add(name: "host", value: info.fallbackHost) }
+        if !sawHost { sink.add(lowercaseName: "host", value: info.fallbackHost) }
         switch framing {
         case .none: break
         case .contentLength(let length): sink.addContentLength(length)
-        case .chunked: sink.add(name: "transfer-encoding", value: "chunked")
+        case .chunked: sink.add(lowercaseName: "transfer-encoding", value: "chunked")
         }
-        sink.add(name: "x-forwarded-for", value: forwardedFor.isEmpty ? info.peer : forwardedFor + ", " + info.peer)
-        sink.add(name: "x-forwarded-proto", value: info.scheme)
-        if let host = info.host { sink.add(name: "x-forwarded-host", value: host) }
-        sink.add(name: "x-request-id", value: info.requestID)
+        sink.add(lowercaseName: "x-forwarded-for", value: forwardedFor.isEmpty ? info.peer : forwardedFor + ", " + info.peer)
+        sink.add(lowercaseName: "x-forwarded-proto", value: info.scheme)
+        if let host = info.host { sink.add(lowercaseName: "x-forwarded-host", value: host) }
+        sink.add(lowercaseName: "x-request-id", value: info.requestID)
         if let trace = info.trace { sink.addTraceparent(trace) }
         for (name, value) in info.addedHeaders { sink.add(name: name, value: value) }
         return true
@@ -179,6 +179,7 @@ enum HeaderRewriter {
         init(capacity: Int) { self.headers.reserveCapacity(capacity) }
 
         mutating func add(name: String, value: String) { self.headers.add(name: name, value: value) }
+        mutating func add(lowercaseName name: StaticString, value: String) { self.headers.add(name: name.description, value: value) }
         mutating func add(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
             self.headers.add(name: String(decoding: name, as: UTF8.self), value: String(decoding: value, as: UTF8.self))
         }
@@ -374,7 +375,7 @@ enum HeaderRewriter {
             return true
         }
         if namesMore { return nil }
-        if !additions.replaces("x-request-id") { sink.add(name: "x-request-id", value: requestID) }
+        if !additions.replaces("x-request-id") { sink.add(lowercaseName: "x-request-id", value: requestID) }
         // Each rate-limit field once, the last of a name winning (as `replaceOrAdd` in turn would).
         let extra = additions.extraHeaders
         for index in extra.indices where !extra[(index + 1)...].contains(where: { $0.0.equalsIgnoringASCIICase(anyCase: extra[index].0) }) {
@@ -383,16 +384,16 @@ enum HeaderRewriter {
         if additions.corsEnabled {
             for (name, value) in additions.headers { sink.add(name: name, value: value) }
             if let merged = ResponseAdditions.mergedVary(vary) {
-                sink.add(name: "vary", value: merged)
+                sink.add(lowercaseName: "vary", value: merged)
             } else {
-                for value in vary { sink.add(name: "vary", value: value) }
+                for value in vary { sink.add(lowercaseName: "vary", value: value) }
             }
         }
         if addHSTS && !hasHSTS {
-            sink.add(name: ResponseAdditions.hsts.name, value: ResponseAdditions.hsts.value)
+            sink.add(lowercaseName: ResponseAdditions.hstsName, value: ResponseAdditions.hsts.value)
         }
         let code = status.code
-        let bodiless = requestMethod == .HEAD || (100..<200).contains(code) || code == 204 || code == 304
+        let bodiless = requestMethod.isHEAD || (100..<200).contains(code) || code == 204 || code == 304
         var framing = ResponseFraming.asIs
         if !bodiless && !hasLength && clientVersion.major == 1 {
             // HTTP/2 frames the body itself (DATA + END_STREAM).

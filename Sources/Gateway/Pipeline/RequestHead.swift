@@ -218,26 +218,39 @@ enum RequestValidator {
     /// with no byte below 0x20 and none equal to 0x7F passes whole; a word with one (a tab, or
     /// a refusal) is looked at byte by byte.
     static func isFieldValue(bytes: UnsafeBufferPointer<UInt8>) -> Bool {
-        let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
         var index = 0
-        if let base = bytes.baseAddress {
+        if let base = bytes.baseAddress, bytes.count >= 8 {
             let raw = UnsafeRawPointer(base)
             while index + 8 <= bytes.count {
-                let word = raw.loadUnaligned(fromByteOffset: index, as: UInt64.self)
-                // Some byte < 0x20, or some byte of word ^ 0x7F… equal to 0 (< 1): exact as a
-                // yes/no (a borrow only follows a byte that already matched).
-                let control = (word &- ones &* 0x20) & ~word & highs
-                let delete = ((word ^ (ones &* 0x7F)) &- ones) & ~(word ^ (ones &* 0x7F)) & highs
-                if control | delete != 0 {
-                    for offset in index..<index + 8 where !Self.isFieldValueByte(bytes[offset]) { return false }
+                guard Self.isFieldValueWord(raw.loadUnaligned(fromByteOffset: index, as: UInt64.self), bytes, at: index) else {
+                    return false
                 }
                 index += 8
             }
+            // The last bytes as the word that ends the value (overlapping bytes already passed):
+            // no byte-by-byte tail.
+            if index < bytes.count {
+                return Self.isFieldValueWord(raw.loadUnaligned(fromByteOffset: bytes.count - 8, as: UInt64.self), bytes, at: bytes.count - 8)
+            }
+            return true
         }
         while index < bytes.count {
             if !Self.isFieldValueByte(bytes[index]) { return false }
             index += 1
         }
+        return true
+    }
+
+    /// The eight bytes of `bytes` at `offset`, loaded as `word`.
+    @inline(__always)
+    private static func isFieldValueWord(_ word: UInt64, _ bytes: UnsafeBufferPointer<UInt8>, at offset: Int) -> Bool {
+        let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
+        // Some byte < 0x20, or some byte of word ^ 0x7F… equal to 0 (< 1): exact as a yes/no (a
+        // borrow only follows a byte that already matched).
+        let control = (word &- ones &* 0x20) & ~word & highs
+        let delete = ((word ^ (ones &* 0x7F)) &- ones) & ~(word ^ (ones &* 0x7F)) & highs
+        if control | delete == 0 { return true }
+        for index in offset..<offset + 8 where !Self.isFieldValueByte(bytes[index]) { return false }
         return true
     }
 

@@ -70,7 +70,9 @@ enum RequestPipeline {
         allocator: ByteBufferAllocator
     ) -> PipelineDecision {
         let client = runtime.clientIP.resolve(peer: peer, headers: headers)
-        let path = target.utf8.firstIndex(of: UInt8(ascii: "?")).map { target[..<$0] } ?? Substring(target)
+        // Searched as bytes: the UTF-8 view's `firstIndex` steps a string index per byte.
+        let path = target.withUTF8Bytes { $0.firstIndex(of: UInt8(ascii: "?")) }
+            .map { target[..<target.utf8.index(target.utf8.startIndex, offsetBy: $0)] } ?? Substring(target)
 
         if path.withUTF8Bytes({ bytesHavePrefix($0, "/health") }), var response = Health.response(
             path: path, method: method, listener: listener, runtime: runtime, allocator: allocator

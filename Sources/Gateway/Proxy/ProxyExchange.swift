@@ -127,7 +127,7 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
         self.eventLoop = pool.eventLoop
         self.machine = StateMachine(
             requestHasBody: requestHasBody, idempotent: requestMethod.isIdempotent, expectsContinue: expectsContinue,
-            retries: cluster.settings.retryMethods.contains(requestMethod.rawValue) ? cluster.settings.retryAttempts : 0
+            retries: cluster.retryAttempts(for: requestMethod)
         )
     }
 
@@ -500,7 +500,7 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
         head.headers.replaceOrAdd(name: "age", value: String(age))
         head.headers.replaceOrAdd(name: "x-cache", value: label)
         downstream.sendResponseHead(for: self, head, framing: framing)
-        if self.requestMethod != .HEAD, entry.body.readableBytes > 0 { downstream.sendResponseBody(for: self, entry.body) }
+        if !self.requestMethod.isHEAD, entry.body.readableBytes > 0 { downstream.sendResponseBody(for: self, entry.body) }
         downstream.sendResponseEnd(for: self)
         downstream.flush(for: self)
         downstream.exchangeFinished(for: self)

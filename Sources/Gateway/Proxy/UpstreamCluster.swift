@@ -1,4 +1,5 @@
 import NIOCore
+import NIOHTTP1
 import Synchronization
 
 /// Settings of one upstream, resolved at config load.
@@ -110,12 +111,20 @@ final class UpstreamCluster: Sendable {
     private let retryTokens = Atomic<Int>(1000)
     /// Retries made (for `gateway_upstream_retries_total`).
     let retries = Atomic<Int>(0)
+    /// `settings.retryMethods`, asked per request without a string.
+    private let retriedMethods: HTTPMethodSet
 
     init(name: String, endpoints: [UpstreamEndpoint], settings: UpstreamSettings) {
         self.name = name
         self.endpoints = endpoints
         self.settings = settings
         self.timeouts = settings.timeouts
+        self.retriedMethods = HTTPMethodSet(settings.retryMethods)
+    }
+
+    /// How many times a request with `method` may be retried (`retries.methods`, `retries.attempts`).
+    func retryAttempts(for method: HTTPMethod) -> Int {
+        self.retriedMethods.contains(method) ? self.settings.retryAttempts : 0
     }
 
     /// Counts a request toward the retry budget.

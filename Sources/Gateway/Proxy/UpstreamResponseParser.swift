@@ -49,7 +49,7 @@ struct UpstreamResponseParser {
     /// body, whatever their fields say.
     mutating func requestSent(method: HTTPMethod) {
         self.awaitingResponse = true
-        self.requestIsBodyless = method == .HEAD || method == .CONNECT
+        self.requestIsBodyless = method.isHEAD || method.isCONNECT
     }
 
     /// After a 101 the rest of the bytes belong to the tunnel.

@@ -103,17 +103,16 @@ final class Route: Sendable {
     /// but not `/api/auth/login2` (a prefix ending in `/` is a plain prefix). Safer than Envoy's raw
     /// `prefix`, which would let `/api/auth/loginx` ride the login route's policies.
     func matchesPath(_ path: Substring) -> Bool {
-        // Compared as bytes: the generic `hasPrefix` walks two UTF-8 views element by element, once
-        // per route per request.
-        let hasPrefix = path.withUTF8Bytes { path in
+        // Compared as bytes: the generic `hasPrefix` and `hasSuffix` walk the views element by
+        // element and check grapheme boundaries, once per route per request.
+        path.withUTF8Bytes { path in
             self.pathPrefix.withUTF8Bytes { prefix in
-                path.count >= prefix.count && UnsafeBufferPointer(rebasing: path[..<prefix.count]).elementsEqual(prefix)
+                guard path.count >= prefix.count, UnsafeBufferPointer(rebasing: path[..<prefix.count]).elementsEqual(prefix) else {
+                    return false
+                }
+                return path.count == prefix.count || prefix.last == UInt8(ascii: "/") || path[prefix.count] == UInt8(ascii: "/")
             }
         }
-        guard hasPrefix else { return false }
-        if self.pathPrefix.hasSuffix("/") || path.utf8.count == self.pathPrefix.utf8.count { return true }
-        let next = path.utf8[path.utf8.index(path.utf8.startIndex, offsetBy: self.pathPrefix.utf8.count)]
-        return next == UInt8(ascii: "/")
     }
 
     /// Named only when the route lists methods.
