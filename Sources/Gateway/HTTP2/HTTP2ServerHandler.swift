@@ -23,7 +23,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     /// the handler.
     private let tickSlot = EventLoopTicks.currentSlot()
     private var session: OpaquePointer?
-    private var streams: [Int32: HTTP2Stream] = [:]
+    private let streams = StreamTable<HTTP2Stream>()
     /// The stream whose header block is being decoded: a block arrives in one piece (RFC 9113
     /// §4.3), so its fields skip the dictionary lookup. Cleared when the block or stream ends.
     private var receivingHeaders: HTTP2Stream?
@@ -166,7 +166,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
         self.socketIsWritable = context.channel.isWritable
         if self.socketIsWritable {
             self.sendPending()
-            for stream in self.streams.values { stream.connectionWritabilityChanged() }
+            for stream in self.streams.all { stream.connectionWritabilityChanged() }
         }
         context.fireChannelWritabilityChanged()
     }
@@ -478,7 +478,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
         }
         var stalled: [HTTP2Stream] = []
         let open = self.streams.count
-        for stream in self.streams.values {
+        for stream in self.streams.all {
             guard let deadline = stream.bodyDeadline(now: now) else { continue }
             if deadline <= now {
                 stalled.append(stream)
@@ -507,7 +507,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
         } else {
             stream = HTTP2Stream(id: id, connection: self)
         }
-        self.streams[id] = stream
+        self.streams.insert(stream, id: id)
         self.receivingHeaders = stream
     }
 
@@ -544,7 +544,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
 
     fileprivate func streamClosed(_ id: Int32) {
         if self.receivingHeaders?.id == id { self.receivingHeaders = nil }
-        guard var stream = self.streams.removeValue(forKey: id) else { return }
+        guard var stream = self.streams.remove(id) else { return }
         stream.closed()
         // Only when the handler holds the last reference: an exchange, a deferred start or a
         // drained-list entry still holding it would otherwise reach the next stream's request.
@@ -636,9 +636,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
         self.pendingStarts.removeAll()
         self.receivingHeaders = nil
         self.spareStreams.removeAll()
-        let streams = self.streams
-        self.streams.removeAll()
-        for stream in streams.values { stream.closed() }
+        for stream in self.streams.removeAll() { stream.closed() }
         if let session = self.session {
             self.session = nil
             nghttp2_session_del(session)
