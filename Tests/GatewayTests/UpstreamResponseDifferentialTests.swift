@@ -183,7 +183,11 @@ import Testing
 
 private final class DecodingOwner: UpstreamConnectionOwner {
     var decoded = UpstreamResponseDifferentialTests.Decoded()
-    func upstreamReceivedHead(_ head: UpstreamResponseHead, keepAlive: Bool) { self.decoded.head(head.built, keepAlive: keepAlive) }
+    func upstreamReceivedHead(_ head: UpstreamResponseHead, keepAlive: Bool) {
+        // What the parser found while reading the fields is what a walk of the decoded fields finds.
+        #expect(head.isEventStream == UpstreamResponseHead(head.built).isEventStream, "\(head.built)")
+        self.decoded.head(head.built, keepAlive: keepAlive)
+    }
     func upstreamReceivedBody(_ body: ByteBuffer) { self.decoded.body(body) }
     func upstreamReceivedEnd() { self.decoded.end() }
     func upstreamFailed(_ error: Error) { self.decoded.fail() }
@@ -238,6 +242,8 @@ struct ResponseGenerator {
         "X-Spaces:   v  \t", "Set-Cookie: a=b; Path=/", "Connection: close", "Connection: keep-alive",
         "Connection: Upgrade", "Upgrade: websocket", "Keep-Alive: timeout=5", "Vary: Origin", "X-Utf8: caf\u{e9}",
         "Cache-Control: max-age=60", "ETag: \"abc\"", "x-request-id: 1234", "Proxy-Connection: close", "Trailer: X-T",
+        "Content-Type: text/event-stream", "content-type:   Text/Event-Stream; charset=utf-8", "Content-Type: text/event",
+        "CONTENT-TYPE: text/event-streams",
     ]
 
     static let oddFields = [

@@ -20,12 +20,17 @@ extension FieldSource {
         var matches = false
         self.forEachField { fieldName, value in
             guard bytesEqualIgnoringASCIICase(fieldName, name) else { return true }
-            let count = prefix.utf8CodeUnitCount
-            matches = value.count >= count && bytesEqualIgnoringASCIICase(UnsafeBufferPointer(rebasing: value[..<count]), prefix)
+            matches = bytesHavePrefixIgnoringASCIICase(value, prefix)
             return false
         }
         return matches
     }
+}
+
+/// `bytes` begin with `prefix` (lowercase), ASCII case ignored.
+func bytesHavePrefixIgnoringASCIICase(_ bytes: UnsafeBufferPointer<UInt8>, _ prefix: StaticString) -> Bool {
+    let count = prefix.utf8CodeUnitCount
+    return bytes.count >= count && bytesEqualIgnoringASCIICase(UnsafeBufferPointer(rebasing: bytes[..<count]), prefix)
 }
 
 /// A head's field lines as a strict parser accepted them (`HTTP1Grammar.readFields`): each

@@ -78,6 +78,9 @@ enum HTTP1Grammar {
         var connectionUpgrade = false
         /// An `Upgrade` field with a non-empty value.
         var upgradeNamed = false
+        /// The first `Content-Type` value starts with `text/event-stream` (ASCII case ignored).
+        var isEventStream = false
+        var sawContentType = false
     }
 
     /// Reads the field lines from `start` to the head's empty line (`headLength` bytes from the
@@ -108,6 +111,9 @@ enum HTTP1Grammar {
                 fields.close = fields.close || options.close
                 fields.keepAlive = fields.keepAlive || options.keepAlive
                 fields.connectionUpgrade = fields.connectionUpgrade || options.upgrade
+            case 12 where !fields.sawContentType && bytesEqualIgnoringASCIICase(nameBytes, "content-type"):
+                fields.sawContentType = true
+                fields.isEventStream = bytesHavePrefixIgnoringASCIICase(valueBytes, "text/event-stream")
             case 7 where bytesEqualIgnoringASCIICase(nameBytes, "upgrade"):
                 fields.upgradeNamed = fields.upgradeNamed || value.lowerBound < trimmedEnd
             case 14 where bytesEqualIgnoringASCIICase(nameBytes, "content-length"):

@@ -400,7 +400,7 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
             } else {
                 self.downstream?.sendForwardedResponseHead(for: self, forwarded)
             }
-            if self.streamingRoute || head.fields.firstValue(of: "content-type", hasPrefix: "text/event-stream") {
+            if self.streamingRoute || head.isEventStream {
                 self.streamWatch = StreamIdleWatch(loop: self.eventLoop, idle: self.streamIdle) { [weak self] in
                     self?.upstreamLost(.upstreamTimeout)
                 }

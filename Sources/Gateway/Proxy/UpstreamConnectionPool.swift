@@ -62,6 +62,9 @@ final class UpstreamConnectionPool {
         var connections: [UpstreamConnection] = []
     }
     private var idle: [ObjectIdentifier: IdleStack] = [:]
+    /// The stack `idle` last gave (entries are never replaced, only all dropped at close): a
+    /// request to the same endpoint as the last one, the common case, hashes no key.
+    private var lastIdle: (key: ObjectIdentifier, stack: IdleStack)?
     private var waiters: [ObjectIdentifier: WaiterQueue] = [:]
     /// Per endpoint: connections this loop opened and has not closed (or given away).
     private var openHere: [ObjectIdentifier: Int] = [:]
@@ -95,7 +98,7 @@ final class UpstreamConnectionPool {
     /// bodiless), a FIN the loop has not read yet costs one retry, not a failed request.
     func takeIdle(_ endpoint: UpstreamEndpoint, probeTCPState: Bool = true) -> UpstreamConnection? {
         self.eventLoop.preconditionInEventLoop()
-        guard let stack = self.idle[ObjectIdentifier(endpoint)] else { return nil }
+        guard let stack = self.idleStack(ObjectIdentifier(endpoint)) else { return nil }
         while let connection = stack.connections.popLast() {
             connection.clearDeadline()
             if probeTCPState ? connection.isOpenBothWays : connection.channel.isActive { return connection }
@@ -126,7 +129,8 @@ final class UpstreamConnectionPool {
         }
         connection.hasServedRequests = true
         let key = ObjectIdentifier(connection.endpoint)
-        if let queue = self.waiters[key], !queue.waiters.isEmpty {
+        // `waiters` stays empty until a request first waits: most pools never hash a key here.
+        if !self.waiters.isEmpty, let queue = self.waiters[key], !queue.waiters.isEmpty {
             // Requests wait here and on another loop too: a loop holding more than its share of
             // `max_connections` gives a released connection to the other loop (closed here, its
             // slot opened there), so neither loop's requests starve. Before, the loop holding
@@ -151,12 +155,13 @@ final class UpstreamConnectionPool {
         }
         // Its close future takes it out of `idle` when it closes.
         connection.expireWhenIdle(timeouts)
-        if let stack = self.idle[key] {
+        if let stack = self.idleStack(key) {
             stack.connections.append(connection)
         } else {
             let stack = IdleStack()
             stack.connections.append(connection)
             self.idle[key] = stack
+            self.lastIdle = (key, stack)
         }
     }
 
@@ -169,10 +174,18 @@ final class UpstreamConnectionPool {
             }
         }
         self.idle.removeAll()
+        self.lastIdle = nil
+    }
+
+    private func idleStack(_ key: ObjectIdentifier) -> IdleStack? {
+        if let last = self.lastIdle, last.key == key { return last.stack }
+        guard let stack = self.idle[key] else { return nil }
+        self.lastIdle = (key, stack)
+        return stack
     }
 
     private func removeIdle(_ handler: UpstreamConnectionHandler, endpoint: UpstreamEndpoint) {
-        self.idle[ObjectIdentifier(endpoint)]?.connections.removeAll { $0.handler === handler }
+        self.idleStack(ObjectIdentifier(endpoint))?.connections.removeAll { $0.handler === handler }
     }
 
     private func reserveSlot(_ endpoint: UpstreamEndpoint, max: Int) -> Bool {
@@ -245,7 +258,7 @@ final class UpstreamConnectionPool {
     /// Closes the least recently used idle connection to `endpoint`, freeing its slot for a
     /// request waiting on another loop.
     private func shedIdle(_ endpoint: UpstreamEndpoint) {
-        guard let stack = self.idle[ObjectIdentifier(endpoint)], !stack.connections.isEmpty else { return }
+        guard let stack = self.idleStack(ObjectIdentifier(endpoint)), !stack.connections.isEmpty else { return }
         let oldest = stack.connections.removeFirst()
         oldest.close()
     }

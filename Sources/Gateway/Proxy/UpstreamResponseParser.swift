@@ -152,11 +152,15 @@ struct UpstreamResponseHead {
     var status: HTTPResponseStatus
     /// As the parser kept them, or decoded (a head from a test).
     var fields: HeadFields
+    /// The first `Content-Type` names `text/event-stream`: the response is a stream of events,
+    /// watched for idleness. Found while the parser reads the fields, not by a second walk.
+    var isEventStream: Bool
 
     init(version: HTTPVersion, status: HTTPResponseStatus, fields: HeadFields) {
         self.version = version
         self.status = status
         self.fields = fields
+        self.isEventStream = fields.firstValue(of: "content-type", hasPrefix: "text/event-stream")
     }
 
     /// A head decoded elsewhere.
@@ -233,7 +237,8 @@ struct UpstreamResponseHead {
         let bodyless = status < 200 || status == 204 || status == 304
         let endsWithClose = !bodyless && !fields.isChunked && fields.contentLength == nil
         let keepAlive = (version == .http1_1 ? !fields.close : fields.keepAlive) && !endsWithClose
-        let head = UpstreamResponseHead(version: version, status: HTTPResponseStatus(statusCode: status), fields: [:])
+        var head = UpstreamResponseHead(version: version, status: HTTPResponseStatus(statusCode: status), fields: [:])
+        head.isEventStream = fields.isEventStream
         let parsed = ParsedHead(head: head, length: headLength, contentLength: fields.contentLength, isChunked: fields.isChunked, keepAlive: keepAlive)
         return (.parsed(parsed), (statusEnd + 2)..<(headLength - 2), lines - 1)
     }
