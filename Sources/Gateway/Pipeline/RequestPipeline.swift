@@ -70,9 +70,13 @@ enum RequestPipeline {
         allocator: ByteBufferAllocator
     ) -> PipelineDecision {
         let client = runtime.clientIP.resolve(peer: peer, headers: headers)
-        // Searched as bytes: the UTF-8 view's `firstIndex` steps a string index per byte.
-        let path = target.withUTF8Bytes { $0.firstIndex(of: UInt8(ascii: "?")) }
-            .map { target[..<target.utf8.index(target.utf8.startIndex, offsetBy: $0)] } ?? Substring(target)
+        // Searched as bytes: the UTF-8 view's `firstIndex` steps a string index per byte (and a
+        // generic search, unspecialized in debug builds, allocates per byte).
+        let query = target.withUTF8Bytes { bytes -> Int? in
+            for index in 0..<bytes.count where bytes[index] == UInt8(ascii: "?") { return index }
+            return nil
+        }
+        let path = query.map { target[..<target.utf8.index(target.utf8.startIndex, offsetBy: $0)] } ?? Substring(target)
 
         if path.withUTF8Bytes({ bytesHavePrefix($0, "/health") }), var response = Health.response(
             path: path, method: method, listener: listener, runtime: runtime, allocator: allocator

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Which hosts a route answers for. Ordered by specificity: exact > wildcard > any (SPEC "routes").
 enum HostPattern: Sendable, Equatable {
     case any
@@ -107,10 +113,10 @@ final class Route: Sendable {
         // element and check grapheme boundaries, once per route per request.
         path.withUTF8Bytes { path in
             self.pathPrefix.withUTF8Bytes { prefix in
-                guard path.count >= prefix.count, UnsafeBufferPointer(rebasing: path[..<prefix.count]).elementsEqual(prefix) else {
-                    return false
-                }
-                return path.count == prefix.count || prefix.last == UInt8(ascii: "/") || path[prefix.count] == UInt8(ascii: "/")
+                guard path.count >= prefix.count,
+                    prefix.isEmpty || memcmp(path.baseAddress!, prefix.baseAddress!, prefix.count) == 0
+                else { return false }
+                return path.count == prefix.count || (prefix.count > 0 && prefix[prefix.count - 1] == UInt8(ascii: "/")) || path[prefix.count] == UInt8(ascii: "/")
             }
         }
     }
