@@ -46,6 +46,22 @@ struct FieldNameTests {
         }
     }
 
+    @Test("A field-name set answers as a set of lowercased names does, whatever the case or length")
+    func fieldNameSets() {
+        let long = String(repeating: "x", count: 70), longer = String(repeating: "x", count: 80)
+        let sets: [[String]] = [[], ["x-user-id"], ["X-User-Id", "x-user-role", "CF-Connecting-IP"], [long, "a", "authorization"], ["te", "TE"]]
+        let candidates = Self.names + ["x-user-id", "X-USER-ID", "x-user-i", "x-user-idd", "cf-connecting-ip", long, longer, "A", "b", "Authorization"]
+        for names in sets {
+            let set = FieldNameSet(names)
+            let reference = Set(names.map { $0.lowercased() })
+            #expect(set.isEmpty == reference.isEmpty && set.names.count == reference.count)
+            for candidate in candidates {
+                #expect(set.contains(candidate) == reference.contains(candidate.lowercased()), "\(names) \(candidate)")
+            }
+            #expect(set.union(["Extra-Name"]).contains("extra-name") && !set.contains("extra-name"))
+        }
+    }
+
     @Test("Case-insensitive equality matches lowercased()")
     func equality() {
         for name in Self.names {

@@ -61,7 +61,7 @@ import Testing
             addedHeaders: Array([("x-user-id", "42"), ("x-user-role", "barber")].prefix(random.below(3))), trace: trace
         )
         let framing = random.pick([BodyFraming.none, .contentLength(random.below(1 << 40)), .chunked, .contentLength(0)])
-        let removing: Set<String> = random.chance(50) ? [] : ["x-user-id", "x-user-role"]
+        let removing: FieldNameSet = random.chance(50) ? [] : ["x-user-id", "x-user-role"]
         return ForwardedRequestHead(client: RequestHead(client), framing: framing, info: info, removing: removing)
     }
 

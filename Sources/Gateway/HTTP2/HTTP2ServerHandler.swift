@@ -25,8 +25,10 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     private var session: OpaquePointer?
     private let streams = StreamTable<HTTP2Stream>()
     /// The stream whose header block is being decoded: a block arrives in one piece (RFC 9113
-    /// §4.3), so its fields skip the dictionary lookup. Cleared when the block or stream ends.
-    private var receivingHeaders: HTTP2Stream?
+    /// §4.3), so its fields skip the table lookup. Cleared when the block or stream ends. Not
+    /// retained (the table holds the stream until it ends), so a field costs no retain and release.
+    private var receivingHeaders: Unmanaged<HTTP2Stream>?
+    private var receivingID: Int32 = 0
     /// Closed streams nothing else holds, kept for the next ones: a steady connection allocates
     /// no stream object per request.
     private var spareStreams: [HTTP2Stream] = []
@@ -508,12 +510,13 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
             stream = HTTP2Stream(id: id, connection: self)
         }
         self.streams.insert(stream, id: id)
-        self.receivingHeaders = stream
+        self.receivingHeaders = Unmanaged.passUnretained(stream)
+        self.receivingID = id
     }
 
     fileprivate func header(_ id: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
-        if let stream = self.receivingHeaders, stream.id == id {
-            stream.addHeader(name: name, value: value, maxHeaderListSize: self.settings.maxHeaderListSize)
+        if let receiving = self.receivingHeaders, self.receivingID == id {
+            receiving._withUnsafeGuaranteedRef { $0.addHeader(name: name, value: value, maxHeaderListSize: self.settings.maxHeaderListSize) }
         } else {
             self.streams[id]?.addHeader(name: name, value: value, maxHeaderListSize: self.settings.maxHeaderListSize)
         }
@@ -521,8 +524,9 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
 
     fileprivate func headersComplete(_ id: Int32, endStream: Bool) {
         // Usually the stream whose fields just arrived: no lookup.
-        let receiving = self.receivingHeaders.take()
-        guard let stream = receiving?.id == id ? receiving : self.streams[id] else { return }
+        let receiving = self.receivingID == id ? self.receivingHeaders.take()?.takeUnretainedValue() : nil
+        self.receivingHeaders = nil
+        guard let stream = receiving ?? self.streams[id] else { return }
         if stream.headComplete {
             // Trailers: dropped (upstream requests are re-framed), but they end the request.
             if endStream { stream.requestEnded() }
@@ -543,7 +547,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     }
 
     fileprivate func streamClosed(_ id: Int32) {
-        if self.receivingHeaders?.id == id { self.receivingHeaders = nil }
+        if self.receivingID == id { self.receivingHeaders = nil }
         guard var stream = self.streams.remove(id) else { return }
         stream.closed()
         // Only when the handler holds the last reference: an exchange, a deferred start or a

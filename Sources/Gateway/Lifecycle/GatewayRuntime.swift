@@ -47,13 +47,13 @@ final class GatewayRuntime: Sendable {
     let authenticator: Authenticator?
     /// Request fields never forwarded from an untrusted peer beyond `HeaderRewriter`'s fixed
     /// list: the claim headers the gateway itself sets, and `client_ip.header`.
-    let removedFromUntrustedPeer: Set<String>
+    let removedFromUntrustedPeer: FieldNameSet
     /// From a trusted proxy, only the claim headers go (its forwarding headers are kept).
-    let removedFromTrustedPeer: Set<String>
+    let removedFromTrustedPeer: FieldNameSet
     /// The two sets plus `authorization`, for a verified token read from that field and not
     /// forwarded: dropped in the rewrite's one pass over the fields.
-    let removedFromUntrustedPeerWithToken: Set<String>
-    let removedFromTrustedPeerWithToken: Set<String>
+    let removedFromUntrustedPeerWithToken: FieldNameSet
+    let removedFromTrustedPeerWithToken: FieldNameSet
     /// `rate_limits`; nil when no route lists a policy.
     let rateLimiter: RateLimitService?
     let startedAt: ContinuousClock.Instant
@@ -78,7 +78,7 @@ final class GatewayRuntime: Sendable {
         // Client-sent copies of claim headers are removed on every route, whatever its auth mode
         // (SPEC): an upstream must be able to trust X-User-Id. The two defaults are always in the
         // set, so a config that renames them cannot reopen the old names.
-        let claimHeaders = Set((authenticator?.forwardClaims.map(\.header) ?? []) + ["x-user-id", "x-user-role"])
+        let claimHeaders = FieldNameSet((authenticator?.forwardClaims.map(\.header) ?? []) + ["x-user-id", "x-user-role"])
         self.removedFromTrustedPeer = claimHeaders
         self.removedFromUntrustedPeer = claimHeaders.union([clientIP.header])
         self.removedFromTrustedPeerWithToken = self.removedFromTrustedPeer.union(["authorization"])

@@ -160,3 +160,49 @@ func bytesEqual(_ a: UnsafeBufferPointer<UInt8>, _ b: UnsafeBufferPointer<UInt8>
     for index in 0..<a.count where a[index] != b[index] { return false }
     return true
 }
+
+/// A few field names asked about for every field of every request (the config's removed headers:
+/// claim headers, `client_ip.header`, `authorization`). A mask of the names' lengths turns most
+/// fields away without a comparison; the others are compared as bytes, ASCII case ignored. (As a
+/// `Set<String>`, each field walked the set's buckets and counted a reference per name.)
+struct FieldNameSet: ExpressibleByArrayLiteral, Sendable {
+    /// Lowercased, each once.
+    private(set) var names: [String] = []
+    /// Bit `n` for a name of `n` bytes (63 for any longer).
+    private var lengths: UInt64 = 0
+
+    init<Names: Sequence>(_ names: Names) where Names.Element == String {
+        for name in names { self.insert(name) }
+    }
+
+    init(arrayLiteral names: String...) {
+        self.init(names)
+    }
+
+    var isEmpty: Bool { self.names.isEmpty }
+
+    mutating func insert(_ name: String) {
+        let lowered = name.lowercased()
+        guard !self.names.contains(lowered) else { return }
+        self.names.append(lowered)
+        self.lengths |= Self.bit(lowered.utf8.count)
+    }
+
+    func union<Names: Sequence>(_ names: Names) -> FieldNameSet where Names.Element == String {
+        var union = self
+        for name in names { union.insert(name) }
+        return union
+    }
+
+    func contains(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard self.lengths & Self.bit(name.count) != 0 else { return false }
+        for listed in self.names where listed.withUTF8Bytes({ bytesEqualIgnoringASCIICase(anyCase: name, $0) }) { return true }
+        return false
+    }
+
+    func contains(_ name: String) -> Bool {
+        name.withUTF8Bytes { self.contains($0) }
+    }
+
+    private static func bit(_ length: Int) -> UInt64 { 1 << UInt64(min(length, 63)) }
+}

@@ -18,7 +18,7 @@ struct ForwardedRequestHead {
     var client: RequestHead
     var framing: BodyFraming
     var info: ForwardingInfo
-    var removing: Set<String>
+    var removing: FieldNameSet
 
     /// The same head as an `HTTPRequestHead`.
     var head: HTTPRequestHead {

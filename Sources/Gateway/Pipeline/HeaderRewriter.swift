@@ -90,7 +90,7 @@ enum HeaderRewriter {
         _ head: RequestHead,
         framing: BodyFraming,
         info: ForwardingInfo,
-        removing extraRemoved: Set<String> = []
+        removing extraRemoved: FieldNameSet = []
     ) -> HTTPRequestHead {
         inOneOrTwoPasses(head.headers) { rewrittenRequest(head, framing: framing, info: info, removing: extraRemoved, named: $0) }
     }
@@ -98,7 +98,7 @@ enum HeaderRewriter {
     /// `upstreamRequest` for the `Connection` tokens `named`; nil when `named` is nil and the
     /// request has a `Connection` field (most have none: one pass over the fields, no token set).
     private static func rewrittenRequest(
-        _ head: RequestHead, framing: BodyFraming, info: ForwardingInfo, removing extraRemoved: Set<String>,
+        _ head: RequestHead, framing: BodyFraming, info: ForwardingInfo, removing extraRemoved: FieldNameSet,
         named: Set<String>?
     ) -> HTTPRequestHead? {
         var sink = HeadersSink(capacity: head.headers.fieldCount + 6)
@@ -113,7 +113,7 @@ enum HeaderRewriter {
     /// cannot drift apart. Returns false when `named` is nil and a `Connection` field names more
     /// fields to drop: the caller starts again with them.
     static func rewriteRequestFields<Sink: UpstreamFieldSink>(
-        _ head: RequestHead, framing: BodyFraming, info: ForwardingInfo, removing extraRemoved: Set<String>,
+        _ head: RequestHead, framing: BodyFraming, info: ForwardingInfo, removing extraRemoved: FieldNameSet,
         named: Set<String>?, into sink: inout Sink
     ) -> Bool {
         var sawHost = false
@@ -131,7 +131,7 @@ enum HeaderRewriter {
                 }
                 return true
             }
-            if !extraRemoved.isEmpty, Self.isListed(name, in: extraRemoved) { return true }
+            if extraRemoved.contains(name) { return true }
             if kind == .spoofable || kind == .forwardedFor {
                 guard peerTrusted else { return true }
                 if kind == .forwardedFor {

@@ -42,7 +42,7 @@ struct ProxyPlan {
     var claimHeaders: [(String, String)]
     /// Client-sent fields to drop on top of `HeaderRewriter`'s fixed lists (claim headers, and
     /// `client_ip.header` from an untrusted peer). Pass as `upstreamRequest(removing:)`.
-    var removedHeaders: Set<String>
+    var removedHeaders: FieldNameSet
     /// The verified token's `sub`, if any (rate-limit keys, the access log's subject hash).
     var subject: String? = nil
     /// Where the token was read from, removed from the upstream request (`jwt.forward_token`).
@@ -169,7 +169,7 @@ enum RequestPipeline {
         guard let cluster else {
             return PipelineDecision(.error(.noHealthyUpstream), additions, client: client, route: route)
         }
-        let removed: Set<String>
+        let removed: FieldNameSet
         if identity?.strip == .authorization {
             removed = client.peerTrusted ? runtime.removedFromTrustedPeerWithToken : runtime.removedFromUntrustedPeerWithToken
         } else {
