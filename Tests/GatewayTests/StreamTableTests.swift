@@ -37,10 +37,12 @@ struct StreamTableTests {
 
     @Test("Ids sharing a home slot, wrapping runs and removals in a run's middle")
     func collisionsAndWraparound() {
-        // With 8 or 16 slots, ids 64 apart share a slot; 15 and 31 sit at the end and wrap.
-        let ids: [Int32] = [15, 31, 79, 143, 1, 47, 207, 17]
+        // 16 slots (never more than 7 entries here, so no growth): ids 32 apart share a home slot.
+        // 31, 63 and 95 all start at the last slot, so the run wraps to slots 0 and 1, where 1's
+        // and 33's home is; removing 31 and then 1 shifts entries back across the end.
+        let ids: [Int32] = [31, 63, 95, 1, 33, 3]
         var operations = ids.map { (insert: true, id: $0) }
-        operations += [(false, 79), (false, 15), (true, 271), (false, 31), (false, 999), (true, 15), (false, 143), (false, 1)]
+        operations += [(false, 31), (false, 1), (true, 127), (false, 999), (false, 63), (true, 65), (false, 95), (false, 127)]
         self.check(operations)
     }
 
