@@ -728,42 +728,48 @@ private struct HeaderScratch: HeadFieldSink {
 
     /// One field from a head's bytes, dropped if it may not go out over HTTP/2 (`HTTP2ResponseField`).
     mutating func add(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
-        self.add(name: name, value: value, checked: self.copyingCheckedLines)
+        self.add(name: name, value: value, source: self.copyingCheckedLines ? .checkedLine : .unchecked)
     }
 
     /// A field the gateway made (or a decoded head's): always checked.
     mutating func add(name: String, value: String) {
-        name.withUTF8Bytes { name in value.withUTF8Bytes { self.add(name: name, value: $0, checked: false) } }
+        name.withUTF8Bytes { name in value.withUTF8Bytes { self.add(name: name, value: $0, source: .unchecked) } }
     }
 
     /// The name copied as it is (a lowercase token), unless connection-specific; the value checked.
     mutating func add(lowercaseName name: StaticString, value: String) {
         let name = UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount)
         if HeaderRewriter.isHopByHop(name) { return }
-        value.withUTF8Bytes { value in
-            self.reserveBytes(self.used + name.count + value.count, keeping: self.used)
-            if self.count == self.fieldCapacity { self.reserveFields(self.count * 2, keeping: self.count) }
-            let start = self.bytes! + self.used
-            start.update(from: name.baseAddress!, count: name.count)
-            guard let valueLength = HTTP2ResponseField.copyValue(value, to: start + name.count) else { return }
-            self.fields![self.count].namelen = name.count
-            self.fields![self.count].valuelen = valueLength
-            self.used += name.count + valueLength
-            self.count += 1
-        }
+        value.withUTF8Bytes { self.add(name: name, value: $0, source: .gatewayNamed) }
     }
 
-    private mutating func add(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>, checked: Bool) {
+    /// What has been checked of a field before it is copied.
+    private enum FieldCheck {
+        /// Both checked (an upstream head's lines after the rewrite): the name is lowercased.
+        case checkedLine
+        /// The name is a lowercase token the gateway chose; the value is checked.
+        case gatewayNamed
+        /// Neither: both are checked, and the field dropped if either fails.
+        case unchecked
+    }
+
+    private mutating func add(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>, source: FieldCheck) {
         // A field is copied at most as long as it came; its value right after its name.
         self.reserveBytes(self.used + name.count + value.count, keeping: self.used)
         if self.count == self.fieldCapacity { self.reserveFields(self.count * 2, keeping: self.count) }
         let start = self.bytes! + self.used
         let nameLength: Int, valueLength: Int
-        if checked {
+        switch source {
+        case .checkedLine:
             nameLength = HTTP2ResponseField.copyLowercased(name, to: start)
             valueLength = value.count
             if valueLength > 0 { (start + nameLength).update(from: value.baseAddress!, count: valueLength) }
-        } else {
+        case .gatewayNamed:
+            start.update(from: name.baseAddress!, count: name.count)
+            guard let value = HTTP2ResponseField.copyValue(value, to: start + name.count) else { return }
+            nameLength = name.count
+            valueLength = value
+        case .unchecked:
             guard let name = HTTP2ResponseField.copyName(name, to: start),
                 let value = HTTP2ResponseField.copyValue(value, to: start + name)
             else { return }

@@ -1,11 +1,5 @@
 import NIOHTTP1
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 // NIO's `==` on `HTTPMethod` is the standard library's for `RawRepresentable` types: each call
 // builds both sides' `rawValue` strings and compares them (~20 per proxied request, measured).
 // The request path tests a method's case instead.
@@ -27,10 +21,9 @@ extension HTTPMethod {
 
     /// The common methods (GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE, CONNECT) read from
     /// their bytes, case-sensitively as RFC 9110 §9.1 names them; nil for any other.
-    init?(commonMethodBytes bytes: UnsafeRawBufferPointer) {
-        func equals(_ name: StaticString) -> Bool {
-            bytes.count == name.utf8CodeUnitCount && memcmp(bytes.baseAddress!, name.utf8Start, bytes.count) == 0
-        }
+    init?(commonMethodBytes raw: UnsafeRawBufferPointer) {
+        let bytes = raw.assumingMemoryBound(to: UInt8.self)
+        func equals(_ name: StaticString) -> Bool { bytesEqual(bytes, name) }
         switch bytes.count {
         case 3 where equals("GET"): self = .GET
         case 3 where equals("PUT"): self = .PUT
