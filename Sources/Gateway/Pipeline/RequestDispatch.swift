@@ -179,7 +179,7 @@ struct RequestDispatch {
                                                  hasBody: framing.hasBody, subject: plan.subject)
             )
             exchange.webSocket = webSocket
-            exchange.streamIdle = .init(plan.route.realtime.streamIdle)
+            exchange.streamIdle = plan.route.realtime.streamIdle
             exchange.streamingRoute = plan.route.realtime.streaming
             return Routed(
                 outcome: .proxy(exchange), hasBody: framing.hasBody, jwtRejection: plan.deferredError?.rejectionReason,

@@ -84,8 +84,9 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
     /// Set for a WebSocket handshake on a `websocket: true` route: a 101 proving it is tunnelled.
     var webSocket: WebSocketHandshake?
     /// The route's `timeouts.stream_idle`, and whether it streams every response (`streaming: true`);
-    /// `text/event-stream` responses stream on any route.
-    var streamIdle: TimeAmount = .minutes(5)
+    /// `text/event-stream` responses stream on any route. Kept as configured: converted only for a
+    /// streamed response, not once per request.
+    var streamIdle: Duration = .seconds(300)
     var streamingRoute = false
     private var streamWatch: StreamIdleWatch?
     /// The `101` of an accepted WebSocket handshake, relayed once its response ends.
@@ -401,7 +402,7 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
                 self.downstream?.sendForwardedResponseHead(for: self, forwarded)
             }
             if self.streamingRoute || head.isEventStream {
-                self.streamWatch = StreamIdleWatch(loop: self.eventLoop, idle: self.streamIdle) { [weak self] in
+                self.streamWatch = StreamIdleWatch(loop: self.eventLoop, idle: .init(self.streamIdle)) { [weak self] in
                     self?.upstreamLost(.upstreamTimeout)
                 }
             }
