@@ -207,12 +207,14 @@ final class HTTP2Stream: DownstreamResponder {
         let head = RequestHead(version: .http2, method: httpMethod, uri: path, headers: headers)
         // The record is made where it stays: one made beside and moved in was copied whole
         // (300-odd bytes) three times on its way.
-        let dispatch = RequestDispatch.start(
+        var dispatch = RequestDispatch.start(
             head, at: connection.clock(), record: &self.data.record, streamEnded: endStream || extendedConnect, peer: connection.peer,
             services: connection.services, runtime: runtime, downstream: self, allocator: allocator
         )
-        self.data.requestID = dispatch.requestID
-        self.data.responseAdditions = dispatch.responseAdditions
+        // Swapped in, not copied: an assignment from the dispatch copied the additions' arrays
+        // (an outlined copy each) and released them again with the dispatch.
+        swap(&self.data.requestID, &dispatch.requestID)
+        swap(&self.data.responseAdditions, &dispatch.responseAdditions)
         self.data.hasBody = dispatch.hasBody
         // Logged as the client sent it, not as the HTTP/1.1 handshake it was relayed as.
         if extendedConnect { self.data.record?.method = .CONNECT }
