@@ -540,8 +540,12 @@ def test_claim_keyed_limit_costs_about_what_an_ip_keyed_one_does(protocol, certs
     # Measured on 2026-11-30, evening (debug): h1 none 66.5, client_ip 105.6, claim:sub 105.1,
     # tiered 105.5; h2 ≈ 3 fewer each. Whatever a policy costs, keying it by a claim costs no more than keying it
     # by the address, and a tier (a dotted claim read, one more key part) a few allocations.
+    # The margin is what one run moves against another with the machine saturated (a fresh clone's
+    # `make test` beside a release build read client_ip 79.7 and claim:sub 82.5, and tiered 79.9
+    # below claim:sub): allocations made once per loop tick are shared by fewer requests then. What
+    # it is there to catch is a second decode of the token (base64, then a JSON parse of every claim).
     assert figures["client_ip"] > figures["none"]
-    assert figures["claim:sub"] <= figures["client_ip"] + 2, figures
+    assert figures["claim:sub"] <= figures["client_ip"] + 5, figures
     assert figures["tiered"] <= figures["claim:sub"] + 7, figures
 
 
