@@ -54,7 +54,7 @@ struct FieldNameTests {
         for names in sets {
             let set = FieldNameSet(names)
             let reference = Set(names.map { $0.lowercased() })
-            #expect(set.isEmpty == reference.isEmpty && set.names.count == reference.count)
+            #expect(set.names.isEmpty == reference.isEmpty && set.names.count == reference.count)
             for candidate in candidates {
                 #expect(set.contains(candidate) == reference.contains(candidate.lowercased()), "\(names) \(candidate)")
             }

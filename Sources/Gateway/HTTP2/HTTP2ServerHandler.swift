@@ -524,7 +524,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
 
     fileprivate func headersComplete(_ id: Int32, endStream: Bool) {
         // Usually the stream whose fields just arrived: no lookup.
-        let receiving = self.receivingID == id ? self.receivingHeaders.take()?.takeUnretainedValue() : nil
+        let receiving = self.receivingID == id ? self.receivingHeaders?.takeUnretainedValue() : nil
         self.receivingHeaders = nil
         guard let stream = receiving ?? self.streams[id] else { return }
         if stream.headComplete {

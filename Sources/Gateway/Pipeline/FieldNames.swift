@@ -154,11 +154,11 @@ private func isSpaceOrTab(_ byte: UInt8) -> Bool {
     byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t")
 }
 
-/// `a` and `b` hold the same bytes.
+/// `a` and `b` hold the same bytes (`memcmp`, as for a `StaticString`).
 func bytesEqual(_ a: UnsafeBufferPointer<UInt8>, _ b: UnsafeBufferPointer<UInt8>) -> Bool {
     guard a.count == b.count else { return false }
-    for index in 0..<a.count where a[index] != b[index] { return false }
-    return true
+    guard let left = a.baseAddress, let right = b.baseAddress else { return true }
+    return memcmp(left, right, a.count) == 0
 }
 
 /// A few field names asked about for every field of every request (the config's removed headers:
@@ -178,8 +178,6 @@ struct FieldNameSet: ExpressibleByArrayLiteral, Sendable {
     init(arrayLiteral names: String...) {
         self.init(names)
     }
-
-    var isEmpty: Bool { self.names.isEmpty }
 
     mutating func insert(_ name: String) {
         let lowered = name.lowercased()

@@ -1,9 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 /// Which hosts a route answers for. Ordered by specificity: exact > wildcard > any (SPEC "routes").
 enum HostPattern: Sendable, Equatable {
     case any
@@ -113,9 +107,9 @@ final class Route: Sendable {
         // element and check grapheme boundaries, once per route per request.
         path.withUTF8Bytes { path in
             self.pathPrefix.withUTF8Bytes { prefix in
-                guard path.count >= prefix.count,
-                    prefix.isEmpty || memcmp(path.baseAddress!, prefix.baseAddress!, prefix.count) == 0
-                else { return false }
+                guard path.count >= prefix.count, bytesEqual(UnsafeBufferPointer(rebasing: path[..<prefix.count]), prefix) else {
+                    return false
+                }
                 return path.count == prefix.count || (prefix.count > 0 && prefix[prefix.count - 1] == UInt8(ascii: "/")) || path[prefix.count] == UInt8(ascii: "/")
             }
         }
