@@ -51,12 +51,13 @@ integration-test: test-deps
 	$(PYTHON) -m pytest -q Tests/Integration
 
 # The differential fuzz tests of the gateway's HTTP/1.1 parsers (client requests, upstream
-# responses) against NIO's llhttp decoders, with far more cases than `make test` runs (3,000 each):
+# responses) against NIO's llhttp decoders, and of its HTTP/2 request rules against nghttp2's own
+# checks, with far more cases than `make test` runs (3,000 each; 20,000 for HTTP/2):
 # FUZZ_CASES=N FUZZ_SEED=S to choose.
 FUZZ_CASES ?= 200000
 fuzz: test-deps
 	$(SWIFT) build --build-tests
-	FUZZ_CASES=$(FUZZ_CASES) FUZZ_SEED=$${FUZZ_SEED:-$$(date +%s)} $(SWIFT) test --skip-build --filter "HTTP1RequestDifferentialTests|UpstreamResponseDifferentialTests"
+	FUZZ_CASES=$(FUZZ_CASES) FUZZ_SEED=$${FUZZ_SEED:-$$(date +%s)} $(SWIFT) test --skip-build --filter "HTTP1RequestDifferentialTests|UpstreamResponseDifferentialTests|HTTP2RequestRulesDifferentialTests"
 
 clean:
 	rm -rf .build certs

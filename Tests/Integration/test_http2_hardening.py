@@ -56,9 +56,12 @@ def tls_socket(port):
 class Client:
     """An h2 client over TLS that keeps every event it saw, so tests can poll for outcomes."""
 
-    def __init__(self, port):
+    def __init__(self, port, validate=True):
         self.sock = tls_socket(port)
-        self.conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+        # validate=False sends fields exactly as given (uppercase, forbidden, out of order).
+        config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=validate,
+                                           normalize_outbound_headers=validate)
+        self.conn = h2.connection.H2Connection(config=config)
         self.conn.initiate_connection()
         self.seen = []
         self.closed = False
@@ -274,6 +277,81 @@ def read_for(s, seconds):
 
 # POST /api/upload, :scheme https, :authority localhost (HPACK: static indexes + one literal).
 POST_UPLOAD = b"\x83\x87\x44\x0b/api/upload\x41\x09localhost"
+
+
+PROTOCOL_ERROR = 1
+REQUEST = [(":method", "GET"), (":scheme", "https"), (":authority", "localhost"), (":path", "/api/bookings")]
+MALFORMED_HEADS = {
+    "uppercase name": REQUEST + [("X-Upper", "v")],
+    "connection-specific field": REQUEST + [("connection", "close")],
+    "transfer-encoding": REQUEST + [("transfer-encoding", "chunked")],
+    "te other than trailers": REQUEST + [("te", "gzip")],
+    "control byte in a value": REQUEST + [("x-a", "a\x01b")],
+    "line break in a value": REQUEST + [("x-a", "a\r\nx-injected: 1")],
+    "space at a value's end": REQUEST + [("x-a", "v ")],
+    "pseudo-header after a regular field": [(":method", "GET"), ("x-a", "1"), (":scheme", "https"),
+                                            (":authority", "localhost"), (":path", "/api/bookings")],
+    "no :path": REQUEST[:3],
+    "two :path": REQUEST + [(":path", "/api/barbers")],
+    "unknown pseudo-header": REQUEST + [(":status", "200")],
+    "path not origin-form": REQUEST[:3] + [(":path", "api/bookings")],
+    "two content-lengths": REQUEST + [("content-length", "0"), ("content-length", "0")],
+}
+
+
+def test_malformed_h2_requests_are_reset_and_never_reach_the_upstream(stall_gateway, upstream):
+    """RFC 9113 §8.1.1: a malformed request is reset with PROTOCOL_ERROR on its own stream — the
+    gateway's checks (nghttp2's HTTP messaging is off) — and its head never reaches the upstream;
+    the connection goes on serving. So is a body that ends short of its content-length."""
+    before = upstream.stats()["requests"]
+    client = Client(stall_gateway.ports["public"], validate=False)
+    streams = {}
+    for label, fields in MALFORMED_HEADS.items():
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, fields, end_stream=True)
+        streams[sid] = label
+    sid = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(sid, [(":method", "POST"), (":scheme", "https"), (":authority", "localhost"),
+                                   (":path", "/api/bookings"), ("content-length", "5")])
+    client.conn.send_data(sid, b"abc", end_stream=True)
+    streams[sid] = "body short of content-length"
+    client.flush()
+    assert client.pump(lambda: all(client.outcome(sid) for sid in streams), timeout=10)
+    for sid, label in streams.items():
+        assert client.outcome(sid) == ("reset", PROTOCOL_ERROR), f"{label}: {client.outcome(sid)}"
+    assert client.goaway() is None
+    sid = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(sid, REQUEST, end_stream=True)
+    client.flush()
+    assert client.pump(lambda: client.ended(sid), timeout=10)
+    assert client.outcome(sid) == 200
+    client.close()
+    # The valid request, and at most the short body's head (sent on before its DATA arrived).
+    assert upstream.stats()["requests"] - before <= 2
+
+
+def test_h2_body_past_its_content_length_is_not_forwarded(stall_gateway, upstream):
+    """A DATA frame that takes the body past its content-length is refused whole (the stream is
+    reset with PROTOCOL_ERROR), even once the upstream request is under way: the bytes after the
+    declared length carry a request the upstream would otherwise read as its next one."""
+    client = Client(stall_gateway.ports["public"], validate=False)
+    sid = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(sid, [(":method", "POST"), (":scheme", "https"), (":authority", "localhost"),
+                                   (":path", "/api/bookings"), ("content-length", "10")])
+    client.conn.send_data(sid, b"abcde")
+    client.flush()
+    deadline = time.time() + 10
+    while time.time() < deadline and upstream.stats()["posts"].get("/api/bookings", 0) == 0:
+        time.sleep(0.05)
+    assert upstream.stats()["posts"].get("/api/bookings") == 1, "the upstream request never started"
+    smuggled = b"POST /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    client.conn.send_data(sid, b"fghij" + smuggled, end_stream=True)
+    client.flush()
+    assert client.pump(lambda: client.outcome(sid), timeout=10)
+    assert client.outcome(sid) == ("reset", PROTOCOL_ERROR)
+    time.sleep(0.3)
+    assert "/smuggled" not in upstream.stats()["posts"]
+    client.close()
 
 
 def test_empty_data_flood_gets_enhance_your_calm(stall_gateway):

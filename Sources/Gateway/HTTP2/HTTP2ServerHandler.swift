@@ -207,6 +207,9 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
         nghttp2_option_set_max_continuations(option, self.settings.maxContinuations)
         nghttp2_option_set_max_outbound_ack(option, self.settings.maxOutboundAck)
         nghttp2_option_set_max_settings(option, self.settings.maxSettingsEntries)
+        // RFC 9113 §8's request checks are the stream's (`HTTP2RequestRules`, the same verdicts):
+        // nghttp2's looked every field up and checked it a second time.
+        nghttp2_option_set_no_http_messaging(option, 1)
 
         var session: OpaquePointer?
         let userData = Unmanaged.passUnretained(self).toOpaque()
@@ -514,36 +517,75 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
         self.receivingID = id
     }
 
-    fileprivate func header(_ id: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
+    /// Returns false when the field makes the request malformed: the stream has been reset.
+    fileprivate func header(_ id: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>, trailer: Bool) -> Bool {
+        let stream: Unmanaged<HTTP2Stream>
         if let receiving = self.receivingHeaders, self.receivingID == id {
-            receiving._withUnsafeGuaranteedRef { $0.addHeader(name: name, value: value, maxHeaderListSize: self.settings.maxHeaderListSize) }
+            stream = receiving
+        } else if let found = self.streams[id] {
+            stream = Unmanaged.passUnretained(found)
         } else {
-            self.streams[id]?.addHeader(name: name, value: value, maxHeaderListSize: self.settings.maxHeaderListSize)
+            return true
         }
+        let accepted = stream._withUnsafeGuaranteedRef {
+            $0.isRefused || $0.addHeader(
+                name: name, value: value, trailer: trailer, connectProtocol: self.settings.enableConnectProtocol,
+                maxHeaderListSize: self.settings.maxHeaderListSize
+            )
+        }
+        if !accepted { self.refuse(stream.takeUnretainedValue()) }
+        return accepted
     }
 
     fileprivate func headersComplete(_ id: Int32, endStream: Bool) {
         // Usually the stream whose fields just arrived: no lookup.
         let receiving = self.receivingID == id ? self.receivingHeaders?.takeUnretainedValue() : nil
         self.receivingHeaders = nil
-        guard let stream = receiving ?? self.streams[id] else { return }
+        guard let stream = receiving ?? self.streams[id], !stream.isRefused else { return }
         if stream.headComplete {
             // Trailers: dropped (upstream requests are re-framed), but they end the request.
+            guard stream.trailersEnded(endStream: endStream) else { return self.refuse(stream) }
             if endStream { stream.requestEnded() }
             return
+        }
+        guard stream.headEnded(endStream: endStream) else { return self.refuse(stream) }
+        if let priority = stream.requestedPriority, let session = self.session {
+            // RFC 9218 urgency for nghttp2's scheduler, as its own checks applied it.
+            var extpri = nghttp2_extpri(urgency: UInt32(priority.urgency), inc: priority.incremental ? 1 : 0)
+            _ = nghttp2_session_change_extpri_stream_priority(session, id, &extpri, 0)
         }
         stream.headersComplete(endStream: endStream)
     }
 
     fileprivate func data(_ id: Int32, _ bytes: UnsafeBufferPointer<UInt8>) {
         guard let stream = self.streams[id], let context else { return }
+        guard stream.bodyAllowed(count: bytes.count) else {
+            // Dropped, but its room in the connection's window is given back.
+            self.consume(streamID: id, count: bytes.count)
+            if !stream.isRefused { self.refuse(stream) }
+            return
+        }
         var buffer = context.channel.allocator.buffer(capacity: bytes.count)
         buffer.writeBytes(UnsafeRawBufferPointer(bytes))
         stream.bodyReceived(buffer)
     }
 
     fileprivate func dataEnded(_ id: Int32) {
-        self.streams[id]?.requestEnded()
+        guard let stream = self.streams[id] else { return }
+        guard stream.endAllowed() else {
+            if !stream.isRefused { self.refuse(stream) }
+            return
+        }
+        stream.requestEnded()
+    }
+
+    /// A malformed request (RFC 9113 §8.1.1): the stream is reset with PROTOCOL_ERROR, as
+    /// nghttp2's own checks did, and nothing more of it is read.
+    private func refuse(_ stream: HTTP2Stream) {
+        stream.refuse()
+        guard let session = self.session else { return }
+        nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream.id, NGHTTP2_PROTOCOL_ERROR.rawValue)
+        self.flushSoon()
     }
 
     fileprivate func streamClosed(_ id: Int32) {
@@ -905,14 +947,17 @@ private let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, user
 
 private let onHeader: nghttp2_on_header_callback = { _, frame, name, nameLength, value, valueLength, _, userData in
     guard let frame, let name, let value else { return 0 }
-    withHandler(userData) {
+    let accepted = withHandler(userData) {
         $0.header(
             frame.pointee.hd.stream_id,
             name: UnsafeBufferPointer(start: name, count: nameLength),
-            value: UnsafeBufferPointer(start: value, count: valueLength)
+            value: UnsafeBufferPointer(start: value, count: valueLength),
+            trailer: frame.pointee.headers.cat != NGHTTP2_HCAT_REQUEST
         )
     }
-    return 0
+    // The stream is reset already (PROTOCOL_ERROR): nghttp2 skips the rest of the block and
+    // does not report the frame.
+    return accepted ? 0 : Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
 }
 
 private let onFrameRecv: nghttp2_on_frame_recv_callback = { _, frame, userData in

@@ -33,7 +33,10 @@ final class HTTP2Stream: DownstreamResponder {
         var cookies: [String] = []
         var headerBytes = 0
         var headersTooLarge = false
-        var invalidHeader = false
+        /// RFC 9113 §8's checks, as the fields and DATA arrive.
+        var rules = HTTP2RequestRules()
+        /// Found malformed and reset: later fields and DATA are dropped.
+        var refused = false
         var requestID = ""
         var hasBody = false
         /// When more request body must have arrived; nil once the request is complete.
@@ -91,51 +94,88 @@ final class HTTP2Stream: DownstreamResponder {
 
     // MARK: - Request
 
+    /// One field of the request head, or of its trailers (`trailer`), checked against RFC 9113
+    /// §8 (`HTTP2RequestRules`). Returns false when the request is malformed: the connection
+    /// resets the stream.
     /// - Parameter maxHeaderListSize: the connection's limit, passed in by the connection: read
     ///   through the `unowned` reference it would be a checked retain and a release per field.
-    func addHeader(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>, maxHeaderListSize: Int) {
+    func addHeader(
+        name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>, trailer: Bool, connectProtocol: Bool, maxHeaderListSize: Int
+    ) -> Bool {
+        guard let kind = self.data.rules.field(name: name, value: value, trailer: trailer, connectProtocol: connectProtocol) else {
+            return false
+        }
+        if trailer { return true }  // trailers are dropped: upstream requests are re-framed
         // RFC 7541 §4.1 accounting (name + value + 32), checked while decoding so a block of many
-        // tiny headers is refused instead of buffered.
+        // tiny headers is answered 431 instead of buffered.
         self.data.headerBytes += name.count + value.count + 32
         if self.data.headerBytes > maxHeaderListSize {
             self.data.headersTooLarge = true
-            return
         }
-        if self.data.headersTooLarge { return }
-        if name.count > 0 && name[0] == UInt8(ascii: ":") {
-            // Names are told apart by their length, then their bytes: only what is kept becomes a `String`.
-            switch name.count {
-            case 5 where bytesEqual(name, ":path"):
-                self.data.path = String(decoding: value, as: UTF8.self)
-            case 7 where bytesEqual(name, ":method"):
-                self.data.method = Self.method(value)
-            case 7 where bytesEqual(name, ":scheme"):
-                break
-            case 9 where bytesEqual(name, ":protocol"):
-                self.data.connectProtocol = String(decoding: value, as: UTF8.self)
-            case 10 where bytesEqual(name, ":authority"):
-                self.data.authority = String(decoding: value, as: UTF8.self)
-            default:
-                self.data.invalidHeader = true
-            }
-            return
-        }
-        // The lines are read back by splitting at CRLF and the first colon: a field that could
-        // break them is refused here (nghttp2 refuses such names and values before us).
-        guard !name.isEmpty, name.allSatisfy(isHTTPTokenByte), RequestValidator.isFieldValue(bytes: value) else {
-            self.data.invalidHeader = true
-            return
-        }
-        if name.count == 6 && bytesEqual(name, "cookie") {
+        if self.data.headersTooLarge { return true }
+        // Only what is kept becomes a `String`. The rules passed only lowercase tokens and values
+        // without CR, LF or NUL: the lines, read back by splitting at CRLF and the first colon,
+        // cannot be broken.
+        switch kind {
+        case .path:
+            self.data.path = String(decoding: value, as: UTF8.self)
+        case .method:
+            self.data.method = Self.method(value)
+        case .scheme:
+            break
+        case .protocol:
+            self.data.connectProtocol = String(decoding: value, as: UTF8.self)
+        case .authority:
+            self.data.authority = String(decoding: value, as: UTF8.self)
+        case .cookie:
             self.data.cookies.append(String(decoding: value, as: UTF8.self))  // crumbs are joined (RFC 9113 §8.2.3)
-            return
-        }
-        if name.count == 4 && bytesEqual(name, "host") {
+        case .host:
             if self.data.authority == nil { self.data.authority = String(decoding: value, as: UTF8.self) }
-            return
+        case .other:
+            self.appendFieldLine(name: name, value: value)
         }
-        self.appendFieldLine(name: name, value: value)
+        return true
     }
+
+    /// The request head is in: false when it is malformed (RFC 9113 §8.1.1), and the stream is
+    /// reset instead of dispatched.
+    func headEnded(endStream: Bool) -> Bool {
+        self.data.rules.headEnded(endStream: endStream)
+    }
+
+    /// Trailers are in: false when they do not end the stream or the body fell short of its
+    /// `content-length`.
+    func trailersEnded(endStream: Bool) -> Bool {
+        self.data.rules.trailersEnded(endStream: endStream)
+    }
+
+    /// `count` body bytes arrived: false when they overrun the request's `content-length`.
+    func bodyAllowed(count: Int) -> Bool {
+        !self.data.refused && self.data.rules.bodyReceived(count: count)
+    }
+
+    /// The client ended the stream with DATA: false when the body fell short of its `content-length`.
+    func endAllowed() -> Bool {
+        !self.data.refused && self.data.rules.streamEnded()
+    }
+
+    /// The stream was found malformed and is being reset: nothing more of it is read, and an
+    /// upstream request already under way is dropped now (its connection closed, not reused),
+    /// before the reset is even sent.
+    func refuse() {
+        self.data.refused = true
+        self.data.bodyDueBy = nil
+        if let exchange = self.data.exchange {
+            self.data.record?.note(exchange)
+            self.data.exchange = nil
+            exchange.cancel()
+        }
+    }
+
+    var isRefused: Bool { self.data.refused }
+
+    /// The request's RFC 9218 `priority`, if it sent one nghttp2's scheduler can use.
+    var requestedPriority: (urgency: UInt8, incremental: Bool)? { self.data.rules.priority }
 
     /// `:method`'s value: a common method told apart by its bytes (no `String` made and compared
     /// with each of `HTTPMethod(rawValue:)`'s names); any other as that initializer reads it.
@@ -179,7 +219,7 @@ final class HTTP2Stream: DownstreamResponder {
         let method = self.data.method, path = self.data.path
         if self.data.state.headersComplete(endStream: endStream) { self.expectBody() }
         let allocator = connection.allocator
-        if self.data.headersTooLarge || self.data.invalidHeader || method == nil || path == nil {
+        if self.data.headersTooLarge || method == nil || path == nil {
             self.data.requestID = RequestIdentity.requestID(clientSupplied: self.fields.first(name: "x-request-id"))
             self.data.record = RequestRecord(
                 method: method ?? .RAW(value: "-"), target: path ?? "-", version: .http2,
@@ -190,7 +230,7 @@ final class HTTP2Stream: DownstreamResponder {
             self.respondLocally(GatewayError.headersTooLarge.response(requestID: self.data.requestID, allocator: allocator))
             return
         }
-        guard !self.data.invalidHeader, let method, let path else {
+        guard let method, let path else {  // a CONNECT that is not extended
             self.respondLocally(GatewayError.badRequest("malformed HTTP/2 request").response(requestID: self.data.requestID, allocator: allocator))
             return
         }
