@@ -166,3 +166,43 @@ struct FieldNameTests {
         #expect(Substring("\r\n a \n").trimmingSpaces == "\r\n a \n")
     }
 }
+
+/// `tokenEqualsIgnoringASCIICase` answers as the byte-by-byte comparison for every token: the
+/// literals the parsers use, each with its letters' case flipped and with every token byte at
+/// every position, and random tokens of every length up to 20.
+@Suite struct TokenComparisonTests {
+    static let literals: [StaticString] = [
+        "host", "expect", "upgrade", "connection", "traceparent", "x-request-id", "content-type", "content-length",
+        "proxy-connection", "transfer-encoding", "te", "abc",
+    ]
+
+    @Test func agreesWithTheByteLoop() {
+        let tokenBytes = (0...255).map(UInt8.init).filter(isHTTPTokenByte)
+        var random = SplitMix64(seed: 0x544F_4B45_4E)
+        var compared = 0, equal = 0
+        func check(_ bytes: [UInt8], _ literal: StaticString) {
+            bytes.withUnsafeBufferPointer { name in
+                let expected = bytesEqualIgnoringASCIICase(name, literal)
+                #expect(tokenEqualsIgnoringASCIICase(name, literal) == expected, "\(String(decoding: bytes, as: UTF8.self)) vs \(literal)")
+                compared += 1
+                if expected { equal += 1 }
+            }
+        }
+        for literal in Self.literals {
+            let text = Array(UnsafeBufferPointer(start: literal.utf8Start, count: literal.utf8CodeUnitCount))
+            check(text, literal)
+            check(text.map { $0 >= 0x61 && $0 <= 0x7A ? $0 - 0x20 : $0 }, literal)
+            for position in text.indices {
+                for byte in tokenBytes {
+                    var mutated = text
+                    mutated[position] = byte
+                    check(mutated, literal)
+                }
+            }
+            for length in 0...20 {
+                check((0..<length).map { _ in tokenBytes.randomElement(using: &random)! }, literal)
+            }
+        }
+        #expect(equal > Self.literals.count * 2 && compared > equal * 10, "\(equal) of \(compared)")
+    }
+}

@@ -105,21 +105,21 @@ enum HTTP1Grammar {
             let nameBytes = UnsafeBufferPointer(rebasing: lineBytes[name])
             let valueBytes = UnsafeBufferPointer(rebasing: lineBytes[value])
             switch nameBytes.count {
-            case 10 where bytesEqualIgnoringASCIICase(nameBytes, "connection"),
-                 16 where bytesEqualIgnoringASCIICase(nameBytes, "proxy-connection"):
+            case 10 where tokenEqualsIgnoringASCIICase(nameBytes, "connection"),
+                 16 where tokenEqualsIgnoringASCIICase(nameBytes, "proxy-connection"):
                 let options = Self.connectionOptions(UnsafeBufferPointer(rebasing: lineBytes[value.lowerBound..<trimmedEnd]))
                 fields.close = fields.close || options.close
                 fields.keepAlive = fields.keepAlive || options.keepAlive
                 fields.connectionUpgrade = fields.connectionUpgrade || options.upgrade
-            case 12 where !fields.sawContentType && bytesEqualIgnoringASCIICase(nameBytes, "content-type"):
+            case 12 where !fields.sawContentType && tokenEqualsIgnoringASCIICase(nameBytes, "content-type"):
                 fields.sawContentType = true
                 fields.isEventStream = bytesHavePrefixIgnoringASCIICase(valueBytes, "text/event-stream")
-            case 7 where bytesEqualIgnoringASCIICase(nameBytes, "upgrade"):
+            case 7 where tokenEqualsIgnoringASCIICase(nameBytes, "upgrade"):
                 fields.upgradeNamed = fields.upgradeNamed || value.lowerBound < trimmedEnd
-            case 14 where bytesEqualIgnoringASCIICase(nameBytes, "content-length"):
+            case 14 where tokenEqualsIgnoringASCIICase(nameBytes, "content-length"):
                 guard fields.contentLength == nil, let length = Self.decimal(valueBytes) else { return nil }
                 fields.contentLength = length
-            case 17 where bytesEqualIgnoringASCIICase(nameBytes, "transfer-encoding"):
+            case 17 where tokenEqualsIgnoringASCIICase(nameBytes, "transfer-encoding"):
                 guard !sawTransferEncoding, version == .http1_1, bytesEqualIgnoringASCIICase(valueBytes, "chunked") else { return nil }
                 sawTransferEncoding = true
                 fields.isChunked = true

@@ -137,6 +137,35 @@ func bytesEqual(_ bytes: UnsafeBufferPointer<UInt8>, _ string: StaticString) -> 
     return memcmp(base, string.utf8Start, bytes.count) == 0
 }
 
+/// `token`, a field name already checked to be a token, equal to `lowercase` (lowercase letters,
+/// digits and `-` only), ASCII case ignored: eight bytes at a time (overlapping at the end; two
+/// half-words for four to seven bytes), 0x20 ORed into every byte. For a token byte that maps only
+/// `A`–`Z` onto what they stand for: the other bytes that would land on `-` or a digit are
+/// control bytes, never in a token. The names the parsers look for are compared on every field of
+/// every head, where the byte loop took six instructions a byte.
+@inline(__always)
+func tokenEqualsIgnoringASCIICase(_ token: UnsafeBufferPointer<UInt8>, _ lowercase: StaticString) -> Bool {
+    let count = lowercase.utf8CodeUnitCount
+    guard token.count == count else { return false }
+    guard count >= 4, let base = token.baseAddress else {
+        for index in 0..<count where token[index] | 0x20 != lowercase.utf8Start[index] { return false }
+        return true
+    }
+    let name = UnsafeRawPointer(base), literal = UnsafeRawPointer(lowercase.utf8Start)
+    if count < 8 {
+        let first = name.loadUnaligned(as: UInt32.self) | 0x2020_2020
+        let last = name.loadUnaligned(fromByteOffset: count - 4, as: UInt32.self) | 0x2020_2020
+        return first == literal.loadUnaligned(as: UInt32.self) && last == literal.loadUnaligned(fromByteOffset: count - 4, as: UInt32.self)
+    }
+    var offset = 0
+    while true {
+        let word = name.loadUnaligned(fromByteOffset: offset, as: UInt64.self) | 0x2020_2020_2020_2020
+        if word != literal.loadUnaligned(fromByteOffset: offset, as: UInt64.self) { return false }
+        if offset + 8 >= count { return true }
+        offset = offset + 16 <= count ? offset + 8 : count - 8
+    }
+}
+
 /// `a` equal to `b`, ASCII case ignored on both sides.
 func bytesEqualIgnoringASCIICase(anyCase a: UnsafeBufferPointer<UInt8>, _ b: UnsafeBufferPointer<UInt8>) -> Bool {
     guard a.count == b.count else { return false }

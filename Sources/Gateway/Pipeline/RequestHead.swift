@@ -74,16 +74,16 @@ enum RequestValidator {
                 return false
             }
             switch name.count {
-            case 4 where bytesEqualIgnoringASCIICase(name, "host"):
+            case 4 where tokenEqualsIgnoringASCIICase(name, "host"):
                 hostCount += 1
                 if host == nil { host = String(decoding: value, as: UTF8.self) }
-            case 6 where bytesEqualIgnoringASCIICase(name, "expect"):
+            case 6 where tokenEqualsIgnoringASCIICase(name, "expect"):
                 if !visitCommaSeparated(value, { !bytesEqualIgnoringASCIICase($0, "100-continue") }) { expectsContinue = true }
-            case 11 where bytesEqualIgnoringASCIICase(name, "traceparent"):
+            case 11 where tokenEqualsIgnoringASCIICase(name, "traceparent"):
                 traceparent = traceparent == nil ? String(decoding: value, as: UTF8.self) : ""
-            case 12 where bytesEqualIgnoringASCIICase(name, "x-request-id"):
+            case 12 where tokenEqualsIgnoringASCIICase(name, "x-request-id"):
                 if requestID == nil { requestID = String(decoding: value, as: UTF8.self) }
-            case 14 where bytesEqualIgnoringASCIICase(name, "content-length"):
+            case 14 where tokenEqualsIgnoringASCIICase(name, "content-length"):
                 var conflict = false
                 let valid = visitCommaSeparated(value) { element in
                     guard let length = HTTP1Grammar.decimal(element) else { return false }
@@ -95,7 +95,7 @@ enum RequestValidator {
                     refusal = .badRequest(conflict ? "conflicting Content-Length values" : "invalid Content-Length")
                     return false
                 }
-            case 17 where bytesEqualIgnoringASCIICase(name, "transfer-encoding"):
+            case 17 where tokenEqualsIgnoringASCIICase(name, "transfer-encoding"):
                 _ = visitCommaSeparated(value) { element in
                     transferEncodings += 1
                     if bytesEqualIgnoringASCIICase(element, "chunked") { sawChunked = true }
