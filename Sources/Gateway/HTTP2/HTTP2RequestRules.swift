@@ -64,7 +64,7 @@ struct HTTP2RequestRules {
         // A pseudo-header's name is one of five, compared whole below: any other, well-formed or
         // not, is refused, so its bytes need no check of their own.
         if trailer || self.seen.contains(.regularField) { return nil }
-        // Names told apart by their length first, as `HTTP2Stream` does; `value` checked with
+        // Names told apart by their length first, then their bytes; values checked with
         // nghttp2's own tables (its exported checks), once each per request.
         guard let base = value.baseAddress, value.count > 0 else { return nil }  // every pseudo-header is non-empty
         switch name.count {
