@@ -110,6 +110,24 @@ import Testing
         }
     }
 
+    /// RFC 9218's `priority` as the rules read it for nghttp2's scheduler (no verdict depends on
+    /// it, so the differential comparison cannot see it).
+    @Test(arguments: [
+        ("u=1, i", (UInt8(1), true)), ("u=0", (0, false)), ("i", (3, true)), ("i=?0, u=7", (7, false)),
+        ("u=9", (3, false)), ("u=-1", (3, false)), ("u=2, x=5, y=?1, *z", (2, false)), ("u=1,i=?1", (1, true)),
+        ("", (3, false)),
+    ] as [(String, (UInt8, Bool))])
+    func priorityIsRead(_ text: String, _ expected: (UInt8, Bool)) throws {
+        let read = Array(text.utf8).withUnsafeBufferPointer { HTTP2RequestRules.priority($0, from: (3, false)) }
+        let priority = try #require(read, "\(text)")
+        #expect(priority.urgency == expected.0 && priority.incremental == expected.1, "\(text): \(priority)")
+    }
+
+    @Test(arguments: ["u=1;a=2", "u=1.5", "u=\"x\"", "u=(1 2)", "u=1,", "U=1", "u=1 i", "u=", "i=?2"])
+    func priorityNotReadIsIgnoredWhole(_ text: String) {
+        #expect(Array(text.utf8).withUnsafeBufferPointer { HTTP2RequestRules.priority($0, from: (3, false)) } == nil, "\(text)")
+    }
+
     @Test func randomAndMutatedRequests() throws {
         let counts = try DifferentialFuzz.run(
             defaultSeed: 0x4854_5450_3252, defaultCases: Self.defaultCases,

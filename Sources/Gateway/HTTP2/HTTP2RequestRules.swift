@@ -288,14 +288,14 @@ struct HTTP2RequestRules {
                     // A decimal or a token, string or byte sequence: not read here.
                     if index < value.count && value[index] == UInt8(ascii: ".") { return nil }
                     var number = 0
-                    for byte in value[digitsStart..<index] { number = number * 10 + Int(byte - UInt8(ascii: "0")) }
+                    for digit in digitsStart..<index { number = number * 10 + Int(value[digit] - UInt8(ascii: "0")) }
                     member = value[start] == UInt8(ascii: "-") ? -number : number
                 }
             }
             if index < value.count && value[index] == UInt8(ascii: ";") { return nil }  // parameters
             if bytesEqual(key, "u") {
                 // An urgency out of range or not an integer leaves the current one.
-                if let member, (0...7).contains(member) { result.urgency = UInt8(member) }
+                if let member, member >= 0 && member <= 7 { result.urgency = UInt8(member) }
             } else if bytesEqual(key, "i") {
                 if let boolean { result.incremental = boolean }
             }

@@ -562,7 +562,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
         guard stream.bodyAllowed(count: bytes.count) else {
             // Dropped, but its room in the connection's window is given back.
             self.consume(streamID: id, count: bytes.count)
-            if !stream.isRefused { self.refuse(stream) }
+            self.refuse(stream)
             return
         }
         var buffer = context.channel.allocator.buffer(capacity: bytes.count)
@@ -572,16 +572,14 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
 
     fileprivate func dataEnded(_ id: Int32) {
         guard let stream = self.streams[id] else { return }
-        guard stream.endAllowed() else {
-            if !stream.isRefused { self.refuse(stream) }
-            return
-        }
+        guard stream.endAllowed() else { return self.refuse(stream) }
         stream.requestEnded()
     }
 
     /// A malformed request (RFC 9113 §8.1.1): the stream is reset with PROTOCOL_ERROR, as
-    /// nghttp2's own checks did, and nothing more of it is read.
+    /// nghttp2's own checks did, and nothing more of it is read. Once per stream.
     private func refuse(_ stream: HTTP2Stream) {
+        guard !stream.isRefused else { return }
         stream.refuse()
         guard let session = self.session else { return }
         nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream.id, NGHTTP2_PROTOCOL_ERROR.rawValue)
