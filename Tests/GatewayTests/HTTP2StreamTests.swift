@@ -174,6 +174,23 @@ struct HTTP2StreamTests {
         #expect(Mirror(reflecting: stream).children.compactMap(\.label).sorted() == ["connection", "data", "id"])
     }
 
+    /// The upstream gets one `Host`: `:authority`'s value when the request has one (a `host`
+    /// field beside it is dropped), else the `host` field's (a second one resets the stream).
+    @Test(arguments: [
+        ([(":authority", "a.example"), (":path", "/api/x"), ("host", "b.example")], "a.example"),
+        ([(":path", "/api/x"), ("host", "b.example")], "b.example"),
+        ([(":path", "/api/x"), ("accept", "*/*"), ("host", "b.example")], "b.example"),
+    ])
+    func upstreamHostIsTheAuthorityOrElseTheHostField(_ fields: [(String, String)], _ expected: String) throws {
+        let h = try Harness()
+        try h.poolUpstream()
+        h.send(Harness.frame(type: 1, flags: 0x05, stream: 1, Harness.block([(":method", "GET"), (":scheme", "http")] + fields)))
+        _ = h.output()
+        let lines = h.upstreamWritten().split(separator: "\r\n")
+        #expect(lines.first == "GET /api/x HTTP/1.1")
+        #expect(lines.filter { $0.lowercased().hasPrefix("host:") } == ["host: \(expected)"])
+    }
+
     @Test func stalledUploadIsAnswered408AndItsUpstreamConnectionClosed() throws {
         let h = try Harness()
         try h.poolUpstream()

@@ -26,7 +26,8 @@ final class HTTP2Stream: DownstreamResponder {
         // Request side
         var method: HTTPMethod?
         var path: String?
-        var authority: String?
+        /// Whether the fields hold a `host` line yet (from `:authority`, or else the first `host`).
+        var hasHost = false
         /// The request's fields as `name: value` CRLF lines (`HeadFields`).
         var fieldLines = ByteBuffer()
         var fieldCount = 0
@@ -126,11 +127,17 @@ final class HTTP2Stream: DownstreamResponder {
         case .protocol:
             self.data.connectProtocol = String(decoding: value, as: UTF8.self)
         case .authority:
-            self.data.authority = String(decoding: value, as: UTF8.self)
+            // Pseudo-fields come first (the rules refuse one after a regular field): no `host`
+            // was written before it, and any later one is dropped.
+            self.appendFieldLine(name: "host", value: value)
+            self.data.hasHost = true
         case .cookie:
             self.data.cookies.append(String(decoding: value, as: UTF8.self))  // crumbs are joined (RFC 9113 §8.2.3)
         case .host:
-            if self.data.authority == nil { self.data.authority = String(decoding: value, as: UTF8.self) }
+            if !self.data.hasHost {
+                self.appendFieldLine(name: "host", value: value)
+                self.data.hasHost = true
+            }
         case .other:
             self.appendFieldLine(name: name, value: value)
         }
@@ -201,9 +208,11 @@ final class HTTP2Stream: DownstreamResponder {
     }
 
     private func appendFieldLine(name: StaticString, value: String) {
-        value.withUTF8Bytes { value in
-            self.appendFieldLine(name: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount), value: value)
-        }
+        value.withUTF8Bytes { self.appendFieldLine(name: name, value: $0) }
+    }
+
+    private func appendFieldLine(name: StaticString, value: UnsafeBufferPointer<UInt8>) {
+        self.appendFieldLine(name: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount), value: value)
     }
 
     /// The fields gathered so far.
@@ -234,9 +243,8 @@ final class HTTP2Stream: DownstreamResponder {
             self.respondLocally(GatewayError.badRequest("malformed HTTP/2 request").response(requestID: self.data.requestID, allocator: allocator))
             return
         }
-        // `addHeader` kept any `host` out; the lines end with the one `Host` and `Cookie` an
-        // HTTP/1.1 upstream reads.
-        if let authority = self.data.authority { self.appendFieldLine(name: "host", value: authority) }
+        // `addHeader` wrote one `host` line; the lines end with the one `Cookie` an HTTP/1.1
+        // upstream reads.
         if !self.data.cookies.isEmpty { self.appendFieldLine(name: "cookie", value: self.data.cookies.joined(separator: "; ")) }
         var headers = self.fields
         var httpMethod = method

@@ -140,7 +140,8 @@ final class Observability: Sendable {
             source: source, seconds: seconds, upstreamSeconds: upstreamSeconds
         )
         if let reason = record.jwtRejection { self.metrics.jwtRejections.increment([reason]) }
-        if let exporter = self.spanExporter, let trace = record.trace, trace.sampled {
+        // The trace first: binding the exporter copies an existential, on every request.
+        if let trace = record.trace, trace.sampled, let exporter = self.spanExporter {
             let end = UInt64(max(0, Date().timeIntervalSince1970 * 1e9))
             exporter.export(FinishedSpan(
                 trace: trace, name: record.route, startNanoseconds: end - min(end, UInt64(max(0, elapsed))),
