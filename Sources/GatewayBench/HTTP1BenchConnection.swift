@@ -75,13 +75,13 @@ final class HTTP1BenchConnection: ChannelInboundHandler, BenchConnection {
         self.current = (request, nowNanos)
         self.status = nil
         let prepared = self.requests[request.target]
-        context.write(Self.wrapOutboundOut(.head(prepared.head)), promise: nil)
-        if let body = prepared.body { context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
-        context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+        context.write(self.wrapOutboundOut(.head(prepared.head)), promise: nil)
+        if let body = prepared.body { context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
+        context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch Self.unwrapInboundIn(data) {
+        switch self.unwrapInboundIn(data) {
         case .head(let response):
             self.status = Int(response.status.code)
             if !response.isKeepAlive { self.closing = true }

@@ -111,7 +111,7 @@ final class HTTP2BenchConnection: ChannelDuplexHandler, BenchConnection {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let session = self.session else { return }
-        let buffer = Self.unwrapInboundIn(data)
+        let buffer = self.unwrapInboundIn(data)
         self.insideSession = true
         let result = buffer.withUnsafeReadableBytes { bytes -> Int in
             guard let base = bytes.baseAddress else { return 0 }
@@ -249,7 +249,7 @@ final class HTTP2BenchConnection: ChannelDuplexHandler, BenchConnection {
             // Valid only until the next nghttp2 call: copy now.
             var buffer = context.channel.allocator.buffer(capacity: count)
             buffer.writeBytes(UnsafeRawBufferPointer(start: pointer, count: count))
-            context.write(Self.wrapOutboundOut(buffer), promise: nil)
+            context.write(self.wrapOutboundOut(buffer), promise: nil)
             wrote = true
         }
         if wrote { context.flush() }

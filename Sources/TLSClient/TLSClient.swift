@@ -297,7 +297,7 @@ public final class TLSClientHandler: ChannelDuplexHandler {
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let connection = self.connection else { return }
-        connection.feed(Self.unwrapInboundIn(data))
+        connection.feed(self.unwrapInboundIn(data))
         switch self.state {
         case .handshaking: self.step(context: context)
         case .active: self.decrypt(context: context)
@@ -332,7 +332,7 @@ public final class TLSClientHandler: ChannelDuplexHandler {
         while self.state == .active {
             switch connection.read(allocator: context.channel.allocator) {
             case .data(let buffer):
-                context.fireChannelRead(Self.wrapInboundOut(buffer))
+                context.fireChannelRead(self.wrapInboundOut(buffer))
             case .wantMore:
                 self.writeOutput(context: context, flush: true)  // tickets, KeyUpdate answers
                 return
@@ -356,7 +356,7 @@ public final class TLSClientHandler: ChannelDuplexHandler {
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
-        let buffer = Self.unwrapOutboundIn(data)
+        let buffer = self.unwrapOutboundIn(data)
         if var existing = self.unflushed {
             self.unflushed = nil
             existing.writeImmutableBuffer(buffer)
@@ -416,12 +416,12 @@ public final class TLSClientHandler: ChannelDuplexHandler {
             promise = context.eventLoop.makePromise()
             promise!.futureResult.cascade(toAll: promises)
         }
-        context.writeAndFlush(Self.wrapOutboundOut(output), promise: promise)
+        context.writeAndFlush(self.wrapOutboundOut(output), promise: promise)
     }
 
     private func writeOutput(context: ChannelHandlerContext, flush: Bool) {
         guard let output = self.connection?.output(allocator: context.channel.allocator) else { return }
-        context.write(Self.wrapOutboundOut(output), promise: nil)
+        context.write(self.wrapOutboundOut(output), promise: nil)
         if flush { context.flush() }
     }
 

@@ -178,7 +178,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         // Requests read with a closing response are never answered; input after a parse failure
         // is dropped.
         guard !self.state.closed, !self.parser.hasFailed else { return }
-        var input = Self.unwrapInboundIn(data)
+        var input = self.unwrapInboundIn(data)
         if var unparsed = self.unparsed.take() {
             unparsed.writeBuffer(&input)
             input = unparsed

@@ -137,7 +137,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         self.tickSlot.ioBegins()
         guard let session = self.session else { return }
-        let buffer = Self.unwrapInboundIn(data)
+        let buffer = self.unwrapInboundIn(data)
         self.reading = true
         self.insideSession = true
         let result = buffer.withUnsafeReadableBytes { bytes -> Int in
@@ -279,11 +279,11 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
             self.outbound.writeBytes(UnsafeRawBufferPointer(start: pointer, count: count))
             if self.outbound.readableBytes >= Self.outboundChunk {
                 // A large response goes out in chunks, so writability is checked between them.
-                context.writeAndFlush(Self.wrapOutboundOut(self.outbound), promise: nil)
+                context.writeAndFlush(self.wrapOutboundOut(self.outbound), promise: nil)
                 gathering = false
             }
         }
-        if gathering { context.writeAndFlush(Self.wrapOutboundOut(self.outbound), promise: nil) }
+        if gathering { context.writeAndFlush(self.wrapOutboundOut(self.outbound), promise: nil) }
         if self.outbound.capacity > Self.outboundChunk * 2 { self.outbound = ByteBuffer() }
         if !self.drainedStreams.isEmpty {
             swap(&self.drainedStreams, &self.drainedInProgress)
@@ -670,7 +670,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
         self.closed = true
         let loopBound = context.loopBound
         // Let queued frames (GOAWAY, last DATA) reach the socket first.
-        context.writeAndFlush(Self.wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).assumeIsolated()
+        context.writeAndFlush(self.wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).assumeIsolated()
             .whenComplete { _ in loopBound.value.close(promise: nil) }
     }
 

@@ -429,7 +429,7 @@ final class PriorKnowledgeSniffer: ChannelInboundHandler, RemovableChannelHandle
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var incoming = Self.unwrapInboundIn(data)
+        var incoming = self.unwrapInboundIn(data)
         if var buffered = self.buffered {
             buffered.writeBuffer(&incoming)
             self.buffered = buffered
@@ -452,7 +452,7 @@ final class PriorKnowledgeSniffer: ChannelInboundHandler, RemovableChannelHandle
         }
         let pending = self.buffered!
         self.buffered = nil
-        context.fireChannelRead(Self.wrapInboundOut(pending))
+        context.fireChannelRead(self.wrapInboundOut(pending))
         context.fireChannelReadComplete()
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }

@@ -103,7 +103,7 @@ private final class StatusLineHandler: ChannelInboundHandler, @unchecked Sendabl
     init(status: EventLoopPromise<Int>) { self.status = status }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var bytes = Self.unwrapInboundIn(data)
+        var bytes = self.unwrapInboundIn(data)
         self.collected.writeBuffer(&bytes)
         let view = self.collected.readableBytesView
         guard let end = view.firstIndex(of: UInt8(ascii: "\n")) else {

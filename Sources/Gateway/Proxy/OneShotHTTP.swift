@@ -113,7 +113,7 @@ final class OneShotResponseCollector: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !self.done else { return }
-        switch Self.unwrapInboundIn(data) {
+        switch self.unwrapInboundIn(data) {
         case .head(let head):
             guard self.accept(head.status) else {
                 self.finish(.failure(OneShotHTTP.Failure(description: "HTTP \(head.status.code)", status: head.status)), context: context)

@@ -50,7 +50,7 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         self.tickSlot.ioBegins()
-        var input = Self.unwrapInboundIn(data)
+        var input = self.unwrapInboundIn(data)
         if var unparsed = self.unparsed.take() {
             unparsed.writeBuffer(&input)
             input = unparsed

@@ -165,7 +165,7 @@ final class TunnelEndpointHandler: ChannelDuplexHandler, TunnelSide {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         // Never passed on: the handlers behind this one speak HTTP, not the tunnelled protocol.
-        self.tunnel?.relay(Self.unwrapInboundIn(data), from: self.side)
+        self.tunnel?.relay(self.unwrapInboundIn(data), from: self.side)
     }
 
     /// Bytes of this side read before the tunnel started, relayed as if read now.
@@ -210,7 +210,7 @@ final class TunnelEndpointHandler: ChannelDuplexHandler, TunnelSide {
             return
         }
         guard let context else { return }
-        context.write(Self.wrapOutboundOut(buffer), promise: nil)
+        context.write(self.wrapOutboundOut(buffer), promise: nil)
         self.pendingFlush = true
     }
 
@@ -246,7 +246,7 @@ final class TunnelEndpointHandler: ChannelDuplexHandler, TunnelSide {
         // A reader that never drains its socket does not hold the tunnel's memory for long.
         let channel = context.channel
         context.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
-        context.writeAndFlush(Self.wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)))
+        context.writeAndFlush(self.wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)))
             .assumeIsolated().whenComplete { _ in loopBound.value.close(promise: nil) }
     }
 }
