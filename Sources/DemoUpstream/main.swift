@@ -53,9 +53,9 @@ final class DemoHandler: ChannelInboundHandler {
         if self.keepAlive {
             // Armed first: writing the end may hand a pipelined request in, which disarms it.
             self.armIdleTimer(context)
-            context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+            context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
         } else {
-            context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+            context.writeAndFlush(self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
                 context.close(promise: nil)
             }
         }
@@ -92,7 +92,7 @@ final class DemoHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch (Self.unwrapInboundIn(data), self.mode) {
+        switch (self.unwrapInboundIn(data), self.mode) {
         case (.head(let head), _):
             self.idleTimer?.cancel()
             self.idleTimer = nil
@@ -109,7 +109,7 @@ final class DemoHandler: ChannelInboundHandler {
                 if let length = head.headers.first(name: "content-length") {
                     headers = HTTPHeaders([("content-type", "application/octet-stream"), ("content-length", length)])
                 }
-                context.writeAndFlush(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+                context.writeAndFlush(self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
             } else {
                 self.mode = .collecting(head, context.channel.allocator.buffer(capacity: 0))
             }
@@ -122,7 +122,7 @@ final class DemoHandler: ChannelInboundHandler {
             }
             self.mode = .counting(head, count + body.readableBytes, hash)
         case (.body(let body), .echoStream):
-            context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            context.writeAndFlush(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         case (.end, .collecting(let head, let body)):
             self.mode = .idle
             self.respond(context: context, head: head, body: body)
@@ -173,8 +173,8 @@ final class DemoHandler: ChannelInboundHandler {
             let contentType = head.headers.first(name: "content-type") ?? "application/octet-stream"
             var headers = HTTPHeaders([("content-type", contentType), ("content-length", String(body.readableBytes))])
             headers.add(name: "x-demo-upstream", value: "booking")
-            context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .created, headers: headers))), promise: nil)
-            context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .created, headers: headers))), promise: nil)
+            context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
             self.writeEnd(context)
         case (_, "/api/echo-headers"):
             var json = #"{"method":"\#(head.method.rawValue)","uri":"\#(escape(head.uri))","body_bytes":\#(body.readableBytes),"headers":["#
@@ -189,7 +189,7 @@ final class DemoHandler: ChannelInboundHandler {
             let headers = chunked
                 ? HTTPHeaders([("content-type", "application/octet-stream"), ("transfer-encoding", "chunked")])
                 : HTTPHeaders([("content-type", "application/octet-stream"), ("content-length", String(total))])
-            context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+            context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
             self.download = (total, chunk)
             self.pumpDownload(context: context)
         case (_, "/api/vary"):
@@ -259,7 +259,7 @@ final class DemoHandler: ChannelInboundHandler {
         guard var download = self.download else { return }
         while download.remaining > 0 && context.channel.isWritable {
             let size = min(download.remaining, download.chunk.readableBytes)
-            context.write(Self.wrapOutboundOut(.body(.byteBuffer(download.chunk.getSlice(at: 0, length: size)!))), promise: nil)
+            context.write(self.wrapOutboundOut(.body(.byteBuffer(download.chunk.getSlice(at: 0, length: size)!))), promise: nil)
             download.remaining -= size
         }
         if download.remaining == 0 {
@@ -286,8 +286,8 @@ final class DemoHandler: ChannelInboundHandler {
         buffer.writeString(json)
         var headers = HTTPHeaders([("content-type", "application/json"), ("content-length", String(buffer.readableBytes))])
         for (name, value) in extraHeaders { headers.add(name: name, value: value) }
-        context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
-        if !head { context.write(Self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil) }
+        context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        if !head { context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil) }
         self.writeEnd(context)
     }
 }

@@ -9,13 +9,13 @@ struct HandlerSourceRulesTests {
     /// (`Self.unwrapInboundIn(data)`) are left generic in the release build: every read and write
     /// then runs `NIOAny.forceAs<T>`'s metatype checks and a dynamic cast (~280 instructions a
     /// read). Called on `self`, they are specialized to a payload check. The modules on a
-    /// request's path (and the load generator's) use `self.`.
+    /// request's path, and the benchmark's load generator and demo upstream, use `self.`.
     @Test func handlersUnwrapAndWrapThroughSelfNotTheDynamicSelfType() throws {
         let root = URL(fileURLWithPath: #filePath)
             .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         var offending: [String] = []
         var scanned = 0
-        for module in ["Gateway", "TLSClient", "GatewayBench"] {
+        for module in ["Gateway", "TLSClient", "GatewayBench", "DemoUpstream"] {
             let directory = root.appendingPathComponent("Sources").appendingPathComponent(module)
             let files = try #require(FileManager.default.enumerator(at: directory, includingPropertiesForKeys: nil))
             for case let file as URL in files where file.pathExtension == "swift" {
