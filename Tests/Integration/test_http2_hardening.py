@@ -296,6 +296,7 @@ MALFORMED_HEADS = {
     "unknown pseudo-header": REQUEST + [(":status", "200")],
     "path not origin-form": REQUEST[:3] + [(":path", "api/bookings")],
     "two content-lengths": REQUEST + [("content-length", "0"), ("content-length", "0")],
+    "two host fields": REQUEST[:2] + [(":path", "/api/bookings"), ("host", "localhost"), ("host", "evil.example")],
 }
 
 
@@ -328,6 +329,27 @@ def test_malformed_h2_requests_are_reset_and_never_reach_the_upstream(stall_gate
     client.close()
     # The valid request, and at most the short body's head (sent on before its DATA arrived).
     assert upstream.stats()["requests"] - before <= 2
+
+
+def test_h2_authority_wins_over_a_host_field_on_its_way_upstream(stall_gateway, upstream):
+    """A client that sends `:authority` and a different `host` (a routing or cache-key confusion
+    attempt): the upstream gets one `Host`, `:authority`'s (RFC 9113 §8.3.1); without `:authority`
+    the `host` field is the host."""
+    client = Client(stall_gateway.ports["public"], validate=False)
+    method_scheme, path = REQUEST[:2], (":path", "/api/echo-headers")
+    expected = {}
+    for fields, host in ((method_scheme + [(":authority", "localhost"), path, ("host", "evil.example")], "localhost"),
+                         (method_scheme + [path, ("host", "booking.example")], "booking.example")):
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, fields, end_stream=True)
+        expected[sid] = host
+    client.flush()
+    assert client.pump(lambda: all(client.ended(sid) for sid in expected), timeout=10)
+    for sid, host in expected.items():
+        assert client.outcome(sid) == 200, client.outcome(sid)
+        headers = json.loads(client.body(sid))["headers"]
+        assert [value for name, value in headers if name.lower() == "host"] == [host]
+    client.close()
 
 
 def test_h2_body_past_its_content_length_is_not_forwarded(stall_gateway, upstream):

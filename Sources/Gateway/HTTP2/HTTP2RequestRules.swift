@@ -48,6 +48,8 @@ struct HTTP2RequestRules {
     private var bodyBytes: Int64 = 0
     /// RFC 9218 urgency and incremental flag from a `priority` field, nil without one.
     private(set) var priority: (urgency: UInt8, incremental: Bool)?
+    /// Whether `:authority` came (the request's host then, whatever a `host` field says).
+    var sawAuthority: Bool { self.seen.contains(.authority) }
 
     init() {}
 
@@ -230,7 +232,8 @@ struct HTTP2RequestRules {
         return true
     }
 
-    /// One or more digits, within `Int64`.
+    /// One or more digits, within `Int64`: nghttp2's limit (`HTTP1Grammar.decimal` stops at 18
+    /// digits, which would refuse lengths nghttp2 takes).
     private static func decimal(_ value: UnsafeBufferPointer<UInt8>) -> Int64? {
         guard value.count > 0 else { return nil }
         var result: Int64 = 0

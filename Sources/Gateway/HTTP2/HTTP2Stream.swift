@@ -26,8 +26,6 @@ final class HTTP2Stream: DownstreamResponder {
         // Request side
         var method: HTTPMethod?
         var path: String?
-        /// Whether the fields hold a `host` line yet (from `:authority`, or else the first `host`).
-        var hasHost = false
         /// The request's fields as `name: value` CRLF lines (`HeadFields`).
         var fieldLines = ByteBuffer()
         var fieldCount = 0
@@ -128,16 +126,13 @@ final class HTTP2Stream: DownstreamResponder {
             self.data.connectProtocol = String(decoding: value, as: UTF8.self)
         case .authority:
             // Pseudo-fields come first (the rules refuse one after a regular field): no `host`
-            // was written before it, and any later one is dropped.
+            // was written before it.
             self.appendFieldLine(name: "host", value: value)
-            self.data.hasHost = true
         case .cookie:
             self.data.cookies.append(String(decoding: value, as: UTF8.self))  // crumbs are joined (RFC 9113 §8.2.3)
         case .host:
-            if !self.data.hasHost {
-                self.appendFieldLine(name: "host", value: value)
-                self.data.hasHost = true
-            }
+            // The only one (the rules refuse a second); `:authority`, when sent, is the host.
+            if !self.data.rules.sawAuthority { self.appendFieldLine(name: "host", value: value) }
         case .other:
             self.appendFieldLine(name: name, value: value)
         }
