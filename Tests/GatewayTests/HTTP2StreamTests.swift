@@ -191,6 +191,32 @@ struct HTTP2StreamTests {
         #expect(lines.filter { $0.lowercased().hasPrefix("host:") } == ["host: \(expected)"])
     }
 
+    /// What `RequestValidator.inspect` reads from an HTTP/2 request's fields once nghttp2 and the
+    /// stream's rules passed them: the first request id, one trace, a length of up to 18 digits
+    /// (the rules take any Int64), an absolute path without dot segments.
+    @Test(arguments: [
+        // The first `x-request-id` is the request's; one valid `traceparent` carries the trace.
+        ("GET", "/nowhere", [("x-request-id", "first-id"), ("x-request-id", "second-id"), ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")],
+         [#""request_id":"first-id""#, #""trace_id":"0af7651916cd43dd8448eb211c80319c""#], ["second-id"]),
+        // Two `traceparent` fields are no trace: a new one is started.
+        ("GET", "/nowhere", [("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"), ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")],
+         [#""code":"not_found""#], ["0af7651916cd43dd8448eb211c80319c"]),
+        // nghttp2's rules take any Int64 length; inspect's decimal stops at 18 digits.
+        ("POST", "/api/x", [("content-length", "1000000000000000000")], ["invalid Content-Length"], []),
+        ("POST", "/api/x", [("content-length", "999999999999999999")], [#""code":"payload_too_large""#], []),
+        ("OPTIONS", "*", [], ["request target must be an absolute path"], []),
+        ("GET", "/api/%2e%2e/admin", [], [#""code":"bad_request""#], []),
+    ])
+    func theStreamReadsItsFieldsAsInspectWould(_ method: String, _ path: String, _ extra: [(String, String)], _ expected: [String], _ absent: [String]) throws {
+        let h = try Harness()
+        try h.poolUpstream()
+        h.headers(stream: 1, method: method, path: path, endStream: method == "GET" || method == "OPTIONS", extra: extra)
+        let body = Self.body(h.output(), stream: 1)
+        for text in expected { #expect(body.contains(text), "\(body)") }
+        for text in absent { #expect(!body.contains(text), "\(body)") }
+        #expect(h.upstreamWritten().isEmpty)
+    }
+
     @Test func stalledUploadIsAnswered408AndItsUpstreamConnectionClosed() throws {
         let h = try Harness()
         try h.poolUpstream()

@@ -69,7 +69,7 @@ enum HTTP1Grammar {
     }
 
     /// A head's field section, with what framing and connection handling need from it.
-    struct Fields {
+    struct Fields: Equatable {
         var contentLength: Int?
         var isChunked = false
         /// `Connection` (or `Proxy-Connection`, which llhttp reads the same way) options.
@@ -93,44 +93,98 @@ enum HTTP1Grammar {
     static func readFields(
         _ bytes: UnsafeRawBufferPointer, from start: Int, headLength: Int, version: HTTPVersion
     ) -> Fields? {
-        var fields = Fields()
-        var sawTransferEncoding = false
+        var reader = FieldReader(version: version)
         var lineStart = start
         while lineStart < headLength - 2 {
             // Ends at its LF's CR (checked by `headEnd`); a stray CR inside is a control byte.
             let lineEnd = Self.lineEnd(bytes, from: lineStart, to: headLength)
-            let line = UnsafeRawBufferPointer(rebasing: bytes[lineStart..<lineEnd])
-            guard let (name, value, trimmedEnd) = Self.fieldSplit(line) else { return nil }
+            guard reader.read(UnsafeRawBufferPointer(rebasing: bytes[lineStart..<lineEnd])) else { return nil }
+            lineStart = lineEnd + 2
+        }
+        return reader.fields
+    }
+
+    /// `headEnd` and then `readFields` in one pass over the bytes, for the usual head: complete
+    /// within `maxHeadBytes`, every line ending in CRLF, every field in the grammar. Returns nil
+    /// for any other (unfinished, a bare LF, a field `readFields` refuses), which the caller then
+    /// reads as before, its end found first: what is refused or waited for does not change. The
+    /// start line, ending at `start`, counts in `lines`, as in `headEnd`'s.
+    static func readFieldsToEnd(
+        _ bytes: UnsafeRawBufferPointer, from start: Int, maxHeadBytes: Int, version: HTTPVersion
+    ) -> (fields: Fields, headLength: Int, lines: Int)? {
+        let limit = min(bytes.count, maxHeadBytes)
+        var reader = FieldReader(version: version)
+        var lineStart = start
+        var lines = 1
+        while true {
+            guard let lf = byteIndex(of: UInt8(ascii: "\n"), in: bytes, from: lineStart, to: limit),
+                lf > lineStart, bytes[lf - 1] == UInt8(ascii: "\r")
+            else { return nil }
+            if lf == lineStart + 1 { return reader.fields.map { ($0, lf + 1, lines) } }
+            guard reader.read(UnsafeRawBufferPointer(rebasing: bytes[lineStart..<(lf - 1)])) else { return nil }
+            lines += 1
+            lineStart = lf + 1
+        }
+    }
+
+    /// The end (its CR) of a head's first line, when it is a non-empty line ending in CRLF
+    /// within `maxHeadBytes`; nil otherwise (see `readFieldsToEnd`).
+    static func startLineEnd(_ bytes: UnsafeRawBufferPointer, maxHeadBytes: Int) -> Int? {
+        guard let lf = byteIndex(of: UInt8(ascii: "\n"), in: bytes, from: 0, to: min(bytes.count, maxHeadBytes)),
+            lf > 1, bytes[lf - 1] == UInt8(ascii: "\r")
+        else { return nil }
+        return lf - 1
+    }
+
+    /// `readFields`' reading of one field line (without its CRLF).
+    private struct FieldReader {
+        let version: HTTPVersion
+        private var read = Fields()
+        private var sawTransferEncoding = false
+
+        init(version: HTTPVersion) {
+            self.version = version
+        }
+
+        /// What the lines said; nil when they frame the body both ways, the classic smuggling
+        /// vector: refused, not resolved.
+        var fields: Fields? {
+            self.read.isChunked && self.read.contentLength != nil ? nil : self.read
+        }
+
+        /// False when the line is outside the grammar, or repeats or garbles a framing field.
+        @inline(__always)
+        mutating func read(_ line: UnsafeRawBufferPointer) -> Bool {
+            guard let (name, value, trimmedEnd) = HTTP1Grammar.fieldSplit(line) else { return false }
             let lineBytes = line.assumingMemoryBound(to: UInt8.self)
             let nameBytes = UnsafeBufferPointer(rebasing: lineBytes[name])
             let valueBytes = UnsafeBufferPointer(rebasing: lineBytes[value])
             switch nameBytes.count {
             case 10 where tokenEqualsIgnoringASCIICase(nameBytes, "connection"),
                  16 where tokenEqualsIgnoringASCIICase(nameBytes, "proxy-connection"):
-                let options = Self.connectionOptions(UnsafeBufferPointer(rebasing: lineBytes[value.lowerBound..<trimmedEnd]))
-                fields.close = fields.close || options.close
-                fields.keepAlive = fields.keepAlive || options.keepAlive
-                fields.connectionUpgrade = fields.connectionUpgrade || options.upgrade
-            case 12 where !fields.sawContentType && tokenEqualsIgnoringASCIICase(nameBytes, "content-type"):
-                fields.sawContentType = true
-                fields.isEventStream = bytesHavePrefixIgnoringASCIICase(valueBytes, "text/event-stream")
+                let options = HTTP1Grammar.connectionOptions(UnsafeBufferPointer(rebasing: lineBytes[value.lowerBound..<trimmedEnd]))
+                self.read.close = self.read.close || options.close
+                self.read.keepAlive = self.read.keepAlive || options.keepAlive
+                self.read.connectionUpgrade = self.read.connectionUpgrade || options.upgrade
+            case 12 where !self.read.sawContentType && tokenEqualsIgnoringASCIICase(nameBytes, "content-type"):
+                self.read.sawContentType = true
+                self.read.isEventStream = bytesHavePrefixIgnoringASCIICase(valueBytes, "text/event-stream")
             case 7 where tokenEqualsIgnoringASCIICase(nameBytes, "upgrade"):
-                fields.upgradeNamed = fields.upgradeNamed || value.lowerBound < trimmedEnd
+                self.read.upgradeNamed = self.read.upgradeNamed || value.lowerBound < trimmedEnd
             case 14 where tokenEqualsIgnoringASCIICase(nameBytes, "content-length"):
-                guard fields.contentLength == nil, let length = Self.decimal(valueBytes) else { return nil }
-                fields.contentLength = length
+                guard self.read.contentLength == nil, let length = HTTP1Grammar.decimal(valueBytes) else { return false }
+                self.read.contentLength = length
             case 17 where tokenEqualsIgnoringASCIICase(nameBytes, "transfer-encoding"):
-                guard !sawTransferEncoding, version == .http1_1, bytesEqualIgnoringASCIICase(valueBytes, "chunked") else { return nil }
-                sawTransferEncoding = true
-                fields.isChunked = true
+                guard !self.sawTransferEncoding, self.version == .http1_1, bytesEqualIgnoringASCIICase(valueBytes, "chunked") else {
+                    return false
+                }
+                self.sawTransferEncoding = true
+                self.read.isChunked = true
             default:
                 break
             }
-            lineStart = lineEnd + 2
+            return true
         }
-        // Both framings at once is the classic smuggling vector: refused, not resolved.
-        if fields.isChunked && fields.contentLength != nil { return nil }
-        return fields
     }
 
     /// The end of the line starting at `start` in a head already delimited by `headEnd` (its CR).

@@ -147,6 +147,16 @@ enum StrictRequestHead {
     private static func parse(
         _ bytes: UnsafeRawBufferPointer, maxHeadBytes: Int
     ) -> (outcome: HeadOutcome<RequestHead>, fields: Range<Int>, fieldCount: Int) {
+        // The usual head, complete and in the grammar, in one pass.
+        if let lineEnd = HTTP1Grammar.startLineEnd(bytes, maxHeadBytes: maxHeadBytes),
+            let line = Self.requestLine(bytes, end: lineEnd),
+            let (fields, headLength, lines) = HTTP1Grammar.readFieldsToEnd(
+                bytes, from: lineEnd + 2, maxHeadBytes: maxHeadBytes, version: line.version
+            )
+        {
+            return Self.parsed(bytes, line: line, fields: fields, lineEnd: lineEnd, headLength: headLength, lines: lines)
+        }
+        // Any other is read end first: a head split across reads is not parsed again and again.
         let headLength: Int
         let lines: Int
         switch HTTP1Grammar.headEnd(bytes, maxHeadBytes: maxHeadBytes) {
@@ -154,18 +164,28 @@ enum StrictRequestHead {
         case .refused(let refusal): return (.refused(refusal), 0..<0, 0)
         case .found(let length, let count): (headLength, lines) = (length, count)
         }
-
-        // method SP origin-form SP HTTP-version
         let lineEnd = HTTP1Grammar.lineEnd(bytes, from: 0, to: headLength)
+        guard let line = Self.requestLine(bytes, end: lineEnd),
+            let fields = HTTP1Grammar.readFields(bytes, from: lineEnd + 2, headLength: headLength, version: line.version)
+        else {
+            return (.refused(.malformed), 0..<0, 0)
+        }
+        return Self.parsed(bytes, line: line, fields: fields, lineEnd: lineEnd, headLength: headLength, lines: lines)
+    }
+
+    /// The request line, ending at `end` (its CR): method SP origin-form SP HTTP-version.
+    private static func requestLine(
+        _ bytes: UnsafeRawBufferPointer, end lineEnd: Int
+    ) -> (method: HTTPMethod, target: Range<Int>, version: HTTPVersion)? {
         guard let methodEnd = HTTP1Grammar.byteIndex(of: UInt8(ascii: " "), in: bytes, from: 0, to: lineEnd),
             let method = Self.method(UnsafeRawBufferPointer(rebasing: bytes[0..<methodEnd]))
-        else { return (.refused(.malformed), 0..<0, 0) }
+        else { return nil }
         let targetStart = methodEnd + 1
-        guard targetStart < lineEnd, bytes[targetStart] == UInt8(ascii: "/") else { return (.refused(.malformed), 0..<0, 0) }
+        guard targetStart < lineEnd, bytes[targetStart] == UInt8(ascii: "/") else { return nil }
         var index = targetStart + 1
         while index < lineEnd, bytes[index] != UInt8(ascii: " ") {
             // Visible ASCII only: no control bytes, no obs-text (clients percent-encode).
-            guard bytes[index] > 0x20, bytes[index] < 0x7F else { return (.refused(.malformed), 0..<0, 0) }
+            guard bytes[index] > 0x20, bytes[index] < 0x7F else { return nil }
             index += 1
         }
         let targetEnd = index
@@ -174,20 +194,20 @@ enum StrictRequestHead {
             bytes[targetEnd + 5] == UInt8(ascii: "/"), bytes[targetEnd + 6] == UInt8(ascii: "1"),
             bytes[targetEnd + 7] == UInt8(ascii: "."),
             bytes[targetEnd + 8] == UInt8(ascii: "1") || bytes[targetEnd + 8] == UInt8(ascii: "0")
-        else { return (.refused(.malformed), 0..<0, 0) }
-        let version: HTTPVersion = bytes[targetEnd + 8] == UInt8(ascii: "1") ? .http1_1 : .http1_0
+        else { return nil }
+        return (method, targetStart..<targetEnd, bytes[targetEnd + 8] == UInt8(ascii: "1") ? .http1_1 : .http1_0)
+    }
 
-        guard let fields = HTTP1Grammar.readFields(
-            bytes, from: lineEnd + 2, headLength: headLength, version: version
-        ) else {
-            return (.refused(.malformed), 0..<0, 0)
-        }
-        let target = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[targetStart..<targetEnd]), as: UTF8.self)
-        let head = RequestHead(version: version, method: method, uri: target, headers: [:])
+    private static func parsed(
+        _ bytes: UnsafeRawBufferPointer, line: (method: HTTPMethod, target: Range<Int>, version: HTTPVersion),
+        fields: HTTP1Grammar.Fields, lineEnd: Int, headLength: Int, lines: Int
+    ) -> (outcome: HeadOutcome<RequestHead>, fields: Range<Int>, fieldCount: Int) {
+        let target = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[line.target]), as: UTF8.self)
+        let head = RequestHead(version: line.version, method: line.method, uri: target, headers: [:])
         let parsed = HeadOutcome.parsed(
             ParsedHead(
                 head: head, length: headLength, contentLength: fields.contentLength, isChunked: fields.isChunked,
-                keepAlive: version == .http1_1 ? !fields.close : fields.keepAlive,
+                keepAlive: line.version == .http1_1 ? !fields.close : fields.keepAlive,
                 asksToSwitch: fields.connectionUpgrade && fields.upgradeNamed
             )
         )

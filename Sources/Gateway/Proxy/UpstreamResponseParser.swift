@@ -187,7 +187,16 @@ struct UpstreamResponseHead {
     private static func parse(
         _ bytes: UnsafeRawBufferPointer, maxHeadBytes: Int
     ) -> (outcome: HeadOutcome<UpstreamResponseHead>, fields: Range<Int>, fieldCount: Int) {
-        // Find the empty line first: a head split across reads is not parsed again and again.
+        // The usual head, complete and in the grammar, in one pass.
+        if let statusEnd = HTTP1Grammar.startLineEnd(bytes, maxHeadBytes: maxHeadBytes),
+            let (version, status) = Self.statusLine(bytes, end: statusEnd),
+            let (fields, headLength, lines) = HTTP1Grammar.readFieldsToEnd(
+                bytes, from: statusEnd + 2, maxHeadBytes: maxHeadBytes, version: version
+            )
+        {
+            return Self.parsed(version: version, status: status, fields: fields, statusEnd: statusEnd, headLength: headLength, lines: lines)
+        }
+        // Any other is read end first: a head split across reads is not parsed again and again.
         let headLength: Int
         let lines: Int
         switch HTTP1Grammar.headEnd(bytes, maxHeadBytes: maxHeadBytes) {
@@ -201,36 +210,44 @@ struct UpstreamResponseHead {
         case .refused(let refusal): return (.refused(refusal), 0..<0, 0)
         case .found(let length, let count): (headLength, lines) = (length, count)
         }
-
-        // The status line: HTTP-version SP 3DIGIT [SP reason-phrase].
         let statusEnd = HTTP1Grammar.lineEnd(bytes, from: 0, to: headLength)
+        guard let (version, status) = Self.statusLine(bytes, end: statusEnd),
+            let fields = HTTP1Grammar.readFields(bytes, from: statusEnd + 2, headLength: headLength, version: version)
+        else {
+            return (.refused(.malformed), 0..<0, 0)
+        }
+        return Self.parsed(version: version, status: status, fields: fields, statusEnd: statusEnd, headLength: headLength, lines: lines)
+    }
+
+    /// The status line, ending at `end` (its CR): HTTP-version SP 3DIGIT [SP reason-phrase].
+    private static func statusLine(_ bytes: UnsafeRawBufferPointer, end statusEnd: Int) -> (HTTPVersion, Int)? {
         guard statusEnd >= 12, bytes[0] == UInt8(ascii: "H"), bytes[1] == UInt8(ascii: "T"), bytes[2] == UInt8(ascii: "T"),
             bytes[3] == UInt8(ascii: "P"), bytes[4] == UInt8(ascii: "/"), bytes[5] == UInt8(ascii: "1"),
             bytes[6] == UInt8(ascii: "."), bytes[7] == UInt8(ascii: "1") || bytes[7] == UInt8(ascii: "0"),
             bytes[8] == UInt8(ascii: " ")
-        else { return (.refused(.malformed), 0..<0, 0) }
+        else { return nil }
         let version: HTTPVersion = bytes[7] == UInt8(ascii: "1") ? .http1_1 : .http1_0
         var status = 0
         for index in 9..<12 {
             let digit = bytes[index] &- UInt8(ascii: "0")
-            guard digit < 10 else { return (.refused(.malformed), 0..<0, 0) }
+            guard digit < 10 else { return nil }
             status = status * 10 + Int(digit)
         }
-        guard (100...599).contains(status) else { return (.refused(.malformed), 0..<0, 0) }
+        guard (100...599).contains(status) else { return nil }
         if statusEnd > 12 {
-            guard bytes[12] == UInt8(ascii: " ") else { return (.refused(.malformed), 0..<0, 0) }
+            guard bytes[12] == UInt8(ascii: " ") else { return nil }
             var index = 13
             while index < statusEnd {
-                guard HTTP1Grammar.isFieldValueByte(bytes[index]) else { return (.refused(.malformed), 0..<0, 0) }
+                guard HTTP1Grammar.isFieldValueByte(bytes[index]) else { return nil }
                 index += 1
             }
         }
+        return (version, status)
+    }
 
-        guard let fields = HTTP1Grammar.readFields(
-            bytes, from: statusEnd + 2, headLength: headLength, version: version
-        ) else {
-            return (.refused(.malformed), 0..<0, 0)
-        }
+    private static func parsed(
+        version: HTTPVersion, status: Int, fields: HTTP1Grammar.Fields, statusEnd: Int, headLength: Int, lines: Int
+    ) -> (outcome: HeadOutcome<UpstreamResponseHead>, fields: Range<Int>, fieldCount: Int) {
         // llhttp's rule, which NIO's decoder reports: HTTP/1.1 stays open unless told to close,
         // HTTP/1.0 only if told to keep alive, and never when the body ends with the connection
         // (decided from the fields and status alone, before the request's method is considered).
