@@ -190,6 +190,44 @@ struct HTTP1ServerHandlerTests {
         }
     }
 
+    /// The head, the small body and the end an upstream sends in one read leave in one write; a
+    /// large body, or one that has not come by the time the head is flushed, in its own.
+    @Test("A forwarded head and a small body go down the pipeline as one write", arguments: [
+        // (upstream fields, body sizes, flush after the head, writes, what the client reads)
+        (["content-length": "2"], [2], false, 1, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-request-id: r-1\r\n\r\nok"),
+        (["content-length": "2"], [2], true, 2, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-request-id: r-1\r\n\r\nok"),
+        (["content-length": "5000"], [5000], false, 2, nil),
+        // A flushed head's body leaves as before: chunked, the size line, the bytes, CRLF, the last chunk.
+        ([:], [2], true, 5, "HTTP/1.1 200 OK\r\nx-request-id: r-1\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+        // No length from the upstream: chunked for the HTTP/1.1 client, the last chunk joins too.
+        ([:], [2], false, 1, "HTTP/1.1 200 OK\r\nx-request-id: r-1\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+        ([:], [2, 2], false, 1, "HTTP/1.1 200 OK\r\nx-request-id: r-1\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n2\r\nok\r\n0\r\n\r\n"),
+        (["content-length": "0"], [], false, 1, "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-request-id: r-1\r\n\r\n"),
+    ] as [([String: String], [Int], Bool, Int, String?)])
+    func forwardedHeadJoinsItsBody(_ fields: [String: String], _ bodies: [Int], _ flushAfterHead: Bool, _ writes: Int, _ expected: String?) throws {
+        let (channel, handler) = try Self.makeChannel()
+        Self.deliver("GET /api/a HTTP/1.1\r\nHost: x\r\n\r\n", to: channel)
+        let exchange = try #require(handler.currentExchange)
+        let upstream = HTTPResponseHead(version: .http1_1, status: .ok, headers: HTTPHeaders(fields.map { ($0.key, $0.value) }))
+        handler.sendForwardedResponseHead(for: exchange, ForwardedResponseHead(
+            upstream: UpstreamResponseHead(upstream), requestMethod: .GET, clientVersion: .http1_1, requestID: "r-1",
+            addHSTS: false, additions: ResponseAdditions()
+        ))
+        if flushAfterHead { handler.flush(for: exchange) }
+        for size in bodies {
+            handler.sendResponseBody(for: exchange, ByteBuffer(string: size == 2 ? "ok" : String(repeating: "b", count: size)))
+        }
+        handler.sendResponseEnd(for: exchange)
+        channel.embeddedEventLoop.run()
+        var buffers: [ByteBuffer] = []
+        while let buffer = try channel.readOutbound(as: ByteBuffer.self) { buffers.append(buffer) }
+        #expect(buffers.count == writes)
+        let text = buffers.map { String(buffer: $0) }.joined()
+        if let expected { #expect(text == expected) }
+        #expect(text.hasSuffix(String(repeating: "b", count: 5000)) || expected != nil)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
     @Test("A gateway-made response leaves at the end of the tick too")
     func localResponseFlushedAtTickEnd() throws {
         let (channel, _) = try Self.makeChannel()

@@ -26,6 +26,12 @@ struct KeptHeadFraming {
     /// Ordinary heads fit in far less; a larger one is not kept.
     static let maxKeptCapacity = 4096
     private(set) var isChunked = false
+    /// A forwarded response head, filled but not passed down yet: the body (and the end) that
+    /// usually come in the same read from the upstream join it in one buffer, one write through
+    /// the pipeline instead of two or three, while the whole stays within `maxKeptCapacity` (a
+    /// larger body goes as its own write, not copied). Anything else written goes after it, and
+    /// a flush must pass it down first (`writeWaitingHead`).
+    private var waitingHead: ByteBuffer?
 
     /// One part of a response, as NIO's `HTTPResponseEncoder` writes it.
     mutating func writeResponse(_ part: HTTPServerResponsePart, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
@@ -77,10 +83,19 @@ struct KeptHeadFraming {
     mutating func writeForwardedResponse(
         _ forwarded: ForwardedResponseHead, close: Bool, context: ChannelHandlerContext
     ) -> HeaderRewriter.ResponseFraming {
-        var framing = HeaderRewriter.ResponseFraming.asIs
-        self.writeKept(context: context, promise: nil) { framing = forwarded.write(to: &$0, close: close) }
+        self.writeWaitingHead(context: context)
+        var buffer = self.head.take() ?? context.channel.allocator.buffer(capacity: 256)
+        buffer.clear()
+        let framing = forwarded.write(to: &buffer, close: close)
+        self.waitingHead = buffer
         self.isChunked = framing == .chunked
         return framing
+    }
+
+    /// Passes a waiting head down (before a flush, or anything else written).
+    mutating func writeWaitingHead(context: ChannelHandlerContext) {
+        guard let buffer = self.waitingHead.take() else { return }
+        self.writeKept(buffer, context: context, promise: nil)
     }
 
     /// Writes the start line (the version, then the caller's part for a response; the caller's
@@ -109,16 +124,40 @@ struct KeptHeadFraming {
     private mutating func writeKept(
         context: ChannelHandlerContext, promise: EventLoopPromise<Void>?, _ fill: (inout ByteBuffer) -> Void
     ) {
+        self.writeWaitingHead(context: context)
         var buffer = self.head.take() ?? context.channel.allocator.buffer(capacity: 256)
         // Unique again once the transport released the previous head: cleared in place.
         buffer.clear()
         fill(&buffer)
+        self.writeKept(buffer, context: context, promise: promise)
+    }
+
+    private mutating func writeKept(_ buffer: ByteBuffer, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
         // An exceptional head's storage is not held for the rest of the connection.
         self.head = buffer.capacity <= Self.maxKeptCapacity ? buffer : nil
         context.write(NIOAny(IOData.byteBuffer(buffer)), promise: promise)
     }
 
-    func writeBody(_ body: IOData, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+    mutating func writeBody(_ body: IOData, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        if var waiting = self.waitingHead.take() {
+            // Joined while the whole response stays within a kept buffer; a body with a promise
+            // goes now, so the promise completes when it is written.
+            if case .byteBuffer(var bytes) = body, promise == nil,
+                waiting.readableBytes + bytes.readableBytes + 12 <= Self.maxKeptCapacity
+            {
+                if self.isChunked && bytes.readableBytes > 0 {
+                    waiting.writeString(String(bytes.readableBytes, radix: 16))
+                    waiting.writeStaticString("\r\n")
+                    waiting.writeBuffer(&bytes)
+                    waiting.writeStaticString("\r\n")
+                } else {
+                    waiting.writeBuffer(&bytes)
+                }
+                self.waitingHead = waiting
+                return
+            }
+            self.writeKept(waiting, context: context, promise: nil)
+        }
         guard self.isChunked, body.readableBytes > 0 else {
             context.write(NIOAny(body), promise: promise)
             return
@@ -133,20 +172,30 @@ struct KeptHeadFraming {
     }
 
     mutating func writeEnd(_ trailers: HTTPHeaders?, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        if var head = self.waitingHead.take() {
+            if self.isChunked { Self.writeLastChunk(trailers, to: &head) }
+            self.isChunked = false
+            self.writeKept(head, context: context, promise: promise)
+            return
+        }
         if self.isChunked {
             var buffer = context.channel.allocator.buffer(capacity: 8)
-            buffer.writeStaticString("0\r\n")
-            if let trailers {
-                Self.write(trailers, to: &buffer)
-            } else {
-                buffer.writeStaticString("\r\n")
-            }
+            Self.writeLastChunk(trailers, to: &buffer)
             context.write(NIOAny(IOData.byteBuffer(buffer)), promise: promise)
         } else if let promise {
             // Nothing to write, but the promise completes in order with the writes before it.
             context.write(NIOAny(IOData.byteBuffer(ByteBuffer())), promise: promise)
         }
         self.isChunked = false
+    }
+
+    private static func writeLastChunk(_ trailers: HTTPHeaders?, to buffer: inout ByteBuffer) {
+        buffer.writeStaticString("0\r\n")
+        if let trailers {
+            Self.write(trailers, to: &buffer)
+        } else {
+            buffer.writeStaticString("\r\n")
+        }
     }
 
     private static func write(_ version: HTTPVersion, to buffer: inout ByteBuffer) {

@@ -485,7 +485,14 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     }
 
     func flush(for exchange: ProxyExchange) {
-        if self.isCurrent(exchange) { self.context?.flush() }
+        if self.isCurrent(exchange) { self.flushResponse() }
+    }
+
+    /// Flushes what was written, a forwarded head still waiting for its body included.
+    private func flushResponse() {
+        guard let context else { return }
+        self.responseFraming.writeWaitingHead(context: context)
+        context.flush()
     }
 
     func sendResponseEnd(for exchange: ProxyExchange) {
@@ -507,7 +514,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     func flushAtTickEnd() {
         guard self.flushQueued else { return }
         self.flushQueued = false
-        self.context?.flush()
+        self.flushResponse()
     }
 
     func sendErrorResponse(for exchange: ProxyExchange, _ error: GatewayError) {
