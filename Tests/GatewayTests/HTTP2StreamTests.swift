@@ -217,6 +217,27 @@ struct HTTP2StreamTests {
         #expect(h.upstreamWritten().isEmpty)
     }
 
+    /// A trailer section is a field section of its own (RFC 9113 §8.1): held to
+    /// `max_header_list_size` by itself, and over it the stream is reset (the request is already
+    /// on its way upstream, which is dropped with it).
+    @Test(arguments: [(600, false), (1200, true)])
+    func trailersAreHeldToTheHeaderListSize(_ trailerBytes: Int, _ reset: Bool) throws {
+        var settings = HTTP2Settings()
+        settings.maxHeaderListSize = 1024
+        let h = try Harness(settings: settings)
+        try h.poolUpstream()
+        // A head of ~850 counted bytes: with the trailers, more than the limit either way.
+        h.headers(stream: 1, path: "/api/upload", endStream: false, extra: (0..<5).map { ("x-h\($0)", String(repeating: "h", count: 100)) })
+        h.data(stream: 1, count: 10)
+        #expect(h.upstreamWritten().hasPrefix("POST /api/upload HTTP/1.1\r\n"))
+        let fields = (0..<(trailerBytes / 100)).map { ("x-t\($0)", String(repeating: "t", count: 64)) }
+        h.send(Harness.frame(type: 1, flags: 0x05, stream: 1, Harness.block(fields)))
+        let frames = h.output()
+        #expect(frames.contains { $0.type == 3 && $0.stream == 1 && $0.errorCode == 1 } == reset, "\(frames.map(\.type))")
+        #expect(h.upstream?.isActive == !reset)
+        if !reset { #expect(h.upstreamWritten().hasSuffix("0\r\n\r\n"), "the request ended upstream") }
+    }
+
     @Test func stalledUploadIsAnswered408AndItsUpstreamConnectionClosed() throws {
         let h = try Harness()
         try h.poolUpstream()

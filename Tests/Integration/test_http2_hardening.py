@@ -131,6 +131,17 @@ class Client:
         self.sock.close()
 
 
+def assert_still_serving(client):
+    """The connection was not sent away: a next request on it is answered; then it is closed."""
+    assert client.goaway() is None
+    sid = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(sid, REQUEST, end_stream=True)
+    client.flush()
+    assert client.pump(lambda: client.ended(sid), timeout=10)
+    assert client.outcome(sid) == 200
+    client.close()
+
+
 def get_status(gw, path="/api/bookings", timeout=15):
     with httpx.Client(verify=False, timeout=timeout, http2=True) as c:
         return c.get(gw.url(path)).status_code
@@ -320,13 +331,7 @@ def test_malformed_h2_requests_are_reset_and_never_reach_the_upstream(stall_gate
     assert client.pump(lambda: all(client.outcome(sid) for sid in streams), timeout=10)
     for sid, label in streams.items():
         assert client.outcome(sid) == ("reset", PROTOCOL_ERROR), f"{label}: {client.outcome(sid)}"
-    assert client.goaway() is None
-    sid = client.conn.get_next_available_stream_id()
-    client.conn.send_headers(sid, REQUEST, end_stream=True)
-    client.flush()
-    assert client.pump(lambda: client.ended(sid), timeout=10)
-    assert client.outcome(sid) == 200
-    client.close()
+    assert_still_serving(client)
     # The valid request, and at most the short body's head (sent on before its DATA arrived).
     assert upstream.stats()["requests"] - before <= 2
 
@@ -374,6 +379,27 @@ def test_h2_body_past_its_content_length_is_not_forwarded(stall_gateway, upstrea
     time.sleep(0.3)
     assert "/smuggled" not in upstream.stats()["posts"]
     client.close()
+
+
+def test_h2_trailer_section_past_the_header_list_size_resets_the_stream(stall_gateway, upstream):
+    """Trailers are dropped on their way upstream, but a trailer section is held to
+    `max_header_list_size` like the head (a field section of its own): past it the stream is reset
+    with PROTOCOL_ERROR and the connection goes on; a small one ends the request as usual."""
+    client = Client(stall_gateway.ports["public"], validate=False)
+    outcomes = {}
+    for trailers, expected in (([("x-trailer", "ok")], 201),
+                               ([(f"x-t{i}", "t" * 100) for i in range(200)], ("reset", PROTOCOL_ERROR))):
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, [(":method", "POST"), (":scheme", "https"), (":authority", "localhost"),
+                                       (":path", "/api/bookings")])
+        client.conn.send_data(sid, b"abc")
+        client.conn.send_headers(sid, trailers, end_stream=True)
+        client.flush()
+        assert client.pump(lambda: client.outcome(sid), timeout=10)
+        outcomes[sid] = (client.outcome(sid), expected)
+    for sid, (outcome, expected) in outcomes.items():
+        assert outcome == expected, f"stream {sid}: {outcome}"
+    assert_still_serving(client)
 
 
 def test_empty_data_flood_gets_enhance_your_calm(stall_gateway):

@@ -104,10 +104,12 @@ final class HTTP2Stream: DownstreamResponder {
         guard let kind = self.data.rules.field(name: name, value: value, trailer: trailer, connectProtocol: connectProtocol) else {
             return false
         }
-        if trailer { return true }  // trailers are dropped: upstream requests are re-framed
         // RFC 7541 §4.1 accounting (name + value + 32), checked while decoding so a block of many
         // tiny headers is answered 431 instead of buffered.
         self.data.headerBytes += name.count + value.count + 32
+        // Trailers are dropped (upstream requests are re-framed), but a trailer section past the
+        // limit is malformed all the same: the request is under way, so the stream is reset.
+        if trailer { return self.data.headerBytes <= maxHeaderListSize }
         if self.data.headerBytes > maxHeaderListSize {
             self.data.headersTooLarge = true
         }
@@ -234,6 +236,7 @@ final class HTTP2Stream: DownstreamResponder {
             self.respondLocally(GatewayError.headersTooLarge.response(requestID: self.data.requestID, allocator: allocator))
             return
         }
+        self.data.headerBytes = 0  // the trailer section, if one comes, is a field section of its own
         guard let method, let path else {  // a CONNECT that is not extended
             self.respondLocally(GatewayError.badRequest("malformed HTTP/2 request").response(requestID: self.data.requestID, allocator: allocator))
             return
