@@ -238,6 +238,22 @@ struct HTTP2StreamTests {
         if !reset { #expect(h.upstreamWritten().hasSuffix("0\r\n\r\n"), "the request ended upstream") }
     }
 
+    /// A malformed request is reset, not answered, but logged and counted as the 400 it is:
+    /// refused while its head arrives (no record yet), or once its body breaks its
+    /// `content-length` (the request already on its way upstream).
+    @Test func refusedStreamsAreCountedAs400() throws {
+        let h = try Harness()
+        try h.poolUpstream()
+        h.headers(stream: 1, method: "GET", path: "/api/x", endStream: true, extra: [("X-Upper", "1")])
+        h.headers(stream: 3, path: "/api/upload", endStream: false, extra: [("content-length", "5")])
+        h.data(stream: 3, count: 6, endStream: true)
+        let frames = h.output()
+        #expect(frames.filter { $0.type == 3 && $0.errorCode == 1 }.map(\.stream) == [1, 3])
+        let text = h.services.observability.metrics.render()
+        #expect(text.contains(#"gateway_requests_total{route="-",method="GET",status="400",protocol="HTTP/2",source="gateway:bad_request"} 1"#), "\(text)")
+        #expect(text.contains(#"gateway_requests_total{route="api",method="POST",status="400",protocol="HTTP/2",source="gateway:bad_request"} 1"#), "\(text)")
+    }
+
     @Test func stalledUploadIsAnswered408AndItsUpstreamConnectionClosed() throws {
         let h = try Harness()
         try h.poolUpstream()

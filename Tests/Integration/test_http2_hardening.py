@@ -334,6 +334,10 @@ def test_malformed_h2_requests_are_reset_and_never_reach_the_upstream(stall_gate
     assert_still_serving(client)
     # The valid request, and at most the short body's head (sent on before its DATA arrived).
     assert upstream.stats()["requests"] - before <= 2
+    # Reset, not answered, but logged as the 400s they are.
+    refused = [line for line in stall_gateway.access_log()
+               if line.get("status") == 400 and line.get("source") == "gateway:bad_request" and line.get("protocol") == "HTTP/2"]
+    assert len(refused) == len(streams), refused
 
 
 def test_h2_authority_wins_over_a_host_field_on_its_way_upstream(stall_gateway, upstream):

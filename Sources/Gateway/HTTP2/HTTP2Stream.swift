@@ -174,6 +174,18 @@ final class HTTP2Stream: DownstreamResponder {
             self.data.exchange = nil
             exchange.cancel()
         }
+        // Logged and counted as the 400 it is (the client gets a reset, not a response, as from
+        // nghttp2): one refused before its head was dispatched has no record yet.
+        if self.data.record == nil {
+            self.data.record = RequestRecord(
+                method: self.data.method ?? .RAW(value: "-"), target: self.data.path ?? "-", version: .http2,
+                requestID: RequestIdentity.requestID(clientSupplied: nil)
+            )
+        }
+        if self.data.record?.status == 0 {
+            self.data.record?.status = 400
+            self.data.record?.source = .badRequest
+        }
     }
 
     var isRefused: Bool { self.data.refused }
