@@ -27,7 +27,7 @@ final class HTTP2Stream: DownstreamResponder {
         var method: HTTPMethod?
         var path: String?
         /// The request's fields as `name: value` CRLF lines (`HeadFields`).
-        var fieldLines = ByteBuffer()
+        var fieldLines: ByteBuffer
         var fieldCount = 0
         var cookies: [String] = []
         var headerBytes = 0
@@ -57,12 +57,20 @@ final class HTTP2Stream: DownstreamResponder {
         var responseQueue = ResponseBytes()
         var state = StateMachine()
 
-        /// A new stream's data, with only the field lines' storage kept.
+        init() {
+            self.fieldLines = ByteBuffer()
+        }
+
+        private init(fieldLines: ByteBuffer) {
+            self.fieldLines = fieldLines
+        }
+
+        /// A new stream's data, with only the field lines' storage kept: moved out of the old
+        /// value and into the new one (no default buffer made and replaced, no extra reference).
         mutating func startOver() {
-            var lines = self.fieldLines
-            self = StreamData()
+            var lines = (consume self).fieldLines
             lines.clear()
-            self.fieldLines = lines
+            self = StreamData(fieldLines: lines)
         }
     }
 
