@@ -83,9 +83,7 @@ struct KeptHeadFraming {
     mutating func writeForwardedResponse(
         _ forwarded: ForwardedResponseHead, close: Bool, context: ChannelHandlerContext
     ) -> HeaderRewriter.ResponseFraming {
-        self.writeWaitingHead(context: context)
-        var buffer = self.head.take() ?? context.channel.allocator.buffer(capacity: 256)
-        buffer.clear()
+        var buffer = self.keptBuffer(context: context)
         let framing = forwarded.write(to: &buffer, close: close)
         self.waitingHead = buffer
         self.isChunked = framing == .chunked
@@ -124,12 +122,18 @@ struct KeptHeadFraming {
     private mutating func writeKept(
         context: ChannelHandlerContext, promise: EventLoopPromise<Void>?, _ fill: (inout ByteBuffer) -> Void
     ) {
+        var buffer = self.keptBuffer(context: context)
+        fill(&buffer)
+        self.writeKept(buffer, context: context, promise: promise)
+    }
+
+    /// The kept head buffer, empty, once a waiting head is written (it may be that buffer).
+    private mutating func keptBuffer(context: ChannelHandlerContext) -> ByteBuffer {
         self.writeWaitingHead(context: context)
         var buffer = self.head.take() ?? context.channel.allocator.buffer(capacity: 256)
         // Unique again once the transport released the previous head: cleared in place.
         buffer.clear()
-        fill(&buffer)
-        self.writeKept(buffer, context: context, promise: promise)
+        return buffer
     }
 
     private mutating func writeKept(_ buffer: ByteBuffer, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
@@ -140,8 +144,9 @@ struct KeptHeadFraming {
 
     mutating func writeBody(_ body: IOData, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
         if var waiting = self.waitingHead.take() {
-            // Joined while the whole response stays within a kept buffer; a body with a promise
-            // goes now, so the promise completes when it is written.
+            // Joined while the whole response stays within a kept buffer (12: a chunk's size
+            // line and CRLF, then the last chunk); a body with a promise goes now, so the promise
+            // completes when it is written.
             if case .byteBuffer(var bytes) = body, promise == nil,
                 waiting.readableBytes + bytes.readableBytes + 12 <= Self.maxKeptCapacity
             {

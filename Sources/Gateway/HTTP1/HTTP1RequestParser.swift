@@ -43,6 +43,9 @@ struct HTTP1RequestParser {
     private var state = State.head
     /// Parsing waits (a WebSocket handshake awaits its 101): bytes stay with the caller.
     private(set) var isHeld = false
+    /// The head being read came short of its end: it is read end first until it is whole, so a
+    /// head arriving in many reads is not parsed again at each (`StrictRequestHead.parse`).
+    private var headArrivesInPieces = false
 
     init(maxHeadBytes: Int) {
         self.maxHeadBytes = maxHeadBytes
@@ -70,13 +73,15 @@ struct HTTP1RequestParser {
         case .head:
             Self.skipEmptyLines(&buffer)
             guard buffer.readableBytes > 0 else { return nil }
-            let outcome = StrictRequestHead.parse(buffer, maxHeadBytes: self.maxHeadBytes)
+            let outcome = StrictRequestHead.parse(buffer, maxHeadBytes: self.maxHeadBytes, onePass: !self.headArrivesInPieces)
             switch outcome {
             case .needMoreBytes:
+                self.headArrivesInPieces = true
                 return nil
             case .refused(let refusal):
                 throw self.fail(refusal)
             case .parsed(let parsed):
+                self.headArrivesInPieces = false
                 buffer.moveReaderIndex(forwardBy: parsed.length)
                 let reader: HTTP1BodyReader =
                     parsed.isChunked ? .chunked(maxTrailerBytes: self.maxHeadBytes) : .length(parsed.contentLength ?? 0)
@@ -134,8 +139,11 @@ enum HTTP1RequestPart {
 enum StrictRequestHead {
     /// The head at the start of `buffer`. Its fields are a slice of `buffer` (no copy, no `String`
     /// per field): the head keeps the buffer's storage while it lives.
-    static func parse(_ buffer: ByteBuffer, maxHeadBytes: Int) -> HeadOutcome<RequestHead> {
-        let outcome = buffer.withUnsafeReadableBytes { parse($0, maxHeadBytes: maxHeadBytes) }
+    /// - Parameter onePass: try the one-pass reading first (the usual, whole head); false for a
+    ///   head known to be arriving in pieces, read end first (its end is looked for, not its
+    ///   fields parsed, at each read).
+    static func parse(_ buffer: ByteBuffer, maxHeadBytes: Int, onePass: Bool = true) -> HeadOutcome<RequestHead> {
+        let outcome = buffer.withUnsafeReadableBytes { parse($0, maxHeadBytes: maxHeadBytes, onePass: onePass) }
         guard case .parsed(var parsed) = outcome.outcome else { return outcome.outcome }
         let lines = buffer.getSlice(at: buffer.readerIndex + outcome.fields.lowerBound, length: outcome.fields.count)!
         parsed.head.headers = HeadFields(lines: FieldLines(validated: lines, count: outcome.fieldCount))
@@ -145,10 +153,10 @@ enum StrictRequestHead {
     /// The head's outcome, with its field lines' place in `bytes` (the head's fields are left
     /// empty for the caller, which holds the buffer, to slice).
     private static func parse(
-        _ bytes: UnsafeRawBufferPointer, maxHeadBytes: Int
+        _ bytes: UnsafeRawBufferPointer, maxHeadBytes: Int, onePass: Bool
     ) -> (outcome: HeadOutcome<RequestHead>, fields: Range<Int>, fieldCount: Int) {
         // The usual head, complete and in the grammar, in one pass.
-        if let lineEnd = HTTP1Grammar.startLineEnd(bytes, maxHeadBytes: maxHeadBytes),
+        if onePass, let lineEnd = HTTP1Grammar.startLineEnd(bytes, maxHeadBytes: maxHeadBytes),
             let line = Self.requestLine(bytes, end: lineEnd),
             let (fields, headLength, lines) = HTTP1Grammar.readFieldsToEnd(
                 bytes, from: lineEnd + 2, maxHeadBytes: maxHeadBytes, version: line.version
@@ -156,7 +164,7 @@ enum StrictRequestHead {
         {
             return Self.parsed(bytes, line: line, fields: fields, lineEnd: lineEnd, headLength: headLength, lines: lines)
         }
-        // Any other is read end first: a head split across reads is not parsed again and again.
+        // Any other is read end first.
         let headLength: Int
         let lines: Int
         switch HTTP1Grammar.headEnd(bytes, maxHeadBytes: maxHeadBytes) {

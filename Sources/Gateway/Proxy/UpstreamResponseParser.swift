@@ -40,6 +40,9 @@ struct UpstreamResponseParser {
     private var awaitingResponse = false
     private var requestIsBodyless = false
     private var switchesAfterThisResponse = false
+    /// The head being read came short of its end: read end first until it is whole (see
+    /// `HTTP1RequestParser`).
+    private var headArrivesInPieces = false
 
     init(maxHeadBytes: Int = Self.defaultMaxHeadBytes) {
         self.maxHeadBytes = maxHeadBytes
@@ -119,13 +122,16 @@ struct UpstreamResponseParser {
     /// Reads a whole head, or nothing if its end has not arrived. Returns `.some(nil)` for an
     /// interim response, which is dropped.
     private mutating func readHead(_ buffer: inout ByteBuffer) throws(Refusal) -> ParsedHead<UpstreamResponseHead>?? {
-        let outcome = UpstreamResponseHead.parse(buffer, maxHeadBytes: self.maxHeadBytes)
+        let outcome = UpstreamResponseHead.parse(buffer, maxHeadBytes: self.maxHeadBytes, onePass: !self.headArrivesInPieces)
         let parsed: ParsedHead<UpstreamResponseHead>
         switch outcome {
-        case .needMoreBytes: return nil
+        case .needMoreBytes:
+            self.headArrivesInPieces = true
+            return nil
         case .refused(let refusal): throw self.fail(refusal)
         case .parsed(let head): parsed = head
         }
+        self.headArrivesInPieces = false
         buffer.moveReaderIndex(forwardBy: parsed.length)
         let status = parsed.head.status.code
         if status < 200 && status != 101 { return .some(nil) }
@@ -174,8 +180,9 @@ struct UpstreamResponseHead {
 
     /// One response head in the strict grammar at the start of `buffer`: the status line, the
     /// fields, the empty line.
-    static func parse(_ buffer: ByteBuffer, maxHeadBytes: Int) -> HeadOutcome<UpstreamResponseHead> {
-        let outcome = buffer.withUnsafeReadableBytes { parse($0, maxHeadBytes: maxHeadBytes) }
+    /// `onePass` as in `StrictRequestHead.parse`.
+    static func parse(_ buffer: ByteBuffer, maxHeadBytes: Int, onePass: Bool = true) -> HeadOutcome<UpstreamResponseHead> {
+        let outcome = buffer.withUnsafeReadableBytes { parse($0, maxHeadBytes: maxHeadBytes, onePass: onePass) }
         guard case .parsed(var parsed) = outcome.outcome else { return outcome.outcome }
         let lines = buffer.getSlice(at: buffer.readerIndex + outcome.fields.lowerBound, length: outcome.fields.count)!
         parsed.head.fields = HeadFields(lines: FieldLines(validated: lines, count: outcome.fieldCount))
@@ -185,10 +192,10 @@ struct UpstreamResponseHead {
     /// The head's outcome, with its field lines' place in `bytes` (the head's fields are left
     /// empty for the caller, which holds the buffer, to slice).
     private static func parse(
-        _ bytes: UnsafeRawBufferPointer, maxHeadBytes: Int
+        _ bytes: UnsafeRawBufferPointer, maxHeadBytes: Int, onePass: Bool
     ) -> (outcome: HeadOutcome<UpstreamResponseHead>, fields: Range<Int>, fieldCount: Int) {
         // The usual head, complete and in the grammar, in one pass.
-        if let statusEnd = HTTP1Grammar.startLineEnd(bytes, maxHeadBytes: maxHeadBytes),
+        if onePass, let statusEnd = HTTP1Grammar.startLineEnd(bytes, maxHeadBytes: maxHeadBytes),
             let (version, status) = Self.statusLine(bytes, end: statusEnd),
             let (fields, headLength, lines) = HTTP1Grammar.readFieldsToEnd(
                 bytes, from: statusEnd + 2, maxHeadBytes: maxHeadBytes, version: version
@@ -196,7 +203,7 @@ struct UpstreamResponseHead {
         {
             return Self.parsed(version: version, status: status, fields: fields, statusEnd: statusEnd, headLength: headLength, lines: lines)
         }
-        // Any other is read end first: a head split across reads is not parsed again and again.
+        // Any other is read end first.
         let headLength: Int
         let lines: Int
         switch HTTP1Grammar.headEnd(bytes, maxHeadBytes: maxHeadBytes) {
