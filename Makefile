@@ -4,7 +4,7 @@ SWIFT ?= swift
 PYTHON ?= python3
 UPSTREAM_PORT ?= 3001
 
-.PHONY: all build release pgo deps test-deps certs run test unit-test integration-test fuzz clean
+.PHONY: all build release pgo deps test-deps certs run test unit-test integration-test release-check fuzz clean
 
 all: build
 
@@ -49,6 +49,13 @@ unit-test: test-deps
 integration-test: test-deps
 	$(SWIFT) build
 	$(PYTHON) -m pytest -q Tests/Integration
+
+# The integration suite against the release build (the flags in scripts/release-build.sh change
+# how long values live and drop exclusivity checks, so what ships is checked too). Not part of
+# `make test`, which stays on debug builds; run it after changing the release flags.
+release-check: test-deps
+	SWIFT=$(SWIFT) scripts/release-build.sh
+	GATEWAY_BIN_DIR=$$(SWIFT=$(SWIFT) scripts/release-build.sh --show-bin-path) $(PYTHON) -m pytest -q Tests/Integration
 
 # The differential fuzz tests of the gateway's HTTP/1.1 parsers (client requests, upstream
 # responses) against NIO's llhttp decoders, and of its HTTP/2 request rules against nghttp2's own

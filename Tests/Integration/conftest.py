@@ -21,6 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def bin_path() -> Path:
+    # GATEWAY_BIN_DIR runs the suite against other builds (e.g. `scripts/release-build.sh`'s, to
+    # check what the release flags change); by default the debug build `make test` makes.
+    if os.environ.get("GATEWAY_BIN_DIR"):
+        return Path(os.environ["GATEWAY_BIN_DIR"])
     out = subprocess.run(["swift", "build", "--show-bin-path"], cwd=ROOT, capture_output=True, text=True, check=True)
     return Path(out.stdout.strip())
 

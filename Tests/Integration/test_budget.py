@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, Gateway, RedisServer, config_text
+from conftest import GATEWAY, ROOT, Gateway, RedisServer, config_text
 
 REQUESTS = 2000
 # Debug build, access log off, one upstream, no policies: (mallocs per request, of them >= 1 KiB).
@@ -56,6 +56,18 @@ MULTIPLEXED_H2_CEILING = (26, 0.1)
 # One request at a time (above): casts 21.02 / 14.03, locks 12.02–12.03 (h1 / h2), the same in
 # every run, so each ceiling sits under one more per request.
 CALL_CEILINGS = {"http/1.1": {"casts": 21.5, "locks": 12.5}, "h2": {"casts": 14.5, "locks": 12.5}}
+
+
+def swift_runtime_is_counted() -> bool:
+    """Casts and retains are counted by interposing the Swift runtime's entry points, which only a
+    build loading `libswiftCore.so` exposes; the release build links the runtime in (`make
+    release-check` runs this suite against it), and then only mallocs and locks are seen."""
+    out = subprocess.run(["ldd", str(GATEWAY)], capture_output=True, text=True).stdout
+    return "libswiftCore.so" in out
+
+
+def runtime_ceilings(ceilings: dict) -> dict:
+    return ceilings if swift_runtime_is_counted() else {key: value for key, value in ceilings.items() if key == "locks"}
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +150,9 @@ def test_mallocs_per_proxied_request_stay_within_budget(protocol, counter_librar
     assert large_per_request <= large_ceiling, f"{large_per_request:.2f} allocations >= 1 KiB per request, budget {large_ceiling}"
     print(f"{protocol}: {calls['casts']:.2f} dynamic casts, {calls['locks']:.2f} locks, {calls['retains']:.0f} retains per request")
     # The interposed runtime entry points really count (a Swift program retains all the time).
-    assert calls["retains"] >= 10, calls
-    for key, ceiling in CALL_CEILINGS[protocol].items():
+    if swift_runtime_is_counted():
+        assert calls["retains"] >= 10, calls
+    for key, ceiling in runtime_ceilings(CALL_CEILINGS[protocol]).items():
         assert calls[key] <= ceiling, f"{calls[key]:.2f} {key} per {protocol} request, budget {ceiling}"
 
 
@@ -213,5 +226,5 @@ def test_mallocs_per_redis_limited_request_stay_within_budget(protocol, counter_
     ceiling, large_ceiling = REDIS_CEILINGS[protocol]
     assert per_request <= ceiling, f"{per_request:.1f} mallocs per Redis-limited {protocol} request, budget {ceiling}"
     assert large_per_request <= large_ceiling, f"{large_per_request:.2f} allocations >= 1 KiB per request, budget {large_ceiling}"
-    for key, ceiling in REDIS_CALL_CEILINGS[protocol].items():
+    for key, ceiling in runtime_ceilings(REDIS_CALL_CEILINGS[protocol]).items():
         assert calls[key] <= ceiling, f"{calls[key]:.2f} {key} per Redis-limited {protocol} request, budget {ceiling}"
