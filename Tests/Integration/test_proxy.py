@@ -57,6 +57,23 @@ def test_forwarding_headers_and_hop_by_hop_removal(gateway):
         assert echoed["uri"] == "/api/echo-headers?x=1"
 
 
+@pytest.mark.parametrize("http2", [False, True])
+def test_each_request_on_a_connection_forwards_its_own_target_and_host(http2, gateway):
+    """A connection reuses the last request's target and host text while the bytes repeat
+    (`RecentText`): requests whose target or host changes to other bytes of the same length, and
+    back, must each reach the upstream as sent."""
+    sequence = [("aa", "aa.example"), ("bb", "bb.example"), ("bb", "aa.example"), ("aa", "bb.example"),
+                ("aa", "aa.example"), ("a", "a.example"), ("aa", "aa.example")]
+    with client(http2=http2) as c:
+        for query, host in sequence:
+            r = c.get(gateway.url(f"/api/echo-headers?q={query}"), headers={"Host": host})
+            assert r.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+            echoed = r.json()
+            assert echoed["uri"] == f"/api/echo-headers?q={query}", (query, host)
+            forwarded_host = [value for name, value in echoed["headers"] if name.lower() == "x-forwarded-host"]
+            assert forwarded_host == [host], (query, host)
+
+
 def test_invalid_client_request_id_is_replaced(gateway):
     with client() as c:
         r = c.get(gateway.url("/api/echo-headers"), headers={"X-Request-Id": "bad id with spaces"})

@@ -46,6 +46,8 @@ struct HTTP1RequestParser {
     /// The head being read came short of its end: it is read end first until it is whole, so a
     /// head arriving in many reads is not parsed again at each (`StrictRequestHead.parse`).
     private var headArrivesInPieces = false
+    /// The last request's target text, reused while the next sends the same bytes.
+    private var recentTarget = RecentText()
 
     init(maxHeadBytes: Int) {
         self.maxHeadBytes = maxHeadBytes
@@ -73,7 +75,9 @@ struct HTTP1RequestParser {
         case .head:
             Self.skipEmptyLines(&buffer)
             guard buffer.readableBytes > 0 else { return nil }
-            let outcome = StrictRequestHead.parse(buffer, maxHeadBytes: self.maxHeadBytes, onePass: !self.headArrivesInPieces)
+            let outcome = StrictRequestHead.parse(
+                buffer, maxHeadBytes: self.maxHeadBytes, onePass: !self.headArrivesInPieces, recentTarget: &self.recentTarget
+            )
             switch outcome {
             case .needMoreBytes:
                 self.headArrivesInPieces = true
@@ -143,7 +147,15 @@ enum StrictRequestHead {
     ///   head known to be arriving in pieces, read end first (its end is looked for, not its
     ///   fields parsed, at each read).
     static func parse(_ buffer: ByteBuffer, maxHeadBytes: Int, onePass: Bool = true) -> HeadOutcome<RequestHead> {
-        let outcome = buffer.withUnsafeReadableBytes { parse($0, maxHeadBytes: maxHeadBytes, onePass: onePass) }
+        var targets = RecentText()
+        return self.parse(buffer, maxHeadBytes: maxHeadBytes, onePass: onePass, recentTarget: &targets)
+    }
+
+    /// `parse`, the target's text reused from the connection's last request when the bytes match.
+    static func parse(
+        _ buffer: ByteBuffer, maxHeadBytes: Int, onePass: Bool, recentTarget: inout RecentText
+    ) -> HeadOutcome<RequestHead> {
+        let outcome = buffer.withUnsafeReadableBytes { parse($0, maxHeadBytes: maxHeadBytes, onePass: onePass, recentTarget: &recentTarget) }
         guard case .parsed(var parsed) = outcome.outcome else { return outcome.outcome }
         let lines = buffer.getSlice(at: buffer.readerIndex + outcome.fields.lowerBound, length: outcome.fields.count)!
         parsed.head.headers = HeadFields(lines: FieldLines(validated: lines, count: outcome.fieldCount))
@@ -153,7 +165,7 @@ enum StrictRequestHead {
     /// The head's outcome, with its field lines' place in `bytes` (the head's fields are left
     /// empty for the caller, which holds the buffer, to slice).
     private static func parse(
-        _ bytes: UnsafeRawBufferPointer, maxHeadBytes: Int, onePass: Bool
+        _ bytes: UnsafeRawBufferPointer, maxHeadBytes: Int, onePass: Bool, recentTarget: inout RecentText
     ) -> (outcome: HeadOutcome<RequestHead>, fields: Range<Int>, fieldCount: Int) {
         // The usual head, complete and in the grammar, in one pass.
         if onePass, let lineEnd = HTTP1Grammar.startLineEnd(bytes, maxHeadBytes: maxHeadBytes),
@@ -162,7 +174,7 @@ enum StrictRequestHead {
                 bytes, from: lineEnd + 2, maxHeadBytes: maxHeadBytes, version: line.version
             )
         {
-            return Self.parsed(bytes, line: line, fields: fields, lineEnd: lineEnd, headLength: headLength, lines: lines)
+            return Self.parsed(bytes, line: line, fields: fields, lineEnd: lineEnd, headLength: headLength, lines: lines, recentTarget: &recentTarget)
         }
         // Any other is read end first.
         let headLength: Int
@@ -178,7 +190,7 @@ enum StrictRequestHead {
         else {
             return (.refused(.malformed), 0..<0, 0)
         }
-        return Self.parsed(bytes, line: line, fields: fields, lineEnd: lineEnd, headLength: headLength, lines: lines)
+        return Self.parsed(bytes, line: line, fields: fields, lineEnd: lineEnd, headLength: headLength, lines: lines, recentTarget: &recentTarget)
     }
 
     /// The request line, ending at `end` (its CR): method SP origin-form SP HTTP-version.
@@ -208,9 +220,9 @@ enum StrictRequestHead {
 
     private static func parsed(
         _ bytes: UnsafeRawBufferPointer, line: (method: HTTPMethod, target: Range<Int>, version: HTTPVersion),
-        fields: HTTP1Grammar.Fields, lineEnd: Int, headLength: Int, lines: Int
+        fields: HTTP1Grammar.Fields, lineEnd: Int, headLength: Int, lines: Int, recentTarget: inout RecentText
     ) -> (outcome: HeadOutcome<RequestHead>, fields: Range<Int>, fieldCount: Int) {
-        let target = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[line.target]), as: UTF8.self)
+        let target = recentTarget.text(for: UnsafeRawBufferPointer(rebasing: bytes[line.target]))
         let head = RequestHead(version: line.version, method: line.method, uri: target, headers: [:])
         let parsed = HeadOutcome.parsed(
             ParsedHead(

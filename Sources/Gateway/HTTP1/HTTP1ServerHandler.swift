@@ -120,6 +120,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     private enum TimerKind { case idle, header, bodyStall }
     private var peer = PeerAddress.unknown
     private var snapshot = RuntimeSnapshot()
+    /// The last request's `Host` text, reused while the next names the same host.
+    private var recentHost = RecentText()
     /// An exchange whose upstream side starts when the current read burst has been decoded: a
     /// malformed body in the same packet as its head is then refused before anything is sent.
     private var pendingStart: ProxyExchange?
@@ -340,7 +342,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.timer.clear()
         var record: RequestRecord?
         let dispatch = RequestDispatch.start(
-            head, at: self.tickSlot.now(), record: &record, streamEnded: nil, peer: self.peer, services: self.services, runtime: self.runtime(),
+            head, at: self.tickSlot.now(), record: &record, recentHost: &self.recentHost, streamEnded: nil, peer: self.peer,
+            services: self.services, runtime: self.runtime(),
             downstream: self, allocator: self.allocator
         )
         self.current = InFlight(

@@ -85,6 +85,10 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     /// The `nghttp2_nv` array and field bytes of the response being submitted (nghttp2 copies
     /// them on submit, so the next response reuses the memory).
     private var headerScratch = HeaderScratch()
+    /// The last stream's host and path text, reused while the next stream sends the same bytes
+    /// (`RecentText`).
+    var recentHost = RecentText()
+    private var recentPath = RecentText()
     /// nghttp2's allocator for this session (it outlives the session: `nghttp2_session_del` frees
     /// into it).
     private let blockPool = HTTP2BlockPool()
@@ -530,7 +534,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
         let accepted = stream._withUnsafeGuaranteedRef {
             $0.isRefused || $0.addHeader(
                 name: name, value: value, trailer: trailer, connectProtocol: self.settings.enableConnectProtocol,
-                maxHeaderListSize: self.settings.maxHeaderListSize
+                maxHeaderListSize: self.settings.maxHeaderListSize, recentPath: &self.recentPath
             )
         }
         if !accepted { self.refuse(stream.takeUnretainedValue()) }

@@ -104,10 +104,13 @@ final class HTTP2Stream: DownstreamResponder {
     /// One field of the request head, or of its trailers (`trailer`), checked against RFC 9113
     /// §8 (`HTTP2RequestRules`). Returns false when the request is malformed: the connection
     /// resets the stream.
-    /// - Parameter maxHeaderListSize: the connection's limit, passed in by the connection: read
-    ///   through the `unowned` reference it would be a checked retain and a release per field.
+    /// - Parameters:
+    ///   - maxHeaderListSize: the connection's limit, passed in by the connection: read through
+    ///     the `unowned` reference it would be a checked retain and a release per field.
+    ///   - recentPath: the connection's last `:path` text, reused while the bytes repeat.
     func addHeader(
-        name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>, trailer: Bool, connectProtocol: Bool, maxHeaderListSize: Int
+        name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>, trailer: Bool, connectProtocol: Bool, maxHeaderListSize: Int,
+        recentPath: inout RecentText
     ) -> Bool {
         guard let kind = self.data.rules.field(name: name, value: value, trailer: trailer, connectProtocol: connectProtocol) else {
             return false
@@ -127,7 +130,7 @@ final class HTTP2Stream: DownstreamResponder {
         // cannot be broken.
         switch kind {
         case .path:
-            self.data.path = String(decoding: value, as: UTF8.self)
+            self.data.path = recentPath.text(for: value)
         case .method:
             self.data.method = Self.method(value)
         case .scheme:
@@ -274,7 +277,8 @@ final class HTTP2Stream: DownstreamResponder {
         // The record is made where it stays: one made beside and moved in was copied whole
         // (300-odd bytes) three times on its way.
         var dispatch = RequestDispatch.start(
-            head, at: connection.clock(), record: &self.data.record, streamEnded: endStream || extendedConnect, peer: connection.peer,
+            head, at: connection.clock(), record: &self.data.record, recentHost: &connection.recentHost,
+            streamEnded: endStream || extendedConnect, peer: connection.peer,
             services: connection.services, runtime: runtime, downstream: self, allocator: allocator
         )
         // Swapped in, not copied: an assignment from the dispatch copied the additions' arrays

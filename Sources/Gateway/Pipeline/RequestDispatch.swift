@@ -33,6 +33,7 @@ struct RequestDispatch {
         _ head: RequestHead,
         at start: NIODeadline,
         record: inout RequestRecord?,
+        recentHost: inout RecentText,
         streamEnded: Bool?,
         peer: PeerAddress,
         services: ConnectionServices,
@@ -44,7 +45,7 @@ struct RequestDispatch {
         // The record is made once, with every field the pipeline decided: one made early and
         // edited was copied whole on its way out.
         let validated: RequestValidator.ValidatedHead
-        switch RequestValidator.inspect(head) {
+        switch RequestValidator.inspect(head, recentHost: &recentHost) {
         case .failure(let error):
             let requestID = RequestIdentity.requestID(clientSupplied: head.headers.first(name: "x-request-id"))
             let trace = TraceContext(traceparent: head.headers.first(name: "traceparent"))

@@ -46,6 +46,12 @@ enum RequestValidator {
 
     /// `validate`, with the fields the request path needs.
     static func inspect(_ head: RequestHead) -> Result<ValidatedHead, GatewayError> {
+        var hosts = RecentText()
+        return self.inspect(head, recentHost: &hosts)
+    }
+
+    /// `inspect`, its `host` text reused from the connection's last request when the bytes match.
+    static func inspect(_ head: RequestHead, recentHost: inout RecentText) -> Result<ValidatedHead, GatewayError> {
         let target = head.uri
         guard target.utf8.first == UInt8(ascii: "/") else {
             return .failure(.badRequest("request target must be an absolute path"))
@@ -76,7 +82,7 @@ enum RequestValidator {
             switch name.count {
             case 4 where tokenEqualsIgnoringASCIICase(name, "host"):
                 hostCount += 1
-                if host == nil { host = String(decoding: value, as: UTF8.self) }
+                if host == nil { host = recentHost.text(for: value) }
             case 6 where tokenEqualsIgnoringASCIICase(name, "expect"):
                 if !visitCommaSeparated(value, { !bytesEqualIgnoringASCIICase($0, "100-continue") }) { expectsContinue = true }
             case 11 where tokenEqualsIgnoringASCIICase(name, "traceparent"):
