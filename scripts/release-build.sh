@@ -27,7 +27,7 @@
 # in paired runs (benchmarks/results/2026-12-03-session29.md), for 0.4% more code.
 # Lexical lifetimes off (`-enable-lexical-lifetimes=false`, Swift's rule before 5.7): a value may
 # be released after its last use rather than at the end of its scope, which lets the optimizer pair
-# and drop more retains and releases: −4.7% instructions per HTTP/2 request (retain/release ~60
+# and drop more retains and releases: −4.7% instructions per HTTP/2 request (retain/release ~40
 # calls fewer), −2.9% per HTTP/1.1 one, 0.980 of the CPU per HTTP/2 request in paired runs. No
 # code may count on a scope to keep an object alive: what C holds unretained (nghttp2's and the
 # TLS BIO's user data, hiredis's reply tape, a stream being received) is held by a stored property

@@ -78,7 +78,8 @@ struct HTTP1RequestParser {
             let outcome = StrictRequestHead.parse(
                 buffer, maxHeadBytes: self.maxHeadBytes, onePass: !self.headArrivesInPieces, recentTarget: &self.recentTarget
             )
-            switch outcome {
+            // Consumed, and the head moved out: matching the borrowed outcome copied it.
+            switch consume outcome {
             case .needMoreBytes:
                 self.headArrivesInPieces = true
                 return nil
@@ -90,7 +91,8 @@ struct HTTP1RequestParser {
                 let reader: HTTP1BodyReader =
                     parsed.isChunked ? .chunked(maxTrailerBytes: self.maxHeadBytes) : .length(parsed.contentLength ?? 0)
                 self.state = .body(reader, closesAfter: !parsed.keepAlive)
-                return .head(parsed.head, keepAlive: parsed.keepAlive, asksToSwitch: parsed.asksToSwitch)
+                let keepAlive = parsed.keepAlive, asksToSwitch = parsed.asksToSwitch
+                return .head((consume parsed).head, keepAlive: keepAlive, asksToSwitch: asksToSwitch)
             }
         case .body(var reader, let closesAfter):
             let event: HTTP1BodyReader.Event?
@@ -155,11 +157,17 @@ enum StrictRequestHead {
     static func parse(
         _ buffer: ByteBuffer, maxHeadBytes: Int, onePass: Bool, recentTarget: inout RecentText
     ) -> HeadOutcome<RequestHead> {
-        let outcome = buffer.withUnsafeReadableBytes { parse($0, maxHeadBytes: maxHeadBytes, onePass: onePass, recentTarget: &recentTarget) }
-        guard case .parsed(var parsed) = outcome.outcome else { return outcome.outcome }
-        let lines = buffer.getSlice(at: buffer.readerIndex + outcome.fields.lowerBound, length: outcome.fields.count)!
-        parsed.head.headers = HeadFields(lines: FieldLines(validated: lines, count: outcome.fieldCount))
-        return .parsed(parsed)
+        let (outcome, fields, fieldCount) = buffer.withUnsafeReadableBytes {
+            parse($0, maxHeadBytes: maxHeadBytes, onePass: onePass, recentTarget: &recentTarget)
+        }
+        switch consume outcome {
+        case .parsed(var parsed):
+            let lines = buffer.getSlice(at: buffer.readerIndex + fields.lowerBound, length: fields.count)!
+            parsed.head.headers = HeadFields(lines: FieldLines(validated: lines, count: fieldCount))
+            return .parsed(parsed)
+        case let other:
+            return other
+        }
     }
 
     /// The head's outcome, with its field lines' place in `bytes` (the head's fields are left

@@ -201,7 +201,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
                 return self.parseFailed(error == .headTooLarge ? .headersTooLarge : .badRequest("malformed HTTP request"))
             }
             let part: HTTP1RequestPart
-            switch event {
+            switch consume event {  // the head moved into its part, not copied
             case .none:
                 if input.readableBytes > 0 { self.unparsed = input }
                 return

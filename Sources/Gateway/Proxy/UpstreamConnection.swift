@@ -68,7 +68,9 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
                 context.close(promise: nil)
                 return
             }
-            switch event {
+            // Consumed: a switch over the borrowed event copied the head out of it (a retain
+            // per reference) and destroyed the event after.
+            switch consume event {
             case .head(let head, let keepAlive):
                 owner.upstreamReceivedHead(head, keepAlive: keepAlive)
             case .body(let body):

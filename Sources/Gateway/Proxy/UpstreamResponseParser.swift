@@ -69,10 +69,13 @@ struct UpstreamResponseParser {
             case .head:
                 guard buffer.readableBytes > 0 else { return nil }
                 guard self.awaitingResponse else { throw self.fail(.unsolicited) }
-                guard let head = try self.readHead(&buffer) else { return nil }
+                guard let read = try self.readHead(&buffer) else { return nil }
                 // Interim responses (1xx but 101) are dropped, as NIO's decoder does by default:
-                // the final response follows.
-                if let head { return .head(head.head, keepAlive: head.keepAlive) }
+                // the final response follows. The head is moved out, not copied.
+                if let parsed = consume read {
+                    let keepAlive = parsed.keepAlive
+                    return .head((consume parsed).head, keepAlive: keepAlive)
+                }
             case .body(var reader):
                 let event: HTTP1BodyReader.Event?
                 do { event = try reader.next(&buffer) } catch { throw self.fail(error) }
@@ -124,7 +127,7 @@ struct UpstreamResponseParser {
     private mutating func readHead(_ buffer: inout ByteBuffer) throws(Refusal) -> ParsedHead<UpstreamResponseHead>?? {
         let outcome = UpstreamResponseHead.parse(buffer, maxHeadBytes: self.maxHeadBytes, onePass: !self.headArrivesInPieces)
         let parsed: ParsedHead<UpstreamResponseHead>
-        switch outcome {
+        switch consume outcome {
         case .needMoreBytes:
             self.headArrivesInPieces = true
             return nil
@@ -182,11 +185,15 @@ struct UpstreamResponseHead {
     /// fields, the empty line.
     /// `onePass` as in `StrictRequestHead.parse`.
     static func parse(_ buffer: ByteBuffer, maxHeadBytes: Int, onePass: Bool = true) -> HeadOutcome<UpstreamResponseHead> {
-        let outcome = buffer.withUnsafeReadableBytes { parse($0, maxHeadBytes: maxHeadBytes, onePass: onePass) }
-        guard case .parsed(var parsed) = outcome.outcome else { return outcome.outcome }
-        let lines = buffer.getSlice(at: buffer.readerIndex + outcome.fields.lowerBound, length: outcome.fields.count)!
-        parsed.head.fields = HeadFields(lines: FieldLines(validated: lines, count: outcome.fieldCount))
-        return .parsed(parsed)
+        let (outcome, fields, fieldCount) = buffer.withUnsafeReadableBytes { parse($0, maxHeadBytes: maxHeadBytes, onePass: onePass) }
+        switch consume outcome {
+        case .parsed(var parsed):
+            let lines = buffer.getSlice(at: buffer.readerIndex + fields.lowerBound, length: fields.count)!
+            parsed.head.fields = HeadFields(lines: FieldLines(validated: lines, count: fieldCount))
+            return .parsed(parsed)
+        case let other:
+            return other
+        }
     }
 
     /// The head's outcome, with its field lines' place in `bytes` (the head's fields are left
