@@ -58,16 +58,14 @@ MULTIPLEXED_H2_CEILING = (26, 0.1)
 CALL_CEILINGS = {"http/1.1": {"casts": 21.5, "locks": 12.5}, "h2": {"casts": 14.5, "locks": 12.5}}
 
 
-def swift_runtime_is_counted() -> bool:
-    """Casts and retains are counted by interposing the Swift runtime's entry points, which only a
-    build loading `libswiftCore.so` exposes; the release build links the runtime in (`make
-    release-check` runs this suite against it), and then only mallocs and locks are seen."""
-    out = subprocess.run(["ldd", str(GATEWAY)], capture_output=True, text=True).stdout
-    return "libswiftCore.so" in out
+# Casts and retains are counted by interposing the Swift runtime's entry points, which only a build
+# loading `libswiftCore.so` exposes; the release build links the runtime in (`make release-check`
+# runs this suite against it), and then only mallocs and locks are seen.
+SWIFT_RUNTIME_IS_COUNTED = "libswiftCore.so" in subprocess.run(["ldd", str(GATEWAY)], capture_output=True, text=True).stdout
 
 
 def runtime_ceilings(ceilings: dict) -> dict:
-    return ceilings if swift_runtime_is_counted() else {key: value for key, value in ceilings.items() if key == "locks"}
+    return ceilings if SWIFT_RUNTIME_IS_COUNTED else {key: value for key, value in ceilings.items() if key == "locks"}
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +148,7 @@ def test_mallocs_per_proxied_request_stay_within_budget(protocol, counter_librar
     assert large_per_request <= large_ceiling, f"{large_per_request:.2f} allocations >= 1 KiB per request, budget {large_ceiling}"
     print(f"{protocol}: {calls['casts']:.2f} dynamic casts, {calls['locks']:.2f} locks, {calls['retains']:.0f} retains per request")
     # The interposed runtime entry points really count (a Swift program retains all the time).
-    if swift_runtime_is_counted():
+    if SWIFT_RUNTIME_IS_COUNTED:
         assert calls["retains"] >= 10, calls
     for key, ceiling in runtime_ceilings(CALL_CEILINGS[protocol]).items():
         assert calls[key] <= ceiling, f"{calls[key]:.2f} {key} per {protocol} request, budget {ceiling}"
