@@ -11,6 +11,8 @@ import h2.connection
 import h2.events
 import h2.settings
 import hpack
+import hpack.huffman
+import hpack.huffman_constants
 import httpx
 import pytest
 
@@ -117,14 +119,25 @@ def test_curl_http2_get_and_post(gateway):
     assert out == "ñandú".encode()
 
 
-def test_per_response_fields_are_never_indexed_and_repeated_fields_are(gateway):
+def test_per_response_fields_are_never_indexed_but_their_names_are_and_repeated_fields_are(gateway):
     # The request id changes on every response: indexed, each response would insert one entry and
-    # evict another in both sides' HPACK tables. It goes out never indexed; the fields that repeat
-    # (HSTS, content type, the upstream's server) are indexed once and then cost a byte each.
+    # evict another in both sides' HPACK tables. It goes out never indexed, except on the first
+    # response (and once every 10 s after), which puts its name in the table: the others refer to the
+    # name by index instead of sending it again. The fields that repeat (HSTS, content type, the
+    # upstream's server) are indexed once and then cost a byte each.
     raw = RawH2(gateway.ports["public"])
+    blocks = []
+    decode = raw.conn.decoder.decode
+
+    def recording(data, *args, **kwargs):
+        blocks.append(bytes(data))
+        return decode(data, *args, **kwargs)
+    raw.conn.decoder.decode = recording
+    name_as_sent = hpack.huffman.HuffmanEncoder(hpack.huffman_constants.REQUEST_CODES,
+                                                hpack.huffman_constants.REQUEST_CODES_LENGTH).encode(b"x-request-id")
     try:
         ids, table_sizes = set(), []
-        for _ in range(3):
+        for n in range(4):
             sid = raw.request("/api/bookings")
             events = raw.events(done(sid))
             assert stream_outcome(events, sid) == 200
@@ -133,14 +146,19 @@ def test_per_response_fields_are_never_indexed_and_repeated_fields_are(gateway):
             ids.add(fields[b"x-request-id"])
             assert b"strict-transport-security" in fields and b"content-type" in fields
             request_id = next(h for h in headers if h[0] == b"x-request-id")
-            assert isinstance(request_id, hpack.NeverIndexedHeaderTuple)
             entries = raw.conn.decoder.header_table.dynamic_entries
-            assert not any(name == b"x-request-id" for name, _ in entries)
+            assert sum(1 for name, _ in entries if name == b"x-request-id") == 1
+            if n == 0:
+                assert not isinstance(request_id, hpack.NeverIndexedHeaderTuple)
+                assert name_as_sent in blocks[-1]
+            else:
+                assert isinstance(request_id, hpack.NeverIndexedHeaderTuple)
+                assert name_as_sent not in blocks[-1], "the name was sent again, not referred to by index"
             # `date` is indexed too, and a new second adds its new value: not counted.
             table_sizes.append(sum(1 for name, _ in entries if name != b"date"))
-        assert len(ids) == 3
+        assert len(ids) == 4
         # Indexed by the first response, referenced by the next ones: the table stops growing.
-        assert table_sizes[0] > 0 and table_sizes[1] == table_sizes[0] and table_sizes[2] == table_sizes[0]
+        assert table_sizes[0] > 0 and table_sizes[1:] == [table_sizes[0]] * 3
     finally:
         raw.close()
 

@@ -95,7 +95,10 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     /// The channel's allocator, read once: each `context.channel` is a retain and a release.
     private(set) var allocator = ByteBufferAllocator()
 
-    func noteDrained(_ stream: HTTP2Stream) { self.drainedStreams.append(stream) }
+    /// Not once torn down: a stream an exchange still drives would be held by the handler it holds.
+    func noteDrained(_ stream: HTTP2Stream) {
+        if self.session != nil { self.drainedStreams.append(stream) }
+    }
 
     /// - Parameter clock: a test's clock; by default the loop's iteration stamp (`LoopSlot.now()`).
     init(services: ConnectionServices, settings: HTTP2Settings, clock: (() -> NIODeadline)? = nil) {
@@ -352,7 +355,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     }
 
     func deferStart(_ stream: HTTP2Stream) {
-        self.pendingStarts.append(stream)
+        if self.session != nil { self.pendingStarts.append(stream) }
     }
 
     // MARK: - Responses (called by streams)
@@ -361,7 +364,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     /// through `HTTP2ResponseField` while they are copied into the connection's scratch memory.
     func submitResponse(for stream: HTTP2Stream, status: Int, headers: HTTPHeaders, hasBody: Bool) {
         guard let session = self.session else { return }
-        self.headerScratch.fill(status: status, headers: headers, retain: !self.insideSession) { nva, count in
+        self.headerScratch.fill(status: status, headers: headers, retain: !self.insideSession, now: self.clock()) { nva, count in
             Self.submit(session, stream, nva, count, hasBody: hasBody)
         }
         self.answered(stream, hasBody: hasBody)
@@ -370,7 +373,7 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     /// `submitResponse` for a proxied response: its fields are rewritten straight into the scratch.
     func submitResponse(for stream: HTTP2Stream, forwarded: ForwardedResponseHead, hasBody: Bool) {
         guard let session = self.session else { return }
-        self.headerScratch.fill(forwarded, retain: !self.insideSession) { nva, count in
+        self.headerScratch.fill(forwarded, retain: !self.insideSession, now: self.clock()) { nva, count in
             Self.submit(session, stream, nva, count, hasBody: hasBody)
         }
         self.answered(stream, hasBody: hasBody)
@@ -681,9 +684,11 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     private func teardown() {
         self.services.loop.timers.disarm(&self.checkTimer)
         self.checkAt = nil
+        // Every list that holds streams is emptied: each stream holds the handler (strongly).
         self.pendingStarts.removeAll()
         self.receivingHeaders = nil
         self.spareStreams.removeAll()
+        self.drainedStreams.removeAll()
         for stream in self.streams.removeAll() { stream.closed() }
         if let session = self.session {
             self.session = nil
@@ -722,6 +727,17 @@ private struct HeaderScratch: HeadFieldSink {
     /// Ten proxied heads (~200–400 bytes each), a tick's worth on a busy connection; kept for the
     /// connection's life, so small: heads beyond it are copied by nghttp2 as before.
     static let retainedCapacity = 4 * 1024
+    /// When the fields that change per response last went out indexed.
+    private var changingFieldsIndexedAt = NIODeadline.distantPast
+    /// A field that changes per response goes out never indexed (`changesPerResponse`), except on
+    /// the first response and then on one every this often: indexed then, its name stays in the
+    /// HPACK table for the others to refer to by index, where a name outside the static table
+    /// (`x-request-id`) was sent and Huffman-coded again on each (~10 bytes and ~300 instructions).
+    /// Again because newer entries (each second's `date`) push it out after a minute or so; not
+    /// more often, because every indexed copy is one more entry on nghttp2's chain for that name,
+    /// which lookups of other fields in the same hash bucket walk (indexed every 64 responses,
+    /// the chain grew to the table's size and cost more than the name saved).
+    static let changingFieldsReindexInterval = TimeAmount.seconds(10)
 
     private static let statusName: [UInt8] = Array(":status".utf8)
 
@@ -729,16 +745,16 @@ private struct HeaderScratch: HeadFieldSink {
     /// `retain`: whether the bytes may be kept for nghttp2 to read later (false inside an nghttp2
     /// call, where a head answered from a callback could be encoded before the call returns).
     mutating func fill(
-        status: Int, headers: HTTPHeaders, retain: Bool, _ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void
+        status: Int, headers: HTTPHeaders, retain: Bool, now: NIODeadline, _ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void
     ) {
         self.begin(status: status, fields: headers.count)
         for (name, value) in headers { self.add(name: name, value: value) }
-        self.submit(retain: retain, submit)
+        self.submit(retain: retain, now: now, submit)
     }
 
     /// `fill` for a forwarded head: the rewrite writes its fields straight into the scratch.
     mutating func fill(
-        _ forwarded: ForwardedResponseHead, retain: Bool, _ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void
+        _ forwarded: ForwardedResponseHead, retain: Bool, now: NIODeadline, _ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void
     ) {
         let additions = forwarded.additions
         // Every field the rewrite may add: the request id, `Vary`, HSTS, `Transfer-Encoding`.
@@ -753,7 +769,7 @@ private struct HeaderScratch: HeadFieldSink {
                 additions: additions, named: named, into: &self
             )
         }
-        self.submit(retain: retain, submit)
+        self.submit(retain: retain, now: now, submit)
     }
 
     /// Starts a response: `:status` and its digits, room for `fields` more.
@@ -826,7 +842,7 @@ private struct HeaderScratch: HeadFieldSink {
         self.count += 1
     }
 
-    private mutating func submit(retain: Bool, _ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void) {
+    private mutating func submit(retain: Bool, now: NIODeadline, _ submit: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void) {
         var base = self.bytes!
         var noCopy = NGHTTP2_NV_FLAG_NONE.rawValue
         if retain && self.retainedUsed + self.used <= Self.retainedCapacity {
@@ -836,14 +852,17 @@ private struct HeaderScratch: HeadFieldSink {
             self.retainedUsed += self.used
             noCopy = NGHTTP2_NV_FLAG_NO_COPY_NAME.rawValue | NGHTTP2_NV_FLAG_NO_COPY_VALUE.rawValue
         }
+        let neverIndexChanging = now < self.changingFieldsIndexedAt + Self.changingFieldsReindexInterval
+        if !neverIndexChanging { self.changingFieldsIndexedAt = now }
         // Pointers are set once the bytes no longer move.
         var offset = 0
         for index in 0..<self.count {
             let field = self.fields! + index
             field.pointee.name = base + offset
             field.pointee.value = base + offset + field.pointee.namelen
-            let changes = HTTP2ResponseField.changesPerResponse(UnsafeBufferPointer(start: field.pointee.name, count: field.pointee.namelen))
-            field.pointee.flags = UInt8((changes ? NGHTTP2_NV_FLAG_NO_INDEX.rawValue : NGHTTP2_NV_FLAG_NONE.rawValue) | noCopy)
+            let neverIndex = neverIndexChanging
+                && HTTP2ResponseField.changesPerResponse(UnsafeBufferPointer(start: field.pointee.name, count: field.pointee.namelen))
+            field.pointee.flags = UInt8((neverIndex ? NGHTTP2_NV_FLAG_NO_INDEX.rawValue : NGHTTP2_NV_FLAG_NONE.rawValue) | noCopy)
             offset += field.pointee.namelen + field.pointee.valuelen
         }
         submit(self.fields!, self.count)

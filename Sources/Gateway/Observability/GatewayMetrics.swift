@@ -8,27 +8,54 @@ let latencyBuckets: [Double] = [
 ]
 
 /// A fixed number of 64-bit cells that any thread changes without a lock, with relaxed ordering
-/// (counts read at scrape time need no more). A cell per object because `Atomic` cannot be an
-/// array's element, and `InlineArray` needs macOS 26 where the package supports 15.
-struct AtomicCells: Sendable {
-    private final class Cell: Sendable {
-        let value = Atomic<UInt64>(0)
+/// (counts read at scrape time need no more). The cells are one allocation that never moves,
+/// reached through a pointer: `Atomic` cannot be an array's element, and an object per cell cost
+/// a retain and a release per count (10 per proxied request).
+struct AtomicCells: @unchecked Sendable {
+    /// Owns the cells; the pointer beside it is what counting reads, with no reference count.
+    private final class Storage {
+        let cells: UnsafeMutablePointer<Atomic<UInt64>>
+        let count: Int
+
+        init(count: Int) {
+            self.count = count
+            self.cells = .allocate(capacity: count)
+            for index in 0..<count { (self.cells + index).initialize(to: Atomic(0)) }
+        }
+
+        deinit {
+            self.cells.deinitialize(count: self.count)
+            self.cells.deallocate()
+        }
     }
 
-    private let cells: [Cell]
+    private let storage: Storage
+    private let cells: UnsafeMutablePointer<Atomic<UInt64>>
+    let count: Int
 
-    init(count: Int) { self.cells = (0..<count).map { _ in Cell() } }
+    init(count: Int) {
+        self.storage = Storage(count: count)
+        self.cells = self.storage.cells
+        self.count = count
+    }
 
     @inline(__always)
-    func add(_ amount: UInt64, at index: Int) { self.cells[index].value.add(amount, ordering: .relaxed) }
+    func add(_ amount: UInt64, at index: Int) {
+        precondition(index >= 0 && index < self.count, "cell index out of range")
+        self.cells[index].add(amount, ordering: .relaxed)
+    }
 
     @inline(__always)
-    func load(_ index: Int) -> UInt64 { self.cells[index].value.load(ordering: .relaxed) }
+    func load(_ index: Int) -> UInt64 {
+        precondition(index >= 0 && index < self.count, "cell index out of range")
+        return self.cells[index].load(ordering: .relaxed)
+    }
 
     /// Sets the cell to `desired` if it holds `expected`; returns what it held.
     @inline(__always)
     func compareExchange(at index: Int, expected: UInt64, desired: UInt64) -> UInt64 {
-        self.cells[index].value.compareExchange(expected: expected, desired: desired, ordering: .relaxed).original
+        precondition(index >= 0 && index < self.count, "cell index out of range")
+        return self.cells[index].compareExchange(expected: expected, desired: desired, ordering: .relaxed).original
     }
 }
 

@@ -344,9 +344,11 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
             self.pool.release(connection, reusable: reusable, timeouts: self.cluster.timeouts)
             self.cacheFill?.responseEnd(requestMethod: self.requestMethod)
             self.cacheFill = nil
-            self.downstream?.sendResponseEnd(for: self)
-            self.downstream?.exchangeFinished(for: self)
-            self.downstream = nil
+            // Taken first: each `self.downstream?` was a retain and a release; nothing these calls
+            // cause reaches this exchange's downstream again (it is finished).
+            let downstream = self.downstream.take()
+            downstream?.sendResponseEnd(for: self)
+            downstream?.exchangeFinished(for: self)
         case .tunnel(let connection):
             // The parser stopped after this 101: the connection is the tunnel's from here.
             self.releaseOutstanding()
@@ -384,11 +386,12 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
             _ = self.serveStaleOnError()
         case .forward(let connection):
             connection.clearDeadline()
-            if status >= 500 { self.record5xx(connection.endpoint) } else { connection.endpoint.recordResponseOK() }
+            let endpoint = connection.endpoint
+            if status >= 500 { self.record5xx(endpoint) } else { endpoint.recordResponseOK() }
             self.recordUpstreamSeconds(connection)
             self.source = .upstream
             self.upstreamStatus = status
-            connection.endpoint.stats.response(status: status, seconds: self.upstreamSeconds)
+            endpoint.stats.response(status: status, seconds: self.upstreamSeconds)
             let forwarded = ForwardedResponseHead(
                 upstream: head, requestMethod: self.requestMethod, clientVersion: self.clientVersion,
                 requestID: self.requestID, addHSTS: self.addHSTS, additions: self.responseAdditions
@@ -559,8 +562,8 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
     }
 
     private func releaseOutstanding() {
-        self.outstandingEndpoint?.outstanding.subtract(1, ordering: .relaxed)
-        self.outstandingEndpoint = nil
+        // Taken, not read and then cleared: one release instead of a retain and two releases.
+        self.outstandingEndpoint.take()?.outstanding.subtract(1, ordering: .relaxed)
     }
 
     private func fail(_ error: GatewayError) {
