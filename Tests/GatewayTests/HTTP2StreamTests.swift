@@ -451,6 +451,33 @@ struct HTTP2StreamTests {
         }
     }
 
+    /// A stream holds its connection's handler strongly, and the handler holds its streams (open,
+    /// spare, waiting to start): the channel's close breaks every such cycle. A connection that
+    /// answered one stream (its object kept as a spare), left one waiting for its upstream and
+    /// answered one locally is freed once closed, with its stream objects.
+    @Test func aClosedConnectionLeavesNothingHoldingItsHandlerOrStreams() throws {
+        weak var handler: HTTP2ServerHandler?
+        try {
+            let h = try Harness()
+            handler = h.handler
+            let upstreams = try [h.pooledUpstream(), h.pooledUpstream()]
+            h.headers(stream: 1, method: "GET", path: "/api/served", endStream: true)
+            h.headers(stream: 3, method: "GET", path: "/api/waiting", endStream: true)
+            h.headers(stream: 5, method: "GET", path: "/elsewhere", endStream: true)
+            h.loop.run()
+            let served = try #require(upstreams.first { $0.writtenText().contains("/api/served") })
+            let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: ["content-length": "2"])
+            try served.answer(head, body: "ok")
+            let frames = h.output()
+            #expect(Self.body(frames, stream: 1) == "ok")
+            #expect(frames.contains { $0.type == 1 && $0.stream == 5 })
+            #expect(h.handler.spareStreamCount == 2)
+            try h.channel.close().wait()
+            h.loop.run()  // what the close queued (the waiting exchange's upstream close)
+        }()
+        #expect(handler == nil, "a closed connection's handler is still held")
+    }
+
     @Test func aDrainTheClientCannotTakeWaitsForWritability() throws {
         let h = try Harness()
         let upstream = try h.pooledUpstream()
