@@ -478,6 +478,21 @@ struct HTTP2StreamTests {
         #expect(handler == nil, "a closed connection's handler is still held")
     }
 
+    /// Bytes after a response that no request asked for (here a second response in the same
+    /// read): the connection is closed, not pooled, where the next request would take them for
+    /// its answer.
+    @Test func anUpstreamThatAnswersTwiceIsNotReused() throws {
+        let h = try Harness()
+        let upstream = try h.pooledUpstream()
+        h.headers(stream: 1, method: "GET", path: "/api/one", endStream: true)
+        h.loop.run()
+        let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: ["content-length": "2"])
+        try upstream.answer(head, body: "ok" + "HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nunasked")
+        h.loop.run()
+        #expect(Self.body(h.output(), stream: 1) == "ok")
+        #expect(!upstream.isActive)
+    }
+
     @Test func aDrainTheClientCannotTakeWaitsForWritability() throws {
         let h = try Harness()
         let upstream = try h.pooledUpstream()

@@ -8,9 +8,10 @@ import random
 import re
 import socket
 import subprocess
+import threading
 import time
 
-from conftest import DEMO, Upstream
+from conftest import DEMO, Gateway, Upstream, config_text
 
 KEEPALIVE_MS = 150
 
@@ -127,3 +128,84 @@ def test_request_that_reached_upstream_is_resent_only_if_idempotent(gateway_fact
     status, opened, requests, _ = on_reused_connection("GET")
     # Sent once more on one fresh connection, which the upstream drops too.
     assert (status, opened, requests) == (502, 1, 2)
+
+
+class DoubleAnsweringUpstream:
+    """Answers `/api/double` with two responses in one write, the second never asked for, after a
+    pause in which other requests queue for the one connection slot; any other GET with one
+    response whose body is its path."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @staticmethod
+    def response(body: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        buffered = b""
+        with conn:
+            while True:
+                try:
+                    chunk = conn.recv(65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                buffered += chunk
+                while b"\r\n\r\n" in buffered:
+                    head, buffered = buffered.split(b"\r\n\r\n", 1)
+                    path = head.split(b" ")[1]
+                    if path == b"/api/double":
+                        time.sleep(0.4)
+                        conn.sendall(self.response(b"first") + self.response(b"unasked"))
+                    else:
+                        conn.sendall(self.response(path))
+
+    def stop(self):
+        self.listener.close()
+
+
+def test_a_response_the_upstream_sent_unasked_never_reaches_the_next_request(certs, tmp_path):
+    """An upstream that answers one request twice in one write: the second response must not
+    become the answer to the request that waited for that connection (max_connections: 1, so the
+    connection is handed to the waiting request the moment the first response ends). The
+    connection is closed instead, and the waiting request gets its own answer on a new one."""
+    upstream = DoubleAnsweringUpstream()
+    config = config_text(certs, upstream.port).replace("workers: 2", "workers: 1").replace("max_connections: 64", "max_connections: 1")
+    gw = Gateway(config, tmp_path)
+    try:
+        results = {}
+
+        def get(path):
+            conn = http.client.HTTPConnection("127.0.0.1", gw.ports["plain"], timeout=10)
+            conn.request("GET", path)
+            response = conn.getresponse()
+            results[path] = (response.status, response.read())
+            conn.close()
+
+        first = threading.Thread(target=get, args=("/api/double",))
+        first.start()
+        time.sleep(0.15)  # the first holds the only slot, waiting for its answer
+        second = threading.Thread(target=get, args=("/api/next",))
+        second.start()
+        first.join()
+        second.join()
+        assert results["/api/double"] == (200, b"first")
+        assert results["/api/next"] == (200, b"/api/next")
+        assert upstream.connections == 2, "the connection that carried an unasked response was reused"
+    finally:
+        gw.stop()
+        upstream.stop()

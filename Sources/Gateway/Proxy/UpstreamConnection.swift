@@ -33,7 +33,16 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
 
     /// Strong, not weak: a weak reference gives every exchange a side table and slows each of its
     /// retains. Released explicitly: the pool clears it on release, and closing or an error clears it.
-    var owner: UpstreamConnectionOwner?
+    var owner: UpstreamConnectionOwner? {
+        didSet { self.ownerChanges &+= 1 }
+    }
+    /// Counts changes of `owner`, so that a read handing several events to one owner loads it once
+    /// (a retain and a release) and still notices when a call gave the connection up.
+    private var ownerChanges = 0
+    /// The upstream sent more after a response than that response: bytes no request asked for
+    /// (a second response, a body after a HEAD or 204's head). The connection is never reused: on
+    /// it they would answer whichever request went next (response desync).
+    private(set) var sentUnaskedBytes = false
     private var readGate = ReadGate()
     /// This loop's iteration stamp (`gateway_event_loop_tick_seconds`); made on the loop that runs
     /// the handler.
@@ -55,6 +64,8 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
             unparsed.writeBuffer(&input)
             input = unparsed
         }
+        var owner: UpstreamConnectionOwner?
+        var ownerChanges = self.ownerChanges &- 1
         while true {
             let event: UpstreamResponseParser.Event?
             do {
@@ -63,7 +74,11 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
                 return self.fail(context)
             }
             guard let event else { break }
-            guard let owner = self.owner else {
+            if ownerChanges != self.ownerChanges {
+                owner = self.owner
+                ownerChanges = self.ownerChanges
+            }
+            guard let owner else {
                 // A response on an idle pooled connection: the upstream is out of sync. Never reuse it.
                 context.close(promise: nil)
                 return
@@ -76,10 +91,16 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
             case .body(let body):
                 owner.upstreamReceivedBody(body)
             case .end:
-                // After a 101 the owner hands the connection to a tunnel, which takes the rest.
-                if self.parser.hasSwitched, input.readableBytes > 0 {
-                    self.unparsed = input
-                    input.clear()
+                if input.readableBytes > 0 {
+                    if self.parser.hasSwitched {
+                        // After a 101 the owner hands the connection to a tunnel, which takes the rest.
+                        self.unparsed = input
+                        input.clear()
+                    } else {
+                        // Seen before the owner lets go of the connection, which the pool then
+                        // closes rather than hand to a request waiting for it.
+                        self.sentUnaskedBytes = true
+                    }
                 }
                 owner.upstreamReceivedEnd()
             }

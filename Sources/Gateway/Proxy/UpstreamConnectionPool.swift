@@ -123,7 +123,7 @@ final class UpstreamConnectionPool {
     /// not fully sent) are closed.
     func release(_ connection: UpstreamConnection, reusable: Bool, timeouts: UpstreamTimeouts) {
         connection.handler.owner = nil
-        guard reusable, !self.isClosed, connection.channel.isActive else {
+        guard reusable, !self.isClosed, connection.channel.isActive, !connection.handler.sentUnaskedBytes else {
             connection.close()
             return
         }
