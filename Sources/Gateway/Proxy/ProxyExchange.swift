@@ -62,7 +62,8 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
     /// Strong, not weak (a weak reference costs the responder a side table and slow retains):
     /// `detach()` drops it whenever the exchange ends, and the responder drops the exchange.
     private var downstream: DownstreamResponder?
-    private let eventLoop: EventLoop
+    /// The pool's: not stored here, where it was a retain and a release per request.
+    private var eventLoop: EventLoop { self.pool.eventLoop }
 
     private var machine: StateMachine<UpstreamConnection>
     private var candidates: [UpstreamEndpoint] = []
@@ -125,7 +126,6 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
         self.cluster = cluster
         self.pool = pool
         self.downstream = downstream
-        self.eventLoop = pool.eventLoop
         self.machine = StateMachine(
             requestHasBody: requestHasBody, idempotent: requestMethod.isIdempotent, expectsContinue: expectsContinue,
             retries: cluster.retryAttempts(for: requestMethod)
