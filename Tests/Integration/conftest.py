@@ -72,6 +72,47 @@ class Upstream:
         self.proc.wait()
 
 
+class RawGetUpstream:
+    """A raw-socket HTTP/1.1 upstream for bodiless GETs that answers each request head with
+    `answer(conn, head)`: for responses no well-behaved server would send. Counts connections."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def answer(self, conn, head: bytes):
+        raise NotImplementedError
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        buffered = b""
+        with conn:
+            while True:
+                try:
+                    chunk = conn.recv(65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                buffered += chunk
+                while b"\r\n\r\n" in buffered:
+                    head, buffered = buffered.split(b"\r\n\r\n", 1)
+                    self.answer(conn, head)
+
+    def stop(self):
+        self.listener.close()
+
+
 @pytest.fixture
 def upstream():
     u = Upstream()

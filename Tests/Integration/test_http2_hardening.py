@@ -6,7 +6,6 @@ import socket
 import ssl
 import struct
 import subprocess
-import threading
 import time
 
 import h2.config
@@ -15,7 +14,7 @@ import h2.events
 import httpx
 import pytest
 
-from conftest import Gateway, config_text, raw_request
+from conftest import Gateway, RawGetUpstream, config_text, raw_request
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 IDLE = 1.0
@@ -439,7 +438,7 @@ def test_empty_data_frames_spread_over_requests_are_tolerated(stall_gateway):
 
 # MARK: - Header values from upstreams (item 5)
 
-class SloppyUpstream:
+class SloppyUpstream(RawGetUpstream):
     """A raw-socket HTTP/1.1 upstream whose response fields carry what HTTP/2 forbids:
     surrounding whitespace and connection-specific fields, plus a field its `Connection` names,
     its own request id and a UTF-8 value, all read from the upstream's bytes. (Control bytes in a value are refused by
@@ -463,41 +462,8 @@ class SloppyUpstream:
                 b"\r\n"
                 b"ok")
 
-    def __init__(self):
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
-        self.running = True
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
-        while self.running:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
-
-    def serve(self, conn):
-        buffered = b""
-        with conn:
-            while True:
-                try:
-                    chunk = conn.recv(65536)
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                buffered += chunk
-                while b"\r\n\r\n" in buffered:  # bodiless GETs only
-                    _, buffered = buffered.split(b"\r\n\r\n", 1)
-                    conn.sendall(self.RESPONSE)
-
-    def stop(self):
-        self.running = False
-        self.listener.close()
+    def answer(self, conn, head):
+        conn.sendall(self.RESPONSE)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 
-from conftest import DEMO, Gateway, Upstream, config_text
+from conftest import DEMO, Gateway, RawGetUpstream, Upstream, config_text
 
 KEEPALIVE_MS = 150
 
@@ -130,52 +130,22 @@ def test_request_that_reached_upstream_is_resent_only_if_idempotent(gateway_fact
     assert (status, opened, requests) == (502, 1, 2)
 
 
-class DoubleAnsweringUpstream:
+class DoubleAnsweringUpstream(RawGetUpstream):
     """Answers `/api/double` with two responses in one write, the second never asked for, after a
     pause in which other requests queue for the one connection slot; any other GET with one
     response whose body is its path."""
-
-    def __init__(self):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
 
     @staticmethod
     def response(body: bytes) -> bytes:
         return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
 
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
-        buffered = b""
-        with conn:
-            while True:
-                try:
-                    chunk = conn.recv(65536)
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                buffered += chunk
-                while b"\r\n\r\n" in buffered:
-                    head, buffered = buffered.split(b"\r\n\r\n", 1)
-                    path = head.split(b" ")[1]
-                    if path == b"/api/double":
-                        time.sleep(0.4)
-                        conn.sendall(self.response(b"first") + self.response(b"unasked"))
-                    else:
-                        conn.sendall(self.response(path))
-
-    def stop(self):
-        self.listener.close()
+    def answer(self, conn, head):
+        path = head.split(b" ")[1]
+        if path == b"/api/double":
+            time.sleep(0.4)
+            conn.sendall(self.response(b"first") + self.response(b"unasked"))
+        else:
+            conn.sendall(self.response(path))
 
 
 def test_a_response_the_upstream_sent_unasked_never_reaches_the_next_request(certs, tmp_path):
