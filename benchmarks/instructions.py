@@ -13,7 +13,9 @@ read the DWARF 5 that Swift writes, so the binary runs from a copy without debug
 With one build: its instructions per request and the functions that spend the most (self, or
 with --inclusive what they call too). With two: both totals and the functions whose count moved
 most, per request. The totals include the load's four (h2) or sixteen (h1) TLS handshakes, the
-same for every build; they shift by 1–2% from run to run (how many requests one loop iteration
+same for every build, yet OpenSSL's count moves by up to ±800 instructions per request from run to
+run (seen 2026-12-04 between runs of one build); the total outside OpenSSL is printed beside it
+and is the one to compare. It still shifts by about 1% (how many requests one loop iteration
 handles changes the per-iteration work), so compare builds by the functions a change touched, or
 over alternating runs. Instructions are not time: cache misses and atomic reference counts cost
 more than their count says, so a lever is still confirmed with benchmarks/paired.py.
@@ -69,11 +71,16 @@ def count(bindir, protocol, n, out):
     return dumped
 
 
+TLS_LIBRARIES = re.compile(r"/lib(ssl|crypto)\.so")
+
+
 def functions(data, n, inclusive):
-    """Instructions per request: the total, and by function."""
+    """Instructions per request: the total, the total outside OpenSSL (whose share is mostly the
+    load's handshakes, which move by a few hundred instructions per request from run to run and
+    hide what a change did to the request path), and by function."""
     out = subprocess.run(["callgrind_annotate", f"--inclusive={'yes' if inclusive else 'no'}", "--threshold=100", str(data)],
                          capture_output=True, text=True, check=True).stdout
-    total, by_function = 0.0, {}
+    total, tls, by_function = 0.0, 0.0, {}
     for line in out.splitlines():
         match = re.match(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+(\S.*)$", line)
         if not match:
@@ -84,7 +91,9 @@ def functions(data, n, inclusive):
             total = value
         else:
             by_function[name] = by_function.get(name, 0) + value
-    return total, by_function
+            if not inclusive and TLS_LIBRARIES.search(match.group(2)):
+                tls += value
+    return total, total - tls, by_function
 
 
 def main():
@@ -107,16 +116,17 @@ def main():
     for index, bindir in enumerate(args.dirs):
         data = count(bindir, args.protocol, args.n, keep / f"callgrind.{index}")
         results.append(functions(data, args.n, args.inclusive))
-        print(f"{bindir}: {results[-1][0]:,.0f} instructions per {args.protocol} request ({args.n} requests; {data})")
+        outside = "" if args.inclusive else f", {results[-1][1]:,.0f} outside OpenSSL"
+        print(f"{bindir}: {results[-1][0]:,.0f} instructions per {args.protocol} request{outside} ({args.n} requests; {data})")
     kind = "inclusive" if args.inclusive else "self"
     if len(results) == 1:
-        top = sorted(results[0][1].items(), key=lambda item: -item[1])[:args.top]
+        top = sorted(results[0][2].items(), key=lambda item: -item[1])[:args.top]
         print(f"\n| instructions/request ({kind}) | function |\n|--:|---|")
         for (_, value), name in zip(top, demangled([name for name, _ in top])):
             print(f"| {value:,.0f} | `{name[:140]}` |")
         return
-    (total_a, a), (total_b, b) = results
-    print(f"\nB/A: {total_b / total_a:.3f}")
+    (total_a, outside_a, a), (total_b, outside_b, b) = results
+    print(f"\nB/A: {total_b / total_a:.3f}" + ("" if args.inclusive else f"; outside OpenSSL {outside_b / outside_a:.3f}"))
     moved = sorted(set(a) | set(b), key=lambda name: -abs(b.get(name, 0) - a.get(name, 0)))[:args.top]
     print(f"\n| A | B | B − A ({kind}, per request) | function |\n|--:|--:|--:|---|")
     for name, shown in zip(moved, demangled(moved)):

@@ -16,6 +16,12 @@ than the LD_PRELOAD counter of benchmarks/budget.sh, which sees only calls made 
 Counts do not drift with the machine's load, so a change that removes calls shows even when the
 CPU figures are lost in noise.
 
+With --by-type (the runtime linked in, as in a release build), each call's object is read too (its
+first word, the class metadata, matched against the binary's symbols): calls per request by the
+type of object counted, and by type and caller. A call on nil (an empty optional reference) is
+its own row: it returns at once, where any other does an atomic read-modify-write, so it is the
+other rows that cost.
+
 With --probe, other calls are counted the same way: `malloc` (glibc), `locks` (glibc's
 `pthread_mutex_lock`, NIO's locks) or `casts` (`swift_dynamicCast`), where benchmarks/budget.sh
 only counts them; `unique`: copy-on-write uniqueness checks (`swift_isUniquelyReferenced_nonNull_native`);
@@ -23,11 +29,12 @@ only counts them; `unique`: copy-on-write uniqueness checks (`swift_isUniquelyRe
 
   benchmarks/refcounts.py [--bin DIR] [--n 2000] [--top 30] [--setup base] [--keep FILE]
                           [--load 'h2load options']
-                          [--probe refcounts|malloc|locks|casts] h1|h2|e
+                          [--probe refcounts|malloc|locks|casts] [--by-type] h1|h2|e
 
 Needs root (uprobes), perf (linux-perf) and what benchmarks/peers.sh --install installs.
 """
 import argparse
+import bisect
 import collections
 import os
 import re
@@ -68,10 +75,11 @@ def ensure_probes(library, group, symbols):
             subprocess.run(["perf", "probe", "-q", "-x", library, symbol], check=True)
 
 
-def probes_in_binary(binary, symbols):
+def probes_in_binary(binary, symbols, fetch=""):
     """Probes on the runtime inside a statically linked `binary`, made afresh each run (a probe
     left by another build named `gateway` would sit at that build's addresses), by address (perf
-    looks a name up in the debug information, which has none for the runtime). Their events."""
+    looks a name up in the debug information, which has none for the runtime). Their events.
+    `fetch`: perf probe arguments to record with each call (e.g. the object's first word)."""
     group = "probe_gwruntime"
     subprocess.run(["perf", "probe", "-q", "-d", f"{group}:*"], capture_output=True)
     table = subprocess.run(["nm", binary], capture_output=True, text=True, check=True).stdout
@@ -82,7 +90,7 @@ def probes_in_binary(binary, symbols):
             raise RuntimeError(f"{symbol} is not in {binary}'s symbol table")
         # Event names are unique across groups: libswiftCore's probes may exist too.
         event = f"{group}:rt_{symbol}"
-        subprocess.run(["perf", "probe", "-q", "-x", binary, "--add", f"{event}=0x{address.group(1)}"], check=True)
+        subprocess.run(["perf", "probe", "-q", "-x", binary, "--add", f"{event}=0x{address.group(1)} {fetch}".strip()], check=True)
         events.append(event)
     return events
 
@@ -90,6 +98,35 @@ def probes_in_binary(binary, symbols):
 def frame_name(line):
     parts = line.strip().split(None, 1)
     return re.sub(r"\+0x[0-9a-f]+$", "", parts[1]) if len(parts) > 1 else "?"
+
+
+class TypeNames:
+    """Names a class metadata address in the running `binary` (loaded at `base`) by the data
+    symbol it falls in: `type metadata for HTTP2Stream`."""
+
+    def __init__(self, binary, base):
+        self.base = base
+        table = subprocess.run(["nm", binary], capture_output=True, text=True, check=True).stdout
+        self.symbols = sorted((int(address, 16), name) for address, kind, name in
+                              (line.split() for line in table.splitlines() if len(line.split()) == 3)
+                              if kind in "dDbBsSrRvV")
+        self.addresses = [address for address, _ in self.symbols]
+
+    def __call__(self, metadata):
+        if metadata == 0:
+            return "nil"
+        index = bisect.bisect_right(self.addresses, metadata - self.base) - 1
+        return self.symbols[index][1] if index >= 0 else "?"
+
+
+def load_base(pid, binary):
+    """Where the binary's first segment is mapped in process `pid`."""
+    name = os.path.basename(binary)
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[5].endswith("/" + name) and fields[2] == "00000000":
+            return int(fields[0].split("-")[0], 16)
+    raise RuntimeError(f"{binary} is not mapped in process {pid}")
 
 
 def demangled(names):
@@ -111,6 +148,7 @@ def main():
     parser.add_argument("--load", help="h2load's load options instead of the protocol's, e.g. '-c 2 -m 50'")
     parser.add_argument("--keep", help="also keep the perf.data at this path, for `perf script` by hand")
     parser.add_argument("--probe", choices=sorted(PROBES), default="refcounts", help="which calls to count")
+    parser.add_argument("--by-type", action="store_true", help="also count by the type of object (runtime linked in)")
     args = parser.parse_args()
 
     os.environ["BIN"] = args.bin
@@ -121,8 +159,10 @@ def main():
     binary = str(Path(args.bin) / "gateway")
     if library == SWIFT_CORE:
         library = swift_runtime(binary)
+    if args.by_type and (args.probe != "refcounts" or library != binary):
+        parser.error("--by-type counts retains and releases of a build with the runtime linked in")
     if library == binary:
-        events = probes_in_binary(binary, symbols)
+        events = probes_in_binary(binary, symbols, "object=+0(%di):u64" if args.by_type else "")
     else:
         ensure_probes(library, group, symbols)
         events = [f"{group}:{symbol}" for symbol in symbols]
@@ -132,6 +172,7 @@ def main():
     proc = None
     try:
         proc = bench.start(args.bin, {})
+        type_names = TypeNames(binary, load_base(proc.pid, binary)) if args.by_type else None
         extra = {"h1": ["--h1", "-c", "8"], "h2": ["-c", "4", "-m", "10"],
                  # one request per connection: as many clients as requests, each a new TLS handshake
                  "e": ["--h1", "-c", "8", "-H", "connection: close"]}[args.protocol]
@@ -154,11 +195,20 @@ def main():
 
     if args.keep:
         shutil.copyfile(data, args.keep)
-    script = subprocess.run(["perf", "script", "-i", data, "-F", "ip,sym", "--no-demangle"],
+    fields = "trace,ip,sym" if args.by_type else "ip,sym"
+    script = subprocess.run(["perf", "script", "-i", data, "-F", fields, "--no-demangle"],
                             capture_output=True, text=True, check=True).stdout
     callers, gateway = collections.Counter(), collections.Counter()
+    types, type_callers = collections.Counter(), collections.Counter()
     for block in script.split("\n\n"):
-        frames = [frame_name(line) for line in block.strip().splitlines() if line.strip()]
+        lines = [line for line in block.strip().splitlines() if line.strip()]
+        object_type = None
+        if type_names is not None and lines:
+            found = re.search(r"object=(\d+)", lines[0])
+            object_type = type_names(int(found.group(1))) if found else "?"
+            lines[0] = re.sub(r"^.*?object=\d+\s*", "", lines[0])
+            lines = [line for line in lines if line.strip()]
+        frames = [frame_name(line) for line in lines]
         if len(frames) < 2:
             continue
         index = 1
@@ -166,6 +216,9 @@ def main():
             index += 1
         callers[frames[index] if index < len(frames) else "?"] += 1
         gateway[next((f for f in frames[1:] if "$s7Gateway" in f), "(no gateway frame)")] += 1
+        if object_type is not None:
+            types[object_type] += 1
+            type_callers[(object_type, frames[index] if index < len(frames) else "?")] += 1
     total = sum(callers.values())
     print(f"{args.protocol}: {total / args.n:.1f} {' + '.join(symbols)} calls per request "
           f"({args.n} requests, the first ones after perf attached included)")
@@ -174,6 +227,17 @@ def main():
         top = counter.most_common(args.top)
         for (_, count), name in zip(top, demangled([name for name, _ in top])):
             print(f"| {count / args.n:.2f} | `{name[:140]}` |")
+    if type_names is not None:
+        print(f"\n| calls/request | object type |\n|--:|---|")
+        top = types.most_common(args.top)
+        for (_, count), name in zip(top, demangled([name for name, _ in top])):
+            print(f"| {count / args.n:.2f} | `{name.removeprefix('full ').removeprefix('type metadata for ')[:100]}` |")
+        print(f"\n| calls/request | object type | immediate caller |\n|--:|---|---|")
+        top = type_callers.most_common(args.top)
+        names = demangled([name for (pair, _) in top for name in pair])
+        for index, (_, count) in enumerate(top):
+            kind, caller = names[2 * index], names[2 * index + 1]
+            print(f"| {count / args.n:.2f} | `{kind.removeprefix('full ').removeprefix('type metadata for ')[:60]}` | `{caller[:100]}` |")
 
 
 if __name__ == "__main__":

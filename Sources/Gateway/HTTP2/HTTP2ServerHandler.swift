@@ -350,8 +350,9 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     private func startPendingStreams() {
         guard !self.pendingStarts.isEmpty else { return }
         swap(&self.pendingStarts, &self.startsInProgress)
-        for stream in self.startsInProgress { stream.startProxy() }
-        self.startsInProgress.removeAll(keepingCapacity: true)
+        // Moved out one by one, in order (as `TickFlushes` does): no retain per stream.
+        self.startsInProgress.reverse()
+        while let stream = self.startsInProgress.popLast() { stream.startProxy() }
     }
 
     func deferStart(_ stream: HTTP2Stream) {

@@ -43,7 +43,9 @@ final class TickFlushes {
     private func flushAll() {
         self.taskQueued = false
         swap(&self.queued, &self.flushing)
-        for item in self.flushing { item.flushAtTickEnd() }
-        self.flushing.removeAll(keepingCapacity: true)
+        // Each item moved out and released after its flush: a `for` over the array retained and
+        // released every item once more. Reversed first so that they still go in queued order.
+        self.flushing.reverse()
+        while let item = self.flushing.popLast() { item.flushAtTickEnd() }
     }
 }
