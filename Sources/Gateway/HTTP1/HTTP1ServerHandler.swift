@@ -136,7 +136,8 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
 
     /// The config snapshot for a request starting now.
     private func runtime() -> GatewayRuntime {
-        self.snapshot.current(from: self.services.holder)
+        if let runtime = self.snapshot.unchanged(at: self.services.holder.generation) { return runtime }
+        return self.snapshot.current(from: self.services.holder)
     }
 
     // MARK: - Channel events

@@ -408,8 +408,7 @@ final class HTTP2Stream: DownstreamResponder {
         if var record = self.data.record.take() {
             let responseComplete = self.data.state.responseDelivered(responseBytesQueued: !self.data.responseQueue.isEmpty)
             record.settle(responseComplete: responseComplete, exchange: nil)
-            let services = self.connection.services
-            services.observability.finished(record, tlsVersion: services.tlsVersion)
+            self.connection.finished(record)
         }
         self.data.responseQueue.removeAll()
     }

@@ -132,11 +132,18 @@ struct RuntimeSnapshot {
     /// reload in between is seen as a move on the next call.
     mutating func current(from holder: RuntimeHolder) -> GatewayRuntime {
         let generation = holder.generation
-        if let runtime = self.runtime, generation == self.generation { return runtime }
+        if let runtime = self.unchanged(at: generation) { return runtime }
         let current = holder.current
         self.runtime = current
         self.generation = generation
         return current
+    }
+
+    /// The kept runtime, if `generation` is the one it was taken at. Not mutating: the common
+    /// case reads the snapshot without an exclusive access to it, which made the caller retain
+    /// the holder it passed for the length of the call.
+    func unchanged(at generation: UInt64) -> GatewayRuntime? {
+        generation == self.generation ? self.runtime : nil
     }
 }
 
