@@ -5,10 +5,17 @@ import Synchronization
 /// else a fresh one. Fresh ids are a per-process random prefix plus a counter: unique, cheap (no
 /// syscall per request), and not meant to be secret.
 enum RequestIdentity {
-    /// 48 random bits, 8 symbols.
+    /// The 64 symbols of an id, in ASCII order. Static text: read through a pointer, no array
+    /// to reference-count.
+    private static let symbols: StaticString = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+    /// The process's 48 random bits as its ids' first 8 symbols, made once (not per id), packed
+    /// in memory order so one store writes them.
     private static let prefix: UInt64 = {
         var generator = SystemRandomNumberGenerator()
-        return (generator.next() as UInt64) & 0xFFFF_FFFF_FFFF
+        let bits = (generator.next() as UInt64) & 0xFFFF_FFFF_FFFF
+        var packed: UInt64 = 0
+        for index in 0..<8 { packed |= UInt64(symbol(bits >> UInt64(42 - 6 * index))) << UInt64(8 * index) }
+        return UInt64(littleEndian: packed)
     }()
     private static let counter = Atomic<UInt64>(0)
 
@@ -34,7 +41,7 @@ enum RequestIdentity {
         let next = counter.add(1, ordering: .relaxed).newValue
         let prefix = Self.prefix
         return String(unsafeUninitializedCapacity: 15) { out in
-            for index in 0..<8 { out[index] = Self.symbol(prefix >> UInt64(42 - 6 * index)) }
+            UnsafeMutableRawPointer(out.baseAddress!).storeBytes(of: prefix, as: UInt64.self)
             for index in 0..<7 { out[8 + index] = Self.symbol(next >> UInt64(36 - 6 * index)) }
             return 15
         }
@@ -43,14 +50,7 @@ enum RequestIdentity {
     /// The symbol for the low 6 bits of `bits`.
     @inline(__always)
     private static func symbol(_ bits: UInt64) -> UInt8 {
-        let value = UInt8(truncatingIfNeeded: bits) & 0x3F
-        switch value {
-        case 0: return UInt8(ascii: "-")
-        case 1...10: return UInt8(ascii: "0") + value - 1
-        case 11...36: return UInt8(ascii: "A") + value - 11
-        case 37: return UInt8(ascii: "_")
-        default: return UInt8(ascii: "a") + value - 38
-        }
+        Self.symbols.utf8Start[Int(bits & 0x3F)]
     }
 
     /// The client address as text; an IPv4-mapped IPv6 peer (`::ffff:a.b.c.d`) is its IPv4 address.
