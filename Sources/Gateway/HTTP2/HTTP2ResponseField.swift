@@ -86,9 +86,9 @@ enum HTTP2ResponseField {
     /// Whether a (lowercased) field changes from one response to the next, so that HPACK's dynamic
     /// table gains nothing by holding its value: it goes out never indexed, where indexing it would
     /// insert one entry and evict another on every response (but for one response every
-    /// `HeaderScratch.changingFieldsReindexInterval`, which keeps its name in the table). Fields that repeat (`server`, `content-type`,
-    /// `date` within its second, the CORS and HSTS fields, `ratelimit-limit`) are indexed and then
-    /// cost one byte each. nghttp2 itself never indexes `content-length`, `etag`, `set-cookie`,
+    /// `HeaderScratch.changingFieldsReindexInterval`, which keeps its name in the table). Fields
+    /// that repeat (`server`, `content-type`, `date` within its second, the CORS and HSTS fields,
+    /// `ratelimit-limit`) are indexed and then cost one byte each. nghttp2 itself never indexes `content-length`, `etag`, `set-cookie`,
     /// `age`, `location`, `last-modified`-like conditionals and `:path`.
     static func changesPerResponse(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
         switch name.count {
