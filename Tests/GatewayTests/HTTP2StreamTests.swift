@@ -425,6 +425,26 @@ struct HTTP2StreamTests {
         }
     }
 
+    /// A client read in the middle of a tick (here a PING) does not drain the connection on its
+    /// own: the response an upstream read earlier in the tick produced and the PING's ACK leave
+    /// together at the tick's end, in one write (one TLS record, one `write` and one wake-up of
+    /// the client instead of two).
+    @Test func aClientReadWithinATickLeavesWithTheTicksResponses() throws {
+        let h = try Harness()
+        let upstream = try h.pooledUpstream()
+        h.headers(stream: 1, method: "GET", path: "/api/one", endStream: true)
+        _ = h.output()
+        let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: ["content-length": "2"])
+        try upstream.answer(head, body: "ok")
+        h.send(Harness.frame(type: 6, flags: 0, stream: 0, Array("pingpong".utf8)))
+        #expect(h.collectWrites() == 0, "written before the end of the tick")
+        h.loop.run()
+        #expect(h.collectWrites() == 1)
+        let frames = h.frames()
+        #expect(Self.body(frames, stream: 1) == "ok")
+        #expect(frames.contains { $0.type == 6 && $0.flags & 0x01 != 0 && $0.payload == Array("pingpong".utf8) })
+    }
+
     @Test func aClientFillingItsConcurrencyGetsItsNextBatchOnReusedStreams() throws {
         let h = try Harness()  // 128 concurrent streams advertised
         let batch = 40

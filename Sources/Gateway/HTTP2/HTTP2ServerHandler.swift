@@ -166,8 +166,11 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
 
     func channelReadComplete(context: ChannelHandlerContext) {
         self.startPendingStreams()
-        self.sendPending()
         self.reading = false
+        // Drained with the rest of the tick's output rather than now: responses that upstream
+        // reads later in this tick add for this client then leave in the same TLS record and
+        // `write` (draining here made a second write per tick for about one client read in two).
+        self.flushSoon()
         context.fireChannelReadComplete()
     }
 
@@ -315,8 +318,8 @@ final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushi
     /// Bytes gathered before they are written out within one drain: a TLS record's worth.
     private static let outboundChunk = 16 * 1024
 
-    /// Drains the session at the end of this event-loop tick, once however many streams ask. A
-    /// read from the client is drained by its `channelReadComplete` already.
+    /// Drains the session at the end of this event-loop tick, once however many streams ask (while
+    /// a client read is being handled, its `channelReadComplete` asks once for all of it).
     func flushSoon() {
         guard !self.reading, !self.flushQueued, self.context != nil else { return }
         self.flushQueued = true
