@@ -119,12 +119,20 @@ let package = Package(
                 "Gateway",
                 "GatewayBench",
                 "CBuildInfo",
+                "CSocketIO",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            // Socket reads and writes go to recv/send (Sources/CSocketIO/CSocketIO.c says why).
+            linkerSettings: [
+                .unsafeFlags(["-Xlinker", "--wrap=read", "-Xlinker", "--wrap=write", "-Xlinker", "--wrap=close"],
+                             .when(platforms: [.linux]))
             ]
         ),
+        // read/write/close for the gateway's link: recv/send on sockets.
+        .target(name: "CSocketIO"),
         // The commit `gateway --version` prints, as a C string constant (Swift has no string defines).
         .target(
             name: "CBuildInfo",
@@ -153,6 +161,7 @@ let package = Package(
             dependencies: [
                 "Gateway",
                 "CNGHTTP2",
+                "CSocketIO",
                 "JWTVerifier",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
