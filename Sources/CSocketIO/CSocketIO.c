@@ -15,7 +15,8 @@
 // one extra system call in its life. Closing a descriptor forgets it. Recv and send with no flags
 // are read and write on a connected stream socket (recv(2), send(2)), SIGPIPE included. A
 // descriptor closed by a path that does not come here (a shared library's own close) and then
-// reused for a socket keeps the real calls: slower, never wrong.
+// reused for a socket keeps the real calls: slower, never wrong. So do descriptors numbered
+// 65,536 and above (a bit per descriptor is kept only below that).
 
 #include "CSocketIO.h"
 
