@@ -20,7 +20,8 @@ server's CPU % (utime+stime of the process over the run: ~100% means the server 
 and requests per CPU-second, and the upstream's own direct rate is measured and printed first.
 
 Environment: DUR (s, default 10), ROUNDS (default 3), RATE (fixed-rate target, default: half of
-HAProxy's A throughput from a calibration run), SCENARIOS (default "A B C D F Fr E rate"),
+HAProxy's A throughput from a calibration run), SCENARIOS (default "A B C D F Fr E rate"), PEERS
+(default "gateway haproxy nginx": the servers run),
 UPSTREAM (nginx: Debian's nginx answering `return 200` with the 226-byte booking body — the default;
 demo: the project's demo-upstream).
 """
@@ -69,6 +70,8 @@ SERVERS = {
     "haproxy": ["base", "jwt", "limit", "cors"],
     "nginx": ["base"],
 }
+# PEERS="gateway haproxy" runs only those servers (e.g. more rounds of the fixed-rate tails in the same time).
+SERVERS = {name: setups for name, setups in SERVERS.items() if name in os.environ.get("PEERS", " ".join(SERVERS)).split()}
 
 
 def log(*args):
@@ -363,12 +366,12 @@ class Run:
             row = {}
             for proto, extra in (("h1", ["--connections", "64"]), ("h2", ["--http2", "--connections", "4", "--streams", "16"])):
                 out = f"{self.d}/rate.json"
-                _, cpu, wall = run_load(pid, [str(BIN / "gateway"), "bench", "--url", url, "--rate", str(rate),
-                                              "--duration", f"{DUR}s", "--threads", "1", "--insecure", "--quiet",
-                                              "--json", out, *extra])
+                _, cpu, wall, load_core = run_load_measured(pid, [str(BIN / "gateway"), "bench", "--url", url, "--rate", str(rate),
+                                                                  "--duration", f"{DUR}s", "--threads", "1", "--insecure", "--quiet",
+                                                                  "--json", out, *extra])
                 r = json.load(open(out))
                 row[proto] = {"rps": r["throughput_rps"], "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
-                              "errors": r["errors"]["total"], "cpu": 100 * cpu / wall}
+                              "errors": r["errors"]["total"], "cpu": 100 * cpu / wall, "load_core": load_core}
             return row
         else:
             text, cpu, wall, load_core = run_load_measured(pid, ["h2load", "-c16", "-m10", "-D", str(DUR), *self.headers(scenario), url])
@@ -484,7 +487,8 @@ def report(results, upstream_rps, rate):
 
     if ("gateway", "rate") in results:
         lines += ["", f"Fixed rate {rate}/s, open loop (`gateway bench`; h1: 64 connections, h2: 4 × 16 streams), latency µs:", "",
-                  "| server | h1 p50 | h1 p99 | h1 CPU % | h2 p50 | h2 p99 | h2 CPU % | errors |", "|---|--:|--:|--:|--:|--:|--:|--:|"]
+                  "| server | h1 p50 | h1 p99 | h1 CPU % | h2 p50 | h2 p99 | h2 CPU % | load core % h1/h2 | p99 per round h1; h2 | errors |",
+                  "|---|--:|--:|--:|--:|--:|--:|--:|---|--:|"]
         p99 = {}
         for server in SERVERS:
             rows = results.get((server, "rate"))
@@ -493,10 +497,12 @@ def report(results, upstream_rps, rate):
             c = {}
             for proto in ("h1", "h2"):
                 sub = [r[proto] for r in rows]
-                c[proto] = (med(sub, "p50") * 1000, med(sub, "p99") * 1000, med(sub, "cpu"), sum(r["errors"] for r in sub))
+                c[proto] = (med(sub, "p50") * 1000, med(sub, "p99") * 1000, med(sub, "cpu"), sum(r["errors"] for r in sub),
+                            med(sub, "load_core"), ", ".join(f"{r['p99'] * 1000:.0f}" for r in sub))
             p99[server] = (c["h1"][1], c["h2"][1])
             lines.append(f"| {server} | {c['h1'][0]:.0f} | {c['h1'][1]:.0f} | {c['h1'][2]:.0f} | {c['h2'][0]:.0f} | "
-                         f"{c['h2'][1]:.0f} | {c['h2'][2]:.0f} | {c['h1'][3] + c['h2'][3]} |")
+                         f"{c['h2'][1]:.0f} | {c['h2'][2]:.0f} | {c['h1'][4]:.0f}/{c['h2'][4]:.0f} | {c['h1'][5]}; {c['h2'][5]} | "
+                         f"{c['h1'][3] + c['h2'][3]} |")
         if "gateway" in p99 and "haproxy" in p99:
             lines.append(f"\np99 ratio gateway/HAProxy at that rate: h1 {p99['gateway'][0] / p99['haproxy'][0]:.2f}, "
                          f"h2 {p99['gateway'][1] / p99['haproxy'][1]:.2f} (target ≤ 1.5).")

@@ -4,7 +4,7 @@
 # CPU-second, against an upstream that is never the bottleneck. benchmarks/peers.py has the details.
 #
 #   benchmarks/peers.sh [--install] [--save]
-#     DUR=10 ROUNDS=3 RATE=<half of HAProxy's A> SCENARIOS="A B C D F Fr E rate" UPSTREAM=nginx|demo
+#     DUR=10 ROUNDS=3 RATE=<half of HAProxy's A> SCENARIOS="A B C D F Fr E rate" PEERS="gateway haproxy nginx" UPSTREAM=nginx|demo
 #     --install   apt-get install nginx haproxy wrk nghttp2-client redis-server when missing
 #     --save      also write benchmarks/results/DATE-peers.md (machine description included)
 set -euo pipefail

@@ -199,7 +199,7 @@ def main():
     script = subprocess.run(["perf", "script", "-i", data, "-F", fields, "--no-demangle"],
                             capture_output=True, text=True, check=True).stdout
     callers, gateway = collections.Counter(), collections.Counter()
-    types, type_callers = collections.Counter(), collections.Counter()
+    types, type_callers, type_gateway = collections.Counter(), collections.Counter(), collections.Counter()
     for block in script.split("\n\n"):
         lines = [line for line in block.strip().splitlines() if line.strip()]
         object_type = None
@@ -215,10 +215,12 @@ def main():
         while index < len(frames) and frames[index].startswith(("swift_", "_swift", "malloc", "_int_malloc", "pthread_mutex_lock", "___pthread")):
             index += 1
         callers[frames[index] if index < len(frames) else "?"] += 1
-        gateway[next((f for f in frames[1:] if "$s7Gateway" in f), "(no gateway frame)")] += 1
+        nearest = next((f for f in frames[1:] if "$s7Gateway" in f), "(no gateway frame)")
+        gateway[nearest] += 1
         if object_type is not None:
             types[object_type] += 1
             type_callers[(object_type, frames[index] if index < len(frames) else "?")] += 1
+            type_gateway[(object_type, nearest)] += 1
     total = sum(callers.values())
     print(f"{args.protocol}: {total / args.n:.1f} {' + '.join(symbols)} calls per request "
           f"({args.n} requests, the first ones after perf attached included)")
@@ -232,12 +234,13 @@ def main():
         top = types.most_common(args.top)
         for (_, count), name in zip(top, demangled([name for name, _ in top])):
             print(f"| {count / args.n:.2f} | `{name.removeprefix('full ').removeprefix('type metadata for ')[:100]}` |")
-        print(f"\n| calls/request | object type | immediate caller |\n|--:|---|---|")
-        top = type_callers.most_common(args.top)
-        names = demangled([name for (pair, _) in top for name in pair])
-        for index, (_, count) in enumerate(top):
-            kind, caller = names[2 * index], names[2 * index + 1]
-            print(f"| {count / args.n:.2f} | `{kind.removeprefix('full ').removeprefix('type metadata for ')[:60]}` | `{caller[:100]}` |")
+        for title, counter in (("immediate caller", type_callers), ("nearest gateway function", type_gateway)):
+            print(f"\n| calls/request | object type | {title} |\n|--:|---|---|")
+            top = counter.most_common(args.top)
+            names = demangled([name for (pair, _) in top for name in pair])
+            for index, (_, count) in enumerate(top):
+                kind, caller = names[2 * index], names[2 * index + 1]
+                print(f"| {count / args.n:.2f} | `{kind.removeprefix('full ').removeprefix('type metadata for ')[:60]}` | `{caller[:100]}` |")
 
 
 if __name__ == "__main__":
