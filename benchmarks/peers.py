@@ -13,7 +13,8 @@ Scenarios (each a row of the result, medians over ROUNDS rounds, servers taking 
   F   D + CORS                                      (HAProxy: hand-written CORS rules)
   Fr  F with the gateway's window in Redis          (compared with HAProxy's F: its table is local)
   E   a new TCP + TLS connection per request        wrk -t1 -c16 -H 'Connection: close'
-  h1@rate / h2@rate  p50/p99 at a fixed rate, open loop (`gateway bench --rate`), on the A/B set-up
+  h1@rate / h2@rate  p50/p99 at a fixed rate, open loop (`gateway bench --rate`, after a 1 s warm-up at that
+                     rate so the client's connections and TLS handshakes are not in the window), on the A/B set-up
 
 The harness is honest only if nothing but the server under test is the limit, so each row reports the
 server's CPU % (utime+stime of the process over the run: ~100% means the server was the bottleneck)
@@ -367,8 +368,8 @@ class Run:
             for proto, extra in (("h1", ["--connections", "64"]), ("h2", ["--http2", "--connections", "4", "--streams", "16"])):
                 out = f"{self.d}/rate.json"
                 _, cpu, wall, load_core = run_load_measured(pid, [str(BIN / "gateway"), "bench", "--url", url, "--rate", str(rate),
-                                                                  "--duration", f"{DUR}s", "--threads", "1", "--insecure", "--quiet",
-                                                                  "--json", out, *extra])
+                                                                  "--duration", f"{DUR}s", "--warmup", "1s", "--threads", "1",
+                                                                  "--insecure", "--quiet", "--json", out, *extra])
                 r = json.load(open(out))
                 row[proto] = {"rps": r["throughput_rps"], "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
                               "errors": r["errors"]["total"], "cpu": 100 * cpu / wall, "load_core": load_core}
@@ -486,7 +487,7 @@ def report(results, upstream_rps, rate):
         lines += ["", f"Gateway HTTP/2 over HTTP/1.1 (B/A): {b / a:.2f} (target ≥ 1.3)."]
 
     if ("gateway", "rate") in results:
-        lines += ["", f"Fixed rate {rate}/s, open loop (`gateway bench`; h1: 64 connections, h2: 4 × 16 streams), latency µs:", "",
+        lines += ["", f"Fixed rate {rate}/s, open loop (`gateway bench`, 1 s warm-up; h1: 64 connections, h2: 4 × 16 streams), latency µs:", "",
                   "| server | h1 p50 | h1 p99 | h1 CPU % | h2 p50 | h2 p99 | h2 CPU % | load core % h1/h2 | p99 per round h1; h2 | errors |",
                   "|---|--:|--:|--:|--:|--:|--:|--:|---|--:|"]
         p99 = {}
