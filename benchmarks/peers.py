@@ -495,15 +495,13 @@ def report(results, upstream_rps, rate):
             rows = results.get((server, "rate"))
             if not rows:
                 continue
-            c = {}
-            for proto in ("h1", "h2"):
-                sub = [r[proto] for r in rows]
-                c[proto] = (med(sub, "p50") * 1000, med(sub, "p99") * 1000, med(sub, "cpu"), sum(r["errors"] for r in sub),
-                            med(sub, "load_core"), ", ".join(f"{r['p99'] * 1000:.0f}" for r in sub))
-            p99[server] = (c["h1"][1], c["h2"][1])
-            lines.append(f"| {server} | {c['h1'][0]:.0f} | {c['h1'][1]:.0f} | {c['h1'][2]:.0f} | {c['h2'][0]:.0f} | "
-                         f"{c['h2'][1]:.0f} | {c['h2'][2]:.0f} | {c['h1'][4]:.0f}/{c['h2'][4]:.0f} | {c['h1'][5]}; {c['h2'][5]} | "
-                         f"{c['h1'][3] + c['h2'][3]} |")
+            h1, h2 = ([r[proto] for r in rows] for proto in ("h1", "h2"))
+            p99[server] = (med(h1, "p99") * 1000, med(h2, "p99") * 1000)
+            per_round = "; ".join(", ".join(f"{r['p99'] * 1000:.0f}" for r in sub) for sub in (h1, h2))
+            errors = sum(r["errors"] for r in h1 + h2)
+            lines.append(f"| {server} | {med(h1, 'p50') * 1000:.0f} | {p99[server][0]:.0f} | {med(h1, 'cpu'):.0f} | "
+                         f"{med(h2, 'p50') * 1000:.0f} | {p99[server][1]:.0f} | {med(h2, 'cpu'):.0f} | "
+                         f"{med(h1, 'load_core'):.0f}/{med(h2, 'load_core'):.0f} | {per_round} | {errors} |")
         if "gateway" in p99 and "haproxy" in p99:
             lines.append(f"\np99 ratio gateway/HAProxy at that rate: h1 {p99['gateway'][0] / p99['haproxy'][0]:.2f}, "
                          f"h2 {p99['gateway'][1] / p99['haproxy'][1]:.2f} (target ≤ 1.5).")
