@@ -72,7 +72,7 @@ let package = Package(
         .target(name: "JWTVerifier", dependencies: ["COpenSSL"]),
         // Sliding-window / sliding-log maths, the in-process store and the Redis script; no I/O here.
         .target(name: "RateLimiter"),
-        // `gateway bench`: the load generator (client-side OpenSSL and nghttp2, NIOHTTP1 codecs) and
+        // `gateway bench`: the load generator (client-side OpenSSL and nghttp2, its own HTTP/1.1 reader) and
         // its report; independent of the gateway itself, like JWTVerifier.
         .target(
             name: "GatewayBench",
@@ -82,7 +82,6 @@ let package = Package(
                 "TLSClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Yams", package: "Yams"),
             ]

@@ -5,7 +5,7 @@
 #
 #   benchmarks/peers.sh [--install] [--save]
 #     DUR=10 ROUNDS=3 RATE=<half of HAProxy's A> SCENARIOS="A B C D F Fr E rate" PEERS="gateway haproxy nginx" UPSTREAM=nginx|demo
-#     --install   apt-get install nginx haproxy wrk nghttp2-client redis-server when missing
+#     --install   apt-get install nginx haproxy wrk nghttp2-client redis-server tcpdump when missing
 #     --save      also write benchmarks/results/DATE-peers.md (machine description included)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +25,7 @@ command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v tcpdump >/dev/null || missing+=(tcpdump)  # benchmarks/wire.py
 if [ ${#missing[@]} -gt 0 ]; then
   if [ $INSTALL = 0 ]; then
     echo "missing: ${missing[*]} (Debian packages); run with --install" >&2

@@ -51,7 +51,12 @@ public struct BenchHeader: Sendable, Equatable {
         }
         let name = String(text[..<colon]).trimmingSpaces
         guard name.utf8.allSatisfy(isTokenByte) else { throw BenchError.usage("--header: \"\(name)\" is not a valid field name") }
-        self.init(name, String(text[text.index(after: colon)...]).trimmingSpaces)
+        let value = String(text[text.index(after: colon)...]).trimmingSpaces
+        // Field values go on the wire as given (RFC 9110 §5.5): CR, LF or NUL would split or end the head.
+        guard !value.utf8.contains(where: { $0 == 13 || $0 == 10 || $0 == 0 }) else {
+            throw BenchError.usage("--header: the value of \"\(name)\" cannot contain CR, LF or NUL")
+        }
+        self.init(name, value)
     }
 }
 

@@ -17,11 +17,27 @@ struct BenchStats: Sendable {
     static let highestTrackableMicros: UInt64 = 3_600_000_000
 
     var latency: Histogram<UInt64>
-    /// Responses by status code (every status, 2xx included).
-    var statusCounts: [Int: Int] = [:]
-    /// Responses whose status the target did not expect, by status code.
-    var unexpectedCounts: [Int: Int] = [:]
+    /// Responses by status code, indexed by the code: an array rather than a dictionary, since
+    /// every response of a run is counted here (no hashing on the load generator's hot path).
+    private var byStatus = [Int](repeating: 0, count: BenchStats.statusSlots)
+    private var unexpectedByStatus = [Int](repeating: 0, count: BenchStats.statusSlots)
     var errorKinds: [BenchErrorKind: Int] = [:]
+
+    /// Three-digit codes (RFC 9110 §15); anything else a server sends is counted as 999.
+    private static let statusSlots = 1000
+
+    /// Responses by status code (every status, 2xx included).
+    var statusCounts: [Int: Int] { Self.nonzero(self.byStatus) }
+    /// Responses whose status the target did not expect, by status code.
+    var unexpectedCounts: [Int: Int] { Self.nonzero(self.unexpectedByStatus) }
+
+    private static func nonzero(_ counts: [Int]) -> [Int: Int] {
+        var result: [Int: Int] = [:]
+        for (status, count) in counts.enumerated() where count > 0 { result[status] = count }
+        return result
+    }
+
+    private static func slot(_ status: Int) -> Int { (0..<statusSlots).contains(status) ? status : statusSlots - 1 }
 
     init() {
         self.latency = Self.makeHistogram()
@@ -31,16 +47,17 @@ struct BenchStats: Sendable {
         Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: highestTrackableMicros, numberOfSignificantValueDigits: .three)
     }
 
-    var responses: Int { self.statusCounts.values.reduce(0, +) }
+    var responses: Int { self.byStatus.reduce(0, +) }
     var errors: Int { self.statusErrors + self.errorKinds.values.reduce(0, +) }
     /// Responses with a status the target did not expect (by default: outside 2xx).
-    var statusErrors: Int { self.unexpectedCounts.values.reduce(0, +) }
+    var statusErrors: Int { self.unexpectedByStatus.reduce(0, +) }
 
     /// A response: its latency is recorded whatever the status (a fast 503 is still a sample).
     mutating func recordResponse(status: Int, latencyMicros: UInt64, expected: Bool? = nil) {
         self.latency.record(min(max(latencyMicros, 1), Self.highestTrackableMicros))
-        self.statusCounts[status, default: 0] += 1
-        if !(expected ?? (200..<300).contains(status)) { self.unexpectedCounts[status, default: 0] += 1 }
+        let slot = Self.slot(status)
+        self.byStatus[slot] += 1
+        if !(expected ?? (200..<300).contains(status)) { self.unexpectedByStatus[slot] += 1 }
     }
 
     mutating func recordError(_ kind: BenchErrorKind) {
@@ -49,8 +66,10 @@ struct BenchStats: Sendable {
 
     mutating func merge(_ other: BenchStats) {
         self.latency.add(other.latency)
-        for (status, count) in other.statusCounts { self.statusCounts[status, default: 0] += count }
-        for (status, count) in other.unexpectedCounts { self.unexpectedCounts[status, default: 0] += count }
+        for slot in 0..<Self.statusSlots {
+            self.byStatus[slot] += other.byStatus[slot]
+            self.unexpectedByStatus[slot] += other.unexpectedByStatus[slot]
+        }
         for (kind, count) in other.errorKinds { self.errorKinds[kind, default: 0] += count }
     }
 
@@ -62,8 +81,10 @@ struct BenchStats: Sendable {
 
     mutating func reset() {
         self.latency.reset()
-        self.statusCounts.removeAll(keepingCapacity: true)
-        self.unexpectedCounts.removeAll(keepingCapacity: true)
+        for slot in 0..<Self.statusSlots {
+            self.byStatus[slot] = 0
+            self.unexpectedByStatus[slot] = 0
+        }
         self.errorKinds.removeAll(keepingCapacity: true)
     }
 }

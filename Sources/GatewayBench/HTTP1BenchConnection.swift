@@ -1,23 +1,28 @@
 import NIOCore
-import NIOHTTP1
 import TLSClient
 
 /// One HTTP/1.1 keep-alive connection of the load generator: at most one request in flight
-/// (no pipelining, as wrk and browsers), NIOHTTP1's encoder and decoder below it.
+/// (no pipelining, as wrk and browsers). Each target's request is encoded once per connection and
+/// written as is; responses are read by `HTTP1ResponseReader` straight from the bytes.
 final class HTTP1BenchConnection: ChannelInboundHandler, BenchConnection {
-    typealias InboundIn = HTTPClientResponsePart
-    typealias OutboundOut = HTTPClientRequestPart
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private struct PreparedRequest {
+        var bytes: ByteBuffer
+        var isHead: Bool
+    }
 
     private let worker: LoopWorker
     private let index: Int
-    /// Head and body of each request, by target index.
-    private let requests: [(head: HTTPRequestHead, body: ByteBuffer?)]
+    /// The encoded request of each target, by target index.
+    private let requests: [PreparedRequest]
     private let tls: Bool
     private var context: ChannelHandlerContext?
     private var ready = false
     private var closing = false
     private var current: (tag: RequestTag, sent: UInt64)?
-    private var status: Int?
+    private var reader = HTTP1ResponseReader()
     private var error: (any Error)?
 
     init(worker: LoopWorker, index: Int, template: RequestTemplate, tls: Bool) {
@@ -25,18 +30,28 @@ final class HTTP1BenchConnection: ChannelInboundHandler, BenchConnection {
         self.index = index
         self.tls = tls
         self.requests = template.requests.map { request in
-            var headers = HTTPHeaders([("host", template.target.authority), ("user-agent", "gateway-bench")])
-            for header in request.headers {
-                // A Host of the request's own replaces the URL's (virtual hosts behind one address).
-                if header.name.lowercased() == "host" { headers.remove(name: "host") }
-                headers.add(name: header.name, value: header.value)
-            }
-            if request.sendsContentLength && !headers.contains(name: "content-length") {
-                headers.add(name: "content-length", value: String(request.body.count))
-            }
-            let head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: request.method), uri: request.path, headers: headers)
-            return (head, request.body.isEmpty ? nil : ByteBuffer(bytes: request.body))
+            PreparedRequest(bytes: Self.encode(request, authority: template.target.authority), isHead: request.method == "HEAD")
         }
+    }
+
+    /// The request as it goes on the wire. Names and values were checked when the run was set up
+    /// (tokens, no CR or LF), so nothing here can split the message.
+    static func encode(_ request: BenchRequest, authority: String) -> ByteBuffer {
+        var fields: [(String, String)] = [("host", authority), ("user-agent", "gateway-bench")]
+        for header in request.headers {
+            // A Host of the request's own replaces the URL's (virtual hosts behind one address).
+            if header.name.lowercased() == "host" { fields.removeAll { $0.0 == "host" } }
+            fields.append((header.name, header.value))
+        }
+        if request.sendsContentLength && !fields.contains(where: { $0.0.lowercased() == "content-length" }) {
+            fields.append(("content-length", String(request.body.count)))
+        }
+        var bytes = ByteBufferAllocator().buffer(capacity: 256 + request.body.count)
+        bytes.writeString("\(request.method) \(request.path) HTTP/1.1\r\n")
+        for (name, value) in fields { bytes.writeString("\(name): \(value)\r\n") }
+        bytes.writeString("\r\n")
+        bytes.writeBytes(request.body)
+        return bytes
     }
 
     var freeSlots: Int { self.ready && !self.closing && self.current == nil ? 1 : 0 }
@@ -73,26 +88,31 @@ final class HTTP1BenchConnection: ChannelInboundHandler, BenchConnection {
     func send(_ request: RequestTag, nowNanos: UInt64) {
         guard let context, self.current == nil else { return }
         self.current = (request, nowNanos)
-        self.status = nil
         let prepared = self.requests[request.target]
-        context.write(self.wrapOutboundOut(.head(prepared.head)), promise: nil)
-        if let body = prepared.body { context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
-        context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+        self.reader.expect(head: prepared.isHead)
+        context.writeAndFlush(self.wrapOutboundOut(prepared.bytes), promise: nil)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch self.unwrapInboundIn(data) {
-        case .head(let response):
-            self.status = Int(response.status.code)
-            if !response.isKeepAlive { self.closing = true }
-        case .body:
-            break
-        case .end:
-            guard let current = self.current, let status = self.status else { return }
-            self.current = nil
-            self.worker.completed(current.tag, status: status)
-            if self.closing { context.close(promise: nil) }
+        guard !self.closing else { return }
+        var buffer = self.unwrapInboundIn(data)
+        do {
+            guard let response = try self.reader.read(&buffer) else { return }
+            if buffer.readableBytes > 0 {
+                throw HTTP1ResponseError(description: "\(buffer.readableBytes) bytes after the response")
+            }
+            self.complete(response, context: context)
+        } catch {
+            self.errorCaught(context: context, error: error)
         }
+    }
+
+    private func complete(_ response: HTTP1ResponseReader.Response, context: ChannelHandlerContext) {
+        guard let current = self.current else { return }
+        self.current = nil
+        if !response.keepAlive { self.closing = true }
+        self.worker.completed(current.tag, status: response.status)
+        if self.closing { context.close(promise: nil) }
     }
 
     func expire(sentBefore cutoffNanos: UInt64) {
@@ -110,6 +130,8 @@ final class HTTP1BenchConnection: ChannelInboundHandler, BenchConnection {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        // A body delimited by the close is complete now.
+        if !self.closing, let response = self.reader.endOfInput() { self.complete(response, context: context) }
         let wasReady = self.ready
         self.ready = false
         self.closing = true

@@ -1,6 +1,5 @@
 
 import NIOCore
-import NIOHTTP1
 import NIOPosix
 import TLSClient
 
@@ -139,7 +138,6 @@ final class LoopWorker {
                     if settings.http2 {
                         try sync.addHandler(HTTP2BenchConnection(worker: worker.value, index: index, template: template, streams: settings.streams, tls: tls != nil))
                     } else {
-                        try sync.addHTTPClientHandlers()
                         try sync.addHandler(HTTP1BenchConnection(worker: worker.value, index: index, template: template, tls: tls != nil))
                     }
                 }
