@@ -177,11 +177,15 @@ def measure(run, d, server, proc, port, proto, rate):
     # The server's own share: request in → forwarded, and upstream answer in → relayed.
     own = sorted(((upstream[links[i]][0] - legs[i][0]) + (legs[i][1] - upstream[links[i]][1])) / 1000 for i in linked)
     upstream_leg = sorted((upstream[links[i]][1] - upstream[links[i]][0]) / 1000 for i in linked)
+    # Which half of the server's own time makes its tail: request in → forwarded, or answer in → relayed.
+    forward = sorted((upstream[links[i]][0] - legs[i][0]) / 1000 for i in linked)
+    relay = sorted((legs[i][1] - upstream[links[i]][1]) / 1000 for i in linked)
     client = json.load(open(out))
     return {"n": len(total), "p50": percentile(total, 0.50), "p99": percentile(total, 0.99),
             "p999": percentile(total, 0.999), "linked": 100 * len(linked) / max(1, len(total)),
             "own_p50": percentile(own, 0.50), "own_p99": percentile(own, 0.99), "own_p999": percentile(own, 0.999),
-            "up_p99": percentile(upstream_leg, 0.99), "client_p99": client["latency_ms"]["p99"] * 1000,
+            "up_p99": percentile(upstream_leg, 0.99), "forward_p99": percentile(forward, 0.99),
+            "relay_p99": percentile(relay, 0.99), "client_p99": client["latency_ms"]["p99"] * 1000,
             "errors": client["errors"]["total"], "cpu": 100 * cpu / wall, "load_core": load_core}
 
 
@@ -212,6 +216,7 @@ def main():
                     log(f"round {rnd} {server} {proto}: wire p50 {row['p50']:.0f} p99 {row['p99']:.0f} "
                         f"p99.9 {row['p999']:.0f} µs ({row['n']} requests); own p50 {row['own_p50']:.0f} "
                         f"p99 {row['own_p99']:.0f} p99.9 {row['own_p999']:.0f} µs ({row['linked']:.0f}% linked); "
+                        f"forward p99 {row['forward_p99']:.0f}, relay p99 {row['relay_p99']:.0f}; "
                         f"upstream leg p99 {row['up_p99']:.0f} µs; client p99 {row['client_p99']:.0f} µs, "
                         f"server CPU {row['cpu']:.0f}%, load core {row['load_core']:.0f}%")
                     results.setdefault((server, proto), []).append(row)
