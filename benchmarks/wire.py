@@ -19,11 +19,14 @@ that leg, the part of the latency that is the server's alone. It needs one reque
 connection to pair packets without decrypting them, so h1 uses 64 keep-alive connections and h2
 uses 64 connections with one stream each (`--streams 1`); a client WINDOW_UPDATE sent on its own
 is not mistaken for a request, because the last client packet before the response is the one
-that counts. tcpdump filters in the kernel (payload-carrying packets of the server's port only)
+that counts. h2mux is `peers.py`'s fixed-rate h2 load (4 connections × 16 streams): there the
+capture is whole and decrypted with the TLS 1.3 secrets `gateway bench` writes to SSLKEYLOGFILE,
+and each request's HEADERS frame is paired with its response's by stream id (wire time only: the
+upstream leg is not linked). tcpdump filters in the kernel (payload-carrying packets of the server's port only)
 and runs on CPU 1 with the load.
 
 Environment: RATE (req/s, default: half of HAProxy's A from a calibration run, as `peers.py`),
-DUR (s, default 10), ROUNDS (default 3), PROTOS (default "h1 h2"), PEERS (default
+DUR (s, default 10), ROUNDS (default 3), PROTOS (default "h1 h2 h2mux"), PEERS (default
 "gateway haproxy"), BIN (the directory with the release `gateway`). Needs tcpdump, nginx,
 haproxy, wrk and h2load (benchmarks/peers.sh installs them). `--save` writes the table to
 benchmarks/results/DATE-wire.md.
@@ -44,7 +47,7 @@ import peers  # noqa: E402  (shares the servers' set-up and ports)
 
 DUR = int(os.environ.get("DUR", "10"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
-PROTOS = os.environ.get("PROTOS", "h1 h2").split()
+PROTOS = os.environ.get("PROTOS", "h1 h2 h2mux").split()
 SERVERS = os.environ.get("PEERS", "gateway haproxy").split()
 WARMUP_S = 1.0
 SAVE = "--save" in sys.argv[1:]
@@ -54,12 +57,13 @@ def log(*args):
     print(*args, file=sys.stderr, flush=True)
 
 
-def start_capture(path, port):
-    """tcpdump on lo, nanosecond stamps, headers only, payload-carrying TCP segments of `port` (the
-    server's listener) and of the upstream's."""
+def start_capture(path, port, whole=False):
+    """tcpdump on lo, nanosecond stamps, payload-carrying TCP segments of `port` (the server's
+    listener) and of the upstream's, headers only; `whole`: the listener's alone, whole (to decrypt)."""
     payload = "(ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2)) > 0"
-    proc = subprocess.Popen(["taskset", "-c", "1", "tcpdump", "-i", "lo", "-n", "-s", "96", "-B", "65536",
-                             "--time-stamp-precision=nano", "-w", path, f"(tcp port {port} or tcp port {peers.UP_PORT}) and {payload}"],
+    ports = f"tcp port {port}" if whole else f"(tcp port {port} or tcp port {peers.UP_PORT})"
+    proc = subprocess.Popen(["taskset", "-c", "1", "tcpdump", "-i", "lo", "-n", "-s", "0" if whole else "96", "-B", "65536",
+                             "--time-stamp-precision=nano", "-w", path, f"{ports} and {payload}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     # It prints "listening on lo" once its socket is open: no packet of the run is missed.
     line = proc.stderr.readline()
@@ -145,6 +149,147 @@ def pair_piece(client, upstream):
     return {c: u for u, c in forwarded.items() if relayed.get(c) == u}
 
 
+# --- HTTP/2 with many streams per connection: the capture decrypted -----------------------------
+
+def tcp_streams(path, port):
+    """{(client port, from_client): (bytes, [(start offset, end offset, timestamp ns)])}: each
+    direction of each connection reassembled from a full-payload capture."""
+    segments = {}
+    data = Path(path).read_bytes()
+    offset = 24
+    while offset + 16 <= len(data):
+        seconds, nanos, captured, _ = struct.unpack_from("<IIII", data, offset)
+        frame = offset + 16
+        offset = frame + captured
+        if data[frame + 12:frame + 14] != b"\x08\x00":
+            continue
+        ip = frame + 14
+        total, = struct.unpack_from(">H", data, ip + 2)
+        tcp = ip + (data[ip] & 0x0F) * 4
+        source, destination, seq = struct.unpack_from(">HHI", data, tcp)
+        payload = data[tcp + (data[tcp + 12] >> 4) * 4:ip + total]
+        if payload and port in (source, destination):
+            key = (destination, False) if source == port else (source, True)
+            segments.setdefault(key, []).append((seq, seconds * 1_000_000_000 + nanos, payload))
+    streams = {}
+    for key, parts in segments.items():
+        base, buffer, spans = parts[0][0], bytearray(), []
+        for seq, stamp, payload in parts:
+            at = (seq - base) & 0xFFFFFFFF
+            if at != len(buffer):
+                continue  # a retransmission (lo loses nothing otherwise)
+            spans.append((at, at + len(payload), stamp))
+            buffer += payload
+        streams[key] = (bytes(buffer), spans)
+    return streams
+
+
+def stamp_at(spans, position):
+    """The timestamp of the segment that carried byte `position` (spans are in order)."""
+    low, high = 0, len(spans) - 1
+    while low < high:
+        middle = (low + high) // 2
+        if spans[middle][1] <= position:
+            low = middle + 1
+        else:
+            high = middle
+    return spans[low][2]
+
+
+def tls13_keys(secret, suite):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+    hash_, key_length, aead = {0x1301: (hashes.SHA256(), 16, AESGCM), 0x1302: (hashes.SHA384(), 32, AESGCM),
+                               0x1303: (hashes.SHA256(), 32, ChaCha20Poly1305)}[suite]
+
+    def expand(label, length):
+        full = b"tls13 " + label
+        info = struct.pack(">H", length) + bytes([len(full)]) + full + b"\x00"
+        return HKDFExpand(hash_, length, info).derive(secret)
+    return aead(expand(b"key", key_length)), expand(b"iv", 12)
+
+
+def application_data(stream, spans, secret, suite):
+    """Yields (plaintext, first byte's stamp, last byte's stamp) of each application-data record
+    of one direction; the handshake's records (other keys) are skipped until the first that opens."""
+    cipher, iv = tls13_keys(secret, suite)
+    position, sequence, opened = 0, 0, False
+    while position + 5 <= len(stream):
+        kind, length = stream[position], struct.unpack_from(">H", stream, position + 3)[0]
+        end = position + 5 + length
+        if end > len(stream):
+            break
+        if kind == 23:
+            nonce = bytes(a ^ b for a, b in zip(iv, sequence.to_bytes(12, "big")))
+            try:
+                inner = cipher.decrypt(nonce, stream[position + 5:end], stream[position:position + 5])
+                opened = True
+                sequence += 1
+                inner = inner.rstrip(b"\x00")
+                if inner and inner[-1] == 23:
+                    yield inner[:-1], stamp_at(spans, position), stamp_at(spans, end - 1)
+            except Exception:
+                if opened:
+                    raise RuntimeError("a TLS record failed to decrypt after the handshake")
+        position = end
+    return
+
+
+def hello_fields(stream):
+    """(random, cipher suite) of the ClientHello or ServerHello that opens a direction."""
+    handshake = stream[5:]
+    random = handshake[6:38]
+    if handshake[0] == 1:
+        return random, None
+    session = handshake[38]
+    return random, struct.unpack_from(">H", handshake, 39 + session)[0]
+
+
+def h2_latencies(path, port, keylog):
+    """Microseconds from each request's HEADERS frame (the segment carrying its record's last byte)
+    to its response's HEADERS frame (the segment carrying its record's first byte), by stream, with
+    TLS 1.3 decrypted from the client's key log: requests multiplexed on a connection pair exactly."""
+    secrets = {}
+    for line in Path(keylog).read_text().splitlines():
+        label, random, secret = line.split()
+        secrets[(label, bytes.fromhex(random))] = bytes.fromhex(secret)
+    streams = tcp_streams(path, port)
+    out = []
+    for (client_port, from_client), (stream, spans) in streams.items():
+        if not from_client or (client_port, False) not in streams:
+            continue
+        reply, reply_spans = streams[(client_port, False)]
+        random, _ = hello_fields(stream)
+        _, suite = hello_fields(reply)
+        sent, answered = {}, {}
+        for direction, data, marks, label in ((sent, stream, spans, "CLIENT_TRAFFIC_SECRET_0"),
+                                              (answered, reply, reply_spans, "SERVER_TRAFFIC_SECRET_0")):
+            secret = secrets.get((label, random))
+            if secret is None:
+                break
+            h2 = bytearray()
+            stamps = []  # (plaintext end offset, first stamp, last stamp) per record
+            for plaintext, first, last in application_data(data, marks, secret, suite):
+                h2 += plaintext
+                stamps.append((len(h2), first, last))
+            at, record = (24 if direction is sent else 0), 0
+            while at + 9 <= len(h2):
+                length = int.from_bytes(h2[at:at + 3], "big")
+                kind, stream_id = h2[at + 3], int.from_bytes(h2[at + 5:at + 9], "big") & 0x7FFFFFFF
+                if kind == 1 and stream_id not in direction:
+                    # Requests count when their last byte went out; responses from their first.
+                    edge = at + 9 + length - 1 if direction is sent else at
+                    while stamps[record][0] <= edge:
+                        record += 1
+                    direction[stream_id] = stamps[record][2] if direction is sent else stamps[record][1]
+                at += 9 + length
+        for stream_id, start in sent.items():
+            if stream_id in answered:
+                out.append((start, (answered[stream_id] - start) / 1000))
+    return out
+
+
 def percentile(sorted_values, q):
     if not sorted_values:
         return None
@@ -154,9 +299,14 @@ def percentile(sorted_values, q):
 def measure(run, d, server, proc, port, proto, rate):
     """One fixed-rate run under capture: the row's numbers."""
     capture = f"{d}/{server}-{proto}.pcap"
-    dump = start_capture(capture, port)
-    extra = ["--connections", "64"] + (["--http2", "--streams", "1"] if proto == "h2" else [])
+    multiplexed = proto == "h2mux"
+    dump = start_capture(capture, port, whole=multiplexed)
+    extra = {"h1": ["--connections", "64"], "h2": ["--http2", "--connections", "64", "--streams", "1"],
+             "h2mux": ["--http2", "--connections", "4", "--streams", "16"]}[proto]
     out = f"{d}/wire.json"
+    keylog = f"{d}/keys.log"
+    if multiplexed:
+        os.environ["SSLKEYLOGFILE"] = keylog
     started = time.time_ns()
     try:
         _, cpu, wall, load_core = peers.run_load_measured(
@@ -165,8 +315,17 @@ def measure(run, d, server, proc, port, proto, rate):
                        "--insecure", "--quiet", "--json", out, *extra])
     finally:
         stop_capture(dump)
+        os.environ.pop("SSLKEYLOGFILE", None)
     # The window: after connecting and the warm-up, until the schedule ends (the drain is left out).
     begin, end = started + int((WARMUP_S + 0.5) * 1e9), started + int((WARMUP_S + 0.5 + DUR - 1) * 1e9)
+    client = json.load(open(out))
+    if multiplexed:
+        total = sorted(latency for sent, latency in h2_latencies(capture, port, keylog) if begin <= sent < end)
+        os.remove(capture)
+        os.remove(keylog)
+        return {"n": len(total), "p50": percentile(total, 0.50), "p99": percentile(total, 0.99),
+                "p999": percentile(total, 0.999), "client_p99": client["latency_ms"]["p99"] * 1000,
+                "errors": client["errors"]["total"], "cpu": 100 * cpu / wall, "load_core": load_core}
     legs = exchanges(capture, port)
     upstream = exchanges(capture, peers.UP_PORT)
     os.remove(capture)
@@ -180,7 +339,6 @@ def measure(run, d, server, proc, port, proto, rate):
     # Which half of the server's own time makes its tail: request in → forwarded, or answer in → relayed.
     forward = sorted((upstream[links[i]][0] - legs[i][0]) / 1000 for i in linked)
     relay = sorted((legs[i][1] - upstream[links[i]][1]) / 1000 for i in linked)
-    client = json.load(open(out))
     return {"n": len(total), "p50": percentile(total, 0.50), "p99": percentile(total, 0.99),
             "p999": percentile(total, 0.999), "linked": 100 * len(linked) / max(1, len(total)),
             "own_p50": percentile(own, 0.50), "own_p99": percentile(own, 0.99), "own_p999": percentile(own, 0.999),
@@ -213,12 +371,10 @@ def main():
                 run.warm(port, "A")
                 for proto in PROTOS:
                     row = measure(run, d, server, proc, port, proto, rate)
-                    log(f"round {rnd} {server} {proto}: wire p50 {row['p50']:.0f} p99 {row['p99']:.0f} "
-                        f"p99.9 {row['p999']:.0f} µs ({row['n']} requests); own p50 {row['own_p50']:.0f} "
-                        f"p99 {row['own_p99']:.0f} p99.9 {row['own_p999']:.0f} µs ({row['linked']:.0f}% linked); "
-                        f"forward p99 {row['forward_p99']:.0f}, relay p99 {row['relay_p99']:.0f}; "
-                        f"upstream leg p99 {row['up_p99']:.0f} µs; client p99 {row['client_p99']:.0f} µs, "
-                        f"server CPU {row['cpu']:.0f}%, load core {row['load_core']:.0f}%")
+                    log(f"round {rnd} {server} {proto}: " + ", ".join(
+                        f"{key} {row[key]:.0f}" for key in ("p50", "p99", "p999", "n", "own_p50", "own_p99", "own_p999",
+                                                            "linked", "forward_p99", "relay_p99", "up_p99", "client_p99",
+                                                            "cpu", "load_core") if row.get(key) is not None))
                     results.setdefault((server, proto), []).append(row)
                 run.stop(proc)
     finally:
@@ -228,20 +384,20 @@ def main():
 
 
 def report(results, rate):
-    lines = [f"Fixed rate {rate}/s, open loop (`gateway bench`, 64 connections, h2 one stream each), {DUR} s after a "
+    lines = [f"Fixed rate {rate}/s, open loop (`gateway bench`, 64 connections, h2 one stream each, h2mux 4 × 16 streams), {DUR} s after a "
              f"{WARMUP_S:g} s warm-up; medians of {ROUNDS} rounds; µs. Wire: the server's first response packet − the "
              "request's last packet (kernel timestamps on lo). Own: the wire time less the upstream leg, for the "
              "requests linked to their upstream exchange (linked %). Upstream: that leg's p99 (nginx on the load core). "
              "Client p99: the same requests timed by the client from their scheduled send.", "",
-             "| server | proto | wire p50 | wire p99 | wire p99.9 | own p50 | own p99 | own p99.9 | linked % | upstream p99 | client p99 | server CPU % | load core % | own p99 per round | errors |",
+             "| server | proto | wire p50 | wire p99 | wire p99.9 | own p50 | own p99 | own p99.9 | linked % | upstream p99 | client p99 | server CPU % | load core % | own p99 per round (h2mux: wire) | errors |",
              "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|"]
     for server in SERVERS:
         for proto in PROTOS:
             rows = results.get((server, proto))
             if not rows:
                 continue
-            per_round = ", ".join(f"{r['own_p99']:.0f}" for r in rows)
-            cells = " | ".join(f"{med(rows, key):.0f}" for key in ("p50", "p99", "p999", "own_p50", "own_p99", "own_p999",
+            per_round = ", ".join(f"{r.get('own_p99') or r['p99']:.0f}" for r in rows)
+            cells = " | ".join("—" if med(rows, key) is None else f"{med(rows, key):.0f}" for key in ("p50", "p99", "p999", "own_p50", "own_p99", "own_p999",
                                                                   "linked", "up_p99", "client_p99", "cpu", "load_core"))
             lines.append(f"| {server} | {proto} | {cells} | {per_round} | {sum(r['errors'] for r in rows)} |")
     if "gateway" in SERVERS and "haproxy" in SERVERS:
@@ -249,7 +405,7 @@ def report(results, rate):
             ratios = []
             for proto in PROTOS:
                 g, h = results.get(("gateway", proto)), results.get(("haproxy", proto))
-                if g and h:
+                if g and h and med(g, key) is not None and med(h, key) is not None:
                     rounds = ", ".join(f"{a[key] / b[key]:.2f}" for a, b in zip(g, h))
                     ratios.append(f"{proto} {med(g, key) / med(h, key):.2f} (rounds {rounds})")
             lines.append(f"\n{label.capitalize()} p99 ratio gateway/HAProxy: {'; '.join(ratios)} (target ≤ 1.5).")

@@ -25,7 +25,7 @@ public enum BenchRunner {
         try self.check(settings)
         let tls: TLSClientContext?
         if settings.target.tls {
-            do { tls = try TLSClientContext(alpn: settings.http2 ? ["h2"] : ["http/1.1"], insecure: settings.insecure) } catch {
+            do { tls = try TLSClientContext(alpn: settings.http2 ? ["h2"] : ["http/1.1"], insecure: settings.insecure, logsKeys: true) } catch {
                 throw BenchError.usage("\(error)")
             }
         } else {

@@ -33,6 +33,24 @@ private func openSSLErrors() -> String {
     return messages.isEmpty ? "unknown error" : messages.joined(separator: "; ")
 }
 
+/// Where `SSLKEYLOGFILE` points, opened for appending once: the one file every context that asks
+/// for key logging writes to (OpenSSL's callback carries no context of ours).
+private nonisolated(unsafe) let keyLogSink: UnsafeMutablePointer<FILE>? = {
+    guard let path = getenv("SSLKEYLOGFILE"), path.pointee != 0 else { return nil }
+    return fopen(path, "a")
+}()
+
+/// One line per secret in the NSS key-log format; stdio's lock keeps lines from several
+/// loops whole.
+private let writeKeyLogLine: @convention(c) (OpaquePointer?, UnsafePointer<CChar>?) -> Void = { _, line in
+    guard let line, let sink = keyLogSink else { return }
+    flockfile(sink)
+    fputs(line, sink)
+    fputc(10, sink)
+    fflush(sink)
+    funlockfile(sink)
+}
+
 /// One client `SSL_CTX` for a whole run: ALPN offer, verification against the system CA store (or
 /// only the CAs of `caFile`) unless `insecure`. Immutable after init, so it is shared by every
 /// connection on every loop.
@@ -48,8 +66,11 @@ public final class TLSClientContext: @unchecked Sendable {
     ///   - caFile: a PEM bundle trusted *instead of* the system store (a private CA), when given.
     ///   - certificateFile, keyFile: a client certificate chain and its key (PEM), for servers
     ///     that ask for one (Redis with `tls-auth-clients`).
+    ///   - logsKeys: append the connections' TLS secrets to the file `SSLKEYLOGFILE` names, when it
+    ///     is set, as curl does: so a capture can be decrypted (Wireshark, `benchmarks/wire.py`).
+    ///     Only the load generator asks for it.
     public init(alpn: [String], insecure: Bool, caFile: String? = nil,
-                certificateFile: String? = nil, keyFile: String? = nil,
+                certificateFile: String? = nil, keyFile: String? = nil, logsKeys: Bool = false,
                 verificationHint: String = " (use --insecure for test certificates)") throws(TLSClientError) {
         ERR_clear_error()
         guard let ctx = SSL_CTX_new(TLS_client_method()) else { throw .setup(openSSLErrors()) }
@@ -87,6 +108,7 @@ public final class TLSClientContext: @unchecked Sendable {
         }
         // Unusually, 0 means success here.
         guard SSL_CTX_set_alpn_protos(ctx, wire, UInt32(wire.count)) == 0 else { throw .setup("ALPN: \(openSSLErrors())") }
+        if logsKeys && keyLogSink != nil { SSL_CTX_set_keylog_callback(ctx, writeKeyLogLine) }
     }
 
     deinit { SSL_CTX_free(self.ctx) }

@@ -2,6 +2,7 @@
 must be right (a known server delay reads as that delay; overload reads as growing latency),
 not fast."""
 import json
+import os
 import subprocess
 
 from conftest import GATEWAY
@@ -93,6 +94,25 @@ def test_through_the_gateway_over_tls_with_http2(tmp_path, gateway):
                       "--header", "x-bench: 1", name="h1")
     assert report["protocol"] == "http/1.1" and report["errors"]["total"] == 0
     assert report["requests"]["completed"] > 50
+
+
+def test_sslkeylogfile_gets_each_connections_tls_secrets(tmp_path, gateway):
+    """SSLKEYLOGFILE, as curl reads it: one set of TLS 1.3 secrets per connection, in the NSS key-log
+    format Wireshark and benchmarks/wire.py decrypt captures with."""
+    keylog = tmp_path / "keys.log"
+    out = tmp_path / "run.json"
+    proc = subprocess.run([str(GATEWAY), "bench", "--url", gateway.url("/api/bookings"), "--http2", "--insecure",
+                           "--rate", "20", "--duration", "1s", "--connections", "2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "SSLKEYLOGFILE": str(keylog)})
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split() for line in keylog.read_text().splitlines()]
+    assert all(len(fields) == 3 and len(fields[1]) == 64 and int(fields[2], 16) >= 0 for fields in lines), lines
+    by_label = {}
+    for label, random, _ in lines:
+        by_label.setdefault(label, set()).add(random)
+    for label in ("CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+                  "CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0"):
+        assert len(by_label.get(label, ())) == 2, (label, by_label.keys())
 
 
 def test_certificate_is_verified_unless_insecure(tmp_path, gateway):
