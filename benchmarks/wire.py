@@ -74,12 +74,17 @@ def start_capture(path, port, whole=False):
 
 
 def stop_capture(proc):
+    """Stops tcpdump; a capture that lost packets would pair the wrong ones, so that is an error."""
     proc.send_signal(signal.SIGINT)
     try:
-        proc.wait(timeout=10)
+        _, tail = proc.communicate(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+        raise RuntimeError("tcpdump did not stop")
+    dropped = [line for line in tail.splitlines() if "dropped by kernel" in line and not line.startswith("0 ")]
+    if dropped:
+        raise RuntimeError(f"tcpdump lost packets ({dropped[0].strip()}): raise -B or lower RATE")
 
 
 def packets(path):
