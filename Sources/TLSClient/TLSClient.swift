@@ -1,5 +1,10 @@
 import NIOCore
 private import COpenSSL
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// Client-side TLS over memory BIOs for SwiftNIO channels, on the system OpenSSL: shared by the
 /// load generator (`gateway bench`) and the gateway's own outbound HTTPS (the JWKS fetcher).
@@ -34,10 +39,17 @@ private func openSSLErrors() -> String {
 }
 
 /// Where `SSLKEYLOGFILE` points, opened for appending once: the one file every context that asks
-/// for key logging writes to (OpenSSL's callback carries no context of ours).
+/// for key logging writes to (OpenSSL's callback carries no context of ours). Created readable by
+/// its owner only: the secrets decrypt every connection of the run.
 private nonisolated(unsafe) let keyLogSink: UnsafeMutablePointer<FILE>? = {
     guard let path = getenv("SSLKEYLOGFILE"), path.pointee != 0 else { return nil }
-    return fopen(path, "a")
+    let descriptor = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+    guard descriptor >= 0 else { return nil }
+    guard let file = fdopen(descriptor, "a") else {
+        close(descriptor)
+        return nil
+    }
+    return file
 }()
 
 /// One line per secret in the NSS key-log format; stdio's lock keeps lines from several

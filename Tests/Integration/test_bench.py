@@ -105,6 +105,7 @@ def test_sslkeylogfile_gets_each_connections_tls_secrets(tmp_path, gateway):
                            "--rate", "20", "--duration", "1s", "--connections", "2", "--json", str(out)],
                           capture_output=True, text=True, timeout=60, env={**os.environ, "SSLKEYLOGFILE": str(keylog)})
     assert proc.returncode == 0, proc.stderr
+    assert keylog.stat().st_mode & 0o077 == 0, oct(keylog.stat().st_mode)  # the owner's alone
     lines = [line.split() for line in keylog.read_text().splitlines()]
     assert all(len(fields) == 3 and len(fields[1]) == 64 and int(fields[2], 16) >= 0 for fields in lines), lines
     by_label = {}
