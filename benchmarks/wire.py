@@ -34,7 +34,6 @@ benchmarks/results/DATE-wire.md.
 import json
 import os
 import signal
-import statistics
 import struct
 import subprocess
 import sys
@@ -51,10 +50,6 @@ PROTOS = os.environ.get("PROTOS", "h1 h2 h2mux").split()
 SERVERS = os.environ.get("PEERS", "gateway haproxy").split()
 WARMUP_S = 1.0
 SAVE = "--save" in sys.argv[1:]
-
-
-def log(*args):
-    print(*args, file=sys.stderr, flush=True)
 
 
 def start_capture(path, port, whole=False):
@@ -88,7 +83,8 @@ def stop_capture(proc):
 
 
 def packets(path):
-    """(timestamp ns, client port, from_client) for each IPv4 TCP packet of a nanosecond pcap."""
+    """(timestamp ns, source port, destination port, sequence number, payload) of each IPv4 TCP
+    segment of a nanosecond pcap (the payload as far as it was captured)."""
     data = Path(path).read_bytes()
     magic, = struct.unpack_from("<I", data, 0)
     if magic != 0xA1B23C4D:
@@ -104,9 +100,11 @@ def packets(path):
         if captured < 14 + 20 + 20 or data[frame + 12:frame + 14] != b"\x08\x00":
             continue
         ip = frame + 14
+        total, = struct.unpack_from(">H", data, ip + 2)
         tcp = ip + (data[ip] & 0x0F) * 4
-        source, destination = struct.unpack_from(">HH", data, tcp)
-        yield seconds * 1_000_000_000 + nanos, source, destination
+        source, destination, seq = struct.unpack_from(">HHI", data, tcp)
+        payload = data[tcp + (data[tcp + 12] >> 4) * 4:min(ip + total, offset)]
+        yield seconds * 1_000_000_000 + nanos, source, destination, seq, payload
 
 
 def exchanges(path, port):
@@ -114,7 +112,7 @@ def exchanges(path, port):
     `port`, one request in flight per connection: a request's bytes are the client's last packet
     before the server's first packet."""
     pending, out = {}, []
-    for stamp, source, destination in packets(path):
+    for stamp, source, destination, _, _ in packets(path):
         if destination == port:
             pending[source] = stamp
         elif source == port:
@@ -160,22 +158,10 @@ def tcp_streams(path, port):
     """{(client port, from_client): (bytes, [(start offset, end offset, timestamp ns)])}: each
     direction of each connection reassembled from a full-payload capture."""
     segments = {}
-    data = Path(path).read_bytes()
-    offset = 24
-    while offset + 16 <= len(data):
-        seconds, nanos, captured, _ = struct.unpack_from("<IIII", data, offset)
-        frame = offset + 16
-        offset = frame + captured
-        if data[frame + 12:frame + 14] != b"\x08\x00":
-            continue
-        ip = frame + 14
-        total, = struct.unpack_from(">H", data, ip + 2)
-        tcp = ip + (data[ip] & 0x0F) * 4
-        source, destination, seq = struct.unpack_from(">HHI", data, tcp)
-        payload = data[tcp + (data[tcp + 12] >> 4) * 4:ip + total]
+    for stamp, source, destination, seq, payload in packets(path):
         if payload and port in (source, destination):
             key = (destination, False) if source == port else (source, True)
-            segments.setdefault(key, []).append((seq, seconds * 1_000_000_000 + nanos, payload))
+            segments.setdefault(key, []).append((seq, stamp, payload))
     streams = {}
     for key, parts in segments.items():
         base, buffer, spans = parts[0][0], bytearray(), []
@@ -238,7 +224,6 @@ def application_data(stream, spans, secret, suite):
                 if opened:
                     raise RuntimeError("a TLS record failed to decrypt after the handshake")
         position = end
-    return
 
 
 def hello_fields(stream):
@@ -301,7 +286,7 @@ def percentile(sorted_values, q):
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def measure(run, d, server, proc, port, proto, rate):
+def measure(d, server, proc, port, proto, rate):
     """One fixed-rate run under capture: the row's numbers."""
     capture = f"{d}/{server}-{proto}.pcap"
     multiplexed = proto == "h2mux"
@@ -352,11 +337,6 @@ def measure(run, d, server, proc, port, proto, rate):
             "errors": client["errors"]["total"], "cpu": 100 * cpu / wall, "load_core": load_core}
 
 
-def med(rows, key):
-    values = [r[key] for r in rows if r.get(key) is not None]
-    return statistics.median(values) if values else None
-
-
 def main():
     d = tempfile.mkdtemp(prefix="wire-")
     run = peers.Run(d)
@@ -369,14 +349,14 @@ def main():
             run.warm(port, "A")
             rate = str(int(run.load(proc.pid, port, "A", None)["rps"] / 2))
             run.stop(proc)
-            log(f"fixed rate: {rate}/s (half of HAProxy's A in a calibration run)")
+            peers.log(f"fixed rate: {rate}/s (half of HAProxy's A in a calibration run)")
         for rnd in range(1, ROUNDS + 1):
             for server in SERVERS:
                 proc, port = run.start_server(server, "base")
                 run.warm(port, "A")
                 for proto in PROTOS:
-                    row = measure(run, d, server, proc, port, proto, rate)
-                    log(f"round {rnd} {server} {proto}: " + ", ".join(
+                    row = measure(d, server, proc, port, proto, rate)
+                    peers.log(f"round {rnd} {server} {proto}: " + ", ".join(
                         f"{key} {row[key]:.0f}" for key in ("p50", "p99", "p999", "n", "own_p50", "own_p99", "own_p999",
                                                             "linked", "forward_p99", "relay_p99", "up_p99", "client_p99",
                                                             "cpu", "load_core") if row.get(key) is not None))
@@ -402,7 +382,7 @@ def report(results, rate):
             if not rows:
                 continue
             per_round = ", ".join(f"{r.get('own_p99') or r['p99']:.0f}" for r in rows)
-            cells = " | ".join("—" if med(rows, key) is None else f"{med(rows, key):.0f}" for key in ("p50", "p99", "p999", "own_p50", "own_p99", "own_p999",
+            cells = " | ".join("—" if peers.med(rows, key) is None else f"{peers.med(rows, key):.0f}" for key in ("p50", "p99", "p999", "own_p50", "own_p99", "own_p999",
                                                                   "linked", "up_p99", "client_p99", "cpu", "load_core"))
             lines.append(f"| {server} | {proto} | {cells} | {per_round} | {sum(r['errors'] for r in rows)} |")
     if "gateway" in SERVERS and "haproxy" in SERVERS:
@@ -410,9 +390,9 @@ def report(results, rate):
             ratios = []
             for proto in PROTOS:
                 g, h = results.get(("gateway", proto)), results.get(("haproxy", proto))
-                if g and h and med(g, key) is not None and med(h, key) is not None:
+                if g and h and peers.med(g, key) is not None and peers.med(h, key) is not None:
                     rounds = ", ".join(f"{a[key] / b[key]:.2f}" for a, b in zip(g, h))
-                    ratios.append(f"{proto} {med(g, key) / med(h, key):.2f} (rounds {rounds})")
+                    ratios.append(f"{proto} {peers.med(g, key) / peers.med(h, key):.2f} (rounds {rounds})")
             lines.append(f"\n{label.capitalize()} p99 ratio gateway/HAProxy: {'; '.join(ratios)} (target ≤ 1.5).")
     table = "\n".join(lines)
     print(table)
@@ -421,7 +401,7 @@ def report(results, rate):
         out.write_text(f"# {time.strftime('%Y-%m-%d')} — fixed-rate latency on the wire\n\n"
                        f"Command: `DUR={DUR} ROUNDS={ROUNDS} RATE={rate} benchmarks/wire.py --save` (release build).\n\n"
                        f"{table}\n")
-        log(f"saved {out}")
+        peers.log(f"saved {out}")
 
 
 if __name__ == "__main__":
