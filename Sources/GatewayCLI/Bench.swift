@@ -25,6 +25,8 @@ struct BenchRun: AsyncParsableCommand {
         scheduled time, so a stalled server shows as queueing latency, not as fewer samples. \
         Max (--max): N connections x M streams, each sending its next request when the previous ends. \
         A scenario file (--scenario) gives weighted targets, a ramp of stages and thresholds. \
+        With SSLKEYLOGFILE set, each TLS connection's secrets are appended to that file (NSS key-log \
+        format, created readable by its owner only), so a capture of the run can be decrypted. \
         Exit status: 0 when every threshold holds, 1 when one fails or the run cannot be done, \
         64 on a usage error (a bad option, threshold or scenario file).
         """
