@@ -6,8 +6,10 @@ worker on CPU 0, TLS with the same certificate, a static nginx upstream and the 
 each server and protocol, three fixed-count loads of N requests (`h2load --h1 -c 64` for HTTP/1.1,
 `h2load -c 16 -m 10` for HTTP/2), after a warm-up:
   1. mallocs per request (and those of 1 KiB or more): the server runs under the LD_PRELOAD counter
-     in benchmarks/budget/malloc-count.c, read with a real-time signal before and after; in round 1,
-     over one more load, pthread mutex locks, Swift dynamic casts and retains (counted only then);
+     in benchmarks/budget/malloc-count.c, read with a real-time signal before and after; in round 1, a
+     load of 2N less that of N on as many connections (the handshakes cancel out: mallocs per steady
+     keep-alive request), then, over one more load, pthread mutex locks, Swift dynamic casts and
+     retains (counted only then);
   2. system calls per request, by name: `strace -c` attached to every thread for the load;
   3. user and system CPU µs per request: utime and stime of the process over the load, and its
      minor page faults (kernel time that no system call shows: memory the allocator returned and
@@ -95,6 +97,16 @@ def call_counts(pid, port, protocol, path):
     return {key: (c1[key] - c0[key]) / N for key in ("locks", "casts", "retains", "releases")}
 
 
+def steady_counts(pid, port, protocol, before, after, path):
+    """Mallocs per steady keep-alive request: a load of 2N requests less the load of N that ran
+    from `before` to `after` (counter totals). Both open the same number of connections, so the
+    handshakes and connection set-up (hundreds of mallocs per connection) cancel out."""
+    load(port, protocol, 2 * N)
+    doubled = malloc_counts(pid, path)
+    return {key: ((doubled[name] - after[name]) - (after[name] - before[name])) / N
+            for key, name in (("steady", "mallocs"), ("steady_large", "large"))}
+
+
 def cpu_split(pid):
     """utime and stime (ticks) and minor page faults of the process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -132,6 +144,7 @@ def main():
                            "user_us": (u1 - u0) / peers.CLK_TCK * 1e6 / N, "sys_us": (s1 - s0) / peers.CLK_TCK * 1e6 / N,
                            "faults": (f1 - f0) / N}
                     if rnd == 1:
+                        row |= steady_counts(pid, port, protocol, c0, c1, Path(f"{d}/counts.txt"))
                         row |= call_counts(pid, port, protocol, Path(f"{d}/counts.txt"))
                         calls = strace_counts(pid, port, protocol, d)
                         row["syscalls"] = sum(calls.values()) / N
@@ -146,16 +159,19 @@ def main():
         subprocess.run(["rm", "-rf", d])
 
     lines = [f"Per request, N = {N} after a 2,000-request warm-up; mallocs and syscalls from round 1 "
-             f"(counts; locks, casts and retains too), CPU µs medians of {ROUNDS} rounds (utime/stime, 10 ms ticks).", "",
-             "| server | protocol | mallocs | ≥ 1 KiB | locks | dynamic casts | retains | syscalls | I/O calls | writes | epoll | user µs | sys µs | page faults | top calls (per request) |",
-             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+             f"(counts; locks, casts and retains too), CPU µs medians of {ROUNDS} rounds (utime/stime, 10 ms ticks). "
+             "`mallocs` include the load's connection handshakes; `steady` is a load of 2N less one of N on as many "
+             "connections (keep-alive requests alone).", "",
+             "| server | protocol | mallocs | ≥ 1 KiB | steady mallocs | steady ≥ 1 KiB | locks | dynamic casts | retains | syscalls | I/O calls | writes | epoll | user µs | sys µs | page faults | top calls (per request) |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for (server, protocol), rows in results.items():
         first = rows[0]
         med = lambda key: statistics.median(r[key] for r in rows)
         top = ", ".join(f"{k} {v / N:.2f}" for k, v in first.get("top", []))
         unseen = server == "gateway" and static_runtime
         casts, retains = ("n/a", "n/a") if unseen else (f"{first['casts']:.2f}", f"{first['retains']:.0f}")
-        lines.append(f"| {server} | {protocol} | {med('mallocs'):.1f} | {med('large'):.2f} | {first['locks']:.2f} | "
+        lines.append(f"| {server} | {protocol} | {med('mallocs'):.1f} | {med('large'):.2f} | {round(first['steady'], 2) + 0.0:.2f} | "
+                     f"{round(first['steady_large'], 2) + 0.0:.2f} | {first['locks']:.2f} | "
                      f"{casts} | {retains} | {first['syscalls']:.2f} | "
                      f"{first['io']:.2f} | {first['writes']:.2f} | {first['epoll']:.2f} | {med('user_us'):.1f} | "
                      f"{med('sys_us'):.1f} | {med('faults'):.2f} | {top} |")

@@ -52,7 +52,8 @@ LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
 # (library, perf's group name for its probes, symbols)
 PROBES = {
     "refcounts": (SWIFT_CORE, "probe_libswiftCore", ("swift_retain", "swift_release")),
-    "malloc": (LIBC, "probe_libc", ("malloc",)),
+    # as benchmarks/budget/malloc-count.c counts them
+    "malloc": (LIBC, "probe_libc", ("malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc")),
     "locks": (LIBC, "probe_libc", ("pthread_mutex_lock",)),
     "casts": (SWIFT_CORE, "probe_libswiftCore", ("swift_dynamicCast",)),
     "unique": (SWIFT_CORE, "probe_libswiftCore", ("swift_isUniquelyReferenced_nonNull_native",)),
@@ -149,6 +150,8 @@ def main():
     parser.add_argument("--keep", help="also keep the perf.data at this path, for `perf script` by hand")
     parser.add_argument("--probe", choices=sorted(PROBES), default="refcounts", help="which calls to count")
     parser.add_argument("--by-type", action="store_true", help="also count by the type of object (runtime linked in)")
+    parser.add_argument("--dwarf", action="store_true",
+                        help="unwind with DWARF (slow; callers in C code built without frame pointers, e.g. OpenSSL's mallocs)")
     args = parser.parse_args()
 
     os.environ["BIN"] = args.bin
@@ -180,7 +183,8 @@ def main():
             extra = args.load.split()
         load = ["taskset", "-c", "1", "h2load", *extra, *bench.extra]
         subprocess.run([*load, "-n", str(args.n), bench.url()], check=True, capture_output=True)
-        perf = subprocess.Popen(["perf", "record", "-q", "-g", *(x for e in events for x in ("-e", e)), "-p", str(proc.pid), "-o", data],
+        unwind = ["--call-graph", "dwarf,16384"] if args.dwarf else ["-g"]
+        perf = subprocess.Popen(["perf", "record", "-q", *unwind, *(x for e in events for x in ("-e", e)), "-p", str(proc.pid), "-o", data],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.5)  # perf attaches to every thread first
         out = subprocess.run([*load, "-n", str(args.n), bench.url()], check=True, capture_output=True, text=True)
@@ -209,8 +213,11 @@ def main():
             lines[0] = re.sub(r"^.*?object=\d+\s*", "", lines[0])
             lines = [line for line in lines if line.strip()]
         frames = [frame_name(line) for line in lines]
-        if len(frames) < 2:
+        if not frames:
             continue
+        if len(frames) < 2:
+            # Called from code built without frame pointers (OpenSSL, glibc): counted, caller unknown.
+            frames.append("[no frame pointer: C code]")
         index = 1
         while index < len(frames) and frames[index].startswith(("swift_", "_swift", "malloc", "_int_malloc", "pthread_mutex_lock", "___pthread")):
             index += 1
