@@ -457,8 +457,8 @@ def report(results, upstream_rps, rate):
              "(≈100% = the server was the limit); req/CPU-s = requests served per second of server CPU; "
              "load core % = how busy CPU 1 was in the gateway's / HAProxy's runs (load generator, upstream and, "
              "for Fr, Redis: ≈100% = that core was the limit, not the server).", "",
-             "| scenario | gateway req/s | CPU % | req/CPU-s | HAProxy req/s | CPU % | req/CPU-s | ratio | nginx req/s | CPU % | load core % g/h | errors g/h/n |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+             "| scenario | gateway req/s | CPU % | req/CPU-s | HAProxy req/s | CPU % | req/CPU-s | ratio | nginx req/s | CPU % | load core % g/h | errors g/h/n | ratio per round |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"]
 
     def core_cell(server, scenario):
         busy = med(results.get((server, scenario), []), "load_core")
@@ -480,7 +480,11 @@ def report(results, upstream_rps, rate):
         ratio = f"{g_rps / h_rps:.2f}" if g_rps and h_rps else "—"
         load = "/".join(core_cell(server, "F" if server == "haproxy" and scenario == "Fr" else scenario)
                         for server in ("gateway", "haproxy"))
-        lines.append(f"| {labels[scenario]} | {' | '.join(g)} | {' | '.join(h)} | {ratio} | {n[0]} | {n[1]} | {load} | {g_err}/{h_err}/{n_err} |")
+        # Rounds run the servers one after the other, so a round's pair shares the machine's speed
+        # of the moment: a median ratio carried by one odd round shows here.
+        pairs = zip(results.get(("gateway", scenario), []), results.get(("haproxy", "F" if scenario == "Fr" else scenario), []))
+        per_round = ", ".join(f"{g_row['rps'] / h_row['rps']:.2f}" for g_row, h_row in pairs if g_row["rps"] and h_row["rps"]) or "—"
+        lines.append(f"| {labels[scenario]} | {' | '.join(g)} | {' | '.join(h)} | {ratio} | {n[0]} | {n[1]} | {load} | {g_err}/{h_err}/{n_err} | {per_round} |")
 
     if ("gateway", "A") in results and ("gateway", "B") in results:
         a, b = med(results[("gateway", "A")], "rps"), med(results[("gateway", "B")], "rps")
