@@ -4,9 +4,10 @@ private import CNGHTTP2
 
 /// Serves HTTP/2 on one client connection with one nghttp2 server session: plaintext bytes in via
 /// `nghttp2_session_mem_recv`, frames out via `nghttp2_session_mem_send`. Each stream becomes a
-/// request in the same pipeline as HTTP/1.1 (`HTTP2Stream`). nghttp2 does the RFC 9113 message
-/// checks (pseudo-headers, connection-specific fields, `content-length` vs DATA, field bytes);
-/// this handler adds the gateway's limits and ties flow control to upstream backpressure.
+/// request in the same pipeline as HTTP/1.1 (`HTTP2Stream`). nghttp2 does the framing, HPACK and
+/// flow control; RFC 9113's message checks (pseudo-headers, connection-specific fields,
+/// `content-length` vs DATA, field bytes) are the stream's (`HTTP2RequestRules`), and this handler
+/// adds the gateway's limits and ties flow control to upstream backpressure.
 final class HTTP2ServerHandler: ChannelDuplexHandler, LoopTimerOwner, TickFlushing {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
