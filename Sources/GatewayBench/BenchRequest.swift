@@ -52,12 +52,23 @@ public struct BenchHeader: Sendable, Equatable {
         let name = String(text[..<colon]).trimmingSpaces
         guard name.utf8.allSatisfy(isTokenByte) else { throw BenchError.usage("--header: \"\(name)\" is not a valid field name") }
         let value = String(text[text.index(after: colon)...]).trimmingSpaces
-        // Field values go on the wire as given (RFC 9110 §5.5): CR, LF or NUL would split or end the head.
-        guard !value.utf8.contains(where: { $0 == 13 || $0 == 10 || $0 == 0 }) else {
+        guard isSendableFieldValue(value) else {
             throw BenchError.usage("--header: the value of \"\(name)\" cannot contain CR, LF or NUL")
         }
         self.init(name, value)
     }
+}
+
+/// Paths and field values go on the wire as given (the request is encoded once, not escaped): a
+/// path with a space, control character or DEL would split the request line (RFC 9112 §3.2: the
+/// target is visible ASCII, percent-encoded otherwise); a value with CR, LF or NUL would split or
+/// end the head (RFC 9110 §5.5). `--url`, `--header` and scenario files all refuse them.
+func isSendablePath(_ path: String) -> Bool {
+    !path.utf8.contains { $0 <= 0x20 || $0 == 0x7F }
+}
+
+func isSendableFieldValue(_ value: String) -> Bool {
+    !value.utf8.contains { $0 == 13 || $0 == 10 || $0 == 0 }
 }
 
 /// RFC 9110 §5.6.2 tchar.

@@ -125,8 +125,7 @@ public struct BenchTarget: Sendable, Equatable {
         var path = String(rest[pathStart...])
         if path.isEmpty { path = "/" } else if path.hasPrefix("?") { path = "/" + path }
         if let hash = path.firstIndex(of: "#") { path = String(path[..<hash]) }
-        // The path goes into the request line as given: a space or control character would split it.
-        if path.utf8.contains(where: { $0 <= 0x20 || $0 == 0x7F }) {
+        if !isSendablePath(path) {
             throw BenchError.usage("--url: the path cannot contain spaces or control characters (percent-encode them)")
         }
         var host: Substring

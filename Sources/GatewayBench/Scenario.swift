@@ -196,7 +196,7 @@ private struct ScenarioReader {
                     }
                 case "path":
                     if let text = self.string(value, keyPath) {
-                        if text.hasPrefix("/") && !text.contains(where: { $0 == " " || $0.isNewline }) {
+                        if text.hasPrefix("/") && isSendablePath(text) {
                             request.path = text
                             hasPath = true
                         } else {
@@ -287,8 +287,8 @@ private struct ScenarioReader {
                 continue
             }
             guard let text = self.string(value, keyPath) else { continue }
-            if text.contains(where: { $0 == "\r" || $0 == "\n" }) {
-                self.fail(keyPath, "a field value cannot contain a line break")
+            if !isSendableFieldValue(text) {
+                self.fail(keyPath, "a field value cannot contain CR, LF or NUL")
                 continue
             }
             headers.append(BenchHeader(name, text))

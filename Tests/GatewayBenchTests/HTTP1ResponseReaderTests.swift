@@ -131,9 +131,13 @@ import Testing
         #expect(bytes.readString(length: bytes.readableBytes) == "GET / HTTP/1.1\r\nhost: [::1]:8080\r\nuser-agent: gateway-bench\r\n\r\n")
     }
 
-    @Test func headerValuesAndPathsCannotSplitTheRequest() {
+    @Test func headerValuesAndPathsCannotSplitTheRequest() throws {
         #expect(throws: BenchError.self) { _ = try BenchHeader(parsing: "x-a: 1\r\nx-b: 2") }
         #expect(throws: BenchError.self) { _ = try BenchTarget(parsing: "http://127.0.0.1:8080/a b") }
         #expect(throws: BenchError.self) { _ = try BenchTarget(parsing: "http://127.0.0.1:8080/a\r\nx: y") }
+        #expect(throws: BenchError.self) { _ = try BenchTarget(parsing: "http://127.0.0.1:8080/a\tb") }
+        #expect(throws: BenchError.self) { _ = try BenchHeader(parsing: "x-a: 1\u{0}") }
+        #expect(try BenchHeader(parsing: "x-a: a\tb").value == "a\tb")
+        #expect(try BenchTarget(parsing: "http://127.0.0.1:8080/a%20b?c=d").path == "/a%20b?c=d")
     }
 }

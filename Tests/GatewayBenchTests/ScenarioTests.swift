@@ -89,6 +89,25 @@ import Testing
         #expect(named.targets.map(\.request.weight) == [1, 1])
     }
 
+    /// The same rules as `--url` and `--header`: the request goes on the wire as given.
+    @Test func pathsAndFieldValuesThatWouldSplitTheRequestAreRefused() {
+        let found = self.problems("""
+            url: http://127.0.0.1:8080
+            targets:
+              - { name: tab, path: "/a\\tb" }
+              - { name: del, path: "/a\\u007Fb" }
+              - { path: /c, headers: { x-a: "1\\u0000" } }
+              - { path: /d, headers: { x-b: "1\\r\\nx-c: 2" } }
+              - { path: "/e%20f?g=h", headers: { x-d: "tab\\tok" } }
+            """)
+        #expect(found == [
+            "targets[0].path: expected an origin-form path starting with / (the host comes from url)",
+            "targets[1].path: expected an origin-form path starting with / (the host comes from url)",
+            "targets[2].headers.x-a: a field value cannot contain CR, LF or NUL",
+            "targets[3].headers.x-b: a field value cannot contain CR, LF or NUL",
+        ], "\(found)")
+    }
+
     @Test func everyProblemIsReportedWithItsPath() {
         let found = self.problems("""
             url: ftp://x
