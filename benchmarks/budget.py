@@ -181,11 +181,9 @@ def main():
     table = "\n".join(lines)
     print(table)
     if SAVE:
-        out = peers.ROOT / f"benchmarks/results/{time.strftime('%Y-%m-%d')}-budget.md"
-        out.write_text(f"# {time.strftime('%Y-%m-%d')} — per-request budget, gateway and HAProxy\n\n"
-                       f"Command: `N={N} ROUNDS={ROUNDS} benchmarks/budget.sh --save` (release build).\n"
-                       f"Load average at the end: {open('/proc/loadavg').read().split()[:3]}.\n\n{table}\n")
-        peers.log(f"wrote {out}")
+        peers.save_result("budget", "per-request budget, gateway and HAProxy",
+                          f"Command: `N={N} ROUNDS={ROUNDS} benchmarks/budget.sh --save` (release build).\n"
+                          f"Load average at the end: {open('/proc/loadavg').read().split()[:3]}.\n\n{table}")
 
 
 if __name__ == "__main__":

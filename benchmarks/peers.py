@@ -79,6 +79,14 @@ def log(*args):
     print(*args, file=sys.stderr, flush=True)
 
 
+def save_result(kind, title, text):
+    """Writes `results/DATE-kind.md`: a dated title, then `text` (the command, the machine, the table)."""
+    day = time.strftime("%Y-%m-%d")
+    out = ROOT / f"benchmarks/results/{day}-{kind}.md"
+    out.write_text(f"# {day} — {title}\n\n{text}\n")
+    log(f"wrote {out}")
+
+
 def wait_port(port, proc=None, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -516,16 +524,14 @@ def report(results, upstream_rps, rate):
                     f"HAProxy {subprocess.run([HAPROXY, '-v'], capture_output=True, text=True).stdout.split()[2]}, "
                     f"h2load {subprocess.run(['h2load', '--version'], capture_output=True, text=True).stdout.split()[1]}")
         cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-        out = ROOT / f"benchmarks/results/{time.strftime('%Y-%m-%d')}-peers.md"
-        out.write_text(
-            f"# {time.strftime('%Y-%m-%d')} — gateway vs HAProxy and nginx, one run\n\n"
+        save_result(
+            "peers", "gateway vs HAProxy and nginx, one run",
             f"Command: `DUR={DUR} ROUNDS={ROUNDS} benchmarks/peers.sh --save` (release build). Every server terminates TLS "
             "with the same generated P-256 certificate and proxies `GET /api/bookings` (226-byte body) over HTTP/1.1 "
             "keep-alive; no access logs. Server under test on CPU 0 (one worker/thread); load generators, upstream and "
             "Redis on CPU 1.\n\n"
             f"Machine: {os.cpu_count()} cores, {cpu_model}, kernel {os.uname().release}; {versions}. "
-            f"Load average at the end: {open('/proc/loadavg').read().split()[:3]}.\n\n{table}\n")
-        log(f"wrote {out}")
+            f"Load average at the end: {open('/proc/loadavg').read().split()[:3]}.\n\n{table}")
 
 
 if __name__ == "__main__":

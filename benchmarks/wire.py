@@ -397,11 +397,8 @@ def report(results, rate):
     table = "\n".join(lines)
     print(table)
     if SAVE:
-        out = peers.ROOT / f"benchmarks/results/{time.strftime('%Y-%m-%d')}-wire.md"
-        out.write_text(f"# {time.strftime('%Y-%m-%d')} — fixed-rate latency on the wire\n\n"
-                       f"Command: `DUR={DUR} ROUNDS={ROUNDS} RATE={rate} benchmarks/wire.py --save` (release build).\n\n"
-                       f"{table}\n")
-        peers.log(f"saved {out}")
+        peers.save_result("wire", "fixed-rate latency on the wire",
+                          f"Command: `DUR={DUR} ROUNDS={ROUNDS} RATE={rate} benchmarks/wire.py --save` (release build).\n\n{table}")
 
 
 if __name__ == "__main__":
