@@ -86,7 +86,7 @@ struct TraceContextTests {
         #expect(error["request_id"] == "r-1")
         #expect(error["code"] == "not_found")
         #expect(response.headers.first(name: "content-length") == String(response.body.readableBytes))
-        // An error carrying its own trace (set by `ProxyExchange`) writes it too.
+        // An error carrying its own trace (set by `RequestExchange`) writes it too.
         var carried = GatewayError.upstreamTimeout
         carried.trace = trace
         #expect(String(buffer: carried.response(requestID: "r-2", allocator: ByteBufferAllocator()).body).contains(#""trace_id":"4bf92f3577b34da6a3ce929d0e0e4736""#))

@@ -22,8 +22,17 @@ private final class FakeUpstream {
     private(set) var channels: [EmbeddedChannel] = []
     private(set) var pool: UpstreamConnectionPool!
 
+    /// While set, new connections stay connecting (`heldOpens`) until the test fails them.
+    var holdOpens = false
+    private(set) var heldOpens: [EventLoopPromise<Channel>] = []
+
     init() {
         self.pool = UpstreamConnectionPool(eventLoop: self.loop) { [unowned self] _, _, handler in
+            if self.holdOpens {
+                let promise = self.loop.makePromise(of: Channel.self)
+                self.heldOpens.append(promise)
+                return promise.futureResult
+            }
             let channel = EmbeddedChannel(loop: self.loop)
             do {
                 try UpstreamConnectionPool.addHandlers(to: channel, ending: handler)
@@ -91,18 +100,18 @@ private final class RecordingDownstream: DownstreamResponder {
     var finished = 0
 
     var isWritable: Bool { true }
-    func sendContinue(for exchange: ProxyExchange) {}
-    func sendResponseHead(for exchange: ProxyExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
+    func sendContinue(for exchange: RequestExchange) {}
+    func sendResponseHead(for exchange: RequestExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
         self.heads.append(head)
     }
-    func sendResponseBody(for exchange: ProxyExchange, _ body: ByteBuffer) {}
-    func flush(for exchange: ProxyExchange) {}
-    func sendResponseEnd(for exchange: ProxyExchange) { self.ended += 1 }
-    func sendErrorResponse(for exchange: ProxyExchange, _ error: GatewayError) { self.errors.append(error) }
-    func pauseRequestBody(for exchange: ProxyExchange) {}
-    func resumeRequestBody(for exchange: ProxyExchange) {}
-    func abortResponse(for exchange: ProxyExchange) {}
-    func exchangeFinished(for exchange: ProxyExchange) { self.finished += 1 }
+    func sendResponseBody(for exchange: RequestExchange, _ body: ByteBuffer) {}
+    func flush(for exchange: RequestExchange) {}
+    func sendResponseEnd(for exchange: RequestExchange) { self.ended += 1 }
+    func sendErrorResponse(for exchange: RequestExchange, _ error: GatewayError) { self.errors.append(error) }
+    func pauseRequestBody(for exchange: RequestExchange) {}
+    func resumeRequestBody(for exchange: RequestExchange) {}
+    func abortResponse(for exchange: RequestExchange) {}
+    func exchangeFinished(for exchange: RequestExchange) { self.finished += 1 }
 }
 
 @Suite("Upstream connection pool and retries")
@@ -428,14 +437,14 @@ struct UpstreamConnectionPoolTests {
 
     private func exchange(
         _ method: HTTPMethod, body: String? = nil, upstream: FakeUpstream, downstream: RecordingDownstream
-    ) -> ProxyExchange {
+    ) -> RequestExchange {
         var headers = HTTPHeaders([("host", "api.barberpro.test")])
         if let body { headers.add(name: "content-length", value: String(body.utf8.count)) }
-        let exchange = ProxyExchange(
-            upstreamHead: .rewritten(HTTPRequestHead(version: .http1_1, method: method, uri: "/api/bookings", headers: headers)),
-            requestMethod: method, clientVersion: .http1_1, requestID: "req-1", addHSTS: false,
-            expectsContinue: false, requestHasBody: body != nil, cluster: upstream.cluster, pool: upstream.pool,
-            downstream: downstream
+        let head = UpstreamRequestHead.rewritten(HTTPRequestHead(version: .http1_1, method: method, uri: "/api/bookings", headers: headers))
+        let exchange = RequestExchange(
+            context: RequestContext(requestID: "req-1", trace: nil, method: method, clientVersion: .http1_1, addHSTS: false, responseAdditions: .none),
+            upstream: UpstreamLeg(head: head, cluster: upstream.cluster, pool: upstream.pool),
+            expectsContinue: false, requestHasBody: body != nil, downstream: downstream
         )
         if let body {
             // The body came in the same packet as the head, before any connection was ready.
@@ -507,6 +516,28 @@ struct UpstreamConnectionPoolTests {
         upstream.channels[1].close(promise: nil)
         #expect(upstream.channels.count == 2)
         #expect(downstream.errors == [.upstreamUnavailable])
+    }
+
+    /// A request counts against its endpoint (`least_outstanding`) from the moment it is written
+    /// until it ends, however it ends: here the client leaves while the request, sent again after
+    /// its reused connection died, waits for a fresh connection. (Before the exchange's single
+    /// `finish`, that ending kept the count, and the endpoint looked one request busier for good.)
+    @Test func aClientLeavingWhileTheResendConnectsReleasesTheEndpointsCount() throws {
+        let upstream = FakeUpstream()
+        _ = try upstream.reusedConnection()
+        let downstream = RecordingDownstream()
+        let exchange = self.exchange(.GET, upstream: upstream, downstream: downstream)
+        exchange.start()
+        #expect(try upstream.written(upstream.channels[0]).hasPrefix("GET /api/bookings HTTP/1.1\r\n"))
+        #expect(upstream.endpoint.outstanding.load(ordering: .relaxed) == 1)
+
+        upstream.holdOpens = true
+        upstream.channels[0].close(promise: nil)
+        #expect(upstream.heldOpens.count == 1)  // the resend waits for its connection
+        exchange.cancel()
+        #expect(upstream.endpoint.outstanding.load(ordering: .relaxed) == 0)
+        #expect(downstream.errors.isEmpty && downstream.finished == 0)  // nobody left to answer
+        for promise in upstream.heldOpens { promise.fail(ChannelError.ioOnClosedChannel) }
     }
 
     @Test func postRefusedBeforeAnyByteWasSentGoesOnceToAFreshConnection() throws {

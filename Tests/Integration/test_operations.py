@@ -225,7 +225,7 @@ def test_release_build_uses_the_committed_profile(tmp_path):
     if not profdata.exists():
         pytest.skip("llvm-profdata is not next to swift")
     shown = subprocess.run([profdata, "show", "--all-functions", committed], capture_output=True, text=True, check=True).stdout
-    counted = [line for line in shown.splitlines() if "ProxyExchange" in line or "HTTP2Stream" in line]
+    counted = [line for line in shown.splitlines() if "RequestExchange" in line or "HTTP2Stream" in line]
     assert len(counted) > 20, shown[-2000:]
 
 

@@ -72,7 +72,7 @@ enum RateLimitOutcome: Sendable {
     case storeUnavailable
 }
 
-/// Who waits for a rate-limit decision (a `ProxyExchange`), told once on its own event loop.
+/// Who waits for a rate-limit decision (a `RequestExchange`), told once on its own event loop.
 /// An object rather than a closure: a closure kept for the trip to Redis cost two allocations
 /// per request (its context, and the thunk that fitted it to `NIOLoopBound`'s generic value).
 protocol RateLimitWaiter: AnyObject {

@@ -37,7 +37,7 @@ final class ConnectionServices {
 }
 
 /// Serves HTTP/1.x on one client connection: one request at a time (pipelined requests wait in
-/// order), each through `RequestPipeline` and, when proxied, a `ProxyExchange`. Owns the read side:
+/// order), each through `RequestPipeline` and, when proxied, a `RequestExchange`. Owns the read side:
 /// socket reads stop while the upstream cannot take more body, and while a response is pending and
 /// pipelined parts are queued (so further pipelined requests stay in the kernel, not here).
 ///
@@ -63,7 +63,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         var method: HTTPMethod
         var version: HTTPVersion
         var requestID: String
-        var exchange: ProxyExchange?
+        var exchange: RequestExchange?
         var bodyBytes = 0
         /// CORS fields and `Vary: Origin` for whatever response this request gets.
         var responseAdditions = ResponseAdditions.none
@@ -124,7 +124,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     private var recentHost = RecentText()
     /// An exchange whose upstream side starts when the current read burst has been decoded: a
     /// malformed body in the same packet as its head is then refused before anything is sent.
-    private var pendingStart: ProxyExchange?
+    private var pendingStart: RequestExchange?
     /// A response's end waits in the loop's `TickFlushes`; closing flushes it first.
     private var flushQueued = false
 
@@ -446,20 +446,20 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
     var isWritable: Bool { self.context != nil && self.socketIsWritable }
 
     /// The exchange serving the current request, if it is proxied.
-    var currentExchange: ProxyExchange? { self.current?.exchange }
+    var currentExchange: RequestExchange? { self.current?.exchange }
 
     /// Whether `exchange` serves the current request; a finished exchange's late calls are ignored.
-    private func isCurrent(_ exchange: ProxyExchange) -> Bool {
+    private func isCurrent(_ exchange: RequestExchange) -> Bool {
         self.current?.exchange === exchange
     }
 
-    func sendContinue(for exchange: ProxyExchange) {
+    func sendContinue(for exchange: RequestExchange) {
         guard let context, self.isCurrent(exchange) else { return }
         self.emit(.head(HTTPResponseHead(version: .http1_1, status: .continue)), context: context)
         context.flush()
     }
 
-    func sendResponseHead(for exchange: ProxyExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
+    func sendResponseHead(for exchange: RequestExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
         guard let context, self.isCurrent(exchange) else { return }
         var head = head
         if framing == .closeDelimited { self.state.responseIsCloseDelimited() }
@@ -469,7 +469,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.emit(.head(head), context: context)
     }
 
-    func sendForwardedResponseHead(for exchange: ProxyExchange, _ head: ForwardedResponseHead) {
+    func sendForwardedResponseHead(for exchange: RequestExchange, _ head: ForwardedResponseHead) {
         guard let context, self.isCurrent(exchange) else { return }
         let close = self.proxiedResponseStarts(status: head.upstream.status.code)
         let framing = self.responseFraming.writeForwardedResponse(head, close: close, context: context)
@@ -482,13 +482,13 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         return self.state.responseStarts()
     }
 
-    func sendResponseBody(for exchange: ProxyExchange, _ body: ByteBuffer) {
+    func sendResponseBody(for exchange: RequestExchange, _ body: ByteBuffer) {
         guard let context, self.isCurrent(exchange) else { return }
         self.current?.record.bytesOut += body.readableBytes
         self.emit(.body(.byteBuffer(body)), context: context)
     }
 
-    func flush(for exchange: ProxyExchange) {
+    func flush(for exchange: RequestExchange) {
         if self.isCurrent(exchange) { self.flushResponse() }
     }
 
@@ -499,7 +499,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         context.flush()
     }
 
-    func sendResponseEnd(for exchange: ProxyExchange) {
+    func sendResponseEnd(for exchange: RequestExchange) {
         guard let context, self.isCurrent(exchange) else { return }
         // Finishing waits for the exchange to say it is done (`exchangeFinished`).
         _ = self.state.responseEnded()
@@ -521,7 +521,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.flushResponse()
     }
 
-    func sendErrorResponse(for exchange: ProxyExchange, _ error: GatewayError) {
+    func sendErrorResponse(for exchange: RequestExchange, _ error: GatewayError) {
         guard self.isCurrent(exchange), let requestID = self.current?.requestID else { return }
         guard !(self.state.request?.responseStarted ?? false), self.context != nil else {
             self.close()
@@ -534,21 +534,21 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         self.writeLocal(response, forceClose: false)
     }
 
-    func pauseRequestBody(for exchange: ProxyExchange) {
+    func pauseRequestBody(for exchange: RequestExchange) {
         if self.isCurrent(exchange) { self.state.pauseRequestBody() }
     }
 
-    func resumeRequestBody(for exchange: ProxyExchange) {
+    func resumeRequestBody(for exchange: RequestExchange) {
         guard self.isCurrent(exchange) else { return }
         self.state.resumeRequestBody()
         self.readIfPending()
     }
 
-    func abortResponse(for exchange: ProxyExchange) {
+    func abortResponse(for exchange: RequestExchange) {
         if self.isCurrent(exchange) { self.close() }
     }
 
-    func exchangeFinished(for exchange: ProxyExchange) {
+    func exchangeFinished(for exchange: RequestExchange) {
         guard self.isCurrent(exchange), self.current != nil else { return }
         self.current!.record.note(exchange)
         switch self.state.exchangeFinished() {
@@ -558,7 +558,7 @@ final class HTTP1ServerHandler: ChannelDuplexHandler, DownstreamResponder, Deadl
         }
     }
 
-    func upgradeToTunnel(for exchange: ProxyExchange, _ head: HTTPResponseHead, upstream connection: UpstreamConnection) {
+    func upgradeToTunnel(for exchange: RequestExchange, _ head: HTTPResponseHead, upstream connection: UpstreamConnection) {
         guard self.isCurrent(exchange), let context, let requestID = self.current?.requestID, let handshake = exchange.webSocket else {
             connection.close()
             return

@@ -2,7 +2,7 @@ import NIOCore
 import NIOHTTP1
 
 /// One HTTP/2 stream: collects the request head, runs it through the same `RequestPipeline` as
-/// HTTP/1.1, and is the `DownstreamResponder` of its `ProxyExchange`. Response bytes wait in a
+/// HTTP/1.1, and is the `DownstreamResponder` of its `RequestExchange`. Response bytes wait in a
 /// small per-stream buffer that nghttp2's data provider drains as flow control allows; above the
 /// high watermark the exchange pauses upstream reads, so a slow reader costs bounded memory.
 ///
@@ -48,7 +48,7 @@ final class HTTP2Stream: DownstreamResponder {
         /// DATA frame); set before any body is expected.
         var idleTimeout = TimeAmount.zero
         var bodyBytes = 0
-        var exchange: ProxyExchange?
+        var exchange: RequestExchange?
         var isHEAD = false
         var responseAdditions = ResponseAdditions.none
         /// Made when the head is complete; taken (left nil) when it is logged.
@@ -467,21 +467,21 @@ final class HTTP2Stream: DownstreamResponder {
         return writable
     }
 
-    func sendContinue(for exchange: ProxyExchange) {}
+    func sendContinue(for exchange: RequestExchange) {}
 
-    func sendResponseHead(for exchange: ProxyExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
+    func sendResponseHead(for exchange: RequestExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming) {
         guard let hasBody = self.responseStarts(for: exchange, status: Int(head.status.code)) else { return }
         self.connection.submitResponse(for: self, status: Int(head.status.code), headers: head.headers, hasBody: hasBody)
     }
 
-    func sendForwardedResponseHead(for exchange: ProxyExchange, _ head: ForwardedResponseHead) {
+    func sendForwardedResponseHead(for exchange: RequestExchange, _ head: ForwardedResponseHead) {
         guard let hasBody = self.responseStarts(for: exchange, status: Int(head.upstream.status.code)) else { return }
         self.connection.submitResponse(for: self, forwarded: head, hasBody: hasBody)
     }
 
     /// The bookkeeping of a proxied response's start; whether a body follows, or nil when the
     /// response is not to be sent.
-    private func responseStarts(for exchange: ProxyExchange, status code: Int) -> Bool? {
+    private func responseStarts(for exchange: RequestExchange, status code: Int) -> Bool? {
         guard !self.isClosed else { return nil }
         if exchange.webSocket != nil, code / 100 == 2 {
             // On an extended CONNECT a 2xx means "tunnel open"; only a checked 101 may say that.
@@ -498,23 +498,23 @@ final class HTTP2Stream: DownstreamResponder {
         return !bodiless
     }
 
-    func sendResponseBody(for exchange: ProxyExchange, _ body: ByteBuffer) {
+    func sendResponseBody(for exchange: RequestExchange, _ body: ByteBuffer) {
         guard !self.isClosed, !self.data.isHEAD else { return }
         self.data.responseQueue.append(body)
         self.data.record?.bytesOut += body.readableBytes
         self.dataAvailable()
     }
 
-    func flush(for exchange: ProxyExchange) { self.connection.flushSoon() }
+    func flush(for exchange: RequestExchange) { self.connection.flushSoon() }
 
-    func sendResponseEnd(for exchange: ProxyExchange) {
+    func sendResponseEnd(for exchange: RequestExchange) {
         guard !self.isClosed else { return }
         self.data.state.responseEnded()
         self.dataAvailable()
         self.connection.flushSoon()
     }
 
-    func sendErrorResponse(for exchange: ProxyExchange, _ error: GatewayError) {
+    func sendErrorResponse(for exchange: RequestExchange, _ error: GatewayError) {
         guard !self.isClosed else { return }
         if let exchange = self.data.exchange.take() { self.data.record?.note(exchange) }
         switch self.data.state.refusal {
@@ -526,21 +526,21 @@ final class HTTP2Stream: DownstreamResponder {
         }
     }
 
-    func pauseRequestBody(for exchange: ProxyExchange) { self.data.state.pauseBody() }
+    func pauseRequestBody(for exchange: RequestExchange) { self.data.state.pauseBody() }
 
-    func resumeRequestBody(for exchange: ProxyExchange) {
+    func resumeRequestBody(for exchange: RequestExchange) {
         let credit = self.data.state.resumeBody()
         if !self.data.state.requestEnded && !self.isClosed { self.expectBody() }
         self.connection.consume(streamID: self.id, count: credit)
     }
 
-    func abortResponse(for exchange: ProxyExchange) {
+    func abortResponse(for exchange: RequestExchange) {
         if let exchange = self.data.exchange { self.data.record?.note(exchange) }
         self.data.exchange = nil
         self.connection.resetStream(self.id, internalError: true)
     }
 
-    func exchangeFinished(for exchange: ProxyExchange) {
+    func exchangeFinished(for exchange: RequestExchange) {
         if let exchange = self.data.exchange.take() { self.data.record?.note(exchange) }
     }
 }
@@ -548,7 +548,7 @@ final class HTTP2Stream: DownstreamResponder {
 // MARK: - RFC 8441 WebSocket tunnel
 
 extension HTTP2Stream: TunnelSide {
-    func upgradeToTunnel(for exchange: ProxyExchange, _ head: HTTPResponseHead, upstream connection: UpstreamConnection) {
+    func upgradeToTunnel(for exchange: RequestExchange, _ head: HTTPResponseHead, upstream connection: UpstreamConnection) {
         guard !self.isClosed, self.data.exchange === exchange, let handshake = exchange.webSocket,
             let loop = self.connection.context?.eventLoop
         else {

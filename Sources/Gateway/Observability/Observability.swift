@@ -83,18 +83,18 @@ struct RequestRecord: ~Copyable {
     /// `protocol` of the access log and of `gateway_requests_total`.
     var protocolName: String { ProtocolLabel(self.version).name }
 
-    mutating func note(_ exchange: ProxyExchange) {
-        self.upstreamSeconds = exchange.upstreamSeconds
-        self.upstreamEndpoint = exchange.endpointKey
+    mutating func note(_ exchange: RequestExchange) {
+        self.upstreamSeconds = exchange.upstream.seconds
+        self.upstreamEndpoint = exchange.upstream.endpointKey
         self.rateLimit = exchange.rateLimitDecision
-        self.upstreamStatus = exchange.upstreamStatus
+        self.upstreamStatus = exchange.upstream.status
         if let source = exchange.source { self.source = source }
     }
 
     /// Before logging, once the codec knows whether the response reached the client whole: a
     /// request cut off before any response counts as 499 (client closed), as nginx logs it, and a
     /// response cut short is `gateway:client_abort` unless the upstream broke it off.
-    mutating func settle(responseComplete: Bool, exchange: ProxyExchange?) {
+    mutating func settle(responseComplete: Bool, exchange: RequestExchange?) {
         if let exchange { self.note(exchange) }
         if !responseComplete && self.status == 0 { self.status = 499 }
         self.source = ResponseSource.settled(self.source, responseComplete: responseComplete)

@@ -67,7 +67,7 @@ struct ForwardedRequestHead {
     }
 }
 
-/// What a `ProxyExchange` sends upstream as its head.
+/// What a `RequestExchange` sends upstream as its head.
 enum UpstreamRequestHead {
     /// The common case: written from the client's head in one pass.
     case forwarded(ForwardedRequestHead)

@@ -34,7 +34,7 @@ struct GatewayError: Error, Equatable, CustomStringConvertible {
         /// `upstream_unavailable` like a refused connect); nil: `ResponseSource(errorCode:)`.
         var sourceOverride: ResponseSource? = nil
         /// The request's trace, for the body's `trace_id`, when whoever answers does not pass one
-        /// (`ProxyExchange` sets it on the errors it hands its responder).
+        /// (`RequestExchange` sets it on the errors it hands its responder).
         var trace: TraceContext? = nil
     }
 

@@ -3,20 +3,20 @@ import NIOHTTP1
 
 /// The protocol-independent start of every request, HTTP/1.1 or HTTP/2: validate framing, run the
 /// pipeline phases (identify → route → CORS → authenticate), and either produce the local response
-/// or the `ProxyExchange` that will forward it. The codecs only translate wire events into calls
+/// or the `RequestExchange` that will forward it. The codecs only translate wire events into calls
 /// here and responses back into their framing, so a policy is enforced in exactly one place.
 struct RequestDispatch {
     enum Outcome {
         /// Answer with this; `closeConnection` is set when the framing can no longer be trusted.
         case respond(LocalResponse)
         /// Start the exchange once the current read has been decoded.
-        case proxy(ProxyExchange)
+        case proxy(RequestExchange)
     }
 
     var outcome: Outcome
     var requestID: String
     /// CORS fields etc. for every response to this request (including later 413/502/504); the
-    /// codec applies them to local responses, `ProxyExchange` to proxied ones.
+    /// codec applies them to local responses, `RequestExchange` to proxied ones.
     var responseAdditions: ResponseAdditions
     var hasBody: Bool
 
@@ -170,12 +170,14 @@ struct RequestDispatch {
                 return local(refusal, jwtRejection: plan.deferredError?.rejectionReason)
             }
             if webSocket != nil { upstreamHead = .rewritten(WebSocketHandshake.upstreamHead(upstreamHead.head)) }
-            let exchange = ProxyExchange(
-                upstreamHead: upstreamHead, requestMethod: head.method, clientVersion: head.version,
-                requestID: requestID, addHSTS: services.listener.isTLS, responseAdditions: additions,
+            let context = RequestContext(
+                requestID: requestID, trace: trace, method: head.method, clientVersion: head.version,
+                addHSTS: services.listener.isTLS, responseAdditions: additions
+            )
+            let exchange = RequestExchange(
+                context: context, upstream: UpstreamLeg(head: upstreamHead, cluster: cluster, pool: services.loop.pool),
                 rateLimit: plan.rateLimit, deferredError: plan.deferredError,
-                expectsContinue: expectsContinue, requestHasBody: framing.hasBody, cluster: cluster,
-                pool: services.loop.pool, downstream: downstream, trace: trace,
+                expectsContinue: expectsContinue, requestHasBody: framing.hasBody, downstream: downstream,
                 cache: plan.route.cache?.request(method: head.method, host: host, uri: head.uri, headers: head.headers,
                                                  hasBody: framing.hasBody, subject: plan.subject)
             )

@@ -116,7 +116,7 @@ extension WebSocketHandshake {
 extension DownstreamResponder {
     /// Responders that cannot tunnel (an HTTP/2 stream) never relay such a handshake; if one gets
     /// here, the upstream connection is dropped and the response aborted.
-    func upgradeToTunnel(for exchange: ProxyExchange, _ head: HTTPResponseHead, upstream connection: UpstreamConnection) {
+    func upgradeToTunnel(for exchange: RequestExchange, _ head: HTTPResponseHead, upstream connection: UpstreamConnection) {
         connection.close()
         self.abortResponse(for: exchange)
     }

@@ -1,12 +1,12 @@
 import Testing
 @testable import Gateway
 
-/// `ProxyExchange`'s decisions alone: events in, actions out, no sockets. The rules that matter most
+/// `RequestExchange`'s decisions alone: events in, actions out, no sockets. The rules that matter most
 /// here are the resend rules (a booking must never be made twice) and that nothing happens after
 /// the end.
-@Suite struct ProxyExchangeStateMachineTests {
+@Suite struct RequestExchangeStateMachineTests {
     final class Connection {}
-    typealias Machine = ProxyExchange.StateMachine<Connection>
+    typealias Machine = RequestExchange.StateMachine<Connection>
 
     /// A machine whose request is upstream on `connection`, the response not started.
     func sent(

@@ -1,4 +1,4 @@
-extension ProxyExchange {
+extension RequestExchange {
     /// The life of one proxied request, with no I/O: the exchange reports what happened (admitted
     /// past the limits, a connection ready, request parts from the client, response parts and
     /// failures from the upstream) and this returns what to do. It holds the rules that are easy

@@ -8,80 +8,63 @@ import NIOHTTP1
 protocol DownstreamResponder: AnyObject {
     var isWritable: Bool { get }
     /// `100 Continue` for a client that asked for it, once the request is known to be forwarded.
-    func sendContinue(for exchange: ProxyExchange)
-    func sendResponseHead(for exchange: ProxyExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming)
+    func sendContinue(for exchange: RequestExchange)
+    func sendResponseHead(for exchange: RequestExchange, _ head: HTTPResponseHead, framing: HeaderRewriter.ResponseFraming)
     /// The upstream's head, rewritten for the client when it is written (an HTTP/1.1 connection
     /// writes its bytes in one pass); by default built and passed to `sendResponseHead`.
-    func sendForwardedResponseHead(for exchange: ProxyExchange, _ head: ForwardedResponseHead)
-    func sendResponseBody(for exchange: ProxyExchange, _ body: ByteBuffer)
+    func sendForwardedResponseHead(for exchange: RequestExchange, _ head: ForwardedResponseHead)
+    func sendResponseBody(for exchange: RequestExchange, _ body: ByteBuffer)
     /// Response parts are written unflushed; one flush per upstream read coalesces head and body
     /// into one TLS record and one syscall.
-    func flush(for exchange: ProxyExchange)
-    func sendResponseEnd(for exchange: ProxyExchange)
+    func flush(for exchange: RequestExchange)
+    func sendResponseEnd(for exchange: RequestExchange)
     /// A gateway-made response (502/503/504) in place of the upstream's. It ends the exchange: no
     /// `exchangeFinished` follows.
-    func sendErrorResponse(for exchange: ProxyExchange, _ error: GatewayError)
+    func sendErrorResponse(for exchange: RequestExchange, _ error: GatewayError)
     /// Stop and restart reading the request body (upstream backpressure).
-    func pauseRequestBody(for exchange: ProxyExchange)
-    func resumeRequestBody(for exchange: ProxyExchange)
+    func pauseRequestBody(for exchange: RequestExchange)
+    func resumeRequestBody(for exchange: RequestExchange)
     /// The response started but cannot be completed: the client connection must be torn down.
-    func abortResponse(for exchange: ProxyExchange)
+    func abortResponse(for exchange: RequestExchange)
     /// The exchange is over; the responder may serve its next request.
-    func exchangeFinished(for exchange: ProxyExchange)
+    func exchangeFinished(for exchange: RequestExchange)
     /// The upstream accepted `exchange.webSocket`'s handshake: `connection` is the responder's to tunnel.
-    func upgradeToTunnel(for exchange: ProxyExchange, _ head: HTTPResponseHead, upstream connection: UpstreamConnection)
+    func upgradeToTunnel(for exchange: RequestExchange, _ head: HTTPResponseHead, upstream connection: UpstreamConnection)
 }
 
 extension DownstreamResponder {
-    func sendForwardedResponseHead(for exchange: ProxyExchange, _ head: ForwardedResponseHead) {
+    func sendForwardedResponseHead(for exchange: RequestExchange, _ head: ForwardedResponseHead) {
         let (built, framing) = head.built
         self.sendResponseHead(for: exchange, built, framing: framing)
     }
 }
 
-/// One request proxied to an upstream, from picking an endpoint to the last response byte.
+/// One proxied request, from the dispatch's decision to its last response byte: the unit the
+/// codecs serve. It runs the request's phases in order — the asynchronous filters (the rate
+/// limiter answers continue, respond or wait; a refusal held back until the limiter has counted
+/// the request), the response cache, the upstream leg, the one response filter (its
+/// `RequestContext`: HSTS, request id, CORS and RateLimit fields written in one pass) — and ends
+/// once, in `finish`, which tells the responder how it ended (where the request is logged).
+///
 /// Streams both ways under backpressure: request body reads pause while the upstream socket is
 /// full, upstream reads pause while the client socket is full. What to do on each event is
-/// `StateMachine`'s decision (`ProxyExchange+StateMachine.swift`); this class does the I/O.
-final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushing {
-    private let upstreamHead: UpstreamRequestHead
-    private let requestMethod: HTTPMethod
-    private let clientVersion: HTTPVersion
-    private let requestID: String
-    private let addHSTS: Bool
-    private var responseAdditions: ResponseAdditions
+/// `StateMachine`'s decision (`RequestExchange+StateMachine.swift`); the upstream's resources are
+/// its `UpstreamLeg`; this class does the I/O between them.
+final class RequestExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushing {
+    private var context: RequestContext
     private let rateLimit: RateLimitRequest?
     /// A refusal (401/403) held back until `rateLimit` has counted the request; never proxied.
     private let deferredError: GatewayError?
     /// `allowed`, `denied` or `store_unavailable` once the rate limiter answered (access log).
     private(set) var rateLimitDecision: String?
-    private let cluster: UpstreamCluster
-    private let pool: UpstreamConnectionPool
-    /// The connection a whole request was written to, waiting for the end of the tick's flush.
-    private var unflushed: UpstreamConnection?
+    /// Endpoints, connection, timing: everything upstream of the gateway.
+    private(set) var upstream: UpstreamLeg
     /// Strong, not weak (a weak reference costs the responder a side table and slow retains):
-    /// `detach()` drops it whenever the exchange ends, and the responder drops the exchange.
+    /// `finish` drops it whenever the exchange ends, and the responder drops the exchange.
     private var downstream: DownstreamResponder?
-    /// The pool's: not stored here, where it was a retain and a release per request.
-    private var eventLoop: EventLoop { self.pool.eventLoop }
-
     private var machine: StateMachine<UpstreamConnection>
-    private var candidates: [UpstreamEndpoint] = []
-    /// Body parts received before the upstream connection was ready (bounded: reads pause), kept
-    /// until the request is upstream so that a request none of which was sent can go again.
-    private var pendingBody: [ByteBuffer] = []
-    private var outstandingEndpoint: UpstreamEndpoint?
-    private var upstreamStart: NIODeadline?
-    /// From writing the request head upstream to its response head (nil until then).
-    private(set) var upstreamSeconds: Double?
-    /// The endpoint that served (or was last tried for) this request.
-    private(set) var endpointKey: String?
     /// Why the response happened, once known (the access log's `source`).
     private(set) var source: ResponseSource?
-    /// The upstream's response status, once its head arrived.
-    private(set) var upstreamStatus: Int?
-    /// The request's trace, for the `trace_id` of the errors this exchange answers with.
-    private let trace: TraceContext?
     /// Set for a WebSocket handshake on a `websocket: true` route: a 101 proving it is tunnelled.
     var webSocket: WebSocketHandshake?
     /// The route's `timeouts.stream_idle`, and whether it streams every response (`streaming: true`);
@@ -97,42 +80,33 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
     private var cacheFill: CacheFill?
 
     init(
-        upstreamHead: UpstreamRequestHead,
-        requestMethod: HTTPMethod,
-        clientVersion: HTTPVersion,
-        requestID: String,
-        addHSTS: Bool,
-        responseAdditions: ResponseAdditions = .none,
+        context: RequestContext,
+        upstream: UpstreamLeg,
         rateLimit: RateLimitRequest? = nil,
         deferredError: GatewayError? = nil,
         expectsContinue: Bool,
         requestHasBody: Bool,
-        cluster: UpstreamCluster,
-        pool: UpstreamConnectionPool,
         downstream: DownstreamResponder,
-        trace: TraceContext? = nil,
         cache: CacheRequest? = nil
     ) {
-        self.trace = trace
+        // The machine first: `context` and `upstream` are moved in by their last use (read after
+        // being stored, each was copied whole).
+        self.machine = StateMachine(
+            requestHasBody: requestHasBody, idempotent: context.method.isIdempotent, expectsContinue: expectsContinue,
+            retries: upstream.cluster.retryAttempts(for: context.method)
+        )
+        self.context = context
+        self.upstream = upstream
         self.cache = cache
-        self.upstreamHead = upstreamHead
-        self.requestMethod = requestMethod
-        self.clientVersion = clientVersion
-        self.requestID = requestID
-        self.addHSTS = addHSTS
-        self.responseAdditions = responseAdditions
         self.rateLimit = rateLimit
         self.deferredError = deferredError
-        self.cluster = cluster
-        self.pool = pool
         self.downstream = downstream
-        self.machine = StateMachine(
-            requestHasBody: requestHasBody, idempotent: requestMethod.isIdempotent, expectsContinue: expectsContinue,
-            retries: cluster.retryAttempts(for: requestMethod)
-        )
     }
 
-    // MARK: - Driven by the downstream
+    /// The pool's: not stored here, where it was a retain and a release per request.
+    private var eventLoop: EventLoop { self.upstream.pool.eventLoop }
+
+    // MARK: - Asynchronous filters
 
     func start() {
         guard let request = self.rateLimit else {
@@ -161,38 +135,23 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
         }
     }
 
-    /// Past the rate limiter: the refusal held back for counting, else the upstream.
+    /// Past the rate limiter: the refusal held back for counting, else the cache or the upstream.
     private func proceed(rateLimitFields: [(String, String)]) {
         if var error = self.deferredError {
             error.headers.append(contentsOf: rateLimitFields)
             self.fail(error)
         } else {
-            if self.responseAdditions.extraHeaders.isEmpty {
-                self.responseAdditions.extraHeaders = rateLimitFields  // shared, not copied
-            } else {
-                self.responseAdditions.extraHeaders.append(contentsOf: rateLimitFields)
-            }
+            self.context.addRateLimitFields(rateLimitFields)
             if let cache = self.cache { self.consultCache(cache, coalesce: true) } else { self.startUpstream() }
         }
     }
 
-    private func startUpstream() {
-        self.cluster.requestStarted()
-        self.candidates = self.cluster.candidates(now: .now())
-        switch self.machine.startUpstream(candidates: self.candidates.count) {
-        case .noCandidates:
-            self.fail(.noHealthyUpstream)
-        case .connect(let holdBody):
-            // Nothing to forward until a connection exists: hold the body back at the socket.
-            if holdBody { self.downstream?.pauseRequestBody(for: self) }
-            self.connectNext()
-        }
-    }
+    // MARK: - Driven by the downstream
 
     func requestBodyReceived(_ body: ByteBuffer) {
         switch self.machine.requestBodyReceived() {
         case .hold:
-            self.pendingBody.append(body)
+            self.upstream.hold(body)
         case .forward(let connection):
             connection.write(.body(.byteBuffer(body)), flush: true)
             if !connection.channel.isWritable { self.downstream?.pauseRequestBody(for: self) }
@@ -205,7 +164,7 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
         switch self.machine.requestEndReceived() {
         case .forwardEnd(let connection, let armResponseTimer):
             connection.write(.end(nil), flush: true)
-            if armResponseTimer { self.armResponseTimer(connection) }
+            if armResponseTimer { self.upstream.armResponseTimer(connection) }
         case .none:
             break
         }
@@ -214,12 +173,10 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
     /// The client went away or broke the request (body over the limit): drop the upstream side.
     func cancel() {
         if let connection = self.machine.cancel() {
-            self.streamWatch?.cancel()
-            self.releaseOutstanding()
             connection.close()
-            self.pool.release(connection, reusable: false, timeouts: self.cluster.timeouts)
+            self.upstream.release(connection, reusable: false)
         }
-        self.downstream = nil
+        self.finish(.cancelled)
     }
 
     /// The client socket drained: upstream reads may resume.
@@ -228,21 +185,33 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
         if isWritable { connection.handler.resumeReads() } else { connection.handler.pauseReads() }
     }
 
-    // MARK: - Connecting
+    // MARK: - Upstream leg
+
+    private func startUpstream() {
+        let candidates = self.upstream.begin(now: .now())
+        switch self.machine.startUpstream(candidates: candidates) {
+        case .noCandidates:
+            self.fail(.noHealthyUpstream)
+        case .connect(let holdBody):
+            // Nothing to forward until a connection exists: hold the body back at the socket.
+            if holdBody { self.downstream?.pauseRequestBody(for: self) }
+            self.connectNext()
+        }
+    }
 
     private func connectNext(fresh: Bool = false) {
         let endpoint: UpstreamEndpoint
         switch self.machine.nextEndpoint() {
         case .none: return
         case .noneLeft: return self.fail(.upstreamUnavailable)
-        case .candidate(let index): endpoint = self.candidates[index]
+        case .candidate(let index): endpoint = self.upstream.endpoint(at: index)
         }
-        if !fresh, let connection = self.pool.takeIdle(endpoint, probeTCPState: !self.machine.resendableOnStaleConnection) {
+        if !fresh, let connection = self.upstream.takeIdle(endpoint, probeTCPState: !self.machine.resendableOnStaleConnection) {
             endpoint.recordSuccess()
             self.attach(connection, flushAtTickEnd: true)
             return
         }
-        self.pool.open(endpoint, settings: self.cluster.settings).assumeIsolated().whenComplete { result in
+        self.upstream.open(endpoint).assumeIsolated().whenComplete { result in
             if case .failure = result, self.machine.isFinished { return }
             switch result {
             case .success(let connection):
@@ -267,23 +236,15 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
     private func attach(_ connection: UpstreamConnection, flushAtTickEnd: Bool) {
         guard case .writeRequest(let endRequest) = self.machine.connectionReady(connection) else {
             // The client left while we were connecting.
-            self.pool.release(connection, reusable: true, timeouts: self.cluster.timeouts)
+            self.upstream.release(connection, reusable: true)
             return
         }
         connection.handler.owner = self
-        self.releaseOutstanding()
-        self.outstandingEndpoint = connection.endpoint
-        connection.endpoint.outstanding.add(1, ordering: .relaxed)
-        // The iteration's stamp, like the end: both ends of the upstream time from the same clock.
-        self.upstreamStart = connection.handler.tickSlot.now()
-        self.endpointKey = connection.endpoint.key
-        connection.writeHead(self.upstreamHead, flush: false)
-        for body in self.pendingBody { connection.write(.body(.byteBuffer(body)), flush: false) }
-        if endRequest { connection.write(.end(nil), flush: false) }
+        self.upstream.write(to: connection, endRequest: endRequest)
         if endRequest && flushAtTickEnd {
             // Until it is flushed, the request counts as unsent.
-            self.unflushed = connection
-            self.pool.flushes.add(self)
+            self.upstream.unflushed = connection
+            self.upstream.pool.flushes.add(self)
             return
         }
         self.flushRequest(to: connection)
@@ -293,7 +254,7 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
     /// client left (the connection was closed with it) or the connection was lost first (the
     /// request is sent again, on another).
     func flushAtTickEnd() {
-        guard let connection = self.unflushed.take() else { return }
+        guard let connection = self.upstream.unflushed.take() else { return }
         guard self.machine.isAwaitingResponse(on: connection) else { return }
         self.flushRequest(to: connection)
     }
@@ -303,7 +264,7 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
         // A flush on the channel's loop writes at once. A head the kernel refused (the upstream was
         // gone) closed the channel, and its `channelInactive` already handed this exchange to
         // `upstreamLost`; a channel that was closed before the write fails it without that event.
-        // Either way `pendingBody` was kept for a resend. A head still pending may be partly sent:
+        // Either way the held body was kept for a resend. A head still pending may be partly sent:
         // it counts as sent, and a later failure closes the channel the same way.
         switch self.machine.requestWritten(to: connection, channelIsActive: connection.channel.isActive) {
         case .none:
@@ -311,8 +272,8 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
         case .lost:
             self.upstreamLost(.upstreamUnavailable)
         case .sent(let armResponseTimer, let sendContinue, let resumeBody):
-            self.pendingBody.removeAll()
-            if armResponseTimer { self.armResponseTimer(connection) }
+            self.upstream.dropHeldBody()
+            if armResponseTimer { self.upstream.armResponseTimer(connection) }
             if sendContinue { self.downstream?.sendContinue(for: self) }
             if resumeBody && connection.channel.isWritable { self.downstream?.resumeRequestBody(for: self) }
         }
@@ -338,24 +299,14 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
     func upstreamReceivedEnd() {
         switch self.machine.responseEndReceived() {
         case .finish(let connection, let reusable):
-            self.streamWatch?.cancel()
-            self.releaseOutstanding()
             connection.handler.resumeReads()
-            self.pool.release(connection, reusable: reusable, timeouts: self.cluster.timeouts)
-            self.cacheFill?.responseEnd(requestMethod: self.requestMethod)
-            self.cacheFill = nil
-            // Taken first: each `self.downstream?` was a retain and a release; nothing these calls
-            // cause reaches this exchange's downstream again (it is finished).
-            let downstream = self.downstream.take()
-            downstream?.sendResponseEnd(for: self)
-            downstream?.exchangeFinished(for: self)
+            self.upstream.release(connection, reusable: reusable)
+            self.cacheFill?.responseEnd(requestMethod: self.context.method)
+            self.finish(.completed(flush: false))
         case .tunnel(let connection):
             // The parser stopped after this 101: the connection is the tunnel's from here.
-            self.releaseOutstanding()
             connection.handler.owner = nil
-            let downstream = self.downstream
-            self.downstream = nil
-            downstream?.upgradeToTunnel(for: self, self.acceptedSwitch!, upstream: connection)
+            self.finish(.tunnelled(self.acceptedSwitch!, connection))
         case .protocolError:
             self.upstreamFailed(UpstreamProtocolError())
         }
@@ -371,33 +322,30 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
         switch action {
         case .acceptSwitch(let connection):
             connection.clearDeadline()
-            self.recordUpstreamSeconds(connection)
+            self.upstream.responseHeadArrived(on: connection)
             self.acceptedSwitch = head.built
         case .refuseSwitch:
-            self.upstreamStatus = status
+            self.upstream.status = status
             self.upstreamFailed(UpstreamProtocolError())
         case .protocolError:
             self.upstreamFailed(UpstreamProtocolError())
         case .serveStale(let connection):
             connection.clearDeadline()
-            self.record5xx(connection.endpoint)
+            self.upstream.record5xx(connection.endpoint)
             connection.close()
-            self.pool.release(connection, reusable: false, timeouts: self.cluster.timeouts)
+            self.upstream.release(connection, reusable: false)
             _ = self.serveStaleOnError()
         case .forward(let connection):
             connection.clearDeadline()
             let endpoint = connection.endpoint
-            if status >= 500 { self.record5xx(endpoint) } else { endpoint.recordResponseOK() }
-            self.recordUpstreamSeconds(connection)
+            if status >= 500 { self.upstream.record5xx(endpoint) } else { endpoint.recordResponseOK() }
+            self.upstream.responseHeadArrived(on: connection)
             self.source = .upstream
-            self.upstreamStatus = status
-            endpoint.stats.response(status: status, seconds: self.upstreamSeconds)
-            let forwarded = ForwardedResponseHead(
-                upstream: head, requestMethod: self.requestMethod, clientVersion: self.clientVersion,
-                requestID: self.requestID, addHSTS: self.addHSTS, additions: self.responseAdditions
-            )
+            self.upstream.status = status
+            endpoint.stats.response(status: status, seconds: self.upstream.seconds)
+            let forwarded = self.context.forwarded(head)
             if let fill = self.cacheFill {
-                fill.responseHead(head.built, requestMethod: self.requestMethod)
+                fill.responseHead(head.built, requestMethod: self.context.method)
                 var (clientHead, framing) = forwarded.built
                 clientHead.headers.replaceOrAdd(name: "x-cache", value: "MISS")
                 self.downstream?.sendResponseHead(for: self, clientHead, framing: framing)
@@ -410,16 +358,6 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
                 }
             }
         }
-    }
-
-    /// Until the loop iteration that read the head began: the gateway's own work in that iteration is not the upstream's.
-    private func recordUpstreamSeconds(_ connection: UpstreamConnection) {
-        guard let start = self.upstreamStart else { return }
-        self.upstreamSeconds = Double(max(0, (connection.handler.tickSlot.now() - start).nanoseconds)) / 1e9
-    }
-
-    private func record5xx(_ endpoint: UpstreamEndpoint) {
-        endpoint.record5xx(threshold: self.cluster.settings.consecutive5xxToEject, base: self.cluster.settings.baseEjectionTime, now: .now())
     }
 
     func upstreamFailed(_ error: Error) {
@@ -437,6 +375,40 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
     func upstreamWritabilityChanged(isWritable: Bool) {
         guard !self.machine.requestComplete else { return }
         if isWritable { self.downstream?.resumeRequestBody(for: self) } else { self.downstream?.pauseRequestBody(for: self) }
+    }
+
+    func upstreamResponseTimedOut() {
+        guard let connection = self.machine.responseTimedOut() else { return }
+        connection.endpoint.stats.error(.timeout)
+        connection.close()
+        self.fail(.upstreamTimeout)
+    }
+
+    private func upstreamLost(_ error: GatewayError) {
+        let sentBefore = self.machine.requestSent
+        var servedRequests = false
+        if case .awaitingResponse(let connection) = self.machine.state { servedRequests = connection.hasServedRequests }
+        let action = self.machine.upstreamLost(error, connectionServedRequests: servedRequests) { self.upstream.takeRetry() }
+        switch action {
+        case .none:
+            break
+        case .retryStale(let connection):
+            connection.close()
+            self.connectNext(fresh: true)
+        case .retryElsewhere(let connection):
+            connection.close()
+            self.upstream.blame(connection.endpoint, for: error, requestSent: sentBefore)
+            self.connectNext()
+        case .fail(let connection, let answer):
+            connection.close()
+            self.upstream.blame(connection.endpoint, for: error, requestSent: sentBefore)
+            self.fail(answer)
+        case .abort(let connection):
+            self.source = .upstreamReset
+            connection.endpoint.stats.error(.reset)
+            connection.close()
+            self.finish(.aborted)
+        }
     }
 
     // MARK: - Response cache
@@ -466,12 +438,15 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
     }
 
     /// The same request again, with nobody to answer: its response only fills the cache.
-    private func refreshExchange() -> (BackgroundRefresh) -> ProxyExchange {
+    private func refreshExchange() -> (BackgroundRefresh) -> RequestExchange {
         { responder in
-            ProxyExchange(
-                upstreamHead: self.upstreamHead, requestMethod: self.requestMethod, clientVersion: self.clientVersion,
-                requestID: self.requestID, addHSTS: false, expectsContinue: false, requestHasBody: false,
-                cluster: self.cluster, pool: self.pool, downstream: responder
+            let context = RequestContext(
+                requestID: self.context.requestID, trace: nil, method: self.context.method,
+                clientVersion: self.context.clientVersion, addHSTS: false, responseAdditions: .none
+            )
+            let upstream = UpstreamLeg(head: self.upstream.head, cluster: self.upstream.cluster, pool: self.upstream.pool)
+            return RequestExchange(
+                context: context, upstream: upstream, expectsContinue: false, requestHasBody: false, downstream: responder
             )
         }
     }
@@ -486,97 +461,74 @@ final class ProxyExchange: UpstreamConnectionOwner, RateLimitWaiter, TickFlushin
     private func serveStaleOnError() -> Bool {
         guard let entry = self.cacheFill?.takeStaleFallback() else { return false }
         self.cacheFill = nil
-        self.machine.finish()
-        self.releaseOutstanding()
-        self.pendingBody.removeAll()
         self.serveCached(entry, age: entry.age(now: .now()), label: "STALE")
         return true
     }
 
     private func serveCached(_ entry: CachedResponse, age: Int, label: String = "HIT") {
+        // Over before anything is written: what the responder's calls cause cannot reach this
+        // exchange's upstream side.
         self.machine.finish()
-        guard let downstream = self.downstream else { return }
-        let (rewritten, framing) = HeaderRewriter.clientResponse(
-            entry.head, requestMethod: self.requestMethod, clientVersion: self.clientVersion,
-            requestID: self.requestID, addHSTS: self.addHSTS, additions: self.responseAdditions
-        )
-        var head = rewritten
+        guard let downstream = self.downstream else { return self.finish(.cancelled) }
+        var (head, framing) = self.context.rewritten(entry.head)
         head.headers.replaceOrAdd(name: "age", value: String(age))
         head.headers.replaceOrAdd(name: "x-cache", value: label)
         downstream.sendResponseHead(for: self, head, framing: framing)
-        if !self.requestMethod.isHEAD, entry.body.readableBytes > 0 { downstream.sendResponseBody(for: self, entry.body) }
-        downstream.sendResponseEnd(for: self)
-        downstream.flush(for: self)
-        downstream.exchangeFinished(for: self)
-        self.downstream = nil
+        if !self.context.method.isHEAD, entry.body.readableBytes > 0 { downstream.sendResponseBody(for: self, entry.body) }
+        self.finish(.completed(flush: true))
     }
 
-    // MARK: - Failures
-
-    private func upstreamLost(_ error: GatewayError) {
-        let sentBefore = self.machine.requestSent
-        var servedRequests = false
-        if case .awaitingResponse(let connection) = self.machine.state { servedRequests = connection.hasServedRequests }
-        let action = self.machine.upstreamLost(error, connectionServedRequests: servedRequests) { self.cluster.takeRetry() }
-        switch action {
-        case .none:
-            break
-        case .retryStale(let connection):
-            connection.close()
-            self.connectNext(fresh: true)
-        case .retryElsewhere(let connection):
-            connection.close()
-            self.blame(connection.endpoint, for: error, requestSent: sentBefore)
-            self.connectNext()
-        case .fail(let connection, let answer):
-            connection.close()
-            self.blame(connection.endpoint, for: error, requestSent: sentBefore)
-            self.fail(answer)
-        case .abort(let connection):
-            self.streamWatch?.cancel()
-            self.source = .upstreamReset
-            connection.endpoint.stats.error(.reset)
-            self.releaseOutstanding()
-            connection.close()
-            self.downstream?.abortResponse(for: self)
-            self.downstream = nil
-        }
-    }
-
-    private func blame(_ endpoint: UpstreamEndpoint, for error: GatewayError, requestSent: Bool) {
-        self.record5xx(endpoint)
-        endpoint.stats.error(error == .upstreamUnavailable ? (requestSent ? .reset : .connect) : .protocol)
-    }
-
-    /// `response_timeout` counts from the moment the whole request is upstream (as Envoy's route
-    /// timeout does), so a long upload is not cut off by it.
-    private func armResponseTimer(_ connection: UpstreamConnection) {
-        connection.expectResponse(self.cluster.timeouts)
-    }
-
-    func upstreamResponseTimedOut() {
-        guard let connection = self.machine.responseTimedOut() else { return }
-        connection.endpoint.stats.error(.timeout)
-        connection.close()
-        self.fail(.upstreamTimeout)
-    }
-
-    private func releaseOutstanding() {
-        // Taken, not read and then cleared: one release instead of a retain and two releases.
-        self.outstandingEndpoint.take()?.outstanding.subtract(1, ordering: .relaxed)
-    }
+    // MARK: - The end
 
     private func fail(_ error: GatewayError) {
         if self.serveStaleOnError() { return }
-        self.machine.finish()
-        self.cacheFill = nil
-        self.releaseOutstanding()
-        self.pendingBody.removeAll()
         var error = error
-        error.trace = self.trace
+        error.trace = self.context.trace
         self.source = error.source
-        self.downstream?.sendErrorResponse(for: self, error)
-        self.downstream = nil
+        self.finish(.failed(error))
+    }
+
+    /// How an exchange ended.
+    private enum Ending {
+        /// The response went out whole (the upstream's or the cache's); `flush`: at once.
+        case completed(flush: Bool)
+        /// A gateway-made response (502/503/504, 429, a held-back 401/403) answers instead.
+        case failed(GatewayError)
+        /// The response had started and cannot be completed: the client connection goes.
+        case aborted
+        /// The upstream accepted the WebSocket handshake: the connection becomes the client's tunnel.
+        case tunnelled(HTTPResponseHead, UpstreamConnection)
+        /// The client went away or broke the request: nobody to tell.
+        case cancelled
+    }
+
+    /// Every end of the exchange comes here, once: it lets go of the upstream side (the
+    /// endpoint's count, the held body, the stream-idle watch, the cache fill) and of its
+    /// responder, and tells the responder how it ended — each of those calls is where the
+    /// responder logs the request.
+    private func finish(_ ending: Ending) {
+        self.machine.finish()
+        if let watch = self.streamWatch.take() { watch.cancel() }
+        self.upstream.releaseOutstanding()
+        self.upstream.dropHeldBody()
+        self.cacheFill = nil
+        // Taken first: each `self.downstream?` was a retain and a release; nothing these calls
+        // cause reaches this exchange's downstream again (it is finished).
+        guard let downstream = self.downstream.take() else { return }
+        switch ending {
+        case .completed(let flush):
+            downstream.sendResponseEnd(for: self)
+            if flush { downstream.flush(for: self) }
+            downstream.exchangeFinished(for: self)
+        case .failed(let error):
+            downstream.sendErrorResponse(for: self, error)
+        case .aborted:
+            downstream.abortResponse(for: self)
+        case .tunnelled(let head, let connection):
+            downstream.upgradeToTunnel(for: self, head, upstream: connection)
+        case .cancelled:
+            break
+        }
     }
 }
 
