@@ -8,7 +8,7 @@ counting is switched on for N requests and off again (`callgrind_control`). Valg
 read the DWARF 5 that Swift writes, so the binary runs from a copy without debug sections
 (`objcopy --strip-debug`; its symbols stay).
 
-  benchmarks/instructions.py [--n 4000] [--protocol h2|h1] [--top 30] [--inclusive] DIR [DIR_B]
+  benchmarks/instructions.py [--n 4000] [--protocol h2|h1|e] [--top 30] [--inclusive] DIR [DIR_B]
 
 With one build: its instructions per request and the functions that spend the most (self, or
 with --inclusive what they call too). With two: both totals and the functions whose count moved
@@ -53,7 +53,7 @@ def count(bindir, protocol, n, out):
     bench.run.procs.append(proc)
     try:
         peers.wait_port(peers.GW_PORT, proc, timeout=60.0)  # valgrind starts slowly
-        load = ["taskset", "-c", "1", "h2load", *(["--h1", "-c", "16"] if protocol == "h1" else ["-c", "4", "-m", "10"])]
+        load = ["taskset", "-c", "1", "h2load", *LOADS[protocol]]
         subprocess.run([*load, "-n", "2000", bench.url()], check=True, capture_output=True)
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
         result = subprocess.run([*load, "-n", str(n), bench.url()], capture_output=True, text=True)
@@ -70,6 +70,10 @@ def count(bindir, protocol, n, out):
         raise RuntimeError(f"callgrind wrote no dump; see {d}/valgrind.log")
     return dumped
 
+
+# `e`: HTTP/1.1 with `connection: close`, so every request is a new TCP connection and TLS handshake
+# and the figures are per connection (issue 11's scenario E).
+LOADS = {"h1": ["--h1", "-c", "16"], "h2": ["-c", "4", "-m", "10"], "e": ["--h1", "-c", "8", "-H", "connection: close"]}
 
 TLS_LIBRARIES = re.compile(r"/lib(ssl|crypto)\.so")
 
@@ -100,7 +104,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dirs", nargs="+", help="one or two directories holding a `gateway` binary")
     parser.add_argument("--n", type=int, default=4000, help="requests counted")
-    parser.add_argument("--protocol", choices=["h1", "h2"], default="h2")
+    parser.add_argument("--protocol", choices=sorted(LOADS), default="h2",
+                        help="h1, h2, or e: a new TLS connection per request")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--inclusive", action="store_true", help="count what each function calls too")
     parser.add_argument("--keep", help="directory to keep the callgrind files in (for callgrind_annotate by hand)")

@@ -8,7 +8,11 @@ benchmarks/peers.py on CPU 1) and are loaded in turn for short slices (3 s by de
 swapped every pair. Each pair's two slices see the same machine, so their ratio holds still where
 their absolute figures do not: two runs of one build read 0.999 (quartiles 0.984–1.016) here.
 
-  benchmarks/paired.py [--pairs 12] [--dur 3] [--load '-c16 -m10'] [--h1] [--setup base|jwt|limit|cors] DIR_A DIR_B
+  benchmarks/paired.py [--pairs 12] [--dur 3] [--load '-c16 -m10'] [--h1 | --e] [--setup base|jwt|limit|cors] DIR_A DIR_B
+
+--e loads as issue 11's scenario E does (`wrk -t1 -c16` with `Connection: close`: a new TCP
+connection and TLS handshake per request; h2load's `-D` never ends with that header), so the
+figures are CPU µs per connection.
 
 DIR_A and DIR_B each hold a `gateway` binary (e.g. copies of .build/release/gateway). Prints each
 pair's CPU µs per request (utime+stime over the slice / requests) and the median of B/A over the
@@ -41,6 +45,7 @@ def main():
     ap.add_argument("--dur", type=int, default=3, help="seconds per slice")
     ap.add_argument("--load", default="-c16 -m10", help="h2load's options (default: -c16 -m10)")
     ap.add_argument("--h1", action="store_true", help="HTTP/1.1 (h2load --h1) instead of HTTP/2")
+    ap.add_argument("--e", action="store_true", help="a new TLS connection per request (wrk, Connection: close)")
     ap.add_argument("--setup", default="base", choices=sorted(SCENARIO_OF_SETUP))
     ap.add_argument("a", metavar="DIR_A")
     ap.add_argument("b", metavar="DIR_B")
@@ -67,6 +72,14 @@ def main():
         def slice_cpu_per_request(name, seconds):
             """(server CPU µs per request, server CPU %, load core busy %) over one slice."""
             proc, port = servers[name]
+            url = f"https://127.0.0.1:{port}{peers.PATH_}"
+            if args.e:
+                out, cpu, wall, load_core = peers.run_load_measured(
+                    proc.pid, ["wrk", "-t1", "-c16", f"-d{seconds}s", "-H", "Connection: close", *headers, url])
+                _, total, errors = peers.parse_wrk(out)
+                if not total or errors:
+                    raise RuntimeError(f"load on {name} failed:\n{out[-600:]}")
+                return cpu * 1e6 / total, 100 * cpu / wall, load_core
             cmd = ["h2load", *(["--h1"] if args.h1 else []), *args.load.split(), "-D", str(seconds), *headers,
                    f"https://127.0.0.1:{port}{peers.PATH_}"]
             out, cpu, wall, load_core = peers.run_load_measured(proc.pid, cmd)

@@ -24,7 +24,9 @@ Environment: DUR (s, default 10), ROUNDS (default 3), RATE (fixed-rate target, d
 HAProxy's A throughput from a calibration run), SCENARIOS (default "A B C D F Fr E rate"), PEERS
 (default "gateway haproxy nginx": the servers run),
 UPSTREAM (nginx: Debian's nginx answering `return 200` with the 226-byte booking body — the default;
-demo: the project's demo-upstream).
+demo: the project's demo-upstream), PEER_SUITES (default: each peer keeps its own TLS 1.3 suite order,
+OpenSSL's, which negotiates TLS_AES_256_GCM_SHA384; `gateway`: HAProxy and nginx are given the
+gateway's order, AES-128-GCM first, so a row compares the servers' work on the same cipher suite).
 """
 import json
 import os
@@ -45,6 +47,11 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 SCENARIOS = os.environ.get("SCENARIOS", "A B C D F Fr E rate").split()
 UPSTREAM_KIND = os.environ.get("UPSTREAM", "nginx")
 SAVE = "--save" in sys.argv[1:]
+# The gateway's TLS 1.3 order (TLSServerContext.tls13CipherSuites), given to the peers on request.
+GATEWAY_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+PEER_SUITES = os.environ.get("PEER_SUITES", "own")
+if PEER_SUITES not in ("own", "gateway"):
+    sys.exit("PEER_SUITES: own or gateway")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
@@ -234,9 +241,10 @@ def haproxy_cfg(d, setup):
             "    http-response set-header access-control-expose-headers \"ratelimit-limit, ratelimit-remaining, ratelimit-reset, x-request-id\"",
             "    http-response add-header vary origin",
         ]
+    suites = f"    ssl-default-bind-ciphersuites {GATEWAY_SUITES}\n" if PEER_SUITES == "gateway" else ""
     return f"""global
     nbthread 1
-    maxconn 8000
+{suites}    maxconn 8000
 defaults
     mode http
     timeout connect 5s
@@ -276,6 +284,7 @@ http {{
         ssl_certificate {d}/dev.crt;
         ssl_certificate_key {d}/dev.key;
         ssl_protocols TLSv1.2 TLSv1.3;
+{f"        ssl_conf_command Ciphersuites {GATEWAY_SUITES}; ssl_prefer_server_ciphers on;" if PEER_SUITES == "gateway" else ""}
         location / {{
             proxy_pass http://up;
             proxy_http_version 1.1;
@@ -407,6 +416,17 @@ def set_up(run, d, upstream="nginx"):
         run.spawn(1, [str(BIN / "demo-upstream"), "--port", str(UP_PORT)], UP_PORT)
 
 
+NEGOTIATED = {}  # server -> the TLS version and suite a default OpenSSL client gets
+
+
+def negotiated_suite(port):
+    """What `openssl s_client` (the load tools' library, defaults) negotiates with a server."""
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost"],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10).stdout
+    match = re.search(r"New, (TLSv[\d.]+), Cipher is (\S+)", out)
+    return f"{match.group(1)} {match.group(2)}" if match else "unknown"
+
+
 def main():
     d = tempfile.mkdtemp(prefix="peers-")
     run = Run(d)
@@ -439,6 +459,9 @@ def main():
                         continue
                     proc, port = run.start_server(server, setup)
                     log(f"== round {rnd}: {server} {setup} (pid {proc.pid} on CPU 0): {' '.join(wanted)}")
+                    if server not in NEGOTIATED:
+                        NEGOTIATED[server] = negotiated_suite(port)
+                        log(f"{server} negotiates {NEGOTIATED[server]}")
                     run.warm(port, wanted[0])
                     for scenario in wanted:
                         results.setdefault((server, scenario), []).append(run.load(proc.pid, port, scenario, rate))
@@ -461,6 +484,8 @@ def report(results, upstream_rps, rate):
               "F": "F: D + CORS", "Fr": "F with the gateway's window in Redis (HAProxy: F, local table)",
               "E": "E: new TLS connection per request (conn/s)"}
     lines = [f"Upstream: {UPSTREAM_KIND}, {upstream_rps:,.0f} req/s direct (plain h1, `wrk -t1 -c64` on CPU 1).",
+             "TLS negotiated (PEER_SUITES=" + PEER_SUITES + "): "
+             + "; ".join(f"{server} {suite}" for server, suite in NEGOTIATED.items()) + ".",
              f"Medians of {ROUNDS} rounds, {DUR} s each; CPU % is the server process's utime+stime over the load "
              "(≈100% = the server was the limit); req/CPU-s = requests served per second of server CPU; "
              "load core % = how busy CPU 1 was in the gateway's / HAProxy's runs (load generator, upstream and, "

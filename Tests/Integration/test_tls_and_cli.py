@@ -87,6 +87,27 @@ def test_tls12_refused_when_min_is_13(gateway_factory, upstream):
     assert peer_cert(gw.ports["public"], "localhost")[1] == "TLSv1.3"
 
 
+def tls13_suite(port, *suites):
+    """The TLS 1.3 suite `openssl s_client` gets, offering `suites` in that order (default: its own)."""
+    offer = ["-ciphersuites", ":".join(suites)] if suites else []
+    out = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3", "-servername", "localhost", *offer],
+        input="", capture_output=True, text=True, timeout=10)
+    assert "New, TLSv1.3, Cipher is " in out.stdout, out.stdout[-1500:] + out.stderr[-500:]
+    return out.stdout.split("New, TLSv1.3, Cipher is ")[1].split()[0]
+
+
+def test_tls13_prefers_aes128_gcm_over_the_clients_order(gateway):
+    port = gateway.ports["public"]
+    # OpenSSL's own client order puts AES-256-GCM first; the server's preference wins.
+    assert tls13_suite(port) == "TLS_AES_128_GCM_SHA256"
+    assert tls13_suite(port, "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_256_GCM_SHA384",
+                       "TLS_AES_128_GCM_SHA256") == "TLS_AES_128_GCM_SHA256"
+    # A client without AES-128-GCM still gets the others.
+    assert tls13_suite(port, "TLS_AES_256_GCM_SHA384") == "TLS_AES_256_GCM_SHA384"
+    assert tls13_suite(port, "TLS_CHACHA20_POLY1305_SHA256") == "TLS_CHACHA20_POLY1305_SHA256"
+
+
 def test_session_resumption(gateway):
     out = subprocess.run(
         ["openssl", "s_client", "-connect", f"127.0.0.1:{gateway.ports['public']}", "-tls1_2", "-reconnect",
