@@ -8,7 +8,11 @@ these two cores (`h2load --h1 -c 64` and `h2load -c 16 -m 10`, TLS), upstream De
 the server, so raw throughput says little: the figure is the gateway's requests per CPU-second
 (utime+stime over the load). The target: workers: 2 within 10% of workers: 1.
 
-  benchmarks/workers.sh            N=100000 ROUNDS=3
+SERVERS="gateway haproxy" also runs HAProxy with `nbthread 1` and `nbthread 2` the same way, so the
+cost of splitting one load over two event loops on these two shared cores (fewer requests per loop
+iteration to share its fixed costs) is seen beside a peer's.
+
+  benchmarks/workers.sh            N=100000 ROUNDS=3 SERVERS=gateway
 """
 import os
 import re
@@ -23,6 +27,7 @@ import peers  # noqa: E402
 
 N = int(os.environ.get("N", "100000"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
+SERVERS = os.environ.get("SERVERS", "gateway").split()
 LOADS = {"http/1.1": ["--h1", "-c", "64", "-t", "1"], "h2": ["-c", "16", "-m", "10", "-t", "1"]}
 
 
@@ -34,35 +39,46 @@ def main():
         subprocess.run([str(peers.ROOT / "scripts/dev-cert.sh"), d], check=True, capture_output=True)
         Path(f"{d}/nginx-up.conf").write_text(peers.nginx_upstream_conf(d))
         run.spawn(1, [peers.NGINX, "-p", d, "-c", f"{d}/nginx-up.conf", "-e", f"{d}/nginx-up-error.log"], peers.UP_PORT)
+        Path(f"{d}/haproxy.pem").write_text(Path(f"{d}/dev.crt").read_text() + Path(f"{d}/dev.key").read_text())
         for rnd in range(1, ROUNDS + 1):
-            for workers in (1, 2):
-                text = peers.gateway_yaml(d, "base").replace("workers: 1", f"workers: {workers}")
-                Path(f"{d}/gw-w{workers}.yaml").write_text(text)
-                proc = run.spawn("0,1", [str(peers.BIN / "gateway"), "run", "--config", f"{d}/gw-w{workers}.yaml"], peers.GW_PORT)
-                url = f"https://127.0.0.1:{peers.GW_PORT}{peers.PATH_}"
-                for name, args in LOADS.items():
-                    subprocess.run(["h2load", "-n", "5000", *args, url], capture_output=True, check=True)  # warm-up
-                    before = peers.cpu_ticks(proc.pid)
-                    out = subprocess.run(["h2load", "-n", str(N), *args, url], capture_output=True, text=True, check=True).stdout
-                    cpu = (peers.cpu_ticks(proc.pid) - before) / peers.CLK_TCK
-                    ok = int(re.search(r"status codes: (\d+) 2xx", out).group(1))
-                    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
-                    samples.setdefault((name, workers), []).append((ok / cpu, rps, ok))
-                    peers.log(f"round {rnd} workers {workers} {name}: {ok / cpu:,.0f} req/CPU-s, {rps:,.0f} req/s, {ok} ok")
-                run.stop(proc)
+            for server in SERVERS:
+                for workers in (1, 2):
+                    proc, port = start(run, d, server, workers)
+                    url = f"https://127.0.0.1:{port}{peers.PATH_}"
+                    for name, args in LOADS.items():
+                        subprocess.run(["h2load", "-n", "5000", *args, url], capture_output=True, check=True)  # warm-up
+                        before = peers.cpu_ticks(proc.pid)
+                        out = subprocess.run(["h2load", "-n", str(N), *args, url], capture_output=True, text=True, check=True).stdout
+                        cpu = (peers.cpu_ticks(proc.pid) - before) / peers.CLK_TCK
+                        ok = int(re.search(r"status codes: (\d+) 2xx", out).group(1))
+                        rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+                        samples.setdefault((server, name, workers), []).append((ok / cpu, rps, ok))
+                        peers.log(f"round {rnd} {server} workers {workers} {name}: {ok / cpu:,.0f} req/CPU-s, {rps:,.0f} req/s, {ok} ok")
+                    run.stop(proc)
     finally:
         run.stop_all()
         subprocess.run(["rm", "-rf", d])
-    print(f"N = {N} per load, medians of {ROUNDS} interleaved rounds; gateway and load share both CPUs.\n")
-    print("| protocol | workers: 1 req/CPU-s | workers: 2 req/CPU-s | ratio (2/1) | req/s 1 / 2 |")
-    print("|---|--:|--:|--:|--:|")
-    for name in LOADS:
-        one = statistics.median(s[0] for s in samples[(name, 1)])
-        two = statistics.median(s[0] for s in samples[(name, 2)])
-        r1 = statistics.median(s[1] for s in samples[(name, 1)])
-        r2 = statistics.median(s[1] for s in samples[(name, 2)])
-        print(f"| {name} | {one:,.0f} | {two:,.0f} | {two / one:.2f} | {r1:,.0f} / {r2:,.0f} |")
+    print(f"N = {N} per load, medians of {ROUNDS} interleaved rounds; server and load share both CPUs.\n")
+    print("| server | protocol | 1 worker req/CPU-s | 2 workers req/CPU-s | ratio (2/1) | req/s 1 / 2 |")
+    print("|---|---|--:|--:|--:|--:|")
+    for server in SERVERS:
+        for name in LOADS:
+            one = statistics.median(s[0] for s in samples[(server, name, 1)])
+            two = statistics.median(s[0] for s in samples[(server, name, 2)])
+            r1 = statistics.median(s[1] for s in samples[(server, name, 1)])
+            r2 = statistics.median(s[1] for s in samples[(server, name, 2)])
+            print(f"| {server} | {name} | {one:,.0f} | {two:,.0f} | {two / one:.2f} | {r1:,.0f} / {r2:,.0f} |")
 
+
+def start(run, d, server, workers):
+    """The server with `workers` event loops (HAProxy: threads), allowed on both CPUs."""
+    if server == "haproxy":
+        Path(f"{d}/haproxy-w{workers}.cfg").write_text(
+            peers.haproxy_cfg(d, "base").replace("nbthread 1", f"nbthread {workers}"))
+        return run.spawn("0,1", [peers.HAPROXY, "-db", "-f", f"{d}/haproxy-w{workers}.cfg"], peers.HAPROXY_PORT), peers.HAPROXY_PORT
+    text = peers.gateway_yaml(d, "base").replace("workers: 1", f"workers: {workers}")
+    Path(f"{d}/gw-w{workers}.yaml").write_text(text)
+    return run.spawn("0,1", [str(peers.BIN / "gateway"), "run", "--config", f"{d}/gw-w{workers}.yaml"], peers.GW_PORT), peers.GW_PORT
 
 if __name__ == "__main__":
     main()
