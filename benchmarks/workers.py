@@ -36,10 +36,7 @@ def main():
     run = peers.Run(d)
     samples = {}
     try:
-        subprocess.run([str(peers.ROOT / "scripts/dev-cert.sh"), d], check=True, capture_output=True)
-        Path(f"{d}/nginx-up.conf").write_text(peers.nginx_upstream_conf(d))
-        run.spawn(1, [peers.NGINX, "-p", d, "-c", f"{d}/nginx-up.conf", "-e", f"{d}/nginx-up-error.log"], peers.UP_PORT)
-        Path(f"{d}/haproxy.pem").write_text(Path(f"{d}/dev.crt").read_text() + Path(f"{d}/dev.key").read_text())
+        peers.set_up(run, d)  # the certificate, HAProxy's PEM of it, the nginx upstream on CPU 1
         for rnd in range(1, ROUNDS + 1):
             for server in SERVERS:
                 for workers in (1, 2):
