@@ -80,8 +80,7 @@ def main():
                 if not total or errors:
                     raise RuntimeError(f"load on {name} failed:\n{out[-600:]}")
                 return cpu * 1e6 / total, 100 * cpu / wall, load_core
-            cmd = ["h2load", *(["--h1"] if args.h1 else []), *args.load.split(), "-D", str(seconds), *headers,
-                   f"https://127.0.0.1:{port}{peers.PATH_}"]
+            cmd = ["h2load", *(["--h1"] if args.h1 else []), *args.load.split(), "-D", str(seconds), *headers, url]
             out, cpu, wall, load_core = peers.run_load_measured(proc.pid, cmd)
             done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
             if not done or int(done.group(1)) == 0 or int(done.group(2)) or int(done.group(3)):
