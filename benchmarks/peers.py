@@ -320,6 +320,16 @@ http {{
 
 # --- the run --------------------------------------------------------------------------------------
 
+def with_loops(config, one_loop, wanted):
+    """`config` with its one-loop line replaced; an error if the line is not there, so a changed
+    template cannot silently measure one loop as two."""
+    if one_loop == wanted:
+        return config
+    if one_loop not in config:
+        raise RuntimeError(f"the server config has no {one_loop!r} line to change")
+    return config.replace(one_loop, wanted)
+
+
 class Run:
     def __init__(self, d):
         self.d = d
@@ -349,18 +359,20 @@ class Run:
         for proc in list(self.procs):
             self.stop(proc)
 
-    def start_server(self, server, setup):
+    def start_server(self, server, setup, cpus=0, loops=1):
+        """The server under test on `cpus`; `loops` event loops (the gateway's `workers`, HAProxy's
+        `nbthread`; nginx keeps its one worker)."""
         d = self.d
         if server == "gateway":
-            Path(f"{d}/gw-{setup}.yaml").write_text(gateway_yaml(d, setup))
-            return self.spawn(0, [str(BIN / "gateway"), "run", "--config", f"{d}/gw-{setup}.yaml"], GW_PORT,
+            Path(f"{d}/gw-{setup}.yaml").write_text(with_loops(gateway_yaml(d, setup), "workers: 1", f"workers: {loops}"))
+            return self.spawn(cpus, [str(BIN / "gateway"), "run", "--config", f"{d}/gw-{setup}.yaml"], GW_PORT,
                               self.server_env), GW_PORT
         if server == "haproxy":
-            Path(f"{d}/haproxy-{setup}.cfg").write_text(haproxy_cfg(d, setup))
-            return self.spawn(0, [HAPROXY, "-db", "-f", f"{d}/haproxy-{setup}.cfg"], HAPROXY_PORT,
+            Path(f"{d}/haproxy-{setup}.cfg").write_text(with_loops(haproxy_cfg(d, setup), "nbthread 1", f"nbthread {loops}"))
+            return self.spawn(cpus, [HAPROXY, "-db", "-f", f"{d}/haproxy-{setup}.cfg"], HAPROXY_PORT,
                               self.server_env), HAPROXY_PORT
         Path(f"{d}/nginx-proxy.conf").write_text(nginx_proxy_conf(d))
-        return self.spawn(0, [NGINX, "-p", d, "-c", f"{d}/nginx-proxy.conf", "-e", f"{d}/nginx-proxy-error.log"],
+        return self.spawn(cpus, [NGINX, "-p", d, "-c", f"{d}/nginx-proxy.conf", "-e", f"{d}/nginx-proxy-error.log"],
                           NGINX_PORT, self.server_env), NGINX_PORT
 
     def headers(self, scenario):

@@ -40,7 +40,7 @@ def main():
         for rnd in range(1, ROUNDS + 1):
             for server in SERVERS:
                 for workers in (1, 2):
-                    proc, port = start(run, d, server, workers)
+                    proc, port = run.start_server(server, "base", cpus="0,1", loops=workers)
                     url = f"https://127.0.0.1:{port}{peers.PATH_}"
                     for name, args in LOADS.items():
                         subprocess.run(["h2load", "-n", "5000", *args, url], capture_output=True, check=True)  # warm-up
@@ -66,16 +66,6 @@ def main():
             r2 = statistics.median(s[1] for s in samples[(server, name, 2)])
             print(f"| {server} | {name} | {one:,.0f} | {two:,.0f} | {two / one:.2f} | {r1:,.0f} / {r2:,.0f} |")
 
-
-def start(run, d, server, workers):
-    """The server with `workers` event loops (HAProxy: threads), allowed on both CPUs."""
-    if server == "haproxy":
-        Path(f"{d}/haproxy-w{workers}.cfg").write_text(
-            peers.haproxy_cfg(d, "base").replace("nbthread 1", f"nbthread {workers}"))
-        return run.spawn("0,1", [peers.HAPROXY, "-db", "-f", f"{d}/haproxy-w{workers}.cfg"], peers.HAPROXY_PORT), peers.HAPROXY_PORT
-    text = peers.gateway_yaml(d, "base").replace("workers: 1", f"workers: {workers}")
-    Path(f"{d}/gw-w{workers}.yaml").write_text(text)
-    return run.spawn("0,1", [str(peers.BIN / "gateway"), "run", "--config", f"{d}/gw-w{workers}.yaml"], peers.GW_PORT), peers.GW_PORT
 
 if __name__ == "__main__":
     main()
